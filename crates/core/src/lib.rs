@@ -1,0 +1,13 @@
+//! Shared vocabulary of Patchbay: the values the builder, the agent and (later) the server agree on.
+//!
+//! Everything that crosses a trust boundary — a bundle file, a manifest, a kernel's identity — is
+//! parsed into a newtype here once, so the rest of the code never handles raw strings for them.
+
+pub mod bundle;
+pub mod fsutil;
+pub mod ids;
+pub mod manifest;
+
+pub use bundle::{Bundle, BundleError};
+pub use ids::{BuildId, CveId, IdError, KernelRelease, ModuleName, ObjectName, PatchLevel, Sha256};
+pub use manifest::{Manifest, ManifestError, ReplacedFunction, MANIFEST_FORMAT};
