@@ -27,10 +27,7 @@ pub enum BundleError {
     #[error("bundle {path} is not a Patchbay bundle: {reason}")]
     Malformed { path: String, reason: String },
     #[error("bundle {path} has a bad manifest: {source}")]
-    Manifest {
-        path: String,
-        source: ManifestError,
-    },
+    Manifest { path: String, source: ManifestError },
     #[error(
         "bundle {path}: the module does not match its manifest ({what}); the bundle is corrupted or \
          was tampered with: fetch or rebuild it"
@@ -78,7 +75,9 @@ impl Bundle {
         for entry in archive.entries().map_err(io)? {
             let entry = entry.map_err(io)?;
             if !entry.header().entry_type().is_file() {
-                return Err(malformed("it contains an entry that is not a regular file".into()));
+                return Err(malformed(
+                    "it contains an entry that is not a regular file".into(),
+                ));
             }
             let name = entry.path().map_err(io)?.to_string_lossy().into_owned();
             let (slot, limit) = match name.as_str() {
@@ -102,10 +101,11 @@ impl Bundle {
         let manifest_bytes =
             manifest_bytes.ok_or_else(|| malformed(format!("no {MANIFEST_ENTRY}")))?;
         let module = module_bytes.ok_or_else(|| malformed(format!("no {MODULE_ENTRY}")))?;
-        let manifest = Manifest::parse(&manifest_bytes).map_err(|source| BundleError::Manifest {
-            path: origin.to_owned(),
-            source,
-        })?;
+        let manifest =
+            Manifest::parse(&manifest_bytes).map_err(|source| BundleError::Manifest {
+                path: origin.to_owned(),
+                source,
+            })?;
         verify_module(&manifest, &module, origin)?;
         Ok(Bundle { manifest, module })
     }

@@ -19,7 +19,11 @@ impl IdError {
     fn new(what: &'static str, value: &str, reason: &'static str) -> Self {
         // Keep error messages bounded even for hostile input.
         let value: String = value.chars().take(80).collect();
-        IdError { what, value, reason }
+        IdError {
+            what,
+            value,
+            reason,
+        }
     }
 }
 
@@ -67,7 +71,7 @@ impl FromStr for BuildId {
     fn from_str(s: &str) -> Result<Self, IdError> {
         const WHAT: &str = "kernel build-id";
         // GNU build-ids are 20 bytes (sha1) by default; other styles range from 8 to 32 bytes.
-        if s.len() < 16 || s.len() > 64 || s.len() % 2 != 0 {
+        if s.len() < 16 || s.len() > 64 || !s.len().is_multiple_of(2) {
             return Err(IdError::new(WHAT, s, "expected 16 to 64 hex digits"));
         }
         if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -89,7 +93,8 @@ impl FromStr for KernelRelease {
         if s.is_empty() || s.len() > 64 {
             return Err(IdError::new(WHAT, s, "expected 1 to 64 characters"));
         }
-        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+' | '~');
+        let allowed =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+' | '~');
         if !s.chars().all(allowed) {
             return Err(IdError::new(
                 WHAT,
@@ -324,7 +329,13 @@ mod tests {
             "cve-2024-1086".parse::<CveId>().unwrap().as_str(),
             "CVE-2024-1086"
         );
-        for bad in ["CVE-24-1086", "CVE-2024-1", "CVE-2024-12a4", "2024-1086", ""] {
+        for bad in [
+            "CVE-24-1086",
+            "CVE-2024-1",
+            "CVE-2024-12a4",
+            "2024-1086",
+            "",
+        ] {
             assert!(bad.parse::<CveId>().is_err(), "{bad}");
         }
     }
@@ -342,9 +353,6 @@ mod tests {
             Sha256::of(b"abc").as_str(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(
-            Sha256::of_reader(&b"abc"[..]).unwrap(),
-            Sha256::of(b"abc")
-        );
+        assert_eq!(Sha256::of_reader(&b"abc"[..]).unwrap(), Sha256::of(b"abc"));
     }
 }

@@ -216,7 +216,8 @@ pub(crate) mod tests {
         assert!(Manifest::parse(&serde_json::to_vec(&v).unwrap()).is_err());
 
         let mut dup = sample(b"module");
-        dup.replaced_functions.push(dup.replaced_functions[0].clone());
+        dup.replaced_functions
+            .push(dup.replaced_functions[0].clone());
         assert!(dup.to_json().is_err());
 
         let mut bad_name = sample(b"module");
