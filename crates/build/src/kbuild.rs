@@ -1,0 +1,72 @@
+//! Runs kbuild against a kernel's headers tree to build an out-of-tree module.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Why kbuild did not produce the module.
+#[derive(Debug, thiserror::Error)]
+pub enum KbuildError {
+    #[error("cannot run make (install it: apt-get install make gcc-12): {0}")]
+    Spawn(std::io::Error),
+    #[error("kbuild failed for the module in {dir} (make exit {status}); its output:\n{output}")]
+    Failed {
+        dir: String,
+        status: String,
+        output: String,
+    },
+    #[error("kbuild succeeded but {0} was not produced")]
+    Missing(String),
+}
+
+/// Whether symbols the kernel does not export may stay undefined in the linked module
+/// (livepatch modules resolve them through klp relocations after linking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UndefinedSymbols {
+    /// modpost fails on an unresolved symbol (ordinary modules).
+    Refuse,
+    /// modpost only warns; the caller must resolve every undefined symbol itself.
+    AllowForLivepatch,
+}
+
+/// Builds the module `name` from the kbuild directory `dir` against `headers_dir`, returning
+/// the path of the linked `.ko`.
+pub fn build_module(
+    headers_dir: &Path,
+    dir: &Path,
+    name: &str,
+    undefined: UndefinedSymbols,
+) -> Result<PathBuf, KbuildError> {
+    let mut make = Command::new("make");
+    make.arg("-C")
+        .arg(headers_dir)
+        .arg(format!("M={}", dir.display()))
+        .arg(format!("-j{}", parallelism()))
+        .arg("modules")
+        // Reproducible output that does not depend on the builder's locale or environment.
+        .env("LC_ALL", "C")
+        .env_remove("KBUILD_EXTRA_SYMBOLS")
+        .env_remove("ARCH")
+        .env_remove("CROSS_COMPILE");
+    if undefined == UndefinedSymbols::AllowForLivepatch {
+        make.arg("KBUILD_MODPOST_WARN=1");
+    }
+    let out = make.output().map_err(KbuildError::Spawn)?;
+    if !out.status.success() {
+        let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        return Err(KbuildError::Failed {
+            dir: dir.display().to_string(),
+            status: out.status.to_string(),
+            output,
+        });
+    }
+    let ko = dir.join(format!("{name}.ko"));
+    if !ko.is_file() {
+        return Err(KbuildError::Missing(ko.display().to_string()));
+    }
+    Ok(ko)
+}
+
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

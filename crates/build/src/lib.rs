@@ -1,0 +1,15 @@
+//! Patchbay's builder: turns a kernel fix into a livepatch module bundle for one exact kernel.
+//!
+//! Source mode ([`module_build`]) takes replacement functions marked with `PATCHBAY_REPLACE`
+//! (see `include/patchbay.h`). Each stage is its own module so it can be tested alone.
+
+pub mod codegen;
+pub mod kbuild;
+pub mod klp_elf;
+pub mod markers;
+pub mod modinfo;
+pub mod module_build;
+pub mod symbols;
+
+/// The header patch authors include; the builder puts it on the include path.
+pub const PATCHBAY_H: &str = include_str!("../include/patchbay.h");

@@ -1,0 +1,179 @@
+//! `patchbay-build`: builds livepatch bundles for Debian kernels.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use patchbay_build::module_build::{self, SourceBuild};
+use patchbay_core::{Bundle, CveId, PatchLevel};
+use patchbay_kernels::{Kernel, KernelSelector};
+
+#[derive(Parser)]
+#[command(
+    name = "patchbay-build",
+    version,
+    about = "Build Patchbay livepatch bundles"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a bundle from C replacement functions marked with PATCHBAY_REPLACE.
+    Module {
+        /// Target kernel: an ABI (6.1.0-56-amd64), `newest`, `older`, or the path of an unpacked
+        /// kernel directory made by `patchbay-build kernel fetch`.
+        #[arg(long)]
+        kernel: String,
+        /// Cumulative patch level (1, 2, …).
+        #[arg(long)]
+        level: PatchLevel,
+        /// CVEs this level fixes (repeat or separate with commas).
+        #[arg(long, value_delimiter = ',')]
+        fixes: Vec<CveId>,
+        /// Where to write the bundle.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// A .ko of a module outside the distro kernel whose functions or symbols the patch uses.
+        #[arg(long = "object-file")]
+        object_files: Vec<PathBuf>,
+        /// Symbol table to use instead of the distro's System.map (e.g. /proc/kallsyms of a host).
+        #[arg(long)]
+        symbols: Option<PathBuf>,
+        /// Keep the generated kbuild directory here.
+        #[arg(long)]
+        keep_work_dir: Option<PathBuf>,
+        /// Print the manifest as JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+        /// C sources with replacement functions.
+        #[arg(required = true)]
+        sources: Vec<PathBuf>,
+    },
+    /// Debian kernels: list what apt offers, fetch one into the cache.
+    Kernel {
+        #[command(subcommand)]
+        command: KernelCommand,
+    },
+    /// Show a bundle's manifest (and verify its module hash).
+    Inspect { bundle: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum KernelCommand {
+    /// List the Debian 6.1 kernels apt offers.
+    List,
+    /// Fetch and unpack a kernel (`newest`, `older` or an ABI); prints its directory.
+    Fetch { selector: KernelSelector },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("patchbay-build: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_kernel(spec: &str) -> Result<Kernel> {
+    let path = std::path::Path::new(spec);
+    if spec.contains('/') || path.is_dir() {
+        if !path.join("kernel.json").is_file() {
+            bail!(
+                "{spec} is not an unpacked Patchbay kernel directory (no kernel.json); \
+                 fetch one with `patchbay-build kernel fetch <abi>` and pass the directory it prints"
+            );
+        }
+        return Kernel::open(path).with_context(|| format!("open kernel directory {spec}"));
+    }
+    let selector: KernelSelector = spec
+        .parse()
+        .with_context(|| format!("--kernel {spec}: expected an ABI, newest, older or a path"))?;
+    patchbay_kernels::fetch_selector(&selector).with_context(|| format!("fetch kernel {spec}"))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Module {
+            kernel,
+            level,
+            fixes,
+            output,
+            object_files,
+            symbols,
+            keep_work_dir,
+            json,
+            sources,
+        } => {
+            let kernel = open_kernel(&kernel)?;
+            let request = SourceBuild {
+                level,
+                fixes,
+                sources,
+                extra_objects: object_files,
+                symbols_override: symbols,
+                output: output.clone(),
+                keep_work_dir,
+            };
+            let report = module_build::build(&kernel, &request)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.manifest)?);
+                return Ok(());
+            }
+            let m = &report.manifest;
+            println!(
+                "built {} for {} (build-id {}), level {}",
+                output.display(),
+                m.kernel.release,
+                m.kernel.build_id,
+                m.level
+            );
+            println!(
+                "  module {} ({} bytes, sha256 {})",
+                m.module.name, m.module.size, m.module.sha256
+            );
+            for f in &m.replaced_functions {
+                println!(
+                    "  replaces {}:{} with {}",
+                    f.object, f.function, f.replacement
+                );
+            }
+            for rela in &report.klp_relocations {
+                println!(
+                    "  livepatch relocations {}: {} ({})",
+                    rela.name,
+                    rela.relocations,
+                    rela.symbols.join(", ")
+                );
+            }
+            if !m.fixes.is_empty() {
+                let fixes: Vec<&str> = m.fixes.iter().map(CveId::as_str).collect();
+                println!("  fixes {}", fixes.join(", "));
+            }
+            Ok(())
+        }
+        Command::Kernel { command } => match command {
+            KernelCommand::List => {
+                for k in patchbay_kernels::available_kernels()? {
+                    println!("{}\t{}\t{}", k.abi, k.package_version, k.upstream_version);
+                }
+                Ok(())
+            }
+            KernelCommand::Fetch { selector } => {
+                let kernel = patchbay_kernels::fetch_selector(&selector)?;
+                println!("{}", kernel.dir().display());
+                Ok(())
+            }
+        },
+        Command::Inspect { bundle } => {
+            let b = Bundle::read(&bundle)?;
+            println!("{}", serde_json::to_string_pretty(&b.manifest)?);
+            Ok(())
+        }
+    }
+}

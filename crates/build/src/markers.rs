@@ -1,0 +1,253 @@
+//! Finds the `PATCHBAY_REPLACE` markers in a patch author's C sources.
+//!
+//! The markers are the contract between patch authors and the builder: each one says which
+//! kernel function (in which object, at which position) a replacement function takes over.
+
+use std::collections::BTreeSet;
+
+use patchbay_core::manifest::is_c_identifier;
+use patchbay_core::ObjectName;
+
+/// One `PATCHBAY_REPLACE(object, old_function, new_function)` marker.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Marker {
+    pub object: ObjectName,
+    pub old_function: String,
+    pub new_function: String,
+    /// 0 when the old function's name is unique in its object.
+    pub sympos: u32,
+}
+
+impl Marker {
+    /// The global the `PATCHBAY_REPLACE` macro defines for this marker (see `patchbay.h`).
+    pub fn pointer_symbol(&self) -> String {
+        format!(
+            "__patchbay_replace__{}__{}__{}",
+            self.object, self.old_function, self.sympos
+        )
+    }
+}
+
+/// A marker that cannot be understood.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {reason}")]
+pub struct MarkerError {
+    pub file: String,
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Finds every marker in `source` (the text of `file`). Comments and string literals are
+/// ignored so that documentation that mentions the macro does not count.
+pub fn find_markers(file: &str, source: &str) -> Result<Vec<Marker>, MarkerError> {
+    let code = blank_comments_and_strings(source);
+    let mut markers = Vec::new();
+    for (macro_name, takes_sympos) in [
+        ("PATCHBAY_REPLACE_SYMPOS", true),
+        ("PATCHBAY_REPLACE", false),
+    ] {
+        let mut from = 0;
+        while let Some(found) = code.get(from..).and_then(|rest| rest.find(macro_name)) {
+            let start = from + found;
+            let after = start + macro_name.len();
+            from = after;
+            let before_ok = code
+                .get(..start)
+                .and_then(|b| b.chars().next_back())
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+            let rest = code.get(after..).unwrap_or_default();
+            let args_start = rest.len() - rest.trim_start().len();
+            if !before_ok || !rest.get(args_start..).unwrap_or_default().starts_with('(') {
+                continue; // a longer identifier, or the name without a call
+            }
+            let line = code.get(..start).unwrap_or_default().matches('\n').count() + 1;
+            let err = |reason: String| MarkerError {
+                file: file.to_owned(),
+                line,
+                reason,
+            };
+            let open = after + args_start + 1;
+            let close = code
+                .get(open..)
+                .and_then(|r| r.find(')'))
+                .ok_or_else(|| err(format!("{macro_name}( is never closed")))?;
+            let inner = code.get(open..open + close).unwrap_or_default();
+            let args: Vec<&str> = inner.split(',').map(str::trim).collect();
+            let expected = if takes_sympos { 4 } else { 3 };
+            if args.len() != expected {
+                return Err(err(format!(
+                    "{macro_name} takes {expected} arguments, found {}: ({inner})",
+                    args.len()
+                )));
+            }
+            let arg = |i: usize| args.get(i).copied().unwrap_or_default();
+            let object: ObjectName = arg(0).parse().map_err(|e| {
+                err(format!(
+                    "first argument must be vmlinux or a module name: {e}"
+                ))
+            })?;
+            for (what, name) in [("old function", arg(1)), ("new function", arg(2))] {
+                if !is_c_identifier(name) {
+                    return Err(err(format!("{what} {name:?} is not a C identifier")));
+                }
+            }
+            let sympos = if takes_sympos {
+                arg(3).parse::<u32>().map_err(|_| {
+                    err(format!(
+                        "sympos must be a decimal number (1 = first symbol of that name), found {:?}",
+                        arg(3)
+                    ))
+                })?
+            } else {
+                0
+            };
+            markers.push(Marker {
+                object,
+                old_function: arg(1).to_owned(),
+                new_function: arg(2).to_owned(),
+                sympos,
+            });
+        }
+    }
+    // "PATCHBAY_REPLACE" is a prefix of "PATCHBAY_REPLACE_SYMPOS", but there it is followed by
+    // "_SYMPOS(" rather than "(", so the call check above skips it.
+    let mut seen = BTreeSet::new();
+    for m in &markers {
+        if !seen.insert((&m.object, &m.old_function)) {
+            return Err(MarkerError {
+                file: file.to_owned(),
+                line: 0,
+                reason: format!(
+                    "{}:{} is replaced twice; keep one marker per function",
+                    m.object, m.old_function
+                ),
+            });
+        }
+    }
+    markers.sort();
+    Ok(markers)
+}
+
+/// Replaces comments and string/char literals with spaces, keeping newlines (for line numbers).
+fn blank_comments_and_strings(src: &str) -> String {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Code,
+        LineComment,
+        BlockComment,
+        Str(char),
+    }
+    let mut out = String::with_capacity(src.len());
+    let mut state = State::Code;
+    let mut chars = src.chars().peekable();
+    while let Some(c) = chars.next() {
+        match state {
+            State::Code => match c {
+                '/' if chars.peek() == Some(&'/') => {
+                    chars.next();
+                    out.push_str("  ");
+                    state = State::LineComment;
+                }
+                '/' if chars.peek() == Some(&'*') => {
+                    chars.next();
+                    out.push_str("  ");
+                    state = State::BlockComment;
+                }
+                '"' | '\'' => {
+                    out.push(' ');
+                    state = State::Str(c);
+                }
+                _ => out.push(c),
+            },
+            State::LineComment => {
+                if c == '\n' {
+                    out.push('\n');
+                    state = State::Code;
+                } else {
+                    out.push(' ');
+                }
+            }
+            State::BlockComment => {
+                if c == '*' && chars.peek() == Some(&'/') {
+                    chars.next();
+                    out.push_str("  ");
+                    state = State::Code;
+                } else {
+                    out.push(if c == '\n' { '\n' } else { ' ' });
+                }
+            }
+            State::Str(quote) => {
+                if c == '\\' {
+                    chars.next();
+                    out.push_str("  ");
+                } else if c == quote {
+                    out.push(' ');
+                    state = State::Code;
+                } else {
+                    out.push(if c == '\n' { '\n' } else { ' ' });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn finds_plain_and_sympos_markers() {
+        let src = r#"
+#include "patchbay.h"
+/* PATCHBAY_REPLACE(vmlinux, in_comment, x); */
+static const char *s = "PATCHBAY_REPLACE(vmlinux, in_string, x)";
+static int pb_show(struct seq_file *m, void *v) { return 0; }
+PATCHBAY_REPLACE(vmlinux, cmdline_proc_show, pb_show);
+PATCHBAY_REPLACE_SYMPOS( pb-fixture , helper ,
+    pb_helper, 2);
+"#;
+        let m = find_markers("fix.c", src).unwrap();
+        assert_eq!(m.len(), 2);
+        let plain = m
+            .iter()
+            .find(|m| m.old_function == "cmdline_proc_show")
+            .unwrap();
+        assert!(plain.object.is_vmlinux());
+        assert_eq!(plain.sympos, 0);
+        assert_eq!(
+            plain.pointer_symbol(),
+            "__patchbay_replace__vmlinux__cmdline_proc_show__0"
+        );
+        let pos = m.iter().find(|m| m.old_function == "helper").unwrap();
+        assert_eq!(pos.object.as_str(), "pb_fixture");
+        assert_eq!(pos.sympos, 2);
+        assert_eq!(pos.new_function, "pb_helper");
+    }
+
+    #[test]
+    fn bad_markers_name_file_and_line() {
+        let err = find_markers("a.c", "\n\nPATCHBAY_REPLACE(vmlinux, f);").unwrap_err();
+        assert_eq!(err.line, 3);
+        assert!(err.to_string().starts_with("a.c:3:"), "{err}");
+        assert!(find_markers("a.c", "PATCHBAY_REPLACE(vmlinux, f, g").is_err());
+        assert!(find_markers("a.c", "PATCHBAY_REPLACE(Bad/Obj, f, g);").is_err());
+        assert!(find_markers("a.c", "PATCHBAY_REPLACE_SYMPOS(vmlinux, f, g, x);").is_err());
+        assert!(find_markers(
+            "a.c",
+            "PATCHBAY_REPLACE(vmlinux, f, g); PATCHBAY_REPLACE(vmlinux, f, h);"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn longer_identifiers_are_not_markers() {
+        assert!(find_markers("a.c", "MY_PATCHBAY_REPLACE(vmlinux, f, g);")
+            .unwrap()
+            .is_empty());
+        assert!(find_markers("a.c", "#define X PATCHBAY_REPLACE\n")
+            .unwrap()
+            .is_empty());
+    }
+}

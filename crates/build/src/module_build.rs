@@ -1,0 +1,403 @@
+//! Source mode: replacement functions written in C become a livepatch bundle.
+//!
+//! Stages: find markers → check the old functions exist → generate tables → kbuild → resolve
+//! undefined symbols → rewrite into livepatch relocations → validate → write the bundle.
+//! Nothing is written to the output path unless every stage succeeded.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use object::{Object, ObjectSymbol};
+use patchbay_core::manifest::{BuilderInfo, KernelTarget, ModuleInfo};
+use patchbay_core::{
+    BuildId, Bundle, CveId, KernelRelease, Manifest, ModuleName, ObjectName, PatchLevel,
+    ReplacedFunction, Sha256, MANIFEST_FORMAT,
+};
+use patchbay_kernels::{Kernel, SymbolTable};
+
+use crate::codegen::{self, PatchDescription};
+use crate::kbuild::{self, UndefinedSymbols};
+use crate::markers::{self, Marker};
+use crate::symbols::{self, Exports, SymbolSources};
+use crate::{klp_elf, modinfo};
+
+/// Everything source mode fails on, each naming the input at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot read patch source {path}: {source}")]
+    ReadSource {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Marker(#[from] markers::MarkerError),
+    #[error(
+        "no PATCHBAY_REPLACE(object, old_function, new_function) marker in {0}; \
+         mark each replacement function so the builder knows what it replaces"
+    )]
+    NoMarkers(String),
+    #[error(transparent)]
+    Symbols(#[from] symbols::SymbolError),
+    #[error(transparent)]
+    Kbuild(#[from] kbuild::KbuildError),
+    #[error(transparent)]
+    Kernel(#[from] patchbay_kernels::KernelError),
+    #[error("the built module is unusable: {0}")]
+    Module(String),
+    #[error(transparent)]
+    KlpElf(#[from] klp_elf::KlpElfError),
+    #[error(transparent)]
+    Bundle(#[from] patchbay_core::BundleError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
+    let what = what.into();
+    move |source| BuildError::Io { what, source }
+}
+
+/// A request to build one patch level from C sources.
+#[derive(Debug)]
+pub struct SourceBuild {
+    pub level: PatchLevel,
+    pub fixes: Vec<CveId>,
+    pub sources: Vec<PathBuf>,
+    /// `.ko` files of modules that are not part of the distro kernel (e.g. third-party modules)
+    /// but hold functions the patch replaces or symbols it uses.
+    pub extra_objects: Vec<PathBuf>,
+    /// A symbol table to use instead of the distro's full `System.map` (e.g. a host's
+    /// `/proc/kallsyms` read with `nokaslr`).
+    pub symbols_override: Option<PathBuf>,
+    pub output: PathBuf,
+    /// Keep the kbuild directory here (for debugging) instead of a temporary one.
+    pub keep_work_dir: Option<PathBuf>,
+}
+
+/// What was built.
+#[derive(Debug)]
+pub struct BuildReport {
+    pub manifest: Manifest,
+    pub klp_relocations: Vec<klp_elf::KlpRelaSection>,
+}
+
+/// The module name for a kernel build and level: unique per (build-id, level), stable, and
+/// short enough for the kernel's 55-byte limit.
+pub fn module_name(build_id: &BuildId, level: PatchLevel) -> Result<ModuleName, BuildError> {
+    let prefix = build_id.as_str().get(..12).unwrap_or(build_id.as_str());
+    format!("pb_{prefix}_l{level}")
+        .parse()
+        .map_err(|e| BuildError::Module(format!("module name: {e}")))
+}
+
+/// Builds the bundle described by `request` for `kernel`.
+pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, BuildError> {
+    // 1. Markers.
+    let mut all_markers: Vec<Marker> = Vec::new();
+    let mut sources: Vec<(String, String)> = Vec::new();
+    for (index, path) in request.sources.iter().enumerate() {
+        let text = std::fs::read_to_string(path).map_err(|source| BuildError::ReadSource {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let shown = path.display().to_string();
+        all_markers.extend(markers::find_markers(&shown, &text)?);
+        sources.push((format!("pb_src{index}"), text));
+    }
+    if all_markers.is_empty() {
+        let names: Vec<String> = request
+            .sources
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        return Err(BuildError::NoMarkers(names.join(", ")));
+    }
+    let mut seen = BTreeSet::new();
+    for m in &all_markers {
+        if !seen.insert((&m.object, &m.old_function)) {
+            return Err(BuildError::Module(format!(
+                "{}:{} is replaced by markers in two files; keep one",
+                m.object, m.old_function
+            )));
+        }
+    }
+
+    // 2. Symbol tables of the target kernel.
+    let build_id: BuildId = kernel
+        .build_id()
+        .parse()
+        .map_err(|e| BuildError::Module(format!("kernel build-id: {e}")))?;
+    let release: KernelRelease = kernel
+        .abi()
+        .as_str()
+        .parse()
+        .map_err(|e| BuildError::Module(format!("kernel release: {e}")))?;
+    let vmlinux_table = match &request.symbols_override {
+        Some(path) => SymbolTable::load(path)?,
+        None => SymbolTable::load(&kernel.system_map()?)?,
+    };
+    let module_tables = module_tables(kernel, &all_markers, &request.extra_objects)?;
+    let sources_for_symbols = SymbolSources {
+        vmlinux: &vmlinux_table,
+        modules: module_tables.iter().map(|(n, t)| (n.clone(), t)).collect(),
+    };
+    symbols::check_old_functions(&all_markers, &sources_for_symbols)?;
+
+    // 3. Generate and build.
+    let name = module_name(&build_id, request.level)?;
+    let temp;
+    let work_dir: &Path = match &request.keep_work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+            dir
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("patchbay-build-")
+                .tempdir()
+                .map_err(io("create a temporary build directory"))?;
+            temp.path()
+        }
+    };
+    write_kbuild_dir(
+        work_dir,
+        &name,
+        request.level,
+        &release,
+        &build_id,
+        &all_markers,
+        &sources,
+    )?;
+    let ko_path = kbuild::build_module(
+        kernel.headers_dir(),
+        work_dir,
+        name.as_str(),
+        UndefinedSymbols::AllowForLivepatch,
+    )?;
+    let linked = std::fs::read(&ko_path).map_err(io(format!("read {}", ko_path.display())))?;
+    check_marker_pointers(&linked, &all_markers)?;
+
+    // 4. Livepatch relocations for what the kernel does not export.
+    let exports_path = kernel.module_symvers();
+    let exports = Exports::parse(
+        &std::fs::read_to_string(&exports_path)
+            .map_err(io(format!("read {}", exports_path.display())))?,
+    );
+    if exports.is_empty() {
+        return Err(BuildError::Module(format!(
+            "{} lists no exported symbols; the kernel headers are incomplete: fetch them again",
+            exports_path.display()
+        )));
+    }
+    let undefined = klp_elf::undefined_symbols(&linked)?;
+    let targets = symbols::resolve_undefined(&undefined, &exports, &sources_for_symbols)?;
+    let module = if targets.is_empty() {
+        linked
+    } else {
+        klp_elf::rewrite(&linked, &targets)?
+    };
+
+    // 5. Validate what the kernel will check.
+    let info = modinfo::read(&module).map_err(|e| BuildError::Module(e.to_string()))?;
+    let expected = kernel.vermagic()?;
+    let actual = modinfo::value(&info, "vermagic").unwrap_or_default();
+    if actual.trim() != expected.trim() {
+        return Err(BuildError::Module(format!(
+            "vermagic {actual:?} does not match the kernel's {expected:?}; the headers tree does not \
+             belong to this kernel"
+        )));
+    }
+    if modinfo::value(&info, "livepatch") != Some("Y") {
+        return Err(BuildError::Module(
+            "the module is not marked as a livepatch (modinfo livepatch=Y)".into(),
+        ));
+    }
+    let klp_relocations = klp_elf::inspect(&module)?;
+
+    // 6. Bundle.
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        kernel: KernelTarget {
+            release,
+            build_id,
+            upstream_version: kernel.upstream_version().to_owned(),
+            package_version: Some(kernel.package_version().to_owned()),
+        },
+        level: request.level,
+        module: ModuleInfo {
+            name,
+            sha256: Sha256::of(&module),
+            size: module.len() as u64,
+        },
+        replaced_functions: all_markers
+            .iter()
+            .map(|m| ReplacedFunction {
+                object: m.object.clone(),
+                function: m.old_function.clone(),
+                sympos: m.sympos,
+                replacement: m.new_function.clone(),
+            })
+            .collect(),
+        fixes: request.fixes.clone(),
+        builder: BuilderInfo {
+            name: "patchbay-build".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        created: now_rfc3339(),
+    };
+    Bundle::new(manifest.clone(), module)?.write(&request.output)?;
+    Ok(BuildReport {
+        manifest,
+        klp_relocations,
+    })
+}
+
+fn module_tables(
+    kernel: &Kernel,
+    markers: &[Marker],
+    extra_objects: &[PathBuf],
+) -> Result<Vec<(ObjectName, SymbolTable)>, BuildError> {
+    let mut tables = Vec::new();
+    for extra in extra_objects {
+        let bytes = std::fs::read(extra).map_err(io(format!("read {}", extra.display())))?;
+        let info = modinfo::read(&bytes)
+            .map_err(|e| BuildError::Module(format!("{}: {e}", extra.display())))?;
+        let name = modinfo::value(&info, "name").ok_or_else(|| {
+            BuildError::Module(format!(
+                "{} has no module name in .modinfo",
+                extra.display()
+            ))
+        })?;
+        let object: ObjectName = name
+            .parse()
+            .map_err(|e| BuildError::Module(format!("{}: {e}", extra.display())))?;
+        tables.push((object, SymbolTable::from_module_ko(&bytes)?));
+    }
+    let wanted: BTreeSet<&ObjectName> = markers
+        .iter()
+        .map(|m| &m.object)
+        .filter(|o| !o.is_vmlinux())
+        .collect();
+    for object in wanted {
+        if tables.iter().any(|(name, _)| name == object) {
+            continue;
+        }
+        let path = kernel.find_module(object.as_str())?.ok_or_else(|| {
+            BuildError::Module(format!(
+                "the kernel has no module {object}; for a module that is not part of the distro \
+                 kernel pass its .ko with --object-file"
+            ))
+        })?;
+        let bytes = std::fs::read(&path).map_err(io(format!("read {}", path.display())))?;
+        tables.push((object.clone(), SymbolTable::from_module_ko(&bytes)?));
+    }
+    Ok(tables)
+}
+
+fn write_kbuild_dir(
+    dir: &Path,
+    name: &ModuleName,
+    level: PatchLevel,
+    release: &KernelRelease,
+    build_id: &BuildId,
+    markers: &[Marker],
+    sources: &[(String, String)],
+) -> Result<(), BuildError> {
+    let include = dir.join("include");
+    std::fs::create_dir_all(&include).map_err(io(format!("create {}", include.display())))?;
+    let write = |path: PathBuf, text: &str| {
+        std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))
+    };
+    write(include.join("patchbay.h"), crate::PATCHBAY_H)?;
+    let desc = PatchDescription {
+        module: name,
+        level,
+        release,
+        build_id,
+    };
+    write(
+        dir.join("patchbay_main.c"),
+        &codegen::main_c(&desc, markers),
+    )?;
+    let mut objects = Vec::new();
+    for (stem, text) in sources {
+        write(dir.join(format!("{stem}.c")), text)?;
+        objects.push(format!("{stem}.o"));
+    }
+    write(dir.join("Kbuild"), &codegen::kbuild(name, &objects))
+}
+
+/// Every marker must have produced its pointer (a marker inside `#if 0` did not).
+fn check_marker_pointers(ko: &[u8], markers: &[Marker]) -> Result<(), BuildError> {
+    let file = object::File::parse(ko).map_err(|e| BuildError::Module(e.to_string()))?;
+    let defined: BTreeSet<String> = file
+        .symbols()
+        .filter(|s| !s.is_undefined())
+        .filter_map(|s| s.name().ok().map(str::to_owned))
+        .collect();
+    let missing: Vec<String> = markers
+        .iter()
+        .filter(|m| !defined.contains(&m.pointer_symbol()))
+        .map(|m| format!("{}:{}", m.object, m.old_function))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(BuildError::Module(format!(
+            "markers found in the source were not compiled (inside #if 0 or a macro?): {}",
+            missing.join(", ")
+        )))
+    }
+}
+
+/// Current UTC time as RFC 3339, without pulling in a date crate.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm), valid for the Unix era.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn module_names_are_unique_per_build_and_level() {
+        let id: BuildId = "0123456789abcdef0123456789abcdef01234567".parse().unwrap();
+        let n = module_name(&id, 12.try_into().unwrap()).unwrap();
+        assert_eq!(n.as_str(), "pb_0123456789ab_l12");
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,332 @@
+//! Decides how every symbol a patch module references gets resolved in the running kernel:
+//! exported symbols by the module loader (normal relocations), everything else by livepatch
+//! (`.klp.sym.<object>.<name>,<sympos>`), and nothing ambiguous at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use patchbay_core::ObjectName;
+use patchbay_kernels::SymbolTable;
+
+use crate::klp_elf::KlpTarget;
+use crate::markers::Marker;
+
+/// Symbols exported to modules, from a kernel's `Module.symvers`.
+#[derive(Debug, Default)]
+pub struct Exports(BTreeSet<String>);
+
+impl Exports {
+    /// Parses `Module.symvers`: `<crc>\t<symbol>\t<module>\t<export type>[\t<namespace>]`.
+    pub fn parse(text: &str) -> Exports {
+        Exports(
+            text.lines()
+                .filter_map(|line| line.split('\t').nth(1))
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+
+    /// Whether modules may link against `name` directly.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+
+    /// Number of exported symbols.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing is exported (a wrong or empty file).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Where non-exported symbols can be found: vmlinux, and the modules the patch touches.
+#[derive(Debug)]
+pub struct SymbolSources<'a> {
+    pub vmlinux: &'a SymbolTable,
+    pub modules: Vec<(ObjectName, &'a SymbolTable)>,
+}
+
+impl SymbolSources<'_> {
+    fn table(&self, object: &ObjectName) -> Option<&SymbolTable> {
+        if object.is_vmlinux() {
+            return Some(self.vmlinux);
+        }
+        self.modules
+            .iter()
+            .find(|(name, _)| name == object)
+            .map(|(_, table)| *table)
+    }
+
+    fn objects(&self) -> impl Iterator<Item = (ObjectName, &SymbolTable)> {
+        std::iter::once((ObjectName::vmlinux(), self.vmlinux)).chain(
+            self.modules
+                .iter()
+                .map(|(name, table)| (name.clone(), *table)),
+        )
+    }
+}
+
+/// Symbols that cannot be resolved safely, all listed at once so the author fixes them in one go.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SymbolError(String);
+
+/// Checks that each marker's old function exists in its object, exactly once unless a
+/// position was given.
+pub fn check_old_functions(
+    markers: &[Marker],
+    sources: &SymbolSources<'_>,
+) -> Result<(), SymbolError> {
+    let mut problems = String::new();
+    for m in markers {
+        let Some(table) = sources.table(&m.object) else {
+            let _ = writeln!(
+                problems,
+                "- {}: no symbol table for object {} (is it a module of this kernel?)",
+                m.old_function, m.object
+            );
+            continue;
+        };
+        let found = table.lookup(&m.old_function);
+        let functions: Vec<_> = found
+            .iter()
+            .filter(|e| matches!(e.kind, 't' | 'T' | 'W' | 'w'))
+            .collect();
+        match (functions.len(), m.sympos) {
+            (0, _) => {
+                let _ = writeln!(
+                    problems,
+                    "- {}: no function of that name in {} (check the name against the kernel's source; \
+                     inlined functions cannot be patched, patch their caller)",
+                    m.old_function, m.object
+                );
+            }
+            (1, 0) => {}
+            (n, 0) => {
+                let _ = writeln!(
+                    problems,
+                    "- {}: {n} local functions of that name in {}; say which one with \
+                     PATCHBAY_REPLACE_SYMPOS({}, {}, {}, <1..{n}>) (positions by address: {})",
+                    m.old_function,
+                    m.object,
+                    m.object,
+                    m.old_function,
+                    m.new_function,
+                    describe(&functions)
+                );
+            }
+            (n, pos) if pos as usize > n => {
+                let _ = writeln!(
+                    problems,
+                    "- {}: position {pos} asked, but {} has only {n} function(s) of that name",
+                    m.old_function, m.object
+                );
+            }
+            _ => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SymbolError(format!(
+            "the functions to replace are not found uniquely in the target kernel:\n{problems}"
+        )))
+    }
+}
+
+/// Maps every undefined symbol of the linked module that the kernel does not export to the
+/// livepatch symbol that resolves it. Refuses names that are missing or ambiguous.
+pub fn resolve_undefined(
+    undefined: &[String],
+    exports: &Exports,
+    sources: &SymbolSources<'_>,
+) -> Result<BTreeMap<String, KlpTarget>, SymbolError> {
+    let mut targets = BTreeMap::new();
+    let mut problems = String::new();
+    for name in undefined {
+        if exports.contains(name) {
+            continue;
+        }
+        let holders: Vec<(ObjectName, usize)> = sources
+            .objects()
+            .map(|(object, table)| (object, table.lookup(name).len()))
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        match holders.as_slice() {
+            [] => {
+                let _ = writeln!(
+                    problems,
+                    "- {name}: not exported and not in the symbol table of {}; \
+                     check the spelling, or the symbol was inlined or optimised away",
+                    sources
+                        .objects()
+                        .map(|(o, _)| o.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            [(object, 1)] => {
+                targets.insert(
+                    name.clone(),
+                    KlpTarget {
+                        object: object.to_string(),
+                        symbol: name.clone(),
+                        sympos: 0,
+                    },
+                );
+            }
+            [(object, n)] => {
+                let _ = writeln!(
+                    problems,
+                    "- {name}: {n} local symbols of that name in {object} ({}); a reference cannot \
+                     say which one: call it through a uniquely named symbol instead",
+                    describe(&sources.table(object).map(|t| t.lookup(name)).unwrap_or_default().iter().collect::<Vec<_>>())
+                );
+            }
+            several => {
+                let _ = writeln!(
+                    problems,
+                    "- {name}: defined in several objects ({}); a reference cannot say which one",
+                    several
+                        .iter()
+                        .map(|(o, _)| o.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(targets)
+    } else {
+        Err(SymbolError(format!(
+            "the patch references kernel symbols that cannot be resolved uniquely:\n{problems}"
+        )))
+    }
+}
+
+fn describe(entries: &[&patchbay_kernels::SymbolEntry]) -> String {
+    entries
+        .iter()
+        .map(|e| format!("{}: {:#x} {}", e.position, e.address, e.kind))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    const MAP: &str = "\
+ffffffff81000000 T _text
+ffffffff81100000 t cmdline_proc_show
+ffffffff81200000 t dup_helper
+ffffffff81300000 t dup_helper
+ffffffff82000000 D saved_command_line
+ffffffff82000100 D printk_like
+";
+
+    fn tables() -> (SymbolTable, SymbolTable) {
+        let vmlinux = SymbolTable::parse(MAP).unwrap();
+        let module = SymbolTable::parse(
+            "0000000000000010 t pb_fixture_show\n0000000000000020 d saved_command_line\n",
+        )
+        .unwrap();
+        (vmlinux, module)
+    }
+
+    #[test]
+    fn exported_symbols_stay_normal_and_others_become_klp_symbols() {
+        let (vmlinux, _) = tables();
+        let sources = SymbolSources {
+            vmlinux: &vmlinux,
+            modules: vec![],
+        };
+        let exports = Exports::parse("0x1234abcd\tprintk_like\tvmlinux\tEXPORT_SYMBOL\t\n");
+        assert_eq!(exports.len(), 1);
+        let undefined = vec!["printk_like".to_owned(), "saved_command_line".to_owned()];
+        let targets = resolve_undefined(&undefined, &exports, &sources).unwrap();
+        assert_eq!(targets.len(), 1);
+        let t = &targets["saved_command_line"];
+        assert_eq!((t.object.as_str(), t.sympos), ("vmlinux", 0));
+    }
+
+    #[test]
+    fn missing_ambiguous_and_multi_object_symbols_are_refused_together() {
+        let (vmlinux, module) = tables();
+        let sources = SymbolSources {
+            vmlinux: &vmlinux,
+            modules: vec![("pb_fixture".parse().unwrap(), &module)],
+        };
+        let undefined = vec![
+            "no_such_symbol".to_owned(),
+            "dup_helper".to_owned(),
+            "saved_command_line".to_owned(),
+        ];
+        let err = resolve_undefined(&undefined, &Exports::default(), &sources)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("- no_such_symbol: not exported"), "{err}");
+        assert!(err.contains("- dup_helper: 2 local symbols"), "{err}");
+        assert!(
+            err.contains("- saved_command_line: defined in several objects (vmlinux, pb_fixture)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn module_local_symbols_resolve_to_the_module() {
+        let (vmlinux, module) = tables();
+        let sources = SymbolSources {
+            vmlinux: &vmlinux,
+            modules: vec![("pb_fixture".parse().unwrap(), &module)],
+        };
+        let targets = resolve_undefined(
+            &["pb_fixture_show".to_owned()],
+            &Exports::default(),
+            &sources,
+        )
+        .unwrap();
+        assert_eq!(targets["pb_fixture_show"].object, "pb_fixture");
+    }
+
+    #[test]
+    fn old_functions_must_exist_uniquely_or_by_position() {
+        let (vmlinux, _) = tables();
+        let sources = SymbolSources {
+            vmlinux: &vmlinux,
+            modules: vec![],
+        };
+        let marker = |name: &str, sympos| Marker {
+            object: ObjectName::vmlinux(),
+            old_function: name.into(),
+            new_function: "pb_new".into(),
+            sympos,
+        };
+        assert!(check_old_functions(&[marker("cmdline_proc_show", 0)], &sources).is_ok());
+        assert!(check_old_functions(&[marker("dup_helper", 2)], &sources).is_ok());
+        let err = check_old_functions(
+            &[
+                marker("dup_helper", 0),
+                marker("dup_helper_x", 0),
+                marker("cmdline_proc_show", 3),
+                // data, not a function
+                marker("saved_command_line", 0),
+            ],
+            &sources,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("PATCHBAY_REPLACE_SYMPOS(vmlinux, dup_helper, pb_new, <1..2>)"),
+            "{err}"
+        );
+        assert!(err.contains("- dup_helper_x: no function"), "{err}");
+        assert!(err.contains("position 3 asked"), "{err}");
+        assert!(err.contains("- saved_command_line: no function"), "{err}");
+    }
+}

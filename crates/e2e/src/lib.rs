@@ -1,0 +1,165 @@
+//! Shared plumbing of the end-to-end tests, the demo and the benchmark: build the real agent as
+//! a static binary, build the fixture module and patch bundles for a real Debian kernel, boot it
+//! in QEMU with a scenario script.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use patchbay_build::kbuild::{self, UndefinedSymbols};
+use patchbay_build::module_build::{self, SourceBuild};
+use patchbay_core::{CveId, PatchLevel};
+use patchbay_kernels::Kernel;
+use patchbay_vm::{Initramfs, VmConfig, VmRun};
+
+/// The repository's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// A file under `fixtures/`.
+pub fn fixture(relative: &str) -> PathBuf {
+    workspace_root().join("fixtures").join(relative)
+}
+
+/// Builds the agent as a static binary (once per process) and returns its path.
+/// `PATCHBAY_AGENT_BIN` overrides it with a prebuilt binary.
+pub fn agent_binary() -> Result<PathBuf> {
+    static AGENT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    AGENT
+        .get_or_init(|| build_agent().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_agent() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PATCHBAY_AGENT_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let root = workspace_root();
+    // A separate target dir: the static build must not wait on the lock of the cargo
+    // invocation that runs these tests.
+    let target_dir = root.join("target").join("static-agent");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "-p",
+            "patchbay",
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        )
+        .status()
+        .context("run cargo to build the static agent")?;
+    if !status.success() {
+        bail!("building the static agent failed ({status})");
+    }
+    let bin = target_dir.join("x86_64-unknown-linux-gnu/release/patchbay");
+    if !bin.is_file() {
+        bail!("{} was not produced", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Builds the `pb_fixture` test module for `kernel` into `out_dir`.
+pub fn fixture_module(kernel: &Kernel, out_dir: &Path) -> Result<PathBuf> {
+    let dir = out_dir.join("pb_fixture");
+    std::fs::create_dir_all(&dir)?;
+    for name in ["pb_fixture.c", "Kbuild"] {
+        std::fs::copy(fixture(&format!("modules/pb_fixture/{name}")), dir.join(name))
+            .with_context(|| format!("copy fixture {name}"))?;
+    }
+    Ok(kbuild::build_module(
+        kernel.headers_dir(),
+        &dir,
+        "pb_fixture",
+        UndefinedSymbols::Refuse,
+    )?)
+}
+
+/// Builds a bundle of `level` for `kernel` from patch sources under `fixtures/patches/`.
+pub fn bundle(
+    kernel: &Kernel,
+    level: u32,
+    patches: &[&str],
+    fixes: &[&str],
+    extra_objects: &[PathBuf],
+    output: &Path,
+) -> Result<module_build::BuildReport> {
+    let request = SourceBuild {
+        level: PatchLevel::try_from(level)?,
+        fixes: fixes
+            .iter()
+            .map(|f| f.parse::<CveId>())
+            .collect::<Result<_, _>>()?,
+        sources: patches
+            .iter()
+            .map(|p| fixture(&format!("patches/{p}")))
+            .collect(),
+        extra_objects: extra_objects.to_vec(),
+        symbols_override: None,
+        output: output.to_path_buf(),
+        keep_work_dir: None,
+    };
+    module_build::build(kernel, &request)
+        .with_context(|| format!("build level {level} from {patches:?} for {}", kernel.abi()))
+}
+
+/// A guest to boot: the agent at `/bin/patchbay`, `/lib/pb.sh`, files, and a scenario.
+#[derive(Debug)]
+pub struct Guest {
+    initramfs: Initramfs,
+    pub cpus: u32,
+    pub timeout: Duration,
+}
+
+impl Guest {
+    /// A guest with the agent installed.
+    pub fn new() -> Result<Guest> {
+        let mut initramfs = Initramfs::new()?;
+        initramfs.add_file("/bin/patchbay", &agent_binary()?, 0o755)?;
+        Ok(Guest {
+            initramfs,
+            cpus: 1,
+            timeout: Duration::from_secs(240),
+        })
+    }
+
+    /// Copies a host file into the guest.
+    pub fn file(&mut self, guest_path: &str, host: &Path) -> Result<&mut Self> {
+        self.initramfs.add_file(guest_path, host, 0o644)?;
+        Ok(self)
+    }
+
+    /// Boots `kernel` and runs the scenario script from `fixtures/scenarios/<name>`.
+    pub fn run(&mut self, kernel: &Kernel, scenario: &str, work: &Path) -> Result<VmRun> {
+        let script = std::fs::read_to_string(fixture(&format!("scenarios/{scenario}")))
+            .with_context(|| format!("read scenario {scenario}"))?;
+        self.initramfs.set_scenario(&script);
+        let initramfs = work.join(format!("{scenario}.cpio.gz"));
+        self.initramfs.write(&initramfs)?;
+        let config = VmConfig {
+            vmlinux: kernel.vmlinux().to_path_buf(),
+            initramfs,
+            memory_mib: 1024,
+            cpus: self.cpus,
+            timeout: self.timeout,
+            extra_cmdline: String::new(),
+            qemu_args: Vec::new(),
+        };
+        Ok(patchbay_vm::run(&config)?)
+    }
+}
