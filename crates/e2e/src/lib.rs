@@ -79,8 +79,11 @@ pub fn fixture_module(kernel: &Kernel, out_dir: &Path) -> Result<PathBuf> {
     let dir = out_dir.join("pb_fixture");
     std::fs::create_dir_all(&dir)?;
     for name in ["pb_fixture.c", "Kbuild"] {
-        std::fs::copy(fixture(&format!("modules/pb_fixture/{name}")), dir.join(name))
-            .with_context(|| format!("copy fixture {name}"))?;
+        std::fs::copy(
+            fixture(&format!("modules/pb_fixture/{name}")),
+            dir.join(name),
+        )
+        .with_context(|| format!("copy fixture {name}"))?;
     }
     Ok(kbuild::build_module(
         kernel.headers_dir(),
@@ -151,15 +154,9 @@ impl Guest {
         self.initramfs.set_scenario(&script);
         let initramfs = work.join(format!("{scenario}.cpio.gz"));
         self.initramfs.write(&initramfs)?;
-        let config = VmConfig {
-            vmlinux: kernel.vmlinux().to_path_buf(),
-            initramfs,
-            memory_mib: 1024,
-            cpus: self.cpus,
-            timeout: self.timeout,
-            extra_cmdline: String::new(),
-            qemu_args: Vec::new(),
-        };
+        let mut config = VmConfig::new(kernel.vmlinux(), initramfs);
+        config.cpus = self.cpus;
+        config.timeout = self.timeout;
         Ok(patchbay_vm::run(&config)?)
     }
 }

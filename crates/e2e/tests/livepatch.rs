@@ -52,7 +52,15 @@ fn lifecycle(selector: KernelSelector) {
     let work = tempfile::tempdir().unwrap();
     let path = |name: &str| -> PathBuf { work.path().join(name) };
 
-    bundle(&kernel, 1, &["cmdline_level1.c"], &["CVE-2024-1086"], &[], &path("level1.pbb")).unwrap();
+    bundle(
+        &kernel,
+        1,
+        &["cmdline_level1.c"],
+        &["CVE-2024-1086"],
+        &[],
+        &path("level1.pbb"),
+    )
+    .unwrap();
     bundle(
         &kernel,
         2,
@@ -62,12 +70,27 @@ fn lifecycle(selector: KernelSelector) {
         &path("level2.pbb"),
     )
     .unwrap();
-    bundle(&other_kernel, 1, &["cmdline_level1.c"], &[], &[], &path("other-kernel.pbb")).unwrap();
+    bundle(
+        &other_kernel,
+        1,
+        &["cmdline_level1.c"],
+        &[],
+        &[],
+        &path("other-kernel.pbb"),
+    )
+    .unwrap();
     corrupt_copy(&path("level1.pbb"), &path("corrupt.pbb"));
 
     let mut guest = Guest::new().unwrap();
-    for name in ["level1.pbb", "level2.pbb", "other-kernel.pbb", "corrupt.pbb"] {
-        guest.file(&format!("/bundles/{name}"), &path(name)).unwrap();
+    for name in [
+        "level1.pbb",
+        "level2.pbb",
+        "other-kernel.pbb",
+        "corrupt.pbb",
+    ] {
+        guest
+            .file(&format!("/bundles/{name}"), &path(name))
+            .unwrap();
     }
     let run = guest.run(&kernel, "lifecycle.sh", work.path()).unwrap();
     assert_checks(
@@ -109,14 +132,33 @@ fn module_and_blocked_transition(selector: KernelSelector) {
     let work = tempfile::tempdir().unwrap();
     let fixture = fixture_module(&kernel, work.path()).unwrap();
     let path = |name: &str| -> PathBuf { work.path().join(name) };
-    bundle(&kernel, 1, &["fixture_level1.c"], &[], &[fixture.clone()], &path("fixture1.pbb")).unwrap();
-    bundle(&kernel, 2, &["fixture_park_level2.c"], &[], &[fixture.clone()], &path("fixture2.pbb"))
-        .unwrap();
+    bundle(
+        &kernel,
+        1,
+        &["fixture_level1.c"],
+        &[],
+        std::slice::from_ref(&fixture),
+        &path("fixture1.pbb"),
+    )
+    .unwrap();
+    bundle(
+        &kernel,
+        2,
+        &["fixture_park_level2.c"],
+        &[],
+        std::slice::from_ref(&fixture),
+        &path("fixture2.pbb"),
+    )
+    .unwrap();
 
     let mut guest = Guest::new().unwrap();
     guest.file("/lib/pb_fixture.ko", &fixture).unwrap();
-    guest.file("/bundles/fixture1.pbb", &path("fixture1.pbb")).unwrap();
-    guest.file("/bundles/fixture2.pbb", &path("fixture2.pbb")).unwrap();
+    guest
+        .file("/bundles/fixture1.pbb", &path("fixture1.pbb"))
+        .unwrap();
+    guest
+        .file("/bundles/fixture2.pbb", &path("fixture2.pbb"))
+        .unwrap();
     let run = guest.run(&kernel, "module.sh", work.path()).unwrap();
     assert_checks(
         &run,

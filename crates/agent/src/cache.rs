@@ -1,0 +1,365 @@
+//! The state directory: verified bundles cached per kernel build, extracted modules, the state
+//! file and the lock.
+//!
+//! ```text
+//! <state-dir>/                     (0700)
+//!   lock                           flock(2) held by a running apply/rollback/unload
+//!   state.json                     history, last error, pending operation (see state.rs)
+//!   bundles/<build-id>/level-<N>.pbb
+//!   modules/<module-name>.ko
+//! ```
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use patchbay_core::fsutil::{sync_dir, write_atomic};
+use patchbay_core::{BuildId, Bundle, Manifest, ModuleName, PatchLevel, Sha256};
+
+/// Why a cache entry or the module file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot cache the bundle as {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: patchbay_core::BundleError,
+    },
+    #[error("cached bundle {path} is unreadable ({reason}); delete it and apply the bundle again")]
+    BadEntry { path: PathBuf, reason: String },
+    #[error(
+        "module file {path} does not match the verified bundle ({what}); something changed it \
+         after extraction. Nothing was loaded. Check who writes to the state directory, then \
+         apply again"
+    )]
+    ModuleChanged { path: PathBuf, what: String },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {
+    move |source| CacheError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The layout of the state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+
+    pub fn bundles_dir(&self, build_id: &BuildId) -> PathBuf {
+        self.root.join("bundles").join(build_id.as_str())
+    }
+
+    pub fn bundle_path(&self, build_id: &BuildId, level: PatchLevel) -> PathBuf {
+        self.bundles_dir(build_id)
+            .join(format!("level-{level}.pbb"))
+    }
+
+    pub fn modules_dir(&self) -> PathBuf {
+        self.root.join("modules")
+    }
+
+    pub fn module_path(&self, name: &ModuleName) -> PathBuf {
+        self.modules_dir().join(format!("{name}.ko"))
+    }
+
+    /// Creates the root (mode 0700: it holds code that will run in the kernel) and `modules/`.
+    pub fn ensure_layout(&self) -> Result<(), CacheError> {
+        create_private_dir(&self.root)?;
+        create_private_dir(&self.modules_dir())
+    }
+
+    /// The bundles cached for `build_id`, sorted by level. Entries that cannot be read are
+    /// reported in the second list instead of failing the whole listing.
+    pub fn cached_levels(
+        &self,
+        build_id: &BuildId,
+    ) -> Result<(Vec<CachedLevel>, Vec<String>), CacheError> {
+        let dir = self.bundles_dir(build_id);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+            Err(e) => return Err(io_err("list cached bundles in", &dir)(e)),
+        };
+        let mut levels = Vec::new();
+        let mut warnings = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("list cached bundles in", &dir))?;
+            let name = entry.file_name();
+            let Some(level) = name.to_str().and_then(parse_level_file_name) else {
+                continue; // temp files of interrupted writes, foreign files
+            };
+            let path = entry.path();
+            match read_manifest_only(&path) {
+                Ok(manifest)
+                    if manifest.level == level && manifest.kernel.build_id == *build_id =>
+                {
+                    levels.push(CachedLevel { path, manifest })
+                }
+                Ok(_) => warnings.push(format!(
+                    "ignoring cached bundle {}: its manifest is for another level or kernel",
+                    path.display()
+                )),
+                Err(e) => warnings.push(format!("ignoring {e}")),
+            }
+        }
+        levels.sort_by_key(|c| c.manifest.level);
+        Ok((levels, warnings))
+    }
+
+    /// Caches a verified bundle unless an identical one is cached already. Refuses to
+    /// overwrite a different bundle of the same level: levels are immutable.
+    pub fn store_bundle(&self, bundle: &Bundle) -> Result<StoreOutcome, CacheError> {
+        let m = &bundle.manifest;
+        let path = self.bundle_path(&m.kernel.build_id, m.level);
+        match read_manifest_only(&path) {
+            Ok(existing) if existing == *m => return Ok(StoreOutcome::AlreadyCached),
+            Ok(existing) => {
+                return Ok(StoreOutcome::Conflict {
+                    path,
+                    cached_sha256: existing.module.sha256,
+                })
+            }
+            Err(CacheError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            // An unreadable entry (e.g. truncated by a disk error) is replaced by a good one.
+            Err(_) => {}
+        }
+        let bundles_root = self.root.join("bundles");
+        create_private_dir(&bundles_root)?;
+        create_private_dir(&self.bundles_dir(&m.kernel.build_id))?;
+        bundle.write(&path).map_err(|source| CacheError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(StoreOutcome::Stored)
+    }
+
+    /// Writes the module file (atomically) unless an identical one is there, then opens it
+    /// and re-hashes the open file, so what the kernel reads through this descriptor is what
+    /// was verified.
+    pub fn extract_module(&self, bundle: &Bundle) -> Result<File, CacheError> {
+        let path = self.module_path(&bundle.manifest.module.name);
+        if let Ok(file) = open_verified(&path, &bundle.manifest) {
+            return Ok(file);
+        }
+        write_atomic(&path, &bundle.module).map_err(io_err("write module file", &path))?;
+        open_verified(&path, &bundle.manifest)
+    }
+
+    /// Removes an extracted module file once the kernel no longer uses it.
+    pub fn remove_module_file(&self, name: &ModuleName) {
+        let _ = fs::remove_file(self.module_path(name));
+    }
+}
+
+/// Result of [`StateDir::store_bundle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOutcome {
+    Stored,
+    AlreadyCached,
+    Conflict {
+        path: PathBuf,
+        cached_sha256: Sha256,
+    },
+}
+
+/// A cached bundle; its manifest was verified against the module when it was cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedLevel {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// Opens `path` and checks its size and sha256 against the manifest through the open file.
+pub fn open_verified(path: &Path, manifest: &Manifest) -> Result<File, CacheError> {
+    let mut file = File::open(path).map_err(io_err("open module file", path))?;
+    let changed = |what: String| CacheError::ModuleChanged {
+        path: path.to_owned(),
+        what,
+    };
+    let size = file
+        .metadata()
+        .map_err(io_err("stat module file", path))?
+        .len();
+    if size != manifest.module.size {
+        return Err(changed(format!(
+            "size {size}, expected {}",
+            manifest.module.size
+        )));
+    }
+    let sha = Sha256::of_reader(&mut file).map_err(io_err("read module file", path))?;
+    if sha != manifest.module.sha256 {
+        return Err(changed(format!(
+            "sha256 {sha}, expected {}",
+            manifest.module.sha256
+        )));
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_err("rewind module file", path))?;
+    Ok(file)
+}
+
+/// `level-<N>.pbb` → N.
+fn parse_level_file_name(name: &str) -> Option<PatchLevel> {
+    name.strip_prefix("level-")?
+        .strip_suffix(".pbb")?
+        .parse()
+        .ok()
+}
+
+/// Reads only the manifest of a bundle we cached ourselves (the first tar entry, as
+/// `Bundle::write` lays it out). Used to identify loaded patches cheaply; anything that is
+/// loaded goes through the full `Bundle::read` verification instead.
+pub fn read_manifest_only(path: &Path) -> Result<Manifest, CacheError> {
+    const HEADER: usize = 512;
+    const MANIFEST_MAX: u64 = 1024 * 1024;
+    let bad = |reason: String| CacheError::BadEntry {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut file = File::open(path).map_err(io_err("open cached bundle", path))?;
+    let mut header = [0u8; HEADER];
+    file.read_exact(&mut header)
+        .map_err(|e| bad(format!("cannot read the tar header: {e}")))?;
+    let name = header.get(..100).unwrap_or_default();
+    let name = name.split(|&b| b == 0).next().unwrap_or_default();
+    if name != b"manifest.json" {
+        return Err(bad("the first entry is not manifest.json".into()));
+    }
+    let size_field = header.get(124..136).unwrap_or_default();
+    let size_text: String = size_field
+        .iter()
+        .take_while(|&&b| b != 0 && b != b' ')
+        .map(|&b| char::from(b))
+        .collect();
+    let size = u64::from_str_radix(size_text.trim_start_matches(' '), 8)
+        .map_err(|_| bad("the manifest entry has a bad size field".into()))?;
+    if size > MANIFEST_MAX {
+        return Err(bad(format!("the manifest entry is {size} bytes")));
+    }
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(size)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(format!("cannot read the manifest: {e}")))?;
+    if bytes.len() as u64 != size {
+        return Err(bad("the manifest entry is truncated".into()));
+    }
+    Manifest::parse(&bytes).map_err(|e| bad(e.to_string()))
+}
+
+/// Creates a directory with mode 0700 if missing, and makes its entry durable.
+fn create_private_dir(dir: &Path) -> Result<(), CacheError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("create directory", dir)(e)),
+    }
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent).map_err(io_err("sync directory", parent))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::testutil::{bundle_for, BUILD_ID};
+
+    #[test]
+    fn level_file_names() {
+        assert_eq!(parse_level_file_name("level-3.pbb").unwrap().get(), 3);
+        assert!(parse_level_file_name("level-0.pbb").is_none());
+        assert!(parse_level_file_name(".level-3.pbb.tmp.12").is_none());
+        assert!(parse_level_file_name("level-3.pbb.bak").is_none());
+    }
+
+    #[test]
+    fn store_list_and_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path().join("state"));
+        sd.ensure_layout().unwrap();
+        let b1 = bundle_for(BUILD_ID, 1);
+        let b2 = bundle_for(BUILD_ID, 2);
+        assert_eq!(sd.store_bundle(&b2).unwrap(), StoreOutcome::Stored);
+        assert_eq!(sd.store_bundle(&b1).unwrap(), StoreOutcome::Stored);
+        assert_eq!(sd.store_bundle(&b1).unwrap(), StoreOutcome::AlreadyCached);
+        let id: BuildId = BUILD_ID.parse().unwrap();
+        let (levels, warnings) = sd.cached_levels(&id).unwrap();
+        assert!(warnings.is_empty());
+        let got: Vec<u32> = levels.iter().map(|l| l.manifest.level.get()).collect();
+        assert_eq!(got, vec![1, 2]);
+        assert_eq!(levels[0].manifest, b1.manifest);
+
+        let mut other = bundle_for(BUILD_ID, 1);
+        other.module.extend_from_slice(b" rebuilt");
+        other.manifest.module.size = other.module.len() as u64;
+        other.manifest.module.sha256 = Sha256::of(&other.module);
+        assert!(matches!(
+            sd.store_bundle(&other).unwrap(),
+            StoreOutcome::Conflict { .. }
+        ));
+
+        // Junk in the cache is reported, not fatal.
+        fs::write(sd.bundles_dir(&id).join("level-7.pbb"), b"junk").unwrap();
+        let (levels, warnings) = sd.cached_levels(&id).unwrap();
+        assert_eq!(levels.len(), 2);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+    }
+
+    #[test]
+    fn extracted_module_is_verified_through_the_fd() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path());
+        sd.ensure_layout().unwrap();
+        let b = bundle_for(BUILD_ID, 1);
+        let mut f = sd.extract_module(&b).unwrap();
+        let mut back = Vec::new();
+        f.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b.module);
+        // Tampering after extraction is caught by open_verified.
+        let path = sd.module_path(&b.manifest.module.name);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let err = open_verified(&path, &b.manifest).unwrap_err();
+        assert!(matches!(err, CacheError::ModuleChanged { .. }), "{err}");
+        // extract_module repairs it.
+        assert!(sd.extract_module(&b).is_ok());
+    }
+}

@@ -1,0 +1,276 @@
+//! Errors of the agent and the exit codes they map to (documented in `docs/agent.md`).
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use patchbay_core::{BuildId, BundleError, KernelRelease, PatchLevel, Sha256};
+
+use crate::cache::CacheError;
+use crate::livepatch::BlockingTask;
+use crate::notes::NotesError;
+use crate::state::StateError;
+
+/// Process exit codes. `status` also uses 0, 3, 4 and 5 for its verdict.
+pub mod exit {
+    /// Success; for `status`: the newest known level is active.
+    pub const OK: i32 = 0;
+    /// Any error not listed below.
+    pub const ERROR: i32 = 1;
+    /// The command line is wrong.
+    pub const USAGE: i32 = 2;
+    /// Bundles are known for this kernel but no level is active.
+    pub const NO_PATCH: i32 = 3;
+    /// A newer cached level than the active one exists.
+    pub const NEWER_AVAILABLE: i32 = 4;
+    /// No bundle is known for this kernel build (or the kernel cannot be livepatched).
+    pub const UNSUPPORTED: i32 = 5;
+    /// A transition was blocked by tasks and reverted.
+    pub const BLOCKED: i32 = 6;
+    /// A bundle was refused: verification failed or it is for another kernel.
+    pub const REFUSED: i32 = 7;
+}
+
+/// What a blocked transition looked like and what the agent did about it.
+#[derive(Debug, Clone)]
+pub struct BlockedReport {
+    /// "transition to level 2", "unload of level 2".
+    pub action: String,
+    pub blockers: Vec<BlockingTask>,
+    pub total_blockers: usize,
+    pub waited: Duration,
+    /// "reverted; level 1 stays active".
+    pub outcome: String,
+}
+
+impl std::fmt::Display for BlockedReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} blocked by ", self.action)?;
+        if self.blockers.is_empty() {
+            write!(f, "tasks that could not be identified in /proc")?;
+        } else {
+            let names: Vec<String> = self
+                .blockers
+                .iter()
+                .map(|t| {
+                    if t.pid == t.tid {
+                        format!("task {} {}", t.pid, t.comm)
+                    } else {
+                        format!("task {} {} (thread {})", t.pid, t.comm, t.tid)
+                    }
+                })
+                .collect();
+            write!(f, "{}", names.join(", "))?;
+            let more = self.total_blockers.saturating_sub(self.blockers.len());
+            if more > 0 {
+                write!(f, " and {more} more")?;
+            }
+        }
+        write!(
+            f,
+            " (waited {:.1} s); {}",
+            self.waited.as_secs_f64(),
+            self.outcome
+        )?;
+        for task in &self.blockers {
+            if task.stack.is_empty() {
+                continue;
+            }
+            write!(f, "\n  task {} {} sleeps in:", task.tid, task.comm)?;
+            for line in &task.stack {
+                write!(f, "\n    {line}")?;
+            }
+        }
+        write!(
+            f,
+            "\nThese tasks sleep inside a function the patch replaces. Retry when they are idle \
+             (or stop them), or allow a longer --transition-timeout. --force completes the \
+             transition anyway but can leave these tasks running old code and pins the modules \
+             in the kernel until reboot; use it only if you understand the patch."
+        )
+    }
+}
+
+/// A bundle built for another kernel than the running one.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "refused: bundle {path} is for kernel {bundle_release} (build-id {bundle_build_id}), but the \
+     running kernel is {running_release} (build-id {running_build_id}){note}; nothing was \
+     loaded. Use the bundle built for this exact kernel build"
+)]
+pub struct KernelMismatch {
+    pub path: String,
+    pub bundle_release: KernelRelease,
+    pub bundle_build_id: BuildId,
+    pub running_release: KernelRelease,
+    pub running_build_id: BuildId,
+    pub note: &'static str,
+}
+
+/// Everything that can go wrong in the agent. Each message says what failed, why, and what to
+/// do; nothing was changed unless the message says so.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("cannot identify the running kernel: cannot {what}: {reason}")]
+    Identity { what: String, reason: String },
+
+    #[error("cannot identify the running kernel from {path}: {source}")]
+    Notes { path: PathBuf, source: NotesError },
+
+    #[error("{0}; nothing was changed")]
+    BundleUnreadable(BundleError),
+
+    #[error("refused: {0}; nothing was loaded")]
+    BundleRefused(BundleError),
+
+    #[error("{0}")]
+    WrongKernel(Box<KernelMismatch>),
+
+    #[error(
+        "refused: a different bundle for level {level} is already cached at {path} (its module \
+         has sha256 {cached}, this one {offered}); a level's content must never change. If the \
+         cached one is wrong, delete that file and apply again; otherwise build the new one as \
+         a new level"
+    )]
+    CacheConflict {
+        level: PatchLevel,
+        path: PathBuf,
+        cached: Sha256,
+        offered: Sha256,
+    },
+
+    #[error("refused: {0}")]
+    ModuleChanged(CacheError),
+
+    #[error("{0}")]
+    Blocked(Box<BlockedReport>),
+
+    #[error("{0}")]
+    Unsupported(String),
+
+    #[error("{0}")]
+    NoPatch(String),
+
+    #[error(
+        "a livepatch transition is already in progress ({patch}); the kernel allows one at a \
+         time. Wait for it to finish (`patchbay status`) and retry{hint}"
+    )]
+    TransitionInProgress { patch: String, hint: &'static str },
+
+    #[error(
+        "other livepatches are loaded ({names}); Patchbay patches use atomic replace, which \
+         would remove them. Remove them first, or pass --replace-foreign to replace them; \
+         nothing was changed"
+    )]
+    ForeignPatches { names: String },
+
+    #[error(
+        "level {requested} is older than the active level {active}: applying it would drop fixes. \
+         Use `patchbay rollback` or pass --allow-downgrade; nothing was changed"
+    )]
+    Downgrade {
+        requested: PatchLevel,
+        active: PatchLevel,
+    },
+
+    #[error(
+        "no cached level below the active level {active} for this kernel; nothing to roll back \
+         to. Use `patchbay unload` to remove the livepatch entirely"
+    )]
+    NoLowerLevel { active: PatchLevel },
+
+    #[error("{0}; nothing was changed")]
+    Privileges(String),
+
+    #[error("{0}")]
+    State(#[from] StateError),
+
+    #[error("{0}")]
+    Cache(CacheError),
+
+    #[error("the kernel refused to load module {module}: {source}. {hint}")]
+    Load {
+        module: String,
+        source: io::Error,
+        hint: &'static str,
+    },
+
+    #[error("cannot {what} {path}: {source}")]
+    Sysfs {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+
+    #[error("{0}")]
+    Kernel(String),
+
+    #[error("{0}")]
+    Cleanup(String),
+}
+
+impl AgentError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::Usage(_) => exit::USAGE,
+            AgentError::BundleRefused(_)
+            | AgentError::WrongKernel(_)
+            | AgentError::CacheConflict { .. }
+            | AgentError::ModuleChanged(_) => exit::REFUSED,
+            AgentError::Blocked(_) => exit::BLOCKED,
+            AgentError::Unsupported(_) => exit::UNSUPPORTED,
+            AgentError::NoPatch(_) => exit::NO_PATCH,
+            _ => exit::ERROR,
+        }
+    }
+
+    /// Sorts bundle errors: unreadable files are plain errors, everything about content is a
+    /// refusal.
+    pub fn from_bundle(err: BundleError) -> Self {
+        match err {
+            BundleError::Io { .. } => AgentError::BundleUnreadable(err),
+            _ => AgentError::BundleRefused(err),
+        }
+    }
+
+    pub(crate) fn from_cache(err: CacheError) -> Self {
+        match err {
+            CacheError::ModuleChanged { .. } => AgentError::ModuleChanged(err),
+            _ => AgentError::Cache(err),
+        }
+    }
+}
+
+/// What to tell the user for an errno from `finit_module`.
+pub fn load_hint(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EEXIST) => {
+            "A module of that name is already loaded but is not an active livepatch; run \
+             `patchbay unload` (or rmmod it) and retry"
+        }
+        Some(libc::EPERM) => {
+            "Module loading is not allowed: not root, kernel lockdown, or \
+             /proc/sys/kernel/modules_disabled is 1"
+        }
+        Some(libc::EKEYREJECTED) | Some(libc::EBADMSG) => {
+            "The kernel enforces module signatures and this module is not signed with a key it \
+             trusts"
+        }
+        Some(libc::ENOEXEC) => {
+            "The module does not fit this kernel (vermagic, symbol versions or format); see \
+             `dmesg`"
+        }
+        Some(libc::ENOENT) => "The module needs a symbol this kernel lacks; see `dmesg`",
+        Some(libc::EBUSY) => "Another livepatch transition is in progress; wait and retry",
+        Some(libc::EINVAL) => {
+            "The kernel rejected the livepatch (a patched function or object is missing, or it \
+             conflicts with a loaded livepatch); see `dmesg`"
+        }
+        Some(libc::ENODEV) => "This kernel's livepatch core is not available",
+        _ => "See `dmesg` for the kernel's reason",
+    }
+}

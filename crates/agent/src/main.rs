@@ -1,0 +1,270 @@
+//! `patchbay`: the agent CLI. Logic lives in the library; this maps arguments to it, prints,
+//! and turns errors into exit codes (see docs/agent.md).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use patchbay::{
+    exit, Agent, AgentError, ApplyOptions, KernelPaths, StateDir, SystemClock, SystemKernel,
+    TransitionOptions, DEFAULT_STATE_DIR, STATE_DIR_ENV,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "patchbay",
+    version,
+    about = "Applies, rolls back and unloads Patchbay livepatch bundles on this machine.",
+    after_help = "Exit codes: 0 ok / up to date, 1 error, 2 usage, 3 no patch applied, \
+                  4 newer level available, 5 kernel unsupported, 6 transition blocked and \
+                  reverted, 7 bundle refused."
+)]
+struct Cli {
+    /// State directory [env: PATCHBAY_STATE_DIR] [default: /var/lib/patchbay].
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// (testing) livepatch sysfs directory.
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        default_value = "/sys/kernel/livepatch"
+    )]
+    livepatch_dir: PathBuf,
+    /// (testing) proc root.
+    #[arg(long, global = true, hide = true, default_value = "/proc")]
+    proc_dir: PathBuf,
+    /// (testing) kernel notes file.
+    #[arg(long, global = true, hide = true, default_value = "/sys/kernel/notes")]
+    kernel_notes: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct TransitionArgs {
+    /// Give up on a stalled transition after this long and revert it (e.g. 60s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    transition_timeout: Duration,
+    /// After this long, report the tasks blocking the transition and signal them if the
+    /// kernel offers livepatch's `signal` attribute (6.1 signals them itself every ~15 s).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    signal_after: Duration,
+    /// DANGEROUS: on timeout, write livepatch's `force` attribute instead of reverting. Tasks
+    /// that have not switched may keep running the old code, breaking the patch's consistency
+    /// guarantee, and the patch modules can never be removed until reboot.
+    #[arg(long)]
+    force: bool,
+}
+
+impl TransitionArgs {
+    fn options(&self) -> TransitionOptions {
+        TransitionOptions {
+            timeout: self.transition_timeout,
+            signal_after: self.signal_after,
+            force: self.force,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify a bundle and make its level the active livepatch (atomic replace).
+    Apply {
+        /// The bundle file (.pbb).
+        bundle: PathBuf,
+        #[command(flatten)]
+        transition: TransitionArgs,
+        /// Allow applying a level below the active one (it drops that level's newer fixes).
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Allow atomic replace to remove livepatches that are not Patchbay's.
+        #[arg(long)]
+        replace_foreign: bool,
+    },
+    /// Show the running kernel, the active level and what is cached; exit code = verdict.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go back to the newest cached level below the active one.
+    Rollback {
+        #[command(flatten)]
+        transition: TransitionArgs,
+        /// Allow atomic replace to remove livepatches that are not Patchbay's.
+        #[arg(long)]
+        replace_foreign: bool,
+    },
+    /// Disable and remove the Patchbay livepatch.
+    Unload {
+        #[command(flatten)]
+        transition: TransitionArgs,
+    },
+    /// (benchmark) finit_module + transition polling only; prints raw-load-us.
+    #[command(hide = true)]
+    BenchRawLoad {
+        ko: PathBuf,
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        transition_timeout: Duration,
+    },
+}
+
+/// Parses `60`, `60s`, `500ms`, `2m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (t.get(..i).unwrap_or(t), t.get(i..).unwrap_or("")),
+        None => (t, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (use e.g. 60s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?} is out of range"))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE as u8 } else { 0 });
+        }
+    };
+    let code = run(cli);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn run(cli: Cli) -> i32 {
+    let state_dir = cli
+        .state_dir
+        .or_else(|| std::env::var_os(STATE_DIR_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let kernel = SystemKernel;
+    let clock = SystemClock::default();
+    let log = |line: &str| eprintln!("patchbay: {line}");
+    let agent = Agent {
+        kernel: &kernel,
+        clock: &clock,
+        paths: KernelPaths {
+            livepatch_dir: cli.livepatch_dir,
+            proc_dir: cli.proc_dir,
+            notes_path: cli.kernel_notes,
+        },
+        state_dir: StateDir::new(state_dir),
+        log: &log,
+    };
+    let timing = std::env::var_os("PATCHBAY_TIMING").is_some_and(|v| v == "1");
+    let result: Result<i32, AgentError> = match cli.command {
+        Command::Apply {
+            bundle,
+            transition,
+            allow_downgrade,
+            replace_foreign,
+        } => {
+            let opts = ApplyOptions {
+                transition: transition.options(),
+                allow_downgrade,
+                replace_foreign,
+            };
+            agent.apply(&bundle, &opts).map(|out| {
+                if timing && !out.already_active {
+                    eprintln!("apply-us {}", out.timings.recorded.as_micros());
+                    eprintln!("apply-total-us {}", out.timings.cleaned.as_micros());
+                    eprintln!("apply-phases {}", out.timings.phases());
+                }
+                println!("{out}");
+                exit::OK
+            })
+        }
+        Command::Rollback {
+            transition,
+            replace_foreign,
+        } => {
+            let opts = ApplyOptions {
+                transition: transition.options(),
+                allow_downgrade: true,
+                replace_foreign,
+            };
+            agent.rollback(&opts).map(|out| {
+                println!("{out}");
+                exit::OK
+            })
+        }
+        Command::Unload { transition } => agent.unload(&transition.options()).map(|out| {
+            println!("{out}");
+            exit::OK
+        }),
+        Command::Status { json } => agent.status().map(|report| {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("patchbay: error: cannot encode the status as JSON: {e}");
+                        return exit::ERROR;
+                    }
+                }
+            } else {
+                print!("{}", report.render());
+            }
+            report.exit_code
+        }),
+        Command::BenchRawLoad {
+            ko,
+            transition_timeout,
+        } => {
+            let opts = TransitionOptions {
+                timeout: transition_timeout,
+                ..TransitionOptions::default()
+            };
+            agent.bench_raw_load(&ko, &opts).map(|took| {
+                println!("raw-load-us {}", took.as_micros());
+                exit::OK
+            })
+        }
+    };
+    let _ = std::io::stdout().flush();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("patchbay: error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["patchbay", "apply", "x.pbb", "--signal-after", "1s"]);
+        assert!(cli.is_ok());
+        assert!(Cli::try_parse_from(["patchbay", "apply"]).is_err());
+    }
+}

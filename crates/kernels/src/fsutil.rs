@@ -1,0 +1,104 @@
+//! Crash-safe file writes and inter-process locks for the kernel cache.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::KernelError;
+
+/// Writes `bytes` to `path` so that readers see either the old file or the complete new one:
+/// temp file in the same directory, fsync, rename, fsync the directory.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KernelError> {
+    let temp = temp_sibling(path);
+    let result = (|| {
+        let mut file = File::create(&temp).map_err(|e| KernelError::io("create", &temp, e))?;
+        file.write_all(bytes)
+            .map_err(|e| KernelError::io("write", &temp, e))?;
+        file.sync_all()
+            .map_err(|e| KernelError::io("fsync", &temp, e))?;
+        publish(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// `<dir>/.<name>.tmp-<pid>`: unique per process, next to the final file so rename is atomic.
+pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Renames a finished temp file or directory into place and makes the rename durable.
+pub(crate) fn publish(temp: &Path, final_path: &Path) -> Result<(), KernelError> {
+    fs::rename(temp, final_path)
+        .map_err(|e| KernelError::io("rename into place", final_path, e))?;
+    if let Some(parent) = final_path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), KernelError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| KernelError::io("fsync directory", dir, e))
+}
+
+/// Flushes everything written to the filesystem holding `dir`: one call instead of an fsync
+/// per file for a freshly unpacked tree of thousands of files.
+pub(crate) fn sync_filesystem(dir: &Path) -> Result<(), KernelError> {
+    let handle = File::open(dir).map_err(|e| KernelError::io("open", dir, e))?;
+    // SAFETY: syncfs only reads the file descriptor, which `handle` keeps open for the call.
+    let rc = unsafe { libc::syncfs(handle.as_raw_fd()) };
+    if rc != 0 {
+        return Err(KernelError::io(
+            "sync filesystem of",
+            dir,
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn remove_dir_if_present(dir: &Path) -> Result<(), KernelError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(KernelError::io("remove stale directory", dir, e)),
+    }
+}
+
+/// An exclusive `flock` held until drop; the kernel releases it if the process dies, so a
+/// crashed fetch never blocks the next one.
+#[derive(Debug)]
+pub(crate) struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    pub(crate) fn acquire(path: &Path) -> Result<FileLock, KernelError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| KernelError::io("open lock file", path, e))?;
+        loop {
+            // SAFETY: flock only operates on the descriptor, which `file` owns and keeps open.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(FileLock { _file: file });
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(KernelError::io("lock", path, error));
+            }
+        }
+    }
+}

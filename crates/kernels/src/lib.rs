@@ -1,0 +1,225 @@
+//! Debian kernel artifacts for Patchbay.
+//!
+//! Resolves which 6.1 amd64 kernels apt offers (never a hard-coded ABI: Debian publishes new
+//! ones and drops old ones), fetches image + headers + kbuild into a cache once, and reads
+//! what the builder and the VM harness need: a relocatable headers tree for out-of-tree
+//! modules, the uncompressed vmlinux for QEMU's PVH boot, its build-id, vermagic, modules,
+//! and the full System.map (lazily, from the -dbg package).
+//!
+//! Cache layout: `<cache_root>/<abi>/<package_version>/` holding `root/` (the unpacked
+//! packages), `vmlinux`, `kernel.json` (written last: its presence marks the entry complete)
+//! and, once asked for, `System.map`.
+
+mod abi;
+mod apt;
+mod bzimage;
+mod debversion;
+mod error;
+mod fsutil;
+mod kernel;
+mod process;
+mod symbols;
+
+use std::fs;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use abi::{upstream_version_of, Abi, KernelSelector};
+pub use error::KernelError;
+pub use kernel::Kernel;
+pub use symbols::{Symbol, SymbolEntry, SymbolTable};
+
+/// A kernel apt can download.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AvailableKernel {
+    pub abi: Abi,
+    /// Debian package version, e.g. `6.1.192-2`.
+    pub package_version: String,
+    /// Upstream kernel version, e.g. `6.1.192`.
+    pub upstream_version: String,
+}
+
+/// The Debian 6.1 amd64 kernels apt offers, ascending by ABI number.
+pub fn available_kernels() -> Result<Vec<AvailableKernel>, KernelError> {
+    apt::available_kernels()
+}
+
+/// Picks a kernel among those apt offers now.
+pub fn resolve(selector: &KernelSelector) -> Result<AvailableKernel, KernelError> {
+    pick(&available_kernels()?, selector)
+}
+
+fn pick(
+    kernels: &[AvailableKernel],
+    selector: &KernelSelector,
+) -> Result<AvailableKernel, KernelError> {
+    let listing = || {
+        kernels
+            .iter()
+            .map(|k| format!("{} ({})", k.abi, k.package_version))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let found = match selector {
+        KernelSelector::Newest => kernels.last(),
+        KernelSelector::Older => match kernels.len() {
+            0 | 1 => {
+                return Err(KernelError::NoOlderKernel {
+                    available: listing(),
+                })
+            }
+            n => kernels.get(n - 2),
+        },
+        KernelSelector::Exact(abi) => kernels.iter().find(|k| &k.abi == abi),
+    };
+    found.cloned().ok_or_else(|| match selector {
+        KernelSelector::Exact(abi) => KernelError::AbiNotAvailable {
+            abi: abi.to_string(),
+            available: listing(),
+        },
+        _ => KernelError::NoKernelsAvailable {
+            pattern: apt::IMAGE_SEARCH_PATTERN.to_string(),
+        },
+    })
+}
+
+/// `$PATCHBAY_CACHE/kernels` if set, else `$HOME/.cache/patchbay/kernels`.
+pub fn cache_root() -> PathBuf {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(cache) = non_empty("PATCHBAY_CACHE") {
+        return PathBuf::from(cache).join("kernels");
+    }
+    match non_empty("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache/patchbay/kernels"),
+        None => std::env::temp_dir().join("patchbay-cache/kernels"),
+    }
+}
+
+/// Downloads and unpacks a kernel into the cache, once; returns at once when it is cached.
+/// Concurrent callers (threads or processes) wait for one fetch instead of repeating it.
+pub fn fetch(kernel: &AvailableKernel) -> Result<Kernel, KernelError> {
+    abi::validate_package_version(&kernel.package_version)?;
+    let abi_dir = cache_root().join(kernel.abi.as_str());
+    let version = &kernel.package_version;
+    let entry = abi_dir.join(version);
+    if entry.join(kernel::KERNEL_JSON).is_file() {
+        return Kernel::open(&entry);
+    }
+    fs::create_dir_all(&abi_dir)
+        .map_err(|e| KernelError::io("create cache directory", &abi_dir, e))?;
+    let _lock = fsutil::FileLock::acquire(&abi_dir.join(format!("{version}.lock")))?;
+    if entry.join(kernel::KERNEL_JSON).is_file() {
+        return Kernel::open(&entry); // fetched by someone else while we waited
+    }
+    // Leftovers of a crashed fetch: the lock guarantees nobody is using them.
+    let staging = abi_dir.join(format!("{version}.tmp"));
+    let downloads = abi_dir.join(format!("{version}.download"));
+    fsutil::remove_dir_if_present(&staging)?;
+    fsutil::remove_dir_if_present(&downloads)?;
+    fsutil::remove_dir_if_present(&entry)?;
+    for dir in [&staging, &downloads] {
+        fs::create_dir(dir).map_err(|e| KernelError::io("create", dir, e))?;
+    }
+    let built = kernel::build_entry(kernel, &staging, &downloads);
+    // The unpacked tree is the cache; the .debs are not kept.
+    let cleaned = fsutil::remove_dir_if_present(&downloads);
+    if let Err(error) = built {
+        let _ = fsutil::remove_dir_if_present(&staging);
+        return Err(error);
+    }
+    cleaned?;
+    fsutil::publish(&staging, &entry)?;
+    Kernel::open(&entry)
+}
+
+/// Resolves and fetches. For an exact ABI that apt no longer offers, a complete cache entry
+/// of that ABI (the highest package version) is used instead of failing.
+pub fn fetch_selector(selector: &KernelSelector) -> Result<Kernel, KernelError> {
+    match resolve(selector) {
+        Ok(kernel) => fetch(&kernel),
+        Err(error @ KernelError::AbiNotAvailable { .. }) => match selector {
+            KernelSelector::Exact(abi) => newest_cached(abi)?.ok_or(error),
+            _ => Err(error),
+        },
+        Err(error) => Err(error),
+    }
+}
+
+/// The complete cache entry of `abi` with the highest package version, if any.
+fn newest_cached(abi: &Abi) -> Result<Option<Kernel>, KernelError> {
+    let abi_dir = cache_root().join(abi.as_str());
+    let Ok(entries) = fs::read_dir(&abi_dir) else {
+        return Ok(None);
+    };
+    let newest = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join(kernel::KERNEL_JSON).is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|version| abi::validate_package_version(version).is_ok())
+        .max_by(|a, b| debversion::compare(a, b));
+    newest
+        .map(|version| Kernel::open(&abi_dir.join(version)))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn kernel(number: u32, version: &str) -> AvailableKernel {
+        AvailableKernel {
+            abi: format!("6.1.0-{number}-amd64").parse().unwrap(),
+            package_version: version.into(),
+            upstream_version: upstream_version_of(version).unwrap(),
+        }
+    }
+
+    #[test]
+    fn pick_selects_newest_older_and_exact() {
+        let kernels = vec![
+            kernel(53, "6.1.187-1"),
+            kernel(55, "6.1.192-1"),
+            kernel(56, "6.1.192-2"),
+        ];
+        assert_eq!(
+            pick(&kernels, &KernelSelector::Newest)
+                .unwrap()
+                .abi
+                .number(),
+            56
+        );
+        assert_eq!(
+            pick(&kernels, &KernelSelector::Older).unwrap().abi.number(),
+            55
+        );
+        let exact = KernelSelector::Exact("6.1.0-53-amd64".parse().unwrap());
+        assert_eq!(pick(&kernels, &exact).unwrap().package_version, "6.1.187-1");
+        let gone = KernelSelector::Exact("6.1.0-20-amd64".parse().unwrap());
+        let message = pick(&kernels, &gone).unwrap_err().to_string();
+        assert!(
+            message.contains("6.1.0-20-amd64") && message.contains("6.1.0-56-amd64 (6.1.192-2)"),
+            "{message}"
+        );
+        assert!(matches!(
+            pick(&kernels[..1], &KernelSelector::Older),
+            Err(KernelError::NoOlderKernel { .. })
+        ));
+        assert!(pick(&[], &KernelSelector::Newest).is_err());
+    }
+
+    /// Live apt query (no download): whatever ABIs exist today, they are well-formed and sorted.
+    #[test]
+    fn apt_offers_sorted_kernels() {
+        let kernels = available_kernels().unwrap();
+        assert!(!kernels.is_empty());
+        for pair in kernels.windows(2) {
+            assert!(pair[0].abi.number() < pair[1].abi.number());
+        }
+        for k in &kernels {
+            assert_eq!(k.abi.flavour(), "amd64");
+            assert!(k.package_version.starts_with(&k.upstream_version));
+        }
+    }
+}

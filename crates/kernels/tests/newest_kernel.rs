@@ -1,0 +1,182 @@
+//! Real fetch of the newest Debian 6.1 kernel apt offers (about 85 MB the first time, then
+//! served from the cache in milliseconds), and the checks the builder and VM harness rely on.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use object::elf;
+use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+use object::{Endianness, Object, ObjectSection};
+use patchbay_kernels::{fetch_selector, Kernel, KernelSelector, SymbolTable};
+
+fn newest() -> Kernel {
+    let start = Instant::now();
+    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    eprintln!(
+        "fetch newest ({} {}): {:.2?} -> {}",
+        kernel.abi(),
+        kernel.package_version(),
+        start.elapsed(),
+        kernel.dir().display()
+    );
+    kernel
+}
+
+/// Xen's PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY = 18), what QEMU `-kernel` boots through.
+fn has_pvh_note(vmlinux: &[u8]) -> bool {
+    let file = ElfFile64::<Endianness>::parse(vmlinux).unwrap();
+    let endian = file.endian();
+    for segment in file.elf_program_headers() {
+        if segment.p_type(endian) != elf::PT_NOTE {
+            continue;
+        }
+        if let Some(mut notes) = segment.notes(endian, vmlinux).unwrap() {
+            while let Some(note) = notes.next().unwrap() {
+                if note.name() == b"Xen" && note.n_type(endian) == 18 {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+fn modinfo_vermagic(ko: &[u8]) -> String {
+    let file = object::File::parse(ko).unwrap();
+    let data = file.section_by_name(".modinfo").unwrap().data().unwrap();
+    data.split(|&b| b == 0)
+        .find_map(|f| f.strip_prefix(b"vermagic="))
+        .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn newest_kernel_is_fetched_and_usable() {
+    let kernel = newest();
+    let start = Instant::now();
+    let again = newest();
+    let warm = start.elapsed();
+    assert_eq!(again.dir(), kernel.dir());
+    assert!(warm.as_millis() < 2000, "warm fetch took {warm:?}");
+
+    // Cache layout and metadata.
+    let abi = kernel.abi().as_str();
+    assert!(kernel
+        .dir()
+        .ends_with(Path::new(abi).join(kernel.package_version())));
+    assert!(kernel
+        .package_version()
+        .starts_with(kernel.upstream_version()));
+    let reopened = Kernel::open(kernel.dir()).unwrap();
+    assert_eq!(reopened.build_id(), kernel.build_id());
+    let abi_dir = kernel.dir().parent().unwrap();
+    for leftover in ["tmp", "download"] {
+        let path = abi_dir.join(format!("{}.{leftover}", kernel.package_version()));
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+
+    // vmlinux: an x86-64 ELF with a 20-byte GNU build-id and the PVH entry note.
+    let vmlinux = fs::read(kernel.vmlinux()).unwrap();
+    assert_eq!(&vmlinux[..4], b"\x7fELF");
+    let file = object::File::parse(&*vmlinux).unwrap();
+    assert_eq!(file.architecture(), object::Architecture::X86_64);
+    let id = file.build_id().unwrap().unwrap();
+    assert_eq!(id.len(), 20);
+    assert_eq!(kernel.build_id().len(), 40);
+    assert_eq!(
+        kernel.build_id(),
+        id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    assert!(has_pvh_note(&vmlinux), "vmlinux lacks the PVH entry note");
+    let file_header = ElfFile64::<Endianness>::parse(&*vmlinux).unwrap();
+    assert_eq!(
+        file_header.elf_header().e_type(file_header.endian()),
+        elf::ET_EXEC
+    );
+
+    // Modules and vermagic.
+    let vermagic = kernel.vermagic().unwrap();
+    eprintln!("vermagic: {vermagic:?}");
+    assert!(vermagic.starts_with(&format!("{abi} ")), "{vermagic}");
+    assert!(kernel
+        .modules_dir()
+        .ends_with(Path::new("lib/modules").join(abi)));
+    let virtio_pci = kernel.find_module("virtio-pci").unwrap().unwrap();
+    assert_eq!(
+        kernel.find_module("virtio_pci").unwrap().unwrap(),
+        virtio_pci
+    );
+    assert!(kernel.find_module("no_such_module_here").unwrap().is_none());
+    assert!(kernel.find_module("../evil").is_err());
+    let nine_p = kernel.find_module("9p").unwrap().unwrap();
+    let symbols = SymbolTable::from_module_ko(&fs::read(&nine_p).unwrap()).unwrap();
+    assert!(symbols.len() > 50, "9p symbols: {}", symbols.len());
+    assert!(symbols
+        .iter()
+        .any(|s| s.name.starts_with("v9fs_") && s.entry.kind.eq_ignore_ascii_case(&'t')));
+    assert!(kernel.module_symvers().is_file());
+    assert!(kernel.config().is_file());
+    // The build link points into the unpacked tree, not at /usr/src on the host.
+    let build_link = fs::read_link(kernel.modules_dir().join("build")).unwrap();
+    assert!(build_link.is_relative(), "{build_link:?}");
+    assert!(kernel.modules_dir().join("build/Makefile").is_file());
+
+    // The headers build a trivial module whose vermagic matches the distribution's.
+    let work = tempfile::tempdir().unwrap();
+    fs::write(
+        work.path().join("hello.c"),
+        "#include <linux/module.h>\n#include <linux/init.h>\n\
+         static int __init hello_init(void) { pr_info(\"hello\\n\"); return 0; }\n\
+         static void __exit hello_exit(void) {}\n\
+         module_init(hello_init);\nmodule_exit(hello_exit);\nMODULE_LICENSE(\"GPL\");\n",
+    )
+    .unwrap();
+    fs::write(work.path().join("Kbuild"), "obj-m := hello.o\n").unwrap();
+    let start = Instant::now();
+    let output = Command::new("make")
+        .arg("-C")
+        .arg(kernel.headers_dir())
+        .arg(format!("M={}", work.path().display()))
+        .arg("modules")
+        .output()
+        .unwrap();
+    eprintln!("hello module build: {:.2?}", start.elapsed());
+    assert!(
+        output.status.success(),
+        "make failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let hello = fs::read(work.path().join("hello.ko")).unwrap();
+    assert_eq!(modinfo_vermagic(&hello), vermagic);
+}
+
+/// Downloads the ~860 MB -dbg package once per kernel; later runs hit the cached map.
+#[test]
+fn newest_kernel_full_system_map() {
+    let kernel = newest();
+    let start = Instant::now();
+    let map = kernel.system_map().unwrap();
+    let size = fs::metadata(&map).unwrap().len();
+    eprintln!(
+        "system_map: {:.2?}, {} bytes at {}",
+        start.elapsed(),
+        size,
+        map.display()
+    );
+    assert!(!kernel.dir().join(".dbg-download").exists());
+    let table = SymbolTable::load(&map).unwrap();
+    eprintln!("System.map symbols: {}", table.len());
+    assert!(table.len() > 50_000, "{}", table.len());
+    let cmdline = table.lookup("cmdline_proc_show");
+    assert_eq!(cmdline.len(), 1);
+    assert!(matches!(cmdline[0].kind, 't' | 'T'));
+    assert!(cmdline[0].address >= 0xffff_ffff_8000_0000);
+    // A second call is served from the cache.
+    let start = Instant::now();
+    assert_eq!(kernel.system_map().unwrap(), map);
+    assert!(start.elapsed().as_millis() < 500);
+}
