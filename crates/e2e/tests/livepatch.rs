@@ -34,6 +34,8 @@ fn corrupt_copy(bundle: &Path, out: &Path) {
 /// Asserts the scenario passed every one of `expected` checks (so a check that silently did not
 /// run fails the test too); on failure prints the whole serial log.
 fn assert_checks(run: &patchbay_vm::VmRun, expected: &[&str]) {
+    // Captured by the test harness unless the test fails or runs with --nocapture.
+    eprintln!("serial log:\n{}", run.serial_log);
     let passed = patchbay_vm::check_report(run).unwrap_or_else(|e| panic!("{e}"));
     let missing: Vec<&&str> = expected
         .iter()
