@@ -920,7 +920,7 @@ impl Agent<'_> {
             ..opts.transition
         };
         let outcome = match reversed {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(format!(
+            Err(e) if !livepatch::is_gone(&e) => Err(format!(
                 "reversing failed: cannot write 0 to {}: {e}",
                 dir.join("enabled").display()
             )),
@@ -1005,7 +1005,7 @@ impl Agent<'_> {
         if target.patch.enabled {
             match livepatch::write_attr(&dir.join("enabled"), "0") {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if livepatch::is_gone(&e) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     let err = AgentError::TransitionInProgress {
                         patch: "another livepatch".into(),
@@ -1179,9 +1179,7 @@ impl Agent<'_> {
             match livepatch::read_flag(&path) {
                 Ok(false) => return Ok(TransitionEnd::Done),
                 Ok(true) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Ok(TransitionEnd::Vanished)
-                }
+                Err(e) if livepatch::is_gone(&e) => return Ok(TransitionEnd::Vanished),
                 Err(source) => {
                     return Err(AgentError::Sysfs {
                         what: "read",
@@ -1222,7 +1220,7 @@ impl Agent<'_> {
         let path = livepatch::patch_dir(&self.paths.livepatch_dir, name).join("transition");
         Ok(match livepatch::read_flag(&path) {
             Ok(false) => TransitionEnd::Done,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => TransitionEnd::Vanished,
+            Err(e) if livepatch::is_gone(&e) => TransitionEnd::Vanished,
             _ => end,
         })
     }

@@ -50,17 +50,24 @@ pub fn list_patches(livepatch_dir: &Path) -> io::Result<Vec<LivePatch>> {
     Ok(patches)
 }
 
+/// Whether an error on a livepatch's sysfs attribute means the patch is gone: `ENOENT` once its
+/// directory is removed, `ENODEV` while the kernel is still tearing the directory down (seen on
+/// 6.1 right after an unpatching transition completes).
+pub fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
+}
+
 /// Reads one patch; `Ok(None)` if it is not (or no longer) there.
 pub fn read_patch(livepatch_dir: &Path, name: &str) -> io::Result<Option<LivePatch>> {
     let dir = patch_dir(livepatch_dir, name);
     let enabled = match read_flag(&dir.join("enabled")) {
         Ok(v) => v,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if is_gone(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
     let transition = match read_flag(&dir.join("transition")) {
         Ok(v) => v,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if is_gone(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
     Ok(Some(LivePatch {
@@ -228,6 +235,14 @@ pub fn truncate(s: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn enoent_and_enodev_mean_the_patch_is_gone() {
+        assert!(is_gone(&io::Error::from_raw_os_error(libc::ENOENT)));
+        assert!(is_gone(&io::Error::from_raw_os_error(libc::ENODEV)));
+        assert!(!is_gone(&io::Error::from_raw_os_error(libc::EBUSY)));
+        assert!(!is_gone(&io::Error::from_raw_os_error(libc::EACCES)));
+    }
 
     #[test]
     fn proc_modules_lines() {
