@@ -83,13 +83,17 @@ fn main() -> ExitCode {
 fn open_kernel(spec: &str) -> Result<Kernel> {
     let path = std::path::Path::new(spec);
     if spec.contains('/') || path.is_dir() {
-        if !path.join("kernel.json").is_file() {
-            bail!(
-                "{spec} is not an unpacked Patchbay kernel directory (no kernel.json); \
-                 fetch one with `patchbay-build kernel fetch <abi>` and pass the directory it prints"
-            );
+        if path.join("kernel.json").is_file() {
+            return Kernel::open(path).with_context(|| format!("open kernel directory {spec}"));
         }
-        return Kernel::open(path).with_context(|| format!("open kernel directory {spec}"));
+        if path.join("Module.symvers").is_file() {
+            return Kernel::from_headers_tree(path)
+                .with_context(|| format!("use headers tree {spec}"));
+        }
+        bail!(
+            "{spec} is neither an unpacked linux-headers tree (no Module.symvers) nor a Patchbay \
+             kernel directory (no kernel.json); pass one of those, or an ABI such as 6.1.0-56-amd64"
+        );
     }
     let selector: KernelSelector = spec
         .parse()

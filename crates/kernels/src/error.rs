@@ -81,6 +81,16 @@ pub enum KernelError {
         package: String,
         reason: String,
     },
+
+    #[error("{path} is not a kernel headers tree: {reason}; pass the directory of an unpacked linux-headers-<abi> package (the one with Module.symvers)")]
+    NotHeadersTree { path: PathBuf, reason: String },
+
+    #[error("headers tree {path} does not match Debian's {abi} packages ({reason}); a patch built against it would not load on that kernel: use the headers of the exact kernel build")]
+    HeadersMismatch {
+        path: PathBuf,
+        abi: String,
+        reason: String,
+    },
 }
 
 impl KernelError {

@@ -107,6 +107,60 @@ impl Kernel {
         })
     }
 
+    /// A kernel named by an unpacked headers tree (e.g. `/usr/src/linux-headers-6.1.0-56-amd64`),
+    /// built against that tree. The headers alone lack the build-id and symbol map, so the tree
+    /// must belong to a cache entry or to a Debian kernel apt offers (fetched into the cache);
+    /// its `Module.symvers` must equal Debian's, which proves it is the same kernel build.
+    pub fn from_headers_tree(path: &Path) -> Result<Kernel, KernelError> {
+        let not_headers = |reason: String| KernelError::NotHeadersTree {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let tree = path
+            .canonicalize()
+            .map_err(|e| not_headers(format!("cannot resolve it: {e}")))?;
+        for required in ["Makefile", "Module.symvers"] {
+            if !tree.join(required).is_file() {
+                return Err(not_headers(format!("it has no {required}")));
+            }
+        }
+        // Debian's include/config/kernel.release holds the upstream version; the ABI (what
+        // `uname -r` prints) is UTS_RELEASE.
+        let uts = fs::read_to_string(tree.join("include/generated/utsrelease.h"))
+            .map_err(|e| not_headers(format!("cannot read include/generated/utsrelease.h: {e}")))?;
+        let release = uts
+            .lines()
+            .find_map(|line| line.strip_prefix("#define UTS_RELEASE "))
+            .map(|quoted| quoted.trim().trim_matches('"'))
+            .ok_or_else(|| not_headers("utsrelease.h defines no UTS_RELEASE".into()))?;
+        let abi: Abi = release.parse().map_err(|e: KernelError| {
+            not_headers(format!("its kernel release is not a Debian 6.1 ABI: {e}"))
+        })?;
+        let mut kernel = match tree.ancestors().find(|dir| dir.join(KERNEL_JSON).is_file()) {
+            Some(entry) => Kernel::open(entry)?,
+            None => crate::fetch_selector(&crate::KernelSelector::Exact(abi.clone()))?,
+        };
+        let mismatch = |reason: String| KernelError::HeadersMismatch {
+            path: tree.clone(),
+            abi: kernel.abi().to_string(),
+            reason,
+        };
+        if kernel.abi() != &abi {
+            return Err(mismatch(format!("its kernel release is {abi}")));
+        }
+        let ours = fs::read(tree.join("Module.symvers"))
+            .map_err(|e| KernelError::io("read", tree.join("Module.symvers"), e))?;
+        let debians = fs::read(kernel.module_symvers())
+            .map_err(|e| KernelError::io("read", kernel.module_symvers(), e))?;
+        if ours != debians {
+            return Err(mismatch(
+                "Module.symvers differs: other exported symbol CRCs".into(),
+            ));
+        }
+        kernel.headers_dir = tree;
+        Ok(kernel)
+    }
+
     pub fn abi(&self) -> &Abi {
         &self.record.abi
     }

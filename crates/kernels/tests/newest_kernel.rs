@@ -180,3 +180,39 @@ fn newest_kernel_full_system_map() {
     assert_eq!(kernel.system_map().unwrap(), map);
     assert!(start.elapsed().as_millis() < 500);
 }
+
+/// `--kernel <headers tree>`: the tree inside a cache entry, a tree elsewhere that matches
+/// Debian's (resolved through apt and the cache), and one that does not match.
+#[test]
+fn headers_tree_names_its_kernel() {
+    let kernel = newest();
+
+    let inside = Kernel::from_headers_tree(kernel.headers_dir()).unwrap();
+    assert_eq!(inside.build_id(), kernel.build_id());
+    assert_eq!(inside.headers_dir(), kernel.headers_dir());
+
+    // A tree outside the cache: links to the real files plus its own Module.symvers.
+    let outside = tempfile::tempdir().unwrap();
+    let tree = outside.path();
+    for name in ["Makefile", "include", "scripts", "arch"] {
+        std::os::unix::fs::symlink(kernel.headers_dir().join(name), tree.join(name)).unwrap();
+    }
+    fs::copy(kernel.module_symvers(), tree.join("Module.symvers")).unwrap();
+    let resolved = Kernel::from_headers_tree(tree).unwrap();
+    assert_eq!(resolved.abi(), kernel.abi());
+    assert_eq!(resolved.build_id(), kernel.build_id());
+    assert_eq!(resolved.headers_dir(), tree.canonicalize().unwrap());
+
+    let mut symvers = fs::read_to_string(tree.join("Module.symvers")).unwrap();
+    symvers.replace_range(0..2, "0x");
+    symvers.insert_str(2, "f");
+    fs::write(tree.join("Module.symvers"), symvers).unwrap();
+    let err = Kernel::from_headers_tree(tree).unwrap_err().to_string();
+    assert!(err.contains("Module.symvers differs"), "{err}");
+
+    let not_a_tree = tempfile::tempdir().unwrap();
+    let err = Kernel::from_headers_tree(not_a_tree.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a kernel headers tree"), "{err}");
+}
