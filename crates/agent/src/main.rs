@@ -232,6 +232,12 @@ fn run(cli: Cli) -> i32 {
             })
         }
     };
+    if timing {
+        // Peak resident memory of this run, for the benchmark (scripts/bench).
+        if let Some(kb) = peak_rss_kb() {
+            eprintln!("max-rss-kb {kb}");
+        }
+    }
     let _ = std::io::stdout().flush();
     match result {
         Ok(code) => code,
@@ -240,6 +246,15 @@ fn run(cli: Cli) -> i32 {
             e.exit_code()
         }
     }
+}
+
+/// `VmHWM` of /proc/self/status: the peak resident set size in KiB.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 #[cfg(test)]

@@ -177,6 +177,7 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         name.as_str(),
         UndefinedSymbols::AllowForLivepatch,
     )?;
+    kbuild::strip_debug(&ko_path)?;
     let linked = std::fs::read(&ko_path).map_err(io(format!("read {}", ko_path.display())))?;
     check_marker_pointers(&linked, &all_markers)?;
 

@@ -56,7 +56,7 @@ impl Bundle {
             path: shown.clone(),
             source,
         })?;
-        Self::from_reader(file, &shown)
+        Self::from_reader(std::io::BufReader::new(file), &shown)
     }
 
     /// Parses and verifies a bundle from any reader; `origin` names it in errors.

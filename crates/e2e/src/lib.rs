@@ -151,8 +151,19 @@ impl Guest {
     pub fn run(&mut self, kernel: &Kernel, scenario: &str, work: &Path) -> Result<VmRun> {
         let script = std::fs::read_to_string(fixture(&format!("scenarios/{scenario}")))
             .with_context(|| format!("read scenario {scenario}"))?;
-        self.initramfs.set_scenario(&script);
-        let initramfs = work.join(format!("{scenario}.cpio.gz"));
+        self.run_script(kernel, scenario, &script, work)
+    }
+
+    /// Boots `kernel` and runs `script`; `label` names the initramfs written under `work`.
+    pub fn run_script(
+        &mut self,
+        kernel: &Kernel,
+        label: &str,
+        script: &str,
+        work: &Path,
+    ) -> Result<VmRun> {
+        self.initramfs.set_scenario(script);
+        let initramfs = work.join(format!("{label}.cpio.gz"));
         self.initramfs.write(&initramfs)?;
         let mut config = VmConfig::new(kernel.vmlinux(), initramfs);
         config.cpus = self.cpus;
