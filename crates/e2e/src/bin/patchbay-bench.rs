@@ -145,7 +145,10 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    match (sorted.get(mid), mid.checked_sub(1).and_then(|i| sorted.get(i))) {
+    match (
+        sorted.get(mid),
+        mid.checked_sub(1).and_then(|i| sorted.get(i)),
+    ) {
         (Some(hi), Some(lo)) if sorted.len().is_multiple_of(2) => (hi + lo) / 2.0,
         (Some(m), _) => *m,
         _ => f64::NAN,

@@ -35,11 +35,22 @@ fn run() -> Result<()> {
     let level1 = work.path().join("level1.pbb");
     let level2 = work.path().join("level2.pbb");
     eprintln!("==> building level 1 (cmdline_proc_show) and level 2 (+ version_proc_show)");
-    for (level, sources, out) in [
-        (1, &["cmdline_level1.c"][..], &level1),
-        (2, &["cmdline_level2.c", "version_level2.c"][..], &level2),
+    // The CVE ids only label the demo levels; the patches do not fix them.
+    for (level, sources, fixes, out) in [
+        (
+            1,
+            &["cmdline_level1.c"][..],
+            &["CVE-2024-1086"][..],
+            &level1,
+        ),
+        (
+            2,
+            &["cmdline_level2.c", "version_level2.c"][..],
+            &["CVE-2024-1086", "CVE-2023-0179"][..],
+            &level2,
+        ),
     ] {
-        let report = bundle(&kernel, level, sources, &[], &[], out)?;
+        let report = bundle(&kernel, level, sources, fixes, &[], out)?;
         let m = &report.manifest;
         eprintln!(
             "    level {}: module {} ({} bytes), {} function(s), {} livepatch relocation section(s)",
