@@ -16,7 +16,7 @@ pub struct IdError {
 }
 
 impl IdError {
-    fn new(what: &'static str, value: &str, reason: &'static str) -> Self {
+    pub(crate) fn new(what: &'static str, value: &str, reason: &'static str) -> Self {
         // Keep error messages bounded even for hostile input.
         let value: String = value.chars().take(80).collect();
         IdError {

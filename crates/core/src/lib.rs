@@ -4,10 +4,14 @@
 //! parsed into a newtype here once, so the rest of the code never handles raw strings for them.
 
 pub mod bundle;
+pub mod channel;
 pub mod fsutil;
 pub mod ids;
 pub mod manifest;
 
 pub use bundle::{Bundle, BundleError};
+pub use channel::{
+    bundle_target_name, ChannelDoc, ChannelDocError, ChannelName, HostSeed, KernelRollout, Wave,
+};
 pub use ids::{BuildId, CveId, IdError, KernelRelease, ModuleName, ObjectName, PatchLevel, Sha256};
 pub use manifest::{Manifest, ManifestError, ReplacedFunction, MANIFEST_FORMAT};
