@@ -98,6 +98,16 @@ pb_expect_contains() {
 	return "$pb_rc"
 }
 
+# pb_net_up: bring up the guest's only network: QEMU user networking (restrict=on), where
+# 10.0.2.100 forwards to one port on the host's loopback (see patchbay_vm::Network).
+pb_net_up() {
+	modprobe virtio_pci && modprobe virtio_net || return 1
+	ip link set lo up
+	ip link set eth0 up || return 1
+	ip addr add 10.0.2.15/24 dev eth0 || return 1
+	ip route add default via 10.0.2.2
+}
+
 # pb_uptime_ms: milliseconds since boot (busybox date has no %N).
 pb_uptime_ms() {
 	read -r pb_up pb_idle < /proc/uptime

@@ -15,5 +15,7 @@ mod results;
 
 pub use error::VmError;
 pub use initramfs::{GuestPath, Initramfs, HOST_BUSYBOX, PB_SH};
-pub use qemu::{run, run_with_serial_callback, VmConfig, VmExit, VmRun, BASE_CMDLINE};
+pub use qemu::{
+    run, run_with_serial_callback, Network, VmConfig, VmExit, VmRun, BASE_CMDLINE, GUEST_SERVER_IP,
+};
 pub use results::{check_report, parse_result_line, ResultLine, CHECK_KEY, RESULT_PREFIX};

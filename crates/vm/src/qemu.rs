@@ -42,6 +42,43 @@ pub struct VmConfig {
     pub qemu_args: Vec<String>,
     /// `qemu-system-x86_64` unless set otherwise.
     pub qemu_binary: PathBuf,
+    /// No network unless a test needs the server.
+    pub network: Network,
+}
+
+/// The guest's network. Guests never reach anything but what is listed here.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Network {
+    #[default]
+    None,
+    /// QEMU user networking with `restrict=on` (no traffic leaves the VM) and one `guestfwd`:
+    /// connections to `GUEST_SERVER_IP:guest_port` reach `127.0.0.1:host_port` on the host.
+    /// The guest needs the `virtio_pci` and `virtio_net` modules (`pb_net_up` loads them).
+    ForwardToHost { guest_port: u16, host_port: u16 },
+}
+
+/// The address a guest uses for the forwarded host service.
+pub const GUEST_SERVER_IP: &str = "10.0.2.100";
+
+impl Network {
+    fn qemu_args(&self) -> Vec<String> {
+        match self {
+            Network::None => vec!["-nic".to_owned(), "none".to_owned()],
+            Network::ForwardToHost {
+                guest_port,
+                host_port,
+            } => vec![
+                "-netdev".to_owned(),
+                // `cmd:` starts one forwarder per guest connection (a chardev target would
+                // carry a single connection for the VM's lifetime).
+                format!(
+                    "user,id=net0,restrict=on,guestfwd=tcp:{GUEST_SERVER_IP}:{guest_port}-cmd:nc 127.0.0.1 {host_port}"
+                ),
+                "-device".to_owned(),
+                "virtio-net-pci,netdev=net0,romfile=".to_owned(),
+            ],
+        }
+    }
 }
 
 impl VmConfig {
@@ -56,6 +93,7 @@ impl VmConfig {
             extra_cmdline: String::new(),
             qemu_args: Vec::new(),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            network: Network::None,
         }
     }
 
@@ -71,19 +109,11 @@ impl VmConfig {
 
     /// QEMU's arguments (without the binary).
     pub fn qemu_command_args(&self) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-nographic",
-            "-no-reboot",
-            "-nic",
-            "none",
-        ]
-        .iter()
-        .map(|arg| (*arg).to_owned())
-        .collect();
+        let mut args: Vec<String> = ["-accel", "tcg", "-cpu", "max", "-nographic", "-no-reboot"]
+            .iter()
+            .map(|arg| (*arg).to_owned())
+            .collect();
+        args.extend(self.network.qemu_args());
         args.extend([
             "-m".to_owned(),
             self.memory_mib.to_string(),

@@ -155,3 +155,57 @@ fn qemu_failure_is_reported() {
         "QEMU's stderr is shown: {error}"
     );
 }
+
+/// The guest reaches one host loopback port through `guestfwd` (several connections, each
+/// with its own forwarder) and nothing else: `restrict=on` keeps it off every other address.
+#[test]
+fn guest_reaches_only_the_forwarded_host_port() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = listener.local_addr().unwrap().port();
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let body = format!("hello from the host, connection {n}\n");
+            let _ = write!(
+                stream,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    // Answers if the guest ever gets through to a port that is not forwarded.
+    std::thread::spawn(move || {
+        for stream in other.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.write_all(b"reachable\n");
+        }
+    });
+    let mut initramfs = Initramfs::new().unwrap();
+    initramfs
+        .add_kernel_modules(&kernel().modules_dir, &["virtio_pci", "virtio_net"])
+        .unwrap();
+    initramfs.set_scenario(&format!(
+        r#". /lib/pb.sh
+pb_check net-up pb_net_up
+pb_check first-request sh -c 'printf "GET / HTTP/1.0\r\n\r\n" | nc 10.0.2.100 8080 > /tmp/a; cat /tmp/a; grep -q "connection 0" /tmp/a'
+pb_check second-request sh -c 'printf "GET / HTTP/1.0\r\n\r\n" | nc 10.0.2.100 8080 > /tmp/b; grep -q "connection 1" /tmp/b'
+pb_check other-host-port-unreachable sh -c 'printf x | nc -w 5 10.0.2.2 {other_port} > /tmp/c; ! grep -q reachable /tmp/c'
+"#
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.cpio.gz");
+    initramfs.write(&initrd).unwrap();
+    let mut config = VmConfig::new(&kernel().vmlinux, &initrd);
+    config.network = patchbay_vm::Network::ForwardToHost {
+        guest_port: 8080,
+        host_port,
+    };
+    let run = run(&config).unwrap();
+    let passed = check_report(&run).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(passed.len(), 4, "{}", run.serial_log);
+}
