@@ -44,6 +44,10 @@ pub struct VmConfig {
     pub qemu_binary: PathBuf,
     /// No network unless a test needs the server.
     pub network: Network,
+    /// Raw disk images attached as virtio disks (`/dev/vda`, `/dev/vdb`, …; the guest needs the
+    /// `virtio_pci` and `virtio_blk` modules). They outlive the VM: a second run with the same
+    /// image is a reboot with persistent storage.
+    pub disks: Vec<PathBuf>,
 }
 
 /// The guest's network. Guests never reach anything but what is listed here.
@@ -94,6 +98,7 @@ impl VmConfig {
             qemu_args: Vec::new(),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             network: Network::None,
+            disks: Vec::new(),
         }
     }
 
@@ -114,6 +119,13 @@ impl VmConfig {
             .map(|arg| (*arg).to_owned())
             .collect();
         args.extend(self.network.qemu_args());
+        for disk in &self.disks {
+            args.push("-drive".to_owned());
+            args.push(format!(
+                "file={},format=raw,if=virtio",
+                disk.to_string_lossy().replace(',', ",,")
+            ));
+        }
         args.extend([
             "-m".to_owned(),
             self.memory_mib.to_string(),
