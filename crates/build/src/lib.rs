@@ -4,11 +4,13 @@
 //! (see `include/patchbay.h`). Each stage is its own module so it can be tested alone.
 
 pub mod codegen;
+pub mod diff;
 pub mod kbuild;
 pub mod klp_elf;
 pub mod markers;
 pub mod modinfo;
 pub mod module_build;
+pub mod publish;
 pub mod symbols;
 
 /// The header patch authors include; the builder puts it on the include path.

@@ -53,6 +53,38 @@ enum Command {
         #[arg(required = true)]
         sources: Vec<PathBuf>,
     },
+    /// Build a bundle from unified diffs of the kernel source (compiles only the changed files
+    /// and diffs the objects).
+    Diff {
+        /// Target kernel: an ABI, `newest`, `older`, or a kernel directory or headers tree.
+        #[arg(long)]
+        kernel: String,
+        #[arg(long)]
+        level: PatchLevel,
+        #[arg(long, value_delimiter = ',')]
+        fixes: Vec<CveId>,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Keep the objects and generated module sources here.
+        #[arg(long)]
+        keep_work_dir: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The fix as unified diffs against the kernel's source tree (`git diff` format).
+        #[arg(required = true)]
+        patches: Vec<PathBuf>,
+    },
+    /// Upload a bundle to a Patchbay server as the next level of its kernel.
+    Publish {
+        bundle: PathBuf,
+        /// The server's base URL, e.g. http://patches.example:8470
+        #[arg(long, env = "PATCHBAY_SERVER")]
+        server: String,
+        /// An admin API token (`patchbay-server token create`).
+        #[arg(long, env = "PATCHBAY_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Debian kernels: list what apt offers, fetch one into the cache.
     Kernel {
         #[command(subcommand)]
@@ -120,6 +152,7 @@ fn run(cli: Cli) -> Result<()> {
                 fixes,
                 sources,
                 extra_objects: object_files,
+                linked_objects: Vec::new(),
                 symbols_override: symbols,
                 output: output.clone(),
                 keep_work_dir,
@@ -174,6 +207,97 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Diff {
+            kernel,
+            level,
+            fixes,
+            output,
+            keep_work_dir,
+            json,
+            patches,
+        } => {
+            let kernel = open_kernel(&kernel)?;
+            let request = patchbay_build::diff::pipeline::DiffBuild {
+                level,
+                fixes,
+                patches,
+                output: output.clone(),
+                keep_work_dir,
+            };
+            let report = patchbay_build::diff::pipeline::build(&kernel, &request)?;
+            if json {
+                let files: Vec<serde_json::Value> = report
+                    .files
+                    .iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "source": f.source,
+                            "object": match &f.owner {
+                                patchbay_build::diff::objects::Owner::Vmlinux => "vmlinux".to_owned(),
+                                patchbay_build::diff::objects::Owner::Module(m) => m.clone(),
+                            },
+                            "changed_functions": f.diff.changed_functions,
+                            "new_functions": f.diff.new_functions,
+                            "new_data": f.diff.new_data,
+                            "removed_functions": f.diff.removed_functions,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "files": files,
+                        "manifest": report.module.manifest,
+                    }))?
+                );
+                return Ok(());
+            }
+            for f in &report.files {
+                let object = match &f.owner {
+                    patchbay_build::diff::objects::Owner::Vmlinux => "vmlinux".to_owned(),
+                    patchbay_build::diff::objects::Owner::Module(m) => format!("module {m}"),
+                };
+                println!("{} (in {object}):", f.source);
+                for (what, names) in [
+                    ("changed function", &f.diff.changed_functions),
+                    ("new function", &f.diff.new_functions),
+                    ("new data", &f.diff.new_data),
+                ] {
+                    for name in names {
+                        println!("  {what} {name}");
+                    }
+                }
+            }
+            let m = &report.module.manifest;
+            println!(
+                "built {} for {} (build-id {}), level {}: module {} ({} bytes)",
+                output.display(),
+                m.kernel.release,
+                m.kernel.build_id,
+                m.level,
+                m.module.name,
+                m.module.size
+            );
+            Ok(())
+        }
+        Command::Publish {
+            bundle,
+            server,
+            token,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the async runtime")?;
+            let receipt = runtime
+                .block_on(patchbay_build::publish::publish(&server, &token, &bundle))
+                .with_context(|| format!("publish {}", bundle.display()))?;
+            println!(
+                "published level {} for build-id {} as {}",
+                receipt.level, receipt.build_id, receipt.target
+            );
+            Ok(())
+        }
         Command::Inspect { bundle } => {
             let b = Bundle::read(&bundle)?;
             println!("{}", serde_json::to_string_pretty(&b.manifest)?);

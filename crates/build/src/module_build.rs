@@ -69,6 +69,8 @@ pub struct SourceBuild {
     /// `.ko` files of modules that are not part of the distro kernel (e.g. third-party modules)
     /// but hold functions the patch replaces or symbols it uses.
     pub extra_objects: Vec<PathBuf>,
+    /// Relocatable objects linked into the module as they are (diff mode's extracted code).
+    pub linked_objects: Vec<PathBuf>,
     /// A symbol table to use instead of the distro's full `System.map` (e.g. a host's
     /// `/proc/kallsyms` read with `nokaslr`).
     pub symbols_override: Option<PathBuf>,
@@ -164,12 +166,15 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
     };
     write_kbuild_dir(
         work_dir,
-        &name,
-        request.level,
-        &release,
-        &build_id,
+        &PatchDescription {
+            module: &name,
+            level: request.level,
+            release: &release,
+            build_id: &build_id,
+        },
         &all_markers,
         &sources,
+        &request.linked_objects,
     )?;
     let ko_path = kbuild::build_module(
         kernel.headers_dir(),
@@ -300,12 +305,10 @@ fn module_tables(
 
 fn write_kbuild_dir(
     dir: &Path,
-    name: &ModuleName,
-    level: PatchLevel,
-    release: &KernelRelease,
-    build_id: &BuildId,
+    desc: &PatchDescription<'_>,
     markers: &[Marker],
     sources: &[(String, String)],
+    linked_objects: &[PathBuf],
 ) -> Result<(), BuildError> {
     let include = dir.join("include");
     std::fs::create_dir_all(&include).map_err(io(format!("create {}", include.display())))?;
@@ -313,22 +316,25 @@ fn write_kbuild_dir(
         std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))
     };
     write(include.join("patchbay.h"), crate::PATCHBAY_H)?;
-    let desc = PatchDescription {
-        module: name,
-        level,
-        release,
-        build_id,
-    };
-    write(
-        dir.join("patchbay_main.c"),
-        &codegen::main_c(&desc, markers),
-    )?;
+    write(dir.join("patchbay_main.c"), &codegen::main_c(desc, markers))?;
     let mut objects = Vec::new();
     for (stem, text) in sources {
         write(dir.join(format!("{stem}.c")), text)?;
         objects.push(format!("{stem}.o"));
     }
-    write(dir.join("Kbuild"), &codegen::kbuild(name, &objects))
+    for (index, object) in linked_objects.iter().enumerate() {
+        // kbuild copies `x.o_shipped` to `x.o` and links it like a compiled object.
+        let shipped = dir.join(format!("pb_obj{index}.o_shipped"));
+        std::fs::copy(object, &shipped).map_err(io(format!("copy {}", object.display())))?;
+        // modpost reads every object's `.cmd` file (for the module's srcversion); a shipped
+        // object has no sources to list.
+        write(
+            dir.join(format!(".pb_obj{index}.o.cmd")),
+            &format!("cmd_pb_obj{index}.o := cp pb_obj{index}.o_shipped pb_obj{index}.o\n"),
+        )?;
+        objects.push(format!("pb_obj{index}.o"));
+    }
+    write(dir.join("Kbuild"), &codegen::kbuild(desc.module, &objects))
 }
 
 /// Every marker must have produced its pointer (a marker inside `#if 0` did not).

@@ -20,6 +20,7 @@ fn request(dir: &Path, source: &str) -> SourceBuild {
         fixes: Vec::new(),
         sources: vec![path],
         extra_objects: Vec::new(),
+        linked_objects: Vec::new(),
         symbols_override: None,
         output: dir.join("out.pbb"),
         keep_work_dir: None,

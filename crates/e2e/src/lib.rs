@@ -12,7 +12,10 @@ use patchbay_build::kbuild::{self, UndefinedSymbols};
 use patchbay_build::module_build::{self, SourceBuild};
 use patchbay_core::{CveId, PatchLevel};
 use patchbay_kernels::Kernel;
-use patchbay_vm::{Initramfs, VmConfig, VmRun};
+use patchbay_vm::{Initramfs, Network, VmConfig, VmRun};
+
+pub mod server;
+pub use server::ServerProcess;
 
 /// The repository's root directory.
 pub fn workspace_root() -> PathBuf {
@@ -41,37 +44,70 @@ fn build_agent() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("PATCHBAY_AGENT_BIN") {
         return Ok(PathBuf::from(path));
     }
+    release_binary("patchbay", "patchbay", "static-agent", Linking::Static)
+}
+
+/// How [`release_binary`] links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linking {
+    Dynamic,
+    /// `-C target-feature=+crt-static`, as the agent ships.
+    Static,
+}
+
+/// Builds `bin` of `package` in release mode into `target/<target_dir>` and returns its path.
+/// A separate target dir per binary: the build must not wait on the lock of the cargo
+/// invocation that runs the tests.
+pub fn release_binary(
+    package: &str,
+    bin: &str,
+    target_dir: &str,
+    linking: Linking,
+) -> Result<PathBuf> {
     let root = workspace_root();
-    // A separate target dir: the static build must not wait on the lock of the cargo
-    // invocation that runs these tests.
-    let target_dir = root.join("target").join("static-agent");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let target_dir = root.join("target").join(target_dir);
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
         .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--quiet",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "-p",
-            "patchbay",
-        ])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env(
+        .args(["build", "--release", "--locked", "--quiet", "-p", package])
+        .args(["--target", "x86_64-unknown-linux-gnu"])
+        .env("CARGO_TARGET_DIR", &target_dir);
+    if linking == Linking::Static {
+        command.env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
             "-C target-feature=+crt-static",
-        )
+        );
+    }
+    let status = command
         .status()
-        .context("run cargo to build the static agent")?;
+        .with_context(|| format!("run cargo to build {bin}"))?;
     if !status.success() {
-        bail!("building the static agent failed ({status})");
+        bail!("building {bin} failed ({status})");
     }
-    let bin = target_dir.join("x86_64-unknown-linux-gnu/release/patchbay");
-    if !bin.is_file() {
-        bail!("{} was not produced", bin.display());
+    let path = target_dir
+        .join("x86_64-unknown-linux-gnu/release")
+        .join(bin);
+    if !path.is_file() {
+        bail!("{} was not produced", path.display());
     }
-    Ok(bin)
+    Ok(path)
+}
+
+/// Asserts that a guest run passed every one of `expected` checks (so a check that silently
+/// did not run fails too); on failure prints the whole serial log. Prints the log anyway (the
+/// test harness shows it only for failing tests or with --nocapture).
+pub fn assert_checks(run: &VmRun, expected: &[&str]) {
+    eprintln!("serial log:\n{}", run.serial_log);
+    let passed = patchbay_vm::check_report(run).unwrap_or_else(|e| panic!("{e}"));
+    let missing: Vec<&&str> = expected
+        .iter()
+        .filter(|name| !passed.iter().any(|p| p == *name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "checks that never reported: {missing:?}\nserial log:\n{}",
+        run.serial_log
+    );
 }
 
 /// Builds the `pb_fixture` test module for `kernel` into `out_dir`.
@@ -113,6 +149,7 @@ pub fn bundle(
             .map(|p| fixture(&format!("patches/{p}")))
             .collect(),
         extra_objects: extra_objects.to_vec(),
+        linked_objects: Vec::new(),
         symbols_override: None,
         output: output.to_path_buf(),
         keep_work_dir: None,
@@ -127,6 +164,10 @@ pub struct Guest {
     initramfs: Initramfs,
     pub cpus: u32,
     pub timeout: Duration,
+    pub network: Network,
+    pub disks: Vec<PathBuf>,
+    /// Appended to the kernel command line.
+    pub extra_cmdline: String,
 }
 
 impl Guest {
@@ -138,7 +179,17 @@ impl Guest {
             initramfs,
             cpus: 1,
             timeout: Duration::from_secs(240),
+            network: Network::None,
+            disks: Vec::new(),
+            extra_cmdline: String::new(),
         })
+    }
+
+    /// Adds the kernel's own modules (with their dependencies) for `modprobe` in the guest.
+    pub fn modules(&mut self, kernel: &Kernel, names: &[&str]) -> Result<&mut Self> {
+        self.initramfs
+            .add_kernel_modules(kernel.modules_dir(), names)?;
+        Ok(self)
     }
 
     /// Copies a host file into the guest.
@@ -162,12 +213,28 @@ impl Guest {
         script: &str,
         work: &Path,
     ) -> Result<VmRun> {
+        self.run_script_with(kernel, label, script, work, &mut |_| {})
+    }
+
+    /// Like [`Guest::run_script`], calling `on_line` with each serial line as it arrives (to
+    /// act on the host when the guest reaches a step).
+    pub fn run_script_with(
+        &mut self,
+        kernel: &Kernel,
+        label: &str,
+        script: &str,
+        work: &Path,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<VmRun> {
         self.initramfs.set_scenario(script);
         let initramfs = work.join(format!("{label}.cpio.gz"));
         self.initramfs.write(&initramfs)?;
         let mut config = VmConfig::new(kernel.vmlinux(), initramfs);
         config.cpus = self.cpus;
         config.timeout = self.timeout;
-        Ok(patchbay_vm::run(&config)?)
+        config.network = self.network.clone();
+        config.disks = self.disks.clone();
+        config.extra_cmdline = self.extra_cmdline.clone();
+        Ok(patchbay_vm::run_with_serial_callback(&config, on_line)?)
     }
 }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use patchbay_e2e::{bundle, fixture_module, Guest};
+use patchbay_e2e::{assert_checks, bundle, fixture_module, Guest};
 use patchbay_kernels::{fetch_selector, Kernel, KernelSelector};
 
 fn kernel(selector: KernelSelector) -> Kernel {
@@ -29,23 +29,6 @@ fn corrupt_copy(bundle: &Path, out: &Path) {
         .expect("module in bundle");
     bytes[elf + 0x200] ^= 0x55;
     std::fs::write(out, bytes).unwrap();
-}
-
-/// Asserts the scenario passed every one of `expected` checks (so a check that silently did not
-/// run fails the test too); on failure prints the whole serial log.
-fn assert_checks(run: &patchbay_vm::VmRun, expected: &[&str]) {
-    // Captured by the test harness unless the test fails or runs with --nocapture.
-    eprintln!("serial log:\n{}", run.serial_log);
-    let passed = patchbay_vm::check_report(run).unwrap_or_else(|e| panic!("{e}"));
-    let missing: Vec<&&str> = expected
-        .iter()
-        .filter(|name| !passed.iter().any(|p| p == *name))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "checks that never reported: {missing:?}\nserial log:\n{}",
-        run.serial_log
-    );
 }
 
 fn lifecycle(selector: KernelSelector) {

@@ -398,7 +398,8 @@ fn walk_modules(dir: &Path, visit: &mut dyn FnMut(&Path) -> bool) -> Result<bool
 }
 
 /// The ELF bytes of a module file, decompressing `.ko.xz` / `.ko.zst` / `.ko.gz`.
-pub(crate) fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
+/// A module file's bytes, decompressed if Debian compressed it (`.ko.xz`, …).
+pub fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
     let name = path.to_string_lossy();
     let decompressor = if name.ends_with(".ko.xz") {
         Some("xz")

@@ -18,6 +18,7 @@ mod error;
 mod fsutil;
 mod kernel;
 mod process;
+mod source;
 mod symbols;
 
 use std::fs;
@@ -27,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 pub use abi::{upstream_version_of, Abi, KernelSelector};
 pub use error::KernelError;
-pub use kernel::Kernel;
+pub use kernel::{read_module, Kernel};
+pub use source::{SourceTree, TreeLock};
 pub use symbols::{Symbol, SymbolEntry, SymbolTable};
 
 /// A kernel apt can download.

@@ -1,7 +1,10 @@
-//! The agent's benchmark: in one QEMU run of the newest Debian 6.1 kernel, the agent's `apply`
-//! of a bundle against a bare `finit_module` + transition poll of the same module (rounds
-//! alternate which goes first), then the static binary's size and the agent's peak memory.
-//! Prints ratios; docs/benchmarks.md records a run.
+//! Benchmarks; docs/benchmarks.md records runs.
+//!
+//! `agent` (default): in one QEMU run of the newest Debian 6.1 kernel, the agent's `apply` of a
+//! bundle against a bare `finit_module` + transition poll of the same module (rounds alternate
+//! which goes first), then the static binary's size and the agent's peak memory.
+//! `server`: check-ins per second against the patch server on loopback (SQLite), beside nginx
+//! serving a static file of the same size in the same run, both driven by wrk.
 
 use std::process::ExitCode;
 
@@ -14,8 +17,27 @@ const DEFAULT_ROUNDS: usize = 10;
 /// The goal from the foundation issue: apply costs at most 5 % over the bare kernel path.
 const APPLY_RATIO_GOAL: f64 = 1.05;
 
+mod server_bench;
+
 fn main() -> ExitCode {
-    match run() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let which = match args.first().map(String::as_str) {
+        Some("server") => {
+            args.remove(0);
+            "server"
+        }
+        Some("agent") => {
+            args.remove(0);
+            "agent"
+        }
+        _ => "agent",
+    };
+    let result = if which == "server" {
+        server_bench::run(&args)
+    } else {
+        run(args)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench failed: {e:#}");
@@ -25,13 +47,13 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: patchbay-bench [--rounds N] [newest|older|<abi>]"
+    "usage: patchbay-bench [agent] [--rounds N] [newest|older|<abi>] | patchbay-bench server [--seconds N]"
 }
 
-fn run() -> Result<()> {
+fn run(args: Vec<String>) -> Result<()> {
     let mut rounds = DEFAULT_ROUNDS;
     let mut selector = KernelSelector::Newest;
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         if arg == "--rounds" {
             let value = args.next().context(usage())?;

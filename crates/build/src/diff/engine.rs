@@ -1,0 +1,202 @@
+//! Stage 4 of diff mode: which functions and data differ between the original and the patched
+//! object. Functions are compared symbol by symbol over their bytes and their relocations,
+//! semantically: symbols by name without GCC's numbering, strings by content (not by their
+//! offset in a merged string section), PC-relative addends decoded.
+
+use std::collections::BTreeMap;
+
+use super::elf::{correlation_name, ElfView, Reloc, Section, Symbol, Target};
+
+/// What changed between two compiles of one translation unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiffReport {
+    /// Functions in both objects whose code or references differ.
+    pub changed_functions: Vec<String>,
+    /// Functions only in the patched object.
+    pub new_functions: Vec<String>,
+    /// Functions only in the original object (inlined or deleted by the fix).
+    pub removed_functions: Vec<String>,
+    /// Data objects only in the patched object.
+    pub new_data: Vec<String>,
+    /// Existing data whose contents differ: the builder refuses these.
+    pub changed_data: Vec<String>,
+    /// Changed functions in `__init`/`__exit` code: refused (it already ran, or never will).
+    pub changed_init: Vec<String>,
+}
+
+impl DiffReport {
+    /// No functional difference.
+    pub fn is_empty(&self) -> bool {
+        self.changed_functions.is_empty()
+            && self.new_functions.is_empty()
+            && self.new_data.is_empty()
+            && self.changed_data.is_empty()
+            && self.changed_init.is_empty()
+    }
+}
+
+fn is_init_section(name: &str) -> bool {
+    name.starts_with(".init.") || name.starts_with(".exit.") || name.starts_with(".head.text")
+}
+
+fn is_comparable_data_section(name: &str) -> bool {
+    [".data", ".bss", ".rodata"]
+        .iter()
+        .any(|p| name == *p || name.starts_with(&format!("{p}.")))
+        && !name.starts_with(".rodata.str")
+        && !name.starts_with(".rodata.cst")
+}
+
+/// Defined function (or data) symbols by correlation name; names GCC made twice keep the first.
+fn by_name(view: &ElfView, want_function: bool) -> BTreeMap<String, &Symbol> {
+    let mut map = BTreeMap::new();
+    for symbol in &view.symbols {
+        let keep = if want_function {
+            symbol.is_function()
+        } else {
+            symbol.is_data()
+                && symbol
+                    .section
+                    .and_then(|s| view.section(s))
+                    .is_some_and(|s| is_comparable_data_section(&s.name))
+        };
+        if keep && !symbol.name.is_empty() {
+            map.entry(correlation_name(&symbol.name)).or_insert(symbol);
+        }
+    }
+    map
+}
+
+/// Compares every function and data object of two compiles of the same file.
+pub fn compare(original: &ElfView, patched: &ElfView) -> DiffReport {
+    let mut report = DiffReport::default();
+    let old_functions = by_name(original, true);
+    let new_functions = by_name(patched, true);
+    for (name, new) in &new_functions {
+        match old_functions.get(name) {
+            None => report.new_functions.push(new.name.clone()),
+            Some(old) if !same_symbol(original, old, patched, new) => {
+                let in_init = new
+                    .section
+                    .and_then(|s| patched.section(s))
+                    .is_some_and(|s| is_init_section(&s.name));
+                if in_init {
+                    report.changed_init.push(new.name.clone());
+                } else {
+                    report.changed_functions.push(new.name.clone());
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, old) in &old_functions {
+        if !new_functions.contains_key(name) {
+            report.removed_functions.push(old.name.clone());
+        }
+    }
+    let old_data = by_name(original, false);
+    let new_data = by_name(patched, false);
+    for (name, new) in &new_data {
+        match old_data.get(name) {
+            None => report.new_data.push(new.name.clone()),
+            Some(old) if !same_symbol(original, old, patched, new) => {
+                report.changed_data.push(new.name.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    report
+}
+
+/// The bytes and relocations of a symbol's range `[value, value + size)` (the whole section
+/// when the symbol has no size, as for some assembler labels).
+fn symbol_range<'a>(view: &'a ElfView, symbol: &Symbol) -> Option<(&'a Section, u64, u64)> {
+    let section = view.section(symbol.section?)?;
+    let size = if symbol.size == 0 {
+        section.size
+    } else {
+        symbol.size
+    };
+    Some((section, symbol.value, symbol.value.saturating_add(size)))
+}
+
+fn same_symbol(a_view: &ElfView, a: &Symbol, b_view: &ElfView, b: &Symbol) -> bool {
+    let (Some((a_sec, a_start, a_end)), Some((b_sec, b_start, b_end))) =
+        (symbol_range(a_view, a), symbol_range(b_view, b))
+    else {
+        return false;
+    };
+    if a_end - a_start != b_end - b_start || a_sec.sh_type != b_sec.sh_type {
+        return false;
+    }
+    let bytes = |sec: &Section, start: u64, end: u64| -> Option<Vec<u8>> {
+        if sec.data.is_empty() {
+            return Some(Vec::new()); // NOBITS: all zero, size already compared
+        }
+        sec.data
+            .get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+            .map(<[u8]>::to_vec)
+    };
+    if bytes(a_sec, a_start, a_end) != bytes(b_sec, b_start, b_end) {
+        return false;
+    }
+    let relocs = |sec: &'_ Section, start: u64, end: u64| -> Vec<Reloc> {
+        sec.relocs
+            .iter()
+            .filter(|r| r.offset >= start && r.offset < end)
+            .map(|r| Reloc {
+                offset: r.offset - start,
+                ..r.clone()
+            })
+            .collect()
+    };
+    let (a_rel, b_rel) = (relocs(a_sec, a_start, a_end), relocs(b_sec, b_start, b_end));
+    a_rel.len() == b_rel.len()
+        && a_rel
+            .iter()
+            .zip(&b_rel)
+            .all(|(x, y)| same_reloc(a_view, x, b_view, y))
+}
+
+/// What a relocation refers to, in terms that survive recompiling.
+#[derive(Debug, PartialEq, Eq)]
+enum Referent<'a> {
+    Symbol(String, i64),
+    String(&'a [u8]),
+    SectionOf(String, i64),
+    Anonymous(&'a str, &'a [u8], i64),
+    Unknown,
+}
+
+fn referent<'a>(view: &'a ElfView, reloc: &Reloc) -> Referent<'a> {
+    match &reloc.target {
+        Target::Symbol(i) => match view.symbol(*i) {
+            Some(s) => Referent::Symbol(correlation_name(&s.name), reloc.addend),
+            None => Referent::Unknown,
+        },
+        Target::Section(s) => {
+            let Some(section) = view.section(*s) else {
+                return Referent::Unknown;
+            };
+            if section.is_strings() {
+                return match section.c_string_at(reloc.target_offset()) {
+                    Some(text) => Referent::String(text),
+                    None => Referent::Unknown,
+                };
+            }
+            match view.symbol_of_section(*s) {
+                Some(owner) => Referent::SectionOf(correlation_name(&owner.name), reloc.addend),
+                None => Referent::Anonymous(&section.name, &section.data, reloc.addend),
+            }
+        }
+    }
+}
+
+fn same_reloc(a_view: &ElfView, a: &Reloc, b_view: &ElfView, b: &Reloc) -> bool {
+    a.offset == b.offset
+        && a.r_type == b.r_type
+        && match (referent(a_view, a), referent(b_view, b)) {
+            (Referent::Unknown, _) | (_, Referent::Unknown) => false,
+            (x, y) => x == y,
+        }
+}

@@ -1,0 +1,622 @@
+//! Stage 4b of diff mode: a new relocatable object holding only what the live patch needs from
+//! the patched object — the changed and new functions, new data, the strings and constants they
+//! use, and the entries of the special sections (bug table, exception table, jump labels,
+//! alternatives, static calls, return/retpoline sites, ORC, SMP locks) that describe them.
+//!
+//! Everything else the kept code references stays in the running kernel: it becomes an undefined
+//! symbol named as in the ORIGINAL object (GCC numbers clones and static locals per compile), which
+//! the symbol stage resolves to an export or a livepatch relocation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use object::write::{self, SectionId, StandardSegment, SymbolId};
+use object::{
+    Architecture, BinaryFormat, Endianness, RelocationFlags, SectionFlags, SectionKind,
+    SymbolFlags, SymbolKind, SymbolScope,
+};
+
+use super::elf::{correlation_name, ElfView, Reloc, Section, Target};
+use super::engine::DiffReport;
+
+/// Prefix of the symbol a changed function gets in the extracted object; the generated
+/// `klp_func` table points `new_func` at it.
+pub const NEW_FUNCTION_PREFIX: &str = "__patchbay_new__";
+
+/// A special section as a table of fixed-size entries; an entry is kept when the relocation at
+/// `key_offset` inside it points into a kept function.
+struct Table {
+    name: &'static str,
+    entry_size: u64,
+    key_offset: u64,
+    /// A section with one entry per entry of this one, without relocations (`.orc_unwind`).
+    parallel: Option<(&'static str, u64)>,
+}
+
+/// x86-64 layouts in Linux 6.1 (`struct bug_entry` with relative pointers, `struct
+/// exception_table_entry`, `struct jump_entry`, `struct alt_instr`, `struct static_call_site`,
+/// `struct paravirt_patch_site`, `s32` site lists, `struct orc_entry`).
+const TABLES: &[Table] = &[
+    Table {
+        name: "__bug_table",
+        entry_size: 12,
+        key_offset: 0,
+        parallel: None,
+    },
+    Table {
+        name: "__ex_table",
+        entry_size: 12,
+        key_offset: 0,
+        parallel: None,
+    },
+    Table {
+        name: "__jump_table",
+        entry_size: 16,
+        key_offset: 0,
+        parallel: None,
+    },
+    Table {
+        name: ".altinstructions",
+        entry_size: 12,
+        key_offset: 0,
+        parallel: None,
+    },
+    Table {
+        name: ".static_call_sites",
+        entry_size: 8,
+        key_offset: 0,
+        parallel: None,
+    },
+    Table {
+        name: ".parainstructions",
+        entry_size: 16,
+        key_offset: 0,
+        parallel: None,
+    },
+    Table {
+        name: ".retpoline_sites",
+        entry_size: 4,
+        key_offset: 0,
+        parallel: None,
+    },
+    Table {
+        name: ".return_sites",
+        entry_size: 4,
+        key_offset: 0,
+        parallel: None,
+    },
+    Table {
+        name: ".smp_locks",
+        entry_size: 4,
+        key_offset: 0,
+        parallel: None,
+    },
+    Table {
+        name: ".orc_unwind_ip",
+        entry_size: 4,
+        key_offset: 0,
+        parallel: Some((".orc_unwind", 6)),
+    },
+];
+
+/// Sections copied whole when kept code or a kept table entry references them.
+fn copied_whole(section: &Section) -> bool {
+    section.is_strings()
+        || section.name.starts_with(".rodata.cst")
+        || section.name == ".altinstr_replacement"
+        || section.name.starts_with(".rodata.str")
+}
+
+/// Sections that never go into a live patch: tracing and build metadata the patch does not need.
+fn ignored_section(name: &str) -> bool {
+    name.starts_with(".discard")
+        || name.starts_with(".note")
+        || name == ".comment"
+        || name == "__mcount_loc"
+        || name.starts_with(".debug")
+        || name == ".modinfo"
+        || name.starts_with("__ksymtab")
+        || name == ".gnu.linkonce.this_module"
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("{function} is in the diff but not in the patched object")]
+    Missing { function: String },
+    #[error("{section}: its size {size} is not a multiple of the {entry} bytes of one entry; the kernel's layout differs from what this builder knows (report this)")]
+    TableLayout {
+        section: String,
+        size: u64,
+        entry: u64,
+    },
+    #[error("kept code refers to {what} in section {section}, which a live patch cannot carry; patch a different function or report this")]
+    Unsupported { what: String, section: String },
+    #[error("writing the extracted object failed: {0}")]
+    Write(String),
+}
+
+/// What the extractor produced.
+#[derive(Debug)]
+pub struct Extracted {
+    /// The relocatable object (ELF64 x86-64).
+    pub object: Vec<u8>,
+    /// `(function name in the running kernel, symbol of the replacement)` for each changed
+    /// function.
+    pub replaced: Vec<(String, String)>,
+    /// Undefined symbols the kept code needs from the running kernel.
+    pub external: BTreeSet<String>,
+}
+
+struct Builder<'a> {
+    original: &'a ElfView,
+    patched: &'a ElfView,
+    out: write::Object<'static>,
+    /// patched section index → output section.
+    sections: BTreeMap<usize, SectionId>,
+    /// patched symbol index → output symbol.
+    symbols: BTreeMap<usize, SymbolId>,
+    externals: BTreeMap<String, SymbolId>,
+    /// Function sections (patched index) whose code is kept.
+    kept_functions: BTreeSet<usize>,
+    /// Name in the running kernel of each patched symbol that correlates with the original.
+    original_names: BTreeMap<String, String>,
+    /// Sections whose relocations are already copied.
+    relocated: BTreeSet<usize>,
+}
+
+/// Builds the object for the changed and new functions and new data of `report`.
+pub fn extract(
+    original: &ElfView,
+    patched: &ElfView,
+    report: &DiffReport,
+) -> Result<Extracted, ExtractError> {
+    let original_names: BTreeMap<String, String> = original
+        .symbols
+        .iter()
+        .filter(|s| !s.name.is_empty())
+        .map(|s| (correlation_name(&s.name), s.name.clone()))
+        .collect();
+    let mut builder = Builder {
+        original,
+        patched,
+        out: write::Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little),
+        sections: BTreeMap::new(),
+        symbols: BTreeMap::new(),
+        externals: BTreeMap::new(),
+        kept_functions: BTreeSet::new(),
+        original_names,
+        relocated: BTreeSet::new(),
+    };
+    let mut replaced = Vec::new();
+    let changed: BTreeSet<&String> = report.changed_functions.iter().collect();
+    let wanted: Vec<&String> = report
+        .changed_functions
+        .iter()
+        .chain(&report.new_functions)
+        .collect();
+    // Pass 1: the kept functions' sections and symbols, so references between them resolve.
+    for name in &wanted {
+        let symbol = patched
+            .symbols
+            .iter()
+            .find(|s| &&s.name == name && s.is_function())
+            .ok_or_else(|| ExtractError::Missing {
+                function: (*name).clone(),
+            })?;
+        let Some(section) = symbol.section else {
+            continue;
+        };
+        builder.kept_functions.insert(section);
+        let out_section = builder.copy_section(section)?;
+        let (out_name, scope) = if changed.contains(*name) {
+            let running = builder.running_name(&symbol.name);
+            let new_name = format!("{NEW_FUNCTION_PREFIX}{}", sanitize(&running));
+            replaced.push((running, new_name.clone()));
+            (new_name, SymbolScope::Linkage)
+        } else {
+            (symbol.name.clone(), scope_of(symbol.global))
+        };
+        let id = builder.out.add_symbol(write::Symbol {
+            name: out_name.into_bytes(),
+            value: symbol.value,
+            size: symbol.size,
+            kind: SymbolKind::Text,
+            scope,
+            weak: false,
+            section: write::SymbolSection::Section(out_section),
+            flags: SymbolFlags::None,
+        });
+        builder.symbols.insert(symbol.index, id);
+    }
+    for name in &report.new_data {
+        if let Some(symbol) = patched
+            .symbols
+            .iter()
+            .find(|s| &s.name == name && s.is_data())
+        {
+            builder.define_copy(symbol.index)?;
+        }
+    }
+    // Pass 2: relocations of the kept functions (this may copy strings and constants).
+    let kept: Vec<usize> = builder.kept_functions.iter().copied().collect();
+    for section in kept {
+        builder.copy_relocations(section)?;
+    }
+    // Pass 3: special-section entries that describe kept code.
+    for table in TABLES {
+        builder.copy_table(table)?;
+    }
+    let external = builder.externals.keys().cloned().collect();
+    let object = builder
+        .out
+        .write()
+        .map_err(|e| ExtractError::Write(e.to_string()))?;
+    Ok(Extracted {
+        object,
+        replaced,
+        external,
+    })
+}
+
+fn scope_of(global: bool) -> SymbolScope {
+    if global {
+        SymbolScope::Linkage
+    } else {
+        SymbolScope::Compilation
+    }
+}
+
+/// Symbol names may contain `.` (clones); keep the generated name a C identifier.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn section_kind(section: &Section) -> SectionKind {
+    if section.is_text() {
+        SectionKind::Text
+    } else if section.sh_type == object::elf::SHT_NOBITS {
+        SectionKind::UninitializedData
+    } else if section.is_strings() {
+        SectionKind::ReadOnlyString
+    } else {
+        SectionKind::Data
+    }
+}
+
+impl Builder<'_> {
+    /// The name the running kernel knows a patched symbol by.
+    fn running_name(&self, patched_name: &str) -> String {
+        self.original_names
+            .get(&correlation_name(patched_name))
+            .cloned()
+            .unwrap_or_else(|| patched_name.to_owned())
+    }
+
+    /// Copies a patched section (bytes, flags, alignment) into the output once.
+    fn copy_section(&mut self, index: usize) -> Result<SectionId, ExtractError> {
+        if let Some(id) = self.sections.get(&index) {
+            return Ok(*id);
+        }
+        let section = self
+            .patched
+            .section(index)
+            .ok_or_else(|| ExtractError::Write(format!("no section {index}")))?;
+        let segment = self.out.segment_name(StandardSegment::Text).to_vec();
+        let id = self.out.add_section(
+            segment,
+            section.name.clone().into_bytes(),
+            section_kind(section),
+        );
+        self.out.section_mut(id).flags = SectionFlags::Elf {
+            sh_flags: section.flags,
+        };
+        let align = section.align.max(1);
+        if section.sh_type == object::elf::SHT_NOBITS {
+            self.out.append_section_bss(id, section.size, align);
+        } else {
+            self.out.set_section_data(id, section.data.clone(), align);
+        }
+        self.sections.insert(index, id);
+        Ok(id)
+    }
+
+    /// Copies the section of a new data symbol and defines the symbol in the output.
+    fn define_copy(&mut self, symbol_index: usize) -> Result<SymbolId, ExtractError> {
+        if let Some(id) = self.symbols.get(&symbol_index) {
+            return Ok(*id);
+        }
+        let symbol = self
+            .patched
+            .symbol(symbol_index)
+            .cloned()
+            .ok_or_else(|| ExtractError::Write(format!("no symbol {symbol_index}")))?;
+        let section = symbol
+            .section
+            .ok_or_else(|| ExtractError::Write(format!("{} has no section", symbol.name)))?;
+        let out_section = self.copy_section(section)?;
+        self.copy_relocations(section)?;
+        let id = self.out.add_symbol(write::Symbol {
+            name: symbol.name.clone().into_bytes(),
+            value: symbol.value,
+            size: symbol.size,
+            kind: symbol.kind,
+            scope: scope_of(symbol.global),
+            weak: false,
+            section: write::SymbolSection::Section(out_section),
+            flags: SymbolFlags::None,
+        });
+        self.symbols.insert(symbol_index, id);
+        Ok(id)
+    }
+
+    /// An undefined symbol for something that stays in the running kernel.
+    fn external(&mut self, running_name: String) -> SymbolId {
+        if let Some(id) = self.externals.get(&running_name) {
+            return *id;
+        }
+        let id = self.out.add_symbol(write::Symbol {
+            name: running_name.clone().into_bytes(),
+            value: 0,
+            size: 0,
+            kind: SymbolKind::Unknown,
+            scope: SymbolScope::Linkage,
+            weak: false,
+            section: write::SymbolSection::Undefined,
+            flags: SymbolFlags::None,
+        });
+        self.externals.insert(running_name, id);
+        id
+    }
+
+    fn is_new_data(&self, symbol_name: &str) -> bool {
+        !self
+            .original
+            .symbols
+            .iter()
+            .any(|s| correlation_name(&s.name) == correlation_name(symbol_name))
+    }
+
+    /// The output symbol and addend a relocation of kept code must use.
+    fn map_target(&mut self, reloc: &Reloc) -> Result<(SymbolId, i64), ExtractError> {
+        match &reloc.target {
+            Target::Symbol(index) => {
+                if let Some(id) = self.symbols.get(index) {
+                    return Ok((*id, reloc.addend));
+                }
+                let symbol = self
+                    .patched
+                    .symbol(*index)
+                    .cloned()
+                    .ok_or_else(|| ExtractError::Write(format!("no symbol {index}")))?;
+                if symbol.section.is_some() && symbol.is_data() && self.is_new_data(&symbol.name) {
+                    let id = self.define_copy(*index)?;
+                    return Ok((id, reloc.addend));
+                }
+                let name = self.running_name(&symbol.name);
+                Ok((self.external(name), reloc.addend))
+            }
+            Target::Section(index) => {
+                let section = self
+                    .patched
+                    .section(*index)
+                    .cloned()
+                    .ok_or_else(|| ExtractError::Write(format!("no section {index}")))?;
+                if self.kept_functions.contains(index) || copied_whole(&section) {
+                    let id = self.copy_section(*index)?;
+                    if !self.kept_functions.contains(index) {
+                        self.copy_relocations(*index)?;
+                    }
+                    return Ok((self.out.section_symbol(id), reloc.addend));
+                }
+                // A named function or datum that stays in the kernel, addressed through its
+                // section symbol: address it through its name instead.
+                if let Some(owner) = self.patched.symbol_of_section(*index).cloned() {
+                    if owner.is_data() && self.is_new_data(&owner.name) {
+                        let id = self.define_copy(owner.index)?;
+                        return Ok((id, reloc.addend));
+                    }
+                    let name = self.running_name(&owner.name);
+                    return Ok((self.external(name), reloc.addend));
+                }
+                Err(ExtractError::Unsupported {
+                    what: format!("anonymous data at offset {}", reloc.target_offset()),
+                    section: section.name,
+                })
+            }
+        }
+    }
+
+    /// Copies the relocations of a copied section, retargeted into the output.
+    fn copy_relocations(&mut self, index: usize) -> Result<(), ExtractError> {
+        let Some(section) = self.patched.section(index).cloned() else {
+            return Ok(());
+        };
+        let Some(out_section) = self.sections.get(&index).copied() else {
+            return Ok(());
+        };
+        // Copy each section's relocations once.
+        if !self.relocated.insert(index) {
+            return Ok(());
+        }
+        for reloc in &section.relocs {
+            let (symbol, addend) = self.map_target(reloc)?;
+            self.add_reloc(out_section, reloc.offset, symbol, addend, reloc.r_type)?;
+        }
+        Ok(())
+    }
+
+    fn add_reloc(
+        &mut self,
+        section: SectionId,
+        offset: u64,
+        symbol: SymbolId,
+        addend: i64,
+        r_type: u32,
+    ) -> Result<(), ExtractError> {
+        self.out
+            .add_relocation(
+                section,
+                write::Relocation {
+                    offset,
+                    symbol,
+                    addend,
+                    flags: RelocationFlags::Elf { r_type },
+                },
+            )
+            .map_err(|e| ExtractError::Write(e.to_string()))
+    }
+
+    /// Whether a relocation points into kept code.
+    fn points_into_kept(&self, reloc: &Reloc) -> bool {
+        match &reloc.target {
+            Target::Section(s) => self.kept_functions.contains(s),
+            Target::Symbol(i) => self
+                .patched
+                .symbol(*i)
+                .and_then(|s| s.section)
+                .is_some_and(|s| self.kept_functions.contains(&s) && self.symbols.contains_key(i)),
+        }
+    }
+
+    fn copy_table(&mut self, table: &Table) -> Result<(), ExtractError> {
+        let Some(section) = self.patched.section_by_name(table.name).cloned() else {
+            return Ok(());
+        };
+        if section.size % table.entry_size != 0 {
+            return Err(ExtractError::TableLayout {
+                section: section.name,
+                size: section.size,
+                entry: table.entry_size,
+            });
+        }
+        let kept_entries: Vec<u64> = (0..section.size / table.entry_size)
+            .filter(|i| {
+                let key = i * table.entry_size + table.key_offset;
+                section
+                    .relocs
+                    .iter()
+                    .any(|r| r.offset == key && self.points_into_kept(r))
+            })
+            .collect();
+        if kept_entries.is_empty() {
+            return Ok(());
+        }
+        let mut data = Vec::new();
+        let mut relocs = Vec::new();
+        for (new_index, old_index) in kept_entries.iter().enumerate() {
+            let start = old_index * table.entry_size;
+            let end = start + table.entry_size;
+            let bytes = section
+                .data
+                .get(
+                    usize::try_from(start).unwrap_or(usize::MAX)
+                        ..usize::try_from(end).unwrap_or(usize::MAX),
+                )
+                .ok_or_else(|| {
+                    ExtractError::Write(format!("{} entry {old_index}", section.name))
+                })?;
+            data.extend_from_slice(bytes);
+            let new_start = new_index as u64 * table.entry_size;
+            for r in section
+                .relocs
+                .iter()
+                .filter(|r| r.offset >= start && r.offset < end)
+            {
+                relocs.push(Reloc {
+                    offset: r.offset - start + new_start,
+                    ..r.clone()
+                });
+            }
+        }
+        let segment = self.out.segment_name(StandardSegment::Data).to_vec();
+        let id = self.out.add_section(
+            segment,
+            section.name.clone().into_bytes(),
+            SectionKind::Data,
+        );
+        self.out.section_mut(id).flags = SectionFlags::Elf {
+            sh_flags: section.flags,
+        };
+        self.out.set_section_data(id, data, section.align.max(1));
+        for reloc in relocs {
+            let (symbol, addend) = self.map_target(&reloc)?;
+            self.add_reloc(id, reloc.offset, symbol, addend, reloc.r_type)?;
+        }
+        if let Some((parallel_name, size)) = table.parallel {
+            if let Some(parallel) = self.patched.section_by_name(parallel_name).cloned() {
+                let mut bytes = Vec::new();
+                for old_index in &kept_entries {
+                    let start = usize::try_from(old_index * size).unwrap_or(usize::MAX);
+                    let end = start.saturating_add(usize::try_from(size).unwrap_or(0));
+                    bytes.extend_from_slice(parallel.data.get(start..end).ok_or_else(|| {
+                        ExtractError::Write(format!("{parallel_name} entry {old_index}"))
+                    })?);
+                }
+                let segment = self.out.segment_name(StandardSegment::Data).to_vec();
+                let pid = self.out.add_section(
+                    segment,
+                    parallel_name.as_bytes().to_vec(),
+                    SectionKind::Data,
+                );
+                self.out.section_mut(pid).flags = SectionFlags::Elf {
+                    sh_flags: parallel.flags,
+                };
+                self.out.set_section_data(pid, bytes, parallel.align.max(1));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sections of the patched object that hold code or data the extractor does not know how to
+/// carry, referenced from kept functions: reported before anything is built.
+pub fn unknown_special_sections(patched: &ElfView, report: &DiffReport) -> Vec<String> {
+    let kept: BTreeSet<usize> = report
+        .changed_functions
+        .iter()
+        .chain(&report.new_functions)
+        .filter_map(|n| {
+            patched
+                .symbols
+                .iter()
+                .find(|s| &s.name == n && s.is_function())
+        })
+        .filter_map(|s| s.section)
+        .collect();
+    let known: BTreeSet<&str> = TABLES
+        .iter()
+        .flat_map(|t| std::iter::once(t.name).chain(t.parallel.map(|p| p.0)))
+        .collect();
+    let mut unknown = BTreeSet::new();
+    for section in patched.sections.values() {
+        if !section.is_alloc()
+            || ignored_section(&section.name)
+            || known.contains(section.name.as_str())
+            || section.is_text()
+            || section.name.starts_with(".data")
+            || section.name.starts_with(".bss")
+            || section.name.starts_with(".rodata")
+            || section.name == ".altinstr_replacement"
+        {
+            continue;
+        }
+        let refers_to_kept = section.relocs.iter().any(|r| match &r.target {
+            Target::Section(s) => kept.contains(s),
+            Target::Symbol(i) => patched
+                .symbol(*i)
+                .and_then(|s| s.section)
+                .is_some_and(|s| kept.contains(&s)),
+        });
+        if refers_to_kept {
+            unknown.insert(section.name.clone());
+        }
+    }
+    unknown.into_iter().collect()
+}

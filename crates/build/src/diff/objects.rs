@@ -1,0 +1,268 @@
+//! Stage 3 of diff mode: compile the original and the patched object of each changed `.c` file
+//! in the kernel's prepared source tree, with the distro's flags plus `-ffunction-sections
+//! -fdata-sections` (one section per function and datum, so the diff engine can compare and
+//! extract them one by one), and find which binary each object lands in.
+//!
+//! The source tree is shared by every build of that kernel: the patch is reversed and the
+//! compiled objects removed afterwards, on errors too ([`PatchedTree`] does it on drop).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use object::{Object, ObjectSymbol, SymbolKind};
+use patchbay_kernels::{Kernel, SourceTree, SymbolTable};
+
+/// Flags added to the distro's own for every object we compile.
+pub const EXTRA_CFLAGS: &str = "-ffunction-sections -fdata-sections";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    #[error("compiling {object} failed (make exit {status}):\n{output}")]
+    Compile {
+        object: String,
+        status: String,
+        output: String,
+    },
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: &'static str,
+        source: std::io::Error,
+    },
+    #[error("applying the diff to the source tree failed:\n{0}")]
+    Apply(String),
+    #[error("reversing the diff in the source tree at {tree} failed; delete {tree} so it is fetched again:\n{output}")]
+    Reverse { tree: String, output: String },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{object} defines no functions; nothing in it can be live-patched")]
+    NoFunctions { object: String },
+    #[error("cannot tell which binary {object} is part of: none of its functions ({sample}) is in vmlinux or in one module; {hint}")]
+    UnknownOwner {
+        object: String,
+        sample: String,
+        hint: &'static str,
+    },
+    #[error(transparent)]
+    Kernel(#[from] patchbay_kernels::KernelError),
+    #[error("{path} is not a readable object: {reason}")]
+    Elf { path: String, reason: String },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ObjectsError {
+    let path = path.display().to_string();
+    move |source| ObjectsError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Where an object's code runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    Vmlinux,
+    Module(String),
+}
+
+/// Compiles `source` (a `.c` path relative to the tree) and copies the object to `out`.
+pub fn compile_object(tree: &SourceTree, source: &str, out: &Path) -> Result<(), ObjectsError> {
+    let object = object_path(source);
+    let built = tree.dir().join(&object);
+    let _ = fs::remove_file(&built);
+    let output = tree
+        .make()
+        .arg(format!("KCFLAGS={EXTRA_CFLAGS}"))
+        .arg(&object)
+        .output()
+        .map_err(|source| ObjectsError::Spawn {
+            program: "make",
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(ObjectsError::Compile {
+            object,
+            status: output.status.to_string(),
+            output: tail(&output.stdout, &output.stderr),
+        });
+    }
+    if let Some(parent) = out.parent() {
+        fs::create_dir_all(parent).map_err(io("create", parent))?;
+    }
+    fs::copy(&built, out).map_err(io("copy", &built))?;
+    remove_build_products(tree, &object);
+    Ok(())
+}
+
+/// `fs/proc/cmdline.c` → `fs/proc/cmdline.o`.
+pub fn object_path(source: &str) -> String {
+    match source.strip_suffix(".c") {
+        Some(stem) => format!("{stem}.o"),
+        None => format!("{source}.o"),
+    }
+}
+
+/// Removes what compiling one object left in the tree (the object and kbuild's `.cmd` file).
+fn remove_build_products(tree: &SourceTree, object: &str) {
+    let built = tree.dir().join(object);
+    let _ = fs::remove_file(&built);
+    if let (Some(dir), Some(name)) = (built.parent(), built.file_name()) {
+        let _ = fs::remove_file(dir.join(format!(".{}.cmd", name.to_string_lossy())));
+    }
+}
+
+/// The source tree with a diff applied; reversed when dropped (or by [`PatchedTree::restore`],
+/// which reports failure).
+#[derive(Debug)]
+pub struct PatchedTree<'a> {
+    tree: &'a SourceTree,
+    diff: PathBuf,
+    applied: bool,
+}
+
+impl<'a> PatchedTree<'a> {
+    pub fn apply(tree: &'a SourceTree, diff: &Path) -> Result<Self, ObjectsError> {
+        run_patch(tree.dir(), diff, false).map_err(ObjectsError::Apply)?;
+        Ok(PatchedTree {
+            tree,
+            diff: diff.to_path_buf(),
+            applied: true,
+        })
+    }
+
+    pub fn restore(mut self) -> Result<(), ObjectsError> {
+        self.applied = false;
+        run_patch(self.tree.dir(), &self.diff, true).map_err(|output| ObjectsError::Reverse {
+            tree: self.tree.dir().display().to_string(),
+            output,
+        })
+    }
+}
+
+impl Drop for PatchedTree<'_> {
+    fn drop(&mut self) {
+        if self.applied {
+            let _ = run_patch(self.tree.dir(), &self.diff, true);
+        }
+    }
+}
+
+fn run_patch(dir: &Path, diff: &Path, reverse: bool) -> Result<(), String> {
+    let mut command = Command::new("patch");
+    command
+        .current_dir(dir)
+        .args([
+            "-p1",
+            "--batch",
+            "--forward",
+            "--silent",
+            "--no-backup-if-mismatch",
+            "-i",
+        ])
+        .arg(diff)
+        .env("LC_ALL", "C");
+    if reverse {
+        command.arg("-R");
+    }
+    let out = command
+        .output()
+        .map_err(|e| format!("cannot run patch: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(tail(&out.stdout, &out.stderr))
+    }
+}
+
+fn tail(stdout: &[u8], stderr: &[u8]) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(stdout),
+        String::from_utf8_lossy(stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .get(lines.len().saturating_sub(40)..)
+        .unwrap_or_default()
+        .join("\n")
+}
+
+/// Names of the functions an object defines (static ones included).
+pub fn defined_functions(object: &[u8], path: &Path) -> Result<Vec<String>, ObjectsError> {
+    let file = object::File::parse(object).map_err(|e| ObjectsError::Elf {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut names: Vec<String> = file
+        .symbols()
+        .filter(|s| s.kind() == SymbolKind::Text && s.is_definition())
+        .filter_map(|s| s.name().ok().map(str::to_owned))
+        .filter(|n| !n.is_empty() && !n.contains('.'))
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Which binary the original object `compiled` (of `source`) is part of: vmlinux when its
+/// functions are in the kernel's full symbol map, else the module under the same directory
+/// whose symbol table has them.
+pub fn owner(kernel: &Kernel, source: &str, compiled: &Path) -> Result<Owner, ObjectsError> {
+    let bytes = fs::read(compiled).map_err(io("read", compiled))?;
+    let functions = defined_functions(&bytes, compiled)?;
+    if functions.is_empty() {
+        return Err(ObjectsError::NoFunctions {
+            object: object_path(source),
+        });
+    }
+    let vmlinux = SymbolTable::load(&kernel.system_map()?)?;
+    // A module's own symtab has no `[module]` names, so `lookup` covers it too.
+    let all_in = |table: &SymbolTable| functions.iter().all(|f| !table.lookup(f).is_empty());
+    if all_in(&vmlinux) {
+        return Ok(Owner::Vmlinux);
+    }
+    // Modules built from this directory or a parent of it, nearest first.
+    let order = fs::read_to_string(kernel.modules_dir().join("modules.order"))
+        .map_err(io("read", &kernel.modules_dir().join("modules.order")))?;
+    let source_dir = source.rsplit_once('/').map_or("", |(d, _)| d);
+    let mut candidates: Vec<(usize, &str)> = order
+        .lines()
+        .filter_map(|line| {
+            let rel = line.trim().strip_prefix("kernel/")?;
+            let dir = rel.rsplit_once('/').map_or("", |(d, _)| d);
+            (source_dir == dir || source_dir.starts_with(&format!("{dir}/")))
+                .then_some((dir.len(), line.trim()))
+        })
+        .collect();
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
+    for (_, relative) in candidates {
+        let name = relative
+            .rsplit('/')
+            .next()
+            .and_then(|f| f.strip_suffix(".ko"))
+            .unwrap_or(relative);
+        let Some(path) = kernel.find_module(name)? else {
+            continue;
+        };
+        let ko = patchbay_kernels::read_module(&path)?;
+        let table = SymbolTable::from_module_ko(&ko)?;
+        if all_in(&table) {
+            return Ok(Owner::Module(name.replace('-', "_")));
+        }
+    }
+    Err(ObjectsError::UnknownOwner {
+        object: object_path(source),
+        sample: functions
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        hint: "the object may be built only for another config, or its functions were all \
+               inlined; patch the callers instead",
+    })
+}

@@ -1,0 +1,244 @@
+//! Diff mode end to end: diff file → preflight → original and patched objects → object diff →
+//! extracted object → the source-mode module build (markers generated, the extracted object
+//! linked in) → bundle.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use patchbay_core::{CveId, PatchLevel};
+use patchbay_kernels::Kernel;
+
+use super::elf::ElfView;
+use super::engine::{self, DiffReport};
+use super::extract;
+use super::objects::{self, Owner, PatchedTree};
+use super::patch_file;
+use super::preflight::{self, KernelConfig};
+use crate::module_build::{self, BuildReport, SourceBuild};
+
+/// A diff-mode build request.
+#[derive(Debug, Clone)]
+pub struct DiffBuild {
+    pub level: PatchLevel,
+    pub fixes: Vec<CveId>,
+    /// Unified diffs against the kernel's source (applied in order, as one change).
+    pub patches: Vec<PathBuf>,
+    pub output: PathBuf,
+    pub keep_work_dir: Option<PathBuf>,
+}
+
+/// The change found in one translation unit.
+#[derive(Debug, Clone)]
+pub struct FileChangeReport {
+    pub source: String,
+    pub owner: Owner,
+    pub diff: DiffReport,
+}
+
+#[derive(Debug)]
+pub struct DiffBuildReport {
+    pub files: Vec<FileChangeReport>,
+    pub module: BuildReport,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiffBuildError {
+    #[error("the diff cannot become a live patch:\n{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Objects(#[from] objects::ObjectsError),
+    #[error(transparent)]
+    Elf(#[from] super::elf::ElfViewError),
+    #[error(transparent)]
+    Extract(#[from] extract::ExtractError),
+    #[error(transparent)]
+    Kernel(#[from] patchbay_kernels::KernelError),
+    #[error(transparent)]
+    Module(#[from] module_build::BuildError),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DiffBuildError {
+    let path = path.display().to_string();
+    move |source| DiffBuildError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn refuse(lines: impl IntoIterator<Item = String>) -> DiffBuildError {
+    let text: Vec<String> = lines.into_iter().map(|l| format!("- {l}")).collect();
+    DiffBuildError::Refused(text.join("\n"))
+}
+
+/// Builds a bundle from unified diffs of `kernel`'s source.
+pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, DiffBuildError> {
+    // The diffs, as one combined patch file.
+    let mut combined = String::new();
+    for path in &request.patches {
+        combined.push_str(&std::fs::read_to_string(path).map_err(io_err("read", path))?);
+        if !combined.ends_with('\n') {
+            combined.push('\n');
+        }
+    }
+    let files = patch_file::changed_files(&combined)
+        .map_err(|refusals| refuse(refusals.iter().map(ToString::to_string)))?;
+
+    // Stage 1: preflight.
+    let config_text =
+        std::fs::read_to_string(kernel.config()).map_err(io_err("read", &kernel.config()))?;
+    let config = KernelConfig::parse(&config_text);
+    let mut problems = preflight::check_config(&config);
+    problems.extend(preflight::check_compiler(&config));
+    if !problems.is_empty() {
+        return Err(refuse(problems.iter().map(ToString::to_string)));
+    }
+
+    let temp;
+    let work: &Path = match &request.keep_work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+            dir
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("patchbay-diff-")
+                .tempdir()
+                .map_err(io_err(
+                    "create a temporary directory in",
+                    &std::env::temp_dir(),
+                ))?;
+            temp.path()
+        }
+    };
+    let patch_path = work.join("combined.patch");
+    std::fs::write(&patch_path, &combined).map_err(io_err("write", &patch_path))?;
+
+    // Stages 2 and 3: the source tree, original and patched objects.
+    let tree = kernel.source_tree()?;
+    let _exclusive = tree.lock()?;
+    let problems = preflight::check_patch_applies(tree.dir(), &patch_path);
+    if !problems.is_empty() {
+        return Err(refuse(problems.iter().map(ToString::to_string)));
+    }
+    let original_object = |source: &str| work.join("original").join(objects::object_path(source));
+    let patched_object = |source: &str| work.join("patched").join(objects::object_path(source));
+    for file in &files {
+        objects::compile_object(&tree, &file.path, &original_object(&file.path))?;
+    }
+    let applied = PatchedTree::apply(&tree, &patch_path)?;
+    let compiled: Result<(), DiffBuildError> = files.iter().try_for_each(|file| {
+        objects::compile_object(&tree, &file.path, &patched_object(&file.path))
+            .map_err(DiffBuildError::from)
+    });
+    applied.restore()?;
+    compiled?;
+
+    // Stage 4: what changed, and the refusals that depend on it.
+    let mut reports = Vec::new();
+    let mut refusals = Vec::new();
+    let mut views = Vec::new();
+    for file in &files {
+        let read = |p: PathBuf| -> Result<ElfView, DiffBuildError> {
+            let bytes = std::fs::read(&p).map_err(io_err("read", &p))?;
+            Ok(ElfView::parse(&file.path, &bytes)?)
+        };
+        let original = read(original_object(&file.path))?;
+        let patched = read(patched_object(&file.path))?;
+        let diff = engine::compare(&original, &patched);
+        for name in &diff.changed_data {
+            refusals.push(format!(
+                "{}: the fix changes existing data `{name}`; a live patch cannot change data the \
+                 running kernel already holds: use a shadow variable or a callback instead",
+                file.path
+            ));
+        }
+        for name in &diff.changed_init {
+            refusals.push(format!(
+                "{}: the fix changes `{name}` in __init/__exit code, which already ran (or runs \
+                 only at unload); live patching it has no effect: leave it out of the diff",
+                file.path
+            ));
+        }
+        for name in diff.changed_functions.iter().filter(|n| n.contains('.')) {
+            refusals.push(format!(
+                "{}: the fix changes `{name}`, a function GCC cloned or split; this builder \
+                 cannot name it in a klp_func yet: patch its callers instead",
+                file.path
+            ));
+        }
+        for section in extract::unknown_special_sections(&patched, &diff) {
+            refusals.push(format!(
+                "{}: changed code is described by section {section}, which this builder \
+                 does not know how to carry",
+                file.path
+            ));
+        }
+        let owner = objects::owner(kernel, &file.path, &original_object(&file.path))?;
+        reports.push(FileChangeReport {
+            source: file.path.clone(),
+            owner,
+            diff,
+        });
+        views.push((original, patched));
+    }
+    if reports.iter().all(|r| r.diff.is_empty()) {
+        refusals.push(
+            "the diff makes no functional change to any object (comments or formatting only?); \
+             there is nothing to live-patch"
+                .into(),
+        );
+    }
+    if !refusals.is_empty() {
+        return Err(refuse(refusals));
+    }
+
+    // Stage 4b: extracted objects; stage 5/6: markers for the module build.
+    let mut linked_objects = Vec::new();
+    let mut markers = String::from(
+        "// Generated by patchbay-build diff: the replacements found in the object diff.\n\
+         #include <patchbay.h>\n",
+    );
+    for (index, (report, (original, patched))) in reports.iter().zip(&views).enumerate() {
+        if report.diff.is_empty() {
+            continue;
+        }
+        let extracted = extract::extract(original, patched, &report.diff)?;
+        let path = work.join(format!("extracted{index}.o"));
+        std::fs::write(&path, &extracted.object).map_err(io_err("write", &path))?;
+        linked_objects.push(path);
+        let object = match &report.owner {
+            Owner::Vmlinux => "vmlinux".to_owned(),
+            Owner::Module(name) => name.clone(),
+        };
+        for (old, new) in &extracted.replaced {
+            let _ = writeln!(markers, "extern void {new}(void);");
+            let _ = writeln!(markers, "PATCHBAY_REPLACE({object}, {old}, {new});");
+        }
+    }
+    let markers_path = work.join("patchbay_diff_markers.c");
+    std::fs::write(&markers_path, markers).map_err(io_err("write", &markers_path))?;
+    let module = module_build::build(
+        kernel,
+        &SourceBuild {
+            level: request.level,
+            fixes: request.fixes.clone(),
+            sources: vec![markers_path],
+            extra_objects: Vec::new(),
+            linked_objects,
+            symbols_override: None,
+            output: request.output.clone(),
+            keep_work_dir: request.keep_work_dir.as_ref().map(|d| d.join("module")),
+        },
+    )?;
+    Ok(DiffBuildReport {
+        files: reports,
+        module,
+    })
+}

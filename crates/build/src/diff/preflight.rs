@@ -1,0 +1,242 @@
+//! Stage 1 of diff mode: can this kernel be live-patched by object diffing, with this compiler,
+//! with this diff? Every problem is reported at once, before anything is fetched or compiled.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::process::Command;
+
+/// A kernel `.config`, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct KernelConfig {
+    values: BTreeMap<String, String>,
+}
+
+impl KernelConfig {
+    pub fn parse(text: &str) -> Self {
+        let values = text
+            .lines()
+            .filter_map(|line| line.trim().split_once('='))
+            .filter(|(key, _)| key.starts_with("CONFIG_"))
+            .map(|(key, value)| (key.to_owned(), value.trim_matches('"').to_owned()))
+            .collect();
+        KernelConfig { values }
+    }
+
+    /// `y`, `m`, a string, or `None` when unset.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    fn is_set(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("y" | "m"))
+    }
+}
+
+/// A reason the build cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreflightProblem {
+    NoLivepatch,
+    UnsupportedOption {
+        option: &'static str,
+        why: &'static str,
+    },
+    CompilerUnknown,
+    CompilerMismatch {
+        kernel: String,
+        ours: String,
+    },
+    CompilerMissing(String),
+    PatchDoesNotApply(String),
+}
+
+impl fmt::Display for PreflightProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PreflightProblem::NoLivepatch => f.write_str(
+                "the kernel is built without CONFIG_LIVEPATCH=y: it cannot load live patches",
+            ),
+            PreflightProblem::UnsupportedOption { option, why } => {
+                write!(f, "the kernel is built with {option}: {why}")
+            }
+            PreflightProblem::CompilerUnknown => f.write_str(
+                "the kernel config has no CONFIG_CC_VERSION_TEXT; the compiler it was built with \
+                 is unknown, so objects cannot be reproduced",
+            ),
+            PreflightProblem::CompilerMismatch { kernel, ours } => write!(
+                f,
+                "the kernel was built with \"{kernel}\" but gcc-12 here is \"{ours}\"; objects \
+                 would differ everywhere: install exactly that compiler (apt-get install gcc-12)"
+            ),
+            PreflightProblem::CompilerMissing(e) => {
+                write!(f, "cannot run gcc-12 ({e}): apt-get install gcc-12")
+            }
+            PreflightProblem::PatchDoesNotApply(output) => write!(
+                f,
+                "the diff does not apply to this kernel's source (rebase it onto this version):\n{output}"
+            ),
+        }
+    }
+}
+
+/// Options that make object diffing unsafe or impossible, with why.
+const REFUSED_OPTIONS: &[(&str, &str)] = &[
+    (
+        "CONFIG_X86_KERNEL_IBT",
+        "IBT seals indirect branch targets at boot; replacement functions would not be valid targets",
+    ),
+    (
+        "CONFIG_LTO_CLANG_FULL",
+        "link-time optimisation moves code across objects, so one object's diff is not the change",
+    ),
+    (
+        "CONFIG_LTO_CLANG_THIN",
+        "link-time optimisation moves code across objects, so one object's diff is not the change",
+    ),
+    (
+        "CONFIG_RANDSTRUCT_FULL",
+        "structure layouts are randomised with a seed we do not have",
+    ),
+    (
+        "CONFIG_RANDSTRUCT_PERFORMANCE",
+        "structure layouts are randomised with a seed we do not have",
+    ),
+    (
+        "CONFIG_GCC_PLUGIN_RANDSTRUCT",
+        "structure layouts are randomised with a seed we do not have",
+    ),
+    (
+        "CONFIG_CFI_CLANG",
+        "control-flow integrity checks would reject calls into the replacement functions",
+    ),
+];
+
+/// Checks the kernel's configuration.
+pub fn check_config(config: &KernelConfig) -> Vec<PreflightProblem> {
+    let mut problems = Vec::new();
+    if config.get("CONFIG_LIVEPATCH") != Some("y") {
+        problems.push(PreflightProblem::NoLivepatch);
+    }
+    for (option, why) in REFUSED_OPTIONS {
+        if config.is_set(option) {
+            problems.push(PreflightProblem::UnsupportedOption { option, why });
+        }
+    }
+    problems
+}
+
+/// Checks that `gcc-12 --version` prints the compiler the kernel was built with.
+pub fn check_compiler(config: &KernelConfig) -> Vec<PreflightProblem> {
+    let Some(kernel) = config.get("CONFIG_CC_VERSION_TEXT") else {
+        return vec![PreflightProblem::CompilerUnknown];
+    };
+    match Command::new("gcc-12").arg("--version").output() {
+        Err(e) => vec![PreflightProblem::CompilerMissing(e.to_string())],
+        Ok(out) => {
+            let ours = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            if ours == kernel {
+                Vec::new()
+            } else {
+                vec![PreflightProblem::CompilerMismatch {
+                    kernel: kernel.to_owned(),
+                    ours,
+                }]
+            }
+        }
+    }
+}
+
+/// Checks that `diff` applies to the tree at `source_dir` (`patch --dry-run`; nothing changes).
+pub fn check_patch_applies(source_dir: &Path, diff: &Path) -> Vec<PreflightProblem> {
+    let out = Command::new("patch")
+        .current_dir(source_dir)
+        .args(["-p1", "--dry-run", "--batch", "--force", "--silent", "-i"])
+        .arg(diff)
+        .env("LC_ALL", "C")
+        .output();
+    match out {
+        Err(e) => vec![PreflightProblem::PatchDoesNotApply(format!(
+            "cannot run patch: {e} (apt-get install patch)"
+        ))],
+        Ok(out) if out.status.success() => Vec::new(),
+        Ok(out) => vec![PreflightProblem::PatchDoesNotApply(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn debian_like_config_passes_and_hardening_options_are_refused() {
+        let debian = KernelConfig::parse(
+            "CONFIG_LIVEPATCH=y\nCONFIG_LTO_NONE=y\nCONFIG_RANDSTRUCT_NONE=y\n\
+             # CONFIG_X86_KERNEL_IBT is not set\nCONFIG_CC_VERSION_TEXT=\"gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0\"\n",
+        );
+        assert!(check_config(&debian).is_empty());
+        assert_eq!(
+            debian.get("CONFIG_CC_VERSION_TEXT"),
+            Some("gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0")
+        );
+
+        let hardened = KernelConfig::parse(
+            "CONFIG_X86_KERNEL_IBT=y\nCONFIG_LTO_CLANG_THIN=y\nCONFIG_RANDSTRUCT_FULL=y\n",
+        );
+        let problems = check_config(&hardened);
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems.contains(&PreflightProblem::NoLivepatch));
+        assert!(problems
+            .iter()
+            .any(|p| p.to_string().contains("CONFIG_X86_KERNEL_IBT")));
+    }
+
+    #[test]
+    fn unknown_compiler_is_refused() {
+        let config = KernelConfig::parse("CONFIG_LIVEPATCH=y\n");
+        assert_eq!(
+            check_compiler(&config),
+            vec![PreflightProblem::CompilerUnknown]
+        );
+        let other = KernelConfig::parse("CONFIG_CC_VERSION_TEXT=\"gcc (GCC) 99.1\"\n");
+        let problems = check_compiler(&other);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].to_string().contains("99.1"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn patch_dry_run_reports_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("fs")).unwrap();
+        std::fs::write(dir.path().join("fs/a.c"), "int a = 1;\n").unwrap();
+        let good = dir.path().join("good.patch");
+        std::fs::write(
+            &good,
+            "--- a/fs/a.c\n+++ b/fs/a.c\n@@ -1 +1 @@\n-int a = 1;\n+int a = 2;\n",
+        )
+        .unwrap();
+        assert!(check_patch_applies(dir.path(), &good).is_empty());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("fs/a.c")).unwrap(),
+            "int a = 1;\n"
+        );
+        let bad = dir.path().join("bad.patch");
+        std::fs::write(
+            &bad,
+            "--- a/fs/a.c\n+++ b/fs/a.c\n@@ -1 +1 @@\n-int a = 7;\n+int a = 2;\n",
+        )
+        .unwrap();
+        let problems = check_patch_applies(dir.path(), &bad);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].to_string().contains("does not apply"));
+    }
+}

@@ -1,0 +1,197 @@
+//! A real `patchbay-server` process on the host's loopback, for guests and the demo.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Builds `patchbay-server` (release, once per process) in its own target dir, so it does not
+/// wait on the lock of the cargo command running the tests. `PATCHBAY_SERVER_BIN` overrides it.
+pub fn server_binary() -> Result<PathBuf> {
+    static SERVER: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    SERVER
+        .get_or_init(|| build_server().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_server() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PATCHBAY_SERVER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    crate::release_binary(
+        "patchbay-server",
+        "patchbay-server",
+        "e2e-server",
+        crate::Linking::Dynamic,
+    )
+}
+
+/// A running server with a fresh data dir; killed on drop.
+#[derive(Debug)]
+pub struct ServerProcess {
+    pub data_dir: PathBuf,
+    /// `http://127.0.0.1:<port>`
+    pub url: String,
+    pub port: u16,
+    pub admin_token: String,
+    /// The first registration key `init` made, for the `production` channel.
+    pub registration_key: String,
+    child: Option<Child>,
+}
+
+impl ServerProcess {
+    /// `patchbay-server init` into `data_dir`, then `serve` on a free loopback port.
+    pub fn start(data_dir: &Path) -> Result<ServerProcess> {
+        let bin = server_binary()?;
+        let init = Command::new(&bin)
+            .arg("init")
+            .arg("--data")
+            .arg(data_dir)
+            .output()
+            .context("run patchbay-server init")?;
+        let stdout = String::from_utf8_lossy(&init.stdout).into_owned();
+        if !init.status.success() {
+            bail!(
+                "patchbay-server init failed ({}):\n{stdout}\n{}",
+                init.status,
+                String::from_utf8_lossy(&init.stderr)
+            );
+        }
+        let field = |name: &str| -> Result<String> {
+            stdout
+                .lines()
+                .find_map(|line| line.trim().strip_prefix(name))
+                .map(|rest| rest.trim().to_owned())
+                .with_context(|| {
+                    format!("`patchbay-server init` printed no `{name}` line:\n{stdout}")
+                })
+        };
+        let admin_token = field("admin-token:")?;
+        let registration_key = field("registration-key:")?;
+        let mut server = ServerProcess {
+            data_dir: data_dir.to_path_buf(),
+            url: String::new(),
+            port: 0,
+            admin_token,
+            registration_key,
+            child: None,
+        };
+        server.serve_on("127.0.0.1:0")?;
+        Ok(server)
+    }
+
+    fn serve_on(&mut self, listen: &str) -> Result<()> {
+        let bin = server_binary()?;
+        let mut child = Command::new(&bin)
+            .arg("serve")
+            .arg("--data")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(listen)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start patchbay-server serve")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            let Some(line) = lines.next() else {
+                let _ = child.kill();
+                bail!("patchbay-server serve exited before printing `listening on`");
+            };
+            let line = line.context("read server output")?;
+            if let Some(url) = line.trim().strip_prefix("listening on ") {
+                break url.trim().trim_end_matches('/').to_owned();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("patchbay-server serve printed no `listening on` line in 30 s");
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no port in {url:?}"))?;
+        self.url = url;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the server (the data dir stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let listen = format!("127.0.0.1:{}", self.port);
+        self.serve_on(&listen)
+    }
+
+    /// An admin API call; returns the JSON reply, or an error with the server's message.
+    pub fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let url = format!("{}/api/v1/{}", self.url, path.trim_start_matches('/'));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let client = reqwest::Client::new();
+            let method = reqwest::Method::from_bytes(method.as_bytes())?;
+            let mut request = client
+                .request(method.clone(), &url)
+                .bearer_auth(&self.admin_token);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("{method} {url}"))?;
+            let status = response.status();
+            let text = response.text().await?;
+            if !status.is_success() {
+                bail!("{method} {url} -> {status}: {text}");
+            }
+            Ok(if text.trim().is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(&text).with_context(|| format!("{method} {url}: {text}"))?
+            })
+        })
+    }
+
+    /// Publishes a bundle with the builder's client.
+    pub fn publish(&self, bundle: &Path) -> Result<patchbay_build::publish::PublishReceipt> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(runtime.block_on(patchbay_build::publish::publish(
+            &self.url,
+            &self.admin_token,
+            bundle,
+        ))?)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,1 @@
+//! Patchbay's patch server (see docs/distribution.md). Work in progress.
