@@ -8,26 +8,67 @@ use patchbay_build::diff::pipeline::{build, DiffBuild};
 use patchbay_e2e::{fixture, Guest};
 use patchbay_kernels::{fetch_selector, KernelSelector};
 
-/// (case name, diff under fixtures/diffs, guest check)
-const CASES: &[(&str, &str, &str)] = &[(
-    "cmdline-string",
-    "cmdline-string.patch",
-    "grep -q patchbay_diff=1 /proc/cmdline",
-)];
+/// (case name, diffs under fixtures/diffs, guest check)
+const CASES: &[(&str, &[&str], &str)] = &[
+    (
+        "cmdline-string",
+        &["cmdline-string.patch"],
+        "grep -q patchbay_diff=1 /proc/cmdline",
+    ),
+    (
+        "uname-syscall",
+        &["uname-syscall.patch"],
+        "uname -m | grep -q pbpatched",
+    ),
+    (
+        "version-format",
+        &["version-format.patch"],
+        "grep -q pb_version_patched /proc/version",
+    ),
+    (
+        "cmdline-new-static",
+        &["cmdline-new-static.patch"],
+        "grep -q pb_counter=42 /proc/cmdline",
+    ),
+    (
+        "cmdline-new-function",
+        &["cmdline-new-function.patch"],
+        "grep -q pb_new_function /proc/cmdline",
+    ),
+    (
+        "cmdline-static-local",
+        &["cmdline-static-local.patch"],
+        "cat /proc/cmdline >/dev/null && grep -q 'pb_reads=[2-9]' /proc/cmdline",
+    ),
+    // The independent cases above as one cumulative patch.
+    (
+        "combined",
+        &[
+            "cmdline-string.patch",
+            "uname-syscall.patch",
+            "version-format.patch",
+        ],
+        "grep -q patchbay_diff=1 /proc/cmdline && uname -m | grep -q pbpatched && grep -q pb_version_patched /proc/version",
+    ),
+];
 
 #[test]
 fn diff_bundles_load_and_unload_in_qemu() {
     let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
     let work = tempfile::tempdir().unwrap();
     let mut guest = Guest::new().unwrap();
-    for (name, diff, check) in CASES {
+    for (index, (name, diffs, check)) in CASES.iter().enumerate() {
         let out = work.path().join(format!("{name}.pbb"));
         let report = build(
             &kernel,
             &DiffBuild {
-                level: 1.try_into().unwrap(),
+                // Distinct levels: the agent keeps every bundle it applied in its cache.
+                level: u32::try_from(index + 1).unwrap().try_into().unwrap(),
                 fixes: Vec::new(),
-                patches: vec![fixture(&format!("diffs/{diff}"))],
+                patches: diffs
+                    .iter()
+                    .map(|d| fixture(&format!("diffs/{d}")))
+                    .collect(),
                 output: out.clone(),
                 keep_work_dir: None,
             },

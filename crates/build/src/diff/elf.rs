@@ -72,6 +72,10 @@ impl Section {
         self.flags & u64::from(elf::SHF_EXECINSTR) != 0
     }
 
+    pub fn is_writable(&self) -> bool {
+        self.flags & u64::from(elf::SHF_WRITE) != 0
+    }
+
     pub fn is_alloc(&self) -> bool {
         self.flags & u64::from(elf::SHF_ALLOC) != 0
     }

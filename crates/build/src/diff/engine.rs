@@ -200,3 +200,81 @@ fn same_reloc(a_view: &ElfView, a: &Reloc, b_view: &ElfView, b: &Reloc) -> bool 
             (x, y) => x == y,
         }
 }
+
+/// Whether a function of `view` starts with an ftrace call (`call __fentry__` within its first
+/// bytes): livepatch redirects a function through that call, so a function without it
+/// (`notrace`, or kernel `inline` functions GCC kept out of line) cannot be replaced itself.
+pub fn has_ftrace_entry(view: &ElfView, function: &Symbol) -> bool {
+    let Some((section, start, _)) = symbol_range(view, function) else {
+        return false;
+    };
+    section.relocs.iter().any(|r| {
+        r.offset >= start
+            && r.offset < start + 16
+            && matches!(&r.target, Target::Symbol(i)
+                if view.symbol(*i).is_some_and(|s| s.name == "__fentry__"))
+    })
+}
+
+/// Changed functions that cannot be replaced (no ftrace entry) are carried as new code
+/// instead, and the functions that call them are replaced so they call the new copy; repeated
+/// up the call chain. Returns the functions moved that way, or the first one with no
+/// replaceable caller.
+pub fn route_around_untraceable(
+    original: &ElfView,
+    patched: &ElfView,
+    report: &mut DiffReport,
+) -> Result<Vec<String>, String> {
+    let mut moved = Vec::new();
+    loop {
+        let untraceable = report.changed_functions.iter().position(|name| {
+            original
+                .symbols
+                .iter()
+                .find(|s| s.is_function() && correlation_name(&s.name) == correlation_name(name))
+                .is_some_and(|s| !has_ftrace_entry(original, s))
+        });
+        let Some(position) = untraceable else {
+            return Ok(moved);
+        };
+        let name = report.changed_functions.remove(position);
+        let Some(target) = patched
+            .symbols
+            .iter()
+            .find(|s| s.name == name && s.is_function())
+        else {
+            return Err(name);
+        };
+        let target_section = target.section;
+        let callers: Vec<String> = patched
+            .symbols
+            .iter()
+            .filter(|s| s.is_function() && s.name != name)
+            .filter(|caller| {
+                let Some((section, start, end)) = symbol_range(patched, caller) else {
+                    return false;
+                };
+                section.relocs.iter().any(|r| {
+                    r.offset >= start
+                        && r.offset < end
+                        && match &r.target {
+                            Target::Symbol(i) => patched.symbol(*i).is_some_and(|s| s.name == name),
+                            Target::Section(s) => Some(*s) == target_section,
+                        }
+                })
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        if callers.is_empty() {
+            return Err(name);
+        }
+        report.new_functions.push(name.clone());
+        for caller in callers {
+            let is_new = report.new_functions.contains(&caller);
+            if !is_new && !report.changed_functions.contains(&caller) {
+                report.changed_functions.push(caller);
+            }
+        }
+        moved.push(name);
+    }
+}

@@ -425,8 +425,18 @@ impl Builder<'_> {
                     let name = self.running_name(&owner.name);
                     return Ok((self.external(name), reloc.addend));
                 }
+                // Anonymous constants (literals GCC did not put in a string section): a copy
+                // behaves the same. Anonymous writable data would be state split in two.
+                if !section.is_writable() && !section.is_text() {
+                    let id = self.copy_section(*index)?;
+                    self.copy_relocations(*index)?;
+                    return Ok((self.out.section_symbol(id), reloc.addend));
+                }
                 Err(ExtractError::Unsupported {
-                    what: format!("anonymous data at offset {}", reloc.target_offset()),
+                    what: format!(
+                        "anonymous writable data at offset {}",
+                        reloc.target_offset()
+                    ),
                     section: section.name,
                 })
             }

@@ -151,7 +151,14 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         };
         let original = read(original_object(&file.path))?;
         let patched = read(patched_object(&file.path))?;
-        let diff = engine::compare(&original, &patched);
+        let mut diff = engine::compare(&original, &patched);
+        if let Err(function) = engine::route_around_untraceable(&original, &patched, &mut diff) {
+            refusals.push(format!(
+                "{}: `{function}` has no ftrace entry (notrace or inline) and no caller in this \
+                 file that could be replaced instead; move the fix into a traceable function",
+                file.path
+            ));
+        }
         for name in &diff.changed_data {
             refusals.push(format!(
                 "{}: the fix changes existing data `{name}`; a live patch cannot change data the \
