@@ -107,3 +107,45 @@ fn diff_bundles_load_and_unload_in_qemu() {
         }
     }
 }
+
+/// A function of a loadable module (binfmt_misc), patched after the module loaded and before.
+#[test]
+fn diff_bundle_patches_a_module_loaded_before_or_after() {
+    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut guest = Guest::new().unwrap();
+    guest.modules(&kernel, &["binfmt_misc"]).unwrap();
+    for (level, file) in [(1u32, "module.pbb"), (2, "module2.pbb")] {
+        let out = work.path().join(file);
+        build(
+            &kernel,
+            &DiffBuild {
+                level: level.try_into().unwrap(),
+                fixes: Vec::new(),
+                patches: vec![fixture("diffs/module-binfmt-misc.patch")],
+                output: out.clone(),
+                keep_work_dir: None,
+            },
+        )
+        .unwrap();
+        guest.file(&format!("/bundles/{file}"), &out).unwrap();
+    }
+    let run = guest.run(&kernel, "diff-module.sh", work.path()).unwrap();
+    patchbay_e2e::assert_checks(
+        &run,
+        &[
+            "module-loaded",
+            "original-before",
+            "apply-after-module",
+            "patched-live",
+            "unload-1",
+            "original-after-unload",
+            "module-removed",
+            "apply-before-module",
+            "module-loaded-late",
+            "patched-on-module-load",
+            "unload-2",
+            "original-after-unload-2",
+        ],
+    );
+}
