@@ -40,6 +40,19 @@ const CASES: &[(&str, &[&str], &str)] = &[
         &["cmdline-static-local.patch"],
         "cat /proc/cmdline >/dev/null && grep -q 'pb_reads=[2-9]' /proc/cmdline",
     ),
+    // WARN_ONCE (bug table entry; the warning must print and the read still succeed) and a
+    // locked instruction on a new atomic (SMP lock table).
+    (
+        "cmdline-warn-atomic",
+        &["cmdline-warn-atomic.patch"],
+        "grep -q 'pb_warned pb_hits=' /proc/cmdline && dmesg | grep -q pb_warn_fired",
+    ),
+    // A shadow variable (klp_shadow_get_or_alloc) attached to an existing object.
+    (
+        "cmdline-shadow",
+        &["cmdline-shadow.patch"],
+        "cat /proc/cmdline >/dev/null && grep -q 'pb_shadow=[2-9]' /proc/cmdline",
+    ),
     // The independent cases above as one cumulative patch.
     (
         "combined",

@@ -171,6 +171,20 @@ enum Referent<'a> {
 fn referent<'a>(view: &'a ElfView, reloc: &Reloc) -> Referent<'a> {
     match &reloc.target {
         Target::Symbol(i) => match view.symbol(*i) {
+            // Assembler-local labels (`.LC2`): compare what they point at, not their number.
+            Some(s) if !s.is_function() && !s.is_data() && s.section.is_some() => {
+                let Some(section) = s.section else {
+                    return Referent::Unknown;
+                };
+                let as_section = Reloc {
+                    target: Target::Section(section),
+                    addend: reloc
+                        .addend
+                        .saturating_add(i64::try_from(s.value).unwrap_or(i64::MAX)),
+                    ..reloc.clone()
+                };
+                referent(view, &as_section)
+            }
             Some(s) => Referent::Symbol(correlation_name(&s.name), reloc.addend),
             None => Referent::Unknown,
         },

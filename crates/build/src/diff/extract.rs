@@ -399,6 +399,19 @@ impl Builder<'_> {
                     let id = self.define_copy(*index)?;
                     return Ok((id, reloc.addend));
                 }
+                // Assembler-local labels (`.LC2`, kept as symbols when inline asm such as the
+                // bug table refers to them): the same as their section at that offset.
+                if let (Some(section), false, false) =
+                    (symbol.section, symbol.is_function(), symbol.is_data())
+                {
+                    let value = i64::try_from(symbol.value).unwrap_or(i64::MAX);
+                    let as_section = Reloc {
+                        target: Target::Section(section),
+                        addend: reloc.addend.saturating_add(value),
+                        ..reloc.clone()
+                    };
+                    return self.map_target(&as_section);
+                }
                 let name = self.running_name(&symbol.name);
                 Ok((self.external(name), reloc.addend))
             }
