@@ -3,6 +3,8 @@
 //! `agent` (default): in one QEMU run of the newest Debian 6.1 kernel, the agent's `apply` of a
 //! bundle against a bare `finit_module` + transition poll of the same module (rounds alternate
 //! which goes first), then the static binary's size and the agent's peak memory.
+//! `builder`: diff-mode build time of a one-function fix against compiling that object twice;
+//! `--cold` adds a build from an empty cache (downloads, source tree, `make modules_prepare`).
 //! `server`: check-ins per second against the patch server on loopback (SQLite), beside nginx
 //! serving a static file of the same size in the same run, both driven by wrk.
 
@@ -17,6 +19,7 @@ const DEFAULT_ROUNDS: usize = 10;
 /// The goal from the foundation issue: apply costs at most 5 % over the bare kernel path.
 const APPLY_RATIO_GOAL: f64 = 1.05;
 
+mod builder_bench;
 mod server_bench;
 
 fn main() -> ExitCode {
@@ -26,6 +29,10 @@ fn main() -> ExitCode {
             args.remove(0);
             "server"
         }
+        Some("builder") => {
+            args.remove(0);
+            "builder"
+        }
         Some("agent") => {
             args.remove(0);
             "agent"
@@ -34,6 +41,8 @@ fn main() -> ExitCode {
     };
     let result = if which == "server" {
         server_bench::run(&args)
+    } else if which == "builder" {
+        builder_bench::run(&args)
     } else {
         run(args)
     };
@@ -47,7 +56,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: patchbay-bench [agent] [--rounds N] [newest|older|<abi>] | patchbay-bench server [--seconds N]"
+    "usage: patchbay-bench [agent] [--rounds N] [newest|older|<abi>] | patchbay-bench builder [--cold] | patchbay-bench server [--seconds N]"
 }
 
 fn run(args: Vec<String>) -> Result<()> {
