@@ -21,6 +21,7 @@
 
 #include <linux/kernel.h>
 #include <linux/module.h>
+#include <linux/livepatch.h>
 
 /*
  * The marker is a global pointer with a name the builder can find in the
@@ -36,5 +37,29 @@
 
 #define PATCHBAY_REPLACE(object, old_function, new_function) \
 	PATCHBAY_REPLACE_SYMPOS(object, old_function, new_function, 0)
+
+/*
+ * Callbacks (Documentation/livepatch/callbacks.rst) of the patch's part for
+ * `object`, which must also have a PATCHBAY_REPLACE:
+ *
+ *   static int pb_setup(struct klp_object *obj) { ... return 0; }
+ *   PATCHBAY_PRE_PATCH(vmlinux, pb_setup);
+ *
+ * pre_patch returns 0 or a negative errno (which stops the patch); the others
+ * return nothing. Shadow variables (klp_shadow_get_or_alloc and friends from
+ * <linux/livepatch.h>) are typically freed in a post_unpatch callback.
+ */
+#define PATCHBAY_CALLBACK_(object, field, type, function)                   \
+	extern __typeof__(type) const __patchbay_callback__##object##__##field; \
+	__typeof__(type) const __patchbay_callback__##object##__##field = (function)
+
+#define PATCHBAY_PRE_PATCH(object, function) \
+	PATCHBAY_CALLBACK_(object, pre_patch, int (*)(struct klp_object *), function)
+#define PATCHBAY_POST_PATCH(object, function) \
+	PATCHBAY_CALLBACK_(object, post_patch, void (*)(struct klp_object *), function)
+#define PATCHBAY_PRE_UNPATCH(object, function) \
+	PATCHBAY_CALLBACK_(object, pre_unpatch, void (*)(struct klp_object *), function)
+#define PATCHBAY_POST_UNPATCH(object, function) \
+	PATCHBAY_CALLBACK_(object, post_unpatch, void (*)(struct klp_object *), function)
 
 #endif /* PATCHBAY_H */

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use patchbay_core::{BuildId, KernelRelease, ModuleName, ObjectName, PatchLevel};
 
-use crate::markers::Marker;
+use crate::markers::{CallbackKind, CallbackMarker, Marker};
 
 /// What the generated module says about itself.
 #[derive(Debug)]
@@ -20,7 +20,11 @@ pub struct PatchDescription<'a> {
 /// The C source of the patch's main file. Every marker's replacement is taken from the global
 /// pointer that `PATCHBAY_REPLACE` defines, because the replacement itself is usually `static`
 /// in another translation unit.
-pub fn main_c(desc: &PatchDescription<'_>, markers: &[Marker]) -> String {
+pub fn main_c(
+    desc: &PatchDescription<'_>,
+    markers: &[Marker],
+    callbacks: &[CallbackMarker],
+) -> String {
     let mut by_object: BTreeMap<&ObjectName, Vec<&Marker>> = BTreeMap::new();
     for m in markers {
         by_object.entry(&m.object).or_default().push(m);
@@ -42,6 +46,13 @@ pub fn main_c(desc: &PatchDescription<'_>, markers: &[Marker]) -> String {
     );
     for m in markers {
         let _ = writeln!(c, "extern void *const {};", m.pointer_symbol());
+    }
+    for cb in callbacks {
+        let ty = match cb.kind {
+            CallbackKind::PrePatch => "int (*)(struct klp_object *)",
+            _ => "void (*)(struct klp_object *)",
+        };
+        let _ = writeln!(c, "extern __typeof__({ty}) const {};", cb.pointer_symbol());
     }
     for (index, (_, funcs)) in objects.iter().enumerate() {
         let _ = writeln!(c, "\nstatic struct klp_func patchbay_funcs_{index}[] = {{");
@@ -76,12 +87,20 @@ pub fn main_c(desc: &PatchDescription<'_>, markers: &[Marker]) -> String {
          }};\n\n\
          static int __init patchbay_init(void)\n{{"
     );
-    for (index, (_, funcs)) in objects.iter().enumerate() {
+    for (index, (object, funcs)) in objects.iter().enumerate() {
         for (slot, m) in funcs.iter().enumerate() {
             let _ = writeln!(
                 c,
                 "\tpatchbay_funcs_{index}[{slot}].new_func = {};",
                 m.pointer_symbol()
+            );
+        }
+        for cb in callbacks.iter().filter(|cb| &&cb.object == object) {
+            let _ = writeln!(
+                c,
+                "\tpatchbay_objs[{index}].callbacks.{} = {};",
+                cb.kind.field(),
+                cb.pointer_symbol()
             );
         }
     }
@@ -146,8 +165,19 @@ mod tests {
                 build_id: &build_id,
             },
             &markers,
+            &[CallbackMarker {
+                object: "pb_fixture".parse().unwrap(),
+                kind: CallbackKind::PostUnpatch,
+                function: "pb_cleanup".into(),
+            }],
         );
         assert!(c.contains(".replace = true"));
+        assert!(c.contains(
+            "patchbay_objs[1].callbacks.post_unpatch = __patchbay_callback__pb_fixture__post_unpatch;"
+        ));
+        assert!(c.contains(
+            "extern __typeof__(void (*)(struct klp_object *)) const __patchbay_callback__pb_fixture__post_unpatch;"
+        ));
         assert!(c.contains("MODULE_LICENSE(\"GPL\")"));
         assert!(c.contains("MODULE_INFO(livepatch, \"Y\")"));
         let vmlinux = c.find(".name = NULL, .funcs = patchbay_funcs_0").unwrap();

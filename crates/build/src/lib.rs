@@ -15,3 +15,6 @@ pub mod symbols;
 
 /// The header patch authors include; the builder puts it on the include path.
 pub const PATCHBAY_H: &str = include_str!("../include/patchbay.h");
+
+/// The header for fixes built with `patchbay-build diff` (callbacks, ignored functions).
+pub const PATCHBAY_DIFF_H: &str = include_str!("../include/patchbay-diff.h");

@@ -37,50 +37,74 @@ pub struct MarkerError {
     pub reason: String,
 }
 
+/// One call of a marker macro: its line and its arguments.
+struct MacroCall {
+    line: usize,
+    args: Vec<String>,
+}
+
+/// Every call of `macro_name(...)` in `code` (comments and strings already blanked).
+fn find_calls(file: &str, code: &str, macro_name: &str) -> Result<Vec<MacroCall>, MarkerError> {
+    let mut calls = Vec::new();
+    let mut from = 0;
+    while let Some(found) = code.get(from..).and_then(|rest| rest.find(macro_name)) {
+        let start = from + found;
+        let after = start + macro_name.len();
+        from = after;
+        let before_ok = code
+            .get(..start)
+            .and_then(|b| b.chars().next_back())
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        let rest = code.get(after..).unwrap_or_default();
+        let args_start = rest.len() - rest.trim_start().len();
+        if !before_ok || !rest.get(args_start..).unwrap_or_default().starts_with('(') {
+            continue; // a longer identifier, or the name without a call
+        }
+        let line = code.get(..start).unwrap_or_default().matches('\n').count() + 1;
+        let open = after + args_start + 1;
+        let close = code
+            .get(open..)
+            .and_then(|r| r.find(')'))
+            .ok_or_else(|| MarkerError {
+                file: file.to_owned(),
+                line,
+                reason: format!("{macro_name}( is never closed"),
+            })?;
+        let inner = code.get(open..open + close).unwrap_or_default();
+        calls.push(MacroCall {
+            line,
+            args: inner.split(',').map(|a| a.trim().to_owned()).collect(),
+        });
+    }
+    Ok(calls)
+}
+
 /// Finds every marker in `source` (the text of `file`). Comments and string literals are
 /// ignored so that documentation that mentions the macro does not count.
 pub fn find_markers(file: &str, source: &str) -> Result<Vec<Marker>, MarkerError> {
     let code = blank_comments_and_strings(source);
     let mut markers = Vec::new();
+    // "PATCHBAY_REPLACE" is a prefix of "PATCHBAY_REPLACE_SYMPOS", but there it is followed by
+    // "_SYMPOS(" rather than "(", so the call check skips it.
     for (macro_name, takes_sympos) in [
         ("PATCHBAY_REPLACE_SYMPOS", true),
         ("PATCHBAY_REPLACE", false),
     ] {
-        let mut from = 0;
-        while let Some(found) = code.get(from..).and_then(|rest| rest.find(macro_name)) {
-            let start = from + found;
-            let after = start + macro_name.len();
-            from = after;
-            let before_ok = code
-                .get(..start)
-                .and_then(|b| b.chars().next_back())
-                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
-            let rest = code.get(after..).unwrap_or_default();
-            let args_start = rest.len() - rest.trim_start().len();
-            if !before_ok || !rest.get(args_start..).unwrap_or_default().starts_with('(') {
-                continue; // a longer identifier, or the name without a call
-            }
-            let line = code.get(..start).unwrap_or_default().matches('\n').count() + 1;
+        for call in find_calls(file, &code, macro_name)? {
             let err = |reason: String| MarkerError {
                 file: file.to_owned(),
-                line,
+                line: call.line,
                 reason,
             };
-            let open = after + args_start + 1;
-            let close = code
-                .get(open..)
-                .and_then(|r| r.find(')'))
-                .ok_or_else(|| err(format!("{macro_name}( is never closed")))?;
-            let inner = code.get(open..open + close).unwrap_or_default();
-            let args: Vec<&str> = inner.split(',').map(str::trim).collect();
             let expected = if takes_sympos { 4 } else { 3 };
-            if args.len() != expected {
+            if call.args.len() != expected {
                 return Err(err(format!(
-                    "{macro_name} takes {expected} arguments, found {}: ({inner})",
-                    args.len()
+                    "{macro_name} takes {expected} arguments, found {}: ({})",
+                    call.args.len(),
+                    call.args.join(", ")
                 )));
             }
-            let arg = |i: usize| args.get(i).copied().unwrap_or_default();
+            let arg = |i: usize| call.args.get(i).map(String::as_str).unwrap_or_default();
             let object: ObjectName = arg(0).parse().map_err(|e| {
                 err(format!(
                     "first argument must be vmlinux or a module name: {e}"
@@ -109,8 +133,6 @@ pub fn find_markers(file: &str, source: &str) -> Result<Vec<Marker>, MarkerError
             });
         }
     }
-    // "PATCHBAY_REPLACE" is a prefix of "PATCHBAY_REPLACE_SYMPOS", but there it is followed by
-    // "_SYMPOS(" rather than "(", so the call check above skips it.
     let mut seen = BTreeSet::new();
     for m in &markers {
         if !seen.insert((&m.object, &m.old_function)) {
@@ -126,6 +148,113 @@ pub fn find_markers(file: &str, source: &str) -> Result<Vec<Marker>, MarkerError
     }
     markers.sort();
     Ok(markers)
+}
+
+/// When a livepatch callback runs (see the kernel's Documentation/livepatch/callbacks.rst).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CallbackKind {
+    PrePatch,
+    PostPatch,
+    PreUnpatch,
+    PostUnpatch,
+}
+
+impl CallbackKind {
+    pub const ALL: [CallbackKind; 4] = [
+        CallbackKind::PrePatch,
+        CallbackKind::PostPatch,
+        CallbackKind::PreUnpatch,
+        CallbackKind::PostUnpatch,
+    ];
+
+    /// The `struct klp_callbacks` field.
+    pub fn field(self) -> &'static str {
+        match self {
+            CallbackKind::PrePatch => "pre_patch",
+            CallbackKind::PostPatch => "post_patch",
+            CallbackKind::PreUnpatch => "pre_unpatch",
+            CallbackKind::PostUnpatch => "post_unpatch",
+        }
+    }
+
+    fn macro_name(self) -> &'static str {
+        match self {
+            CallbackKind::PrePatch => "PATCHBAY_PRE_PATCH",
+            CallbackKind::PostPatch => "PATCHBAY_POST_PATCH",
+            CallbackKind::PreUnpatch => "PATCHBAY_PRE_UNPATCH",
+            CallbackKind::PostUnpatch => "PATCHBAY_POST_UNPATCH",
+        }
+    }
+}
+
+/// One `PATCHBAY_PRE_PATCH(object, function)` (or post/unpatch) marker.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CallbackMarker {
+    pub object: ObjectName,
+    pub kind: CallbackKind,
+    pub function: String,
+}
+
+impl CallbackMarker {
+    /// The global the callback macro defines (see `patchbay.h`).
+    pub fn pointer_symbol(&self) -> String {
+        format!(
+            "__patchbay_callback__{}__{}",
+            self.object,
+            self.kind.field()
+        )
+    }
+}
+
+/// Finds the callback markers in `source`; at most one of each kind per object.
+pub fn find_callbacks(file: &str, source: &str) -> Result<Vec<CallbackMarker>, MarkerError> {
+    let code = blank_comments_and_strings(source);
+    let mut found = Vec::new();
+    for kind in CallbackKind::ALL {
+        for call in find_calls(file, &code, kind.macro_name())? {
+            let err = |reason: String| MarkerError {
+                file: file.to_owned(),
+                line: call.line,
+                reason,
+            };
+            let [object, function] = call.args.as_slice() else {
+                return Err(err(format!(
+                    "{} takes 2 arguments (object, function), found {}",
+                    kind.macro_name(),
+                    call.args.len()
+                )));
+            };
+            let object: ObjectName = object.parse().map_err(|e| {
+                err(format!(
+                    "first argument must be vmlinux or a module name: {e}"
+                ))
+            })?;
+            if !is_c_identifier(function) {
+                return Err(err(format!("callback {function:?} is not a C identifier")));
+            }
+            found.push(CallbackMarker {
+                object,
+                kind,
+                function: function.clone(),
+            });
+        }
+    }
+    found.sort();
+    let mut seen = BTreeSet::new();
+    for c in &found {
+        if !seen.insert((&c.object, c.kind)) {
+            return Err(MarkerError {
+                file: file.to_owned(),
+                line: 0,
+                reason: format!(
+                    "{}: two {} callbacks; combine them into one function",
+                    c.object,
+                    c.kind.field()
+                ),
+            });
+        }
+    }
+    Ok(found)
 }
 
 /// Replaces comments and string/char literals with spaces, keeping newlines (for line numbers).
@@ -224,6 +353,35 @@ PATCHBAY_REPLACE_SYMPOS( pb-fixture , helper ,
         assert_eq!(pos.object.as_str(), "pb_fixture");
         assert_eq!(pos.sympos, 2);
         assert_eq!(pos.new_function, "pb_helper");
+    }
+
+    #[test]
+    fn callbacks_are_found_and_checked() {
+        let src = "static int pb_setup(struct klp_object *o) { return 0; }\n\
+                   PATCHBAY_PRE_PATCH(vmlinux, pb_setup);\n\
+                   /* PATCHBAY_POST_PATCH(vmlinux, in_a_comment); */\n\
+                   PATCHBAY_POST_UNPATCH(nf_tables, pb_cleanup);\n";
+        let found = find_callbacks("fix.c", src).unwrap();
+        assert_eq!(found.len(), 2);
+        let pre = found
+            .iter()
+            .find(|c| c.kind == CallbackKind::PrePatch)
+            .unwrap();
+        assert_eq!(pre.function, "pb_setup");
+        assert_eq!(
+            pre.pointer_symbol(),
+            "__patchbay_callback__vmlinux__pre_patch"
+        );
+        let post = found
+            .iter()
+            .find(|c| c.kind == CallbackKind::PostUnpatch)
+            .unwrap();
+        assert_eq!(post.object.to_string(), "nf_tables");
+        let twice = "PATCHBAY_PRE_PATCH(vmlinux, a);\nPATCHBAY_PRE_PATCH(vmlinux, b);\n";
+        assert!(find_callbacks("fix.c", twice).is_err());
+        let bad = "PATCHBAY_POST_PATCH(vmlinux);\n";
+        let err = find_callbacks("fix.c", bad).unwrap_err().to_string();
+        assert!(err.contains("fix.c:1"), "{err}");
     }
 
     #[test]

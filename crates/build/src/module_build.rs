@@ -17,7 +17,7 @@ use patchbay_kernels::{Kernel, SymbolTable};
 
 use crate::codegen::{self, PatchDescription};
 use crate::kbuild::{self, UndefinedSymbols};
-use crate::markers::{self, Marker};
+use crate::markers::{self, CallbackMarker, Marker};
 use crate::symbols::{self, Exports, SymbolSources};
 use crate::{klp_elf, modinfo};
 
@@ -99,6 +99,7 @@ pub fn module_name(build_id: &BuildId, level: PatchLevel) -> Result<ModuleName, 
 pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, BuildError> {
     // 1. Markers.
     let mut all_markers: Vec<Marker> = Vec::new();
+    let mut all_callbacks: Vec<CallbackMarker> = Vec::new();
     let mut sources: Vec<(String, String)> = Vec::new();
     for (index, path) in request.sources.iter().enumerate() {
         let text = std::fs::read_to_string(path).map_err(|source| BuildError::ReadSource {
@@ -107,6 +108,7 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         })?;
         let shown = path.display().to_string();
         all_markers.extend(markers::find_markers(&shown, &text)?);
+        all_callbacks.extend(markers::find_callbacks(&shown, &text)?);
         sources.push((format!("pb_src{index}"), text));
     }
     if all_markers.is_empty() {
@@ -116,6 +118,18 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
             .map(|p| p.display().to_string())
             .collect();
         return Err(BuildError::NoMarkers(names.join(", ")));
+    }
+    for cb in &all_callbacks {
+        if !all_markers.iter().any(|m| m.object == cb.object) {
+            return Err(BuildError::Module(format!(
+                "the {} callback {} is for {}, but no PATCHBAY_REPLACE replaces a function of \
+                 {}; callbacks belong to an object the patch changes",
+                cb.kind.field(),
+                cb.function,
+                cb.object,
+                cb.object
+            )));
+        }
     }
     let mut seen = BTreeSet::new();
     for m in &all_markers {
@@ -173,6 +187,7 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
             build_id: &build_id,
         },
         &all_markers,
+        &all_callbacks,
         &sources,
         &request.linked_objects,
     )?;
@@ -307,6 +322,7 @@ fn write_kbuild_dir(
     dir: &Path,
     desc: &PatchDescription<'_>,
     markers: &[Marker],
+    callbacks: &[CallbackMarker],
     sources: &[(String, String)],
     linked_objects: &[PathBuf],
 ) -> Result<(), BuildError> {
@@ -316,7 +332,10 @@ fn write_kbuild_dir(
         std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))
     };
     write(include.join("patchbay.h"), crate::PATCHBAY_H)?;
-    write(dir.join("patchbay_main.c"), &codegen::main_c(desc, markers))?;
+    write(
+        dir.join("patchbay_main.c"),
+        &codegen::main_c(desc, markers, callbacks),
+    )?;
     let mut objects = Vec::new();
     for (stem, text) in sources {
         write(dir.join(format!("{stem}.c")), text)?;

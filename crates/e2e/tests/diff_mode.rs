@@ -53,6 +53,12 @@ const CASES: &[(&str, &[&str], &str)] = &[
         &["cmdline-shadow.patch"],
         "cat /proc/cmdline >/dev/null && grep -q 'pb_shadow=[2-9]' /proc/cmdline",
     ),
+    // Post-patch and post-unpatch callbacks (patchbay-diff.h); the latter frees shadow data.
+    (
+        "cmdline-callbacks",
+        &["cmdline-callbacks.patch"],
+        "grep -q pb_cb_live /proc/cmdline && dmesg | grep -q pb_cb_post_patch",
+    ),
     // The independent cases above as one cumulative patch.
     (
         "combined",
@@ -64,6 +70,10 @@ const CASES: &[(&str, &[&str], &str)] = &[
         "grep -q patchbay_diff=1 /proc/cmdline && uname -m | grep -q pbpatched && grep -q pb_version_patched /proc/version",
     ),
 ];
+
+/// Checks that must pass after a case's unload.
+const AFTER_UNLOAD: &[(&str, &str)] =
+    &[("cmdline-callbacks", "dmesg | grep -q pb_cb_post_unpatch")];
 
 #[test]
 fn diff_bundles_load_and_unload_in_qemu() {
@@ -94,6 +104,13 @@ fn diff_bundles_load_and_unload_in_qemu() {
         guest
             .file(&format!("/cases/{name}.check"), &check_file)
             .unwrap();
+        if let Some((_, after)) = AFTER_UNLOAD.iter().find(|(n, _)| n == name) {
+            let after_file = work.path().join(format!("{name}.after"));
+            std::fs::write(&after_file, after).unwrap();
+            guest
+                .file(&format!("/cases/{name}.after"), &after_file)
+                .unwrap();
+        }
     }
     let names: Vec<&str> = CASES.iter().map(|c| c.0).collect();
     let scenario = std::fs::read_to_string(fixture("scenarios/diff.sh")).unwrap();
@@ -103,6 +120,14 @@ fn diff_bundles_load_and_unload_in_qemu() {
         .unwrap();
     eprintln!("serial log:\n{}", run.serial_log);
     let passed = patchbay_vm::check_report(&run).unwrap_or_else(|e| panic!("{e}"));
+    for (name, _) in AFTER_UNLOAD {
+        let check = format!("{name}-after-unload");
+        assert!(
+            passed.contains(&check),
+            "{check} did not pass\n{}",
+            run.serial_log
+        );
+    }
     for name in names {
         for step in [
             "fails-before",

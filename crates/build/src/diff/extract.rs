@@ -116,6 +116,7 @@ fn ignored_section(name: &str) -> bool {
         || name == ".modinfo"
         || name.starts_with("__ksymtab")
         || name == ".gnu.linkonce.this_module"
+        || name.starts_with(".patchbay.")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,10 +165,14 @@ struct Builder<'a> {
 }
 
 /// Builds the object for the changed and new functions and new data of `report`.
+///
+/// New functions named in `export_as` get that global name (callbacks the generated tables
+/// refer to).
 pub fn extract(
     original: &ElfView,
     patched: &ElfView,
     report: &DiffReport,
+    export_as: &BTreeMap<String, String>,
 ) -> Result<Extracted, ExtractError> {
     let original_names: BTreeMap<String, String> = original
         .symbols
@@ -212,6 +217,8 @@ pub fn extract(
             let new_name = format!("{NEW_FUNCTION_PREFIX}{}", sanitize(&running));
             replaced.push((running, new_name.clone()));
             (new_name, SymbolScope::Linkage)
+        } else if let Some(global) = export_as.get(*name) {
+            (global.clone(), SymbolScope::Linkage)
         } else {
             (symbol.name.clone(), scope_of(symbol.global))
         };

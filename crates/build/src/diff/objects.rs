@@ -69,14 +69,29 @@ pub enum Owner {
     Module(String),
 }
 
+/// Where `patchbay-diff.h` is installed for compiles in `tree` (outside the kernel's files).
+pub fn diff_include_dir(tree: &SourceTree) -> PathBuf {
+    tree.dir()
+        .parent()
+        .unwrap_or(tree.dir())
+        .join("patchbay-include")
+}
+
 /// Compiles `source` (a `.c` path relative to the tree) and copies the object to `out`.
+/// `patchbay-diff.h` is on the include path (the same for original and patched compiles).
 pub fn compile_object(tree: &SourceTree, source: &str, out: &Path) -> Result<(), ObjectsError> {
+    let include = diff_include_dir(tree);
+    fs::create_dir_all(&include).map_err(io("create", &include))?;
+    let header = include.join("patchbay-diff.h");
+    if fs::read_to_string(&header).ok().as_deref() != Some(crate::PATCHBAY_DIFF_H) {
+        fs::write(&header, crate::PATCHBAY_DIFF_H).map_err(io("write", &header))?;
+    }
     let object = object_path(source);
     let built = tree.dir().join(&object);
     let _ = fs::remove_file(&built);
     let output = tree
         .make()
-        .arg(format!("KCFLAGS={EXTRA_CFLAGS}"))
+        .arg(format!("KCFLAGS={EXTRA_CFLAGS} -I{}", include.display()))
         .arg(&object)
         .output()
         .map_err(|source| ObjectsError::Spawn {

@@ -33,6 +33,43 @@ pub struct FileChangeReport {
     pub source: String,
     pub owner: Owner,
     pub diff: DiffReport,
+    /// `(klp_callbacks field, function)` declared with `patchbay-diff.h`.
+    pub callbacks: Vec<(String, String)>,
+}
+
+/// What `patchbay-diff.h` macros declared in a patched object.
+#[derive(Debug, Default)]
+struct Annotations {
+    callbacks: Vec<(String, String)>,
+    ignored: Vec<String>,
+}
+
+/// Reads the `.patchbay.*` sections: each entry is a relocation to a function.
+fn annotations(patched: &ElfView) -> Annotations {
+    let mut found = Annotations::default();
+    for section in patched.sections.values() {
+        let kind = if let Some(field) = section.name.strip_prefix(".patchbay.callbacks.") {
+            Some(field.to_owned())
+        } else if section.name == ".patchbay.ignore.functions" {
+            None
+        } else {
+            continue;
+        };
+        for reloc in &section.relocs {
+            let function = match &reloc.target {
+                super::elf::Target::Symbol(i) => patched.symbol(*i).map(|s| s.name.clone()),
+                super::elf::Target::Section(s) => {
+                    patched.symbol_of_section(*s).map(|s| s.name.clone())
+                }
+            };
+            let Some(function) = function else { continue };
+            match &kind {
+                Some(field) => found.callbacks.push((field.clone(), function)),
+                None => found.ignored.push(function),
+            }
+        }
+    }
+    found
 }
 
 #[derive(Debug)]
@@ -152,6 +189,23 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         let original = read(original_object(&file.path))?;
         let patched = read(patched_object(&file.path))?;
         let mut diff = engine::compare(&original, &patched);
+        let annotations = annotations(&patched);
+        diff.changed_functions
+            .retain(|f| !annotations.ignored.contains(f));
+        for (field, function) in &annotations.callbacks {
+            if !["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"].contains(&field.as_str())
+            {
+                refusals.push(format!(
+                    "{}: `{function}` is declared as a `{field}` callback, which livepatch does not \
+                     have (use the PATCHBAY_DIFF_* macros of patchbay-diff.h)",
+                    file.path
+                ));
+            }
+            diff.changed_functions.retain(|f| f != function);
+            if !diff.new_functions.contains(function) {
+                diff.new_functions.push(function.clone());
+            }
+        }
         if let Err(function) = engine::route_around_untraceable(&original, &patched, &mut diff) {
             refusals.push(format!(
                 "{}: `{function}` has no ftrace entry (notrace or inline) and no caller in this \
@@ -192,6 +246,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             source: file.path.clone(),
             owner,
             diff,
+            callbacks: annotations.callbacks,
         });
         views.push((original, patched));
     }
@@ -216,7 +271,12 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         if report.diff.is_empty() {
             continue;
         }
-        let extracted = extract::extract(original, patched, &report.diff)?;
+        let export_as: std::collections::BTreeMap<String, String> = report
+            .callbacks
+            .iter()
+            .map(|(_, function)| (function.clone(), format!("__patchbay_cb__{function}")))
+            .collect();
+        let extracted = extract::extract(original, patched, &report.diff, &export_as)?;
         let path = work.join(format!("extracted{index}.o"));
         std::fs::write(&path, &extracted.object).map_err(io_err("write", &path))?;
         linked_objects.push(path);
@@ -227,6 +287,16 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         for (old, new) in &extracted.replaced {
             let _ = writeln!(markers, "extern void {new}(void);");
             let _ = writeln!(markers, "PATCHBAY_REPLACE({object}, {old}, {new});");
+        }
+        for (field, function) in &report.callbacks {
+            let global = export_as.get(function).cloned().unwrap_or_default();
+            let returns = if field == "pre_patch" { "int" } else { "void" };
+            let _ = writeln!(markers, "extern {returns} {global}(struct klp_object *);");
+            let _ = writeln!(
+                markers,
+                "PATCHBAY_{}({object}, {global});",
+                field.to_ascii_uppercase()
+            );
         }
     }
     let markers_path = work.join("patchbay_diff_markers.c");
