@@ -28,6 +28,10 @@ fn unsafe_or_empty_diffs_are_refused_with_advice() {
         (fixture("refuse-init-change.patch"), "__init"),
         (fixture("refuse-comment-only.patch"), "no functional change"),
         (fixture("refuse-header.patch"), "header changes are refused"),
+        (
+            fixture("refuse-module-unexported.patch"),
+            "may only use exported vmlinux symbols",
+        ),
         (garbage, "no file changes found"),
         (stale, "does not apply"),
     ] {

@@ -47,11 +47,12 @@ fn is_comparable_data_section(name: &str) -> bool {
         && !name.starts_with(".rodata.cst")
 }
 
-/// Defined function (or data) symbols by correlation name; names GCC made twice keep the first.
+/// Defined function (or data) symbols by correlation name. Static locals that share a name
+/// (`__func__.3`, `count.7` in several functions) are told apart by the function that uses
+/// them: `count@my_function`.
 fn by_name(view: &ElfView, want_function: bool) -> BTreeMap<String, &Symbol> {
-    let mut map = BTreeMap::new();
-    for symbol in &view.symbols {
-        let keep = if want_function {
+    let keep = |symbol: &Symbol| {
+        if want_function {
             symbol.is_function()
         } else {
             symbol.is_data()
@@ -59,12 +60,53 @@ fn by_name(view: &ElfView, want_function: bool) -> BTreeMap<String, &Symbol> {
                     .section
                     .and_then(|s| view.section(s))
                     .is_some_and(|s| is_comparable_data_section(&s.name))
-        };
-        if keep && !symbol.name.is_empty() {
-            map.entry(correlation_name(&symbol.name)).or_insert(symbol);
         }
+    };
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for symbol in view
+        .symbols
+        .iter()
+        .filter(|s| keep(s) && !s.name.is_empty())
+    {
+        *counts.entry(correlation_name(&symbol.name)).or_default() += 1;
+    }
+    let mut map = BTreeMap::new();
+    for symbol in view
+        .symbols
+        .iter()
+        .filter(|s| keep(s) && !s.name.is_empty())
+    {
+        let base = correlation_name(&symbol.name);
+        let key = if counts.get(&base).copied().unwrap_or(0) > 1 {
+            match first_user(view, symbol) {
+                Some(user) => format!("{base}@{}", correlation_name(user)),
+                None => base,
+            }
+        } else {
+            base
+        };
+        map.entry(key).or_insert(symbol);
     }
     map
+}
+
+/// The first function whose code refers to `symbol` (by name or through its section).
+fn first_user<'a>(view: &'a ElfView, symbol: &Symbol) -> Option<&'a str> {
+    view.symbols
+        .iter()
+        .filter(|f| f.is_function())
+        .find_map(|function| {
+            let (section, start, end) = symbol_range(view, function)?;
+            section
+                .relocs
+                .iter()
+                .filter(|r| r.offset >= start && r.offset < end)
+                .any(|r| match &r.target {
+                    Target::Symbol(i) => *i == symbol.index,
+                    Target::Section(s) => Some(*s) == symbol.section,
+                })
+                .then_some(function.name.as_str())
+        })
 }
 
 /// Compares every function and data object of two compiles of the same file.
@@ -97,9 +139,14 @@ pub fn compare(original: &ElfView, patched: &ElfView) -> DiffReport {
     let old_data = by_name(original, false);
     let new_data = by_name(patched, false);
     for (name, new) in &new_data {
+        let read_only = new
+            .section
+            .and_then(|s| patched.section(s))
+            .is_some_and(|s| !s.is_writable());
         match old_data.get(name) {
             None => report.new_data.push(new.name.clone()),
-            Some(old) if !same_symbol(original, old, patched, new) => {
+            // A changed constant is harmless: kept code gets its own copy (see extract).
+            Some(old) if !same_symbol(original, old, patched, new) && !read_only => {
                 report.changed_data.push(new.name.clone());
             }
             Some(_) => {}

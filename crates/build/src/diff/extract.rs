@@ -148,7 +148,6 @@ pub struct Extracted {
 }
 
 struct Builder<'a> {
-    original: &'a ElfView,
     patched: &'a ElfView,
     out: write::Object<'static>,
     /// patched section index → output section.
@@ -162,6 +161,8 @@ struct Builder<'a> {
     original_names: BTreeMap<String, String>,
     /// Sections whose relocations are already copied.
     relocated: BTreeSet<usize>,
+    /// Data only the patched object has (from the diff report).
+    new_data: BTreeSet<String>,
 }
 
 /// Builds the object for the changed and new functions and new data of `report`.
@@ -181,7 +182,6 @@ pub fn extract(
         .map(|s| (correlation_name(&s.name), s.name.clone()))
         .collect();
     let mut builder = Builder {
-        original,
         patched,
         out: write::Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little),
         sections: BTreeMap::new(),
@@ -190,6 +190,7 @@ pub fn extract(
         kept_functions: BTreeSet::new(),
         original_names,
         relocated: BTreeSet::new(),
+        new_data: report.new_data.iter().cloned().collect(),
     };
     let mut replaced = Vec::new();
     let changed: BTreeSet<&String> = report.changed_functions.iter().collect();
@@ -382,12 +383,14 @@ impl Builder<'_> {
         id
     }
 
+    fn is_read_only(&self, section: Option<usize>) -> bool {
+        section
+            .and_then(|s| self.patched.section(s))
+            .is_some_and(|s| !s.is_writable() && !s.is_text())
+    }
+
     fn is_new_data(&self, symbol_name: &str) -> bool {
-        !self
-            .original
-            .symbols
-            .iter()
-            .any(|s| correlation_name(&s.name) == correlation_name(symbol_name))
+        self.new_data.contains(symbol_name)
     }
 
     /// The output symbol and addend a relocation of kept code must use.
@@ -403,6 +406,12 @@ impl Builder<'_> {
                     .cloned()
                     .ok_or_else(|| ExtractError::Write(format!("no symbol {index}")))?;
                 if symbol.section.is_some() && symbol.is_data() && self.is_new_data(&symbol.name) {
+                    let id = self.define_copy(*index)?;
+                    return Ok((id, reloc.addend));
+                }
+                // Local constants (`__func__.12`, const tables): a copy behaves the same and
+                // needs no symbol lookup in the running kernel, where such names repeat.
+                if symbol.is_data() && !symbol.global && self.is_read_only(symbol.section) {
                     let id = self.define_copy(*index)?;
                     return Ok((id, reloc.addend));
                 }
@@ -438,7 +447,8 @@ impl Builder<'_> {
                 // A named function or datum that stays in the kernel, addressed through its
                 // section symbol: address it through its name instead.
                 if let Some(owner) = self.patched.symbol_of_section(*index).cloned() {
-                    if owner.is_data() && self.is_new_data(&owner.name) {
+                    let local_constant = owner.is_data() && !owner.global && !section.is_writable();
+                    if owner.is_data() && (self.is_new_data(&owner.name) || local_constant) {
                         let id = self.define_copy(owner.index)?;
                         return Ok((id, reloc.addend));
                     }

@@ -277,6 +277,9 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             .map(|(_, function)| (function.clone(), format!("__patchbay_cb__{function}")))
             .collect();
         let extracted = extract::extract(original, patched, &report.diff, &export_as)?;
+        if let Owner::Module(module) = &report.owner {
+            refuse_unexported_vmlinux_symbols(kernel, module, &report.source, &extracted)?;
+        }
         let path = work.join(format!("extracted{index}.o"));
         std::fs::write(&path, &extracted.object).map_err(io_err("write", &path))?;
         linked_objects.push(path);
@@ -318,4 +321,40 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         files: reports,
         module,
     })
+}
+
+/// A module's replacement code may use vmlinux only through exports: livepatch relocations
+/// against vmlinux from module code are resolved when the patch loads, independently of the
+/// module's own special sections, and kpatch-style tools refuse them for that reason.
+fn refuse_unexported_vmlinux_symbols(
+    kernel: &Kernel,
+    module: &str,
+    source: &str,
+    extracted: &extract::Extracted,
+) -> Result<(), DiffBuildError> {
+    let symvers = kernel.module_symvers();
+    let exports = crate::symbols::Exports::parse(
+        &std::fs::read_to_string(&symvers).map_err(io_err("read", &symvers))?,
+    );
+    let module_symbols = match kernel.find_module(module)? {
+        Some(path) => {
+            patchbay_kernels::SymbolTable::from_module_ko(&patchbay_kernels::read_module(&path)?)?
+        }
+        None => patchbay_kernels::SymbolTable::parse("")?,
+    };
+    let offending: Vec<&String> = extracted
+        .external
+        .iter()
+        .filter(|name| !exports.contains(name) && module_symbols.lookup(name).is_empty())
+        .collect();
+    if offending.is_empty() {
+        return Ok(());
+    }
+    Err(refuse(offending.into_iter().map(|name| {
+        format!(
+            "{source}: the fix makes module {module} use `{name}`, which vmlinux does not \
+             export; a module's live patch may only use exported vmlinux symbols: reach it \
+             through an exported function instead"
+        )
+    })))
 }
