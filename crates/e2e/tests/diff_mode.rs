@@ -59,6 +59,18 @@ const CASES: &[(&str, &[&str], &str)] = &[
         &["cmdline-callbacks.patch"],
         "grep -q pb_cb_live /proc/cmdline && dmesg | grep -q pb_cb_post_patch",
     ),
+    // A helper GCC inlined into its caller: the caller is what changes.
+    (
+        "meminfo-inlined-helper",
+        &["meminfo-inlined-helper.patch"],
+        "grep -q 'MemTotal:.*pbkB' /proc/meminfo",
+    ),
+    // A new global function in one object called from another.
+    (
+        "cross-object-global",
+        &["cross-object-global.patch"],
+        "grep -q pb_global_helper /proc/cmdline",
+    ),
     // The independent cases above as one cumulative patch.
     (
         "combined",
@@ -66,8 +78,9 @@ const CASES: &[(&str, &[&str], &str)] = &[
             "cmdline-string.patch",
             "uname-syscall.patch",
             "version-format.patch",
+            "meminfo-inlined-helper.patch",
         ],
-        "grep -q patchbay_diff=1 /proc/cmdline && uname -m | grep -q pbpatched && grep -q pb_version_patched /proc/version",
+        "grep -q patchbay_diff=1 /proc/cmdline && uname -m | grep -q pbpatched && grep -q pb_version_patched /proc/version && grep -q pbkB /proc/meminfo",
     ),
 ];
 

@@ -103,6 +103,7 @@ fn copied_whole(section: &Section) -> bool {
     section.is_strings()
         || section.name.starts_with(".rodata.cst")
         || section.name == ".altinstr_replacement"
+        || section.name == ".altinstr_aux"
         || section.name.starts_with(".rodata.str")
 }
 
@@ -644,6 +645,7 @@ pub fn unknown_special_sections(patched: &ElfView, report: &DiffReport) -> Vec<S
             || section.name.starts_with(".bss")
             || section.name.starts_with(".rodata")
             || section.name == ".altinstr_replacement"
+            || section.name == ".altinstr_aux"
         {
             continue;
         }
