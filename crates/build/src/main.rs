@@ -153,6 +153,7 @@ fn run(cli: Cli) -> Result<()> {
                 sources,
                 extra_objects: object_files,
                 linked_objects: Vec::new(),
+                symbol_hints: Default::default(),
                 symbols_override: symbols,
                 output: output.clone(),
                 keep_work_dir,

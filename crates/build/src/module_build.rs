@@ -71,6 +71,9 @@ pub struct SourceBuild {
     pub extra_objects: Vec<PathBuf>,
     /// Relocatable objects linked into the module as they are (diff mode's extracted code).
     pub linked_objects: Vec<PathBuf>,
+    /// Local vmlinux symbols whose name repeats in the kernel, with the source file (base
+    /// name) each reference means (diff mode knows it; resolved with the `-dbg` symbol index).
+    pub symbol_hints: std::collections::BTreeMap<String, String>,
     /// A symbol table to use instead of the distro's full `System.map` (e.g. a host's
     /// `/proc/kallsyms` read with `nokaslr`).
     pub symbols_override: Option<PathBuf>,
@@ -156,9 +159,17 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         None => SymbolTable::load(&kernel.system_map()?)?,
     };
     let module_tables = module_tables(kernel, &all_markers, &request.extra_objects)?;
+    // The symbol-to-file index is a large one-time extraction: only when a hint needs it.
+    let symbol_files = if request.symbol_hints.is_empty() {
+        None
+    } else {
+        Some(kernel.symbol_files()?)
+    };
     let sources_for_symbols = SymbolSources {
         vmlinux: &vmlinux_table,
         modules: module_tables.iter().map(|(n, t)| (n.clone(), t)).collect(),
+        file_hints: request.symbol_hints.clone(),
+        symbol_files: symbol_files.as_ref(),
     };
     symbols::check_old_functions(&all_markers, &sources_for_symbols)?;
 

@@ -47,6 +47,10 @@ impl Exports {
 pub struct SymbolSources<'a> {
     pub vmlinux: &'a SymbolTable,
     pub modules: Vec<(ObjectName, &'a SymbolTable)>,
+    /// For local vmlinux symbols whose name repeats: the source file (base name) the patch
+    /// means, resolved to a position through `symbol_files`.
+    pub file_hints: BTreeMap<String, String>,
+    pub symbol_files: Option<&'a patchbay_kernels::SymbolFiles>,
 }
 
 impl SymbolSources<'_> {
@@ -67,6 +71,12 @@ impl SymbolSources<'_> {
                 .map(|(name, table)| (name.clone(), *table)),
         )
     }
+}
+
+/// The position of the vmlinux symbol `name` from the file the patch's hints name.
+pub fn hinted_position(sources: &SymbolSources<'_>, name: &str) -> Option<u32> {
+    let file = sources.file_hints.get(name)?;
+    sources.symbol_files?.sympos(sources.vmlinux, name, file)
 }
 
 /// Symbols that cannot be resolved safely, all listed at once so the author fixes them in one go.
@@ -178,6 +188,16 @@ pub fn resolve_undefined(
                     },
                 );
             }
+            [(object, _)] if object.is_vmlinux() && hinted_position(sources, name).is_some() => {
+                targets.insert(
+                    name.clone(),
+                    KlpTarget {
+                        object: object.to_string(),
+                        symbol: name.clone(),
+                        sympos: hinted_position(sources, name).unwrap_or(0),
+                    },
+                );
+            }
             [(object, n)] => {
                 let _ = writeln!(
                     problems,
@@ -245,6 +265,8 @@ ffffffff82000100 D printk_like
         let sources = SymbolSources {
             vmlinux: &vmlinux,
             modules: vec![],
+            file_hints: BTreeMap::new(),
+            symbol_files: None,
         };
         let exports = Exports::parse("0x1234abcd\tprintk_like\tvmlinux\tEXPORT_SYMBOL\t\n");
         assert_eq!(exports.len(), 1);
@@ -261,6 +283,8 @@ ffffffff82000100 D printk_like
         let sources = SymbolSources {
             vmlinux: &vmlinux,
             modules: vec![("pb_fixture".parse().unwrap(), &module)],
+            file_hints: BTreeMap::new(),
+            symbol_files: None,
         };
         let undefined = vec![
             "no_such_symbol".to_owned(),
@@ -284,6 +308,8 @@ ffffffff82000100 D printk_like
         let sources = SymbolSources {
             vmlinux: &vmlinux,
             modules: vec![("pb_fixture".parse().unwrap(), &module)],
+            file_hints: BTreeMap::new(),
+            symbol_files: None,
         };
         let targets = resolve_undefined(
             &["pb_fixture_show".to_owned()],
@@ -300,6 +326,8 @@ ffffffff82000100 D printk_like
         let sources = SymbolSources {
             vmlinux: &vmlinux,
             modules: vec![],
+            file_hints: BTreeMap::new(),
+            symbol_files: None,
         };
         let marker = |name: &str, sympos| Marker {
             object: ObjectName::vmlinux(),

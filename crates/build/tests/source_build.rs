@@ -21,6 +21,7 @@ fn request(dir: &Path, source: &str) -> SourceBuild {
         sources: vec![path],
         extra_objects: Vec::new(),
         linked_objects: Vec::new(),
+        symbol_hints: Default::default(),
         symbols_override: None,
         output: dir.join("out.pbb"),
         keep_work_dir: None,

@@ -150,6 +150,7 @@ pub fn bundle(
             .collect(),
         extra_objects: extra_objects.to_vec(),
         linked_objects: Vec::new(),
+        symbol_hints: Default::default(),
         symbols_override: None,
         output: output.to_path_buf(),
         keep_work_dir: None,

@@ -71,6 +71,13 @@ const CASES: &[(&str, &[&str], &str)] = &[
         &["cross-object-global.patch"],
         "grep -q pb_global_helper /proc/cmdline",
     ),
+    // A static function whose name repeats in vmlinux (c_start): its position comes from the
+    // -dbg symbol table's FILE symbols.
+    (
+        "consoles-duplicate-name",
+        &["consoles-duplicate-name.patch"],
+        "grep -q pb_consoles /proc/consoles",
+    ),
     // The independent cases above as one cumulative patch.
     (
         "combined",

@@ -453,7 +453,7 @@ pub(crate) fn read_build_id(path: &Path) -> Result<String, KernelError> {
 }
 
 /// The one `<package>_*.deb` in `dir`.
-fn single_deb(dir: &Path, package: &str) -> Result<PathBuf, KernelError> {
+pub(crate) fn single_deb(dir: &Path, package: &str) -> Result<PathBuf, KernelError> {
     let prefix = format!("{package}_");
     let found: Vec<PathBuf> = list_debs(dir)?
         .into_iter()
@@ -492,7 +492,11 @@ fn list_debs(dir: &Path) -> Result<Vec<PathBuf>, KernelError> {
 
 /// Streams `dpkg-deb --fsys-tarfile` and copies one member out, stopping as soon as it has
 /// been read (the rest of a large -dbg package is never decompressed).
-fn extract_deb_member(deb: &Path, member: &str, output: &Path) -> Result<(), KernelError> {
+pub(crate) fn extract_deb_member(
+    deb: &Path,
+    member: &str,
+    output: &Path,
+) -> Result<(), KernelError> {
     let mut command = Command::new("dpkg-deb");
     command
         .arg("--fsys-tarfile")

@@ -19,6 +19,7 @@ mod fsutil;
 mod kernel;
 mod process;
 mod source;
+mod symbol_files;
 mod symbols;
 
 use std::fs;
@@ -30,6 +31,7 @@ pub use abi::{upstream_version_of, Abi, KernelSelector};
 pub use error::KernelError;
 pub use kernel::{read_module, Kernel};
 pub use source::{SourceTree, TreeLock};
+pub use symbol_files::SymbolFiles;
 pub use symbols::{Symbol, SymbolEntry, SymbolTable};
 
 /// A kernel apt can download.

@@ -146,6 +146,9 @@ pub struct Extracted {
     pub replaced: Vec<(String, String)>,
     /// Undefined symbols the kept code needs from the running kernel.
     pub external: BTreeSet<String>,
+    /// Those of `external` that are local (static) symbols of the changed file: their names may
+    /// repeat elsewhere in the kernel, so their position must come from the file.
+    pub local_external: BTreeSet<String>,
 }
 
 struct Builder<'a> {
@@ -164,6 +167,7 @@ struct Builder<'a> {
     relocated: BTreeSet<usize>,
     /// Data only the patched object has (from the diff report).
     new_data: BTreeSet<String>,
+    local_externals: BTreeSet<String>,
 }
 
 /// Builds the object for the changed and new functions and new data of `report`.
@@ -192,6 +196,7 @@ pub fn extract(
         original_names,
         relocated: BTreeSet::new(),
         new_data: report.new_data.iter().cloned().collect(),
+        local_externals: BTreeSet::new(),
     };
     let mut replaced = Vec::new();
     let changed: BTreeSet<&String> = report.changed_functions.iter().collect();
@@ -255,6 +260,7 @@ pub fn extract(
         builder.copy_table(table)?;
     }
     let external = builder.externals.keys().cloned().collect();
+    let local_external = builder.local_externals.clone();
     let object = builder
         .out
         .write()
@@ -263,6 +269,7 @@ pub fn extract(
         object,
         replaced,
         external,
+        local_external,
     })
 }
 
@@ -430,6 +437,9 @@ impl Builder<'_> {
                     return self.map_target(&as_section);
                 }
                 let name = self.running_name(&symbol.name);
+                if !symbol.global {
+                    self.local_externals.insert(name.clone());
+                }
                 Ok((self.external(name), reloc.addend))
             }
             Target::Section(index) => {
@@ -454,6 +464,9 @@ impl Builder<'_> {
                         return Ok((id, reloc.addend));
                     }
                     let name = self.running_name(&owner.name);
+                    if !owner.global {
+                        self.local_externals.insert(name.clone());
+                    }
                     return Ok((self.external(name), reloc.addend));
                 }
                 // Anonymous constants (literals GCC did not put in a string section): a copy
