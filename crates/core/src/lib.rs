@@ -12,6 +12,7 @@ pub mod manifest;
 pub use bundle::{Bundle, BundleError};
 pub use channel::{
     bundle_target_name, ChannelDoc, ChannelDocError, ChannelName, HostSeed, KernelRollout, Wave,
+    CHANNEL_MAX_BYTES,
 };
 pub use ids::{BuildId, CveId, IdError, KernelRelease, ModuleName, ObjectName, PatchLevel, Sha256};
 pub use manifest::{Manifest, ManifestError, ReplacedFunction, MANIFEST_FORMAT};

@@ -1,1 +1,20 @@
-//! Patchbay's patch server (see docs/distribution.md). Work in progress.
+//! Patchbay's patch server (see docs/distribution.md for the contract with the agent):
+//! cumulative patch levels stored per kernel build, signed as TUF targets, served through
+//! channels; hosts register and check in.
+//!
+//! Layers, each usable on its own: [`config`] (config.toml), [`store`] (the database behind the
+//! [`store::Store`] trait), [`objects`] (content-addressed blobs), [`tuf`] (keys and signed
+//! metadata), [`service`] (what the server does), [`api`] (HTTP), [`archive`] (air-gapped
+//! export/import).
+
+pub mod api;
+pub mod archive;
+pub mod config;
+pub mod error;
+pub mod objects;
+pub mod service;
+pub mod store;
+pub mod tuf;
+
+pub use error::ServerError;
+pub use service::Service;

@@ -1,4 +1,276 @@
+//! `patchbay-server`: init, serve, tokens, air-gapped export/import, offline targets signing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use patchbay_server::config::ServerConfig;
+use patchbay_server::service::{now, random_secret, secret_hash};
+use patchbay_server::Service;
+
+const DEFAULT_DATA: &str = "/var/lib/patchbay-server";
+
+#[derive(Debug, Parser)]
+#[command(name = "patchbay-server", version, about = "Patchbay patch server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a data directory: config, database, TUF keys, production channel, admin token.
+    Init {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        /// Write the root keys here instead of the data dir, to move them offline.
+        #[arg(long, value_name = "DIR")]
+        offline_root: Option<PathBuf>,
+        /// Root keys to create and how many must sign a new root.
+        #[arg(long, default_value_t = 1)]
+        root_keys: u32,
+        #[arg(long, default_value_t = 1)]
+        root_threshold: u32,
+    },
+    /// Serve the API and the TUF repository.
+    Serve {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        /// Address to listen on (default: `listen` in config.toml).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Admin API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Write a signed archive (TUF metadata and targets) for an air-gapped site.
+    Export {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Serve an archive made by `export` from this (inner) server; verified like an agent would.
+    Import {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        archive: PathBuf,
+        /// The outer server's root.json to trust (default: the one already trusted, or, on the
+        /// first import, the archive's own, printed with its key ids).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Offline targets key, step 1 (on the server): write the next unsigned targets role.
+    ExportUnsigned {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Offline targets key, step 2 (on the offline machine): sign an unsigned targets role.
+    SignTargets {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        root: PathBuf,
+        unsigned: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Offline targets key, step 3 (on the server): install the signed targets role.
+    ImportSigned {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        signed: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a new admin token (printed once).
+    Create {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+}
+
 fn main() {
-    eprintln!("patchbay-server: not implemented yet");
-    std::process::exit(1);
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("patchbay-server: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("patchbay-server: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init {
+            data,
+            offline_root,
+            root_keys,
+            root_threshold,
+        } => init(&data, offline_root.as_deref(), root_keys, root_threshold).await,
+        Command::Serve { data, listen } => serve(&data, listen).await,
+        Command::Token {
+            command: TokenCommand::Create { data, name },
+        } => {
+            let service = Service::open(&data).await?;
+            let token = random_secret("pbadm")?;
+            service
+                .store
+                .add_admin_token(&secret_hash(&token), &name, now())
+                .await?;
+            service
+                .store
+                .audit(
+                    now(),
+                    "cli",
+                    "token-create",
+                    &format!("admin token {name}"),
+                    None,
+                )
+                .await?;
+            println!("admin-token: {token}");
+            Ok(())
+        }
+        Command::Export { data, output } => {
+            let service = Service::open(&data).await?;
+            let summary = patchbay_server::archive::export(&service, &output).await?;
+            println!(
+                "exported {} metadata files and {} targets to {}",
+                summary.metadata,
+                summary.targets,
+                output.display()
+            );
+            Ok(())
+        }
+        Command::Import {
+            data,
+            archive,
+            root,
+        } => {
+            let service = Service::open(&data).await?;
+            let summary =
+                patchbay_server::archive::import(&service, &archive, root.as_deref()).await?;
+            println!(
+                "imported targets version {} ({} targets) from {}",
+                summary.targets_version,
+                summary.targets,
+                archive.display()
+            );
+            Ok(())
+        }
+        Command::ExportUnsigned { data, output } => {
+            let service = Service::open(&data).await?;
+            let role = service.unsigned_targets().await?;
+            patchbay_core::fsutil::write_atomic(&output, &role)
+                .with_context(|| format!("write {}", output.display()))?;
+            println!("wrote the unsigned targets role to {}", output.display());
+            Ok(())
+        }
+        Command::SignTargets {
+            key,
+            root,
+            unsigned,
+            output,
+        } => {
+            let unsigned_bytes =
+                std::fs::read(&unsigned).with_context(|| format!("read {}", unsigned.display()))?;
+            let root_bytes =
+                std::fs::read(&root).with_context(|| format!("read {}", root.display()))?;
+            let signed =
+                patchbay_server::tuf::sign_targets_offline(&unsigned_bytes, &root_bytes, &key)
+                    .await?;
+            patchbay_core::fsutil::write_atomic(&output, &signed)
+                .with_context(|| format!("write {}", output.display()))?;
+            println!("wrote the signed targets role to {}", output.display());
+            Ok(())
+        }
+        Command::ImportSigned { data, signed } => {
+            let service = Service::open(&data).await?;
+            let bytes =
+                std::fs::read(&signed).with_context(|| format!("read {}", signed.display()))?;
+            let version = service.install_signed_targets(&bytes).await?;
+            println!("now serving targets version {version}");
+            Ok(())
+        }
+    }
+}
+
+async fn init(
+    data: &Path,
+    offline_root: Option<&Path>,
+    root_keys: u32,
+    root_threshold: u32,
+) -> Result<()> {
+    let mut config = ServerConfig::default();
+    config.tuf.root_keys = root_keys;
+    config.tuf.root_threshold = root_threshold;
+    if root_threshold == 0 || root_threshold > root_keys {
+        anyhow::bail!("--root-threshold must be between 1 and --root-keys ({root_keys})");
+    }
+    let report = Service::init(data, offline_root, config).await?;
+    println!("initialised {}", data.display());
+    println!(
+        "root keys ({} of {} must sign a new root) in {}:",
+        root_threshold,
+        report.root_key_ids.len(),
+        report.root_key_dir.display()
+    );
+    for id in &report.root_key_ids {
+        println!("  {id}");
+    }
+    if offline_root.is_some() {
+        println!("move the root keys to offline storage now; the server does not need them");
+    }
+    println!("save these now, they are not shown again:");
+    println!("admin-token: {}", report.admin_token);
+    println!("registration-key: {}", report.registration_key);
+    Ok(())
+}
+
+async fn serve(data: &Path, listen: Option<String>) -> Result<()> {
+    let service = Arc::new(Service::open(data).await?);
+    let listen = listen.unwrap_or_else(|| service.config.listen.clone());
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?}: expected ADDRESS:PORT"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let refresher = Arc::clone(&service);
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = refresher.refresh_timestamp().await {
+                eprintln!("patchbay-server: timestamp refresh failed: {e}");
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    });
+    println!("listening on http://{local}");
+    axum::serve(listener, patchbay_server::api::router(service))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serve")?;
+    Ok(())
 }

@@ -1,0 +1,455 @@
+//! HTTP: the signed TUF repository under `/tuf` (public) and the JSON API under `/api/v1`
+//! (bearer tokens). Every rejection is a JSON `{"error": ...}` with a 4xx status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use patchbay_core::{BuildId, ChannelName, PatchLevel};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::error::ServerError;
+use crate::service::{secret_hash, CheckInRequest, RegisterRequest, Service, WaveRequest};
+use crate::store::{HostFilter, HostRecord};
+
+type AppState = Arc<Service>;
+
+/// `Json<T>` whose rejections are our JSON errors.
+struct ApiJson<T>(T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ServerError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let text = rejection.body_text();
+                Err(if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ServerError::TooLarge(text)
+                } else {
+                    ServerError::BadRequest(format!("invalid JSON body: {text}"))
+                })
+            }
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ServerError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ServerError::Unauthorized("missing `Authorization: Bearer <token>` header".into())
+        })?
+        .to_str()
+        .map_err(|_| ServerError::Unauthorized("the Authorization header is not text".into()))?;
+    value
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ServerError::Unauthorized("expected `Authorization: Bearer <token>`".into()))
+}
+
+/// An admin caller (its token's name is the audit actor).
+struct Admin(String);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ServerError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        match state.store.admin_token_name(&secret_hash(token)).await? {
+            Some(name) => Ok(Admin(format!("admin:{name}"))),
+            None => Err(ServerError::Unauthorized(
+                "this token is not an admin token (patchbay-server token create makes one)".into(),
+            )),
+        }
+    }
+}
+
+/// A registered host.
+struct Host(HostRecord);
+
+impl FromRequestParts<AppState> for Host {
+    type Rejection = ServerError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        Ok(Host(state.host_for_token(token).await?))
+    }
+}
+
+fn channel_name(name: &str) -> Result<ChannelName, ServerError> {
+    name.parse()
+        .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
+}
+
+fn build_id(text: &str) -> Result<BuildId, ServerError> {
+    text.parse()
+        .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
+}
+
+fn level(n: u32) -> Result<PatchLevel, ServerError> {
+    PatchLevel::try_from(n).map_err(|e| ServerError::BadRequest(e.to_string()))
+}
+
+pub fn router(service: Arc<Service>) -> Router {
+    let max_json = usize::try_from(service.config.limits.max_json_bytes).unwrap_or(usize::MAX);
+    let max_bundle = usize::try_from(service.config.limits.max_bundle_bytes).unwrap_or(usize::MAX);
+    let api = Router::new()
+        .route("/register", post(register))
+        .route("/checkin", post(checkin))
+        .route(
+            "/bundles",
+            post(publish).layer(DefaultBodyLimit::max(max_bundle)),
+        )
+        .route("/kernels", get(kernels))
+        .route("/channels", get(channels).post(create_channel))
+        .route("/channels/{name}", get(channel))
+        .route("/channels/{name}/promote", post(promote))
+        .route("/channels/{name}/pin", post(pin))
+        .route("/channels/{name}/unpin", post(unpin))
+        .route("/channels/{name}/rollback", post(rollback))
+        .route("/registration-keys", post(registration_key))
+        .route("/hosts", get(hosts))
+        .route("/audit", get(audit))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(max_json));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/tuf/metadata/{file}", get(tuf_metadata))
+        .route("/tuf/targets/{*path}", get(tuf_target))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async {
+            ServerError::NotFound("no such endpoint; see /api/v1/openapi.json".into())
+        })
+        .with_state(service)
+}
+
+async fn register(
+    State(service): State<AppState>,
+    ApiJson(request): ApiJson<RegisterRequest>,
+) -> Result<Response, ServerError> {
+    let reply = service.register(request).await?;
+    Ok((StatusCode::CREATED, Json(reply)).into_response())
+}
+
+async fn checkin(
+    State(service): State<AppState>,
+    Host(host): Host,
+    ApiJson(request): ApiJson<CheckInRequest>,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    let channel = service.checkin(&host, request).await?;
+    Ok(Json(serde_json::json!({ "channel": channel })))
+}
+
+async fn publish(
+    State(service): State<AppState>,
+    Admin(actor): Admin,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ServerError> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServerError::TooLarge(format!(
+                "the bundle is larger than limits.max_bundle_bytes ({} bytes)",
+                service.config.limits.max_bundle_bytes
+            ))
+        } else {
+            ServerError::BadRequest(r.body_text())
+        }
+    })?;
+    let receipt = service.publish_bundle(&actor, body).await?;
+    Ok((StatusCode::CREATED, Json(receipt)).into_response())
+}
+
+async fn kernels(
+    State(service): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    Ok(Json(
+        serde_json::json!({ "kernels": service.kernels().await? }),
+    ))
+}
+
+async fn channels(
+    State(service): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    Ok(Json(
+        serde_json::json!({ "channels": service.store.channels().await? }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateChannel {
+    name: String,
+}
+
+async fn create_channel(
+    State(service): State<AppState>,
+    Admin(actor): Admin,
+    ApiJson(request): ApiJson<CreateChannel>,
+) -> Result<Response, ServerError> {
+    let doc = service.create_channel(&actor, &request.name).await?;
+    Ok((StatusCode::CREATED, Json(doc)).into_response())
+}
+
+async fn channel(
+    State(service): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<patchbay_core::ChannelDoc>, ServerError> {
+    Ok(Json(service.channel_doc(&channel_name(&name)?).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Promote {
+    build_id: String,
+    level: u32,
+    #[serde(default)]
+    deploy_after_secs: u64,
+    #[serde(default)]
+    waves: Vec<WaveRequest>,
+}
+
+async fn promote(
+    State(service): State<AppState>,
+    Admin(actor): Admin,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<Promote>,
+) -> Result<Json<patchbay_core::ChannelDoc>, ServerError> {
+    let channel = channel_name(&name)?;
+    let doc = service
+        .promote(
+            &actor,
+            &channel,
+            &build_id(&request.build_id)?,
+            level(request.level)?,
+            request.deploy_after_secs,
+            &request.waves,
+        )
+        .await?;
+    Ok(Json(doc))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pin {
+    build_id: String,
+    level: Option<u32>,
+}
+
+async fn pin(
+    State(service): State<AppState>,
+    Admin(actor): Admin,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<Pin>,
+) -> Result<Json<patchbay_core::ChannelDoc>, ServerError> {
+    let level = request.level.map(level).transpose()?;
+    Ok(Json(
+        service
+            .pin(
+                &actor,
+                &channel_name(&name)?,
+                &build_id(&request.build_id)?,
+                level,
+            )
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Unpin {
+    build_id: String,
+}
+
+async fn unpin(
+    State(service): State<AppState>,
+    Admin(actor): Admin,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<Unpin>,
+) -> Result<Json<patchbay_core::ChannelDoc>, ServerError> {
+    Ok(Json(
+        service
+            .unpin(&actor, &channel_name(&name)?, &build_id(&request.build_id)?)
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rollback {
+    build_id: String,
+    level: u32,
+}
+
+async fn rollback(
+    State(service): State<AppState>,
+    Admin(actor): Admin,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<Rollback>,
+) -> Result<Json<patchbay_core::ChannelDoc>, ServerError> {
+    Ok(Json(
+        service
+            .rollback(
+                &actor,
+                &channel_name(&name)?,
+                &build_id(&request.build_id)?,
+                level(request.level)?,
+            )
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRegistrationKey {
+    channel: String,
+}
+
+async fn registration_key(
+    State(service): State<AppState>,
+    Admin(actor): Admin,
+    ApiJson(request): ApiJson<NewRegistrationKey>,
+) -> Result<Response, ServerError> {
+    let key = service
+        .create_registration_key(&actor, &request.channel)
+        .await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "key": key }))).into_response())
+}
+
+async fn hosts(
+    State(service): State<AppState>,
+    _admin: Admin,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    let mut filter = HostFilter::default();
+    for (key, value) in &query {
+        match key.as_str() {
+            "channel" => filter.channel = Some(channel_name(value)?),
+            "build_id" => filter.build_id = Some(build_id(value)?),
+            "state" => filter.state = Some(value.clone()),
+            other => {
+                return Err(ServerError::BadRequest(format!(
+                    "unknown filter {other:?}; use channel, build_id or state"
+                )))
+            }
+        }
+    }
+    Ok(Json(
+        serde_json::json!({ "hosts": service.hosts(&filter).await? }),
+    ))
+}
+
+async fn audit(
+    State(service): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    Ok(Json(
+        serde_json::json!({ "audit": service.store.audit_log(1000).await? }),
+    ))
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+/// `root.json`, `timestamp.json`, `<n>.root.json`, `<n>.snapshot.json`, `<n>.targets.json`.
+fn metadata_name_ok(file: &str) -> bool {
+    if file == "root.json" || file == "timestamp.json" {
+        return true;
+    }
+    let Some((number, role)) = file.split_once('.') else {
+        return false;
+    };
+    !number.is_empty()
+        && number.len() <= 20
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && matches!(role, "root.json" | "snapshot.json" | "targets.json")
+}
+
+async fn tuf_metadata(
+    State(service): State<AppState>,
+    Path(file): Path<String>,
+) -> Result<Response, ServerError> {
+    if !metadata_name_ok(&file) {
+        return Err(ServerError::NotFound(format!("no TUF metadata {file:?}")));
+    }
+    let path = service.tuf.metadata_dir.join(&file);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Ok((
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            ],
+            bytes,
+        )
+            .into_response()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ServerError::NotFound(format!("no TUF metadata {file:?}")))
+        }
+        Err(source) => Err(ServerError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Consistent-snapshot target names are `<sha256>.<target name>`; the hash addresses the blob.
+async fn tuf_target(
+    State(service): State<AppState>,
+    Path(path): Path<String>,
+) -> Result<Response, ServerError> {
+    let not_found = || ServerError::NotFound(format!("no TUF target {path:?}"));
+    let (hash, _name) = path.split_once('.').ok_or_else(not_found)?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(not_found());
+    }
+    let bytes = service.objects.get(hash).await?.ok_or_else(not_found)?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=31536000, immutable"),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}

@@ -1,0 +1,161 @@
+//! Air-gapped distribution: `export` writes the served TUF chain and its targets into an
+//! archive (`patchbay_updates::archive`); `import` verifies an archive with the same TUF client
+//! the agents use and makes this (inner) server serve it unchanged, signatures and all.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use patchbay_updates::{Limits, SignedRepo, Source};
+
+use crate::error::ServerError;
+use crate::Service;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub metadata: usize,
+    pub targets: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub targets_version: u64,
+    pub targets: usize,
+}
+
+fn io(path: &Path, source: std::io::Error) -> ServerError {
+    ServerError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+pub async fn export(service: &Service, output: &Path) -> Result<ExportSummary, ServerError> {
+    let mut metadata = Vec::new();
+    for path in service.tuf.metadata_files()? {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        metadata.push((name, std::fs::read(&path).map_err(|e| io(&path, e))?));
+    }
+    let signed = service
+        .tuf
+        .current_targets()?
+        .ok_or_else(|| ServerError::Conflict("nothing published yet".into()))?;
+    let mut targets = Vec::new();
+    for (name, target) in &signed.signed.targets {
+        let sha256 = hex::encode(target.hashes.sha256.as_ref() as &[u8]);
+        let bytes = service.objects.get(&sha256).await?.ok_or_else(|| {
+            ServerError::Objects(format!(
+                "target {} (sha256 {sha256}) is missing from the object store",
+                name.raw()
+            ))
+        })?;
+        targets.push((format!("{sha256}.{}", name.raw()), bytes.to_vec()));
+    }
+    let summary = ExportSummary {
+        metadata: metadata.len(),
+        targets: targets.len(),
+    };
+    patchbay_updates::archive::write(output, &metadata, &targets)
+        .map_err(|e| ServerError::BadRequest(e.to_string()))?;
+    Ok(summary)
+}
+
+pub async fn import(
+    service: &Service,
+    archive: &Path,
+    root: Option<&Path>,
+) -> Result<ImportSummary, ServerError> {
+    let tuf_dir = service.data_dir.join("tuf");
+    let trusted_path = tuf_dir.join("mirror-root.json");
+    let unpacked = tuf_dir.join(format!(".import-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&unpacked);
+    std::fs::create_dir_all(&unpacked).map_err(|e| io(&unpacked, e))?;
+    let result = async {
+        patchbay_updates::archive::unpack(archive, &unpacked)
+            .map_err(|e| ServerError::BadRequest(e.to_string()))?;
+        let trusted = match (root, trusted_path.exists()) {
+            (Some(path), _) => std::fs::read(path).map_err(|e| io(path, e))?,
+            (None, true) => std::fs::read(&trusted_path).map_err(|e| io(&trusted_path, e))?,
+            (None, false) => {
+                let first = unpacked.join("metadata/1.root.json");
+                eprintln!(
+                    "patchbay-server: trusting the archive's own root (first import); pass \
+                     --root to pin the outer server's root.json instead"
+                );
+                std::fs::read(&first).map_err(|e| io(&first, e))?
+            }
+        };
+        let repo = SignedRepo::load(
+            &trusted,
+            &Source::Directory(unpacked.clone()),
+            &tuf_dir.join("mirror-datastore"),
+            Limits {
+                max_bundle_bytes: service.config.limits.max_bundle_bytes,
+                ..Limits::default()
+            },
+        )
+        .await
+        .map_err(|e| ServerError::Unprocessable(e.to_string()))?;
+        let list = repo.target_list();
+        for (name, _sha, _len) in &list {
+            let bytes = repo
+                .read_target(name)
+                .await
+                .map_err(|e| ServerError::Unprocessable(e.to_string()))?
+                .ok_or_else(|| {
+                    ServerError::Unprocessable(format!("target {name} is not in the archive"))
+                })?;
+            service.objects.put(Bytes::from(bytes)).await?;
+        }
+        // Metadata last, timestamp.json very last: agents never see a chain whose targets are
+        // not stored yet.
+        let source_meta = unpacked.join("metadata");
+        let mut names: Vec<String> = std::fs::read_dir(&source_meta)
+            .map_err(|e| io(&source_meta, e))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json") && n != "timestamp.json")
+            .collect();
+        names.sort();
+        names.push("timestamp.json".into());
+        std::fs::create_dir_all(&service.tuf.metadata_dir)
+            .map_err(|e| io(&service.tuf.metadata_dir, e))?;
+        for name in &names {
+            let from = source_meta.join(name);
+            let bytes = std::fs::read(&from).map_err(|e| io(&from, e))?;
+            let to = service.tuf.metadata_dir.join(name);
+            patchbay_core::fsutil::write_atomic(&to, &bytes).map_err(|e| io(&to, e))?;
+        }
+        let root_json = repo
+            .root_json()
+            .map_err(|e| ServerError::Unprocessable(e.to_string()))?;
+        patchbay_core::fsutil::write_atomic(&trusted_path, &root_json)
+            .map_err(|e| io(&trusted_path, e))?;
+        let marker = tuf_dir.join("mirror");
+        patchbay_core::fsutil::write_atomic(&marker, b"imported archive\n")
+            .map_err(|e| io(&marker, e))?;
+        service
+            .store
+            .audit(
+                crate::service::now(),
+                "cli",
+                "import",
+                &format!(
+                    "imported {} (targets version {})",
+                    archive.display(),
+                    repo.targets_version()
+                ),
+                Some(repo.targets_version()),
+            )
+            .await?;
+        Ok(ImportSummary {
+            targets_version: repo.targets_version(),
+            targets: list.len(),
+        })
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&unpacked);
+    result
+}

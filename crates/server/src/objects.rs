@@ -1,0 +1,78 @@
+//! Content-addressed blobs (bundles, channel documents) through `object_store`: the local
+//! filesystem by default (`objects/sha256/<hex>` in the data dir), any object store later.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::error::ServerError;
+
+#[derive(Debug, Clone)]
+pub struct Objects {
+    store: Arc<dyn ObjectStore>,
+}
+
+fn key(sha256: &str) -> Result<ObjectPath, ServerError> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ServerError::BadRequest(format!(
+            "{sha256:?} is not a sha256 (64 hex digits)"
+        )));
+    }
+    Ok(ObjectPath::from(format!(
+        "sha256/{}",
+        sha256.to_ascii_lowercase()
+    )))
+}
+
+impl Objects {
+    pub fn local(dir: &Path) -> Result<Objects, ServerError> {
+        std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let store = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| ServerError::Objects(format!("{}: {e}", dir.display())))?;
+        Ok(Objects {
+            store: Arc::new(store),
+        })
+    }
+
+    /// Stores `data`; returns its sha256 and whether it was new.
+    pub async fn put(&self, data: Bytes) -> Result<(String, bool), ServerError> {
+        let sha256 = patchbay_core::Sha256::of(&data).as_str().to_owned();
+        let path = key(&sha256)?;
+        if self.store.head(&path).await.is_ok() {
+            return Ok((sha256, false));
+        }
+        self.store
+            .put(&path, PutPayload::from(data))
+            .await
+            .map_err(|e| ServerError::Objects(format!("store {sha256}: {e}")))?;
+        Ok((sha256, true))
+    }
+
+    pub async fn get(&self, sha256: &str) -> Result<Option<Bytes>, ServerError> {
+        let path = key(sha256)?;
+        match self.store.get(&path).await {
+            Ok(result) => {
+                Ok(Some(result.bytes().await.map_err(|e| {
+                    ServerError::Objects(format!("read {sha256}: {e}"))
+                })?))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(ServerError::Objects(format!("read {sha256}: {e}"))),
+        }
+    }
+
+    pub async fn delete(&self, sha256: &str) -> Result<(), ServerError> {
+        let path = key(sha256)?;
+        self.store
+            .delete(&path)
+            .await
+            .map_err(|e| ServerError::Objects(format!("delete {sha256}: {e}")))
+    }
+}

@@ -1,0 +1,921 @@
+//! What the server does, independent of HTTP: publish levels, run channels, register hosts, and
+//! keep the signed TUF view equal to the database after every change.
+//!
+//! Invariant: every mutation runs under one lock and ends with [`Service::resign`], which
+//! rebuilds the whole targets role from the database; when signing fails the mutation is undone,
+//! so the database never says something the signed metadata does not.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object::{Object, ObjectSection};
+use patchbay_core::{
+    bundle_target_name, BuildId, Bundle, ChannelDoc, ChannelName, HostSeed, KernelRelease,
+    KernelRollout, PatchLevel, Wave,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::config::ServerConfig;
+use crate::error::ServerError;
+use crate::objects::Objects;
+use crate::store::{CheckIn, HostFilter, HostRecord, LevelRecord, SqliteStore, Store};
+use crate::tuf::{TargetEntry, TufRepo};
+
+pub fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// `<prefix>_<64 hex>`: the secret is shown once and stored only as its sha256.
+pub fn random_secret(prefix: &str) -> Result<String, ServerError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| ServerError::Tuf(format!("random: {e}")))?;
+    Ok(format!("{prefix}_{}", hex::encode(bytes)))
+}
+
+pub fn secret_hash(secret: &str) -> String {
+    patchbay_core::Sha256::of(secret.as_bytes())
+        .as_str()
+        .to_owned()
+}
+
+fn random_hex(n: usize) -> Result<String, ServerError> {
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).map_err(|e| ServerError::Tuf(format!("random: {e}")))?;
+    Ok(hex::encode(bytes))
+}
+
+/// What `init` prints once.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    pub admin_token: String,
+    pub registration_key: String,
+    pub root_key_ids: Vec<String>,
+    pub root_key_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublishReceipt {
+    pub build_id: String,
+    pub level: u32,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaveRequest {
+    pub after_secs: u64,
+    pub percent: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub key: String,
+    pub hostname: String,
+    pub kernel_release: String,
+    pub build_id: String,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterReply {
+    pub host_id: String,
+    pub host_token: String,
+    pub channel: ChannelName,
+    pub seed: HostSeed,
+    pub root: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckInRequest {
+    pub kernel_release: String,
+    pub build_id: String,
+    pub active_level: Option<u32>,
+    pub state: String,
+    pub last_error: Option<String>,
+    pub agent_version: String,
+}
+
+/// A published kernel and its levels, for `GET /kernels`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelSummary {
+    pub build_id: BuildId,
+    pub kernel_release: String,
+    pub upstream_version: String,
+    pub levels: Vec<LevelSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LevelSummary {
+    pub level: PatchLevel,
+    pub sha256: String,
+    pub length: u64,
+    pub fixes: serde_json::Value,
+    pub published_at: i64,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub data_dir: PathBuf,
+    pub config: ServerConfig,
+    pub store: Arc<dyn Store>,
+    pub objects: Objects,
+    pub tuf: TufRepo,
+    lock: Mutex<()>,
+}
+
+fn bad(what: &str, value: &str, expected: &str) -> ServerError {
+    ServerError::BadRequest(format!("{what} {value:?} is not valid: {expected}"))
+}
+
+fn text_field(what: &str, value: &str, max: usize) -> Result<(), ServerError> {
+    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        return Err(bad(
+            what,
+            value,
+            &format!("1 to {max} characters, no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+const HOST_STATES: &[&str] = &[
+    "patched",
+    "unpatched",
+    "transition",
+    "interrupted",
+    "error",
+    "disabled",
+];
+
+/// Checks that a bundle's module is a livepatch for the kernel its manifest names.
+fn check_livepatch_module(bundle: &Bundle) -> Result<(), ServerError> {
+    let refuse = |reason: String| {
+        ServerError::Unprocessable(format!(
+            "the bundle's module is not a livepatch for kernel {} ({}): {reason}",
+            bundle.manifest.kernel.release, bundle.manifest.kernel.build_id
+        ))
+    };
+    let file = object::File::parse(bundle.module.as_slice())
+        .map_err(|e| refuse(format!("not an ELF module ({e})")))?;
+    let modinfo = file
+        .section_by_name(".modinfo")
+        .ok_or_else(|| refuse("it has no .modinfo section".into()))?
+        .data()
+        .map_err(|e| refuse(format!(".modinfo unreadable ({e})")))?;
+    let mut livepatch = false;
+    let mut vermagic = None;
+    let mut name = None;
+    for entry in modinfo.split(|&b| b == 0) {
+        let text = String::from_utf8_lossy(entry);
+        match text.split_once('=') {
+            Some(("livepatch", "Y")) => livepatch = true,
+            Some(("vermagic", v)) => vermagic = Some(v.to_owned()),
+            Some(("name", v)) => name = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    if !livepatch {
+        return Err(refuse(
+            "modinfo has no livepatch=Y (build it with patchbay-build)".into(),
+        ));
+    }
+    let release = bundle.manifest.kernel.release.as_str();
+    match vermagic {
+        Some(v) if v.split_whitespace().next() == Some(release) => {}
+        Some(v) => return Err(refuse(format!("its vermagic is {v:?}"))),
+        None => return Err(refuse("modinfo has no vermagic".into())),
+    }
+    if name.as_deref() != Some(bundle.manifest.module.name.as_str()) {
+        return Err(refuse(format!(
+            "modinfo name {:?} differs from the manifest's {}",
+            name, bundle.manifest.module.name
+        )));
+    }
+    if file.section_by_name(".gnu.linkonce.this_module").is_none() {
+        return Err(refuse(
+            "it is not a kernel module (no .gnu.linkonce.this_module)".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Service {
+    /// Creates a new data dir: config, database, TUF keys and metadata, the `production`
+    /// channel, an admin token and a registration key for `production`.
+    pub async fn init(
+        data_dir: &Path,
+        offline_root: Option<&Path>,
+        config: ServerConfig,
+    ) -> Result<InitReport, ServerError> {
+        let io = |path: &Path, source| ServerError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| io(data_dir, e))?;
+        let config_path = data_dir.join("config.toml");
+        if config_path.exists() {
+            return Err(ServerError::Conflict(format!(
+                "{} already exists: {} is an initialised server (use another --data)",
+                config_path.display(),
+                data_dir.display()
+            )));
+        }
+        let tuf = TufRepo::new(data_dir, config.tuf.clone());
+        let root_key_dir = offline_root
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| tuf.keys_dir.clone());
+        let root_key_ids = tuf.init(&root_key_dir).await?;
+        patchbay_core::fsutil::write_atomic(&config_path, config.commented().as_bytes())
+            .map_err(|e| io(&config_path, e))?;
+        let service = Service::open(data_dir).await?;
+        let production = ChannelName::default_channel();
+        service
+            .store
+            .add_channel(&production, &now_rfc3339(), now())
+            .await?;
+        let admin_token = random_secret("pbadm")?;
+        service
+            .store
+            .add_admin_token(&secret_hash(&admin_token), "init", now())
+            .await?;
+        let registration_key = random_secret("pbreg")?;
+        service
+            .store
+            .add_registration_key(&secret_hash(&registration_key), &production, now())
+            .await?;
+        let _guard = service.lock.lock().await;
+        service
+            .resign("init", "init", "created the production channel")
+            .await?;
+        Ok(InitReport {
+            admin_token,
+            registration_key,
+            root_key_ids,
+            root_key_dir,
+        })
+    }
+
+    pub async fn open(data_dir: &Path) -> Result<Service, ServerError> {
+        let config = ServerConfig::load(data_dir)?;
+        let db_path = match config.database.strip_prefix("sqlite://") {
+            Some(p) if Path::new(p).is_absolute() => PathBuf::from(p),
+            Some(p) => data_dir.join(p),
+            None => {
+                return Err(ServerError::Config {
+                    path: data_dir.join("config.toml").display().to_string(),
+                    reason: format!(
+                        "database {:?}: this build supports sqlite:// URLs only",
+                        config.database
+                    ),
+                })
+            }
+        };
+        let store = SqliteStore::open(&db_path).await?;
+        Ok(Service {
+            data_dir: data_dir.to_path_buf(),
+            tuf: TufRepo::new(data_dir, config.tuf.clone()),
+            objects: Objects::local(&data_dir.join("objects"))?,
+            config,
+            store: Arc::new(store),
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn is_mirror(&self) -> bool {
+        self.data_dir.join("tuf/mirror").exists()
+    }
+
+    fn refuse_if_mirror(&self) -> Result<(), ServerError> {
+        if self.is_mirror() {
+            return Err(ServerError::Conflict(
+                "this server serves an imported archive (air-gapped mirror); publish and change \
+                 channels on the outer server, then export and import again"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the targets role from the database (bundles and channel documents), signs the
+    /// next version and records the change in the audit log. Caller holds the lock.
+    ///
+    /// With the targets key offline the change stays in the database, unsigned, until the
+    /// administrator signs it (`export-unsigned`, `sign-targets`, `import-signed`); hosts see it
+    /// only then.
+    async fn resign(
+        &self,
+        actor: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<Option<u64>, ServerError> {
+        if !self.tuf.has_targets_key() {
+            self.store
+                .audit(
+                    now(),
+                    actor,
+                    action,
+                    &format!("{detail} (awaiting offline signature)"),
+                    None,
+                )
+                .await?;
+            return Ok(None);
+        }
+        let targets = self.targets_from_db().await?;
+        let version = self.tuf.publish(&targets).await?;
+        self.store
+            .audit(now(), actor, action, detail, Some(version))
+            .await?;
+        Ok(Some(version))
+    }
+
+    /// The next targets role, unsigned, for signing with an offline targets key.
+    pub async fn unsigned_targets(&self) -> Result<Vec<u8>, ServerError> {
+        self.refuse_if_mirror()?;
+        let _guard = self.lock.lock().await;
+        let targets = self.targets_from_db().await?;
+        let role = self.tuf.next_targets(&targets)?;
+        serde_json::to_vec_pretty(&role).map_err(|e| ServerError::Tuf(e.to_string()))
+    }
+
+    /// Installs a targets role signed offline, if it lists exactly what the database holds.
+    pub async fn install_signed_targets(&self, signed: &[u8]) -> Result<u64, ServerError> {
+        self.refuse_if_mirror()?;
+        let _guard = self.lock.lock().await;
+        let parsed: tough::schema::Signed<tough::schema::Targets> = serde_json::from_slice(signed)
+            .map_err(|e| ServerError::BadRequest(format!("not a signed targets role: {e}")))?;
+        let expected = self.targets_from_db().await?;
+        let listed: std::collections::BTreeSet<String> = parsed
+            .signed
+            .targets
+            .keys()
+            .map(|name| name.raw().to_owned())
+            .collect();
+        let wanted: std::collections::BTreeSet<String> = expected.keys().cloned().collect();
+        if listed != wanted {
+            return Err(ServerError::Conflict(
+                "the signed targets role does not list what the server holds now (it changed \
+                 since export-unsigned); export, sign and import again"
+                    .into(),
+            ));
+        }
+        let version = self.tuf.install_targets(signed).await?;
+        self.store
+            .audit(
+                now(),
+                "cli",
+                "import-signed",
+                "installed offline-signed targets",
+                Some(version),
+            )
+            .await?;
+        Ok(version)
+    }
+
+    async fn targets_from_db(&self) -> Result<BTreeMap<String, TargetEntry>, ServerError> {
+        let mut targets = BTreeMap::new();
+        for level in self.store.levels().await? {
+            let mut custom = serde_json::Map::new();
+            custom.insert("manifest".into(), level.manifest.clone());
+            targets.insert(
+                bundle_target_name(&level.build_id, level.level),
+                TargetEntry {
+                    sha256: level.sha256.clone(),
+                    length: level.length,
+                    custom,
+                },
+            );
+        }
+        for channel in self.store.channels().await? {
+            let doc = self.channel_doc(&channel.name).await?;
+            let bytes = doc.to_bytes();
+            let length = bytes.len() as u64;
+            let (sha256, _) = self.objects.put(Bytes::from(bytes)).await?;
+            targets.insert(
+                channel.name.target_name(),
+                TargetEntry {
+                    sha256,
+                    length,
+                    custom: serde_json::Map::new(),
+                },
+            );
+        }
+        Ok(targets)
+    }
+
+    pub async fn channel_doc(&self, name: &ChannelName) -> Result<ChannelDoc, ServerError> {
+        let record = self
+            .store
+            .channels()
+            .await?
+            .into_iter()
+            .find(|c| &c.name == name)
+            .ok_or_else(|| {
+                ServerError::NotFound(format!(
+                    "no channel {name}; create it with POST /api/v1/channels"
+                ))
+            })?;
+        let mut doc = ChannelDoc::new(name.clone(), record.updated);
+        doc.serial = record.serial;
+        doc.kernels = self.store.rollouts(name).await?;
+        Ok(doc)
+    }
+
+    /// `POST /bundles`: verifies and stores level N+1 of a kernel, then re-signs.
+    pub async fn publish_bundle(
+        &self,
+        actor: &str,
+        bytes: Bytes,
+    ) -> Result<PublishReceipt, ServerError> {
+        self.refuse_if_mirror()?;
+        let bundle = Bundle::from_reader(bytes.as_ref(), "the uploaded bundle")
+            .map_err(|e| ServerError::Unprocessable(e.to_string()))?;
+        check_livepatch_module(&bundle)?;
+        let manifest = &bundle.manifest;
+        let build_id = manifest.kernel.build_id.clone();
+        let level = manifest.level;
+        let _guard = self.lock.lock().await;
+        let existing: Vec<LevelRecord> = self
+            .store
+            .levels()
+            .await?
+            .into_iter()
+            .filter(|l| l.build_id == build_id)
+            .collect();
+        if let Some(first) = existing.first() {
+            if first.kernel_release != manifest.kernel.release.as_str() {
+                return Err(ServerError::Unprocessable(format!(
+                    "build-id {build_id} was published for kernel {}, this bundle says {}",
+                    first.kernel_release, manifest.kernel.release
+                )));
+            }
+        }
+        let newest = existing.iter().map(|l| l.level.get()).max().unwrap_or(0);
+        if level.get() != newest + 1 {
+            return Err(ServerError::Conflict(format!(
+                "kernel {build_id} has levels up to {newest}; the next publish must be level {}, \
+                 this bundle is level {level} (rebuild it with --level {})",
+                newest + 1,
+                newest + 1
+            )));
+        }
+        let manifest_json: serde_json::Value = serde_json::from_slice(
+            &manifest
+                .to_json()
+                .map_err(|e| ServerError::Unprocessable(e.to_string()))?,
+        )
+        .map_err(|e| ServerError::Unprocessable(e.to_string()))?;
+        let length = bytes.len() as u64;
+        let (sha256, new_object) = self.objects.put(bytes).await?;
+        let record = LevelRecord {
+            build_id: build_id.clone(),
+            level,
+            kernel_release: manifest.kernel.release.as_str().to_owned(),
+            upstream_version: manifest.kernel.upstream_version.clone(),
+            sha256: sha256.clone(),
+            length,
+            manifest: manifest_json,
+            published_at: now(),
+        };
+        self.store.add_level(&record).await?;
+        let detail = format!(
+            "published level {level} of {} ({build_id}), sha256 {sha256}, fixes [{}]",
+            manifest.kernel.release,
+            manifest
+                .fixes
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Err(e) = self.resign(actor, "publish", &detail).await {
+            self.store.remove_level(&build_id, level).await?;
+            if new_object {
+                self.objects.delete(&sha256).await?;
+            }
+            return Err(e);
+        }
+        Ok(PublishReceipt {
+            build_id: build_id.to_string(),
+            level: level.get(),
+            target: bundle_target_name(&build_id, level),
+        })
+    }
+
+    pub async fn kernels(&self) -> Result<Vec<KernelSummary>, ServerError> {
+        let mut kernels: BTreeMap<BuildId, KernelSummary> = BTreeMap::new();
+        for level in self.store.levels().await? {
+            let entry = kernels
+                .entry(level.build_id.clone())
+                .or_insert_with(|| KernelSummary {
+                    build_id: level.build_id.clone(),
+                    kernel_release: level.kernel_release.clone(),
+                    upstream_version: level.upstream_version.clone(),
+                    levels: Vec::new(),
+                });
+            entry.levels.push(LevelSummary {
+                level: level.level,
+                sha256: level.sha256.clone(),
+                length: level.length,
+                fixes: level
+                    .manifest
+                    .get("fixes")
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+                published_at: level.published_at,
+            });
+        }
+        Ok(kernels.into_values().collect())
+    }
+
+    pub async fn create_channel(&self, actor: &str, name: &str) -> Result<ChannelDoc, ServerError> {
+        self.refuse_if_mirror()?;
+        let name: ChannelName = name
+            .parse()
+            .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
+        let _guard = self.lock.lock().await;
+        self.store.add_channel(&name, &now_rfc3339(), now()).await?;
+        self.resign(actor, "channel-create", &format!("created channel {name}"))
+            .await?;
+        self.channel_doc(&name).await
+    }
+
+    async fn published_level(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<(), ServerError> {
+        let known = self
+            .store
+            .levels()
+            .await?
+            .iter()
+            .any(|l| &l.build_id == build_id && l.level == level);
+        if !known {
+            return Err(ServerError::NotFound(format!(
+                "level {level} of kernel {build_id} is not published; publish it first \
+                 (GET /api/v1/kernels lists what is)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to one kernel's rollout in a channel, then re-signs; undone if signing
+    /// fails.
+    async fn change_rollout(
+        &self,
+        actor: &str,
+        action: &str,
+        channel: &ChannelName,
+        build_id: &BuildId,
+        change: impl FnOnce(Option<&KernelRollout>) -> Result<KernelRollout, ServerError>,
+    ) -> Result<ChannelDoc, ServerError> {
+        self.refuse_if_mirror()?;
+        let _guard = self.lock.lock().await;
+        let before = self.channel_doc(channel).await?;
+        let current = before.kernels.get(build_id);
+        let next = change(current)?;
+        self.store.set_rollout(channel, build_id, &next).await?;
+        self.store.bump_channel(channel, &now_rfc3339()).await?;
+        let detail = format!(
+            "{action} {channel}: kernel {build_id} {} -> level {}{}{}",
+            current.map_or("none".to_owned(), |c| format!("level {}", c.level)),
+            next.level,
+            if next.pinned { " (pinned)" } else { "" },
+            if next.waves.is_empty() {
+                String::new()
+            } else {
+                format!(" waves {:?}", next.waves)
+            }
+        );
+        if let Err(e) = self.resign(actor, action, &detail).await {
+            if let Some(old) = current {
+                self.store.set_rollout(channel, build_id, old).await?;
+            }
+            return Err(e);
+        }
+        self.channel_doc(channel).await
+    }
+
+    pub async fn promote(
+        &self,
+        actor: &str,
+        channel: &ChannelName,
+        build_id: &BuildId,
+        level: PatchLevel,
+        deploy_after_secs: u64,
+        waves: &[WaveRequest],
+    ) -> Result<ChannelDoc, ServerError> {
+        self.published_level(build_id, level).await?;
+        let delay = i64::try_from(deploy_after_secs)
+            .ok()
+            .filter(|d| *d <= 366 * 86_400)
+            .ok_or_else(|| {
+                ServerError::BadRequest("deploy_after_secs must be at most one year".into())
+            })?;
+        let mut last_percent = 0;
+        let effective_at = now() + delay;
+        let mut planned = Vec::new();
+        for wave in waves {
+            if wave.percent == 0 || wave.percent > 100 || wave.percent <= last_percent {
+                return Err(ServerError::BadRequest(
+                    "waves must have growing percentages between 1 and 100".into(),
+                ));
+            }
+            let after = i64::try_from(wave.after_secs)
+                .ok()
+                .filter(|a| *a <= 366 * 86_400)
+                .ok_or_else(|| {
+                    ServerError::BadRequest("a wave's after_secs must be at most one year".into())
+                })?;
+            last_percent = wave.percent;
+            planned.push(Wave {
+                at: effective_at + after,
+                percent: wave.percent,
+            });
+        }
+        self.change_rollout(actor, "promote", channel, build_id, |current| {
+            if let Some(c) = current {
+                if c.pinned {
+                    return Err(ServerError::Conflict(format!(
+                        "channel {channel} is pinned at level {} for kernel {build_id}; unpin it \
+                         first",
+                        c.level
+                    )));
+                }
+                if level < c.level {
+                    return Err(ServerError::Conflict(format!(
+                        "level {level} is below the channel's level {}; use rollback to go down",
+                        c.level
+                    )));
+                }
+            }
+            let previous = match current {
+                Some(c) if c.level == level => c.previous,
+                Some(c) => Some(c.level),
+                None => None,
+            };
+            Ok(KernelRollout {
+                level,
+                previous,
+                effective_at,
+                waves: planned,
+                pinned: false,
+            })
+        })
+        .await
+    }
+
+    pub async fn pin(
+        &self,
+        actor: &str,
+        channel: &ChannelName,
+        build_id: &BuildId,
+        level: Option<PatchLevel>,
+    ) -> Result<ChannelDoc, ServerError> {
+        if let Some(level) = level {
+            self.published_level(build_id, level).await?;
+        }
+        self.change_rollout(actor, "pin", channel, build_id, |current| {
+            let level = match (level, current) {
+                (Some(l), _) => l,
+                (None, Some(c)) => c.level,
+                (None, None) => {
+                    return Err(ServerError::BadRequest(format!(
+                        "channel {channel} serves no level of kernel {build_id}; give the level \
+                         to pin"
+                    )))
+                }
+            };
+            Ok(KernelRollout {
+                level,
+                previous: None,
+                effective_at: now(),
+                waves: Vec::new(),
+                pinned: true,
+            })
+        })
+        .await
+    }
+
+    pub async fn unpin(
+        &self,
+        actor: &str,
+        channel: &ChannelName,
+        build_id: &BuildId,
+    ) -> Result<ChannelDoc, ServerError> {
+        self.change_rollout(actor, "unpin", channel, build_id, |current| {
+            let current = current.ok_or_else(|| {
+                ServerError::NotFound(format!(
+                    "channel {channel} has no rollout for kernel {build_id}"
+                ))
+            })?;
+            Ok(KernelRollout {
+                pinned: false,
+                ..current.clone()
+            })
+        })
+        .await
+    }
+
+    pub async fn rollback(
+        &self,
+        actor: &str,
+        channel: &ChannelName,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<ChannelDoc, ServerError> {
+        self.published_level(build_id, level).await?;
+        self.change_rollout(actor, "rollback", channel, build_id, |current| {
+            let current = current.ok_or_else(|| {
+                ServerError::NotFound(format!(
+                    "channel {channel} serves no level of kernel {build_id}; nothing to roll back"
+                ))
+            })?;
+            if level >= current.level {
+                return Err(ServerError::Conflict(format!(
+                    "rollback needs a level below the channel's level {}; use promote to go up",
+                    current.level
+                )));
+            }
+            Ok(KernelRollout {
+                level,
+                previous: None,
+                effective_at: now(),
+                waves: Vec::new(),
+                pinned: current.pinned,
+            })
+        })
+        .await
+    }
+
+    pub async fn create_registration_key(
+        &self,
+        actor: &str,
+        channel: &str,
+    ) -> Result<String, ServerError> {
+        let channel: ChannelName = channel
+            .parse()
+            .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
+        if !self
+            .store
+            .channels()
+            .await?
+            .iter()
+            .any(|c| c.name == channel)
+        {
+            return Err(ServerError::NotFound(format!(
+                "no channel {channel}; create it first"
+            )));
+        }
+        let key = random_secret("pbreg")?;
+        self.store
+            .add_registration_key(&secret_hash(&key), &channel, now())
+            .await?;
+        self.store
+            .audit(
+                now(),
+                actor,
+                "registration-key",
+                &format!("new registration key for channel {channel}"),
+                None,
+            )
+            .await?;
+        Ok(key)
+    }
+
+    pub async fn register(&self, request: RegisterRequest) -> Result<RegisterReply, ServerError> {
+        let channel = self
+            .store
+            .registration_key_channel(&secret_hash(&request.key))
+            .await?
+            .ok_or_else(|| {
+                ServerError::Unauthorized(
+                    "unknown registration key; ask the server administrator for a key \
+                     (POST /api/v1/registration-keys)"
+                        .into(),
+                )
+            })?;
+        text_field("hostname", &request.hostname, 253)?;
+        text_field("agent_version", &request.agent_version, 64)?;
+        let release: KernelRelease = request
+            .kernel_release
+            .parse()
+            .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
+        let build_id: BuildId = request
+            .build_id
+            .parse()
+            .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
+        let host_token = random_secret("pbhost")?;
+        let seed: HostSeed = random_hex(16)?
+            .parse()
+            .map_err(|e: patchbay_core::IdError| ServerError::Tuf(e.to_string()))?;
+        let host = HostRecord {
+            id: random_hex(8)?,
+            token_hash: secret_hash(&host_token),
+            hostname: request.hostname,
+            channel: channel.clone(),
+            seed: seed.clone(),
+            kernel_release: release.as_str().to_owned(),
+            build_id,
+            active_level: None,
+            state: "unpatched".into(),
+            last_error: None,
+            agent_version: request.agent_version,
+            registered_at: now(),
+            last_checkin: now(),
+        };
+        self.store.add_host(&host).await?;
+        let root = serde_json::from_slice(&self.tuf.root_bytes()?)
+            .map_err(|e| ServerError::Tuf(format!("root.json: {e}")))?;
+        Ok(RegisterReply {
+            host_id: host.id,
+            host_token,
+            channel,
+            seed,
+            root,
+        })
+    }
+
+    pub async fn host_for_token(&self, token: &str) -> Result<HostRecord, ServerError> {
+        self.store
+            .host_by_token(&secret_hash(token))
+            .await?
+            .ok_or_else(|| {
+                ServerError::Unauthorized(
+                    "unknown host token; register the host again (patchbay register)".into(),
+                )
+            })
+    }
+
+    pub async fn checkin(
+        &self,
+        host: &HostRecord,
+        request: CheckInRequest,
+    ) -> Result<ChannelName, ServerError> {
+        let release: KernelRelease = request
+            .kernel_release
+            .parse()
+            .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
+        let build_id: BuildId = request
+            .build_id
+            .parse()
+            .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
+        let active_level = request
+            .active_level
+            .map(PatchLevel::try_from)
+            .transpose()
+            .map_err(|e| ServerError::BadRequest(e.to_string()))?;
+        if !HOST_STATES.contains(&request.state.as_str()) {
+            return Err(bad(
+                "state",
+                &request.state,
+                &format!("one of {}", HOST_STATES.join(", ")),
+            ));
+        }
+        if let Some(error) = &request.last_error {
+            if error.len() > 4096 {
+                return Err(ServerError::BadRequest(
+                    "last_error is longer than 4096 bytes".into(),
+                ));
+            }
+        }
+        text_field("agent_version", &request.agent_version, 64)?;
+        self.store
+            .record_checkin(
+                &host.id,
+                &CheckIn {
+                    kernel_release: release.as_str().to_owned(),
+                    build_id,
+                    active_level,
+                    state: request.state,
+                    last_error: request.last_error,
+                    agent_version: request.agent_version,
+                    at: now(),
+                },
+            )
+            .await?;
+        Ok(host.channel.clone())
+    }
+
+    pub async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError> {
+        self.store.hosts(filter).await
+    }
+
+    /// Re-signs the timestamp when due (runs periodically while serving).
+    pub async fn refresh_timestamp(&self) -> Result<bool, ServerError> {
+        if self.is_mirror() {
+            return Ok(false);
+        }
+        let _guard = self.lock.lock().await;
+        self.tuf.refresh_timestamp().await
+    }
+}

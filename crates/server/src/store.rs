@@ -1,0 +1,644 @@
+//! Server state behind the [`Store`] trait. [`SqliteStore`] (sqlx) is the embedded default; the
+//! queries are plain SQL with `$n` parameters and BIGINT/TEXT columns so a PostgreSQL store can
+//! implement the same trait with the same statements (only the DDL's id columns differ).
+//!
+//! Rows are parsed into the core newtypes when read: a row that does not parse is reported as a
+//! corrupt database, never passed on as a raw string.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use patchbay_core::{BuildId, ChannelName, HostSeed, KernelRollout, PatchLevel, Wave};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::error::ServerError;
+
+/// One published level of one kernel build.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LevelRecord {
+    pub build_id: BuildId,
+    pub level: PatchLevel,
+    pub kernel_release: String,
+    pub upstream_version: String,
+    pub sha256: String,
+    pub length: u64,
+    pub manifest: serde_json::Value,
+    pub published_at: i64,
+}
+
+/// A channel and the serial of its current document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelRecord {
+    pub name: ChannelName,
+    pub serial: u64,
+    pub updated: String,
+}
+
+/// A registered host with its last check-in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostRecord {
+    pub id: String,
+    #[serde(skip)]
+    pub token_hash: String,
+    pub hostname: String,
+    pub channel: ChannelName,
+    pub seed: HostSeed,
+    pub kernel_release: String,
+    pub build_id: BuildId,
+    pub active_level: Option<PatchLevel>,
+    pub state: String,
+    pub last_error: Option<String>,
+    pub agent_version: String,
+    pub registered_at: i64,
+    pub last_checkin: i64,
+}
+
+/// What a host reports on each check-in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckIn {
+    pub kernel_release: String,
+    pub build_id: BuildId,
+    pub active_level: Option<PatchLevel>,
+    pub state: String,
+    pub last_error: Option<String>,
+    pub agent_version: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+    pub targets_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFilter {
+    pub channel: Option<ChannelName>,
+    pub build_id: Option<BuildId>,
+    pub state: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    async fn add_admin_token(
+        &self,
+        token_hash: &str,
+        name: &str,
+        at: i64,
+    ) -> Result<(), ServerError>;
+    async fn admin_token_name(&self, token_hash: &str) -> Result<Option<String>, ServerError>;
+
+    async fn add_channel(
+        &self,
+        name: &ChannelName,
+        updated: &str,
+        at: i64,
+    ) -> Result<(), ServerError>;
+    async fn channels(&self) -> Result<Vec<ChannelRecord>, ServerError>;
+    async fn bump_channel(&self, name: &ChannelName, updated: &str) -> Result<u64, ServerError>;
+    async fn rollouts(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<BTreeMap<BuildId, KernelRollout>, ServerError>;
+    async fn set_rollout(
+        &self,
+        channel: &ChannelName,
+        build_id: &BuildId,
+        rollout: &KernelRollout,
+    ) -> Result<(), ServerError>;
+
+    async fn add_registration_key(
+        &self,
+        key_hash: &str,
+        channel: &ChannelName,
+        at: i64,
+    ) -> Result<(), ServerError>;
+    async fn registration_key_channel(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<ChannelName>, ServerError>;
+
+    async fn add_level(&self, level: &LevelRecord) -> Result<(), ServerError>;
+    async fn remove_level(&self, build_id: &BuildId, level: PatchLevel) -> Result<(), ServerError>;
+    async fn levels(&self) -> Result<Vec<LevelRecord>, ServerError>;
+
+    async fn add_host(&self, host: &HostRecord) -> Result<(), ServerError>;
+    async fn host_by_token(&self, token_hash: &str) -> Result<Option<HostRecord>, ServerError>;
+    async fn record_checkin(&self, host_id: &str, checkin: &CheckIn) -> Result<(), ServerError>;
+    async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError>;
+
+    async fn audit(
+        &self,
+        at: i64,
+        actor: &str,
+        action: &str,
+        detail: &str,
+        targets_version: Option<u64>,
+    ) -> Result<(), ServerError>;
+    async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, ServerError>;
+}
+
+const SQLITE_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS admin_tokens (
+    token_hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS channels (
+    name TEXT PRIMARY KEY,
+    serial BIGINT NOT NULL,
+    updated TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS registration_keys (
+    key_hash TEXT PRIMARY KEY,
+    channel TEXT NOT NULL REFERENCES channels(name),
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS levels (
+    build_id TEXT NOT NULL,
+    level BIGINT NOT NULL,
+    kernel_release TEXT NOT NULL,
+    upstream_version TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    length BIGINT NOT NULL,
+    manifest TEXT NOT NULL,
+    published_at BIGINT NOT NULL,
+    PRIMARY KEY (build_id, level)
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    channel TEXT NOT NULL REFERENCES channels(name),
+    build_id TEXT NOT NULL,
+    level BIGINT NOT NULL,
+    previous BIGINT,
+    effective_at BIGINT NOT NULL,
+    waves TEXT NOT NULL,
+    pinned BIGINT NOT NULL,
+    PRIMARY KEY (channel, build_id)
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    hostname TEXT NOT NULL,
+    channel TEXT NOT NULL REFERENCES channels(name),
+    seed TEXT NOT NULL,
+    kernel_release TEXT NOT NULL,
+    build_id TEXT NOT NULL,
+    active_level BIGINT,
+    state TEXT NOT NULL,
+    last_error TEXT,
+    agent_version TEXT NOT NULL,
+    registered_at BIGINT NOT NULL,
+    last_checkin BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hosts_channel ON hosts(channel);
+CREATE INDEX IF NOT EXISTS hosts_build_id ON hosts(build_id);
+CREATE INDEX IF NOT EXISTS hosts_state ON hosts(state);
+CREATE TABLE IF NOT EXISTS checkins (
+    id INTEGER PRIMARY KEY,
+    host_id TEXT NOT NULL REFERENCES hosts(id),
+    at BIGINT NOT NULL,
+    build_id TEXT NOT NULL,
+    active_level BIGINT,
+    state TEXT NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS checkins_host_at ON checkins(host_id, at);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    targets_version BIGINT
+);
+"#;
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> ServerError {
+    ServerError::Database(sqlx::Error::Decode(
+        format!("corrupt {what} in the database: {e}").into(),
+    ))
+}
+
+fn parse<T: FromStr>(what: &str, s: &str) -> Result<T, ServerError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e| corrupt(what, e))
+}
+
+fn level_from(what: &str, n: i64) -> Result<PatchLevel, ServerError> {
+    u32::try_from(n)
+        .map_err(|e| corrupt(what, e))?
+        .try_into()
+        .map_err(|e| corrupt(what, e))
+}
+
+fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, ServerError> {
+    let active: Option<i64> = row.try_get("active_level")?;
+    Ok(HostRecord {
+        id: row.try_get("id")?,
+        token_hash: row.try_get("token_hash")?,
+        hostname: row.try_get("hostname")?,
+        channel: parse("host channel", row.try_get::<&str, _>("channel")?)?,
+        seed: parse("host seed", row.try_get::<&str, _>("seed")?)?,
+        kernel_release: row.try_get("kernel_release")?,
+        build_id: parse("host build-id", row.try_get::<&str, _>("build_id")?)?,
+        active_level: active.map(|n| level_from("host level", n)).transpose()?,
+        state: row.try_get("state")?,
+        last_error: row.try_get("last_error")?,
+        agent_version: row.try_get("agent_version")?,
+        registered_at: row.try_get("registered_at")?,
+        last_checkin: row.try_get("last_checkin")?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the SQLite database at `path` and brings the schema up.
+    pub async fn open(path: &Path) -> Result<SqliteStore, ServerError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        sqlx::raw_sql(SQLITE_SCHEMA).execute(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn add_admin_token(
+        &self,
+        token_hash: &str,
+        name: &str,
+        at: i64,
+    ) -> Result<(), ServerError> {
+        sqlx::query("INSERT INTO admin_tokens (token_hash, name, created_at) VALUES ($1, $2, $3)")
+            .bind(token_hash)
+            .bind(name)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn admin_token_name(&self, token_hash: &str) -> Result<Option<String>, ServerError> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM admin_tokens WHERE token_hash = $1")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn add_channel(
+        &self,
+        name: &ChannelName,
+        updated: &str,
+        at: i64,
+    ) -> Result<(), ServerError> {
+        let result = sqlx::query(
+            "INSERT INTO channels (name, serial, updated, created_at) VALUES ($1, 1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name.as_str())
+        .bind(updated)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(ServerError::Conflict(format!(
+                "channel {name} already exists"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelRecord>, ServerError> {
+        let rows = sqlx::query("SELECT name, serial, updated FROM channels ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ChannelRecord {
+                    name: parse("channel name", row.try_get::<&str, _>("name")?)?,
+                    serial: u64::try_from(row.try_get::<i64, _>("serial")?)
+                        .map_err(|e| corrupt("channel serial", e))?,
+                    updated: row.try_get("updated")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn bump_channel(&self, name: &ChannelName, updated: &str) -> Result<u64, ServerError> {
+        let serial: Option<i64> = sqlx::query_scalar(
+            "UPDATE channels SET serial = serial + 1, updated = $2 WHERE name = $1 RETURNING serial",
+        )
+        .bind(name.as_str())
+        .bind(updated)
+        .fetch_optional(&self.pool)
+        .await?;
+        let serial = serial.ok_or_else(|| {
+            ServerError::NotFound(format!(
+                "no channel {name}; create it with POST /api/v1/channels"
+            ))
+        })?;
+        u64::try_from(serial).map_err(|e| corrupt("channel serial", e))
+    }
+
+    async fn rollouts(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<BTreeMap<BuildId, KernelRollout>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT build_id, level, previous, effective_at, waves, pinned FROM rollouts \
+             WHERE channel = $1",
+        )
+        .bind(channel.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut map = BTreeMap::new();
+        for row in &rows {
+            let previous: Option<i64> = row.try_get("previous")?;
+            let waves: Vec<Wave> = serde_json::from_str(row.try_get::<&str, _>("waves")?)
+                .map_err(|e| corrupt("rollout waves", e))?;
+            map.insert(
+                parse("rollout build-id", row.try_get::<&str, _>("build_id")?)?,
+                KernelRollout {
+                    level: level_from("rollout level", row.try_get("level")?)?,
+                    previous: previous
+                        .map(|n| level_from("rollout previous", n))
+                        .transpose()?,
+                    effective_at: row.try_get("effective_at")?,
+                    waves,
+                    pinned: row.try_get::<i64, _>("pinned")? != 0,
+                },
+            );
+        }
+        Ok(map)
+    }
+
+    async fn set_rollout(
+        &self,
+        channel: &ChannelName,
+        build_id: &BuildId,
+        rollout: &KernelRollout,
+    ) -> Result<(), ServerError> {
+        let waves = serde_json::to_string(&rollout.waves).map_err(|e| corrupt("waves", e))?;
+        sqlx::query(
+            "INSERT INTO rollouts (channel, build_id, level, previous, effective_at, waves, pinned) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (channel, build_id) DO UPDATE SET level = excluded.level, \
+             previous = excluded.previous, effective_at = excluded.effective_at, \
+             waves = excluded.waves, pinned = excluded.pinned",
+        )
+        .bind(channel.as_str())
+        .bind(build_id.as_str())
+        .bind(i64::from(rollout.level.get()))
+        .bind(rollout.previous.map(|l| i64::from(l.get())))
+        .bind(rollout.effective_at)
+        .bind(waves)
+        .bind(i64::from(rollout.pinned))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn add_registration_key(
+        &self,
+        key_hash: &str,
+        channel: &ChannelName,
+        at: i64,
+    ) -> Result<(), ServerError> {
+        sqlx::query(
+            "INSERT INTO registration_keys (key_hash, channel, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(key_hash)
+        .bind(channel.as_str())
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn registration_key_channel(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<ChannelName>, ServerError> {
+        let channel: Option<String> =
+            sqlx::query_scalar("SELECT channel FROM registration_keys WHERE key_hash = $1")
+                .bind(key_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        channel
+            .map(|c| parse("registration channel", &c))
+            .transpose()
+    }
+
+    async fn add_level(&self, level: &LevelRecord) -> Result<(), ServerError> {
+        let result = sqlx::query(
+            "INSERT INTO levels (build_id, level, kernel_release, upstream_version, sha256, \
+             length, manifest, published_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (build_id, level) DO NOTHING",
+        )
+        .bind(level.build_id.as_str())
+        .bind(i64::from(level.level.get()))
+        .bind(&level.kernel_release)
+        .bind(&level.upstream_version)
+        .bind(&level.sha256)
+        .bind(to_i64(level.length))
+        .bind(level.manifest.to_string())
+        .bind(level.published_at)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(ServerError::Conflict(format!(
+                "level {} of kernel {} is already published",
+                level.level, level.build_id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn remove_level(&self, build_id: &BuildId, level: PatchLevel) -> Result<(), ServerError> {
+        sqlx::query("DELETE FROM levels WHERE build_id = $1 AND level = $2")
+            .bind(build_id.as_str())
+            .bind(i64::from(level.get()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn levels(&self) -> Result<Vec<LevelRecord>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT build_id, level, kernel_release, upstream_version, sha256, length, manifest, \
+             published_at FROM levels ORDER BY build_id, level",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LevelRecord {
+                    build_id: parse("level build-id", row.try_get::<&str, _>("build_id")?)?,
+                    level: level_from("level", row.try_get("level")?)?,
+                    kernel_release: row.try_get("kernel_release")?,
+                    upstream_version: row.try_get("upstream_version")?,
+                    sha256: row.try_get("sha256")?,
+                    length: u64::try_from(row.try_get::<i64, _>("length")?)
+                        .map_err(|e| corrupt("level length", e))?,
+                    manifest: serde_json::from_str(row.try_get::<&str, _>("manifest")?)
+                        .map_err(|e| corrupt("level manifest", e))?,
+                    published_at: row.try_get("published_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_host(&self, host: &HostRecord) -> Result<(), ServerError> {
+        sqlx::query(
+            "INSERT INTO hosts (id, token_hash, hostname, channel, seed, kernel_release, \
+             build_id, active_level, state, last_error, agent_version, registered_at, \
+             last_checkin) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&host.id)
+        .bind(&host.token_hash)
+        .bind(&host.hostname)
+        .bind(host.channel.as_str())
+        .bind(host.seed.as_str())
+        .bind(&host.kernel_release)
+        .bind(host.build_id.as_str())
+        .bind(host.active_level.map(|l| i64::from(l.get())))
+        .bind(&host.state)
+        .bind(&host.last_error)
+        .bind(&host.agent_version)
+        .bind(host.registered_at)
+        .bind(host.last_checkin)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn host_by_token(&self, token_hash: &str) -> Result<Option<HostRecord>, ServerError> {
+        let row = sqlx::query("SELECT * FROM hosts WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(host_from_row).transpose()
+    }
+
+    async fn record_checkin(&self, host_id: &str, c: &CheckIn) -> Result<(), ServerError> {
+        let level = c.active_level.map(|l| i64::from(l.get()));
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE hosts SET kernel_release = $2, build_id = $3, active_level = $4, state = $5, \
+             last_error = $6, agent_version = $7, last_checkin = $8 WHERE id = $1",
+        )
+        .bind(host_id)
+        .bind(&c.kernel_release)
+        .bind(c.build_id.as_str())
+        .bind(level)
+        .bind(&c.state)
+        .bind(&c.last_error)
+        .bind(&c.agent_version)
+        .bind(c.at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO checkins (host_id, at, build_id, active_level, state, last_error) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(host_id)
+        .bind(c.at)
+        .bind(c.build_id.as_str())
+        .bind(level)
+        .bind(&c.state)
+        .bind(&c.last_error)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT * FROM hosts WHERE ($1 IS NULL OR channel = $1) \
+             AND ($2 IS NULL OR build_id = $2) AND ($3 IS NULL OR state = $3) \
+             ORDER BY hostname, id",
+        )
+        .bind(filter.channel.as_ref().map(|c| c.as_str().to_owned()))
+        .bind(filter.build_id.as_ref().map(|b| b.as_str().to_owned()))
+        .bind(filter.state.clone())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(host_from_row).collect()
+    }
+
+    async fn audit(
+        &self,
+        at: i64,
+        actor: &str,
+        action: &str,
+        detail: &str,
+        targets_version: Option<u64>,
+    ) -> Result<(), ServerError> {
+        sqlx::query(
+            "INSERT INTO audit (at, actor, action, detail, targets_version) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(at)
+        .bind(actor)
+        .bind(action)
+        .bind(detail)
+        .bind(targets_version.map(to_i64))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, detail, targets_version FROM audit \
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let version: Option<i64> = row.try_get("targets_version")?;
+                Ok(AuditEntry {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    detail: row.try_get("detail")?,
+                    targets_version: version.and_then(|v| u64::try_from(v).ok()),
+                })
+            })
+            .collect()
+    }
+}

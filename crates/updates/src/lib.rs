@@ -1,0 +1,368 @@
+//! Patchbay's update client: everything an agent (or an inner server importing an archive)
+//! reads from a patch server goes through TUF here, so nothing unsigned reaches the caller.
+//!
+//! [`SignedRepo::load`] runs the TUF client workflow (root rotation, timestamp, snapshot,
+//! targets; expired or rolled-back metadata is refused, with the newest versions seen kept in
+//! the datastore directory). Then [`SignedRepo::channel`] returns a verified channel document and
+//! [`SignedRepo::bundle`] a verified bundle whose manifest equals the signed one.
+//! [`archive`] writes and unpacks the air-gapped archive format.
+
+pub mod archive;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use patchbay_core::{
+    bundle_target_name, BuildId, Bundle, ChannelDoc, ChannelName, Manifest, PatchLevel,
+    CHANNEL_MAX_BYTES,
+};
+use tough::{
+    DefaultTransport, ExpirationEnforcement, HttpTransportBuilder, RepositoryLoader, TargetName,
+};
+use url::Url;
+
+/// Where the signed repository is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A patch server: metadata at `<url>/tuf/metadata/`, targets at `<url>/tuf/targets/`.
+    Server(Url),
+    /// An unpacked archive: `<dir>/metadata/` and `<dir>/targets/`.
+    Directory(PathBuf),
+}
+
+/// Size limits for what is downloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest bundle accepted, whatever the signed metadata says.
+    pub max_bundle_bytes: u64,
+    /// The largest targets/snapshot/timestamp/root metadata file.
+    pub max_metadata_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bundle_bytes: 64 << 20,
+            max_metadata_bytes: 8 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("{0}")]
+    Source(String),
+    #[error("the signed metadata from {source_name} was refused: {reason}")]
+    Metadata { source_name: String, reason: String },
+    #[error("the channel {channel} is not in the signed targets (is this host's channel deleted? register again)")]
+    NoChannel { channel: ChannelName },
+    #[error("the signed channel document {channel} is not valid: {reason}")]
+    ChannelDoc {
+        channel: ChannelName,
+        reason: String,
+    },
+    #[error("level {level} of kernel {build_id} is not in the signed targets")]
+    NoBundle {
+        build_id: BuildId,
+        level: PatchLevel,
+    },
+    #[error(
+        "target {target} is {length} bytes, above the limit of {limit}; refused before download"
+    )]
+    TooLarge {
+        target: String,
+        length: u64,
+        limit: u64,
+    },
+    #[error("download of {target} failed verification: {reason}")]
+    Download { target: String, reason: String },
+    #[error("bundle {target} is not valid: {reason}")]
+    Bundle { target: String, reason: String },
+    #[error("bundle {target}: its manifest differs from the signed manifest; refusing it")]
+    ManifestMismatch { target: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("archive {path}: {reason}")]
+    Archive { path: String, reason: String },
+}
+
+impl UpdateError {
+    /// Whether the failure is the server being unreachable (worth retrying later), as opposed
+    /// to something refused.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            UpdateError::Metadata { reason, .. } | UpdateError::Download { reason, .. } => {
+                let r = reason.to_ascii_lowercase();
+                r.contains("connect") || r.contains("timed out") || r.contains("transport")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A loaded, verified repository.
+#[derive(Debug)]
+pub struct SignedRepo {
+    repo: tough::Repository,
+    limits: Limits,
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+impl SignedRepo {
+    /// Runs the TUF update workflow from `trusted_root` (the host's pinned `root.json`),
+    /// remembering the newest metadata seen in `datastore`.
+    pub async fn load(
+        trusted_root: &[u8],
+        source: &Source,
+        datastore: &Path,
+        limits: Limits,
+    ) -> Result<SignedRepo, UpdateError> {
+        let (metadata, targets, name) = match source {
+            Source::Server(url) => {
+                let base = if url.path().ends_with('/') {
+                    url.clone()
+                } else {
+                    let mut u = url.clone();
+                    u.set_path(&format!("{}/", url.path()));
+                    u
+                };
+                let join = |p: &str| {
+                    base.join(p)
+                        .map_err(|e| UpdateError::Source(format!("server URL {url}: {e}")))
+                };
+                (
+                    join("tuf/metadata/")?,
+                    join("tuf/targets/")?,
+                    url.to_string(),
+                )
+            }
+            Source::Directory(dir) => {
+                let dir = dir.canonicalize().map_err(|source| UpdateError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+                let url = |sub: &str| {
+                    Url::from_directory_path(dir.join(sub)).map_err(|()| {
+                        UpdateError::Source(format!("{} is not an absolute path", dir.display()))
+                    })
+                };
+                (url("metadata")?, url("targets")?, dir.display().to_string())
+            }
+        };
+        std::fs::create_dir_all(datastore).map_err(|source| UpdateError::Io {
+            path: datastore.display().to_string(),
+            source,
+        })?;
+        let transport = DefaultTransport::new_with_http_settings(
+            HttpTransportBuilder::new()
+                .timeout(Duration::from_secs(60))
+                .connect_timeout(Duration::from_secs(10))
+                .tries(2)
+                .initial_backoff(Duration::from_millis(200))
+                .max_backoff(Duration::from_secs(2)),
+        );
+        let max = limits.max_metadata_bytes;
+        let repo = RepositoryLoader::new(&trusted_root, metadata, targets)
+            .transport(transport)
+            .datastore(datastore)
+            .expiration_enforcement(ExpirationEnforcement::Safe)
+            .limits(tough::Limits {
+                max_root_size: max,
+                max_targets_size: max,
+                max_timestamp_size: max,
+                max_snapshot_size: max,
+                max_root_updates: 1024,
+            })
+            .load()
+            .await
+            .map_err(|e| UpdateError::Metadata {
+                source_name: name,
+                reason: error_chain(&e),
+            })?;
+        Ok(SignedRepo { repo, limits })
+    }
+
+    /// The newest root this repository is signed under (to persist as the trusted root).
+    pub fn root_json(&self) -> Result<Vec<u8>, UpdateError> {
+        serde_json::to_vec_pretty(self.repo.root()).map_err(|e| UpdateError::Metadata {
+            source_name: "root".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The targets version (for reporting).
+    pub fn targets_version(&self) -> u64 {
+        self.repo.targets().signed.version.get()
+    }
+
+    fn target(&self, name: &str) -> Option<&tough::schema::Target> {
+        let name = TargetName::new(name).ok()?;
+        self.repo.targets().signed.targets.get(&name)
+    }
+
+    async fn read(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>, UpdateError> {
+        let Some(target) = self.target(name) else {
+            return Ok(None);
+        };
+        if target.length > limit {
+            return Err(UpdateError::TooLarge {
+                target: name.to_owned(),
+                length: target.length,
+                limit,
+            });
+        }
+        let target_name = TargetName::new(name).map_err(|e| UpdateError::Download {
+            target: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let failed = |e: &dyn std::error::Error| UpdateError::Download {
+            target: name.to_owned(),
+            reason: error_chain(e),
+        };
+        let Some(mut stream) = self
+            .repo
+            .read_target(&target_name)
+            .await
+            .map_err(|e| failed(&e))?
+        else {
+            return Ok(None);
+        };
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| failed(&e))?;
+            data.extend_from_slice(&chunk);
+            if data.len() as u64 > limit {
+                return Err(UpdateError::TooLarge {
+                    target: name.to_owned(),
+                    length: data.len() as u64,
+                    limit,
+                });
+            }
+        }
+        Ok(Some(data))
+    }
+
+    /// The signed document of `channel`.
+    pub async fn channel(&self, channel: &ChannelName) -> Result<ChannelDoc, UpdateError> {
+        let bytes = self
+            .read(&channel.target_name(), CHANNEL_MAX_BYTES)
+            .await?
+            .ok_or_else(|| UpdateError::NoChannel {
+                channel: channel.clone(),
+            })?;
+        ChannelDoc::parse(&bytes, channel).map_err(|e| UpdateError::ChannelDoc {
+            channel: channel.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The signed manifest of a level, without downloading the bundle.
+    pub fn manifest(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<Option<Manifest>, UpdateError> {
+        let name = bundle_target_name(build_id, level);
+        let Some(target) = self.target(&name) else {
+            return Ok(None);
+        };
+        let value = target
+            .custom
+            .get("manifest")
+            .ok_or_else(|| UpdateError::Bundle {
+                target: name.clone(),
+                reason: "its signed metadata carries no manifest".into(),
+            })?;
+        let bytes = serde_json::to_vec(value).map_err(|e| UpdateError::Bundle {
+            target: name.clone(),
+            reason: e.to_string(),
+        })?;
+        Manifest::parse(&bytes)
+            .map(Some)
+            .map_err(|e| UpdateError::Bundle {
+                target: name,
+                reason: format!("signed manifest: {e}"),
+            })
+    }
+
+    /// Downloads and verifies a level's bundle: size from signed metadata (never more, never
+    /// above the limit), hash, bundle format, and its manifest equal to the signed one.
+    pub async fn bundle(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<(Bundle, Vec<u8>), UpdateError> {
+        let name = bundle_target_name(build_id, level);
+        let signed = self
+            .manifest(build_id, level)?
+            .ok_or_else(|| UpdateError::NoBundle {
+                build_id: build_id.clone(),
+                level,
+            })?;
+        let bytes = self
+            .read(&name, self.limits.max_bundle_bytes)
+            .await?
+            .ok_or_else(|| UpdateError::NoBundle {
+                build_id: build_id.clone(),
+                level,
+            })?;
+        let bundle =
+            Bundle::from_reader(bytes.as_slice(), &name).map_err(|e| UpdateError::Bundle {
+                target: name.clone(),
+                reason: e.to_string(),
+            })?;
+        if bundle.manifest != signed {
+            return Err(UpdateError::ManifestMismatch { target: name });
+        }
+        if &bundle.manifest.kernel.build_id != build_id || bundle.manifest.level != level {
+            return Err(UpdateError::Bundle {
+                target: name,
+                reason: format!(
+                    "it is level {} of {}, published as level {level} of {build_id}",
+                    bundle.manifest.level, bundle.manifest.kernel.build_id
+                ),
+            });
+        }
+        Ok((bundle, bytes))
+    }
+
+    /// Every target name with its sha256 and length (for mirroring).
+    pub fn target_list(&self) -> Vec<(String, String, u64)> {
+        let mut list: Vec<_> = self
+            .repo
+            .targets()
+            .signed
+            .targets
+            .iter()
+            .map(|(name, t)| (name.raw().to_owned(), hex_of(&t.hashes.sha256), t.length))
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// Reads any target (for mirroring), verified.
+    pub async fn read_target(&self, name: &str) -> Result<Option<Vec<u8>>, UpdateError> {
+        self.read(name, self.limits.max_bundle_bytes).await
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
