@@ -11,11 +11,14 @@ pub mod error;
 pub mod host;
 pub mod livepatch;
 pub mod notes;
+pub mod remote;
 pub mod state;
 pub mod status;
 
 #[cfg(test)]
 mod agent_tests;
+#[cfg(test)]
+mod remote_tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 

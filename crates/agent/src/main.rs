@@ -37,6 +37,12 @@ struct Cli {
     /// (testing) proc root.
     #[arg(long, global = true, hide = true, default_value = "/proc")]
     proc_dir: PathBuf,
+    /// Agent config file [env: PATCHBAY_CONFIG].
+    #[arg(long, global = true, value_name = "FILE", default_value = patchbay::remote::DEFAULT_CONFIG, env = "PATCHBAY_CONFIG")]
+    config: PathBuf,
+    /// (testing) kill-switch file.
+    #[arg(long, global = true, hide = true, default_value = patchbay::remote::DEFAULT_DISABLE_FILE)]
+    disable_file: PathBuf,
     /// (testing) kernel notes file.
     #[arg(long, global = true, hide = true, default_value = "/sys/kernel/notes")]
     kernel_notes: PathBuf,
@@ -104,6 +110,50 @@ enum Command {
         #[command(flatten)]
         transition: TransitionArgs,
     },
+    /// Register this host with a patch server (stores the host token and trusted root.json).
+    Register {
+        /// The server, e.g. http://patches.example:8470 [env: PATCHBAY_SERVER].
+        #[arg(long, env = "PATCHBAY_SERVER")]
+        server: String,
+        /// A registration key from the server administrator [env: PATCHBAY_REGISTRATION_KEY].
+        #[arg(long, env = "PATCHBAY_REGISTRATION_KEY", hide_env_values = true)]
+        key: String,
+        /// Trust this root.json instead of the one the server sends (recommended).
+        #[arg(long, value_name = "FILE")]
+        root: Option<PathBuf>,
+    },
+    /// Check the server (or an archive) now and apply the level this host's channel serves.
+    Update {
+        /// Read a `patchbay-server export` archive instead of the server (air-gapped hosts).
+        #[arg(long, value_name = "ARCHIVE")]
+        from: Option<PathBuf>,
+        /// With --from on a host never registered: the root.json to trust.
+        #[arg(long, value_name = "FILE", requires = "from")]
+        root: Option<PathBuf>,
+        #[command(flatten)]
+        transition: TransitionArgs,
+        /// Allow atomic replace to remove livepatches that are not Patchbay's.
+        #[arg(long)]
+        replace_foreign: bool,
+    },
+    /// Exit 0 when up to date, 4 when another level waits; changes nothing.
+    Check {
+        #[arg(long, value_name = "ARCHIVE")]
+        from: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", requires = "from")]
+        root: Option<PathBuf>,
+    },
+    /// Check periodically (config: interval, jitter, auto_update) until stopped.
+    Daemon {
+        #[command(flatten)]
+        transition: TransitionArgs,
+    },
+    /// At boot: re-apply the last active level from the cache, offline (kill switch:
+    /// `patchbay.disable` on the kernel command line or the disable file).
+    Boot {
+        #[command(flatten)]
+        transition: TransitionArgs,
+    },
     /// (benchmark) finit_module + transition polling only; prints raw-load-us.
     #[command(hide = true)]
     BenchRawLoad {
@@ -164,6 +214,103 @@ fn run(cli: Cli) -> i32 {
         log: &log,
     };
     let timing = std::env::var_os("PATCHBAY_TIMING").is_some_and(|v| v == "1");
+    let settings = match patchbay::remote::Settings::load(&cli.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("patchbay: error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let remote_result = match cli.command {
+        Command::Register {
+            ref server,
+            ref key,
+            ref root,
+        } => Some(
+            patchbay::remote::register(&agent, server, key, root.as_deref()).map(|r| {
+                println!("registered as host {} in channel {}", r.host_id, r.channel);
+                println!(
+                    "trusted root keys{}: {}",
+                    if r.trusted_on_first_use {
+                        " (trusted on first use; pass --root to pin them)"
+                    } else {
+                        ""
+                    },
+                    r.root_key_ids.join(", ")
+                );
+                exit::OK
+            }),
+        ),
+        Command::Update {
+            ref from,
+            ref root,
+            ref transition,
+            replace_foreign,
+        } => {
+            let opts = ApplyOptions {
+                transition: transition.options(),
+                allow_downgrade: false,
+                replace_foreign,
+            };
+            let remote = patchbay::remote::Remote::new(&agent, settings.clone(), opts);
+            Some(remote.update(&origin(from, root), true).map(|report| {
+                match &report.applied {
+                    Some(outcome) => println!("{outcome}"),
+                    None => println!("{}", report.plan),
+                }
+                exit::OK
+            }))
+        }
+        Command::Check { ref from, ref root } => {
+            let remote =
+                patchbay::remote::Remote::new(&agent, settings.clone(), ApplyOptions::default());
+            Some(remote.update(&origin(from, root), false).map(|report| {
+                println!("{}", report.plan);
+                match report.plan {
+                    patchbay::remote::Plan::Change { .. } => exit::NEWER_AVAILABLE,
+                    _ => exit::OK,
+                }
+            }))
+        }
+        Command::Daemon { ref transition } => {
+            let opts = ApplyOptions {
+                transition: transition.options(),
+                ..ApplyOptions::default()
+            };
+            patchbay::remote::Remote::new(&agent, settings.clone(), opts).daemon()
+        }
+        Command::Boot { ref transition } => {
+            let opts = ApplyOptions {
+                transition: transition.options(),
+                ..ApplyOptions::default()
+            };
+            Some(
+                patchbay::remote::boot(&agent, &cli.disable_file, &opts).map(|outcome| {
+                    match outcome {
+                        patchbay::remote::BootOutcome::Applied(o) => println!("{o}"),
+                        patchbay::remote::BootOutcome::Disabled(why) => {
+                            println!("disabled: {why}; nothing applied")
+                        }
+                        patchbay::remote::BootOutcome::NothingToApply(why) => {
+                            println!("nothing to re-apply: {why}")
+                        }
+                    }
+                    exit::OK
+                }),
+            )
+        }
+        _ => None,
+    };
+    if let Some(result) = remote_result {
+        let _ = std::io::stdout().flush();
+        return match result {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("patchbay: error: {e}");
+                e.exit_code()
+            }
+        };
+    }
     let result: Result<i32, AgentError> = match cli.command {
         Command::Apply {
             bundle,
@@ -218,6 +365,11 @@ fn run(cli: Cli) -> i32 {
             }
             report.exit_code
         }),
+        Command::Register { .. }
+        | Command::Update { .. }
+        | Command::Check { .. }
+        | Command::Daemon { .. }
+        | Command::Boot { .. } => Ok(exit::USAGE),
         Command::BenchRawLoad {
             ko,
             transition_timeout,
@@ -245,6 +397,16 @@ fn run(cli: Cli) -> i32 {
             eprintln!("patchbay: error: {e}");
             e.exit_code()
         }
+    }
+}
+
+fn origin(from: &Option<PathBuf>, root: &Option<PathBuf>) -> patchbay::remote::Origin {
+    match from {
+        Some(path) => patchbay::remote::Origin::Archive {
+            path: path.clone(),
+            root: root.clone(),
+        },
+        None => patchbay::remote::Origin::Server,
     }
 }
 

@@ -77,6 +77,28 @@ pub(crate) fn bundle_for(build_id: &str, level: u32) -> Bundle {
     bundle_with(build_id, RELEASE, level, "")
 }
 
+/// A bundle whose module is a small real ELF object with the `.modinfo` of a livepatch (what a
+/// patch server checks), which the fake kernel loads like `fake_module`.
+pub(crate) fn elf_bundle(build_id: &str, release: &str, level: u32) -> Bundle {
+    use object::write::Object;
+    use object::{Architecture, BinaryFormat, Endianness, SectionKind};
+    let name = module_name(build_id, level);
+    let mut elf = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+    let this_module = elf.add_section(
+        Vec::new(),
+        b".gnu.linkonce.this_module".to_vec(),
+        SectionKind::Data,
+    );
+    elf.append_section_data(this_module, &[0u8; 64], 8);
+    let modinfo = elf.add_section(Vec::new(), b".modinfo".to_vec(), SectionKind::ReadOnlyData);
+    let info = format!(
+        "livepatch=Y\0license=GPL\0vermagic={release} SMP preempt mod_unload modversions \0name={name}\0"
+    );
+    elf.append_section_data(modinfo, info.as_bytes(), 1);
+    let module = elf.write().unwrap();
+    Bundle::new(manifest_for(build_id, release, level, &module), module).unwrap()
+}
+
 /// A task that sleeps in a patched function and so blocks transitions.
 #[derive(Debug, Clone)]
 pub(crate) struct Blocker {
@@ -464,7 +486,14 @@ impl Kernel for FakeKernel {
         if !text.starts_with("\x7fELF") {
             return Err(io::Error::from_raw_os_error(libc::ENOEXEC));
         }
-        let name = text.rsplit("name=").next().unwrap().to_owned();
+        let name = text
+            .rsplit("name=")
+            .next()
+            .unwrap()
+            .split('\0')
+            .next()
+            .unwrap()
+            .to_owned();
         if sim.transition.is_some() {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }

@@ -398,11 +398,33 @@ impl TufRepo {
         snapshot_version: u64,
         snapshot_bytes: &[u8],
     ) -> Result<(), ServerError> {
+        let lifetime = i64::from(self.config.timestamp_expires_hours) * 3_600;
+        self.write_timestamp_for(snapshot_version, snapshot_bytes, lifetime)
+            .await
+    }
+
+    /// Re-signs the timestamp (next version) with a lifetime of `seconds`, negative meaning
+    /// already expired. For client tests (freeze attacks) and to cut a timestamp's lifetime.
+    pub async fn resign_timestamp_with_lifetime(&self, seconds: i64) -> Result<(), ServerError> {
+        let v = self
+            .versions()?
+            .ok_or_else(|| ServerError::Tuf("no repository yet".into()))?;
+        let snapshot = self.read_meta(&format!("{}.snapshot.json", v.snapshot))?;
+        self.write_timestamp_for(v.snapshot, &snapshot, seconds)
+            .await
+    }
+
+    async fn write_timestamp_for(
+        &self,
+        snapshot_version: u64,
+        snapshot_bytes: &[u8],
+        lifetime_secs: i64,
+    ) -> Result<(), ServerError> {
         let next = self.versions()?.map_or(1, |v| v.timestamp + 1);
         let mut timestamp = Timestamp::new(
             SPEC_VERSION.into(),
             version(next)?,
-            expires_in(i64::from(self.config.timestamp_expires_hours) * 3_600)?,
+            expires_in(lifetime_secs)?,
         );
         timestamp.meta.insert(
             "snapshot.json".into(),

@@ -97,7 +97,23 @@ impl UpdateError {
         match self {
             UpdateError::Metadata { reason, .. } | UpdateError::Download { reason, .. } => {
                 let r = reason.to_ascii_lowercase();
-                r.contains("connect") || r.contains("timed out") || r.contains("transport")
+                let refused = ["mismatch", "exceeded", "expired", "signature", "version"]
+                    .iter()
+                    .any(|w| r.contains(w));
+                let network = [
+                    "connection refused",
+                    "error sending request",
+                    "tcp connect",
+                    "connect error",
+                    "timed out",
+                    "dns error",
+                    "connection reset",
+                    "502 bad gateway",
+                    "503 service unavailable",
+                ]
+                .iter()
+                .any(|w| r.contains(w));
+                network && !refused
             }
             _ => false,
         }

@@ -1,0 +1,870 @@
+//! The agent's network half: registration, the update check (TUF through `patchbay-updates`,
+//! the channel's level for this host, download, verify, apply), check-ins, the daemon loop, the
+//! offline archive, and the boot-time re-apply.
+//!
+//! Trust: the only inputs that decide what is loaded are signed TUF targets (channel document
+//! and bundle, whose manifest must equal the signed one). API answers (register, check-in) are
+//! never used to pick a level.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use patchbay_core::{BuildId, ChannelName, HostSeed, PatchLevel};
+use patchbay_updates::{Limits, SignedRepo, Source, UpdateError};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::{Agent, ApplyOptions, ApplyOutcome};
+use crate::error::{exit, AgentError};
+use crate::state::{AgentState, Event};
+use crate::status::PatchState;
+
+/// The agent's version, reported on check-in.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Default config file.
+pub const DEFAULT_CONFIG: &str = "/etc/patchbay/agent.toml";
+/// The kill switch file (and `patchbay.disable` on the kernel command line).
+pub const DEFAULT_DISABLE_FILE: &str = "/etc/patchbay/disable";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{0}")]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Update(#[from] UpdateError),
+    #[error(
+        "the server at {url} is unreachable ({reason}); the active patch is kept, retry later"
+    )]
+    Unreachable { url: String, reason: String },
+    #[error("the server refused the request ({status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("this host is not registered: run `patchbay register --server URL --key KEY` (or pass --root FILE with --from)")]
+    NotRegistered,
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("config {path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl RemoteError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RemoteError::Agent(e) => e.exit_code(),
+            RemoteError::Update(
+                UpdateError::Metadata { .. }
+                | UpdateError::Download { .. }
+                | UpdateError::Bundle { .. }
+                | UpdateError::ManifestMismatch { .. }
+                | UpdateError::TooLarge { .. }
+                | UpdateError::ChannelDoc { .. },
+            ) => exit::REFUSED,
+            RemoteError::Usage(_) | RemoteError::NotRegistered => exit::USAGE,
+            _ => exit::ERROR,
+        }
+    }
+}
+
+fn file_err(path: &Path, reason: impl std::fmt::Display) -> RemoteError {
+    RemoteError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// `server.json` in the state dir: how this host talks to its server (mode 0600).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerLink {
+    pub url: String,
+    pub host_id: String,
+    pub host_token: String,
+    pub channel: ChannelName,
+    pub seed: HostSeed,
+}
+
+/// `/etc/patchbay/agent.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Time between checks (`4h`, `30m`, `90s`).
+    pub interval: String,
+    /// Random extra delay up to this, so a fleet does not check at once.
+    pub jitter: String,
+    /// `false`: the daemon only checks and reports; `patchbay update` applies.
+    pub auto_update: bool,
+    /// Stay at this level whatever the channel says.
+    pub pinned_level: Option<u32>,
+    /// Follow this channel instead of the one the registration key chose.
+    pub channel: Option<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            interval: "4h".into(),
+            jitter: "30m".into(),
+            auto_update: true,
+            pinned_level: None,
+            channel: None,
+        }
+    }
+}
+
+/// The parsed config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub interval: Duration,
+    pub jitter: Duration,
+    pub auto_update: bool,
+    pub pinned_level: Option<PatchLevel>,
+    pub channel: Option<ChannelName>,
+}
+
+/// Parses `500ms`, `90s`, `30m`, `4h`, `1d`.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = (t.get(..split).unwrap_or(""), t.get(split..).unwrap_or(""));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (use e.g. 90s, 30m, 4h)"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("{text:?}: unknown unit (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+impl Settings {
+    /// Reads the config file; a missing file means the defaults.
+    pub fn load(path: &Path) -> Result<Settings, RemoteError> {
+        let config: AgentConfig = match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| RemoteError::Config {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => AgentConfig::default(),
+            Err(e) => return Err(file_err(path, e)),
+        };
+        let bad = |reason: String| RemoteError::Config {
+            path: path.display().to_string(),
+            reason,
+        };
+        let interval =
+            parse_interval(&config.interval).map_err(|e| bad(format!("interval: {e}")))?;
+        if interval < Duration::from_secs(1) {
+            return Err(bad("interval must be at least 1s".into()));
+        }
+        Ok(Settings {
+            interval,
+            jitter: parse_interval(&config.jitter).map_err(|e| bad(format!("jitter: {e}")))?,
+            auto_update: config.auto_update,
+            pinned_level: config
+                .pinned_level
+                .map(PatchLevel::try_from)
+                .transpose()
+                .map_err(|e| bad(format!("pinned_level: {e}")))?,
+            channel: config
+                .channel
+                .map(|c| c.parse())
+                .transpose()
+                .map_err(|e: patchbay_core::IdError| bad(format!("channel: {e}")))?,
+        })
+    }
+}
+
+/// Files of the network half, under the state dir.
+#[derive(Debug, Clone)]
+pub struct RemoteFiles {
+    pub link: PathBuf,
+    pub root: PathBuf,
+    pub datastore: PathBuf,
+    pub seed: PathBuf,
+    pub downloads: PathBuf,
+}
+
+impl RemoteFiles {
+    pub fn new(state_dir: &Path) -> RemoteFiles {
+        RemoteFiles {
+            link: state_dir.join("server.json"),
+            root: state_dir.join("tuf/root.json"),
+            datastore: state_dir.join("tuf/datastore"),
+            seed: state_dir.join("seed"),
+            downloads: state_dir.join("downloads"),
+        }
+    }
+
+    pub fn load_link(&self) -> Result<Option<ServerLink>, RemoteError> {
+        match std::fs::read(&self.link) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| file_err(&self.link, format!("{e}; register again"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(file_err(&self.link, e)),
+        }
+    }
+
+    fn write_private(&self, path: &Path, bytes: &[u8]) -> Result<(), RemoteError> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        }
+        patchbay_core::fsutil::write_atomic(path, bytes).map_err(|e| file_err(path, e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| file_err(path, e))
+    }
+
+    /// The host's seed: from registration, else a local one made once (offline hosts).
+    fn seed(&self, link: Option<&ServerLink>) -> Result<HostSeed, RemoteError> {
+        if let Some(link) = link {
+            return Ok(link.seed.clone());
+        }
+        if let Ok(text) = std::fs::read_to_string(&self.seed) {
+            if let Ok(seed) = text.trim().parse() {
+                return Ok(seed);
+            }
+        }
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| file_err(&self.seed, e))?;
+        let seed: HostSeed = hex::encode(bytes)
+            .parse()
+            .map_err(|e: patchbay_core::IdError| file_err(&self.seed, e))?;
+        self.write_private(&self.seed, seed.as_str().as_bytes())?;
+        Ok(seed)
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, RemoteError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RemoteError::Usage(format!("cannot start the async runtime: {e}")))
+}
+
+fn server_url(text: &str) -> Result<url::Url, RemoteError> {
+    let url = url::Url::parse(text).map_err(|e| {
+        RemoteError::Usage(format!(
+            "--server {text:?} is not a URL ({e}); expected e.g. http://patches.example:8470"
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(RemoteError::Usage(format!(
+            "--server {text:?}: the scheme must be http or https"
+        )));
+    }
+    Ok(url)
+}
+
+fn http_client() -> Result<reqwest::Client, RemoteError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| RemoteError::Usage(format!("HTTP client: {e}")))
+}
+
+async fn post_json<T: serde::de::DeserializeOwned>(
+    url: &url::Url,
+    path: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> Result<T, RemoteError> {
+    let endpoint = url
+        .join(path)
+        .map_err(|e| RemoteError::Usage(format!("{url}: {e}")))?;
+    let mut request = http_client()?.post(endpoint.clone()).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|e| RemoteError::Unreachable {
+        url: endpoint.to_string(),
+        reason: e.to_string(),
+    })?;
+    let status = response.status();
+    // Replies are small; anything beyond 1 MiB is not ours.
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| RemoteError::Unreachable {
+            url: endpoint.to_string(),
+            reason: e.to_string(),
+        })?;
+    if bytes.len() > 1 << 20 {
+        return Err(RemoteError::Refused {
+            status: status.as_u16(),
+            message: "reply larger than 1 MiB".into(),
+        });
+    }
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        return Err(RemoteError::Refused {
+            status: status.as_u16(),
+            message,
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| RemoteError::Refused {
+        status: status.as_u16(),
+        message: format!("unexpected reply: {e}"),
+    })
+}
+
+fn base_url(url: &url::Url) -> url::Url {
+    let mut base = url.clone();
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", url.path()));
+    }
+    base
+}
+
+/// What `register` did.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub host_id: String,
+    pub channel: ChannelName,
+    pub root_key_ids: Vec<String>,
+    pub trusted_on_first_use: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisterReply {
+    host_id: String,
+    host_token: String,
+    channel: ChannelName,
+    seed: HostSeed,
+    root: serde_json::Value,
+}
+
+fn root_key_ids(root: &[u8]) -> Vec<String> {
+    let value: serde_json::Value = serde_json::from_slice(root).unwrap_or_default();
+    let mut ids: Vec<String> = value
+        .pointer("/signed/roles/root/keyids")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// `patchbay register`: stores the host token and the trusted root, then verifies the
+/// server's signed repository with it once.
+pub fn register(
+    agent: &Agent<'_>,
+    server: &str,
+    key: &str,
+    pinned_root: Option<&Path>,
+) -> Result<Registered, RemoteError> {
+    let url = base_url(&server_url(server)?);
+    let identity = agent.identity()?;
+    let hostname = std::fs::read_to_string(agent.paths.proc_dir.join("sys/kernel/hostname"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let files = RemoteFiles::new(agent.state_dir.root());
+    runtime()?.block_on(async {
+        let reply: RegisterReply = post_json(
+            &url,
+            "api/v1/register",
+            None,
+            &serde_json::json!({
+                "key": key,
+                "hostname": hostname,
+                "kernel_release": identity.release.as_str(),
+                "build_id": identity.build_id.as_str(),
+                "agent_version": AGENT_VERSION,
+            }),
+        )
+        .await?;
+        let (root, tofu) = match pinned_root {
+            Some(path) => (std::fs::read(path).map_err(|e| file_err(path, e))?, false),
+            None => (
+                serde_json::to_vec_pretty(&reply.root).map_err(|e| RemoteError::Refused {
+                    status: 200,
+                    message: format!("root: {e}"),
+                })?,
+                true,
+            ),
+        };
+        // Verify before keeping anything: the server must serve a repository this root trusts.
+        let scratch = tempfile_dir(agent.state_dir.root())?;
+        SignedRepo::load(
+            &root,
+            &Source::Server(url.clone()),
+            scratch.path(),
+            Limits::default(),
+        )
+        .await?;
+        files.write_private(&files.root, &root)?;
+        let _ = std::fs::remove_dir_all(&files.datastore);
+        let link = ServerLink {
+            url: url.to_string(),
+            host_id: reply.host_id.clone(),
+            host_token: reply.host_token,
+            channel: reply.channel.clone(),
+            seed: reply.seed,
+        };
+        let bytes = serde_json::to_vec_pretty(&link).map_err(|e| file_err(&files.link, e))?;
+        files.write_private(&files.link, &bytes)?;
+        Ok(Registered {
+            host_id: reply.host_id,
+            channel: reply.channel,
+            root_key_ids: root_key_ids(&root),
+            trusted_on_first_use: tofu,
+        })
+    })
+}
+
+fn tempfile_dir(state_dir: &Path) -> Result<tempfile::TempDir, RemoteError> {
+    std::fs::create_dir_all(state_dir).map_err(|e| file_err(state_dir, e))?;
+    tempfile::Builder::new()
+        .prefix(".tuf-")
+        .tempdir_in(state_dir)
+        .map_err(|e| file_err(state_dir, e))
+}
+
+/// What the signed data says this host should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// The wanted level is active.
+    UpToDate(PatchLevel),
+    /// Another level is wanted (`downgrade` when it is below the active one).
+    Change {
+        from: Option<PatchLevel>,
+        to: PatchLevel,
+        downgrade: bool,
+    },
+    /// The channel serves nothing for this kernel (yet, or not to this host's wave).
+    NothingServed { active: Option<PatchLevel> },
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Plan::UpToDate(l) => write!(f, "up to date at level {l}"),
+            Plan::Change {
+                from,
+                to,
+                downgrade,
+            } => write!(
+                f,
+                "level {to} waits ({} {})",
+                if *downgrade { "down from" } else { "up from" },
+                from.map_or("none".to_owned(), |l| format!("level {l}"))
+            ),
+            Plan::NothingServed { active } => write!(
+                f,
+                "the channel serves no level for this kernel to this host{}",
+                active.map_or(String::new(), |l| format!(" (level {l} stays active)"))
+            ),
+        }
+    }
+}
+
+/// Where one check reads from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Server,
+    Archive {
+        path: PathBuf,
+        root: Option<PathBuf>,
+    },
+}
+
+/// What one update did.
+#[derive(Debug)]
+pub struct UpdateReport {
+    pub plan: Plan,
+    pub applied: Option<ApplyOutcome>,
+    pub channel: ChannelName,
+    pub targets_version: u64,
+}
+
+/// The remote half of the agent, bound to one `Agent`.
+#[derive(Debug)]
+pub struct Remote<'a, 'b> {
+    pub agent: &'a Agent<'b>,
+    pub settings: Settings,
+    pub files: RemoteFiles,
+    pub apply: ApplyOptions,
+}
+
+impl<'a, 'b> Remote<'a, 'b> {
+    pub fn new(agent: &'a Agent<'b>, settings: Settings, apply: ApplyOptions) -> Self {
+        Remote {
+            files: RemoteFiles::new(agent.state_dir.root()),
+            agent,
+            settings,
+            apply,
+        }
+    }
+
+    fn active_level(&self) -> Result<(Option<PatchLevel>, PatchState), RemoteError> {
+        let status = self.agent.status()?;
+        Ok((status.active.map(|a| a.level), status.state))
+    }
+
+    /// Loads the signed repository from the server or an archive, returning it with the
+    /// channel and the unpacked archive dir (kept alive while the repo is read).
+    async fn load(
+        &self,
+        origin: &Origin,
+        link: Option<&ServerLink>,
+    ) -> Result<(SignedRepo, Option<tempfile::TempDir>), RemoteError> {
+        let state = self.agent.state_dir.root();
+        match origin {
+            Origin::Server => {
+                let link = link.ok_or(RemoteError::NotRegistered)?;
+                let root = std::fs::read(&self.files.root)
+                    .map_err(|e| file_err(&self.files.root, format!("{e}; register again")))?;
+                let url = server_url(&link.url)?;
+                let repo = SignedRepo::load(
+                    &root,
+                    &Source::Server(url),
+                    &self.files.datastore,
+                    Limits::default(),
+                )
+                .await
+                .map_err(|e| classify(e, &link.url))?;
+                self.keep_root(&repo)?;
+                Ok((repo, None))
+            }
+            Origin::Archive { path, root } => {
+                let trusted = match root {
+                    Some(p) => std::fs::read(p).map_err(|e| file_err(p, e))?,
+                    None => {
+                        std::fs::read(&self.files.root).map_err(|_| RemoteError::NotRegistered)?
+                    }
+                };
+                let dir = tempfile_dir(state)?;
+                patchbay_updates::archive::unpack(path, dir.path())?;
+                let repo = SignedRepo::load(
+                    &trusted,
+                    &Source::Directory(dir.path().to_path_buf()),
+                    &self.files.datastore,
+                    Limits::default(),
+                )
+                .await?;
+                self.keep_root(&repo)?;
+                Ok((repo, Some(dir)))
+            }
+        }
+    }
+
+    /// Persists the newest verified root (root rotation).
+    fn keep_root(&self, repo: &SignedRepo) -> Result<(), RemoteError> {
+        let root = repo.root_json()?;
+        if std::fs::read(&self.files.root).ok().as_deref() != Some(root.as_slice()) {
+            self.files.write_private(&self.files.root, &root)?;
+        }
+        Ok(())
+    }
+
+    fn channel(&self, link: Option<&ServerLink>) -> ChannelName {
+        self.settings
+            .channel
+            .clone()
+            .or_else(|| link.map(|l| l.channel.clone()))
+            .unwrap_or_else(ChannelName::default_channel)
+    }
+
+    async fn plan(
+        &self,
+        repo: &SignedRepo,
+        channel: &ChannelName,
+        build_id: &BuildId,
+        seed: &HostSeed,
+    ) -> Result<Plan, RemoteError> {
+        let (active, _) = self.active_level()?;
+        let wanted = match self.settings.pinned_level {
+            Some(level) => Some(level),
+            None => {
+                let doc = repo.channel(channel).await?;
+                let now = i64::try_from(crate::state::unix_now()).unwrap_or(i64::MAX);
+                doc.kernels
+                    .get(build_id)
+                    .and_then(|rollout| rollout.level_for(build_id, seed, now))
+            }
+        };
+        Ok(match (wanted, active) {
+            (None, active) => Plan::NothingServed { active },
+            (Some(w), Some(a)) if w == a => Plan::UpToDate(w),
+            (Some(w), a) => Plan::Change {
+                from: a,
+                to: w,
+                downgrade: a.is_some_and(|a| w < a),
+            },
+        })
+    }
+
+    /// One check; applies the plan when `apply` is set.
+    pub fn update(&self, origin: &Origin, apply: bool) -> Result<UpdateReport, RemoteError> {
+        let link = self.files.load_link()?;
+        let identity = self.agent.identity()?;
+        let seed = self.files.seed(link.as_ref())?;
+        let channel = self.channel(link.as_ref());
+        let rt = runtime()?;
+        let result = rt.block_on(async {
+            let (repo, _dir) = self.load(origin, link.as_ref()).await?;
+            let plan = self
+                .plan(&repo, &channel, &identity.build_id, &seed)
+                .await?;
+            let mut applied = None;
+            if let (true, Plan::Change { to, downgrade, .. }) = (apply, &plan) {
+                let (_bundle, bytes) = repo.bundle(&identity.build_id, *to).await?;
+                std::fs::create_dir_all(&self.files.downloads)
+                    .map_err(|e| file_err(&self.files.downloads, e))?;
+                let file = self
+                    .files
+                    .downloads
+                    .join(format!("{}-{to}.pbb", identity.build_id));
+                patchbay_core::fsutil::write_atomic(&file, &bytes)
+                    .map_err(|e| file_err(&file, e))?;
+                let opts = ApplyOptions {
+                    allow_downgrade: *downgrade,
+                    ..self.apply
+                };
+                let outcome = self.agent.apply(&file, &opts);
+                let _ = std::fs::remove_file(&file);
+                applied = Some(outcome?);
+            }
+            Ok::<_, RemoteError>(UpdateReport {
+                plan,
+                applied,
+                channel: channel.clone(),
+                targets_version: repo.targets_version(),
+            })
+        });
+        if let (Origin::Server, Some(link)) = (origin, link.as_ref()) {
+            let error = result.as_ref().err().map(ToString::to_string);
+            let unreachable = matches!(result, Err(RemoteError::Unreachable { .. }));
+            if !unreachable {
+                // Best effort: a failed check-in is reported at the next check.
+                if let Err(e) = rt.block_on(self.checkin(link, error.as_deref())) {
+                    (self.agent.log)(&format!("check-in failed: {e}"));
+                }
+            }
+        }
+        result
+    }
+
+    /// Reports this host's state to the server.
+    pub async fn checkin(&self, link: &ServerLink, error: Option<&str>) -> Result<(), RemoteError> {
+        let identity = self.agent.identity()?;
+        let (active, state) = self.active_level()?;
+        let state = match (error, state) {
+            (Some(_), _) => "error",
+            (None, PatchState::Patched) => "patched",
+            (None, PatchState::Unpatched) => "unpatched",
+            (None, PatchState::Transition) => "transition",
+            (None, PatchState::Interrupted) => "interrupted",
+        };
+        let url = server_url(&link.url)?;
+        let _: serde_json::Value = post_json(
+            &url,
+            "api/v1/checkin",
+            Some(&link.host_token),
+            &serde_json::json!({
+                "kernel_release": identity.release.as_str(),
+                "build_id": identity.build_id.as_str(),
+                "active_level": active.map(PatchLevel::get),
+                "state": state,
+                "last_error": error.map(|e| e.chars().take(4000).collect::<String>()),
+                "agent_version": AGENT_VERSION,
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `patchbay daemon`: check every interval (+ jitter); on failure retry with exponential
+    /// backoff (+ jitter) up to the interval. Runs until killed.
+    pub fn daemon(&self) -> ! {
+        let mut failures: u32 = 0;
+        loop {
+            let apply = self.settings.auto_update;
+            let wait = match self.update(&Origin::Server, apply) {
+                Ok(report) => {
+                    failures = 0;
+                    let done = report
+                        .applied
+                        .as_ref()
+                        .map_or(String::new(), |o| format!("; {o}"));
+                    (self.agent.log)(&format!(
+                        "check: channel {} (targets v{}): {}{done}",
+                        report.channel, report.targets_version, report.plan
+                    ));
+                    self.settings.interval + jitter(self.settings.jitter)
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    (self.agent.log)(&format!("check failed: {e}"));
+                    backoff(failures, self.settings.interval)
+                }
+            };
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+fn classify(e: UpdateError, url: &str) -> RemoteError {
+    if e.is_unreachable() {
+        RemoteError::Unreachable {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        }
+    } else {
+        RemoteError::Update(e)
+    }
+}
+
+fn jitter(max: Duration) -> Duration {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() || max.is_zero() {
+        return Duration::ZERO;
+    }
+    let n = u64::from_le_bytes(bytes);
+    let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(n % max_ms)
+}
+
+/// 30 s, 60 s, 120 s, ... capped at `cap`, each plus up to 50 % jitter.
+pub fn backoff(failures: u32, cap: Duration) -> Duration {
+    let base = Duration::from_secs(30).saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let base = base.min(cap);
+    base + jitter(base / 2)
+}
+
+/// Why `boot` did nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootOutcome {
+    Applied(ApplyOutcome),
+    Disabled(String),
+    NothingToApply(String),
+}
+
+/// `patchbay boot`: re-applies the last active level of the running build-id from the cache,
+/// offline, unless the kill switch is set.
+pub fn boot(
+    agent: &Agent<'_>,
+    disable_file: &Path,
+    opts: &ApplyOptions,
+) -> Result<BootOutcome, RemoteError> {
+    let cmdline = std::fs::read_to_string(agent.paths.proc_dir.join("cmdline")).unwrap_or_default();
+    if cmdline.split_whitespace().any(|w| w == "patchbay.disable") {
+        return Ok(BootOutcome::Disabled(
+            "patchbay.disable is on the kernel command line".into(),
+        ));
+    }
+    if disable_file.exists() {
+        return Ok(BootOutcome::Disabled(format!(
+            "{} exists",
+            disable_file.display()
+        )));
+    }
+    let identity = agent.identity()?;
+    let state = AgentState::load(&agent.state_dir.state_file()).map_err(AgentError::from)?;
+    let last = state
+        .history
+        .iter()
+        .rev()
+        .find(|h| {
+            h.build_id == identity.build_id
+                && matches!(
+                    h.event,
+                    Event::Applied | Event::RolledBack | Event::Forced | Event::Unloaded
+                )
+        })
+        .cloned();
+    let level = match last {
+        Some(entry) if entry.event == Event::Unloaded => {
+            return Ok(BootOutcome::NothingToApply(
+                "the last operation on this kernel was an unload".into(),
+            ))
+        }
+        Some(entry) => entry.level,
+        None => None,
+    };
+    let Some(level) = level else {
+        return Ok(BootOutcome::NothingToApply(format!(
+            "no level was ever active on kernel {} ({})",
+            identity.release, identity.build_id
+        )));
+    };
+    let path = agent.state_dir.bundle_path(&identity.build_id, level);
+    if !path.exists() {
+        return Ok(BootOutcome::NothingToApply(format!(
+            "level {level} is not in the cache ({})",
+            path.display()
+        )));
+    }
+    let opts = ApplyOptions {
+        allow_downgrade: true,
+        ..*opts
+    };
+    Ok(BootOutcome::Applied(agent.apply(&path, &opts)?))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("4h").unwrap(), Duration::from_secs(4 * 3600));
+        assert_eq!(parse_interval("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_interval("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_interval("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_interval("4 hours").is_err());
+        assert!(parse_interval("").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cap = Duration::from_secs(600);
+        assert!(backoff(1, cap) >= Duration::from_secs(30));
+        assert!(backoff(1, cap) <= Duration::from_secs(45));
+        assert!(backoff(3, cap) >= Duration::from_secs(120));
+        assert!(backoff(30, cap) <= Duration::from_secs(900));
+    }
+
+    #[test]
+    fn config_defaults_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Settings::load(&dir.path().join("none.toml")).unwrap();
+        assert_eq!(missing.interval, Duration::from_secs(4 * 3600));
+        assert!(missing.auto_update);
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "interval = \"10m\"\nauto_update = false\npinned_level = 3\n",
+        )
+        .unwrap();
+        let s = Settings::load(&path).unwrap();
+        assert_eq!(s.interval, Duration::from_secs(600));
+        assert!(!s.auto_update);
+        assert_eq!(s.pinned_level.map(PatchLevel::get), Some(3));
+        std::fs::write(&path, "intervall = \"10m\"\n").unwrap();
+        assert!(Settings::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("intervall"));
+        std::fs::write(&path, "channel = \"Bad Name\"\n").unwrap();
+        assert!(Settings::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("channel"));
+    }
+}

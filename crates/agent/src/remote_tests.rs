@@ -1,0 +1,632 @@
+//! The agent's network half against a real `patchbay-server` (in-process, on loopback, real
+//! SQLite and TUF) and the fake kernel: channel following, waves, server outages, offline
+//! archives, and the attack suite. Each attack must be refused with a clear error, load
+//! nothing and leave the agent's state as it was.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use patchbay_core::{BuildId, Bundle, ChannelName, PatchLevel};
+use patchbay_server::service::WaveRequest;
+use patchbay_server::Service;
+
+use crate::agent::{Agent, ApplyOptions};
+use crate::error::exit;
+use crate::remote::{register, Origin, Plan, Remote, RemoteError, RemoteFiles, Settings};
+use crate::testutil::{elf_bundle, module_name, FakeKernel, BUILD_ID, OTHER_BUILD_ID, RELEASE};
+
+/// A real server on 127.0.0.1 with its own runtime.
+struct TestServer {
+    dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    service: Arc<Service>,
+    url: String,
+    registration_key: String,
+}
+
+impl TestServer {
+    fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let data = dir.path().join("server");
+        let report = rt
+            .block_on(Service::init(
+                &data,
+                None,
+                patchbay_server::config::ServerConfig::default(),
+            ))
+            .unwrap();
+        let service = Arc::new(rt.block_on(Service::open(&data)).unwrap());
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = patchbay_server::api::router(Arc::clone(&service));
+        rt.spawn(async move { axum::serve(listener, router).await });
+        TestServer {
+            dir,
+            rt,
+            service,
+            url,
+            registration_key: report.registration_key,
+        }
+    }
+
+    fn publish(&self, bundle: &Bundle) {
+        let mut bytes = Vec::new();
+        {
+            let mut builder = tar::Builder::new(&mut bytes);
+            for (name, data) in [
+                ("manifest.json", bundle.manifest.to_json().unwrap()),
+                ("module.ko", bundle.module.clone()),
+            ] {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(data.len() as u64);
+                header.set_mode(0o644);
+                header.set_entry_type(tar::EntryType::Regular);
+                builder
+                    .append_data(&mut header, name, data.as_slice())
+                    .unwrap();
+            }
+            builder.finish().unwrap();
+        }
+        self.rt
+            .block_on(self.service.publish_bundle("test", Bytes::from(bytes)))
+            .unwrap();
+    }
+
+    fn promote(&self, channel: &str, build_id: &str, level: u32, waves: &[WaveRequest]) {
+        self.rt
+            .block_on(self.service.promote(
+                "test",
+                &channel.parse().unwrap(),
+                &build_id.parse().unwrap(),
+                level.try_into().unwrap(),
+                0,
+                waves,
+            ))
+            .unwrap();
+    }
+
+    fn metadata(&self) -> PathBuf {
+        self.service.tuf.metadata_dir.clone()
+    }
+
+    fn versions(&self) -> patchbay_server::tuf::ChainVersions {
+        self.service.tuf.versions().unwrap().unwrap()
+    }
+
+    fn object_path(&self, sha256: &str) -> PathBuf {
+        self.dir.path().join("server/objects/sha256").join(sha256)
+    }
+
+    fn level_sha(&self, build_id: &str, level: u32) -> String {
+        self.rt
+            .block_on(self.service.store.levels())
+            .unwrap()
+            .into_iter()
+            .find(|l| l.build_id.as_str() == build_id && l.level.get() == level)
+            .unwrap()
+            .sha256
+    }
+}
+
+/// An HTTP proxy in front of the server that can replace or corrupt answers: the network
+/// attacker of the attack suite.
+#[derive(Clone)]
+struct Proxy {
+    upstream: String,
+    rules: Arc<Mutex<Vec<(String, Rule)>>>,
+}
+
+#[derive(Clone)]
+enum Rule {
+    Replace(Vec<u8>),
+    Endless,
+}
+
+impl Proxy {
+    fn start(server: &TestServer) -> (Proxy, String) {
+        let proxy = Proxy {
+            upstream: server.url.clone(),
+            rules: Arc::new(Mutex::new(Vec::new())),
+        };
+        let listener = server
+            .rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = axum::Router::new()
+            .fallback(forward)
+            .with_state(proxy.clone());
+        server
+            .rt
+            .spawn(async move { axum::serve(listener, router).await });
+        (proxy, url)
+    }
+
+    fn rule(&self, path_contains: &str, rule: Rule) {
+        self.rules
+            .lock()
+            .unwrap()
+            .push((path_contains.to_owned(), rule));
+    }
+}
+
+async fn forward(
+    State(proxy): State<Proxy>,
+    method: Method,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let rule = proxy
+        .rules
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| path.contains(p.as_str()))
+        .map(|(_, r)| r.clone());
+    match rule {
+        Some(Rule::Replace(bytes)) => return (StatusCode::OK, bytes).into_response(),
+        Some(Rule::Endless) => {
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream =
+                futures_util::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+            return (StatusCode::OK, Body::from_stream(stream)).into_response();
+        }
+        None => {}
+    }
+    let client = reqwest::Client::new();
+    let mut request = client.request(
+        reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap(),
+        format!("{}{}", proxy.upstream, uri),
+    );
+    for name in ["authorization", "content-type"] {
+        if let Some(v) = headers.get(name) {
+            request = request.header(name, v.to_str().unwrap());
+        }
+    }
+    match request.body(body).send().await {
+        Ok(response) => {
+            let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+            (status, response.bytes().await.unwrap_or_default()).into_response()
+        }
+        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
+
+fn agent(k: &FakeKernel) -> Agent<'_> {
+    Agent {
+        kernel: k,
+        clock: k,
+        paths: k.paths(),
+        state_dir: k.state_dir(),
+        log: &|_| {},
+    }
+}
+
+fn defaults() -> Settings {
+    Settings {
+        interval: std::time::Duration::from_secs(3600),
+        jitter: std::time::Duration::ZERO,
+        auto_update: true,
+        pinned_level: None,
+        channel: None,
+    }
+}
+
+fn update(k: &FakeKernel) -> Result<crate::remote::UpdateReport, RemoteError> {
+    let a = agent(k);
+    Remote::new(&a, defaults(), ApplyOptions::default()).update(&Origin::Server, true)
+}
+
+fn check(k: &FakeKernel) -> Result<Plan, RemoteError> {
+    let a = agent(k);
+    Remote::new(&a, defaults(), ApplyOptions::default())
+        .update(&Origin::Server, false)
+        .map(|r| r.plan)
+}
+
+fn level(n: u32) -> PatchLevel {
+    n.try_into().unwrap()
+}
+
+/// Server with levels 1 and 2 for the fake kernel, level 1 for another kernel, production at
+/// level 1; a registered fake host.
+fn setup() -> (TestServer, FakeKernel) {
+    let server = TestServer::start();
+    server.publish(&elf_bundle(BUILD_ID, RELEASE, 1));
+    server.publish(&elf_bundle(BUILD_ID, RELEASE, 2));
+    server.publish(&elf_bundle(OTHER_BUILD_ID, "6.1.0-55-amd64", 1));
+    server.promote("production", BUILD_ID, 1, &[]);
+    let k = FakeKernel::new();
+    register(&agent(&k), &server.url, &server.registration_key, None).unwrap();
+    (server, k)
+}
+
+/// What must not change when an attack is refused.
+fn agent_snapshot(k: &FakeKernel) -> BTreeMap<String, Vec<u8>> {
+    let root = k.state_dir().root().to_path_buf();
+    let mut files = BTreeMap::new();
+    for sub in ["state.json", "bundles", "modules"] {
+        collect(&root.join(sub), &root, &mut files);
+    }
+    files.insert("<loads>".into(), k.sim().loads.join(",").into_bytes());
+    files.insert("<sysfs>".into(), k.sysfs().join(",").into_bytes());
+    files
+}
+
+fn collect(path: &Path, root: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            collect(&entry.unwrap().path(), root, out);
+        }
+    } else if path.exists() {
+        out.insert(
+            path.strip_prefix(root).unwrap().display().to_string(),
+            std::fs::read(path).unwrap(),
+        );
+    }
+}
+
+/// Runs `update`, expects a refusal whose message contains `needle`, and checks that nothing
+/// was loaded and the agent's state did not change.
+fn assert_refused(k: &FakeKernel, needle: &str) -> RemoteError {
+    let before = agent_snapshot(k);
+    let err = update(k).expect_err("the attack must be refused");
+    let text = err.to_string();
+    eprintln!("refused as expected: {text}");
+    assert!(
+        text.to_lowercase().contains(&needle.to_lowercase()),
+        "error {text:?} should mention {needle:?}"
+    );
+    assert_eq!(err.exit_code(), exit::REFUSED, "{text}");
+    assert!(
+        !matches!(err, RemoteError::Unreachable { .. }),
+        "a refusal must not look like an outage: {text}"
+    );
+    assert_eq!(
+        agent_snapshot(k),
+        before,
+        "agent state changed by a refused update: {text}"
+    );
+    err
+}
+
+fn point_at(k: &FakeKernel, url: &str) {
+    let files = RemoteFiles::new(k.state_dir().root());
+    let mut link = files.load_link().unwrap().unwrap();
+    link.url = url.to_owned();
+    std::fs::write(&files.link, serde_json::to_vec(&link).unwrap()).unwrap();
+}
+
+#[test]
+fn follows_promote_and_channel_rollback_and_reports_check_ins() {
+    let (server, k) = setup();
+    let report = update(&k).unwrap();
+    assert_eq!(report.channel.as_str(), "production");
+    assert_eq!(k.sim().loads, vec![module_name(BUILD_ID, 1)]);
+    assert_eq!(check(&k).unwrap(), Plan::UpToDate(level(1)));
+
+    server.promote("production", BUILD_ID, 2, &[]);
+    assert!(
+        matches!(check(&k).unwrap(), Plan::Change { to, downgrade: false, .. } if to == level(2))
+    );
+    update(&k).unwrap();
+    assert_eq!(k.sim().loads.last().unwrap(), &module_name(BUILD_ID, 2));
+
+    server
+        .rt
+        .block_on(server.service.rollback(
+            "test",
+            &ChannelName::default_channel(),
+            &BUILD_ID.parse::<BuildId>().unwrap(),
+            level(1),
+        ))
+        .unwrap();
+    assert!(
+        matches!(check(&k).unwrap(), Plan::Change { to, downgrade: true, .. } if to == level(1))
+    );
+    update(&k).unwrap();
+    assert_eq!(k.sim().loads.last().unwrap(), &module_name(BUILD_ID, 1));
+    assert_eq!(check(&k).unwrap(), Plan::UpToDate(level(1)));
+
+    let hosts = server
+        .rt
+        .block_on(server.service.hosts(&Default::default()))
+        .unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].active_level, Some(level(1)));
+    assert_eq!(hosts[0].state, "patched");
+}
+
+#[test]
+fn staged_waves_and_deploy_delay_decide_with_the_host_seed() {
+    let (server, k) = setup();
+    update(&k).unwrap();
+    // 1 % now, everyone in an hour: the host's own bucket decides, as the server computes it.
+    server.promote(
+        "production",
+        BUILD_ID,
+        2,
+        &[
+            WaveRequest {
+                after_secs: 0,
+                percent: 1,
+            },
+            WaveRequest {
+                after_secs: 3600,
+                percent: 100,
+            },
+        ],
+    );
+    let seed = RemoteFiles::new(k.state_dir().root())
+        .load_link()
+        .unwrap()
+        .unwrap()
+        .seed;
+    let in_first_wave = seed.bucket(&BUILD_ID.parse().unwrap(), level(2)) < 1;
+    let expected = if in_first_wave {
+        Plan::Change {
+            from: Some(level(1)),
+            to: level(2),
+            downgrade: false,
+        }
+    } else {
+        Plan::UpToDate(level(1))
+    };
+    assert_eq!(check(&k).unwrap(), expected);
+
+    // A delayed promote changes nothing until its time.
+    let server2 = TestServer::start();
+    server2.publish(&elf_bundle(BUILD_ID, RELEASE, 1));
+    let k2 = FakeKernel::new();
+    register(&agent(&k2), &server2.url, &server2.registration_key, None).unwrap();
+    server2
+        .rt
+        .block_on(server2.service.promote(
+            "test",
+            &ChannelName::default_channel(),
+            &BUILD_ID.parse().unwrap(),
+            level(1),
+            3600,
+            &[],
+        ))
+        .unwrap();
+    assert_eq!(check(&k2).unwrap(), Plan::NothingServed { active: None });
+    update(&k2).unwrap();
+    assert!(k2.sim().loads.is_empty());
+}
+
+#[test]
+fn pinned_level_in_the_agent_config_wins() {
+    let (server, k) = setup();
+    server.promote("production", BUILD_ID, 2, &[]);
+    let a = agent(&k);
+    let settings = Settings {
+        pinned_level: Some(level(1)),
+        ..defaults()
+    };
+    Remote::new(&a, settings, ApplyOptions::default())
+        .update(&Origin::Server, true)
+        .unwrap();
+    assert_eq!(k.sim().loads, vec![module_name(BUILD_ID, 1)]);
+}
+
+#[test]
+fn server_down_keeps_the_active_patch() {
+    let (server, k) = setup();
+    update(&k).unwrap();
+    let url = server.url.clone();
+    drop(server);
+    let before = agent_snapshot(&k);
+    let err = update(&k).unwrap_err();
+    assert!(matches!(err, RemoteError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("active patch is kept"), "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+    assert_eq!(agent_snapshot(&k), before);
+    assert_eq!(k.sysfs(), vec![module_name(BUILD_ID, 1)]);
+}
+
+#[test]
+fn air_gapped_archive_applies_with_the_same_verification() {
+    let (server, _registered) = setup();
+    let archive = server.dir.path().join("export.tar.gz");
+    server
+        .rt
+        .block_on(patchbay_server::archive::export(&server.service, &archive))
+        .unwrap();
+    let root = server.metadata().join("root.json");
+
+    let k = FakeKernel::new();
+    let a = agent(&k);
+    let remote = Remote::new(&a, defaults(), ApplyOptions::default());
+    let origin = Origin::Archive {
+        path: archive.clone(),
+        root: Some(root.clone()),
+    };
+    remote.update(&origin, true).unwrap();
+    assert_eq!(k.sim().loads, vec![module_name(BUILD_ID, 1)]);
+
+    // A tampered archive (one byte of the bundle flipped) is refused on a fresh host.
+    let unpacked = server.dir.path().join("unpacked");
+    patchbay_updates::archive::unpack(&archive, &unpacked).unwrap();
+    let sha = server.level_sha(BUILD_ID, 1);
+    let target = unpacked.join(format!("targets/{sha}.bundles/{BUILD_ID}/1.pbb"));
+    let mut bytes = std::fs::read(&target).unwrap();
+    let last = bytes.len() - 700;
+    bytes[last] ^= 1;
+    std::fs::write(&target, bytes).unwrap();
+    let tampered = server.dir.path().join("tampered.tar.gz");
+    let collect_dir = |sub: &str| -> Vec<(String, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        collect(&unpacked.join(sub), &unpacked.join(sub), &mut out);
+        out.into_iter().collect()
+    };
+    patchbay_updates::archive::write(&tampered, &collect_dir("metadata"), &collect_dir("targets"))
+        .unwrap();
+    let k2 = FakeKernel::new();
+    let a2 = agent(&k2);
+    let err = Remote::new(&a2, defaults(), ApplyOptions::default())
+        .update(
+            &Origin::Archive {
+                path: tampered,
+                root: Some(root),
+            },
+            true,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("verification"), "{err}");
+    assert!(k2.sim().loads.is_empty());
+}
+
+#[test]
+fn attack_tampered_module_is_refused() {
+    let (server, k) = setup();
+    let object = server.object_path(&server.level_sha(BUILD_ID, 1));
+    let mut bytes = std::fs::read(&object).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0xff;
+    std::fs::write(&object, bytes).unwrap();
+    let err = assert_refused(&k, "failed verification");
+    assert_eq!(err.exit_code(), exit::REFUSED);
+}
+
+#[test]
+fn attack_tampered_manifest_is_refused() {
+    let (server, k) = setup();
+    let v = server.versions();
+    let path = server
+        .metadata()
+        .join(format!("{}.targets.json", v.targets));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let tampered = text.replacen("CVE-2024-1001", "CVE-2024-9999", 1);
+    assert_ne!(text, tampered);
+    std::fs::write(&path, tampered).unwrap();
+    assert_refused(&k, "refused");
+}
+
+#[test]
+fn attack_signature_by_unknown_key_is_refused() {
+    let (server, k) = setup();
+    // Another server's timestamp: well-formed, signed, but by a key this root does not know.
+    let other = TestServer::start();
+    std::fs::copy(
+        other.metadata().join("timestamp.json"),
+        server.metadata().join("timestamp.json"),
+    )
+    .unwrap();
+    assert_refused(&k, "signature");
+}
+
+#[test]
+fn attack_rollback_to_older_metadata_is_refused() {
+    let (server, k) = setup();
+    let old_timestamp = std::fs::read(server.metadata().join("timestamp.json")).unwrap();
+    server.promote("production", BUILD_ID, 2, &[]);
+    // The host sees the newer chain once (check only: nothing loaded).
+    assert!(matches!(check(&k).unwrap(), Plan::Change { .. }));
+    std::fs::write(server.metadata().join("timestamp.json"), old_timestamp).unwrap();
+    assert_refused(&k, "version");
+}
+
+#[test]
+fn attack_expired_timestamp_freeze_is_refused() {
+    let (server, k) = setup();
+    server
+        .rt
+        .block_on(server.service.tuf.resign_timestamp_with_lifetime(-60))
+        .unwrap();
+    assert_refused(&k, "expired");
+}
+
+#[test]
+fn attack_mix_and_match_snapshot_and_targets_is_refused() {
+    let (server, k) = setup();
+    let v = server.versions();
+    let meta = server.metadata();
+    // An older snapshot under the current name: the timestamp's hash no longer matches.
+    std::fs::copy(
+        meta.join(format!("{}.snapshot.json", v.snapshot - 1)),
+        meta.join(format!("{}.snapshot.json", v.snapshot)),
+    )
+    .unwrap();
+    assert_refused(&k, "refused");
+
+    // Fresh setup: older targets under the current name.
+    let (server, k) = setup();
+    let v = server.versions();
+    let meta = server.metadata();
+    std::fs::copy(
+        meta.join(format!("{}.targets.json", v.targets - 1)),
+        meta.join(format!("{}.targets.json", v.targets)),
+    )
+    .unwrap();
+    assert_refused(&k, "refused");
+}
+
+#[test]
+fn attack_endless_download_is_cut_at_the_signed_size() {
+    let (server, k) = setup();
+    let (proxy, url) = Proxy::start(&server);
+    point_at(&k, &url);
+    proxy.rule("/tuf/targets/", Rule::Endless);
+    assert_refused(&k, "failed verification");
+
+    // Endless metadata is cut at the metadata limit.
+    let (server, k) = setup();
+    let (proxy, url) = Proxy::start(&server);
+    point_at(&k, &url);
+    proxy.rule("/tuf/metadata/timestamp.json", Rule::Endless);
+    assert_refused(&k, "refused");
+}
+
+#[test]
+fn attack_bundle_for_another_kernel_is_refused() {
+    let (server, k) = setup();
+    let (proxy, url) = Proxy::start(&server);
+    point_at(&k, &url);
+    let other = std::fs::read(server.object_path(&server.level_sha(OTHER_BUILD_ID, 1))).unwrap();
+    proxy.rule(&format!("bundles/{BUILD_ID}/1.pbb"), Rule::Replace(other));
+    assert_refused(&k, "failed verification");
+}
+
+#[test]
+fn attack_level_the_channel_does_not_serve_is_refused() {
+    let (server, k) = setup();
+    server
+        .rt
+        .block_on(server.service.create_channel("test", "staging"))
+        .unwrap();
+    server.promote("staging", BUILD_ID, 2, &[]);
+    // Level 2 is signed and available, but production serves 1: the host takes 1 only.
+    update(&k).unwrap();
+    assert_eq!(k.sim().loads, vec![module_name(BUILD_ID, 1)]);
+    // A network attacker answers production's channel document with staging's.
+    let (proxy, url) = Proxy::start(&server);
+    point_at(&k, &url);
+    let staging = server
+        .rt
+        .block_on(server.service.channel_doc(&"staging".parse().unwrap()))
+        .unwrap()
+        .to_bytes();
+    proxy.rule("production.json", Rule::Replace(staging));
+    assert_refused(&k, "failed verification");
+}
