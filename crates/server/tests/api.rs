@@ -1,0 +1,725 @@
+//! The HTTP API against a running `patchbay-server` process (init, then serve on loopback):
+//! the happy paths and, above all, bad input — every refusal is a JSON 4xx, never a 500.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use patchbay_core::manifest::{BuilderInfo, KernelTarget, ModuleInfo};
+use patchbay_core::{Manifest, ObjectName, ReplacedFunction, Sha256, MANIFEST_FORMAT};
+use serde_json::{json, Value};
+
+const BUILD_ID: &str = "0123456789abcdef0123456789abcdef01234567";
+const RELEASE: &str = "6.1.0-56-amd64";
+
+struct Server {
+    child: Child,
+    url: String,
+    admin: String,
+    registration_key: String,
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_patchbay-server")
+}
+
+fn serve(data: &Path) -> (Child, String) {
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if let Some(url) = line.strip_prefix("listening on ") {
+            break url.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+fn start(edit_config: impl FnOnce(&str) -> String) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let init = Command::new(bin())
+        .args(["init", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let stdout = String::from_utf8(init.stdout).unwrap();
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let config = data.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, edit_config(&text)).unwrap();
+    let (child, url) = serve(&data);
+    Server {
+        child,
+        url,
+        admin: field("admin-token:"),
+        registration_key: field("registration-key:"),
+        _dir: dir,
+        data,
+    }
+}
+
+/// One request; returns (status, JSON body). Fails the test on a 5xx or a non-JSON error.
+fn call(
+    server: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Body>,
+) -> (u16, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut request = client.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{}{path}", server.url),
+        );
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request = match body {
+            Some(Body::Json(v)) => request.json(&v),
+            Some(Body::Raw(bytes, kind)) => request.header("content-type", kind).body(bytes),
+            None => request,
+        };
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert!(status < 500, "{method} {path} -> {status}: {text}");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        if status >= 400 {
+            assert!(
+                value.get("error").and_then(Value::as_str).is_some(),
+                "{method} {path} -> {status} without a JSON error: {text}"
+            );
+        }
+        (status, value)
+    })
+}
+
+enum Body {
+    Json(Value),
+    Raw(Vec<u8>, &'static str),
+}
+
+fn error_of(v: &Value) -> String {
+    v["error"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A small ELF object with a livepatch's `.modinfo`, like the builder's modules.
+fn module(name: &str, release: &str, livepatch: bool) -> Vec<u8> {
+    use object::write::Object;
+    use object::{Architecture, BinaryFormat, Endianness, SectionKind};
+    let mut elf = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+    let this = elf.add_section(
+        Vec::new(),
+        b".gnu.linkonce.this_module".to_vec(),
+        SectionKind::Data,
+    );
+    elf.append_section_data(this, &[0u8; 64], 8);
+    let info = elf.add_section(Vec::new(), b".modinfo".to_vec(), SectionKind::ReadOnlyData);
+    let lp = if livepatch { "livepatch=Y\0" } else { "" };
+    let text = format!(
+        "{lp}license=GPL\0vermagic={release} SMP preempt mod_unload modversions \0name={name}\0"
+    );
+    elf.append_section_data(info, text.as_bytes(), 1);
+    elf.write().unwrap()
+}
+
+fn bundle_bytes(level: u32, release_in_module: &str, livepatch: bool) -> Vec<u8> {
+    let name = format!("pb_{}_l{level}", &BUILD_ID[..12]);
+    let module = module(&name, release_in_module, livepatch);
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        kernel: KernelTarget {
+            release: RELEASE.parse().unwrap(),
+            build_id: BUILD_ID.parse().unwrap(),
+            upstream_version: "6.1.192".into(),
+            package_version: None,
+        },
+        level: level.try_into().unwrap(),
+        module: ModuleInfo {
+            name: name.parse().unwrap(),
+            sha256: Sha256::of(&module),
+            size: module.len() as u64,
+        },
+        replaced_functions: vec![ReplacedFunction {
+            object: ObjectName::vmlinux(),
+            function: "cmdline_proc_show".into(),
+            sympos: 0,
+            replacement: "pb_cmdline_proc_show".into(),
+        }],
+        fixes: vec!["CVE-2024-1086".parse().unwrap()],
+        builder: BuilderInfo {
+            name: "test".into(),
+            version: "0".into(),
+        },
+        created: "2026-11-22T00:00:00Z".into(),
+    };
+    let mut out = Vec::new();
+    {
+        let mut tar = tar::Builder::new(&mut out);
+        for (entry, data) in [
+            ("manifest.json", manifest.to_json().unwrap()),
+            ("module.ko", module),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, entry, data.as_slice()).unwrap();
+        }
+        tar.finish().unwrap();
+    }
+    out
+}
+
+fn raw(bytes: Vec<u8>) -> Option<Body> {
+    Some(Body::Raw(bytes, "application/octet-stream"))
+}
+
+#[test]
+fn tuf_repository_is_served_and_guarded() {
+    let s = start(|t| t.to_owned());
+    let (status, root) = call(&s, "GET", "/tuf/metadata/root.json", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(root["signed"]["_type"], "root");
+    assert_eq!(root["signed"]["consistent_snapshot"], true);
+    let (status, ts) = call(&s, "GET", "/tuf/metadata/timestamp.json", None, None);
+    assert_eq!(status, 200);
+    let snapshot_version = ts["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let (status, _) = call(
+        &s,
+        "GET",
+        &format!("/tuf/metadata/{snapshot_version}.snapshot.json"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200);
+    for bad in [
+        "/tuf/metadata/config.toml",
+        "/tuf/metadata/..%2Fconfig.toml",
+        "/tuf/metadata/99.targets.json",
+        "/tuf/targets/nothex.channels/production.json",
+        "/tuf/targets/../../keys/targets.pk8",
+        "/nope",
+    ] {
+        let (status, _) = call(&s, "GET", bad, None, None);
+        assert_eq!(status, 404, "{bad}");
+    }
+    let (status, doc) = call(&s, "GET", "/api/v1/openapi.json", None, None);
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/channels/{name}/promote"].is_object());
+}
+
+#[test]
+fn admin_endpoints_need_an_admin_token() {
+    let s = start(|t| t.to_owned());
+    for (method, path) in [
+        ("GET", "/api/v1/kernels"),
+        ("GET", "/api/v1/channels"),
+        ("GET", "/api/v1/hosts"),
+        ("GET", "/api/v1/audit"),
+        ("POST", "/api/v1/bundles"),
+        ("POST", "/api/v1/channels/production/promote"),
+        ("POST", "/api/v1/registration-keys"),
+    ] {
+        let (status, v) = call(&s, method, path, None, None);
+        assert_eq!(status, 401, "{method} {path}: {v}");
+        let (status, _) = call(&s, method, path, Some("pbadm_wrong"), None);
+        assert_eq!(status, 401, "{method} {path}");
+        // A host token is not an admin token.
+        let (_, reg) = call(
+            &s,
+            "POST",
+            "/api/v1/register",
+            None,
+            Some(Body::Json(json!({
+                "key": s.registration_key, "hostname": "h", "kernel_release": RELEASE,
+                "build_id": BUILD_ID, "agent_version": "0.1.0"}))),
+        );
+        let host_token = reg["host_token"].as_str().unwrap().to_owned();
+        let (status, _) = call(&s, method, path, Some(&host_token), None);
+        assert_eq!(status, 401, "{method} {path} with a host token");
+    }
+}
+
+#[test]
+fn publishing_checks_level_order_module_and_size() {
+    let s = start(|t| t.replace("max_bundle_bytes = 67108864", "max_bundle_bytes = 200000"));
+    let admin = Some(s.admin.as_str());
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/bundles",
+        admin,
+        raw(b"garbage".to_vec()),
+    );
+    assert_eq!(status, 422, "{v}");
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/bundles",
+        admin,
+        raw(bundle_bytes(2, RELEASE, true)),
+    );
+    assert_eq!(status, 409, "{v}");
+    assert!(error_of(&v).contains("must be level 1"), "{v}");
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/bundles",
+        admin,
+        raw(bundle_bytes(1, RELEASE, false)),
+    );
+    assert_eq!(status, 422, "{v}");
+    assert!(error_of(&v).contains("livepatch=Y"), "{v}");
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/bundles",
+        admin,
+        raw(bundle_bytes(1, "6.1.0-55-amd64", true)),
+    );
+    assert_eq!(status, 422, "{v}");
+    assert!(error_of(&v).contains("vermagic"), "{v}");
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/bundles",
+        admin,
+        raw(vec![0u8; 300_000]),
+    );
+    assert_eq!(status, 413, "{v}");
+    // Nothing of the refused uploads is stored.
+    let (_, kernels) = call(&s, "GET", "/api/v1/kernels", admin, None);
+    assert_eq!(kernels["kernels"].as_array().unwrap().len(), 0);
+    let objects = std::fs::read_dir(s.data.join("objects/sha256"))
+        .unwrap()
+        .count();
+
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/bundles",
+        admin,
+        raw(bundle_bytes(1, RELEASE, true)),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["target"], format!("bundles/{BUILD_ID}/1.pbb"));
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/bundles",
+        admin,
+        raw(bundle_bytes(1, RELEASE, true)),
+    );
+    assert_eq!(status, 409, "{v}");
+    let (_, kernels) = call(&s, "GET", "/api/v1/kernels", admin, None);
+    assert_eq!(
+        kernels["kernels"][0]["levels"][0]["fixes"][0],
+        "CVE-2024-1086"
+    );
+    assert!(
+        std::fs::read_dir(s.data.join("objects/sha256"))
+            .unwrap()
+            .count()
+            > objects
+    );
+
+    // The level is a signed target carrying its manifest.
+    let (_, ts) = call(&s, "GET", "/tuf/metadata/timestamp.json", None, None);
+    let sv = ts["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let (_, snap) = call(
+        &s,
+        "GET",
+        &format!("/tuf/metadata/{sv}.snapshot.json"),
+        None,
+        None,
+    );
+    let tv = snap["signed"]["meta"]["targets.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let (_, targets) = call(
+        &s,
+        "GET",
+        &format!("/tuf/metadata/{tv}.targets.json"),
+        None,
+        None,
+    );
+    let target = &targets["signed"]["targets"][format!("bundles/{BUILD_ID}/1.pbb")];
+    assert_eq!(target["custom"]["manifest"]["level"], 1);
+    let sha = target["hashes"]["sha256"].as_str().unwrap();
+    let (status, _) = call(
+        &s,
+        "GET",
+        &format!("/tuf/targets/{sha}.bundles/{BUILD_ID}/1.pbb"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn channels_promote_pin_rollback_and_refuse_bad_requests() {
+    let s = start(|t| t.to_owned());
+    let admin = Some(s.admin.as_str());
+    for level in [1, 2] {
+        let (status, v) = call(
+            &s,
+            "POST",
+            "/api/v1/bundles",
+            admin,
+            raw(bundle_bytes(level, RELEASE, true)),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    let j = |v: Value| Some(Body::Json(v));
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/api/v1/channels",
+        admin,
+        j(json!({"name": "Bad Name"})),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/api/v1/channels",
+        admin,
+        j(json!({"name": "staging"})),
+    );
+    assert_eq!(status, 201);
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/api/v1/channels",
+        admin,
+        j(json!({"name": "staging"})),
+    );
+    assert_eq!(status, 409);
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/api/v1/channels",
+        admin,
+        Some(Body::Raw(b"{not json".to_vec(), "application/json")),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/api/v1/channels",
+        admin,
+        j(json!({"name": "x", "extra": 1})),
+    );
+    assert_eq!(status, 400);
+
+    let promote = "/api/v1/channels/staging/promote";
+    let (status, v) = call(
+        &s,
+        "POST",
+        promote,
+        admin,
+        j(json!({"build_id": BUILD_ID, "level": 3})),
+    );
+    assert_eq!(status, 404, "{v}");
+    let (status, _) = call(
+        &s,
+        "POST",
+        promote,
+        admin,
+        j(json!({"build_id": "xyz", "level": 1})),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &s,
+        "POST",
+        promote,
+        admin,
+        j(json!({"build_id": BUILD_ID, "level": 0})),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &s,
+        "POST",
+        promote,
+        admin,
+        j(json!({"build_id": BUILD_ID, "level": -1})),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &s,
+        "POST",
+        promote,
+        admin,
+        j(
+            json!({"build_id": BUILD_ID, "level": 1, "waves": [{"after_secs": 0, "percent": 50}, {"after_secs": 10, "percent": 20}]}),
+        ),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/api/v1/channels/nope/promote",
+        admin,
+        j(json!({"build_id": BUILD_ID, "level": 1})),
+    );
+    assert_eq!(status, 404);
+
+    let (status, doc) = call(
+        &s,
+        "POST",
+        promote,
+        admin,
+        j(json!({"build_id": BUILD_ID, "level": 1})),
+    );
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["kernels"][BUILD_ID]["level"], 1);
+    let (status, doc) = call(
+        &s,
+        "POST",
+        promote,
+        admin,
+        j(
+            json!({"build_id": BUILD_ID, "level": 2, "deploy_after_secs": 60, "waves": [{"after_secs": 0, "percent": 10}, {"after_secs": 3600, "percent": 100}]}),
+        ),
+    );
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["kernels"][BUILD_ID]["previous"], 1);
+    assert_eq!(
+        doc["kernels"][BUILD_ID]["waves"].as_array().unwrap().len(),
+        2
+    );
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/channels/staging/rollback",
+        admin,
+        j(json!({"build_id": BUILD_ID, "level": 2})),
+    );
+    assert_eq!(status, 409, "{v}");
+    let (status, doc) = call(
+        &s,
+        "POST",
+        "/api/v1/channels/staging/rollback",
+        admin,
+        j(json!({"build_id": BUILD_ID, "level": 1})),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(doc["kernels"][BUILD_ID]["level"], 1);
+    assert_eq!(doc["kernels"][BUILD_ID]["previous"], Value::Null);
+    let (status, doc) = call(
+        &s,
+        "POST",
+        "/api/v1/channels/staging/pin",
+        admin,
+        j(json!({"build_id": BUILD_ID})),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(doc["kernels"][BUILD_ID]["pinned"], true);
+    let (status, v) = call(
+        &s,
+        "POST",
+        promote,
+        admin,
+        j(json!({"build_id": BUILD_ID, "level": 2})),
+    );
+    assert_eq!(status, 409);
+    assert!(error_of(&v).contains("pinned"), "{v}");
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/api/v1/channels/staging/unpin",
+        admin,
+        j(json!({"build_id": BUILD_ID})),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        &s,
+        "POST",
+        promote,
+        admin,
+        j(json!({"build_id": BUILD_ID, "level": 2})),
+    );
+    assert_eq!(status, 200);
+    let (_, doc) = call(&s, "GET", "/api/v1/channels/staging", admin, None);
+    assert!(doc["serial"].as_u64().unwrap() >= 6);
+
+    let (_, audit) = call(&s, "GET", "/api/v1/audit", admin, None);
+    let actions: Vec<&str> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "init",
+        "publish",
+        "channel-create",
+        "promote",
+        "rollback",
+        "pin",
+        "unpin",
+    ] {
+        assert!(
+            actions.contains(&action),
+            "{action} not audited: {actions:?}"
+        );
+    }
+    assert!(audit["audit"][0]["targets_version"].as_u64().is_some());
+}
+
+#[test]
+fn hosts_register_check_in_and_are_listed() {
+    let s = start(|t| t.to_owned());
+    let admin = Some(s.admin.as_str());
+    let j = |v: Value| Some(Body::Json(v));
+    let register = |key: &str, build_id: &str, hostname: &str| {
+        call(
+            &s,
+            "POST",
+            "/api/v1/register",
+            None,
+            j(json!({
+            "key": key, "hostname": hostname, "kernel_release": RELEASE,
+            "build_id": build_id, "agent_version": "0.1.0"})),
+        )
+    };
+    assert_eq!(register("pbreg_nope", BUILD_ID, "a").0, 401);
+    assert_eq!(register(&s.registration_key, "not-hex", "a").0, 400);
+    assert_eq!(register(&s.registration_key, BUILD_ID, "").0, 400);
+    assert_eq!(register(&s.registration_key, BUILD_ID, "bad\nname").0, 400);
+    let (status, reply) = register(&s.registration_key, BUILD_ID, "web-1");
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(reply["channel"], "production");
+    assert_eq!(reply["root"]["signed"]["_type"], "root");
+    assert_eq!(reply["seed"].as_str().unwrap().len(), 32);
+    let token = reply["host_token"].as_str().unwrap().to_owned();
+
+    // A key for another channel places the host there.
+    let (_, _) = call(
+        &s,
+        "POST",
+        "/api/v1/channels",
+        admin,
+        j(json!({"name": "canary"})),
+    );
+    let (status, key) = call(
+        &s,
+        "POST",
+        "/api/v1/registration-keys",
+        admin,
+        j(json!({"channel": "canary"})),
+    );
+    assert_eq!(status, 201);
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/api/v1/registration-keys",
+        admin,
+        j(json!({"channel": "missing"})),
+    );
+    assert_eq!(status, 404);
+    let (_, reply2) = register(key["key"].as_str().unwrap(), BUILD_ID, "web-2");
+    assert_eq!(reply2["channel"], "canary");
+
+    let checkin = |body: Value| call(&s, "POST", "/api/v1/checkin", Some(&token), j(body));
+    let good = json!({"kernel_release": RELEASE, "build_id": BUILD_ID, "active_level": 1,
+        "state": "patched", "last_error": null, "agent_version": "0.1.0"});
+    let (status, v) = checkin(good.clone());
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["channel"], "production");
+    let mut bad_state = good.clone();
+    bad_state["state"] = json!("hacked");
+    assert_eq!(checkin(bad_state).0, 400);
+    let mut bad_level = good.clone();
+    bad_level["active_level"] = json!(0);
+    assert_eq!(checkin(bad_level).0, 400);
+    let mut long_error = good.clone();
+    long_error["last_error"] = json!("x".repeat(5000));
+    assert_eq!(checkin(long_error).0, 400);
+    assert_eq!(
+        call(&s, "POST", "/api/v1/checkin", Some("pbhost_nope"), j(good)).0,
+        401
+    );
+
+    let (_, hosts) = call(&s, "GET", "/api/v1/hosts", admin, None);
+    assert_eq!(hosts["hosts"].as_array().unwrap().len(), 2);
+    let (_, hosts) = call(
+        &s,
+        "GET",
+        "/api/v1/hosts?channel=production&state=patched",
+        admin,
+        None,
+    );
+    let list = hosts["hosts"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["hostname"], "web-1");
+    assert_eq!(list[0]["active_level"], 1);
+    assert!(
+        list[0].get("token_hash").is_none(),
+        "token hashes must not be listed"
+    );
+    assert_eq!(
+        call(&s, "GET", "/api/v1/hosts?colour=red", admin, None).0,
+        400
+    );
+    assert_eq!(
+        call(&s, "GET", "/api/v1/hosts?build_id=zz", admin, None).0,
+        400
+    );
+}
+
+#[test]
+fn init_refuses_an_existing_data_dir_and_serve_a_missing_one() {
+    let s = start(|t| t.to_owned());
+    let again = Command::new(bin())
+        .args(["init", "--data"])
+        .arg(&s.data)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already"),
+        "{again:?}"
+    );
+    let missing = Command::new(bin())
+        .args(["serve", "--data", "/nonexistent/patchbay"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("patchbay-server init"));
+}
