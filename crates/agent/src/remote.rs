@@ -261,11 +261,7 @@ fn server_url(text: &str) -> Result<url::Url, RemoteError> {
 }
 
 fn http_client() -> Result<reqwest::Client, RemoteError> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| RemoteError::Usage(format!("HTTP client: {e}")))
+    patchbay_updates::transport::http_client(Duration::from_secs(30)).map_err(RemoteError::Usage)
 }
 
 async fn post_json<T: serde::de::DeserializeOwned>(
@@ -838,6 +834,15 @@ mod tests {
         assert!(backoff(1, cap) <= Duration::from_secs(45));
         assert!(backoff(3, cap) >= Duration::from_secs(120));
         assert!(backoff(30, cap) <= Duration::from_secs(900));
+    }
+
+    #[test]
+    fn shipped_config_file_is_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, include_str!("../../../dist/systemd/agent.toml")).unwrap();
+        let shipped = Settings::load(&path).unwrap();
+        assert_eq!(shipped, Settings::load(&dir.path().join("none")).unwrap());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! [`archive`] writes and unpacks the air-gapped archive format.
 
 pub mod archive;
+pub mod transport;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,9 +18,7 @@ use patchbay_core::{
     bundle_target_name, BuildId, Bundle, ChannelDoc, ChannelName, Manifest, PatchLevel,
     CHANNEL_MAX_BYTES,
 };
-use tough::{
-    DefaultTransport, ExpirationEnforcement, HttpTransportBuilder, RepositoryLoader, TargetName,
-};
+use tough::{ExpirationEnforcement, RepositoryLoader, TargetName};
 use url::Url;
 
 /// Where the signed repository is read from.
@@ -186,14 +185,8 @@ impl SignedRepo {
             path: datastore.display().to_string(),
             source,
         })?;
-        let transport = DefaultTransport::new_with_http_settings(
-            HttpTransportBuilder::new()
-                .timeout(Duration::from_secs(60))
-                .connect_timeout(Duration::from_secs(10))
-                .tries(2)
-                .initial_backoff(Duration::from_millis(200))
-                .max_backoff(Duration::from_secs(2)),
-        );
+        let transport = transport::PatchbayTransport::new(Duration::from_secs(60))
+            .map_err(UpdateError::Source)?;
         let max = limits.max_metadata_bytes;
         let repo = RepositoryLoader::new(&trusted_root, metadata, targets)
             .transport(transport)

@@ -1,11 +1,15 @@
-//! The demo: builds two patch levels for the newest Debian 6.1 kernel, boots it in QEMU and lets
-//! the agent apply, replace, roll back and unload them while the guest shows /proc/cmdline.
+//! The demo: starts a patch server (SQLite) on loopback, builds two patch levels for the newest
+//! Debian 6.1 kernel and publishes them, boots that kernel in QEMU whose agent registers over the
+//! network (QEMU user networking, restrict=on, a guestfwd to the server) and applies the level
+//! the production channel serves, then promotes level 2 and shows the agent move to it.
+//! `--local` runs the earlier offline demo (apply, replace, roll back, unload local bundles).
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use patchbay_e2e::{bundle, Guest};
+use patchbay_e2e::{bundle, fixture, Guest, ServerProcess};
 use patchbay_kernels::{fetch_selector, KernelSelector};
+use patchbay_vm::Network;
 
 fn main() -> ExitCode {
     match run() {
@@ -18,11 +22,15 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<()> {
-    let selector: KernelSelector = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let local = args.iter().any(|a| a == "--local");
+    let selector: KernelSelector = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
         .unwrap_or_else(|| "newest".into())
         .parse()
-        .context("usage: patchbay-demo [newest|older|<abi>]")?;
+        .context("usage: patchbay-demo [--local] [newest|older|<abi>]")?;
     eprintln!("==> fetching the Debian kernel ({selector:?}) into the cache");
     let kernel = fetch_selector(&selector)?;
     eprintln!(
@@ -61,6 +69,9 @@ fn run() -> Result<()> {
             report.klp_relocations.len()
         );
     }
+    if !local {
+        return network_demo(&kernel, work.path(), &level1, &level2);
+    }
     let mut guest = Guest::new()?;
     guest.file("/bundles/level1.pbb", &level1)?;
     guest.file("/bundles/level2.pbb", &level2)?;
@@ -68,6 +79,84 @@ fn run() -> Result<()> {
     let run = guest.run(&kernel, "demo.sh", work.path())?;
     println!("{}", run.serial_log);
     let passed = patchbay_vm::check_report(&run)?;
+    eprintln!(
+        "==> demo finished in {:.1} s: {} checks passed",
+        run.wall.as_secs_f64(),
+        passed.len()
+    );
+    Ok(())
+}
+
+fn network_demo(
+    kernel: &patchbay_kernels::Kernel,
+    work: &std::path::Path,
+    level1: &std::path::Path,
+    level2: &std::path::Path,
+) -> Result<()> {
+    const GUEST_PORT: u16 = 8080;
+    eprintln!("==> patchbay-server init + serve (SQLite, TUF keys) on 127.0.0.1");
+    let server = ServerProcess::start(&work.join("server"))?;
+    eprintln!("    listening on {}", server.url);
+    for bundle in [level1, level2] {
+        let receipt = server.publish(bundle)?;
+        eprintln!(
+            "==> patchbay-build publish: level {} of {} signed as {}",
+            receipt.level, receipt.build_id, receipt.target
+        );
+    }
+    let build_id = kernel.build_id().to_owned();
+    server.admin(
+        "POST",
+        "channels/production/promote",
+        Some(serde_json::json!({"build_id": build_id, "level": 1})),
+    )?;
+    eprintln!("==> production channel: level 1");
+    let mut guest = Guest::new()?;
+    guest.modules(kernel, &["virtio_pci", "virtio_net"])?;
+    guest.network = Network::ForwardToHost {
+        guest_port: GUEST_PORT,
+        host_port: server.port,
+    };
+    let scenario = std::fs::read_to_string(fixture("scenarios/demo-network.sh"))?;
+    let script = format!(
+        "SERVER=http://{}:{GUEST_PORT}\nREGISTRATION_KEY={}\n{scenario}",
+        patchbay_vm::GUEST_SERVER_IP,
+        server.registration_key
+    );
+    eprintln!(
+        "==> booting {} in QEMU (TCG); its only network is a guestfwd to the server",
+        kernel.abi()
+    );
+    let mut host_error = None;
+    let run = guest.run_script_with(kernel, "demo-network", &script, work, &mut |line: &str| {
+        if line.trim() == "PB: step promote-level2" {
+            eprintln!("==> operator: promote level 2 into production");
+            if let Err(e) = server.admin(
+                "POST",
+                "channels/production/promote",
+                Some(serde_json::json!({"build_id": build_id, "level": 2})),
+            ) {
+                host_error = Some(e);
+            }
+        }
+    })?;
+    println!("{}", run.serial_log);
+    if let Some(e) = host_error {
+        return Err(e.context("promote level 2"));
+    }
+    let passed = patchbay_vm::check_report(&run)?;
+    let hosts = server.admin("GET", "hosts", None)?;
+    eprintln!("==> the server's view of the fleet (GET /api/v1/hosts):");
+    for host in hosts["hosts"].as_array().into_iter().flatten() {
+        eprintln!(
+            "    {} {} level {} state {} (last check-in {})",
+            host["hostname"].as_str().unwrap_or("?"),
+            host["kernel_release"].as_str().unwrap_or("?"),
+            host["active_level"],
+            host["state"].as_str().unwrap_or("?"),
+            host["last_checkin"]
+        );
+    }
     eprintln!(
         "==> demo finished in {:.1} s: {} checks passed",
         run.wall.as_secs_f64(),
