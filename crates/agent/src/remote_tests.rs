@@ -630,3 +630,79 @@ fn attack_level_the_channel_does_not_serve_is_refused() {
     proxy.rule("production.json", Rule::Replace(staging));
     assert_refused(&k, "failed verification");
 }
+
+#[test]
+fn inner_server_serves_an_imported_archive_to_its_hosts() {
+    let (outer, _k) = setup();
+    let archive = outer.dir.path().join("export.tar.gz");
+    outer
+        .rt
+        .block_on(patchbay_server::archive::export(&outer.service, &archive))
+        .unwrap();
+    let outer_root = outer.metadata().join("root.json");
+
+    let inner = TestServer::start();
+    let summary = inner
+        .rt
+        .block_on(patchbay_server::archive::import(
+            &inner.service,
+            &archive,
+            Some(&outer_root),
+        ))
+        .unwrap();
+    assert!(summary.targets >= 4, "{summary:?}");
+    // The inner server serves the outer server's signed metadata unchanged.
+    assert_eq!(
+        std::fs::read(inner.metadata().join("timestamp.json")).unwrap(),
+        std::fs::read(outer.metadata().join("timestamp.json")).unwrap()
+    );
+    // It refuses to publish on its own.
+    let err = inner
+        .rt
+        .block_on(inner.service.create_channel("test", "staging"))
+        .unwrap_err();
+    assert!(err.to_string().contains("mirror"), "{err}");
+
+    let k = FakeKernel::new();
+    register(
+        &agent(&k),
+        &inner.url,
+        &inner.registration_key,
+        Some(&outer_root),
+    )
+    .unwrap();
+    update(&k).unwrap();
+    assert_eq!(k.sim().loads, vec![module_name(BUILD_ID, 1)]);
+
+    // A second import of an older archive is refused (rollback), the served chain unchanged.
+    outer.promote("production", BUILD_ID, 2, &[]);
+    let newer = outer.dir.path().join("newer.tar.gz");
+    outer
+        .rt
+        .block_on(patchbay_server::archive::export(&outer.service, &newer))
+        .unwrap();
+    inner
+        .rt
+        .block_on(patchbay_server::archive::import(
+            &inner.service,
+            &newer,
+            None,
+        ))
+        .unwrap();
+    let served = std::fs::read(inner.metadata().join("timestamp.json")).unwrap();
+    let err = inner
+        .rt
+        .block_on(patchbay_server::archive::import(
+            &inner.service,
+            &archive,
+            None,
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("version"), "{err}");
+    assert_eq!(
+        std::fs::read(inner.metadata().join("timestamp.json")).unwrap(),
+        served
+    );
+    update(&k).unwrap();
+    assert_eq!(k.sim().loads.last().unwrap(), &module_name(BUILD_ID, 2));
+}

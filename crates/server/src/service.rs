@@ -361,11 +361,13 @@ impl Service {
             .collect();
         let wanted: std::collections::BTreeSet<String> = expected.keys().cloned().collect();
         if listed != wanted {
-            return Err(ServerError::Conflict(
+            let missing: Vec<_> = wanted.difference(&listed).collect();
+            let extra: Vec<_> = listed.difference(&wanted).collect();
+            return Err(ServerError::Conflict(format!(
                 "the signed targets role does not list what the server holds now (it changed \
-                 since export-unsigned); export, sign and import again"
-                    .into(),
-            ));
+                 since export-unsigned: missing {missing:?}, unexpected {extra:?}); export, sign \
+                 and import again"
+            )));
         }
         let version = self.tuf.install_targets(signed).await?;
         self.store

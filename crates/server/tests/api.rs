@@ -723,3 +723,122 @@ fn init_refuses_an_existing_data_dir_and_serve_a_missing_one() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("patchbay-server init"));
 }
+
+fn cli(args: &[&str], data: &Path) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+fn served_targets_version(s: &Server) -> u64 {
+    let (_, ts) = call(s, "GET", "/tuf/metadata/timestamp.json", None, None);
+    let sv = ts["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let (_, snap) = call(
+        s,
+        "GET",
+        &format!("/tuf/metadata/{sv}.snapshot.json"),
+        None,
+        None,
+    );
+    snap["signed"]["meta"]["targets.json"]["version"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn offline_targets_key_signs_changes_on_another_machine() {
+    let s = start(|t| t.to_owned());
+    let offline = s._dir.path().join("offline");
+    std::fs::create_dir_all(&offline).unwrap();
+    let key = offline.join("targets.pk8");
+    std::fs::rename(s.data.join("keys/targets.pk8"), &key).unwrap();
+    let before = served_targets_version(&s);
+
+    // Changes are recorded but not served until signed.
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/bundles",
+        Some(&s.admin),
+        raw(bundle_bytes(1, RELEASE, true)),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(served_targets_version(&s), before);
+    let (_, audit) = call(&s, "GET", "/api/v1/audit", Some(&s.admin), None);
+    assert!(audit["audit"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("awaiting offline signature"));
+
+    let unsigned = s._dir.path().join("next.json");
+    let signed = s._dir.path().join("signed.json");
+    let out = cli(
+        &["export-unsigned", "-o", unsigned.to_str().unwrap()],
+        &s.data,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let root = s.data.join("tuf/metadata/root.json");
+
+    // Signed with the wrong key: refused, nothing changes.
+    let wrong = Command::new(bin())
+        .args(["sign-targets", "--key"])
+        .arg(s.data.join("keys/snapshot.pk8"))
+        .arg("--root")
+        .arg(&root)
+        .arg(&unsigned)
+        .arg("-o")
+        .arg(&signed)
+        .output()
+        .unwrap();
+    assert!(
+        !wrong.status.success(),
+        "a snapshot key must not sign targets: {wrong:?}"
+    );
+
+    let sign = Command::new(bin())
+        .args(["sign-targets", "--key"])
+        .arg(&key)
+        .arg("--root")
+        .arg(&root)
+        .arg(&unsigned)
+        .arg("-o")
+        .arg(&signed)
+        .output()
+        .unwrap();
+    assert!(sign.status.success(), "{sign:?}");
+    let out = cli(&["import-signed", signed.to_str().unwrap()], &s.data);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(served_targets_version(&s), before + 1);
+    let tv = served_targets_version(&s);
+    let (_, targets) = call(
+        &s,
+        "GET",
+        &format!("/tuf/metadata/{tv}.targets.json"),
+        None,
+        None,
+    );
+    assert!(targets["signed"]["targets"][format!("bundles/{BUILD_ID}/1.pbb")].is_object());
+
+    // A signed role that no longer matches the server's state is refused.
+    let again = cli(&["import-signed", signed.to_str().unwrap()], &s.data);
+    assert!(!again.status.success());
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/api/v1/channels",
+        Some(&s.admin),
+        Some(Body::Json(json!({"name": "staging"}))),
+    );
+    assert_eq!(status, 201);
+    let stale = cli(&["import-signed", signed.to_str().unwrap()], &s.data);
+    assert!(!stale.status.success());
+    assert!(
+        String::from_utf8_lossy(&stale.stderr).contains("changed since export-unsigned"),
+        "{stale:?}"
+    );
+}
