@@ -147,14 +147,19 @@ fn network_demo(
     let passed = patchbay_vm::check_report(&run)?;
     let hosts = server.admin("GET", "hosts", None)?;
     eprintln!("==> the server's view of the fleet (GET /api/v1/hosts):");
-    for host in hosts["hosts"].as_array().into_iter().flatten() {
+    for host in hosts
+        .get("hosts")
+        .and_then(|h| h.as_array())
+        .into_iter()
+        .flatten()
+    {
         eprintln!(
             "    {} {} level {} state {} (last check-in {})",
-            host["hostname"].as_str().unwrap_or("?"),
-            host["kernel_release"].as_str().unwrap_or("?"),
-            host["active_level"],
-            host["state"].as_str().unwrap_or("?"),
-            host["last_checkin"]
+            field(host, "hostname"),
+            field(host, "kernel_release"),
+            field(host, "active_level"),
+            field(host, "state"),
+            field(host, "last_checkin")
         );
     }
     eprintln!(
@@ -163,4 +168,12 @@ fn network_demo(
         passed.len()
     );
     Ok(())
+}
+
+fn field(value: &serde_json::Value, key: &str) -> String {
+    match value.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => "?".into(),
+    }
 }
