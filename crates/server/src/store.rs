@@ -222,9 +222,68 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 "#;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Check-ins go to one writer task that commits whatever has queued up in one transaction
+    /// (group commit): SQLite has one writer at a time, and a commit per check-in would make
+    /// hosts wait in SQLite's busy handler. Each caller still gets its reply after the commit.
+    checkins: tokio::sync::mpsc::Sender<PendingCheckIn>,
+}
+
+type PendingCheckIn = (
+    String,
+    CheckIn,
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+);
+
+/// Most check-ins committed in one transaction.
+const CHECKIN_BATCH: usize = 256;
+
+async fn checkin_writer(pool: SqlitePool, mut queue: tokio::sync::mpsc::Receiver<PendingCheckIn>) {
+    let mut batch = Vec::with_capacity(CHECKIN_BATCH);
+    while queue.recv_many(&mut batch, CHECKIN_BATCH).await > 0 {
+        let result = write_checkins(&pool, &batch)
+            .await
+            .map_err(|e| e.to_string());
+        for (_, _, reply) in batch.drain(..) {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+async fn write_checkins(pool: &SqlitePool, batch: &[PendingCheckIn]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for (host_id, c, _) in batch {
+        let level = c.active_level.map(|l| i64::from(l.get()));
+        sqlx::query(
+            "UPDATE hosts SET kernel_release = $2, build_id = $3, active_level = $4, state = $5, \
+             last_error = $6, agent_version = $7, last_checkin = $8 WHERE id = $1",
+        )
+        .bind(host_id)
+        .bind(&c.kernel_release)
+        .bind(c.build_id.as_str())
+        .bind(level)
+        .bind(&c.state)
+        .bind(&c.last_error)
+        .bind(&c.agent_version)
+        .bind(c.at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO checkins (host_id, at, build_id, active_level, state, last_error) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(host_id)
+        .bind(c.at)
+        .bind(c.build_id.as_str())
+        .bind(level)
+        .bind(&c.state)
+        .bind(&c.last_error)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> ServerError {
@@ -281,7 +340,9 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::raw_sql(SQLITE_SCHEMA).execute(&pool).await?;
-        Ok(SqliteStore { pool })
+        let (checkins, queue) = tokio::sync::mpsc::channel(4 * CHECKIN_BATCH);
+        tokio::spawn(checkin_writer(pool.clone(), queue));
+        Ok(SqliteStore { pool, checkins })
     }
 }
 
@@ -551,36 +612,15 @@ impl Store for SqliteStore {
     }
 
     async fn record_checkin(&self, host_id: &str, c: &CheckIn) -> Result<(), ServerError> {
-        let level = c.active_level.map(|l| i64::from(l.get()));
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE hosts SET kernel_release = $2, build_id = $3, active_level = $4, state = $5, \
-             last_error = $6, agent_version = $7, last_checkin = $8 WHERE id = $1",
-        )
-        .bind(host_id)
-        .bind(&c.kernel_release)
-        .bind(c.build_id.as_str())
-        .bind(level)
-        .bind(&c.state)
-        .bind(&c.last_error)
-        .bind(&c.agent_version)
-        .bind(c.at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO checkins (host_id, at, build_id, active_level, state, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(host_id)
-        .bind(c.at)
-        .bind(c.build_id.as_str())
-        .bind(level)
-        .bind(&c.state)
-        .bind(&c.last_error)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let gone = || ServerError::Database(sqlx::Error::PoolClosed);
+        self.checkins
+            .send((host_id.to_owned(), c.clone(), reply))
+            .await
+            .map_err(|_| gone())?;
+        done.await
+            .map_err(|_| gone())?
+            .map_err(|e| ServerError::Database(sqlx::Error::Protocol(format!("check-in: {e}"))))
     }
 
     async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError> {
