@@ -689,27 +689,32 @@ impl<'a, 'b> Remote<'a, 'b> {
     pub fn daemon(&self) -> ! {
         let mut failures: u32 = 0;
         loop {
-            let apply = self.settings.auto_update;
-            let wait = match self.update(&Origin::Server, apply) {
-                Ok(report) => {
-                    failures = 0;
-                    let done = report
-                        .applied
-                        .as_ref()
-                        .map_or(String::new(), |o| format!("; {o}"));
-                    (self.agent.log)(&format!(
-                        "check: channel {} (targets v{}): {}{done}",
-                        report.channel, report.targets_version, report.plan
-                    ));
-                    self.settings.interval + jitter(self.settings.jitter)
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    (self.agent.log)(&format!("check failed: {e}"));
-                    backoff(failures, self.settings.interval)
-                }
-            };
+            let wait = self.daemon_step(&mut failures);
             std::thread::sleep(wait);
+        }
+    }
+
+    /// One round of the daemon: a check (applying when `auto_update`), logged; returns how long
+    /// to wait before the next one.
+    pub fn daemon_step(&self, failures: &mut u32) -> Duration {
+        match self.update(&Origin::Server, self.settings.auto_update) {
+            Ok(report) => {
+                *failures = 0;
+                let done = report
+                    .applied
+                    .as_ref()
+                    .map_or(String::new(), |o| format!("; {o}"));
+                (self.agent.log)(&format!(
+                    "check: channel {} (targets v{}): {}{done}",
+                    report.channel, report.targets_version, report.plan
+                ));
+                self.settings.interval + jitter(self.settings.jitter)
+            }
+            Err(e) => {
+                *failures = failures.saturating_add(1);
+                (self.agent.log)(&format!("check failed: {e}"));
+                backoff(*failures, self.settings.interval)
+            }
         }
     }
 }

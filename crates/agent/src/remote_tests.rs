@@ -706,3 +706,51 @@ fn inner_server_serves_an_imported_archive_to_its_hosts() {
     update(&k).unwrap();
     assert_eq!(k.sim().loads.last().unwrap(), &module_name(BUILD_ID, 2));
 }
+
+#[test]
+fn daemon_rounds_apply_or_only_report_and_back_off_when_the_server_is_gone() {
+    let (server, k) = setup();
+    let a = agent(&k);
+    let report_only = Remote::new(
+        &a,
+        Settings {
+            auto_update: false,
+            interval: std::time::Duration::from_secs(600),
+            jitter: std::time::Duration::from_secs(60),
+            ..defaults()
+        },
+        ApplyOptions::default(),
+    );
+    let mut failures = 0;
+    let wait = report_only.daemon_step(&mut failures);
+    assert!(
+        k.sim().loads.is_empty(),
+        "auto_update = false must not apply"
+    );
+    assert!(
+        wait >= std::time::Duration::from_secs(600) && wait < std::time::Duration::from_secs(660)
+    );
+    let hosts = server
+        .rt
+        .block_on(server.service.hosts(&Default::default()))
+        .unwrap();
+    assert_eq!(hosts[0].state, "unpatched", "the check-in still reports");
+
+    let auto = Remote::new(&a, defaults(), ApplyOptions::default());
+    auto.daemon_step(&mut failures);
+    assert_eq!(k.sim().loads, vec![module_name(BUILD_ID, 1)]);
+    assert_eq!(failures, 0);
+
+    drop(server);
+    let first = auto.daemon_step(&mut failures);
+    let second = auto.daemon_step(&mut failures);
+    assert_eq!(failures, 2);
+    assert!(
+        first >= std::time::Duration::from_secs(30) && first <= std::time::Duration::from_secs(45)
+    );
+    assert!(
+        second >= std::time::Duration::from_secs(60)
+            && second <= std::time::Duration::from_secs(90)
+    );
+    assert_eq!(k.sysfs(), vec![module_name(BUILD_ID, 1)]);
+}
