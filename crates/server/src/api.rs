@@ -15,6 +15,7 @@ use patchbay_core::{BuildId, ChannelName, PatchLevel};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::auth::{Caller, Role};
 use crate::error::ServerError;
 use crate::service::{secret_hash, CheckInRequest, RegisterRequest, Service, WaveRequest};
 use crate::store::{HostFilter, HostRecord};
@@ -63,10 +64,10 @@ fn bearer(parts: &Parts) -> Result<&str, ServerError> {
         .ok_or_else(|| ServerError::Unauthorized("expected `Authorization: Bearer <token>`".into()))
 }
 
-/// An admin caller (its token's name is the audit actor).
-struct Admin(String);
+/// An API caller: its token's name (the audit actor) and role.
+struct Api(Caller);
 
-impl FromRequestParts<AppState> for Admin {
+impl FromRequestParts<AppState> for Api {
     type Rejection = ServerError;
 
     async fn from_request_parts(
@@ -74,10 +75,13 @@ impl FromRequestParts<AppState> for Admin {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
-        match state.store.admin_token_name(&secret_hash(token)).await? {
-            Some(name) => Ok(Admin(format!("admin:{name}"))),
+        match state.store.token(&secret_hash(token)).await? {
+            Some((name, role)) => Ok(Api(Caller {
+                actor: format!("token:{name}"),
+                role,
+            })),
             None => Err(ServerError::Unauthorized(
-                "this token is not an admin token (patchbay-server token create makes one)".into(),
+                "unknown API token (patchbay-server token create makes one)".into(),
             )),
         }
     }
@@ -139,6 +143,12 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/tuf/metadata/{file}", get(tuf_metadata))
         .route("/tuf/targets/{*path}", get(tuf_target))
         .route("/healthz", get(|| async { "ok\n" }))
+        .nest("/ui", crate::ui::router())
+        .route(
+            "/ui/",
+            get(|| async { axum::response::Redirect::to("/ui") }),
+        )
+        .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .fallback(|| async {
             ServerError::NotFound("no such endpoint; see /api/v1/openapi.json".into())
         })
@@ -164,9 +174,11 @@ async fn checkin(
 
 async fn publish(
     State(service): State<AppState>,
-    Admin(actor): Admin,
+    Api(caller): Api,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ServerError> {
+    caller.require(Role::Operator, "publishing a level")?;
+    let actor = caller.actor.as_str();
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ServerError::TooLarge(format!(
@@ -177,14 +189,15 @@ async fn publish(
             ServerError::BadRequest(r.body_text())
         }
     })?;
-    let receipt = service.publish_bundle(&actor, body).await?;
+    let receipt = service.publish_bundle(actor, body).await?;
     Ok((StatusCode::CREATED, Json(receipt)).into_response())
 }
 
 async fn kernels(
     State(service): State<AppState>,
-    _admin: Admin,
+    Api(caller): Api,
 ) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Viewer, "listing kernels")?;
     Ok(Json(
         serde_json::json!({ "kernels": service.kernels().await? }),
     ))
@@ -192,8 +205,9 @@ async fn kernels(
 
 async fn channels(
     State(service): State<AppState>,
-    _admin: Admin,
+    Api(caller): Api,
 ) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Viewer, "listing channels")?;
     Ok(Json(
         serde_json::json!({ "channels": service.store.channels().await? }),
     ))
@@ -207,18 +221,21 @@ struct CreateChannel {
 
 async fn create_channel(
     State(service): State<AppState>,
-    Admin(actor): Admin,
+    Api(caller): Api,
     ApiJson(request): ApiJson<CreateChannel>,
 ) -> Result<Response, ServerError> {
-    let doc = service.create_channel(&actor, &request.name).await?;
+    caller.require(Role::Operator, "creating a channel")?;
+    let actor = caller.actor.as_str();
+    let doc = service.create_channel(actor, &request.name).await?;
     Ok((StatusCode::CREATED, Json(doc)).into_response())
 }
 
 async fn channel(
     State(service): State<AppState>,
-    _admin: Admin,
+    Api(caller): Api,
     Path(name): Path<String>,
 ) -> Result<Json<patchbay_core::ChannelDoc>, ServerError> {
+    caller.require(Role::Viewer, "reading a channel")?;
     Ok(Json(service.channel_doc(&channel_name(&name)?).await?))
 }
 
@@ -235,14 +252,16 @@ struct Promote {
 
 async fn promote(
     State(service): State<AppState>,
-    Admin(actor): Admin,
+    Api(caller): Api,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<Promote>,
 ) -> Result<Json<patchbay_core::ChannelDoc>, ServerError> {
+    caller.require(Role::Operator, "promoting a level")?;
+    let actor = caller.actor.as_str();
     let channel = channel_name(&name)?;
     let doc = service
         .promote(
-            &actor,
+            actor,
             &channel,
             &build_id(&request.build_id)?,
             level(request.level)?,
@@ -262,15 +281,17 @@ struct Pin {
 
 async fn pin(
     State(service): State<AppState>,
-    Admin(actor): Admin,
+    Api(caller): Api,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<Pin>,
 ) -> Result<Json<patchbay_core::ChannelDoc>, ServerError> {
+    caller.require(Role::Operator, "pinning a channel")?;
+    let actor = caller.actor.as_str();
     let level = request.level.map(level).transpose()?;
     Ok(Json(
         service
             .pin(
-                &actor,
+                actor,
                 &channel_name(&name)?,
                 &build_id(&request.build_id)?,
                 level,
@@ -287,13 +308,15 @@ struct Unpin {
 
 async fn unpin(
     State(service): State<AppState>,
-    Admin(actor): Admin,
+    Api(caller): Api,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<Unpin>,
 ) -> Result<Json<patchbay_core::ChannelDoc>, ServerError> {
+    caller.require(Role::Operator, "unpinning a channel")?;
+    let actor = caller.actor.as_str();
     Ok(Json(
         service
-            .unpin(&actor, &channel_name(&name)?, &build_id(&request.build_id)?)
+            .unpin(actor, &channel_name(&name)?, &build_id(&request.build_id)?)
             .await?,
     ))
 }
@@ -307,14 +330,16 @@ struct Rollback {
 
 async fn rollback(
     State(service): State<AppState>,
-    Admin(actor): Admin,
+    Api(caller): Api,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<Rollback>,
 ) -> Result<Json<patchbay_core::ChannelDoc>, ServerError> {
+    caller.require(Role::Operator, "rolling a channel back")?;
+    let actor = caller.actor.as_str();
     Ok(Json(
         service
             .rollback(
-                &actor,
+                actor,
                 &channel_name(&name)?,
                 &build_id(&request.build_id)?,
                 level(request.level)?,
@@ -331,20 +356,23 @@ struct NewRegistrationKey {
 
 async fn registration_key(
     State(service): State<AppState>,
-    Admin(actor): Admin,
+    Api(caller): Api,
     ApiJson(request): ApiJson<NewRegistrationKey>,
 ) -> Result<Response, ServerError> {
+    caller.require(Role::Admin, "creating a registration key")?;
+    let actor = caller.actor.as_str();
     let key = service
-        .create_registration_key(&actor, &request.channel)
+        .create_registration_key(actor, &request.channel)
         .await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "key": key }))).into_response())
 }
 
 async fn hosts(
     State(service): State<AppState>,
-    _admin: Admin,
+    Api(caller): Api,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Viewer, "listing hosts")?;
     let mut filter = HostFilter::default();
     for (key, value) in &query {
         match key.as_str() {
@@ -365,8 +393,9 @@ async fn hosts(
 
 async fn audit(
     State(service): State<AppState>,
-    _admin: Admin,
+    Api(caller): Api,
 ) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Viewer, "reading the audit log")?;
     Ok(Json(
         serde_json::json!({ "audit": service.store.audit_log(1000).await? }),
     ))

@@ -15,6 +15,20 @@ pub struct ServerConfig {
     pub database: String,
     pub tuf: TufConfig,
     pub limits: Limits,
+    pub ui: UiConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// Dashboard sessions expire after this many hours.
+    pub session_hours: u32,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig { session_hours: 12 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +60,7 @@ impl Default for ServerConfig {
             database: "sqlite://patchbay.db".into(),
             tuf: TufConfig::default(),
             limits: Limits::default(),
+            ui: UiConfig::default(),
         }
     }
 }
@@ -107,6 +122,9 @@ impl ServerConfig {
         {
             return Err(bad("every tuf.*_expires_* must be at least 1"));
         }
+        if self.ui.session_hours == 0 {
+            return Err(bad("ui.session_hours must be at least 1"));
+        }
         if self.limits.max_bundle_bytes == 0 || self.limits.max_json_bytes == 0 {
             return Err(bad("limits must be at least 1 byte"));
         }
@@ -140,7 +158,11 @@ impl ServerConfig {
              # Largest bundle accepted by POST /api/v1/bundles, in bytes.\n\
              max_bundle_bytes = {max_bundle}\n\
              # Largest JSON request body, in bytes.\n\
-             max_json_bytes = {max_json}\n",
+             max_json_bytes = {max_json}\n\
+             \n\
+             [ui]\n\
+             # Dashboard sessions expire after this many hours.\n\
+             session_hours = {session_hours}\n",
             listen = self.listen,
             database = self.database,
             root_keys = t.root_keys,
@@ -151,6 +173,7 @@ impl ServerConfig {
             timestamp_expires = t.timestamp_expires_hours,
             max_bundle = l.max_bundle_bytes,
             max_json = l.max_json_bytes,
+            session_hours = self.ui.session_hours,
         )
     }
 }

@@ -9,12 +9,14 @@
 
 pub mod api;
 pub mod archive;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod objects;
 pub mod service;
 pub mod store;
 pub mod tuf;
+pub mod ui;
 
 pub use error::ServerError;
 pub use service::Service;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use patchbay_server::auth::Role;
 use patchbay_server::config::ServerConfig;
 use patchbay_server::service::{now, random_secret, secret_hash};
 use patchbay_server::Service;
@@ -43,10 +44,15 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
-    /// Admin API tokens.
+    /// API tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Dashboard users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// Write a signed archive (TUF metadata and targets) for an air-gapped site.
     Export {
@@ -91,13 +97,30 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a dashboard user; the password is read from PATCHBAY_PASSWORD or one line of stdin.
+    Add {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Make a new admin token (printed once).
+    /// Make a new API token (printed once).
     Create {
         #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
         data: PathBuf,
         #[arg(long)]
         name: String,
+        /// viewer (read), operator (publish, channels) or admin (keys, tokens, users).
+        #[arg(long, default_value = "admin")]
+        role: String,
     },
 }
 
@@ -129,13 +152,14 @@ async fn run(cli: Cli) -> Result<()> {
         } => init(&data, offline_root.as_deref(), root_keys, root_threshold).await,
         Command::Serve { data, listen } => serve(&data, listen).await,
         Command::Token {
-            command: TokenCommand::Create { data, name },
+            command: TokenCommand::Create { data, name, role },
         } => {
+            let role: Role = role.parse()?;
             let service = Service::open(&data).await?;
-            let token = random_secret("pbadm")?;
+            let token = random_secret("pbtok")?;
             service
                 .store
-                .add_admin_token(&secret_hash(&token), &name, now())
+                .add_token(&secret_hash(&token), &name, role, now())
                 .await?;
             service
                 .store
@@ -143,11 +167,49 @@ async fn run(cli: Cli) -> Result<()> {
                     now(),
                     "cli",
                     "token-create",
-                    &format!("admin token {name}"),
+                    &format!("{role} token {name}"),
                     None,
                 )
                 .await?;
-            println!("admin-token: {token}");
+            println!("token: {token}");
+            Ok(())
+        }
+        Command::User {
+            command: UserCommand::Add { data, name, role },
+        } => {
+            let role: Role = role.parse()?;
+            patchbay_server::auth::check_username(&name)?;
+            let password = match std::env::var("PATCHBAY_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end().to_owned()
+                }
+            };
+            let service = Service::open(&data).await?;
+            service
+                .store
+                .add_user(
+                    &patchbay_server::store::UserRecord {
+                        name: name.clone(),
+                        password_hash: patchbay_server::auth::hash_password(&password)?,
+                        role,
+                    },
+                    now(),
+                )
+                .await?;
+            service
+                .store
+                .audit(
+                    now(),
+                    "cli",
+                    "user-add",
+                    &format!("{role} user {name}"),
+                    None,
+                )
+                .await?;
+            println!("added {role} user {name}");
             Ok(())
         }
         Command::Export { data, output } => {
@@ -242,6 +304,8 @@ async fn init(
     }
     println!("save these now, they are not shown again:");
     println!("admin-token: {}", report.admin_token);
+    println!("dashboard-user: admin");
+    println!("dashboard-password: {}", report.admin_password);
     println!("registration-key: {}", report.registration_key);
     Ok(())
 }

@@ -18,10 +18,11 @@ use patchbay_core::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::auth::Role;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::objects::Objects;
-use crate::store::{CheckIn, HostFilter, HostRecord, LevelRecord, SqliteStore, Store};
+use crate::store::{CheckIn, HostFilter, HostRecord, LevelRecord, SqliteStore, Store, UserRecord};
 use crate::tuf::{TargetEntry, TufRepo};
 
 pub fn now() -> i64 {
@@ -55,6 +56,8 @@ fn random_hex(n: usize) -> Result<String, ServerError> {
 #[derive(Debug, Clone)]
 pub struct InitReport {
     pub admin_token: String,
+    /// The dashboard password of user `admin`.
+    pub admin_password: String,
     pub registration_key: String,
     pub root_key_ids: Vec<String>,
     pub root_key_dir: PathBuf,
@@ -245,7 +248,19 @@ impl Service {
         let admin_token = random_secret("pbadm")?;
         service
             .store
-            .add_admin_token(&secret_hash(&admin_token), "init", now())
+            .add_token(&secret_hash(&admin_token), "init", Role::Admin, now())
+            .await?;
+        let admin_password = random_secret("pw")?;
+        service
+            .store
+            .add_user(
+                &UserRecord {
+                    name: "admin".into(),
+                    password_hash: crate::auth::hash_password(&admin_password)?,
+                    role: Role::Admin,
+                },
+                now(),
+            )
             .await?;
         let registration_key = random_secret("pbreg")?;
         service
@@ -258,6 +273,7 @@ impl Service {
             .await?;
         Ok(InitReport {
             admin_token,
+            admin_password,
             registration_key,
             root_key_ids,
             root_key_dir,

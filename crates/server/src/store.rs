@@ -15,6 +15,7 @@ use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use crate::auth::Role;
 use crate::error::ServerError;
 
 /// One published level of one kernel build.
@@ -79,22 +80,53 @@ pub struct AuditEntry {
     pub targets_version: Option<u64>,
 }
 
+/// A dashboard user; `password_hash` is Argon2id (PHC string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserRecord {
+    pub name: String,
+    #[serde(skip)]
+    pub password_hash: String,
+    pub role: Role,
+}
+
+/// A dashboard session: stored by the SHA-256 of its cookie value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id_hash: String,
+    pub user: String,
+    pub role: Role,
+    pub csrf: String,
+    pub expires_at: i64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostFilter {
     pub channel: Option<ChannelName>,
     pub build_id: Option<BuildId>,
     pub state: Option<String>,
+    /// Page size (all when `None`) and offset, ordered by hostname then id.
+    pub limit: Option<u32>,
+    pub offset: u32,
 }
 
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
-    async fn add_admin_token(
+    async fn add_token(
         &self,
         token_hash: &str,
         name: &str,
+        role: Role,
         at: i64,
     ) -> Result<(), ServerError>;
-    async fn admin_token_name(&self, token_hash: &str) -> Result<Option<String>, ServerError>;
+    /// The name and role of an API token.
+    async fn token(&self, token_hash: &str) -> Result<Option<(String, Role)>, ServerError>;
+
+    async fn add_user(&self, user: &UserRecord, at: i64) -> Result<(), ServerError>;
+    async fn user(&self, name: &str) -> Result<Option<UserRecord>, ServerError>;
+    async fn users(&self) -> Result<Vec<UserRecord>, ServerError>;
+    async fn add_session(&self, session: &SessionRecord) -> Result<(), ServerError>;
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, ServerError>;
+    async fn delete_session(&self, id_hash: &str) -> Result<(), ServerError>;
 
     async fn add_channel(
         &self,
@@ -134,6 +166,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn host_by_token(&self, token_hash: &str) -> Result<Option<HostRecord>, ServerError>;
     async fn record_checkin(&self, host_id: &str, checkin: &CheckIn) -> Result<(), ServerError>;
     async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError>;
+    async fn count_hosts(&self, filter: &HostFilter) -> Result<u64, ServerError>;
+    async fn host(&self, id: &str) -> Result<Option<HostRecord>, ServerError>;
 
     async fn audit(
         &self,
@@ -147,10 +181,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 }
 
 const SQLITE_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS admin_tokens (
+CREATE TABLE IF NOT EXISTS api_tokens (
     token_hash TEXT PRIMARY KEY,
     name TEXT NOT NULL,
+    role TEXT NOT NULL,
     created_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id_hash TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL REFERENCES users(name),
+    role TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS channels (
     name TEXT PRIMARY KEY,
@@ -306,6 +354,18 @@ fn level_from(what: &str, n: i64) -> Result<PatchLevel, ServerError> {
         .map_err(|e| corrupt(what, e))
 }
 
+fn parse_role(s: &str) -> Result<Role, ServerError> {
+    s.parse().map_err(|e| corrupt("role", e))
+}
+
+fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<UserRecord, ServerError> {
+    Ok(UserRecord {
+        name: row.try_get("name")?,
+        password_hash: row.try_get("password_hash")?,
+        role: parse_role(row.try_get::<&str, _>("role")?)?,
+    })
+}
+
 fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, ServerError> {
     let active: Option<i64> = row.try_get("active_level")?;
     Ok(HostRecord {
@@ -352,28 +412,118 @@ fn to_i64(n: u64) -> i64 {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn add_admin_token(
+    async fn add_token(
         &self,
         token_hash: &str,
         name: &str,
+        role: Role,
         at: i64,
     ) -> Result<(), ServerError> {
-        sqlx::query("INSERT INTO admin_tokens (token_hash, name, created_at) VALUES ($1, $2, $3)")
-            .bind(token_hash)
-            .bind(name)
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO api_tokens (token_hash, name, role, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_hash)
+        .bind(name)
+        .bind(role.as_str())
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
-    async fn admin_token_name(&self, token_hash: &str) -> Result<Option<String>, ServerError> {
-        Ok(
-            sqlx::query_scalar("SELECT name FROM admin_tokens WHERE token_hash = $1")
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
-                .await?,
+    async fn token(&self, token_hash: &str) -> Result<Option<(String, Role)>, ServerError> {
+        let row = sqlx::query("SELECT name, role FROM api_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok((
+                row.try_get("name")?,
+                parse_role(row.try_get::<&str, _>("role")?)?,
+            ))
+        })
+        .transpose()
+    }
+
+    async fn add_user(&self, user: &UserRecord, at: i64) -> Result<(), ServerError> {
+        let result = sqlx::query(
+            "INSERT INTO users (name, password_hash, role, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING",
         )
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(user.role.as_str())
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(ServerError::Conflict(format!(
+                "user {} already exists",
+                user.name
+            )));
+        }
+        Ok(())
+    }
+
+    async fn user(&self, name: &str) -> Result<Option<UserRecord>, ServerError> {
+        let row = sqlx::query("SELECT name, password_hash, role FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn users(&self) -> Result<Vec<UserRecord>, ServerError> {
+        let rows = sqlx::query("SELECT name, password_hash, role FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn add_session(&self, session: &SessionRecord) -> Result<(), ServerError> {
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(crate::service::now())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO sessions (id_hash, user_name, role, csrf, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&session.id_hash)
+        .bind(&session.user)
+        .bind(session.role.as_str())
+        .bind(&session.csrf)
+        .bind(session.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, ServerError> {
+        let row = sqlx::query(
+            "SELECT id_hash, user_name, role, csrf, expires_at FROM sessions WHERE id_hash = $1",
+        )
+        .bind(id_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(SessionRecord {
+                id_hash: row.try_get("id_hash")?,
+                user: row.try_get("user_name")?,
+                role: parse_role(row.try_get::<&str, _>("role")?)?,
+                csrf: row.try_get("csrf")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<(), ServerError> {
+        sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn add_channel(
@@ -627,14 +777,37 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT * FROM hosts WHERE ($1 IS NULL OR channel = $1) \
              AND ($2 IS NULL OR build_id = $2) AND ($3 IS NULL OR state = $3) \
-             ORDER BY hostname, id",
+             ORDER BY hostname, id LIMIT $4 OFFSET $5",
         )
         .bind(filter.channel.as_ref().map(|c| c.as_str().to_owned()))
         .bind(filter.build_id.as_ref().map(|b| b.as_str().to_owned()))
         .bind(filter.state.clone())
+        .bind(filter.limit.map_or(-1, i64::from))
+        .bind(i64::from(filter.offset))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(host_from_row).collect()
+    }
+
+    async fn count_hosts(&self, filter: &HostFilter) -> Result<u64, ServerError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM hosts WHERE ($1 IS NULL OR channel = $1) \
+             AND ($2 IS NULL OR build_id = $2) AND ($3 IS NULL OR state = $3)",
+        )
+        .bind(filter.channel.as_ref().map(|c| c.as_str().to_owned()))
+        .bind(filter.build_id.as_ref().map(|b| b.as_str().to_owned()))
+        .bind(filter.state.clone())
+        .fetch_one(&self.pool)
+        .await?;
+        u64::try_from(n).map_err(|e| corrupt("host count", e))
+    }
+
+    async fn host(&self, id: &str) -> Result<Option<HostRecord>, ServerError> {
+        let row = sqlx::query("SELECT * FROM hosts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(host_from_row).transpose()
     }
 
     async fn audit(

@@ -1,0 +1,145 @@
+//! Who may do what: roles for API tokens and dashboard users, password hashing, sessions.
+//!
+//! Roles are ordered: a viewer reads; an operator also publishes and changes channels; an
+//! admin also manages registration keys, tokens and users.
+
+use std::fmt;
+use std::str::FromStr;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ServerError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = ServerError;
+    fn from_str(s: &str) -> Result<Self, ServerError> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(ServerError::BadRequest(format!(
+                "role {other:?} is not one of viewer, operator, admin"
+            ))),
+        }
+    }
+}
+
+/// An authenticated caller: a token's or a user's name (the audit actor) and role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub actor: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Refuses (403) unless the caller has at least `role`; `what` names the action.
+    pub fn require(&self, role: Role, what: &str) -> Result<(), ServerError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ServerError::Forbidden(format!(
+                "{} has role {}; {what} needs role {role} or higher",
+                self.actor, self.role
+            )))
+        }
+    }
+}
+
+/// An Argon2id hash in PHC format.
+pub fn hash_password(password: &str) -> Result<String, ServerError> {
+    if password.chars().count() < 8 {
+        return Err(ServerError::BadRequest(
+            "passwords need at least 8 characters".into(),
+        ));
+    }
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| ServerError::Tuf(format!("random: {e}")))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| ServerError::Tuf(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ServerError::Tuf(format!("hash password: {e}")))
+}
+
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|hash| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// A user name: 1 to 64 of letters, digits, `.`, `_`, `-`, `@`.
+pub fn check_username(name: &str) -> Result<(), ServerError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ServerError::BadRequest(format!(
+            "user name {name:?}: use 1 to 64 letters, digits, '.', '_', '-' or '@'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered_and_checked() {
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
+        let viewer = Caller {
+            actor: "v".into(),
+            role: Role::Viewer,
+        };
+        assert!(viewer.require(Role::Viewer, "read").is_ok());
+        let err = viewer.require(Role::Operator, "promote").unwrap_err();
+        assert!(err.to_string().contains("needs role operator"));
+        assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let phc = hash_password("correct horse").unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &phc));
+        assert!(!verify_password("wrong horse", &phc));
+        assert!(!verify_password("x", "not a hash"));
+        assert!(hash_password("short").is_err());
+    }
+}

@@ -1,0 +1,688 @@
+//! The web dashboard: server-rendered pages (maud), no JavaScript. Login with a user's password
+//! (Argon2id) gives a session cookie (HttpOnly, SameSite=Strict, expiring); every form that
+//! changes something carries the session's CSRF token, asks for confirmation first, and goes
+//! through the same service calls (and audit log) as the API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use patchbay_core::{BuildId, ChannelName, PatchLevel};
+use serde::Deserialize;
+
+use crate::auth::{verify_password, Caller, Role};
+use crate::error::ServerError;
+use crate::service::{now, random_secret, secret_hash, Service};
+use crate::store::{HostFilter, SessionRecord};
+
+type AppState = Arc<Service>;
+
+const COOKIE: &str = "pb_session";
+const PAGE_SIZE: u32 = 50;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(fleet))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/hosts", get(hosts))
+        .route("/hosts/{id}", get(host))
+        .route("/kernels", get(kernels))
+        .route("/kernels/{build_id}/{level}", get(level_page))
+        .route("/channels", get(channels))
+        .route("/channels/{name}", get(channel))
+        .route("/channels/{name}/confirm", get(confirm))
+        .route("/channels/{name}/apply", post(apply))
+        .route("/audit", get(audit))
+}
+
+/// A logged-in dashboard user.
+struct UiUser(SessionRecord);
+
+impl UiUser {
+    fn caller(&self) -> Caller {
+        Caller {
+            actor: format!("user:{}", self.0.user),
+            role: self.0.role,
+        }
+    }
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == COOKIE).then(|| value.to_owned())
+        })
+}
+
+impl FromRequestParts<AppState> for UiUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let to_login = || Redirect::to("/ui/login").into_response();
+        let Some(cookie) = session_cookie(&parts.headers) else {
+            return Err(to_login());
+        };
+        match state.store.session(&secret_hash(&cookie)).await {
+            Ok(Some(session)) if session.expires_at > now() => Ok(UiUser(session)),
+            Ok(_) => Err(to_login()),
+            Err(e) => Err(e.into_response()),
+        }
+    }
+}
+
+/// Errors as pages, with the same statuses as the API.
+struct PageError(ServerError);
+
+impl From<ServerError> for PageError {
+    fn from(e: ServerError) -> Self {
+        PageError(e)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        let body = page(
+            None,
+            "Error",
+            html! {
+                h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+                p.error { (self.0.to_string()) }
+                p { a href="/ui" { "Back to the fleet" } }
+            },
+        );
+        (status, body).into_response()
+    }
+}
+
+type PageResult = Result<Markup, PageError>;
+
+const STYLE: &str = "
+body{font-family:system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}
+header{background:#1f2d3d;color:#fff;padding:.6rem 1.2rem;display:flex;gap:1.2rem;align-items:center}
+header a{color:#cfe3ff;text-decoration:none}header .who{margin-left:auto}
+main{padding:1.2rem;max-width:75rem}
+table{border-collapse:collapse;background:#fff;width:100%}
+th,td{border-bottom:1px solid #e3e6ea;padding:.35rem .6rem;text-align:left;font-size:.92rem}
+th{background:#eef1f4}.error{color:#b00020}.ok{color:#1a7f37}.warn{color:#9a6700}
+.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{background:#fff;padding:.8rem 1rem;border:1px solid #e3e6ea;min-width:10rem}
+.card b{font-size:1.6rem;display:block}form.inline{display:inline}
+button{background:#1f6feb;color:#fff;border:0;padding:.35rem .8rem;cursor:pointer}
+input,select{padding:.25rem}code{font-size:.85rem}
+";
+
+fn page(user: Option<&UiUser>, title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (title) " · Patchbay" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    strong { "Patchbay" }
+                    @if let Some(u) = user {
+                        a href="/ui" { "Fleet" }
+                        a href="/ui/hosts" { "Hosts" }
+                        a href="/ui/kernels" { "Patch levels" }
+                        a href="/ui/channels" { "Channels" }
+                        a href="/ui/audit" { "Audit log" }
+                        span.who {
+                            (u.0.user) " (" (u.0.role) ") "
+                            form.inline method="post" action="/ui/logout" {
+                                input type="hidden" name="csrf" value=(u.0.csrf);
+                                button type="submit" { "Log out" }
+                            }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+fn when(unix: i64) -> String {
+    jiff::Timestamp::from_second(unix)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|_| unix.to_string())
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    user: String,
+    password: String,
+}
+
+async fn login_page() -> Markup {
+    login_form(None)
+}
+
+fn login_form(error: Option<&str>) -> Markup {
+    page(
+        None,
+        "Log in",
+        html! {
+            h1 { "Log in" }
+            @if let Some(e) = error { p.error { (e) } }
+            form method="post" action="/ui/login" {
+                p { label { "User " input name="user" autocomplete="username" required; } }
+                p { label { "Password " input name="password" type="password" autocomplete="current-password" required; } }
+                p { button type="submit" { "Log in" } }
+            }
+        },
+    )
+}
+
+async fn login(State(service): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+    let user = match service.store.user(&form.user).await {
+        Ok(user) => user,
+        Err(e) => return e.into_response(),
+    };
+    // Verify against a dummy hash for unknown users too, so timing does not reveal names.
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let dummy =
+        DUMMY.get_or_init(|| crate::auth::hash_password("not a real password").unwrap_or_default());
+    let hash = user
+        .as_ref()
+        .map_or(dummy.as_str(), |u| u.password_hash.as_str());
+    let valid = verify_password(&form.password, hash) && user.is_some();
+    let Some(user) = user.filter(|_| valid) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            login_form(Some("Unknown user or wrong password.")),
+        )
+            .into_response();
+    };
+    let (Ok(cookie), Ok(csrf)) = (random_secret("s"), random_secret("c")) else {
+        return ServerError::Tuf("random".into()).into_response();
+    };
+    let hours = i64::from(service.config.ui.session_hours);
+    let session = SessionRecord {
+        id_hash: secret_hash(&cookie),
+        user: user.name.clone(),
+        role: user.role,
+        csrf,
+        expires_at: now() + hours * 3600,
+    };
+    if let Err(e) = service.store.add_session(&session).await {
+        return e.into_response();
+    }
+    let _ = service
+        .store
+        .audit(
+            now(),
+            &format!("user:{}", user.name),
+            "login",
+            "dashboard login",
+            None,
+        )
+        .await;
+    let set = format!(
+        "{COOKIE}={cookie}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}",
+        hours * 3600
+    );
+    let mut response = Redirect::to("/ui").into_response();
+    if let Ok(value) = HeaderValue::from_str(&set) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+#[derive(Debug, Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn logout(
+    State(service): State<AppState>,
+    user: UiUser,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if form.csrf != user.0.csrf {
+        return PageError(ServerError::Forbidden("stale form; reload the page".into()))
+            .into_response();
+    }
+    let _ = service.store.delete_session(&user.0.id_hash).await;
+    let mut response = Redirect::to("/ui/login").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("pb_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    response
+}
+
+/// A horizontal bar chart as inline SVG.
+fn bar_chart(title: &str, bars: &[(String, u64)]) -> Markup {
+    let max = bars.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
+    let row = 26u64;
+    let height = row * bars.len() as u64 + 10;
+    html! {
+        figure {
+            figcaption { (title) }
+            svg xmlns="http://www.w3.org/2000/svg" width="520" height=(height) role="img" aria-label=(title) {
+                @for (i, (label, n)) in bars.iter().enumerate() {
+                    @let y = i as u64 * row + 4;
+                    @let width = 300 * n / max;
+                    text x="0" y=(y + 15) font-size="13" { (label) }
+                    rect x="150" y=(y) width=(width.max(1)) height="18" fill="#1f6feb" {}
+                    text x=(155 + width) y=(y + 15) font-size="13" { (n) }
+                }
+            }
+        }
+    }
+}
+
+async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
+    let hosts = service.hosts(&HostFilter::default()).await?;
+    let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_kernel: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_channel: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_level: BTreeMap<String, u64> = BTreeMap::new();
+    for h in &hosts {
+        *by_state.entry(h.state.clone()).or_default() += 1;
+        *by_kernel.entry(h.kernel_release.clone()).or_default() += 1;
+        *by_channel.entry(h.channel.to_string()).or_default() += 1;
+        *by_level
+            .entry(
+                h.active_level
+                    .map_or("none".into(), |l| format!("level {l}")),
+            )
+            .or_default() += 1;
+    }
+    let stale = hosts
+        .iter()
+        .filter(|h| now() - h.last_checkin > 8 * 3600)
+        .count();
+    let bars = |m: &BTreeMap<String, u64>| -> Vec<(String, u64)> {
+        m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    };
+    Ok(page(
+        Some(&user),
+        "Fleet",
+        html! {
+            h1 { "Fleet" }
+            div.cards {
+                div.card { b #hosts-total { (hosts.len()) } "hosts" }
+                div.card { b { (by_state.get("patched").copied().unwrap_or(0)) } "patched" }
+                div.card { b { (by_state.get("error").copied().unwrap_or(0)) } "in error" }
+                div.card { b { (stale) } "silent > 8 h" }
+            }
+            (bar_chart("Hosts by state", &bars(&by_state)))
+            (bar_chart("Hosts by kernel", &bars(&by_kernel)))
+            (bar_chart("Hosts by patch level", &bars(&by_level)))
+            (bar_chart("Hosts by channel", &bars(&by_channel)))
+        },
+    ))
+}
+
+async fn hosts(
+    State(service): State<AppState>,
+    user: UiUser,
+    Query(query): Query<HashMap<String, String>>,
+) -> PageResult {
+    let mut filter = HostFilter::default();
+    if let Some(c) = query.get("channel").filter(|c| !c.is_empty()) {
+        filter.channel = Some(
+            c.parse()
+                .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?,
+        );
+    }
+    if let Some(s) = query.get("state").filter(|s| !s.is_empty()) {
+        filter.state = Some(s.clone());
+    }
+    let page_no: u32 = query
+        .get("page")
+        .map(|p| p.parse())
+        .transpose()
+        .map_err(|_| ServerError::BadRequest("page must be a number".into()))?
+        .unwrap_or(1)
+        .max(1);
+    let total = service.store.count_hosts(&filter).await?;
+    filter.limit = Some(PAGE_SIZE);
+    filter.offset = (page_no - 1).saturating_mul(PAGE_SIZE);
+    let list = service.hosts(&filter).await?;
+    let pages = total.div_ceil(u64::from(PAGE_SIZE)).max(1);
+    Ok(page(
+        Some(&user),
+        "Hosts",
+        html! {
+            h1 { "Hosts (" (total) ")" }
+            form method="get" action="/ui/hosts" {
+                "Channel " input name="channel" value=(query.get("channel").cloned().unwrap_or_default());
+                " State " input name="state" value=(query.get("state").cloned().unwrap_or_default());
+                " " button type="submit" { "Filter" }
+            }
+            table #hosts {
+                tr { th { "Host" } th { "Kernel" } th { "Channel" } th { "Level" } th { "State" } th { "Last check-in" } }
+                @for h in &list {
+                    tr {
+                        td { a href={"/ui/hosts/" (h.id)} { (h.hostname) } }
+                        td { (h.kernel_release) }
+                        td { (h.channel) }
+                        td.level { @if let Some(l) = h.active_level { (l) } @else { "none" } }
+                        td.state { (h.state) }
+                        td { (when(h.last_checkin)) }
+                    }
+                }
+            }
+            p { "Page " (page_no) " of " (pages) " "
+                @if page_no > 1 { a href={"/ui/hosts?page=" (page_no - 1)} { "previous" } " " }
+                @if u64::from(page_no) < pages { a href={"/ui/hosts?page=" (page_no + 1)} { "next" } }
+            }
+        },
+    ))
+}
+
+async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<String>) -> PageResult {
+    let h = service
+        .store
+        .host(&id)
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("no host {id:?}")))?;
+    let level = match h.active_level {
+        Some(l) => service
+            .store
+            .levels()
+            .await?
+            .into_iter()
+            .find(|r| r.build_id == h.build_id && r.level == l),
+        None => None,
+    };
+    Ok(page(
+        Some(&user),
+        &h.hostname,
+        html! {
+            h1 { "Host " (h.hostname) }
+            table {
+                tr { th { "Host id" } td { code { (h.id) } } }
+                tr { th { "Kernel" } td { (h.kernel_release) " " code { (h.build_id) } } }
+                tr { th { "Channel" } td { a href={"/ui/channels/" (h.channel)} { (h.channel) } } }
+                tr { th { "Active level" } td #active-level { @if let Some(l) = h.active_level {
+                    a href={"/ui/kernels/" (h.build_id) "/" (l)} { "level " (l) } } @else { "none" } } }
+                tr { th { "State" } td #state { (h.state) } }
+                @if let Some(e) = &h.last_error { tr { th { "Last error" } td.error { (e) } } }
+                tr { th { "Agent" } td { (h.agent_version) } }
+                tr { th { "Registered" } td { (when(h.registered_at)) } }
+                tr { th { "Last check-in" } td { (when(h.last_checkin)) } }
+            }
+            @if let Some(level) = level {
+                h2 { "Fixes live on this host" }
+                ul { @for cve in level.manifest.get("fixes").and_then(|f| f.as_array()).into_iter().flatten() {
+                    li { (cve.as_str().unwrap_or("?")) } } }
+            }
+        },
+    ))
+}
+
+async fn kernels(State(service): State<AppState>, user: UiUser) -> PageResult {
+    let kernels = service.kernels().await?;
+    Ok(page(
+        Some(&user),
+        "Patch levels",
+        html! {
+            h1 { "Patch levels" }
+            @for k in &kernels {
+                h2 { (k.kernel_release) " (upstream " (k.upstream_version) ")" }
+                p { code { (k.build_id) } }
+                table {
+                    tr { th { "Level" } th { "Fixes" } th { "Size" } th { "Published" } }
+                    @for l in &k.levels {
+                        tr {
+                            td { a href={"/ui/kernels/" (k.build_id) "/" (l.level)} { "level " (l.level) } }
+                            td { (l.fixes.as_array().map(|a| a.iter().filter_map(|c| c.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
+                            td { (l.length) " bytes" }
+                            td { (when(l.published_at)) }
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+async fn level_page(
+    State(service): State<AppState>,
+    user: UiUser,
+    Path((build_id, level)): Path<(String, u32)>,
+) -> PageResult {
+    let record = service
+        .store
+        .levels()
+        .await?
+        .into_iter()
+        .find(|l| l.build_id.as_str() == build_id && l.level.get() == level)
+        .ok_or_else(|| ServerError::NotFound(format!("no level {level} of kernel {build_id}")))?;
+    let m = &record.manifest;
+    let list = |key: &str| -> Vec<serde_json::Value> {
+        m.get(key)
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default()
+    };
+    Ok(page(
+        Some(&user),
+        "Patch level",
+        html! {
+            h1 { "Level " (record.level) " of " (record.kernel_release) }
+            p { "Build-id " code { (record.build_id) } ", sha256 " code { (record.sha256) } }
+            h2 { "Fixes" }
+            ul #fixes { @for c in list("fixes") { li { (c.as_str().unwrap_or("?")) } } }
+            h2 { "Replaced functions" }
+            table {
+                tr { th { "Object" } th { "Function" } th { "Position" } }
+                @for f in list("replaced_functions") {
+                    tr {
+                        td { (f.get("object").and_then(|v| v.as_str()).unwrap_or("?")) }
+                        td { code { (f.get("function").and_then(|v| v.as_str()).unwrap_or("?")) } }
+                        td { (f.get("sympos").and_then(|v| v.as_u64()).unwrap_or(0)) }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+async fn channels(State(service): State<AppState>, user: UiUser) -> PageResult {
+    let list = service.store.channels().await?;
+    Ok(page(
+        Some(&user),
+        "Channels",
+        html! {
+            h1 { "Channels" }
+            table {
+                tr { th { "Channel" } th { "Serial" } th { "Updated" } }
+                @for c in &list {
+                    tr { td { a href={"/ui/channels/" (c.name)} { (c.name) } } td { (c.serial) } td { (c.updated) } }
+                }
+            }
+        },
+    ))
+}
+
+fn channel_name(name: &str) -> Result<ChannelName, ServerError> {
+    name.parse()
+        .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
+}
+
+async fn channel(
+    State(service): State<AppState>,
+    user: UiUser,
+    Path(name): Path<String>,
+) -> PageResult {
+    let name = channel_name(&name)?;
+    let doc = service.channel_doc(&name).await?;
+    let kernels = service.kernels().await?;
+    let can_change = user.0.role >= Role::Operator;
+    Ok(page(
+        Some(&user),
+        name.as_str(),
+        html! {
+            h1 { "Channel " (name) }
+            table #rollouts {
+                tr { th { "Kernel" } th { "Level" } th { "Previous" } th { "Effective" } th { "Waves" } th { "Pinned" } }
+                @for (bid, r) in &doc.kernels {
+                    tr {
+                        td { code { (bid) } }
+                        td.level { (r.level) }
+                        td { @if let Some(p) = r.previous { (p) } @else { "none" } }
+                        td { (when(r.effective_at)) }
+                        td { @for w in &r.waves { (w.percent) "% from " (when(w.at)) br; } }
+                        td { @if r.pinned { "pinned" } @else { "no" } }
+                    }
+                }
+            }
+            @if can_change {
+                h2 { "Change" }
+                @for k in &kernels {
+                    form method="get" action={"/ui/channels/" (name) "/confirm"} {
+                        input type="hidden" name="build_id" value=(k.build_id);
+                        (k.kernel_release) " "
+                        select name="action" {
+                            option value="promote" { "promote" }
+                            option value="rollback" { "roll back to" }
+                            option value="pin" { "pin at" }
+                            option value="unpin" { "unpin" }
+                        }
+                        " level "
+                        select name="level" { @for l in &k.levels { option value=(l.level) { (l.level) } } }
+                        " " button type="submit" { "Review" }
+                    }
+                }
+            } @else {
+                p { "Your role (" (user.0.role) ") can view channels; operators change them." }
+            }
+        },
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct ChangeRequest {
+    action: String,
+    build_id: String,
+    level: Option<u32>,
+    csrf: Option<String>,
+}
+
+fn describe(name: &ChannelName, change: &ChangeRequest) -> Result<String, ServerError> {
+    let level = change.level.map_or("?".into(), |l| l.to_string());
+    Ok(match change.action.as_str() {
+        "promote" => format!(
+            "Promote level {level} of kernel {} into {name}",
+            change.build_id
+        ),
+        "rollback" => format!(
+            "Roll {name} back to level {level} for kernel {}",
+            change.build_id
+        ),
+        "pin" => format!("Pin {name} at level {level} for kernel {}", change.build_id),
+        "unpin" => format!("Unpin {name} for kernel {}", change.build_id),
+        other => {
+            return Err(ServerError::BadRequest(format!(
+                "unknown action {other:?}; use promote, rollback, pin or unpin"
+            )))
+        }
+    })
+}
+
+async fn confirm(
+    user: UiUser,
+    Path(name): Path<String>,
+    Query(change): Query<ChangeRequest>,
+) -> PageResult {
+    user.caller()
+        .require(Role::Operator, "changing a channel")?;
+    let name = channel_name(&name)?;
+    let summary = describe(&name, &change)?;
+    Ok(page(
+        Some(&user),
+        "Confirm",
+        html! {
+            h1 { "Confirm" }
+            p #summary { (summary) "? Hosts in the channel follow at their next check." }
+            form method="post" action={"/ui/channels/" (name) "/apply"} {
+                input type="hidden" name="action" value=(change.action);
+                input type="hidden" name="build_id" value=(change.build_id);
+                @if let Some(l) = change.level { input type="hidden" name="level" value=(l); }
+                input type="hidden" name="csrf" value=(user.0.csrf);
+                button #confirm type="submit" { "Confirm" }
+                " " a href={"/ui/channels/" (name)} { "Cancel" }
+            }
+        },
+    ))
+}
+
+async fn apply(
+    State(service): State<AppState>,
+    user: UiUser,
+    Path(name): Path<String>,
+    Form(change): Form<ChangeRequest>,
+) -> Result<Response, PageError> {
+    let caller = user.caller();
+    caller.require(Role::Operator, "changing a channel")?;
+    if change.csrf.as_deref() != Some(user.0.csrf.as_str()) {
+        return Err(ServerError::Forbidden("stale or forged form; reload the page".into()).into());
+    }
+    let name = channel_name(&name)?;
+    let build_id: BuildId = change
+        .build_id
+        .parse()
+        .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
+    let level = || -> Result<PatchLevel, ServerError> {
+        change
+            .level
+            .ok_or_else(|| ServerError::BadRequest("choose a level".into()))?
+            .try_into()
+            .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
+    };
+    let actor = caller.actor.as_str();
+    match change.action.as_str() {
+        "promote" => {
+            service
+                .promote(actor, &name, &build_id, level()?, 0, &[])
+                .await?
+        }
+        "rollback" => service.rollback(actor, &name, &build_id, level()?).await?,
+        "pin" => service.pin(actor, &name, &build_id, Some(level()?)).await?,
+        "unpin" => service.unpin(actor, &name, &build_id).await?,
+        other => return Err(ServerError::BadRequest(format!("unknown action {other:?}")).into()),
+    };
+    Ok(Redirect::to(&format!("/ui/channels/{name}")).into_response())
+}
+
+async fn audit(State(service): State<AppState>, user: UiUser) -> PageResult {
+    let entries = service.store.audit_log(500).await?;
+    Ok(page(
+        Some(&user),
+        "Audit log",
+        html! {
+            h1 { "Audit log" }
+            table #audit {
+                tr { th { "When" } th { "Who" } th { "What" } th { "Detail" } th { "Targets version" } }
+                @for e in &entries {
+                    tr {
+                        td { (when(e.at)) } td { (e.actor) } td { (e.action) } td { (e.detail) }
+                        td { @if let Some(v) = e.targets_version { (v) } }
+                    }
+                }
+            }
+        },
+    ))
+}
