@@ -842,3 +842,188 @@ fn offline_targets_key_signs_changes_on_another_machine() {
         "{stale:?}"
     );
 }
+
+fn token(s: &Server, role: &str) -> String {
+    let out = cli(
+        &["token", "create", "--name", role, "--role", role],
+        &s.data,
+    );
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn authorization_matrix_each_role_and_endpoint() {
+    let s = start(|t| t.to_owned());
+    let viewer = token(&s, "viewer");
+    let operator = token(&s, "operator");
+    let tokens = [
+        ("viewer", viewer.as_str()),
+        ("operator", operator.as_str()),
+        ("admin", s.admin.as_str()),
+    ];
+    let promote = json!({"build_id": BUILD_ID, "level": 1});
+    let endpoints: Vec<(&str, &str, Option<Value>, &str)> = vec![
+        ("GET", "/api/v1/kernels", None, "viewer"),
+        ("GET", "/api/v1/channels", None, "viewer"),
+        ("GET", "/api/v1/channels/production", None, "viewer"),
+        ("GET", "/api/v1/hosts", None, "viewer"),
+        ("GET", "/api/v1/audit", None, "viewer"),
+        ("POST", "/api/v1/bundles", None, "operator"),
+        (
+            "POST",
+            "/api/v1/channels",
+            Some(json!({"name": "x"})),
+            "operator",
+        ),
+        (
+            "POST",
+            "/api/v1/channels/production/promote",
+            Some(promote.clone()),
+            "operator",
+        ),
+        (
+            "POST",
+            "/api/v1/channels/production/pin",
+            Some(promote.clone()),
+            "operator",
+        ),
+        (
+            "POST",
+            "/api/v1/channels/production/unpin",
+            Some(json!({"build_id": BUILD_ID})),
+            "operator",
+        ),
+        (
+            "POST",
+            "/api/v1/channels/production/rollback",
+            Some(promote),
+            "operator",
+        ),
+        (
+            "POST",
+            "/api/v1/registration-keys",
+            Some(json!({"channel": "production"})),
+            "admin",
+        ),
+    ];
+    let rank = |r: &str| {
+        ["viewer", "operator", "admin"]
+            .iter()
+            .position(|x| *x == r)
+            .unwrap()
+    };
+    for (method, path, body, needed) in &endpoints {
+        for (role, tok) in &tokens {
+            let body = match (path.ends_with("/bundles"), body) {
+                (true, _) => raw(bundle_bytes(1, RELEASE, true)),
+                (false, Some(v)) => Some(Body::Json(v.clone())),
+                (false, None) => None,
+            };
+            let (status, v) = call(&s, method, path, Some(tok), body);
+            if rank(role) >= rank(needed) {
+                assert!(
+                    status != 401 && status != 403,
+                    "{role} {method} {path} -> {status}: {v}"
+                );
+            } else {
+                assert_eq!(status, 403, "{role} {method} {path} must be forbidden: {v}");
+                assert!(error_of(&v).contains(needed), "{v}");
+            }
+        }
+        let (status, _) = call(&s, method, path, None, None);
+        assert_eq!(status, 401, "anonymous {method} {path}");
+    }
+    // Registration and check-in are for hosts, not roles.
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/api/v1/checkin",
+        Some(&viewer),
+        Some(Body::Json(json!({}))),
+    );
+    assert!(
+        status == 401 || status == 400,
+        "an API token is not a host token: {status}"
+    );
+}
+
+#[test]
+fn dashboard_login_roles_and_csrf() {
+    let s = start(|t| t.to_owned());
+    let add_user = |name: &str, role: &str| {
+        let out = Command::new(bin())
+            .args(["user", "add", "--name", name, "--role", role, "--data"])
+            .arg(&s.data)
+            .env("PATCHBAY_PASSWORD", "viewer-password")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    add_user("vera", "viewer");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let url = |p: &str| format!("{}{p}", s.url);
+        // Not logged in: redirected to the login page.
+        let r = client.get(url("/ui/hosts")).send().await.unwrap();
+        assert_eq!(r.status(), 303);
+        let r = client
+            .post(url("/ui/login"))
+            .form(&[("user", "vera"), ("password", "wrong-password")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = client
+            .post(url("/ui/login"))
+            .form(&[("user", "vera"), ("password", "viewer-password")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let session = cookie.split(';').next().unwrap().to_owned();
+        let page = client
+            .get(url("/ui/channels/production"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        let text = page.text().await.unwrap();
+        assert!(
+            text.contains("operators change them"),
+            "a viewer sees no change forms"
+        );
+        // A viewer cannot change a channel, even with a hand-made form.
+        let r = client
+            .post(url("/ui/channels/production/apply"))
+            .header("cookie", &session)
+            .form(&[
+                ("action", "promote"),
+                ("build_id", BUILD_ID),
+                ("level", "1"),
+                ("csrf", "x"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    });
+}
