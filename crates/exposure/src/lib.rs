@@ -1,0 +1,214 @@
+//! CVE intelligence for Patchbay: which kernel CVEs affect a 6.1.y release, how severe they
+//! are, since when they are public, and which of them a live patch level fixes.
+//!
+//! Sources: the kernel CNA's records ([`vulns`], the `vulns.git` layout with `.dyad`
+//! vulnerable:fixed pairs) for production, and the bundled 6.1 snapshot ([`snapshot`]) for tests
+//! and the demo. Both end in a [`CveDatabase`]; [`exposure`] evaluates it.
+//!
+//! Rules (see [`dyad`] for how pairs become ranges): a release `6.1.N` is exposed to a CVE when
+//! one of its ranges has `introduced <= 6.1.N < fixed` (`fixed = None`: no 6.1.y fix). CVSS is
+//! computed from the vector with the RustSec `cvss` crate where there is one; a CVE without a
+//! score is [`Score::Unscored`], never 0. "High" means a score of at least 7.0; a high CVE is
+//! overdue when it was published more than the window (default 30 days) before the evaluation
+//! day.
+
+pub mod dyad;
+pub mod exposure;
+pub mod snapshot;
+pub mod version;
+pub mod vulns;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+pub use exposure::{exposure, ExposedCve, Exposure, Policy};
+pub use version::UpstreamVersion;
+
+/// A civil date (UTC day).
+pub type Day = jiff::civil::Date;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CveError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {reason}")]
+    Malformed { what: String, reason: String },
+}
+
+impl CveError {
+    pub fn malformed(what: impl Into<String>, reason: impl fmt::Display) -> Self {
+        CveError::Malformed {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Parses `2025-03-27` or the day of an RFC 3339 time (`2025-03-27T16:37:42Z`).
+pub fn parse_day(text: &str) -> Result<Day, CveError> {
+    let day = text.get(..10).unwrap_or(text);
+    day.parse()
+        .map_err(|e| CveError::malformed(format!("date {text:?}"), e))
+}
+
+/// Severity bands of CVSS v3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    None,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn of(score: f64) -> Severity {
+        match score {
+            s if s >= 9.0 => Severity::Critical,
+            s if s >= 7.0 => Severity::High,
+            s if s >= 4.0 => Severity::Medium,
+            s if s > 0.0 => Severity::Low,
+            _ => Severity::None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::None => "none",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// A CVE's base score, or the fact that nobody scored it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Score {
+    Scored {
+        /// Base score, 0.0 to 10.0.
+        score: f64,
+        severity: Severity,
+        /// The vector it was computed from (None: a published score without a vector).
+        vector: Option<String>,
+        source: String,
+    },
+    Unscored,
+}
+
+impl Score {
+    /// Scores a CVSS v3.x vector with the `cvss` crate.
+    pub fn from_v3_vector(vector: &str, source: &str) -> Result<Score, CveError> {
+        let parsed: cvss::v3::Vector = vector
+            .parse()
+            .map_err(|e| CveError::malformed(format!("CVSS vector {vector:?}"), e))?;
+        let score = parsed.score().value();
+        Ok(Score::Scored {
+            score,
+            severity: Severity::of(score),
+            vector: Some(vector.to_owned()),
+            source: source.to_owned(),
+        })
+    }
+
+    /// Scores a CVSS v2 vector (`AV:N/AC:L/Au:N/C:P/I:P/A:P`).
+    pub fn from_v2_vector(vector: &str, source: &str) -> Result<Score, CveError> {
+        let parsed: cvss::v2::Vector = vector
+            .parse()
+            .map_err(|e| CveError::malformed(format!("CVSS v2 vector {vector:?}"), e))?;
+        let score = parsed.score().value();
+        Ok(Score::Scored {
+            score,
+            severity: Severity::of(score),
+            vector: Some(vector.to_owned()),
+            source: source.to_owned(),
+        })
+    }
+
+    pub fn value(&self) -> Option<f64> {
+        match self {
+            Score::Scored { score, .. } => Some(*score),
+            Score::Unscored => None,
+        }
+    }
+
+    pub fn severity(&self) -> Option<Severity> {
+        match self {
+            Score::Scored { severity, .. } => Some(*severity),
+            Score::Unscored => None,
+        }
+    }
+}
+
+/// One affected range inside 6.1.y: `introduced <= R < fixed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Range {
+    pub introduced: UpstreamVersion,
+    pub fixed: Option<UpstreamVersion>,
+}
+
+impl Range {
+    pub fn contains(&self, v: &UpstreamVersion) -> bool {
+        &self.introduced <= v && self.fixed.as_ref().is_none_or(|f| v < f)
+    }
+}
+
+/// A CISA Known Exploited Vulnerabilities entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Kev {
+    pub date_added: Day,
+}
+
+/// What Patchbay knows of one CVE.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CveRecord {
+    pub id: String,
+    pub title: String,
+    /// Publication day (None: unknown; such CVEs are never counted overdue).
+    pub published: Option<Day>,
+    pub score: Score,
+    pub ranges: Vec<Range>,
+    pub kev: Option<Kev>,
+}
+
+impl CveRecord {
+    pub fn affects(&self, v: &UpstreamVersion) -> bool {
+        self.ranges.iter().any(|r| r.contains(v))
+    }
+}
+
+/// All known CVEs by id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CveDatabase {
+    pub records: BTreeMap<String, CveRecord>,
+}
+
+impl CveDatabase {
+    /// Adds or replaces records (later sources win).
+    pub fn merge(&mut self, other: CveDatabase) {
+        self.records.extend(other.records);
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// Checks a CVE id (`CVE-YYYY-NNNN…`).
+pub fn check_cve_id(id: &str) -> Result<(), CveError> {
+    id.parse::<patchbay_core::CveId>()
+        .map(drop)
+        .map_err(|e| CveError::malformed(format!("CVE id {id:?}"), e))
+}
