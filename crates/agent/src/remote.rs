@@ -338,6 +338,32 @@ struct RegisterReply {
     root: serde_json::Value,
 }
 
+/// The upstream release of a distribution kernel, from `/proc/version`: Debian writes its
+/// package version there (`... #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-11-16)`), while
+/// the release (`6.1.0-56-amd64`) names only the ABI.
+pub fn upstream_version(proc_version: &str) -> Option<String> {
+    let mut words = proc_version.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "Debian" {
+            let version = words.next()?;
+            let upstream = version.split(['-', '+', '~']).next()?;
+            let parts: Vec<&str> = upstream.split('.').collect();
+            let numeric = parts.len() == 3
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            return numeric.then(|| upstream.to_owned());
+        }
+    }
+    None
+}
+
+fn kernel_version(agent: &Agent<'_>) -> Option<String> {
+    std::fs::read_to_string(agent.paths.proc_dir.join("version"))
+        .ok()
+        .and_then(|text| upstream_version(&text))
+}
+
 fn root_key_ids(root: &[u8]) -> Vec<String> {
     let value: serde_json::Value = serde_json::from_slice(root).unwrap_or_default();
     let mut ids: Vec<String> = value
@@ -378,6 +404,7 @@ pub fn register(
                 "key": key,
                 "hostname": hostname,
                 "kernel_release": identity.release.as_str(),
+                "kernel_version": kernel_version(agent),
                 "build_id": identity.build_id.as_str(),
                 "agent_version": AGENT_VERSION,
             }),
@@ -673,6 +700,7 @@ impl<'a, 'b> Remote<'a, 'b> {
             Some(&link.host_token),
             &serde_json::json!({
                 "kernel_release": identity.release.as_str(),
+                "kernel_version": kernel_version(self.agent),
                 "build_id": identity.build_id.as_str(),
                 "active_level": active.map(PatchLevel::get),
                 "state": state,
@@ -821,6 +849,17 @@ pub fn boot(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn upstream_version_from_proc_version() {
+        let debian = "Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org) (gcc-12 \
+                      (Debian 12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) \
+                      #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-11-16)";
+        // The compiler's "(Debian 12.2.0-14...)" comes first and is not the kernel's.
+        assert_eq!(upstream_version(debian).as_deref(), Some("6.1.192"));
+        assert_eq!(upstream_version("Linux version 6.8.0 #1 SMP"), None);
+        assert_eq!(upstream_version("Debian"), None);
+    }
 
     #[test]
     fn intervals() {

@@ -21,7 +21,7 @@ pub mod vulns;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use exposure::{exposure, ExposedCve, Exposure, Policy};
 pub use version::UpstreamVersion;
@@ -57,7 +57,7 @@ pub fn parse_day(text: &str) -> Result<Day, CveError> {
 }
 
 /// Severity bands of CVSS v3.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     None,
@@ -90,7 +90,7 @@ impl Severity {
 }
 
 /// A CVE's base score, or the fact that nobody scored it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum Score {
     Scored {
@@ -149,7 +149,7 @@ impl Score {
 }
 
 /// One affected range inside 6.1.y: `introduced <= R < fixed`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Range {
     pub introduced: UpstreamVersion,
     pub fixed: Option<UpstreamVersion>,
@@ -162,13 +162,13 @@ impl Range {
 }
 
 /// A CISA Known Exploited Vulnerabilities entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kev {
     pub date_added: Day,
 }
 
 /// What Patchbay knows of one CVE.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CveRecord {
     pub id: String,
     pub title: String,
@@ -186,12 +186,56 @@ impl CveRecord {
 }
 
 /// All known CVEs by id.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CveDatabase {
     pub records: BTreeMap<String, CveRecord>,
 }
 
 impl CveDatabase {
+    /// The normalized form a server stores (`cve sync`) and loads.
+    pub fn to_json(&self) -> Result<Vec<u8>, CveError> {
+        serde_json::to_vec(self).map_err(|e| CveError::malformed("CVE database", e))
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<CveDatabase, CveError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            CveError::malformed(
+                "CVE database",
+                format!("{e}; run `patchbay-server cve sync` again"),
+            )
+        })
+    }
+
+    /// The first 6.1.y release at or after `from` that fixes every CVE in `fixed_set` that
+    /// affects `from` and has a fix — i.e. the release whose fixes a patch level brings.
+    pub fn effective_version(
+        &self,
+        from: UpstreamVersion,
+        fixed_set: &std::collections::BTreeSet<String>,
+    ) -> UpstreamVersion {
+        // The effective release is the newest N such that every CVE fixed in (from, N] is in
+        // the patch's fixes: a host with the patch is then no worse than N.
+        let mut fixed_at: BTreeMap<UpstreamVersion, Vec<&str>> = BTreeMap::new();
+        for r in self.records.values() {
+            for range in &r.ranges {
+                if let Some(f) = range.fixed {
+                    if range.contains(&from) && f.series() == from.series() {
+                        fixed_at.entry(f).or_default().push(r.id.as_str());
+                    }
+                }
+            }
+        }
+        let mut effective = from;
+        for (release, ids) in fixed_at {
+            if ids.iter().all(|id| fixed_set.contains(*id)) {
+                effective = release;
+            } else {
+                break;
+            }
+        }
+        effective
+    }
+
     /// Adds or replaces records (later sources win).
     pub fn merge(&mut self, other: CveDatabase) {
         self.records.extend(other.records);

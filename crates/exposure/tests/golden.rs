@@ -324,3 +324,43 @@ fn bad_input_is_a_clear_error() {
         .contains("CVE-2024-0001.dyad"));
     assert!(snapshot::load(&dir.path().join("missing")).is_err());
 }
+
+#[test]
+fn effective_version_is_the_newest_release_whose_fixes_the_patch_carries() {
+    let db = snapshot::load(&snapshot::bundled_dir()).unwrap();
+    let from: UpstreamVersion = "6.1.100".parse().unwrap();
+    // The CVEs fixed in the next releases after 6.1.100, from the raw ranges.
+    let fixed_in = |release: &str| -> BTreeSet<String> {
+        let r: UpstreamVersion = release.parse().unwrap();
+        db.records
+            .values()
+            .filter(|c| {
+                c.ranges
+                    .iter()
+                    .any(|x| x.contains(&from) && x.fixed == Some(r))
+            })
+            .map(|c| c.id.clone())
+            .collect()
+    };
+    let mut releases: Vec<UpstreamVersion> = db
+        .records
+        .values()
+        .flat_map(|c| {
+            c.ranges
+                .iter()
+                .filter(|x| x.contains(&from))
+                .filter_map(|x| x.fixed)
+        })
+        .collect();
+    releases.sort();
+    releases.dedup();
+    let (first, second) = (releases[0], releases[1]);
+    let mut patch = fixed_in(&first.to_string());
+    assert_eq!(db.effective_version(from, &patch), first);
+    patch.extend(fixed_in(&second.to_string()));
+    assert_eq!(db.effective_version(from, &patch), second);
+    assert_eq!(db.effective_version(from, &BTreeSet::new()), from);
+    // Round trip of the stored form.
+    let back = patchbay_exposure::CveDatabase::from_json(&db.to_json().unwrap()).unwrap();
+    assert_eq!(back, db);
+}

@@ -135,6 +135,10 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/channels/{name}/rollback", post(rollback))
         .route("/registration-keys", post(registration_key))
         .route("/hosts", get(hosts))
+        .route("/hosts/{id}/exposure", get(host_exposure))
+        .route("/hosts/{id}/vex", get(host_vex))
+        .route("/cve/exposure/{version}", get(cve_exposure))
+        .route("/reports/compliance", get(compliance))
         .route("/audit", get(audit))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(max_json));
@@ -143,6 +147,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/tuf/metadata/{file}", get(tuf_metadata))
         .route("/tuf/targets/{*path}", get(tuf_target))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .nest("/ui", crate::ui::router())
         .route(
             "/ui/",
@@ -479,6 +484,187 @@ async fn tuf_target(
             ),
         ],
         bytes,
+    )
+        .into_response())
+}
+
+async fn host_record(service: &Service, id: &str) -> Result<crate::store::HostRecord, ServerError> {
+    service.store.host(id).await?.ok_or_else(|| {
+        ServerError::NotFound(format!("no host {id:?}; GET /api/v1/hosts lists them"))
+    })
+}
+
+async fn host_exposure(
+    State(service): State<AppState>,
+    Api(caller): Api,
+    Path(id): Path<String>,
+) -> Result<Json<crate::cve::HostExposure>, ServerError> {
+    caller.require(Role::Viewer, "reading a host's exposure")?;
+    let host = host_record(&service, &id).await?;
+    Ok(Json(service.host_exposure(&host).await?))
+}
+
+async fn host_vex(
+    State(service): State<AppState>,
+    Api(caller): Api,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Viewer, "reading a host's VEX document")?;
+    let host = host_record(&service, &id).await?;
+    let exposure = service.host_exposure(&host).await?;
+    let now = jiff::Timestamp::now().to_string();
+    Ok(Json(crate::cve::csaf_vex(
+        &host,
+        &exposure,
+        &service.cve_db(),
+        &now,
+    )))
+}
+
+fn query_day(query: &HashMap<String, String>) -> Result<patchbay_exposure::Day, ServerError> {
+    match query.get("at") {
+        Some(day) => patchbay_exposure::parse_day(day)
+            .map_err(|e| ServerError::BadRequest(format!("at: {e} (use YYYY-MM-DD)"))),
+        None => Ok(crate::cve::today()),
+    }
+}
+
+fn query_policy(query: &HashMap<String, String>) -> Result<patchbay_exposure::Policy, ServerError> {
+    let mut policy = patchbay_exposure::Policy::default();
+    if let Some(days) = query.get("window_days") {
+        policy.window_days = days
+            .parse()
+            .ok()
+            .filter(|d| (1..=3650).contains(d))
+            .ok_or_else(|| ServerError::BadRequest("window_days must be 1 to 3650".into()))?;
+    }
+    Ok(policy)
+}
+
+async fn cve_exposure(
+    State(service): State<AppState>,
+    Api(caller): Api,
+    Path(version): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<patchbay_exposure::Exposure>, ServerError> {
+    caller.require(Role::Viewer, "reading exposure")?;
+    let version = crate::cve::parse_version(&version)?;
+    let db = service.cve_db();
+    if db.is_empty() {
+        return Err(ServerError::Conflict(
+            "no CVE data yet; run `patchbay-server cve sync`".into(),
+        ));
+    }
+    Ok(Json(patchbay_exposure::exposure(
+        &db,
+        version,
+        query_day(&query)?,
+        query_policy(&query)?,
+        &Default::default(),
+    )))
+}
+
+async fn compliance(
+    State(service): State<AppState>,
+    Api(caller): Api,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ServerError> {
+    caller.require(Role::Viewer, "reading the compliance report")?;
+    let hosts = service.hosts(&HostFilter::default()).await?;
+    let levels = service.store.levels().await?;
+    let rows = crate::cve::compliance(
+        &service.cve_db(),
+        &hosts,
+        &levels,
+        query_day(&query)?,
+        query_policy(&query)?,
+    );
+    match query.get("format").map(String::as_str) {
+        Some("csv") => Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            )],
+            crate::cve::compliance_csv(&rows),
+        )
+            .into_response()),
+        None | Some("json") => Ok(Json(serde_json::json!({ "hosts": rows })).into_response()),
+        Some(other) => Err(ServerError::BadRequest(format!(
+            "format {other:?}: use json or csv"
+        ))),
+    }
+}
+
+/// Prometheus text format: hosts by state, exposed CVEs by severity (distinct CVEs still open
+/// somewhere in the fleet), hosts breaching the window, check-ins, errors.
+async fn metrics(State(service): State<AppState>) -> Result<Response, ServerError> {
+    let hosts = service.hosts(&HostFilter::default()).await?;
+    let levels = service.store.levels().await?;
+    let db = service.cve_db();
+    let mut by_state: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for h in &hosts {
+        *by_state.entry(h.state.as_str()).or_default() += 1;
+    }
+    let mut open: std::collections::BTreeMap<String, &'static str> =
+        std::collections::BTreeMap::new();
+    let mut breaching = 0u64;
+    let today = crate::cve::today();
+    let mut seen = std::collections::HashSet::new();
+    for h in &hosts {
+        let key = (
+            crate::cve::host_upstream(h, &levels),
+            crate::cve::level_fixes(h, &levels),
+        );
+        let e = crate::cve::host_exposure(&db, h, &levels, today, Default::default());
+        if e.live.as_ref().is_some_and(|l| l.high_overdue > 0) {
+            breaching += 1;
+        }
+        if !seen.insert(key) {
+            continue;
+        }
+        for c in e.live.iter().flat_map(|l| l.list.iter()) {
+            open.insert(c.id.clone(), c.severity.map_or("unscored", |s| s.as_str()));
+        }
+    }
+    let mut by_severity: std::collections::BTreeMap<&str, u64> =
+        ["critical", "high", "medium", "low", "none", "unscored"]
+            .iter()
+            .map(|s| (*s, 0))
+            .collect();
+    for severity in open.values() {
+        *by_severity.entry(severity).or_default() += 1;
+    }
+    let checkins = service.store.checkin_count().await?;
+    let mut out = String::new();
+    out.push_str("# HELP patchbay_hosts Registered hosts by last reported state.\n# TYPE patchbay_hosts gauge\n");
+    for state in [
+        "patched",
+        "unpatched",
+        "transition",
+        "interrupted",
+        "error",
+        "disabled",
+    ] {
+        out.push_str(&format!(
+            "patchbay_hosts{{state=\"{state}\"}} {}\n",
+            by_state.get(state).copied().unwrap_or(0)
+        ));
+    }
+    out.push_str("# HELP patchbay_exposed_cves Distinct CVEs still open on at least one host (live patches counted), by severity.\n# TYPE patchbay_exposed_cves gauge\n");
+    for (severity, n) in &by_severity {
+        out.push_str(&format!(
+            "patchbay_exposed_cves{{severity=\"{severity}\"}} {n}\n"
+        ));
+    }
+    out.push_str(&format!("# HELP patchbay_hosts_window_breached Hosts with a CVSS >= 7 CVE open longer than the window.\n# TYPE patchbay_hosts_window_breached gauge\npatchbay_hosts_window_breached {breaching}\n"));
+    out.push_str(&format!("# HELP patchbay_checkins_total Check-ins received.\n# TYPE patchbay_checkins_total counter\npatchbay_checkins_total {checkins}\n"));
+    out.push_str(&format!("# HELP patchbay_hosts_in_error Hosts whose last check-in reported an error.\n# TYPE patchbay_hosts_in_error gauge\npatchbay_hosts_in_error {}\n", by_state.get("error").copied().unwrap_or(0)));
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        out,
     )
         .into_response())
 }

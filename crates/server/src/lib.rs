@@ -11,6 +11,7 @@ pub mod api;
 pub mod archive;
 pub mod auth;
 pub mod config;
+pub mod cve;
 pub mod error;
 pub mod objects;
 pub mod service;

@@ -49,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// CVE intelligence: ingest records, evaluate a kernel version.
+    Cve {
+        #[command(subcommand)]
+        command: CveCommand,
+    },
     /// Dashboard users.
     User {
         #[command(subcommand)]
@@ -93,6 +98,40 @@ enum Command {
         #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
         data: PathBuf,
         signed: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CveCommand {
+    /// Ingest a checkout of the kernel CNA's vulns repository (or, with --snapshot, a snapshot
+    /// directory) into the server's CVE database.
+    Sync {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        /// The vulns checkout (git.kernel.org/pub/scm/linux/security/vulns.git).
+        #[arg(required_unless_present = "snapshot")]
+        path: Option<PathBuf>,
+        /// A CISA KEV feed (known_exploited_vulnerabilities.json) to mark exploited CVEs.
+        #[arg(long)]
+        kev: Option<PathBuf>,
+        /// Load a snapshot directory in Patchbay's bundled format instead.
+        #[arg(long, value_name = "DIR", conflicts_with = "path")]
+        snapshot: Option<PathBuf>,
+    },
+    /// Exposure of an upstream kernel version (e.g. 6.1.192).
+    Exposure {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        version: String,
+        /// Evaluate as of this day (YYYY-MM-DD); default today.
+        #[arg(long)]
+        at: Option<String>,
+        /// The counts as JSON (keys version, cves, high, high_overdue, kev).
+        #[arg(long)]
+        json: bool,
+        /// Days a CVE with CVSS >= 7 may stay open.
+        #[arg(long, default_value_t = 30)]
+        window_days: i64,
     },
 }
 
@@ -172,6 +211,61 @@ async fn run(cli: Cli) -> Result<()> {
                 )
                 .await?;
             println!("token: {token}");
+            Ok(())
+        }
+        Command::Cve {
+            command:
+                CveCommand::Sync {
+                    data,
+                    path,
+                    kev,
+                    snapshot,
+                },
+        } => {
+            let source = match (snapshot, path) {
+                (Some(dir), _) => patchbay_server::cve::CveSource::Snapshot(dir),
+                (None, Some(path)) => patchbay_server::cve::CveSource::Vulns { path, kev },
+                (None, None) => anyhow::bail!("give the vulns checkout or --snapshot DIR"),
+            };
+            let n = patchbay_server::cve::sync(&data, &source)?;
+            println!(
+                "stored {n} CVEs affecting 6.1.y in {}",
+                patchbay_server::cve::db_path(&data).display()
+            );
+            Ok(())
+        }
+        Command::Cve {
+            command:
+                CveCommand::Exposure {
+                    data,
+                    version,
+                    at,
+                    json,
+                    window_days,
+                },
+        } => {
+            let db = patchbay_server::cve::load(&data)?;
+            if db.is_empty() {
+                anyhow::bail!(
+                    "the CVE database in {} is empty; run `patchbay-server cve sync` first",
+                    data.display()
+                );
+            }
+            let version = patchbay_server::cve::parse_version(&version)?;
+            let at = match at {
+                Some(day) => patchbay_exposure::parse_day(&day)?,
+                None => patchbay_server::cve::today(),
+            };
+            let policy = patchbay_exposure::Policy {
+                window_days,
+                ..Default::default()
+            };
+            let e = patchbay_exposure::exposure(&db, version, at, policy, &Default::default());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e.summary_json())?);
+            } else {
+                print!("{}", e.render(20));
+            }
             Ok(())
         }
         Command::User {
@@ -322,10 +416,21 @@ async fn serve(data: &Path, listen: Option<String>) -> Result<()> {
     let local = listener.local_addr()?;
     let refresher = Arc::clone(&service);
     tokio::spawn(async move {
+        let mut rounds: u64 = 0;
         loop {
             if let Err(e) = refresher.refresh_timestamp().await {
                 eprintln!("patchbay-server: timestamp refresh failed: {e}");
             }
+            if let Err(e) = refresher.reload_cve_if_changed() {
+                eprintln!("patchbay-server: CVE database reload failed: {e}");
+            }
+            // The day's exposure snapshot (trend charts), refreshed every ten minutes.
+            if rounds.is_multiple_of(10) {
+                if let Err(e) = refresher.record_exposure_snapshot().await {
+                    eprintln!("patchbay-server: exposure snapshot failed: {e}");
+                }
+            }
+            rounds += 1;
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
     });

@@ -83,6 +83,9 @@ pub struct RegisterRequest {
     pub key: String,
     pub hostname: String,
     pub kernel_release: String,
+    /// The upstream release (`6.1.192`), from the kernel's version string.
+    #[serde(default)]
+    pub kernel_version: Option<String>,
     pub build_id: String,
     pub agent_version: String,
 }
@@ -100,6 +103,8 @@ pub struct RegisterReply {
 #[serde(deny_unknown_fields)]
 pub struct CheckInRequest {
     pub kernel_release: String,
+    #[serde(default)]
+    pub kernel_version: Option<String>,
     pub build_id: String,
     pub active_level: Option<u32>,
     pub state: String,
@@ -133,6 +138,11 @@ pub struct Service {
     pub objects: Objects,
     pub tuf: TufRepo,
     lock: Mutex<()>,
+    /// The CVE database (`cve sync`), swapped whole when the file changes.
+    cve: std::sync::RwLock<(
+        Option<std::time::SystemTime>,
+        Arc<patchbay_exposure::CveDatabase>,
+    )>,
 }
 
 fn bad(what: &str, value: &str, expected: &str) -> ServerError {
@@ -148,6 +158,11 @@ fn text_field(what: &str, value: &str, max: usize) -> Result<(), ServerError> {
         ));
     }
     Ok(())
+}
+
+fn checked_version(v: Option<String>) -> Result<Option<String>, ServerError> {
+    v.map(|v| crate::cve::parse_version(&v).map(|p| p.to_string()))
+        .transpose()
 }
 
 const HOST_STATES: &[&str] = &[
@@ -296,7 +311,12 @@ impl Service {
             }
         };
         let store = SqliteStore::open(&db_path).await?;
+        let cve_db = crate::cve::load(data_dir)?;
+        let cve_mtime = std::fs::metadata(crate::cve::db_path(data_dir))
+            .and_then(|m| m.modified())
+            .ok();
         Ok(Service {
+            cve: std::sync::RwLock::new((cve_mtime, Arc::new(cve_db))),
             data_dir: data_dir.to_path_buf(),
             tuf: TufRepo::new(data_dir, config.tuf.clone()),
             objects: Objects::local(&data_dir.join("objects"))?,
@@ -304,6 +324,60 @@ impl Service {
             store: Arc::new(store),
             lock: Mutex::new(()),
         })
+    }
+
+    /// The current CVE database.
+    pub fn cve_db(&self) -> Arc<patchbay_exposure::CveDatabase> {
+        match self.cve.read() {
+            Ok(guard) => Arc::clone(&guard.1),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner().1),
+        }
+    }
+
+    /// Reloads the CVE database if `cve sync` replaced it. Returns whether it did.
+    pub fn reload_cve_if_changed(&self) -> Result<bool, ServerError> {
+        let path = crate::cve::db_path(&self.data_dir);
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let current = match self.cve.read() {
+            Ok(guard) => guard.0,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+        if mtime == current {
+            return Ok(false);
+        }
+        let db = Arc::new(crate::cve::load(&self.data_dir)?);
+        match self.cve.write() {
+            Ok(mut guard) => *guard = (mtime, db),
+            Err(poisoned) => *poisoned.into_inner() = (mtime, db),
+        }
+        Ok(true)
+    }
+
+    /// Computes today's fleet exposure and keeps it as the day's snapshot.
+    pub async fn record_exposure_snapshot(
+        &self,
+    ) -> Result<crate::store::ExposureSnapshot, ServerError> {
+        let hosts = self.store.hosts(&HostFilter::default()).await?;
+        let levels = self.store.levels().await?;
+        let snapshot =
+            crate::cve::fleet_snapshot(&self.cve_db(), &hosts, &levels, crate::cve::today());
+        self.store.record_snapshot(&snapshot).await?;
+        Ok(snapshot)
+    }
+
+    /// A host's exposure today under the default policy.
+    pub async fn host_exposure(
+        &self,
+        host: &HostRecord,
+    ) -> Result<crate::cve::HostExposure, ServerError> {
+        let levels = self.store.levels().await?;
+        Ok(crate::cve::host_exposure(
+            &self.cve_db(),
+            host,
+            &levels,
+            crate::cve::today(),
+            patchbay_exposure::Policy::default(),
+        ))
     }
 
     fn is_mirror(&self) -> bool {
@@ -843,6 +917,7 @@ impl Service {
             channel: channel.clone(),
             seed: seed.clone(),
             kernel_release: release.as_str().to_owned(),
+            kernel_version: checked_version(request.kernel_version)?,
             build_id,
             active_level: None,
             state: "unpatched".into(),
@@ -912,6 +987,7 @@ impl Service {
                 &host.id,
                 &CheckIn {
                     kernel_release: release.as_str().to_owned(),
+                    kernel_version: checked_version(request.kernel_version)?,
                     build_id,
                     active_level,
                     state: request.state,

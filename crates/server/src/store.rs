@@ -49,6 +49,8 @@ pub struct HostRecord {
     pub channel: ChannelName,
     pub seed: HostSeed,
     pub kernel_release: String,
+    /// The upstream release the host reported (`6.1.192`), if it did.
+    pub kernel_version: Option<String>,
     pub build_id: BuildId,
     pub active_level: Option<PatchLevel>,
     pub state: String,
@@ -62,6 +64,7 @@ pub struct HostRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckIn {
     pub kernel_release: String,
+    pub kernel_version: Option<String>,
     pub build_id: BuildId,
     pub active_level: Option<PatchLevel>,
     pub state: String,
@@ -78,6 +81,19 @@ pub struct AuditEntry {
     pub action: String,
     pub detail: String,
     pub targets_version: Option<u64>,
+}
+
+/// The fleet's exposure on one day, for trends: distinct open CVEs by severity and hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExposureSnapshot {
+    pub day: String,
+    pub critical: u64,
+    pub high: u64,
+    pub medium: u64,
+    pub low: u64,
+    pub unscored: u64,
+    pub hosts: u64,
+    pub hosts_breached: u64,
 }
 
 /// A dashboard user; `password_hash` is Argon2id (PHC string).
@@ -168,6 +184,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError>;
     async fn count_hosts(&self, filter: &HostFilter) -> Result<u64, ServerError>;
     async fn host(&self, id: &str) -> Result<Option<HostRecord>, ServerError>;
+    async fn checkin_count(&self) -> Result<u64, ServerError>;
+    /// Keeps one exposure snapshot per day (the latest of the day wins).
+    async fn record_snapshot(&self, snapshot: &ExposureSnapshot) -> Result<(), ServerError>;
+    /// The newest `limit` daily snapshots, oldest first.
+    async fn snapshots(&self, limit: u32) -> Result<Vec<ExposureSnapshot>, ServerError>;
 
     async fn audit(
         &self,
@@ -239,6 +260,7 @@ CREATE TABLE IF NOT EXISTS hosts (
     channel TEXT NOT NULL REFERENCES channels(name),
     seed TEXT NOT NULL,
     kernel_release TEXT NOT NULL,
+    kernel_version TEXT,
     build_id TEXT NOT NULL,
     active_level BIGINT,
     state TEXT NOT NULL,
@@ -260,6 +282,16 @@ CREATE TABLE IF NOT EXISTS checkins (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS checkins_host_at ON checkins(host_id, at);
+CREATE TABLE IF NOT EXISTS exposure_snapshots (
+    day TEXT PRIMARY KEY,
+    critical BIGINT NOT NULL,
+    high BIGINT NOT NULL,
+    medium BIGINT NOT NULL,
+    low BIGINT NOT NULL,
+    unscored BIGINT NOT NULL,
+    hosts BIGINT NOT NULL,
+    hosts_breached BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
     at BIGINT NOT NULL,
@@ -306,7 +338,8 @@ async fn write_checkins(pool: &SqlitePool, batch: &[PendingCheckIn]) -> Result<(
         let level = c.active_level.map(|l| i64::from(l.get()));
         sqlx::query(
             "UPDATE hosts SET kernel_release = $2, build_id = $3, active_level = $4, state = $5, \
-             last_error = $6, agent_version = $7, last_checkin = $8 WHERE id = $1",
+             last_error = $6, agent_version = $7, last_checkin = $8, \
+             kernel_version = COALESCE($9, kernel_version) WHERE id = $1",
         )
         .bind(host_id)
         .bind(&c.kernel_release)
@@ -316,6 +349,7 @@ async fn write_checkins(pool: &SqlitePool, batch: &[PendingCheckIn]) -> Result<(
         .bind(&c.last_error)
         .bind(&c.agent_version)
         .bind(c.at)
+        .bind(&c.kernel_version)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -375,6 +409,7 @@ fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, ServerErro
         channel: parse("host channel", row.try_get::<&str, _>("channel")?)?,
         seed: parse("host seed", row.try_get::<&str, _>("seed")?)?,
         kernel_release: row.try_get("kernel_release")?,
+        kernel_version: row.try_get("kernel_version")?,
         build_id: parse("host build-id", row.try_get::<&str, _>("build_id")?)?,
         active_level: active.map(|n| level_from("host level", n)).transpose()?,
         state: row.try_get("state")?,
@@ -733,7 +768,8 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO hosts (id, token_hash, hostname, channel, seed, kernel_release, \
              build_id, active_level, state, last_error, agent_version, registered_at, \
-             last_checkin) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             last_checkin, kernel_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&host.id)
         .bind(&host.token_hash)
@@ -748,6 +784,7 @@ impl Store for SqliteStore {
         .bind(&host.agent_version)
         .bind(host.registered_at)
         .bind(host.last_checkin)
+        .bind(&host.kernel_version)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -800,6 +837,62 @@ impl Store for SqliteStore {
         .fetch_one(&self.pool)
         .await?;
         u64::try_from(n).map_err(|e| corrupt("host count", e))
+    }
+
+    async fn record_snapshot(&self, x: &ExposureSnapshot) -> Result<(), ServerError> {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO exposure_snapshots (day, critical, high, medium, low, unscored, hosts, \
+             hosts_breached) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (day) DO UPDATE \
+             SET critical = excluded.critical, high = excluded.high, medium = excluded.medium, \
+             low = excluded.low, unscored = excluded.unscored, hosts = excluded.hosts, \
+             hosts_breached = excluded.hosts_breached",
+        )
+        .bind(&x.day)
+        .bind(n(x.critical))
+        .bind(n(x.high))
+        .bind(n(x.medium))
+        .bind(n(x.low))
+        .bind(n(x.unscored))
+        .bind(n(x.hosts))
+        .bind(n(x.hosts_breached))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn snapshots(&self, limit: u32) -> Result<Vec<ExposureSnapshot>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM exposure_snapshots ORDER BY day DESC LIMIT $1) \
+             ORDER BY day",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let n = |row: &sqlx::sqlite::SqliteRow, c: &str| -> Result<u64, ServerError> {
+            u64::try_from(row.try_get::<i64, _>(c)?).map_err(|e| corrupt("snapshot", e))
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(ExposureSnapshot {
+                    day: row.try_get("day")?,
+                    critical: n(row, "critical")?,
+                    high: n(row, "high")?,
+                    medium: n(row, "medium")?,
+                    low: n(row, "low")?,
+                    unscored: n(row, "unscored")?,
+                    hosts: n(row, "hosts")?,
+                    hosts_breached: n(row, "hosts_breached")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn checkin_count(&self) -> Result<u64, ServerError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM checkins")
+            .fetch_one(&self.pool)
+            .await?;
+        u64::try_from(n).map_err(|e| corrupt("check-in count", e))
     }
 
     async fn host(&self, id: &str) -> Result<Option<HostRecord>, ServerError> {

@@ -40,6 +40,9 @@ pub fn router() -> Router<AppState> {
         .route("/channels/{name}/confirm", get(confirm))
         .route("/channels/{name}/apply", post(apply))
         .route("/audit", get(audit))
+        .route("/compliance", get(compliance))
+        .route("/compliance.csv", get(compliance_csv))
+        .route("/hosts/{id}/vex.json", get(host_vex))
 }
 
 /// A logged-in dashboard user.
@@ -143,6 +146,7 @@ fn page(user: Option<&UiUser>, title: &str, body: Markup) -> Markup {
                         a href="/ui/hosts" { "Hosts" }
                         a href="/ui/kernels" { "Patch levels" }
                         a href="/ui/channels" { "Channels" }
+                        a href="/ui/compliance" { "Compliance" }
                         a href="/ui/audit" { "Audit log" }
                         span.who {
                             (u.0.user) " (" (u.0.role) ") "
@@ -314,6 +318,20 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
     let bars = |m: &BTreeMap<String, u64>| -> Vec<(String, u64)> {
         m.iter().map(|(k, v)| (k.clone(), *v)).collect()
     };
+    let levels = service.store.levels().await?;
+    let now_snapshot =
+        crate::cve::fleet_snapshot(&service.cve_db(), &hosts, &levels, crate::cve::today());
+    let mut history = service.store.snapshots(90).await?;
+    if history.last().is_none_or(|h| h.day != now_snapshot.day) {
+        history.push(now_snapshot.clone());
+    }
+    let severity_bars = vec![
+        ("critical".to_owned(), now_snapshot.critical),
+        ("high".to_owned(), now_snapshot.high),
+        ("medium".to_owned(), now_snapshot.medium),
+        ("low".to_owned(), now_snapshot.low),
+        ("unscored".to_owned(), now_snapshot.unscored),
+    ];
     Ok(page(
         Some(&user),
         "Fleet",
@@ -324,13 +342,65 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
                 div.card { b { (by_state.get("patched").copied().unwrap_or(0)) } "patched" }
                 div.card { b { (by_state.get("error").copied().unwrap_or(0)) } "in error" }
                 div.card { b { (stale) } "silent > 8 h" }
+                div.card { b #breached { (now_snapshot.hosts_breached) } "hosts past the 30-day window" }
+                div.card { b #open-high { (now_snapshot.critical + now_snapshot.high) } "open CVEs with CVSS ≥ 7" }
             }
+            (bar_chart("Open CVEs by severity (live patches counted)", &severity_bars))
+            (trend_chart(&history))
             (bar_chart("Hosts by state", &bars(&by_state)))
             (bar_chart("Hosts by kernel", &bars(&by_kernel)))
             (bar_chart("Hosts by patch level", &bars(&by_level)))
             (bar_chart("Hosts by channel", &bars(&by_channel)))
         },
     ))
+}
+
+/// One line of the trend chart: name, colour, and the value it plots.
+type Series = (&'static str, &'static str, fn(&crate::store::ExposureSnapshot) -> u64);
+
+/// Open CVEs by severity over time, one polyline per severity, as inline SVG.
+fn trend_chart(history: &[crate::store::ExposureSnapshot]) -> Markup {
+    let (w, h, pad) = (520u64, 160u64, 30u64);
+    let max = history
+        .iter()
+        .map(|s| {
+            s.critical
+                .max(s.high)
+                .max(s.medium)
+                .max(s.low)
+                .max(s.unscored)
+        })
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let n = history.len().max(2) as u64 - 1;
+    let x = |i: usize| pad + (w - 2 * pad) * i as u64 / n;
+    let y = |v: u64| h - pad + 5 - (h - pad) * v / max;
+    let series: [Series; 5] = [
+        ("critical", "#8b0000", |s| s.critical),
+        ("high", "#d1242f", |s| s.high),
+        ("medium", "#bf8700", |s| s.medium),
+        ("low", "#1f6feb", |s| s.low),
+        ("unscored", "#6e7781", |s| s.unscored),
+    ];
+    html! {
+        figure {
+            figcaption { "Open CVEs over time (daily snapshots)" }
+            svg xmlns="http://www.w3.org/2000/svg" width=(w) height=(h + 20) role="img" aria-label="Open CVEs over time" {
+                line x1=(pad) y1=(h - pad + 5) x2=(w - pad) y2=(h - pad + 5) stroke="#888" {}
+                @for (name, colour, get) in series {
+                    @let points = history.iter().enumerate().map(|(i, s)| format!("{},{}", x(i), y(get(s)))).collect::<Vec<_>>().join(" ");
+                    polyline points=(points) fill="none" stroke=(colour) stroke-width="2" { title { (name) } }
+                }
+                @if let (Some(first), Some(last)) = (history.first(), history.last()) {
+                    text x=(pad) y=(h + 12) font-size="11" { (first.day) }
+                    text x=(w - pad - 60) y=(h + 12) font-size="11" { (last.day) }
+                }
+                text x="0" y="12" font-size="11" { (max) }
+            }
+            p { @for (name, colour, _) in series { span style={"color:" (colour)} { "■ " (name) " " } } }
+        }
+    }
 }
 
 async fn hosts(
@@ -397,6 +467,7 @@ async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<Stri
         .host(&id)
         .await?
         .ok_or_else(|| ServerError::NotFound(format!("no host {id:?}")))?;
+    let exposure = service.host_exposure(&h).await?;
     let level = match h.active_level {
         Some(l) => service
             .store
@@ -425,8 +496,40 @@ async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<Stri
             }
             @if let Some(level) = level {
                 h2 { "Fixes live on this host" }
-                ul { @for cve in level.manifest.get("fixes").and_then(|f| f.as_array()).into_iter().flatten() {
+                ul #live-fixes { @for cve in level.manifest.get("fixes").and_then(|f| f.as_array()).into_iter().flatten() {
                     li { (cve.as_str().unwrap_or("?")) } } }
+            }
+            h2 { "Exposure" }
+            @match (&exposure.base, &exposure.live) {
+                (Some(base), Some(live)) => {
+                    table #exposure {
+                        tr { th {} th { "Kernel alone" } th { "With the live patch" } }
+                        tr { th { "CVEs" } td #base-cves { (base.cves) } td #live-cves { (live.cves) } }
+                        tr { th { "CVSS ≥ 7" } td { (base.high) } td #live-high { (live.high) } }
+                        tr { th { "≥ 7 and public > 30 days" } td { (base.high_overdue) } td #live-overdue { (live.high_overdue) } }
+                        tr { th { "Known exploited (KEV)" } td { (base.kev) } td { (live.kev) } }
+                    }
+                    p { "Upstream release " (exposure.upstream_version.map(|v| v.to_string()).unwrap_or_default())
+                        "; effective release with the live patch " strong #effective { (exposure.effective_version.map(|v| v.to_string()).unwrap_or_default()) }
+                        ". " a href={"/ui/hosts/" (h.id) "/vex.json"} { "CSAF VEX document" } }
+                    h3 { "Open CVEs, most urgent first" }
+                    table #cves {
+                        tr { th { "CVE" } th { "Score" } th { "Severity" } th { "KEV" } th { "Public" } th { "Window" } th { "Fixed upstream in" } }
+                        @for c in live.list.iter().take(200) {
+                            tr {
+                                td { (c.id) }
+                                td { @if let Some(s) = c.score { (format!("{s:.1}")) } @else { "–" } }
+                                td { (c.severity.map_or("unscored", |s| s.as_str())) }
+                                td { @if c.kev { strong.error { "KEV" } } }
+                                td { @if let Some(d) = c.days_public { (d) " days" } @else { "?" } }
+                                td { @if c.window_breached { span.error { "breached" } } @else if c.high { span.warn { "open" } } }
+                                td { (c.fixed_in.map_or("no 6.1.y fix".to_owned(), |v| v.to_string())) }
+                            }
+                        }
+                    }
+                    @if live.list.len() > 200 { p { "… and " (live.list.len() - 200) " more (see the compliance export)." } }
+                }
+                _ => { p { "No upstream release known for this kernel, or no CVE data yet (patchbay-server cve sync)." } }
             }
         },
     ))
@@ -685,4 +788,84 @@ async fn audit(State(service): State<AppState>, user: UiUser) -> PageResult {
             }
         },
     ))
+}
+
+async fn compliance(State(service): State<AppState>, user: UiUser) -> PageResult {
+    let hosts = service.hosts(&HostFilter::default()).await?;
+    let levels = service.store.levels().await?;
+    let rows = crate::cve::compliance(
+        &service.cve_db(),
+        &hosts,
+        &levels,
+        crate::cve::today(),
+        patchbay_exposure::Policy::default(),
+    );
+    let breached = rows.iter().filter(|r| r.window_breached).count();
+    Ok(page(
+        Some(&user),
+        "Compliance",
+        html! {
+            h1 { "Compliance report" }
+            p { "Policy: a CVE with CVSS ≥ 7 must be fixed within 30 days of publication. "
+                strong #breached-hosts { (breached) } " of " (rows.len()) " hosts breach it today. "
+                a href="/ui/compliance.csv" { "Download CSV" } }
+            table #compliance {
+                tr { th { "Host" } th { "Kernel" } th { "Effective" } th { "Level" } th { "Open CVEs" } th { "CVSS ≥ 7" } th { "Overdue" } th { "KEV" } th { "Fixed by patch" } th { "Window" } }
+                @for r in &rows {
+                    tr {
+                        td { a href={"/ui/hosts/" (r.host_id)} { (r.hostname) } }
+                        td { (r.kernel_release) " (" (r.upstream_version.clone().unwrap_or_default()) ")" }
+                        td { (r.effective_version.clone().unwrap_or_default()) }
+                        td { @if let Some(l) = r.active_level { (l) } @else { "none" } }
+                        td { (r.live_cves) } td { (r.live_high) } td { (r.live_high_overdue) } td { (r.live_kev) } td { (r.fixed_by_patch) }
+                        td { @if r.window_breached { span.error { "breached" } } @else { span.ok { "within" } } }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+async fn compliance_csv(
+    State(service): State<AppState>,
+    _user: UiUser,
+) -> Result<Response, PageError> {
+    let hosts = service.hosts(&HostFilter::default()).await?;
+    let levels = service.store.levels().await?;
+    let rows = crate::cve::compliance(
+        &service.cve_db(),
+        &hosts,
+        &levels,
+        crate::cve::today(),
+        patchbay_exposure::Policy::default(),
+    );
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_static("attachment; filename=\"patchbay-compliance.csv\""),
+            ),
+        ],
+        crate::cve::compliance_csv(&rows),
+    )
+        .into_response())
+}
+
+async fn host_vex(
+    State(service): State<AppState>,
+    _user: UiUser,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let h = service
+        .store
+        .host(&id)
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("no host {id:?}")))?;
+    let exposure = service.host_exposure(&h).await?;
+    let now = jiff::Timestamp::now().to_string();
+    Ok(axum::Json(crate::cve::csaf_vex(&h, &exposure, &service.cve_db(), &now)).into_response())
 }

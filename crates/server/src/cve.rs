@@ -1,0 +1,374 @@
+//! The server's CVE database (`cve/db.json` in the data dir, written by `cve sync`) and what it
+//! says about hosts: base exposure of the host's kernel release, live exposure (minus the fixes
+//! of its active level), and the effective release a level brings.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use patchbay_exposure::{exposure, CveDatabase, Day, Exposure, Policy, UpstreamVersion};
+use serde::Serialize;
+
+use crate::error::ServerError;
+use crate::store::{HostRecord, LevelRecord};
+
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("cve/db.json")
+}
+
+fn cve_err(e: patchbay_exposure::CveError) -> ServerError {
+    ServerError::Unprocessable(e.to_string())
+}
+
+/// Loads the stored database; an empty one when `cve sync` never ran.
+pub fn load(data_dir: &Path) -> Result<CveDatabase, ServerError> {
+    let path = db_path(data_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => CveDatabase::from_json(&bytes).map_err(cve_err),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CveDatabase::default()),
+        Err(source) => Err(ServerError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Where `cve sync` reads from.
+#[derive(Debug, Clone)]
+pub enum CveSource {
+    /// A checkout of the kernel CNA's vulns repository, optionally with a CISA KEV feed.
+    Vulns { path: PathBuf, kev: Option<PathBuf> },
+    /// A snapshot directory in the bundled format.
+    Snapshot(PathBuf),
+}
+
+/// Ingests `source` and stores it atomically; returns the number of CVEs affecting 6.1.y.
+pub fn sync(data_dir: &Path, source: &CveSource) -> Result<usize, ServerError> {
+    let db = match source {
+        CveSource::Vulns { path, kev } => {
+            let mut db = patchbay_exposure::vulns::sync(path, (6, 1)).map_err(cve_err)?;
+            if let Some(kev) = kev {
+                let bytes = std::fs::read(kev).map_err(|source| ServerError::Io {
+                    path: kev.display().to_string(),
+                    source,
+                })?;
+                patchbay_exposure::snapshot::apply_kev(&mut db, &bytes).map_err(cve_err)?;
+            }
+            db
+        }
+        CveSource::Snapshot(dir) => patchbay_exposure::snapshot::load(dir).map_err(cve_err)?,
+    };
+    let path = db_path(data_dir);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    patchbay_core::fsutil::write_atomic(&path, &db.to_json().map_err(cve_err)?).map_err(
+        |source| ServerError::Io {
+            path: path.display().to_string(),
+            source,
+        },
+    )?;
+    Ok(db.len())
+}
+
+pub fn today() -> Day {
+    jiff::Zoned::now()
+        .with_time_zone(jiff::tz::TimeZone::UTC)
+        .date()
+}
+
+pub fn parse_version(text: &str) -> Result<UpstreamVersion, ServerError> {
+    text.parse()
+        .map_err(|e: patchbay_exposure::CveError| ServerError::BadRequest(e.to_string()))
+}
+
+/// A host's exposure: its kernel's, and what remains with its live patch.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostExposure {
+    pub upstream_version: Option<UpstreamVersion>,
+    /// The release whose fixes the host has (kernel + live patch), like `kcare-uname`.
+    pub effective_version: Option<UpstreamVersion>,
+    pub base: Option<Exposure>,
+    pub live: Option<Exposure>,
+    pub fixes: Vec<String>,
+}
+
+/// The upstream release of a host: what it reported, else what its kernel's published levels
+/// say.
+pub fn host_upstream(host: &HostRecord, levels: &[LevelRecord]) -> Option<UpstreamVersion> {
+    host.kernel_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .or_else(|| {
+            levels
+                .iter()
+                .find(|l| l.build_id == host.build_id)
+                .and_then(|l| l.upstream_version.parse().ok())
+        })
+}
+
+pub fn level_fixes(host: &HostRecord, levels: &[LevelRecord]) -> Vec<String> {
+    let Some(active) = host.active_level else {
+        return Vec::new();
+    };
+    levels
+        .iter()
+        .find(|l| l.build_id == host.build_id && l.level == active)
+        .and_then(|l| l.manifest.get("fixes"))
+        .and_then(|f| f.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn host_exposure(
+    db: &CveDatabase,
+    host: &HostRecord,
+    levels: &[LevelRecord],
+    at: Day,
+    policy: Policy,
+) -> HostExposure {
+    let version = host_upstream(host, levels);
+    let fixes = level_fixes(host, levels);
+    let fixed: BTreeSet<String> = fixes.iter().cloned().collect();
+    HostExposure {
+        upstream_version: version,
+        effective_version: version.map(|v| db.effective_version(v, &fixed)),
+        base: version.map(|v| exposure(db, v, at, policy, &BTreeSet::new())),
+        live: version.map(|v| exposure(db, v, at, policy, &fixed)),
+        fixes,
+    }
+}
+
+/// One host's line in the compliance report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComplianceRow {
+    pub host_id: String,
+    pub hostname: String,
+    pub channel: String,
+    pub kernel_release: String,
+    pub upstream_version: Option<String>,
+    pub effective_version: Option<String>,
+    pub active_level: Option<u32>,
+    pub state: String,
+    pub base_cves: usize,
+    pub live_cves: usize,
+    pub live_high: usize,
+    pub live_high_overdue: usize,
+    pub live_kev: usize,
+    pub fixed_by_patch: usize,
+    /// A CVSS >= 7 CVE public for longer than the window is still open on the host.
+    pub window_breached: bool,
+    pub last_checkin: i64,
+}
+
+/// Exposure per host, computed once per distinct (release, fixes) pair: fleets share kernels.
+pub fn compliance(
+    db: &CveDatabase,
+    hosts: &[HostRecord],
+    levels: &[LevelRecord],
+    at: Day,
+    policy: Policy,
+) -> Vec<ComplianceRow> {
+    let mut cache: std::collections::HashMap<(Option<UpstreamVersion>, Vec<String>), HostExposure> =
+        std::collections::HashMap::new();
+    hosts
+        .iter()
+        .map(|h| {
+            let key = (host_upstream(h, levels), level_fixes(h, levels));
+            let e = cache
+                .entry(key)
+                .or_insert_with(|| host_exposure(db, h, levels, at, policy));
+            let live = e.live.as_ref();
+            ComplianceRow {
+                host_id: h.id.clone(),
+                hostname: h.hostname.clone(),
+                channel: h.channel.to_string(),
+                kernel_release: h.kernel_release.clone(),
+                upstream_version: e.upstream_version.map(|v| v.to_string()),
+                effective_version: e.effective_version.map(|v| v.to_string()),
+                active_level: h.active_level.map(|l| l.get()),
+                state: h.state.clone(),
+                base_cves: e.base.as_ref().map_or(0, |b| b.cves),
+                live_cves: live.map_or(0, |l| l.cves),
+                live_high: live.map_or(0, |l| l.high),
+                live_high_overdue: live.map_or(0, |l| l.high_overdue),
+                live_kev: live.map_or(0, |l| l.kev),
+                fixed_by_patch: live.map_or(0, |l| l.fixed_by_patch),
+                window_breached: live.is_some_and(|l| l.high_overdue > 0),
+                last_checkin: h.last_checkin,
+            }
+        })
+        .collect()
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+pub fn compliance_csv(rows: &[ComplianceRow]) -> String {
+    let mut out = String::from(
+        "host_id,hostname,channel,kernel_release,upstream_version,effective_version,active_level,\
+         state,base_cves,live_cves,live_high,live_high_overdue,live_kev,fixed_by_patch,\
+         window_breached,last_checkin\n",
+    );
+    for r in rows {
+        let fields = [
+            csv_field(&r.host_id),
+            csv_field(&r.hostname),
+            csv_field(&r.channel),
+            csv_field(&r.kernel_release),
+            r.upstream_version.clone().unwrap_or_default(),
+            r.effective_version.clone().unwrap_or_default(),
+            r.active_level.map(|l| l.to_string()).unwrap_or_default(),
+            csv_field(&r.state),
+            r.base_cves.to_string(),
+            r.live_cves.to_string(),
+            r.live_high.to_string(),
+            r.live_high_overdue.to_string(),
+            r.live_kev.to_string(),
+            r.fixed_by_patch.to_string(),
+            r.window_breached.to_string(),
+            r.last_checkin.to_string(),
+        ];
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// A CSAF 2.0 VEX document for one host: the CVEs its live patch fixes are `fixed`, those it
+/// still has are `known_affected`, so scanners stop flagging what the patch fixed.
+pub fn csaf_vex(
+    host: &HostRecord,
+    e: &HostExposure,
+    db: &CveDatabase,
+    now: &str,
+) -> serde_json::Value {
+    let product = format!("host-{}", host.id);
+    let name = format!(
+        "Linux kernel {} ({}) on {}{}",
+        e.upstream_version.map_or("?".into(), |v| v.to_string()),
+        host.kernel_release,
+        host.hostname,
+        host.active_level.map_or(String::new(), |l| format!(
+            " with Patchbay live patch level {l}"
+        ))
+    );
+    let mut vulnerabilities = Vec::new();
+    let base_ids: BTreeSet<&str> = e
+        .base
+        .iter()
+        .flat_map(|b| b.list.iter().map(|c| c.id.as_str()))
+        .collect();
+    for id in &e.fixes {
+        // Only what affects this kernel: a fix for a CVE the release never had says nothing.
+        let affects = db
+            .records
+            .get(id)
+            .is_some_and(|r| e.upstream_version.is_some_and(|v| r.affects(&v)));
+        if affects || base_ids.contains(id.as_str()) {
+            vulnerabilities.push(serde_json::json!({
+                "cve": id,
+                "product_status": { "fixed": [product] },
+                "remediations": [{
+                    "category": "vendor_fix",
+                    "details": format!("Fixed in the running kernel by Patchbay live patch level {}", host.active_level.map_or(0, |l| l.get())),
+                    "product_ids": [product],
+                }],
+            }));
+        }
+    }
+    for c in e.live.iter().flat_map(|l| l.list.iter()) {
+        vulnerabilities.push(serde_json::json!({
+            "cve": c.id,
+            "product_status": { "known_affected": [product] },
+            "remediations": [{
+                "category": if c.fixed_in.is_some() { "vendor_fix" } else { "none_available" },
+                "details": c.fixed_in.map_or("No fix in 6.1.y yet".to_owned(), |v| format!("Fixed upstream in {v}")),
+                "product_ids": [product],
+            }],
+        }));
+    }
+    serde_json::json!({
+        "document": {
+            "category": "csaf_vex",
+            "csaf_version": "2.0",
+            "title": format!("Patchbay live-patch status of {}", host.hostname),
+            "publisher": { "category": "vendor", "name": "Patchbay", "namespace": "https://example.invalid/patchbay" },
+            "tracking": {
+                "id": format!("patchbay-{}-{}", host.id, now),
+                "status": "final",
+                "version": "1",
+                "initial_release_date": now,
+                "current_release_date": now,
+                "revision_history": [{ "number": "1", "date": now, "summary": "generated" }],
+            },
+        },
+        "product_tree": {
+            "branches": [{
+                "category": "vendor",
+                "name": "Linux",
+                "branches": [{
+                    "category": "product_name",
+                    "name": name,
+                    "product": { "name": name, "product_id": product },
+                }],
+            }],
+        },
+        "vulnerabilities": vulnerabilities,
+    })
+}
+
+/// Distinct open CVEs across the fleet by severity, and hosts breaching the window.
+pub fn fleet_snapshot(
+    db: &CveDatabase,
+    hosts: &[HostRecord],
+    levels: &[LevelRecord],
+    at: Day,
+) -> crate::store::ExposureSnapshot {
+    let mut open: std::collections::BTreeMap<String, Option<patchbay_exposure::Severity>> =
+        std::collections::BTreeMap::new();
+    let mut breached = 0;
+    let mut seen: std::collections::HashMap<(Option<UpstreamVersion>, Vec<String>), bool> =
+        std::collections::HashMap::new();
+    for h in hosts {
+        let key = (host_upstream(h, levels), level_fixes(h, levels));
+        let b = match seen.get(&key) {
+            Some(b) => *b,
+            None => {
+                let e = host_exposure(db, h, levels, at, Policy::default());
+                for c in e.live.iter().flat_map(|l| l.list.iter()) {
+                    open.insert(c.id.clone(), c.severity);
+                }
+                let b = e.live.as_ref().is_some_and(|l| l.high_overdue > 0);
+                seen.insert(key, b);
+                b
+            }
+        };
+        if b {
+            breached += 1;
+        }
+    }
+    use patchbay_exposure::Severity as S;
+    let count = |want: Option<S>| open.values().filter(|s| **s == want).count() as u64;
+    crate::store::ExposureSnapshot {
+        day: at.to_string(),
+        critical: count(Some(S::Critical)),
+        high: count(Some(S::High)),
+        medium: count(Some(S::Medium)),
+        low: count(Some(S::Low)) + count(Some(S::None)),
+        unscored: count(None),
+        hosts: hosts.len() as u64,
+        hosts_breached: breached,
+    }
+}
