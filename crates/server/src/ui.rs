@@ -356,7 +356,11 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
 }
 
 /// One line of the trend chart: name, colour, and the value it plots.
-type Series = (&'static str, &'static str, fn(&crate::store::ExposureSnapshot) -> u64);
+type Series = (
+    &'static str,
+    &'static str,
+    fn(&crate::store::ExposureSnapshot) -> u64,
+);
 
 /// Open CVEs by severity over time, one polyline per severity, as inline SVG.
 fn trend_chart(history: &[crate::store::ExposureSnapshot]) -> Markup {

@@ -1027,3 +1027,211 @@ fn dashboard_login_roles_and_csrf() {
         assert_eq!(r.status(), 403);
     });
 }
+
+#[test]
+fn exposure_reports_vex_and_metrics_for_a_patched_host() {
+    let s = start(|t| t.to_owned());
+    let snapshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../exposure/data");
+    let out = Command::new(bin())
+        .args(["cve", "sync", "--snapshot"])
+        .arg(&snapshot)
+        .arg("--data")
+        .arg(&s.data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The running server picks the new database up within a minute; restart-free check via CLI.
+    let out = cli(
+        &["cve", "exposure", "6.1.50", "--json", "--at", "2025-01-15"],
+        &s.data,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["version", "cves", "high", "high_overdue", "kev"] {
+        assert!(
+            summary[key].is_number() || summary[key].is_string(),
+            "{key}: {summary}"
+        );
+    }
+    assert!(summary["cves"].as_u64().unwrap() > 1000);
+
+    // A fresh server process sees the synced database at once.
+    let (child, url) = serve(&s.data);
+    let s2 = Server {
+        child,
+        url,
+        admin: s.admin.clone(),
+        registration_key: s.registration_key.clone(),
+        _dir: tempfile::tempdir().unwrap(),
+        data: s.data.clone(),
+    };
+    let admin = Some(s2.admin.as_str());
+    let j = |v: Value| Some(Body::Json(v));
+    let (status, v) = call(
+        &s2,
+        "POST",
+        "/api/v1/bundles",
+        admin,
+        raw(bundle_bytes(1, RELEASE, true)),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (_, reg) = call(
+        &s2,
+        "POST",
+        "/api/v1/register",
+        None,
+        j(json!({
+        "key": s2.registration_key, "hostname": "db-1", "kernel_release": RELEASE,
+        "kernel_version": "6.1.50", "build_id": BUILD_ID, "agent_version": "0.1.0"})),
+    );
+    let token = reg["host_token"].as_str().unwrap().to_owned();
+    let id = reg["host_id"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        &s2,
+        "POST",
+        "/api/v1/checkin",
+        Some(&token),
+        j(json!({
+        "kernel_release": RELEASE, "kernel_version": "6.1.50", "build_id": BUILD_ID,
+        "active_level": 1, "state": "patched", "last_error": null, "agent_version": "0.1.0"})),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        &s2,
+        "POST",
+        "/api/v1/checkin",
+        Some(&token),
+        j(json!({
+        "kernel_release": RELEASE, "kernel_version": "six", "build_id": BUILD_ID,
+        "active_level": 1, "state": "patched", "last_error": null, "agent_version": "0.1.0"})),
+    );
+    assert_eq!(status, 400, "a bad kernel_version is refused");
+
+    let (status, e) = call(
+        &s2,
+        "GET",
+        &format!("/api/v1/hosts/{id}/exposure"),
+        admin,
+        None,
+    );
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["upstream_version"], "6.1.50");
+    let (base, live) = (
+        e["base"]["cves"].as_u64().unwrap(),
+        e["live"]["cves"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        live,
+        base - 1,
+        "level 1 fixes CVE-2024-1086, which 6.1.50 has"
+    );
+    assert_eq!(e["live"]["fixed_by_patch"], 1);
+    assert!(e["base"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["id"] == "CVE-2024-1086"));
+    assert!(!e["live"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["id"] == "CVE-2024-1086"));
+    assert_eq!(
+        call(&s2, "GET", "/api/v1/hosts/nope/exposure", admin, None).0,
+        404
+    );
+
+    let (status, vex) = call(&s2, "GET", &format!("/api/v1/hosts/{id}/vex"), admin, None);
+    assert_eq!(status, 200);
+    assert_eq!(vex["document"]["category"], "csaf_vex");
+    let fixed: Vec<&Value> = vex["vulnerabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["product_status"]["fixed"].is_array())
+        .collect();
+    assert_eq!(fixed.len(), 1);
+    assert_eq!(fixed[0]["cve"], "CVE-2024-1086");
+    assert_eq!(
+        vex["vulnerabilities"].as_array().unwrap().len() as u64,
+        live + 1
+    );
+
+    let (status, report) = call(&s2, "GET", "/api/v1/reports/compliance", admin, None);
+    assert_eq!(status, 200);
+    assert_eq!(report["hosts"][0]["hostname"], "db-1");
+    assert_eq!(report["hosts"][0]["window_breached"], true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let csv = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/api/v1/reports/compliance?format=csv", s2.url))
+            .bearer_auth(&s2.admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(csv.starts_with("host_id,hostname,"), "{csv}");
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert_eq!(
+        call(
+            &s2,
+            "GET",
+            "/api/v1/reports/compliance?format=xml",
+            admin,
+            None
+        )
+        .0,
+        400
+    );
+    let (status, e) = call(
+        &s2,
+        "GET",
+        "/api/v1/cve/exposure/6.1.192?at=2026-11-22",
+        admin,
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(e["cves"].as_u64().unwrap() > 0);
+    assert_eq!(
+        call(&s2, "GET", "/api/v1/cve/exposure/banana", admin, None).0,
+        400
+    );
+    assert_eq!(
+        call(
+            &s2,
+            "GET",
+            "/api/v1/cve/exposure/6.1.1?at=yesterday",
+            admin,
+            None
+        )
+        .0,
+        400
+    );
+
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("{}/metrics", s2.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(
+        metrics.contains("patchbay_hosts{state=\"patched\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("patchbay_hosts_window_breached 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("patchbay_checkins_total 1"), "{metrics}");
+    assert!(metrics
+        .lines()
+        .any(|l| l.starts_with("patchbay_exposed_cves{severity=\"high\"}")));
+}
