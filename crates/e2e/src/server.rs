@@ -40,6 +40,8 @@ pub struct ServerProcess {
     pub admin_token: String,
     /// The first registration key `init` made, for the `production` channel.
     pub registration_key: String,
+    /// The dashboard password of user `admin`.
+    pub dashboard_password: String,
     child: Option<Child>,
 }
 
@@ -72,12 +74,14 @@ impl ServerProcess {
         };
         let admin_token = field("admin-token:")?;
         let registration_key = field("registration-key:")?;
+        let dashboard_password = field("dashboard-password:")?;
         let mut server = ServerProcess {
             data_dir: data_dir.to_path_buf(),
             url: String::new(),
             port: 0,
             admin_token,
             registration_key,
+            dashboard_password,
             child: None,
         };
         server.serve_on("127.0.0.1:0")?;

@@ -95,7 +95,16 @@ fn network_demo(
 ) -> Result<()> {
     const GUEST_PORT: u16 = 8080;
     eprintln!("==> patchbay-server init + serve (SQLite, TUF keys) on 127.0.0.1");
-    let server = ServerProcess::start(&work.join("server"))?;
+    let mut server = ServerProcess::start(&work.join("server"))?;
+    let sync = std::process::Command::new(patchbay_e2e::server_binary()?)
+        .args(["cve", "sync", "--snapshot"])
+        .arg(fixture("../crates/exposure/data"))
+        .arg("--data")
+        .arg(&server.data_dir)
+        .output()?;
+    anyhow::ensure!(sync.status.success(), "cve sync failed: {sync:?}");
+    eprintln!("==> {}", String::from_utf8_lossy(&sync.stdout).trim());
+    server.restart()?;
     eprintln!("    listening on {}", server.url);
     for bundle in [level1, level2] {
         let receipt = server.publish(bundle)?;
@@ -128,7 +137,16 @@ fn network_demo(
         kernel.abi()
     );
     let mut host_error = None;
+    let mut before: Option<serde_json::Value> = None;
     let run = guest.run_script_with(kernel, "demo-network", &script, work, &mut |line: &str| {
+        if line.trim().starts_with("PB: check demo-register ok") {
+            // The host's exposure before any live patch.
+            before = first_host(&server).and_then(|id| {
+                server
+                    .admin("GET", &format!("hosts/{id}/exposure"), None)
+                    .ok()
+            });
+        }
         if line.trim() == "PB: step promote-level2" {
             eprintln!("==> operator: promote level 2 into production");
             if let Err(e) = server.admin(
@@ -162,12 +180,85 @@ fn network_demo(
             field(host, "last_checkin")
         );
     }
+    if let Some(id) = first_host(&server) {
+        let after = Some(server.admin("GET", &format!("hosts/{id}/exposure"), None)?);
+        let count = |e: &Option<serde_json::Value>, key: &str| {
+            e.as_ref()
+                .and_then(|v| v.get("live"))
+                .and_then(|v| v.get(key))
+                .map_or("?".to_owned(), ToString::to_string)
+        };
+        eprintln!("==> the host's exposure (CVEs affecting its release, real kernel CNA data):");
+        eprintln!(
+            "    before the live patch: {} CVEs, {} with CVSS >= 7, {} of them open > 30 days",
+            count(&before, "cves"),
+            count(&before, "high"),
+            count(&before, "high_overdue")
+        );
+        eprintln!(
+            "    with level 2 live:     {} CVEs, {} with CVSS >= 7, {} of them open > 30 days (effective release {})",
+            count(&after, "cves"),
+            count(&after, "high"),
+            count(&after, "high_overdue"),
+            after
+                .as_ref()
+                .and_then(|v| v.get("effective_version"))
+                .map_or("?".to_owned(), ToString::to_string)
+        );
+        eprintln!(
+            "    (the demo levels are labelled with CVE ids; the demo patches do not fix them)"
+        );
+    }
+    let report = server.admin("GET", "reports/compliance", None)?;
+    eprintln!("==> compliance report (GET /api/v1/reports/compliance):");
+    for row in report
+        .get("hosts")
+        .and_then(|h| h.as_array())
+        .into_iter()
+        .flatten()
+    {
+        eprintln!(
+            "    {} kernel {} level {} open {} high {} overdue {} window {}",
+            field(row, "hostname"),
+            field(row, "upstream_version"),
+            field(row, "active_level"),
+            field(row, "live_cves"),
+            field(row, "live_high"),
+            field(row, "live_high_overdue"),
+            if row.get("window_breached") == Some(&serde_json::Value::Bool(true)) {
+                "BREACHED"
+            } else {
+                "ok"
+            }
+        );
+    }
     eprintln!(
         "==> demo finished in {:.1} s: {} checks passed",
         run.wall.as_secs_f64(),
         passed.len()
     );
+    eprintln!(
+        "==> dashboard: {}/ui  (user admin, password {})",
+        server.url, server.dashboard_password
+    );
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprintln!("    open it in a browser; press Enter to stop the server");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
     Ok(())
+}
+
+fn first_host(server: &ServerProcess) -> Option<String> {
+    let hosts = server.admin("GET", "hosts", None).ok()?;
+    hosts
+        .get("hosts")?
+        .as_array()?
+        .first()?
+        .get("id")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn field(value: &serde_json::Value, key: &str) -> String {
