@@ -154,6 +154,12 @@ enum Command {
         #[command(flatten)]
         transition: TransitionArgs,
     },
+    /// Print the upstream release whose fixes this kernel has, live patch counted (like
+    /// kcare-uname); `-a` adds the details.
+    Uname {
+        #[arg(short = 'a', long)]
+        all: bool,
+    },
     /// (benchmark) finit_module + transition polling only; prints raw-load-us.
     #[command(hide = true)]
     BenchRawLoad {
@@ -299,6 +305,14 @@ fn run(cli: Cli) -> i32 {
                 }),
             )
         }
+        Command::Uname { all } => Some(patchbay::remote::uname(&agent).map(|(release, detail)| {
+            if all {
+                println!("{release} ({detail})");
+            } else {
+                println!("{release}");
+            }
+            exit::OK
+        })),
         _ => None,
     };
     if let Some(result) = remote_result {
@@ -369,7 +383,8 @@ fn run(cli: Cli) -> i32 {
         | Command::Update { .. }
         | Command::Check { .. }
         | Command::Daemon { .. }
-        | Command::Boot { .. } => Ok(exit::USAGE),
+        | Command::Boot { .. }
+        | Command::Uname { .. } => Ok(exit::USAGE),
         Command::BenchRawLoad {
             ko,
             transition_timeout,

@@ -182,6 +182,7 @@ impl Settings {
 #[derive(Debug, Clone)]
 pub struct RemoteFiles {
     pub link: PathBuf,
+    pub effective: PathBuf,
     pub root: PathBuf,
     pub datastore: PathBuf,
     pub seed: PathBuf,
@@ -192,6 +193,7 @@ impl RemoteFiles {
     pub fn new(state_dir: &Path) -> RemoteFiles {
         RemoteFiles {
             link: state_dir.join("server.json"),
+            effective: state_dir.join("effective.json"),
             root: state_dir.join("tuf/root.json"),
             datastore: state_dir.join("tuf/datastore"),
             seed: state_dir.join("seed"),
@@ -318,6 +320,50 @@ fn base_url(url: &url::Url) -> url::Url {
         base.set_path(&format!("{}/", url.path()));
     }
     base
+}
+
+/// The effective release the server computed at the last check-in, for `patchbay uname`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Effective {
+    pub build_id: String,
+    pub level: Option<u32>,
+    pub effective_version: Option<String>,
+}
+
+/// A release string as the server sends it (`6.1.193`): digits and dots only.
+fn release_string(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split('.').collect();
+    let ok = (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 6 && p.bytes().all(|b| b.is_ascii_digit()));
+    ok.then(|| s.to_owned())
+}
+
+/// `patchbay uname`: the upstream release whose fixes this kernel has, counting the live patch
+/// (what the server computed at the last check-in for the running build and level), else the
+/// kernel's own upstream release.
+pub fn uname(agent: &Agent<'_>) -> Result<(String, String), RemoteError> {
+    let identity = agent.identity()?;
+    let status = agent.status()?;
+    let active = status.active.map(|a| a.level.get());
+    let own = kernel_version(agent).unwrap_or_else(|| identity.release.to_string());
+    let files = RemoteFiles::new(agent.state_dir.root());
+    let recorded: Option<Effective> = std::fs::read(&files.effective)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let effective = recorded
+        .filter(|e| e.build_id == identity.build_id.as_str() && e.level == active)
+        .and_then(|e| e.effective_version);
+    let detail = format!(
+        "kernel {} (upstream {own}), live patch {}, effective {}",
+        identity.release,
+        active.map_or("none".to_owned(), |l| format!("level {l}")),
+        effective
+            .as_deref()
+            .unwrap_or("unknown until the next check-in")
+    );
+    Ok((effective.unwrap_or(own), detail))
 }
 
 /// What `register` did.
@@ -694,7 +740,7 @@ impl<'a, 'b> Remote<'a, 'b> {
             (None, PatchState::Interrupted) => "interrupted",
         };
         let url = server_url(&link.url)?;
-        let _: serde_json::Value = post_json(
+        let reply: serde_json::Value = post_json(
             &url,
             "api/v1/checkin",
             Some(&link.host_token),
@@ -709,6 +755,20 @@ impl<'a, 'b> Remote<'a, 'b> {
             }),
         )
         .await?;
+        // The server's view of which upstream release's fixes this host has (`patchbay uname`).
+        let effective = reply
+            .get("effective_version")
+            .and_then(|v| v.as_str())
+            .and_then(release_string);
+        let record = Effective {
+            build_id: identity.build_id.to_string(),
+            level: active.map(PatchLevel::get),
+            effective_version: effective,
+        };
+        if let Ok(bytes) = serde_json::to_vec(&record) {
+            let path = self.files.effective.clone();
+            let _ = patchbay_core::fsutil::write_atomic(&path, &bytes);
+        }
         Ok(())
     }
 

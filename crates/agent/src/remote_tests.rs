@@ -754,3 +754,72 @@ fn daemon_rounds_apply_or_only_report_and_back_off_when_the_server_is_gone() {
     );
     assert_eq!(k.sysfs(), vec![module_name(BUILD_ID, 1)]);
 }
+
+#[test]
+fn uname_reports_the_release_whose_fixes_the_live_patch_brings() {
+    let server = TestServer::start();
+    let data = server.dir.path().join("server");
+    patchbay_server::cve::sync(
+        &data,
+        &patchbay_server::cve::CveSource::Snapshot(patchbay_exposure::snapshot::bundled_dir()),
+    )
+    .unwrap();
+    assert!(server.service.reload_cve_if_changed().unwrap());
+    // The CVEs the first 6.1.y release after 6.1.100 fixed: a level carrying all of them makes
+    // the host as fixed as that release.
+    let db = server.service.cve_db();
+    let from: patchbay_exposure::UpstreamVersion = "6.1.100".parse().unwrap();
+    let next = db
+        .records
+        .values()
+        .flat_map(|c| {
+            c.ranges
+                .iter()
+                .filter(|r| r.contains(&from))
+                .filter_map(|r| r.fixed)
+        })
+        .min()
+        .unwrap();
+    let fixes: Vec<String> = db
+        .records
+        .values()
+        .filter(|c| {
+            c.ranges
+                .iter()
+                .any(|r| r.contains(&from) && r.fixed == Some(next))
+        })
+        .map(|c| c.id.clone())
+        .collect();
+    server.publish(&crate::testutil::elf_bundle_fixing(
+        BUILD_ID,
+        RELEASE,
+        1,
+        Some(fixes),
+    ));
+    server.promote("production", BUILD_ID, 1, &[]);
+
+    let k = FakeKernel::new();
+    std::fs::write(
+        k.root.path().join("proc/version"),
+        "Linux version 6.1.0-56-amd64 (gcc-12 (Debian 12.2.0-14) 12.2.0) #1 SMP Debian 6.1.100-1 (2024-07-01)\n",
+    )
+    .unwrap();
+    register(&agent(&k), &server.url, &server.registration_key, None).unwrap();
+    // Before any patch: the kernel's own release.
+    assert_eq!(crate::remote::uname(&agent(&k)).unwrap().0, "6.1.100");
+    update(&k).unwrap();
+    let (release, detail) = crate::remote::uname(&agent(&k)).unwrap();
+    assert_eq!(release, next.to_string(), "{detail}");
+    assert!(detail.contains("level 1"), "{detail}");
+    // The server shows the same release for the host.
+    let hosts = server
+        .rt
+        .block_on(server.service.hosts(&Default::default()))
+        .unwrap();
+    let e = server
+        .rt
+        .block_on(server.service.host_exposure(&hosts[0]))
+        .unwrap();
+    assert_eq!(e.effective_version, Some(next));
+    assert_eq!(e.live.unwrap().fixed_by_patch, e.fixes.len());
+}

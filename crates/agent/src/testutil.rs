@@ -80,6 +80,16 @@ pub(crate) fn bundle_for(build_id: &str, level: u32) -> Bundle {
 /// A bundle whose module is a small real ELF object with the `.modinfo` of a livepatch (what a
 /// patch server checks), which the fake kernel loads like `fake_module`.
 pub(crate) fn elf_bundle(build_id: &str, release: &str, level: u32) -> Bundle {
+    elf_bundle_fixing(build_id, release, level, None)
+}
+
+/// Like `elf_bundle`, with the manifest's `fixes` replaced when given.
+pub(crate) fn elf_bundle_fixing(
+    build_id: &str,
+    release: &str,
+    level: u32,
+    fixes: Option<Vec<String>>,
+) -> Bundle {
     use object::write::Object;
     use object::{Architecture, BinaryFormat, Endianness, SectionKind};
     let name = module_name(build_id, level);
@@ -96,7 +106,11 @@ pub(crate) fn elf_bundle(build_id: &str, release: &str, level: u32) -> Bundle {
     );
     elf.append_section_data(modinfo, info.as_bytes(), 1);
     let module = elf.write().unwrap();
-    Bundle::new(manifest_for(build_id, release, level, &module), module).unwrap()
+    let mut manifest = manifest_for(build_id, release, level, &module);
+    if let Some(fixes) = fixes {
+        manifest.fixes = fixes.iter().map(|f| f.parse().unwrap()).collect();
+    }
+    Bundle::new(manifest, module).unwrap()
 }
 
 /// A task that sleeps in a patched function and so blocks transitions.

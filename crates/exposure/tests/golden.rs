@@ -364,3 +364,59 @@ fn effective_version_is_the_newest_release_whose_fixes_the_patch_carries() {
     let back = patchbay_exposure::CveDatabase::from_json(&db.to_json().unwrap()).unwrap();
     assert_eq!(back, db);
 }
+
+#[test]
+fn publication_dates_come_from_the_commit_that_added_each_record() {
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    let git = |args: &[&str], date: &str| {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(root)
+            .env("GIT_COMMITTER_DATE", date)
+            .env("GIT_AUTHOR_DATE", date)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q"], "2024-01-01T00:00:00Z");
+    let sample = snapshot::bundled_dir().join("upstream-sample");
+    let published = root.join("cve/published/2024");
+    std::fs::create_dir_all(&published).unwrap();
+    let add = |id: &str, date: &str| {
+        for ext in ["json", "dyad", "cvss", "sha1"] {
+            let from = sample.join(format!("{id}.{ext}"));
+            if from.exists() {
+                std::fs::copy(&from, published.join(format!("{id}.{ext}"))).unwrap();
+            }
+        }
+        git(&["add", "."], date);
+        git(&["commit", "-q", "-m", id], date);
+    };
+    add("CVE-2024-26581", "2024-02-20T12:00:00Z");
+    add("CVE-2024-36971", "2024-06-10T09:05:01Z");
+    // A later edit of the first record must not move its publication date.
+    std::fs::write(published.join("CVE-2024-26581.sha1"), "edited\n").unwrap();
+    git(&["commit", "-q", "-am", "edit"], "2025-01-01T00:00:00Z");
+    let db = vulns::sync(root, (6, 1)).unwrap();
+    assert_eq!(
+        db.records["CVE-2024-26581"].published.unwrap().to_string(),
+        "2024-02-20"
+    );
+    assert_eq!(
+        db.records["CVE-2024-36971"].published.unwrap().to_string(),
+        "2024-06-10"
+    );
+    assert!(matches!(
+        db.records["CVE-2024-36971"].score,
+        Score::Scored { .. }
+    ));
+}

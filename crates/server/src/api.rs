@@ -173,8 +173,10 @@ async fn checkin(
     Host(host): Host,
     ApiJson(request): ApiJson<CheckInRequest>,
 ) -> Result<Json<serde_json::Value>, ServerError> {
-    let channel = service.checkin(&host, request).await?;
-    Ok(Json(serde_json::json!({ "channel": channel })))
+    let (channel, effective_version) = service.checkin(&host, request).await?;
+    Ok(Json(
+        serde_json::json!({ "channel": channel, "effective_version": effective_version }),
+    ))
 }
 
 async fn publish(

@@ -93,6 +93,15 @@ pub struct HostExposure {
     pub base: Option<Exposure>,
     pub live: Option<Exposure>,
     pub fixes: Vec<String>,
+    /// Published levels above the active one, with the open CVEs each would close.
+    pub upgrades: Vec<LevelOffer>,
+}
+
+/// What a published level would fix on a host.
+#[derive(Debug, Clone, Serialize)]
+pub struct LevelOffer {
+    pub level: u32,
+    pub closes: Vec<String>,
 }
 
 /// The upstream release of a host: what it reported, else what its kernel's published levels
@@ -136,12 +145,36 @@ pub fn host_exposure(
     let version = host_upstream(host, levels);
     let fixes = level_fixes(host, levels);
     let fixed: BTreeSet<String> = fixes.iter().cloned().collect();
+    let live = version.map(|v| exposure(db, v, at, policy, &fixed));
+    let open: BTreeSet<&str> = live
+        .iter()
+        .flat_map(|l| l.list.iter().map(|c| c.id.as_str()))
+        .collect();
+    let active = host.active_level.map_or(0, |l| l.get());
+    let upgrades = levels
+        .iter()
+        .filter(|l| l.build_id == host.build_id && l.level.get() > active)
+        .map(|l| LevelOffer {
+            level: l.level.get(),
+            closes: l
+                .manifest
+                .get("fixes")
+                .and_then(|f| f.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str())
+                .filter(|c| open.contains(c))
+                .map(str::to_owned)
+                .collect(),
+        })
+        .collect();
     HostExposure {
         upstream_version: version,
         effective_version: version.map(|v| db.effective_version(v, &fixed)),
         base: version.map(|v| exposure(db, v, at, policy, &BTreeSet::new())),
-        live: version.map(|v| exposure(db, v, at, policy, &fixed)),
+        live,
         fixes,
+        upgrades,
     }
 }
 
@@ -371,4 +404,18 @@ pub fn fleet_snapshot(
         hosts: hosts.len() as u64,
         hosts_breached: breached,
     }
+}
+
+/// The effective release of a host (cheap: no exposure lists), for check-in replies.
+pub fn effective_version(
+    db: &CveDatabase,
+    host: &HostRecord,
+    levels: &[LevelRecord],
+) -> Option<UpstreamVersion> {
+    let version = host_upstream(host, levels)?;
+    let fixes: BTreeSet<String> = level_fixes(host, levels).into_iter().collect();
+    if fixes.is_empty() {
+        return Some(version);
+    }
+    Some(db.effective_version(version, &fixes))
 }

@@ -949,11 +949,13 @@ impl Service {
             })
     }
 
+    /// Records a check-in; replies with the host's channel and, when the CVE data knows its
+    /// release, its effective release (`patchbay uname`).
     pub async fn checkin(
         &self,
         host: &HostRecord,
         request: CheckInRequest,
-    ) -> Result<ChannelName, ServerError> {
+    ) -> Result<(ChannelName, Option<String>), ServerError> {
         let release: KernelRelease = request
             .kernel_release
             .parse()
@@ -982,12 +984,25 @@ impl Service {
             }
         }
         text_field("agent_version", &request.agent_version, 64)?;
+        let kernel_version = checked_version(request.kernel_version)?;
+        let effective = if active_level.is_some() {
+            let levels = self.store.levels().await?;
+            let mut now = host.clone();
+            now.active_level = active_level;
+            now.build_id = build_id.clone();
+            now.kernel_version = kernel_version.clone().or(now.kernel_version);
+            crate::cve::effective_version(&self.cve_db(), &now, &levels).map(|v| v.to_string())
+        } else {
+            kernel_version
+                .clone()
+                .or_else(|| host.kernel_version.clone())
+        };
         self.store
             .record_checkin(
                 &host.id,
                 &CheckIn {
                     kernel_release: release.as_str().to_owned(),
-                    kernel_version: checked_version(request.kernel_version)?,
+                    kernel_version,
                     build_id,
                     active_level,
                     state: request.state,
@@ -997,7 +1012,7 @@ impl Service {
                 },
             )
             .await?;
-        Ok(host.channel.clone())
+        Ok((host.channel.clone(), effective))
     }
 
     pub async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError> {

@@ -516,6 +516,9 @@ async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<Stri
                     p { "Upstream release " (exposure.upstream_version.map(|v| v.to_string()).unwrap_or_default())
                         "; effective release with the live patch " strong #effective { (exposure.effective_version.map(|v| v.to_string()).unwrap_or_default()) }
                         ". " a href={"/ui/hosts/" (h.id) "/vex.json"} { "CSAF VEX document" } }
+                    @for offer in exposure.upgrades.iter().filter(|o| !o.closes.is_empty()) {
+                        p.upgrade { "Level " (offer.level) " (published) would close " (offer.closes.len()) ": " (offer.closes.join(", ")) }
+                    }
                     h3 { "Open CVEs, most urgent first" }
                     table #cves {
                         tr { th { "CVE" } th { "Score" } th { "Severity" } th { "KEV" } th { "Public" } th { "Window" } th { "Fixed upstream in" } }
@@ -670,7 +673,10 @@ async fn channel(
                         }
                         " level "
                         select name="level" { @for l in &k.levels { option value=(l.level) { (l.level) } } }
-                        " " button type="submit" { "Review" }
+                        " — promote only: start in " input name="deploy_after_hours" type="number" min="0" value="0" size="3";
+                        " h, first wave " input name="first_wave_percent" type="number" min="1" max="100" value="100" size="3";
+                        " %, everyone after " input name="full_after_hours" type="number" min="0" value="24" size="3";
+                        " h " button type="submit" { "Review" }
                     }
                 }
             } @else {
@@ -686,15 +692,63 @@ struct ChangeRequest {
     build_id: String,
     level: Option<u32>,
     csrf: Option<String>,
+    #[serde(default)]
+    deploy_after_hours: Option<u32>,
+    #[serde(default)]
+    first_wave_percent: Option<u8>,
+    #[serde(default)]
+    full_after_hours: Option<u32>,
+}
+
+impl ChangeRequest {
+    /// The promote's delay and waves (none: everyone at once).
+    fn rollout(&self) -> Result<(u64, Vec<crate::service::WaveRequest>), ServerError> {
+        let delay = u64::from(self.deploy_after_hours.unwrap_or(0)) * 3600;
+        let first = self.first_wave_percent.unwrap_or(100);
+        if first == 0 || first > 100 {
+            return Err(ServerError::BadRequest(
+                "the first wave is 1 to 100 %".into(),
+            ));
+        }
+        let waves = if first < 100 {
+            vec![
+                crate::service::WaveRequest {
+                    after_secs: 0,
+                    percent: first,
+                },
+                crate::service::WaveRequest {
+                    after_secs: u64::from(self.full_after_hours.unwrap_or(24)).max(1) * 3600,
+                    percent: 100,
+                },
+            ]
+        } else {
+            Vec::new()
+        };
+        Ok((delay, waves))
+    }
 }
 
 fn describe(name: &ChannelName, change: &ChangeRequest) -> Result<String, ServerError> {
     let level = change.level.map_or("?".into(), |l| l.to_string());
     Ok(match change.action.as_str() {
-        "promote" => format!(
-            "Promote level {level} of kernel {} into {name}",
-            change.build_id
-        ),
+        "promote" => {
+            let (delay, waves) = change.rollout()?;
+            let mut text = format!(
+                "Promote level {level} of kernel {} into {name}",
+                change.build_id
+            );
+            if delay > 0 {
+                text.push_str(&format!(", starting in {} h", delay / 3600));
+            }
+            if let [first, full] = waves.as_slice() {
+                text.push_str(&format!(
+                    ", {} % of the hosts first and all of them {} h later",
+                    first.percent,
+                    full.after_secs / 3600
+                ));
+            }
+            text
+        }
         "rollback" => format!(
             "Roll {name} back to level {level} for kernel {}",
             change.build_id
@@ -728,6 +782,9 @@ async fn confirm(
                 input type="hidden" name="action" value=(change.action);
                 input type="hidden" name="build_id" value=(change.build_id);
                 @if let Some(l) = change.level { input type="hidden" name="level" value=(l); }
+                @if let Some(v) = change.deploy_after_hours { input type="hidden" name="deploy_after_hours" value=(v); }
+                @if let Some(v) = change.first_wave_percent { input type="hidden" name="first_wave_percent" value=(v); }
+                @if let Some(v) = change.full_after_hours { input type="hidden" name="full_after_hours" value=(v); }
                 input type="hidden" name="csrf" value=(user.0.csrf);
                 button #confirm type="submit" { "Confirm" }
                 " " a href={"/ui/channels/" (name)} { "Cancel" }
@@ -762,8 +819,9 @@ async fn apply(
     let actor = caller.actor.as_str();
     match change.action.as_str() {
         "promote" => {
+            let (delay, waves) = change.rollout()?;
             service
-                .promote(actor, &name, &build_id, level()?, 0, &[])
+                .promote(actor, &name, &build_id, level()?, delay, &waves)
                 .await?
         }
         "rollback" => service.rollback(actor, &name, &build_id, level()?).await?,
@@ -794,7 +852,18 @@ async fn audit(State(service): State<AppState>, user: UiUser) -> PageResult {
     ))
 }
 
-async fn compliance(State(service): State<AppState>, user: UiUser) -> PageResult {
+async fn compliance(
+    State(service): State<AppState>,
+    user: UiUser,
+    Query(query): Query<HashMap<String, String>>,
+) -> PageResult {
+    let page_no: usize = query
+        .get("page")
+        .map(|p| p.parse())
+        .transpose()
+        .map_err(|_| ServerError::BadRequest("page must be a number".into()))?
+        .unwrap_or(1)
+        .max(1);
     let hosts = service.hosts(&HostFilter::default()).await?;
     let levels = service.store.levels().await?;
     let rows = crate::cve::compliance(
@@ -815,7 +884,7 @@ async fn compliance(State(service): State<AppState>, user: UiUser) -> PageResult
                 a href="/ui/compliance.csv" { "Download CSV" } }
             table #compliance {
                 tr { th { "Host" } th { "Kernel" } th { "Effective" } th { "Level" } th { "Open CVEs" } th { "CVSS ≥ 7" } th { "Overdue" } th { "KEV" } th { "Fixed by patch" } th { "Window" } }
-                @for r in &rows {
+                @for r in rows.iter().skip((page_no - 1) * PAGE_SIZE as usize).take(PAGE_SIZE as usize) {
                     tr {
                         td { a href={"/ui/hosts/" (r.host_id)} { (r.hostname) } }
                         td { (r.kernel_release) " (" (r.upstream_version.clone().unwrap_or_default()) ")" }
@@ -825,6 +894,11 @@ async fn compliance(State(service): State<AppState>, user: UiUser) -> PageResult
                         td { @if r.window_breached { span.error { "breached" } } @else { span.ok { "within" } } }
                     }
                 }
+            }
+            @let pages = rows.len().div_ceil(PAGE_SIZE as usize).max(1);
+            p { "Page " (page_no) " of " (pages) " "
+                @if page_no > 1 { a href={"/ui/compliance?page=" (page_no - 1)} { "previous" } " " }
+                @if page_no < pages { a href={"/ui/compliance?page=" (page_no + 1)} { "next" } }
             }
         },
     ))

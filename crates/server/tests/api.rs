@@ -966,6 +966,14 @@ fn dashboard_login_roles_and_csrf() {
         assert!(out.status.success(), "{out:?}");
     };
     add_user("vera", "viewer");
+    let published = call(
+        &s,
+        "POST",
+        "/api/v1/bundles",
+        Some(&s.admin),
+        raw(bundle_bytes(1, RELEASE, true)),
+    );
+    assert_eq!(published.0, 201);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1025,7 +1033,55 @@ fn dashboard_login_roles_and_csrf() {
             .await
             .unwrap();
         assert_eq!(r.status(), 403);
+
+        // An operator promotes with a staged rollout through the confirmation page.
+        let out = Command::new(bin())
+            .args(["user", "add", "--name", "olga", "--role", "operator", "--data"])
+            .arg(&s.data)
+            .env("PATCHBAY_PASSWORD", "operator-password")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let r = client
+            .post(url("/ui/login"))
+            .form(&[("user", "olga"), ("password", "operator-password")])
+            .send()
+            .await
+            .unwrap();
+        let session = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+        let confirm = client
+            .get(url(&format!("/ui/channels/production/confirm?action=promote&build_id={BUILD_ID}&level=1&deploy_after_hours=0&first_wave_percent=10&full_after_hours=48")))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(confirm.contains("10 % of the hosts first and all of them 48 h later"), "{confirm}");
+        let csrf = confirm.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+        let form = [("action", "promote"), ("build_id", BUILD_ID), ("level", "1"), ("deploy_after_hours", "0"), ("first_wave_percent", "10"), ("full_after_hours", "48")];
+        // Without the session's CSRF token: refused.
+        let r = client.post(url("/ui/channels/production/apply")).header("cookie", &session).form(&form).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let mut with_csrf = form.to_vec();
+        with_csrf.push(("csrf", &csrf));
+        let r = client.post(url("/ui/channels/production/apply")).header("cookie", &session).form(&with_csrf).send().await.unwrap();
+        assert_eq!(r.status(), 303);
     });
+    let (_, doc) = call(
+        &s,
+        "GET",
+        "/api/v1/channels/production",
+        Some(&s.admin),
+        None,
+    );
+    let waves = doc["kernels"][BUILD_ID]["waves"].as_array().unwrap();
+    assert_eq!(waves.len(), 2, "{doc}");
+    assert_eq!(waves[0]["percent"], 10);
+    let (_, audit) = call(&s, "GET", "/api/v1/audit", Some(&s.admin), None);
+    assert_eq!(audit["audit"][0]["actor"], "user:olga");
+    assert_eq!(audit["audit"][0]["action"], "promote");
 }
 
 #[test]
