@@ -508,3 +508,30 @@ pub async fn sign_targets_offline(
 pub fn role_name<T: Role>() -> String {
     T::TYPE.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn timestamp_is_re_signed_when_half_its_lifetime_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = TufRepo::new(dir.path(), TufConfig::default());
+        repo.init(&dir.path().join("keys")).await.unwrap();
+        let v1 = repo.versions().unwrap().unwrap();
+        // Fresh: nothing to do.
+        assert!(!repo.refresh_timestamp().await.unwrap());
+        // A timestamp with one minute left is re-signed with the full lifetime.
+        repo.resign_timestamp_with_lifetime(60).await.unwrap();
+        assert!(repo.refresh_timestamp().await.unwrap());
+        let v2 = repo.versions().unwrap().unwrap();
+        assert_eq!(v2.timestamp, v1.timestamp + 2);
+        assert_eq!((v2.snapshot, v2.targets), (v1.snapshot, v1.targets));
+        let ts: Signed<Timestamp> =
+            serde_json::from_slice(&repo.read_meta("timestamp.json").unwrap()).unwrap();
+        let left = ts.signed.expires.as_second() - jiff::Timestamp::now().as_second();
+        assert!(left > 23 * 3600, "{left}");
+        assert!(!repo.refresh_timestamp().await.unwrap());
+    }
+}

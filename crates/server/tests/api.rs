@@ -874,6 +874,10 @@ fn authorization_matrix_each_role_and_endpoint() {
         ("GET", "/api/v1/channels/production", None, "viewer"),
         ("GET", "/api/v1/hosts", None, "viewer"),
         ("GET", "/api/v1/audit", None, "viewer"),
+        ("GET", "/api/v1/hosts/none/exposure", None, "viewer"),
+        ("GET", "/api/v1/hosts/none/vex", None, "viewer"),
+        ("GET", "/api/v1/cve/exposure/6.1.1", None, "viewer"),
+        ("GET", "/api/v1/reports/compliance", None, "viewer"),
         ("POST", "/api/v1/bundles", None, "operator"),
         (
             "POST",
