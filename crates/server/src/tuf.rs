@@ -17,7 +17,7 @@ use tough::editor::signed::SignedRole;
 use tough::key_source::{KeySource, LocalKeySource};
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::{
-    Hashes, KeyHolder, Metafile, Role, RoleKeys, RoleType, Root, Signed, Snapshot, Target, Targets,
+    Hashes, KeyHolder, Metafile, RoleKeys, RoleType, Root, Signed, Snapshot, Target, Targets,
     Timestamp,
 };
 use tough::TargetName;
@@ -502,11 +502,6 @@ pub async fn sign_targets_offline(
     .await
     .map_err(|e| tuf_err(&format!("sign with {}", key.display()), e))?;
     Ok(signed.buffer().clone())
-}
-
-/// The role type name of a signed role, for messages.
-pub fn role_name<T: Role>() -> String {
-    T::TYPE.to_string()
 }
 
 #[cfg(test)]
