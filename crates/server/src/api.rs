@@ -607,35 +607,16 @@ async fn metrics(State(service): State<AppState>) -> Result<Response, ServerErro
     for h in &hosts {
         *by_state.entry(h.state.as_str()).or_default() += 1;
     }
-    let mut open: std::collections::BTreeMap<String, &'static str> =
-        std::collections::BTreeMap::new();
-    let mut breaching = 0u64;
-    let today = crate::cve::today();
-    let mut seen = std::collections::HashSet::new();
-    for h in &hosts {
-        let key = (
-            crate::cve::host_upstream(h, &levels),
-            crate::cve::level_fixes(h, &levels),
-        );
-        let e = crate::cve::host_exposure(&db, h, &levels, today, Default::default());
-        if e.live.as_ref().is_some_and(|l| l.high_overdue > 0) {
-            breaching += 1;
-        }
-        if !seen.insert(key) {
-            continue;
-        }
-        for c in e.live.iter().flat_map(|l| l.list.iter()) {
-            open.insert(c.id.clone(), c.severity.map_or("unscored", |s| s.as_str()));
-        }
-    }
-    let mut by_severity: std::collections::BTreeMap<&str, u64> =
-        ["critical", "high", "medium", "low", "none", "unscored"]
-            .iter()
-            .map(|s| (*s, 0))
-            .collect();
-    for severity in open.values() {
-        *by_severity.entry(severity).or_default() += 1;
-    }
+    // Exposure once per distinct (release, fixes) pair, as for the dashboard.
+    let snapshot = crate::cve::fleet_snapshot(&db, &hosts, &levels, crate::cve::today());
+    let breaching = snapshot.hosts_breached;
+    let by_severity = [
+        ("critical", snapshot.critical),
+        ("high", snapshot.high),
+        ("medium", snapshot.medium),
+        ("low", snapshot.low),
+        ("unscored", snapshot.unscored),
+    ];
     let checkins = service.store.checkin_count().await?;
     let mut out = String::new();
     out.push_str("# HELP patchbay_hosts Registered hosts by last reported state.\n# TYPE patchbay_hosts gauge\n");
@@ -653,7 +634,7 @@ async fn metrics(State(service): State<AppState>) -> Result<Response, ServerErro
         ));
     }
     out.push_str("# HELP patchbay_exposed_cves Distinct CVEs still open on at least one host (live patches counted), by severity.\n# TYPE patchbay_exposed_cves gauge\n");
-    for (severity, n) in &by_severity {
+    for (severity, n) in by_severity {
         out.push_str(&format!(
             "patchbay_exposed_cves{{severity=\"{severity}\"}} {n}\n"
         ));

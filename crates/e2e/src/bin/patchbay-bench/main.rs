@@ -7,6 +7,7 @@
 //! `--cold` adds a build from an empty cache (downloads, source tree, `make modules_prepare`).
 //! `server`: check-ins per second against the patch server on loopback (SQLite), beside nginx
 //! serving a static file of the same size in the same run, both driven by wrk.
+//! `fleet`: dashboard pages, compliance export and `/metrics` with 10,000 hosts against 1 host.
 
 use std::process::ExitCode;
 
@@ -20,6 +21,7 @@ const DEFAULT_ROUNDS: usize = 10;
 const APPLY_RATIO_GOAL: f64 = 1.05;
 
 mod builder_bench;
+mod fleet_bench;
 mod server_bench;
 
 fn main() -> ExitCode {
@@ -33,6 +35,10 @@ fn main() -> ExitCode {
             args.remove(0);
             "builder"
         }
+        Some("fleet") => {
+            args.remove(0);
+            "fleet"
+        }
         Some("agent") => {
             args.remove(0);
             "agent"
@@ -41,6 +47,8 @@ fn main() -> ExitCode {
     };
     let result = if which == "server" {
         server_bench::run(&args)
+    } else if which == "fleet" {
+        fleet_bench::run(&args)
     } else if which == "builder" {
         builder_bench::run(&args)
     } else {
@@ -56,7 +64,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: patchbay-bench [agent] [--rounds N] [newest|older|<abi>] | patchbay-bench builder [--cold] | patchbay-bench server [--seconds N]"
+    "usage: patchbay-bench [agent] [--rounds N] [newest|older|<abi>] | patchbay-bench builder [--cold] | patchbay-bench server [--seconds N] | patchbay-bench fleet [--hosts N]"
 }
 
 fn run(args: Vec<String>) -> Result<()> {
