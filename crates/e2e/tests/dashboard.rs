@@ -67,10 +67,14 @@ async fn browser(driver: &ChromeDriver) -> Client {
         .expect("connect to chromedriver")
 }
 
+/// The text of the first element matching `css`, waiting up to 30 s for it (a click may return
+/// before the next page has loaded).
 async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(css))
         .await
-        .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+        .unwrap_or_else(|e| panic!("no element {css}: {e}; page: {:?}", c.current_url()))
         .text()
         .await
         .unwrap()
