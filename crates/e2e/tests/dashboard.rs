@@ -70,14 +70,19 @@ async fn browser(driver: &ChromeDriver) -> Client {
 /// The text of the first element matching `css`, waiting up to 30 s for it (a click may return
 /// before the next page has loaded).
 async fn text(c: &Client, css: &str) -> String {
-    c.wait()
+    let element = match c
+        .wait()
         .at_most(Duration::from_secs(30))
         .for_element(Locator::Css(css))
         .await
-        .unwrap_or_else(|e| panic!("no element {css}: {e}; page: {:?}", c.current_url()))
-        .text()
-        .await
-        .unwrap()
+    {
+        Ok(element) => element,
+        Err(e) => {
+            let page = c.current_url().await.map(|u| u.to_string());
+            panic!("no element {css}: {e}; page: {page:?}");
+        }
+    };
+    element.text().await.unwrap()
 }
 
 async fn number(c: &Client, css: &str) -> u64 {
