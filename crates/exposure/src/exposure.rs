@@ -92,9 +92,12 @@ pub fn exposure(
             title: record.title.clone(),
             score,
             severity: record.score.severity(),
-            kev: record.kev.is_some(),
+            // Known exploited as of the evaluation day, not later.
+            kev: record.kev.as_ref().is_some_and(|k| k.date_added <= at),
             published: record.published.map(|p| p.to_string()),
-            window_breached: high && days_public.is_some_and(|d: i64| d > policy.window_days),
+            // An unknown publication date (older records from other CNAs) counts as past the
+            // window: the conservative reading for an audit.
+            window_breached: high && days_public.is_none_or(|d: i64| d > policy.window_days),
             days_public,
             high,
             fixed_in,

@@ -10,7 +10,8 @@
 //! computed from the vector with the RustSec `cvss` crate where there is one; a CVE without a
 //! score is [`Score::Unscored`], never 0. "High" means a score of at least 7.0; a high CVE is
 //! overdue when it was published more than the window (default 30 days) before the evaluation
-//! day.
+//! day, or when its publication day is unknown (older records from other CNAs: conservative).
+//! A CVE counts from its publication day on; a KEV mark counts from the day CISA added it.
 
 pub mod dyad;
 pub mod exposure;
@@ -172,7 +173,7 @@ pub struct Kev {
 pub struct CveRecord {
     pub id: String,
     pub title: String,
-    /// Publication day (None: unknown; such CVEs are never counted overdue).
+    /// Publication day (None: unknown; such high CVEs count as past the window).
     pub published: Option<Day>,
     pub score: Score,
     pub ranges: Vec<Range>,

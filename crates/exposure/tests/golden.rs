@@ -67,14 +67,20 @@ struct Counts {
 /// The independent path: raw JSON, integer tuples, published scores.
 fn expected(version: &str, at: &str) -> Counts {
     let v = tuple(version);
-    let kev_ids: BTreeSet<String> = serde_json::from_slice::<Value>(&data("kev-linux-kernel.json"))
-        .unwrap()["vulnerabilities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["cveID"].as_str().unwrap().to_owned())
-        .collect();
-    let mut by_id: BTreeMap<String, (bool, Option<f64>, Option<String>, bool)> = BTreeMap::new();
+    let kev_added: BTreeMap<String, String> =
+        serde_json::from_slice::<Value>(&data("kev-linux-kernel.json")).unwrap()["vulnerabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["cveID"].as_str().unwrap().to_owned(),
+                    k["dateAdded"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+    let mut by_id: BTreeMap<String, (bool, Option<f64>, Option<String>, Option<String>)> =
+        BTreeMap::new();
     let score_of = |c: &Value| -> Option<f64> {
         for key in ["cvss3", "cvss2"] {
             if let Some(s) = c[key]["score"].as_f64() {
@@ -93,7 +99,7 @@ fn expected(version: &str, at: &str) -> Counts {
                 affected,
                 score_of(c),
                 c["published"].as_str().map(str::to_owned),
-                !c["kev"].is_null(),
+                c["kev"]["dateAdded"].as_str().map(str::to_owned),
             ),
         );
     }
@@ -110,7 +116,7 @@ fn expected(version: &str, at: &str) -> Counts {
                 affected,
                 score_of(c),
                 c["published"].as_str().map(str::to_owned),
-                !c["kev"].is_null(),
+                c["kev"]["dateAdded"].as_str().map(str::to_owned),
             ),
         );
     }
@@ -121,7 +127,7 @@ fn expected(version: &str, at: &str) -> Counts {
         high_overdue: 0,
         kev: 0,
     };
-    for (id, (affected, score, published, kev)) in by_id {
+    for (id, (affected, score, published, kev_in_record)) in by_id {
         if !affected || published.as_deref().is_some_and(|p| days(p) > today) {
             continue;
         }
@@ -129,11 +135,13 @@ fn expected(version: &str, at: &str) -> Counts {
         let high = score.is_some_and(|s| s >= 7.0);
         if high {
             counts.high += 1;
-            if published.as_deref().is_some_and(|p| today - days(p) > 30) {
+            // Unknown publication day: counted past the window.
+            if published.as_deref().is_none_or(|p| today - days(p) > 30) {
                 counts.high_overdue += 1;
             }
         }
-        if kev || kev_ids.contains(&id) {
+        let added = kev_added.get(&id).cloned().or(kev_in_record);
+        if added.is_some_and(|d| days(&d) <= today) {
             counts.kev += 1;
         }
     }
