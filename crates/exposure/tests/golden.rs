@@ -64,6 +64,9 @@ struct Counts {
     kev: usize,
 }
 
+/// Affected, published score, publication day, KEV day — straight from the raw JSON.
+type RawCve = (bool, Option<f64>, Option<String>, Option<String>);
+
 /// The independent path: raw JSON, integer tuples, published scores.
 fn expected(version: &str, at: &str) -> Counts {
     let v = tuple(version);
@@ -79,8 +82,7 @@ fn expected(version: &str, at: &str) -> Counts {
                 )
             })
             .collect();
-    let mut by_id: BTreeMap<String, (bool, Option<f64>, Option<String>, Option<String>)> =
-        BTreeMap::new();
+    let mut by_id: BTreeMap<String, RawCve> = BTreeMap::new();
     let score_of = |c: &Value| -> Option<f64> {
         for key in ["cvss3", "cvss2"] {
             if let Some(s) = c[key]["score"].as_f64() {
