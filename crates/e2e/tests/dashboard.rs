@@ -112,6 +112,9 @@ async fn login(c: &Client, url: &str, user: &str, password: &str) {
         .click()
         .await
         .unwrap();
+    // Logged in once the page shows who is (the click may return before the redirect).
+    let who = text(c, "header .who").await;
+    assert!(who.contains(user), "logged in as {who:?}, expected {user}");
 }
 
 /// The browser's part, run while the guest's agent polls the server.
@@ -226,6 +229,12 @@ async fn operate(server: &ServerProcess, build_id: &str, admin_password: &str) {
         .await
         .unwrap()
         .click()
+        .await
+        .unwrap();
+    // Logged out once the login form is back.
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("input[name=password]"))
         .await
         .unwrap();
     let add = Command::new(server_binary().unwrap())
