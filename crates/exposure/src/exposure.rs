@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::version::UpstreamVersion;
-use crate::{CveDatabase, Day, Score, Severity};
+use crate::{CveDatabase, Day, Severity};
 
 /// When a CVE counts as high and how long it may stay open.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -183,9 +183,4 @@ impl Exposure {
         }
         out
     }
-}
-
-/// Needed by `Score` users that only want the value.
-pub fn score_value(score: &Score) -> Option<f64> {
-    score.value()
 }

@@ -106,18 +106,22 @@ pub enum Score {
 }
 
 impl Score {
+    /// A base score from `source`, with the vector it came from if known.
+    pub fn scored(score: f64, vector: Option<&str>, source: &str) -> Score {
+        Score::Scored {
+            score,
+            severity: Severity::of(score),
+            vector: vector.map(str::to_owned),
+            source: source.to_owned(),
+        }
+    }
+
     /// Scores a CVSS v3.x vector with the `cvss` crate.
     pub fn from_v3_vector(vector: &str, source: &str) -> Result<Score, CveError> {
         let parsed: cvss::v3::Vector = vector
             .parse()
             .map_err(|e| CveError::malformed(format!("CVSS vector {vector:?}"), e))?;
-        let score = parsed.score().value();
-        Ok(Score::Scored {
-            score,
-            severity: Severity::of(score),
-            vector: Some(vector.to_owned()),
-            source: source.to_owned(),
-        })
+        Ok(Score::scored(parsed.score().value(), Some(vector), source))
     }
 
     /// Scores a CVSS v2 vector (`AV:N/AC:L/Au:N/C:P/I:P/A:P`).
@@ -125,13 +129,7 @@ impl Score {
         let parsed: cvss::v2::Vector = vector
             .parse()
             .map_err(|e| CveError::malformed(format!("CVSS v2 vector {vector:?}"), e))?;
-        let score = parsed.score().value();
-        Ok(Score::Scored {
-            score,
-            severity: Severity::of(score),
-            vector: Some(vector.to_owned()),
-            source: source.to_owned(),
-        })
+        Ok(Score::scored(parsed.score().value(), Some(vector), source))
     }
 
     pub fn value(&self) -> Option<f64> {

@@ -87,14 +87,15 @@ fn score(cve: &str, v3: Option<&Cvss>, v2: Option<&Cvss>) -> Result<Score, CveEr
         .and_then(|c| c.score.map(|s| (c, s)))
         .filter(|(_, s)| (0.0..=10.0).contains(s))
     {
-        return Ok(Score::Scored {
-            score,
-            severity: crate::Severity::of(score),
-            vector: None,
-            source: source(c),
-        });
+        return Ok(Score::scored(score, None, &source(c)));
     }
     Ok(Score::Unscored)
+}
+
+fn kev(entry: Option<&KevRef>) -> Result<Option<Kev>, CveError> {
+    entry
+        .map(|k| parse_day(&k.date_added).map(|date_added| Kev { date_added }))
+        .transpose()
 }
 
 fn day(text: &Option<String>) -> Result<Option<crate::Day>, CveError> {
@@ -126,11 +127,7 @@ pub fn parse_cna(bytes: &[u8]) -> Result<CveDatabase, CveError> {
         let record = CveRecord {
             score: score(&c.cve, c.cvss3.as_ref(), c.cvss2.as_ref())?,
             published: day(&c.published)?,
-            kev: c
-                .kev
-                .as_ref()
-                .map(|k| parse_day(&k.date_added).map(|date_added| Kev { date_added }))
-                .transpose()?,
+            kev: kev(c.kev.as_ref())?,
             id: c.cve.clone(),
             title: c.title,
             ranges,
@@ -156,11 +153,7 @@ pub fn parse_legacy(bytes: &[u8]) -> Result<CveDatabase, CveError> {
         let record = CveRecord {
             score: score(&c.cve, c.cvss3.as_ref(), c.cvss2.as_ref())?,
             published: day(&c.published)?,
-            kev: c
-                .kev
-                .as_ref()
-                .map(|k| parse_day(&k.date_added).map(|date_added| Kev { date_added }))
-                .transpose()?,
+            kev: kev(c.kev.as_ref())?,
             id: c.cve.clone(),
             title: c.title.unwrap_or_default(),
             ranges: vec![Range {

@@ -102,17 +102,17 @@ impl FromRequestParts<AppState> for Host {
     }
 }
 
-fn channel_name(name: &str) -> Result<ChannelName, ServerError> {
+pub(crate) fn channel_name(name: &str) -> Result<ChannelName, ServerError> {
     name.parse()
         .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
 }
 
-fn build_id(text: &str) -> Result<BuildId, ServerError> {
+pub(crate) fn build_id(text: &str) -> Result<BuildId, ServerError> {
     text.parse()
         .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
 }
 
-fn level(n: u32) -> Result<PatchLevel, ServerError> {
+pub(crate) fn level(n: u32) -> Result<PatchLevel, ServerError> {
     PatchLevel::try_from(n).map_err(|e| ServerError::BadRequest(e.to_string()))
 }
 
@@ -490,19 +490,13 @@ async fn tuf_target(
         .into_response())
 }
 
-async fn host_record(service: &Service, id: &str) -> Result<crate::store::HostRecord, ServerError> {
-    service.store.host(id).await?.ok_or_else(|| {
-        ServerError::NotFound(format!("no host {id:?}; GET /api/v1/hosts lists them"))
-    })
-}
-
 async fn host_exposure(
     State(service): State<AppState>,
     Api(caller): Api,
     Path(id): Path<String>,
 ) -> Result<Json<crate::cve::HostExposure>, ServerError> {
     caller.require(Role::Viewer, "reading a host's exposure")?;
-    let host = host_record(&service, &id).await?;
+    let host = service.host(&id).await?;
     Ok(Json(service.host_exposure(&host).await?))
 }
 
@@ -512,15 +506,8 @@ async fn host_vex(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ServerError> {
     caller.require(Role::Viewer, "reading a host's VEX document")?;
-    let host = host_record(&service, &id).await?;
-    let exposure = service.host_exposure(&host).await?;
-    let now = jiff::Timestamp::now().to_string();
-    Ok(Json(crate::cve::csaf_vex(
-        &host,
-        &exposure,
-        &service.cve_db(),
-        &now,
-    )))
+    let host = service.host(&id).await?;
+    Ok(Json(service.host_vex(&host).await?))
 }
 
 fn query_day(query: &HashMap<String, String>) -> Result<patchbay_exposure::Day, ServerError> {
@@ -572,15 +559,9 @@ async fn compliance(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ServerError> {
     caller.require(Role::Viewer, "reading the compliance report")?;
-    let hosts = service.hosts(&HostFilter::default()).await?;
-    let levels = service.store.levels().await?;
-    let rows = crate::cve::compliance(
-        &service.cve_db(),
-        &hosts,
-        &levels,
-        query_day(&query)?,
-        query_policy(&query)?,
-    );
+    let rows = service
+        .compliance(query_day(&query)?, query_policy(&query)?)
+        .await?;
     match query.get("format").map(String::as_str) {
         Some("csv") => Ok((
             [(
@@ -601,14 +582,12 @@ async fn compliance(
 /// somewhere in the fleet), hosts breaching the window, check-ins, errors.
 async fn metrics(State(service): State<AppState>) -> Result<Response, ServerError> {
     let hosts = service.hosts(&HostFilter::default()).await?;
-    let levels = service.store.levels().await?;
-    let db = service.cve_db();
     let mut by_state: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for h in &hosts {
         *by_state.entry(h.state.as_str()).or_default() += 1;
     }
     // Exposure once per distinct (release, fixes) pair, as for the dashboard.
-    let snapshot = crate::cve::fleet_snapshot(&db, &hosts, &levels, crate::cve::today());
+    let snapshot = service.fleet_exposure(&hosts).await?;
     let breaching = snapshot.hosts_breached;
     let by_severity = [
         ("critical", snapshot.critical),

@@ -353,16 +353,59 @@ impl Service {
         Ok(true)
     }
 
+    /// Today's fleet exposure of `hosts` (distinct open CVEs by severity, hosts breaching).
+    pub async fn fleet_exposure(
+        &self,
+        hosts: &[HostRecord],
+    ) -> Result<crate::store::ExposureSnapshot, ServerError> {
+        let levels = self.store.levels().await?;
+        Ok(crate::cve::fleet_snapshot(
+            &self.cve_db(),
+            hosts,
+            &levels,
+            crate::cve::today(),
+        ))
+    }
+
     /// Computes today's fleet exposure and keeps it as the day's snapshot.
     pub async fn record_exposure_snapshot(
         &self,
     ) -> Result<crate::store::ExposureSnapshot, ServerError> {
         let hosts = self.store.hosts(&HostFilter::default()).await?;
-        let levels = self.store.levels().await?;
-        let snapshot =
-            crate::cve::fleet_snapshot(&self.cve_db(), &hosts, &levels, crate::cve::today());
+        let snapshot = self.fleet_exposure(&hosts).await?;
         self.store.record_snapshot(&snapshot).await?;
         Ok(snapshot)
+    }
+
+    /// The compliance report of every host on day `at`.
+    pub async fn compliance(
+        &self,
+        at: patchbay_exposure::Day,
+        policy: patchbay_exposure::Policy,
+    ) -> Result<Vec<crate::cve::ComplianceRow>, ServerError> {
+        let hosts = self.store.hosts(&HostFilter::default()).await?;
+        let levels = self.store.levels().await?;
+        Ok(crate::cve::compliance(
+            &self.cve_db(),
+            &hosts,
+            &levels,
+            at,
+            policy,
+        ))
+    }
+
+    /// A registered host by id.
+    pub async fn host(&self, id: &str) -> Result<HostRecord, ServerError> {
+        self.store.host(id).await?.ok_or_else(|| {
+            ServerError::NotFound(format!("no host {id:?}; GET /api/v1/hosts lists them"))
+        })
+    }
+
+    /// The host's CSAF VEX document as of now.
+    pub async fn host_vex(&self, host: &HostRecord) -> Result<serde_json::Value, ServerError> {
+        let exposure = self.host_exposure(host).await?;
+        let now = jiff::Timestamp::now().to_string();
+        Ok(crate::cve::csaf_vex(host, &exposure, &self.cve_db(), &now))
     }
 
     /// A host's exposure today under the default policy.
@@ -535,13 +578,7 @@ impl Service {
         let build_id = manifest.kernel.build_id.clone();
         let level = manifest.level;
         let _guard = self.lock.lock().await;
-        let existing: Vec<LevelRecord> = self
-            .store
-            .levels()
-            .await?
-            .into_iter()
-            .filter(|l| l.build_id == build_id)
-            .collect();
+        let existing = self.store.levels_of(&build_id).await?;
         if let Some(first) = existing.first() {
             if first.kernel_release != manifest.kernel.release.as_str() {
                 return Err(ServerError::Unprocessable(format!(
@@ -647,10 +684,10 @@ impl Service {
     ) -> Result<(), ServerError> {
         let known = self
             .store
-            .levels()
+            .levels_of(build_id)
             .await?
             .iter()
-            .any(|l| &l.build_id == build_id && l.level == level);
+            .any(|l| l.level == level);
         if !known {
             return Err(ServerError::NotFound(format!(
                 "level {level} of kernel {build_id} is not published; publish it first \
@@ -986,7 +1023,7 @@ impl Service {
         text_field("agent_version", &request.agent_version, 64)?;
         let kernel_version = checked_version(request.kernel_version)?;
         let effective = if active_level.is_some() {
-            let levels = self.store.levels().await?;
+            let levels = self.store.levels_of(&build_id).await?;
             let mut now = host.clone();
             now.active_level = active_level;
             now.build_id = build_id.clone();

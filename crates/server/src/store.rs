@@ -177,6 +177,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn add_level(&self, level: &LevelRecord) -> Result<(), ServerError>;
     async fn remove_level(&self, build_id: &BuildId, level: PatchLevel) -> Result<(), ServerError>;
     async fn levels(&self) -> Result<Vec<LevelRecord>, ServerError>;
+    /// The published levels of one kernel build.
+    async fn levels_of(&self, build_id: &BuildId) -> Result<Vec<LevelRecord>, ServerError>;
 
     async fn add_host(&self, host: &HostRecord) -> Result<(), ServerError>;
     async fn host_by_token(&self, token_hash: &str) -> Result<Option<HostRecord>, ServerError>;
@@ -421,6 +423,36 @@ fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, ServerErro
 }
 
 impl SqliteStore {
+    async fn select_levels(
+        &self,
+        build_id: Option<&BuildId>,
+    ) -> Result<Vec<LevelRecord>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT build_id, level, kernel_release, upstream_version, sha256, length, manifest, \
+             published_at FROM levels WHERE ($1 IS NULL OR build_id = $1) \
+             ORDER BY build_id, level",
+        )
+        .bind(build_id.map(|b| b.as_str().to_owned()))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LevelRecord {
+                    build_id: parse("level build-id", row.try_get::<&str, _>("build_id")?)?,
+                    level: level_from("level", row.try_get("level")?)?,
+                    kernel_release: row.try_get("kernel_release")?,
+                    upstream_version: row.try_get("upstream_version")?,
+                    sha256: row.try_get("sha256")?,
+                    length: u64::try_from(row.try_get::<i64, _>("length")?)
+                        .map_err(|e| corrupt("level length", e))?,
+                    manifest: serde_json::from_str(row.try_get::<&str, _>("manifest")?)
+                        .map_err(|e| corrupt("level manifest", e))?,
+                    published_at: row.try_get("published_at")?,
+                })
+            })
+            .collect()
+    }
+
     /// Opens (creating if needed) the SQLite database at `path` and brings the schema up.
     pub async fn open(path: &Path) -> Result<SqliteStore, ServerError> {
         let options = SqliteConnectOptions::new()
@@ -740,28 +772,11 @@ impl Store for SqliteStore {
     }
 
     async fn levels(&self) -> Result<Vec<LevelRecord>, ServerError> {
-        let rows = sqlx::query(
-            "SELECT build_id, level, kernel_release, upstream_version, sha256, length, manifest, \
-             published_at FROM levels ORDER BY build_id, level",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LevelRecord {
-                    build_id: parse("level build-id", row.try_get::<&str, _>("build_id")?)?,
-                    level: level_from("level", row.try_get("level")?)?,
-                    kernel_release: row.try_get("kernel_release")?,
-                    upstream_version: row.try_get("upstream_version")?,
-                    sha256: row.try_get("sha256")?,
-                    length: u64::try_from(row.try_get::<i64, _>("length")?)
-                        .map_err(|e| corrupt("level length", e))?,
-                    manifest: serde_json::from_str(row.try_get::<&str, _>("manifest")?)
-                        .map_err(|e| corrupt("level manifest", e))?,
-                    published_at: row.try_get("published_at")?,
-                })
-            })
-            .collect()
+        self.select_levels(None).await
+    }
+
+    async fn levels_of(&self, build_id: &BuildId) -> Result<Vec<LevelRecord>, ServerError> {
+        self.select_levels(Some(build_id)).await
     }
 
     async fn add_host(&self, host: &HostRecord) -> Result<(), ServerError> {

@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
-use patchbay_core::{BuildId, ChannelName, PatchLevel};
+use patchbay_core::{ChannelName, PatchLevel};
 use serde::Deserialize;
 
+use crate::api::{build_id, channel_name, level};
 use crate::auth::{verify_password, Caller, Role};
 use crate::error::ServerError;
 use crate::service::{now, random_secret, secret_hash, Service};
@@ -318,9 +319,7 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
     let bars = |m: &BTreeMap<String, u64>| -> Vec<(String, u64)> {
         m.iter().map(|(k, v)| (k.clone(), *v)).collect()
     };
-    let levels = service.store.levels().await?;
-    let now_snapshot =
-        crate::cve::fleet_snapshot(&service.cve_db(), &hosts, &levels, crate::cve::today());
+    let now_snapshot = service.fleet_exposure(&hosts).await?;
     let mut history = service.store.snapshots(90).await?;
     if history.last().is_none_or(|h| h.day != now_snapshot.day) {
         history.push(now_snapshot.clone());
@@ -466,11 +465,7 @@ async fn hosts(
 }
 
 async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<String>) -> PageResult {
-    let h = service
-        .store
-        .host(&id)
-        .await?
-        .ok_or_else(|| ServerError::NotFound(format!("no host {id:?}")))?;
+    let h = service.host(&id).await?;
     let exposure = service.host_exposure(&h).await?;
     let level = match h.active_level {
         Some(l) => service
@@ -625,11 +620,6 @@ async fn channels(State(service): State<AppState>, user: UiUser) -> PageResult {
             }
         },
     ))
-}
-
-fn channel_name(name: &str) -> Result<ChannelName, ServerError> {
-    name.parse()
-        .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
 }
 
 async fn channel(
@@ -805,27 +795,32 @@ async fn apply(
         return Err(ServerError::Forbidden("stale or forged form; reload the page".into()).into());
     }
     let name = channel_name(&name)?;
-    let build_id: BuildId = change
-        .build_id
-        .parse()
-        .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
-    let level = || -> Result<PatchLevel, ServerError> {
-        change
-            .level
-            .ok_or_else(|| ServerError::BadRequest("choose a level".into()))?
-            .try_into()
-            .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
+    let build_id = build_id(&change.build_id)?;
+    let chosen_level = || -> Result<PatchLevel, ServerError> {
+        level(
+            change
+                .level
+                .ok_or_else(|| ServerError::BadRequest("choose a level".into()))?,
+        )
     };
     let actor = caller.actor.as_str();
     match change.action.as_str() {
         "promote" => {
             let (delay, waves) = change.rollout()?;
             service
-                .promote(actor, &name, &build_id, level()?, delay, &waves)
+                .promote(actor, &name, &build_id, chosen_level()?, delay, &waves)
                 .await?
         }
-        "rollback" => service.rollback(actor, &name, &build_id, level()?).await?,
-        "pin" => service.pin(actor, &name, &build_id, Some(level()?)).await?,
+        "rollback" => {
+            service
+                .rollback(actor, &name, &build_id, chosen_level()?)
+                .await?
+        }
+        "pin" => {
+            service
+                .pin(actor, &name, &build_id, Some(chosen_level()?))
+                .await?
+        }
         "unpin" => service.unpin(actor, &name, &build_id).await?,
         other => return Err(ServerError::BadRequest(format!("unknown action {other:?}")).into()),
     };
@@ -864,15 +859,9 @@ async fn compliance(
         .map_err(|_| ServerError::BadRequest("page must be a number".into()))?
         .unwrap_or(1)
         .max(1);
-    let hosts = service.hosts(&HostFilter::default()).await?;
-    let levels = service.store.levels().await?;
-    let rows = crate::cve::compliance(
-        &service.cve_db(),
-        &hosts,
-        &levels,
-        crate::cve::today(),
-        patchbay_exposure::Policy::default(),
-    );
+    let rows = service
+        .compliance(crate::cve::today(), patchbay_exposure::Policy::default())
+        .await?;
     let breached = rows.iter().filter(|r| r.window_breached).count();
     Ok(page(
         Some(&user),
@@ -908,15 +897,9 @@ async fn compliance_csv(
     State(service): State<AppState>,
     _user: UiUser,
 ) -> Result<Response, PageError> {
-    let hosts = service.hosts(&HostFilter::default()).await?;
-    let levels = service.store.levels().await?;
-    let rows = crate::cve::compliance(
-        &service.cve_db(),
-        &hosts,
-        &levels,
-        crate::cve::today(),
-        patchbay_exposure::Policy::default(),
-    );
+    let rows = service
+        .compliance(crate::cve::today(), patchbay_exposure::Policy::default())
+        .await?;
     Ok((
         [
             (
@@ -938,12 +921,6 @@ async fn host_vex(
     _user: UiUser,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let h = service
-        .store
-        .host(&id)
-        .await?
-        .ok_or_else(|| ServerError::NotFound(format!("no host {id:?}")))?;
-    let exposure = service.host_exposure(&h).await?;
-    let now = jiff::Timestamp::now().to_string();
-    Ok(axum::Json(crate::cve::csaf_vex(&h, &exposure, &service.cve_db(), &now)).into_response())
+    let h = service.host(&id).await?;
+    Ok(axum::Json(service.host_vex(&h).await?).into_response())
 }
