@@ -212,13 +212,10 @@ impl RemoteFiles {
     }
 
     fn write_private(&self, path: &Path, bytes: &[u8]) -> Result<(), RemoteError> {
-        use std::os::unix::fs::PermissionsExt;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
         }
-        patchbay_core::fsutil::write_atomic(path, bytes).map_err(|e| file_err(path, e))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| file_err(path, e))
+        patchbay_core::fsutil::write_private(path, bytes).map_err(|e| file_err(path, e))
     }
 
     /// The host's seed: from registration, else a local one made once (offline hosts).

@@ -7,6 +7,16 @@ use std::path::Path;
 /// Writes `data` to `path` atomically: temp file in the same directory, fsync, rename, fsync of
 /// the directory (so the rename itself survives a crash).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, data, None)
+}
+
+/// Like [`write_atomic`] for secrets (tokens, keys): the file is created with mode 0600, so it
+/// is never readable by others, not even between creation and rename.
+pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, data, Some(0o600))
+}
+
+fn write_atomic_mode(path: &Path, data: &[u8], mode: Option<u32>) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -22,7 +32,18 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     tmp_name.push(format!(".tmp.{}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        if let Some(mode) = mode {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(mode);
+        }
+        let mut f = options.open(&tmp)?;
+        if let Some(mode) = mode {
+            // A leftover temp file keeps its old mode on open; set it before any data is written.
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         f.write_all(data)?;
         f.sync_all()?;
         drop(f);
@@ -54,6 +75,20 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn private_files_are_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        write_atomic(&p, b"public").unwrap();
+        write_private(&p, b"secret").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"secret");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

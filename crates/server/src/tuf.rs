@@ -88,9 +88,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io_err(dir, e))?;
     }
-    patchbay_core::fsutil::write_atomic(path, bytes).map_err(|e| io_err(path, e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io_err(path, e))
+    patchbay_core::fsutil::write_private(path, bytes).map_err(|e| io_err(path, e))
 }
 
 fn key_source(path: &Path) -> Box<dyn KeySource> {
