@@ -630,6 +630,12 @@ impl<'a, 'b> Remote<'a, 'b> {
 
     /// Persists the newest verified root (root rotation).
     fn keep_root(&self, repo: &SignedRepo) -> Result<(), RemoteError> {
+        if let Some(later) = repo.clock_stepped_back_from() {
+            (self.agent.log)(&format!(
+                "warning: the system clock reads earlier than at a previous update ({later}); \
+                 it had jumped forward and was corrected. Updates go on with the clock as it is now"
+            ));
+        }
         let root = repo.root_json()?;
         if std::fs::read(&self.files.root).ok().as_deref() != Some(root.as_slice()) {
             self.files.write_private(&self.files.root, &root)?;

@@ -823,3 +823,129 @@ fn uname_reports_the_release_whose_fixes_the_live_patch_brings() {
     assert_eq!(e.effective_version, Some(next));
     assert_eq!(e.live.unwrap().fixed_by_patch, e.fixes.len());
 }
+
+#[test]
+fn a_clock_that_jumped_forward_once_does_not_block_updates() {
+    let (server, k) = setup();
+    update(&k).unwrap();
+    // The host's clock once read a year ahead and the TUF client recorded that time; the
+    // clock is right again now.
+    let ahead = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(365 * 24))
+        .unwrap();
+    let record = k
+        .state_dir()
+        .root()
+        .join("tuf/datastore/latest_known_time.json");
+    assert!(
+        record.exists(),
+        "the TUF client keeps its clock record at {record:?}"
+    );
+    std::fs::write(&record, serde_json::to_vec(&ahead.to_string()).unwrap()).unwrap();
+    server.promote("production", BUILD_ID, 2, &[]);
+    let report = update(&k).unwrap();
+    assert_eq!(
+        report.applied.map(|o| o.level),
+        Some(level(2)),
+        "the corrected clock must not block the update"
+    );
+}
+
+/// Environment variable that tells the test process it runs under libfaketime, and which file
+/// holds the offset (`+8d`, …) it reads the time from.
+const FAKETIME_FILE_ENV: &str = "PATCHBAY_TEST_FAKETIME_FILE";
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Runs the test `name` of this binary again in a child process whose clock libfaketime
+/// moves as the offset file says (the server and the agent in it see the same moved clock,
+/// as tough and jiff read the real clock, not one we could inject).
+fn rerun_under_faketime(name: &str) {
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: install Debian's faketime package (scripts/setup does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let offset_file = dir.path().join("faketime");
+    std::fs::write(&offset_file, "+0").unwrap();
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME_TIMESTAMP_FILE", &offset_file)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env(FAKETIME_FILE_ENV, &offset_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "the test under faketime failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+}
+
+/// Moves this process's clock to `days` after the real time and checks that it moved.
+fn travel_to(offset_file: &Path, start: jiff::Timestamp, days: i64) {
+    std::fs::write(offset_file, format!("+{days}d")).unwrap();
+    let now = jiff::Timestamp::now();
+    let moved = now.as_second() - start.as_second();
+    assert!(
+        (days * 86_400 - 3_600..days * 86_400 + 3_600).contains(&moved),
+        "libfaketime did not move the clock to +{days} days (moved {moved} s)"
+    );
+}
+
+#[test]
+fn a_quiet_fleet_keeps_updating_8_100_and_400_days_later() {
+    let Some(offset_file) = std::env::var_os(FAKETIME_FILE_ENV) else {
+        let name = concat!(
+            module_path!(),
+            "::a_quiet_fleet_keeps_updating_8_100_and_400_days_later"
+        );
+        // Test names leave out the crate.
+        rerun_under_faketime(name.split_once("::").map_or(name, |(_, rest)| rest));
+        return;
+    };
+    let offset_file = PathBuf::from(offset_file);
+    let start = jiff::Timestamp::now();
+    let (server, k) = setup();
+    update(&k).unwrap();
+    let mut resigned = BTreeMap::<String, u32>::new();
+    // The server's refresh runs every minute while it serves; once a day is enough to meet
+    // every role's half-lifetime. Nobody publishes or promotes in between.
+    for day in 1..=400 {
+        travel_to(&offset_file, start, day);
+        let report = server
+            .rt
+            .block_on(server.service.refresh_metadata())
+            .unwrap();
+        assert!(report.warnings.is_empty(), "day {day}: {report:?}");
+        for role in report.resigned {
+            *resigned.entry(role.to_string()).or_default() += 1;
+        }
+        if [8, 100, 400].contains(&day) {
+            let report = update(&k).unwrap_or_else(|e| panic!("day {day}: update failed: {e}"));
+            assert!(
+                matches!(report.plan, Plan::UpToDate(_)),
+                "day {day}: {:?}",
+                report.plan
+            );
+        }
+    }
+    // Root (365 days) was renewed at least once, targets (90) several times, and the host
+    // followed the root rotation.
+    assert!(
+        resigned.get("root").copied().unwrap_or(0) >= 1,
+        "{resigned:?}"
+    );
+    assert!(
+        resigned.get("targets").copied().unwrap_or(0) >= 4,
+        "{resigned:?}"
+    );
+    println!("re-signed over 400 days: {resigned:?}");
+    // And the channel still moves the host.
+    server.promote("production", BUILD_ID, 2, &[]);
+    let report = update(&k).unwrap();
+    assert_eq!(report.applied.map(|o| o.level), Some(level(2)));
+}

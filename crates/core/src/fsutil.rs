@@ -1,6 +1,7 @@
-//! Crash-safe file writes: a reader sees the old file or the new one, never a torn one.
+//! Crash-safe file writes (a reader sees the old file or the new one, never a torn one) and an
+//! exclusive lock between processes.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -97,5 +98,35 @@ mod tests {
         let p = dir.path().join("missing-dir").join("f");
         assert!(write_atomic(&p, b"x").is_err());
         assert!(!p.exists());
+    }
+}
+
+/// An exclusive `flock` on a file, held until drop. The kernel releases it when the process
+/// dies, so a crash never leaves it held.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    /// Blocks until this process holds the lock on `path` (created if missing).
+    pub fn acquire(path: &Path) -> io::Result<FileLock> {
+        use std::os::fd::AsRawFd;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        loop {
+            // SAFETY: flock only operates on the descriptor, which `file` owns and keeps open.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(FileLock { _file: file });
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Crash-safe file writes and inter-process locks for the kernel cache.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -74,31 +74,11 @@ pub(crate) fn remove_dir_if_present(dir: &Path) -> Result<(), KernelError> {
     }
 }
 
-/// An exclusive `flock` held until drop; the kernel releases it if the process dies, so a
-/// crashed fetch never blocks the next one.
-#[derive(Debug)]
-pub(crate) struct FileLock {
-    _file: File,
-}
+/// An exclusive lock between processes, held until drop; the kernel releases it if the
+/// process dies, so a crashed fetch never blocks the next one.
+pub(crate) type FileLock = patchbay_core::fsutil::FileLock;
 
-impl FileLock {
-    pub(crate) fn acquire(path: &Path) -> Result<FileLock, KernelError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| KernelError::io("open lock file", path, e))?;
-        loop {
-            // SAFETY: flock only operates on the descriptor, which `file` owns and keeps open.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(FileLock { _file: file });
-            }
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::Interrupted {
-                return Err(KernelError::io("lock", path, error));
-            }
-        }
-    }
+/// Takes the lock on `path` (created if missing), waiting for another holder.
+pub(crate) fn lock(path: &Path) -> Result<FileLock, KernelError> {
+    FileLock::acquire(path).map_err(|e| KernelError::io("lock", path, e))
 }

@@ -9,7 +9,7 @@ use object::{Object, ObjectSection};
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{upstream_version_of, validate_package_version};
-use crate::fsutil::{self, FileLock};
+use crate::fsutil;
 use crate::{apt, bzimage, Abi, AvailableKernel, KernelError, SymbolTable};
 
 /// Written last into a cache entry; its presence marks the entry complete.
@@ -281,7 +281,7 @@ impl Kernel {
         if final_path.is_file() {
             return Ok(final_path);
         }
-        let _lock = FileLock::acquire(&self.dir.join(".system-map.lock"))?;
+        let _lock = fsutil::lock(&self.dir.join(".system-map.lock"))?;
         if final_path.is_file() {
             return Ok(final_path); // another process finished it while we waited
         }

@@ -112,7 +112,7 @@ pub fn fetch(kernel: &AvailableKernel) -> Result<Kernel, KernelError> {
     }
     fs::create_dir_all(&abi_dir)
         .map_err(|e| KernelError::io("create cache directory", &abi_dir, e))?;
-    let _lock = fsutil::FileLock::acquire(&abi_dir.join(format!("{version}.lock")))?;
+    let _lock = fsutil::lock(&abi_dir.join(format!("{version}.lock")))?;
     if entry.join(kernel::KERNEL_JSON).is_file() {
         return Kernel::open(&entry); // fetched by someone else while we waited
     }

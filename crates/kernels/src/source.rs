@@ -42,7 +42,7 @@ impl SourceTree {
     pub fn lock(&self) -> Result<TreeLock, KernelError> {
         let path = self.dir.parent().unwrap_or(&self.dir).join(".tree.lock");
         Ok(TreeLock {
-            _lock: FileLock::acquire(&path)?,
+            _lock: fsutil::lock(&path)?,
         })
     }
 
@@ -84,7 +84,7 @@ impl Kernel {
         if root.join(PREPARED_MARKER).is_file() {
             return Ok(tree);
         }
-        let _lock = FileLock::acquire(&self.dir().join(".source.lock"))?;
+        let _lock = fsutil::lock(&self.dir().join(".source.lock"))?;
         if root.join(PREPARED_MARKER).is_file() {
             return Ok(tree); // prepared by another process while we waited
         }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use object::{Object, ObjectSymbol, SymbolKind, SymbolScope};
 
-use crate::fsutil::{self, FileLock};
+use crate::fsutil;
 use crate::{apt, Kernel, KernelError, SymbolTable};
 
 const INDEX: &str = "symbol-files.tsv";
@@ -81,7 +81,7 @@ impl Kernel {
     pub fn symbol_files(&self) -> Result<SymbolFiles, KernelError> {
         let path = self.dir().join(INDEX);
         if !path.is_file() {
-            let _lock = FileLock::acquire(&self.dir().join(".symbol-files.lock"))?;
+            let _lock = fsutil::lock(&self.dir().join(".symbol-files.lock"))?;
             if !path.is_file() {
                 let downloads = self.dir().join(".symbol-files-download");
                 fsutil::remove_dir_if_present(&downloads)?;

@@ -463,16 +463,27 @@ async fn tuf_metadata(
     }
 }
 
-/// Consistent-snapshot target names are `<sha256>.<target name>`; the hash addresses the blob.
+/// The blob a consistent-snapshot target path asks for. The specification puts the hash on
+/// the file name (`bundles/<id>/<sha256>.1.pbb`, as python-tuf asks); tough puts it before the
+/// whole target name (`<sha256>.bundles/<id>/1.pbb`). Either way the hash addresses the blob.
+fn consistent_target_hash(path: &str) -> Option<&str> {
+    let is_hash = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    let whole_name = path.split_once('.').map(|(h, _)| h).filter(|h| is_hash(h));
+    let file_name = path
+        .rsplit('/')
+        .next()
+        .and_then(|file| file.split_once('.'))
+        .map(|(h, _)| h)
+        .filter(|h| is_hash(h));
+    whole_name.or(file_name)
+}
+
 async fn tuf_target(
     State(service): State<AppState>,
     Path(path): Path<String>,
 ) -> Result<Response, ServerError> {
     let not_found = || ServerError::NotFound(format!("no TUF target {path:?}"));
-    let (hash, _name) = path.split_once('.').ok_or_else(not_found)?;
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(not_found());
-    }
+    let hash = consistent_target_hash(&path).ok_or_else(not_found)?;
     let bytes = service.objects.get(hash).await?.ok_or_else(not_found)?;
     Ok((
         [
@@ -621,6 +632,24 @@ async fn metrics(State(service): State<AppState>) -> Result<Response, ServerErro
     out.push_str(&format!("# HELP patchbay_hosts_window_breached Hosts with a CVSS >= 7 CVE open longer than the window.\n# TYPE patchbay_hosts_window_breached gauge\npatchbay_hosts_window_breached {breaching}\n"));
     out.push_str(&format!("# HELP patchbay_checkins_total Check-ins received.\n# TYPE patchbay_checkins_total counter\npatchbay_checkins_total {checkins}\n"));
     out.push_str(&format!("# HELP patchbay_hosts_in_error Hosts whose last check-in reported an error.\n# TYPE patchbay_hosts_in_error gauge\npatchbay_hosts_in_error {}\n", by_state.get("error").copied().unwrap_or(0)));
+    let now = jiff::Timestamp::now();
+    let expiries = service.metadata_expiry().await?;
+    out.push_str("# HELP patchbay_tuf_expires_seconds Seconds until each served TUF role expires (negative: expired).\n# TYPE patchbay_tuf_expires_seconds gauge\n");
+    for e in &expiries {
+        out.push_str(&format!(
+            "patchbay_tuf_expires_seconds{{role=\"{}\"}} {}\n",
+            e.role,
+            e.seconds_left(now)
+        ));
+    }
+    out.push_str(&format!("# HELP patchbay_tuf_offline_role_expiring TUF roles whose keys are offline and that expire within {} days: an administrator must sign them.\n# TYPE patchbay_tuf_offline_role_expiring gauge\n", crate::tuf::OFFLINE_WARNING_DAYS));
+    for e in &expiries {
+        out.push_str(&format!(
+            "patchbay_tuf_offline_role_expiring{{role=\"{}\"}} {}\n",
+            e.role,
+            u8::from(e.warning(now).is_some())
+        ));
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

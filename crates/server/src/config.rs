@@ -40,7 +40,8 @@ pub struct TufConfig {
     pub root_expires_days: u32,
     pub targets_expires_days: u32,
     pub snapshot_expires_days: u32,
-    /// The timestamp is re-signed when less than half of this remains.
+    /// Every role whose key is online is re-signed when less than half of its lifetime
+    /// remains (`serve` checks every minute).
     pub timestamp_expires_hours: u32,
 }
 
@@ -147,8 +148,9 @@ impl ServerConfig {
              # Root keys created by `init` and how many of them must sign a new root.json.\n\
              root_keys = {root_keys}\n\
              root_threshold = {root_threshold}\n\
-             # Metadata lifetimes. The timestamp is re-signed automatically when less than half\n\
-             # of its lifetime remains; agents refuse expired metadata.\n\
+             # Metadata lifetimes. `serve` re-signs every role whose key is online when less\n\
+             # than half of its lifetime remains, and warns from 30 days before a role whose key\n\
+             # is offline expires; agents refuse expired metadata.\n\
              root_expires_days = {root_expires}\n\
              targets_expires_days = {targets_expires}\n\
              snapshot_expires_days = {snapshot_expires}\n\

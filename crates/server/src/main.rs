@@ -99,6 +99,41 @@ enum Command {
         data: PathBuf,
         signed: PathBuf,
     },
+    /// The root of trust: sign a new root version (fresh expiry) or rotate an online key.
+    Root {
+        #[command(subcommand)]
+        command: RootCommand,
+    },
+    /// Checks the data directory: when each signed role expires and whether this server can
+    /// renew it; exits 1 when something needs the operator.
+    Doctor {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RootCommand {
+    /// Sign root version N+1 with the same keys and a fresh expiry (hosts pick it up at their
+    /// next update). Needs the threshold of root keys: those in the data dir plus --root-key.
+    Resign {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        /// An offline root key file (repeat for a threshold above one).
+        #[arg(long = "root-key", value_name = "FILE")]
+        root_keys: Vec<PathBuf>,
+    },
+    /// Replace the key of an online role (targets, snapshot or timestamp) with a new one,
+    /// announced in a new root version signed with the root keys.
+    Rotate {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        /// The role whose key is replaced.
+        #[arg(long)]
+        role: patchbay_server::tuf::RoleName,
+        #[arg(long = "root-key", value_name = "FILE")]
+        root_keys: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -367,6 +402,28 @@ async fn run(cli: Cli) -> Result<()> {
             println!("now serving targets version {version}");
             Ok(())
         }
+        Command::Root {
+            command: RootCommand::Resign { data, root_keys },
+        } => {
+            let service = Service::open(&data).await?;
+            let version = service.resign_root(&root_keys, None).await?;
+            println!("now serving root version {version}");
+            Ok(())
+        }
+        Command::Root {
+            command:
+                RootCommand::Rotate {
+                    data,
+                    role,
+                    root_keys,
+                },
+        } => {
+            let service = Service::open(&data).await?;
+            let version = service.resign_root(&root_keys, Some(role)).await?;
+            println!("new {role} key; now serving root version {version}");
+            Ok(())
+        }
+        Command::Doctor { data } => doctor(&data).await,
     }
 }
 
@@ -404,6 +461,50 @@ async fn init(
     Ok(())
 }
 
+async fn doctor(data: &Path) -> Result<()> {
+    let service = Service::open(data).await?;
+    let now = jiff::Timestamp::now();
+    let mut problems = 0;
+    for e in service.metadata_expiry().await? {
+        let keys = match e.keys {
+            patchbay_server::tuf::KeyPlace::Online => "renewed automatically by serve",
+            patchbay_server::tuf::KeyPlace::Offline => "key offline: renewed by an administrator",
+        };
+        match e.warning(now) {
+            Some(warning) => {
+                problems += 1;
+                println!("WARN  {warning}");
+            }
+            None => println!(
+                "ok    {}.json version {} expires {} ({} days; {keys})",
+                e.role,
+                e.version,
+                e.expires,
+                e.seconds_left(now) / 86_400
+            ),
+        }
+    }
+    if problems > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// One refresh round: renew what is due, say loudly what an administrator must renew.
+async fn refresh_metadata(service: &Service) {
+    match service.refresh_metadata().await {
+        Ok(report) => {
+            for role in &report.resigned {
+                eprintln!("patchbay-server: re-signed {role}.json before it expires");
+            }
+            for warning in &report.warnings {
+                eprintln!("patchbay-server: WARNING: {warning}");
+            }
+        }
+        Err(e) => eprintln!("patchbay-server: metadata refresh failed: {e}"),
+    }
+}
+
 async fn serve(data: &Path, listen: Option<String>) -> Result<()> {
     let service = Arc::new(Service::open(data).await?);
     let listen = listen.unwrap_or_else(|| service.config.listen.clone());
@@ -418,9 +519,7 @@ async fn serve(data: &Path, listen: Option<String>) -> Result<()> {
     tokio::spawn(async move {
         let mut rounds: u64 = 0;
         loop {
-            if let Err(e) = refresher.refresh_timestamp().await {
-                eprintln!("patchbay-server: timestamp refresh failed: {e}");
-            }
+            refresh_metadata(&refresher).await;
             if let Err(e) = refresher.reload_cve_if_changed() {
                 eprintln!("patchbay-server: CVE database reload failed: {e}");
             }

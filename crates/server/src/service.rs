@@ -23,7 +23,7 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::objects::Objects;
 use crate::store::{CheckIn, HostFilter, HostRecord, LevelRecord, SqliteStore, Store, UserRecord};
-use crate::tuf::{TargetEntry, TufRepo};
+use crate::tuf::{KeyPlace, RefreshReport, RoleExpiry, RoleName, TargetEntry, TufRepo};
 
 pub fn now() -> i64 {
     jiff::Timestamp::now().as_second()
@@ -226,6 +226,12 @@ fn check_livepatch_module(bundle: &Bundle) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Held while a mutation runs (see [`Service::lock_mutations`]).
+struct MutationGuard<'a> {
+    _in_process: tokio::sync::MutexGuard<'a, ()>,
+    _between_processes: patchbay_core::fsutil::FileLock,
+}
+
 impl Service {
     /// Creates a new data dir: config, database, TUF keys and metadata, the `production`
     /// channel, an admin token and a registration key for `production`.
@@ -282,7 +288,7 @@ impl Service {
             .store
             .add_registration_key(&secret_hash(&registration_key), &production, now())
             .await?;
-        let _guard = service.lock.lock().await;
+        let _guard = service.lock_mutations().await?;
         service
             .resign("init", "init", "created the production channel")
             .await?;
@@ -423,6 +429,28 @@ impl Service {
         ))
     }
 
+    /// Serialises every change of the database and the signed metadata: within this process
+    /// (the mutex) and with the CLI commands that change them while `serve` runs (`root
+    /// rotate`, `import-signed`, … take the same `flock` on `<data>/mutation.lock`).
+    async fn lock_mutations(&self) -> Result<MutationGuard<'_>, ServerError> {
+        let in_process = self.lock.lock().await;
+        let path = self.data_dir.join("mutation.lock");
+        let lock_path = path.clone();
+        let between_processes = tokio::task::spawn_blocking(move || {
+            patchbay_core::fsutil::FileLock::acquire(&lock_path)
+        })
+        .await
+        .map_err(|e| ServerError::Tuf(format!("lock task: {e}")))?
+        .map_err(|source| ServerError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(MutationGuard {
+            _in_process: in_process,
+            _between_processes: between_processes,
+        })
+    }
+
     fn is_mirror(&self) -> bool {
         self.data_dir.join("tuf/mirror").exists()
     }
@@ -473,7 +501,7 @@ impl Service {
     /// The next targets role, unsigned, for signing with an offline targets key.
     pub async fn unsigned_targets(&self) -> Result<Vec<u8>, ServerError> {
         self.refuse_if_mirror()?;
-        let _guard = self.lock.lock().await;
+        let _guard = self.lock_mutations().await?;
         let targets = self.targets_from_db().await?;
         let role = self.tuf.next_targets(&targets)?;
         serde_json::to_vec_pretty(&role).map_err(|e| ServerError::Tuf(e.to_string()))
@@ -482,7 +510,7 @@ impl Service {
     /// Installs a targets role signed offline, if it lists exactly what the database holds.
     pub async fn install_signed_targets(&self, signed: &[u8]) -> Result<u64, ServerError> {
         self.refuse_if_mirror()?;
-        let _guard = self.lock.lock().await;
+        let _guard = self.lock_mutations().await?;
         let parsed: tough::schema::Signed<tough::schema::Targets> = serde_json::from_slice(signed)
             .map_err(|e| ServerError::BadRequest(format!("not a signed targets role: {e}")))?;
         let expected = self.targets_from_db().await?;
@@ -577,7 +605,7 @@ impl Service {
         let manifest = &bundle.manifest;
         let build_id = manifest.kernel.build_id.clone();
         let level = manifest.level;
-        let _guard = self.lock.lock().await;
+        let _guard = self.lock_mutations().await?;
         let existing = self.store.levels_of(&build_id).await?;
         if let Some(first) = existing.first() {
             if first.kernel_release != manifest.kernel.release.as_str() {
@@ -670,7 +698,7 @@ impl Service {
         let name: ChannelName = name
             .parse()
             .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
-        let _guard = self.lock.lock().await;
+        let _guard = self.lock_mutations().await?;
         self.store.add_channel(&name, &now_rfc3339(), now()).await?;
         self.resign(actor, "channel-create", &format!("created channel {name}"))
             .await?;
@@ -708,7 +736,7 @@ impl Service {
         change: impl FnOnce(Option<&KernelRollout>) -> Result<KernelRollout, ServerError>,
     ) -> Result<ChannelDoc, ServerError> {
         self.refuse_if_mirror()?;
-        let _guard = self.lock.lock().await;
+        let _guard = self.lock_mutations().await?;
         let before = self.channel_doc(channel).await?;
         let current = before.kernels.get(build_id);
         let next = change(current)?;
@@ -1056,12 +1084,67 @@ impl Service {
         self.store.hosts(filter).await
     }
 
-    /// Re-signs the timestamp when due (runs periodically while serving).
-    pub async fn refresh_timestamp(&self) -> Result<bool, ServerError> {
+    /// Signs every online role again before half of its lifetime is gone and reports the
+    /// offline ones that expire soon (runs every minute while serving, and at start). A mirror
+    /// signs nothing: its metadata comes from the next `import`.
+    pub async fn refresh_metadata(&self) -> Result<RefreshReport, ServerError> {
+        let _guard = self.lock_mutations().await?;
         if self.is_mirror() {
-            return Ok(false);
+            return Ok(RefreshReport {
+                resigned: Vec::new(),
+                warnings: self.metadata_warnings().await?,
+            });
         }
-        let _guard = self.lock.lock().await;
-        self.tuf.refresh_timestamp().await
+        self.tuf.refresh().await
+    }
+
+    /// When each served role expires, and whether this server can renew it alone.
+    pub async fn metadata_expiry(&self) -> Result<Vec<RoleExpiry>, ServerError> {
+        let mut expiries = self.tuf.expiries().await?;
+        if self.is_mirror() {
+            // A mirror renews nothing itself: every role is as good as offline.
+            for e in &mut expiries {
+                e.keys = KeyPlace::Offline;
+            }
+        }
+        Ok(expiries)
+    }
+
+    /// The warnings for roles that expire soon and that this server cannot renew alone.
+    pub async fn metadata_warnings(&self) -> Result<Vec<String>, ServerError> {
+        let now = jiff::Timestamp::now();
+        Ok(self
+            .metadata_expiry()
+            .await?
+            .iter()
+            .filter_map(|e| e.warning(now))
+            .collect())
+    }
+
+    /// Signs a new root (fresh expiry; with `rotate`, a new key for that role) with the root
+    /// keys on this server and `root_keys`. Audited.
+    pub async fn resign_root(
+        &self,
+        root_keys: &[PathBuf],
+        rotate: Option<RoleName>,
+    ) -> Result<u64, ServerError> {
+        self.refuse_if_mirror()?;
+        let _guard = self.lock_mutations().await?;
+        if rotate == Some(RoleName::Targets) && !self.tuf.has_targets_key() {
+            return Err(ServerError::BadRequest(
+                "the targets key is kept offline; rotating it here would put a new targets key \
+                 on this server. Rotate it on the offline machine's copy of the keys instead"
+                    .into(),
+            ));
+        }
+        let version = self.tuf.resign_root(root_keys, rotate).await?;
+        let detail = match rotate {
+            Some(role) => format!("root version {version}: new {role} key"),
+            None => format!("root version {version}: re-signed with a new expiry"),
+        };
+        self.store
+            .audit(now(), "cli", "root", &detail, None)
+            .await?;
+        Ok(version)
     }
 }

@@ -45,6 +45,145 @@ pub struct ChainVersions {
     pub timestamp: u64,
 }
 
+/// The four top-level roles the server signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RoleName {
+    Root,
+    Targets,
+    Snapshot,
+    Timestamp,
+}
+
+impl RoleName {
+    /// Every role, in the order a refresh looks at them (a new targets role implies a new
+    /// snapshot and timestamp, so those come after it).
+    pub const ALL: [RoleName; 4] = [
+        RoleName::Root,
+        RoleName::Targets,
+        RoleName::Snapshot,
+        RoleName::Timestamp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleName::Root => "root",
+            RoleName::Targets => "targets",
+            RoleName::Snapshot => "snapshot",
+            RoleName::Timestamp => "timestamp",
+        }
+    }
+
+    fn role_type(self) -> RoleType {
+        match self {
+            RoleName::Root => RoleType::Root,
+            RoleName::Targets => RoleType::Targets,
+            RoleName::Snapshot => RoleType::Snapshot,
+            RoleName::Timestamp => RoleType::Timestamp,
+        }
+    }
+
+    /// The lifetime a fresh signature of this role gets, in seconds.
+    pub fn lifetime_secs(self, config: &TufConfig) -> i64 {
+        match self {
+            RoleName::Root => i64::from(config.root_expires_days) * 86_400,
+            RoleName::Targets => i64::from(config.targets_expires_days) * 86_400,
+            RoleName::Snapshot => i64::from(config.snapshot_expires_days) * 86_400,
+            RoleName::Timestamp => i64::from(config.timestamp_expires_hours) * 3_600,
+        }
+    }
+}
+
+impl std::fmt::Display for RoleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RoleName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RoleName::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a TUF role (root, targets, snapshot, timestamp)"))
+    }
+}
+
+/// Whether the server can sign a role by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPlace {
+    /// Enough of the role's keys are in the server's keys directory.
+    Online,
+    /// The keys are elsewhere: an administrator must sign (root: `root resign` with the keys;
+    /// targets: `export-unsigned`, `sign-targets`, `import-signed`).
+    Offline,
+}
+
+/// How long before an offline-signed role expires the server starts warning.
+pub const OFFLINE_WARNING_DAYS: i64 = 30;
+
+/// When one served role expires and who can renew it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleExpiry {
+    pub role: RoleName,
+    pub version: u64,
+    pub expires: jiff::Timestamp,
+    pub keys: KeyPlace,
+}
+
+impl RoleExpiry {
+    pub fn seconds_left(&self, now: jiff::Timestamp) -> i64 {
+        self.expires.as_second() - now.as_second()
+    }
+
+    /// Whether a server holding the key should sign this role again now: less than half of
+    /// its lifetime is left, or it was written by an older server with fractional seconds
+    /// (which conforming TUF clients refuse).
+    fn due(&self, now: jiff::Timestamp, config: &TufConfig) -> bool {
+        self.seconds_left(now) < self.role.lifetime_secs(config) / 2
+            || self.expires.subsec_nanosecond() != 0
+    }
+
+    /// The warning an operator must see: the role's keys are offline and it expires within
+    /// [`OFFLINE_WARNING_DAYS`] (or already has).
+    pub fn warning(&self, now: jiff::Timestamp) -> Option<String> {
+        if self.keys == KeyPlace::Online {
+            return None;
+        }
+        let left = self.seconds_left(now);
+        if left > OFFLINE_WARNING_DAYS * 86_400 {
+            return None;
+        }
+        let how = match self.role {
+            RoleName::Root => "sign a new root with the root keys: patchbay-server root resign --data DIR --root-key FILE …",
+            _ => "sign the targets role offline: patchbay-server export-unsigned, sign-targets, import-signed",
+        };
+        Some(if left <= 0 {
+            format!(
+                "{}.json (version {}) EXPIRED at {}: hosts refuse every update until you {how}",
+                self.role, self.version, self.expires
+            )
+        } else {
+            format!(
+                "{}.json (version {}) expires at {} (in {} days) and its key is offline: {how}",
+                self.role,
+                self.version,
+                self.expires,
+                left / 86_400
+            )
+        })
+    }
+}
+
+/// What one [`TufRepo::refresh`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefreshReport {
+    /// The roles signed again, in order.
+    pub resigned: Vec<RoleName>,
+    /// Roles with offline keys that expire soon (see [`RoleExpiry::warning`]).
+    pub warnings: Vec<String>,
+}
+
 /// The repository on disk.
 #[derive(Debug, Clone)]
 pub struct TufRepo {
@@ -64,10 +203,14 @@ fn io_err(path: &Path, e: std::io::Error) -> ServerError {
     }
 }
 
+/// `now + seconds`, in whole seconds: the TUF specification writes `expires` as
+/// `YYYY-MM-DDTHH:MM:SSZ`, and conforming clients (python-tuf) refuse fractional seconds.
 fn expires_in(seconds: i64) -> Result<jiff::Timestamp, ServerError> {
-    jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_secs(seconds))
-        .map_err(|e| tuf_err("expiry out of range", e))
+    let at = jiff::Timestamp::now()
+        .as_second()
+        .checked_add(seconds)
+        .ok_or_else(|| ServerError::Tuf(format!("expiry {seconds} s from now is out of range")))?;
+    jiff::Timestamp::from_second(at).map_err(|e| tuf_err("expiry out of range", e))
 }
 
 fn version(n: u64) -> Result<NonZeroU64, ServerError> {
@@ -358,21 +501,26 @@ impl TufRepo {
             }
         }
         self.write_meta(&format!("{new_version}.targets.json"), signed_bytes)?;
-        let snapshot_version = current.map_or(1, |v| v.snapshot + 1);
+        let targets_meta = Metafile {
+            length: Some(signed_bytes.len() as u64),
+            hashes: Some(hashes(&sha256_hex(signed_bytes))?),
+            version: version(new_version)?,
+            _extra: HashMap::new(),
+        };
+        self.sign_snapshot(targets_meta).await?;
+        Ok(new_version)
+    }
+
+    /// Signs the next snapshot (listing `targets_meta`), then the timestamp for it.
+    async fn sign_snapshot(&self, targets_meta: Metafile) -> Result<(), ServerError> {
+        let root = self.root()?;
+        let snapshot_version = self.versions()?.map_or(1, |v| v.snapshot + 1);
         let mut snapshot = Snapshot::new(
             SPEC_VERSION.into(),
             version(snapshot_version)?,
-            expires_in(i64::from(self.config.snapshot_expires_days) * 86_400)?,
+            expires_in(RoleName::Snapshot.lifetime_secs(&self.config))?,
         );
-        snapshot.meta.insert(
-            "targets.json".into(),
-            Metafile {
-                length: Some(signed_bytes.len() as u64),
-                hashes: Some(hashes(&sha256_hex(signed_bytes))?),
-                version: version(new_version)?,
-                _extra: HashMap::new(),
-            },
-        );
+        snapshot.meta.insert("targets.json".into(), targets_meta);
         let keys = self.online_keys(&["snapshot"])?;
         let signed_snapshot = SignedRole::new(
             snapshot,
@@ -387,8 +535,7 @@ impl TufRepo {
             signed_snapshot.buffer(),
         )?;
         self.write_timestamp(snapshot_version, signed_snapshot.buffer())
-            .await?;
-        Ok(new_version)
+            .await
     }
 
     async fn write_timestamp(
@@ -445,22 +592,293 @@ impl TufRepo {
         self.write_meta("timestamp.json", signed.buffer())
     }
 
-    /// Re-signs the timestamp when less than half of its lifetime remains. Returns whether it did.
-    pub async fn refresh_timestamp(&self) -> Result<bool, ServerError> {
+    fn current_snapshot(&self) -> Result<Option<Signed<Snapshot>>, ServerError> {
         let Some(v) = self.versions()? else {
-            return Ok(false);
+            return Ok(None);
         };
-        let timestamp: Signed<Timestamp> =
-            serde_json::from_slice(&self.read_meta("timestamp.json")?)
-                .map_err(|e| tuf_err("parse timestamp.json", e))?;
-        let lifetime = i64::from(self.config.timestamp_expires_hours) * 3_600;
-        let remaining = timestamp.signed.expires.as_second() - jiff::Timestamp::now().as_second();
-        if remaining > lifetime / 2 {
-            return Ok(false);
+        let snapshot =
+            serde_json::from_slice(&self.read_meta(&format!("{}.snapshot.json", v.snapshot))?)
+                .map_err(|e| tuf_err("parse snapshot", e))?;
+        Ok(Some(snapshot))
+    }
+
+    fn current_timestamp(&self) -> Result<Signed<Timestamp>, ServerError> {
+        serde_json::from_slice(&self.read_meta("timestamp.json")?)
+            .map_err(|e| tuf_err("parse timestamp.json", e))
+    }
+
+    /// Key files in the keys directory (and `extra`) that hold one of `role`'s keys in the
+    /// current root, one per key id.
+    async fn role_signers(
+        &self,
+        role: RoleName,
+        extra: &[PathBuf],
+    ) -> Result<Vec<PathBuf>, ServerError> {
+        let root = self.root()?;
+        let Some(role_keys) = root.roles.get(&role.role_type()) else {
+            return Err(ServerError::Tuf(format!("root.json has no {role} role")));
+        };
+        let mut candidates: Vec<PathBuf> = extra.to_vec();
+        if let Ok(entries) = std::fs::read_dir(&self.keys_dir) {
+            let prefix = format!("{role}");
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                    name.is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".pk8"))
+                })
+                .collect();
+            found.sort();
+            candidates.extend(found);
         }
-        let snapshot = self.read_meta(&format!("{}.snapshot.json", v.snapshot))?;
-        self.write_timestamp(v.snapshot, &snapshot).await?;
-        Ok(true)
+        let mut seen = std::collections::HashSet::new();
+        let mut signers = Vec::new();
+        for path in candidates {
+            let (id, _) = public_key(&path).await?;
+            if role_keys.keyids.contains(&id) && seen.insert(id) {
+                signers.push(path);
+            }
+        }
+        Ok(signers)
+    }
+
+    /// Whether the server holds enough keys to sign `role` alone.
+    async fn key_place(&self, role: RoleName) -> Result<KeyPlace, ServerError> {
+        let root = self.root()?;
+        let threshold = root
+            .roles
+            .get(&role.role_type())
+            .map_or(1, |k| k.threshold.get());
+        let have = self.role_signers(role, &[]).await?.len() as u64;
+        Ok(if have >= threshold {
+            KeyPlace::Online
+        } else {
+            KeyPlace::Offline
+        })
+    }
+
+    /// When each served role expires, and whether the server can renew it alone.
+    pub async fn expiries(&self) -> Result<Vec<RoleExpiry>, ServerError> {
+        let (Some(v), Some(targets), Some(snapshot)) = (
+            self.versions()?,
+            self.current_targets()?,
+            self.current_snapshot()?,
+        ) else {
+            return Ok(Vec::new());
+        };
+        let root = self.root()?;
+        let timestamp = self.current_timestamp()?;
+        let mut out = Vec::new();
+        for (role, version, expires) in [
+            (RoleName::Root, v.root, root.expires),
+            (RoleName::Targets, v.targets, targets.signed.expires),
+            (RoleName::Snapshot, v.snapshot, snapshot.signed.expires),
+            (RoleName::Timestamp, v.timestamp, timestamp.signed.expires),
+        ] {
+            out.push(RoleExpiry {
+                role,
+                version,
+                expires,
+                keys: self.key_place(role).await?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Signs every role whose key is online again before half of its lifetime is gone, so a
+    /// repository nobody publishes to stays valid for its hosts; reports the roles with
+    /// offline keys that expire within [`OFFLINE_WARNING_DAYS`]. Caller holds the service lock.
+    pub async fn refresh(&self) -> Result<RefreshReport, ServerError> {
+        let mut report = RefreshReport::default();
+        if self.versions()?.is_none() {
+            return Ok(report);
+        }
+        self.finish_rotations().await?;
+        let now = jiff::Timestamp::now();
+        for expiry in self.expiries().await? {
+            let due = expiry.due(now, &self.config);
+            if let Some(warning) = expiry.warning(now) {
+                report.warnings.push(warning);
+            }
+            if !due || expiry.keys == KeyPlace::Offline {
+                continue;
+            }
+            // A new targets role brings a new snapshot and timestamp; a new snapshot a new
+            // timestamp.
+            let covered =
+                |r: &RefreshReport, by: &[RoleName]| by.iter().any(|b| r.resigned.contains(b));
+            match expiry.role {
+                RoleName::Root => {
+                    self.resign_root(&[], None).await?;
+                }
+                RoleName::Targets => self.resign_current_targets().await?,
+                RoleName::Snapshot => {
+                    if covered(&report, &[RoleName::Targets]) {
+                        continue;
+                    }
+                    self.resign_current_snapshot().await?;
+                }
+                RoleName::Timestamp => {
+                    if covered(&report, &[RoleName::Targets, RoleName::Snapshot]) {
+                        continue;
+                    }
+                    let v = self
+                        .versions()?
+                        .ok_or_else(|| ServerError::Tuf("no repository yet".into()))?;
+                    let snapshot = self.read_meta(&format!("{}.snapshot.json", v.snapshot))?;
+                    self.write_timestamp(v.snapshot, &snapshot).await?;
+                }
+            }
+            report.resigned.push(expiry.role);
+        }
+        Ok(report)
+    }
+
+    /// Signs the served targets role again, unchanged but for version and expiry (never the
+    /// database's newer state: that goes through a mutation and its audit entry).
+    async fn resign_current_targets(&self) -> Result<(), ServerError> {
+        let current = self
+            .current_targets()?
+            .ok_or_else(|| ServerError::Tuf("no targets role yet".into()))?;
+        let mut entries = BTreeMap::new();
+        for (name, target) in &current.signed.targets {
+            entries.insert(
+                name.raw().to_owned(),
+                TargetEntry {
+                    sha256: hex::encode(target.hashes.sha256.as_ref() as &[u8]),
+                    length: target.length,
+                    custom: target.custom.clone().into_iter().collect(),
+                },
+            );
+        }
+        self.publish(&entries).await.map(|_| ())
+    }
+
+    async fn resign_current_snapshot(&self) -> Result<(), ServerError> {
+        let current = self
+            .current_snapshot()?
+            .ok_or_else(|| ServerError::Tuf("no snapshot yet".into()))?;
+        let targets_meta = current
+            .signed
+            .meta
+            .get("targets.json")
+            .cloned()
+            .ok_or_else(|| ServerError::Tuf("snapshot lists no targets.json".into()))?;
+        self.sign_snapshot(targets_meta).await
+    }
+
+    fn next_key_path(&self, role: RoleName) -> PathBuf {
+        self.keys_dir.join(format!("{role}.pk8.next"))
+    }
+
+    /// Finishes a key rotation a crash interrupted: the new root names the key in
+    /// `<role>.pk8.next`, so it becomes the role's key.
+    async fn finish_rotations(&self) -> Result<(), ServerError> {
+        for role in [RoleName::Targets, RoleName::Snapshot, RoleName::Timestamp] {
+            let next = self.next_key_path(role);
+            if !next.exists() {
+                continue;
+            }
+            let (id, _) = public_key(&next).await?;
+            let root = self.root()?;
+            let named = root
+                .roles
+                .get(&role.role_type())
+                .is_some_and(|k| k.keyids.contains(&id));
+            if named {
+                let current = self.role_key(role.as_str());
+                std::fs::rename(&next, &current).map_err(|e| io_err(&current, e))?;
+            } else {
+                // The crash came before the new root was written: the rotation never happened.
+                std::fs::remove_file(&next).map_err(|e| io_err(&next, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs root version N+1 with a fresh expiry, and with `rotate` a new key for that
+    /// online role (the role is then signed again with it). The root keys are taken from the
+    /// keys directory and `root_keys` (offline keys brought in for this); the threshold of
+    /// the current root must sign. Returns the new root version.
+    pub async fn resign_root(
+        &self,
+        root_keys: &[PathBuf],
+        rotate: Option<RoleName>,
+    ) -> Result<u64, ServerError> {
+        let current = self.root()?;
+        let threshold = current
+            .roles
+            .get(&RoleType::Root)
+            .map_or(1, |k| k.threshold.get());
+        let signers = self.role_signers(RoleName::Root, root_keys).await?;
+        if (signers.len() as u64) < threshold {
+            return Err(ServerError::OfflineKey(format!(
+                "signing a new root needs {threshold} of the root keys, {} found (in {} and the \
+                 --root-key files given); bring the offline root keys with --root-key FILE",
+                signers.len(),
+                self.keys_dir.display()
+            )));
+        }
+        let mut next = current.clone();
+        next.version = version(current.version.get() + 1)?;
+        next.expires = expires_in(RoleName::Root.lifetime_secs(&self.config))?;
+        if let Some(role) = rotate {
+            if role == RoleName::Root {
+                return Err(ServerError::BadRequest(
+                    "rotating the root keys themselves is not supported; rotate targets, \
+                     snapshot or timestamp"
+                        .into(),
+                ));
+            }
+            let path = self.next_key_path(role);
+            generate_key(&path)?;
+            let (id, key) = public_key(&path).await?;
+            let old_ids = next
+                .roles
+                .get(&role.role_type())
+                .map(|k| k.keyids.clone())
+                .unwrap_or_default();
+            if let Some(keys) = next.roles.get_mut(&role.role_type()) {
+                keys.keyids = vec![id.clone()];
+                keys.threshold = version(1)?;
+            }
+            next.keys.insert(id, key);
+            // A key no role names any more leaves root.
+            for old in old_ids {
+                if !next.roles.values().any(|k| k.keyids.contains(&old)) {
+                    next.keys.remove(&old);
+                }
+            }
+        }
+        let sources: Vec<Box<dyn KeySource>> = signers.iter().map(|p| key_source(p)).collect();
+        let signed = SignedRole::new(
+            next.clone(),
+            &KeyHolder::Root(next.clone()),
+            &sources,
+            &SystemRandom::new(),
+        )
+        .await
+        .map_err(|e| tuf_err("sign root.json", e))?;
+        let new_version = next.version.get();
+        self.write_meta(&format!("{new_version}.root.json"), signed.buffer())?;
+        self.write_meta("root.json", signed.buffer())?;
+        if let Some(role) = rotate {
+            self.finish_rotations().await?;
+            // Clients drop their trusted copy of a role whose key rotated; serve a new one.
+            match role {
+                RoleName::Targets => self.resign_current_targets().await?,
+                RoleName::Snapshot => self.resign_current_snapshot().await?,
+                RoleName::Timestamp | RoleName::Root => {
+                    let v = self
+                        .versions()?
+                        .ok_or_else(|| ServerError::Tuf("no repository yet".into()))?;
+                    let snapshot = self.read_meta(&format!("{}.snapshot.json", v.snapshot))?;
+                    self.write_timestamp(v.snapshot, &snapshot).await?;
+                }
+            }
+        }
+        Ok(new_version)
     }
 
     /// Every metadata file name currently on disk (for export).
@@ -504,27 +922,165 @@ pub async fn sign_targets_offline(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+
+    async fn repo_with(
+        config: TufConfig,
+        root_keys: Option<&Path>,
+    ) -> (tempfile::TempDir, TufRepo) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = TufRepo::new(dir.path(), config);
+        let keys = root_keys.map_or_else(|| dir.path().join("keys"), Path::to_path_buf);
+        repo.init(&keys).await.unwrap();
+        (dir, repo)
+    }
+
+    /// What a client that trusts `1.root.json` makes of the repository now (tough, as the
+    /// agent uses it).
+    async fn client_load(repo: &TufRepo) -> Result<(), String> {
+        let trusted = repo.read_meta("1.root.json").unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let tuf_dir = repo.metadata_dir.parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(tuf_dir.join("targets")).unwrap();
+        patchbay_updates::SignedRepo::load(
+            &trusted,
+            &patchbay_updates::Source::Directory(tuf_dir),
+            store.path(),
+            patchbay_updates::Limits::default(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    fn expires_text(repo: &TufRepo, file: &str) -> String {
+        let v: Value = serde_json::from_slice(&repo.read_meta(file).unwrap()).unwrap();
+        v["signed"]["expires"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn every_expires_is_written_in_whole_seconds_as_the_spec_requires() {
+        let (_dir, repo) = repo_with(TufConfig::default(), None).await;
+        repo.resign_root(&[], Some(RoleName::Snapshot))
+            .await
+            .unwrap();
+        for file in repo.metadata_files().unwrap() {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            let text = expires_text(&repo, &name);
+            // YYYY-MM-DDTHH:MM:SSZ and nothing else.
+            let shape_ok = text.len() == 20
+                && text.chars().enumerate().all(|(i, c)| match i {
+                    4 | 7 => c == '-',
+                    10 => c == 'T',
+                    13 | 16 => c == ':',
+                    19 => c == 'Z',
+                    _ => c.is_ascii_digit(),
+                });
+            assert!(
+                shape_ok,
+                "{name}: expires {text:?} is not YYYY-MM-DDTHH:MM:SSZ"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn timestamp_is_re_signed_when_half_its_lifetime_is_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = TufRepo::new(dir.path(), TufConfig::default());
-        repo.init(&dir.path().join("keys")).await.unwrap();
+        let (_dir, repo) = repo_with(TufConfig::default(), None).await;
         let v1 = repo.versions().unwrap().unwrap();
-        // Fresh: nothing to do.
-        assert!(!repo.refresh_timestamp().await.unwrap());
-        // A timestamp with one minute left is re-signed with the full lifetime.
+        // Fresh: nothing to do, nothing to warn about.
+        assert_eq!(repo.refresh().await.unwrap(), RefreshReport::default());
+        // A timestamp with one minute left is re-signed with the full lifetime, alone.
         repo.resign_timestamp_with_lifetime(60).await.unwrap();
-        assert!(repo.refresh_timestamp().await.unwrap());
+        let report = repo.refresh().await.unwrap();
+        assert_eq!(report.resigned, vec![RoleName::Timestamp], "{report:?}");
         let v2 = repo.versions().unwrap().unwrap();
         assert_eq!(v2.timestamp, v1.timestamp + 2);
         assert_eq!((v2.snapshot, v2.targets), (v1.snapshot, v1.targets));
-        let ts: Signed<Timestamp> =
-            serde_json::from_slice(&repo.read_meta("timestamp.json").unwrap()).unwrap();
+        let ts = repo.current_timestamp().unwrap();
         let left = ts.signed.expires.as_second() - jiff::Timestamp::now().as_second();
         assert!(left > 23 * 3600, "{left}");
-        assert!(!repo.refresh_timestamp().await.unwrap());
+        assert_eq!(repo.refresh().await.unwrap(), RefreshReport::default());
+        client_load(&repo).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_offline_root_near_expiry_warns_and_is_renewed_with_the_offline_key() {
+        let offline = tempfile::tempdir().unwrap();
+        let config = TufConfig {
+            root_expires_days: 20,
+            ..TufConfig::default()
+        };
+        let (_dir, repo) = repo_with(config, Some(offline.path())).await;
+        let report = repo.refresh().await.unwrap();
+        assert!(report.resigned.is_empty(), "{report:?}");
+        assert_eq!(report.warnings.len(), 1, "{report:?}");
+        assert!(
+            report.warnings[0].contains("root.json") && report.warnings[0].contains("root resign"),
+            "{report:?}"
+        );
+        // Without the key: refused, nothing written.
+        let err = repo.resign_root(&[], None).await.unwrap_err().to_string();
+        assert!(err.contains("--root-key"), "{err}");
+        assert_eq!(repo.versions().unwrap().unwrap().root, 1);
+        // With it: version 2, trusted by a client that starts from version 1.
+        let key = offline.path().join("root-1.pk8");
+        assert_eq!(repo.resign_root(&[key], None).await.unwrap(), 2);
+        assert_eq!(repo.versions().unwrap().unwrap().root, 2);
+        client_load(&repo).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_offline_targets_key_near_expiry_warns_and_is_not_re_signed() {
+        let config = TufConfig {
+            targets_expires_days: 10,
+            ..TufConfig::default()
+        };
+        let (dir, repo) = repo_with(config, None).await;
+        let key = repo.role_key("targets");
+        std::fs::rename(&key, dir.path().join("targets-offline.pk8")).unwrap();
+        let before = repo.versions().unwrap().unwrap();
+        let report = repo.refresh().await.unwrap();
+        assert!(report.resigned.is_empty(), "{report:?}");
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("targets.json") && w.contains("sign-targets")),
+            "{report:?}"
+        );
+        assert_eq!(repo.versions().unwrap().unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn rotating_the_timestamp_key_keeps_clients_verifying() {
+        let (_dir, repo) = repo_with(TufConfig::default(), None).await;
+        let (old_id, _) = public_key(&repo.role_key("timestamp")).await.unwrap();
+        assert_eq!(
+            repo.resign_root(&[], Some(RoleName::Timestamp))
+                .await
+                .unwrap(),
+            2
+        );
+        let (new_id, _) = public_key(&repo.role_key("timestamp")).await.unwrap();
+        assert_ne!(old_id, new_id);
+        let root = repo.root().unwrap();
+        assert_eq!(root.roles[&RoleType::Timestamp].keyids, vec![new_id]);
+        assert!(!root.keys.contains_key(&old_id), "the old key leaves root");
+        assert!(!repo.next_key_path(RoleName::Timestamp).exists());
+        client_load(&repo).await.unwrap();
+        // Rotating the root keys themselves is refused.
+        assert!(repo.resign_root(&[], Some(RoleName::Root)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_rotation_cut_before_the_new_root_is_undone_at_the_next_refresh() {
+        let (_dir, repo) = repo_with(TufConfig::default(), None).await;
+        let next = repo.next_key_path(RoleName::Snapshot);
+        generate_key(&next).unwrap();
+        repo.refresh().await.unwrap();
+        assert!(!next.exists());
+        assert_eq!(repo.versions().unwrap().unwrap().root, 1);
+        client_load(&repo).await.unwrap();
     }
 }

@@ -46,8 +46,9 @@ pub fn router() -> Router<AppState> {
         .route("/hosts/{id}/vex.json", get(host_vex))
 }
 
-/// A logged-in dashboard user.
-struct UiUser(SessionRecord);
+/// A logged-in dashboard user, with the warnings every page shows them (signed metadata that
+/// expires soon and needs an administrator's offline key).
+struct UiUser(SessionRecord, Vec<String>);
 
 impl UiUser {
     fn caller(&self) -> Caller {
@@ -82,7 +83,13 @@ impl FromRequestParts<AppState> for UiUser {
             return Err(to_login());
         };
         match state.store.session(&secret_hash(&cookie)).await {
-            Ok(Some(session)) if session.expires_at > now() => Ok(UiUser(session)),
+            Ok(Some(session)) if session.expires_at > now() => {
+                let warnings = state
+                    .metadata_warnings()
+                    .await
+                    .unwrap_or_else(|e| vec![format!("cannot read the signed metadata: {e}")]);
+                Ok(UiUser(session, warnings))
+            }
             Ok(_) => Err(to_login()),
             Err(e) => Err(e.into_response()),
         }
@@ -128,6 +135,7 @@ th{background:#eef1f4}.error{color:#b00020}.ok{color:#1a7f37}.warn{color:#9a6700
 .card b{font-size:1.6rem;display:block}form.inline{display:inline}
 button{background:#1f6feb;color:#fff;border:0;padding:.35rem .8rem;cursor:pointer}
 input,select{padding:.25rem}code{font-size:.85rem}
+.banner{background:#fff4ce;border-bottom:2px solid #9a6700;padding:.6rem 1.2rem}
 ";
 
 fn page(user: Option<&UiUser>, title: &str, body: Markup) -> Markup {
@@ -156,6 +164,11 @@ fn page(user: Option<&UiUser>, title: &str, body: Markup) -> Markup {
                                 button type="submit" { "Log out" }
                             }
                         }
+                    }
+                }
+                @if let Some(u) = user {
+                    @for warning in &u.1 {
+                        div.banner role="alert" { strong { "Signed metadata: " } (warning) }
                     }
                 }
                 main { (body) }

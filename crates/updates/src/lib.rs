@@ -124,6 +124,47 @@ impl UpdateError {
 pub struct SignedRepo {
     repo: tough::Repository,
     limits: Limits,
+    clock_stepped_back_from: Option<jiff::Timestamp>,
+}
+
+/// The file where tough keeps the latest system time it saw.
+const LATEST_KNOWN_TIME: &str = "latest_known_time.json";
+
+/// Forgets a "latest known time" that lies in the future.
+///
+/// tough records the system time at every load and refuses to load while the clock reads
+/// earlier, so one forward jump of the host clock (a bad NTP answer, a wrong RTC at boot)
+/// would block every update until the clock caught up, months later perhaps. Freshness does
+/// not depend on that record (every role's `expires` is checked against the clock) and
+/// rollback is refused from the metadata versions kept beside it, so the future record is
+/// dropped and the time it held is returned for the caller to report.
+fn forget_future_clock(datastore: &Path) -> Result<Option<jiff::Timestamp>, UpdateError> {
+    let path = datastore.join(LATEST_KNOWN_TIME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(UpdateError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    };
+    // An unreadable record is as good as a future one: tough would refuse to start on it.
+    let recorded = serde_json::from_str::<String>(&text)
+        .ok()
+        .and_then(|s| s.parse::<jiff::Timestamp>().ok());
+    let now = jiff::Timestamp::now();
+    match recorded {
+        Some(t) if t <= now => Ok(None),
+        other => {
+            std::fs::remove_file(&path).map_err(|source| UpdateError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Ok(Some(other.unwrap_or(now)))
+        }
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -185,6 +226,7 @@ impl SignedRepo {
             path: datastore.display().to_string(),
             source,
         })?;
+        let clock_stepped_back_from = forget_future_clock(datastore)?;
         let transport = transport::PatchbayTransport::new(Duration::from_secs(60))
             .map_err(UpdateError::Source)?;
         let max = limits.max_metadata_bytes;
@@ -205,7 +247,17 @@ impl SignedRepo {
                 source_name: name,
                 reason: error_chain(&e),
             })?;
-        Ok(SignedRepo { repo, limits })
+        Ok(SignedRepo {
+            repo,
+            limits,
+            clock_stepped_back_from,
+        })
+    }
+
+    /// When the system clock read earlier than at a previous load: the later time seen then
+    /// (a clock that had jumped forward and was corrected). The load went on; report it.
+    pub fn clock_stepped_back_from(&self) -> Option<jiff::Timestamp> {
+        self.clock_stepped_back_from
     }
 
     /// The newest root this repository is signed under (to persist as the trusted root).
