@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use patchbay_core::{BuildId, Bundle, KernelRelease, ModuleName, PatchLevel};
@@ -523,12 +523,20 @@ impl Agent<'_> {
             .ensure_layout()
             .map_err(AgentError::from_cache)?;
         let lock = StateLock::acquire(&self.state_dir.lock_file())?;
+        let (state, _) = self.load_state_or_quarantine()?;
+        Ok(Session { _lock: lock, state })
+    }
+
+    /// Loads the state file. A corrupt one is moved aside (kept for inspection) and a new
+    /// history started rather than block patching: the state file is history only, the
+    /// kernel is the truth. Returns where the corrupt file went, if it was.
+    pub(crate) fn load_state_or_quarantine(
+        &self,
+    ) -> Result<(AgentState, Option<PathBuf>), AgentError> {
         let path = self.state_dir.state_file();
-        let state = match AgentState::load(&path) {
-            Ok(s) => s,
+        match AgentState::load(&path) {
+            Ok(s) => Ok((s, None)),
             Err(e @ StateError::Corrupt { .. }) => {
-                // The state file is history only; the kernel is the truth. Keep the bad file
-                // for inspection and start a new history rather than block patching.
                 let moved = quarantine(&path).map_err(|source| StateError::Io {
                     what: "move aside corrupt state file",
                     path: path.clone(),
@@ -538,11 +546,20 @@ impl Agent<'_> {
                     "warning: {e}; moved it to {} and started a new one",
                     moved.display()
                 ));
-                AgentState::default()
+                Ok((AgentState::default(), Some(moved)))
             }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Session { _lock: lock, state })
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether an apply, rollback or unload was started and never recorded as finished (and
+    /// is not running now).
+    pub fn has_pending_operation(&self) -> Result<bool, AgentError> {
+        if StateLock::is_held_elsewhere(&self.state_dir.lock_file()) {
+            return Ok(false);
+        }
+        let (state, _) = self.load_state_or_quarantine()?;
+        Ok(state.pending.is_some())
     }
 
     fn list_patches(&self) -> Result<Vec<LivePatch>, AgentError> {
@@ -649,9 +666,22 @@ impl Agent<'_> {
             pending.started_unix
         );
         (self.log)(&format!("note: the previous {detail}"));
+        // The interruption came after the kernel finished the transition but before the
+        // agent wrote it down: the level is active, so record it as the operation's success
+        // (boot re-applies from the history, and must re-apply this level, not the one before).
+        let completed = view.transitioning().is_none()
+            && pending.build_id == identity.build_id
+            && matches!(pending.op, OpKind::Apply | OpKind::Rollback)
+            && pending.level.is_some()
+            && view.active().map(|a| a.level()) == pending.level;
+        let event = match (completed, pending.op) {
+            (true, OpKind::Rollback) => Event::RolledBack,
+            (true, _) => Event::Applied,
+            (false, _) => Event::Interrupted,
+        };
         session.state.record(HistoryEntry {
             at_unix: unix_now(),
-            event: Event::Interrupted,
+            event,
             build_id: identity.build_id.clone(),
             level: view.active().map(|a| a.level()),
             previous_level: pending.from_level,

@@ -139,7 +139,12 @@ impl StateDir {
         let m = &bundle.manifest;
         let path = self.bundle_path(&m.kernel.build_id, m.level);
         match read_manifest_only(&path) {
-            Ok(existing) if existing == *m => return Ok(StoreOutcome::AlreadyCached),
+            // Only an entry that still verifies whole counts; one whose module was damaged
+            // (disk error, a stray write) is replaced by this good copy.
+            Ok(existing) if existing == *m && Bundle::read(&path).is_ok() => {
+                return Ok(StoreOutcome::AlreadyCached)
+            }
+            Ok(existing) if existing == *m => {}
             Ok(existing) => {
                 return Ok(StoreOutcome::Conflict {
                     path,
@@ -170,6 +175,17 @@ impl StateDir {
         }
         write_atomic(&path, &bundle.module).map_err(io_err("write module file", &path))?;
         open_verified(&path, &bundle.manifest)
+    }
+
+    /// The highest cached level of `build_id` whose module file is still extracted: the
+    /// level that was loaded last (replaced levels' module files are removed).
+    pub fn level_with_module_file(&self, build_id: &BuildId) -> Option<PathBuf> {
+        let (levels, _) = self.cached_levels(build_id).ok()?;
+        levels
+            .into_iter()
+            .rev()
+            .find(|c| self.module_path(&c.manifest.module.name).exists())
+            .map(|c| c.path)
     }
 
     /// Removes an extracted module file once the kernel no longer uses it.

@@ -258,11 +258,15 @@ fn run(cli: Cli) -> i32 {
                 allow_downgrade: false,
                 replace_foreign,
             };
-            let remote = patchbay::remote::Remote::new(&agent, settings.clone(), opts);
+            let remote = patchbay::remote::Remote::new(&agent, settings.clone(), opts)
+                .with_disable_file(&cli.disable_file);
             Some(remote.update(&origin(from, root), true).map(|report| {
-                match &report.applied {
-                    Some(outcome) => println!("{outcome}"),
-                    None => println!("{}", report.plan),
+                match (&report.applied, &report.disabled) {
+                    (Some(outcome), _) => println!("{outcome}"),
+                    (None, Some(why)) => {
+                        println!("disabled: {why}; {} is not applied", report.plan)
+                    }
+                    (None, None) => println!("{}", report.plan),
                 }
                 exit::OK
             }))
@@ -283,7 +287,9 @@ fn run(cli: Cli) -> i32 {
                 transition: transition.options(),
                 ..ApplyOptions::default()
             };
-            patchbay::remote::Remote::new(&agent, settings.clone(), opts).daemon()
+            patchbay::remote::Remote::new(&agent, settings.clone(), opts)
+                .with_disable_file(&cli.disable_file)
+                .daemon()
         }
         Command::Boot { ref transition } => {
             let opts = ApplyOptions {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, ApplyOptions, ApplyOutcome};
 use crate::error::{exit, AgentError};
-use crate::state::{AgentState, Event};
+use crate::state::{Event, OpKind};
 use crate::status::PatchState;
 
 /// The agent's version, reported on check-in.
@@ -553,8 +553,24 @@ pub enum Origin {
 pub struct UpdateReport {
     pub plan: Plan,
     pub applied: Option<ApplyOutcome>,
+    /// The kill switch kept a change from being applied: why.
+    pub disabled: Option<String>,
     pub channel: ChannelName,
     pub targets_version: u64,
+}
+
+/// Why loading is switched off on this host, if it is: `patchbay.disable` on the kernel
+/// command line or the disable file. Every path that loads (`update`, `daemon`, `boot`)
+/// asks this first; a manual `patchbay apply` is an administrator's explicit act and does not.
+pub fn kill_switch(agent: &Agent<'_>, disable_file: &Path) -> Option<String> {
+    let cmdline = std::fs::read_to_string(agent.paths.proc_dir.join("cmdline")).unwrap_or_default();
+    if cmdline.split_whitespace().any(|w| w == "patchbay.disable") {
+        return Some("patchbay.disable is on the kernel command line".into());
+    }
+    if disable_file.exists() {
+        return Some(format!("{} exists", disable_file.display()));
+    }
+    None
 }
 
 /// The remote half of the agent, bound to one `Agent`.
@@ -564,6 +580,8 @@ pub struct Remote<'a, 'b> {
     pub settings: Settings,
     pub files: RemoteFiles,
     pub apply: ApplyOptions,
+    /// The kill switch file ([`kill_switch`]).
+    pub disable_file: PathBuf,
 }
 
 impl<'a, 'b> Remote<'a, 'b> {
@@ -573,7 +591,14 @@ impl<'a, 'b> Remote<'a, 'b> {
             agent,
             settings,
             apply,
+            disable_file: PathBuf::from(DEFAULT_DISABLE_FILE),
         }
+    }
+
+    /// Uses `path` as the kill switch file instead of [`DEFAULT_DISABLE_FILE`].
+    pub fn with_disable_file(mut self, path: &Path) -> Self {
+        self.disable_file = path.to_path_buf();
+        self
     }
 
     fn active_level(&self) -> Result<(Option<PatchLevel>, PatchState), RemoteError> {
@@ -693,7 +718,36 @@ impl<'a, 'b> Remote<'a, 'b> {
                 .plan(&repo, &channel, &identity.build_id, &seed)
                 .await?;
             let mut applied = None;
-            if let (true, Plan::Change { to, downgrade, .. }) = (apply, &plan) {
+            if let (true, Plan::UpToDate(level)) = (apply, &plan) {
+                let cached = self.agent.state_dir.bundle_path(&identity.build_id, *level);
+                // `boot` re-applies from this copy: one damaged on disk is replaced now, from
+                // the signed download, not found broken at the next reboot.
+                if let Err(e) = patchbay_core::Bundle::read(&cached) {
+                    (self.agent.log)(&format!(
+                        "warning: the cached bundle of the active level is damaged ({e}); \
+                         replacing it with the signed download"
+                    ));
+                    let (bundle, _) = repo.bundle(&identity.build_id, *level).await?;
+                    self.agent
+                        .state_dir
+                        .store_bundle(&bundle)
+                        .map_err(AgentError::from_cache)?;
+                }
+                // The level is live but an operation on it was never recorded (the agent was
+                // interrupted after the transition): finish it, so history and cleanup are
+                // right (boot re-applies from the history).
+                if self.agent.has_pending_operation()? {
+                    applied = Some(self.agent.apply(&cached, &self.apply)?);
+                }
+            }
+            let disabled = match (apply, &plan) {
+                (true, Plan::Change { .. }) => kill_switch(self.agent, &self.disable_file),
+                _ => None,
+            };
+            if let Some(why) = &disabled {
+                (self.agent.log)(&format!("disabled: {why}; {plan} is not applied"));
+            }
+            if let (true, None, Plan::Change { to, downgrade, .. }) = (apply, &disabled, &plan) {
                 let (_bundle, bytes) = repo.bundle(&identity.build_id, *to).await?;
                 std::fs::create_dir_all(&self.files.downloads)
                     .map_err(|e| file_err(&self.files.downloads, e))?;
@@ -714,6 +768,7 @@ impl<'a, 'b> Remote<'a, 'b> {
             Ok::<_, RemoteError>(UpdateReport {
                 plan,
                 applied,
+                disabled,
                 channel: channel.clone(),
                 targets_version: repo.targets_version(),
             })
@@ -723,7 +778,8 @@ impl<'a, 'b> Remote<'a, 'b> {
             let unreachable = matches!(result, Err(RemoteError::Unreachable { .. }));
             if !unreachable {
                 // Best effort: a failed check-in is reported at the next check.
-                if let Err(e) = rt.block_on(self.checkin(link, error.as_deref())) {
+                let disabled = result.as_ref().is_ok_and(|r| r.disabled.is_some());
+                if let Err(e) = rt.block_on(self.checkin(link, error.as_deref(), disabled)) {
                     (self.agent.log)(&format!("check-in failed: {e}"));
                 }
             }
@@ -732,11 +788,17 @@ impl<'a, 'b> Remote<'a, 'b> {
     }
 
     /// Reports this host's state to the server.
-    pub async fn checkin(&self, link: &ServerLink, error: Option<&str>) -> Result<(), RemoteError> {
+    pub async fn checkin(
+        &self,
+        link: &ServerLink,
+        error: Option<&str>,
+        disabled: bool,
+    ) -> Result<(), RemoteError> {
         let identity = self.agent.identity()?;
         let (active, state) = self.active_level()?;
         let state = match (error, state) {
             (Some(_), _) => "error",
+            (None, _) if disabled => "disabled",
             (None, PatchState::Patched) => "patched",
             (None, PatchState::Unpatched) => "unpatched",
             (None, PatchState::Transition) => "transition",
@@ -791,10 +853,11 @@ impl<'a, 'b> Remote<'a, 'b> {
         match self.update(&Origin::Server, self.settings.auto_update) {
             Ok(report) => {
                 *failures = 0;
-                let done = report
-                    .applied
-                    .as_ref()
-                    .map_or(String::new(), |o| format!("; {o}"));
+                let done = match (&report.applied, &report.disabled) {
+                    (Some(o), _) => format!("; {o}"),
+                    (None, Some(why)) => format!("; not applied, disabled: {why}"),
+                    (None, None) => String::new(),
+                };
                 (self.agent.log)(&format!(
                     "check: channel {} (targets v{}): {}{done}",
                     report.channel, report.targets_version, report.plan
@@ -853,20 +916,45 @@ pub fn boot(
     disable_file: &Path,
     opts: &ApplyOptions,
 ) -> Result<BootOutcome, RemoteError> {
-    let cmdline = std::fs::read_to_string(agent.paths.proc_dir.join("cmdline")).unwrap_or_default();
-    if cmdline.split_whitespace().any(|w| w == "patchbay.disable") {
-        return Ok(BootOutcome::Disabled(
-            "patchbay.disable is on the kernel command line".into(),
-        ));
-    }
-    if disable_file.exists() {
-        return Ok(BootOutcome::Disabled(format!(
-            "{} exists",
-            disable_file.display()
-        )));
+    if let Some(why) = kill_switch(agent, disable_file) {
+        return Ok(BootOutcome::Disabled(why));
     }
     let identity = agent.identity()?;
-    let state = AgentState::load(&agent.state_dir.state_file()).map_err(AgentError::from)?;
+    let (state, quarantined) = agent.load_state_or_quarantine()?;
+    let opts = ApplyOptions {
+        allow_downgrade: true,
+        ..*opts
+    };
+    if quarantined.is_some() {
+        // The history is lost. The module files tell which level was loaded last: the agent
+        // keeps the module of the active level and removes those of replaced ones.
+        return Ok(
+            match agent.state_dir.level_with_module_file(&identity.build_id) {
+                Some(path) => BootOutcome::Applied(agent.apply(&path, &opts)?),
+                None => BootOutcome::NothingToApply(
+                    "the state file was corrupt and no cached level has its module file".into(),
+                ),
+            },
+        );
+    }
+    // An apply or rollback cut short (killed, power lost) before it was recorded: the level
+    // it was activating may have been live when the machine went down, and it is the level
+    // this host was told to run; re-apply it rather than the one before it.
+    if let Some(pending) = state.pending.as_ref().filter(|p| {
+        p.build_id == identity.build_id && matches!(p.op, OpKind::Apply | OpKind::Rollback)
+    }) {
+        if let Some(level) = pending.level {
+            let path = agent.state_dir.bundle_path(&identity.build_id, level);
+            if path.exists() {
+                (agent.log)(&format!(
+                    "note: the {} of level {level} was interrupted before it was recorded; \
+                     re-applying level {level}",
+                    pending.op
+                ));
+                return Ok(BootOutcome::Applied(agent.apply(&path, &opts)?));
+            }
+        }
+    }
     let last = state
         .history
         .iter()
@@ -901,10 +989,6 @@ pub fn boot(
             path.display()
         )));
     }
-    let opts = ApplyOptions {
-        allow_downgrade: true,
-        ..*opts
-    };
     Ok(BootOutcome::Applied(agent.apply(&path, &opts)?))
 }
 

@@ -949,3 +949,183 @@ fn a_quiet_fleet_keeps_updating_8_100_and_400_days_later() {
     let report = update(&k).unwrap();
     assert_eq!(report.applied.map(|o| o.level), Some(level(2)));
 }
+
+#[test]
+fn the_kill_switch_stops_update_daemon_and_boot_and_the_check_in_says_disabled() {
+    let (server, k) = setup();
+    let a = agent(&k);
+    let switch = k
+        .paths()
+        .proc_dir
+        .parent()
+        .unwrap()
+        .join("etc-patchbay-disable");
+    std::fs::write(&switch, "").unwrap();
+    let remote = Remote::new(&a, defaults(), ApplyOptions::default()).with_disable_file(&switch);
+    let report = remote.update(&Origin::Server, true).unwrap();
+    assert!(report.applied.is_none(), "{:?}", report.applied);
+    assert!(
+        report
+            .disabled
+            .as_deref()
+            .is_some_and(|w| w.contains("exists")),
+        "{:?}",
+        report.disabled
+    );
+    assert!(
+        matches!(report.plan, Plan::Change { .. }),
+        "the plan is still reported"
+    );
+    let mut failures = 0;
+    remote.daemon_step(&mut failures);
+    assert_eq!(failures, 0);
+    assert!(
+        k.sim().loads.is_empty(),
+        "nothing loaded: {:?}",
+        k.sim().loads
+    );
+    let hosts = server
+        .rt
+        .block_on(server.service.hosts(&Default::default()))
+        .unwrap();
+    assert_eq!(hosts[0].state, "disabled");
+
+    // The kernel command line switch does the same, for update and for boot.
+    std::fs::remove_file(&switch).unwrap();
+    let cmdline = k.paths().proc_dir.join("cmdline");
+    std::fs::write(&cmdline, "root=/dev/vda quiet patchbay.disable\n").unwrap();
+    let report = remote.update(&Origin::Server, true).unwrap();
+    assert!(
+        report
+            .disabled
+            .as_deref()
+            .is_some_and(|w| w.contains("command line")),
+        "{:?}",
+        report.disabled
+    );
+    assert!(matches!(
+        crate::remote::boot(&a, &switch, &ApplyOptions::default()).unwrap(),
+        crate::remote::BootOutcome::Disabled(_)
+    ));
+    assert!(
+        k.sim().loads.is_empty(),
+        "nothing loaded: {:?}",
+        k.sim().loads
+    );
+
+    // Switched off again: the next round applies.
+    std::fs::write(&cmdline, "root=/dev/vda quiet\n").unwrap();
+    let report = remote.update(&Origin::Server, true).unwrap();
+    assert_eq!(report.applied.map(|o| o.level), Some(level(1)));
+}
+
+/// Level 1 recorded; level 2 loaded and its transition finished in the kernel, but the agent
+/// died before recording it.
+fn crash_between_transition_and_record(server: &TestServer, k: &FakeKernel) {
+    update(k).unwrap();
+    server.promote("production", BUILD_ID, 2, &[]);
+    k.sim().crash_after_load = true;
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| update(k)));
+    assert!(crashed.is_err(), "the simulated crash did not happen");
+    k.sim().crash_after_load = false;
+    crate::host::Clock::sleep(k, std::time::Duration::from_millis(50));
+    crate::host::Clock::sleep(k, std::time::Duration::from_millis(5));
+    assert!(k.sysfs().contains(&module_name(BUILD_ID, 2)));
+}
+
+#[test]
+fn boot_after_a_crash_between_transition_and_record_re_applies_the_live_level() {
+    let (server, k) = setup();
+    crash_between_transition_and_record(&server, &k);
+    k.reboot();
+    let a = agent(&k);
+    let switch = k.root.path().join("no-disable-file");
+    let outcome = crate::remote::boot(&a, &switch, &ApplyOptions::default()).unwrap();
+    match outcome {
+        crate::remote::BootOutcome::Applied(o) => assert_eq!(o.level, level(2), "not level 1"),
+        other => panic!("boot did not re-apply: {other:?}"),
+    }
+    assert_eq!(k.sysfs(), vec![module_name(BUILD_ID, 2)]);
+}
+
+#[test]
+fn update_after_a_crash_between_transition_and_record_finishes_the_apply() {
+    let (server, k) = setup();
+    crash_between_transition_and_record(&server, &k);
+    // The kernel says level 2; the agent must not just call that "up to date" and leave the
+    // history saying level 1 (and level 1's module loaded).
+    let report = update(&k).unwrap();
+    assert!(
+        matches!(report.plan, Plan::UpToDate(_)),
+        "{:?}",
+        report.plan
+    );
+    let outcome = report.applied.expect("the unrecorded apply is finished");
+    assert!(outcome.already_active);
+    assert_eq!(
+        k.loaded(),
+        vec![module_name(BUILD_ID, 2)],
+        "level 1's module removed"
+    );
+    // Now a reboot re-applies level 2 from the history.
+    k.reboot();
+    let a = agent(&k);
+    let switch = k.root.path().join("no-disable-file");
+    match crate::remote::boot(&a, &switch, &ApplyOptions::default()).unwrap() {
+        crate::remote::BootOutcome::Applied(o) => assert_eq!(o.level, level(2)),
+        other => panic!("boot did not re-apply: {other:?}"),
+    }
+}
+
+#[test]
+fn boot_with_a_corrupt_state_file_quarantines_it_and_re_applies_from_the_cache() {
+    let (_server, k) = setup();
+    update(&k).unwrap();
+    let state = k.state_dir().state_file();
+    std::fs::write(&state, b"{ not json").unwrap();
+    k.reboot();
+    let a = agent(&k);
+    let switch = k.root.path().join("no-disable-file");
+    match crate::remote::boot(&a, &switch, &ApplyOptions::default()).unwrap() {
+        crate::remote::BootOutcome::Applied(o) => assert_eq!(o.level, level(1)),
+        other => panic!("boot did not re-apply: {other:?}"),
+    }
+    let kept: Vec<_> = std::fs::read_dir(k.state_dir().root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("state.json.corrupt"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the corrupt file is kept for inspection");
+}
+
+#[test]
+fn a_damaged_cached_bundle_is_replaced_from_the_next_download() {
+    let (_server, k) = setup();
+    update(&k).unwrap();
+    let cached = k
+        .state_dir()
+        .bundle_path(&BUILD_ID.parse().unwrap(), level(1));
+    let mut bytes = std::fs::read(&cached).unwrap();
+    // A flipped byte inside the module (the tar entry after `module.ko`'s 512-byte header).
+    let header = bytes
+        .windows(b"module.ko".len())
+        .position(|w| w == b"module.ko")
+        .unwrap();
+    bytes[header + 512 + 16] ^= 0xff;
+    std::fs::write(&cached, &bytes).unwrap();
+    assert!(
+        patchbay_core::Bundle::read(&cached).is_err(),
+        "the damage must show"
+    );
+    let report = update(&k).unwrap();
+    assert!(matches!(report.plan, Plan::UpToDate(_)));
+    patchbay_core::Bundle::read(&cached).expect("replaced by the signed download");
+    // And boot can use it again.
+    k.reboot();
+    let a = agent(&k);
+    let switch = k.root.path().join("no-disable-file");
+    assert!(matches!(
+        crate::remote::boot(&a, &switch, &ApplyOptions::default()).unwrap(),
+        crate::remote::BootOutcome::Applied(_)
+    ));
+}

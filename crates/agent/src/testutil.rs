@@ -252,6 +252,23 @@ impl FakeKernel {
         self.sim.borrow().modules.keys().cloned().collect()
     }
 
+    /// A reboot into the same kernel: no module, no livepatch, no transition; files on disk
+    /// (the state dir) stay.
+    pub fn reboot(&self) {
+        let mut sim = self.sim();
+        sim.modules.clear();
+        sim.patches.clear();
+        sim.transition = None;
+        sim.frees.clear();
+        sim.forced = false;
+        sim.crash_on_load = false;
+        sim.crash_after_load = false;
+        for entry in fs::read_dir(self.lp()).unwrap() {
+            fs::remove_dir_all(entry.unwrap().path()).unwrap();
+        }
+        self.write_proc_modules(&sim);
+    }
+
     /// Loads a non-Patchbay, non-replace livepatch (e.g. from another vendor).
     pub fn add_foreign(&self, name: &str, in_transition: bool) {
         let mut sim = self.sim();
