@@ -378,7 +378,8 @@ impl Agent<'_> {
                 active: active.level(),
             })?;
         let shown = target.path.display().to_string();
-        let bundle = Bundle::read(&target.path).map_err(AgentError::from_bundle)?;
+        let bundle =
+            crate::cache::read_cached_bundle(&target.path).map_err(AgentError::from_bundle)?;
         check_target(&bundle, &shown, &identity)?;
         let verified = self.clock.now();
         let opts = ApplyOptions {

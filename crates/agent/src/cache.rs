@@ -14,7 +14,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use patchbay_core::fsutil::{sync_dir, write_atomic};
+use patchbay_core::fsutil::{sync_dir, write_private};
 use patchbay_core::{BuildId, Bundle, Manifest, ModuleName, PatchLevel, Sha256};
 
 /// Why a cache entry or the module file could not be used.
@@ -39,6 +39,12 @@ pub enum CacheError {
          apply again"
     )]
     ModuleChanged { path: PathBuf, what: String },
+    #[error(
+        "refusing to use the state directory {path}: {problem}. It holds code that is loaded \
+         into the kernel, so only its owner (the agent's user, root) may write to it; fix it \
+         (e.g. `chown root: {path} && chmod 0700 {path}`) or point --state-dir elsewhere"
+    )]
+    Unsafe { path: PathBuf, problem: String },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {
@@ -92,7 +98,45 @@ impl StateDir {
     /// Creates the root (mode 0700: it holds code that will run in the kernel) and `modules/`.
     pub fn ensure_layout(&self) -> Result<(), CacheError> {
         create_private_dir(&self.root)?;
+        self.check_private()?;
         create_private_dir(&self.modules_dir())
+    }
+
+    /// Refuses a state directory that someone else could write to: a symlink, not owned by
+    /// this user, or group- or world-writable (checked at every start). A missing one is fine:
+    /// it is created 0700 when first needed.
+    pub fn check_private(&self) -> Result<(), CacheError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = match fs::symlink_metadata(&self.root) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("inspect", &self.root)(e)),
+        };
+        let unsafe_because = |problem: String| CacheError::Unsafe {
+            path: self.root.clone(),
+            problem,
+        };
+        if meta.file_type().is_symlink() {
+            return Err(unsafe_because("it is a symbolic link".into()));
+        }
+        if !meta.is_dir() {
+            return Err(unsafe_because("it is not a directory".into()));
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Err(unsafe_because(format!(
+                "it belongs to uid {}, not to this user (uid {me})",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(unsafe_because(format!(
+                "its mode {:04o} lets others write to it",
+                meta.mode() & 0o7777
+            )));
+        }
+        Ok(())
     }
 
     /// The bundles cached for `build_id`, sorted by level. Entries that cannot be read are
@@ -141,7 +185,7 @@ impl StateDir {
         match read_manifest_only(&path) {
             // Only an entry that still verifies whole counts; one whose module was damaged
             // (disk error, a stray write) is replaced by this good copy.
-            Ok(existing) if existing == *m && Bundle::read(&path).is_ok() => {
+            Ok(existing) if existing == *m && read_cached_bundle(&path).is_ok() => {
                 return Ok(StoreOutcome::AlreadyCached)
             }
             Ok(existing) if existing == *m => {}
@@ -158,23 +202,29 @@ impl StateDir {
         let bundles_root = self.root.join("bundles");
         create_private_dir(&bundles_root)?;
         create_private_dir(&self.bundles_dir(&m.kernel.build_id))?;
-        bundle.write(&path).map_err(|source| CacheError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        bundle
+            .write_private(&path)
+            .map_err(|source| CacheError::Write {
+                path: path.clone(),
+                source,
+            })?;
         Ok(StoreOutcome::Stored)
     }
 
-    /// Writes the module file (atomically) unless an identical one is there, then opens it
-    /// and re-hashes the open file, so what the kernel reads through this descriptor is what
-    /// was verified.
+    /// Keeps the module file (0600; it marks the level loaded last, for `boot` and `status`)
+    /// and returns the module to load: the bundle's verified bytes in a sealed memfd, so what
+    /// the kernel reads is exactly what was verified — no writer, not even root through the
+    /// file, can change it between the check and `finit_module`, and it needs no re-hash.
     pub fn extract_module(&self, bundle: &Bundle) -> Result<File, CacheError> {
         let path = self.module_path(&bundle.manifest.module.name);
-        if let Ok(file) = open_verified(&path, &bundle.manifest) {
-            return Ok(file);
+        let on_disk = open_no_follow(&path).and_then(|mut f| {
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        if on_disk.ok().as_deref() != Some(bundle.module.as_slice()) {
+            write_private(&path, &bundle.module).map_err(io_err("write module file", &path))?;
         }
-        write_atomic(&path, &bundle.module).map_err(io_err("write module file", &path))?;
-        open_verified(&path, &bundle.manifest)
+        sealed_memfd(&bundle.manifest.module.name, &bundle.module)
     }
 
     /// The highest cached level of `build_id` whose module file is still extracted: the
@@ -212,9 +262,62 @@ pub struct CachedLevel {
     pub manifest: Manifest,
 }
 
+/// Opens a file of the state directory, refusing a symlink in its place (the directory is
+/// private, but a planted link must never redirect what is read).
+fn open_no_follow(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Reads and verifies a bundle of the cache (no symlinks followed).
+pub fn read_cached_bundle(path: &Path) -> Result<Bundle, patchbay_core::BundleError> {
+    let file = open_no_follow(path).map_err(|source| patchbay_core::BundleError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Bundle::from_reader(file, &path.display().to_string())
+}
+
+/// `module` in an anonymous memory file sealed against every change, positioned at 0.
+fn sealed_memfd(name: &ModuleName, module: &[u8]) -> Result<File, CacheError> {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let shown = PathBuf::from(format!("memfd:{name}"));
+    let c_name = std::ffi::CString::new(name.as_str()).map_err(|e| CacheError::Io {
+        what: "name memfd",
+        path: shown.clone(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    // SAFETY: memfd_create takes a NUL-terminated name (c_name lives across the call) and
+    // flags; it returns a new descriptor or -1.
+    let fd =
+        unsafe { libc::memfd_create(c_name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io_err("create memfd for", &shown)(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns; File takes ownership.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(module)
+        .map_err(io_err("write module into", &shown))?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl(F_ADD_SEALS) on a descriptor `file` owns and keeps open.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    if rc != 0 {
+        return Err(io_err("seal", &shown)(io::Error::last_os_error()));
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_err("rewind", &shown))?;
+    Ok(file)
+}
+
 /// Opens `path` and checks its size and sha256 against the manifest through the open file.
 pub fn open_verified(path: &Path, manifest: &Manifest) -> Result<File, CacheError> {
-    let mut file = File::open(path).map_err(io_err("open module file", path))?;
+    let mut file = open_no_follow(path).map_err(io_err("open module file", path))?;
     let changed = |what: String| CacheError::ModuleChanged {
         path: path.to_owned(),
         what,
@@ -259,7 +362,7 @@ pub fn read_manifest_only(path: &Path) -> Result<Manifest, CacheError> {
         path: path.to_owned(),
         reason,
     };
-    let mut file = File::open(path).map_err(io_err("open cached bundle", path))?;
+    let mut file = open_no_follow(path).map_err(io_err("open cached bundle", path))?;
     let mut header = [0u8; HEADER];
     file.read_exact(&mut header)
         .map_err(|e| bad(format!("cannot read the tar header: {e}")))?;
@@ -367,7 +470,15 @@ mod tests {
         let mut back = Vec::new();
         f.read_to_end(&mut back).unwrap();
         assert_eq!(back, b.module);
-        // Tampering after extraction is caught by open_verified.
+        // Nobody can change what is loaded: the memfd is sealed.
+        {
+            use std::io::Write;
+            let err = f.write_all(b"x").unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+            assert!(f.set_len(1).is_err(), "shrinking a sealed memfd must fail");
+        }
+        // Tampering with the file on disk is caught by open_verified and does not reach the
+        // kernel: extract_module loads from the verified bytes and repairs the file.
         let path = sd.module_path(&b.manifest.module.name);
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
@@ -375,7 +486,61 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let err = open_verified(&path, &b.manifest).unwrap_err();
         assert!(matches!(err, CacheError::ModuleChanged { .. }), "{err}");
-        // extract_module repairs it.
-        assert!(sd.extract_module(&b).is_ok());
+        let mut f = sd.extract_module(&b).unwrap();
+        let mut back = Vec::new();
+        f.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b.module);
+        assert_eq!(fs::read(&path).unwrap(), b.module);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn a_state_dir_others_can_write_to_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state");
+        let sd = StateDir::new(&root);
+        sd.check_private().unwrap(); // missing: created later
+        sd.ensure_layout().unwrap();
+        assert_eq!(
+            fs::metadata(&root).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        for mode in [0o777, 0o775, 0o757] {
+            fs::set_permissions(&root, fs::Permissions::from_mode(mode)).unwrap();
+            let err = sd.check_private().unwrap_err().to_string();
+            assert!(
+                err.contains("lets others write") && err.contains("chmod 0700"),
+                "{err}"
+            );
+            assert!(sd.ensure_layout().is_err());
+        }
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        sd.check_private().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&root, &link).unwrap();
+        let err = StateDir::new(&link)
+            .check_private()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_a_module_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path().join("state"));
+        sd.ensure_layout().unwrap();
+        let b = bundle_for(BUILD_ID, 1);
+        let elsewhere = dir.path().join("elsewhere.ko");
+        fs::write(&elsewhere, &b.module).unwrap();
+        let path = sd.module_path(&b.manifest.module.name);
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let err = open_verified(&path, &b.manifest).unwrap_err();
+        assert!(err.to_string().contains("open module file"), "{err}");
     }
 }

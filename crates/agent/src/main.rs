@@ -219,6 +219,12 @@ fn run(cli: Cli) -> i32 {
         state_dir: StateDir::new(state_dir),
         log: &log,
     };
+    // Every command reads or writes the state directory; one others can write to is refused
+    // before anything is read from it.
+    if let Err(e) = agent.state_dir.check_private() {
+        eprintln!("patchbay: error: {e}");
+        return exit::REFUSED;
+    }
     let timing = std::env::var_os("PATCHBAY_TIMING").is_some_and(|v| v == "1");
     let settings = match patchbay::remote::Settings::load(&cli.config) {
         Ok(s) => s,

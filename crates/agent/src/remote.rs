@@ -281,20 +281,19 @@ async fn post_json<T: serde::de::DeserializeOwned>(
         reason: e.to_string(),
     })?;
     let status = response.status();
-    // Replies are small; anything beyond 1 MiB is not ours.
-    let bytes = response
-        .bytes()
+    // Replies are small; anything beyond 1 MiB is not ours, and is refused while streaming.
+    let bytes = patchbay_updates::transport::read_body_capped(response, 1 << 20)
         .await
-        .map_err(|e| RemoteError::Unreachable {
-            url: endpoint.to_string(),
-            reason: e.to_string(),
+        .map_err(|e| match e {
+            patchbay_updates::transport::BodyError::TooLarge { .. } => RemoteError::Refused {
+                status: status.as_u16(),
+                message: e.to_string(),
+            },
+            patchbay_updates::transport::BodyError::Transport(e) => RemoteError::Unreachable {
+                url: endpoint.to_string(),
+                reason: e.to_string(),
+            },
         })?;
-    if bytes.len() > 1 << 20 {
-        return Err(RemoteError::Refused {
-            status: status.as_u16(),
-            message: "reply larger than 1 MiB".into(),
-        });
-    }
     if !status.is_success() {
         let message = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
@@ -722,7 +721,7 @@ impl<'a, 'b> Remote<'a, 'b> {
                 let cached = self.agent.state_dir.bundle_path(&identity.build_id, *level);
                 // `boot` re-applies from this copy: one damaged on disk is replaced now, from
                 // the signed download, not found broken at the next reboot.
-                if let Err(e) = patchbay_core::Bundle::read(&cached) {
+                if let Err(e) = crate::cache::read_cached_bundle(&cached) {
                     (self.agent.log)(&format!(
                         "warning: the cached bundle of the active level is damaged ({e}); \
                          replacing it with the signed download"
@@ -755,7 +754,7 @@ impl<'a, 'b> Remote<'a, 'b> {
                     .files
                     .downloads
                     .join(format!("{}-{to}.pbb", identity.build_id));
-                patchbay_core::fsutil::write_atomic(&file, &bytes)
+                patchbay_core::fsutil::write_private(&file, &bytes)
                     .map_err(|e| file_err(&file, e))?;
                 let opts = ApplyOptions {
                     allow_downgrade: *downgrade,
@@ -832,7 +831,7 @@ impl<'a, 'b> Remote<'a, 'b> {
         };
         if let Ok(bytes) = serde_json::to_vec(&record) {
             let path = self.files.effective.clone();
-            let _ = patchbay_core::fsutil::write_atomic(&path, &bytes);
+            let _ = patchbay_core::fsutil::write_private(&path, &bytes);
         }
         Ok(())
     }

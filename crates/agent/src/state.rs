@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use patchbay_core::fsutil::write_atomic;
+use patchbay_core::fsutil::write_private;
 use patchbay_core::{BuildId, ModuleName, PatchLevel};
 
 /// The state file format this code writes and reads.
@@ -187,7 +187,7 @@ impl AgentState {
         };
         let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| io(io::Error::other(e)))?;
         bytes.push(b'\n');
-        write_atomic(path, &bytes).map_err(io)
+        write_private(path, &bytes).map_err(io)
     }
 
     /// Appends to the history, dropping the oldest entries beyond [`HISTORY_MAX`].

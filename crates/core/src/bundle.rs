@@ -112,6 +112,19 @@ impl Bundle {
 
     /// Writes the bundle atomically to `path`.
     pub fn write(&self, path: &Path) -> Result<(), BundleError> {
+        self.write_with(path, write_atomic)
+    }
+
+    /// Like [`Bundle::write`], creating the file with mode 0600 (the agent's cache).
+    pub fn write_private(&self, path: &Path) -> Result<(), BundleError> {
+        self.write_with(path, crate::fsutil::write_private)
+    }
+
+    fn write_with(
+        &self,
+        path: &Path,
+        write: fn(&Path, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(), BundleError> {
         let shown = path.display().to_string();
         let manifest = self
             .manifest
@@ -136,7 +149,7 @@ impl Bundle {
                 .map_err(io)?;
         }
         let bytes = builder.into_inner().map_err(io)?;
-        write_atomic(path, &bytes).map_err(io)
+        write(path, &bytes).map_err(io)
     }
 }
 
