@@ -491,12 +491,44 @@ pub fn register(
     })
 }
 
+/// A private (0700) scratch directory in the state dir, removed when dropped (every return
+/// and unwinding path). Its name carries this process's pid so that one a killed agent left
+/// behind is recognised and removed by the next run ([`remove_stale_scratch`]).
 fn tempfile_dir(state_dir: &Path) -> Result<tempfile::TempDir, RemoteError> {
     std::fs::create_dir_all(state_dir).map_err(|e| file_err(state_dir, e))?;
+    remove_stale_scratch(state_dir);
     tempfile::Builder::new()
-        .prefix(".tuf-")
+        .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
         .tempdir_in(state_dir)
         .map_err(|e| file_err(state_dir, e))
+}
+
+const SCRATCH_PREFIX: &str = ".tuf-";
+
+/// Removes scratch directories whose agent process is gone (killed mid-unpack). Best effort:
+/// a directory that cannot be removed now is tried again next time.
+pub fn remove_stale_scratch(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = pid > 0
+            && (unsafe { libc::kill(pid, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// What the signed data says this host should run.

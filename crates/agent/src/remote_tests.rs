@@ -1129,3 +1129,45 @@ fn a_damaged_cached_bundle_is_replaced_from_the_next_download() {
         crate::remote::BootOutcome::Applied(_)
     ));
 }
+
+#[test]
+fn scratch_left_by_a_killed_agent_is_removed_and_archives_unpack_privately() {
+    let (server, k) = setup();
+    // A scratch dir of a process that no longer exists (as after kill -9 mid-unpack), and one
+    // of a live process (this one), which must stay.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let state = k.state_dir().root().to_path_buf();
+    std::fs::create_dir_all(&state).unwrap();
+    let stale = state.join(format!(".tuf-{dead}-abcdef"));
+    std::fs::create_dir_all(stale.join("metadata")).unwrap();
+    let live = state.join(format!(".tuf-{}-abcdef", std::process::id()));
+    std::fs::create_dir_all(&live).unwrap();
+    let archive = k.root.path().join("export.tar.gz");
+    server
+        .rt
+        .block_on(patchbay_server::archive::export(&server.service, &archive))
+        .unwrap();
+    let a = agent(&k);
+    Remote::new(&a, defaults(), ApplyOptions::default())
+        .update(
+            &Origin::Archive {
+                path: archive,
+                root: None,
+            },
+            true,
+        )
+        .unwrap();
+    assert!(!stale.exists(), "the killed agent's scratch is removed");
+    assert!(live.exists(), "a running agent's scratch is left alone");
+    let leftovers: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".tuf-") && *n != live.file_name().unwrap().to_str().unwrap())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "this run's scratch is removed too: {leftovers:?}"
+    );
+}

@@ -76,8 +76,21 @@ fn tempfile_in(
     Ok((path, file))
 }
 
-/// Unpacks `archive` into the empty directory `dest` (`dest/metadata`, `dest/targets`).
+/// Unpacks `archive` into the empty directory `dest` (`dest/metadata`, `dest/targets`), with
+/// the default [`crate::Limits`].
 pub fn unpack(archive: &Path, dest: &Path) -> Result<(), UpdateError> {
+    unpack_with_limits(archive, dest, &crate::Limits::default())
+}
+
+/// Unpacks `archive` into `dest`, counting bytes as they are written: a metadata file above
+/// `limits.max_metadata_bytes`, a target above `limits.max_bundle_bytes` (whatever its tar
+/// header claims) or more than [`MAX_ARCHIVE_BYTES`] in all is refused at that point, so a
+/// hostile archive (a gzip bomb) cannot fill the disk. The caller removes `dest` on error.
+pub fn unpack_with_limits(
+    archive: &Path,
+    dest: &Path,
+    limits: &crate::Limits,
+) -> Result<(), UpdateError> {
     let file = std::fs::File::open(archive).map_err(|source| UpdateError::Io {
         path: archive.display().to_string(),
         source,
@@ -126,6 +139,21 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<(), UpdateError> {
                 ),
             ));
         }
+        let limit = if top == Some("metadata") {
+            limits.max_metadata_bytes
+        } else {
+            limits.max_bundle_bytes
+        };
+        let declared = entry.header().size().unwrap_or(u64::MAX);
+        if declared > limit {
+            return Err(archive_err(
+                archive,
+                format!(
+                    "entry {} is {declared} bytes, above the limit of {limit}",
+                    path.display()
+                ),
+            ));
+        }
         let target = dest.join(&path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(|source| UpdateError::Io {
@@ -137,10 +165,23 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<(), UpdateError> {
             path: target.display().to_string(),
             source,
         })?;
-        std::io::copy(&mut entry, &mut out).map_err(|source| UpdateError::Io {
-            path: target.display().to_string(),
-            source,
-        })?;
+        // Belt and braces: never copy more than the limit, whatever the reader yields.
+        let written =
+            std::io::copy(&mut (&mut entry).take(limit + 1), &mut out).map_err(|source| {
+                UpdateError::Io {
+                    path: target.display().to_string(),
+                    source,
+                }
+            })?;
+        if written > limit {
+            return Err(archive_err(
+                archive,
+                format!(
+                    "entry {} is larger than the limit of {limit}",
+                    path.display()
+                ),
+            ));
+        }
     }
     if !dest.join("metadata/timestamp.json").exists() {
         return Err(archive_err(
@@ -193,5 +234,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing"), "{err}");
+    }
+
+    /// A gzip bomb: a metadata entry of 64 MiB of zeros compresses to ~64 KiB.
+    #[test]
+    fn oversized_entries_are_refused_while_unpacking() {
+        let dir = tempfile::tempdir().unwrap();
+        let zeros = vec![0u8; 64 << 20];
+        let bomb = dir.path().join("bomb.tar.gz");
+        write(&bomb, &[("timestamp.json".into(), zeros.clone())], &[]).unwrap();
+        assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20);
+        let out = dir.path().join("out");
+        let err = unpack(&bomb, &out).unwrap_err().to_string();
+        assert!(err.contains("above the limit of 8388608"), "{err}");
+        assert!(
+            !out.join("metadata/timestamp.json").exists(),
+            "nothing of it written"
+        );
+
+        // With smaller limits, a target's declared size is checked before it is written.
+        let liar = dir.path().join("liar.tar.gz");
+        {
+            let f = std::fs::File::create(&liar).unwrap();
+            let enc = flate2::write::GzEncoder::new(f, flate2::Compression::default());
+            let mut b = tar::Builder::new(enc);
+            let mut h = tar::Header::new_gnu();
+            h.set_size(16);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, "targets/x.pbb", &[1u8; 16][..])
+                .unwrap();
+            b.into_inner().unwrap().finish().unwrap();
+        }
+        let small = crate::Limits {
+            max_bundle_bytes: 8,
+            max_metadata_bytes: 8,
+        };
+        let err = unpack_with_limits(&liar, &dir.path().join("o4"), &small)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("above the limit of 8"), "{err}");
     }
 }
