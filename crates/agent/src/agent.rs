@@ -330,9 +330,31 @@ impl Agent<'_> {
         opts: &ApplyOptions,
     ) -> Result<ApplyOutcome, AgentError> {
         let started = self.clock.now();
-        let identity = self.identity()?;
         let bundle = Bundle::read(bundle_path).map_err(AgentError::from_bundle)?;
-        check_target(&bundle, &bundle_path.display().to_string(), &identity)?;
+        self.apply_verified(bundle, &bundle_path.display().to_string(), opts, started)
+    }
+
+    /// Applies a bundle already in memory (verified when it was constructed: a `Bundle`'s
+    /// module always matches its manifest), e.g. straight from the TUF download; `shown`
+    /// names where it came from in messages.
+    pub fn apply_bundle(
+        &self,
+        bundle: Bundle,
+        shown: &str,
+        opts: &ApplyOptions,
+    ) -> Result<ApplyOutcome, AgentError> {
+        self.apply_verified(bundle, shown, opts, self.clock.now())
+    }
+
+    fn apply_verified(
+        &self,
+        bundle: Bundle,
+        shown: &str,
+        opts: &ApplyOptions,
+        started: Duration,
+    ) -> Result<ApplyOutcome, AgentError> {
+        let identity = self.identity()?;
+        check_target(&bundle, shown, &identity)?;
         let verified = self.clock.now();
         let mut session = self.begin()?;
         let view = self.kernel_view(&identity)?;
@@ -786,8 +808,9 @@ impl Agent<'_> {
             pid: std::process::id(),
         });
         session.state.save(&self.state_dir.state_file())?;
-        // Extract, open and re-hash through the open descriptor last, right before loading,
-        // so what the kernel reads is what was verified.
+        crate::fault::crash_point(crate::fault::FaultPoint::AfterCacheWrite);
+        // The module file stays for `boot`; the kernel reads the verified bytes from a sealed
+        // memfd made right before loading.
         let file = match self.state_dir.extract_module(&bundle) {
             Ok(file) => file,
             Err(e) => return Err(self.fail(session, AgentError::from_cache(e))),
@@ -803,11 +826,13 @@ impl Agent<'_> {
             return Err(self.fail(session, err));
         }
         drop(file);
+        crate::fault::crash_point(crate::fault::FaultPoint::AfterFinitModule);
         timings.loaded = self.clock.now().saturating_sub(started);
         if let Err(err) = self.wait_appear(&module) {
             let _ = self.delete_module_retry(&module);
             return Err(self.fail(session, err));
         }
+        crate::fault::crash_point(crate::fault::FaultPoint::MidTransition);
 
         let mut forced = false;
         let end = match self.wait_transition_rechecked(module.as_str(), 1, &opts.transition) {
@@ -864,6 +889,7 @@ impl Agent<'_> {
             }
         }
 
+        crate::fault::crash_point(crate::fault::FaultPoint::BeforeRecord);
         session.state.pending = None;
         session.state.record(HistoryEntry {
             at_unix: unix_now(),

@@ -227,6 +227,55 @@ impl StateDir {
         sealed_memfd(&bundle.manifest.module.name, &bundle.module)
     }
 
+    /// Removes what an agent that was killed left behind: scratch directories
+    /// (`.tuf-<pid>-…`) and the temp files of atomic writes (`.<name>.tmp.<pid>`) whose
+    /// process is gone. Those of a running agent stay. Best effort: what cannot be removed now
+    /// is tried again at the next start.
+    pub fn remove_stale_leftovers(&self) {
+        let mut dirs = vec![
+            self.root.clone(),
+            self.modules_dir(),
+            self.root.join("tuf"),
+            self.root.join("tuf/datastore"),
+        ];
+        if let Ok(kernels) = fs::read_dir(self.root.join("bundles")) {
+            dirs.extend(kernels.flatten().map(|e| e.path()));
+        }
+        for dir in dirs {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let scratch_pid = name
+                    .strip_prefix(SCRATCH_PREFIX)
+                    .and_then(|rest| rest.split_once('-'))
+                    .map(|(pid, _)| pid);
+                let temp_pid = name
+                    .starts_with('.')
+                    .then(|| name.rsplit_once(".tmp."))
+                    .flatten()
+                    .map(|(_, pid)| pid);
+                let Some(pid) = scratch_pid
+                    .or(temp_pid)
+                    .and_then(|p| p.parse::<libc::pid_t>().ok())
+                else {
+                    continue;
+                };
+                if process_alive(pid) {
+                    continue;
+                }
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+            }
+        }
+    }
+
     /// The highest cached level of `build_id` whose module file is still extracted: the
     /// level that was loaded last (replaced levels' module files are removed).
     pub fn level_with_module_file(&self, build_id: &BuildId) -> Option<PathBuf> {
@@ -260,6 +309,18 @@ pub enum StoreOutcome {
 pub struct CachedLevel {
     pub path: PathBuf,
     pub manifest: Manifest,
+}
+
+/// Name prefix of the agent's scratch directories in the state dir, followed by `<pid>-`.
+pub const SCRATCH_PREFIX: &str = ".tuf-";
+
+fn process_alive(pid: libc::pid_t) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Opens a file of the state directory, refusing a symlink in its place (the directory is

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod cache;
 pub mod error;
+pub mod fault;
 pub mod host;
 pub mod livepatch;
 pub mod notes;

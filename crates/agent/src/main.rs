@@ -225,6 +225,7 @@ fn run(cli: Cli) -> i32 {
         eprintln!("patchbay: error: {e}");
         return exit::REFUSED;
     }
+    agent.state_dir.remove_stale_leftovers();
     let timing = std::env::var_os("PATCHBAY_TIMING").is_some_and(|v| v == "1");
     let settings = match patchbay::remote::Settings::load(&cli.config) {
         Ok(s) => s,

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use patchbay_core::{BuildId, ChannelName, HostSeed, PatchLevel};
+use patchbay_core::{bundle_target_name, BuildId, ChannelName, HostSeed, PatchLevel};
 use patchbay_updates::{Limits, SignedRepo, Source, UpdateError};
 use serde::{Deserialize, Serialize};
 
@@ -186,7 +186,6 @@ pub struct RemoteFiles {
     pub root: PathBuf,
     pub datastore: PathBuf,
     pub seed: PathBuf,
-    pub downloads: PathBuf,
 }
 
 impl RemoteFiles {
@@ -197,7 +196,6 @@ impl RemoteFiles {
             root: state_dir.join("tuf/root.json"),
             datastore: state_dir.join("tuf/datastore"),
             seed: state_dir.join("seed"),
-            downloads: state_dir.join("downloads"),
         }
     }
 
@@ -493,42 +491,18 @@ pub fn register(
 
 /// A private (0700) scratch directory in the state dir, removed when dropped (every return
 /// and unwinding path). Its name carries this process's pid so that one a killed agent left
-/// behind is recognised and removed by the next run ([`remove_stale_scratch`]).
+/// behind is recognised and removed by the next run ([`StateDir::remove_stale_leftovers`]).
 fn tempfile_dir(state_dir: &Path) -> Result<tempfile::TempDir, RemoteError> {
     std::fs::create_dir_all(state_dir).map_err(|e| file_err(state_dir, e))?;
-    remove_stale_scratch(state_dir);
+    crate::cache::StateDir::new(state_dir).remove_stale_leftovers();
     tempfile::Builder::new()
-        .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
+        .prefix(&format!(
+            "{}{}-",
+            crate::cache::SCRATCH_PREFIX,
+            std::process::id()
+        ))
         .tempdir_in(state_dir)
         .map_err(|e| file_err(state_dir, e))
-}
-
-const SCRATCH_PREFIX: &str = ".tuf-";
-
-/// Removes scratch directories whose agent process is gone (killed mid-unpack). Best effort:
-/// a directory that cannot be removed now is tried again next time.
-pub fn remove_stale_scratch(state_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(state_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive = pid > 0
-            && (unsafe { libc::kill(pid, 0) } == 0
-                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
-        if !alive {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
 }
 
 /// What the signed data says this host should run.
@@ -779,22 +753,16 @@ impl<'a, 'b> Remote<'a, 'b> {
                 (self.agent.log)(&format!("disabled: {why}; {plan} is not applied"));
             }
             if let (true, None, Plan::Change { to, downgrade, .. }) = (apply, &disabled, &plan) {
-                let (_bundle, bytes) = repo.bundle(&identity.build_id, *to).await?;
-                std::fs::create_dir_all(&self.files.downloads)
-                    .map_err(|e| file_err(&self.files.downloads, e))?;
-                let file = self
-                    .files
-                    .downloads
-                    .join(format!("{}-{to}.pbb", identity.build_id));
-                patchbay_core::fsutil::write_private(&file, &bytes)
-                    .map_err(|e| file_err(&file, e))?;
+                // The verified download goes to the kernel from memory: nothing on disk
+                // between TUF's check and the cache, so nothing to leave behind or tamper with.
+                let (bundle, _bytes) = repo.bundle(&identity.build_id, *to).await?;
+                crate::fault::crash_point(crate::fault::FaultPoint::AfterDownload);
                 let opts = ApplyOptions {
                     allow_downgrade: *downgrade,
                     ..self.apply
                 };
-                let outcome = self.agent.apply(&file, &opts);
-                let _ = std::fs::remove_file(&file);
-                applied = Some(outcome?);
+                let shown = bundle_target_name(&identity.build_id, *to);
+                applied = Some(self.agent.apply_bundle(bundle, &shown, &opts)?);
             }
             Ok::<_, RemoteError>(UpdateReport {
                 plan,

@@ -1144,6 +1144,8 @@ fn scratch_left_by_a_killed_agent_is_removed_and_archives_unpack_privately() {
     std::fs::create_dir_all(stale.join("metadata")).unwrap();
     let live = state.join(format!(".tuf-{}-abcdef", std::process::id()));
     std::fs::create_dir_all(&live).unwrap();
+    let torn_write = state.join(format!(".state.json.tmp.{dead}"));
+    std::fs::write(&torn_write, b"{ half").unwrap();
     let archive = k.root.path().join("export.tar.gz");
     server
         .rt
@@ -1160,6 +1162,10 @@ fn scratch_left_by_a_killed_agent_is_removed_and_archives_unpack_privately() {
         )
         .unwrap();
     assert!(!stale.exists(), "the killed agent's scratch is removed");
+    assert!(
+        !torn_write.exists(),
+        "the killed agent's temp file is removed"
+    );
     assert!(live.exists(), "a running agent's scratch is left alone");
     let leftovers: Vec<_> = std::fs::read_dir(&state)
         .unwrap()
