@@ -117,6 +117,16 @@ pub(crate) fn level(n: u32) -> Result<PatchLevel, ServerError> {
 }
 
 pub fn router(service: Arc<Service>) -> Router {
+    let limits = Arc::new(RequestLimits {
+        slots: tokio::sync::Semaphore::new(
+            usize::try_from(service.config.limits.max_concurrent_requests)
+                .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ),
+        timeout: std::time::Duration::from_secs(u64::from(
+            service.config.limits.request_timeout_secs,
+        )),
+    });
     let max_json = usize::try_from(service.config.limits.max_json_bytes).unwrap_or(usize::MAX);
     let max_bundle = usize::try_from(service.config.limits.max_bundle_bytes).unwrap_or(usize::MAX);
     let api = Router::new()
@@ -133,8 +143,18 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/channels/{name}/pin", post(pin))
         .route("/channels/{name}/unpin", post(unpin))
         .route("/channels/{name}/rollback", post(rollback))
-        .route("/registration-keys", post(registration_key))
+        .route(
+            "/registration-keys",
+            get(registration_keys).post(registration_key),
+        )
+        .route(
+            "/registration-keys/{id}",
+            axum::routing::delete(revoke_registration_key),
+        )
+        .route("/tokens", get(tokens))
+        .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/hosts", get(hosts))
+        .route("/hosts/{id}", axum::routing::delete(revoke_host))
         .route("/hosts/{id}/exposure", get(host_exposure))
         .route("/hosts/{id}/vex", get(host_vex))
         .route("/cve/exposure/{version}", get(cve_exposure))
@@ -158,6 +178,49 @@ pub fn router(service: Arc<Service>) -> Router {
             ServerError::NotFound("no such endpoint; see /api/v1/openapi.json".into())
         })
         .with_state(service)
+        .layer(axum::middleware::from_fn_with_state(limits, limit_requests))
+}
+
+/// How many requests run at once and how long each may take (`[limits]` in config.toml).
+#[derive(Debug)]
+struct RequestLimits {
+    slots: tokio::sync::Semaphore,
+    timeout: std::time::Duration,
+}
+
+/// Bounds every request: it waits for one of `limits.max_concurrent_requests` slots (503 when
+/// none frees up within the timeout), then must be answered, body upload included, within
+/// `limits.request_timeout_secs` (408). A slow or stalled client holds neither a task nor
+/// its buffers forever.
+async fn limit_requests(
+    State(limits): State<Arc<RequestLimits>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = tokio::time::Instant::now();
+    let permit = match tokio::time::timeout(limits.timeout, limits.slots.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) | Err(_) => {
+            return ServerError::Busy(
+                "the server is handling as many requests as it may \
+                 (limits.max_concurrent_requests); retry shortly"
+                    .into(),
+            )
+            .into_response()
+        }
+    };
+    let left = limits.timeout.saturating_sub(started.elapsed());
+    let response = match tokio::time::timeout(left, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ServerError::Timeout(format!(
+            "the request was not complete within {} s (limits.request_timeout_secs); send it \
+             faster or raise the limit",
+            limits.timeout.as_secs()
+        ))
+        .into_response(),
+    };
+    drop(permit);
+    response
 }
 
 async fn register(
@@ -374,6 +437,56 @@ async fn registration_key(
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "key": key }))).into_response())
 }
 
+async fn registration_keys(
+    State(service): State<AppState>,
+    Api(caller): Api,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Admin, "listing registration keys")?;
+    Ok(Json(
+        serde_json::json!({ "registration_keys": service.store.registration_keys().await? }),
+    ))
+}
+
+async fn revoke_registration_key(
+    State(service): State<AppState>,
+    Api(caller): Api,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Admin, "revoking a registration key")?;
+    service.revoke_registration_key(&caller.actor, &id).await?;
+    Ok(Json(serde_json::json!({ "revoked": id })))
+}
+
+async fn tokens(
+    State(service): State<AppState>,
+    Api(caller): Api,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Admin, "listing API tokens")?;
+    Ok(Json(
+        serde_json::json!({ "tokens": service.store.tokens().await? }),
+    ))
+}
+
+async fn revoke_token(
+    State(service): State<AppState>,
+    Api(caller): Api,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Admin, "revoking an API token")?;
+    service.revoke_token(&caller.actor, &id).await?;
+    Ok(Json(serde_json::json!({ "revoked": id })))
+}
+
+async fn revoke_host(
+    State(service): State<AppState>,
+    Api(caller): Api,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Admin, "revoking a host")?;
+    service.revoke_host(&caller.actor, &id).await?;
+    Ok(Json(serde_json::json!({ "revoked": id })))
+}
+
 async fn hosts(
     State(service): State<AppState>,
     Api(caller): Api,
@@ -484,7 +597,7 @@ async fn tuf_target(
 ) -> Result<Response, ServerError> {
     let not_found = || ServerError::NotFound(format!("no TUF target {path:?}"));
     let hash = consistent_target_hash(&path).ok_or_else(not_found)?;
-    let bytes = service.objects.get(hash).await?.ok_or_else(not_found)?;
+    let (length, body) = service.objects.stream(hash).await?.ok_or_else(not_found)?;
     Ok((
         [
             (
@@ -495,8 +608,9 @@ async fn tuf_target(
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("public, max-age=31536000, immutable"),
             ),
+            (header::CONTENT_LENGTH, HeaderValue::from(length)),
         ],
-        bytes,
+        body,
     )
         .into_response())
 }
@@ -589,9 +703,20 @@ async fn compliance(
     }
 }
 
-/// Prometheus text format: hosts by state, exposed CVEs by severity (distinct CVEs still open
+/// Prometheus text format (for any API token, or disabled by config): hosts by state, exposed CVEs by severity (distinct CVEs still open
 /// somewhere in the fleet), hosts breaching the window, check-ins, errors.
-async fn metrics(State(service): State<AppState>) -> Result<Response, ServerError> {
+async fn metrics(
+    State(service): State<AppState>,
+    caller: Result<Api, ServerError>,
+) -> Result<Response, ServerError> {
+    if service.config.metrics.access == crate::config::MetricsAccess::Disabled {
+        return Err(ServerError::NotFound(
+            "/metrics is disabled on this server (metrics.access = \"disabled\" in config.toml)"
+                .into(),
+        ));
+    }
+    let Api(caller) = caller?;
+    caller.require(Role::Viewer, "reading /metrics")?;
     let hosts = service.hosts(&HostFilter::default()).await?;
     let mut by_state: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for h in &hosts {

@@ -16,6 +16,7 @@ pub mod error;
 pub mod objects;
 pub mod service;
 pub mod store;
+pub mod throttle;
 pub mod tuf;
 pub mod ui;
 

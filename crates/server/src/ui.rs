@@ -17,7 +17,7 @@ use patchbay_core::{ChannelName, PatchLevel};
 use serde::Deserialize;
 
 use crate::api::{build_id, channel_name, level};
-use crate::auth::{verify_password, Caller, Role};
+use crate::auth::{Caller, Role};
 use crate::error::ServerError;
 use crate::service::{now, random_secret, secret_hash, Service};
 use crate::store::{HostFilter, SessionRecord};
@@ -60,15 +60,7 @@ impl UiUser {
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE).then(|| value.to_owned())
-        })
+    cookie(headers, COOKIE)
 }
 
 impl FromRequestParts<AppState> for UiUser {
@@ -117,7 +109,19 @@ impl IntoResponse for PageError {
                 p { a href="/ui" { "Back to the fleet" } }
             },
         );
-        (status, body).into_response()
+        let retry_after = match &self.0 {
+            ServerError::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
+        let mut response = (status, body).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -187,13 +191,57 @@ fn when(unix: i64) -> String {
 struct LoginForm {
     user: String,
     password: String,
+    #[serde(default)]
+    csrf: Option<String>,
 }
 
-async fn login_page() -> Markup {
-    login_form(None)
+/// The cookie that carries the login form's CSRF token (double submit: a cross-site form
+/// can neither read nor set it, so it cannot send the matching field).
+const LOGIN_COOKIE: &str = "pb_login";
+
+/// The attributes every cookie the dashboard sets carries (`Secure` when it is served over
+/// TLS, see `ui.served_over`).
+fn cookie_attributes(service: &Service, max_age: i64) -> String {
+    let secure = match service.config.ui.served_over {
+        crate::config::Transport::Https => "; Secure",
+        crate::config::Transport::Http => "",
+    };
+    format!("Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
 }
 
-fn login_form(error: Option<&str>) -> Markup {
+fn cookie(headers: &HeaderMap, wanted: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == wanted).then(|| value.to_owned())
+        })
+}
+
+/// The login page with a fresh login CSRF token in the form and in a short-lived cookie.
+async fn login_page(State(service): State<AppState>) -> Response {
+    login_response(&service, StatusCode::OK, None)
+}
+
+fn login_response(service: &Service, status: StatusCode, error: Option<&str>) -> Response {
+    let Ok(token) = random_secret("l") else {
+        return ServerError::Tuf("random".into()).into_response();
+    };
+    let mut response = (status, login_form(&token, error)).into_response();
+    let set = format!(
+        "{LOGIN_COOKIE}={token}; {}",
+        cookie_attributes(service, 3600)
+    );
+    if let Ok(value) = HeaderValue::from_str(&set) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+fn login_form(csrf: &str, error: Option<&str>) -> Markup {
     page(
         None,
         "Log in",
@@ -201,6 +249,7 @@ fn login_form(error: Option<&str>) -> Markup {
             h1 { "Log in" }
             @if let Some(e) = error { p.error { (e) } }
             form method="post" action="/ui/login" {
+                input type="hidden" name="csrf" value=(csrf);
                 p { label { "User " input name="user" autocomplete="username" required; } }
                 p { label { "Password " input name="password" type="password" autocomplete="current-password" required; } }
                 p { button type="submit" { "Log in" } }
@@ -209,26 +258,55 @@ fn login_form(error: Option<&str>) -> Markup {
     )
 }
 
-async fn login(State(service): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(service): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let expected = cookie(&headers, LOGIN_COOKIE);
+    let csrf_ok = matches!(
+        (&expected, &form.csrf),
+        (Some(cookie), Some(field)) if crate::auth::secrets_equal(cookie, field)
+    );
+    if !csrf_ok {
+        return login_response(
+            &service,
+            StatusCode::FORBIDDEN,
+            Some("The login form expired or came from another site; log in again here."),
+        );
+    }
+    let address = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    let attempt = match service.login_throttle.admit(&form.user, address) {
+        Ok(attempt) => attempt,
+        Err(e) => return PageError(e).into_response(),
+    };
     let user = match service.store.user(&form.user).await {
         Ok(user) => user,
         Err(e) => return e.into_response(),
     };
-    // Verify against a dummy hash for unknown users too, so timing does not reveal names.
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let dummy =
-        DUMMY.get_or_init(|| crate::auth::hash_password("not a real password").unwrap_or_default());
-    let hash = user
-        .as_ref()
-        .map_or(dummy.as_str(), |u| u.password_hash.as_str());
-    let valid = verify_password(&form.password, hash) && user.is_some();
-    let Some(user) = user.filter(|_| valid) else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            login_form(Some("Unknown user or wrong password.")),
+    let valid = match service
+        .login_throttle
+        .verify(
+            form.password,
+            user.as_ref().map(|u| u.password_hash.clone()),
         )
-            .into_response();
+        .await
+    {
+        Ok(valid) => valid,
+        Err(e) => return e.into_response(),
     };
+    let Some(user) = user.filter(|_| valid) else {
+        service.login_throttle.failed(&attempt);
+        return login_response(
+            &service,
+            StatusCode::UNAUTHORIZED,
+            Some("Unknown user or wrong password."),
+        );
+    };
+    service.login_throttle.succeeded(&attempt);
     let (Ok(cookie), Ok(csrf)) = (random_secret("s"), random_secret("c")) else {
         return ServerError::Tuf("random".into()).into_response();
     };
@@ -254,12 +332,17 @@ async fn login(State(service): State<AppState>, Form(form): Form<LoginForm>) -> 
         )
         .await;
     let set = format!(
-        "{COOKIE}={cookie}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}",
-        hours * 3600
+        "{COOKIE}={cookie}; {}",
+        cookie_attributes(&service, hours * 3600)
     );
     let mut response = Redirect::to("/ui").into_response();
     if let Ok(value) = HeaderValue::from_str(&set) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    // The login token has served its purpose.
+    let spent = format!("{LOGIN_COOKIE}=; {}", cookie_attributes(&service, 0));
+    if let Ok(value) = HeaderValue::from_str(&spent) {
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
 }
@@ -274,16 +357,16 @@ async fn logout(
     user: UiUser,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if form.csrf != user.0.csrf {
+    if !crate::auth::secrets_equal(&form.csrf, &user.0.csrf) {
         return PageError(ServerError::Forbidden("stale form; reload the page".into()))
             .into_response();
     }
     let _ = service.store.delete_session(&user.0.id_hash).await;
     let mut response = Redirect::to("/ui/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("pb_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    let cleared = format!("{COOKIE}=; {}", cookie_attributes(&service, 0));
+    if let Ok(value) = HeaderValue::from_str(&cleared) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
     response
 }
 
@@ -804,7 +887,11 @@ async fn apply(
 ) -> Result<Response, PageError> {
     let caller = user.caller();
     caller.require(Role::Operator, "changing a channel")?;
-    if change.csrf.as_deref() != Some(user.0.csrf.as_str()) {
+    if !change
+        .csrf
+        .as_deref()
+        .is_some_and(|csrf| crate::auth::secrets_equal(csrf, &user.0.csrf))
+    {
         return Err(ServerError::Forbidden("stale or forged form; reload the page".into()).into());
     }
     let name = channel_name(&name)?;

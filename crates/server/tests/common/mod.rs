@@ -113,6 +113,20 @@ pub fn call(
     token: Option<&str>,
     body: Option<Body>,
 ) -> (u16, Value) {
+    let (status, value) = call_any(server, method, path, token, body);
+    assert!(status < 500, "{method} {path} -> {status}: {value}");
+    (status, value)
+}
+
+/// [`call`] for requests that are meant to fail on the server's side (a 5xx is returned, not
+/// a test failure); errors must still be JSON.
+pub fn call_any(
+    server: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Body>,
+) -> (u16, Value) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,7 +148,6 @@ pub fn call(
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        assert!(status < 500, "{method} {path} -> {status}: {text}");
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
         if status >= 400 {
             assert!(
@@ -225,4 +238,112 @@ pub fn bundle_bytes(level: u32, release_in_module: &str, livepatch: bool) -> Vec
 
 pub fn raw(bytes: Vec<u8>) -> Option<Body> {
     Some(Body::Raw(bytes, "application/octet-stream"))
+}
+
+/// One `patchbay-server` subcommand on `data`.
+pub fn cli(args: &[&str], data: &Path) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+/// The targets version the server's timestamp points to.
+pub fn served_targets_version(s: &Server) -> u64 {
+    let (_, ts) = call(s, "GET", "/tuf/metadata/timestamp.json", None, None);
+    let sv = ts["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let (_, snap) = call(
+        s,
+        "GET",
+        &format!("/tuf/metadata/{sv}.snapshot.json"),
+        None,
+        None,
+    );
+    snap["signed"]["meta"]["targets.json"]["version"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The served targets role (`signed.targets`).
+pub fn served_targets(s: &Server) -> Value {
+    let tv = served_targets_version(s);
+    let (_, targets) = call(
+        s,
+        "GET",
+        &format!("/tuf/metadata/{tv}.targets.json"),
+        None,
+        None,
+    );
+    targets["signed"]["targets"].clone()
+}
+
+/// A new API token with `role` (named after it).
+pub fn token(s: &Server, role: &str) -> String {
+    let out = cli(
+        &["token", "create", "--name", role, "--role", role],
+        &s.data,
+    );
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap()
+        .to_owned()
+}
+
+/// What a fresh host's TUF client (the agent's, trusting `1.root.json`) makes of the server
+/// now: the whole chain verified, or the client's refusal.
+pub fn fresh_client(s: &Server) -> Result<patchbay_updates::SignedRepo, String> {
+    let trusted = std::fs::read(s.data.join("tuf/metadata/1.root.json")).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(patchbay_updates::SignedRepo::load(
+        &trusted,
+        &patchbay_updates::Source::Server(s.url.parse().unwrap()),
+        store.path(),
+        patchbay_updates::Limits::default(),
+    ))
+    .map_err(|e| e.to_string())
+}
+
+/// Logs in to the dashboard as a browser does: the login page first (its form carries a
+/// CSRF token, its cookie the same), then the form. Returns the reply to the form.
+pub async fn ui_login(
+    client: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
+    let page = client.get(format!("{base}/ui/login")).send().await.unwrap();
+    let cookie = page.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    client
+        .post(format!("{base}/ui/login"))
+        .header("cookie", cookie)
+        .form(&[("user", user), ("password", password), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap()
 }
