@@ -117,16 +117,6 @@ pub(crate) fn level(n: u32) -> Result<PatchLevel, ServerError> {
 }
 
 pub fn router(service: Arc<Service>) -> Router {
-    let limits = Arc::new(RequestLimits {
-        slots: tokio::sync::Semaphore::new(
-            usize::try_from(service.config.limits.max_concurrent_requests)
-                .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)
-                .min(tokio::sync::Semaphore::MAX_PERMITS),
-        ),
-        timeout: std::time::Duration::from_secs(u64::from(
-            service.config.limits.request_timeout_secs,
-        )),
-    });
     let max_json = usize::try_from(service.config.limits.max_json_bytes).unwrap_or(usize::MAX);
     let max_bundle = usize::try_from(service.config.limits.max_bundle_bytes).unwrap_or(usize::MAX);
     let api = Router::new()
@@ -162,7 +152,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/audit", get(audit))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(max_json));
-    Router::new()
+    let app = Router::new()
         .nest("/api/v1", api)
         .route("/tuf/metadata/{file}", get(tuf_metadata))
         .route("/tuf/targets/{*path}", get(tuf_target))
@@ -177,8 +167,21 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(|| async {
             ServerError::NotFound("no such endpoint; see /api/v1/openapi.json".into())
         })
-        .with_state(service)
-        .layer(axum::middleware::from_fn_with_state(limits, limit_requests))
+        .with_state(service.clone());
+    bounded(app, &service.config.limits)
+}
+
+/// `app` with every request bounded by `limits` (see [`limit_requests`]).
+fn bounded(app: Router, limits: &crate::config::Limits) -> Router {
+    let limits = Arc::new(RequestLimits {
+        slots: tokio::sync::Semaphore::new(
+            usize::try_from(limits.max_concurrent_requests)
+                .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ),
+        timeout: std::time::Duration::from_secs(u64::from(limits.request_timeout_secs)),
+    });
+    app.layer(axum::middleware::from_fn_with_state(limits, limit_requests))
 }
 
 /// How many requests run at once and how long each may take (`[limits]` in config.toml).
@@ -189,16 +192,16 @@ struct RequestLimits {
 }
 
 /// Bounds every request: it waits for one of `limits.max_concurrent_requests` slots (503 when
-/// none frees up within the timeout), then must be answered, body upload included, within
-/// `limits.request_timeout_secs` (408). A slow or stalled client holds neither a task nor
-/// its buffers forever.
+/// none frees up within half the timeout: a full server says so rather than queue without
+/// end), then must be answered, body upload included, within `limits.request_timeout_secs`
+/// (408). A slow or stalled client holds neither a task nor its buffers forever.
 async fn limit_requests(
     State(limits): State<Arc<RequestLimits>>,
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
     let started = tokio::time::Instant::now();
-    let permit = match tokio::time::timeout(limits.timeout, limits.slots.acquire()).await {
+    let permit = match tokio::time::timeout(limits.timeout / 2, limits.slots.acquire()).await {
         Ok(Ok(permit)) => permit,
         Ok(Err(_)) | Err(_) => {
             return ServerError::Busy(
@@ -783,4 +786,75 @@ async fn metrics(
         out,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    /// A server whose `/hold` route answers only when the test says so (and says when a
+    /// request is inside), bounded like the real one.
+    async fn holding_server(
+        limits: crate::config::Limits,
+    ) -> (String, Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>) {
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (inside, gate) = (Arc::clone(&entered), Arc::clone(&release));
+        let app = Router::new()
+            .route(
+                "/hold",
+                get(move || async move {
+                    inside.notify_one();
+                    gate.notified().await;
+                    "released"
+                }),
+            )
+            .route("/quick", get(|| async { "quick" }));
+        let app = bounded(app, &limits);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, entered, release)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_beyond_the_concurrency_limit_is_refused_with_503() {
+        let limits = crate::config::Limits {
+            max_concurrent_requests: 1,
+            request_timeout_secs: 4,
+            ..crate::config::Limits::default()
+        };
+        let (url, entered, release) = holding_server(limits).await;
+        let client = reqwest::Client::new();
+        let held = tokio::spawn(client.get(format!("{url}/hold")).send());
+        entered.notified().await;
+        let refused = client.get(format!("{url}/quick")).send().await.unwrap();
+        assert_eq!(refused.status(), 503);
+        assert!(refused.headers().contains_key(header::RETRY_AFTER));
+        release.notify_one();
+        let held = held.await.unwrap().unwrap();
+        assert!(held.status() == 200 || held.status() == 408, "{held:?}");
+        let after = client.get(format!("{url}/quick")).send().await.unwrap();
+        assert_eq!(after.status(), 200, "the slot is free again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_takes_longer_than_the_timeout_is_cut_with_408() {
+        let limits = crate::config::Limits {
+            request_timeout_secs: 1,
+            ..crate::config::Limits::default()
+        };
+        let (url, _entered, _release) = holding_server(limits).await;
+        let response = reqwest::get(format!("{url}/hold")).await.unwrap();
+        assert_eq!(response.status(), 408);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("limits.request_timeout_secs"),
+            "{body}"
+        );
+    }
 }

@@ -1397,3 +1397,53 @@ impl Service {
         Ok(version)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn check_in_history_older_than_the_retention_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut config = ServerConfig::default();
+        config.retention.checkin_days = 30;
+        let report = Service::init(&data, None, config).await.unwrap();
+        let service = Service::open(&data).await.unwrap();
+        let reply = service
+            .register(RegisterRequest {
+                key: report.registration_key,
+                hostname: "web-1".into(),
+                kernel_release: "6.1.0-56-amd64".into(),
+                kernel_version: None,
+                build_id: "0123456789abcdef0123456789abcdef01234567".into(),
+                agent_version: "0.1.0".into(),
+            })
+            .await
+            .unwrap();
+        let host = service.host(&reply.host_id).await.unwrap();
+        for days_ago in [400, 31, 29, 0] {
+            let checkin = CheckIn {
+                kernel_release: host.kernel_release.clone(),
+                kernel_version: None,
+                build_id: host.build_id.clone(),
+                active_level: None,
+                state: "unpatched".into(),
+                last_error: None,
+                agent_version: "0.1.0".into(),
+                at: now() - days_ago * 86_400,
+            };
+            service
+                .store
+                .record_checkin(&host.id, &checkin)
+                .await
+                .unwrap();
+        }
+        assert_eq!(service.store.checkin_count().await.unwrap(), 4);
+        assert_eq!(service.prune_history().await.unwrap(), 2);
+        assert_eq!(service.store.checkin_count().await.unwrap(), 2);
+        // The host itself and its last state stay.
+        assert_eq!(service.host(&host.id).await.unwrap().hostname, "web-1");
+    }
+}

@@ -78,6 +78,11 @@ impl LoginThrottle {
             user: Subject::User(user.to_owned()),
             address: address.map_or(Subject::UnknownAddress, Subject::Address),
         };
+        self.check(&attempt)?;
+        Ok(attempt)
+    }
+
+    fn check(&self, attempt: &Attempt) -> Result<(), ServerError> {
         let now = Instant::now();
         let failures = self.lock();
         for subject in [&attempt.user, &attempt.address] {
@@ -90,14 +95,18 @@ impl LoginThrottle {
                 }
             }
         }
-        Ok(attempt)
+        Ok(())
     }
 
     /// Checks `password` against the PHC string `hash` on the blocking pool, one
     /// verification per CPU at a time. Without a hash (unknown user) it checks against a
     /// dummy one and answers false, so the time taken does not reveal which names exist.
+    ///
+    /// The lockout is checked again once a hashing slot is free: a burst of attempts admitted
+    /// together must not all be hashed after the first of them locked the subject out.
     pub async fn verify(
         &self,
+        attempt: &Attempt,
         password: String,
         hash: Option<String>,
     ) -> Result<bool, ServerError> {
@@ -107,6 +116,7 @@ impl LoginThrottle {
             .acquire()
             .await
             .map_err(|e| ServerError::Tuf(format!("password check: {e}")))?;
+        self.check(attempt)?;
         tokio::task::spawn_blocking(move || match hash {
             Some(hash) => crate::auth::verify_password(&password, &hash),
             None => {

@@ -290,13 +290,14 @@ async fn login(
     let valid = match service
         .login_throttle
         .verify(
+            &attempt,
             form.password,
             user.as_ref().map(|u| u.password_hash.clone()),
         )
         .await
     {
         Ok(valid) => valid,
-        Err(e) => return e.into_response(),
+        Err(e) => return PageError(e).into_response(),
     };
     let Some(user) = user.filter(|_| valid) else {
         service.login_throttle.failed(&attempt);

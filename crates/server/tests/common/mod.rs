@@ -170,6 +170,11 @@ pub fn error_of(v: &Value) -> String {
 
 /// A small ELF object with a livepatch's `.modinfo`, like the builder's modules.
 pub fn module(name: &str, release: &str, livepatch: bool) -> Vec<u8> {
+    module_with_padding(name, release, livepatch, 0)
+}
+
+/// [`module`] with a data section of `padding` bytes (a large bundle).
+pub fn module_with_padding(name: &str, release: &str, livepatch: bool, padding: usize) -> Vec<u8> {
     use object::write::Object;
     use object::{Architecture, BinaryFormat, Endianness, SectionKind};
     let mut elf = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
@@ -185,12 +190,27 @@ pub fn module(name: &str, release: &str, livepatch: bool) -> Vec<u8> {
         "{lp}license=GPL\0vermagic={release} SMP preempt mod_unload modversions \0name={name}\0"
     );
     elf.append_section_data(info, text.as_bytes(), 1);
+    if padding > 0 {
+        let pad = elf.add_section(Vec::new(), b".data.pad".to_vec(), SectionKind::Data);
+        let bytes: Vec<u8> = (0..padding).map(|i| (i * 31 % 251) as u8).collect();
+        elf.append_section_data(pad, &bytes, 1);
+    }
     elf.write().unwrap()
 }
 
 pub fn bundle_bytes(level: u32, release_in_module: &str, livepatch: bool) -> Vec<u8> {
+    bundle_bytes_padded(level, release_in_module, livepatch, 0)
+}
+
+/// [`bundle_bytes`] whose module carries `padding` more bytes.
+pub fn bundle_bytes_padded(
+    level: u32,
+    release_in_module: &str,
+    livepatch: bool,
+    padding: usize,
+) -> Vec<u8> {
     let name = format!("pb_{}_l{level}", &BUILD_ID[..12]);
-    let module = module(&name, release_in_module, livepatch);
+    let module = module_with_padding(&name, release_in_module, livepatch, padding);
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         kernel: KernelTarget {
@@ -314,14 +334,9 @@ pub fn fresh_client(s: &Server) -> Result<patchbay_updates::SignedRepo, String> 
     .map_err(|e| e.to_string())
 }
 
-/// Logs in to the dashboard as a browser does: the login page first (its form carries a
-/// CSRF token, its cookie the same), then the form. Returns the reply to the form.
-pub async fn ui_login(
-    client: &reqwest::Client,
-    base: &str,
-    user: &str,
-    password: &str,
-) -> reqwest::Response {
+/// The dashboard's login page as a browser gets it: the login cookie (`name=value`) and the
+/// CSRF token its form carries.
+pub async fn login_page(client: &reqwest::Client, base: &str) -> (String, String) {
     let page = client.get(format!("{base}/ui/login")).send().await.unwrap();
     let cookie = page.headers()["set-cookie"]
         .to_str()
@@ -339,6 +354,18 @@ pub async fn ui_login(
         .next()
         .unwrap()
         .to_owned();
+    (cookie, csrf)
+}
+
+/// Logs in to the dashboard as a browser does: the login page first (its form carries a
+/// CSRF token, its cookie the same), then the form. Returns the reply to the form.
+pub async fn ui_login(
+    client: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
+    let (cookie, csrf) = login_page(client, base).await;
     client
         .post(format!("{base}/ui/login"))
         .header("cookie", cookie)
@@ -346,4 +373,22 @@ pub async fn ui_login(
         .send()
         .await
         .unwrap()
+}
+
+/// A GET with a bearer token; returns the status and the body as text (CSV, metrics).
+pub fn get_text(server: &Server, path: &str, token: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", server.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    })
 }
