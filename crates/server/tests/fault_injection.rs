@@ -186,35 +186,6 @@ fn work(
     }
 }
 
-/// A fresh host's TUF client against the server: the chain from `1.root.json`, the target
-/// list, and the signed document of each channel.
-fn fresh_client_view(
-    s: &Server,
-    channels: &[ChannelName],
-) -> Result<(Vec<(String, String, u64)>, Vec<ChannelDoc>), String> {
-    let trusted = std::fs::read(s.data.join("tuf/metadata/1.root.json")).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let repo = patchbay_updates::SignedRepo::load(
-            &trusted,
-            &patchbay_updates::Source::Server(s.url.parse().unwrap()),
-            store.path(),
-            patchbay_updates::Limits::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let mut docs = Vec::new();
-        for channel in channels {
-            docs.push(repo.channel(channel).await.map_err(|e| e.to_string())?);
-        }
-        Ok((repo.target_list(), docs))
-    })
-}
-
 /// Everything the fault injection promises, checked after a restart.
 fn check_after_restart(s: &Server, acknowledged: &Acknowledged, kill: usize) {
     let admin = Some(s.admin.as_str());
@@ -225,7 +196,10 @@ fn check_after_restart(s: &Server, acknowledged: &Acknowledged, kill: usize) {
         .iter()
         .map(|c| c["name"].as_str().unwrap().parse().unwrap())
         .collect();
-    let (targets, signed_docs) = fresh_client_view(s, &names)
+    let ClientView {
+        targets,
+        channels: signed_docs,
+    } = fresh_client(s, &names)
         .unwrap_or_else(|e| panic!("after kill {kill}: a fresh TUF client refuses: {e}"));
     for (name, signed) in names.iter().zip(&signed_docs) {
         let (_, doc) = call(s, "GET", &format!("/api/v1/channels/{name}"), admin, None);

@@ -116,7 +116,7 @@ fn import_serves_only_the_newest_root_its_chain_verifies() {
         serde_json::from_slice(&std::fs::read(unpacked.join("metadata/2.root.json")).unwrap())
             .unwrap();
     assert_eq!(served_root(&inner), newest);
-    fresh_client(&inner).unwrap();
+    fresh_client(&inner, &[]).unwrap();
 }
 
 #[test]
@@ -331,7 +331,7 @@ fn a_mutation_whose_signing_fails_leaves_no_trace() {
     assert_eq!(served_targets_version(&s), targets);
     assert_eq!(audit_head(&s), audit);
     promote(&s, json!({"build_id": BUILD_ID, "level": 1}));
-    fresh_client(&s).unwrap();
+    fresh_client(&s, &[]).unwrap();
 }
 
 #[test]
@@ -360,11 +360,9 @@ fn serve_signs_at_start_what_a_crash_left_unsigned_and_a_publish_can_be_retried(
     assert!(targets[&bundle].is_object(), "{targets}");
     assert!(targets["channels/staging.json"].is_object(), "{targets}");
     assert_eq!(audit_head(&s)["action"], "reconcile");
-    let repo = fresh_client(&s).unwrap();
-    assert!(repo
-        .target_list()
-        .iter()
-        .any(|(name, _, _)| *name == bundle));
+    let view = fresh_client(&s, &["staging".parse().unwrap()]).unwrap();
+    assert!(view.targets.iter().any(|(name, _, _)| *name == bundle));
+    assert_eq!(view.channels[0].channel.as_str(), "staging");
 
     // A publish the database took but nobody signed is signed when it is sent again.
     std::fs::rename(&key, &away).unwrap();
@@ -379,7 +377,7 @@ fn serve_signs_at_start_what_a_crash_left_unsigned_and_a_publish_can_be_retried(
     let (status, v) = publish(&s, 2);
     assert_eq!(status, 409, "{v}");
     assert!(error_of(&v).contains("already published and signed"), "{v}");
-    fresh_client(&s).unwrap();
+    fresh_client(&s, &[]).unwrap();
 }
 
 #[test]

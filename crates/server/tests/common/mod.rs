@@ -316,22 +316,43 @@ pub fn token(s: &Server, role: &str) -> String {
         .to_owned()
 }
 
+/// What a fresh host's TUF client sees: the verified target list (name, sha256, length) and
+/// the signed documents of the channels asked for.
+pub struct ClientView {
+    pub targets: Vec<(String, String, u64)>,
+    pub channels: Vec<patchbay_core::ChannelDoc>,
+}
+
 /// What a fresh host's TUF client (the agent's, trusting `1.root.json`) makes of the server
-/// now: the whole chain verified, or the client's refusal.
-pub fn fresh_client(s: &Server) -> Result<patchbay_updates::SignedRepo, String> {
+/// now: the whole chain verified and `channels` read, or the client's refusal.
+pub fn fresh_client(
+    s: &Server,
+    channels: &[patchbay_core::ChannelName],
+) -> Result<ClientView, String> {
     let trusted = std::fs::read(s.data.join("tuf/metadata/1.root.json")).unwrap();
     let store = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(patchbay_updates::SignedRepo::load(
-        &trusted,
-        &patchbay_updates::Source::Server(s.url.parse().unwrap()),
-        store.path(),
-        patchbay_updates::Limits::default(),
-    ))
-    .map_err(|e| e.to_string())
+    rt.block_on(async {
+        let repo = patchbay_updates::SignedRepo::load(
+            &trusted,
+            &patchbay_updates::Source::Server(s.url.parse().unwrap()),
+            store.path(),
+            patchbay_updates::Limits::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut docs = Vec::new();
+        for channel in channels {
+            docs.push(repo.channel(channel).await.map_err(|e| e.to_string())?);
+        }
+        Ok(ClientView {
+            targets: repo.target_list(),
+            channels: docs,
+        })
+    })
 }
 
 /// The dashboard's login page as a browser gets it: the login cookie (`name=value`) and the
