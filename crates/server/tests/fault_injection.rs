@@ -286,15 +286,7 @@ fn kill_9_at_random_points_loses_nothing_acknowledged_and_keeps_the_chain_valid(
     eprintln!("fault injection seed {seed} (PATCHBAY_FAULT_SEED={seed} replays it)");
     let mut random = XorShift(seed | 1);
     let mut s = start(|t| t.to_owned());
-    let (status, host) = call(
-        &s,
-        "POST",
-        "/api/v1/register",
-        None,
-        Some(Body::Json(json!({
-            "key": s.registration_key, "hostname": "victim", "kernel_release": RELEASE,
-            "build_id": BUILD_ID, "agent_version": "check-0"}))),
-    );
+    let (status, host) = register_host(&s, &s.registration_key, "victim");
     assert_eq!(status, 201);
     let host_token = host["host_token"].as_str().unwrap().to_owned();
     let acknowledged = Arc::new(Mutex::new(Acknowledged::default()));

@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::process::Command;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 mod common;
 use common::*;
@@ -23,18 +23,6 @@ fn no_redirects() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-}
-
-fn register(s: &Server, key: &str, hostname: &str) -> (u16, Value) {
-    call(
-        s,
-        "POST",
-        "/api/v1/register",
-        None,
-        Some(Body::Json(json!({
-            "key": key, "hostname": hostname, "kernel_release": RELEASE,
-            "build_id": BUILD_ID, "agent_version": "0.1.0"}))),
-    )
 }
 
 fn add_user(s: &Server, name: &str, role: &str, password: &str) {
@@ -75,7 +63,7 @@ fn csv_cells_that_a_spreadsheet_would_evaluate_are_escaped() {
         "@SUM(A1)",
     ];
     for name in hostile {
-        assert_eq!(register(&s, &s.registration_key, name).0, 201);
+        assert_eq!(register_host(&s, &s.registration_key, name).0, 201);
     }
     let (status, csv) = get_text(&s, "/api/v1/reports/compliance?format=csv", &s.admin);
     assert_eq!(status, 200, "{csv}");
@@ -319,10 +307,10 @@ fn hosts_api_tokens_and_registration_keys_are_revoked() {
     let (status, v) = call(&s, "DELETE", &path, admin, None);
     assert_eq!(status, 200, "{v}");
     assert_eq!(call(&s, "DELETE", &path, admin, None).0, 404);
-    assert_eq!(register(&s, &key, "late").0, 401);
+    assert_eq!(register_host(&s, &key, "late").0, 401);
 
     // A host: its token stops working at once.
-    let (status, host) = register(&s, &s.registration_key, "web-1");
+    let (status, host) = register_host(&s, &s.registration_key, "web-1");
     assert_eq!(status, 201);
     let host_token = host["host_token"].as_str().unwrap().to_owned();
     let checkin = json!({"kernel_release": RELEASE, "build_id": BUILD_ID, "active_level": null,

@@ -18,16 +18,7 @@ const TUF_VERSION: &str = "7.0.1";
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 fn python() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-    let venv = cache.join(format!("patchbay/python/tuf-{TUF_VERSION}"));
-    assert!(
-        venv.join(".complete").exists(),
-        "python-tuf {TUF_VERSION} is not installed in {}: run scripts/setup",
-        venv.display()
-    );
-    venv.join("bin/python")
+    python_venv(&format!("tuf-{TUF_VERSION}")).join("bin/python")
 }
 
 /// One run of the reference client; fails the test with its whole output when it refuses.

@@ -413,3 +413,33 @@ pub fn get_text(server: &Server, path: &str, token: &str) -> (u16, String) {
         (status, response.text().await.unwrap())
     })
 }
+
+/// Registers a host with `key`; returns the status and the reply (host_id, host_token, …).
+pub fn register_host(s: &Server, key: &str, hostname: &str) -> (u16, Value) {
+    call(
+        s,
+        "POST",
+        "/api/v1/register",
+        None,
+        Some(Body::Json(serde_json::json!({
+            "key": key, "hostname": hostname, "kernel_release": RELEASE,
+            "build_id": BUILD_ID, "agent_version": "0.1.0"}))),
+    )
+}
+
+/// The venv `scripts/setup` installs a Python tool into (`~/.cache/patchbay/python/<name>`),
+/// or a test failure that says to run it.
+pub fn python_venv(name: &str) -> std::path::PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")
+        });
+    let venv = cache.join("patchbay/python").join(name);
+    assert!(
+        venv.join(".complete").exists(),
+        "{name} is not installed in {}: run scripts/setup",
+        venv.display()
+    );
+    venv
+}
