@@ -578,9 +578,18 @@ impl Service {
         }
         let targets = self.targets_from_db().await?;
         let version = self.tuf.publish(&targets).await?;
-        self.store
+        // Signed and served: the change has happened. A failing audit write must not make the
+        // caller undo the database change under metadata that already lists it.
+        if let Err(e) = self
+            .store
             .audit(now(), actor, action, detail, Some(version))
-            .await?;
+            .await
+        {
+            eprintln!(
+                "patchbay-server: WARNING: signed targets version {version} ({action}: \
+                 {detail}) but could not write its audit entry: {e}"
+            );
+        }
         Ok(Some(version))
     }
 
@@ -1136,10 +1145,9 @@ impl Service {
             .await
     }
 
-    /// Revokes an API token by id (the SHA-256 of the token, as `GET /api/v1/tokens` lists).
-    pub async fn revoke_token(&self, actor: &str, id: &str) -> Result<(), ServerError> {
-        let token = self
-            .store
+    /// An API token by id (the SHA-256 of the token, as `GET /api/v1/tokens` lists).
+    pub async fn token_by_id(&self, id: &str) -> Result<crate::store::TokenRecord, ServerError> {
+        self.store
             .tokens()
             .await?
             .into_iter()
@@ -1148,7 +1156,29 @@ impl Service {
                 ServerError::NotFound(format!(
                     "no API token {id:?}; GET /api/v1/tokens lists them"
                 ))
-            })?;
+            })
+    }
+
+    /// A registration key by id (its SHA-256, as `GET /api/v1/registration-keys` lists).
+    pub async fn registration_key_by_id(
+        &self,
+        id: &str,
+    ) -> Result<crate::store::RegistrationKeyRecord, ServerError> {
+        self.store
+            .registration_keys()
+            .await?
+            .into_iter()
+            .find(|k| k.id == id)
+            .ok_or_else(|| {
+                ServerError::NotFound(format!(
+                    "no registration key {id:?}; GET /api/v1/registration-keys lists them"
+                ))
+            })
+    }
+
+    /// Revokes an API token by id (the SHA-256 of the token, as `GET /api/v1/tokens` lists).
+    pub async fn revoke_token(&self, actor: &str, id: &str) -> Result<(), ServerError> {
+        let token = self.token_by_id(id).await?;
         self.store.remove_token(&token.id).await?;
         self.store
             .audit(
@@ -1164,17 +1194,7 @@ impl Service {
     /// Revokes a registration key by id (its SHA-256, as `GET /api/v1/registration-keys`
     /// lists); hosts registered with it stay registered.
     pub async fn revoke_registration_key(&self, actor: &str, id: &str) -> Result<(), ServerError> {
-        let key = self
-            .store
-            .registration_keys()
-            .await?
-            .into_iter()
-            .find(|k| k.id == id)
-            .ok_or_else(|| {
-                ServerError::NotFound(format!(
-                    "no registration key {id:?}; GET /api/v1/registration-keys lists them"
-                ))
-            })?;
+        let key = self.registration_key_by_id(id).await?;
         self.store.remove_registration_key(&key.id).await?;
         self.store
             .audit(

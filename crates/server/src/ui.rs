@@ -41,6 +41,8 @@ pub fn router() -> Router<AppState> {
         .route("/channels/{name}/confirm", get(confirm))
         .route("/channels/{name}/apply", post(apply))
         .route("/audit", get(audit))
+        .route("/access", get(access))
+        .route("/revoke", get(confirm_revoke).post(revoke))
         .route("/compliance", get(compliance))
         .route("/compliance.csv", get(compliance_csv))
         .route("/hosts/{id}/vex.json", get(host_vex))
@@ -51,6 +53,17 @@ pub fn router() -> Router<AppState> {
 struct UiUser(SessionRecord, Vec<String>);
 
 impl UiUser {
+    /// Refuses (403) a form without this session's CSRF token (compared in constant time).
+    fn check_form(&self, csrf: Option<&str>) -> Result<(), ServerError> {
+        if csrf.is_some_and(|csrf| crate::auth::secrets_equal(csrf, &self.0.csrf)) {
+            Ok(())
+        } else {
+            Err(ServerError::Forbidden(
+                "stale or forged form; reload the page".into(),
+            ))
+        }
+    }
+
     fn caller(&self) -> Caller {
         Caller {
             actor: format!("user:{}", self.0.user),
@@ -161,6 +174,7 @@ fn page(user: Option<&UiUser>, title: &str, body: Markup) -> Markup {
                         a href="/ui/channels" { "Channels" }
                         a href="/ui/compliance" { "Compliance" }
                         a href="/ui/audit" { "Audit log" }
+                        @if u.0.role == Role::Admin { a href="/ui/access" { "Access" } }
                         span.who {
                             (u.0.user) " (" (u.0.role) ") "
                             form.inline method="post" action="/ui/logout" {
@@ -358,9 +372,8 @@ async fn logout(
     user: UiUser,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !crate::auth::secrets_equal(&form.csrf, &user.0.csrf) {
-        return PageError(ServerError::Forbidden("stale form; reload the page".into()))
-            .into_response();
+    if let Err(e) = user.check_form(Some(&form.csrf)) {
+        return PageError(e).into_response();
     }
     let _ = service.store.delete_session(&user.0.id_hash).await;
     let mut response = Redirect::to("/ui/login").into_response();
@@ -589,6 +602,9 @@ async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<Stri
                 tr { th { "Agent" } td { (h.agent_version) } }
                 tr { th { "Registered" } td { (when(h.registered_at)) } }
                 tr { th { "Last check-in" } td { (when(h.last_checkin)) } }
+            }
+            @if user.0.role == Role::Admin {
+                p { a #revoke href={"/ui/revoke?kind=host&id=" (h.id)} { "Revoke this host…" } }
             }
             @if let Some(level) = level {
                 h2 { "Fixes live on this host" }
@@ -888,13 +904,7 @@ async fn apply(
 ) -> Result<Response, PageError> {
     let caller = user.caller();
     caller.require(Role::Operator, "changing a channel")?;
-    if !change
-        .csrf
-        .as_deref()
-        .is_some_and(|csrf| crate::auth::secrets_equal(csrf, &user.0.csrf))
-    {
-        return Err(ServerError::Forbidden("stale or forged form; reload the page".into()).into());
-    }
+    user.check_form(change.csrf.as_deref())?;
     let name = channel_name(&name)?;
     let build_id = build_id(&change.build_id)?;
     let chosen_level = || -> Result<PatchLevel, ServerError> {
@@ -946,6 +956,155 @@ async fn audit(State(service): State<AppState>, user: UiUser) -> PageResult {
             }
         },
     ))
+}
+
+/// What an administrator can revoke from the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Revocable {
+    Host,
+    Token,
+    RegistrationKey,
+}
+
+#[derive(Debug, Deserialize)]
+struct RevokeRequest {
+    kind: Revocable,
+    id: String,
+    csrf: Option<String>,
+}
+
+impl Revocable {
+    fn as_str(self) -> &'static str {
+        match self {
+            Revocable::Host => "host",
+            Revocable::Token => "token",
+            Revocable::RegistrationKey => "registration-key",
+        }
+    }
+}
+
+/// API tokens and registration keys, each with a way to revoke it (admins only).
+async fn access(State(service): State<AppState>, user: UiUser) -> PageResult {
+    user.caller()
+        .require(Role::Admin, "managing tokens and registration keys")?;
+    let tokens = service.store.tokens().await?;
+    let keys = service.store.registration_keys().await?;
+    Ok(page(
+        Some(&user),
+        "Access",
+        html! {
+            h1 { "Access" }
+            p { "Ids are the SHA-256 of each secret; the secrets themselves are not stored. Hosts are revoked from their own page." }
+            h2 { "API tokens" }
+            table #tokens {
+                tr { th { "Name" } th { "Role" } th { "Created" } th { "Id" } th {} }
+                @for t in &tokens {
+                    tr {
+                        td { (t.name) } td { (t.role) } td { (when(t.created_at)) }
+                        td { code { (crate::service::short_id(&t.id)) } }
+                        td { a href={"/ui/revoke?kind=token&id=" (t.id)} { "Revoke…" } }
+                    }
+                }
+            }
+            h2 { "Registration keys" }
+            table #registration-keys {
+                tr { th { "Channel" } th { "Created" } th { "Id" } th {} }
+                @for k in &keys {
+                    tr {
+                        td { (k.channel) } td { (when(k.created_at)) }
+                        td { code { (crate::service::short_id(&k.id)) } }
+                        td { a href={"/ui/revoke?kind=registration-key&id=" (k.id)} { "Revoke…" } }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+/// What revoking `kind` `id` does, in words, or why it cannot be revoked.
+async fn describe_revocation(
+    service: &Service,
+    kind: Revocable,
+    id: &str,
+) -> Result<String, ServerError> {
+    match kind {
+        Revocable::Host => {
+            let h = service.host(id).await?;
+            Ok(format!(
+                "Revoke host {} ({}, channel {}): it and its check-in history are deleted and \
+                 its token stops working; it must register again",
+                h.hostname, h.id, h.channel
+            ))
+        }
+        Revocable::Token => {
+            let t = service.token_by_id(id).await?;
+            Ok(format!(
+                "Revoke the {} API token {}: it stops working at once",
+                t.role, t.name
+            ))
+        }
+        Revocable::RegistrationKey => {
+            let k = service.registration_key_by_id(id).await?;
+            Ok(format!(
+                "Revoke registration key {} for channel {}: no host can register with it any \
+                 more (hosts registered with it stay)",
+                crate::service::short_id(&k.id),
+                k.channel
+            ))
+        }
+    }
+}
+
+async fn confirm_revoke(
+    State(service): State<AppState>,
+    user: UiUser,
+    Query(request): Query<RevokeRequest>,
+) -> PageResult {
+    user.caller().require(Role::Admin, "revoking access")?;
+    let summary = describe_revocation(&service, request.kind, &request.id).await?;
+    Ok(page(
+        Some(&user),
+        "Confirm",
+        html! {
+            h1 { "Confirm" }
+            p #summary { (summary) "?" }
+            form method="post" action="/ui/revoke" {
+                input type="hidden" name="kind" value=(request.kind.as_str());
+                input type="hidden" name="id" value=(request.id);
+                input type="hidden" name="csrf" value=(user.0.csrf);
+                button #confirm type="submit" { "Revoke" }
+                " " a href="/ui/access" { "Cancel" }
+            }
+        },
+    ))
+}
+
+async fn revoke(
+    State(service): State<AppState>,
+    user: UiUser,
+    Form(request): Form<RevokeRequest>,
+) -> Result<Response, PageError> {
+    let caller = user.caller();
+    caller.require(Role::Admin, "revoking access")?;
+    user.check_form(request.csrf.as_deref())?;
+    let next = match request.kind {
+        Revocable::Host => {
+            service.revoke_host(&caller.actor, &request.id).await?;
+            "/ui/hosts"
+        }
+        Revocable::Token => {
+            service.revoke_token(&caller.actor, &request.id).await?;
+            "/ui/access"
+        }
+        Revocable::RegistrationKey => {
+            service
+                .revoke_registration_key(&caller.actor, &request.id)
+                .await?;
+            "/ui/access"
+        }
+    };
+    Ok(Redirect::to(next).into_response())
 }
 
 async fn compliance(

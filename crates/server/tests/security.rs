@@ -277,6 +277,20 @@ fn a_stalled_upload_is_cut_with_408() {
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
 }
 
+/// The id (`GET /api/v1/tokens`) of the API token named `name`.
+fn token_id(s: &Server, name: &str) -> String {
+    let (_, tokens) = call(s, "GET", "/api/v1/tokens", Some(&s.admin), None);
+    tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 #[test]
 fn hosts_api_tokens_and_registration_keys_are_revoked() {
     let s = start(|t| t.to_owned());
@@ -334,16 +348,7 @@ fn hosts_api_tokens_and_registration_keys_are_revoked() {
     assert_eq!(hosts["hosts"].as_array().unwrap().len(), 0);
 
     // An API token.
-    let (_, tokens) = call(&s, "GET", "/api/v1/tokens", admin, None);
-    let id = tokens["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "operator")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = token_id(&s, "operator");
     assert_eq!(
         call(&s, "GET", "/api/v1/kernels", Some(&operator), None).0,
         200
@@ -365,4 +370,110 @@ fn hosts_api_tokens_and_registration_keys_are_revoked() {
     for action in ["registration-key-revoke", "host-revoke", "token-revoke"] {
         assert!(actions.contains(&action), "{action}: {actions:?}");
     }
+}
+
+#[test]
+fn the_dashboard_revokes_tokens_keys_and_hosts_for_admins_only() {
+    let s = start(|t| t.to_owned());
+    add_user(&s, "ada", "admin", "admin-password");
+    add_user(&s, "vera", "viewer", "viewer-password");
+    let operator = token(&s, "operator");
+    let (status, host) = register_host(&s, &s.registration_key, "web-1");
+    assert_eq!(status, 201);
+    let host_id = host["host_id"].as_str().unwrap().to_owned();
+    let operator_id = token_id(&s, "operator");
+    let page_text = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    };
+    runtime().block_on(async {
+        let client = no_redirects();
+        let session = |r: &reqwest::Response| {
+            r.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        let viewer = session(&ui_login(&client, &s.url, "vera", "viewer-password").await);
+        let get = |path: String, cookie: String| {
+            let client = client.clone();
+            let url = format!("{}{path}", s.url);
+            async move {
+                client
+                    .get(url)
+                    .header("cookie", cookie)
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(get("/ui/access".into(), viewer.clone()).await.status(), 403);
+
+        let admin = session(&ui_login(&client, &s.url, "ada", "admin-password").await);
+        let (status, access) = page_text(get("/ui/access".into(), admin.clone()).await).await;
+        assert_eq!(status, 200);
+        assert!(
+            access.contains(&format!("/ui/revoke?kind=token&amp;id={operator_id}")),
+            "{access}"
+        );
+
+        for (kind, id) in [("token", operator_id.as_str()), ("host", host_id.as_str())] {
+            let (status, confirm) =
+                page_text(get(format!("/ui/revoke?kind={kind}&id={id}"), admin.clone()).await)
+                    .await;
+            assert_eq!(status, 200, "{confirm}");
+            let csrf = csrf_in(&confirm);
+            let post = |form: Vec<(&'static str, String)>, cookie: String| {
+                let client = client.clone();
+                let url = format!("{}/ui/revoke", s.url);
+                async move {
+                    client
+                        .post(url)
+                        .header("cookie", cookie)
+                        .form(&form)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                }
+            };
+            let form = vec![("kind", kind.to_owned()), ("id", id.to_owned())];
+            // Without the session's token, and from a viewer: refused, nothing revoked.
+            assert_eq!(post(form.clone(), admin.clone()).await, 403);
+            let mut with_csrf = form.clone();
+            with_csrf.push(("csrf", csrf.clone()));
+            assert_eq!(post(with_csrf.clone(), viewer.clone()).await, 403);
+            assert_eq!(post(with_csrf, admin.clone()).await, 303);
+        }
+    });
+    assert_eq!(
+        call(&s, "GET", "/api/v1/kernels", Some(&operator), None).0,
+        401
+    );
+    assert_eq!(
+        call(
+            &s,
+            "GET",
+            &format!("/api/v1/hosts/{host_id}/exposure"),
+            Some(&s.admin),
+            None
+        )
+        .0,
+        404
+    );
+    let (_, audit) = call(&s, "GET", "/api/v1/audit", Some(&s.admin), None);
+    let revocations: Vec<(&str, &str)> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .filter(|(_, action)| action.ends_with("-revoke"))
+        .collect();
+    assert_eq!(
+        revocations,
+        [("user:ada", "host-revoke"), ("user:ada", "token-revoke")]
+    );
 }

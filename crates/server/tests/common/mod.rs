@@ -367,15 +367,18 @@ pub async fn login_page(client: &reqwest::Client, base: &str) -> (String, String
         .unwrap()
         .to_owned();
     let html = page.text().await.unwrap();
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
+    (cookie, csrf_in(&html))
+}
+
+/// The CSRF token a dashboard page's form carries.
+pub fn csrf_in(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"")
         .nth(1)
-        .unwrap()
+        .unwrap_or_else(|| panic!("no CSRF token in {html}"))
         .split('"')
         .next()
         .unwrap()
-        .to_owned();
-    (cookie, csrf)
+        .to_owned()
 }
 
 /// Logs in to the dashboard as a browser does: the login page first (its form carries a
