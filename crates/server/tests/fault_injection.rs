@@ -2,7 +2,9 @@
 //! pause while the server process is killed with SIGKILL at random moments, at least
 //! [`KILLS`] times. After every restart a fresh TUF client (the agent's, trusting only
 //! `1.root.json`) verifies the whole chain, every channel's signed document equals the
-//! database's, and nothing the server acknowledged is lost.
+//! database's, and nothing the server acknowledged is lost; a host that has seen every
+//! earlier version (the agent's client with a kept datastore, and every tenth kill the
+//! reference client, python-tuf) still accepts the chain: no version went backwards.
 //!
 //! The moments are random (xorshift, seed printed; `PATCHBAY_FAULT_SEED` replays a run); the
 //! loop is bounded by the number of kills, not by time.
@@ -186,8 +188,41 @@ fn work(
     }
 }
 
+/// The hosts that watch the whole run: each keeps what it trusted across every restart, so
+/// a version that went backwards after a crash would be refused.
+struct LongLivedHosts {
+    /// tough's datastore (the agent's client).
+    agent_store: tempfile::TempDir,
+    /// python-tuf's metadata directory and its trust anchor.
+    reference_dir: tempfile::TempDir,
+}
+
+/// How often the reference client (a Python process, slower) checks the chain.
+const REFERENCE_CLIENT_EVERY: usize = 10;
+
 /// Everything the fault injection promises, checked after a restart.
-fn check_after_restart(s: &Server, acknowledged: &Acknowledged, kill: usize) {
+fn check_after_restart(
+    s: &Server,
+    acknowledged: &Acknowledged,
+    kill: usize,
+    hosts: &LongLivedHosts,
+) {
+    tuf_client(s, &[], hosts.agent_store.path()).unwrap_or_else(|e| {
+        panic!("after kill {kill}: a host that saw every earlier version refuses: {e}")
+    });
+    if kill.is_multiple_of(REFERENCE_CLIENT_EVERY) {
+        let root = hosts.reference_dir.path().join("1.root.json");
+        if !root.exists() {
+            std::fs::copy(s.data.join("tuf/metadata/1.root.json"), &root).unwrap();
+        }
+        reference_client(
+            s,
+            &hosts.reference_dir.path().join("client"),
+            &root,
+            &["channels/production.json"],
+            &[],
+        );
+    }
     let admin = Some(s.admin.as_str());
     let (_, channels) = call(s, "GET", "/api/v1/channels", admin, None);
     let names: Vec<ChannelName> = channels["channels"]
@@ -289,6 +324,10 @@ fn kill_9_at_random_points_loses_nothing_acknowledged_and_keeps_the_chain_valid(
     let (status, host) = register_host(&s, &s.registration_key, "victim");
     assert_eq!(status, 201);
     let host_token = host["host_token"].as_str().unwrap().to_owned();
+    let hosts = LongLivedHosts {
+        agent_store: tempfile::tempdir().unwrap(),
+        reference_dir: tempfile::tempdir().unwrap(),
+    };
     let acknowledged = Arc::new(Mutex::new(Acknowledged::default()));
     let next_checkin = Arc::new(Mutex::new(0u64));
     for kill in 1..=KILLS {
@@ -309,7 +348,7 @@ fn kill_9_at_random_points_loses_nothing_acknowledged_and_keeps_the_chain_valid(
         stop.store(true, Ordering::SeqCst);
         worker.join().unwrap();
         let snapshot = acknowledged.lock().unwrap().clone();
-        check_after_restart(&s, &snapshot, kill);
+        check_after_restart(&s, &snapshot, kill, &hosts);
     }
     let a = acknowledged.lock().unwrap();
     eprintln!(

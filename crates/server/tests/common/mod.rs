@@ -329,8 +329,18 @@ pub fn fresh_client(
     s: &Server,
     channels: &[patchbay_core::ChannelName],
 ) -> Result<ClientView, String> {
-    let trusted = std::fs::read(s.data.join("tuf/metadata/1.root.json")).unwrap();
     let store = tempfile::tempdir().unwrap();
+    tuf_client(s, channels, store.path())
+}
+
+/// [`fresh_client`] with the client's datastore in `store`: run again with the same store it
+/// is a host that remembers every version it saw (rollback and freeze are refused).
+pub fn tuf_client(
+    s: &Server,
+    channels: &[patchbay_core::ChannelName],
+    store: &Path,
+) -> Result<ClientView, String> {
+    let trusted = std::fs::read(s.data.join("tuf/metadata/1.root.json")).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -339,7 +349,7 @@ pub fn fresh_client(
         let repo = patchbay_updates::SignedRepo::load(
             &trusted,
             &patchbay_updates::Source::Server(s.url.parse().unwrap()),
-            store.path(),
+            store,
             patchbay_updates::Limits::default(),
         )
         .await
@@ -445,4 +455,39 @@ pub fn python_venv(name: &str) -> std::path::PathBuf {
         venv.display()
     );
     venv
+}
+
+/// The python-tuf version `scripts/setup` installs for [`reference_client`].
+pub const PYTHON_TUF_VERSION: &str = "7.0.1";
+
+/// One run of the reference TUF client (python-tuf's ngclient, `tests/tuf_reference_client.py`)
+/// against the server: bootstraps from `root`, keeps what it trusted in `client_dir` (as a
+/// real host does), refreshes and downloads `targets`. Fails the test with its whole output
+/// when it refuses.
+pub fn reference_client(
+    s: &Server,
+    client_dir: &Path,
+    root: &Path,
+    targets: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Value {
+    let python = python_venv(&format!("tuf-{PYTHON_TUF_VERSION}")).join("bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tuf_reference_client.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(&s.url)
+        .arg(client_dir)
+        .arg(root)
+        .args(targets)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python-tuf refused the repository ({}) for {targets:?}:\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
