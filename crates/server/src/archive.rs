@@ -62,6 +62,24 @@ pub async fn export(service: &Service, output: &Path) -> Result<ExportSummary, S
     Ok(summary)
 }
 
+/// Removes the unpack directories (`tuf/.import-<pid>`) of imports that were killed: the
+/// caller holds the mutation lock, so no import is running.
+fn remove_stale_imports(tuf_dir: &Path) -> Result<(), ServerError> {
+    let entries = match std::fs::read_dir(tuf_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(tuf_dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| io(tuf_dir, e))?;
+        if entry.file_name().to_string_lossy().starts_with(".import-") {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(|e| io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// The newest root a loaded chain verified: its file name in the archive and its bytes.
 struct VerifiedRoot {
     name: String,
@@ -92,8 +110,11 @@ pub async fn import(
 ) -> Result<ImportSummary, ServerError> {
     let tuf_dir = service.data_dir.join("tuf");
     let trusted_path = tuf_dir.join("mirror-root.json");
+    // One import at a time, and none while another command changes the metadata; whatever
+    // an import killed earlier left unpacked is removed first.
+    let _guard = service.lock_mutations().await?;
+    remove_stale_imports(&tuf_dir)?;
     let unpacked = tuf_dir.join(format!(".import-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&unpacked);
     std::fs::create_dir_all(&unpacked).map_err(|e| io(&unpacked, e))?;
     let result = async {
         patchbay_updates::archive::unpack(archive, &unpacked)

@@ -308,7 +308,7 @@ fn keep_served_hosts(
 }
 
 /// Held while a mutation runs (see [`Service::lock_mutations`]).
-struct MutationGuard<'a> {
+pub(crate) struct MutationGuard<'a> {
     _in_process: tokio::sync::MutexGuard<'a, ()>,
     _between_processes: patchbay_core::fsutil::FileLock,
 }
@@ -518,7 +518,7 @@ impl Service {
     /// Serialises every change of the database and the signed metadata: within this process
     /// (the mutex) and with the CLI commands that change them while `serve` runs (`root
     /// rotate`, `import-signed`, … take the same `flock` on `<data>/mutation.lock`).
-    async fn lock_mutations(&self) -> Result<MutationGuard<'_>, ServerError> {
+    pub(crate) async fn lock_mutations(&self) -> Result<MutationGuard<'_>, ServerError> {
         let in_process = self.lock.lock().await;
         let path = self.data_dir.join("mutation.lock");
         let lock_path = path.clone();

@@ -100,6 +100,10 @@ fn import_serves_only_the_newest_root_its_chain_verifies() {
         .unwrap();
 
     let inner = start(|t| t.to_owned());
+    // What an import killed earlier left unpacked goes at the next import.
+    let stale = inner.data.join("tuf/.import-999999/metadata");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("root.json"), b"left by a killed import").unwrap();
     let before = served_root(&inner);
     let out = cli(&["import", forged.to_str().unwrap()], &inner.data);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -109,6 +113,13 @@ fn import_serves_only_the_newest_root_its_chain_verifies() {
         "{stderr}"
     );
     assert_eq!(served_root(&inner), before, "nothing of it is served");
+    assert!(!inner.data.join("tuf/.import-999999").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(inner.data.join("tuf"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".import-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 
     let out = cli(&["import", archive.to_str().unwrap()], &inner.data);
     assert!(out.status.success(), "{out:?}");
