@@ -137,9 +137,12 @@ pub struct Limits {
     /// A request not answered within this many seconds (body upload included) is cut with
     /// 408, so slow clients cannot hold connections and memory forever.
     pub request_timeout_secs: u32,
-    /// Requests handled at once; more wait (up to the request timeout) and are then
+    /// Requests handled at once; more wait (up to half the request timeout) and are then
     /// answered 503.
     pub max_concurrent_requests: u32,
+    /// A connection that moves no byte either way for this many seconds is closed (half a
+    /// request line, a download nobody reads, an idle keep-alive).
+    pub idle_connection_secs: u32,
 }
 
 impl Default for ServerConfig {
@@ -176,6 +179,7 @@ impl Default for Limits {
             max_json_bytes: 1 << 20,
             request_timeout_secs: 120,
             max_concurrent_requests: 1024,
+            idle_connection_secs: 120,
         }
     }
 }
@@ -221,9 +225,13 @@ impl ServerConfig {
         if self.limits.max_bundle_bytes == 0 || self.limits.max_json_bytes == 0 {
             return Err(bad("limits must be at least 1 byte"));
         }
-        if self.limits.request_timeout_secs == 0 || self.limits.max_concurrent_requests == 0 {
+        if self.limits.request_timeout_secs == 0
+            || self.limits.max_concurrent_requests == 0
+            || self.limits.idle_connection_secs == 0
+        {
             return Err(bad(
-                "limits.request_timeout_secs and limits.max_concurrent_requests must be at least 1",
+                "limits.request_timeout_secs, limits.max_concurrent_requests and \
+                 limits.idle_connection_secs must be at least 1",
             ));
         }
         if self.ui.login_failures_per_user == 0
@@ -271,8 +279,11 @@ impl ServerConfig {
              max_json_bytes = {max_json}\n\
              # A request not answered within this many seconds (upload included) gets 408.\n\
              request_timeout_secs = {request_timeout}\n\
-             # Requests handled at once; more wait, up to the timeout, then get 503.\n\
+             # Requests handled at once; more wait, up to half the timeout, then get 503.\n\
              max_concurrent_requests = {max_concurrent}\n\
+             # A connection that moves no byte either way for this many seconds is closed\n\
+             # (half a request, a download nobody reads, an idle keep-alive).\n\
+             idle_connection_secs = {idle_connection}\n\
              \n\
              [ui]\n\
              # Dashboard sessions expire after this many hours.\n\
@@ -310,6 +321,7 @@ impl ServerConfig {
             metrics_access = self.metrics.access.as_str(),
             request_timeout = l.request_timeout_secs,
             max_concurrent = l.max_concurrent_requests,
+            idle_connection = l.idle_connection_secs,
             per_user = self.ui.login_failures_per_user,
             per_address = self.ui.login_failures_per_address,
             lockout = self.ui.login_lockout_secs,

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod cve;
 pub mod error;
+pub mod listener;
 pub mod objects;
 pub mod service;
 pub mod store;

@@ -555,9 +555,12 @@ async fn serve(data: &Path, listen: Option<String>) -> Result<()> {
         }
     });
     println!("listening on http://{local}");
-    // With each connection's peer address: failed logins are counted per address.
-    let app =
-        patchbay_server::api::router(service).into_make_service_with_connect_info::<SocketAddr>();
+    // Connections that go quiet are closed; each request knows its peer's address (failed
+    // logins are counted per address).
+    let idle = Duration::from_secs(u64::from(service.config.limits.idle_connection_secs));
+    let listener = patchbay_server::listener::IdleTimeoutListener::new(listener, idle);
+    let app = patchbay_server::api::router(service)
+        .into_make_service_with_connect_info::<patchbay_server::listener::PeerAddress>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

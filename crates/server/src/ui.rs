@@ -290,9 +290,11 @@ async fn login(
             Some("The login form expired or came from another site; log in again here."),
         );
     }
+    // `serve` gives every request its peer's address; a router served without it (in-process
+    // tests) counts all its clients as one address.
     let address = extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip());
+        .get::<axum::extract::ConnectInfo<crate::listener::PeerAddress>>()
+        .map(|info| info.0 .0.ip());
     let attempt = match service.login_throttle.admit(&form.user, address) {
         Ok(attempt) => attempt,
         Err(e) => return PageError(e).into_response(),

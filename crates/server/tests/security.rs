@@ -477,3 +477,61 @@ fn the_dashboard_revokes_tokens_keys_and_hosts_for_admins_only() {
         [("user:ada", "host-revoke"), ("user:ada", "token-revoke")]
     );
 }
+
+/// Reads until the server closes the connection; the bytes read. A 60 s read timeout is only
+/// the test's safety net: a server that never closes fails the test with `WouldBlock`.
+fn read_until_closed(stream: &mut std::net::TcpStream) -> Result<usize, std::io::Error> {
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let mut total = 0;
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(total),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[test]
+fn quiet_connections_are_closed_half_a_request_or_an_unread_download() {
+    const SIZE: usize = 24 << 20;
+    let s = start(|t| t.replace("idle_connection_secs = 120", "idle_connection_secs = 2"));
+    let address = s.url.strip_prefix("http://").unwrap();
+
+    // Half a request: the headers never end.
+    let mut half = std::net::TcpStream::connect(address).unwrap();
+    write!(half, "GET /healthz HTTP/1.1\r\nHost: patchbay\r\n").unwrap();
+    let answered = read_until_closed(&mut half).expect("the server kept a half request open");
+    assert_eq!(answered, 0, "nothing is answered to half a request");
+
+    // A download its client stops reading: the server gives up on it instead of holding the
+    // connection (and its buffers) for ever.
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/bundles",
+        Some(&s.admin),
+        raw(bundle_bytes_padded(1, RELEASE, true, SIZE)),
+    );
+    assert_eq!(status, 201, "{v}");
+    let target = &served_targets(&s)[format!("bundles/{BUILD_ID}/1.pbb")];
+    let sha = target["hashes"]["sha256"].as_str().unwrap();
+    let mut download = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        download,
+        "GET /tuf/targets/{sha}.bundles/{BUILD_ID}/1.pbb HTTP/1.1\r\nHost: patchbay\r\n\r\n"
+    )
+    .unwrap();
+    // The client reads nothing for longer than the idle time (the socket buffers hold only
+    // a small part of the 24 MiB), then everything it can.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let received = read_until_closed(&mut download).expect("the server kept a stalled download");
+    assert!(
+        received < SIZE,
+        "the whole target ({received} bytes) went to a client that stopped reading"
+    );
+    // Clients that do read are served as before.
+    assert_eq!(call(&s, "GET", "/healthz", None, None).0, 200);
+}
