@@ -203,22 +203,30 @@ fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
+/// Publishes level 1 with `padding` bytes more in its module; the signed target's sha256
+/// and length.
+fn publish_large(s: &Server, padding: usize) -> (String, u64) {
+    let (status, v) = call(
+        s,
+        "POST",
+        "/api/v1/bundles",
+        Some(&s.admin),
+        raw(bundle_bytes_padded(1, RELEASE, true, padding)),
+    );
+    assert_eq!(status, 201, "{v}");
+    let target = &served_targets(s)[format!("bundles/{BUILD_ID}/1.pbb")];
+    (
+        target["hashes"]["sha256"].as_str().unwrap().to_owned(),
+        target["length"].as_u64().unwrap(),
+    )
+}
+
 #[test]
 fn many_downloads_of_a_large_target_at_once_keep_memory_flat() {
     const SIZE: usize = 24 << 20;
     const DOWNLOADS: usize = 24;
     let s = start(|t| t.to_owned());
-    let (status, v) = call(
-        &s,
-        "POST",
-        "/api/v1/bundles",
-        Some(&s.admin),
-        raw(bundle_bytes_padded(1, RELEASE, true, SIZE)),
-    );
-    assert_eq!(status, 201, "{v}");
-    let target = &served_targets(&s)[format!("bundles/{BUILD_ID}/1.pbb")];
-    let sha = target["hashes"]["sha256"].as_str().unwrap().to_owned();
-    let length = target["length"].as_u64().unwrap();
+    let (sha, length) = publish_large(&s, SIZE);
     let pid = s.child.id();
     // Peak memory from here on (the upload's own buffers are gone).
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
@@ -508,16 +516,7 @@ fn quiet_connections_are_closed_half_a_request_or_an_unread_download() {
 
     // A download its client stops reading: the server gives up on it instead of holding the
     // connection (and its buffers) for ever.
-    let (status, v) = call(
-        &s,
-        "POST",
-        "/api/v1/bundles",
-        Some(&s.admin),
-        raw(bundle_bytes_padded(1, RELEASE, true, SIZE)),
-    );
-    assert_eq!(status, 201, "{v}");
-    let target = &served_targets(&s)[format!("bundles/{BUILD_ID}/1.pbb")];
-    let sha = target["hashes"]["sha256"].as_str().unwrap();
+    let (sha, _) = publish_large(&s, SIZE);
     let mut download = std::net::TcpStream::connect(address).unwrap();
     write!(
         download,
