@@ -2,8 +2,9 @@
 //! pause while the server process is killed with SIGKILL at random moments, at least
 //! [`KILLS`] times. After every restart a fresh TUF client (the agent's, trusting only
 //! `1.root.json`) verifies the whole chain, every channel's signed document equals the
-//! database's, and nothing the server acknowledged is lost; a host that has seen every
-//! earlier version (the agent's client with a kept datastore, and every tenth kill the
+//! database's, and nothing the server acknowledged is lost (about one round in four also
+//! kills the next process while it starts and reconciles); a host that has seen every
+//! earlier version (the agent's client with a kept datastore, and every eighth round the
 //! reference client, python-tuf) still accepts the chain: no version went backwards.
 //!
 //! The moments are random (xorshift, seed printed; `PATCHBAY_FAULT_SEED` replays a run); the
@@ -197,8 +198,8 @@ struct LongLivedHosts {
     reference_dir: tempfile::TempDir,
 }
 
-/// How often the reference client (a Python process, slower) checks the chain.
-const REFERENCE_CLIENT_EVERY: usize = 10;
+/// How often (in rounds) the reference client, a slower Python process, checks the chain.
+const REFERENCE_CLIENT_EVERY: usize = 8;
 
 /// Everything the fault injection promises, checked after a restart.
 fn check_after_restart(
@@ -206,11 +207,12 @@ fn check_after_restart(
     acknowledged: &Acknowledged,
     kill: usize,
     hosts: &LongLivedHosts,
+    reference: bool,
 ) {
     tuf_client(s, &[], hosts.agent_store.path()).unwrap_or_else(|e| {
         panic!("after kill {kill}: a host that saw every earlier version refuses: {e}")
     });
-    if kill.is_multiple_of(REFERENCE_CLIENT_EVERY) {
+    if reference {
         let root = hosts.reference_dir.path().join("1.root.json");
         if !root.exists() {
             std::fs::copy(s.data.join("tuf/metadata/1.root.json"), &root).unwrap();
@@ -330,7 +332,11 @@ fn kill_9_at_random_points_loses_nothing_acknowledged_and_keeps_the_chain_valid(
     };
     let acknowledged = Arc::new(Mutex::new(Acknowledged::default()));
     let next_checkin = Arc::new(Mutex::new(0u64));
-    for kill in 1..=KILLS {
+    let mut kills = 0;
+    let mut kills_at_start = 0;
+    let mut round = 0;
+    while kills < KILLS {
+        round += 1;
         let stop = Arc::new(AtomicBool::new(false));
         let worker = {
             let (url, admin, token) = (s.url.clone(), s.admin.clone(), host_token.clone());
@@ -343,16 +349,35 @@ fn kill_9_at_random_points_loses_nothing_acknowledged_and_keeps_the_chain_valid(
         };
         // A random moment: often in the middle of a request, sometimes between two.
         std::thread::sleep(Duration::from_millis(random.below(250)));
-        // SIGKILL, then a new process on the same data.
+        if random.below(4) == 0 {
+            // SIGKILL, then once more while the next process starts (and reconciles what
+            // the first kill left).
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+            kills += 1;
+            let mut starting = std::process::Command::new(bin())
+                .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+                .arg(&s.data)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(random.below(60)));
+            let _ = starting.kill();
+            let _ = starting.wait();
+            kills_at_start += 1;
+        }
+        // SIGKILL (if still running), then a new process on the same data.
         s.restart_with_env(&[]);
+        kills += 1;
         stop.store(true, Ordering::SeqCst);
         worker.join().unwrap();
         let snapshot = acknowledged.lock().unwrap().clone();
-        check_after_restart(&s, &snapshot, kill, &hosts);
+        let reference = round % REFERENCE_CLIENT_EVERY == 0;
+        check_after_restart(&s, &snapshot, kills, &hosts, reference);
     }
     let a = acknowledged.lock().unwrap();
     eprintln!(
-        "{KILLS} kills: {} levels, {} check-ins acknowledged",
+        "{kills} kills ({kills_at_start} while starting): {} levels, {} check-ins acknowledged",
         a.levels.len(),
         a.checkin.unwrap_or(0)
     );
