@@ -133,8 +133,18 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/channels/{name}/pin", post(pin))
         .route("/channels/{name}/unpin", post(unpin))
         .route("/channels/{name}/rollback", post(rollback))
-        .route("/registration-keys", post(registration_key))
+        .route(
+            "/registration-keys",
+            get(registration_keys).post(registration_key),
+        )
+        .route(
+            "/registration-keys/{id}",
+            axum::routing::delete(revoke_registration_key),
+        )
+        .route("/tokens", get(tokens))
+        .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/hosts", get(hosts))
+        .route("/hosts/{id}", axum::routing::delete(revoke_host))
         .route("/hosts/{id}/exposure", get(host_exposure))
         .route("/hosts/{id}/vex", get(host_vex))
         .route("/cve/exposure/{version}", get(cve_exposure))
@@ -142,7 +152,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/audit", get(audit))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(max_json));
-    Router::new()
+    let app = Router::new()
         .nest("/api/v1", api)
         .route("/tuf/metadata/{file}", get(tuf_metadata))
         .route("/tuf/targets/{*path}", get(tuf_target))
@@ -157,7 +167,63 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(|| async {
             ServerError::NotFound("no such endpoint; see /api/v1/openapi.json".into())
         })
-        .with_state(service)
+        .with_state(service.clone());
+    bounded(app, &service.config.limits)
+}
+
+/// `app` with every request bounded by `limits` (see [`limit_requests`]).
+fn bounded(app: Router, limits: &crate::config::Limits) -> Router {
+    let limits = Arc::new(RequestLimits {
+        slots: tokio::sync::Semaphore::new(
+            usize::try_from(limits.max_concurrent_requests)
+                .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ),
+        timeout: std::time::Duration::from_secs(u64::from(limits.request_timeout_secs)),
+    });
+    app.layer(axum::middleware::from_fn_with_state(limits, limit_requests))
+}
+
+/// How many requests run at once and how long each may take (`[limits]` in config.toml).
+#[derive(Debug)]
+struct RequestLimits {
+    slots: tokio::sync::Semaphore,
+    timeout: std::time::Duration,
+}
+
+/// Bounds every request: it waits for one of `limits.max_concurrent_requests` slots (503 when
+/// none frees up within half the timeout: a full server says so rather than queue without
+/// end), then must be answered, body upload included, within `limits.request_timeout_secs`
+/// (408). A slow or stalled client holds neither a task nor its buffers forever.
+async fn limit_requests(
+    State(limits): State<Arc<RequestLimits>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = tokio::time::Instant::now();
+    let permit = match tokio::time::timeout(limits.timeout / 2, limits.slots.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) | Err(_) => {
+            return ServerError::Busy(
+                "the server is handling as many requests as it may \
+                 (limits.max_concurrent_requests); retry shortly"
+                    .into(),
+            )
+            .into_response()
+        }
+    };
+    let left = limits.timeout.saturating_sub(started.elapsed());
+    let response = match tokio::time::timeout(left, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ServerError::Timeout(format!(
+            "the request was not complete within {} s (limits.request_timeout_secs); send it \
+             faster or raise the limit",
+            limits.timeout.as_secs()
+        ))
+        .into_response(),
+    };
+    drop(permit);
+    response
 }
 
 async fn register(
@@ -374,6 +440,56 @@ async fn registration_key(
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "key": key }))).into_response())
 }
 
+async fn registration_keys(
+    State(service): State<AppState>,
+    Api(caller): Api,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Admin, "listing registration keys")?;
+    Ok(Json(
+        serde_json::json!({ "registration_keys": service.store.registration_keys().await? }),
+    ))
+}
+
+async fn revoke_registration_key(
+    State(service): State<AppState>,
+    Api(caller): Api,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Admin, "revoking a registration key")?;
+    service.revoke_registration_key(&caller.actor, &id).await?;
+    Ok(Json(serde_json::json!({ "revoked": id })))
+}
+
+async fn tokens(
+    State(service): State<AppState>,
+    Api(caller): Api,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Admin, "listing API tokens")?;
+    Ok(Json(
+        serde_json::json!({ "tokens": service.store.tokens().await? }),
+    ))
+}
+
+async fn revoke_token(
+    State(service): State<AppState>,
+    Api(caller): Api,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Admin, "revoking an API token")?;
+    service.revoke_token(&caller.actor, &id).await?;
+    Ok(Json(serde_json::json!({ "revoked": id })))
+}
+
+async fn revoke_host(
+    State(service): State<AppState>,
+    Api(caller): Api,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    caller.require(Role::Admin, "revoking a host")?;
+    service.revoke_host(&caller.actor, &id).await?;
+    Ok(Json(serde_json::json!({ "revoked": id })))
+}
+
 async fn hosts(
     State(service): State<AppState>,
     Api(caller): Api,
@@ -484,7 +600,7 @@ async fn tuf_target(
 ) -> Result<Response, ServerError> {
     let not_found = || ServerError::NotFound(format!("no TUF target {path:?}"));
     let hash = consistent_target_hash(&path).ok_or_else(not_found)?;
-    let bytes = service.objects.get(hash).await?.ok_or_else(not_found)?;
+    let (length, body) = service.objects.stream(hash).await?.ok_or_else(not_found)?;
     Ok((
         [
             (
@@ -495,8 +611,9 @@ async fn tuf_target(
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("public, max-age=31536000, immutable"),
             ),
+            (header::CONTENT_LENGTH, HeaderValue::from(length)),
         ],
-        bytes,
+        body,
     )
         .into_response())
 }
@@ -589,9 +706,20 @@ async fn compliance(
     }
 }
 
-/// Prometheus text format: hosts by state, exposed CVEs by severity (distinct CVEs still open
+/// Prometheus text format (for any API token, or disabled by config): hosts by state, exposed CVEs by severity (distinct CVEs still open
 /// somewhere in the fleet), hosts breaching the window, check-ins, errors.
-async fn metrics(State(service): State<AppState>) -> Result<Response, ServerError> {
+async fn metrics(
+    State(service): State<AppState>,
+    caller: Result<Api, ServerError>,
+) -> Result<Response, ServerError> {
+    if service.config.metrics.access == crate::config::MetricsAccess::Disabled {
+        return Err(ServerError::NotFound(
+            "/metrics is disabled on this server (metrics.access = \"disabled\" in config.toml)"
+                .into(),
+        ));
+    }
+    let Api(caller) = caller?;
+    caller.require(Role::Viewer, "reading /metrics")?;
     let hosts = service.hosts(&HostFilter::default()).await?;
     let mut by_state: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for h in &hosts {
@@ -658,4 +786,75 @@ async fn metrics(State(service): State<AppState>) -> Result<Response, ServerErro
         out,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    /// A server whose `/hold` route answers only when the test says so (and says when a
+    /// request is inside), bounded like the real one.
+    async fn holding_server(
+        limits: crate::config::Limits,
+    ) -> (String, Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>) {
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (inside, gate) = (Arc::clone(&entered), Arc::clone(&release));
+        let app = Router::new()
+            .route(
+                "/hold",
+                get(move || async move {
+                    inside.notify_one();
+                    gate.notified().await;
+                    "released"
+                }),
+            )
+            .route("/quick", get(|| async { "quick" }));
+        let app = bounded(app, &limits);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, entered, release)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_beyond_the_concurrency_limit_is_refused_with_503() {
+        let limits = crate::config::Limits {
+            max_concurrent_requests: 1,
+            request_timeout_secs: 4,
+            ..crate::config::Limits::default()
+        };
+        let (url, entered, release) = holding_server(limits).await;
+        let client = reqwest::Client::new();
+        let held = tokio::spawn(client.get(format!("{url}/hold")).send());
+        entered.notified().await;
+        let refused = client.get(format!("{url}/quick")).send().await.unwrap();
+        assert_eq!(refused.status(), 503);
+        assert!(refused.headers().contains_key(header::RETRY_AFTER));
+        release.notify_one();
+        let held = held.await.unwrap().unwrap();
+        assert!(held.status() == 200 || held.status() == 408, "{held:?}");
+        let after = client.get(format!("{url}/quick")).send().await.unwrap();
+        assert_eq!(after.status(), 200, "the slot is free again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_takes_longer_than_the_timeout_is_cut_with_408() {
+        let limits = crate::config::Limits {
+            request_timeout_secs: 1,
+            ..crate::config::Limits::default()
+        };
+        let (url, _entered, _release) = holding_server(limits).await;
+        let response = reqwest::get(format!("{url}/hold")).await.unwrap();
+        assert_eq!(response.status(), 408);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("limits.request_timeout_secs"),
+            "{body}"
+        );
+    }
 }

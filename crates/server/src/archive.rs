@@ -62,6 +62,47 @@ pub async fn export(service: &Service, output: &Path) -> Result<ExportSummary, S
     Ok(summary)
 }
 
+/// Removes the unpack directories (`tuf/.import-<pid>`) of imports that were killed: the
+/// caller holds the mutation lock, so no import is running.
+fn remove_stale_imports(tuf_dir: &Path) -> Result<(), ServerError> {
+    let entries = match std::fs::read_dir(tuf_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(tuf_dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| io(tuf_dir, e))?;
+        if entry.file_name().to_string_lossy().starts_with(".import-") {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(|e| io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The newest root a loaded chain verified: its file name in the archive and its bytes.
+struct VerifiedRoot {
+    name: String,
+    bytes: Vec<u8>,
+}
+
+fn verified_root_file(repo: &SignedRepo, metadata: &Path) -> Result<VerifiedRoot, ServerError> {
+    let unreadable = |e: String| ServerError::Unprocessable(format!("the verified root: {e}"));
+    let root: serde_json::Value =
+        serde_json::from_slice(&repo.root_json().map_err(|e| unreadable(e.to_string()))?)
+            .map_err(|e| unreadable(e.to_string()))?;
+    let version = root
+        .pointer("/signed/version")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| unreadable("it has no version".into()))?;
+    let name = format!("{version}.root.json");
+    let path = metadata.join(&name);
+    // The client read this very file from the private unpack directory, so these are the
+    // bytes it verified.
+    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    Ok(VerifiedRoot { name, bytes })
+}
+
 pub async fn import(
     service: &Service,
     archive: &Path,
@@ -69,8 +110,11 @@ pub async fn import(
 ) -> Result<ImportSummary, ServerError> {
     let tuf_dir = service.data_dir.join("tuf");
     let trusted_path = tuf_dir.join("mirror-root.json");
+    // One import at a time, and none while another command changes the metadata; whatever
+    // an import killed earlier left unpacked is removed first.
+    let _guard = service.lock_mutations().await?;
+    remove_stale_imports(&tuf_dir)?;
     let unpacked = tuf_dir.join(format!(".import-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&unpacked);
     std::fs::create_dir_all(&unpacked).map_err(|e| io(&unpacked, e))?;
     let result = async {
         patchbay_updates::archive::unpack(archive, &unpacked)
@@ -98,6 +142,23 @@ pub async fn import(
         )
         .await
         .map_err(|e| ServerError::Unprocessable(e.to_string()))?;
+        // The root hosts fetch unversioned is the newest one the chain verified, as the
+        // client read it from the archive (`N.root.json`), never the archive's own
+        // `root.json`, which nothing signs into the chain.
+        let source_meta = unpacked.join("metadata");
+        let verified_root = verified_root_file(&repo, &source_meta)?;
+        let unversioned = source_meta.join("root.json");
+        if unversioned.exists() {
+            let archived = std::fs::read(&unversioned).map_err(|e| io(&unversioned, e))?;
+            if archived != verified_root.bytes {
+                return Err(ServerError::Unprocessable(format!(
+                    "{}: its metadata/root.json is not {}, the newest root its chain verifies; \
+                     refused (nothing imported). Export the archive again on the outer server",
+                    archive.display(),
+                    verified_root.name
+                )));
+            }
+        }
         let list = repo.target_list();
         for (name, _sha, _len) in &list {
             let bytes = repo
@@ -109,25 +170,30 @@ pub async fn import(
                 })?;
             service.objects.put(Bytes::from(bytes)).await?;
         }
-        // Metadata last, timestamp.json very last: agents never see a chain whose targets are
-        // not stored yet.
-        let source_meta = unpacked.join("metadata");
+        // Metadata after the targets, root.json and timestamp.json last: agents never see a
+        // chain whose targets are not stored yet.
         let mut names: Vec<String> = std::fs::read_dir(&source_meta)
             .map_err(|e| io(&source_meta, e))?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".json") && n != "timestamp.json")
+            .filter(|n| n.ends_with(".json") && n != "timestamp.json" && n != "root.json")
             .collect();
         names.sort();
-        names.push("timestamp.json".into());
         std::fs::create_dir_all(&service.tuf.metadata_dir)
             .map_err(|e| io(&service.tuf.metadata_dir, e))?;
+        let served_root = service.tuf.metadata_dir.join("root.json");
         for name in &names {
             let from = source_meta.join(name);
             let bytes = std::fs::read(&from).map_err(|e| io(&from, e))?;
             let to = service.tuf.metadata_dir.join(name);
             patchbay_core::fsutil::write_atomic(&to, &bytes).map_err(|e| io(&to, e))?;
         }
+        patchbay_core::fsutil::write_atomic(&served_root, &verified_root.bytes)
+            .map_err(|e| io(&served_root, e))?;
+        let from = source_meta.join("timestamp.json");
+        let bytes = std::fs::read(&from).map_err(|e| io(&from, e))?;
+        let to = service.tuf.metadata_dir.join("timestamp.json");
+        patchbay_core::fsutil::write_atomic(&to, &bytes).map_err(|e| io(&to, e))?;
         let root_json = repo
             .root_json()
             .map_err(|e| ServerError::Unprocessable(e.to_string()))?;

@@ -99,6 +99,20 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether two secrets (CSRF tokens) are equal, in a time that depends on their length only:
+/// an early exit at the first differing byte would let a caller find a token byte by byte.
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a
+        .iter()
+        .zip(b)
+        .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
+    std::hint::black_box(difference) == 0
+}
+
 /// A user name: 1 to 64 of letters, digits, `.`, `_`, `-`, `@`.
 pub fn check_username(name: &str) -> Result<(), ServerError> {
     let ok = !name.is_empty()
@@ -141,5 +155,13 @@ mod tests {
         assert!(!verify_password("wrong horse", &phc));
         assert!(!verify_password("x", "not a hash"));
         assert!(hash_password("short").is_err());
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(secrets_equal("c_0123", "c_0123"));
+        assert!(!secrets_equal("c_0123", "c_0124"));
+        assert!(!secrets_equal("c_0123", "c_012"));
+        assert!(!secrets_equal("", "x"));
     }
 }

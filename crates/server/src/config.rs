@@ -16,6 +16,62 @@ pub struct ServerConfig {
     pub tuf: TufConfig,
     pub limits: Limits,
     pub ui: UiConfig,
+    pub metrics: MetricsConfig,
+    pub retention: RetentionConfig,
+}
+
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    /// Any API token (viewer or higher), as `Authorization: Bearer` (Prometheus
+    /// `authorization` / `bearer_token_file`).
+    Token,
+    /// Not served at all (404).
+    Disabled,
+}
+
+impl MetricsAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricsAccess::Token => "token",
+            MetricsAccess::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub access: MetricsAccess,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            access: MetricsAccess::Token,
+        }
+    }
+}
+
+/// How browsers reach the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Plain HTTP (a trusted network, or a test).
+    Http,
+    /// Through TLS (a reverse proxy in front): session cookies are sent over TLS only
+    /// (`Secure`).
+    Https,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::Https => "https",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,11 +79,37 @@ pub struct ServerConfig {
 pub struct UiConfig {
     /// Dashboard sessions expire after this many hours.
     pub session_hours: u32,
+    /// How browsers reach the dashboard; `https` marks the session cookie `Secure`.
+    pub served_over: Transport,
+    /// Failed logins before a user name, or a client address, is locked out.
+    pub login_failures_per_user: u32,
+    pub login_failures_per_address: u32,
+    /// How long a lockout lasts (and the window failures are counted in).
+    pub login_lockout_secs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Check-in history older than this is deleted (each host's last state stays).
+    pub checkin_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { checkin_days: 90 }
+    }
 }
 
 impl Default for UiConfig {
     fn default() -> Self {
-        UiConfig { session_hours: 12 }
+        UiConfig {
+            session_hours: 12,
+            served_over: Transport::Http,
+            login_failures_per_user: 5,
+            login_failures_per_address: 50,
+            login_lockout_secs: 900,
+        }
     }
 }
 
@@ -52,6 +134,15 @@ pub struct Limits {
     pub max_bundle_bytes: u64,
     /// Largest JSON request body.
     pub max_json_bytes: u64,
+    /// A request not answered within this many seconds (body upload included) is cut with
+    /// 408, so slow clients cannot hold connections and memory forever.
+    pub request_timeout_secs: u32,
+    /// Requests handled at once; more wait (up to half the request timeout) and are then
+    /// answered 503.
+    pub max_concurrent_requests: u32,
+    /// A connection that moves no byte either way for this many seconds is closed (half a
+    /// request line, a download nobody reads, an idle keep-alive).
+    pub idle_connection_secs: u32,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +153,8 @@ impl Default for ServerConfig {
             tuf: TufConfig::default(),
             limits: Limits::default(),
             ui: UiConfig::default(),
+            metrics: MetricsConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -84,6 +177,9 @@ impl Default for Limits {
         Limits {
             max_bundle_bytes: 64 << 20,
             max_json_bytes: 1 << 20,
+            request_timeout_secs: 120,
+            max_concurrent_requests: 1024,
+            idle_connection_secs: 120,
         }
     }
 }
@@ -129,6 +225,26 @@ impl ServerConfig {
         if self.limits.max_bundle_bytes == 0 || self.limits.max_json_bytes == 0 {
             return Err(bad("limits must be at least 1 byte"));
         }
+        if self.limits.request_timeout_secs == 0
+            || self.limits.max_concurrent_requests == 0
+            || self.limits.idle_connection_secs == 0
+        {
+            return Err(bad(
+                "limits.request_timeout_secs, limits.max_concurrent_requests and \
+                 limits.idle_connection_secs must be at least 1",
+            ));
+        }
+        if self.ui.login_failures_per_user == 0
+            || self.ui.login_failures_per_address == 0
+            || self.ui.login_lockout_secs == 0
+        {
+            return Err(bad(
+                "ui.login_failures_per_* and ui.login_lockout_secs must be at least 1",
+            ));
+        }
+        if self.retention.checkin_days == 0 {
+            return Err(bad("retention.checkin_days must be at least 1"));
+        }
         Ok(())
     }
 
@@ -161,10 +277,35 @@ impl ServerConfig {
              max_bundle_bytes = {max_bundle}\n\
              # Largest JSON request body, in bytes.\n\
              max_json_bytes = {max_json}\n\
+             # A request not answered within this many seconds (upload included) gets 408.\n\
+             request_timeout_secs = {request_timeout}\n\
+             # Requests handled at once; more wait, up to half the timeout, then get 503.\n\
+             max_concurrent_requests = {max_concurrent}\n\
+             # A connection that moves no byte either way for this many seconds is closed\n\
+             # (half a request, a download nobody reads, an idle keep-alive).\n\
+             idle_connection_secs = {idle_connection}\n\
              \n\
              [ui]\n\
              # Dashboard sessions expire after this many hours.\n\
-             session_hours = {session_hours}\n",
+             session_hours = {session_hours}\n\
+             # \"https\" when browsers reach the dashboard through TLS (a reverse proxy): the\n\
+             # session cookie is then marked Secure and never sent over plain HTTP.\n\
+             served_over = {served_over:?}\n\
+             # Failed logins before a user name, or a client address, is locked out (429) for\n\
+             # login_lockout_secs. Behind a reverse proxy every client has the proxy's address.\n\
+             login_failures_per_user = {per_user}\n\
+             login_failures_per_address = {per_address}\n\
+             login_lockout_secs = {lockout}\n\
+             \n\
+             [metrics]\n\
+             # Who may read /metrics: \"token\" (any API token, viewer or higher, as a bearer\n\
+             # token) or \"disabled\".\n\
+             access = {metrics_access:?}\n\
+             \n\
+             [retention]\n\
+             # Check-in history older than this many days is deleted (hosts keep their last\n\
+             # state).\n\
+             checkin_days = {checkin_days}\n",
             listen = self.listen,
             database = self.database,
             root_keys = t.root_keys,
@@ -176,6 +317,15 @@ impl ServerConfig {
             max_bundle = l.max_bundle_bytes,
             max_json = l.max_json_bytes,
             session_hours = self.ui.session_hours,
+            served_over = self.ui.served_over.as_str(),
+            metrics_access = self.metrics.access.as_str(),
+            request_timeout = l.request_timeout_secs,
+            max_concurrent = l.max_concurrent_requests,
+            idle_connection = l.idle_connection_secs,
+            per_user = self.ui.login_failures_per_user,
+            per_address = self.ui.login_failures_per_address,
+            lockout = self.ui.login_lockout_secs,
+            checkin_days = self.retention.checkin_days,
         )
     }
 }

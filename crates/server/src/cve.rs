@@ -240,11 +240,20 @@ pub fn compliance(
         .collect()
 }
 
+/// One CSV cell. A cell a spreadsheet would read as a formula (it starts with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return; a hostname is whatever the host sent) gets a leading `'`
+/// so it is shown as text, never evaluated.
 fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
+    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let text = if formula {
+        format!("'{text}")
     } else {
         text.to_owned()
+    };
+    if formula || text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
     }
 }
 
@@ -260,8 +269,8 @@ pub fn compliance_csv(rows: &[ComplianceRow]) -> String {
             csv_field(&r.hostname),
             csv_field(&r.channel),
             csv_field(&r.kernel_release),
-            r.upstream_version.clone().unwrap_or_default(),
-            r.effective_version.clone().unwrap_or_default(),
+            csv_field(r.upstream_version.as_deref().unwrap_or_default()),
+            csv_field(r.effective_version.as_deref().unwrap_or_default()),
             r.active_level.map(|l| l.to_string()).unwrap_or_default(),
             csv_field(&r.state),
             r.base_cves.to_string(),

@@ -22,6 +22,18 @@ pub enum ServerError {
     TooLarge(String),
     #[error("{0}")]
     OfflineKey(String),
+    /// Too many attempts (failed logins); answered with `Retry-After`.
+    #[error("{message} (retry in {retry_after_secs} s)")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// The request took longer than `limits.request_timeout_secs`.
+    #[error("{0}")]
+    Timeout(String),
+    /// More requests at once than `limits.max_concurrent_requests`.
+    #[error("{0}")]
+    Busy(String),
     #[error("TUF: {0}")]
     Tuf(String),
     #[error("database: {0}")]
@@ -47,7 +59,9 @@ impl ServerError {
             ServerError::Conflict(_) => StatusCode::CONFLICT,
             ServerError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ServerError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ServerError::OfflineKey(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServerError::OfflineKey(_) | ServerError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServerError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ServerError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ServerError::Tuf(_)
             | ServerError::Database(_)
             | ServerError::Objects(_)
@@ -63,10 +77,23 @@ impl IntoResponse for ServerError {
         if status.is_server_error() {
             eprintln!("patchbay-server: error: {self}");
         }
-        (
+        let retry_after = match &self {
+            ServerError::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ServerError::Busy(_) => Some(1),
+            _ => None,
+        };
+        let mut response = (
             status,
             axum::Json(serde_json::json!({ "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

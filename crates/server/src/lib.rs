@@ -13,9 +13,11 @@ pub mod auth;
 pub mod config;
 pub mod cve;
 pub mod error;
+pub mod listener;
 pub mod objects;
 pub mod service;
 pub mod store;
+pub mod throttle;
 pub mod tuf;
 pub mod ui;
 

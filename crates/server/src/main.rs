@@ -515,11 +515,32 @@ async fn serve(data: &Path, listen: Option<String>) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    // Before the first request and the first refresh: sign what a crash left unsigned.
+    match service.reconcile().await {
+        Ok(Some(version)) => eprintln!(
+            "patchbay-server: signed targets version {version}: the database held changes a \
+             crash had left unsigned"
+        ),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "patchbay-server: WARNING: the database holds changes the signed metadata does not, \
+             and signing them failed: {e}"
+        ),
+    }
     let refresher = Arc::clone(&service);
     tokio::spawn(async move {
         let mut rounds: u64 = 0;
         loop {
             refresh_metadata(&refresher).await;
+            if rounds.is_multiple_of(60) {
+                match refresher.prune_history().await {
+                    Ok(0) => {}
+                    Ok(n) => eprintln!(
+                        "patchbay-server: deleted {n} check-ins older than retention.checkin_days"
+                    ),
+                    Err(e) => eprintln!("patchbay-server: check-in history pruning failed: {e}"),
+                }
+            }
             if let Err(e) = refresher.reload_cve_if_changed() {
                 eprintln!("patchbay-server: CVE database reload failed: {e}");
             }
@@ -534,7 +555,13 @@ async fn serve(data: &Path, listen: Option<String>) -> Result<()> {
         }
     });
     println!("listening on http://{local}");
-    axum::serve(listener, patchbay_server::api::router(service))
+    // Connections that go quiet are closed; each request knows its peer's address (failed
+    // logins are counted per address).
+    let idle = Duration::from_secs(u64::from(service.config.limits.idle_connection_secs));
+    let listener = patchbay_server::listener::IdleTimeoutListener::new(listener, idle);
+    let app = patchbay_server::api::router(service)
+        .into_make_service_with_connect_info::<patchbay_server::listener::PeerAddress>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

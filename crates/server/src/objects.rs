@@ -68,6 +68,26 @@ impl Objects {
         }
     }
 
+    /// A blob as a stream of chunks with its length, so serving it holds one chunk in memory
+    /// at a time however large it is and however many hosts download it at once.
+    pub async fn stream(
+        &self,
+        sha256: &str,
+    ) -> Result<Option<(u64, axum::body::Body)>, ServerError> {
+        let path = key(sha256)?;
+        match self.store.get(&path).await {
+            Ok(result) => {
+                let length = result.meta.size;
+                Ok(Some((
+                    length,
+                    axum::body::Body::from_stream(result.into_stream()),
+                )))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(ServerError::Objects(format!("read {sha256}: {e}"))),
+        }
+    }
+
     pub async fn delete(&self, sha256: &str) -> Result<(), ServerError> {
         let path = key(sha256)?;
         self.store

@@ -46,6 +46,11 @@ pub fn secret_hash(secret: &str) -> String {
         .to_owned()
 }
 
+/// The first 12 hex digits of an id, for logs and pages.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 fn random_hex(n: usize) -> Result<String, ServerError> {
     let mut bytes = vec![0u8; n];
     getrandom::fill(&mut bytes).map_err(|e| ServerError::Tuf(format!("random: {e}")))?;
@@ -138,6 +143,8 @@ pub struct Service {
     pub objects: Objects,
     pub tuf: TufRepo,
     lock: Mutex<()>,
+    /// Failed dashboard logins per user and address (see [`crate::throttle`]).
+    pub login_throttle: crate::throttle::LoginThrottle,
     /// The CVE database (`cve sync`), swapped whole when the file changes.
     cve: std::sync::RwLock<(
         Option<std::time::SystemTime>,
@@ -226,8 +233,82 @@ fn check_livepatch_module(bundle: &Bundle) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// What differs between the targets the server holds (`wanted`) and a signed role's
+/// (`listed`), target by target: missing, unexpected, or with other hashes, length or custom
+/// data.
+fn describe_difference(
+    wanted: &BTreeMap<String, TargetEntry>,
+    listed: &BTreeMap<String, TargetEntry>,
+) -> String {
+    let mut parts = Vec::new();
+    for (name, entry) in wanted {
+        match listed.get(name) {
+            None => parts.push(format!("missing {name}")),
+            Some(other) if other.sha256 != entry.sha256 || other.length != entry.length => parts
+                .push(format!(
+                    "{name} has sha256 {} and length {} instead of {} and {}",
+                    other.sha256, other.length, entry.sha256, entry.length
+                )),
+            Some(other) if other.custom != entry.custom => {
+                parts.push(format!("{name} has other custom data"))
+            }
+            Some(_) => {}
+        }
+    }
+    for name in listed.keys().filter(|n| !wanted.contains_key(*n)) {
+        parts.push(format!("unexpected {name}"));
+    }
+    parts.join("; ")
+}
+
+/// The rollout of a re-promotion of the level `current` already rolls out, on a new schedule
+/// (`effective_at`, `planned` waves): the share of hosts that have the level `at` now keeps it
+/// from now on, and the new schedule only ever adds hosts. Host buckets depend on the build
+/// and the level only, so the same hosts stay in.
+fn keep_served_hosts(
+    current: &KernelRollout,
+    at: i64,
+    effective_at: i64,
+    planned: Vec<Wave>,
+) -> KernelRollout {
+    let served = current.percent_at(at);
+    if served == 0 {
+        return KernelRollout {
+            effective_at,
+            waves: planned,
+            pinned: false,
+            ..current.clone()
+        };
+    }
+    if served >= 100 {
+        // Every host has it already; a new schedule cannot add anyone.
+        return KernelRollout {
+            pinned: false,
+            ..current.clone()
+        };
+    }
+    let mut waves = vec![Wave {
+        at,
+        percent: served,
+    }];
+    if planned.is_empty() {
+        waves.push(Wave {
+            at: effective_at.max(at),
+            percent: 100,
+        });
+    } else {
+        waves.extend(planned.into_iter().filter(|w| w.percent > served));
+    }
+    KernelRollout {
+        effective_at: at,
+        waves,
+        pinned: false,
+        ..current.clone()
+    }
+}
+
 /// Held while a mutation runs (see [`Service::lock_mutations`]).
-struct MutationGuard<'a> {
+pub(crate) struct MutationGuard<'a> {
     _in_process: tokio::sync::MutexGuard<'a, ()>,
     _between_processes: patchbay_core::fsutil::FileLock,
 }
@@ -326,6 +407,11 @@ impl Service {
             data_dir: data_dir.to_path_buf(),
             tuf: TufRepo::new(data_dir, config.tuf.clone()),
             objects: Objects::local(&data_dir.join("objects"))?,
+            login_throttle: crate::throttle::LoginThrottle::new(crate::throttle::LoginLimits {
+                failures_per_user: config.ui.login_failures_per_user,
+                failures_per_address: config.ui.login_failures_per_address,
+                lockout: std::time::Duration::from_secs(u64::from(config.ui.login_lockout_secs)),
+            }),
             config,
             store: Arc::new(store),
             lock: Mutex::new(()),
@@ -432,7 +518,7 @@ impl Service {
     /// Serialises every change of the database and the signed metadata: within this process
     /// (the mutex) and with the CLI commands that change them while `serve` runs (`root
     /// rotate`, `import-signed`, … take the same `flock` on `<data>/mutation.lock`).
-    async fn lock_mutations(&self) -> Result<MutationGuard<'_>, ServerError> {
+    pub(crate) async fn lock_mutations(&self) -> Result<MutationGuard<'_>, ServerError> {
         let in_process = self.lock.lock().await;
         let path = self.data_dir.join("mutation.lock");
         let lock_path = path.clone();
@@ -492,10 +578,53 @@ impl Service {
         }
         let targets = self.targets_from_db().await?;
         let version = self.tuf.publish(&targets).await?;
-        self.store
+        // Signed and served: the change has happened. A failing audit write must not make the
+        // caller undo the database change under metadata that already lists it.
+        if let Err(e) = self
+            .store
             .audit(now(), actor, action, detail, Some(version))
-            .await?;
+            .await
+        {
+            eprintln!(
+                "patchbay-server: WARNING: signed targets version {version} ({action}: \
+                 {detail}) but could not write its audit entry: {e}"
+            );
+        }
         Ok(Some(version))
+    }
+
+    /// Signs what the database holds when the served targets role says otherwise: a crash
+    /// between a mutation's database change and its signature leaves that (`serve` calls this
+    /// at start). With the targets key offline unsigned changes are normal and wait for the
+    /// administrator; a mirror signs nothing. Returns the new targets version, if it signed.
+    pub async fn reconcile(&self) -> Result<Option<u64>, ServerError> {
+        let _guard = self.lock_mutations().await?;
+        if self.is_mirror() || !self.tuf.has_targets_key() {
+            return Ok(None);
+        }
+        let wanted = self.targets_from_db().await?;
+        let served = self
+            .tuf
+            .current_targets()?
+            .map(|t| crate::tuf::target_entries(&t.signed))
+            .unwrap_or_default();
+        if wanted == served {
+            return Ok(None);
+        }
+        let detail = format!(
+            "signed the database's state that a crash left unsigned ({})",
+            describe_difference(&wanted, &served)
+        );
+        self.resign("serve", "reconcile", &detail).await
+    }
+
+    /// Whether the served targets role lists target `name` with this sha256.
+    fn served_target_is(&self, name: &str, sha256: &str) -> Result<bool, ServerError> {
+        Ok(self.tuf.current_targets()?.is_some_and(|t| {
+            crate::tuf::target_entries(&t.signed)
+                .get(name)
+                .is_some_and(|e| e.sha256 == sha256)
+        }))
     }
 
     /// The next targets role, unsigned, for signing with an offline targets key.
@@ -514,20 +643,12 @@ impl Service {
         let parsed: tough::schema::Signed<tough::schema::Targets> = serde_json::from_slice(signed)
             .map_err(|e| ServerError::BadRequest(format!("not a signed targets role: {e}")))?;
         let expected = self.targets_from_db().await?;
-        let listed: std::collections::BTreeSet<String> = parsed
-            .signed
-            .targets
-            .keys()
-            .map(|name| name.raw().to_owned())
-            .collect();
-        let wanted: std::collections::BTreeSet<String> = expected.keys().cloned().collect();
-        if listed != wanted {
-            let missing: Vec<_> = wanted.difference(&listed).collect();
-            let extra: Vec<_> = listed.difference(&wanted).collect();
+        let listed = crate::tuf::target_entries(&parsed.signed);
+        if listed != expected {
             return Err(ServerError::Conflict(format!(
                 "the signed targets role does not list what the server holds now (it changed \
-                 since export-unsigned: missing {missing:?}, unexpected {extra:?}); export, sign \
-                 and import again"
+                 since export-unsigned: {}); export, sign and import again",
+                describe_difference(&expected, &listed)
             )));
         }
         let version = self.tuf.install_targets(signed).await?;
@@ -616,6 +737,32 @@ impl Service {
             }
         }
         let newest = existing.iter().map(|l| l.level.get()).max().unwrap_or(0);
+        let upload_sha256 = patchbay_core::Sha256::of(&bytes).as_str().to_owned();
+        if let Some(same) = existing
+            .iter()
+            .find(|l| l.level == level && l.sha256 == upload_sha256)
+        {
+            // The same bundle again. Once signed, there is nothing to do; before (a crash or
+            // a failed signature after the database took it) it is a retry: sign it now.
+            let target = bundle_target_name(&build_id, level);
+            if self.served_target_is(&target, &same.sha256)? {
+                return Err(ServerError::Conflict(format!(
+                    "level {level} of kernel {build_id} is already published and signed with \
+                     these exact bytes (sha256 {}); nothing to do",
+                    same.sha256
+                )));
+            }
+            let detail = format!(
+                "published level {level} of {} ({build_id}), sha256 {} (retry: signed now)",
+                same.kernel_release, same.sha256
+            );
+            self.resign(actor, "publish", &detail).await?;
+            return Ok(PublishReceipt {
+                build_id: build_id.to_string(),
+                level: level.get(),
+                target,
+            });
+        }
         if level.get() != newest + 1 {
             return Err(ServerError::Conflict(format!(
                 "kernel {build_id} has levels up to {newest}; the next publish must be level {}, \
@@ -700,8 +847,13 @@ impl Service {
             .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
         let _guard = self.lock_mutations().await?;
         self.store.add_channel(&name, &now_rfc3339(), now()).await?;
-        self.resign(actor, "channel-create", &format!("created channel {name}"))
-            .await?;
+        if let Err(e) = self
+            .resign(actor, "channel-create", &format!("created channel {name}"))
+            .await
+        {
+            self.store.remove_channel(&name).await?;
+            return Err(e);
+        }
         self.channel_doc(&name).await
     }
 
@@ -738,6 +890,17 @@ impl Service {
         self.refuse_if_mirror()?;
         let _guard = self.lock_mutations().await?;
         let before = self.channel_doc(channel).await?;
+        let record = self
+            .store
+            .channels()
+            .await?
+            .into_iter()
+            .find(|c| &c.name == channel)
+            .ok_or_else(|| {
+                ServerError::NotFound(format!(
+                    "no channel {channel}; create it with POST /api/v1/channels"
+                ))
+            })?;
         let current = before.kernels.get(build_id);
         let next = change(current)?;
         self.store.set_rollout(channel, build_id, &next).await?;
@@ -754,9 +917,11 @@ impl Service {
             }
         );
         if let Err(e) = self.resign(actor, action, &detail).await {
-            if let Some(old) = current {
-                self.store.set_rollout(channel, build_id, old).await?;
+            match current {
+                Some(old) => self.store.set_rollout(channel, build_id, old).await?,
+                None => self.store.remove_rollout(channel, build_id).await?,
             }
+            self.store.restore_channel(&record).await?;
             return Err(e);
         }
         self.channel_doc(channel).await
@@ -815,18 +980,26 @@ impl Service {
                     )));
                 }
             }
-            let previous = match current {
-                Some(c) if c.level == level => c.previous,
-                Some(c) => Some(c.level),
-                None => None,
+            let next = match current {
+                Some(c) if c.level == level => {
+                    return Ok(keep_served_hosts(c, now(), effective_at, planned))
+                }
+                Some(c) => KernelRollout {
+                    level,
+                    previous: Some(c.level),
+                    effective_at,
+                    waves: planned,
+                    pinned: false,
+                },
+                None => KernelRollout {
+                    level,
+                    previous: None,
+                    effective_at,
+                    waves: planned,
+                    pinned: false,
+                },
             };
-            Ok(KernelRollout {
-                level,
-                previous,
-                effective_at,
-                waves: planned,
-                pinned: false,
-            })
+            Ok(next)
         })
         .await
     }
@@ -947,6 +1120,95 @@ impl Service {
             )
             .await?;
         Ok(key)
+    }
+
+    /// Revokes a host: it and its check-in history are deleted, its token stops working at
+    /// once (it must register again with a registration key). Audited.
+    pub async fn revoke_host(&self, actor: &str, id: &str) -> Result<(), ServerError> {
+        let host = self.host(id).await?;
+        if !self.store.remove_host(&host.id).await? {
+            return Err(ServerError::NotFound(format!(
+                "no host {id:?}; GET /api/v1/hosts lists them"
+            )));
+        }
+        self.store
+            .audit(
+                now(),
+                actor,
+                "host-revoke",
+                &format!(
+                    "revoked host {} ({}, channel {})",
+                    host.id, host.hostname, host.channel
+                ),
+                None,
+            )
+            .await
+    }
+
+    /// An API token by id (the SHA-256 of the token, as `GET /api/v1/tokens` lists).
+    pub async fn token_by_id(&self, id: &str) -> Result<crate::store::TokenRecord, ServerError> {
+        self.store
+            .tokens()
+            .await?
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| {
+                ServerError::NotFound(format!(
+                    "no API token {id:?}; GET /api/v1/tokens lists them"
+                ))
+            })
+    }
+
+    /// A registration key by id (its SHA-256, as `GET /api/v1/registration-keys` lists).
+    pub async fn registration_key_by_id(
+        &self,
+        id: &str,
+    ) -> Result<crate::store::RegistrationKeyRecord, ServerError> {
+        self.store
+            .registration_keys()
+            .await?
+            .into_iter()
+            .find(|k| k.id == id)
+            .ok_or_else(|| {
+                ServerError::NotFound(format!(
+                    "no registration key {id:?}; GET /api/v1/registration-keys lists them"
+                ))
+            })
+    }
+
+    /// Revokes an API token by id (the SHA-256 of the token, as `GET /api/v1/tokens` lists).
+    pub async fn revoke_token(&self, actor: &str, id: &str) -> Result<(), ServerError> {
+        let token = self.token_by_id(id).await?;
+        self.store.remove_token(&token.id).await?;
+        self.store
+            .audit(
+                now(),
+                actor,
+                "token-revoke",
+                &format!("revoked {} token {}", token.role, token.name),
+                None,
+            )
+            .await
+    }
+
+    /// Revokes a registration key by id (its SHA-256, as `GET /api/v1/registration-keys`
+    /// lists); hosts registered with it stay registered.
+    pub async fn revoke_registration_key(&self, actor: &str, id: &str) -> Result<(), ServerError> {
+        let key = self.registration_key_by_id(id).await?;
+        self.store.remove_registration_key(&key.id).await?;
+        self.store
+            .audit(
+                now(),
+                actor,
+                "registration-key-revoke",
+                &format!(
+                    "revoked registration key {} for channel {}",
+                    short_id(&key.id),
+                    key.channel
+                ),
+                None,
+            )
+            .await
     }
 
     pub async fn register(&self, request: RegisterRequest) -> Result<RegisterReply, ServerError> {
@@ -1080,6 +1342,13 @@ impl Service {
         Ok((host.channel.clone(), effective))
     }
 
+    /// Deletes check-in history older than `retention.checkin_days` (`serve` runs this with
+    /// its periodic tasks); hosts keep their last reported state. Returns how many went.
+    pub async fn prune_history(&self) -> Result<u64, ServerError> {
+        let keep = i64::from(self.config.retention.checkin_days) * 86_400;
+        self.store.prune_checkins(now() - keep).await
+    }
+
     pub async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError> {
         self.store.hosts(filter).await
     }
@@ -1146,5 +1415,55 @@ impl Service {
             .audit(now(), "cli", "root", &detail, None)
             .await?;
         Ok(version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn check_in_history_older_than_the_retention_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut config = ServerConfig::default();
+        config.retention.checkin_days = 30;
+        let report = Service::init(&data, None, config).await.unwrap();
+        let service = Service::open(&data).await.unwrap();
+        let reply = service
+            .register(RegisterRequest {
+                key: report.registration_key,
+                hostname: "web-1".into(),
+                kernel_release: "6.1.0-56-amd64".into(),
+                kernel_version: None,
+                build_id: "0123456789abcdef0123456789abcdef01234567".into(),
+                agent_version: "0.1.0".into(),
+            })
+            .await
+            .unwrap();
+        let host = service.host(&reply.host_id).await.unwrap();
+        for days_ago in [400, 31, 29, 0] {
+            let checkin = CheckIn {
+                kernel_release: host.kernel_release.clone(),
+                kernel_version: None,
+                build_id: host.build_id.clone(),
+                active_level: None,
+                state: "unpatched".into(),
+                last_error: None,
+                agent_version: "0.1.0".into(),
+                at: now() - days_ago * 86_400,
+            };
+            service
+                .store
+                .record_checkin(&host.id, &checkin)
+                .await
+                .unwrap();
+        }
+        assert_eq!(service.store.checkin_count().await.unwrap(), 4);
+        assert_eq!(service.prune_history().await.unwrap(), 2);
+        assert_eq!(service.store.checkin_count().await.unwrap(), 2);
+        // The host itself and its last state stay.
+        assert_eq!(service.host(&host.id).await.unwrap().hostname, "web-1");
     }
 }

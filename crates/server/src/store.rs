@@ -115,6 +115,24 @@ pub struct SessionRecord {
     pub expires_at: i64,
 }
 
+/// An API token as listed for revocation: the secret itself is never stored, its SHA-256
+/// is the id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: i64,
+}
+
+/// A registration key as listed for revocation (id: the SHA-256 of the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegistrationKeyRecord {
+    pub id: String,
+    pub channel: ChannelName,
+    pub created_at: i64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostFilter {
     pub channel: Option<ChannelName>,
@@ -136,6 +154,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<(), ServerError>;
     /// The name and role of an API token.
     async fn token(&self, token_hash: &str) -> Result<Option<(String, Role)>, ServerError>;
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, ServerError>;
+    /// Deletes an API token; whether it existed.
+    async fn remove_token(&self, token_hash: &str) -> Result<bool, ServerError>;
+    async fn registration_keys(&self) -> Result<Vec<RegistrationKeyRecord>, ServerError>;
+    /// Deletes a registration key; whether it existed.
+    async fn remove_registration_key(&self, key_hash: &str) -> Result<bool, ServerError>;
+    /// Deletes a host and its check-in history (its token stops working); whether it existed.
+    async fn remove_host(&self, id: &str) -> Result<bool, ServerError>;
 
     async fn add_user(&self, user: &UserRecord, at: i64) -> Result<(), ServerError>;
     async fn user(&self, name: &str) -> Result<Option<UserRecord>, ServerError>;
@@ -151,6 +177,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         at: i64,
     ) -> Result<(), ServerError>;
     async fn channels(&self) -> Result<Vec<ChannelRecord>, ServerError>;
+    /// Removes a channel that nothing refers to yet (undoing a creation whose signing failed).
+    async fn remove_channel(&self, name: &ChannelName) -> Result<(), ServerError>;
+    /// Puts a channel's serial and time of change back (undoing a change whose signing failed).
+    async fn restore_channel(&self, channel: &ChannelRecord) -> Result<(), ServerError>;
     async fn bump_channel(&self, name: &ChannelName, updated: &str) -> Result<u64, ServerError>;
     async fn rollouts(
         &self,
@@ -161,6 +191,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         channel: &ChannelName,
         build_id: &BuildId,
         rollout: &KernelRollout,
+    ) -> Result<(), ServerError>;
+    /// Removes one kernel's rollout from a channel (undoing a first promotion).
+    async fn remove_rollout(
+        &self,
+        channel: &ChannelName,
+        build_id: &BuildId,
     ) -> Result<(), ServerError>;
 
     async fn add_registration_key(
@@ -187,6 +223,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn count_hosts(&self, filter: &HostFilter) -> Result<u64, ServerError>;
     async fn host(&self, id: &str) -> Result<Option<HostRecord>, ServerError>;
     async fn checkin_count(&self) -> Result<u64, ServerError>;
+    /// Deletes the check-in history recorded before `before` (unix time); returns how many
+    /// check-ins went.
+    async fn prune_checkins(&self, before: i64) -> Result<u64, ServerError>;
     /// Keeps one exposure snapshot per day (the latest of the day wins).
     async fn record_snapshot(&self, snapshot: &ExposureSnapshot) -> Result<(), ServerError>;
     /// The newest `limit` daily snapshots, oldest first.
@@ -455,6 +494,7 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the SQLite database at `path` and brings the schema up.
     pub async fn open(path: &Path) -> Result<SqliteStore, ServerError> {
+        private_database_files(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -471,6 +511,38 @@ impl SqliteStore {
         tokio::spawn(checkin_writer(pool.clone(), queue));
         Ok(SqliteStore { pool, checkins })
     }
+}
+
+/// The database holds password hashes, session and token hashes: only the server's user may
+/// read it. The file is created 0600 before SQLite opens it (SQLite gives its `-wal` and
+/// `-shm` files the database's mode), and a database made by an older version is narrowed.
+fn private_database_files(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |path: &Path, source| ServerError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io(path, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = std::path::PathBuf::from(name);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&file, e)),
+        }
+    }
+    Ok(())
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -510,6 +582,71 @@ impl Store for SqliteStore {
             ))
         })
         .transpose()
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, ServerError> {
+        let rows =
+            sqlx::query("SELECT token_hash, name, role, created_at FROM api_tokens ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(TokenRecord {
+                    id: row.try_get("token_hash")?,
+                    name: row.try_get("name")?,
+                    role: parse_role(row.try_get::<&str, _>("role")?)?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_token(&self, token_hash: &str) -> Result<bool, ServerError> {
+        let result = sqlx::query("DELETE FROM api_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn registration_keys(&self) -> Result<Vec<RegistrationKeyRecord>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT key_hash, channel, created_at FROM registration_keys \
+             ORDER BY channel, created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RegistrationKeyRecord {
+                    id: row.try_get("key_hash")?,
+                    channel: parse("registration channel", row.try_get::<&str, _>("channel")?)?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_registration_key(&self, key_hash: &str) -> Result<bool, ServerError> {
+        let result = sqlx::query("DELETE FROM registration_keys WHERE key_hash = $1")
+            .bind(key_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn remove_host(&self, id: &str) -> Result<bool, ServerError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM checkins WHERE host_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let result = sqlx::query("DELETE FROM hosts WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(result.rows_affected() > 0)
     }
 
     async fn add_user(&self, user: &UserRecord, at: i64) -> Result<(), ServerError> {
@@ -630,6 +767,37 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn remove_channel(&self, name: &ChannelName) -> Result<(), ServerError> {
+        sqlx::query("DELETE FROM channels WHERE name = $1")
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn restore_channel(&self, channel: &ChannelRecord) -> Result<(), ServerError> {
+        sqlx::query("UPDATE channels SET serial = $2, updated = $3 WHERE name = $1")
+            .bind(channel.name.as_str())
+            .bind(to_i64(channel.serial))
+            .bind(&channel.updated)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_rollout(
+        &self,
+        channel: &ChannelName,
+        build_id: &BuildId,
+    ) -> Result<(), ServerError> {
+        sqlx::query("DELETE FROM rollouts WHERE channel = $1 AND build_id = $2")
+            .bind(channel.as_str())
+            .bind(build_id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn bump_channel(&self, name: &ChannelName, updated: &str) -> Result<u64, ServerError> {
@@ -908,6 +1076,14 @@ impl Store for SqliteStore {
             .fetch_one(&self.pool)
             .await?;
         u64::try_from(n).map_err(|e| corrupt("check-in count", e))
+    }
+
+    async fn prune_checkins(&self, before: i64) -> Result<u64, ServerError> {
+        let result = sqlx::query("DELETE FROM checkins WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
     }
 
     async fn host(&self, id: &str) -> Result<Option<HostRecord>, ServerError> {

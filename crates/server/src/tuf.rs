@@ -36,6 +36,23 @@ pub struct TargetEntry {
     pub custom: serde_json::Map<String, Value>,
 }
 
+/// A targets role's targets as the server lists them (name, sha256, length, custom).
+pub fn target_entries(role: &Targets) -> BTreeMap<String, TargetEntry> {
+    role.targets
+        .iter()
+        .map(|(name, target)| {
+            (
+                name.raw().to_owned(),
+                TargetEntry {
+                    sha256: hex::encode(target.hashes.sha256.as_ref() as &[u8]),
+                    length: target.length,
+                    custom: target.custom.clone().into_iter().collect(),
+                },
+            )
+        })
+        .collect()
+}
+
 /// The versions of the current metadata chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainVersions {
@@ -741,18 +758,9 @@ impl TufRepo {
         let current = self
             .current_targets()?
             .ok_or_else(|| ServerError::Tuf("no targets role yet".into()))?;
-        let mut entries = BTreeMap::new();
-        for (name, target) in &current.signed.targets {
-            entries.insert(
-                name.raw().to_owned(),
-                TargetEntry {
-                    sha256: hex::encode(target.hashes.sha256.as_ref() as &[u8]),
-                    length: target.length,
-                    custom: target.custom.clone().into_iter().collect(),
-                },
-            );
-        }
-        self.publish(&entries).await.map(|_| ())
+        self.publish(&target_entries(&current.signed))
+            .await
+            .map(|_| ())
     }
 
     async fn resign_current_snapshot(&self) -> Result<(), ServerError> {

@@ -17,7 +17,7 @@ use patchbay_core::{ChannelName, PatchLevel};
 use serde::Deserialize;
 
 use crate::api::{build_id, channel_name, level};
-use crate::auth::{verify_password, Caller, Role};
+use crate::auth::{Caller, Role};
 use crate::error::ServerError;
 use crate::service::{now, random_secret, secret_hash, Service};
 use crate::store::{HostFilter, SessionRecord};
@@ -41,6 +41,8 @@ pub fn router() -> Router<AppState> {
         .route("/channels/{name}/confirm", get(confirm))
         .route("/channels/{name}/apply", post(apply))
         .route("/audit", get(audit))
+        .route("/access", get(access))
+        .route("/revoke", get(confirm_revoke).post(revoke))
         .route("/compliance", get(compliance))
         .route("/compliance.csv", get(compliance_csv))
         .route("/hosts/{id}/vex.json", get(host_vex))
@@ -51,6 +53,17 @@ pub fn router() -> Router<AppState> {
 struct UiUser(SessionRecord, Vec<String>);
 
 impl UiUser {
+    /// Refuses (403) a form without this session's CSRF token (compared in constant time).
+    fn check_form(&self, csrf: Option<&str>) -> Result<(), ServerError> {
+        if csrf.is_some_and(|csrf| crate::auth::secrets_equal(csrf, &self.0.csrf)) {
+            Ok(())
+        } else {
+            Err(ServerError::Forbidden(
+                "stale or forged form; reload the page".into(),
+            ))
+        }
+    }
+
     fn caller(&self) -> Caller {
         Caller {
             actor: format!("user:{}", self.0.user),
@@ -60,15 +73,7 @@ impl UiUser {
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE).then(|| value.to_owned())
-        })
+    cookie(headers, COOKIE)
 }
 
 impl FromRequestParts<AppState> for UiUser {
@@ -117,7 +122,19 @@ impl IntoResponse for PageError {
                 p { a href="/ui" { "Back to the fleet" } }
             },
         );
-        (status, body).into_response()
+        let retry_after = match &self.0 {
+            ServerError::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
+        let mut response = (status, body).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -157,6 +174,7 @@ fn page(user: Option<&UiUser>, title: &str, body: Markup) -> Markup {
                         a href="/ui/channels" { "Channels" }
                         a href="/ui/compliance" { "Compliance" }
                         a href="/ui/audit" { "Audit log" }
+                        @if u.0.role == Role::Admin { a href="/ui/access" { "Access" } }
                         span.who {
                             (u.0.user) " (" (u.0.role) ") "
                             form.inline method="post" action="/ui/logout" {
@@ -187,13 +205,57 @@ fn when(unix: i64) -> String {
 struct LoginForm {
     user: String,
     password: String,
+    #[serde(default)]
+    csrf: Option<String>,
 }
 
-async fn login_page() -> Markup {
-    login_form(None)
+/// The cookie that carries the login form's CSRF token (double submit: a cross-site form
+/// can neither read nor set it, so it cannot send the matching field).
+const LOGIN_COOKIE: &str = "pb_login";
+
+/// The attributes every cookie the dashboard sets carries (`Secure` when it is served over
+/// TLS, see `ui.served_over`).
+fn cookie_attributes(service: &Service, max_age: i64) -> String {
+    let secure = match service.config.ui.served_over {
+        crate::config::Transport::Https => "; Secure",
+        crate::config::Transport::Http => "",
+    };
+    format!("Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
 }
 
-fn login_form(error: Option<&str>) -> Markup {
+fn cookie(headers: &HeaderMap, wanted: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == wanted).then(|| value.to_owned())
+        })
+}
+
+/// The login page with a fresh login CSRF token in the form and in a short-lived cookie.
+async fn login_page(State(service): State<AppState>) -> Response {
+    login_response(&service, StatusCode::OK, None)
+}
+
+fn login_response(service: &Service, status: StatusCode, error: Option<&str>) -> Response {
+    let Ok(token) = random_secret("l") else {
+        return ServerError::Tuf("random".into()).into_response();
+    };
+    let mut response = (status, login_form(&token, error)).into_response();
+    let set = format!(
+        "{LOGIN_COOKIE}={token}; {}",
+        cookie_attributes(service, 3600)
+    );
+    if let Ok(value) = HeaderValue::from_str(&set) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+fn login_form(csrf: &str, error: Option<&str>) -> Markup {
     page(
         None,
         "Log in",
@@ -201,6 +263,7 @@ fn login_form(error: Option<&str>) -> Markup {
             h1 { "Log in" }
             @if let Some(e) = error { p.error { (e) } }
             form method="post" action="/ui/login" {
+                input type="hidden" name="csrf" value=(csrf);
                 p { label { "User " input name="user" autocomplete="username" required; } }
                 p { label { "Password " input name="password" type="password" autocomplete="current-password" required; } }
                 p { button type="submit" { "Log in" } }
@@ -209,26 +272,58 @@ fn login_form(error: Option<&str>) -> Markup {
     )
 }
 
-async fn login(State(service): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(service): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let expected = cookie(&headers, LOGIN_COOKIE);
+    let csrf_ok = matches!(
+        (&expected, &form.csrf),
+        (Some(cookie), Some(field)) if crate::auth::secrets_equal(cookie, field)
+    );
+    if !csrf_ok {
+        return login_response(
+            &service,
+            StatusCode::FORBIDDEN,
+            Some("The login form expired or came from another site; log in again here."),
+        );
+    }
+    // `serve` gives every request its peer's address; a router served without it (in-process
+    // tests) counts all its clients as one address.
+    let address = extensions
+        .get::<axum::extract::ConnectInfo<crate::listener::PeerAddress>>()
+        .map(|info| info.0 .0.ip());
+    let attempt = match service.login_throttle.admit(&form.user, address) {
+        Ok(attempt) => attempt,
+        Err(e) => return PageError(e).into_response(),
+    };
     let user = match service.store.user(&form.user).await {
         Ok(user) => user,
         Err(e) => return e.into_response(),
     };
-    // Verify against a dummy hash for unknown users too, so timing does not reveal names.
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let dummy =
-        DUMMY.get_or_init(|| crate::auth::hash_password("not a real password").unwrap_or_default());
-    let hash = user
-        .as_ref()
-        .map_or(dummy.as_str(), |u| u.password_hash.as_str());
-    let valid = verify_password(&form.password, hash) && user.is_some();
-    let Some(user) = user.filter(|_| valid) else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            login_form(Some("Unknown user or wrong password.")),
+    let valid = match service
+        .login_throttle
+        .verify(
+            &attempt,
+            form.password,
+            user.as_ref().map(|u| u.password_hash.clone()),
         )
-            .into_response();
+        .await
+    {
+        Ok(valid) => valid,
+        Err(e) => return PageError(e).into_response(),
     };
+    let Some(user) = user.filter(|_| valid) else {
+        service.login_throttle.failed(&attempt);
+        return login_response(
+            &service,
+            StatusCode::UNAUTHORIZED,
+            Some("Unknown user or wrong password."),
+        );
+    };
+    service.login_throttle.succeeded(&attempt);
     let (Ok(cookie), Ok(csrf)) = (random_secret("s"), random_secret("c")) else {
         return ServerError::Tuf("random".into()).into_response();
     };
@@ -254,12 +349,17 @@ async fn login(State(service): State<AppState>, Form(form): Form<LoginForm>) -> 
         )
         .await;
     let set = format!(
-        "{COOKIE}={cookie}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}",
-        hours * 3600
+        "{COOKIE}={cookie}; {}",
+        cookie_attributes(&service, hours * 3600)
     );
     let mut response = Redirect::to("/ui").into_response();
     if let Ok(value) = HeaderValue::from_str(&set) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    // The login token has served its purpose.
+    let spent = format!("{LOGIN_COOKIE}=; {}", cookie_attributes(&service, 0));
+    if let Ok(value) = HeaderValue::from_str(&spent) {
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
 }
@@ -274,16 +374,15 @@ async fn logout(
     user: UiUser,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if form.csrf != user.0.csrf {
-        return PageError(ServerError::Forbidden("stale form; reload the page".into()))
-            .into_response();
+    if let Err(e) = user.check_form(Some(&form.csrf)) {
+        return PageError(e).into_response();
     }
     let _ = service.store.delete_session(&user.0.id_hash).await;
     let mut response = Redirect::to("/ui/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("pb_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    let cleared = format!("{COOKIE}=; {}", cookie_attributes(&service, 0));
+    if let Ok(value) = HeaderValue::from_str(&cleared) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
     response
 }
 
@@ -505,6 +604,9 @@ async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<Stri
                 tr { th { "Agent" } td { (h.agent_version) } }
                 tr { th { "Registered" } td { (when(h.registered_at)) } }
                 tr { th { "Last check-in" } td { (when(h.last_checkin)) } }
+            }
+            @if user.0.role == Role::Admin {
+                p { a #revoke href={"/ui/revoke?kind=host&id=" (h.id)} { "Revoke this host…" } }
             }
             @if let Some(level) = level {
                 h2 { "Fixes live on this host" }
@@ -804,9 +906,7 @@ async fn apply(
 ) -> Result<Response, PageError> {
     let caller = user.caller();
     caller.require(Role::Operator, "changing a channel")?;
-    if change.csrf.as_deref() != Some(user.0.csrf.as_str()) {
-        return Err(ServerError::Forbidden("stale or forged form; reload the page".into()).into());
-    }
+    user.check_form(change.csrf.as_deref())?;
     let name = channel_name(&name)?;
     let build_id = build_id(&change.build_id)?;
     let chosen_level = || -> Result<PatchLevel, ServerError> {
@@ -858,6 +958,155 @@ async fn audit(State(service): State<AppState>, user: UiUser) -> PageResult {
             }
         },
     ))
+}
+
+/// What an administrator can revoke from the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Revocable {
+    Host,
+    Token,
+    RegistrationKey,
+}
+
+#[derive(Debug, Deserialize)]
+struct RevokeRequest {
+    kind: Revocable,
+    id: String,
+    csrf: Option<String>,
+}
+
+impl Revocable {
+    fn as_str(self) -> &'static str {
+        match self {
+            Revocable::Host => "host",
+            Revocable::Token => "token",
+            Revocable::RegistrationKey => "registration-key",
+        }
+    }
+}
+
+/// API tokens and registration keys, each with a way to revoke it (admins only).
+async fn access(State(service): State<AppState>, user: UiUser) -> PageResult {
+    user.caller()
+        .require(Role::Admin, "managing tokens and registration keys")?;
+    let tokens = service.store.tokens().await?;
+    let keys = service.store.registration_keys().await?;
+    Ok(page(
+        Some(&user),
+        "Access",
+        html! {
+            h1 { "Access" }
+            p { "Ids are the SHA-256 of each secret; the secrets themselves are not stored. Hosts are revoked from their own page." }
+            h2 { "API tokens" }
+            table #tokens {
+                tr { th { "Name" } th { "Role" } th { "Created" } th { "Id" } th {} }
+                @for t in &tokens {
+                    tr {
+                        td { (t.name) } td { (t.role) } td { (when(t.created_at)) }
+                        td { code { (crate::service::short_id(&t.id)) } }
+                        td { a href={"/ui/revoke?kind=token&id=" (t.id)} { "Revoke…" } }
+                    }
+                }
+            }
+            h2 { "Registration keys" }
+            table #registration-keys {
+                tr { th { "Channel" } th { "Created" } th { "Id" } th {} }
+                @for k in &keys {
+                    tr {
+                        td { (k.channel) } td { (when(k.created_at)) }
+                        td { code { (crate::service::short_id(&k.id)) } }
+                        td { a href={"/ui/revoke?kind=registration-key&id=" (k.id)} { "Revoke…" } }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+/// What revoking `kind` `id` does, in words, or why it cannot be revoked.
+async fn describe_revocation(
+    service: &Service,
+    kind: Revocable,
+    id: &str,
+) -> Result<String, ServerError> {
+    match kind {
+        Revocable::Host => {
+            let h = service.host(id).await?;
+            Ok(format!(
+                "Revoke host {} ({}, channel {}): it and its check-in history are deleted and \
+                 its token stops working; it must register again",
+                h.hostname, h.id, h.channel
+            ))
+        }
+        Revocable::Token => {
+            let t = service.token_by_id(id).await?;
+            Ok(format!(
+                "Revoke the {} API token {}: it stops working at once",
+                t.role, t.name
+            ))
+        }
+        Revocable::RegistrationKey => {
+            let k = service.registration_key_by_id(id).await?;
+            Ok(format!(
+                "Revoke registration key {} for channel {}: no host can register with it any \
+                 more (hosts registered with it stay)",
+                crate::service::short_id(&k.id),
+                k.channel
+            ))
+        }
+    }
+}
+
+async fn confirm_revoke(
+    State(service): State<AppState>,
+    user: UiUser,
+    Query(request): Query<RevokeRequest>,
+) -> PageResult {
+    user.caller().require(Role::Admin, "revoking access")?;
+    let summary = describe_revocation(&service, request.kind, &request.id).await?;
+    Ok(page(
+        Some(&user),
+        "Confirm",
+        html! {
+            h1 { "Confirm" }
+            p #summary { (summary) "?" }
+            form method="post" action="/ui/revoke" {
+                input type="hidden" name="kind" value=(request.kind.as_str());
+                input type="hidden" name="id" value=(request.id);
+                input type="hidden" name="csrf" value=(user.0.csrf);
+                button #confirm type="submit" { "Revoke" }
+                " " a href="/ui/access" { "Cancel" }
+            }
+        },
+    ))
+}
+
+async fn revoke(
+    State(service): State<AppState>,
+    user: UiUser,
+    Form(request): Form<RevokeRequest>,
+) -> Result<Response, PageError> {
+    let caller = user.caller();
+    caller.require(Role::Admin, "revoking access")?;
+    user.check_form(request.csrf.as_deref())?;
+    let next = match request.kind {
+        Revocable::Host => {
+            service.revoke_host(&caller.actor, &request.id).await?;
+            "/ui/hosts"
+        }
+        Revocable::Token => {
+            service.revoke_token(&caller.actor, &request.id).await?;
+            "/ui/access"
+        }
+        Revocable::RegistrationKey => {
+            service
+                .revoke_registration_key(&caller.actor, &request.id)
+                .await?;
+            "/ui/access"
+        }
+    };
+    Ok(Redirect::to(next).into_response())
 }
 
 async fn compliance(

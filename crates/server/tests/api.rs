@@ -529,32 +529,6 @@ fn init_refuses_an_existing_data_dir_and_serve_a_missing_one() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("patchbay-server init"));
 }
 
-fn cli(args: &[&str], data: &Path) -> std::process::Output {
-    Command::new(bin())
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .output()
-        .unwrap()
-}
-
-fn served_targets_version(s: &Server) -> u64 {
-    let (_, ts) = call(s, "GET", "/tuf/metadata/timestamp.json", None, None);
-    let sv = ts["signed"]["meta"]["snapshot.json"]["version"]
-        .as_u64()
-        .unwrap();
-    let (_, snap) = call(
-        s,
-        "GET",
-        &format!("/tuf/metadata/{sv}.snapshot.json"),
-        None,
-        None,
-    );
-    snap["signed"]["meta"]["targets.json"]["version"]
-        .as_u64()
-        .unwrap()
-}
-
 #[test]
 fn offline_targets_key_signs_changes_on_another_machine() {
     let s = start(|t| t.to_owned());
@@ -646,20 +620,6 @@ fn offline_targets_key_signs_changes_on_another_machine() {
         String::from_utf8_lossy(&stale.stderr).contains("changed since export-unsigned"),
         "{stale:?}"
     );
-}
-
-fn token(s: &Server, role: &str) -> String {
-    let out = cli(
-        &["token", "create", "--name", role, "--role", role],
-        &s.data,
-    );
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("token: "))
-        .unwrap()
-        .to_owned()
 }
 
 #[test]
@@ -796,19 +756,9 @@ fn dashboard_login_roles_and_csrf() {
         // Not logged in: redirected to the login page.
         let r = client.get(url("/ui/hosts")).send().await.unwrap();
         assert_eq!(r.status(), 303);
-        let r = client
-            .post(url("/ui/login"))
-            .form(&[("user", "vera"), ("password", "wrong-password")])
-            .send()
-            .await
-            .unwrap();
+        let r = ui_login(&client, &s.url, "vera", "wrong-password").await;
         assert_eq!(r.status(), 401);
-        let r = client
-            .post(url("/ui/login"))
-            .form(&[("user", "vera"), ("password", "viewer-password")])
-            .send()
-            .await
-            .unwrap();
+        let r = ui_login(&client, &s.url, "vera", "viewer-password").await;
         assert_eq!(r.status(), 303);
         let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
         assert!(
@@ -851,12 +801,7 @@ fn dashboard_login_roles_and_csrf() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        let r = client
-            .post(url("/ui/login"))
-            .form(&[("user", "olga"), ("password", "operator-password")])
-            .send()
-            .await
-            .unwrap();
+        let r = ui_login(&client, &s.url, "olga", "operator-password").await;
         let session = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
         let confirm = client
             .get(url(&format!("/ui/channels/production/confirm?action=promote&build_id={BUILD_ID}&level=1&deploy_after_hours=0&first_wave_percent=10&full_after_hours=48")))
@@ -1080,7 +1025,10 @@ fn exposure_reports_vex_and_metrics_for_a_patched_host() {
     );
 
     let metrics = rt.block_on(async {
-        reqwest::get(format!("{}/metrics", s2.url))
+        reqwest::Client::new()
+            .get(format!("{}/metrics", s2.url))
+            .bearer_auth(&s2.admin)
+            .send()
             .await
             .unwrap()
             .text()

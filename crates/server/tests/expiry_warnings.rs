@@ -110,12 +110,7 @@ fn an_offline_root_near_expiry_is_reported_everywhere_until_it_is_renewed() {
             .text()
             .await
             .unwrap();
-        let login = client
-            .post(format!("{}/ui/login", s.url))
-            .form(&[("user", "olga"), ("password", "olga-password")])
-            .send()
-            .await
-            .unwrap();
+        let login = ui_login(&client, &s.url, "olga", "olga-password").await;
         assert_eq!(login.status(), 303);
         let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
         let session = cookie.split(';').next().unwrap().to_owned();

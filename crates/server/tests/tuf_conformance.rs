@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::{json, Value};
@@ -14,49 +14,7 @@ use serde_json::{json, Value};
 mod common;
 use common::*;
 
-const TUF_VERSION: &str = "7.0.1";
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
-fn python() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-    let venv = cache.join(format!("patchbay/python/tuf-{TUF_VERSION}"));
-    assert!(
-        venv.join(".complete").exists(),
-        "python-tuf {TUF_VERSION} is not installed in {}: run scripts/setup",
-        venv.display()
-    );
-    venv.join("bin/python")
-}
-
-/// One run of the reference client; fails the test with its whole output when it refuses.
-fn reference_client(
-    s: &Server,
-    client_dir: &Path,
-    root: &Path,
-    targets: &[&str],
-    env: &[(&str, &OsStr)],
-) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tuf_reference_client.py");
-    let output = Command::new(python())
-        .arg(script)
-        .arg(&s.url)
-        .arg(client_dir)
-        .arg(root)
-        .args(targets)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "python-tuf refused the repository ({}) for {targets:?}:\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
 
 fn served_level(report: &Value) -> u64 {
     let doc = &report["files"]["channels/production.json"]["json"];

@@ -113,6 +113,20 @@ pub fn call(
     token: Option<&str>,
     body: Option<Body>,
 ) -> (u16, Value) {
+    let (status, value) = call_any(server, method, path, token, body);
+    assert!(status < 500, "{method} {path} -> {status}: {value}");
+    (status, value)
+}
+
+/// [`call`] for requests that are meant to fail on the server's side (a 5xx is returned, not
+/// a test failure); errors must still be JSON.
+pub fn call_any(
+    server: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Body>,
+) -> (u16, Value) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,7 +148,6 @@ pub fn call(
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        assert!(status < 500, "{method} {path} -> {status}: {text}");
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
         if status >= 400 {
             assert!(
@@ -157,6 +170,11 @@ pub fn error_of(v: &Value) -> String {
 
 /// A small ELF object with a livepatch's `.modinfo`, like the builder's modules.
 pub fn module(name: &str, release: &str, livepatch: bool) -> Vec<u8> {
+    module_with_padding(name, release, livepatch, 0)
+}
+
+/// [`module`] with a data section of `padding` bytes (a large bundle).
+pub fn module_with_padding(name: &str, release: &str, livepatch: bool, padding: usize) -> Vec<u8> {
     use object::write::Object;
     use object::{Architecture, BinaryFormat, Endianness, SectionKind};
     let mut elf = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
@@ -172,12 +190,27 @@ pub fn module(name: &str, release: &str, livepatch: bool) -> Vec<u8> {
         "{lp}license=GPL\0vermagic={release} SMP preempt mod_unload modversions \0name={name}\0"
     );
     elf.append_section_data(info, text.as_bytes(), 1);
+    if padding > 0 {
+        let pad = elf.add_section(Vec::new(), b".data.pad".to_vec(), SectionKind::Data);
+        let bytes: Vec<u8> = (0..padding).map(|i| (i * 31 % 251) as u8).collect();
+        elf.append_section_data(pad, &bytes, 1);
+    }
     elf.write().unwrap()
 }
 
 pub fn bundle_bytes(level: u32, release_in_module: &str, livepatch: bool) -> Vec<u8> {
+    bundle_bytes_padded(level, release_in_module, livepatch, 0)
+}
+
+/// [`bundle_bytes`] whose module carries `padding` more bytes.
+pub fn bundle_bytes_padded(
+    level: u32,
+    release_in_module: &str,
+    livepatch: bool,
+    padding: usize,
+) -> Vec<u8> {
     let name = format!("pb_{}_l{level}", &BUILD_ID[..12]);
-    let module = module(&name, release_in_module, livepatch);
+    let module = module_with_padding(&name, release_in_module, livepatch, padding);
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         kernel: KernelTarget {
@@ -225,4 +258,236 @@ pub fn bundle_bytes(level: u32, release_in_module: &str, livepatch: bool) -> Vec
 
 pub fn raw(bytes: Vec<u8>) -> Option<Body> {
     Some(Body::Raw(bytes, "application/octet-stream"))
+}
+
+/// One `patchbay-server` subcommand on `data`.
+pub fn cli(args: &[&str], data: &Path) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+/// The targets version the server's timestamp points to.
+pub fn served_targets_version(s: &Server) -> u64 {
+    let (_, ts) = call(s, "GET", "/tuf/metadata/timestamp.json", None, None);
+    let sv = ts["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let (_, snap) = call(
+        s,
+        "GET",
+        &format!("/tuf/metadata/{sv}.snapshot.json"),
+        None,
+        None,
+    );
+    snap["signed"]["meta"]["targets.json"]["version"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The served targets role (`signed.targets`).
+pub fn served_targets(s: &Server) -> Value {
+    let tv = served_targets_version(s);
+    let (_, targets) = call(
+        s,
+        "GET",
+        &format!("/tuf/metadata/{tv}.targets.json"),
+        None,
+        None,
+    );
+    targets["signed"]["targets"].clone()
+}
+
+/// A new API token with `role` (named after it).
+pub fn token(s: &Server, role: &str) -> String {
+    let out = cli(
+        &["token", "create", "--name", role, "--role", role],
+        &s.data,
+    );
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap()
+        .to_owned()
+}
+
+/// What a fresh host's TUF client sees: the verified target list (name, sha256, length) and
+/// the signed documents of the channels asked for.
+pub struct ClientView {
+    pub targets: Vec<(String, String, u64)>,
+    pub channels: Vec<patchbay_core::ChannelDoc>,
+}
+
+/// What a fresh host's TUF client (the agent's, trusting `1.root.json`) makes of the server
+/// now: the whole chain verified and `channels` read, or the client's refusal.
+pub fn fresh_client(
+    s: &Server,
+    channels: &[patchbay_core::ChannelName],
+) -> Result<ClientView, String> {
+    let store = tempfile::tempdir().unwrap();
+    tuf_client(s, channels, store.path())
+}
+
+/// [`fresh_client`] with the client's datastore in `store`: run again with the same store it
+/// is a host that remembers every version it saw (rollback and freeze are refused).
+pub fn tuf_client(
+    s: &Server,
+    channels: &[patchbay_core::ChannelName],
+    store: &Path,
+) -> Result<ClientView, String> {
+    let trusted = std::fs::read(s.data.join("tuf/metadata/1.root.json")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let repo = patchbay_updates::SignedRepo::load(
+            &trusted,
+            &patchbay_updates::Source::Server(s.url.parse().unwrap()),
+            store,
+            patchbay_updates::Limits::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut docs = Vec::new();
+        for channel in channels {
+            docs.push(repo.channel(channel).await.map_err(|e| e.to_string())?);
+        }
+        Ok(ClientView {
+            targets: repo.target_list(),
+            channels: docs,
+        })
+    })
+}
+
+/// The dashboard's login page as a browser gets it: the login cookie (`name=value`) and the
+/// CSRF token its form carries.
+pub async fn login_page(client: &reqwest::Client, base: &str) -> (String, String) {
+    let page = client.get(format!("{base}/ui/login")).send().await.unwrap();
+    let cookie = page.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = page.text().await.unwrap();
+    (cookie, csrf_in(&html))
+}
+
+/// The CSRF token a dashboard page's form carries.
+pub fn csrf_in(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no CSRF token in {html}"))
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Logs in to the dashboard as a browser does: the login page first (its form carries a
+/// CSRF token, its cookie the same), then the form. Returns the reply to the form.
+pub async fn ui_login(
+    client: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
+    let (cookie, csrf) = login_page(client, base).await;
+    client
+        .post(format!("{base}/ui/login"))
+        .header("cookie", cookie)
+        .form(&[("user", user), ("password", password), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A GET with a bearer token; returns the status and the body as text (CSV, metrics).
+pub fn get_text(server: &Server, path: &str, token: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", server.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    })
+}
+
+/// Registers a host with `key`; returns the status and the reply (host_id, host_token, …).
+pub fn register_host(s: &Server, key: &str, hostname: &str) -> (u16, Value) {
+    call(
+        s,
+        "POST",
+        "/api/v1/register",
+        None,
+        Some(Body::Json(serde_json::json!({
+            "key": key, "hostname": hostname, "kernel_release": RELEASE,
+            "build_id": BUILD_ID, "agent_version": "0.1.0"}))),
+    )
+}
+
+/// The venv `scripts/setup` installs a Python tool into (`~/.cache/patchbay/python/<name>`),
+/// or a test failure that says to run it.
+pub fn python_venv(name: &str) -> std::path::PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")
+        });
+    let venv = cache.join("patchbay/python").join(name);
+    assert!(
+        venv.join(".complete").exists(),
+        "{name} is not installed in {}: run scripts/setup",
+        venv.display()
+    );
+    venv
+}
+
+/// The python-tuf version `scripts/setup` installs for [`reference_client`].
+pub const PYTHON_TUF_VERSION: &str = "7.0.1";
+
+/// One run of the reference TUF client (python-tuf's ngclient, `tests/tuf_reference_client.py`)
+/// against the server: bootstraps from `root`, keeps what it trusted in `client_dir` (as a
+/// real host does), refreshes and downloads `targets`. Fails the test with its whole output
+/// when it refuses.
+pub fn reference_client(
+    s: &Server,
+    client_dir: &Path,
+    root: &Path,
+    targets: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Value {
+    let python = python_venv(&format!("tuf-{PYTHON_TUF_VERSION}")).join("bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tuf_reference_client.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(&s.url)
+        .arg(client_dir)
+        .arg(root)
+        .args(targets)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python-tuf refused the repository ({}) for {targets:?}:\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }

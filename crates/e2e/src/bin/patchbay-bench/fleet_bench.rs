@@ -92,14 +92,36 @@ fn measure(runtime: &tokio::runtime::Runtime, hosts: usize) -> Result<Vec<(Strin
         for p in pending {
             p.await??;
         }
-        // A dashboard session.
-        let login = reqwest::Client::builder()
+        // A dashboard session: the login page's CSRF token (form field and cookie), then
+        // the form.
+        let browser = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .build()?
+            .build()?;
+        let login_page = browser
+            .get(format!("{}/ui/login", server.url))
+            .send()
+            .await?;
+        let login_cookie = login_page
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .context("no login cookie")?
+            .to_owned();
+        let html = login_page.text().await?;
+        let csrf = html
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .context("no CSRF token on the login page")?
+            .to_owned();
+        let login = browser
             .post(format!("{}/ui/login", server.url))
+            .header("cookie", login_cookie)
             .form(&[
                 ("user", "admin"),
                 ("password", server.dashboard_password.as_str()),
+                ("csrf", csrf.as_str()),
             ])
             .send()
             .await?;

@@ -1,0 +1,233 @@
+//! Password guessing is slow and bounded: Argon2id runs on the blocking pool (never on the
+//! async runtime that serves the TUF repository and check-ins), at most one verification per
+//! CPU at a time (each takes ~19 MiB), and failed logins are counted per user name and per
+//! client address; past the limit that key is locked out for a while and every attempt is
+//! answered `429 Too Many Requests` without hashing anything.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::error::ServerError;
+
+/// What failed logins are counted against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Subject {
+    User(String),
+    Address(IpAddr),
+    /// Requests without a known peer address (a router served without connection info).
+    UnknownAddress,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    /// Counting restarts when the lockout period has passed since the first failure.
+    since: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// The limits, from `[ui]` in config.toml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginLimits {
+    pub failures_per_user: u32,
+    pub failures_per_address: u32,
+    pub lockout: Duration,
+}
+
+/// More subjects than this are not remembered: the oldest windows are dropped first, so a
+/// flood of made-up user names cannot grow memory without bound.
+const MAX_SUBJECTS: usize = 10_000;
+
+#[derive(Debug)]
+pub struct LoginThrottle {
+    limits: LoginLimits,
+    failures: std::sync::Mutex<HashMap<Subject, Failures>>,
+    hashing: Semaphore,
+}
+
+/// A login attempt let through: the password may be checked.
+#[derive(Debug)]
+pub struct Attempt {
+    user: Subject,
+    address: Subject,
+}
+
+impl LoginThrottle {
+    pub fn new(limits: LoginLimits) -> LoginThrottle {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        LoginThrottle {
+            limits,
+            failures: std::sync::Mutex::new(HashMap::new()),
+            hashing: Semaphore::new(cpus),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Subject, Failures>> {
+        match self.failures.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Refuses (429) while the user or the address is locked out.
+    pub fn admit(&self, user: &str, address: Option<IpAddr>) -> Result<Attempt, ServerError> {
+        let attempt = Attempt {
+            user: Subject::User(user.to_owned()),
+            address: address.map_or(Subject::UnknownAddress, Subject::Address),
+        };
+        self.check(&attempt)?;
+        Ok(attempt)
+    }
+
+    fn check(&self, attempt: &Attempt) -> Result<(), ServerError> {
+        let now = Instant::now();
+        let failures = self.lock();
+        for subject in [&attempt.user, &attempt.address] {
+            if let Some(until) = failures.get(subject).and_then(|f| f.locked_until) {
+                if until > now {
+                    return Err(ServerError::TooManyRequests {
+                        message: "too many failed logins; wait before trying again".into(),
+                        retry_after_secs: until.duration_since(now).as_secs().max(1),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `password` against the PHC string `hash` on the blocking pool, one
+    /// verification per CPU at a time. Without a hash (unknown user) it checks against a
+    /// dummy one and answers false, so the time taken does not reveal which names exist.
+    ///
+    /// The lockout is checked again once a hashing slot is free: a burst of attempts admitted
+    /// together must not all be hashed after the first of them locked the subject out.
+    pub async fn verify(
+        &self,
+        attempt: &Attempt,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, ServerError> {
+        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| ServerError::Tuf(format!("password check: {e}")))?;
+        self.check(attempt)?;
+        tokio::task::spawn_blocking(move || match hash {
+            Some(hash) => crate::auth::verify_password(&password, &hash),
+            None => {
+                let dummy = DUMMY.get_or_init(|| {
+                    crate::auth::hash_password("not a real password").unwrap_or_default()
+                });
+                let _ = crate::auth::verify_password(&password, dummy);
+                false
+            }
+        })
+        .await
+        .map_err(|e| ServerError::Tuf(format!("password check: {e}")))
+    }
+
+    /// Counts a failed login against the user and the address.
+    pub fn failed(&self, attempt: &Attempt) {
+        let now = Instant::now();
+        let lockout = self.limits.lockout;
+        let mut failures = self.lock();
+        // Room for the two subjects of this attempt: expired windows go first, then the
+        // oldest ones.
+        if failures.len() + 2 > MAX_SUBJECTS {
+            failures.retain(|_, f| now.duration_since(f.since) < lockout);
+        }
+        while failures.len() + 2 > MAX_SUBJECTS {
+            let oldest = failures
+                .iter()
+                .min_by_key(|(_, f)| f.since)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(subject) => failures.remove(&subject),
+                None => break,
+            };
+        }
+        for (subject, limit) in [
+            (&attempt.user, self.limits.failures_per_user),
+            (&attempt.address, self.limits.failures_per_address),
+        ] {
+            let entry = failures.entry(subject.clone()).or_insert(Failures {
+                count: 0,
+                since: now,
+                locked_until: None,
+            });
+            if now.duration_since(entry.since) >= lockout {
+                *entry = Failures {
+                    count: 0,
+                    since: now,
+                    locked_until: None,
+                };
+            }
+            entry.count = entry.count.saturating_add(1);
+            if entry.count >= limit {
+                entry.locked_until = Some(now + lockout);
+            }
+        }
+    }
+
+    /// A successful login forgets the user's failures (the address keeps its count: one
+    /// right guess must not clear a spray of wrong ones against other users).
+    pub fn succeeded(&self, attempt: &Attempt) {
+        self.lock().remove(&attempt.user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn throttle(per_user: u32, per_address: u32) -> LoginThrottle {
+        LoginThrottle::new(LoginLimits {
+            failures_per_user: per_user,
+            failures_per_address: per_address,
+            lockout: Duration::from_secs(600),
+        })
+    }
+
+    #[test]
+    fn a_user_is_locked_out_after_its_limit_and_others_are_not() {
+        let t = throttle(3, 100);
+        let here = Some(IpAddr::from([127, 0, 0, 1]));
+        for _ in 0..3 {
+            let attempt = t.admit("vera", here).unwrap();
+            t.failed(&attempt);
+        }
+        let err = t.admit("vera", here).unwrap_err();
+        assert_eq!(err.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(t.admit("olga", here).is_ok());
+    }
+
+    #[test]
+    fn an_address_is_locked_out_whatever_the_user_names() {
+        let t = throttle(100, 5);
+        let there = Some(IpAddr::from([10, 0, 0, 9]));
+        for i in 0..5 {
+            let attempt = t.admit(&format!("user{i}"), there).unwrap();
+            t.failed(&attempt);
+        }
+        assert!(t.admit("someone-else", there).is_err());
+        assert!(t
+            .admit("someone-else", Some(IpAddr::from([10, 0, 0, 10])))
+            .is_ok());
+    }
+
+    #[test]
+    fn made_up_names_do_not_grow_memory_without_bound() {
+        let t = throttle(100, u32::MAX);
+        for i in 0..(MAX_SUBJECTS + 50) {
+            let attempt = t.admit(&format!("u{i}"), None).unwrap();
+            t.failed(&attempt);
+        }
+        assert!(t.lock().len() <= MAX_SUBJECTS);
+    }
+}

@@ -1,0 +1,536 @@
+//! Hostile peers against the real server process: who may read `/metrics`, spreadsheet
+//! formulas in exports, login CSRF and guessing, cookies over TLS, stalled uploads, many
+//! downloads of a large target at once, and revoking what was handed out.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::{Read, Write};
+use std::process::Command;
+
+use serde_json::json;
+
+mod common;
+use common::*;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn add_user(s: &Server, name: &str, role: &str, password: &str) {
+    let out = Command::new(bin())
+        .args(["user", "add", "--name", name, "--role", role, "--data"])
+        .arg(&s.data)
+        .env("PATCHBAY_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn metrics_need_an_api_token_or_are_disabled() {
+    let s = start(|t| t.to_owned());
+    let viewer = token(&s, "viewer");
+    let (status, v) = call(&s, "GET", "/metrics", None, None);
+    assert_eq!(status, 401, "{v}");
+    let (status, v) = call(&s, "GET", "/metrics", Some("pbtok_wrong"), None);
+    assert_eq!(status, 401, "{v}");
+    let (status, text) = call(&s, "GET", "/metrics", Some(&viewer), None);
+    assert_eq!(status, 200);
+    assert!(text.as_str().unwrap().contains("patchbay_hosts{"), "{text}");
+
+    let off = start(|t| t.replace("access = \"token\"", "access = \"disabled\""));
+    let (status, v) = call(&off, "GET", "/metrics", Some(&off.admin), None);
+    assert_eq!(status, 404, "{v}");
+    assert!(error_of(&v).contains("metrics.access"), "{v}");
+}
+
+#[test]
+fn csv_cells_that_a_spreadsheet_would_evaluate_are_escaped() {
+    let s = start(|t| t.to_owned());
+    let hostile = [
+        "=HYPERLINK(\"http://evil.example\")",
+        "+1+cmd",
+        "-2+3",
+        "@SUM(A1)",
+    ];
+    for name in hostile {
+        assert_eq!(register_host(&s, &s.registration_key, name).0, 201);
+    }
+    let (status, csv) = get_text(&s, "/api/v1/reports/compliance?format=csv", &s.admin);
+    assert_eq!(status, 200, "{csv}");
+    for line in csv.lines().skip(1) {
+        for cell in line.split(',') {
+            let bare = cell.trim_start_matches('"');
+            assert!(
+                !bare.starts_with(['=', '+', '-', '@']),
+                "cell {cell:?} would be evaluated: {csv}"
+            );
+        }
+    }
+    assert!(
+        csv.contains("\"'=HYPERLINK(\"\"http://evil.example\"\")\""),
+        "{csv}"
+    );
+    assert!(csv.contains("\"'@SUM(A1)\""), "{csv}");
+}
+
+#[test]
+fn login_needs_the_login_forms_csrf_token_and_cookies_are_secure_over_tls() {
+    let s = start(|t| t.replace("served_over = \"http\"", "served_over = \"https\""));
+    add_user(&s, "vera", "viewer", "viewer-password");
+    runtime().block_on(async {
+        let client = no_redirects();
+        let login = format!("{}/ui/login", s.url);
+        // A cross-site form: no token, or a token without the cookie that goes with it.
+        let forged = client
+            .post(&login)
+            .form(&[("user", "vera"), ("password", "viewer-password")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 403);
+        let page = client.get(&login).send().await.unwrap();
+        let login_cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(login_cookie.contains("Secure"), "{login_cookie}");
+        let (_, csrf) = login_page(&client, &s.url).await;
+        let csrf = csrf.as_str();
+        let without_cookie = client
+            .post(&login)
+            .form(&[
+                ("user", "vera"),
+                ("password", "viewer-password"),
+                ("csrf", csrf),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(without_cookie.status(), 403);
+
+        let ok = ui_login(&client, &s.url, "vera", "viewer-password").await;
+        assert_eq!(ok.status(), 303);
+        let session = ok.headers()["set-cookie"].to_str().unwrap();
+        assert!(
+            session.starts_with("pb_session=") && session.contains("Secure"),
+            "{session}"
+        );
+    });
+    // Over plain HTTP (the default) the cookie cannot be Secure: browsers would drop it.
+    let plain = start(|t| t.to_owned());
+    add_user(&plain, "vera", "viewer", "viewer-password");
+    runtime().block_on(async {
+        let ok = ui_login(&no_redirects(), &plain.url, "vera", "viewer-password").await;
+        assert_eq!(ok.status(), 303);
+        let session = ok.headers()["set-cookie"].to_str().unwrap();
+        assert!(!session.contains("Secure"), "{session}");
+    });
+}
+
+#[test]
+fn guessing_passwords_is_locked_out_with_429() {
+    let s = start(|t| {
+        t.replace("login_failures_per_user = 5", "login_failures_per_user = 3")
+            .replace(
+                "login_failures_per_address = 50",
+                "login_failures_per_address = 10",
+            )
+    });
+    add_user(&s, "vera", "viewer", "viewer-password");
+    add_user(&s, "olga", "operator", "operator-password");
+    runtime().block_on(async {
+        let client = no_redirects();
+        for _ in 0..3 {
+            let r = ui_login(&client, &s.url, "vera", "wrong-password").await;
+            assert_eq!(r.status(), 401);
+        }
+        // Locked: even the right password is refused, and the reply says when to retry.
+        let r = ui_login(&client, &s.url, "vera", "viewer-password").await;
+        assert_eq!(r.status(), 429);
+        assert!(r.headers().contains_key("retry-after"));
+        // Another user from the same address is not locked (yet).
+        let r = ui_login(&client, &s.url, "olga", "operator-password").await;
+        assert_eq!(r.status(), 303);
+
+        // A spray of wrong passwords in parallel, against made-up users: past the address's
+        // limit every attempt is refused without hashing, and the repository keeps answering.
+        let mut attempts = tokio::task::JoinSet::new();
+        for i in 0..60 {
+            let (client, url) = (client.clone(), s.url.clone());
+            attempts.spawn(async move {
+                ui_login(&client, &url, &format!("nobody{i}"), "wrong-password")
+                    .await
+                    .status()
+                    .as_u16()
+            });
+        }
+        let timestamp = reqwest::get(format!("{}/tuf/metadata/timestamp.json", s.url))
+            .await
+            .unwrap();
+        assert_eq!(timestamp.status(), 200);
+        let mut statuses = Vec::new();
+        while let Some(status) = attempts.join_next().await {
+            statuses.push(status.unwrap());
+        }
+        let refused = statuses.iter().filter(|s| **s == 429).count();
+        assert!(
+            statuses.iter().all(|s| *s == 401 || *s == 429),
+            "{statuses:?}"
+        );
+        // Three failures were counted for the address before: seven more are hashed (and a
+        // few more that were being hashed when the lockout began), the rest refused.
+        assert!(refused >= 40, "{refused} of 60 refused: {statuses:?}");
+    });
+}
+
+/// `kB` of one `/proc/<pid>/status` field.
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap()
+}
+
+/// Publishes level 1 with `padding` bytes more in its module; the signed target's sha256
+/// and length.
+fn publish_large(s: &Server, padding: usize) -> (String, u64) {
+    let (status, v) = call(
+        s,
+        "POST",
+        "/api/v1/bundles",
+        Some(&s.admin),
+        raw(bundle_bytes_padded(1, RELEASE, true, padding)),
+    );
+    assert_eq!(status, 201, "{v}");
+    let target = &served_targets(s)[format!("bundles/{BUILD_ID}/1.pbb")];
+    (
+        target["hashes"]["sha256"].as_str().unwrap().to_owned(),
+        target["length"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn many_downloads_of_a_large_target_at_once_keep_memory_flat() {
+    const SIZE: usize = 24 << 20;
+    const DOWNLOADS: usize = 24;
+    let s = start(|t| t.to_owned());
+    let (sha, length) = publish_large(&s, SIZE);
+    let pid = s.child.id();
+    // Peak memory from here on (the upload's own buffers are gone).
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    let before = proc_status_kb(pid, "VmRSS");
+    let url = format!("{}/tuf/targets/{sha}.bundles/{BUILD_ID}/1.pbb", s.url);
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        let mut responses = Vec::new();
+        for _ in 0..DOWNLOADS {
+            responses.push(tokio::spawn(client.get(&url).send()));
+        }
+        // Every download has started and none has been read: a server that loads the whole
+        // target per request holds DOWNLOADS copies now.
+        let mut started = Vec::new();
+        for r in responses {
+            started.push(r.await.unwrap().unwrap());
+        }
+        let peak = proc_status_kb(pid, "VmHWM");
+        let grown_mib = peak.saturating_sub(before) / 1024;
+        assert!(
+            grown_mib < 96,
+            "{DOWNLOADS} downloads of a {} MiB target grew the server by {grown_mib} MiB",
+            SIZE >> 20
+        );
+        for r in started {
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.bytes().await.unwrap().len() as u64, length);
+        }
+    });
+}
+
+#[test]
+fn a_stalled_upload_is_cut_with_408() {
+    let s = start(|t| t.replace("request_timeout_secs = 120", "request_timeout_secs = 2"));
+    let address = s.url.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    // A safety net for the test only: the server must answer long before.
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /api/v1/bundles HTTP/1.1\r\nHost: patchbay\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n0123456789",
+        s.admin
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buffer).expect("the server never answered");
+        assert!(n > 0, "closed without an answer");
+        reply.extend_from_slice(&buffer[..n]);
+    }
+    let head = String::from_utf8_lossy(&reply);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+}
+
+/// The id (`GET /api/v1/tokens`) of the API token named `name`.
+fn token_id(s: &Server, name: &str) -> String {
+    let (_, tokens) = call(s, "GET", "/api/v1/tokens", Some(&s.admin), None);
+    tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn hosts_api_tokens_and_registration_keys_are_revoked() {
+    let s = start(|t| t.to_owned());
+    let admin = Some(s.admin.as_str());
+    let operator = token(&s, "operator");
+
+    // A registration key: listed by id (its SHA-256), revoked, then useless.
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/registration-keys",
+        admin,
+        Some(Body::Json(json!({"channel": "production"}))),
+    );
+    assert_eq!(status, 201, "{v}");
+    let key = v["key"].as_str().unwrap().to_owned();
+    let (_, keys) = call(&s, "GET", "/api/v1/registration-keys", admin, None);
+    let keys = keys["registration_keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(!serde_json::to_string(&keys).unwrap().contains(&key));
+    let id = keys
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .find(|id| *id == patchbay_server::service::secret_hash(&key))
+        .unwrap();
+    let path = format!("/api/v1/registration-keys/{id}");
+    assert_eq!(call(&s, "DELETE", &path, Some(&operator), None).0, 403);
+    let (status, v) = call(&s, "DELETE", &path, admin, None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(call(&s, "DELETE", &path, admin, None).0, 404);
+    assert_eq!(register_host(&s, &key, "late").0, 401);
+
+    // A host: its token stops working at once.
+    let (status, host) = register_host(&s, &s.registration_key, "web-1");
+    assert_eq!(status, 201);
+    let host_token = host["host_token"].as_str().unwrap().to_owned();
+    let checkin = json!({"kernel_release": RELEASE, "build_id": BUILD_ID, "active_level": null,
+                         "state": "unpatched", "last_error": null, "agent_version": "0.1.0"});
+    let check_in = || {
+        call(
+            &s,
+            "POST",
+            "/api/v1/checkin",
+            Some(&host_token),
+            Some(Body::Json(checkin.clone())),
+        )
+        .0
+    };
+    assert_eq!(check_in(), 200);
+    let path = format!("/api/v1/hosts/{}", host["host_id"].as_str().unwrap());
+    let (status, v) = call(&s, "DELETE", &path, admin, None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(check_in(), 401);
+    let (_, hosts) = call(&s, "GET", "/api/v1/hosts", admin, None);
+    assert_eq!(hosts["hosts"].as_array().unwrap().len(), 0);
+
+    // An API token.
+    let id = token_id(&s, "operator");
+    assert_eq!(
+        call(&s, "GET", "/api/v1/kernels", Some(&operator), None).0,
+        200
+    );
+    let (status, v) = call(&s, "DELETE", &format!("/api/v1/tokens/{id}"), admin, None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        call(&s, "GET", "/api/v1/kernels", Some(&operator), None).0,
+        401
+    );
+
+    let (_, audit) = call(&s, "GET", "/api/v1/audit", admin, None);
+    let actions: Vec<&str> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in ["registration-key-revoke", "host-revoke", "token-revoke"] {
+        assert!(actions.contains(&action), "{action}: {actions:?}");
+    }
+}
+
+#[test]
+fn the_dashboard_revokes_tokens_keys_and_hosts_for_admins_only() {
+    let s = start(|t| t.to_owned());
+    add_user(&s, "ada", "admin", "admin-password");
+    add_user(&s, "vera", "viewer", "viewer-password");
+    let operator = token(&s, "operator");
+    let (status, host) = register_host(&s, &s.registration_key, "web-1");
+    assert_eq!(status, 201);
+    let host_id = host["host_id"].as_str().unwrap().to_owned();
+    let operator_id = token_id(&s, "operator");
+    let page_text = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    };
+    runtime().block_on(async {
+        let client = no_redirects();
+        let session = |r: &reqwest::Response| {
+            r.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        let viewer = session(&ui_login(&client, &s.url, "vera", "viewer-password").await);
+        let get = |path: String, cookie: String| {
+            let client = client.clone();
+            let url = format!("{}{path}", s.url);
+            async move {
+                client
+                    .get(url)
+                    .header("cookie", cookie)
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(get("/ui/access".into(), viewer.clone()).await.status(), 403);
+
+        let admin = session(&ui_login(&client, &s.url, "ada", "admin-password").await);
+        let (status, access) = page_text(get("/ui/access".into(), admin.clone()).await).await;
+        assert_eq!(status, 200);
+        assert!(
+            access.contains(&format!("/ui/revoke?kind=token&amp;id={operator_id}")),
+            "{access}"
+        );
+
+        for (kind, id) in [("token", operator_id.as_str()), ("host", host_id.as_str())] {
+            let (status, confirm) =
+                page_text(get(format!("/ui/revoke?kind={kind}&id={id}"), admin.clone()).await)
+                    .await;
+            assert_eq!(status, 200, "{confirm}");
+            let csrf = csrf_in(&confirm);
+            let post = |form: Vec<(&'static str, String)>, cookie: String| {
+                let client = client.clone();
+                let url = format!("{}/ui/revoke", s.url);
+                async move {
+                    client
+                        .post(url)
+                        .header("cookie", cookie)
+                        .form(&form)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                }
+            };
+            let form = vec![("kind", kind.to_owned()), ("id", id.to_owned())];
+            // Without the session's token, and from a viewer: refused, nothing revoked.
+            assert_eq!(post(form.clone(), admin.clone()).await, 403);
+            let mut with_csrf = form.clone();
+            with_csrf.push(("csrf", csrf.clone()));
+            assert_eq!(post(with_csrf.clone(), viewer.clone()).await, 403);
+            assert_eq!(post(with_csrf, admin.clone()).await, 303);
+        }
+    });
+    assert_eq!(
+        call(&s, "GET", "/api/v1/kernels", Some(&operator), None).0,
+        401
+    );
+    assert_eq!(
+        call(
+            &s,
+            "GET",
+            &format!("/api/v1/hosts/{host_id}/exposure"),
+            Some(&s.admin),
+            None
+        )
+        .0,
+        404
+    );
+    let (_, audit) = call(&s, "GET", "/api/v1/audit", Some(&s.admin), None);
+    let revocations: Vec<(&str, &str)> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .filter(|(_, action)| action.ends_with("-revoke"))
+        .collect();
+    assert_eq!(
+        revocations,
+        [("user:ada", "host-revoke"), ("user:ada", "token-revoke")]
+    );
+}
+
+/// Reads until the server closes the connection; the bytes read. A 60 s read timeout is only
+/// the test's safety net: a server that never closes fails the test with `WouldBlock`.
+fn read_until_closed(stream: &mut std::net::TcpStream) -> Result<usize, std::io::Error> {
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let mut total = 0;
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(total),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[test]
+fn quiet_connections_are_closed_half_a_request_or_an_unread_download() {
+    const SIZE: usize = 24 << 20;
+    let s = start(|t| t.replace("idle_connection_secs = 120", "idle_connection_secs = 2"));
+    let address = s.url.strip_prefix("http://").unwrap();
+
+    // Half a request: the headers never end.
+    let mut half = std::net::TcpStream::connect(address).unwrap();
+    write!(half, "GET /healthz HTTP/1.1\r\nHost: patchbay\r\n").unwrap();
+    let answered = read_until_closed(&mut half).expect("the server kept a half request open");
+    assert_eq!(answered, 0, "nothing is answered to half a request");
+
+    // A download its client stops reading: the server gives up on it instead of holding the
+    // connection (and its buffers) for ever.
+    let (sha, _) = publish_large(&s, SIZE);
+    let mut download = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        download,
+        "GET /tuf/targets/{sha}.bundles/{BUILD_ID}/1.pbb HTTP/1.1\r\nHost: patchbay\r\n\r\n"
+    )
+    .unwrap();
+    // The client reads nothing for longer than the idle time (the socket buffers hold only
+    // a small part of the 24 MiB), then everything it can.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let received = read_until_closed(&mut download).expect("the server kept a stalled download");
+    assert!(
+        received < SIZE,
+        "the whole target ({received} bytes) went to a client that stopped reading"
+    );
+    // Clients that do read are served as before.
+    assert_eq!(call(&s, "GET", "/healthz", None, None).0, 200);
+}
