@@ -40,6 +40,24 @@ pub fn agent_binary() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The static agent built with its `fault-injection` crash points (for `tests/faults.rs`).
+pub fn agent_binary_with_fault_injection() -> Result<PathBuf> {
+    static AGENT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            release_binary_with_features(
+                "patchbay",
+                "patchbay",
+                "static-agent-faults",
+                Linking::Static,
+                &["fault-injection"],
+            )
+            .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
 fn build_agent() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("PATCHBAY_AGENT_BIN") {
         return Ok(PathBuf::from(path));
@@ -64,6 +82,17 @@ pub fn release_binary(
     target_dir: &str,
     linking: Linking,
 ) -> Result<PathBuf> {
+    release_binary_with_features(package, bin, target_dir, linking, &[])
+}
+
+/// [`release_binary`] with cargo features.
+pub fn release_binary_with_features(
+    package: &str,
+    bin: &str,
+    target_dir: &str,
+    linking: Linking,
+    features: &[&str],
+) -> Result<PathBuf> {
     let root = workspace_root();
     let target_dir = root.join("target").join(target_dir);
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -72,6 +101,9 @@ pub fn release_binary(
         .args(["build", "--release", "--locked", "--quiet", "-p", package])
         .args(["--target", "x86_64-unknown-linux-gnu"])
         .env("CARGO_TARGET_DIR", &target_dir);
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
+    }
     if linking == Linking::Static {
         command.env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
@@ -174,8 +206,13 @@ pub struct Guest {
 impl Guest {
     /// A guest with the agent installed.
     pub fn new() -> Result<Guest> {
+        Guest::with_agent(&agent_binary()?)
+    }
+
+    /// A guest with the agent binary `agent` (e.g. one with crash points).
+    pub fn with_agent(agent: &Path) -> Result<Guest> {
         let mut initramfs = Initramfs::new()?;
-        initramfs.add_file("/bin/patchbay", &agent_binary()?, 0o755)?;
+        initramfs.add_file("/bin/patchbay", agent, 0o755)?;
         Ok(Guest {
             initramfs,
             cpus: 1,
