@@ -26,7 +26,11 @@ fn objects_are_reproducible_patched_restored_and_placed() {
     let _exclusive = tree.lock().unwrap();
     let diff = fixture("diffs/cmdline-string.patch");
     assert!(preflight::check_patch_applies(tree.dir(), &diff).is_empty());
-    let files = patch_file::changed_files(&std::fs::read_to_string(&diff).unwrap()).unwrap();
+    let text = std::fs::read_to_string(&diff).unwrap();
+    let exists = |p: &str| tree.dir().join(p).is_file();
+    let files = patch_file::resolve(patch_file::parse(&text).unwrap(), None, &exists)
+        .unwrap()
+        .files;
     assert_eq!(files.len(), 1);
     let source = files[0].path.as_str();
     assert_eq!(source, "fs/proc/cmdline.c");

@@ -114,6 +114,7 @@ fn diff_bundles_load_and_unload_in_qemu() {
                     .collect(),
                 output: out.clone(),
                 keep_work_dir: None,
+                strip_level: None,
             },
         )
         .unwrap_or_else(|e| panic!("build {name}: {e}"));
@@ -183,6 +184,7 @@ fn diff_bundle_patches_a_module_loaded_before_or_after() {
                 patches: vec![fixture("diffs/module-binfmt-misc.patch")],
                 output: out.clone(),
                 keep_work_dir: None,
+                strip_level: None,
             },
         )
         .unwrap();

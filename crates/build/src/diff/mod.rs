@@ -10,3 +10,4 @@ pub mod objects;
 pub mod patch_file;
 pub mod pipeline;
 pub mod preflight;
+pub mod refusal;

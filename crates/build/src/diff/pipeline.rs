@@ -13,7 +13,8 @@ use super::engine::{self, DiffReport};
 use super::extract;
 use super::objects::{self, Owner, PatchedTree};
 use super::patch_file;
-use super::preflight::{self, KernelConfig};
+use super::preflight::{self, KernelConfig, PreflightProblem};
+use super::refusal::{Category, Refusal, Refusals};
 use crate::module_build::{self, BuildReport, SourceBuild};
 
 /// A diff-mode build request.
@@ -25,6 +26,9 @@ pub struct DiffBuild {
     pub patches: Vec<PathBuf>,
     pub output: PathBuf,
     pub keep_work_dir: Option<PathBuf>,
+    /// `patch -p N`: how many leading path components to strip; `None` finds the one level at
+    /// which the diff's paths name files of the kernel tree.
+    pub strip_level: Option<usize>,
 }
 
 /// The change found in one translation unit.
@@ -81,7 +85,7 @@ pub struct DiffBuildReport {
 #[derive(Debug, thiserror::Error)]
 pub enum DiffBuildError {
     #[error("the diff cannot become a live patch:\n{0}")]
-    Refused(String),
+    Refused(Refusals),
     #[error(transparent)]
     Objects(#[from] objects::ObjectsError),
     #[error(transparent)]
@@ -109,9 +113,37 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> D
     }
 }
 
-fn refuse(lines: impl IntoIterator<Item = String>) -> DiffBuildError {
-    let text: Vec<String> = lines.into_iter().map(|l| format!("- {l}")).collect();
-    DiffBuildError::Refused(text.join("\n"))
+impl DiffBuildError {
+    fn refused(refusals: Vec<Refusal>) -> Self {
+        DiffBuildError::Refused(Refusals(refusals))
+    }
+
+    /// The refusals, when the build was refused (rather than failing).
+    pub fn refusals(&self) -> &[Refusal] {
+        match self {
+            DiffBuildError::Refused(refusals) => &refusals.0,
+            _ => &[],
+        }
+    }
+
+    /// A stable name for what failed, for scripts that count failures (`--json`): a refusal's
+    /// category, or what kind of step failed.
+    pub fn category(&self) -> &'static str {
+        match self {
+            DiffBuildError::Refused(refusals) => refusals
+                .0
+                .first()
+                .map_or("refused", |r| r.category.as_str()),
+            DiffBuildError::Objects(objects::ObjectsError::Compile { .. }) => "compile-failed",
+            DiffBuildError::Objects(_) => "objects",
+            DiffBuildError::Elf(_) => "unreadable-object",
+            DiffBuildError::Extract(_) => "extract",
+            DiffBuildError::Kernel(_) => "kernel-data",
+            DiffBuildError::Module(module_build::BuildError::Symbols(_)) => "unresolved-symbol",
+            DiffBuildError::Module(_) => "module-build",
+            DiffBuildError::Io { .. } => "io",
+        }
+    }
 }
 
 /// Builds a bundle from unified diffs of `kernel`'s source.
@@ -124,8 +156,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             combined.push('\n');
         }
     }
-    let files = patch_file::changed_files(&combined)
-        .map_err(|refusals| refuse(refusals.iter().map(ToString::to_string)))?;
+    let parsed = patch_file::parse(&combined).map_err(|r| DiffBuildError::refused(vec![r]))?;
 
     // Stage 1: preflight.
     let config_text =
@@ -134,7 +165,9 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     let mut problems = preflight::check_config(&config);
     problems.extend(preflight::check_compiler(&config));
     if !problems.is_empty() {
-        return Err(refuse(problems.iter().map(ToString::to_string)));
+        return Err(DiffBuildError::refused(
+            problems.iter().map(PreflightProblem::to_refusal).collect(),
+        ));
     }
 
     let temp;
@@ -154,15 +187,22 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             temp.path()
         }
     };
-    let patch_path = work.join("combined.patch");
-    std::fs::write(&patch_path, &combined).map_err(io_err("write", &patch_path))?;
 
-    // Stages 2 and 3: the source tree, original and patched objects.
+    // Stages 2 and 3: the source tree (which proves the diff's strip level), original and
+    // patched objects.
     let tree = kernel.source_tree()?;
     let _exclusive = tree.lock()?;
+    let exists = |path: &str| tree.dir().join(path).is_file();
+    let resolved = patch_file::resolve(parsed, request.strip_level, &exists)
+        .map_err(DiffBuildError::refused)?;
+    let files = resolved.files.clone();
+    let patch_path = work.join("combined.patch");
+    std::fs::write(&patch_path, resolved.normalized()).map_err(io_err("write", &patch_path))?;
     let problems = preflight::check_patch_applies(tree.dir(), &patch_path);
     if !problems.is_empty() {
-        return Err(refuse(problems.iter().map(ToString::to_string)));
+        return Err(DiffBuildError::refused(
+            problems.iter().map(PreflightProblem::to_refusal).collect(),
+        ));
     }
     let original_object = |source: &str| work.join("original").join(objects::object_path(source));
     let patched_object = |source: &str| work.join("patched").join(objects::object_path(source));
@@ -188,77 +228,26 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         };
         let original = read(original_object(&file.path))?;
         let patched = read(patched_object(&file.path))?;
-        let mut diff = engine::compare(&original, &patched);
-        let annotations = annotations(&patched);
-        diff.changed_functions
-            .retain(|f| !annotations.ignored.contains(f));
-        for (field, function) in &annotations.callbacks {
-            if !["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"].contains(&field.as_str())
-            {
-                refusals.push(format!(
-                    "{}: `{function}` is declared as a `{field}` callback, which livepatch does not \
-                     have (use the PATCHBAY_DIFF_* macros of patchbay-diff.h)",
-                    file.path
-                ));
-            }
-            diff.changed_functions.retain(|f| f != function);
-            if !diff.new_functions.contains(function) {
-                diff.new_functions.push(function.clone());
-            }
-        }
-        if let Err(function) = engine::route_around_untraceable(&original, &patched, &mut diff) {
-            refusals.push(format!(
-                "{}: `{function}` has no ftrace entry (notrace or inline) and no caller in this \
-                 file that could be replaced instead; move the fix into a traceable function",
-                file.path
-            ));
-        }
-        for name in &diff.changed_data {
-            refusals.push(format!(
-                "{}: the fix changes existing data `{name}`; a live patch cannot change data the \
-                 running kernel already holds: use a shadow variable or a callback instead",
-                file.path
-            ));
-        }
-        for name in &diff.changed_init {
-            refusals.push(format!(
-                "{}: the fix changes `{name}` in __init/__exit code, which already ran (or runs \
-                 only at unload); live patching it has no effect: leave it out of the diff",
-                file.path
-            ));
-        }
-        for name in diff.changed_functions.iter().filter(|n| n.contains('.')) {
-            refusals.push(format!(
-                "{}: the fix changes `{name}`, a function GCC cloned or split; this builder \
-                 cannot name it in a klp_func yet: patch its callers instead",
-                file.path
-            ));
-        }
-        for section in extract::unknown_special_sections(&patched, &diff) {
-            refusals.push(format!(
-                "{}: changed code is described by section {section}, which this builder \
-                 does not know how to carry",
-                file.path
-            ));
-        }
+        let (diff, callbacks, file_refusals) = analyse(&file.path, &original, &patched);
+        refusals.extend(file_refusals);
         let owner = objects::owner(kernel, &file.path, &original_object(&file.path))?;
         reports.push(FileChangeReport {
             source: file.path.clone(),
             owner,
             diff,
-            callbacks: annotations.callbacks,
+            callbacks,
         });
         views.push((original, patched));
     }
     if reports.iter().all(|r| r.diff.is_empty()) {
-        refusals.push(
+        refusals.push(Refusal::new(
+            Category::NoFunctionalChange,
             "the diff makes no functional change to any object (comments or formatting only?); \
-             there is nothing to live-patch"
-                .into(),
-        );
+             there is nothing to live-patch",
+        ));
     }
     if !refusals.is_empty() {
-        return Err(refuse(refusals));
+        return Err(DiffBuildError::refused(refusals));
     }
 
     // Stage 4b: extracted objects; stage 5/6: markers for the module build.
@@ -323,10 +312,14 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                         "PATCHBAY_REPLACE_SYMPOS({object}, {old}, {new}, {position});"
                     );
                 }
-                None => ambiguous.push(format!(
-                    "{}: `{old}` is defined several times in vmlinux and none (or more than one) \
-                     comes from {file_name}; cannot tell which one to replace",
-                    report.source
+                None => ambiguous.push(Refusal::in_function(
+                    Category::AmbiguousSymbol,
+                    &report.source,
+                    old,
+                    format!(
+                        "defined several times in vmlinux and none (or more than one) comes from \
+                         {file_name}; cannot tell which one to replace"
+                    ),
                 )),
             }
         }
@@ -342,7 +335,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         }
     }
     if !ambiguous.is_empty() {
-        return Err(refuse(ambiguous));
+        return Err(DiffBuildError::refused(ambiguous));
     }
     let markers_path = work.join("patchbay_diff_markers.c");
     std::fs::write(&markers_path, markers).map_err(io_err("write", &markers_path))?;
@@ -393,11 +386,100 @@ fn refuse_unexported_vmlinux_symbols(
     if offending.is_empty() {
         return Ok(());
     }
-    Err(refuse(offending.into_iter().map(|name| {
-        format!(
-            "{source}: the fix makes module {module} use `{name}`, which vmlinux does not \
-             export; a module's live patch may only use exported vmlinux symbols: reach it \
-             through an exported function instead"
-        )
-    })))
+    Err(DiffBuildError::refused(
+        offending
+            .into_iter()
+            .map(|name| {
+                Refusal::in_function(
+                    Category::ModuleUsesUnexported,
+                    source,
+                    name,
+                    format!(
+                        "the fix makes module {module} use this symbol, which vmlinux does not \
+                         export; a module's live patch may only use exported vmlinux symbols: \
+                         reach it through an exported function instead"
+                    ),
+                )
+            })
+            .collect(),
+    ))
+}
+
+/// Stage 4 for one translation unit: what changed between the original and the patched object
+/// after the author's annotations, with the callbacks declared and every refusal that depends
+/// only on this object.
+pub fn analyse(
+    source: &str,
+    original: &ElfView,
+    patched: &ElfView,
+) -> (DiffReport, Vec<(String, String)>, Vec<Refusal>) {
+    let mut refusals = Vec::new();
+    let mut diff = engine::compare(original, patched);
+    let annotations = annotations(patched);
+    diff.changed_functions
+        .retain(|f| !annotations.ignored.contains(f));
+    for (field, function) in &annotations.callbacks {
+        if !["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"].contains(&field.as_str()) {
+            refusals.push(Refusal::in_function(
+                Category::UnknownCallback,
+                source,
+                function,
+                format!(
+                    "declared as a `{field}` callback, which livepatch does not have (use the \
+                     PATCHBAY_DIFF_* macros of patchbay-diff.h)"
+                ),
+            ));
+        }
+        diff.changed_functions.retain(|f| f != function);
+        if !diff.new_functions.contains(function) {
+            diff.new_functions.push(function.clone());
+        }
+    }
+    if let Err(function) = engine::route_around_untraceable(original, patched, &mut diff) {
+        refusals.push(Refusal::in_function(
+            Category::UntraceableFunction,
+            source,
+            &function,
+            "no ftrace entry (notrace or inline) and no caller in this file that could be \
+             replaced instead; move the fix into a traceable function",
+        ));
+    }
+    for name in &diff.changed_data {
+        refusals.push(Refusal::in_function(
+            Category::ChangedData,
+            source,
+            name,
+            "the fix changes existing data; a live patch cannot change data the running kernel \
+             already holds: use a shadow variable or a callback instead",
+        ));
+    }
+    for name in &diff.changed_init {
+        refusals.push(Refusal::in_function(
+            Category::InitOnly,
+            source,
+            name,
+            "the fix changes __init/__exit code, which already ran (or runs only at unload); \
+             live patching it has no effect: leave it out of the diff",
+        ));
+    }
+    for name in diff.changed_functions.iter().filter(|n| n.contains('.')) {
+        refusals.push(Refusal::in_function(
+            Category::ClonedFunction,
+            source,
+            name,
+            "a function GCC cloned or split changed; this builder cannot name it in a klp_func \
+             yet: patch its callers instead",
+        ));
+    }
+    for section in extract::unknown_special_sections(patched, &diff) {
+        refusals.push(Refusal::in_file(
+            Category::UnknownSpecialSection,
+            source,
+            format!(
+                "changed code is described by section {section}, which this builder does not \
+                 know how to carry"
+            ),
+        ));
+    }
+    (diff, annotations.callbacks, refusals)
 }
