@@ -161,6 +161,7 @@ fn run(cli: Cli) -> Result<()> {
                 linked_objects: Vec::new(),
                 symbol_hints: Default::default(),
                 symbols_override: symbols,
+                old_function_aliases: Default::default(),
                 output: output.clone(),
                 keep_work_dir,
             };
@@ -270,6 +271,7 @@ fn run(cli: Cli) -> Result<()> {
                             "new_functions": f.diff.new_functions,
                             "new_data": f.diff.new_data,
                             "removed_functions": f.diff.removed_functions,
+                            "init_not_applied": f.diff.changed_init,
                         })
                     })
                     .collect();
@@ -297,6 +299,11 @@ fn run(cli: Cli) -> Result<()> {
                     for name in names {
                         println!("  {what} {name}");
                     }
+                }
+                for name in &f.diff.changed_init {
+                    println!(
+                        "  not applied: {name} (__init/__exit code: already ran, or never runs)"
+                    );
                 }
             }
             let m = &report.module.manifest;

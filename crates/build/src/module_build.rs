@@ -77,6 +77,9 @@ pub struct SourceBuild {
     /// A symbol table to use instead of the distro's full `System.map` (e.g. a host's
     /// `/proc/kallsyms` read with `nokaslr`).
     pub symbols_override: Option<PathBuf>,
+    /// Marker identifiers that stand for kernel names a C identifier cannot spell (diff mode's
+    /// GCC clones: `foo_isra_0` → `foo.isra.0`).
+    pub old_function_aliases: std::collections::BTreeMap<String, String>,
     pub output: PathBuf,
     /// Keep the kbuild directory here (for debugging) instead of a temporary one.
     pub keep_work_dir: Option<PathBuf>,
@@ -113,6 +116,11 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         all_markers.extend(markers::find_markers(&shown, &text)?);
         all_callbacks.extend(markers::find_callbacks(&shown, &text)?);
         sources.push((format!("pb_src{index}"), text));
+    }
+    for marker in &mut all_markers {
+        if let Some(kernel_name) = request.old_function_aliases.get(&marker.token) {
+            marker.old_function = kernel_name.clone();
+        }
     }
     if all_markers.is_empty() {
         let names: Vec<String> = request

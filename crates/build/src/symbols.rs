@@ -332,6 +332,7 @@ ffffffff82000100 D printk_like
         let marker = |name: &str, sympos| Marker {
             object: ObjectName::vmlinux(),
             old_function: name.into(),
+            token: name.into(),
             new_function: "pb_new".into(),
             sympos,
         };

@@ -78,6 +78,22 @@ const CASES: &[(&str, &[&str], &str)] = &[
         &["consoles-duplicate-name.patch"],
         "grep -q pb_consoles /proc/consoles",
     ),
+    // A GCC clone (`__set_oom_adj.isra.0`, replaced itself: ftrace entry, callers unchanged)
+    // whose pr_warn_once has the patch's own `__already_done` (the original already fired or
+    // not, the patched one prints once); its jump label keys on an unexported vmlinux
+    // tracepoint, relocated by the loader before jump labels are registered.
+    (
+        "oom-adj-clone-print-once",
+        &["oom-adj-clone-print-once.patch"],
+        "dmesg -c >/dev/null; echo 0 > /proc/self/oom_adj && dmesg | grep -q pb_oom_adj_patched",
+    ),
+    // A fix that also changes __init code: the runtime function is live, the init part is
+    // reported as not applied.
+    (
+        "cmdline-init-and-runtime",
+        &["cmdline-init-and-runtime.patch"],
+        "grep -q pb_init_not_applied=1 /proc/cmdline",
+    ),
     // The independent cases above as one cumulative patch.
     (
         "combined",

@@ -3,7 +3,7 @@
 //! semantically: symbols by name without GCC's numbering, strings by content (not by their
 //! offset in a merged string section), PC-relative addends decoded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::elf::{correlation_name, ElfView, Reloc, Section, Symbol, Target};
 
@@ -20,22 +20,25 @@ pub struct DiffReport {
     pub new_data: Vec<String>,
     /// Existing data whose contents differ: the builder refuses these.
     pub changed_data: Vec<String>,
-    /// Changed functions in `__init`/`__exit` code: refused (it already ran, or never will).
+    /// Changed or new functions in `__init`/`__exit` code. They are not applied: init code
+    /// already ran (and was freed), exit code of vmlinux never runs; a live patch replaces
+    /// only what runs from now on. Reported, not carried.
     pub changed_init: Vec<String>,
 }
 
 impl DiffReport {
-    /// No functional difference.
+    /// No difference a live patch can apply (init/exit changes do not count).
     pub fn is_empty(&self) -> bool {
         self.changed_functions.is_empty()
             && self.new_functions.is_empty()
             && self.new_data.is_empty()
             && self.changed_data.is_empty()
-            && self.changed_init.is_empty()
     }
 }
 
-fn is_init_section(name: &str) -> bool {
+/// `.init.text`, `.exit.text`, `.init.data`, `.init.rodata`, …: code and data the running
+/// kernel runs once at boot (or module load) and frees, or never runs.
+pub fn is_init_section(name: &str) -> bool {
     name.starts_with(".init.") || name.starts_with(".exit.") || name.starts_with(".head.text")
 }
 
@@ -55,7 +58,9 @@ fn by_name(view: &ElfView, want_function: bool) -> BTreeMap<String, &Symbol> {
         if want_function {
             symbol.is_function()
         } else {
+            // Special statics are never correlated: the patch has its own copies (extract).
             symbol.is_data()
+                && !view.is_special_static(symbol)
                 && symbol
                     .section
                     .and_then(|s| view.section(s))
@@ -115,13 +120,14 @@ pub fn compare(original: &ElfView, patched: &ElfView) -> DiffReport {
     let old_functions = by_name(original, true);
     let new_functions = by_name(patched, true);
     for (name, new) in &new_functions {
+        let in_init = new
+            .section
+            .and_then(|s| patched.section(s))
+            .is_some_and(|s| is_init_section(&s.name));
         match old_functions.get(name) {
+            None if in_init => report.changed_init.push(new.name.clone()),
             None => report.new_functions.push(new.name.clone()),
             Some(old) if !same_symbol(original, old, patched, new) => {
-                let in_init = new
-                    .section
-                    .and_then(|s| patched.section(s))
-                    .is_some_and(|s| is_init_section(&s.name));
                 if in_init {
                     report.changed_init.push(new.name.clone());
                 } else {
@@ -286,46 +292,66 @@ pub fn route_around_untraceable(
     patched: &ElfView,
     report: &mut DiffReport,
 ) -> Result<Vec<String>, String> {
+    route_around(original, patched, report, &BTreeSet::new())
+}
+
+/// The functions of `view` whose code refers to function `name` (by symbol or through its
+/// section), except `name` itself and its `.cold` part (which jumps back into it).
+pub fn callers_of(view: &ElfView, name: &str) -> Vec<String> {
+    let Some(target) = view
+        .symbols
+        .iter()
+        .find(|s| s.name == name && s.is_function())
+    else {
+        return Vec::new();
+    };
+    let target_section = target.section;
+    let own_cold = format!("{name}.cold");
+    view.symbols
+        .iter()
+        .filter(|s| s.is_function() && s.name != name && !s.name.starts_with(&own_cold))
+        .filter(|caller| {
+            let Some((section, start, end)) = symbol_range(view, caller) else {
+                return false;
+            };
+            section.relocs.iter().any(|r| {
+                r.offset >= start
+                    && r.offset < end
+                    && match &r.target {
+                        Target::Symbol(i) => view.symbol(*i).is_some_and(|s| s.name == name),
+                        Target::Section(s) => Some(*s) == target_section,
+                    }
+            })
+        })
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// Like [`route_around_untraceable`], also moving the changed functions named in `forced`
+/// (GCC clones whose calling convention may have changed) to their callers.
+pub fn route_around(
+    original: &ElfView,
+    patched: &ElfView,
+    report: &mut DiffReport,
+    forced: &BTreeSet<String>,
+) -> Result<Vec<String>, String> {
     let mut moved = Vec::new();
     loop {
         let untraceable = report.changed_functions.iter().position(|name| {
-            original
-                .symbols
-                .iter()
-                .find(|s| s.is_function() && correlation_name(&s.name) == correlation_name(name))
-                .is_some_and(|s| !has_ftrace_entry(original, s))
+            forced.contains(name)
+                || original
+                    .symbols
+                    .iter()
+                    .find(|s| {
+                        s.is_function() && correlation_name(&s.name) == correlation_name(name)
+                    })
+                    .is_some_and(|s| !has_ftrace_entry(original, s))
         });
         let Some(position) = untraceable else {
             return Ok(moved);
         };
         let name = report.changed_functions.remove(position);
-        let Some(target) = patched
-            .symbols
-            .iter()
-            .find(|s| s.name == name && s.is_function())
-        else {
-            return Err(name);
-        };
-        let target_section = target.section;
-        let callers: Vec<String> = patched
-            .symbols
-            .iter()
-            .filter(|s| s.is_function() && s.name != name)
-            .filter(|caller| {
-                let Some((section, start, end)) = symbol_range(patched, caller) else {
-                    return false;
-                };
-                section.relocs.iter().any(|r| {
-                    r.offset >= start
-                        && r.offset < end
-                        && match &r.target {
-                            Target::Symbol(i) => patched.symbol(*i).is_some_and(|s| s.name == name),
-                            Target::Section(s) => Some(*s) == target_section,
-                        }
-                })
-            })
-            .map(|s| s.name.clone())
-            .collect();
+        let callers = callers_of(patched, &name);
         if callers.is_empty() {
             return Err(name);
         }
@@ -338,4 +364,49 @@ pub fn route_around_untraceable(
         }
         moved.push(name);
     }
+}
+
+/// References from kept code (changed and new functions) into `__init`/`__exit` code or data:
+/// `(function, referenced symbol)`. The running kernel freed what they point at.
+pub fn init_references(patched: &ElfView, report: &DiffReport) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for name in report.changed_functions.iter().chain(&report.new_functions) {
+        let Some(function) = patched
+            .symbols
+            .iter()
+            .find(|s| &s.name == name && s.is_function())
+        else {
+            continue;
+        };
+        let Some((section, start, end)) = symbol_range(patched, function) else {
+            continue;
+        };
+        for reloc in section
+            .relocs
+            .iter()
+            .filter(|r| r.offset >= start && r.offset < end)
+        {
+            let (target_section, target_name) = match &reloc.target {
+                Target::Symbol(i) => match patched.symbol(*i) {
+                    Some(s) => (s.section, s.name.clone()),
+                    None => continue,
+                },
+                Target::Section(s) => (
+                    Some(*s),
+                    patched
+                        .symbol_of_section(*s)
+                        .map(|o| o.name.clone())
+                        .or_else(|| patched.section(*s).map(|sec| sec.name.clone()))
+                        .unwrap_or_default(),
+                ),
+            };
+            let into_init = target_section
+                .and_then(|s| patched.section(s))
+                .is_some_and(|s| is_init_section(&s.name));
+            if into_init && !found.contains(&(name.clone(), target_name.clone())) {
+                found.push((name.clone(), target_name));
+            }
+        }
+    }
+    found
 }

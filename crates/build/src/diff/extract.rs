@@ -15,7 +15,7 @@ use object::{
     SymbolFlags, SymbolKind, SymbolScope,
 };
 
-use super::elf::{correlation_name, ElfView, Reloc, Section, Target};
+use super::elf::{correlation_name, is_dynamic_debug_section, ElfView, Reloc, Section, Target};
 use super::engine::DiffReport;
 
 /// Prefix of the symbol a changed function gets in the extracted object; the generated
@@ -115,7 +115,13 @@ fn ignored_section(name: &str) -> bool {
         || name == "__mcount_loc"
         || name.starts_with(".debug")
         || name == ".modinfo"
+        // Exports (`___ksymtab+foo`, `___ksymtab_gpl+foo`, `__ksymtab_strings`, CRCs): the
+        // export stays with the running kernel's function, and ftrace sends its callers to the
+        // replacement; a patch module exporting the same name again would clash.
         || name.starts_with("__ksymtab")
+        || name.starts_with("___ksymtab")
+        || name.starts_with("__kcrctab")
+        || name.starts_with("___kcrctab")
         || name == ".gnu.linkonce.this_module"
         || name.starts_with(".patchbay.")
 }
@@ -282,7 +288,7 @@ fn scope_of(global: bool) -> SymbolScope {
 }
 
 /// Symbol names may contain `.` (clones); keep the generated name a C identifier.
-fn sanitize(name: &str) -> String {
+pub fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' {
@@ -413,6 +419,13 @@ impl Builder<'_> {
                     .symbol(*index)
                     .cloned()
                     .ok_or_else(|| ExtractError::Write(format!("no symbol {index}")))?;
+                // Special statics (`__already_done.N`, `__warned`, dynamic debug descriptors,
+                // `_rs`, …): never looked up in the running kernel, where their names repeat;
+                // the patch carries its own copy.
+                if self.patched.is_special_static(&symbol) {
+                    let id = self.define_copy(*index)?;
+                    return Ok((id, reloc.addend));
+                }
                 if symbol.section.is_some() && symbol.is_data() && self.is_new_data(&symbol.name) {
                     let id = self.define_copy(*index)?;
                     return Ok((id, reloc.addend));
@@ -448,7 +461,12 @@ impl Builder<'_> {
                     .section(*index)
                     .cloned()
                     .ok_or_else(|| ExtractError::Write(format!("no section {index}")))?;
-                if self.kept_functions.contains(index) || copied_whole(&section) {
+                let special = is_dynamic_debug_section(&section.name)
+                    || self
+                        .patched
+                        .symbol_of_section(*index)
+                        .is_some_and(|owner| self.patched.is_special_static(owner));
+                if self.kept_functions.contains(index) || copied_whole(&section) || special {
                     let id = self.copy_section(*index)?;
                     if !self.kept_functions.contains(index) {
                         self.copy_relocations(*index)?;

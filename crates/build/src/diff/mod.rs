@@ -3,6 +3,7 @@
 //! module: `patch_file` (what the diff touches), `preflight` (kernel config, compiler, the diff
 //! applies). Stages still to come: object compilation, the object diff engine, symbols, module.
 
+pub mod clones;
 pub mod elf;
 pub mod engine;
 pub mod extract;
