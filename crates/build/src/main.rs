@@ -162,6 +162,7 @@ fn run(cli: Cli) -> Result<()> {
                 symbol_hints: Default::default(),
                 symbols_override: symbols,
                 old_function_aliases: Default::default(),
+                module_locals: Default::default(),
                 output: output.clone(),
                 keep_work_dir,
             };

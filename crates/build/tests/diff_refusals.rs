@@ -54,7 +54,7 @@ fn unsafe_or_empty_diffs_are_refused_with_advice() {
         ),
         (
             fixture("refuse-header.patch"),
-            "header changes are refused",
+            "move the fix into the .c files that need it",
             Category::HeaderChange,
             None,
         ),

@@ -6,6 +6,7 @@
 use object::{Object, ObjectSection, ObjectSymbol};
 use patchbay_build::diff::elf::correlation_name;
 use patchbay_build::diff::pipeline::{build, DiffBuild, DiffBuildReport};
+use patchbay_build::diff::refusal::Category;
 use patchbay_kernels::{fetch_selector, Kernel, KernelSelector};
 
 fn fixture(rel: &str) -> std::path::PathBuf {
@@ -137,4 +138,36 @@ fn init_changes_beside_runtime_changes_are_reported_not_applied() {
     let diff = &report.files[0].diff;
     assert_eq!(diff.changed_functions, ["cmdline_proc_show"], "{diff:?}");
     assert_eq!(diff.changed_init, ["proc_cmdline_init"], "{diff:?}");
+}
+
+/// A header change the fix needs (a new inline helper in fs/proc/fd.h, used by fd.c): every
+/// other object that includes the header (fs/proc/base.o) is recompiled and unchanged, so the
+/// fix builds. A header change that alters an object the diff does not patch is refused with
+/// that object named.
+#[test]
+fn header_changes_are_allowed_only_when_no_other_object_changes() {
+    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let (report, _) = build_fixture(&kernel, "fd-header-new-helper.patch");
+    assert_eq!(report.files.len(), 1);
+    assert_eq!(report.files[0].source, "fs/proc/fd.c");
+    assert_eq!(report.files[0].diff.changed_functions, ["seq_show"]);
+
+    let work = tempfile::tempdir().unwrap();
+    let err = build(
+        &kernel,
+        &DiffBuild {
+            level: 1.try_into().unwrap(),
+            fixes: Vec::new(),
+            patches: vec![fixture("refuse-header-changes-other-object.patch")],
+            output: work.path().join("out.pbb"),
+            keep_work_dir: None,
+            strip_level: None,
+        },
+    )
+    .expect_err("proc_fd() changes fd.o, which the diff does not patch");
+    let refusal = &err.refusals()[0];
+    assert_eq!(refusal.category, Category::HeaderChange, "{err}");
+    assert_eq!(refusal.file.as_deref(), Some("fs/proc/fd.h"));
+    assert!(refusal.reason.contains("fs/proc/fd.o"), "{err}");
+    assert!(!refusal.reason.contains("fs/proc/base.o"), "{err}");
 }

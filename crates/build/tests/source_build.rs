@@ -24,6 +24,7 @@ fn request(dir: &Path, source: &str) -> SourceBuild {
         symbol_hints: Default::default(),
         symbols_override: None,
         old_function_aliases: Default::default(),
+        module_locals: Default::default(),
         output: dir.join("out.pbb"),
         keep_work_dir: None,
     }

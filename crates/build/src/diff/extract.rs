@@ -155,6 +155,8 @@ pub struct Extracted {
     /// Those of `external` that are local (static) symbols of the changed file: their names may
     /// repeat elsewhere in the kernel, so their position must come from the file.
     pub local_external: BTreeSet<String>,
+    /// Tracepoints whose sites in kept code of a module patch were left inert.
+    pub inert_tracepoints: BTreeSet<String>,
 }
 
 struct Builder<'a> {
@@ -174,17 +176,21 @@ struct Builder<'a> {
     /// Data only the patched object has (from the diff report).
     new_data: BTreeSet<String>,
     local_externals: BTreeSet<String>,
+    /// The patched object is part of a module (not vmlinux).
+    module_target: bool,
+    inert_tracepoints: BTreeSet<String>,
 }
 
 /// Builds the object for the changed and new functions and new data of `report`.
 ///
 /// New functions named in `export_as` get that global name (callbacks the generated tables
-/// refer to).
+/// refer to). `module_target`: the object is part of a module, not vmlinux.
 pub fn extract(
     original: &ElfView,
     patched: &ElfView,
     report: &DiffReport,
     export_as: &BTreeMap<String, String>,
+    module_target: bool,
 ) -> Result<Extracted, ExtractError> {
     let original_names: BTreeMap<String, String> = original
         .symbols
@@ -203,6 +209,8 @@ pub fn extract(
         relocated: BTreeSet::new(),
         new_data: report.new_data.iter().cloned().collect(),
         local_externals: BTreeSet::new(),
+        module_target,
+        inert_tracepoints: BTreeSet::new(),
     };
     let mut replaced = Vec::new();
     let changed: BTreeSet<&String> = report.changed_functions.iter().collect();
@@ -267,6 +275,7 @@ pub fn extract(
     }
     let external = builder.externals.keys().cloned().collect();
     let local_external = builder.local_externals.clone();
+    let inert_tracepoints = builder.inert_tracepoints.clone();
     let object = builder
         .out
         .write()
@@ -276,6 +285,7 @@ pub fn extract(
         replaced,
         external,
         local_external,
+        inert_tracepoints,
     })
 }
 
@@ -545,6 +555,21 @@ impl Builder<'_> {
             .map_err(|e| ExtractError::Write(e.to_string()))
     }
 
+    /// The tracepoint whose static key jump-table entry `index` uses, if it is one. A patch for
+    /// a module leaves such sites out: the key is the module's (its relocation could be written
+    /// only when the module loads, after the loader registered the entry), and an inert
+    /// tracepoint in the replacement is harmless, as kpatch and klp-build also decide.
+    fn tracepoint_key(&self, section: &Section, index: u64) -> Option<String> {
+        // `struct jump_entry { s32 code; s32 target; long key; }`
+        let key_offset = index * 16 + 8;
+        let reloc = section.relocs.iter().find(|r| r.offset == key_offset)?;
+        let Target::Symbol(symbol) = &reloc.target else {
+            return None;
+        };
+        let name = &self.patched.symbol(*symbol)?.name;
+        name.starts_with("__tracepoint_").then(|| name.clone())
+    }
+
     /// Whether a relocation points into kept code.
     fn points_into_kept(&self, reloc: &Reloc) -> bool {
         match &reloc.target {
@@ -568,7 +593,7 @@ impl Builder<'_> {
                 entry: table.entry_size,
             });
         }
-        let kept_entries: Vec<u64> = (0..section.size / table.entry_size)
+        let mut kept_entries: Vec<u64> = (0..section.size / table.entry_size)
             .filter(|i| {
                 let key = i * table.entry_size + table.key_offset;
                 section
@@ -577,6 +602,15 @@ impl Builder<'_> {
                     .any(|r| r.offset == key && self.points_into_kept(r))
             })
             .collect();
+        if table.name == "__jump_table" && self.module_target {
+            kept_entries.retain(|i| match self.tracepoint_key(&section, *i) {
+                Some(key) => {
+                    self.inert_tracepoints.insert(key);
+                    false
+                }
+                None => true,
+            });
+        }
         if kept_entries.is_empty() {
             return Ok(());
         }

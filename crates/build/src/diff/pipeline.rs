@@ -13,8 +13,11 @@ use super::clones;
 use super::elf::ElfView;
 use super::engine::{self, DiffReport};
 use super::extract;
+use super::headers;
+use super::include_index::IncludeIndex;
+use super::kbuild_home::{KbuildHome, KbuildIndex};
 use super::objects::{self, Owner, PatchedTree};
-use super::patch_file;
+use super::patch_file::{self, ChangedFile};
 use super::preflight::{self, KernelConfig, PreflightProblem};
 use super::refusal::{Category, Refusal, Refusals};
 use crate::module_build::{self, BuildReport, SourceBuild};
@@ -142,6 +145,9 @@ impl DiffBuildError {
             DiffBuildError::Extract(_) => "extract",
             DiffBuildError::Kernel(_) => "kernel-data",
             DiffBuildError::Module(module_build::BuildError::Symbols(_)) => "unresolved-symbol",
+            DiffBuildError::Module(module_build::BuildError::KlpElf(
+                crate::klp_elf::KlpElfError::SpecialSectionReference { .. },
+            )) => "loader-section-reference",
             DiffBuildError::Module(_) => "module-build",
             DiffBuildError::Io { .. } => "io",
         }
@@ -206,18 +212,99 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             problems.iter().map(PreflightProblem::to_refusal).collect(),
         ));
     }
+    // Headers are compiled into the changed .c files; the other translation units that include
+    // them are compiled too, to prove they do not change. A .c file kbuild does not build on its
+    // own (`#include "rtmutex.c"` in rtmutex_api.c) is patched through the units including it.
+    let (headers, files): (Vec<ChangedFile>, Vec<ChangedFile>) =
+        files.into_iter().partition(|f| f.path.ends_with(".h"));
+    let headers: Vec<String> = headers.into_iter().map(|h| h.path).collect();
+    let kbuild =
+        KbuildIndex::scan(tree.dir()).map_err(io_err("read the Makefiles of", tree.dir()))?;
+    let included_only: Vec<&ChangedFile> = files
+        .iter()
+        .filter(|f| kbuild.home(&objects::object_path(&f.path), &config) == KbuildHome::Unknown)
+        .collect();
+    let includes = if headers.is_empty() && included_only.is_empty() {
+        None
+    } else {
+        let cache = headers::include_index_cache(kernel.dir());
+        Some(
+            IncludeIndex::load_or_build(tree.dir(), &cache)
+                .map_err(io_err("index the includes of", tree.dir()))?,
+        )
+    };
+    let mut sources: std::collections::BTreeSet<String> =
+        files.iter().map(|f| f.path.clone()).collect();
+    if let Some(includes) = &includes {
+        for file in &included_only {
+            let units = headers::built_units(includes, &kbuild, &config, &file.path);
+            if !units.is_empty() {
+                sources.remove(&file.path);
+                sources.extend(units);
+            }
+        }
+    }
+    let files: Vec<ChangedFile> = sources
+        .iter()
+        .map(|path| ChangedFile {
+            path: path.clone(),
+            change: patch_file::FileChange::Modified,
+        })
+        .collect();
+    let header_units = match &includes {
+        Some(includes) if !headers.is_empty() => {
+            headers::units_to_compare(includes, &kbuild, &config, &headers, &sources)
+                .map_err(|r| DiffBuildError::refused(vec![r]))?
+        }
+        _ => Vec::new(),
+    };
     let original_object = |source: &str| work.join("original").join(objects::object_path(source));
     let patched_object = |source: &str| work.join("patched").join(objects::object_path(source));
-    for file in &files {
-        objects::compile_object(&tree, &file.path, &original_object(&file.path))?;
+    let all_units: Vec<&str> = files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(header_units.iter().map(String::as_str))
+        .collect();
+    for unit in &all_units {
+        objects::compile_object(&tree, unit, &original_object(unit))?;
     }
     let applied = PatchedTree::apply(&tree, &patch_path)?;
-    let compiled: Result<(), DiffBuildError> = files.iter().try_for_each(|file| {
-        objects::compile_object(&tree, &file.path, &patched_object(&file.path))
-            .map_err(DiffBuildError::from)
+    let compiled: Result<(), DiffBuildError> = all_units.iter().try_for_each(|unit| {
+        objects::compile_object(&tree, unit, &patched_object(unit)).map_err(DiffBuildError::from)
     });
     applied.restore()?;
     compiled?;
+    let mut affected = Vec::new();
+    for unit in &header_units {
+        let read = |p: PathBuf| -> Result<ElfView, DiffBuildError> {
+            let bytes = std::fs::read(&p).map_err(io_err("read", &p))?;
+            Ok(ElfView::parse(unit, &bytes)?)
+        };
+        let diff = engine::compare(&read(original_object(unit))?, &read(patched_object(unit))?);
+        if !diff.is_empty() || !diff.changed_init.is_empty() {
+            let what: Vec<&String> = diff
+                .changed_functions
+                .iter()
+                .chain(&diff.new_functions)
+                .chain(&diff.changed_data)
+                .chain(&diff.new_data)
+                .chain(&diff.changed_init)
+                .take(4)
+                .collect();
+            affected.push((
+                unit.clone(),
+                what.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+    }
+    if !affected.is_empty() {
+        return Err(DiffBuildError::refused(vec![
+            headers::affected_objects_refusal(&headers, &affected),
+        ]));
+    }
 
     // Stage 4: what changed, and the refusals that depend on it.
     let mut reports = Vec::new();
@@ -232,7 +319,35 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         let patched = read(patched_object(&file.path))?;
         let (diff, callbacks, file_refusals) = analyse(&file.path, &original, &patched);
         refusals.extend(file_refusals);
-        let owner = objects::owner(kernel, &file.path, &original_object(&file.path))?;
+        let owner = match objects::owner(
+            kernel,
+            tree.dir(),
+            &config,
+            &file.path,
+            &original_object(&file.path),
+        ) {
+            Ok(owner) => owner,
+            Err(objects::ObjectsError::NotBuilt { object, proof }) => {
+                refusals.push(Refusal::in_file(
+                    Category::NotBuiltInConfig,
+                    &file.path,
+                    format!(
+                        "{object} is not built in this kernel's configuration, so the running \
+                         kernel has none of its code to patch ({proof})"
+                    ),
+                ));
+                continue;
+            }
+            Err(e @ objects::ObjectsError::UnknownOwner { .. }) => {
+                refusals.push(Refusal::in_file(
+                    Category::UnknownOwner,
+                    &file.path,
+                    e.to_string(),
+                ));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         reports.push(FileChangeReport {
             source: file.path.clone(),
             owner,
@@ -241,7 +356,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         });
         views.push((original, patched));
     }
-    if reports.iter().all(|r| r.diff.is_empty()) {
+    if refusals.is_empty() && reports.iter().all(|r| r.diff.is_empty()) {
         let init_only: Vec<&FileChangeReport> = reports
             .iter()
             .filter(|r| !r.diff.changed_init.is_empty())
@@ -276,6 +391,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     let mut symbol_files: Option<patchbay_kernels::SymbolFiles> = None;
     let mut ambiguous = Vec::new();
     let mut old_function_aliases = std::collections::BTreeMap::new();
+    let mut module_locals = std::collections::BTreeMap::new();
     let mut markers = String::from(
         "// Generated by patchbay-build diff: the replacements found in the object diff.\n\
          #include <patchbay.h>\n",
@@ -289,7 +405,9 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             .iter()
             .map(|(_, function)| (function.clone(), format!("__patchbay_cb__{function}")))
             .collect();
-        let extracted = extract::extract(original, patched, &report.diff, &export_as)?;
+        let module_target = matches!(report.owner, Owner::Module(_));
+        let extracted =
+            extract::extract(original, patched, &report.diff, &export_as, module_target)?;
         if let Owner::Module(module) = &report.owner {
             refuse_unexported_vmlinux_symbols(kernel, module, &report.source, &extracted)?;
         }
@@ -307,9 +425,18 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             .next()
             .unwrap_or(&report.source)
             .to_owned();
-        if report.owner == Owner::Vmlinux {
-            for name in &extracted.local_external {
-                symbol_hints.insert(name.clone(), file_name.clone());
+        match &report.owner {
+            Owner::Vmlinux => {
+                for name in &extracted.local_external {
+                    symbol_hints.insert(name.clone(), file_name.clone());
+                }
+            }
+            Owner::Module(module) => {
+                if let Ok(module) = module.parse::<patchbay_core::ObjectName>() {
+                    for name in &extracted.local_external {
+                        module_locals.insert(name.clone(), module.clone());
+                    }
+                }
             }
         }
         for (old, new) in &extracted.replaced {
@@ -379,6 +506,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             symbol_hints,
             symbols_override: None,
             old_function_aliases,
+            module_locals,
             output: request.output.clone(),
             keep_work_dir: request.keep_work_dir.as_ref().map(|d| d.join("module")),
         },

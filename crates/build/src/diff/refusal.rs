@@ -54,8 +54,6 @@ pub enum Category {
     InitOnly,
     /// Kept code refers to `__init` code or data, which the running kernel freed.
     InitReference,
-    /// A jump label in kept code uses a static key the patch cannot reach at load time.
-    JumpLabelKey,
 }
 
 impl Category {
@@ -86,7 +84,6 @@ impl Category {
             Category::NotBuiltInConfig => "not-built-in-config",
             Category::InitOnly => "init-only",
             Category::InitReference => "init-reference",
-            Category::JumpLabelKey => "jump-label-key",
         }
     }
 }
@@ -204,7 +201,6 @@ mod tests {
             Category::AmbiguousStripLevel,
             Category::ModuleUsesUnexported,
             Category::NotBuiltInConfig,
-            Category::JumpLabelKey,
         ] {
             assert_eq!(serde_json::to_value(category).unwrap(), category.as_str());
         }
