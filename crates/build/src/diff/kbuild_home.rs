@@ -34,20 +34,23 @@ pub enum KbuildHome {
     Unknown,
 }
 
-/// One object-list assignment: `<lhs> += <words>` in a Makefile whose paths are relative to
-/// `dir` (the including Makefile's directory for `include`d fragments).
+/// One object-list assignment `<lhs> += <paths>` (the paths are indexed in `by_path`), in a
+/// Makefile whose paths are relative to `dir` (the including Makefile's directory for
+/// `include`d fragments).
 #[derive(Debug, Clone)]
 struct Assignment {
     file: String,
     dir: String,
     lhs: String,
-    words: Vec<String>,
 }
 
 /// Every object-list assignment of the tree's Makefiles.
 #[derive(Debug, Default)]
 pub struct KbuildIndex {
     assignments: Vec<Assignment>,
+    /// Tree path an assignment names (`fs/proc/cmdline.o`, or `fs/proc/` for a directory) →
+    /// the assignments naming it: lookups stay cheap when thousands of units are asked about.
+    by_path: BTreeMap<String, Vec<usize>>,
 }
 
 /// Directories that hold no kernel objects (or other architectures').
@@ -135,14 +138,33 @@ impl KbuildIndex {
                 }
             }
             if is_object_list(lhs) {
+                let words: Vec<String> =
+                    rhs_expanded.split_whitespace().map(str::to_owned).collect();
+                let index = self.assignments.len();
+                for word in &words {
+                    let mut path = join_path(dir, word);
+                    if word.ends_with('/') {
+                        path.push('/');
+                    }
+                    self.by_path.entry(path).or_default().push(index);
+                }
                 self.assignments.push(Assignment {
                     file: shown.clone(),
                     dir: dir.to_owned(),
                     lhs: lhs.to_owned(),
-                    words: rhs_expanded.split_whitespace().map(str::to_owned).collect(),
                 });
             }
         }
+    }
+
+    /// The assignments that name `path` (an object, or a directory with a trailing `/`).
+    fn naming(&self, path: &str) -> Vec<&Assignment> {
+        self.by_path
+            .get(path)
+            .into_iter()
+            .flatten()
+            .filter_map(|index| self.assignments.get(*index))
+            .collect()
     }
 
     /// Where kbuild links `object` (`virt/kvm/eventfd.o`) under `config`.
@@ -154,13 +176,8 @@ impl KbuildIndex {
     /// names `dir/` is conditional on an option that is not set (checked up to the top).
     fn unreached_dir(&self, dir: &str, config: &KernelConfig) -> Option<String> {
         let mut current = dir;
-        while let Some((parent, name)) = current.rsplit_once('/') {
-            let entry = format!("{name}/");
-            let lines: Vec<&Assignment> = self
-                .assignments
-                .iter()
-                .filter(|a| a.dir == parent && a.words.iter().any(|w| w == &entry))
-                .collect();
+        while let Some((parent, _)) = current.rsplit_once('/') {
+            let lines = self.naming(&format!("{current}/"));
             let unset_option = |a: &Assignment| {
                 a.lhs
                     .strip_prefix("obj-$(")
@@ -184,11 +201,7 @@ impl KbuildIndex {
     fn home_at(&self, object: &str, config: &KernelConfig, depth: usize) -> KbuildHome {
         let mut built = BTreeSet::new();
         let mut proofs = Vec::new();
-        let mentions: Vec<&Assignment> = self
-            .assignments
-            .iter()
-            .filter(|a| a.words.iter().any(|w| join_path(&a.dir, w) == object))
-            .collect();
+        let mentions = self.naming(object);
         if mentions.is_empty() || depth > 4 {
             return KbuildHome::Unknown;
         }
