@@ -171,3 +171,25 @@ fn header_changes_are_allowed_only_when_no_other_object_changes() {
     assert!(refusal.reason.contains("fs/proc/fd.o"), "{err}");
     assert!(!refusal.reason.contains("fs/proc/base.o"), "{err}");
 }
+
+/// A module's fix with a `pr_debug` (binfmt_misc): the dynamic-debug descriptor and the jump
+/// entry keyed on it are the patch's own, so no jump entry of the patch points into the module
+/// or vmlinux through a livepatch relocation (which the loader could not honour in time).
+#[test]
+fn module_pr_debug_sites_use_the_patch_s_own_descriptor() {
+    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let (report, extracted) = build_fixture(&kernel, "module-binfmt-misc.patch");
+    assert_eq!(
+        report.files[0].owner,
+        patchbay_build::diff::objects::Owner::Module("binfmt_misc".into())
+    );
+    assert_eq!(report.files[0].diff.changed_functions, ["bm_status_read"]);
+    let sections = section_names(&extracted);
+    assert!(sections.iter().any(|s| s == "__dyndbg"), "{sections:?}");
+    assert!(sections.iter().any(|s| s == "__jump_table"), "{sections:?}");
+    let (_, undefined) = symbols(&extracted);
+    assert!(
+        !undefined.iter().any(|n| n.contains("ddebug")),
+        "{undefined:?}"
+    );
+}

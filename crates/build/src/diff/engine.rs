@@ -218,7 +218,36 @@ enum Referent<'a> {
     String(&'a [u8]),
     SectionOf(String, i64),
     Anonymous(&'a str, &'a [u8], i64),
+    /// A special static local (never correlated, see `ElfView::is_special_static`): its kind
+    /// and the offset inside it. Which instance, and where the compiler placed it among the
+    /// others, changes whenever a fix adds or removes one anywhere in the file.
+    SpecialStatic(String, i64),
     Unknown,
+}
+
+/// `__already_done.12` → `__already_done`; `__UNIQUE_ID_ddebug545.9` → `__UNIQUE_ID_ddebug`.
+fn special_static_kind(name: &str) -> String {
+    let base = correlation_name(name);
+    match base.strip_prefix("__UNIQUE_ID_") {
+        Some(rest) => format!(
+            "__UNIQUE_ID_{}",
+            rest.trim_end_matches(|c: char| c.is_ascii_digit())
+        ),
+        None => base,
+    }
+}
+
+/// The special static that byte `offset` of section `section` belongs to, as a referent.
+fn special_static_at<'a>(view: &'a ElfView, section: usize, offset: i64) -> Option<Referent<'a>> {
+    let holder = view.symbols.iter().find(|s| {
+        let start = i64::try_from(s.value).unwrap_or(i64::MAX);
+        let end = start.saturating_add(i64::try_from(s.size.max(1)).unwrap_or(i64::MAX));
+        s.section == Some(section) && s.is_data() && start <= offset && offset < end
+    })?;
+    view.is_special_static(holder).then(|| {
+        let start = i64::try_from(holder.value).unwrap_or(i64::MAX);
+        Referent::SpecialStatic(special_static_kind(&holder.name), offset - start)
+    })
 }
 
 fn referent<'a>(view: &'a ElfView, reloc: &Reloc) -> Referent<'a> {
@@ -238,6 +267,9 @@ fn referent<'a>(view: &'a ElfView, reloc: &Reloc) -> Referent<'a> {
                 };
                 referent(view, &as_section)
             }
+            Some(s) if view.is_special_static(s) => {
+                Referent::SpecialStatic(special_static_kind(&s.name), reloc.addend)
+            }
             Some(s) => Referent::Symbol(correlation_name(&s.name), reloc.addend),
             None => Referent::Unknown,
         },
@@ -250,6 +282,9 @@ fn referent<'a>(view: &'a ElfView, reloc: &Reloc) -> Referent<'a> {
                     Some(text) => Referent::String(text),
                     None => Referent::Unknown,
                 };
+            }
+            if let Some(special) = special_static_at(view, *s, reloc.target_offset()) {
+                return special;
             }
             match view.symbol_of_section(*s) {
                 Some(owner) => Referent::SectionOf(correlation_name(&owner.name), reloc.addend),
