@@ -94,6 +94,13 @@ const CASES: &[(&str, &[&str], &str)] = &[
         &["cmdline-init-and-runtime.patch"],
         "grep -q pb_init_not_applied=1 /proc/cmdline",
     ),
+    // A header change the fix needs (a new inline helper in fs/proc/fd.h): base.o, which also
+    // includes the header, was recompiled and is unchanged, so only fd.c's seq_show is patched.
+    (
+        "fd-header-new-helper",
+        &["fd-header-new-helper.patch"],
+        "grep -q pb_header_helper /proc/self/fdinfo/0",
+    ),
     // The independent cases above as one cumulative patch.
     (
         "combined",
