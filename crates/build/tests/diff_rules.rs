@@ -193,3 +193,39 @@ fn module_pr_debug_sites_use_the_patch_s_own_descriptor() {
         "{undefined:?}"
     );
 }
+
+/// A module's function with a tracepoint (ocfs2_validate_inode_block, modelled on the fix of
+/// CVE-2026-43075: one more validation of an on-disk inode, within an existing line so that no
+/// other function's `__LINE__` moves): the tracepoint's jump label and static call sites key
+/// on the module's own symbols, which a patch cannot relocate before the loader uses the
+/// entries; they are left out (the tracepoint is inert in the replacement, static calls go
+/// through their trampoline) and the patch builds.
+#[test]
+fn module_tracepoint_sites_are_left_inert() {
+    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let (report, extracted) = build_fixture(&kernel, "module-ocfs2-tracepoint.patch");
+    assert_eq!(
+        report.files[0].owner,
+        patchbay_build::diff::objects::Owner::Module("ocfs2".into())
+    );
+    assert_eq!(
+        report.files[0].diff.changed_functions,
+        ["ocfs2_validate_inode_block"]
+    );
+    let file = object::File::parse(&*extracted).unwrap();
+    for name in ["__jump_table", ".static_call_sites"] {
+        let Some(section) = file.section_by_name(name) else {
+            continue;
+        };
+        for (_, relocation) in section.relocations() {
+            let object::RelocationTarget::Symbol(index) = relocation.target() else {
+                continue;
+            };
+            let key = file.symbol_by_index(index).unwrap().name().unwrap();
+            assert!(
+                !key.starts_with("__tracepoint_") && !key.starts_with("__SCK__"),
+                "{name} still keys on {key}"
+            );
+        }
+    }
+}

@@ -155,7 +155,8 @@ pub struct Extracted {
     /// Those of `external` that are local (static) symbols of the changed file: their names may
     /// repeat elsewhere in the kernel, so their position must come from the file.
     pub local_external: BTreeSet<String>,
-    /// Tracepoints whose sites in kept code of a module patch were left inert.
+    /// Keys (tracepoints, static calls) whose sites in kept code of a module patch were left
+    /// out of the special sections.
     pub inert_tracepoints: BTreeSet<String>,
 }
 
@@ -555,19 +556,26 @@ impl Builder<'_> {
             .map_err(|e| ExtractError::Write(e.to_string()))
     }
 
-    /// The tracepoint whose static key jump-table entry `index` uses, if it is one. A patch for
-    /// a module leaves such sites out: the key is the module's (its relocation could be written
-    /// only when the module loads, after the loader registered the entry), and an inert
-    /// tracepoint in the replacement is harmless, as kpatch and klp-build also decide.
-    fn tracepoint_key(&self, section: &Section, index: u64) -> Option<String> {
-        // `struct jump_entry { s32 code; s32 target; long key; }`
-        let key_offset = index * 16 + 8;
+    /// The key of entry `index` of `table` when a patch for a module leaves that site out: the
+    /// key may be the module's, whose relocation could be written only when the module loads,
+    /// after the loader used the entry. A tracepoint's jump label then stays inert in the
+    /// replacement (harmless, as kpatch and klp-build also decide); a static call site keeps
+    /// calling through its trampoline, which follows the key all the same, only not inlined.
+    fn module_site_key(&self, table: &Table, section: &Section, index: u64) -> Option<String> {
+        // `struct jump_entry { s32 code; s32 target; long key; }`,
+        // `struct static_call_site { s32 addr; s32 key; }`.
+        let (key_field, prefix) = match table.name {
+            "__jump_table" => (8, "__tracepoint_"),
+            ".static_call_sites" => (4, "__SCK__"),
+            _ => return None,
+        };
+        let key_offset = index * table.entry_size + key_field;
         let reloc = section.relocs.iter().find(|r| r.offset == key_offset)?;
         let Target::Symbol(symbol) = &reloc.target else {
             return None;
         };
         let name = &self.patched.symbol(*symbol)?.name;
-        name.starts_with("__tracepoint_").then(|| name.clone())
+        name.starts_with(prefix).then(|| name.clone())
     }
 
     /// Whether a relocation points into kept code.
@@ -602,8 +610,8 @@ impl Builder<'_> {
                     .any(|r| r.offset == key && self.points_into_kept(r))
             })
             .collect();
-        if table.name == "__jump_table" && self.module_target {
-            kept_entries.retain(|i| match self.tracepoint_key(&section, *i) {
+        if self.module_target {
+            kept_entries.retain(|i| match self.module_site_key(table, &section, *i) {
                 Some(key) => {
                     self.inert_tracepoints.insert(key);
                     false
