@@ -195,11 +195,12 @@ fn module_pr_debug_sites_use_the_patch_s_own_descriptor() {
 }
 
 /// A module's function with a tracepoint (ocfs2_validate_inode_block, modelled on the fix of
-/// CVE-2026-43075: one more validation of an on-disk inode, within an existing line so that no
-/// other function's `__LINE__` moves): the tracepoint's jump label and static call sites key
-/// on the module's own symbols, which a patch cannot relocate before the loader uses the
-/// entries; they are left out (the tracepoint is inert in the replacement, static calls go
-/// through their trampoline) and the patch builds.
+/// CVE-2026-43075: one more validation of an on-disk inode, seven new lines): the tracepoint's
+/// jump label and static call sites key on the module's own symbols, which a patch cannot
+/// relocate before the loader uses the entries; they are left out (the tracepoint is inert in
+/// the replacement, static calls go through their trampoline) and the patch builds. The
+/// functions below it whose code differs only in the `__LINE__` of `mlog()` calls
+/// (ocfs2_filecheck_*) are not replaced.
 #[test]
 fn module_tracepoint_sites_are_left_inert() {
     let kernel = fetch_selector(&KernelSelector::Newest).unwrap();

@@ -116,6 +116,86 @@ fn first_user<'a>(view: &'a ElfView, symbol: &Symbol) -> Option<&'a str> {
 
 /// Compares every function and data object of two compiles of the same file.
 pub fn compare(original: &ElfView, patched: &ElfView) -> DiffReport {
+    compare_with_lines(original, patched, &LineMap::default())
+}
+
+/// How the diff moved the lines of one source file: `(old start, old count, new start, new
+/// count)` of each hunk, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LineMap {
+    pub hunks: Vec<(u64, u64, u64, u64)>,
+}
+
+impl LineMap {
+    /// Where old line `line` is after the diff, if the diff did not change it.
+    pub fn new_line(&self, line: u64) -> Option<u64> {
+        let mut shift: i64 = 0;
+        for &(old_start, old_count, new_start, new_count) in &self.hunks {
+            // A range of count 0 names the line before it (`@@ -10,0 +11,3 @@` inserts after
+            // old line 10).
+            let (old_first, old_end) = if old_count == 0 {
+                (old_start + 1, old_start + 1)
+            } else {
+                (old_start, old_start.saturating_add(old_count))
+            };
+            let new_end = if new_count == 0 {
+                new_start + 1
+            } else {
+                new_start.saturating_add(new_count)
+            };
+            if line < old_first {
+                break;
+            }
+            if line < old_end {
+                return None;
+            }
+            shift = i64::try_from(new_end).ok()? - i64::try_from(old_end).ok()?;
+        }
+        u64::try_from(i64::try_from(line).ok()?.checked_add(shift)?).ok()
+    }
+}
+
+/// Whether two equally long instruction streams differ only in 32-bit immediates that hold a
+/// source line the diff moved (`__LINE__` of `might_sleep()`, `mlog()`, `ocfs2_error()` …):
+/// every differing byte lies in a 4-byte field whose old value is line L and new value the
+/// line L moved to. Such a function does the same as before, so it is not replaced.
+fn only_moved_lines(old: &[u8], new: &[u8], lines: &LineMap) -> bool {
+    if lines.hunks.is_empty() || old.len() != new.len() {
+        return false;
+    }
+    let field = |bytes: &[u8], at: usize| -> Option<u64> {
+        let slice = bytes.get(at..at.checked_add(4)?)?;
+        Some(u64::from(u32::from_le_bytes(slice.try_into().ok()?)))
+    };
+    let mut index = 0;
+    while index < old.len() {
+        if old.get(index) == new.get(index) {
+            index += 1;
+            continue;
+        }
+        // A field starting at most 3 bytes before the first differing byte.
+        let explained = (index.saturating_sub(3)..=index).find(|&start| {
+            match (field(old, start), field(new, start)) {
+                (Some(before), Some(after)) => {
+                    before != after && before > 0 && lines.new_line(before) == Some(after)
+                }
+                _ => false,
+            }
+        });
+        let Some(start) = explained else {
+            return false;
+        };
+        index = start + 4;
+    }
+    true
+}
+
+/// [`compare`], treating functions whose code differs only in moved `__LINE__` values (see
+/// `only_moved_lines`) as unchanged.
+pub fn compare_with_lines(original: &ElfView, patched: &ElfView, lines: &LineMap) -> DiffReport {
+    let same_symbol = |a_view: &ElfView, a: &Symbol, b_view: &ElfView, b: &Symbol| {
+        same_symbol_with(a_view, a, b_view, b, lines)
+    };
     let mut report = DiffReport::default();
     let old_functions = by_name(original, true);
     let new_functions = by_name(patched, true);
@@ -173,7 +253,13 @@ fn symbol_range<'a>(view: &'a ElfView, symbol: &Symbol) -> Option<(&'a Section, 
     Some((section, symbol.value, symbol.value.saturating_add(size)))
 }
 
-fn same_symbol(a_view: &ElfView, a: &Symbol, b_view: &ElfView, b: &Symbol) -> bool {
+fn same_symbol_with(
+    a_view: &ElfView,
+    a: &Symbol,
+    b_view: &ElfView,
+    b: &Symbol,
+    lines: &LineMap,
+) -> bool {
     let (Some((a_sec, a_start, a_end)), Some((b_sec, b_start, b_end))) =
         (symbol_range(a_view, a), symbol_range(b_view, b))
     else {
@@ -190,8 +276,13 @@ fn same_symbol(a_view: &ElfView, a: &Symbol, b_view: &ElfView, b: &Symbol) -> bo
             .get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
             .map(<[u8]>::to_vec)
     };
-    if bytes(a_sec, a_start, a_end) != bytes(b_sec, b_start, b_end) {
-        return false;
+    let (a_bytes, b_bytes) = (bytes(a_sec, a_start, a_end), bytes(b_sec, b_start, b_end));
+    if a_bytes != b_bytes {
+        let moved_lines = a_sec.is_text()
+            && matches!((&a_bytes, &b_bytes), (Some(x), Some(y)) if only_moved_lines(x, y, lines));
+        if !moved_lines {
+            return false;
+        }
     }
     let relocs = |sec: &'_ Section, start: u64, end: u64| -> Vec<Reloc> {
         sec.relocs
@@ -444,4 +535,48 @@ pub fn init_references(patched: &ElfView, report: &DiffReport) -> Vec<(String, S
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_move_by_the_hunks_before_them() {
+        // One hunk replacing old lines 10..12 (3 lines) by 10..16 (7 lines).
+        let lines = LineMap {
+            hunks: vec![(10, 3, 10, 7)],
+        };
+        assert_eq!(lines.new_line(5), Some(5));
+        assert_eq!(lines.new_line(11), None);
+        assert_eq!(lines.new_line(13), Some(17));
+        assert_eq!(lines.new_line(1834), Some(1838));
+        // Without context: 3 lines inserted after old line 10; old lines 20..22 deleted.
+        let bare = LineMap {
+            hunks: vec![(10, 0, 11, 3), (20, 3, 22, 0)],
+        };
+        assert_eq!(bare.new_line(10), Some(10));
+        assert_eq!(bare.new_line(11), Some(14));
+        assert_eq!(bare.new_line(21), None);
+        assert_eq!(bare.new_line(23), Some(23));
+    }
+
+    #[test]
+    fn only_immediates_holding_moved_lines_are_tolerated() {
+        let lines = LineMap {
+            hunks: vec![(10, 3, 10, 7)],
+        };
+        // mov $0x72a,%edx (line 1834) → mov $0x72e,%edx (line 1838)
+        let old = [0x90, 0xba, 0x2a, 0x07, 0x00, 0x00, 0xe8];
+        let new = [0x90, 0xba, 0x2e, 0x07, 0x00, 0x00, 0xe8];
+        assert!(only_moved_lines(&old, &new, &lines));
+        // 1834 → 1839 is not where the diff moved line 1834.
+        let other = [0x90, 0xba, 0x2f, 0x07, 0x00, 0x00, 0xe8];
+        assert!(!only_moved_lines(&old, &other, &lines));
+        // An opcode change is never a moved line.
+        let opcode = [0x91, 0xba, 0x2a, 0x07, 0x00, 0x00, 0xe8];
+        assert!(!only_moved_lines(&old, &opcode, &lines));
+        // Without a diff nothing moved.
+        assert!(!only_moved_lines(&old, &new, &LineMap::default()));
+    }
 }

@@ -47,6 +47,8 @@ struct FileSection {
     old_is_empty: bool,
     /// Every hunk has a new range of `0,0`: the file is deleted.
     new_is_empty: bool,
+    /// `(old start, old count, new start, new count)` of each hunk.
+    hunks: Vec<(u64, u64, u64, u64)>,
 }
 
 /// A unified diff split into its lines and file sections, before the strip level is known.
@@ -94,14 +96,17 @@ pub fn parse(diff: &str) -> Result<ParsedDiff, Refusal> {
                 header_line: index,
                 old_is_empty: true,
                 new_is_empty: true,
+                hunks: Vec::new(),
             });
             index += 2;
             continue;
         }
-        if let Some(((_, old_count), (_, new_count))) = hunk_ranges(line) {
+        if let Some(((old_start, old_count), (new_start, new_count))) = hunk_ranges(line) {
             if let Some(file) = files.last_mut() {
                 file.old_is_empty &= old_count == 0;
                 file.new_is_empty &= new_count == 0;
+                file.hunks
+                    .push((old_start, old_count, new_start, new_count));
             }
             // Skip the hunk's body: context lines count on both sides.
             let (mut old_left, mut new_left) = (old_count, new_count);
@@ -347,6 +352,19 @@ fn paths_not_in_tree(parsed: &ParsedDiff, level: usize, requested: Option<usize>
 }
 
 impl ResolvedDiff {
+    /// How the diff moves the lines of each file it modifies (by tree path), hunks in order.
+    pub fn line_maps(&self) -> std::collections::BTreeMap<String, super::engine::LineMap> {
+        let mut maps = std::collections::BTreeMap::new();
+        for section in &self.parsed.files {
+            if let Some(path) = self.parsed.path_at(section, self.strip_level) {
+                let map: &mut super::engine::LineMap = maps.entry(path).or_default();
+                map.hunks.extend(section.hunks.iter().copied());
+                map.hunks.sort_unstable();
+            }
+        }
+        maps
+    }
+
     /// The diff with canonical `--- a/<path>` / `+++ b/<path>` headers and the prefixed
     /// metadata lines dropped: what `patch -p1` applies in the tree.
     pub fn normalized(&self) -> String {

@@ -204,6 +204,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     let resolved = patch_file::resolve(parsed, request.strip_level, &exists)
         .map_err(DiffBuildError::refused)?;
     let files = resolved.files.clone();
+    let line_maps = resolved.line_maps();
     let patch_path = work.join("combined.patch");
     std::fs::write(&patch_path, resolved.normalized()).map_err(io_err("write", &patch_path))?;
     let problems = preflight::check_patch_applies(tree.dir(), &patch_path);
@@ -317,7 +318,8 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         };
         let original = read(original_object(&file.path))?;
         let patched = read(patched_object(&file.path))?;
-        let (diff, callbacks, file_refusals) = analyse(&file.path, &original, &patched);
+        let lines = line_maps.get(&file.path).cloned().unwrap_or_default();
+        let (diff, callbacks, file_refusals) = analyse(&file.path, &original, &patched, &lines);
         refusals.extend(file_refusals);
         let owner = match objects::owner(
             kernel,
@@ -570,9 +572,10 @@ pub fn analyse(
     source: &str,
     original: &ElfView,
     patched: &ElfView,
+    lines: &engine::LineMap,
 ) -> (DiffReport, Vec<(String, String)>, Vec<Refusal>) {
     let mut refusals = Vec::new();
-    let mut diff = engine::compare(original, patched);
+    let mut diff = engine::compare_with_lines(original, patched, lines);
     let annotations = annotations(patched);
     diff.changed_functions
         .retain(|f| !annotations.ignored.contains(f));
