@@ -537,9 +537,110 @@ pub fn init_references(patched: &ElfView, report: &DiffReport) -> Vec<(String, S
     found
 }
 
+/// Whether `reloc` in code is the rel32 operand of a call or jump (`e8`/`e9`, `0f 8x`): the
+/// assembler relocates calls to local functions through their section with `R_X86_64_PC32`,
+/// so the relocation type alone cannot tell a call from taking the address (`lea`).
+fn is_branch_target(section: &Section, reloc: &Reloc) -> bool {
+    if !matches!(
+        reloc.r_type,
+        object::elf::R_X86_64_PLT32 | object::elf::R_X86_64_PC32
+    ) {
+        return false;
+    }
+    let Ok(at) = usize::try_from(reloc.offset) else {
+        return false;
+    };
+    let before = |n: usize| at.checked_sub(n).and_then(|i| section.data.get(i)).copied();
+    matches!(before(1), Some(0xe8 | 0xe9))
+        || (before(2) == Some(0x0f) && before(1).is_some_and(|b| b & 0xf0 == 0x80))
+}
+
+/// The local function of `patched` that the running kernel knows as `running_name`, if kept
+/// code (changed and new functions) only ever calls it: every reference is a call or jump,
+/// none takes its address. Such a function can be carried as a copy
+/// without anything noticing that its address changed.
+pub fn only_called_local_function(
+    patched: &ElfView,
+    report: &DiffReport,
+    running_name: &str,
+) -> Option<String> {
+    let function = patched.symbols.iter().find(|s| {
+        s.is_function() && !s.global && correlation_name(&s.name) == correlation_name(running_name)
+    })?;
+    let mut referenced = false;
+    for name in report.changed_functions.iter().chain(&report.new_functions) {
+        let Some(caller) = patched
+            .symbols
+            .iter()
+            .find(|s| &s.name == name && s.is_function())
+        else {
+            continue;
+        };
+        let Some((section, start, end)) = symbol_range(patched, caller) else {
+            continue;
+        };
+        for reloc in section
+            .relocs
+            .iter()
+            .filter(|r| r.offset >= start && r.offset < end)
+        {
+            let to_function = match &reloc.target {
+                Target::Symbol(i) => *i == function.index,
+                Target::Section(s) => Some(*s) == function.section && function.value == 0,
+            };
+            if to_function {
+                if !is_branch_target(section, reloc) {
+                    return None;
+                }
+                referenced = true;
+            }
+        }
+    }
+    referenced.then(|| function.name.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_and_jumps_are_told_from_taking_an_address() {
+        let section = |data: Vec<u8>| Section {
+            index: 1,
+            name: ".text.f".into(),
+            size: data.len() as u64,
+            data,
+            align: 16,
+            flags: 0,
+            sh_type: object::elf::SHT_PROGBITS,
+            relocs: Vec::new(),
+        };
+        let reloc = |offset: u64, r_type: u32| Reloc {
+            offset,
+            r_type,
+            target: Target::Symbol(1),
+            addend: -4,
+        };
+        let pc32 = object::elf::R_X86_64_PC32;
+        // call rel32; jmp rel32; jne rel32; lea rel32(%rip),%rdi
+        let call = section(vec![0xe8, 0, 0, 0, 0]);
+        assert!(is_branch_target(&call, &reloc(1, pc32)));
+        assert!(is_branch_target(
+            &call,
+            &reloc(1, object::elf::R_X86_64_PLT32)
+        ));
+        let jump = section(vec![0xe9, 0, 0, 0, 0]);
+        assert!(is_branch_target(&jump, &reloc(1, pc32)));
+        let conditional = section(vec![0x0f, 0x85, 0, 0, 0, 0]);
+        assert!(is_branch_target(&conditional, &reloc(2, pc32)));
+        let lea = section(vec![0x48, 0x8d, 0x3d, 0, 0, 0, 0]);
+        assert!(!is_branch_target(&lea, &reloc(3, pc32)));
+        assert!(!is_branch_target(
+            &call,
+            &reloc(1, object::elf::R_X86_64_64)
+        ));
+        assert!(!is_branch_target(&call, &reloc(0, pc32)));
+    }
 
     #[test]
     fn lines_move_by_the_hunks_before_them() {

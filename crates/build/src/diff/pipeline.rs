@@ -408,8 +408,60 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             .map(|(_, function)| (function.clone(), format!("__patchbay_cb__{function}")))
             .collect();
         let module_target = matches!(report.owner, Owner::Module(_));
-        let extracted =
-            extract::extract(original, patched, &report.diff, &export_as, module_target)?;
+        // The file name the compiler records in FILE symbols: the source's base name.
+        let file_name = report
+            .source
+            .rsplit('/')
+            .next()
+            .unwrap_or(&report.source)
+            .to_owned();
+        let module_table = match &report.owner {
+            Owner::Module(module) => match kernel.find_module(module)? {
+                Some(path) => Some(patchbay_kernels::SymbolTable::from_module_ko(
+                    &patchbay_kernels::read_module(&path)?,
+                )?),
+                None => None,
+            },
+            Owner::Vmlinux => None,
+        };
+        let mut diff = report.diff.clone();
+        let mut extracted = extract::extract(original, patched, &diff, &export_as, module_target)?;
+        // A local function the kept code only calls, whose name repeats in the running binary
+        // (a header's static inline emitted out of line in several files) so that a reference
+        // cannot say which one is meant: the patch carries its own copy instead. Code without
+        // state behaves the same wherever it lives; its address is never taken.
+        loop {
+            let mut copies = Vec::new();
+            for name in &extracted.local_external {
+                let repeats = match &module_table {
+                    Some(table) => table.lookup(name).len() > 1,
+                    None => {
+                        vmlinux_table.lookup(name).len() > 1 && {
+                            if symbol_files.is_none() {
+                                symbol_files = Some(kernel.symbol_files()?);
+                            }
+                            symbol_files
+                                .as_ref()
+                                .and_then(|f| f.sympos(&vmlinux_table, name, &file_name))
+                                .is_none()
+                        }
+                    }
+                };
+                if !repeats {
+                    continue;
+                }
+                if let Some(local) = engine::only_called_local_function(patched, &diff, name) {
+                    if !diff.new_functions.contains(&local) {
+                        copies.push(local);
+                    }
+                }
+            }
+            if copies.is_empty() {
+                break;
+            }
+            diff.new_functions.extend(copies);
+            extracted = extract::extract(original, patched, &diff, &export_as, module_target)?;
+        }
         if let Owner::Module(module) = &report.owner {
             refuse_unexported_vmlinux_symbols(kernel, module, &report.source, &extracted)?;
         }
@@ -420,13 +472,6 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             Owner::Vmlinux => "vmlinux".to_owned(),
             Owner::Module(name) => name.clone(),
         };
-        // The file name the compiler records in FILE symbols: the source's base name.
-        let file_name = report
-            .source
-            .rsplit('/')
-            .next()
-            .unwrap_or(&report.source)
-            .to_owned();
         match &report.owner {
             Owner::Vmlinux => {
                 for name in &extracted.local_external {
