@@ -261,22 +261,39 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     };
     let original_object = |source: &str| work.join("original").join(objects::object_path(source));
     let patched_object = |source: &str| work.join("patched").join(objects::object_path(source));
-    let all_units: Vec<&str> = files
-        .iter()
-        .map(|f| f.path.as_str())
-        .chain(header_units.iter().map(String::as_str))
-        .collect();
-    for unit in &all_units {
+    let sources: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    for unit in &sources {
         objects::compile_object(&tree, unit, &original_object(unit))?;
     }
+    // A unit that does not compile before the diff is not built in this configuration (the
+    // include index and Makefiles can name too many); one that no longer compiles after it is
+    // changed by the header as surely as one whose code differs.
+    let mut header_units_built = Vec::new();
+    for unit in &header_units {
+        if objects::compile_object(&tree, unit, &original_object(unit)).is_ok() {
+            header_units_built.push(unit.as_str());
+        }
+    }
+    let mut affected = Vec::new();
+    let mut header_units_compiled = Vec::new();
     let applied = PatchedTree::apply(&tree, &patch_path)?;
-    let compiled: Result<(), DiffBuildError> = all_units.iter().try_for_each(|unit| {
+    let compiled: Result<(), DiffBuildError> = sources.iter().try_for_each(|unit| {
         objects::compile_object(&tree, unit, &patched_object(unit)).map_err(DiffBuildError::from)
     });
+    if compiled.is_ok() {
+        for unit in &header_units_built {
+            match objects::compile_object(&tree, unit, &patched_object(unit)) {
+                Ok(()) => header_units_compiled.push(*unit),
+                Err(_) => affected.push((
+                    (*unit).to_owned(),
+                    "no longer compiles with the changed header".to_owned(),
+                )),
+            }
+        }
+    }
     applied.restore()?;
     compiled?;
-    let mut affected = Vec::new();
-    for unit in &header_units {
+    for unit in header_units_compiled {
         let read = |p: PathBuf| -> Result<ElfView, DiffBuildError> {
             let bytes = std::fs::read(&p).map_err(io_err("read", &p))?;
             Ok(ElfView::parse(unit, &bytes)?)
@@ -293,7 +310,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                 .take(4)
                 .collect();
             affected.push((
-                unit.clone(),
+                unit.to_owned(),
                 what.iter()
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
