@@ -83,14 +83,17 @@ pub fn run(args: &[String]) -> Result<()> {
             eprintln!("module {module}: {e:#}");
         }
     }
-    let mut script = String::from(". /lib/pb.sh\nexport PATCHBAY_STATE_DIR=/var/lib/patchbay\n");
+    let mut script = String::from(". /lib/pb.sh\n");
     for (name, path, modules) in &bundles {
         guest.file(&format!("/bundles/{name}.pbb"), path)?;
         for module in modules {
             script.push_str(&format!("modprobe {module} 2>/dev/null\n"));
         }
+        // Every bundle is some level of its own fix: each gets its own agent state, since a
+        // level's content never changes within one.
         script.push_str(&format!(
-            "pb_check {name}-apply patchbay apply /bundles/{name}.pbb && \
+            "export PATCHBAY_STATE_DIR=/var/lib/patchbay-{name}\n\
+             pb_check {name}-apply patchbay apply /bundles/{name}.pbb && \
              pb_check {name}-unload patchbay unload\n"
         ));
     }
