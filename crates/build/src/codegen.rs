@@ -147,12 +147,14 @@ mod tests {
             Marker {
                 object: "pb_fixture".parse().unwrap(),
                 old_function: "pb_fixture_show".into(),
+                token: "pb_fixture_show".into(),
                 new_function: "pb_show".into(),
                 sympos: 0,
             },
             Marker {
                 object: ObjectName::vmlinux(),
                 old_function: "cmdline_proc_show".into(),
+                token: "cmdline_proc_show".into(),
                 new_function: "pb_cmdline".into(),
                 sympos: 2,
             },

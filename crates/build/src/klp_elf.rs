@@ -133,9 +133,9 @@ const MAX_SYMBOL_NAME: usize = 511;
 const MODULE_SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
 
 /// Sections the module loader (or arch code it calls) consumes on its own while loading a
-/// module. A livepatch relocation there would be written only when livepatch resolves its
-/// symbols — for a module object when that module loads, long after the loader used the data —
-/// and klp tooling refuses them for every object. `true` = name prefix, `false` = exact name.
+/// module. A livepatch relocation there for a module object would be written only when that
+/// module loads, long after the loader used the data; for vmlinux the loader writes it first
+/// (see `rewrite`). `true` = name prefix, `false` = exact name.
 const LOADER_SECTIONS: &[(&str, bool, &str)] = &[
     ("__jump_table", false, "jump labels are registered from it"),
     (
@@ -838,10 +838,15 @@ pub fn rewrite(ko: &[u8], targets: &BTreeMap<String, KlpTarget>) -> Result<Vec<u
                 target_section: lossy(target_name),
                 reason,
             };
-            if let Some(why) = loader_consumes(target_name) {
+            // Since Linux 5.8 the module loader applies `.klp.rela.vmlinux.*` sections itself,
+            // in `apply_relocations()`, before it processes any of these sections (jump labels
+            // at MODULE_STATE_COMING, alternatives in module_finalize). Relocations for a
+            // module object are written only when that module loads, which can be long after.
+            if let (false, Some(why)) = (valid.is_vmlinux(), loader_consumes(target_name)) {
                 return Err(refuse(format!(
                     "the module loader processes that section itself at load time ({why}), \
-                     not after livepatch has resolved its symbols"
+                     not when module `{}` loads and livepatch resolves its symbols",
+                    valid.object
                 )));
             }
             if !valid.is_vmlinux() && target_name.starts_with(b".init") {
@@ -1081,7 +1086,8 @@ fn inspect_klp_section(elf: &Elf<'_>, index: usize) -> Result<KlpRelaSection> {
             "it relocates `{target_section}`, which is not loaded"
         )));
     }
-    if let Some(why) = loader_consumes(actual_target) {
+    // vmlinux's are written by the loader before it processes these sections (see `rewrite`).
+    if let (false, Some(why)) = (object == VMLINUX, loader_consumes(actual_target)) {
         return Err(bad(format!(
             "it relocates `{target_section}`, which the module loader processes itself ({why})"
         )));

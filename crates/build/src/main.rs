@@ -68,10 +68,16 @@ enum Command {
         /// Keep the objects and generated module sources here.
         #[arg(long)]
         keep_work_dir: Option<PathBuf>,
-        /// Print the report as JSON.
+        /// Print the result as JSON: `{"result": "built", …}` or `{"result": "refused",
+        /// "refusals": [{category, file, function, reason}]}` (`"failed"` for other errors).
         #[arg(long)]
         json: bool,
-        /// The fix as unified diffs against the kernel's source tree (`git diff` format).
+        /// Strip N leading path components from the diff's file names, as `patch -pN`
+        /// (default: the one level at which the paths name files of the kernel tree).
+        #[arg(short = 'p', long = "strip")]
+        strip: Option<usize>,
+        /// The fix as unified diffs against the kernel's source tree (git, quilt or
+        /// `diff -Nupr` format).
         #[arg(required = true)]
         patches: Vec<PathBuf>,
     },
@@ -155,6 +161,8 @@ fn run(cli: Cli) -> Result<()> {
                 linked_objects: Vec::new(),
                 symbol_hints: Default::default(),
                 symbols_override: symbols,
+                old_function_aliases: Default::default(),
+                module_locals: Default::default(),
                 output: output.clone(),
                 keep_work_dir,
             };
@@ -215,6 +223,7 @@ fn run(cli: Cli) -> Result<()> {
             output,
             keep_work_dir,
             json,
+            strip,
             patches,
         } => {
             let kernel = open_kernel(&kernel)?;
@@ -224,8 +233,30 @@ fn run(cli: Cli) -> Result<()> {
                 patches,
                 output: output.clone(),
                 keep_work_dir,
+                strip_level: strip,
             };
-            let report = patchbay_build::diff::pipeline::build(&kernel, &request)?;
+            let report = match patchbay_build::diff::pipeline::build(&kernel, &request) {
+                Ok(report) => report,
+                Err(err) if json => {
+                    let refusals = err.refusals();
+                    let result = if refusals.is_empty() {
+                        "failed"
+                    } else {
+                        "refused"
+                    };
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "result": result,
+                            "category": err.category(),
+                            "refusals": refusals,
+                            "error": err.to_string(),
+                        }))?
+                    );
+                    return Err(err.into());
+                }
+                Err(err) => return Err(err.into()),
+            };
             if json {
                 let files: Vec<serde_json::Value> = report
                     .files
@@ -241,12 +272,14 @@ fn run(cli: Cli) -> Result<()> {
                             "new_functions": f.diff.new_functions,
                             "new_data": f.diff.new_data,
                             "removed_functions": f.diff.removed_functions,
+                            "init_not_applied": f.diff.changed_init,
                         })
                     })
                     .collect();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
+                        "result": "built",
                         "files": files,
                         "manifest": report.module.manifest,
                     }))?
@@ -267,6 +300,11 @@ fn run(cli: Cli) -> Result<()> {
                     for name in names {
                         println!("  {what} {name}");
                     }
+                }
+                for name in &f.diff.changed_init {
+                    println!(
+                        "  not applied: {name} (__init/__exit code: already ran, or never runs)"
+                    );
                 }
             }
             let m = &report.module.manifest;

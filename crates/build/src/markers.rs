@@ -12,7 +12,11 @@ use patchbay_core::ObjectName;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Marker {
     pub object: ObjectName,
+    /// The kernel's name of the function; a GCC clone's name has dots (`foo.isra.0`).
     pub old_function: String,
+    /// The identifier written in the macro (the same as `old_function` unless the builder
+    /// names a clone through an alias, see `SourceBuild::old_function_aliases`).
+    pub token: String,
     pub new_function: String,
     /// 0 when the old function's name is unique in its object.
     pub sympos: u32,
@@ -23,7 +27,7 @@ impl Marker {
     pub fn pointer_symbol(&self) -> String {
         format!(
             "__patchbay_replace__{}__{}__{}",
-            self.object, self.old_function, self.sympos
+            self.object, self.token, self.sympos
         )
     }
 }
@@ -128,6 +132,7 @@ pub fn find_markers(file: &str, source: &str) -> Result<Vec<Marker>, MarkerError
             markers.push(Marker {
                 object,
                 old_function: arg(1).to_owned(),
+                token: arg(1).to_owned(),
                 new_function: arg(2).to_owned(),
                 sympos,
             });

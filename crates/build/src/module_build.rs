@@ -77,6 +77,12 @@ pub struct SourceBuild {
     /// A symbol table to use instead of the distro's full `System.map` (e.g. a host's
     /// `/proc/kallsyms` read with `nokaslr`).
     pub symbols_override: Option<PathBuf>,
+    /// Marker identifiers that stand for kernel names a C identifier cannot spell (diff mode's
+    /// GCC clones: `foo_isra_0` → `foo.isra.0`).
+    pub old_function_aliases: std::collections::BTreeMap<String, String>,
+    /// Local (static) symbols of a module's translation unit the patch refers to, with that
+    /// module: they resolve only there, even when vmlinux or another module has the same name.
+    pub module_locals: std::collections::BTreeMap<String, ObjectName>,
     pub output: PathBuf,
     /// Keep the kbuild directory here (for debugging) instead of a temporary one.
     pub keep_work_dir: Option<PathBuf>,
@@ -113,6 +119,11 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         all_markers.extend(markers::find_markers(&shown, &text)?);
         all_callbacks.extend(markers::find_callbacks(&shown, &text)?);
         sources.push((format!("pb_src{index}"), text));
+    }
+    for marker in &mut all_markers {
+        if let Some(kernel_name) = request.old_function_aliases.get(&marker.token) {
+            marker.old_function = kernel_name.clone();
+        }
     }
     if all_markers.is_empty() {
         let names: Vec<String> = request
@@ -170,6 +181,7 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         modules: module_tables.iter().map(|(n, t)| (n.clone(), t)).collect(),
         file_hints: request.symbol_hints.clone(),
         symbol_files: symbol_files.as_ref(),
+        module_locals: request.module_locals.clone(),
     };
     symbols::check_old_functions(&all_markers, &sources_for_symbols)?;
 

@@ -51,6 +51,8 @@ pub struct SymbolSources<'a> {
     /// means, resolved to a position through `symbol_files`.
     pub file_hints: BTreeMap<String, String>,
     pub symbol_files: Option<&'a patchbay_kernels::SymbolFiles>,
+    /// Local symbols of a module's translation unit: resolved in that module only.
+    pub module_locals: BTreeMap<String, ObjectName>,
 }
 
 impl SymbolSources<'_> {
@@ -160,8 +162,11 @@ pub fn resolve_undefined(
         if exports.contains(name) {
             continue;
         }
+        // A module's own static symbol is that module's, whatever else shares its name.
+        let own_module = sources.module_locals.get(name);
         let holders: Vec<(ObjectName, usize)> = sources
             .objects()
+            .filter(|(object, _)| own_module.is_none_or(|own| own == object))
             .map(|(object, table)| (object, table.lookup(name).len()))
             .filter(|(_, count)| *count > 0)
             .collect();
@@ -267,6 +272,7 @@ ffffffff82000100 D printk_like
             modules: vec![],
             file_hints: BTreeMap::new(),
             symbol_files: None,
+            module_locals: BTreeMap::new(),
         };
         let exports = Exports::parse("0x1234abcd\tprintk_like\tvmlinux\tEXPORT_SYMBOL\t\n");
         assert_eq!(exports.len(), 1);
@@ -285,6 +291,7 @@ ffffffff82000100 D printk_like
             modules: vec![("pb_fixture".parse().unwrap(), &module)],
             file_hints: BTreeMap::new(),
             symbol_files: None,
+            module_locals: BTreeMap::new(),
         };
         let undefined = vec![
             "no_such_symbol".to_owned(),
@@ -300,6 +307,22 @@ ffffffff82000100 D printk_like
             err.contains("- saved_command_line: defined in several objects (vmlinux, pb_fixture)"),
             "{err}"
         );
+
+        // The same name as a static symbol of the module's own translation unit: the module's.
+        let own = SymbolSources {
+            module_locals: BTreeMap::from([(
+                "saved_command_line".to_owned(),
+                "pb_fixture".parse().unwrap(),
+            )]),
+            ..sources
+        };
+        let targets = resolve_undefined(
+            &["saved_command_line".to_owned()],
+            &Exports::default(),
+            &own,
+        )
+        .unwrap();
+        assert_eq!(targets["saved_command_line"].object, "pb_fixture");
     }
 
     #[test]
@@ -310,6 +333,7 @@ ffffffff82000100 D printk_like
             modules: vec![("pb_fixture".parse().unwrap(), &module)],
             file_hints: BTreeMap::new(),
             symbol_files: None,
+            module_locals: BTreeMap::new(),
         };
         let targets = resolve_undefined(
             &["pb_fixture_show".to_owned()],
@@ -328,10 +352,12 @@ ffffffff82000100 D printk_like
             modules: vec![],
             file_hints: BTreeMap::new(),
             symbol_files: None,
+            module_locals: BTreeMap::new(),
         };
         let marker = |name: &str, sympos| Marker {
             object: ObjectName::vmlinux(),
             old_function: name.into(),
+            token: name.into(),
             new_function: "pb_new".into(),
             sympos,
         };

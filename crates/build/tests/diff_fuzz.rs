@@ -92,7 +92,7 @@ fn damaged_objects_never_panic() {
                 let mut routed = report.clone();
                 let _ = engine::route_around_untraceable(&clean, &view, &mut routed);
                 let _ = extract::unknown_special_sections(&view, &routed);
-                let _ = extract::extract(&clean, &view, &routed, &BTreeMap::new());
+                let _ = extract::extract(&clean, &view, &routed, &BTreeMap::new(), false);
             }
         }
     }

@@ -26,7 +26,11 @@ fn objects_are_reproducible_patched_restored_and_placed() {
     let _exclusive = tree.lock().unwrap();
     let diff = fixture("diffs/cmdline-string.patch");
     assert!(preflight::check_patch_applies(tree.dir(), &diff).is_empty());
-    let files = patch_file::changed_files(&std::fs::read_to_string(&diff).unwrap()).unwrap();
+    let text = std::fs::read_to_string(&diff).unwrap();
+    let exists = |p: &str| tree.dir().join(p).is_file();
+    let files = patch_file::resolve(patch_file::parse(&text).unwrap(), None, &exists)
+        .unwrap()
+        .files;
     assert_eq!(files.len(), 1);
     let source = files[0].path.as_str();
     assert_eq!(source, "fs/proc/cmdline.c");
@@ -92,16 +96,35 @@ fn objects_are_reproducible_patched_restored_and_placed() {
         .windows(23)
         .any(|w| w == b".text.cmdline_proc_show"));
 
-    assert_eq!(
-        objects::owner(&kernel, source, &first).unwrap(),
-        Owner::Vmlinux
-    );
+    let owner = |source: &str, compiled: &std::path::Path| {
+        objects::owner(&kernel, tree.dir(), &config, source, compiled)
+    };
+    assert_eq!(owner(source, &first).unwrap(), Owner::Vmlinux);
     let bbr = work.path().join("orig/tcp_bbr.o");
     compile_object(&tree, "net/ipv4/tcp_bbr.c", &bbr).unwrap();
     assert_eq!(
-        objects::owner(&kernel, "net/ipv4/tcp_bbr.c", &bbr).unwrap(),
+        owner("net/ipv4/tcp_bbr.c", &bbr).unwrap(),
         Owner::Module("tcp_bbr".into())
     );
+    // Linked into kvm.ko from another directory (arch/x86/kvm/Makefile includes
+    // virt/kvm/Makefile.kvm: `kvm-y := $(KVM)/eventfd.o …`).
+    let eventfd = work.path().join("orig/eventfd.o");
+    compile_object(&tree, "virt/kvm/eventfd.c", &eventfd).unwrap();
+    assert_eq!(
+        owner("virt/kvm/eventfd.c", &eventfd).unwrap(),
+        Owner::Module("kvm".into())
+    );
+    // Debian does not configure ntfs3: proven from fs/ntfs3/Makefile and the config.
+    if config.get("CONFIG_NTFS3_FS").is_none() {
+        let xattr = work.path().join("orig/ntfs3-xattr.o");
+        compile_object(&tree, "fs/ntfs3/xattr.c", &xattr).unwrap();
+        match owner("fs/ntfs3/xattr.c", &xattr) {
+            Err(objects::ObjectsError::NotBuilt { proof, .. }) => {
+                assert!(proof.contains("CONFIG_NTFS3_FS"), "{proof}")
+            }
+            other => panic!("fs/ntfs3/xattr.o: {other:?}"),
+        }
+    }
 }
 
 /// Real gcc-12 objects of several kinds of translation unit (a large core file, a module, code

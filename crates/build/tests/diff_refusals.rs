@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use patchbay_build::diff::pipeline::{build, DiffBuild};
+use patchbay_build::diff::refusal::Category;
 use patchbay_kernels::{fetch_selector, KernelSelector};
 
 fn fixture(rel: &str) -> std::path::PathBuf {
@@ -23,17 +24,55 @@ fn unsafe_or_empty_diffs_are_refused_with_advice() {
         "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -8,3 +8,3 @@\n-\tnot in this kernel();\n+\tnor this();\n \treturn 0;\n",
     )
     .unwrap();
-    for (diff, expected) in [
-        (fixture("refuse-data-change.patch"), "shadow variable"),
-        (fixture("refuse-init-change.patch"), "__init"),
-        (fixture("refuse-comment-only.patch"), "no functional change"),
-        (fixture("refuse-header.patch"), "header changes are refused"),
+    let kpatch_style_wrong_level = work.path().join("kpatch.patch");
+    std::fs::write(
+        &kpatch_style_wrong_level,
+        std::fs::read_to_string(fixture("cmdline-string.patch"))
+            .unwrap()
+            .replace("a/fs/", "linux/src.orig/fs/")
+            .replace("b/fs/", "linux/src/fs/"),
+    )
+    .unwrap();
+    for (diff, expected, category, strip_level) in [
+        (
+            fixture("refuse-data-change.patch"),
+            "shadow variable",
+            Category::ChangedData,
+            None,
+        ),
+        (
+            fixture("refuse-init-change.patch"),
+            "__init",
+            Category::InitOnly,
+            None,
+        ),
+        (
+            fixture("refuse-comment-only.patch"),
+            "no functional change",
+            Category::NoFunctionalChange,
+            None,
+        ),
+        (
+            fixture("refuse-header.patch"),
+            "move the fix into the .c files that need it",
+            Category::HeaderChange,
+            None,
+        ),
         (
             fixture("refuse-module-unexported.patch"),
             "may only use exported vmlinux symbols",
+            Category::ModuleUsesUnexported,
+            None,
         ),
-        (garbage, "no file changes found"),
-        (stale, "does not apply"),
+        (garbage, "no file changes found", Category::NotADiff, None),
+        (stale, "does not apply", Category::PatchDoesNotApply, None),
+        // Two prefix directories: -p2 is found; -p1, asked for, names no file of the tree.
+        (
+            kpatch_style_wrong_level,
+            "-p1",
+            Category::PathNotInTree,
+            Some(1),
+        ),
     ] {
         let output = work.path().join("out.pbb");
         let err = build(
@@ -44,10 +83,18 @@ fn unsafe_or_empty_diffs_are_refused_with_advice() {
                 patches: vec![diff.clone()],
                 output: output.clone(),
                 keep_work_dir: None,
+                strip_level,
             },
         )
-        .expect_err("must be refused")
-        .to_string();
+        .expect_err("must be refused");
+        assert_eq!(
+            err.refusals().first().map(|r| r.category),
+            Some(category),
+            "{}: {err}",
+            diff.display()
+        );
+        assert_eq!(err.category(), category.as_str());
+        let err = err.to_string();
         assert!(
             err.contains(expected),
             "{}: expected {expected:?} in: {err}",
@@ -68,4 +115,44 @@ fn unsafe_or_empty_diffs_are_refused_with_advice() {
         .status()
         .unwrap();
     assert!(status.success(), "the source tree was left modified");
+}
+
+/// A fix written as people write patches (kpatch's `diff -Nupr src.orig/ src/`, quilt's
+/// `linux.orig/`, no prefix at all) builds the same module as the git-style fixture: the strip
+/// level is found from the tree.
+#[test]
+fn patches_with_any_prefix_build() {
+    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let git = std::fs::read_to_string(fixture("cmdline-string.patch")).unwrap();
+    let kpatch = format!(
+        "diff -Nupr src.orig/fs/proc/cmdline.c src/fs/proc/cmdline.c\n{}",
+        git.replace("a/fs/", "src.orig/fs/")
+            .replace("b/fs/", "src/fs/")
+    );
+    let bare = git.replace("a/fs/", "fs/").replace("b/fs/", "fs/");
+    for (name, text) in [("kpatch", kpatch), ("bare", bare)] {
+        let diff = work.path().join(format!("{name}.patch"));
+        std::fs::write(&diff, text).unwrap();
+        let output = work.path().join(format!("{name}.pbb"));
+        let report = build(
+            &kernel,
+            &DiffBuild {
+                level: 1.try_into().unwrap(),
+                fixes: Vec::new(),
+                patches: vec![diff],
+                output: output.clone(),
+                keep_work_dir: None,
+                strip_level: None,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(report.files.len(), 1);
+        assert_eq!(report.files[0].source, "fs/proc/cmdline.c");
+        assert_eq!(
+            report.files[0].diff.changed_functions,
+            ["cmdline_proc_show"]
+        );
+        assert!(output.is_file());
+    }
 }

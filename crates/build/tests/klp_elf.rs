@@ -464,8 +464,11 @@ fn refuses_unknown_and_defined_symbols() {
     }
 }
 
+/// A jump label keyed on an unexported vmlinux static key is fine (the loader writes
+/// `.klp.rela.vmlinux.*` before it registers jump labels); one keyed on a module's is refused
+/// (written only when that module loads).
 #[test]
-fn refuses_jump_table_references() {
+fn jump_table_references_only_to_vmlinux() {
     let dir = tempfile::tempdir().unwrap();
     let original = compile(dir.path(), "jump", JUMP_LABEL_SOURCE, &[]);
     assert!(parse(&original)
@@ -473,7 +476,21 @@ fn refuses_jump_table_references() {
         .iter()
         .any(|(s, r)| s == ".rela__jump_table" && r.symbol == "some_key"));
     let targets = BTreeMap::from([("some_key".to_owned(), vmlinux("some_key"))]);
-    let err = rewrite(&original, &targets).unwrap_err();
+    let rewritten = rewrite(&original, &targets).unwrap();
+    assert!(parse(&rewritten)
+        .relocs
+        .iter()
+        .any(|(s, r)| s == ".klp.rela.vmlinux.__jump_table"
+            && r.symbol == ".klp.sym.vmlinux.some_key,0"));
+    let in_module = BTreeMap::from([(
+        "some_key".to_owned(),
+        KlpTarget {
+            object: "nf_tables".into(),
+            symbol: "some_key".into(),
+            sympos: 0,
+        },
+    )]);
+    let err = rewrite(&original, &in_module).unwrap_err();
     assert!(
         matches!(err, KlpElfError::SpecialSectionReference { .. }),
         "{err}"

@@ -23,6 +23,8 @@ fn request(dir: &Path, source: &str) -> SourceBuild {
         linked_objects: Vec::new(),
         symbol_hints: Default::default(),
         symbols_override: None,
+        old_function_aliases: Default::default(),
+        module_locals: Default::default(),
         output: dir.join("out.pbb"),
         keep_work_dir: None,
     }

@@ -129,7 +129,7 @@ impl Manifest {
         }
         let mut seen = std::collections::BTreeSet::new();
         for f in &self.replaced_functions {
-            if !is_c_identifier(&f.function) || !is_c_identifier(&f.replacement) {
+            if !is_kernel_function_name(&f.function) || !is_c_identifier(&f.replacement) {
                 return Err(ManifestError::Inconsistent(format!(
                     "function names must be C identifiers: {:?} -> {:?}",
                     f.function, f.replacement
@@ -147,6 +147,15 @@ impl Manifest {
 }
 
 /// Whether `s` is a valid C identifier (what kernel symbol names are).
+/// A kernel function's symbol name: a C identifier, optionally with the suffixes GCC gives
+/// clones and split parts (`foo.isra.0`, `foo.constprop.1`, `foo.part.0`).
+pub fn is_kernel_function_name(s: &str) -> bool {
+    let mut parts = s.split('.');
+    parts.next().is_some_and(is_c_identifier)
+        && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        && s.len() <= 128
+}
+
 pub fn is_c_identifier(s: &str) -> bool {
     let mut bytes = s.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
@@ -232,5 +241,16 @@ pub(crate) mod tests {
         assert!(!is_c_identifier("1x"));
         assert!(!is_c_identifier(""));
         assert!(!is_c_identifier("a.b"));
+    }
+
+    #[test]
+    fn kernel_function_names_allow_gcc_clone_suffixes() {
+        assert!(is_kernel_function_name("cmdline_proc_show"));
+        assert!(is_kernel_function_name("__set_oom_adj.isra.0"));
+        assert!(is_kernel_function_name("link_path_walk.part.0.constprop.0"));
+        assert!(!is_kernel_function_name("a..b"));
+        assert!(!is_kernel_function_name(".isra.0"));
+        assert!(!is_kernel_function_name("a.b-c"));
+        assert!(!is_kernel_function_name("rm -rf"));
     }
 }

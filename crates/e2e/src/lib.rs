@@ -184,6 +184,8 @@ pub fn bundle(
         linked_objects: Vec::new(),
         symbol_hints: Default::default(),
         symbols_override: None,
+        old_function_aliases: Default::default(),
+        module_locals: Default::default(),
         output: output.to_path_buf(),
         keep_work_dir: None,
     };

@@ -78,6 +78,29 @@ const CASES: &[(&str, &[&str], &str)] = &[
         &["consoles-duplicate-name.patch"],
         "grep -q pb_consoles /proc/consoles",
     ),
+    // A GCC clone (`__set_oom_adj.isra.0`, replaced itself: ftrace entry, callers unchanged)
+    // whose pr_warn_once has the patch's own `__already_done` (the original already fired or
+    // not, the patched one prints once); its jump label keys on an unexported vmlinux
+    // tracepoint, relocated by the loader before jump labels are registered.
+    (
+        "oom-adj-clone-print-once",
+        &["oom-adj-clone-print-once.patch"],
+        "dmesg -c >/dev/null; echo 0 > /proc/self/oom_adj && dmesg | grep -q pb_oom_adj_patched",
+    ),
+    // A fix that also changes __init code: the runtime function is live, the init part is
+    // reported as not applied.
+    (
+        "cmdline-init-and-runtime",
+        &["cmdline-init-and-runtime.patch"],
+        "grep -q pb_init_not_applied=1 /proc/cmdline",
+    ),
+    // A header change the fix needs (a new inline helper in fs/proc/fd.h): base.o, which also
+    // includes the header, was recompiled and is unchanged, so only fd.c's seq_show is patched.
+    (
+        "fd-header-new-helper",
+        &["fd-header-new-helper.patch"],
+        "grep -q pb_header_helper /proc/self/fdinfo/0",
+    ),
     // The independent cases above as one cumulative patch.
     (
         "combined",
@@ -114,6 +137,7 @@ fn diff_bundles_load_and_unload_in_qemu() {
                     .collect(),
                 output: out.clone(),
                 keep_work_dir: None,
+                strip_level: None,
             },
         )
         .unwrap_or_else(|e| panic!("build {name}: {e}"));
@@ -183,6 +207,7 @@ fn diff_bundle_patches_a_module_loaded_before_or_after() {
                 patches: vec![fixture("diffs/module-binfmt-misc.patch")],
                 output: out.clone(),
                 keep_work_dir: None,
+                strip_level: None,
             },
         )
         .unwrap();

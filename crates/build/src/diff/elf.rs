@@ -237,6 +237,28 @@ impl ElfView {
         self.sections.values().find(|s| s.name == name)
     }
 
+    /// Whether `symbol` is a "special" static local: state the compiler or a kernel macro
+    /// creates per call site (`WARN_ONCE`'s `__already_done.N`, `__warned`, lockdep's `__key`,
+    /// ratelimit `_rs`, dynamic debug descriptors, `__func__`, switch tables). Their names repeat
+    /// across the kernel with per-compile numbers, so they are never correlated with the running
+    /// kernel: a live patch gets its own copy of each one its code uses.
+    pub fn is_special_static(&self, symbol: &Symbol) -> bool {
+        let Some(section) = symbol.section.and_then(|s| self.section(s)) else {
+            return false;
+        };
+        if is_dynamic_debug_section(&section.name) {
+            return true;
+        }
+        if symbol.global || symbol.kind != SymbolKind::Data {
+            return false;
+        }
+        if section.name == ".data.once" {
+            return true;
+        }
+        let base = correlation_name(&symbol.name);
+        SPECIAL_STATIC_NAMES.contains(&base.as_str())
+    }
+
     /// The function or data symbol that owns a whole section (`-ffunction-sections`).
     pub fn symbol_of_section(&self, section: usize) -> Option<&Symbol> {
         self.symbols.iter().find(|s| {
@@ -253,6 +275,25 @@ fn section_type(file: &ElfFile64<'_, Endianness>, index: usize) -> u32 {
         .unwrap_or(0)
 }
 
+/// Names (without GCC's number) of static locals that kernel macros create per call site.
+const SPECIAL_STATIC_NAMES: &[&str] = &[
+    "__key",
+    "__warned",
+    "__already_done",
+    "__print_once",
+    "__func__",
+    "__FUNCTION__",
+    "_rs",
+    "CSWTCH",
+    "_entry",
+    "descriptor",
+];
+
+/// Sections holding dynamic debug descriptors (`pr_debug`, `dev_dbg`, …).
+pub fn is_dynamic_debug_section(name: &str) -> bool {
+    name == "__dyndbg" || name == "__verbose" || name == "__dyndbg_classes"
+}
+
 /// A symbol name without GCC's per-compile numbering: `foo.isra.0` → `foo.isra`,
 /// `warned.12` → `warned`. Original and patched objects number clones and static locals
 /// independently, so names are correlated without the numbers.
@@ -265,6 +306,57 @@ pub fn correlation_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view_with(section: &str, symbol: &str, global: bool) -> (ElfView, Symbol) {
+        let symbol = Symbol {
+            index: 1,
+            name: symbol.to_owned(),
+            kind: SymbolKind::Data,
+            global,
+            section: Some(1),
+            value: 0,
+            size: 8,
+        };
+        let mut sections = BTreeMap::new();
+        sections.insert(
+            1,
+            Section {
+                index: 1,
+                name: section.to_owned(),
+                data: vec![0; 8],
+                size: 8,
+                align: 8,
+                flags: 0,
+                sh_type: elf::SHT_PROGBITS,
+                relocs: Vec::new(),
+            },
+        );
+        let view = ElfView {
+            name: "t.o".into(),
+            sections,
+            symbols: vec![symbol.clone()],
+        };
+        (view, symbol)
+    }
+
+    #[test]
+    fn special_statics_are_recognised_by_name_and_section() {
+        for (section, name, global, special) in [
+            (".data.once", "__already_done.12", false, true),
+            (".data.once", "anything.3", false, true),
+            (".bss.__warned.4", "__warned.4", false, true),
+            (".bss", "__key.7", false, true),
+            (".data._rs.2", "_rs.2", false, true),
+            ("__dyndbg", "__UNIQUE_ID_ddebug545.9", false, true),
+            ("__dyndbg", "descriptor.1", false, true),
+            (".data.counter", "counter", false, false),
+            (".data.counter.5", "counter.5", false, false),
+            (".data.__key", "__key", true, false),
+        ] {
+            let (view, symbol) = view_with(section, name, global);
+            assert_eq!(view.is_special_static(&symbol), special, "{section} {name}");
+        }
+    }
 
     #[test]
     fn clone_and_static_local_numbers_are_dropped() {

@@ -15,7 +15,7 @@ use object::{
     SymbolFlags, SymbolKind, SymbolScope,
 };
 
-use super::elf::{correlation_name, ElfView, Reloc, Section, Target};
+use super::elf::{correlation_name, is_dynamic_debug_section, ElfView, Reloc, Section, Target};
 use super::engine::DiffReport;
 
 /// Prefix of the symbol a changed function gets in the extracted object; the generated
@@ -115,7 +115,13 @@ fn ignored_section(name: &str) -> bool {
         || name == "__mcount_loc"
         || name.starts_with(".debug")
         || name == ".modinfo"
+        // Exports (`___ksymtab+foo`, `___ksymtab_gpl+foo`, `__ksymtab_strings`, CRCs): the
+        // export stays with the running kernel's function, and ftrace sends its callers to the
+        // replacement; a patch module exporting the same name again would clash.
         || name.starts_with("__ksymtab")
+        || name.starts_with("___ksymtab")
+        || name.starts_with("__kcrctab")
+        || name.starts_with("___kcrctab")
         || name == ".gnu.linkonce.this_module"
         || name.starts_with(".patchbay.")
 }
@@ -149,6 +155,9 @@ pub struct Extracted {
     /// Those of `external` that are local (static) symbols of the changed file: their names may
     /// repeat elsewhere in the kernel, so their position must come from the file.
     pub local_external: BTreeSet<String>,
+    /// Keys (tracepoints, static calls) whose sites in kept code of a module patch were left
+    /// out of the special sections.
+    pub inert_tracepoints: BTreeSet<String>,
 }
 
 struct Builder<'a> {
@@ -168,17 +177,21 @@ struct Builder<'a> {
     /// Data only the patched object has (from the diff report).
     new_data: BTreeSet<String>,
     local_externals: BTreeSet<String>,
+    /// The patched object is part of a module (not vmlinux).
+    module_target: bool,
+    inert_tracepoints: BTreeSet<String>,
 }
 
 /// Builds the object for the changed and new functions and new data of `report`.
 ///
 /// New functions named in `export_as` get that global name (callbacks the generated tables
-/// refer to).
+/// refer to). `module_target`: the object is part of a module, not vmlinux.
 pub fn extract(
     original: &ElfView,
     patched: &ElfView,
     report: &DiffReport,
     export_as: &BTreeMap<String, String>,
+    module_target: bool,
 ) -> Result<Extracted, ExtractError> {
     let original_names: BTreeMap<String, String> = original
         .symbols
@@ -197,6 +210,8 @@ pub fn extract(
         relocated: BTreeSet::new(),
         new_data: report.new_data.iter().cloned().collect(),
         local_externals: BTreeSet::new(),
+        module_target,
+        inert_tracepoints: BTreeSet::new(),
     };
     let mut replaced = Vec::new();
     let changed: BTreeSet<&String> = report.changed_functions.iter().collect();
@@ -261,6 +276,7 @@ pub fn extract(
     }
     let external = builder.externals.keys().cloned().collect();
     let local_external = builder.local_externals.clone();
+    let inert_tracepoints = builder.inert_tracepoints.clone();
     let object = builder
         .out
         .write()
@@ -270,6 +286,7 @@ pub fn extract(
         replaced,
         external,
         local_external,
+        inert_tracepoints,
     })
 }
 
@@ -282,7 +299,7 @@ fn scope_of(global: bool) -> SymbolScope {
 }
 
 /// Symbol names may contain `.` (clones); keep the generated name a C identifier.
-fn sanitize(name: &str) -> String {
+pub fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' {
@@ -413,6 +430,13 @@ impl Builder<'_> {
                     .symbol(*index)
                     .cloned()
                     .ok_or_else(|| ExtractError::Write(format!("no symbol {index}")))?;
+                // Special statics (`__already_done.N`, `__warned`, dynamic debug descriptors,
+                // `_rs`, …): never looked up in the running kernel, where their names repeat;
+                // the patch carries its own copy.
+                if self.patched.is_special_static(&symbol) {
+                    let id = self.define_copy(*index)?;
+                    return Ok((id, reloc.addend));
+                }
                 if symbol.section.is_some() && symbol.is_data() && self.is_new_data(&symbol.name) {
                     let id = self.define_copy(*index)?;
                     return Ok((id, reloc.addend));
@@ -448,7 +472,12 @@ impl Builder<'_> {
                     .section(*index)
                     .cloned()
                     .ok_or_else(|| ExtractError::Write(format!("no section {index}")))?;
-                if self.kept_functions.contains(index) || copied_whole(&section) {
+                let special = is_dynamic_debug_section(&section.name)
+                    || self
+                        .patched
+                        .symbol_of_section(*index)
+                        .is_some_and(|owner| self.patched.is_special_static(owner));
+                if self.kept_functions.contains(index) || copied_whole(&section) || special {
                     let id = self.copy_section(*index)?;
                     if !self.kept_functions.contains(index) {
                         self.copy_relocations(*index)?;
@@ -527,6 +556,28 @@ impl Builder<'_> {
             .map_err(|e| ExtractError::Write(e.to_string()))
     }
 
+    /// The key of entry `index` of `table` when a patch for a module leaves that site out: the
+    /// key may be the module's, whose relocation could be written only when the module loads,
+    /// after the loader used the entry. A tracepoint's jump label then stays inert in the
+    /// replacement (harmless, as kpatch and klp-build also decide); a static call site keeps
+    /// calling through its trampoline, which follows the key all the same, only not inlined.
+    fn module_site_key(&self, table: &Table, section: &Section, index: u64) -> Option<String> {
+        // `struct jump_entry { s32 code; s32 target; long key; }`,
+        // `struct static_call_site { s32 addr; s32 key; }`.
+        let (key_field, prefix) = match table.name {
+            "__jump_table" => (8, "__tracepoint_"),
+            ".static_call_sites" => (4, "__SCK__"),
+            _ => return None,
+        };
+        let key_offset = index * table.entry_size + key_field;
+        let reloc = section.relocs.iter().find(|r| r.offset == key_offset)?;
+        let Target::Symbol(symbol) = &reloc.target else {
+            return None;
+        };
+        let name = &self.patched.symbol(*symbol)?.name;
+        name.starts_with(prefix).then(|| name.clone())
+    }
+
     /// Whether a relocation points into kept code.
     fn points_into_kept(&self, reloc: &Reloc) -> bool {
         match &reloc.target {
@@ -550,7 +601,7 @@ impl Builder<'_> {
                 entry: table.entry_size,
             });
         }
-        let kept_entries: Vec<u64> = (0..section.size / table.entry_size)
+        let mut kept_entries: Vec<u64> = (0..section.size / table.entry_size)
             .filter(|i| {
                 let key = i * table.entry_size + table.key_offset;
                 section
@@ -559,6 +610,15 @@ impl Builder<'_> {
                     .any(|r| r.offset == key && self.points_into_kept(r))
             })
             .collect();
+        if self.module_target {
+            kept_entries.retain(|i| match self.module_site_key(table, &section, *i) {
+                Some(key) => {
+                    self.inert_tracepoints.insert(key);
+                    false
+                }
+                None => true,
+            });
+        }
         if kept_entries.is_empty() {
             return Ok(());
         }

@@ -3,10 +3,15 @@
 //! module: `patch_file` (what the diff touches), `preflight` (kernel config, compiler, the diff
 //! applies). Stages still to come: object compilation, the object diff engine, symbols, module.
 
+pub mod clones;
 pub mod elf;
 pub mod engine;
 pub mod extract;
+pub mod headers;
+pub mod include_index;
+pub mod kbuild_home;
 pub mod objects;
 pub mod patch_file;
 pub mod pipeline;
 pub mod preflight;
+pub mod refusal;

@@ -13,6 +13,9 @@ use std::process::Command;
 use object::{Object, ObjectSymbol, SymbolKind};
 use patchbay_kernels::{Kernel, SourceTree, SymbolTable};
 
+use super::kbuild_home::{Binary, KbuildHome, KbuildIndex};
+use super::preflight::KernelConfig;
+
 /// Flags added to the distro's own for every object we compile.
 pub const EXTRA_CFLAGS: &str = "-ffunction-sections -fdata-sections";
 
@@ -47,6 +50,8 @@ pub enum ObjectsError {
         sample: String,
         hint: &'static str,
     },
+    #[error("{object} is not built in this kernel's configuration: {proof}")]
+    NotBuilt { object: String, proof: String },
     #[error(transparent)]
     Kernel(#[from] patchbay_kernels::KernelError),
     #[error("{path} is not a readable object: {reason}")]
@@ -224,9 +229,17 @@ pub fn defined_functions(object: &[u8], path: &Path) -> Result<Vec<String>, Obje
 }
 
 /// Which binary the original object `compiled` (of `source`) is part of: vmlinux when its
-/// functions are in the kernel's full symbol map, else the module under the same directory
-/// whose symbol table has them.
-pub fn owner(kernel: &Kernel, source: &str, compiled: &Path) -> Result<Owner, ObjectsError> {
+/// functions are in the kernel's full symbol map; else the module kbuild's Makefiles link it
+/// into (`kbuild_home`, which also proves "not built in this configuration"), else a module
+/// under the same directory; in each case only if that binary's symbol table has the object's
+/// functions.
+pub fn owner(
+    kernel: &Kernel,
+    tree_dir: &Path,
+    config: &KernelConfig,
+    source: &str,
+    compiled: &Path,
+) -> Result<Owner, ObjectsError> {
     let bytes = fs::read(compiled).map_err(io("read", compiled))?;
     let functions = defined_functions(&bytes, compiled)?;
     if functions.is_empty() {
@@ -239,6 +252,34 @@ pub fn owner(kernel: &Kernel, source: &str, compiled: &Path) -> Result<Owner, Ob
     let all_in = |table: &SymbolTable| functions.iter().all(|f| !table.lookup(f).is_empty());
     if all_in(&vmlinux) {
         return Ok(Owner::Vmlinux);
+    }
+    let module_has_them = |name: &str| -> Result<bool, ObjectsError> {
+        let Some(path) = kernel.find_module(name)? else {
+            return Ok(false);
+        };
+        let ko = patchbay_kernels::read_module(&path)?;
+        Ok(all_in(&SymbolTable::from_module_ko(&ko)?))
+    };
+    let index = KbuildIndex::scan(tree_dir).map_err(io("read the Makefiles of", tree_dir))?;
+    match index.home(&object_path(source), config) {
+        KbuildHome::Built(binaries) => {
+            for binary in binaries {
+                let Binary::Module(stem) = binary else {
+                    continue;
+                };
+                let name = stem.rsplit('/').next().unwrap_or(&stem);
+                if module_has_them(name)? {
+                    return Ok(Owner::Module(name.replace('-', "_")));
+                }
+            }
+        }
+        KbuildHome::NotBuilt(proof) => {
+            return Err(ObjectsError::NotBuilt {
+                object: object_path(source),
+                proof: proof.join("; "),
+            })
+        }
+        KbuildHome::Unknown => {}
     }
     // Modules built from this directory or a parent of it, nearest first.
     let order = fs::read_to_string(kernel.modules_dir().join("modules.order"))
@@ -260,12 +301,7 @@ pub fn owner(kernel: &Kernel, source: &str, compiled: &Path) -> Result<Owner, Ob
             .next()
             .and_then(|f| f.strip_suffix(".ko"))
             .unwrap_or(relative);
-        let Some(path) = kernel.find_module(name)? else {
-            continue;
-        };
-        let ko = patchbay_kernels::read_module(&path)?;
-        let table = SymbolTable::from_module_ko(&ko)?;
-        if all_in(&table) {
+        if module_has_them(name)? {
             return Ok(Owner::Module(name.replace('-', "_")));
         }
     }

@@ -5,15 +5,21 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use patchbay_core::manifest::is_c_identifier;
 use patchbay_core::{CveId, PatchLevel};
 use patchbay_kernels::Kernel;
 
+use super::clones;
 use super::elf::ElfView;
 use super::engine::{self, DiffReport};
 use super::extract;
+use super::headers;
+use super::include_index::IncludeIndex;
+use super::kbuild_home::{KbuildHome, KbuildIndex};
 use super::objects::{self, Owner, PatchedTree};
-use super::patch_file;
-use super::preflight::{self, KernelConfig};
+use super::patch_file::{self, ChangedFile};
+use super::preflight::{self, KernelConfig, PreflightProblem};
+use super::refusal::{Category, Refusal, Refusals};
 use crate::module_build::{self, BuildReport, SourceBuild};
 
 /// A diff-mode build request.
@@ -25,6 +31,9 @@ pub struct DiffBuild {
     pub patches: Vec<PathBuf>,
     pub output: PathBuf,
     pub keep_work_dir: Option<PathBuf>,
+    /// `patch -p N`: how many leading path components to strip; `None` finds the one level at
+    /// which the diff's paths name files of the kernel tree.
+    pub strip_level: Option<usize>,
 }
 
 /// The change found in one translation unit.
@@ -81,7 +90,7 @@ pub struct DiffBuildReport {
 #[derive(Debug, thiserror::Error)]
 pub enum DiffBuildError {
     #[error("the diff cannot become a live patch:\n{0}")]
-    Refused(String),
+    Refused(Refusals),
     #[error(transparent)]
     Objects(#[from] objects::ObjectsError),
     #[error(transparent)]
@@ -109,9 +118,40 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> D
     }
 }
 
-fn refuse(lines: impl IntoIterator<Item = String>) -> DiffBuildError {
-    let text: Vec<String> = lines.into_iter().map(|l| format!("- {l}")).collect();
-    DiffBuildError::Refused(text.join("\n"))
+impl DiffBuildError {
+    fn refused(refusals: Vec<Refusal>) -> Self {
+        DiffBuildError::Refused(Refusals(refusals))
+    }
+
+    /// The refusals, when the build was refused (rather than failing).
+    pub fn refusals(&self) -> &[Refusal] {
+        match self {
+            DiffBuildError::Refused(refusals) => &refusals.0,
+            _ => &[],
+        }
+    }
+
+    /// A stable name for what failed, for scripts that count failures (`--json`): a refusal's
+    /// category, or what kind of step failed.
+    pub fn category(&self) -> &'static str {
+        match self {
+            DiffBuildError::Refused(refusals) => refusals
+                .0
+                .first()
+                .map_or("refused", |r| r.category.as_str()),
+            DiffBuildError::Objects(objects::ObjectsError::Compile { .. }) => "compile-failed",
+            DiffBuildError::Objects(_) => "objects",
+            DiffBuildError::Elf(_) => "unreadable-object",
+            DiffBuildError::Extract(_) => "extract",
+            DiffBuildError::Kernel(_) => "kernel-data",
+            DiffBuildError::Module(module_build::BuildError::Symbols(_)) => "unresolved-symbol",
+            DiffBuildError::Module(module_build::BuildError::KlpElf(
+                crate::klp_elf::KlpElfError::SpecialSectionReference { .. },
+            )) => "loader-section-reference",
+            DiffBuildError::Module(_) => "module-build",
+            DiffBuildError::Io { .. } => "io",
+        }
+    }
 }
 
 /// Builds a bundle from unified diffs of `kernel`'s source.
@@ -124,8 +164,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             combined.push('\n');
         }
     }
-    let files = patch_file::changed_files(&combined)
-        .map_err(|refusals| refuse(refusals.iter().map(ToString::to_string)))?;
+    let parsed = patch_file::parse(&combined).map_err(|r| DiffBuildError::refused(vec![r]))?;
 
     // Stage 1: preflight.
     let config_text =
@@ -134,7 +173,9 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     let mut problems = preflight::check_config(&config);
     problems.extend(preflight::check_compiler(&config));
     if !problems.is_empty() {
-        return Err(refuse(problems.iter().map(ToString::to_string)));
+        return Err(DiffBuildError::refused(
+            problems.iter().map(PreflightProblem::to_refusal).collect(),
+        ));
     }
 
     let temp;
@@ -154,28 +195,134 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             temp.path()
         }
     };
-    let patch_path = work.join("combined.patch");
-    std::fs::write(&patch_path, &combined).map_err(io_err("write", &patch_path))?;
 
-    // Stages 2 and 3: the source tree, original and patched objects.
+    // Stages 2 and 3: the source tree (which proves the diff's strip level), original and
+    // patched objects.
     let tree = kernel.source_tree()?;
     let _exclusive = tree.lock()?;
+    let exists = |path: &str| tree.dir().join(path).is_file();
+    let resolved = patch_file::resolve(parsed, request.strip_level, &exists)
+        .map_err(DiffBuildError::refused)?;
+    let files = resolved.files.clone();
+    let line_maps = resolved.line_maps();
+    let patch_path = work.join("combined.patch");
+    std::fs::write(&patch_path, resolved.normalized()).map_err(io_err("write", &patch_path))?;
     let problems = preflight::check_patch_applies(tree.dir(), &patch_path);
     if !problems.is_empty() {
-        return Err(refuse(problems.iter().map(ToString::to_string)));
+        return Err(DiffBuildError::refused(
+            problems.iter().map(PreflightProblem::to_refusal).collect(),
+        ));
     }
+    // Headers are compiled into the changed .c files; the other translation units that include
+    // them are compiled too, to prove they do not change. A .c file kbuild does not build on its
+    // own (`#include "rtmutex.c"` in rtmutex_api.c) is patched through the units including it.
+    let (headers, files): (Vec<ChangedFile>, Vec<ChangedFile>) =
+        files.into_iter().partition(|f| f.path.ends_with(".h"));
+    let headers: Vec<String> = headers.into_iter().map(|h| h.path).collect();
+    let kbuild =
+        KbuildIndex::scan(tree.dir()).map_err(io_err("read the Makefiles of", tree.dir()))?;
+    let included_only: Vec<&ChangedFile> = files
+        .iter()
+        .filter(|f| kbuild.home(&objects::object_path(&f.path), &config) == KbuildHome::Unknown)
+        .collect();
+    let includes = if headers.is_empty() && included_only.is_empty() {
+        None
+    } else {
+        let cache = headers::include_index_cache(kernel.dir());
+        Some(
+            IncludeIndex::load_or_build(tree.dir(), &cache)
+                .map_err(io_err("index the includes of", tree.dir()))?,
+        )
+    };
+    let mut sources: std::collections::BTreeSet<String> =
+        files.iter().map(|f| f.path.clone()).collect();
+    if let Some(includes) = &includes {
+        for file in &included_only {
+            let units = headers::built_units(includes, &kbuild, &config, &file.path);
+            if !units.is_empty() {
+                sources.remove(&file.path);
+                sources.extend(units);
+            }
+        }
+    }
+    let files: Vec<ChangedFile> = sources
+        .iter()
+        .map(|path| ChangedFile {
+            path: path.clone(),
+            change: patch_file::FileChange::Modified,
+        })
+        .collect();
+    let header_units = match &includes {
+        Some(includes) if !headers.is_empty() => {
+            headers::units_to_compare(includes, &kbuild, &config, &headers, &sources)
+                .map_err(|r| DiffBuildError::refused(vec![r]))?
+        }
+        _ => Vec::new(),
+    };
     let original_object = |source: &str| work.join("original").join(objects::object_path(source));
     let patched_object = |source: &str| work.join("patched").join(objects::object_path(source));
-    for file in &files {
-        objects::compile_object(&tree, &file.path, &original_object(&file.path))?;
+    let sources: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    for unit in &sources {
+        objects::compile_object(&tree, unit, &original_object(unit))?;
     }
+    // A unit that does not compile before the diff is not built in this configuration (the
+    // include index and Makefiles can name too many); one that no longer compiles after it is
+    // changed by the header as surely as one whose code differs.
+    let mut header_units_built = Vec::new();
+    for unit in &header_units {
+        if objects::compile_object(&tree, unit, &original_object(unit)).is_ok() {
+            header_units_built.push(unit.as_str());
+        }
+    }
+    let mut affected = Vec::new();
+    let mut header_units_compiled = Vec::new();
     let applied = PatchedTree::apply(&tree, &patch_path)?;
-    let compiled: Result<(), DiffBuildError> = files.iter().try_for_each(|file| {
-        objects::compile_object(&tree, &file.path, &patched_object(&file.path))
-            .map_err(DiffBuildError::from)
+    let compiled: Result<(), DiffBuildError> = sources.iter().try_for_each(|unit| {
+        objects::compile_object(&tree, unit, &patched_object(unit)).map_err(DiffBuildError::from)
     });
+    if compiled.is_ok() {
+        for unit in &header_units_built {
+            match objects::compile_object(&tree, unit, &patched_object(unit)) {
+                Ok(()) => header_units_compiled.push(*unit),
+                Err(_) => affected.push((
+                    (*unit).to_owned(),
+                    "no longer compiles with the changed header".to_owned(),
+                )),
+            }
+        }
+    }
     applied.restore()?;
     compiled?;
+    for unit in header_units_compiled {
+        let read = |p: PathBuf| -> Result<ElfView, DiffBuildError> {
+            let bytes = std::fs::read(&p).map_err(io_err("read", &p))?;
+            Ok(ElfView::parse(unit, &bytes)?)
+        };
+        let diff = engine::compare(&read(original_object(unit))?, &read(patched_object(unit))?);
+        if !diff.is_empty() || !diff.changed_init.is_empty() {
+            let what: Vec<&String> = diff
+                .changed_functions
+                .iter()
+                .chain(&diff.new_functions)
+                .chain(&diff.changed_data)
+                .chain(&diff.new_data)
+                .chain(&diff.changed_init)
+                .take(4)
+                .collect();
+            affected.push((
+                unit.to_owned(),
+                what.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+    }
+    if !affected.is_empty() {
+        return Err(DiffBuildError::refused(vec![
+            headers::affected_objects_refusal(&headers, &affected),
+        ]));
+    }
 
     // Stage 4: what changed, and the refusals that depend on it.
     let mut reports = Vec::new();
@@ -188,77 +335,72 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         };
         let original = read(original_object(&file.path))?;
         let patched = read(patched_object(&file.path))?;
-        let mut diff = engine::compare(&original, &patched);
-        let annotations = annotations(&patched);
-        diff.changed_functions
-            .retain(|f| !annotations.ignored.contains(f));
-        for (field, function) in &annotations.callbacks {
-            if !["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"].contains(&field.as_str())
-            {
-                refusals.push(format!(
-                    "{}: `{function}` is declared as a `{field}` callback, which livepatch does not \
-                     have (use the PATCHBAY_DIFF_* macros of patchbay-diff.h)",
-                    file.path
+        let lines = line_maps.get(&file.path).cloned().unwrap_or_default();
+        let (diff, callbacks, file_refusals) = analyse(&file.path, &original, &patched, &lines);
+        refusals.extend(file_refusals);
+        let owner = match objects::owner(
+            kernel,
+            tree.dir(),
+            &config,
+            &file.path,
+            &original_object(&file.path),
+        ) {
+            Ok(owner) => owner,
+            Err(objects::ObjectsError::NotBuilt { object, proof }) => {
+                refusals.push(Refusal::in_file(
+                    Category::NotBuiltInConfig,
+                    &file.path,
+                    format!(
+                        "{object} is not built in this kernel's configuration, so the running \
+                         kernel has none of its code to patch ({proof})"
+                    ),
                 ));
+                continue;
             }
-            diff.changed_functions.retain(|f| f != function);
-            if !diff.new_functions.contains(function) {
-                diff.new_functions.push(function.clone());
+            Err(e @ objects::ObjectsError::UnknownOwner { .. }) => {
+                refusals.push(Refusal::in_file(
+                    Category::UnknownOwner,
+                    &file.path,
+                    e.to_string(),
+                ));
+                continue;
             }
-        }
-        if let Err(function) = engine::route_around_untraceable(&original, &patched, &mut diff) {
-            refusals.push(format!(
-                "{}: `{function}` has no ftrace entry (notrace or inline) and no caller in this \
-                 file that could be replaced instead; move the fix into a traceable function",
-                file.path
-            ));
-        }
-        for name in &diff.changed_data {
-            refusals.push(format!(
-                "{}: the fix changes existing data `{name}`; a live patch cannot change data the \
-                 running kernel already holds: use a shadow variable or a callback instead",
-                file.path
-            ));
-        }
-        for name in &diff.changed_init {
-            refusals.push(format!(
-                "{}: the fix changes `{name}` in __init/__exit code, which already ran (or runs \
-                 only at unload); live patching it has no effect: leave it out of the diff",
-                file.path
-            ));
-        }
-        for name in diff.changed_functions.iter().filter(|n| n.contains('.')) {
-            refusals.push(format!(
-                "{}: the fix changes `{name}`, a function GCC cloned or split; this builder \
-                 cannot name it in a klp_func yet: patch its callers instead",
-                file.path
-            ));
-        }
-        for section in extract::unknown_special_sections(&patched, &diff) {
-            refusals.push(format!(
-                "{}: changed code is described by section {section}, which this builder \
-                 does not know how to carry",
-                file.path
-            ));
-        }
-        let owner = objects::owner(kernel, &file.path, &original_object(&file.path))?;
+            Err(e) => return Err(e.into()),
+        };
         reports.push(FileChangeReport {
             source: file.path.clone(),
             owner,
             diff,
-            callbacks: annotations.callbacks,
+            callbacks,
         });
         views.push((original, patched));
     }
-    if reports.iter().all(|r| r.diff.is_empty()) {
-        refusals.push(
-            "the diff makes no functional change to any object (comments or formatting only?); \
-             there is nothing to live-patch"
-                .into(),
-        );
+    if refusals.is_empty() && reports.iter().all(|r| r.diff.is_empty()) {
+        let init_only: Vec<&FileChangeReport> = reports
+            .iter()
+            .filter(|r| !r.diff.changed_init.is_empty())
+            .collect();
+        if init_only.is_empty() {
+            refusals.push(Refusal::new(
+                Category::NoFunctionalChange,
+                "the diff makes no functional change to any object (comments or formatting \
+                 only?); there is nothing to live-patch",
+            ));
+        }
+        for report in init_only {
+            for name in &report.diff.changed_init {
+                refusals.push(Refusal::in_function(
+                    Category::InitOnly,
+                    &report.source,
+                    name,
+                    "the fix changes only __init/__exit code, which already ran (or runs only \
+                     at unload); a live patch cannot apply it: there is nothing left to patch",
+                ));
+            }
+        }
     }
     if !refusals.is_empty() {
-        return Err(refuse(refusals));
+        return Err(DiffBuildError::refused(refusals));
     }
 
     // Stage 4b: extracted objects; stage 5/6: markers for the module build.
@@ -267,6 +409,8 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     let vmlinux_table = patchbay_kernels::SymbolTable::load(&kernel.system_map()?)?;
     let mut symbol_files: Option<patchbay_kernels::SymbolFiles> = None;
     let mut ambiguous = Vec::new();
+    let mut old_function_aliases = std::collections::BTreeMap::new();
+    let mut module_locals = std::collections::BTreeMap::new();
     let mut markers = String::from(
         "// Generated by patchbay-build diff: the replacements found in the object diff.\n\
          #include <patchbay.h>\n",
@@ -280,7 +424,61 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             .iter()
             .map(|(_, function)| (function.clone(), format!("__patchbay_cb__{function}")))
             .collect();
-        let extracted = extract::extract(original, patched, &report.diff, &export_as)?;
+        let module_target = matches!(report.owner, Owner::Module(_));
+        // The file name the compiler records in FILE symbols: the source's base name.
+        let file_name = report
+            .source
+            .rsplit('/')
+            .next()
+            .unwrap_or(&report.source)
+            .to_owned();
+        let module_table = match &report.owner {
+            Owner::Module(module) => match kernel.find_module(module)? {
+                Some(path) => Some(patchbay_kernels::SymbolTable::from_module_ko(
+                    &patchbay_kernels::read_module(&path)?,
+                )?),
+                None => None,
+            },
+            Owner::Vmlinux => None,
+        };
+        let mut diff = report.diff.clone();
+        let mut extracted = extract::extract(original, patched, &diff, &export_as, module_target)?;
+        // A local function the kept code only calls, whose name repeats in the running binary
+        // (a header's static inline emitted out of line in several files) so that a reference
+        // cannot say which one is meant: the patch carries its own copy instead. Code without
+        // state behaves the same wherever it lives; its address is never taken.
+        loop {
+            let mut copies = Vec::new();
+            for name in &extracted.local_external {
+                let repeats = match &module_table {
+                    Some(table) => table.lookup(name).len() > 1,
+                    None => {
+                        vmlinux_table.lookup(name).len() > 1 && {
+                            if symbol_files.is_none() {
+                                symbol_files = Some(kernel.symbol_files()?);
+                            }
+                            symbol_files
+                                .as_ref()
+                                .and_then(|f| f.sympos(&vmlinux_table, name, &file_name))
+                                .is_none()
+                        }
+                    }
+                };
+                if !repeats {
+                    continue;
+                }
+                if let Some(local) = engine::only_called_local_function(patched, &diff, name) {
+                    if !diff.new_functions.contains(&local) {
+                        copies.push(local);
+                    }
+                }
+            }
+            if copies.is_empty() {
+                break;
+            }
+            diff.new_functions.extend(copies);
+            extracted = extract::extract(original, patched, &diff, &export_as, module_target)?;
+        }
         if let Owner::Module(module) = &report.owner {
             refuse_unexported_vmlinux_symbols(kernel, module, &report.source, &extracted)?;
         }
@@ -291,23 +489,34 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             Owner::Vmlinux => "vmlinux".to_owned(),
             Owner::Module(name) => name.clone(),
         };
-        // The file name the compiler records in FILE symbols: the source's base name.
-        let file_name = report
-            .source
-            .rsplit('/')
-            .next()
-            .unwrap_or(&report.source)
-            .to_owned();
-        if report.owner == Owner::Vmlinux {
-            for name in &extracted.local_external {
-                symbol_hints.insert(name.clone(), file_name.clone());
+        match &report.owner {
+            Owner::Vmlinux => {
+                for name in &extracted.local_external {
+                    symbol_hints.insert(name.clone(), file_name.clone());
+                }
+            }
+            Owner::Module(module) => {
+                if let Ok(module) = module.parse::<patchbay_core::ObjectName>() {
+                    for name in &extracted.local_external {
+                        module_locals.insert(name.clone(), module.clone());
+                    }
+                }
             }
         }
         for (old, new) in &extracted.replaced {
             let _ = writeln!(markers, "extern void {new}(void);");
             let repeats = report.owner == Owner::Vmlinux && vmlinux_table.lookup(old).len() > 1;
+            // A clone's name (`foo.isra.0`) is not a C identifier: the marker names it through
+            // an alias the module builder maps back.
+            let token = if is_c_identifier(old) {
+                old.clone()
+            } else {
+                let alias = format!("patchbay_clone__{}", extract::sanitize(old));
+                old_function_aliases.insert(alias.clone(), old.clone());
+                alias
+            };
             if !repeats {
-                let _ = writeln!(markers, "PATCHBAY_REPLACE({object}, {old}, {new});");
+                let _ = writeln!(markers, "PATCHBAY_REPLACE({object}, {token}, {new});");
                 continue;
             }
             if symbol_files.is_none() {
@@ -320,13 +529,17 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                 Some(position) => {
                     let _ = writeln!(
                         markers,
-                        "PATCHBAY_REPLACE_SYMPOS({object}, {old}, {new}, {position});"
+                        "PATCHBAY_REPLACE_SYMPOS({object}, {token}, {new}, {position});"
                     );
                 }
-                None => ambiguous.push(format!(
-                    "{}: `{old}` is defined several times in vmlinux and none (or more than one) \
-                     comes from {file_name}; cannot tell which one to replace",
-                    report.source
+                None => ambiguous.push(Refusal::in_function(
+                    Category::AmbiguousSymbol,
+                    &report.source,
+                    old,
+                    format!(
+                        "defined several times in vmlinux and none (or more than one) comes from \
+                         {file_name}; cannot tell which one to replace"
+                    ),
                 )),
             }
         }
@@ -342,7 +555,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         }
     }
     if !ambiguous.is_empty() {
-        return Err(refuse(ambiguous));
+        return Err(DiffBuildError::refused(ambiguous));
     }
     let markers_path = work.join("patchbay_diff_markers.c");
     std::fs::write(&markers_path, markers).map_err(io_err("write", &markers_path))?;
@@ -356,6 +569,8 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             linked_objects,
             symbol_hints,
             symbols_override: None,
+            old_function_aliases,
+            module_locals,
             output: request.output.clone(),
             keep_work_dir: request.keep_work_dir.as_ref().map(|d| d.join("module")),
         },
@@ -393,11 +608,105 @@ fn refuse_unexported_vmlinux_symbols(
     if offending.is_empty() {
         return Ok(());
     }
-    Err(refuse(offending.into_iter().map(|name| {
-        format!(
-            "{source}: the fix makes module {module} use `{name}`, which vmlinux does not \
-             export; a module's live patch may only use exported vmlinux symbols: reach it \
-             through an exported function instead"
-        )
-    })))
+    Err(DiffBuildError::refused(
+        offending
+            .into_iter()
+            .map(|name| {
+                Refusal::in_function(
+                    Category::ModuleUsesUnexported,
+                    source,
+                    name,
+                    format!(
+                        "the fix makes module {module} use this symbol, which vmlinux does not \
+                         export; a module's live patch may only use exported vmlinux symbols: \
+                         reach it through an exported function instead"
+                    ),
+                )
+            })
+            .collect(),
+    ))
+}
+
+/// Stage 4 for one translation unit: what changed between the original and the patched object
+/// after the author's annotations, with the callbacks declared and every refusal that depends
+/// only on this object.
+pub fn analyse(
+    source: &str,
+    original: &ElfView,
+    patched: &ElfView,
+    lines: &engine::LineMap,
+) -> (DiffReport, Vec<(String, String)>, Vec<Refusal>) {
+    let mut refusals = Vec::new();
+    let mut diff = engine::compare_with_lines(original, patched, lines);
+    let annotations = annotations(patched);
+    diff.changed_functions
+        .retain(|f| !annotations.ignored.contains(f));
+    for (field, function) in &annotations.callbacks {
+        if !["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"].contains(&field.as_str()) {
+            refusals.push(Refusal::in_function(
+                Category::UnknownCallback,
+                source,
+                function,
+                format!(
+                    "declared as a `{field}` callback, which livepatch does not have (use the \
+                     PATCHBAY_DIFF_* macros of patchbay-diff.h)"
+                ),
+            ));
+        }
+        diff.changed_functions.retain(|f| f != function);
+        if !diff.new_functions.contains(function) {
+            diff.new_functions.push(function.clone());
+        }
+    }
+    let clone_plan = clones::plan(original, &mut diff);
+    if let Err(function) =
+        engine::route_around(original, patched, &mut diff, &clone_plan.via_callers)
+    {
+        let (category, why) = if clones::is_clone(&function) {
+            (
+                Category::ClonedFunction,
+                "a GCC clone whose calling convention may have changed, and no caller in this \
+                 file that could be replaced instead",
+            )
+        } else {
+            (
+                Category::UntraceableFunction,
+                "no ftrace entry (notrace or inline) and no caller in this file that could be \
+                 replaced instead; move the fix into a traceable function",
+            )
+        };
+        refusals.push(Refusal::in_function(category, source, &function, why));
+    }
+    clones::carry_cold_parts(patched, &mut diff);
+    for name in &diff.changed_data {
+        refusals.push(Refusal::in_function(
+            Category::ChangedData,
+            source,
+            name,
+            "the fix changes existing data; a live patch cannot change data the running kernel \
+             already holds: use a shadow variable or a callback instead",
+        ));
+    }
+    for (function, target) in engine::init_references(patched, &diff) {
+        refusals.push(Refusal::in_function(
+            Category::InitReference,
+            source,
+            &function,
+            format!(
+                "the fixed code refers to `{target}`, __init/__exit code or data the running \
+                 kernel has freed (or never loads); keep runtime code off init sections"
+            ),
+        ));
+    }
+    for section in extract::unknown_special_sections(patched, &diff) {
+        refusals.push(Refusal::in_file(
+            Category::UnknownSpecialSection,
+            source,
+            format!(
+                "changed code is described by section {section}, which this builder does not \
+                 know how to carry"
+            ),
+        ));
+    }
+    (diff, annotations.callbacks, refusals)
 }

@@ -6,6 +6,8 @@ use std::fmt;
 use std::path::Path;
 use std::process::Command;
 
+use super::refusal::{Category, Refusal};
+
 /// A kernel `.config`, parsed.
 #[derive(Debug, Clone, Default)]
 pub struct KernelConfig {
@@ -76,6 +78,24 @@ impl fmt::Display for PreflightProblem {
                 "the diff does not apply to this kernel's source (rebase it onto this version):\n{output}"
             ),
         }
+    }
+}
+
+impl PreflightProblem {
+    pub fn category(&self) -> Category {
+        match self {
+            PreflightProblem::NoLivepatch | PreflightProblem::UnsupportedOption { .. } => {
+                Category::KernelConfig
+            }
+            PreflightProblem::CompilerUnknown
+            | PreflightProblem::CompilerMismatch { .. }
+            | PreflightProblem::CompilerMissing(_) => Category::Compiler,
+            PreflightProblem::PatchDoesNotApply(_) => Category::PatchDoesNotApply,
+        }
+    }
+
+    pub fn to_refusal(&self) -> Refusal {
+        Refusal::new(self.category(), self.to_string())
     }
 }
 

@@ -96,6 +96,7 @@ fn request(diff: &std::path::Path, out: &std::path::Path) -> Result<DiffBuild> {
         patches: vec![diff.to_path_buf()],
         output: out.to_path_buf(),
         keep_work_dir: None,
+        strip_level: None,
     })
 }
 

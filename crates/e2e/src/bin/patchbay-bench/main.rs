@@ -8,6 +8,8 @@
 //! `server`: check-ins per second against the patch server on loopback (SQLite), beside nginx
 //! serving a static file of the same size in the same run, both driven by wrk.
 //! `fleet`: dashboard pages, compliance export and `/metrics` with 10,000 hosts against 1 host.
+//! `coverage-load`: boots one kernel and loads and unloads each diff-built bundle of a directory
+//! (the "loaded" half of the diff-coverage benchmark).
 
 use std::process::ExitCode;
 
@@ -21,6 +23,7 @@ const DEFAULT_ROUNDS: usize = 10;
 const APPLY_RATIO_GOAL: f64 = 1.05;
 
 mod builder_bench;
+mod coverage_bench;
 mod fleet_bench;
 mod server_bench;
 
@@ -43,6 +46,10 @@ fn main() -> ExitCode {
             args.remove(0);
             "agent"
         }
+        Some("coverage-load") => {
+            args.remove(0);
+            "coverage-load"
+        }
         _ => "agent",
     };
     let result = if which == "server" {
@@ -51,6 +58,8 @@ fn main() -> ExitCode {
         fleet_bench::run(&args)
     } else if which == "builder" {
         builder_bench::run(&args)
+    } else if which == "coverage-load" {
+        coverage_bench::run(&args)
     } else {
         run(args)
     };
@@ -64,7 +73,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: patchbay-bench [agent] [--rounds N] [newest|older|<abi>] | patchbay-bench builder [--cold] | patchbay-bench server [--seconds N] | patchbay-bench fleet [--hosts N]"
+    "usage: patchbay-bench [agent] [--rounds N] [newest|older|<abi>] | patchbay-bench builder [--cold] | patchbay-bench server [--seconds N] | patchbay-bench fleet [--hosts N] | patchbay-bench coverage-load --kernel <abi> <dir>"
 }
 
 fn run(args: Vec<String>) -> Result<()> {
