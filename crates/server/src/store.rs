@@ -222,6 +222,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError>;
     async fn count_hosts(&self, filter: &HostFilter) -> Result<u64, ServerError>;
     async fn host(&self, id: &str) -> Result<Option<HostRecord>, ServerError>;
+    /// Check-ins received since the database was made (history pruning does not lower it).
     async fn checkin_count(&self) -> Result<u64, ServerError>;
     /// Deletes the check-in history recorded before `before` (unix time); returns how many
     /// check-ins went.
@@ -323,6 +324,12 @@ CREATE TABLE IF NOT EXISTS checkins (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS checkins_host_at ON checkins(host_id, at);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO counters (name, value) SELECT 'checkins', COUNT(*) FROM checkins WHERE true
+    ON CONFLICT (name) DO NOTHING;
 CREATE TABLE IF NOT EXISTS exposure_snapshots (
     day TEXT PRIMARY KEY,
     critical BIGINT NOT NULL,
@@ -406,6 +413,15 @@ async fn write_checkins(pool: &SqlitePool, batch: &[PendingCheckIn]) -> Result<(
         .execute(&mut *tx)
         .await?;
     }
+    // A counter beside the history: `patchbay_checkins_total` must never go down when
+    // old history is pruned.
+    sqlx::query(
+        "INSERT INTO counters (name, value) VALUES ('checkins', $1) \
+         ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+    )
+    .bind(i64::try_from(batch.len()).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
 }
 
@@ -1072,9 +1088,10 @@ impl Store for SqliteStore {
     }
 
     async fn checkin_count(&self) -> Result<u64, ServerError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM checkins")
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar("SELECT value FROM counters WHERE name = 'checkins'")
+            .fetch_optional(&self.pool)
+            .await?
+            .unwrap_or(0);
         u64::try_from(n).map_err(|e| corrupt("check-in count", e))
     }
 
