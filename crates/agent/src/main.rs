@@ -201,6 +201,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> i32 {
+    // Everything the agent creates is its own: files 0600, directories 0700, including those
+    // its libraries write (the TUF client's datastore).
+    // SAFETY: umask only sets this process's file mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let state_dir = cli
         .state_dir
         .or_else(|| std::env::var_os(STATE_DIR_ENV).map(PathBuf::from))
