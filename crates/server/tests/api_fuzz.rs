@@ -39,6 +39,8 @@ fn fuzz(s: &Server, token: &str, filter: &[&str]) -> String {
         .args(filter)
         .arg("--report-dir")
         .arg(s._dir.path().join("schemathesis"))
+        // Its cache (`.schemathesis/`) goes to the working directory: keep it out of the clone.
+        .current_dir(s._dir.path())
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
