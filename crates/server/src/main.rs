@@ -469,6 +469,7 @@ async fn doctor(data: &Path) -> Result<()> {
         let keys = match e.keys {
             patchbay_server::tuf::KeyPlace::Online => "renewed automatically by serve",
             patchbay_server::tuf::KeyPlace::Offline => "key offline: renewed by an administrator",
+            patchbay_server::tuf::KeyPlace::Mirror => "mirror: renewed by the next import",
         };
         match e.warning(now) {
             Some(warning) => {

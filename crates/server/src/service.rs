@@ -1373,7 +1373,7 @@ impl Service {
         if self.is_mirror() {
             // A mirror renews nothing itself: every role is as good as offline.
             for e in &mut expiries {
-                e.keys = KeyPlace::Offline;
+                e.keys = KeyPlace::Mirror;
             }
         }
         Ok(expiries)

@@ -134,7 +134,13 @@ pub enum KeyPlace {
     /// The keys are elsewhere: an administrator must sign (root: `root resign` with the keys;
     /// targets: `export-unsigned`, `sign-targets`, `import-signed`).
     Offline,
+    /// An air-gapped mirror: the outer server signed it; the next `import` renews it.
+    Mirror,
 }
+
+/// How long before a mirror's metadata expires the server warns (its timestamp lives as long
+/// as the outer server's, often a day, so a 30-day horizon would always warn).
+pub const MIRROR_WARNING_HOURS: i64 = 6;
 
 /// How long before an offline-signed role expires the server starts warning.
 pub const OFFLINE_WARNING_DAYS: i64 = 30;
@@ -164,15 +170,18 @@ impl RoleExpiry {
     /// The warning an operator must see: the role's keys are offline and it expires within
     /// [`OFFLINE_WARNING_DAYS`] (or already has).
     pub fn warning(&self, now: jiff::Timestamp) -> Option<String> {
-        if self.keys == KeyPlace::Online {
-            return None;
-        }
         let left = self.seconds_left(now);
-        if left > OFFLINE_WARNING_DAYS * 86_400 {
+        let horizon = match self.keys {
+            KeyPlace::Online => return None,
+            KeyPlace::Offline => OFFLINE_WARNING_DAYS * 86_400,
+            KeyPlace::Mirror => MIRROR_WARNING_HOURS * 3_600,
+        };
+        if left > horizon {
             return None;
         }
-        let how = match self.role {
-            RoleName::Root => "sign a new root with the root keys: patchbay-server root resign --data DIR --root-key FILE …",
+        let how = match (self.keys, self.role) {
+            (KeyPlace::Mirror, _) => "import a newer archive from the outer server (patchbay-server export there, import here)",
+            (_, RoleName::Root) => "sign a new root with the root keys: patchbay-server root resign --data DIR --root-key FILE …",
             _ => "sign the targets role offline: patchbay-server export-unsigned, sign-targets, import-signed",
         };
         Some(if left <= 0 {
@@ -181,12 +190,15 @@ impl RoleExpiry {
                 self.role, self.version, self.expires
             )
         } else {
+            let in_time = if left >= 2 * 86_400 {
+                format!("{} days", left / 86_400)
+            } else {
+                format!("{} h", left / 3_600)
+            };
             format!(
-                "{}.json (version {}) expires at {} (in {} days) and its key is offline: {how}",
-                self.role,
-                self.version,
-                self.expires,
-                left / 86_400
+                "{}.json (version {}) expires at {} (in {in_time}) and this server cannot renew \
+                 it: {how}",
+                self.role, self.version, self.expires
             )
         })
     }
@@ -1090,5 +1102,27 @@ mod tests {
         assert!(!next.exists());
         assert_eq!(repo.versions().unwrap().unwrap().root, 1);
         client_load(&repo).await.unwrap();
+    }
+
+    #[test]
+    fn warnings_depend_on_who_renews_the_role() {
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |hours: i64| jiff::Timestamp::from_second(1_800_000_000 + hours * 3_600).unwrap();
+        let expiry = |keys, hours| RoleExpiry {
+            role: RoleName::Timestamp,
+            version: 7,
+            expires: at(hours),
+            keys,
+        };
+        assert_eq!(expiry(KeyPlace::Online, 1).warning(now), None);
+        // Offline: from 30 days before.
+        assert!(expiry(KeyPlace::Offline, 29 * 24).warning(now).is_some());
+        assert_eq!(expiry(KeyPlace::Offline, 31 * 24).warning(now), None);
+        // A mirror's day-long timestamp does not warn all day, only near its end.
+        assert_eq!(expiry(KeyPlace::Mirror, 20).warning(now), None);
+        let near = expiry(KeyPlace::Mirror, 5).warning(now).unwrap();
+        assert!(near.contains("import a newer archive"), "{near}");
+        let gone = expiry(KeyPlace::Mirror, -1).warning(now).unwrap();
+        assert!(gone.contains("EXPIRED"), "{gone}");
     }
 }
