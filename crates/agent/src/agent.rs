@@ -823,13 +823,17 @@ impl Agent<'_> {
                 hint: load_hint(&source),
                 source,
             };
+            // The module file marks the level loaded last (boot's fallback): this one never was.
+            self.state_dir.remove_module_file(&module);
             return Err(self.fail(session, err));
         }
         drop(file);
         crate::fault::crash_point(crate::fault::FaultPoint::AfterFinitModule);
         timings.loaded = self.clock.now().saturating_sub(started);
         if let Err(err) = self.wait_appear(&module) {
-            let _ = self.delete_module_retry(&module);
+            if self.delete_module_retry(&module).is_ok() {
+                self.state_dir.remove_module_file(&module);
+            }
             return Err(self.fail(session, err));
         }
         crate::fault::crash_point(crate::fault::FaultPoint::MidTransition);

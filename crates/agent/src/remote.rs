@@ -569,7 +569,12 @@ pub struct UpdateReport {
 /// asks this first; a manual `patchbay apply` is an administrator's explicit act and does not.
 pub fn kill_switch(agent: &Agent<'_>, disable_file: &Path) -> Option<String> {
     let cmdline = std::fs::read_to_string(agent.paths.proc_dir.join("cmdline")).unwrap_or_default();
-    if cmdline.split_whitespace().any(|w| w == "patchbay.disable") {
+    // `patchbay.disable` or `patchbay.disable=<anything>`, as systemd's
+    // ConditionKernelCommandLine matches it.
+    if cmdline
+        .split_whitespace()
+        .any(|w| w == "patchbay.disable" || w.starts_with("patchbay.disable="))
+    {
         return Some("patchbay.disable is on the kernel command line".into());
     }
     if disable_file.exists() {
@@ -733,10 +738,26 @@ impl<'a, 'b> Remote<'a, 'b> {
                          replacing it with the signed download"
                     ));
                     let (bundle, _) = repo.bundle(&identity.build_id, *level).await?;
-                    self.agent
+                    let stored = self
+                        .agent
                         .state_dir
                         .store_bundle(&bundle)
                         .map_err(AgentError::from_cache)?;
+                    if let crate::cache::StoreOutcome::Conflict { path, .. } = stored {
+                        // The damaged entry claims to be another build of this level: keep it
+                        // for inspection and cache the signed one.
+                        let moved =
+                            crate::state::quarantine(&path).map_err(|e| file_err(&path, e))?;
+                        (self.agent.log)(&format!(
+                            "warning: {} held another bundle of level {level}; moved it to {}",
+                            path.display(),
+                            moved.display()
+                        ));
+                        self.agent
+                            .state_dir
+                            .store_bundle(&bundle)
+                            .map_err(AgentError::from_cache)?;
+                    }
                 }
                 // The level is live but an operation on it was never recorded (the agent was
                 // interrupted after the transition): finish it, so history and cleanup are
@@ -942,9 +963,28 @@ pub fn boot(
     if let Some(pending) = state.pending.as_ref().filter(|p| {
         p.build_id == identity.build_id && matches!(p.op, OpKind::Apply | OpKind::Rollback)
     }) {
-        if let Some(level) = pending.level {
+        // A level that took the machine down while loading would do it again at every boot:
+        // try an interrupted operation once. The marker names the operation; finding our own
+        // marker means the last boot tried it and never got to clear it.
+        let marker = agent.state_dir.root().join("boot-attempt");
+        let this_op = format!(
+            "{} {} {:?}\n",
+            pending.started_unix, pending.pid, pending.level
+        );
+        let tried = std::fs::read_to_string(&marker).ok().as_deref() == Some(this_op.as_str());
+        if tried {
+            (agent.log)(&format!(
+                "warning: the last boot already tried to complete the interrupted {} of \
+                 level {}; not again. Re-applying the last recorded level instead",
+                pending.op,
+                pending.level.map_or_else(|| "?".into(), |l| l.to_string())
+            ));
+        }
+        if let (false, Some(level)) = (tried, pending.level) {
             let path = agent.state_dir.bundle_path(&identity.build_id, level);
             if path.exists() {
+                patchbay_core::fsutil::write_private(&marker, this_op.as_bytes())
+                    .map_err(|e| file_err(&marker, e))?;
                 (agent.log)(&format!(
                     "note: the {} of level {level} was interrupted before it was recorded; \
                      re-applying level {level}",

@@ -1177,3 +1177,26 @@ fn scratch_left_by_a_killed_agent_is_removed_and_archives_unpack_privately() {
         "this run's scratch is removed too: {leftovers:?}"
     );
 }
+
+#[test]
+fn a_level_that_brought_the_machine_down_at_boot_is_not_tried_again() {
+    let (server, k) = setup();
+    crash_between_transition_and_record(&server, &k);
+    k.reboot();
+    let a = agent(&k);
+    let switch = k.root.path().join("no-disable-file");
+    // The first boot tries to complete the interrupted apply of level 2 and "dies" loading it
+    // (as a kernel oops with panic_on_oops would).
+    k.sim().crash_on_load = true;
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::remote::boot(&a, &switch, &ApplyOptions::default())
+    }));
+    assert!(crashed.is_err(), "the simulated crash did not happen");
+    k.reboot();
+    // The next boot does not try level 2 again: it re-applies the last recorded level.
+    match crate::remote::boot(&a, &switch, &ApplyOptions::default()).unwrap() {
+        crate::remote::BootOutcome::Applied(o) => assert_eq!(o.level, level(1)),
+        other => panic!("boot did not fall back: {other:?}"),
+    }
+    assert_eq!(k.sysfs(), vec![module_name(BUILD_ID, 1)]);
+}

@@ -664,7 +664,11 @@ impl TufRepo {
         let mut seen = std::collections::HashSet::new();
         let mut signers = Vec::new();
         for path in candidates {
-            let (id, _) = public_key(&path).await?;
+            // One unreadable file in the keys directory must not stop every renewal: skip it
+            // (a key the role needs and cannot read shows as an offline key in the warnings).
+            let Ok((id, _)) = public_key(&path).await else {
+                continue;
+            };
             if role_keys.keyids.contains(&id) && seen.insert(id) {
                 signers.push(path);
             }
@@ -723,10 +727,14 @@ impl TufRepo {
         if self.versions()?.is_none() {
             return Ok(report);
         }
+        self.promote_newest_root()?;
         self.finish_rotations().await?;
+        let unsigned = self.roles_not_signed_by_current_keys()?;
         let now = jiff::Timestamp::now();
         for expiry in self.expiries().await? {
-            let due = expiry.due(now, &self.config);
+            // A role still signed by a key the root no longer names (a rotation cut short
+            // between the new root and the new signature) is renewed now, whatever its expiry.
+            let due = expiry.due(now, &self.config) || unsigned.contains(&expiry.role);
             if let Some(warning) = expiry.warning(now) {
                 report.warnings.push(warning);
             }
@@ -790,6 +798,57 @@ impl TufRepo {
 
     fn next_key_path(&self, role: RoleName) -> PathBuf {
         self.keys_dir.join(format!("{role}.pk8.next"))
+    }
+
+    /// Serves the newest `N.root.json` as `root.json`: a crash between writing the two (in
+    /// `resign_root`) must not leave hosts that already fetched N with a chain the server
+    /// then abandons.
+    fn promote_newest_root(&self) -> Result<(), ServerError> {
+        let current = self.root()?.version.get();
+        let mut newest = current;
+        let entries =
+            std::fs::read_dir(&self.metadata_dir).map_err(|e| io_err(&self.metadata_dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let version = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".root.json"))
+                .and_then(|v| v.parse::<u64>().ok());
+            if let Some(v) = version {
+                newest = newest.max(v);
+            }
+        }
+        if newest > current {
+            let bytes = self.read_meta(&format!("{newest}.root.json"))?;
+            let parsed: Signed<Root> = serde_json::from_slice(&bytes)
+                .map_err(|e| tuf_err(&format!("parse {newest}.root.json"), e))?;
+            // Only a root the current one's keys signed is taken up.
+            self.root()?
+                .verify_role(&parsed)
+                .map_err(|e| tuf_err(&format!("{newest}.root.json does not verify"), e))?;
+            self.write_meta("root.json", &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Online roles whose served signature does not verify under the current root.
+    fn roles_not_signed_by_current_keys(&self) -> Result<Vec<RoleName>, ServerError> {
+        let root = self.root()?;
+        let mut out = Vec::new();
+        if let Some(targets) = self.current_targets()? {
+            if root.verify_role(&targets).is_err() {
+                out.push(RoleName::Targets);
+            }
+        }
+        if let Some(snapshot) = self.current_snapshot()? {
+            if root.verify_role(&snapshot).is_err() {
+                out.push(RoleName::Snapshot);
+            }
+        }
+        if self.versions()?.is_some() && root.verify_role(&self.current_timestamp()?).is_err() {
+            out.push(RoleName::Timestamp);
+        }
+        Ok(out)
     }
 
     /// Finishes a key rotation a crash interrupted: the new root names the key in
@@ -1124,5 +1183,64 @@ mod tests {
         assert!(near.contains("import a newer archive"), "{near}");
         let gone = expiry(KeyPlace::Mirror, -1).warning(now).unwrap();
         assert!(gone.contains("EXPIRED"), "{gone}");
+    }
+
+    #[tokio::test]
+    async fn a_rotation_cut_after_the_new_root_is_finished_at_the_next_refresh() {
+        let (dir, repo) = repo_with(TufConfig::default(), None).await;
+        // Do what `resign_root(rotate snapshot)` does up to the new root, then "crash":
+        // root N+1 names a new snapshot key, the served snapshot is signed by the old one.
+        let copy = dir.path().join("copy");
+        std::fs::create_dir_all(&copy).unwrap();
+        repo.resign_root(&[], Some(RoleName::Snapshot))
+            .await
+            .unwrap();
+        let v = repo.versions().unwrap().unwrap();
+        // Put back a snapshot (and timestamp) signed by the old key: sign with a key file the
+        // root no longer names.
+        let old_key = copy.join("snapshot-old.pk8");
+        generate_key(&old_key).unwrap();
+        let snapshot = repo.current_snapshot().unwrap().unwrap();
+        let keys = vec![key_source(&old_key)];
+        let mut root_with_old = repo.root().unwrap();
+        let (old_id, old_pub) = public_key(&old_key).await.unwrap();
+        root_with_old.keys.insert(old_id.clone(), old_pub);
+        root_with_old
+            .roles
+            .get_mut(&RoleType::Snapshot)
+            .unwrap()
+            .keyids = vec![old_id];
+        let resigned = SignedRole::new(
+            snapshot.signed.clone(),
+            &KeyHolder::Root(root_with_old),
+            &keys,
+            &SystemRandom::new(),
+        )
+        .await
+        .unwrap();
+        repo.write_meta(&format!("{}.snapshot.json", v.snapshot), resigned.buffer())
+            .unwrap();
+        assert_eq!(
+            repo.roles_not_signed_by_current_keys().unwrap(),
+            vec![RoleName::Snapshot]
+        );
+        assert!(client_load(&repo).await.is_err(), "hosts would refuse it");
+        let report = repo.refresh().await.unwrap();
+        assert!(report.resigned.contains(&RoleName::Snapshot), "{report:?}");
+        assert!(repo.roles_not_signed_by_current_keys().unwrap().is_empty());
+        client_load(&repo).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_the_two_root_writes_serves_the_newer_root() {
+        let (_dir, repo) = repo_with(TufConfig::default(), None).await;
+        let one = repo.read_meta("root.json").unwrap();
+        repo.resign_root(&[], None).await.unwrap();
+        // As if root.json had not been replaced yet.
+        repo.write_meta("root.json", &one).unwrap();
+        assert_eq!(repo.root().unwrap().version.get(), 1);
+        repo.refresh().await.unwrap();
+        assert_eq!(repo.root().unwrap().version.get(), 2);
+        client_load(&repo).await.unwrap();
     }
 }

@@ -166,12 +166,10 @@ pub fn unpack_with_limits(
             source,
         })?;
         // Belt and braces: never copy more than the limit, whatever the reader yields.
-        let written =
-            std::io::copy(&mut (&mut entry).take(limit + 1), &mut out).map_err(|source| {
-                UpdateError::Io {
-                    path: target.display().to_string(),
-                    source,
-                }
+        let written = std::io::copy(&mut (&mut entry).take(limit.saturating_add(1)), &mut out)
+            .map_err(|source| UpdateError::Io {
+                path: target.display().to_string(),
+                source,
             })?;
         if written > limit {
             return Err(archive_err(
