@@ -760,11 +760,7 @@ impl TufRepo {
                     if covered(&report, &[RoleName::Targets, RoleName::Snapshot]) {
                         continue;
                     }
-                    let v = self
-                        .versions()?
-                        .ok_or_else(|| ServerError::Tuf("no repository yet".into()))?;
-                    let snapshot = self.read_meta(&format!("{}.snapshot.json", v.snapshot))?;
-                    self.write_timestamp(v.snapshot, &snapshot).await?;
+                    self.resign_current_timestamp().await?;
                 }
             }
             report.resigned.push(expiry.role);
@@ -781,6 +777,15 @@ impl TufRepo {
         self.publish(&target_entries(&current.signed))
             .await
             .map(|_| ())
+    }
+
+    /// Signs a new timestamp for the served snapshot, with the configured lifetime.
+    async fn resign_current_timestamp(&self) -> Result<(), ServerError> {
+        let v = self
+            .versions()?
+            .ok_or_else(|| ServerError::Tuf("no repository yet".into()))?;
+        let snapshot = self.read_meta(&format!("{}.snapshot.json", v.snapshot))?;
+        self.write_timestamp(v.snapshot, &snapshot).await
     }
 
     async fn resign_current_snapshot(&self) -> Result<(), ServerError> {
@@ -949,11 +954,7 @@ impl TufRepo {
                 RoleName::Targets => self.resign_current_targets().await?,
                 RoleName::Snapshot => self.resign_current_snapshot().await?,
                 RoleName::Timestamp | RoleName::Root => {
-                    let v = self
-                        .versions()?
-                        .ok_or_else(|| ServerError::Tuf("no repository yet".into()))?;
-                    let snapshot = self.read_meta(&format!("{}.snapshot.json", v.snapshot))?;
-                    self.write_timestamp(v.snapshot, &snapshot).await?;
+                    self.resign_current_timestamp().await?;
                 }
             }
         }
