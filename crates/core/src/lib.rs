@@ -8,6 +8,7 @@ pub mod channel;
 pub mod fsutil;
 pub mod ids;
 pub mod manifest;
+pub mod report;
 
 pub use bundle::{Bundle, BundleError};
 pub use channel::{
@@ -16,3 +17,4 @@ pub use channel::{
 };
 pub use ids::{BuildId, CveId, IdError, KernelRelease, ModuleName, ObjectName, PatchLevel, Sha256};
 pub use manifest::{Manifest, ManifestError, ReplacedFunction, MANIFEST_FORMAT};
+pub use report::{CveOutcome, CveStatus, UpgradeReport};
