@@ -12,6 +12,7 @@ pub mod modinfo;
 pub mod module_build;
 pub mod publish;
 pub mod symbols;
+pub mod upgrade;
 
 /// The header patch authors include; the builder puts it on the include path.
 pub const PATCHBAY_H: &str = include_str!("../include/patchbay.h");

@@ -81,6 +81,58 @@ enum Command {
         #[arg(required = true)]
         patches: Vec<PathBuf>,
     },
+    /// Bring a kernel up to a newer Debian kernel's security level: the fixes of every CVE in
+    /// the window, cut from the newer source (or given with --patches), built into one
+    /// cumulative bundle, verified in QEMU, optionally published with its report.
+    Upgrade {
+        /// The running kernel: an ABI (6.1.0-47-amd64), `newest`, `older`, or a kernel directory.
+        #[arg(long)]
+        kernel: String,
+        /// The newer linux-source-6.1: an upstream version (6.1.176), a package version
+        /// (6.1.176-1) or `newest` (resolved from apt).
+        #[arg(long)]
+        to: String,
+        /// Leave out CVEs scored below this (CVSS base score).
+        #[arg(long, default_value_t = 7.0)]
+        min_cvss: f64,
+        /// Only these CVEs (each must be in the window).
+        #[arg(long, value_delimiter = ',')]
+        cves: Vec<CveId>,
+        /// The level to build (default: 1, or the server's newest level + 1 with --publish).
+        #[arg(long)]
+        level: Option<PatchLevel>,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// One patch per CVE named by its id (CVE-2024-1234.patch) instead of the source diff.
+        #[arg(long)]
+        patches: Option<PathBuf>,
+        /// The CVE database: a vulns.git checkout, the snapshot directory, or a server's
+        /// exported JSON (default: the snapshot built into this binary).
+        #[arg(long)]
+        cve_db: Option<PathBuf>,
+        /// Do not try the bundle in QEMU before writing it.
+        #[arg(long)]
+        no_verify: bool,
+        /// The static agent to verify with (default: `patchbay` beside this binary).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Seconds of fork/exec and timer stress during verification.
+        #[arg(long, default_value_t = 20)]
+        stress_seconds: u32,
+        /// Keep per-group patches and bundles here.
+        #[arg(long)]
+        keep_work_dir: Option<PathBuf>,
+        /// Publish the bundle as the next level and attach the report.
+        #[arg(long, requires_all = ["server", "token"])]
+        publish: bool,
+        #[arg(long, env = "PATCHBAY_SERVER")]
+        server: Option<String>,
+        #[arg(long, env = "PATCHBAY_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Upload a bundle to a Patchbay server as the next level of its kernel.
     Publish {
         bundle: PathBuf,
@@ -137,6 +189,48 @@ fn open_kernel(spec: &str) -> Result<Kernel> {
         .parse()
         .with_context(|| format!("--kernel {spec}: expected an ABI, newest, older or a path"))?;
     patchbay_kernels::fetch_selector(&selector).with_context(|| format!("fetch kernel {spec}"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+}
+
+/// `patchbay` beside this binary (how the release packages install them).
+fn default_agent() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("find this binary's directory")?;
+    let agent = exe.with_file_name("patchbay");
+    if agent.is_file() {
+        return Ok(agent);
+    }
+    bail!(
+        "no agent binary at {} to verify the bundle with; pass --agent PATH (a static \
+         `patchbay`), or --no-verify to skip the QEMU check",
+        agent.display()
+    )
+}
+
+/// The CVE database for `upgrade`: a vulns.git checkout (or a directory of CVE records), the
+/// snapshot directory, a server's exported JSON, or (none) the snapshot built in.
+fn load_cve_db(path: Option<&std::path::Path>) -> Result<patchbay_exposure::CveDatabase> {
+    let Some(path) = path else {
+        return Ok(patchbay_exposure::snapshot::embedded()?);
+    };
+    if path.is_file() {
+        let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        return Ok(patchbay_exposure::CveDatabase::from_json(&bytes)?);
+    }
+    if path.join("linux-6.1-kernel-cna-cves.json.gz").is_file() {
+        return Ok(patchbay_exposure::snapshot::load(path)?);
+    }
+    patchbay_exposure::vulns::sync(path, (6, 1)).with_context(|| {
+        format!(
+            "read {} as a vulns.git checkout (or give the snapshot directory or a JSON export)",
+            path.display()
+        )
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -317,6 +411,127 @@ fn run(cli: Cli) -> Result<()> {
                 m.module.name,
                 m.module.size
             );
+            Ok(())
+        }
+        Command::Upgrade {
+            kernel,
+            to,
+            min_cvss,
+            cves,
+            level,
+            output,
+            report,
+            patches,
+            cve_db,
+            no_verify,
+            agent,
+            stress_seconds,
+            keep_work_dir,
+            publish,
+            server,
+            token,
+        } => {
+            let kernel = open_kernel(&kernel)?;
+            let db = load_cve_db(cve_db.as_deref())?;
+            // The newer source from apt; with --patches alone, `--to` may name a release apt
+            // does not offer (the patches bring it).
+            let versions = patchbay_kernels::source_versions()?;
+            let (newer, to) = match patchbay_kernels::resolve_source_version(&to, &versions) {
+                Ok(package) => {
+                    let upstream = patchbay_kernels::upstream_version_of(&package)?;
+                    eprintln!("upgrade: fixes from linux-source-6.1 {package}");
+                    let tree = patchbay_kernels::unpacked_source(&package)?;
+                    (
+                        Some(patchbay_build::upgrade::NewerSource {
+                            package_version: package,
+                            tree,
+                        }),
+                        upstream
+                            .parse()
+                            .with_context(|| format!("upstream version {upstream}"))?,
+                    )
+                }
+                Err(err) if patches.is_some() => {
+                    eprintln!("upgrade: only the patches in the --patches directory ({err})");
+                    (
+                        None,
+                        to.parse()
+                            .with_context(|| format!("--to {to}: expected e.g. 6.1.176"))?,
+                    )
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let fixes = patchbay_build::upgrade::FixSource { newer, patches };
+            let publish_to = match (publish, server, token) {
+                (true, Some(server), Some(token)) => Some((server, token)),
+                _ => None,
+            };
+            let level = match (level, &publish_to) {
+                (Some(level), _) => level,
+                (None, Some((server, token))) => runtime()?
+                    .block_on(patchbay_build::upgrade::next_level(
+                        server,
+                        token,
+                        kernel.build_id(),
+                    ))
+                    .map_err(|e| {
+                        anyhow::anyhow!("ask the server for the kernel's next level: {e}")
+                    })?,
+                (None, None) => PatchLevel::try_from(1)?,
+            };
+            let verify = if no_verify {
+                None
+            } else {
+                Some(patchbay_build::upgrade::verify::VerifyOptions {
+                    agent: match agent {
+                        Some(agent) => agent,
+                        None => default_agent()?,
+                    },
+                    stress_seconds,
+                })
+            };
+            let request = patchbay_build::upgrade::Upgrade {
+                level,
+                to,
+                min_cvss,
+                only: cves,
+                fixes,
+                output: output.clone(),
+                verify,
+                work_dir: keep_work_dir,
+            };
+            let result = patchbay_build::upgrade::run(&kernel, &db, &request);
+            let (upgrade_report, nothing_built) = match result {
+                Ok(report) => (report, None),
+                Err(patchbay_build::upgrade::UpgradeError::NothingBuilt { selected, report }) => {
+                    (*report, Some(selected))
+                }
+                Err(err) => return Err(err.into()),
+            };
+            print!("{}", patchbay_build::upgrade::render::text(&upgrade_report));
+            if let Some(path) = &report {
+                patchbay_core::fsutil::write_atomic(
+                    path,
+                    &serde_json::to_vec_pretty(&upgrade_report)?,
+                )
+                .with_context(|| format!("write the report to {}", path.display()))?;
+            }
+            if let Some(selected) = nothing_built {
+                bail!(
+                    "none of the {selected} selected CVEs became a verified live patch; no \
+                     bundle was written"
+                );
+            }
+            if let Some((server, token)) = publish_to {
+                let runtime = runtime()?;
+                let receipt = runtime
+                    .block_on(patchbay_build::publish::publish(&server, &token, &output))
+                    .with_context(|| format!("publish {}", output.display()))?;
+                println!(
+                    "published level {} for build-id {} as {} (report attached)",
+                    receipt.level, receipt.build_id, receipt.target
+                );
+            }
             Ok(())
         }
         Command::Publish {

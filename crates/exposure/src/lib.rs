@@ -176,6 +176,10 @@ pub struct CveRecord {
     pub score: Score,
     pub ranges: Vec<Range>,
     pub kev: Option<Kev>,
+    /// Kernel source files the fix touches (the CNA record's `programFiles`); empty when the
+    /// source did not say. `upgrade` cuts each CVE's fix from these.
+    #[serde(default)]
+    pub files: Vec<String>,
 }
 
 impl CveRecord {

@@ -48,6 +48,8 @@ struct CnaCve {
     cvss2: Option<Cvss>,
     ranges_6_1: Vec<SnapshotRange>,
     kev: Option<KevRef>,
+    #[serde(default)]
+    files: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +133,7 @@ pub fn parse_cna(bytes: &[u8]) -> Result<CveDatabase, CveError> {
             id: c.cve.clone(),
             title: c.title,
             ranges,
+            files: c.files,
         };
         db.records.insert(c.cve, record);
     }
@@ -160,6 +163,7 @@ pub fn parse_legacy(bytes: &[u8]) -> Result<CveDatabase, CveError> {
                 introduced: UpstreamVersion::new(6, 1, 0),
                 fixed,
             }],
+            files: Vec::new(),
         };
         db.records.insert(c.cve, record);
     }
@@ -215,6 +219,19 @@ fn read(path: &Path) -> Result<Vec<u8>, CveError> {
 }
 
 /// Loads a snapshot directory: legacy CVEs, then the kernel CNA's (which win), then KEV.
+/// The bundled snapshot compiled into the binary, for tools installed without this crate's
+/// source (`patchbay-build upgrade` with no `--cve-db`).
+pub fn embedded() -> Result<CveDatabase, CveError> {
+    let mut db = parse_legacy(include_bytes!("../data/linux-6.1-legacy-cves.json"))?;
+    let mut cna = Vec::new();
+    flate2::read::GzDecoder::new(&include_bytes!("../data/linux-6.1-kernel-cna-cves.json.gz")[..])
+        .read_to_end(&mut cna)
+        .map_err(|e| CveError::malformed("embedded kernel CNA snapshot", e))?;
+    db.merge(parse_cna(&cna)?);
+    apply_kev(&mut db, include_bytes!("../data/kev-linux-kernel.json"))?;
+    Ok(db)
+}
+
 pub fn load(dir: &Path) -> Result<CveDatabase, CveError> {
     let mut db = parse_legacy(&read(&dir.join("linux-6.1-legacy-cves.json"))?)?;
     db.merge(parse_cna(&read(

@@ -99,6 +99,22 @@ fn title(json: &serde_json::Value) -> String {
         .unwrap_or_default()
 }
 
+/// The source files a CVE record names (`containers.cna.affected[].programFiles`), sorted.
+fn program_files(json: &serde_json::Value) -> Vec<String> {
+    let mut files: Vec<String> = json
+        .pointer("/containers/cna/affected")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.get("programFiles").and_then(serde_json::Value::as_array))
+        .flatten()
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
 /// Reads a vulns checkout (or a directory of records) into a database of the CVEs that affect
 /// the stable series `series` (e.g. `(6, 1)`).
 pub fn sync(root: &Path, series: (u32, u32)) -> Result<CveDatabase, CveError> {
@@ -164,6 +180,7 @@ pub fn sync(root: &Path, series: (u32, u32)) -> Result<CveDatabase, CveError> {
                 score,
                 ranges,
                 kev: None,
+                files: program_files(&json),
                 id,
             },
         );

@@ -30,6 +30,14 @@ fn apt(program: &str) -> Command {
     command
 }
 
+pub(crate) fn apt_cache() -> Command {
+    apt("apt-cache")
+}
+
+pub(crate) fn apt_get() -> Command {
+    apt("apt-get")
+}
+
 /// The 6.1 amd64 kernels apt offers, ascending by ABI; per ABI the highest package version.
 pub(crate) fn available_kernels() -> Result<Vec<AvailableKernel>, KernelError> {
     let output = crate::process::run(

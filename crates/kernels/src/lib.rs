@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use abi::{upstream_version_of, Abi, KernelSelector};
 pub use error::KernelError;
 pub use kernel::{read_module, Kernel};
-pub use source::{SourceTree, TreeLock};
+pub use source::{resolve_source_version, source_versions, unpacked_source, SourceTree, TreeLock};
 pub use symbol_files::SymbolFiles;
 pub use symbols::{Symbol, SymbolEntry, SymbolTable};
 

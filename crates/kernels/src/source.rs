@@ -188,3 +188,122 @@ fn single_deb(dir: &Path) -> Result<PathBuf, KernelError> {
         }),
     }
 }
+
+/// The `linux-source-6.1` package versions apt offers, oldest first (resolved at run time:
+/// Debian adds and drops them with its security updates).
+pub fn source_versions() -> Result<Vec<String>, KernelError> {
+    let output = crate::process::run(
+        apt::apt_cache().arg("show").arg(SOURCE_PACKAGE),
+        "run `apt-get update` and check that bookworm-security is in the apt sources",
+    )?;
+    let mut versions: Vec<String> = apt::parse_stanzas(&String::from_utf8_lossy(&output.stdout))
+        .into_iter()
+        .filter(|s| s.package == SOURCE_PACKAGE)
+        .map(|s| s.version)
+        .filter(|v| crate::upstream_version_of(v).is_ok())
+        .collect();
+    versions.sort_by(|a, b| crate::debversion::compare(a, b));
+    versions.dedup();
+    Ok(versions)
+}
+
+/// Picks the source package version for `wanted`: `newest`, an upstream version (`6.1.176`:
+/// the highest package of it) or an exact package version (`6.1.176-1`).
+pub fn resolve_source_version(wanted: &str, available: &[String]) -> Result<String, KernelError> {
+    let not_offered = || KernelError::PackageNotInApt {
+        package: format!("{SOURCE_PACKAGE}={wanted}"),
+        abi: format!("any (apt offers {})", available.join(", ")),
+    };
+    if wanted == "newest" {
+        return available.last().cloned().ok_or_else(not_offered);
+    }
+    if available.iter().any(|v| v == wanted) {
+        return Ok(wanted.to_owned());
+    }
+    available
+        .iter()
+        .filter(|v| crate::upstream_version_of(v).is_ok_and(|u| u == wanted))
+        .max_by(|a, b| crate::debversion::compare(a, b))
+        .cloned()
+        .ok_or_else(not_offered)
+}
+
+/// The unpacked (not configured) `linux-source-6.1` tree of `package_version`, downloaded and
+/// unpacked on first use into `<cache>/sources/<version>/linux` (about 140 MB download, 1.3 GB
+/// unpacked). Only read: fixes are cut from it, nothing is compiled in it.
+pub fn unpacked_source(package_version: &str) -> Result<PathBuf, KernelError> {
+    crate::abi::validate_package_version(package_version)?;
+    let entry = crate::cache_root().join("sources").join(package_version);
+    let tree = entry.join("linux");
+    if entry.join(PREPARED_MARKER).is_file() {
+        return Ok(tree);
+    }
+    fs::create_dir_all(&entry).map_err(|e| KernelError::io("create", &entry, e))?;
+    let _lock = fsutil::lock(&entry.join(".lock"))?;
+    if entry.join(PREPARED_MARKER).is_file() {
+        return Ok(tree);
+    }
+    let staging = entry.join(".tmp");
+    fsutil::remove_dir_if_present(&staging)?;
+    fsutil::remove_dir_if_present(&tree)?;
+    let downloads = staging.join("download");
+    fs::create_dir_all(&downloads).map_err(|e| KernelError::io("create", &downloads, e))?;
+    crate::process::run(
+        apt::apt_get()
+            .current_dir(&downloads)
+            .arg("download")
+            .arg(format!("{SOURCE_PACKAGE}={package_version}")),
+        "run `apt-get update` (Debian may have dropped that version: pick one apt lists)",
+    )?;
+    crate::process::run(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(single_deb(&downloads)?)
+            .arg(downloads.join("unpacked")),
+        "the downloaded linux-source package is damaged; try again",
+    )?;
+    crate::process::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(downloads.join("unpacked").join(TARBALL))
+            .arg("-C")
+            .arg(&staging),
+        "the linux-source tarball is damaged; try again",
+    )?;
+    fsutil::remove_dir_if_present(&downloads)?;
+    let unpacked = staging.join("linux-source-6.1");
+    fs::rename(&unpacked, &tree).map_err(|e| KernelError::io("rename", &unpacked, e))?;
+    fsutil::remove_dir_if_present(&staging)?;
+    fsutil::write_atomically(&entry.join(PREPARED_MARKER), package_version.as_bytes())?;
+    Ok(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn source_versions_resolve_by_upstream_or_exact_version() {
+        let available: Vec<String> = ["6.1.170-1", "6.1.176-1", "6.1.176-2", "6.1.187-1"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            resolve_source_version("newest", &available).unwrap(),
+            "6.1.187-1"
+        );
+        assert_eq!(
+            resolve_source_version("6.1.176", &available).unwrap(),
+            "6.1.176-2"
+        );
+        assert_eq!(
+            resolve_source_version("6.1.176-1", &available).unwrap(),
+            "6.1.176-1"
+        );
+        let err = resolve_source_version("6.1.999", &available)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("6.1.187-1"), "names what apt offers: {err}");
+        assert!(resolve_source_version("newest", &[]).is_err());
+    }
+}

@@ -118,6 +118,117 @@ pub fn compile_object(tree: &SourceTree, source: &str, out: &Path) -> Result<(),
     Ok(())
 }
 
+/// The files a diff changed in the tree, by content hash: with the kernel build, all that can
+/// make one compile of a unit differ from another.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeState {
+    changed: std::collections::BTreeMap<String, String>,
+}
+
+impl TreeState {
+    /// The pristine tree.
+    pub fn pristine() -> TreeState {
+        TreeState::default()
+    }
+
+    /// The tree with `files` (relative paths) as they are now.
+    pub fn of_files<'f>(
+        tree: &SourceTree,
+        files: impl IntoIterator<Item = &'f str>,
+    ) -> Result<TreeState, ObjectsError> {
+        use sha2::Digest as _;
+        let mut changed = std::collections::BTreeMap::new();
+        for file in files {
+            let path = tree.dir().join(file);
+            let hash = match fs::read(&path) {
+                Ok(bytes) => hex::encode(sha2::Sha256::digest(&bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "absent".to_owned(),
+                Err(e) => {
+                    return Err(ObjectsError::Io {
+                        action: "read",
+                        path: path.display().to_string(),
+                        source: e,
+                    })
+                }
+            };
+            changed.insert(file.to_owned(), hash);
+        }
+        Ok(TreeState { changed })
+    }
+}
+
+/// Objects compiled before, beside the kernel (`<kernel>/object-cache/<key>.o`). The key is the
+/// unit, the builder's flags and header, and the changed files that can reach the unit: its own
+/// text, every changed non-`.c` file (headers), and a changed `.c` file the unit names (an
+/// `#include "x.c"`). Entries are written whole (temp file, rename); a failed compile is
+/// never cached. An upgrade builds each group and then all of them together: the second
+/// build's objects come from here.
+#[derive(Debug, Clone)]
+pub struct ObjectCache {
+    dir: PathBuf,
+}
+
+impl ObjectCache {
+    pub fn new(dir: PathBuf) -> ObjectCache {
+        ObjectCache { dir }
+    }
+
+    fn key(&self, tree: &SourceTree, source: &str, state: &TreeState) -> String {
+        use sha2::Digest as _;
+        let mut hash = sha2::Sha256::new();
+        let text = fs::read(tree.dir().join(source)).unwrap_or_default();
+        for part in ["v1", source, EXTRA_CFLAGS, crate::PATCHBAY_DIFF_H] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        let text = String::from_utf8_lossy(&text);
+        for (path, content) in &state.changed {
+            let base = path.rsplit('/').next().unwrap_or(path);
+            let reaches = path == source
+                || !path.ends_with(".c")
+                || text.contains(&format!("/{base}\""))
+                || text.contains(&format!("\"{base}\""));
+            if reaches {
+                hash.update(path.as_bytes());
+                hash.update([0]);
+                hash.update(content.as_bytes());
+                hash.update([0]);
+            }
+        }
+        hex::encode(hash.finalize())
+    }
+
+    /// [`compile_object`], or the cached object of an identical compile.
+    pub fn compile(
+        &self,
+        tree: &SourceTree,
+        source: &str,
+        out: &Path,
+        state: &TreeState,
+    ) -> Result<(), ObjectsError> {
+        let cached = self
+            .dir
+            .join(format!("{}.o", self.key(tree, source, state)));
+        if cached.is_file() {
+            if let Some(parent) = out.parent() {
+                fs::create_dir_all(parent).map_err(io("create", parent))?;
+            }
+            if fs::copy(&cached, out).is_ok() {
+                return Ok(());
+            }
+        }
+        compile_object(tree, source, out)?;
+        // A cache that cannot be written only costs time.
+        if fs::create_dir_all(&self.dir).is_ok() {
+            let temp = self.dir.join(format!(".{}.tmp", std::process::id()));
+            if fs::copy(out, &temp).is_ok() && fs::rename(&temp, &cached).is_err() {
+                let _ = fs::remove_file(&temp);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `fs/proc/cmdline.c` → `fs/proc/cmdline.o`.
 pub fn object_path(source: &str) -> String {
     match source.strip_suffix(".c") {

@@ -204,6 +204,9 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     let resolved = patch_file::resolve(parsed, request.strip_level, &exists)
         .map_err(DiffBuildError::refused)?;
     let files = resolved.files.clone();
+    let changed_paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    let cache = objects::ObjectCache::new(kernel.dir().join("object-cache"));
+    let pristine = objects::TreeState::pristine();
     let line_maps = resolved.line_maps();
     let patch_path = work.join("combined.patch");
     std::fs::write(&patch_path, resolved.normalized()).map_err(io_err("write", &patch_path))?;
@@ -263,26 +266,33 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     let patched_object = |source: &str| work.join("patched").join(objects::object_path(source));
     let sources: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     for unit in &sources {
-        objects::compile_object(&tree, unit, &original_object(unit))?;
+        cache.compile(&tree, unit, &original_object(unit), &pristine)?;
     }
     // A unit that does not compile before the diff is not built in this configuration (the
     // include index and Makefiles can name too many); one that no longer compiles after it is
     // changed by the header as surely as one whose code differs.
     let mut header_units_built = Vec::new();
     for unit in &header_units {
-        if objects::compile_object(&tree, unit, &original_object(unit)).is_ok() {
+        if cache
+            .compile(&tree, unit, &original_object(unit), &pristine)
+            .is_ok()
+        {
             header_units_built.push(unit.as_str());
         }
     }
     let mut affected = Vec::new();
     let mut header_units_compiled = Vec::new();
     let applied = PatchedTree::apply(&tree, &patch_path)?;
+    let patched_state =
+        objects::TreeState::of_files(&tree, changed_paths.iter().map(String::as_str))?;
     let compiled: Result<(), DiffBuildError> = sources.iter().try_for_each(|unit| {
-        objects::compile_object(&tree, unit, &patched_object(unit)).map_err(DiffBuildError::from)
+        cache
+            .compile(&tree, unit, &patched_object(unit), &patched_state)
+            .map_err(DiffBuildError::from)
     });
     if compiled.is_ok() {
         for unit in &header_units_built {
-            match objects::compile_object(&tree, unit, &patched_object(unit)) {
+            match cache.compile(&tree, unit, &patched_object(unit), &patched_state) {
                 Ok(()) => header_units_compiled.push(*unit),
                 Err(_) => affected.push((
                     (*unit).to_owned(),

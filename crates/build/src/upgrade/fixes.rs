@@ -1,0 +1,302 @@
+//! Each CVE's candidate fix: the diff of the files it touches between the running kernel's
+//! source and the newer one (or an operator's patch), and the groups of CVEs that share files
+//! and are therefore built together.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::select::SelectedCve;
+
+/// CVEs built together (they touch common files), numbered from 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub number: u32,
+    /// Indices into the selected CVEs.
+    pub cves: Vec<usize>,
+    /// Every file the group's fixes touch.
+    pub files: BTreeSet<String>,
+}
+
+/// Groups CVEs whose fixes share a file (transitively), in order of their first CVE.
+pub fn group(files_of: &[Vec<String>]) -> Vec<Group> {
+    // Union-find over CVE indices, joined through the files they name.
+    let mut parent: Vec<usize> = (0..files_of.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while let Some(&p) = parent.get(i) {
+            if p == i {
+                break;
+            }
+            let grand = parent.get(p).copied().unwrap_or(p);
+            if let Some(slot) = parent.get_mut(i) {
+                *slot = grand;
+            }
+            i = p;
+        }
+        i
+    }
+    let mut first_owner: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, files) in files_of.iter().enumerate() {
+        for file in files {
+            match first_owner.get(file.as_str()) {
+                Some(&owner) => {
+                    let (a, b) = (root(&mut parent, owner), root(&mut parent, i));
+                    if a != b {
+                        let (low, high) = (a.min(b), a.max(b));
+                        if let Some(slot) = parent.get_mut(high) {
+                            *slot = low;
+                        }
+                    }
+                }
+                None => {
+                    first_owner.insert(file, i);
+                }
+            }
+        }
+    }
+    let mut by_root: BTreeMap<usize, Group> = BTreeMap::new();
+    for (i, files) in files_of.iter().enumerate() {
+        let r = root(&mut parent, i);
+        let entry = by_root.entry(r).or_insert_with(|| Group {
+            number: 0,
+            cves: Vec::new(),
+            files: BTreeSet::new(),
+        });
+        entry.cves.push(i);
+        entry.files.extend(files.iter().cloned());
+    }
+    let mut groups: Vec<Group> = by_root.into_values().collect();
+    for (n, g) in groups.iter_mut().enumerate() {
+        g.number = u32::try_from(n + 1).unwrap_or(u32::MAX);
+    }
+    groups
+}
+
+/// The files of a selected CVE set, for [`group`].
+pub fn files_of(cves: &[SelectedCve]) -> Vec<Vec<String>> {
+    cves.iter().map(|c| c.files.clone()).collect()
+}
+
+/// How one file differs between the two source trees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileDiff {
+    Same,
+    /// A unified diff with `a/`/`b/` headers.
+    Changed(String),
+    /// The file is new in the newer source (a live patch cannot add a translation unit).
+    OnlyInNew,
+    /// The newer source no longer has it.
+    OnlyInOld,
+    /// Neither tree has it (a file of another architecture's or a renamed path).
+    Missing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CutError {
+    #[error("run `diff` on {path}: {source}; install diffutils")]
+    Spawn {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("`diff` failed on {path}: {stderr}")]
+    Diff { path: String, stderr: String },
+}
+
+/// The diff of `path` (relative to the trees) between `old` and `new`.
+pub fn file_diff(old: &Path, new: &Path, path: &str) -> Result<FileDiff, CutError> {
+    let (in_old, in_new) = (old.join(path).is_file(), new.join(path).is_file());
+    match (in_old, in_new) {
+        (false, false) => return Ok(FileDiff::Missing),
+        (false, true) => return Ok(FileDiff::OnlyInNew),
+        (true, false) => return Ok(FileDiff::OnlyInOld),
+        (true, true) => {}
+    }
+    let output = Command::new("diff")
+        .arg("-u")
+        .arg("--label")
+        .arg(format!("a/{path}"))
+        .arg("--label")
+        .arg(format!("b/{path}"))
+        .arg(old.join(path))
+        .arg(new.join(path))
+        .output()
+        .map_err(|source| CutError::Spawn {
+            path: path.to_owned(),
+            source,
+        })?;
+    match output.status.code() {
+        Some(0) => Ok(FileDiff::Same),
+        Some(1) => Ok(FileDiff::Changed(
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )),
+        _ => Err(CutError::Diff {
+            path: path.to_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        }),
+    }
+}
+
+/// Headers in the directories of `files` that differ between the trees: a `.c` change often
+/// needs the helpers its own directory's header gained in the same release.
+pub fn changed_headers_beside(old: &Path, new: &Path, files: &BTreeSet<String>) -> Vec<String> {
+    let dirs: BTreeSet<&str> = files
+        .iter()
+        .map(|f| f.rsplit_once('/').map_or("", |(dir, _)| dir))
+        .collect();
+    let mut headers = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(new.join(dir)) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".h"))
+            .collect();
+        names.sort();
+        for name in names {
+            let path = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            if files.contains(&path) {
+                continue;
+            }
+            let (a, b) = (
+                std::fs::read(old.join(&path)),
+                std::fs::read(new.join(&path)),
+            );
+            if let (Ok(a), Ok(b)) = (a, b) {
+                if a != b {
+                    headers.push(path);
+                }
+            }
+        }
+    }
+    headers
+}
+
+/// The patch an operator gave for `cve` in `dir`: `<CVE>.patch`, `<CVE>.diff` or `<CVE>`.
+pub fn operator_patch(dir: &Path, cve: &str) -> Option<PathBuf> {
+    [
+        format!("{cve}.patch"),
+        format!("{cve}.diff"),
+        cve.to_owned(),
+    ]
+    .into_iter()
+    .map(|name| dir.join(name))
+    .find(|p| p.is_file())
+}
+
+/// The CVE ids of the patches in `dir` (files named `CVE-…[.patch|.diff]`), sorted.
+pub fn operator_patch_ids(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let id = name
+            .strip_suffix(".patch")
+            .or_else(|| name.strip_suffix(".diff"))
+            .unwrap_or(&name);
+        if id.parse::<patchbay_core::CveId>().is_ok() {
+            ids.push(id.to_owned());
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The files a unified diff changes, as `patch -p1` names them (for grouping only; the diff
+/// pipeline parses the patch properly).
+pub fn patch_files(text: &str) -> Vec<String> {
+    let mut files: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("+++ "))
+        .map(|l| l.split('\t').next().unwrap_or(l).trim())
+        .filter(|p| *p != "/dev/null")
+        .filter_map(|p| p.split_once('/').map(|(_, rest)| rest.to_owned()))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn files(list: &[&[&str]]) -> Vec<Vec<String>> {
+        list.iter()
+            .map(|l| l.iter().map(|s| (*s).to_owned()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn cves_sharing_files_are_grouped_transitively() {
+        let groups = group(&files(&[
+            &["fs/a.c"],
+            &["net/b.c"],
+            &["fs/a.c", "fs/c.c"],
+            &["fs/c.c", "fs/d.c"],
+            &[],
+            &["net/b.c"],
+        ]));
+        let shape: Vec<(u32, Vec<usize>)> =
+            groups.iter().map(|g| (g.number, g.cves.clone())).collect();
+        assert_eq!(
+            shape,
+            vec![(1, vec![0, 2, 3]), (2, vec![1, 5]), (3, vec![4])],
+            "{groups:?}"
+        );
+        assert_eq!(groups[0].files.len(), 3);
+    }
+
+    #[test]
+    fn file_diffs_and_headers_beside_changed_files() {
+        let old = tempfile::tempdir().unwrap();
+        let new = tempfile::tempdir().unwrap();
+        for (tree, body) in [(&old, "int x;\n"), (&new, "int x = 1;\n")] {
+            std::fs::create_dir_all(tree.path().join("fs/x")).unwrap();
+            std::fs::write(tree.path().join("fs/x/a.c"), body).unwrap();
+            std::fs::write(tree.path().join("fs/x/same.c"), "same\n").unwrap();
+            std::fs::write(tree.path().join("fs/x/a.h"), body).unwrap();
+            std::fs::write(tree.path().join("fs/x/b.h"), "same\n").unwrap();
+        }
+        std::fs::write(new.path().join("fs/x/new.c"), "new\n").unwrap();
+        let d = |p| file_diff(old.path(), new.path(), p).unwrap();
+        let FileDiff::Changed(text) = d("fs/x/a.c") else {
+            panic!("a.c changed: {:?}", d("fs/x/a.c"));
+        };
+        assert!(
+            text.starts_with("--- a/fs/x/a.c\n+++ b/fs/x/a.c\n"),
+            "{text}"
+        );
+        assert_eq!(patch_files(&text), vec!["fs/x/a.c".to_owned()]);
+        assert_eq!(d("fs/x/same.c"), FileDiff::Same);
+        assert_eq!(d("fs/x/new.c"), FileDiff::OnlyInNew);
+        assert_eq!(d("fs/x/none.c"), FileDiff::Missing);
+        let changed: BTreeSet<String> = ["fs/x/a.c".to_owned()].into();
+        assert_eq!(
+            changed_headers_beside(old.path(), new.path(), &changed),
+            vec!["fs/x/a.h".to_owned()]
+        );
+    }
+
+    #[test]
+    fn operator_patches_are_found_by_cve_id() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("CVE-2024-1234.patch"), "x").unwrap();
+        std::fs::write(dir.path().join("CVE-2024-9999.diff"), "x").unwrap();
+        std::fs::write(dir.path().join("README"), "x").unwrap();
+        assert_eq!(
+            operator_patch_ids(dir.path()).unwrap(),
+            vec!["CVE-2024-1234".to_owned(), "CVE-2024-9999".to_owned()]
+        );
+        assert!(operator_patch(dir.path(), "CVE-2024-9999").is_some());
+        assert!(operator_patch(dir.path(), "CVE-2024-0000").is_none());
+        let git = "diff --git a/fs/x.c b/fs/x.c\n--- a/fs/x.c\n+++ b/fs/x.c\n@@ -1 +1 @@\n";
+        assert_eq!(patch_files(git), vec!["fs/x.c".to_owned()]);
+    }
+}

@@ -1,0 +1,1032 @@
+//! `patchbay-build upgrade`: bring a running kernel up to a newer Debian kernel's security
+//! level in one cumulative live patch.
+//!
+//! Stages: `select` (the CVEs of the window, from the CVE database) → `fixes` (each CVE's
+//! candidate fix cut from the two source trees, or the operator's patch; CVEs sharing files
+//! grouped) → one diff-mode build per group (its outcome is each of its CVEs' outcome) → one
+//! cumulative build of every group that built → `verify` (QEMU: the bundle applied by the
+//! agent under a smoke workload; a group that breaks it is dropped and the bundle rebuilt) →
+//! the report (`patchbay_core::UpgradeReport`).
+
+pub mod fixes;
+pub mod render;
+pub mod select;
+pub mod verify;
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use patchbay_core::report::{DroppedGroup, ReportModule, Verification};
+use patchbay_core::{CveId, CveOutcome, CveStatus, PatchLevel, UpgradeReport};
+use patchbay_exposure::version::UpstreamVersion;
+use patchbay_exposure::CveDatabase;
+use patchbay_kernels::Kernel;
+
+use crate::diff::objects::Owner;
+use crate::diff::pipeline::{self, DiffBuild, DiffBuildError};
+use crate::diff::refusal::Category;
+use fixes::{FileDiff, Group};
+use select::{SelectedCve, Selection};
+use verify::{Candidate, Verdict, VerifyOptions};
+
+/// Where the fixes come from: an operator's patch for a CVE wins over the source diff.
+#[derive(Debug, Clone, Default)]
+pub struct FixSource {
+    /// The diff of each CVE's files between the running kernel's own source and a newer
+    /// Debian source tree (`linux-source-6.1` of `package_version`, unpacked at `tree`).
+    pub newer: Option<NewerSource>,
+    /// One patch per CVE, named by its id, in this directory (real stable commits). Its CVEs
+    /// are built even when they are not in the window (the operator chose them).
+    pub patches: Option<PathBuf>,
+}
+
+/// A newer Debian source tree.
+#[derive(Debug, Clone)]
+pub struct NewerSource {
+    pub package_version: String,
+    pub tree: PathBuf,
+}
+
+/// An upgrade request.
+#[derive(Debug, Clone)]
+pub struct Upgrade {
+    pub level: PatchLevel,
+    /// The upstream release whose fixes to bring.
+    pub to: UpstreamVersion,
+    pub min_cvss: f64,
+    /// Only these CVEs (empty: every CVE of the window).
+    pub only: Vec<CveId>,
+    pub fixes: FixSource,
+    pub output: PathBuf,
+    /// `None`: not verified (`--no-verify`).
+    pub verify: Option<VerifyOptions>,
+    /// Keep per-group patches, bundles and logs here.
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("CVEs named with --cves are not in the window:\n{}", list(.0))]
+    NotInWindow(Vec<select::NotInWindow>),
+    #[error("the kernel's upstream version {0:?} cannot be read: {1}")]
+    Version(String, String),
+    #[error(
+        "none of the {selected} selected CVEs could be built into a live patch (see the report \
+         above); nothing to publish"
+    )]
+    NothingBuilt {
+        selected: usize,
+        report: Box<UpgradeReport>,
+    },
+    #[error(transparent)]
+    Cut(#[from] fixes::CutError),
+    #[error(transparent)]
+    Build(#[from] DiffBuildError),
+    #[error(transparent)]
+    Kernel(#[from] patchbay_kernels::KernelError),
+    #[error(transparent)]
+    Verify(#[from] verify::VerifyError),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn list(items: &[select::NotInWindow]) -> String {
+    items
+        .iter()
+        .map(|i| format!("  {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> UpgradeError {
+    let path = path.to_path_buf();
+    move |source| UpgradeError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Progress on stderr: one rewritten line on a terminal, plain lines otherwise.
+struct Progress {
+    tty: bool,
+    started: Instant,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+        }
+    }
+
+    fn step(&self, done: usize, total: usize, what: &str) {
+        let elapsed = self.started.elapsed().as_secs();
+        let line = format!(
+            "[{done}/{total}, {}m{:02}s] {what}",
+            elapsed / 60,
+            elapsed % 60
+        );
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let shown: String = line.chars().take(110).collect();
+            let _ = write!(err, "\r\x1b[2K{shown}");
+        } else {
+            let _ = writeln!(err, "upgrade: {line}");
+        }
+    }
+
+    fn say(&self, what: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K");
+        }
+        let _ = writeln!(err, "upgrade: {what}");
+    }
+}
+
+/// What became of one group.
+#[derive(Debug, Clone)]
+enum GroupOutcome {
+    Built {
+        /// `object:function` replaced or added.
+        functions: Vec<String>,
+        /// Module `__init`/`__exit` parts not applied (`module:function`).
+        module_init: Vec<String>,
+        /// Files dropped because this kernel's configuration does not build them.
+        not_built: Vec<String>,
+        /// Loadable modules the group patches.
+        modules: Vec<String>,
+    },
+    NotApplicable {
+        category: String,
+        reason: String,
+    },
+    NotPatchable {
+        category: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct GroupBuild {
+    group: Group,
+    outcome: GroupOutcome,
+    seconds: f64,
+    /// The files whose diffs were cut from the newer tree (the fix's files, maybe headers).
+    paths: BTreeSet<String>,
+    /// The operator's patches the group used.
+    given: Vec<PathBuf>,
+    /// The group's own bundle (for isolating a verification failure).
+    bundle: Option<PathBuf>,
+}
+
+/// The running kernel's upstream version (`6.1.170`).
+pub fn kernel_version(kernel: &Kernel) -> Result<UpstreamVersion, UpgradeError> {
+    kernel
+        .upstream_version()
+        .parse()
+        .map_err(|e: patchbay_exposure::CveError| {
+            UpgradeError::Version(kernel.upstream_version().to_owned(), e.to_string())
+        })
+}
+
+/// Runs the upgrade: builds (and verifies) the cumulative bundle at `request.output`, returns
+/// the report. Nothing is written at `output` unless a bundle was built (and passed).
+pub fn run(
+    kernel: &Kernel,
+    db: &CveDatabase,
+    request: &Upgrade,
+) -> Result<UpgradeReport, UpgradeError> {
+    let started_at = crate::module_build::now_rfc3339();
+    let progress = Progress::new();
+    let from = kernel_version(kernel)?;
+    let temp;
+    let work: PathBuf = match &request.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("patchbay-upgrade-")
+                .tempdir()
+                .map_err(io("create a temporary directory in", &std::env::temp_dir()))?;
+            temp.path().to_path_buf()
+        }
+    };
+
+    // Which CVEs, and where their fixes come from.
+    let mut cves: Vec<SelectedCve> = Vec::new();
+    if request.fixes.newer.is_some() {
+        let only: Vec<CveId> = match &request.fixes.patches {
+            // CVEs named only because the operator has their patch are not looked up in the
+            // window.
+            Some(dir) if !request.only.is_empty() => request
+                .only
+                .iter()
+                .filter(|c| fixes::operator_patch(dir, c.as_str()).is_none())
+                .cloned()
+                .collect(),
+            _ => request.only.clone(),
+        };
+        if request.only.is_empty() || !only.is_empty() {
+            cves = select::select(
+                db,
+                &Selection {
+                    from,
+                    to: request.to,
+                    min_cvss: request.min_cvss,
+                    only: &only,
+                },
+            )
+            .map_err(UpgradeError::NotInWindow)?;
+        }
+    }
+    if let Some(dir) = &request.fixes.patches {
+        for given in patches_selection(db, dir, &request.only)? {
+            match cves.iter_mut().find(|c| c.id == given.id) {
+                Some(c) => {
+                    c.files = given.files;
+                    c.patch = given.patch;
+                }
+                None => cves.push(given),
+            }
+        }
+    }
+    cves.sort_by(|a, b| a.id.cmp(&b.id));
+    let groups = fixes::group(&fixes::files_of(&cves));
+    progress.say(&format!(
+        "{} CVEs ({} → {}, CVSS ≥ {}) in {} groups of shared files",
+        cves.len(),
+        from,
+        request.to,
+        request.min_cvss,
+        groups.len()
+    ));
+
+    // One build per group.
+    let mut builds = Vec::new();
+    for (i, group) in groups.iter().enumerate() {
+        let names: Vec<&str> = group
+            .cves
+            .iter()
+            .filter_map(|&c| cves.get(c).map(|c| c.id.as_str()))
+            .collect();
+        progress.step(
+            i,
+            groups.len(),
+            &format!("group {} ({})", group.number, names.join(", ")),
+        );
+        let build = build_group(kernel, request, &cves, group, &work)?;
+        {
+            let verdict = match &build.outcome {
+                GroupOutcome::Built { .. } => "built".to_owned(),
+                GroupOutcome::NotApplicable { category, .. }
+                | GroupOutcome::NotPatchable { category, .. } => category.clone(),
+            };
+            progress.say(&format!(
+                "group {} ({}): {verdict} in {:.0} s",
+                group.number,
+                names.join(", "),
+                build.seconds
+            ));
+        }
+        builds.push(build);
+    }
+
+    // The cumulative bundle, verified; groups that break it are dropped and it is rebuilt.
+    let mut dropped: Vec<DroppedGroup> = Vec::new();
+    let mut verification: Option<Verification> = None;
+    let mut module: Option<ReportModule> = None;
+    let mut final_functions: Vec<String> = Vec::new();
+    for round in 1..=3 {
+        let keep: Vec<&GroupBuild> = builds
+            .iter()
+            .filter(|b| matches!(b.outcome, GroupOutcome::Built { .. }))
+            .filter(|b| !dropped.iter().any(|d| d.group == b.group.number))
+            .collect();
+        if keep.is_empty() {
+            break;
+        }
+        progress.say(&format!(
+            "building the cumulative module from {} groups (round {round})",
+            keep.len()
+        ));
+        let fixes: Vec<CveId> = keep
+            .iter()
+            .flat_map(|b| b.group.cves.iter())
+            .filter_map(|&c| cves.get(c))
+            .filter(|c| cve_status(&builds, c) == CveStatus::Patched)
+            .map(|c| c.id.clone())
+            .collect();
+        let combined = combined_patches(kernel, request, &keep, &work)?;
+        let candidate_bundle = work.join("cumulative.pbb");
+        let built = pipeline::build(
+            kernel,
+            &DiffBuild {
+                level: request.level,
+                fixes,
+                patches: combined,
+                output: candidate_bundle.clone(),
+                keep_work_dir: None,
+                strip_level: Some(1),
+            },
+        );
+        let report = match built {
+            Ok(report) => report,
+            Err(err) => {
+                // Built alone, failed together: drop the group the error names.
+                let text = err.to_string();
+                let culprit = keep
+                    .iter()
+                    .find(|b| b.group.files.iter().any(|f| text.contains(f.as_str())));
+                match culprit {
+                    Some(b) => {
+                        dropped.push(DroppedGroup {
+                            group: b.group.number,
+                            cves: group_ids(&cves, &b.group),
+                            reason: format!(
+                                "builds alone but not with the other groups: {}",
+                                first_line(&text)
+                            ),
+                        });
+                        continue;
+                    }
+                    None => return Err(err.into()),
+                }
+            }
+        };
+        final_functions = report
+            .module
+            .manifest
+            .replaced_functions
+            .iter()
+            .map(|f| format!("{}:{}", f.object, f.function))
+            .collect();
+        let Some(options) = &request.verify else {
+            install(&candidate_bundle, &request.output)?;
+            module = Some(module_of(&report.module.manifest));
+            break;
+        };
+        let modules = modules_of(&report.module.manifest);
+        progress.say(&format!(
+            "verifying in QEMU: {} modules, smoke workload {} s",
+            modules.len(),
+            options.stress_seconds
+        ));
+        let first = verify::verify(
+            kernel,
+            options,
+            &[Candidate {
+                label: "cumulative".into(),
+                bundle: candidate_bundle.clone(),
+                modules: modules.clone(),
+            }],
+            &work,
+        )?;
+        let mut seconds = first.seconds;
+        for note in &first.notes {
+            progress.say(&format!("note: {note}"));
+        }
+        let failure = first.verdicts.iter().find_map(|(_, v)| match v {
+            Verdict::Failed(why) => Some(why.clone()),
+            Verdict::Passed => None,
+        });
+        let Some(failure) = failure else {
+            verification = Some(Verification {
+                passed: true,
+                modules_loaded: first.modules_loaded,
+                workloads: first.workloads,
+                dropped_groups: dropped.clone(),
+                seconds,
+            });
+            install(&candidate_bundle, &request.output)?;
+            module = Some(module_of(&report.module.manifest));
+            break;
+        };
+        progress.say(&format!(
+            "the cumulative bundle failed verification ({failure}); trying each group alone"
+        ));
+        let candidates: Vec<Candidate> = keep
+            .iter()
+            .filter_map(|b| {
+                let GroupOutcome::Built { modules, .. } = &b.outcome else {
+                    return None;
+                };
+                Some(Candidate {
+                    label: format!("group-{}", b.group.number),
+                    bundle: b.bundle.clone()?,
+                    modules: modules.clone(),
+                })
+            })
+            .collect();
+        let isolated = verify::verify(kernel, options, &candidates, &work)?;
+        seconds += isolated.seconds;
+        let mut newly_dropped = 0;
+        for (label, verdict) in &isolated.verdicts {
+            let Verdict::Failed(why) = verdict else {
+                continue;
+            };
+            let Some(b) = keep
+                .iter()
+                .find(|b| format!("group-{}", b.group.number) == *label)
+            else {
+                continue;
+            };
+            newly_dropped += 1;
+            dropped.push(DroppedGroup {
+                group: b.group.number,
+                cves: group_ids(&cves, &b.group),
+                reason: format!("broke the verification run: {why}"),
+            });
+        }
+        if newly_dropped == 0 {
+            // Each group passes alone but not together: drop the last one (the smallest
+            // step) and try again, rather than offering a bundle that failed.
+            if let Some(b) = keep.last() {
+                dropped.push(DroppedGroup {
+                    group: b.group.number,
+                    cves: group_ids(&cves, &b.group),
+                    reason: format!(
+                        "every group passed alone but the cumulative bundle failed ({failure}); \
+                         dropped to narrow it down"
+                    ),
+                });
+            }
+        }
+        verification = Some(Verification {
+            passed: false,
+            modules_loaded: isolated.modules_loaded,
+            workloads: isolated.workloads,
+            dropped_groups: dropped.clone(),
+            seconds,
+        });
+    }
+
+    let mut outcomes = Vec::new();
+    for c in &cves {
+        outcomes.push(outcome(
+            &builds,
+            &dropped,
+            &final_functions,
+            c,
+            module.is_some(),
+        ));
+    }
+    if let Some(v) = &mut verification {
+        v.dropped_groups = dropped.clone();
+        if module.is_none() {
+            v.passed = false;
+        }
+    }
+    let report = UpgradeReport {
+        kernel: kernel
+            .abi()
+            .to_string()
+            .parse()
+            .map_err(|e: patchbay_core::IdError| {
+                UpgradeError::Version(kernel.abi().to_string(), e.to_string())
+            })?,
+        build_id: kernel
+            .build_id()
+            .parse()
+            .map_err(|e: patchbay_core::IdError| {
+                UpgradeError::Version(kernel.build_id().to_owned(), e.to_string())
+            })?,
+        from_version: from.to_string(),
+        to_version: request.to.to_string(),
+        fixes_from: match (&request.fixes.newer, &request.fixes.patches) {
+            (Some(n), None) => format!("linux-source-6.1 {}", n.package_version),
+            (Some(n), Some(dir)) => format!(
+                "linux-source-6.1 {} and patches in {}",
+                n.package_version,
+                dir.display()
+            ),
+            (None, Some(dir)) => format!("patches in {}", dir.display()),
+            (None, None) => "nothing".to_owned(),
+        },
+        level: request.level,
+        min_cvss: request.min_cvss,
+        started: started_at,
+        elapsed_seconds: progress.started.elapsed().as_secs_f64(),
+        module,
+        verification,
+        cves: outcomes,
+    };
+    if report.module.is_none() {
+        return Err(UpgradeError::NothingBuilt {
+            selected: cves.len(),
+            report: Box::new(report),
+        });
+    }
+    Ok(report)
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.ends_with(':'))
+        .unwrap_or(text)
+        .chars()
+        .take(400)
+        .collect()
+}
+
+fn group_ids(cves: &[SelectedCve], group: &Group) -> Vec<CveId> {
+    group
+        .cves
+        .iter()
+        .filter_map(|&c| cves.get(c).map(|c| c.id.clone()))
+        .collect()
+}
+
+fn module_of(manifest: &patchbay_core::Manifest) -> ReportModule {
+    ReportModule {
+        name: manifest.module.name.to_string(),
+        size: manifest.module.size,
+        sha256: manifest.module.sha256.clone(),
+    }
+}
+
+fn modules_of(manifest: &patchbay_core::Manifest) -> Vec<String> {
+    let mut modules: Vec<String> = manifest
+        .replaced_functions
+        .iter()
+        .map(|f| f.object.to_string())
+        .filter(|o| o != "vmlinux")
+        .collect();
+    modules.sort();
+    modules.dedup();
+    modules
+}
+
+/// Moves the verified bundle to where the operator asked (atomically).
+fn install(bundle: &Path, output: &Path) -> Result<(), UpgradeError> {
+    let bytes = std::fs::read(bundle).map_err(io("read", bundle))?;
+    patchbay_core::fsutil::write_atomic(output, &bytes).map_err(io("write", output))
+}
+
+/// Whether `path` is one of the operator's patches (not a cut one).
+fn cves_patch(cves: &[SelectedCve], path: &Path) -> bool {
+    cves.iter().any(|c| c.patch.as_deref() == Some(path))
+}
+
+/// CVE selection from an operator's patch directory: each patch file names its CVE.
+fn patches_selection(
+    db: &CveDatabase,
+    dir: &Path,
+    only: &[CveId],
+) -> Result<Vec<SelectedCve>, UpgradeError> {
+    let ids = fixes::operator_patch_ids(dir).map_err(io("list", dir))?;
+    let mut chosen = Vec::new();
+    for id in ids {
+        let Ok(cve) = id.parse::<CveId>() else {
+            continue;
+        };
+        if !only.is_empty() && !only.contains(&cve) {
+            continue;
+        }
+        let Some(path) = fixes::operator_patch(dir, &id) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
+        let record = db.records.get(&id);
+        chosen.push(SelectedCve {
+            id: cve,
+            title: record.map(|r| r.title.clone()).unwrap_or_default(),
+            score: record.and_then(|r| r.score.value()),
+            files: fixes::patch_files(&text),
+            fixed_in: None,
+            patch: Some(path),
+        });
+    }
+    Ok(chosen)
+}
+
+/// The patches of a group, cut from the trees: the `.c` files, plus (`with_headers`) the
+/// changed headers beside them.
+fn cut_group(
+    kernel: &Kernel,
+    newer: &Path,
+    files: &BTreeSet<String>,
+    out: &Path,
+) -> Result<Result<PathBuf, (CveStatus, String, String)>, UpgradeError> {
+    let old = kernel.source_tree()?.dir().to_path_buf();
+    let mut text = String::new();
+    for file in files {
+        match fixes::file_diff(&old, newer, file)? {
+            FileDiff::Same => {}
+            FileDiff::Changed(diff) => text.push_str(&diff),
+            FileDiff::OnlyInNew => {
+                return Ok(Err((
+                    CveStatus::NotPatchable,
+                    "new-file".into(),
+                    format!(
+                        "{file} is new in the newer source; a live patch cannot add a \
+                         translation unit"
+                    ),
+                )))
+            }
+            FileDiff::OnlyInOld => {
+                return Ok(Err((
+                    CveStatus::NotPatchable,
+                    "file-removed".into(),
+                    format!("{file} is gone from the newer source"),
+                )))
+            }
+            FileDiff::Missing => {
+                return Ok(Err((
+                    CveStatus::NotApplicable,
+                    "not-in-source".into(),
+                    format!("{file} is in neither source tree (another architecture's code?)"),
+                )))
+            }
+        }
+    }
+    if text.is_empty() {
+        return Ok(Err((
+            CveStatus::NotApplicable,
+            "already-in-source".into(),
+            "the files the fix touches are the same in both sources (Debian already carries \
+             the fix in the running kernel)"
+                .into(),
+        )));
+    }
+    std::fs::write(out, text).map_err(io("write", out))?;
+    Ok(Ok(out.to_path_buf()))
+}
+
+fn build_group(
+    kernel: &Kernel,
+    request: &Upgrade,
+    cves: &[SelectedCve],
+    group: &Group,
+    work: &Path,
+) -> Result<GroupBuild, UpgradeError> {
+    let started = Instant::now();
+    let done = |outcome, patches: Vec<PathBuf>, bundle, paths| GroupBuild {
+        group: group.clone(),
+        outcome,
+        seconds: started.elapsed().as_secs_f64(),
+        given: patches
+            .iter()
+            .filter(|p| cves_patch(cves, p))
+            .cloned()
+            .collect(),
+        bundle,
+        paths,
+    };
+    if group.files.is_empty() {
+        return Ok(done(
+            GroupOutcome::NotPatchable {
+                category: "no-file-list".into(),
+                reason: "the CVE record names no source files, so its fix cannot be cut; give \
+                         its patch with --patches"
+                    .into(),
+            },
+            Vec::new(),
+            None,
+            BTreeSet::new(),
+        ));
+    }
+    let bundle = work.join(format!("group-{}.pbb", group.number));
+    let mut files = group.files.clone();
+    let mut not_built = Vec::new();
+    let mut with_headers = false;
+    for _attempt in 0..4 {
+        let mut cut_paths = BTreeSet::new();
+        // Operator patches first; the files they do not cover are cut from the newer tree.
+        let given: Vec<PathBuf> = group
+            .cves
+            .iter()
+            .filter_map(|&c| cves.get(c))
+            .filter_map(|c| c.patch.clone())
+            .collect();
+        let mut covered = BTreeSet::new();
+        for patch in &given {
+            let text = std::fs::read_to_string(patch).map_err(io("read", patch))?;
+            covered.extend(fixes::patch_files(&text));
+        }
+        let mut patches = given.clone();
+        let rest: BTreeSet<String> = files.difference(&covered).cloned().collect();
+        if !rest.is_empty() {
+            let Some(newer) = &request.fixes.newer else {
+                return Ok(done(
+                    GroupOutcome::NotPatchable {
+                        category: "no-patch-given".into(),
+                        reason: format!(
+                            "no patch in the --patches directory covers {} and no newer source \
+                             was given to cut it from",
+                            rest.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    },
+                    Vec::new(),
+                    None,
+                    BTreeSet::new(),
+                ));
+            };
+            let mut cut = rest.clone();
+            if with_headers {
+                let old = kernel.source_tree()?.dir().to_path_buf();
+                cut.extend(fixes::changed_headers_beside(&old, &newer.tree, &rest));
+            }
+            let out = work.join(format!("group-{}.patch", group.number));
+            cut_paths.clone_from(&cut);
+            match cut_group(kernel, &newer.tree, &cut, &out)? {
+                Ok(path) => patches.push(path),
+                Err((status, category, reason)) => {
+                    let outcome = if status == CveStatus::NotApplicable {
+                        GroupOutcome::NotApplicable { category, reason }
+                    } else {
+                        GroupOutcome::NotPatchable { category, reason }
+                    };
+                    return Ok(done(outcome, Vec::new(), None, BTreeSet::new()));
+                }
+            }
+        }
+        let result = pipeline::build(
+            kernel,
+            &DiffBuild {
+                level: request.level,
+                fixes: Vec::new(),
+                patches: patches.clone(),
+                output: bundle.clone(),
+                keep_work_dir: None,
+                strip_level: Some(1),
+            },
+        );
+        match result {
+            Ok(report) => {
+                let mut functions = Vec::new();
+                let mut module_init = Vec::new();
+                let mut modules = BTreeSet::new();
+                for f in &report.files {
+                    let object = match &f.owner {
+                        Owner::Vmlinux => "vmlinux".to_owned(),
+                        Owner::Module(m) => {
+                            modules.insert(m.clone());
+                            for name in &f.diff.changed_init {
+                                module_init.push(format!("{m}:{name}"));
+                            }
+                            m.clone()
+                        }
+                    };
+                    for name in f.diff.changed_functions.iter().chain(&f.diff.new_functions) {
+                        functions.push(format!("{object}:{name}"));
+                    }
+                }
+                return Ok(done(
+                    GroupOutcome::Built {
+                        functions,
+                        module_init,
+                        not_built,
+                        modules: modules.into_iter().collect(),
+                    },
+                    patches,
+                    Some(bundle),
+                    cut_paths,
+                ));
+            }
+            Err(err) => {
+                let refusals = err.refusals();
+                let unbuilt: Vec<String> = refusals
+                    .iter()
+                    .filter(|r| r.category == Category::NotBuiltInConfig)
+                    .filter_map(|r| r.file.clone())
+                    .collect();
+                let tree_mode = request.fixes.newer.is_some();
+                if !unbuilt.is_empty() && unbuilt.len() == refusals.len() {
+                    let remaining: BTreeSet<String> = files
+                        .iter()
+                        .filter(|f| !unbuilt.contains(f) && f.ends_with(".c"))
+                        .cloned()
+                        .collect();
+                    if remaining.is_empty() || !tree_mode {
+                        let reasons: Vec<String> =
+                            refusals.iter().map(|r| r.reason.clone()).collect();
+                        return Ok(done(
+                            GroupOutcome::NotApplicable {
+                                category: Category::NotBuiltInConfig.as_str().into(),
+                                reason: reasons.join("; "),
+                            },
+                            Vec::new(),
+                            None,
+                            BTreeSet::new(),
+                        ));
+                    }
+                    // Code this configuration does not build needs no patch: build the rest.
+                    not_built.extend(unbuilt.iter().cloned());
+                    files.retain(|f| !unbuilt.contains(f));
+                    continue;
+                }
+                if err.category() == "compile-failed" && tree_mode && !with_headers {
+                    with_headers = true;
+                    continue;
+                }
+                let reason = match refusals.first() {
+                    Some(r) => {
+                        let place = match (&r.file, &r.function) {
+                            (Some(f), Some(func)) => format!("{f}: {func}: "),
+                            (Some(f), None) => format!("{f}: "),
+                            _ => String::new(),
+                        };
+                        format!("{place}{}", r.reason)
+                    }
+                    None => first_line(&err.to_string()),
+                };
+                return Ok(done(
+                    GroupOutcome::NotPatchable {
+                        category: err.category().to_owned(),
+                        reason,
+                    },
+                    Vec::new(),
+                    None,
+                    BTreeSet::new(),
+                ));
+            }
+        }
+    }
+    Ok(done(
+        GroupOutcome::NotPatchable {
+            category: "too-many-attempts".into(),
+            reason: "the group's files kept changing between attempts".into(),
+        },
+        Vec::new(),
+        None,
+        BTreeSet::new(),
+    ))
+}
+
+/// The patches of every kept group as the cumulative build's input. In tree mode one patch
+/// cut afresh over the union of the groups' files (groups that needed the same header share
+/// its diff).
+fn combined_patches(
+    kernel: &Kernel,
+    request: &Upgrade,
+    keep: &[&GroupBuild],
+    work: &Path,
+) -> Result<Vec<PathBuf>, UpgradeError> {
+    let mut patches: Vec<PathBuf> = keep.iter().flat_map(|b| b.given.iter().cloned()).collect();
+    let paths: BTreeSet<String> = keep.iter().flat_map(|b| b.paths.clone()).collect();
+    if let (Some(newer), false) = (&request.fixes.newer, paths.is_empty()) {
+        let out = work.join("cumulative.patch");
+        match cut_group(kernel, &newer.tree, &paths, &out)? {
+            Ok(path) => patches.push(path),
+            Err((_, _, reason)) => {
+                return Err(UpgradeError::Io {
+                    action: "cut the cumulative patch",
+                    path: out,
+                    source: std::io::Error::other(reason),
+                })
+            }
+        }
+    }
+    Ok(patches)
+}
+
+/// A CVE's status from its group's build alone (before the cumulative build and verification).
+fn cve_status(builds: &[GroupBuild], cve: &SelectedCve) -> CveStatus {
+    let Some(build) = builds.iter().find(|b| {
+        b.group.files.iter().any(|f| cve.files.contains(f))
+            || (cve.files.is_empty() && b.group.files.is_empty())
+    }) else {
+        return CveStatus::NotPatchable;
+    };
+    match &build.outcome {
+        GroupOutcome::Built { module_init, .. } if module_init.is_empty() => CveStatus::Patched,
+        GroupOutcome::Built { .. } => CveStatus::Partial,
+        GroupOutcome::NotApplicable { .. } => CveStatus::NotApplicable,
+        GroupOutcome::NotPatchable { .. } => CveStatus::NotPatchable,
+    }
+}
+
+fn outcome(
+    builds: &[GroupBuild],
+    dropped: &[DroppedGroup],
+    final_functions: &[String],
+    cve: &SelectedCve,
+    bundle_built: bool,
+) -> CveOutcome {
+    let build = builds.iter().find(|b| {
+        b.group.files.iter().any(|f| cve.files.contains(f))
+            || (cve.files.is_empty() && b.group.files.is_empty())
+    });
+    let mut result = CveOutcome {
+        cve: cve.id.clone(),
+        score: cve.score,
+        title: cve.title.clone(),
+        status: CveStatus::NotPatchable,
+        group: build.map_or(0, |b| b.group.number),
+        files: cve.files.clone(),
+        functions: Vec::new(),
+        category: None,
+        reason: None,
+        seconds: build.map_or(0.0, |b| b.seconds),
+    };
+    let Some(build) = build else {
+        result.category = Some("no-group".into());
+        return result;
+    };
+    match &build.outcome {
+        GroupOutcome::NotApplicable { category, reason } => {
+            result.status = CveStatus::NotApplicable;
+            result.category = Some(category.clone());
+            result.reason = Some(reason.clone());
+        }
+        GroupOutcome::NotPatchable { category, reason } => {
+            result.category = Some(category.clone());
+            result.reason = Some(reason.clone());
+        }
+        GroupOutcome::Built {
+            functions,
+            module_init,
+            not_built,
+            ..
+        } => {
+            if let Some(d) = dropped.iter().find(|d| d.group == build.group.number) {
+                result.category = Some(if d.reason.starts_with("broke") {
+                    "verification-failed".into()
+                } else {
+                    "cumulative-build-failed".into()
+                });
+                result.reason = Some(d.reason.clone());
+            } else if !bundle_built {
+                result.category = Some("cumulative-build-failed".into());
+                result.reason = Some("no cumulative bundle could be built and verified".into());
+            } else {
+                // The group's functions, as far as the cumulative module replaces them.
+                result.functions = functions
+                    .iter()
+                    .filter(|f| final_functions.is_empty() || final_functions.contains(f))
+                    .cloned()
+                    .collect();
+                if module_init.is_empty() {
+                    result.status = CveStatus::Patched;
+                    if !not_built.is_empty() {
+                        result.reason = Some(format!(
+                            "not built in this configuration, so not patched: {}",
+                            not_built.join(", ")
+                        ));
+                    }
+                } else {
+                    result.status = CveStatus::Partial;
+                    result.category = Some("module-init-not-applied".into());
+                    result.reason = Some(format!(
+                        "the fix's __init/__exit part of a loadable module ({}) is not applied: \
+                         it runs again when the module is reloaded; reload it or reboot",
+                        module_init.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    result
+}
+
+/// The level after the newest one `server` has for `build_id` (1 when it has none).
+pub async fn next_level(server: &str, token: &str, build_id: &str) -> Result<PatchLevel, String> {
+    let base = url::Url::parse(server).map_err(|e| format!("server URL {server}: {e}"))?;
+    let endpoint = base
+        .join("api/v1/kernels")
+        .map_err(|e| format!("server URL {server}: {e}"))?;
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .get(endpoint.clone())
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| format!("GET {endpoint}: {e}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| format!("GET {endpoint}: {status}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("GET {endpoint}: {status}: {body}"));
+    }
+    let newest = body
+        .get("kernels")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|k| k.get("build_id").and_then(serde_json::Value::as_str) == Some(build_id))
+        .filter_map(|k| k.get("levels").and_then(serde_json::Value::as_array))
+        .flatten()
+        .filter_map(|l| l.get("level").and_then(serde_json::Value::as_u64))
+        .max()
+        .unwrap_or(0);
+    u32::try_from(newest + 1)
+        .map_err(|e| e.to_string())
+        .and_then(|n| PatchLevel::try_from(n).map_err(|e| e.to_string()))
+}

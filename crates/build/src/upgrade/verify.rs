@@ -1,0 +1,396 @@
+//! Every upgrade bundle is tried before it is offered: boot the target kernel in QEMU, load the
+//! modules the patch touches, apply the bundle with the real agent, run a smoke workload while
+//! it is live, unload it, and look at the kernel log and taint flags.
+//!
+//! Several candidates (the cumulative bundle, or each group's own bundle when the cumulative
+//! one failed) are tried one after another in one boot, each with its own agent state and
+//! its own kernel-log window, so that one boot names the group that breaks the run.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use patchbay_kernels::Kernel;
+use patchbay_vm::{Initramfs, VmConfig, VmExit};
+
+/// One bundle to try.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// A short name (letters, digits, `-`): `all`, `group-7`.
+    pub label: String,
+    pub bundle: PathBuf,
+    /// Loadable modules whose functions the bundle replaces.
+    pub modules: Vec<String>,
+}
+
+/// How the verification runs.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// The static agent binary (`patchbay`) to install in the guest.
+    pub agent: PathBuf,
+    /// Seconds of fork/exec and timer stress while each candidate is live.
+    pub stress_seconds: u32,
+}
+
+/// What one candidate did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    Failed(String),
+}
+
+/// The outcome of trying candidates.
+#[derive(Debug, Clone)]
+pub struct VerifyRun {
+    pub verdicts: Vec<(String, Verdict)>,
+    pub modules_loaded: Vec<String>,
+    pub workloads: Vec<String>,
+    pub seconds: f64,
+    /// What the run showed about this kernel rather than the patch (e.g. patched modules that
+    /// cannot be reloaded while the patch is live).
+    pub notes: Vec<String>,
+    /// The serial console of the last boot, for the report's failure details.
+    pub serial_tail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("prepare the verification guest: {0}")]
+    Guest(#[from] patchbay_vm::VmError),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mkfs.ext4 for the verification disk failed: {0}; install e2fsprogs")]
+    Mkfs(String),
+    #[error(
+        "the agent binary {0} does not exist; build it (`cargo build --release -p patchbay`) \
+         and pass --agent, or --no-verify"
+    )]
+    NoAgent(PathBuf),
+}
+
+/// The workloads every candidate runs while it is live (names as reported).
+pub const WORKLOADS: [&str; 6] = [
+    "tmpfs-io",
+    "ext4-io",
+    "loopback-tcp",
+    "module-reload",
+    "fork-exec-timers",
+    "kernel-log-and-taint",
+];
+
+/// Kernel log lines that fail a candidate: oopses, warnings, lockups, memory corruption.
+const BAD_LOG: &str = "Oops|BUG:|WARNING:|general protection|Kernel panic|Call Trace|UBSAN|KASAN|\
+                       corruption|refcount_t:|soft lockup|hard LOCKUP|self-detected stall|\
+                       blocked for more than";
+
+/// Taint flags a live patch legitimately sets: O (out-of-tree module), E (unsigned module),
+/// K (live patch). Any other new flag fails the candidate.
+const ALLOWED_TAINT: u32 = (1 << 12) | (1 << 13) | (1 << 15);
+
+/// Modules the smoke workload itself needs (virtio disk, ext4).
+const SMOKE_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
+
+fn label_ok(label: &str) -> bool {
+    !label.is_empty()
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The guest script: load modules, then for each candidate apply → smoke → unload → check.
+fn script(candidates: &[Candidate], stress_seconds: u32) -> String {
+    let mut modules: Vec<&str> = candidates
+        .iter()
+        .flat_map(|c| c.modules.iter().map(String::as_str))
+        .collect();
+    modules.sort_unstable();
+    modules.dedup();
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#". /lib/pb.sh
+ip link set lo up
+for m in {smoke_modules}; do modprobe "$m" || echo "smoke module $m did not load"; done
+i=0; while [ ! -b /dev/vda ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+patched_modules=""
+for m in {modules}; do
+	if modprobe "$m"; then pb_value module-loaded "$m"; patched_modules="$patched_modules $m"
+	else pb_value module-failed "$m"; fi
+done
+mkdir -p /mnt/t /mnt/e
+smoke() {{
+	mount -t tmpfs none /mnt/t || {{ echo "tmpfs-io: mount failed"; return 1; }}
+	dd if=/dev/urandom of=/mnt/t/f bs=64k count=64 2>/dev/null && cp /mnt/t/f /mnt/t/g &&
+		cmp /mnt/t/f /mnt/t/g && rm /mnt/t/f /mnt/t/g && umount /mnt/t ||
+		{{ echo "tmpfs-io: write/copy/compare failed"; return 1; }}
+	if [ -b /dev/vda ]; then
+		mount -t ext4 /dev/vda /mnt/e || {{ echo "ext4-io: mount failed"; return 1; }}
+		dd if=/dev/urandom of=/mnt/e/f bs=64k count=64 2>/dev/null && sync &&
+			cp /mnt/e/f /mnt/e/g && cmp /mnt/e/f /mnt/e/g && mkdir -p /mnt/e/d/e &&
+			mv /mnt/e/g /mnt/e/d/e/h && rm -r /mnt/e/f /mnt/e/d && umount /mnt/e ||
+			{{ echo "ext4-io: write/copy/rename/remove failed"; return 1; }}
+	else
+		echo "ext4-io: no disk (skipped)"
+	fi
+	rm -f /tmp/recv
+	nc -l -p 7777 >/tmp/recv &
+	sleep 0.5
+	echo patchbay-loopback | nc 127.0.0.1 7777
+	wait
+	grep -q patchbay-loopback /tmp/recv || {{ echo "loopback-tcp: data did not arrive"; return 1; }}
+	for m in $patched_modules; do
+		modprobe -r "$m" 2>/dev/null || continue
+		modprobe "$m" && continue
+		# 6.1 lacks upstream 0c05e7bd2d01 ("livepatch,x86: Clear relocation targets on a
+		# module removal"): a module a live patch patches cannot load again while the
+		# patch is live. The kernel refuses it cleanly; that is this kernel, not the fix.
+		if dmesg | grep -q 'Skipping invalid relocation target'; then
+			pb_value limitation "$m" >/dev/console
+			continue
+		fi
+		echo "module-reload: $m did not load again"
+		return 1
+	done
+	end=$(( $(cut -d. -f1 /proc/uptime) + {stress} ))
+	n=0
+	while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
+		busybox true && sleep 0.02 & busybox true; wait; n=$((n + 1))
+	done
+	[ "$n" -gt 0 ] || {{ echo "fork-exec-timers: no iteration ran"; return 1; }}
+	return 0
+}}
+check_kernel() {{
+	bad=$(dmesg | grep -E '{bad}' | head -n 3 | tr '\n' ' ')
+	[ -z "$bad" ] || {{ echo "kernel log: $bad"; return 1; }}
+	t=$(cat /proc/sys/kernel/tainted)
+	new=$(( t & ~taint_before & ~{allowed} ))
+	[ "$new" -eq 0 ] || {{ echo "kernel taint flags $new appeared (tainted=$t)"; return 1; }}
+	return 0
+}}
+# Modules a failed step left unloaded come back for the next candidate.
+restore_modules() {{
+	for m in {smoke_modules} $patched_modules; do modprobe "$m" 2>/dev/null; done
+}}
+try() {{
+	label=$1
+	pb_value candidate-start "$label"
+	export PATCHBAY_STATE_DIR=/var/lib/patchbay-$label
+	mkdir -p "$PATCHBAY_STATE_DIR"
+	dmesg -c >/dev/null
+	taint_before=$(cat /proc/sys/kernel/tainted)
+	out=$(patchbay apply "/bundles/$label.pbb" 2>&1) ||
+		{{ pb_value candidate "$label fail apply: $(echo "$out" | tail -n 2 | tr '\n' ' ')"; return; }}
+	why=$(smoke 2>&1) || {{
+		pb_value candidate "$label fail $(echo "$why" | tail -n 1)"
+		patchbay unload >/dev/null 2>&1
+		restore_modules
+		return
+	}}
+	out=$(patchbay unload 2>&1) ||
+		{{ pb_value candidate "$label fail unload: $(echo "$out" | tail -n 2 | tr '\n' ' ')"; return; }}
+	restore_modules
+	why=$(check_kernel) || {{ pb_value candidate "$label fail $why"; return; }}
+	pb_value candidate "$label ok"
+}}
+"#,
+        smoke_modules = SMOKE_MODULES.join(" "),
+        modules = modules.join(" "),
+        stress = stress_seconds,
+        bad = BAD_LOG,
+        allowed = ALLOWED_TAINT,
+    );
+    for c in candidates {
+        let _ = writeln!(s, "try {}", c.label);
+    }
+    s
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VerifyError {
+    let path = path.to_path_buf();
+    move |source| VerifyError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// A fresh 64 MiB ext4 image for the smoke run's disk I/O.
+fn ext4_disk(path: &Path) -> Result<(), VerifyError> {
+    let file = std::fs::File::create(path).map_err(io("create", path))?;
+    file.set_len(64 << 20).map_err(io("size", path))?;
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(path)
+        .output()
+        .map_err(|e| VerifyError::Mkfs(e.to_string()))?;
+    if !out.status.success() {
+        return Err(VerifyError::Mkfs(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Tries `candidates` in the target kernel. A candidate that crashes the guest fails with the
+/// end of the console; the ones after it are tried in a new boot.
+pub fn verify(
+    kernel: &Kernel,
+    options: &VerifyOptions,
+    candidates: &[Candidate],
+    work: &Path,
+) -> Result<VerifyRun, VerifyError> {
+    if !options.agent.is_file() {
+        return Err(VerifyError::NoAgent(options.agent.clone()));
+    }
+    let started = Instant::now();
+    let mut run = VerifyRun {
+        verdicts: Vec::new(),
+        modules_loaded: Vec::new(),
+        workloads: WORKLOADS.iter().map(|w| (*w).to_owned()).collect(),
+        seconds: 0.0,
+        notes: Vec::new(),
+        serial_tail: String::new(),
+    };
+    let mut remaining: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| label_ok(&c.label))
+        .cloned()
+        .collect();
+    let mut boot = 0;
+    while !remaining.is_empty() {
+        boot += 1;
+        let mut initramfs = Initramfs::new()?;
+        initramfs.add_file("/bin/patchbay", &options.agent, 0o755)?;
+        let mut modules: Vec<&str> = SMOKE_MODULES.to_vec();
+        for c in &remaining {
+            modules.extend(c.modules.iter().map(String::as_str));
+        }
+        modules.sort_unstable();
+        modules.dedup();
+        // A module the kernel package does not have cannot be loaded (the guest reports it).
+        let present: Vec<&str> = modules
+            .into_iter()
+            .filter(|m| kernel.find_module(m).ok().flatten().is_some())
+            .collect();
+        initramfs.add_kernel_modules(kernel.modules_dir(), &present)?;
+        for c in &remaining {
+            initramfs.add_file(&format!("/bundles/{}.pbb", c.label), &c.bundle, 0o644)?;
+        }
+        initramfs.set_scenario(&script(&remaining, options.stress_seconds));
+        let cpio = work.join(format!("verify-{boot}.cpio.gz"));
+        initramfs.write(&cpio)?;
+        let disk = work.join(format!("verify-{boot}.ext4"));
+        ext4_disk(&disk)?;
+        let mut config = VmConfig::new(kernel.vmlinux(), &cpio);
+        config.cpus = 2;
+        config.disks = vec![disk.clone()];
+        // Boot, module loads, and per candidate: transition, smoke, unload.
+        let per_candidate = 60 + u64::from(options.stress_seconds) * 2;
+        config.timeout = Duration::from_secs(
+            180 + per_candidate * u64::try_from(remaining.len()).unwrap_or(u64::MAX / 1024),
+        );
+        let vm = patchbay_vm::run(&config)?;
+        // The console stays beside the work for whoever reads a failure.
+        let log = work.join(format!("verify-{boot}.log"));
+        let _ = std::fs::write(&log, &vm.serial_log);
+        let _ = std::fs::remove_file(&disk);
+        let _ = std::fs::remove_file(&cpio);
+        for m in vm.values("limitation") {
+            let note = format!(
+                "module {m} cannot be reloaded while the patch is live: this kernel lacks \
+                 upstream commit 0c05e7bd2d01 (livepatch,x86: clear relocation targets on a \
+                 module removal), so the kernel refuses the reload cleanly; unload the patch \
+                 (`patchbay unload`) before reloading {m}"
+            );
+            if !run.notes.contains(&note) {
+                run.notes.push(note);
+            }
+        }
+        for m in vm.values("module-loaded") {
+            if !run.modules_loaded.iter().any(|l| l == m) {
+                run.modules_loaded.push(m.to_owned());
+            }
+        }
+        let tail: String = {
+            let lines: Vec<&str> = vm.serial_log.lines().collect();
+            let skip = lines.len().saturating_sub(40);
+            lines.into_iter().skip(skip).collect::<Vec<_>>().join("\n")
+        };
+        run.serial_tail = tail.clone();
+        let mut decided = Vec::new();
+        for value in vm.values("candidate") {
+            let (label, rest) = value.split_once(' ').unwrap_or((value, ""));
+            let verdict = if rest == "ok" {
+                Verdict::Passed
+            } else {
+                Verdict::Failed(rest.strip_prefix("fail ").unwrap_or(rest).to_owned())
+            };
+            decided.push(label.to_owned());
+            run.verdicts.push((label.to_owned(), verdict));
+        }
+        // A candidate that started but never reported took the guest down.
+        let started_labels = vm.values("candidate-start");
+        if let Some(crashed) = started_labels
+            .iter()
+            .find(|l| !decided.iter().any(|d| d == *l))
+        {
+            let why = match vm.exit {
+                VmExit::Completed => "the guest script stopped".to_owned(),
+                other => other.describe(),
+            };
+            let last: Vec<&str> = tail.lines().rev().take(3).collect();
+            run.verdicts.push((
+                (*crashed).to_owned(),
+                Verdict::Failed(format!(
+                    "{why} while it was live; console: {}",
+                    last.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                )),
+            ));
+            decided.push((*crashed).to_owned());
+        }
+        let before = remaining.len();
+        remaining.retain(|c| !decided.contains(&c.label));
+        if remaining.len() == before {
+            // Nothing was decided: the guest never got to the candidates.
+            for c in remaining.drain(..) {
+                run.verdicts.push((
+                    c.label,
+                    Verdict::Failed(format!(
+                        "the verification guest did not reach the patch ({}); console: {}",
+                        vm.exit.describe(),
+                        tail.lines().last().unwrap_or("")
+                    )),
+                ));
+            }
+        }
+    }
+    run.seconds = started.elapsed().as_secs_f64();
+    Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn the_script_tries_each_candidate_and_loads_their_modules_once() {
+        let c = |label: &str, modules: &[&str]| Candidate {
+            label: label.to_owned(),
+            bundle: PathBuf::from("/x"),
+            modules: modules.iter().map(|m| (*m).to_owned()).collect(),
+        };
+        let s = script(
+            &[c("group-1", &["ext4", "nfsd"]), c("group-2", &["nfsd"])],
+            7,
+        );
+        assert!(s.contains("for m in ext4 nfsd; do"), "{s}");
+        assert!(s.contains("try group-1\ntry group-2\n"), "{s}");
+        assert!(s.contains("+ 7 ))"), "stress time used: {s}");
+        assert!(label_ok("group-12") && !label_ok("a b") && !label_ok(""));
+    }
+}

@@ -1,0 +1,243 @@
+//! `patchbay-build upgrade` end to end on a small real window: the oldest Debian kernel apt
+//! offers brought up to the next newer `linux-source-6.1`, a handful of its real CVEs cut from
+//! the two source trees, plus one operator patch that makes the kernel warn under the smoke
+//! workload. The bundle is built, verified in QEMU (the breaking group is found, dropped and
+//! named; the bundle is rebuilt and passes), published with its report; then an agent in QEMU
+//! picks the level up and `patchbay status` lists the patched CVEs as fixed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::path::Path;
+use std::process::Command;
+
+use patchbay_build::upgrade::select::{self, Selection};
+use patchbay_core::{CveId, CveStatus, UpgradeReport};
+use patchbay_e2e::{agent_binary, assert_checks, release_binary, Guest, Linking, ServerProcess};
+use patchbay_exposure::version::UpstreamVersion;
+use patchbay_kernels::Kernel;
+use patchbay_vm::Network;
+
+const GUEST_PORT: u16 = 8080;
+
+/// The oldest kernel apt offers that has a newer source, and the next newer upstream version:
+/// the smallest real window (resolved from apt now, never hard-coded).
+fn smallest_window() -> (Kernel, UpstreamVersion) {
+    let kernels = patchbay_kernels::available_kernels().unwrap();
+    let sources: Vec<UpstreamVersion> = patchbay_kernels::source_versions()
+        .unwrap()
+        .iter()
+        .filter_map(|s| patchbay_kernels::upstream_version_of(s).ok())
+        .filter_map(|u| u.parse().ok())
+        .collect();
+    for k in &kernels {
+        let from: UpstreamVersion = k.upstream_version.parse().unwrap();
+        if let Some(next) = sources.iter().filter(|s| **s > from).min() {
+            return (patchbay_kernels::fetch(k).unwrap(), *next);
+        }
+    }
+    panic!("apt offers no kernel older than a linux-source-6.1: {kernels:?} / {sources:?}");
+}
+
+/// An operator's patch for `fs/sync.c` that warns on every `sync` (the smoke run syncs).
+fn warning_patch(kernel: &Kernel, out: &Path) {
+    let tree = kernel.source_tree().unwrap();
+    let original = std::fs::read_to_string(tree.dir().join("fs/sync.c")).unwrap();
+    let anchor = "void ksys_sync(void)\n{\n";
+    assert!(original.contains(anchor), "fs/sync.c has ksys_sync");
+    let patched = original.replacen(anchor, &format!("{anchor}\tWARN_ON_ONCE(1);\n"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::write(&a, original).unwrap();
+    std::fs::write(&b, patched).unwrap();
+    let diff = Command::new("diff")
+        .args(["-u", "--label", "a/fs/sync.c", "--label", "b/fs/sync.c"])
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert_eq!(diff.status.code(), Some(1), "the patch differs");
+    std::fs::write(out, diff.stdout).unwrap();
+}
+
+#[test]
+fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
+    let (kernel, to) = smallest_window();
+    let from: UpstreamVersion = kernel.upstream_version().parse().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let path = |name: &str| work.path().join(name);
+
+    // A handful of the window's real CVEs: one .c file each, in core subsystems; one more id
+    // stands for the operator's breaking patch.
+    let db = patchbay_exposure::snapshot::embedded().unwrap();
+    let window = select::select(
+        &db,
+        &Selection {
+            from,
+            to,
+            min_cvss: 7.0,
+            only: &[],
+        },
+    )
+    .unwrap();
+    let simple: Vec<&select::SelectedCve> = window
+        .iter()
+        .filter(|c| {
+            c.files.len() == 1
+                && c.files[0].ends_with(".c")
+                && ["fs/", "net/", "kernel/", "mm/"]
+                    .iter()
+                    .any(|p| c.files[0].starts_with(p))
+                && c.files[0] != "fs/sync.c"
+        })
+        .collect();
+    assert!(
+        simple.len() >= 4,
+        "window {from} → {to} too small: {window:?}"
+    );
+    let real: Vec<CveId> = simple[..3].iter().map(|c| c.id.clone()).collect();
+    let breaking = simple[3].id.clone();
+    let patches = path("patches");
+    std::fs::create_dir(&patches).unwrap();
+    warning_patch(&kernel, &patches.join(format!("{breaking}.patch")));
+
+    let mut server = ServerProcess::start(&path("server")).unwrap();
+    let builder = release_binary(
+        "patchbay-build",
+        "patchbay-build",
+        "builder",
+        Linking::Dynamic,
+    )
+    .unwrap();
+    let agent = agent_binary().unwrap();
+    let cves: Vec<&str> = real.iter().chain([&breaking]).map(CveId::as_str).collect();
+    let out = Command::new(&builder)
+        .arg("upgrade")
+        .arg("--kernel")
+        .arg(kernel.dir())
+        .args(["--to", &to.to_string(), "--cves", &cves.join(",")])
+        .arg("--patches")
+        .arg(&patches)
+        .arg("--agent")
+        .arg(&agent)
+        .args(["--stress-seconds", "5", "--publish"])
+        .args(["--server", &server.url, "--token", &server.admin_token])
+        .arg("--report")
+        .arg(path("report.json"))
+        .arg("-o")
+        .arg(path("level.pbb"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "upgrade failed:\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    let report = UpgradeReport::parse(&std::fs::read(path("report.json")).unwrap()).unwrap();
+    let context = format!("report:\n{stdout}\n--- progress:\n{stderr}");
+
+    // The breaking group was found in QEMU, dropped and named.
+    let verification = report.verification.as_ref().expect("verified");
+    assert!(verification.passed, "{context}");
+    assert!(
+        verification
+            .dropped_groups
+            .iter()
+            .any(|d| d.cves.contains(&breaking) && d.reason.contains("WARNING")),
+        "the warning patch's group is dropped with the kernel's warning: {context}"
+    );
+    let broken = report.cves.iter().find(|c| c.cve == breaking).unwrap();
+    assert_eq!(broken.status, CveStatus::NotPatchable, "{context}");
+    assert_eq!(
+        broken.category.as_deref(),
+        Some("verification-failed"),
+        "{context}"
+    );
+
+    // The real CVEs each have an outcome with a reason; at least one is patched.
+    let patched: Vec<CveId> = report
+        .with_status(CveStatus::Patched)
+        .map(|c| c.cve.clone())
+        .collect();
+    assert!(!patched.is_empty(), "no real CVE was patched: {context}");
+    for c in &report.cves {
+        assert!(
+            c.status == CveStatus::Patched || c.category.is_some() && c.reason.is_some(),
+            "{} has no category/reason: {context}",
+            c.cve
+        );
+        if c.status == CveStatus::Patched {
+            assert!(!c.functions.is_empty(), "{}: {context}", c.cve);
+        }
+    }
+    let bundle = patchbay_core::Bundle::read(&path("level.pbb")).unwrap();
+    let mut fixes = bundle.manifest.fixes.clone();
+    fixes.sort();
+    assert_eq!(
+        fixes, patched,
+        "the manifest lists exactly the patched CVEs"
+    );
+    assert!(stdout.contains("published level 1"), "{context}");
+
+    // The report is attached to the published level.
+    let attached = server
+        .admin(
+            "GET",
+            &format!("kernels/{}/levels/1/report", kernel.build_id()),
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        attached["cves"].as_array().map(Vec::len),
+        Some(report.cves.len()),
+        "{attached}"
+    );
+
+    // An agent on that kernel picks the level up; `patchbay status` lists the fixes.
+    server
+        .admin(
+            "POST",
+            "channels/production/promote",
+            Some(serde_json::json!({"build_id": kernel.build_id(), "level": 1})),
+        )
+        .unwrap();
+    let expect_fixed: Vec<String> = patched
+        .iter()
+        .map(|c| {
+            format!(
+                "pb_expect_contains fixed-{0} /tmp/status \"{0}\"",
+                c.as_str()
+            )
+        })
+        .collect();
+    let script = format!(
+        ". /lib/pb.sh\nexport PATCHBAY_STATE_DIR=/var/lib/patchbay\nmkdir -p $PATCHBAY_STATE_DIR\n\
+         pb_check net-up pb_net_up\n\
+         pb_check register patchbay register --server http://{}:{GUEST_PORT} --key {}\n\
+         pb_check update patchbay update\n\
+         patchbay status >/tmp/status 2>&1; cat /tmp/status\n\
+         pb_expect_contains level-1 /tmp/status \"1 (module pb_\"\n{}\n",
+        patchbay_vm::GUEST_SERVER_IP,
+        server.registration_key,
+        expect_fixed.join("\n")
+    );
+    let mut guest = Guest::new().unwrap();
+    guest
+        .modules(&kernel, &["virtio_pci", "virtio_net"])
+        .unwrap();
+    guest.network = Network::ForwardToHost {
+        guest_port: GUEST_PORT,
+        host_port: server.port,
+    };
+    let run = guest
+        .run_script(&kernel, "upgrade-agent", &script, work.path())
+        .unwrap();
+    let mut expected = vec!["net-up", "register", "update", "level-1"];
+    let names: Vec<String> = patched
+        .iter()
+        .map(|c| format!("fixed-{}", c.as_str()))
+        .collect();
+    expected.extend(names.iter().map(String::as_str));
+    assert_checks(&run, &expected);
+    server.stop();
+}
