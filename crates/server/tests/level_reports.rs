@@ -3,8 +3,6 @@
 //! dashboard's report page (every value escaped).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::process::Command;
-
 use patchbay_core::report::{
     CveOutcome, CveStatus, DroppedGroup, ReportModule, UpgradeReport, Verification,
     REPORT_MAX_BYTES,
@@ -303,15 +301,7 @@ fn the_dashboard_shows_a_levels_report_escaped() {
         Some(Body::Json(as_json(&report(1)))),
     );
     assert_eq!(status, 201, "{v}");
-    let out = Command::new(bin())
-        .args([
-            "user", "add", "--name", "vera", "--role", "viewer", "--data",
-        ])
-        .arg(&s.data)
-        .env("PATCHBAY_PASSWORD", "viewer-password")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    add_user(&s, "vera", "viewer", "viewer-password");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -321,15 +311,7 @@ fn the_dashboard_shows_a_levels_report_escaped() {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        let r = ui_login(&client, &s.url, "vera", "viewer-password").await;
-        assert_eq!(r.status(), 303, "login");
-        let session = r.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
+        let session = ui_session(&client, &s.url, "vera", "viewer-password").await;
         let get = |path: String| {
             let (client, session, base) = (&client, &session, &s.url);
             async move {
