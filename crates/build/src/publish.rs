@@ -1,4 +1,5 @@
-//! Uploading a bundle to a Patchbay server (`POST /api/v1/bundles`, admin token).
+//! Uploading a bundle to a Patchbay server (`POST /api/v1/bundles`, operator or admin token),
+//! and attaching the upgrade report of a published level to it ([`attach_report`]).
 //!
 //! The bundle is verified locally first, so a damaged file never leaves the machine; the server
 //! checks it again (level N+1, manifest against module, livepatch for that kernel) and stores
@@ -7,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use patchbay_core::{Bundle, BundleError};
+use patchbay_core::{Bundle, BundleError, UpgradeReport};
 use serde::Deserialize;
 
 /// What the server answers to a successful publish.
@@ -31,8 +32,14 @@ pub enum PublishError {
     Url { url: String, reason: String },
     #[error("cannot reach the server at {url}: {source}; check --server and that `patchbay-server serve` runs")]
     Connect { url: String, source: reqwest::Error },
-    #[error("the server refused the bundle ({status}): {message}")]
-    Refused { status: u16, message: String },
+    #[error("the server refused the {what} ({status}): {message}")]
+    Refused {
+        what: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("cannot encode the upgrade report: {0}")]
+    Encode(serde_json::Error),
     #[error("the server answered {status} with a body that is not a publish receipt: {body}")]
     BadReply { status: u16, body: String },
 }
@@ -48,6 +55,52 @@ pub async fn publish(
         path: bundle_path.display().to_string(),
         source,
     })?;
+    let (status, body) = post(
+        server,
+        token,
+        "api/v1/bundles",
+        "application/octet-stream",
+        bytes,
+        "bundle",
+    )
+    .await?;
+    serde_json::from_slice(&body).map_err(|_| PublishError::BadReply {
+        status,
+        body: shown(&body),
+    })
+}
+
+/// Attaches `report` to the level it names (`POST /api/v1/kernels/{build_id}/levels/{level}/
+/// report`, replacing an earlier report of that level). The level must be published first.
+pub async fn attach_report(
+    server: &str,
+    token: &str,
+    report: &UpgradeReport,
+) -> Result<(), PublishError> {
+    let bytes = serde_json::to_vec(report).map_err(PublishError::Encode)?;
+    let path = format!(
+        "api/v1/kernels/{}/levels/{}/report",
+        report.build_id, report.level
+    );
+    post(server, token, &path, "application/json", bytes, "report").await?;
+    Ok(())
+}
+
+/// At most 2000 bytes of a reply, as text.
+fn shown(body: &[u8]) -> String {
+    String::from_utf8_lossy(body.get(..2000).unwrap_or(body)).into_owned()
+}
+
+/// POSTs `bytes` to `path` under `server`; the status and body of a 2xx reply, else the
+/// server's JSON error message as [`PublishError::Refused`] (`what` names the upload).
+async fn post(
+    server: &str,
+    token: &str,
+    path: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+    what: &'static str,
+) -> Result<(u16, Vec<u8>), PublishError> {
     let base = url::Url::parse(server).map_err(|e| PublishError::Url {
         url: server.to_owned(),
         reason: e.to_string(),
@@ -58,37 +111,28 @@ pub async fn publish(
             reason: "the scheme must be http or https".into(),
         });
     }
-    let endpoint = base.join("api/v1/bundles").map_err(|e| PublishError::Url {
+    let endpoint = base.join(path).map_err(|e| PublishError::Url {
         url: server.to_owned(),
         reason: e.to_string(),
     })?;
+    let connect = |source| PublishError::Connect {
+        url: endpoint.to_string(),
+        source,
+    };
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(300))
         .build()
-        .map_err(|source| PublishError::Connect {
-            url: endpoint.to_string(),
-            source,
-        })?;
+        .map_err(connect)?;
     let response = client
         .post(endpoint.clone())
         .bearer_auth(token)
-        .header("content-type", "application/octet-stream")
+        .header("content-type", content_type)
         .body(bytes)
         .send()
         .await
-        .map_err(|source| PublishError::Connect {
-            url: endpoint.to_string(),
-            source,
-        })?;
+        .map_err(connect)?;
     let status = response.status().as_u16();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|source| PublishError::Connect {
-            url: endpoint.to_string(),
-            source,
-        })?;
-    let shown = || String::from_utf8_lossy(body.get(..2000).unwrap_or(&body)).into_owned();
+    let body = response.bytes().await.map_err(connect)?;
     if !(200..300).contains(&status) {
         #[derive(Deserialize)]
         struct ErrorBody {
@@ -96,11 +140,99 @@ pub async fn publish(
         }
         let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|e| e.error)
-            .unwrap_or_else(|_| shown());
-        return Err(PublishError::Refused { status, message });
+            .unwrap_or_else(|_| shown(&body));
+        return Err(PublishError::Refused {
+            what,
+            status,
+            message,
+        });
     }
-    serde_json::from_slice(&body).map_err(|_| PublishError::BadReply {
-        status,
-        body: shown(),
-    })
+    Ok((status, body.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers one request with `status` and `body`; yields the request line
+    /// and the request body it got.
+    async fn one_shot(
+        status: &'static str,
+        body: &'static str,
+    ) -> (String, tokio::task::JoinHandle<(String, Vec<u8>)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let (head_end, length) = loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                    break (end + 4, length);
+                }
+            };
+            while got.len() < head_end + length {
+                let n = stream.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(reply.as_bytes()).await.unwrap();
+            let request_line = String::from_utf8_lossy(&got)
+                .lines()
+                .next()
+                .unwrap()
+                .to_owned();
+            (request_line, got[head_end..].to_vec())
+        });
+        (url, task)
+    }
+
+    fn report() -> UpgradeReport {
+        serde_json::from_value(serde_json::json!({
+            "kernel": "6.1.0-47-amd64",
+            "build_id": "0123456789abcdef0123456789abcdef01234567",
+            "from_version": "6.1.170", "to_version": "6.1.176", "fixes_from": "6.1.176-1",
+            "level": 2, "min_cvss": 7.0, "started": "2026-11-30T06:00:00Z",
+            "elapsed_seconds": 1.0, "module": null, "verification": null, "cves": []
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn attach_report_posts_to_the_level_and_surfaces_the_servers_error() {
+        let (url, request) = one_shot("201 Created", r#"{"report":true}"#).await;
+        attach_report(&url, "tok", &report()).await.unwrap();
+        let (line, body) = request.await.unwrap();
+        assert_eq!(
+            line,
+            "POST /api/v1/kernels/0123456789abcdef0123456789abcdef01234567/levels/2/report HTTP/1.1"
+        );
+        assert_eq!(UpgradeReport::parse(&body).unwrap(), report());
+
+        let (url, _request) = one_shot(
+            "404 Not Found",
+            r#"{"error":"kernel 0123 has no published level 2"}"#,
+        )
+        .await;
+        let e = attach_report(&url, "tok", &report()).await.unwrap_err();
+        assert!(
+            matches!(&e, PublishError::Refused { status: 404, .. })
+                && e.to_string()
+                    == "the server refused the report (404): kernel 0123 has no published level 2",
+            "{e:?}: {e}"
+        );
+    }
 }

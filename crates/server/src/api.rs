@@ -116,6 +116,12 @@ pub(crate) fn level(n: u32) -> Result<PatchLevel, ServerError> {
     PatchLevel::try_from(n).map_err(|e| ServerError::BadRequest(e.to_string()))
 }
 
+/// A level named in a path (`…/levels/{level}/…`).
+pub(crate) fn level_in_path(text: &str) -> Result<PatchLevel, ServerError> {
+    text.parse()
+        .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(format!("level: {e}")))
+}
+
 pub fn router(service: Arc<Service>) -> Router {
     let max_json = usize::try_from(service.config.limits.max_json_bytes).unwrap_or(usize::MAX);
     let max_bundle = usize::try_from(service.config.limits.max_bundle_bytes).unwrap_or(usize::MAX);
@@ -127,6 +133,12 @@ pub fn router(service: Arc<Service>) -> Router {
             post(publish).layer(DefaultBodyLimit::max(max_bundle)),
         )
         .route("/kernels", get(kernels))
+        .route(
+            "/kernels/{build_id}/levels/{level}/report",
+            get(report).post(attach_report).layer(DefaultBodyLimit::max(
+                patchbay_core::report::REPORT_MAX_BYTES,
+            )),
+        )
         .route("/channels", get(channels).post(create_channel))
         .route("/channels/{name}", get(channel))
         .route("/channels/{name}/promote", post(promote))
@@ -245,6 +257,20 @@ async fn checkin(
     ))
 }
 
+/// A raw request body, or our JSON error: 413 saying `too_large`, else 400.
+fn upload(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    too_large: impl FnOnce() -> String,
+) -> Result<Bytes, ServerError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServerError::TooLarge(too_large())
+        } else {
+            ServerError::BadRequest(r.body_text())
+        }
+    })
+}
+
 async fn publish(
     State(service): State<AppState>,
     Api(caller): Api,
@@ -252,15 +278,11 @@ async fn publish(
 ) -> Result<Response, ServerError> {
     caller.require(Role::Operator, "publishing a level")?;
     let actor = caller.actor.as_str();
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ServerError::TooLarge(format!(
-                "the bundle is larger than limits.max_bundle_bytes ({} bytes)",
-                service.config.limits.max_bundle_bytes
-            ))
-        } else {
-            ServerError::BadRequest(r.body_text())
-        }
+    let body = upload(body, || {
+        format!(
+            "the bundle is larger than limits.max_bundle_bytes ({} bytes)",
+            service.config.limits.max_bundle_bytes
+        )
     })?;
     let receipt = service.publish_bundle(actor, body).await?;
     Ok((StatusCode::CREATED, Json(receipt)).into_response())
@@ -273,6 +295,41 @@ async fn kernels(
     caller.require(Role::Viewer, "listing kernels")?;
     Ok(Json(
         serde_json::json!({ "kernels": service.kernels().await? }),
+    ))
+}
+
+async fn attach_report(
+    State(service): State<AppState>,
+    Api(caller): Api,
+    Path((id, n)): Path<(String, String)>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ServerError> {
+    caller.require(Role::Operator, "attaching an upgrade report")?;
+    let (id, n) = (build_id(&id)?, level_in_path(&n)?);
+    let body = upload(body, || {
+        format!(
+            "the upgrade report is larger than the {} bytes a server accepts",
+            patchbay_core::report::REPORT_MAX_BYTES
+        )
+    })?;
+    service
+        .attach_report(&caller.actor, &id, n, body.as_ref())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "build_id": id, "level": n, "report": true })),
+    )
+        .into_response())
+}
+
+async fn report(
+    State(service): State<AppState>,
+    Api(caller): Api,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<Json<patchbay_core::UpgradeReport>, ServerError> {
+    caller.require(Role::Viewer, "reading an upgrade report")?;
+    Ok(Json(
+        service.report(&build_id(&id)?, level_in_path(&n)?).await?,
     ))
 }
 

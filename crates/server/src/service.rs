@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object::{Object, ObjectSection};
 use patchbay_core::{
-    bundle_target_name, BuildId, Bundle, ChannelDoc, ChannelName, HostSeed, KernelRelease,
-    KernelRollout, PatchLevel, Wave,
+    bundle_target_name, BuildId, Bundle, ChannelDoc, ChannelName, CveStatus, HostSeed,
+    KernelRelease, KernelRollout, PatchLevel, UpgradeReport, Wave,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -133,6 +133,8 @@ pub struct LevelSummary {
     pub length: u64,
     pub fixes: serde_json::Value,
     pub published_at: i64,
+    /// Whether an upgrade report is attached (`GET …/levels/{level}/report`).
+    pub report: bool,
 }
 
 #[derive(Debug)]
@@ -815,6 +817,8 @@ impl Service {
     }
 
     pub async fn kernels(&self) -> Result<Vec<KernelSummary>, ServerError> {
+        let reported: std::collections::BTreeSet<(BuildId, PatchLevel)> =
+            self.store.reported_levels().await?.into_iter().collect();
         let mut kernels: BTreeMap<BuildId, KernelSummary> = BTreeMap::new();
         for level in self.store.levels().await? {
             let entry = kernels
@@ -835,9 +839,123 @@ impl Service {
                     .cloned()
                     .unwrap_or(serde_json::Value::Null),
                 published_at: level.published_at,
+                report: reported.contains(&(level.build_id.clone(), level.level)),
             });
         }
         Ok(kernels.into_values().collect())
+    }
+
+    /// The published level `level` of `build_id`, or a 404 that says how to find them.
+    pub async fn level(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<LevelRecord, ServerError> {
+        self.store
+            .levels_of(build_id)
+            .await?
+            .into_iter()
+            .find(|l| l.level == level)
+            .ok_or_else(|| {
+                ServerError::NotFound(format!(
+                    "kernel {build_id} has no published level {level}; GET /api/v1/kernels \
+                     lists the levels (publish the bundle first, then attach its report)"
+                ))
+            })
+    }
+
+    /// `POST …/levels/{level}/report`: attaches the upgrade report `patchbay-build upgrade`
+    /// wrote for a published level, replacing an earlier one. The report is not signed
+    /// content (hosts never see it), so the targets role is not signed again; the change runs
+    /// under the mutation lock like every other and is audited.
+    pub async fn attach_report(
+        &self,
+        actor: &str,
+        build_id: &BuildId,
+        level: PatchLevel,
+        bytes: &[u8],
+    ) -> Result<(), ServerError> {
+        self.refuse_if_mirror()?;
+        if bytes.len() > patchbay_core::report::REPORT_MAX_BYTES {
+            return Err(ServerError::TooLarge(format!(
+                "the upgrade report is {} bytes, more than the {} a server accepts",
+                bytes.len(),
+                patchbay_core::report::REPORT_MAX_BYTES
+            )));
+        }
+        let report = UpgradeReport::parse(bytes).map_err(|e| {
+            ServerError::BadRequest(format!(
+                "the body is not an upgrade report: {e} (send the JSON report \
+                 `patchbay-build upgrade` wrote, unchanged)"
+            ))
+        })?;
+        if report.build_id != *build_id || report.level != level {
+            return Err(ServerError::Unprocessable(format!(
+                "the report is for level {} of kernel {}, the path names level {level} of {build_id}; \
+                 post it to /api/v1/kernels/{}/levels/{}/report",
+                report.level, report.build_id, report.build_id, report.level
+            )));
+        }
+        let _guard = self.lock_mutations().await?;
+        let record = self.level(build_id, level).await?;
+        if record.kernel_release != report.kernel.as_str() {
+            return Err(ServerError::Unprocessable(format!(
+                "the report names kernel {}, level {level} of {build_id} was published for {}",
+                report.kernel, record.kernel_release
+            )));
+        }
+        let published_module = record
+            .manifest
+            .get("module")
+            .and_then(|m| m.get("sha256"))
+            .and_then(|s| s.as_str());
+        if let (Some(module), Some(published)) = (&report.module, published_module) {
+            if module.sha256.as_str() != published {
+                return Err(ServerError::Unprocessable(format!(
+                    "the report describes module {} with sha256 {}, level {level} of {build_id} \
+                     holds a module with sha256 {published}: it is the report of another build",
+                    module.name, module.sha256
+                )));
+            }
+        }
+        let replaced = self
+            .store
+            .put_report(build_id, level, &report, now())
+            .await?;
+        let count = |status| report.with_status(status).count();
+        let detail = format!(
+            "attached the upgrade report of level {level} of {} ({build_id}): {} patched, {} \
+             partial, {} not patchable, {} not applicable{}",
+            record.kernel_release,
+            count(CveStatus::Patched),
+            count(CveStatus::Partial),
+            count(CveStatus::NotPatchable),
+            count(CveStatus::NotApplicable),
+            if replaced {
+                " (replaced an earlier one)"
+            } else {
+                ""
+            }
+        );
+        self.store
+            .audit(now(), actor, "report", &detail, None)
+            .await
+    }
+
+    /// The upgrade report attached to a level, or a 404 that says what is missing.
+    pub async fn report(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<UpgradeReport, ServerError> {
+        if let Some(report) = self.store.report(build_id, level).await? {
+            return Ok(report);
+        }
+        self.level(build_id, level).await?;
+        Err(ServerError::NotFound(format!(
+            "level {level} of kernel {build_id} has no upgrade report; POST the one \
+             `patchbay-build upgrade` wrote to /api/v1/kernels/{build_id}/levels/{level}/report"
+        )))
     }
 
     pub async fn create_channel(&self, actor: &str, name: &str) -> Result<ChannelDoc, ServerError> {

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use patchbay_core::{BuildId, ChannelName, HostSeed, KernelRollout, PatchLevel, Wave};
+use patchbay_core::{
+    BuildId, ChannelName, HostSeed, KernelRollout, PatchLevel, UpgradeReport, Wave,
+};
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -215,6 +217,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn levels(&self) -> Result<Vec<LevelRecord>, ServerError>;
     /// The published levels of one kernel build.
     async fn levels_of(&self, build_id: &BuildId) -> Result<Vec<LevelRecord>, ServerError>;
+    /// Stores the upgrade report of a published level, replacing an earlier one; whether
+    /// there was one.
+    async fn put_report(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+        report: &UpgradeReport,
+        at: i64,
+    ) -> Result<bool, ServerError>;
+    /// The upgrade report attached to a level, if any.
+    async fn report(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<Option<UpgradeReport>, ServerError>;
+    /// The levels that carry an upgrade report.
+    async fn reported_levels(&self) -> Result<Vec<(BuildId, PatchLevel)>, ServerError>;
 
     async fn add_host(&self, host: &HostRecord) -> Result<(), ServerError>;
     async fn host_by_token(&self, token_hash: &str) -> Result<Option<HostRecord>, ServerError>;
@@ -284,6 +303,16 @@ CREATE TABLE IF NOT EXISTS levels (
     manifest TEXT NOT NULL,
     published_at BIGINT NOT NULL,
     PRIMARY KEY (build_id, level)
+);
+-- Added with upgrade reports: created in an existing database at its next open, like every
+-- table here (the schema is applied at each start; `IF NOT EXISTS` is the migration).
+CREATE TABLE IF NOT EXISTS level_reports (
+    build_id TEXT NOT NULL,
+    level BIGINT NOT NULL,
+    report TEXT NOT NULL,
+    attached_at BIGINT NOT NULL,
+    PRIMARY KEY (build_id, level),
+    FOREIGN KEY (build_id, level) REFERENCES levels(build_id, level)
 );
 CREATE TABLE IF NOT EXISTS rollouts (
     channel TEXT NOT NULL REFERENCES channels(name),
@@ -947,12 +976,80 @@ impl Store for SqliteStore {
     }
 
     async fn remove_level(&self, build_id: &BuildId, level: PatchLevel) -> Result<(), ServerError> {
-        sqlx::query("DELETE FROM levels WHERE build_id = $1 AND level = $2")
+        let mut tx = self.pool.begin().await?;
+        for statement in [
+            "DELETE FROM level_reports WHERE build_id = $1 AND level = $2",
+            "DELETE FROM levels WHERE build_id = $1 AND level = $2",
+        ] {
+            sqlx::query(statement)
+                .bind(build_id.as_str())
+                .bind(i64::from(level.get()))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_report(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+        report: &UpgradeReport,
+        at: i64,
+    ) -> Result<bool, ServerError> {
+        let json = serde_json::to_string(report).map_err(|e| corrupt("upgrade report", e))?;
+        let mut tx = self.pool.begin().await?;
+        let replaced = sqlx::query("DELETE FROM level_reports WHERE build_id = $1 AND level = $2")
             .bind(build_id.as_str())
             .bind(i64::from(level.get()))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        sqlx::query(
+            "INSERT INTO level_reports (build_id, level, report, attached_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(build_id.as_str())
+        .bind(i64::from(level.get()))
+        .bind(json)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(replaced)
+    }
+
+    async fn report(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<Option<UpgradeReport>, ServerError> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT report FROM level_reports WHERE build_id = $1 AND level = $2",
+        )
+        .bind(build_id.as_str())
+        .bind(i64::from(level.get()))
+        .fetch_optional(&self.pool)
+        .await?;
+        text.map(|t| UpgradeReport::parse(t.as_bytes()).map_err(|e| corrupt("upgrade report", e)))
+            .transpose()
+    }
+
+    async fn reported_levels(&self) -> Result<Vec<(BuildId, PatchLevel)>, ServerError> {
+        let rows =
+            sqlx::query("SELECT build_id, level FROM level_reports ORDER BY build_id, level")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    parse("report build-id", row.try_get::<&str, _>("build_id")?)?,
+                    level_from("report level", row.try_get("level")?)?,
+                ))
+            })
+            .collect()
     }
 
     async fn levels(&self) -> Result<Vec<LevelRecord>, ServerError> {

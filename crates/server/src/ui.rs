@@ -36,6 +36,10 @@ pub fn router() -> Router<AppState> {
         .route("/hosts/{id}", get(host))
         .route("/kernels", get(kernels))
         .route("/kernels/{build_id}/{level}", get(level_page))
+        .route(
+            "/kernels/{build_id}/levels/{level}/report",
+            get(report_page),
+        )
         .route("/channels", get(channels))
         .route("/channels/{name}", get(channel))
         .route("/channels/{name}/confirm", get(confirm))
@@ -663,13 +667,14 @@ async fn kernels(State(service): State<AppState>, user: UiUser) -> PageResult {
                 h2 { (k.kernel_release) " (upstream " (k.upstream_version) ")" }
                 p { code { (k.build_id) } }
                 table {
-                    tr { th { "Level" } th { "Fixes" } th { "Size" } th { "Published" } }
+                    tr { th { "Level" } th { "Fixes" } th { "Size" } th { "Published" } th { "Upgrade report" } }
                     @for l in &k.levels {
                         tr {
                             td { a href={"/ui/kernels/" (k.build_id) "/" (l.level)} { "level " (l.level) } }
                             td { (l.fixes.as_array().map(|a| a.iter().filter_map(|c| c.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
                             td { (l.length) " bytes" }
                             td { (when(l.published_at)) }
+                            td { @if l.report { a.report href=(report_href(&k.build_id, l.level)) { "report" } } }
                         }
                     }
                 }
@@ -690,6 +695,11 @@ async fn level_page(
         .into_iter()
         .find(|l| l.build_id.as_str() == build_id && l.level.get() == level)
         .ok_or_else(|| ServerError::NotFound(format!("no level {level} of kernel {build_id}")))?;
+    let has_report = service
+        .store
+        .reported_levels()
+        .await?
+        .contains(&(record.build_id.clone(), record.level));
     let m = &record.manifest;
     let list = |key: &str| -> Vec<serde_json::Value> {
         m.get(key)
@@ -703,6 +713,7 @@ async fn level_page(
         html! {
             h1 { "Level " (record.level) " of " (record.kernel_release) }
             p { "Build-id " code { (record.build_id) } ", sha256 " code { (record.sha256) } }
+            @if has_report { p { a.report href=(report_href(&record.build_id, record.level)) { "Upgrade report" } } }
             h2 { "Fixes" }
             ul #fixes { @for c in list("fixes") { li { (c.as_str().unwrap_or("?")) } } }
             h2 { "Replaced functions" }
@@ -715,6 +726,123 @@ async fn level_page(
                         td { (f.get("sympos").and_then(|v| v.as_u64()).unwrap_or(0)) }
                     }
                 }
+            }
+        },
+    ))
+}
+
+fn report_href(build_id: &patchbay_core::BuildId, level: PatchLevel) -> String {
+    format!("/ui/kernels/{build_id}/levels/{level}/report")
+}
+
+fn score(score: Option<f64>) -> String {
+    score.map_or_else(|| "–".to_owned(), |s| format!("{s:.1}"))
+}
+
+fn seconds(secs: f64) -> String {
+    if secs >= 60.0 {
+        let whole = secs.round();
+        format!("{:.0} min {:.0} s", (whole / 60.0).floor(), whole % 60.0)
+    } else {
+        format!("{secs:.1} s")
+    }
+}
+
+/// What `patchbay-build upgrade` did with each CVE of the level's window.
+async fn report_page(
+    State(service): State<AppState>,
+    user: UiUser,
+    Path((id, n)): Path<(String, String)>,
+) -> PageResult {
+    use patchbay_core::CveStatus;
+    let (id, n) = (build_id(&id)?, crate::api::level_in_path(&n)?);
+    let r = service.report(&id, n).await?;
+    let of = |status| r.with_status(status).collect::<Vec<_>>();
+    let (patched, partial, not_patchable, not_applicable) = (
+        of(CveStatus::Patched),
+        of(CveStatus::Partial),
+        of(CveStatus::NotPatchable),
+        of(CveStatus::NotApplicable),
+    );
+    let text = |o: &Option<String>| o.clone().unwrap_or_else(|| "–".to_owned());
+    Ok(page(
+        Some(&user),
+        "Upgrade report",
+        html! {
+            h1 { "Upgrade report: level " (r.level) " of " (r.kernel) }
+            table #summary {
+                tr { th { "Build-id" } td { code { (r.build_id) } } }
+                tr { th { "Upstream" } td #versions { (r.from_version) " → " (r.to_version) } }
+                tr { th { "Fixes taken from" } td { (r.fixes_from) } }
+                tr { th { "CVEs selected" } td { "CVSS ≥ " (format!("{:.1}", r.min_cvss)) } }
+                tr { th { "Run" } td #run { "started " (r.started) ", took " (seconds(r.elapsed_seconds)) } }
+                tr { th { "Module" } td { @if let Some(m) = &r.module {
+                    code { (m.name) } " (" (m.size) " bytes, sha256 " code { (m.sha256) } ")" } @else { "none built" } } }
+                tr { th { "Level" } td { a href={"/ui/kernels/" (r.build_id) "/" (r.level)} { "level " (r.level) } } }
+            }
+            div.cards #counts {
+                div.card #count-patched { b { (patched.len()) } "patched" }
+                div.card #count-partial { b { (partial.len()) } "partial" }
+                div.card #count-not-patchable { b { (not_patchable.len()) } "not patchable" }
+                div.card #count-not-applicable { b { (not_applicable.len()) } "not applicable" }
+            }
+            h2 { "Closed by this level" }
+            @if patched.is_empty() { p { "None." } } @else {
+                table #patched {
+                    tr { th { "CVE" } th { "Score" } th { "Title" } th { "Functions replaced" } }
+                    @for c in &patched {
+                        tr { td { (c.cve) } td { (score(c.score)) } td { (c.title) } td { code { (c.functions.join(", ")) } } }
+                    }
+                }
+            }
+            @if !partial.is_empty() {
+                h2 { "Partly patched" }
+                p { "The runtime part is live; the rest of the fix is not (these CVEs are not in the level's fixes)." }
+                table #partial {
+                    tr { th { "CVE" } th { "Score" } th { "Title" } th { "Functions replaced" } th { "Why partial" } }
+                    @for c in &partial {
+                        tr { td { (c.cve) } td { (score(c.score)) } td { (c.title) } td { code { (c.functions.join(", ")) } }
+                             td { @if let Some(cat) = &c.category { code { (cat) } ": " } (text(&c.reason)) } }
+                    }
+                }
+            }
+            h2 { "Not patchable" }
+            @if not_patchable.is_empty() { p { "None." } } @else {
+                table #not-patchable {
+                    tr { th { "CVE" } th { "Score" } th { "Title" } th { "Category" } th { "Reason" } }
+                    @for c in &not_patchable {
+                        tr { td { (c.cve) } td { (score(c.score)) } td { (c.title) } td { code { (text(&c.category)) } } td { (text(&c.reason)) } }
+                    }
+                }
+            }
+            h2 { "Not applicable to this kernel" }
+            @if not_applicable.is_empty() { p { "None." } } @else {
+                table #not-applicable {
+                    tr { th { "CVE" } th { "Score" } th { "Title" } th { "Reason" } }
+                    @for c in &not_applicable {
+                        tr { td { (c.cve) } td { (score(c.score)) } td { (c.title) } td { (text(&c.reason)) } }
+                    }
+                }
+            }
+            h2 { "Verification" }
+            @if let Some(v) = &r.verification {
+                table #verification {
+                    tr { th { "Result" } td { @if v.passed { span.ok { "passed" } } @else { span.error { "failed" } } } }
+                    tr { th { "Modules loaded" } td { @if v.modules_loaded.is_empty() { "none" } @else { code { (v.modules_loaded.join(", ")) } } } }
+                    tr { th { "Workloads" } td { @if v.workloads.is_empty() { "none" } @else { (v.workloads.join(", ")) } } }
+                    tr { th { "Took" } td { (seconds(v.seconds)) } }
+                }
+                @if !v.dropped_groups.is_empty() {
+                    h3 { "Groups dropped because the run broke with them" }
+                    table #dropped {
+                        tr { th { "Group" } th { "CVEs" } th { "What broke" } }
+                        @for g in &v.dropped_groups {
+                            tr { td { (g.group) } td { (g.cves.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")) } td { (g.reason) } }
+                        }
+                    }
+                }
+            } @else {
+                p #verification { "The bundle was not verified in QEMU before it was offered." }
             }
         },
     ))

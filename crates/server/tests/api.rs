@@ -633,6 +633,7 @@ fn authorization_matrix_each_role_and_endpoint() {
         ("admin", s.admin.as_str()),
     ];
     let promote = json!({"build_id": BUILD_ID, "level": 1});
+    let report = format!("/api/v1/kernels/{BUILD_ID}/levels/1/report");
     let endpoints: Vec<(&str, &str, Option<Value>, &str)> = vec![
         ("GET", "/api/v1/kernels", None, "viewer"),
         ("GET", "/api/v1/channels", None, "viewer"),
@@ -644,6 +645,8 @@ fn authorization_matrix_each_role_and_endpoint() {
         ("GET", "/api/v1/cve/exposure/6.1.1", None, "viewer"),
         ("GET", "/api/v1/reports/compliance", None, "viewer"),
         ("POST", "/api/v1/bundles", None, "operator"),
+        ("GET", &report, None, "viewer"),
+        ("POST", &report, Some(json!({})), "operator"),
         (
             "POST",
             "/api/v1/channels",

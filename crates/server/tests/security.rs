@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::io::{Read, Write};
-use std::process::Command;
 
 use serde_json::json;
 
@@ -23,16 +22,6 @@ fn no_redirects() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-}
-
-fn add_user(s: &Server, name: &str, role: &str, password: &str) {
-    let out = Command::new(bin())
-        .args(["user", "add", "--name", name, "--role", role, "--data"])
-        .arg(&s.data)
-        .env("PATCHBAY_PASSWORD", password)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
 }
 
 #[test]
@@ -397,16 +386,7 @@ fn the_dashboard_revokes_tokens_keys_and_hosts_for_admins_only() {
     };
     runtime().block_on(async {
         let client = no_redirects();
-        let session = |r: &reqwest::Response| {
-            r.headers()["set-cookie"]
-                .to_str()
-                .unwrap()
-                .split(';')
-                .next()
-                .unwrap()
-                .to_owned()
-        };
-        let viewer = session(&ui_login(&client, &s.url, "vera", "viewer-password").await);
+        let viewer = ui_session(&client, &s.url, "vera", "viewer-password").await;
         let get = |path: String, cookie: String| {
             let client = client.clone();
             let url = format!("{}{path}", s.url);
@@ -421,7 +401,7 @@ fn the_dashboard_revokes_tokens_keys_and_hosts_for_admins_only() {
         };
         assert_eq!(get("/ui/access".into(), viewer.clone()).await.status(), 403);
 
-        let admin = session(&ui_login(&client, &s.url, "ada", "admin-password").await);
+        let admin = ui_session(&client, &s.url, "ada", "admin-password").await;
         let (status, access) = page_text(get("/ui/access".into(), admin.clone()).await).await;
         assert_eq!(status, 200);
         assert!(

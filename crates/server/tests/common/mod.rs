@@ -409,6 +409,36 @@ pub async fn ui_login(
         .unwrap()
 }
 
+/// Logs in to the dashboard (see [`ui_login`]) and returns the session cookie (`name=value`);
+/// fails the test when the login is refused.
+pub async fn ui_session(
+    client: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> String {
+    let r = ui_login(client, base, user, password).await;
+    assert_eq!(r.status(), 303, "login of {user} refused: {r:?}");
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Adds a dashboard user with `patchbay-server user add`.
+pub fn add_user(s: &Server, name: &str, role: &str, password: &str) {
+    let out = Command::new(bin())
+        .args(["user", "add", "--name", name, "--role", role, "--data"])
+        .arg(&s.data)
+        .env("PATCHBAY_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// A GET with a bearer token; returns the status and the body as text (CSV, metrics).
 pub fn get_text(server: &Server, path: &str, token: &str) -> (u16, String) {
     let rt = tokio::runtime::Builder::new_current_thread()
