@@ -527,6 +527,13 @@ fn run(cli: Cli) -> Result<()> {
                 let receipt = runtime
                     .block_on(patchbay_build::publish::publish(&server, &token, &output))
                     .with_context(|| format!("publish {}", output.display()))?;
+                runtime
+                    .block_on(patchbay_build::publish::attach_report(
+                        &server,
+                        &token,
+                        &upgrade_report,
+                    ))
+                    .context("attach the report to the published level")?;
                 println!(
                     "published level {} for build-id {} as {} (report attached)",
                     receipt.level, receipt.build_id, receipt.target

@@ -105,6 +105,10 @@ pub struct Verification {
     /// Groups dropped because the smoke run broke with them, with what broke.
     pub dropped_groups: Vec<DroppedGroup>,
     pub seconds: f64,
+    /// What the run showed about the kernel rather than the patch (e.g. a patched module that
+    /// cannot be reloaded while the patch is live on this kernel).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// A group of CVEs taken out of the bundle because the verification run failed with it.

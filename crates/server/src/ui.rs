@@ -832,6 +832,10 @@ async fn report_page(
                     tr { th { "Workloads" } td { @if v.workloads.is_empty() { "none" } @else { (v.workloads.join(", ")) } } }
                     tr { th { "Took" } td { (seconds(v.seconds)) } }
                 }
+                @if !v.notes.is_empty() {
+                    h3 { "Notes on this kernel" }
+                    ul #notes { @for n in &v.notes { li { (n) } } }
+                }
                 @if !v.dropped_groups.is_empty() {
                     h3 { "Groups dropped because the run broke with them" }
                     table #dropped {

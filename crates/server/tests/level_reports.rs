@@ -94,6 +94,7 @@ fn report(level: u32) -> UpgradeReport {
                 reason: "kernel BUG at net/core/dev.c:3141 while iperf-loopback ran".into(),
             }],
             seconds: 98.0,
+            notes: vec!["module nf_tables cannot be reloaded while the patch is live".into()],
         }),
         cves: vec![patched, partial, refused, absent, dropped],
     }
@@ -346,6 +347,7 @@ fn the_dashboard_shows_a_levels_report_escaped() {
         "init-code",
         "drivers/net/foo.o is not built (CONFIG_FOO is not set)",
         "kernel BUG at net/core/dev.c:3141 while iperf-loopback ran",
+        "module nf_tables cannot be reloaded while the patch is live",
         "CVE-2025-5005",
         "passed",
         "nf_tables",

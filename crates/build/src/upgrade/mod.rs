@@ -407,6 +407,7 @@ pub fn run(
                 workloads: first.workloads,
                 dropped_groups: dropped.clone(),
                 seconds,
+                notes: first.notes.clone(),
             });
             install(&candidate_bundle, &request.output)?;
             module = Some(module_of(&report.module.manifest));
@@ -468,6 +469,7 @@ pub fn run(
             workloads: isolated.workloads,
             dropped_groups: dropped.clone(),
             seconds,
+            notes: isolated.notes.clone(),
         });
     }
 

@@ -55,6 +55,9 @@ pub fn text(report: &UpgradeReport) -> String {
                 },
                 v.workloads.join(", ")
             );
+            for note in &v.notes {
+                let _ = writeln!(s, "  note: {note}");
+            }
             for d in &v.dropped_groups {
                 let ids: Vec<&str> = d.cves.iter().map(|c| c.as_str()).collect();
                 let _ = writeln!(
