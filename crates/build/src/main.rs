@@ -133,6 +133,44 @@ enum Command {
         #[arg(long, env = "PATCHBAY_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Watch apt for new linux-source-6.1 versions; for each kernel the server's hosts run,
+    /// build, verify and publish the upgrade to the newest source as the next level and
+    /// promote it into a channel (docs/upgrade.md).
+    Watch {
+        #[arg(long, env = "PATCHBAY_SERVER")]
+        server: String,
+        #[arg(long, env = "PATCHBAY_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The channel new levels are promoted into (e.g. testing); it must exist.
+        #[arg(long)]
+        channel: String,
+        /// Time between rounds: 30m, 6h, 1d.
+        #[arg(long, default_value = "6h")]
+        interval: String,
+        /// One round, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Run `apt-get update` before each round (needs root).
+        #[arg(long)]
+        apt_update: bool,
+        #[arg(long, default_value_t = 7.0)]
+        min_cvss: f64,
+        /// Only these CVEs (each round).
+        #[arg(long, value_delimiter = ',')]
+        cves: Vec<CveId>,
+        /// Where the watcher keeps its state, bundles and reports
+        /// (default: ~/.cache/patchbay/watch).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        cve_db: Option<PathBuf>,
+        #[arg(long)]
+        no_verify: bool,
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        stress_seconds: u32,
+    },
     /// Upload a bundle to a Patchbay server as the next level of its kernel.
     Publish {
         bundle: PathBuf,
@@ -540,6 +578,90 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Watch {
+            server,
+            token,
+            channel,
+            interval,
+            once,
+            apt_update,
+            min_cvss,
+            cves,
+            state_dir,
+            cve_db,
+            no_verify,
+            agent,
+            stress_seconds,
+        } => {
+            use patchbay_build::upgrade::watch::{self, KernelRound, WatchConfig, WatchState};
+            let interval = watch::parse_interval(&interval).map_err(anyhow::Error::msg)?;
+            let db = load_cve_db(cve_db.as_deref())?;
+            let verify = if no_verify {
+                None
+            } else {
+                Some(patchbay_build::upgrade::verify::VerifyOptions {
+                    agent: match agent {
+                        Some(agent) => agent,
+                        None => default_agent()?,
+                    },
+                    stress_seconds,
+                })
+            };
+            let config = WatchConfig {
+                server,
+                token,
+                channel,
+                min_cvss,
+                only: cves,
+                verify,
+                state_dir: state_dir
+                    .unwrap_or_else(|| patchbay_kernels::cache_root().join("watch")),
+                apt_update,
+            };
+            let mut state = WatchState::load(&config.state_dir)?;
+            loop {
+                let mut failed = 0;
+                match watch::round(&config, &db, &mut state) {
+                    Ok(rounds) => {
+                        for r in rounds {
+                            match r {
+                                KernelRound::Published(b) => println!(
+                                    "watch: {} level {} published from linux-source-6.1 {} \
+                                     ({} of {} CVEs patched) {} s after the source was seen; \
+                                     report {}",
+                                    b.kernel,
+                                    b.level,
+                                    b.source,
+                                    b.patched,
+                                    b.cves,
+                                    b.seen_to_published_seconds,
+                                    b.report.display()
+                                ),
+                                KernelRound::UpToDate { kernel, reason } => {
+                                    println!("watch: {kernel} up to date: {reason}")
+                                }
+                                KernelRound::Skipped { kernel, reason } => {
+                                    println!("watch: {kernel} skipped: {reason}")
+                                }
+                                KernelRound::Failed { kernel, reason } => {
+                                    failed += 1;
+                                    eprintln!("watch: {kernel} failed: {reason}")
+                                }
+                            }
+                        }
+                    }
+                    Err(e) if !once => eprintln!("watch: round failed: {e}; trying again later"),
+                    Err(e) => return Err(e.into()),
+                }
+                if once {
+                    if failed > 0 {
+                        bail!("{failed} kernels could not be brought up to date (above)");
+                    }
+                    return Ok(());
+                }
+                std::thread::sleep(interval);
+            }
         }
         Command::Publish {
             bundle,

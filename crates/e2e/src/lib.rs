@@ -15,7 +15,7 @@ use patchbay_kernels::Kernel;
 use patchbay_vm::{Initramfs, Network, VmConfig, VmRun};
 
 pub mod server;
-pub use server::{server_binary, ServerProcess};
+pub use server::{builder_binary, server_binary, ServerProcess};
 
 /// The repository's root directory.
 pub fn workspace_root() -> PathBuf {

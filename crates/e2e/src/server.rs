@@ -18,6 +18,25 @@ pub fn server_binary() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The `patchbay-build` CLI in release mode, built in the server's target dir (they share
+/// most dependencies, so CI compiles them once).
+pub fn builder_binary() -> Result<PathBuf> {
+    static BUILDER: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILDER
+        .get_or_init(|| {
+            server_binary().map_err(|e| format!("{e:#}"))?;
+            crate::release_binary(
+                "patchbay-build",
+                "patchbay-build",
+                "e2e-server",
+                crate::Linking::Dynamic,
+            )
+            .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
 fn build_server() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("PATCHBAY_SERVER_BIN") {
         return Ok(PathBuf::from(path));

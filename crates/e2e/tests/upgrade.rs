@@ -12,7 +12,7 @@ use std::process::Command;
 
 use patchbay_build::upgrade::select::{self, Selection};
 use patchbay_core::{CveId, CveStatus, UpgradeReport};
-use patchbay_e2e::{agent_binary, assert_checks, release_binary, Guest, Linking, ServerProcess};
+use patchbay_e2e::{agent_binary, assert_checks, builder_binary, Guest, ServerProcess};
 use patchbay_exposure::version::UpstreamVersion;
 use patchbay_kernels::Kernel;
 use patchbay_vm::Network;
@@ -101,13 +101,7 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
     warning_patch(&kernel, &patches.join(format!("{breaking}.patch")));
 
     let mut server = ServerProcess::start(&path("server")).unwrap();
-    let builder = release_binary(
-        "patchbay-build",
-        "patchbay-build",
-        "builder",
-        Linking::Dynamic,
-    )
-    .unwrap();
+    let builder = builder_binary().unwrap();
     let agent = agent_binary().unwrap();
     let cves: Vec<&str> = real.iter().chain([&breaking]).map(CveId::as_str).collect();
     let out = Command::new(&builder)
@@ -240,4 +234,140 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
     expected.extend(names.iter().map(String::as_str));
     assert_checks(&run, &expected);
     server.stop();
+}
+
+/// Registers a host the way the agent does, so the server knows a kernel its hosts run.
+fn register_host(server: &ServerProcess, kernel: &Kernel) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reply = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/api/v1/register", server.url))
+            .json(&serde_json::json!({
+                "key": server.registration_key,
+                "hostname": "web-1",
+                "kernel_release": kernel.abi().to_string(),
+                "kernel_version": kernel.upstream_version(),
+                "build_id": kernel.build_id(),
+                "agent_version": "e2e",
+            }))
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(reply.status().as_u16(), 201, "register: {reply:?}");
+}
+
+#[test]
+fn watcher_publishes_a_verified_level_when_apt_has_a_newer_source() {
+    let (kernel, _) = smallest_window();
+    let from: UpstreamVersion = kernel.upstream_version().parse().unwrap();
+    let newest: UpstreamVersion = patchbay_kernels::source_versions()
+        .unwrap()
+        .iter()
+        .filter_map(|s| patchbay_kernels::upstream_version_of(s).ok())
+        .filter_map(|u| u.parse().ok())
+        .max()
+        .unwrap();
+    let db = patchbay_exposure::snapshot::embedded().unwrap();
+    let window = select::select(
+        &db,
+        &Selection {
+            from,
+            to: newest,
+            min_cvss: 7.0,
+            only: &[],
+        },
+    )
+    .unwrap();
+    // One real CVE keeps the round short; the watcher's job is the loop around `upgrade`.
+    let cve = window
+        .iter()
+        .find(|c| {
+            c.files.len() == 1 && c.files[0].starts_with("net/") && c.files[0].ends_with(".c")
+        })
+        .expect("a net/ CVE in the window")
+        .id
+        .clone();
+    let work = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&work.path().join("server")).unwrap();
+    register_host(&server, &kernel);
+    server
+        .admin(
+            "POST",
+            "channels",
+            Some(serde_json::json!({"name": "testing"})),
+        )
+        .unwrap();
+    let builder = builder_binary().unwrap();
+    let watch = || {
+        Command::new(&builder)
+            .args([
+                "watch",
+                "--once",
+                "--channel",
+                "testing",
+                "--cves",
+                cve.as_str(),
+            ])
+            .arg("--state-dir")
+            .arg(work.path().join("watch"))
+            .arg("--agent")
+            .arg(agent_binary().unwrap())
+            .args(["--stress-seconds", "3"])
+            .args(["--server", &server.url, "--token", &server.admin_token])
+            .output()
+            .unwrap()
+    };
+    let first = watch();
+    let out = String::from_utf8_lossy(&first.stdout).into_owned();
+    let err = String::from_utf8_lossy(&first.stderr).into_owned();
+    let context = format!("--- stdout\n{out}\n--- stderr\n{err}");
+    assert!(first.status.success(), "watch failed: {context}");
+    assert!(
+        out.contains(&format!(
+            "{} level 1 published from linux-source-6.1",
+            kernel.abi()
+        )),
+        "{context}"
+    );
+    let channel = server.admin("GET", "channels/testing", None).unwrap();
+    assert!(
+        channel.to_string().contains(kernel.build_id()),
+        "level promoted into testing: {channel} / {context}"
+    );
+    let report = server
+        .admin(
+            "GET",
+            &format!("kernels/{}/levels/1/report", kernel.build_id()),
+            None,
+        )
+        .unwrap();
+    assert_eq!(report["cves"][0]["cve"], cve.as_str(), "{report}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("watch/watch.json")).unwrap())
+            .unwrap();
+    let built = &state["built"][kernel.build_id()];
+    assert!(
+        built["seen_to_published_seconds"]
+            .as_i64()
+            .is_some_and(|s| s >= 0),
+        "time from source seen to published is recorded: {state}"
+    );
+
+    // Nothing new in apt: the next round publishes nothing.
+    let second = watch();
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        second.status.success() && out.contains("up to date"),
+        "{out}"
+    );
+    let kernels = server.admin("GET", "kernels", None).unwrap();
+    assert_eq!(
+        kernels["kernels"][0]["levels"].as_array().map(Vec::len),
+        Some(1),
+        "{kernels}"
+    );
 }

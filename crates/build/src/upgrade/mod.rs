@@ -12,6 +12,7 @@ pub mod fixes;
 pub mod render;
 pub mod select;
 pub mod verify;
+pub mod watch;
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write as _};
