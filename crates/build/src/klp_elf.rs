@@ -30,6 +30,10 @@ pub struct KlpTarget {
     pub symbol: String,
     /// Position among equally named symbols of the object, as kallsyms orders them; 0 = unique.
     pub sympos: u32,
+    /// The object whose `.klp.rela.<object>.*` sections carry the references (`None`: the
+    /// symbol's own object). Another module's export used by a patched module's code is
+    /// resolved when the patched module loads (its dependencies are loaded by then).
+    pub relocated_in: Option<String>,
 }
 
 /// One livepatch relocation section of a module, as [`inspect`] found it.
@@ -639,6 +643,7 @@ impl<'a> Elf<'a> {
 /// A [`KlpTarget`] whose names the kernel's `sscanf` formats will read back unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct ValidTarget {
+    /// The object whose relocation sections carry the references.
     object: String,
     symbol_name: String,
 }
@@ -651,8 +656,24 @@ impl ValidTarget {
         };
         validate_object_name(&target.object).map_err(invalid)?;
         validate_symbol_name(&target.symbol).map_err(invalid)?;
+        let section_object = match &target.relocated_in {
+            None => target.object.clone(),
+            Some(other) => {
+                validate_object_name(other).map_err(invalid)?;
+                // The kernel refuses vmlinux symbols in a module's sections, and a module's
+                // symbols cannot be resolved when vmlinux's sections are written.
+                if other == VMLINUX || target.object == VMLINUX {
+                    return Err(invalid(format!(
+                        "a reference to `{}` of `{}` cannot be relocated with `{other}`; only \
+                         one module's symbols in another module's sections",
+                        target.symbol, target.object
+                    )));
+                }
+                other.clone()
+            }
+        };
         Ok(ValidTarget {
-            object: target.object.clone(),
+            object: section_object,
             symbol_name: format!(
                 "{KLP_SYM_PREFIX}{}.{},{}",
                 target.object, target.symbol, target.sympos
@@ -1109,6 +1130,9 @@ fn inspect_klp_section(elf: &Elf<'_>, index: usize) -> Result<KlpRelaSection> {
         }
         match parse_klp_symbol_name(&symbol_name) {
             Some((symbol_object, _, _)) if symbol_object == object => {}
+            // Another module's symbol in a module's section: resolved when that module loads
+            // (after its dependencies); what the kernel refuses is vmlinux in a module's.
+            Some((symbol_object, _, _)) if symbol_object != VMLINUX && object != VMLINUX => {}
             Some((symbol_object, _, _)) => {
                 return Err(bad(format!(
                     "symbol `{symbol_name}` belongs to `{symbol_object}`, not `{object}`"
@@ -1164,6 +1188,7 @@ mod tests {
     #[test]
     fn target_names_are_checked() {
         let target = |object: &str, symbol: &str| KlpTarget {
+            relocated_in: None,
             object: object.into(),
             symbol: symbol.into(),
             sympos: 0,

@@ -2,7 +2,7 @@
 //! exported symbols by the module loader (normal relocations), everything else by livepatch
 //! (`.klp.sym.<object>.<name>,<sympos>`), and nothing ambiguous at all.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use patchbay_core::ObjectName;
@@ -13,22 +13,31 @@ use crate::markers::Marker;
 
 /// Symbols exported to modules, from a kernel's `Module.symvers`.
 #[derive(Debug, Default)]
-pub struct Exports(BTreeSet<String>);
+pub struct Exports(BTreeMap<String, String>);
 
 impl Exports {
     /// Parses `Module.symvers`: `<crc>\t<symbol>\t<module>\t<export type>[\t<namespace>]`.
     pub fn parse(text: &str) -> Exports {
         Exports(
             text.lines()
-                .filter_map(|line| line.split('\t').nth(1))
-                .map(str::to_owned)
+                .filter_map(|line| {
+                    let mut fields = line.split('\t');
+                    let symbol = fields.nth(1)?;
+                    let module = fields.next().unwrap_or("vmlinux");
+                    Some((symbol.to_owned(), exporter_name(module)))
+                })
                 .collect(),
         )
     }
 
     /// Whether modules may link against `name` directly.
     pub fn contains(&self, name: &str) -> bool {
-        self.0.contains(name)
+        self.0.contains_key(name)
+    }
+
+    /// The object that exports `name`: `vmlinux`, or a module name as the kernel spells it.
+    pub fn exporter(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
     }
 
     /// Number of exported symbols.
@@ -42,6 +51,15 @@ impl Exports {
     }
 }
 
+/// `fs/jbd2/jbd2` → `jbd2`; `vmlinux` stays; `-` becomes `_` as the kernel spells modules.
+fn exporter_name(module_path: &str) -> String {
+    module_path
+        .rsplit('/')
+        .next()
+        .unwrap_or(module_path)
+        .replace('-', "_")
+}
+
 /// Where non-exported symbols can be found: vmlinux, and the modules the patch touches.
 #[derive(Debug)]
 pub struct SymbolSources<'a> {
@@ -53,6 +71,9 @@ pub struct SymbolSources<'a> {
     pub symbol_files: Option<&'a patchbay_kernels::SymbolFiles>,
     /// Local symbols of a module's translation unit: resolved in that module only.
     pub module_locals: BTreeMap<String, ObjectName>,
+    /// Undefined names the diff pipeline gave another module's exports used by a patched
+    /// module's code, with the livepatch symbol each stands for (relocated with that module).
+    pub foreign_exports: BTreeMap<String, KlpTarget>,
 }
 
 impl SymbolSources<'_> {
@@ -158,8 +179,53 @@ pub fn resolve_undefined(
 ) -> Result<BTreeMap<String, KlpTarget>, SymbolError> {
     let mut targets = BTreeMap::new();
     let mut problems = String::new();
+    // The patched modules: code replacing one of their functions may call another module's
+    // exports only through that module's symbols resolved when the patched module loads.
+    let patched_modules: Vec<&ObjectName> = sources
+        .modules
+        .iter()
+        .map(|(object, _)| object)
+        .filter(|o| !o.is_vmlinux())
+        .collect();
     for name in undefined {
-        if exports.contains(name) {
+        if let Some(target) = sources.foreign_exports.get(name) {
+            targets.insert(name.clone(), target.clone());
+            continue;
+        }
+        if let Some(exporter) = exports.exporter(name) {
+            // A module's export used by a patched module's code: an ordinary reference would
+            // make the patch depend on that module, and the patch could not load before it
+            // (`finit_module` fails with ENOENT on a host that has not loaded it). As a
+            // livepatch symbol of the exporting module, in the patched module's relocation
+            // section, it is resolved when the patched module loads, which loads its
+            // dependencies first.
+            let exporter_is_patched = patched_modules.iter().any(|o| o.as_str() == exporter);
+            match (exporter, patched_modules.as_slice()) {
+                ("vmlinux", _) => {}
+                (_, [only]) if !exporter_is_patched => {
+                    targets.insert(
+                        name.clone(),
+                        KlpTarget {
+                            object: exporter.to_owned(),
+                            symbol: name.clone(),
+                            sympos: 0,
+                            relocated_in: Some(only.to_string()),
+                        },
+                    );
+                }
+                (_, _) if exporter_is_patched => {
+                    targets.insert(
+                        name.clone(),
+                        KlpTarget {
+                            object: exporter.to_owned(),
+                            symbol: name.clone(),
+                            sympos: 0,
+                            relocated_in: None,
+                        },
+                    );
+                }
+                _ => {}
+            }
             continue;
         }
         // A module's own static symbol is that module's, whatever else shares its name.
@@ -190,6 +256,7 @@ pub fn resolve_undefined(
                         object: object.to_string(),
                         symbol: name.clone(),
                         sympos: 0,
+                        relocated_in: None,
                     },
                 );
             }
@@ -200,6 +267,7 @@ pub fn resolve_undefined(
                         object: object.to_string(),
                         symbol: name.clone(),
                         sympos: hinted_position(sources, name).unwrap_or(0),
+                        relocated_in: None,
                     },
                 );
             }
@@ -273,6 +341,7 @@ ffffffff82000100 D printk_like
             file_hints: BTreeMap::new(),
             symbol_files: None,
             module_locals: BTreeMap::new(),
+            foreign_exports: BTreeMap::new(),
         };
         let exports = Exports::parse("0x1234abcd\tprintk_like\tvmlinux\tEXPORT_SYMBOL\t\n");
         assert_eq!(exports.len(), 1);
@@ -292,6 +361,7 @@ ffffffff82000100 D printk_like
             file_hints: BTreeMap::new(),
             symbol_files: None,
             module_locals: BTreeMap::new(),
+            foreign_exports: BTreeMap::new(),
         };
         let undefined = vec![
             "no_such_symbol".to_owned(),
@@ -334,6 +404,7 @@ ffffffff82000100 D printk_like
             file_hints: BTreeMap::new(),
             symbol_files: None,
             module_locals: BTreeMap::new(),
+            foreign_exports: BTreeMap::new(),
         };
         let targets = resolve_undefined(
             &["pb_fixture_show".to_owned()],
@@ -353,6 +424,7 @@ ffffffff82000100 D printk_like
             file_hints: BTreeMap::new(),
             symbol_files: None,
             module_locals: BTreeMap::new(),
+            foreign_exports: BTreeMap::new(),
         };
         let marker = |name: &str, sympos| Marker {
             object: ObjectName::vmlinux(),

@@ -88,6 +88,7 @@ fn vmlinux(symbol: &str) -> KlpTarget {
         object: "vmlinux".into(),
         symbol: symbol.into(),
         sympos: 0,
+        relocated_in: None,
     }
 }
 
@@ -103,6 +104,7 @@ fn patch_targets() -> BTreeMap<String, KlpTarget> {
                 object: "vmlinux".into(),
                 symbol: "foo_helper.isra.0".into(),
                 sympos: 2,
+                relocated_in: None,
             },
         ),
     ])
@@ -376,6 +378,46 @@ fn rewrites_symbols_and_moves_relocations() {
 }
 
 #[test]
+fn another_modules_export_is_relocated_with_the_patched_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = compile(dir.path(), "patch", PATCH_SOURCE, &[]);
+    let jbd2 = |relocated_in: &str| {
+        BTreeMap::from([
+            (
+                "saved_command_line".to_owned(),
+                vmlinux("saved_command_line"),
+            ),
+            (
+                "foo_helper".to_owned(),
+                KlpTarget {
+                    object: "jbd2".into(),
+                    symbol: "foo_helper".into(),
+                    sympos: 0,
+                    relocated_in: Some(relocated_in.into()),
+                },
+            ),
+        ])
+    };
+    let rewritten = rewrite(&original, &jbd2("ext4")).unwrap();
+    let sections = inspect(&rewritten).unwrap();
+    let text = sections
+        .iter()
+        .find(|s| s.name == ".klp.rela.ext4..text")
+        .unwrap_or_else(|| panic!("ext4's section carries jbd2's symbol: {sections:?}"));
+    assert_eq!(text.symbols, vec![".klp.sym.jbd2.foo_helper,0".to_owned()]);
+    assert!(
+        !sections
+            .iter()
+            .any(|s| s.name.starts_with(".klp.rela.jbd2.")),
+        "{sections:?}"
+    );
+    let err = rewrite(&original, &jbd2("vmlinux"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot be relocated with `vmlinux`"), "{err}");
+}
+
+#[test]
 fn module_object_targets_get_their_own_sections() {
     let dir = tempfile::tempdir().unwrap();
     let original = compile(dir.path(), "patch", PATCH_SOURCE, &[]);
@@ -390,6 +432,7 @@ fn module_object_targets_get_their_own_sections() {
                 object: "ext4".into(),
                 symbol: "foo_helper".into(),
                 sympos: 0,
+                relocated_in: None,
             },
         ),
     ]);
@@ -454,6 +497,7 @@ fn refuses_unknown_and_defined_symbols() {
                 object: object.into(),
                 symbol: "foo_helper".into(),
                 sympos: 0,
+                relocated_in: None,
             },
         )]);
         let err = rewrite(&original, &bad).unwrap_err();
@@ -488,6 +532,7 @@ fn jump_table_references_only_to_vmlinux() {
             object: "nf_tables".into(),
             symbol: "some_key".into(),
             sympos: 0,
+            relocated_in: None,
         },
     )]);
     let err = rewrite(&original, &in_module).unwrap_err();

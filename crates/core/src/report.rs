@@ -109,6 +109,9 @@ pub struct Verification {
     /// cannot be reloaded while the patch is live on this kernel).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Guest seconds from `patchbay apply` to the transition's end for the offered bundle.
+    #[serde(default)]
+    pub apply_seconds: Option<f64>,
 }
 
 /// A group of CVEs taken out of the bundle because the verification run failed with it.

@@ -831,6 +831,9 @@ async fn report_page(
                     tr { th { "Modules loaded" } td { @if v.modules_loaded.is_empty() { "none" } @else { code { (v.modules_loaded.join(", ")) } } } }
                     tr { th { "Workloads" } td { @if v.workloads.is_empty() { "none" } @else { (v.workloads.join(", ")) } } }
                     tr { th { "Took" } td { (seconds(v.seconds)) } }
+                    @if let Some(apply) = v.apply_seconds {
+                        tr { th { "Apply (load and transition)" } td { (format!("{apply:.1} s")) } }
+                    }
                 }
                 @if !v.notes.is_empty() {
                     h3 { "Notes on this kernel" }

@@ -95,6 +95,7 @@ fn report(level: u32) -> UpgradeReport {
             }],
             seconds: 98.0,
             notes: vec!["module nf_tables cannot be reloaded while the patch is live".into()],
+            apply_seconds: Some(2.5),
         }),
         cves: vec![patched, partial, refused, absent, dropped],
     }

@@ -229,6 +229,32 @@ impl ObjectCache {
     }
 }
 
+/// Renames undefined symbols of an object in place (`objcopy --redefine-sym`).
+pub fn redefine_symbols(
+    object: &Path,
+    renames: &std::collections::BTreeMap<String, (String, String)>,
+) -> Result<(), ObjectsError> {
+    let mut command = Command::new("objcopy");
+    for (name, (alias, _)) in renames {
+        command.arg(format!("--redefine-sym={name}={alias}"));
+    }
+    let output = command
+        .arg(object)
+        .output()
+        .map_err(|source| ObjectsError::Spawn {
+            program: "objcopy",
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(ObjectsError::Compile {
+            object: object.display().to_string(),
+            status: output.status.to_string(),
+            output: tail(&output.stdout, &output.stderr),
+        });
+    }
+    Ok(())
+}
+
 /// `fs/proc/cmdline.c` → `fs/proc/cmdline.o`.
 pub fn object_path(source: &str) -> String {
     match source.strip_suffix(".c") {

@@ -409,6 +409,7 @@ pub fn run(
                 dropped_groups: dropped.clone(),
                 seconds,
                 notes: first.notes.clone(),
+                apply_seconds: first.apply_seconds.first().map(|(_, s)| *s),
             });
             install(&candidate_bundle, &request.output)?;
             module = Some(module_of(&report.module.manifest));
@@ -471,6 +472,7 @@ pub fn run(
             dropped_groups: dropped.clone(),
             seconds,
             notes: isolated.notes.clone(),
+            apply_seconds: None,
         });
     }
 

@@ -55,6 +55,12 @@ pub fn text(report: &UpgradeReport) -> String {
                 },
                 v.workloads.join(", ")
             );
+            if let Some(seconds) = v.apply_seconds {
+                let _ = writeln!(
+                    s,
+                    "  apply (load and transition) took {seconds:.1} s in the guest"
+                );
+            }
             for note in &v.notes {
                 let _ = writeln!(s, "  note: {note}");
             }

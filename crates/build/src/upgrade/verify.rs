@@ -49,6 +49,8 @@ pub struct VerifyRun {
     /// What the run showed about this kernel rather than the patch (e.g. patched modules that
     /// cannot be reloaded while the patch is live).
     pub notes: Vec<String>,
+    /// Guest seconds each candidate's `patchbay apply` took (load and transition).
+    pub apply_seconds: Vec<(String, f64)>,
     /// The serial console of the last boot, for the report's failure details.
     pub serial_tail: String,
 }
@@ -116,11 +118,20 @@ fn script(candidates: &[Candidate], stress_seconds: u32) -> String {
 ip link set lo up
 for m in {smoke_modules}; do modprobe "$m" || echo "smoke module $m did not load"; done
 i=0; while [ ! -b /dev/vda ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+# The patched modules that load in this guest at all (a driver may need hardware).
 patched_modules=""
 for m in {modules}; do
 	if modprobe "$m"; then pb_value module-loaded "$m"; patched_modules="$patched_modules $m"
 	else pb_value module-failed "$m"; fi
 done
+# Patched modules loaded after the patch: livepatch patches each as it comes.
+load_patched_modules() {{
+	for m in $patched_modules; do
+		modprobe "$m" 2>/dev/null && continue
+		echo "module-load: $m does not load while the patch is live: $(dmesg | grep -E 'livepatch|module' | tail -n 1)"
+		return 1
+	done
+}}
 mkdir -p /mnt/t /mnt/e
 smoke() {{
 	mount -t tmpfs none /mnt/t || {{ echo "tmpfs-io: mount failed"; return 1; }}
@@ -182,9 +193,13 @@ try() {{
 	mkdir -p "$PATCHBAY_STATE_DIR"
 	dmesg -c >/dev/null
 	taint_before=$(cat /proc/sys/kernel/tainted)
+	# First as on a host that has not loaded the patched modules yet.
+	for m in $patched_modules; do modprobe -r "$m" 2>/dev/null; done
+	t0=$(cut -d' ' -f1 /proc/uptime)
 	out=$(patchbay apply "/bundles/$label.pbb" 2>&1) ||
-		{{ pb_value candidate "$label fail apply: $(echo "$out" | tail -n 2 | tr '\n' ' ')"; return; }}
-	why=$(smoke 2>&1) || {{
+		{{ pb_value candidate "$label fail apply: $(echo "$out" | tail -n 2 | tr '\n' ' ')"; restore_modules; return; }}
+	pb_value apply-seconds "$label $t0 $(cut -d' ' -f1 /proc/uptime)"
+	why=$(load_patched_modules && smoke 2>&1) || {{
 		pb_value candidate "$label fail $(echo "$why" | tail -n 1)"
 		patchbay unload >/dev/null 2>&1
 		restore_modules
@@ -193,6 +208,11 @@ try() {{
 	out=$(patchbay unload 2>&1) ||
 		{{ pb_value candidate "$label fail unload: $(echo "$out" | tail -n 2 | tr '\n' ' ')"; return; }}
 	restore_modules
+	# Then as on a host that has: the patch applied to the loaded modules.
+	out=$(patchbay apply "/bundles/$label.pbb" 2>&1) ||
+		{{ pb_value candidate "$label fail apply over loaded modules: $(echo "$out" | tail -n 2 | tr '\n' ' ')"; return; }}
+	out=$(patchbay unload 2>&1) ||
+		{{ pb_value candidate "$label fail unload: $(echo "$out" | tail -n 2 | tr '\n' ' ')"; return; }}
 	why=$(check_kernel) || {{ pb_value candidate "$label fail $why"; return; }}
 	pb_value candidate "$label ok"
 }}
@@ -253,6 +273,7 @@ pub fn verify(
         workloads: WORKLOADS.iter().map(|w| (*w).to_owned()).collect(),
         seconds: 0.0,
         notes: Vec::new(),
+        apply_seconds: Vec::new(),
         serial_tail: String::new(),
     };
     let mut remaining: Vec<Candidate> = candidates
@@ -299,6 +320,16 @@ pub fn verify(
         let _ = std::fs::write(&log, &vm.serial_log);
         let _ = std::fs::remove_file(&disk);
         let _ = std::fs::remove_file(&cpio);
+        for value in vm.values("apply-seconds") {
+            let mut words = value.split_whitespace();
+            if let (Some(label), Some(Ok(start)), Some(Ok(end))) = (
+                words.next(),
+                words.next().map(str::parse::<f64>),
+                words.next().map(str::parse::<f64>),
+            ) {
+                run.apply_seconds.push((label.to_owned(), end - start));
+            }
+        }
         for m in vm.values("limitation") {
             let note = format!(
                 "module {m} cannot be reloaded while the patch is live: this kernel lacks \
