@@ -113,15 +113,8 @@ enum Command {
         /// exported JSON (default: the snapshot built into this binary).
         #[arg(long)]
         cve_db: Option<PathBuf>,
-        /// Do not try the bundle in QEMU before writing it.
-        #[arg(long)]
-        no_verify: bool,
-        /// The static agent to verify with (default: `patchbay` beside this binary).
-        #[arg(long)]
-        agent: Option<PathBuf>,
-        /// Seconds of fork/exec and timer stress during verification.
-        #[arg(long, default_value_t = 20)]
-        stress_seconds: u32,
+        #[command(flatten)]
+        verify: VerifyArgs,
         /// Keep per-group patches and bundles here.
         #[arg(long)]
         keep_work_dir: Option<PathBuf>,
@@ -164,12 +157,8 @@ enum Command {
         state_dir: Option<PathBuf>,
         #[arg(long)]
         cve_db: Option<PathBuf>,
-        #[arg(long)]
-        no_verify: bool,
-        #[arg(long)]
-        agent: Option<PathBuf>,
-        #[arg(long, default_value_t = 20)]
-        stress_seconds: u32,
+        #[command(flatten)]
+        verify: VerifyArgs,
     },
     /// Upload a bundle to a Patchbay server as the next level of its kernel.
     Publish {
@@ -188,6 +177,35 @@ enum Command {
     },
     /// Show a bundle's manifest (and verify its module hash).
     Inspect { bundle: PathBuf },
+}
+
+/// How `upgrade` and `watch` try a bundle in QEMU before offering it.
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// Do not try the bundle in QEMU before writing it.
+    #[arg(long)]
+    no_verify: bool,
+    /// The static agent to verify with (default: `patchbay` beside this binary).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Seconds of fork/exec and timer stress during verification.
+    #[arg(long, default_value_t = 20)]
+    stress_seconds: u32,
+}
+
+impl VerifyArgs {
+    fn options(self) -> Result<Option<patchbay_build::upgrade::verify::VerifyOptions>> {
+        if self.no_verify {
+            return Ok(None);
+        }
+        Ok(Some(patchbay_build::upgrade::verify::VerifyOptions {
+            agent: match self.agent {
+                Some(agent) => agent,
+                None => default_agent()?,
+            },
+            stress_seconds: self.stress_seconds,
+        }))
+    }
 }
 
 #[derive(Subcommand)]
@@ -462,9 +480,7 @@ fn run(cli: Cli) -> Result<()> {
             report,
             patches,
             cve_db,
-            no_verify,
-            agent,
-            stress_seconds,
+            verify,
             keep_work_dir,
             publish,
             server,
@@ -518,17 +534,7 @@ fn run(cli: Cli) -> Result<()> {
                     })?,
                 (None, None) => PatchLevel::try_from(1)?,
             };
-            let verify = if no_verify {
-                None
-            } else {
-                Some(patchbay_build::upgrade::verify::VerifyOptions {
-                    agent: match agent {
-                        Some(agent) => agent,
-                        None => default_agent()?,
-                    },
-                    stress_seconds,
-                })
-            };
+            let verify = verify.options()?;
             let request = patchbay_build::upgrade::Upgrade {
                 level,
                 to,
@@ -591,24 +597,12 @@ fn run(cli: Cli) -> Result<()> {
             cves,
             state_dir,
             cve_db,
-            no_verify,
-            agent,
-            stress_seconds,
+            verify,
         } => {
             use patchbay_build::upgrade::watch::{self, KernelRound, WatchConfig, WatchState};
             let interval = watch::parse_interval(&interval).map_err(anyhow::Error::msg)?;
             let db = load_cve_db(cve_db.as_deref())?;
-            let verify = if no_verify {
-                None
-            } else {
-                Some(patchbay_build::upgrade::verify::VerifyOptions {
-                    agent: match agent {
-                        Some(agent) => agent,
-                        None => default_agent()?,
-                    },
-                    stress_seconds,
-                })
-            };
+            let verify = verify.options()?;
             let config = WatchConfig {
                 server,
                 token,

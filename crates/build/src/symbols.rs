@@ -200,31 +200,22 @@ pub fn resolve_undefined(
             // section, it is resolved when the patched module loads, which loads its
             // dependencies first.
             let exporter_is_patched = patched_modules.iter().any(|o| o.as_str() == exporter);
-            match (exporter, patched_modules.as_slice()) {
-                ("vmlinux", _) => {}
-                (_, [only]) if !exporter_is_patched => {
-                    targets.insert(
-                        name.clone(),
-                        KlpTarget {
-                            object: exporter.to_owned(),
-                            symbol: name.clone(),
-                            sympos: 0,
-                            relocated_in: Some(only.to_string()),
-                        },
-                    );
-                }
-                (_, _) if exporter_is_patched => {
-                    targets.insert(
-                        name.clone(),
-                        KlpTarget {
-                            object: exporter.to_owned(),
-                            symbol: name.clone(),
-                            sympos: 0,
-                            relocated_in: None,
-                        },
-                    );
-                }
-                _ => {}
+            let relocated_in = match (exporter, patched_modules.as_slice()) {
+                ("vmlinux", _) => None,
+                (_, _) if exporter_is_patched => Some(None),
+                (_, [only]) => Some(Some(only.to_string())),
+                _ => None,
+            };
+            if let Some(relocated_in) = relocated_in {
+                targets.insert(
+                    name.clone(),
+                    KlpTarget {
+                        object: exporter.to_owned(),
+                        symbol: name.clone(),
+                        sympos: 0,
+                        relocated_in,
+                    },
+                );
             }
             continue;
         }

@@ -95,6 +95,19 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The loadable modules whose functions the bundle replaces (not `vmlinux`), sorted.
+    pub fn patched_modules(&self) -> Vec<String> {
+        let mut modules: Vec<String> = self
+            .replaced_functions
+            .iter()
+            .map(|f| f.object.to_string())
+            .filter(|o| o != "vmlinux")
+            .collect();
+        modules.sort();
+        modules.dedup();
+        modules
+    }
+
     /// Parses and checks a manifest. Unknown fields are refused so that a signed manifest
     /// cannot carry data this version would silently ignore.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {

@@ -40,7 +40,18 @@ fn smallest_window() -> (Kernel, UpstreamVersion) {
 
 /// The window's CVEs whose fix is one `.c` file in a core subsystem (not `fs/sync.c`, which
 /// the breaking patch uses), by id.
-fn simple_cves(window: &[select::SelectedCve]) -> Vec<CveId> {
+fn simple_cves(from: UpstreamVersion, to: UpstreamVersion) -> Vec<CveId> {
+    let db = patchbay_exposure::snapshot::embedded().unwrap();
+    let window = select::select(
+        &db,
+        &Selection {
+            from,
+            to,
+            min_cvss: 7.0,
+            only: &[],
+        },
+    )
+    .unwrap();
     window
         .iter()
         .filter(|c| {
@@ -85,21 +96,10 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
 
     // A handful of the window's real CVEs: one .c file each, in core subsystems; one more id
     // stands for the operator's breaking patch.
-    let db = patchbay_exposure::snapshot::embedded().unwrap();
-    let window = select::select(
-        &db,
-        &Selection {
-            from,
-            to,
-            min_cvss: 7.0,
-            only: &[],
-        },
-    )
-    .unwrap();
-    let simple = simple_cves(&window);
+    let simple = simple_cves(from, to);
     assert!(
         simple.len() >= 4,
-        "window {from} → {to} too small: {window:?}"
+        "window {from} → {to} too small: {simple:?}"
     );
     let real: Vec<CveId> = simple[..3].to_vec();
     let breaking = simple[3].clone();
@@ -274,18 +274,7 @@ fn watcher_publishes_a_verified_level_when_apt_has_a_newer_source() {
     // A few real CVEs of the smallest window (the same the upgrade test builds); the watcher
     // brings them from the newest source, whose window contains them. Its job is the loop
     // around `upgrade`: new source → level published, promoted, reported, remembered.
-    let db = patchbay_exposure::snapshot::embedded().unwrap();
-    let window = select::select(
-        &db,
-        &Selection {
-            from,
-            to,
-            min_cvss: 7.0,
-            only: &[],
-        },
-    )
-    .unwrap();
-    let cves: Vec<String> = simple_cves(&window)
+    let cves: Vec<String> = simple_cves(from, to)
         .iter()
         .take(3)
         .map(|c| c.as_str().to_owned())

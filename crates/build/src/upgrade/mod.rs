@@ -377,7 +377,7 @@ pub fn run(
             module = Some(module_of(&report.module.manifest));
             break;
         };
-        let modules = modules_of(&report.module.manifest);
+        let modules = report.module.manifest.patched_modules();
         progress.say(&format!(
             "verifying in QEMU: {} modules, smoke workload {} s",
             modules.len(),
@@ -559,18 +559,6 @@ fn module_of(manifest: &patchbay_core::Manifest) -> ReportModule {
         size: manifest.module.size,
         sha256: manifest.module.sha256.clone(),
     }
-}
-
-fn modules_of(manifest: &patchbay_core::Manifest) -> Vec<String> {
-    let mut modules: Vec<String> = manifest
-        .replaced_functions
-        .iter()
-        .map(|f| f.object.to_string())
-        .filter(|o| o != "vmlinux")
-        .collect();
-    modules.sort();
-    modules.dedup();
-    modules
 }
 
 /// Moves the verified bundle to where the operator asked (atomically).

@@ -48,15 +48,7 @@ pub fn run(args: &[String]) -> Result<()> {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
-        let mut modules: Vec<String> = bundle
-            .manifest
-            .replaced_functions
-            .iter()
-            .map(|f| f.object.to_string())
-            .filter(|o| o != "vmlinux")
-            .collect();
-        modules.sort();
-        modules.dedup();
+        let modules = bundle.manifest.patched_modules();
         bundles.push((name, path, modules));
     }
     bundles.sort();
