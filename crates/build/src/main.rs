@@ -152,7 +152,7 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         cves: Vec<CveId>,
         /// Where the watcher keeps its state, bundles and reports
-        /// (default: ~/.cache/patchbay/watch).
+        /// (default: ~/.local/state/patchbay-watch).
         #[arg(long)]
         state_dir: Option<PathBuf>,
         #[arg(long)]
@@ -610,8 +610,13 @@ fn run(cli: Cli) -> Result<()> {
                 min_cvss,
                 only: cves,
                 verify,
-                state_dir: state_dir
-                    .unwrap_or_else(|| patchbay_kernels::cache_root().join("watch")),
+                state_dir: match state_dir {
+                    Some(dir) => dir,
+                    None => std::env::var_os("HOME")
+                        .map(PathBuf::from)
+                        .context("no --state-dir and no $HOME to put the watch state in")?
+                        .join(".local/state/patchbay-watch"),
+                },
                 apt_update,
             };
             let mut state = WatchState::load(&config.state_dir)?;

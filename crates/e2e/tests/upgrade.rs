@@ -12,7 +12,9 @@ use std::process::Command;
 
 use patchbay_build::upgrade::select::{self, Selection};
 use patchbay_core::{CveId, CveStatus, UpgradeReport};
-use patchbay_e2e::{agent_binary, assert_checks, builder_binary, Guest, ServerProcess};
+use patchbay_e2e::{
+    agent_binary, assert_checks, builder_binary, fixture, server_binary, Guest, ServerProcess,
+};
 use patchbay_exposure::version::UpstreamVersion;
 use patchbay_kernels::Kernel;
 use patchbay_vm::Network;
@@ -108,6 +110,16 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
     warning_patch(&kernel, &patches.join(format!("{breaking}.patch")));
 
     let mut server = ServerProcess::start(&path("server")).unwrap();
+    // The server's CVE database, so its exposure report can show what the level closes.
+    let sync = Command::new(server_binary().unwrap())
+        .args(["cve", "sync", "--snapshot"])
+        .arg(fixture("../crates/exposure/data"))
+        .arg("--data")
+        .arg(&server.data_dir)
+        .output()
+        .unwrap();
+    assert!(sync.status.success(), "{sync:?}");
+    server.restart().unwrap();
     let builder = builder_binary().unwrap();
     let agent = agent_binary().unwrap();
     let cves: Vec<&str> = real.iter().chain([&breaking]).map(CveId::as_str).collect();
@@ -240,6 +252,35 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
         .collect();
     expected.extend(names.iter().map(String::as_str));
     assert_checks(&run, &expected);
+
+    // The exposure report counts those CVEs closed for the host on that level.
+    let hosts = server.admin("GET", "hosts", None).unwrap();
+    let id = hosts["hosts"][0]["id"].as_str().unwrap().to_owned();
+    let exposure = server
+        .admin("GET", &format!("hosts/{id}/exposure"), None)
+        .unwrap();
+    let open: Vec<&str> = exposure["live"]["list"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the host has a live exposure: {exposure}"))
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    for cve in &patched {
+        assert!(
+            !open.contains(&cve.as_str()),
+            "{cve} is still open for the host: {exposure}"
+        );
+        assert!(
+            exposure["fixes"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == cve.as_str())),
+            "{cve} among the host's fixes: {exposure}"
+        );
+    }
+    assert!(
+        exposure["live"]["fixed_by_patch"].as_u64() >= Some(patched.len() as u64),
+        "{exposure}"
+    );
     server.stop();
 }
 

@@ -229,7 +229,7 @@ pub fn resolve_source_version(wanted: &str, available: &[String]) -> Result<Stri
 }
 
 /// The unpacked (not configured) `linux-source-6.1` tree of `package_version`, downloaded and
-/// unpacked on first use into `<cache>/sources/<version>/linux` (about 140 MB download, 1.3 GB
+/// unpacked on first use into `<cache_root>/sources/<version>/linux` (about 140 MB download, 1.3 GB
 /// unpacked). Only read: fixes are cut from it, nothing is compiled in it.
 pub fn unpacked_source(package_version: &str) -> Result<PathBuf, KernelError> {
     crate::abi::validate_package_version(package_version)?;
