@@ -117,7 +117,12 @@ fn apply_upgrade_rollback_unload() {
     );
     assert_eq!(h.k.sysfs(), vec![m(2)]);
     assert_eq!(h.k.loaded(), vec![m(2)], "level 1's module is removed");
-    assert!(h.k.sim().deletes.contains(&m(1)));
+    assert!(
+        h.k.sim().deletes.contains(&m(1)),
+        "{:?} does not contain {:?}",
+        h.k.sim().deletes,
+        &m(1)
+    );
     let sd = h.k.state_dir();
     assert!(!exists(&sd.module_path(&m(1).parse().unwrap())));
     assert!(exists(&sd.module_path(&m(2).parse().unwrap())));
@@ -136,7 +141,12 @@ fn apply_upgrade_rollback_unload() {
         .with(|a| a.rollback(&ApplyOptions::default()))
         .unwrap_err();
     assert!(matches!(err, AgentError::NoLowerLevel { .. }), "{err}");
-    assert!(err.to_string().contains("patchbay unload"));
+    assert!(
+        err.to_string().contains("patchbay unload"),
+        "{:?} does not contain {:?}",
+        err.to_string(),
+        "patchbay unload"
+    );
 
     let out = h.with(|a| a.unload(&TransitionOptions::default())).unwrap();
     assert_eq!(
@@ -151,7 +161,12 @@ fn apply_upgrade_rollback_unload() {
 
     let out = h.with(|a| a.unload(&TransitionOptions::default())).unwrap();
     assert!(out.removed.is_empty());
-    assert!(out.to_string().contains("nothing to unload"));
+    assert!(
+        out.to_string().contains("nothing to unload"),
+        "{:?} does not contain {:?}",
+        out.to_string(),
+        "nothing to unload"
+    );
 
     assert_eq!(
         h.events(),
@@ -202,7 +217,12 @@ fn wrong_kernel_is_refused_and_nothing_changes() {
         .with(|a| a.apply(&renamed, &ApplyOptions::default()))
         .unwrap_err();
     assert_eq!(err.exit_code(), exit::REFUSED);
-    assert!(err.to_string().contains("6.1.0-55-amd64"));
+    assert!(
+        err.to_string().contains("6.1.0-55-amd64"),
+        "{:?} does not contain {:?}",
+        err.to_string(),
+        "6.1.0-55-amd64"
+    );
     assert!(h.k.sim().loads.is_empty());
 }
 
@@ -233,7 +253,12 @@ fn tampered_bundle_is_refused_and_nothing_changes() {
         .with(|a| a.apply(&missing, &ApplyOptions::default()))
         .unwrap_err();
     assert_eq!(err.exit_code(), exit::ERROR);
-    assert!(err.to_string().contains("nope.pbb"));
+    assert!(
+        err.to_string().contains("nope.pbb"),
+        "{:?} does not contain {:?}",
+        err.to_string(),
+        "nope.pbb"
+    );
 }
 
 #[test]
@@ -261,7 +286,12 @@ fn blocked_transition_is_reverted_and_reported() {
 
     assert_eq!(h.k.sysfs(), vec![m(1)]);
     assert_eq!(h.k.loaded(), vec![m(1)]);
-    assert!(h.k.sim().deletes.contains(&m(2)));
+    assert!(
+        h.k.sim().deletes.contains(&m(2)),
+        "{:?} does not contain {:?}",
+        h.k.sim().deletes,
+        &m(2)
+    );
     let state = h.state();
     assert!(state.pending.is_none());
     assert_eq!(state.last_error.as_ref().unwrap().exit_code, exit::BLOCKED);
@@ -337,10 +367,20 @@ fn force_is_only_used_when_asked() {
     };
     let out = h.with(|a| a.apply(&path, &opts)).unwrap();
     assert!(out.forced);
-    assert!(out.to_string().contains("FORCED"));
+    assert!(
+        out.to_string().contains("FORCED"),
+        "{:?} does not contain {:?}",
+        out.to_string(),
+        "FORCED"
+    );
     assert_eq!(h.k.sysfs(), vec![m(2)]);
     // A forced transition pins the replaced module in the kernel.
-    assert!(h.k.loaded().contains(&m(1)));
+    assert!(
+        h.k.loaded().contains(&m(1)),
+        "{:?} does not contain {:?}",
+        h.k.loaded(),
+        &m(1)
+    );
     assert!(out.warnings.iter().any(|w| w.contains("until reboot")));
     assert_eq!(*h.events().last().unwrap(), Event::Forced);
 }
@@ -395,7 +435,12 @@ fn crash_before_load_leaves_a_truthful_status() {
     assert_eq!((op.op, op.level.map(|l| l.get())), (OpKind::Apply, Some(2)));
     assert!(!st.operation_running);
     assert_eq!(st.exit_code, exit::NEWER_AVAILABLE);
-    assert!(st.render().contains("did not finish"));
+    assert!(
+        st.render().contains("did not finish"),
+        "{:?} does not contain {:?}",
+        st.render(),
+        "did not finish"
+    );
 
     // The next run records the interruption and goes on.
     assert_eq!(h.apply(2).unwrap().level.get(), 2);
@@ -403,7 +448,12 @@ fn crash_before_load_leaves_a_truthful_status() {
         h.events(),
         vec![Event::Applied, Event::Interrupted, Event::Applied]
     );
-    assert!(h.logs().contains("was interrupted"));
+    assert!(
+        h.logs().contains("was interrupted"),
+        "{:?} does not contain {:?}",
+        h.logs(),
+        "was interrupted"
+    );
     assert_eq!(h.with(|a| a.status()).unwrap().state, PatchState::Patched);
 }
 
@@ -442,7 +492,12 @@ fn crash_after_load_leaves_a_truthful_status() {
     assert!(h.apply(2).unwrap().already_active);
     assert!(h.k.loaded() == vec![m(2)]);
     assert_eq!(h.events(), vec![Event::Applied, Event::Applied]);
-    assert!(h.state().history[1].detail.contains("level 2 is active"));
+    assert!(
+        h.state().history[1].detail.contains("level 2 is active"),
+        "{:?} does not contain {:?}",
+        h.state().history[1].detail,
+        "level 2 is active"
+    );
 }
 
 #[test]
@@ -485,7 +540,12 @@ fn foreign_livepatches_are_not_replaced_silently() {
     assert_eq!(out.replaced_foreign, vec!["kpatch_vendor_fix".to_owned()]);
     assert_eq!(h.k.sysfs(), vec![m(1)]);
     // Not our module: left for its owner.
-    assert!(h.k.loaded().contains(&"kpatch_vendor_fix".to_owned()));
+    assert!(
+        h.k.loaded().contains(&"kpatch_vendor_fix".to_owned()),
+        "{:?} does not contain {:?}",
+        h.k.loaded(),
+        &"kpatch_vendor_fix".to_owned()
+    );
 }
 
 #[test]
@@ -558,7 +618,12 @@ fn status_exit_codes_and_unsupported_kernels() {
     let st = h.with(|a| a.status()).unwrap();
     assert_eq!(st.verdict, Verdict::KernelUnsupported);
     assert_eq!(st.exit_code, exit::UNSUPPORTED);
-    assert!(st.render().contains("kernel unsupported"));
+    assert!(
+        st.render().contains("kernel unsupported"),
+        "{:?} does not contain {:?}",
+        st.render(),
+        "kernel unsupported"
+    );
     let json = serde_json::to_value(&st).unwrap();
     assert_eq!(json["exit_code"], 5);
     assert_eq!(json["build_id"], BUILD_ID);
@@ -592,7 +657,12 @@ fn corrupt_state_file_does_not_block_patching() {
     assert!(!st.warnings.is_empty());
     assert_eq!(st.active.unwrap().level.get(), 1, "the kernel is the truth");
     h.apply(2).unwrap();
-    assert!(h.logs().contains("moved it to"));
+    assert!(
+        h.logs().contains("moved it to"),
+        "{:?} does not contain {:?}",
+        h.logs(),
+        "moved it to"
+    );
     assert_eq!(h.events(), vec![Event::Applied]);
 }
 

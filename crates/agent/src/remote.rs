@@ -1092,14 +1092,24 @@ mod tests {
         assert!(!s.auto_update);
         assert_eq!(s.pinned_level.map(PatchLevel::get), Some(3));
         std::fs::write(&path, "intervall = \"10m\"\n").unwrap();
-        assert!(Settings::load(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("intervall"));
+        assert!(
+            Settings::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("intervall"),
+            "{:?} does not contain {:?}",
+            Settings::load(&path).unwrap_err().to_string(),
+            "intervall"
+        );
         std::fs::write(&path, "channel = \"Bad Name\"\n").unwrap();
-        assert!(Settings::load(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("channel"));
+        assert!(
+            Settings::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("channel"),
+            "{:?} does not contain {:?}",
+            Settings::load(&path).unwrap_err().to_string(),
+            "channel"
+        );
     }
 }

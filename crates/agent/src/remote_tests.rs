@@ -1030,7 +1030,12 @@ fn crash_between_transition_and_record(server: &TestServer, k: &FakeKernel) {
     k.sim().crash_after_load = false;
     crate::host::Clock::sleep(k, std::time::Duration::from_millis(50));
     crate::host::Clock::sleep(k, std::time::Duration::from_millis(5));
-    assert!(k.sysfs().contains(&module_name(BUILD_ID, 2)));
+    assert!(
+        k.sysfs().contains(&module_name(BUILD_ID, 2)),
+        "{:?} does not contain {:?}",
+        k.sysfs(),
+        &module_name(BUILD_ID, 2)
+    );
 }
 
 #[test]

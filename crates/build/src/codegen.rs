@@ -173,34 +173,64 @@ mod tests {
                 function: "pb_cleanup".into(),
             }],
         );
-        assert!(c.contains(".replace = true"));
+        assert!(
+            c.contains(".replace = true"),
+            "{:?} does not contain {:?}",
+            c,
+            ".replace = true"
+        );
         assert!(c.contains(
             "patchbay_objs[1].callbacks.post_unpatch = __patchbay_callback__pb_fixture__post_unpatch;"
-        ));
+        ), "{:?} does not contain {:?}", c, "patchbay_objs[1].callbacks.post_unpatch = __patchbay_callback__pb_fixture__post_unpatch;");
         assert!(c.contains(
             "extern __typeof__(void (*)(struct klp_object *)) const __patchbay_callback__pb_fixture__post_unpatch;"
-        ));
-        assert!(c.contains("MODULE_LICENSE(\"GPL\")"));
-        assert!(c.contains("MODULE_INFO(livepatch, \"Y\")"));
+        ), "{:?} does not contain {:?}", c, "extern __typeof__(void (*)(struct klp_object *)) const __patchbay_callback__pb_fixture__post_unpatch;");
+        assert!(
+            c.contains("MODULE_LICENSE(\"GPL\")"),
+            "{:?} does not contain {:?}",
+            c,
+            "MODULE_LICENSE(\"GPL\")"
+        );
+        assert!(
+            c.contains("MODULE_INFO(livepatch, \"Y\")"),
+            "{:?} does not contain {:?}",
+            c,
+            "MODULE_INFO(livepatch, \"Y\")"
+        );
         let vmlinux = c.find(".name = NULL, .funcs = patchbay_funcs_0").unwrap();
         let module_obj = c
             .find(".name = \"pb_fixture\", .funcs = patchbay_funcs_1")
             .unwrap();
         assert!(vmlinux < module_obj);
         assert!(c.contains(".old_name = \"cmdline_proc_show\", .old_sympos = 2"));
-        assert!(c.contains(
+        assert!(
+            c.contains(
+                "patchbay_funcs_0[0].new_func = __patchbay_replace__vmlinux__cmdline_proc_show__2;"
+            ),
+            "{:?} does not contain {:?}",
+            c,
             "patchbay_funcs_0[0].new_func = __patchbay_replace__vmlinux__cmdline_proc_show__2;"
-        ));
+        );
         assert!(c.contains(
             "patchbay_funcs_1[0].new_func = __patchbay_replace__pb_fixture__pb_fixture_show__0;"
-        ));
+        ), "{:?} does not contain {:?}", c, "patchbay_funcs_1[0].new_func = __patchbay_replace__pb_fixture__pb_fixture_show__0;");
     }
 
     #[test]
     fn kbuild_lists_objects() {
         let module: ModuleName = "pb_m".parse().unwrap();
         let k = kbuild(&module, &["src0.o".into(), "src1.o".into()]);
-        assert!(k.contains("obj-m := pb_m.o"));
-        assert!(k.contains("pb_m-y := patchbay_main.o src0.o src1.o"));
+        assert!(
+            k.contains("obj-m := pb_m.o"),
+            "{:?} does not contain {:?}",
+            k,
+            "obj-m := pb_m.o"
+        );
+        assert!(
+            k.contains("pb_m-y := patchbay_main.o src0.o src1.o"),
+            "{:?} does not contain {:?}",
+            k,
+            "pb_m-y := patchbay_main.o src0.o src1.o"
+        );
     }
 }

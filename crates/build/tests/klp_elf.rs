@@ -483,12 +483,22 @@ fn refuses_unknown_and_defined_symbols() {
     let unknown = BTreeMap::from([("no_such_symbol".to_owned(), vmlinux("no_such_symbol"))]);
     let err = rewrite(&original, &unknown).unwrap_err();
     assert!(matches!(err, KlpElfError::UnknownSymbol { .. }), "{err}");
-    assert!(err.to_string().contains("no_such_symbol"));
+    assert!(
+        err.to_string().contains("no_such_symbol"),
+        "{:?} does not contain {:?}",
+        err.to_string(),
+        "no_such_symbol"
+    );
 
     let defined = BTreeMap::from([("patched_show".to_owned(), vmlinux("patched_show"))]);
     let err = rewrite(&original, &defined).unwrap_err();
     assert!(matches!(err, KlpElfError::NotUndefined { .. }), "{err}");
-    assert!(err.to_string().contains("patched_show"));
+    assert!(
+        err.to_string().contains("patched_show"),
+        "{:?} does not contain {:?}",
+        err.to_string(),
+        "patched_show"
+    );
 
     for object in ["nf-tables", "", "a.b"] {
         let bad = BTreeMap::from([(

@@ -214,7 +214,12 @@ mod tests {
         std::fs::write(&p, &bytes).unwrap();
         let err = Bundle::read(&p).unwrap_err();
         assert!(matches!(err, BundleError::ModuleMismatch { .. }), "{err}");
-        assert!(err.to_string().contains("sha256"));
+        assert!(
+            err.to_string().contains("sha256"),
+            "{:?} does not contain {:?}",
+            err.to_string(),
+            "sha256"
+        );
     }
 
     #[test]

@@ -209,7 +209,12 @@ async fn operate(server: &ServerProcess, build_id: &str, admin_password: &str) {
         base - 1,
         "exposure falls by the level's fix"
     );
-    assert!(text(&c, "#live-fixes").await.contains(FIXED_LABEL));
+    assert!(
+        text(&c, "#live-fixes").await.contains(FIXED_LABEL),
+        "{:?} does not contain {:?}",
+        text(&c, "#live-fixes").await,
+        FIXED_LABEL
+    );
 
     c.goto(&format!("{url}/ui/audit")).await.unwrap();
     let audit = text(&c, "#audit").await;

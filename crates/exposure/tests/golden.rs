@@ -310,28 +310,48 @@ fn vulns_repository_records_give_the_snapshot_ranges() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
-    assert!(snapshot::parse_cna(b"{not json")
-        .unwrap_err()
-        .to_string()
-        .contains("kernel CNA snapshot"));
+    assert!(
+        snapshot::parse_cna(b"{not json")
+            .unwrap_err()
+            .to_string()
+            .contains("kernel CNA snapshot"),
+        "{:?} does not contain {:?}",
+        snapshot::parse_cna(b"{not json").unwrap_err().to_string(),
+        "kernel CNA snapshot"
+    );
     let bad_version = br#"{"cves":[{"cve":"CVE-2024-1000","title":"t","published":null,"cvss3":null,"cvss2":null,"ranges_6_1":[{"introduced":"six","fixed":null}],"kev":null}]}"#;
-    assert!(snapshot::parse_cna(bad_version)
-        .unwrap_err()
-        .to_string()
-        .contains("six"));
+    assert!(
+        snapshot::parse_cna(bad_version)
+            .unwrap_err()
+            .to_string()
+            .contains("six"),
+        "{:?} does not contain {:?}",
+        snapshot::parse_cna(bad_version).unwrap_err().to_string(),
+        "six"
+    );
     let bad_id = br#"{"cves":[{"cve":"CVE-x","title":"t","published":null,"cvss3":null,"cvss2":null,"ranges_6_1":[],"kev":null}]}"#;
     assert!(snapshot::parse_cna(bad_id).is_err());
     let dir = tempfile::tempdir().unwrap();
-    assert!(vulns::sync(dir.path(), (6, 1))
-        .unwrap_err()
-        .to_string()
-        .contains("no CVE-*.json"));
+    assert!(
+        vulns::sync(dir.path(), (6, 1))
+            .unwrap_err()
+            .to_string()
+            .contains("no CVE-*.json"),
+        "{:?} does not contain {:?}",
+        vulns::sync(dir.path(), (6, 1)).unwrap_err().to_string(),
+        "no CVE-*.json"
+    );
     std::fs::write(dir.path().join("CVE-2024-0001.json"), "{}").unwrap();
     std::fs::write(dir.path().join("CVE-2024-0001.dyad"), "garbage line\n").unwrap();
-    assert!(vulns::sync(dir.path(), (6, 1))
-        .unwrap_err()
-        .to_string()
-        .contains("CVE-2024-0001.dyad"));
+    assert!(
+        vulns::sync(dir.path(), (6, 1))
+            .unwrap_err()
+            .to_string()
+            .contains("CVE-2024-0001.dyad"),
+        "{:?} does not contain {:?}",
+        vulns::sync(dir.path(), (6, 1)).unwrap_err().to_string(),
+        "CVE-2024-0001.dyad"
+    );
     assert!(snapshot::load(&dir.path().join("missing")).is_err());
 }
 

@@ -704,11 +704,27 @@ mod tests {
         let rewritten =
             rewrite_headers_makefile("include /usr/src/linux-headers-6.1.0-56-common/Makefile\n")
                 .unwrap();
-        assert!(rewritten
-            .contains("patchbay_headers_dir := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))"));
-        assert!(rewritten
-            .contains("include $(patchbay_headers_dir)/../linux-headers-6.1.0-56-common/Makefile"));
-        assert!(!rewritten.contains("/usr/src"));
+        assert!(
+            rewritten
+                .contains("patchbay_headers_dir := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))"),
+            "{:?} does not contain {:?}",
+            rewritten,
+            "patchbay_headers_dir := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))"
+        );
+        assert!(
+            rewritten.contains(
+                "include $(patchbay_headers_dir)/../linux-headers-6.1.0-56-common/Makefile"
+            ),
+            "{:?} does not contain {:?}",
+            rewritten,
+            "include $(patchbay_headers_dir)/../linux-headers-6.1.0-56-common/Makefile"
+        );
+        assert!(
+            !rewritten.contains("/usr/src"),
+            "{:?} unexpectedly contains {:?}",
+            rewritten,
+            "/usr/src"
+        );
         // Nothing to do: None, so an already fixed file is left alone.
         assert_eq!(rewrite_headers_makefile(&rewritten), None);
         assert_eq!(

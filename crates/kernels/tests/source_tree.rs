@@ -20,7 +20,12 @@ fn newest_source_tree_is_prepared_and_compiles_an_object() {
     let uts = std::fs::read_to_string(tree.dir().join("include/generated/utsrelease.h")).unwrap();
     assert!(uts.contains(kernel.abi().as_str()), "{uts}");
     let config = std::fs::read_to_string(tree.dir().join(".config")).unwrap();
-    assert!(config.contains("CONFIG_LIVEPATCH=y"));
+    assert!(
+        config.contains("CONFIG_LIVEPATCH=y"),
+        "{:?} does not contain {:?}",
+        config,
+        "CONFIG_LIVEPATCH=y"
+    );
 
     // A second call is a cache hit.
     let again = Instant::now();

@@ -143,7 +143,12 @@ mod tests {
         };
         assert!(viewer.require(Role::Viewer, "read").is_ok());
         let err = viewer.require(Role::Operator, "promote").unwrap_err();
-        assert!(err.to_string().contains("needs role operator"));
+        assert!(
+            err.to_string().contains("needs role operator"),
+            "{:?} does not contain {:?}",
+            err.to_string(),
+            "needs role operator"
+        );
         assert!("root".parse::<Role>().is_err());
     }
 

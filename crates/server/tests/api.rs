@@ -526,7 +526,12 @@ fn init_refuses_an_existing_data_dir_and_serve_a_missing_one() {
         .output()
         .unwrap();
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("patchbay-server init"));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("patchbay-server init"),
+        "{:?} does not contain {:?}",
+        String::from_utf8_lossy(&missing.stderr),
+        "patchbay-server init"
+    );
 }
 
 #[test]
@@ -549,10 +554,15 @@ fn offline_targets_key_signs_changes_on_another_machine() {
     assert_eq!(status, 201, "{v}");
     assert_eq!(served_targets_version(&s), before);
     let (_, audit) = call(&s, "GET", "/api/v1/audit", Some(&s.admin), None);
-    assert!(audit["audit"][0]["detail"]
-        .as_str()
-        .unwrap()
-        .contains("awaiting offline signature"));
+    assert!(
+        audit["audit"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("awaiting offline signature"),
+        "{:?} does not contain {:?}",
+        audit["audit"][0]["detail"].as_str().unwrap(),
+        "awaiting offline signature"
+    );
 
     let unsigned = s._dir.path().join("next.json");
     let signed = s._dir.path().join("signed.json");

@@ -308,7 +308,12 @@ fn hosts_api_tokens_and_registration_keys_are_revoked() {
     let (_, keys) = call(&s, "GET", "/api/v1/registration-keys", admin, None);
     let keys = keys["registration_keys"].as_array().unwrap().clone();
     assert_eq!(keys.len(), 2, "{keys:?}");
-    assert!(!serde_json::to_string(&keys).unwrap().contains(&key));
+    assert!(
+        !serde_json::to_string(&keys).unwrap().contains(&key),
+        "{:?} unexpectedly contains {:?}",
+        serde_json::to_string(&keys).unwrap(),
+        &key
+    );
     let id = keys
         .iter()
         .map(|k| k["id"].as_str().unwrap().to_owned())

@@ -174,10 +174,15 @@ mod tests {
         assert!(error.contains("timed out"), "{error}");
         assert!(error.contains("boot noise"), "{error}");
         let run = run_with(&[], VmExit::QemuFailed(1), None);
-        assert!(check_report(&run)
-            .unwrap_err()
-            .to_string()
-            .contains("exit status 1"));
+        assert!(
+            check_report(&run)
+                .unwrap_err()
+                .to_string()
+                .contains("exit status 1"),
+            "{:?} does not contain {:?}",
+            check_report(&run).unwrap_err().to_string(),
+            "exit status 1"
+        );
     }
 
     #[test]

@@ -505,7 +505,12 @@ diff --git a/net/core/sock.c b/net/core/sock.c
             .iter()
             .all(|f| f.change == FileChange::Modified));
         let normalized = resolved.normalized();
-        assert!(normalized.contains("--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n"));
+        assert!(
+            normalized.contains("--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n"),
+            "{:?} does not contain {:?}",
+            normalized,
+            "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n"
+        );
         assert!(!normalized.contains("diff --git"), "{normalized}");
         assert!(!normalized.contains("2024-01-01"), "{normalized}");
     }

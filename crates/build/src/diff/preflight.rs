@@ -214,10 +214,18 @@ mod tests {
         );
         let problems = check_config(&hardened);
         assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(problems.contains(&PreflightProblem::NoLivepatch));
-        assert!(problems
-            .iter()
-            .any(|p| p.to_string().contains("CONFIG_X86_KERNEL_IBT")));
+        assert!(
+            problems.contains(&PreflightProblem::NoLivepatch),
+            "{:?} does not contain {:?}",
+            problems,
+            &PreflightProblem::NoLivepatch
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.to_string().contains("CONFIG_X86_KERNEL_IBT")),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -257,6 +265,11 @@ mod tests {
         .unwrap();
         let problems = check_patch_applies(dir.path(), &bad);
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].to_string().contains("does not apply"));
+        assert!(
+            problems[0].to_string().contains("does not apply"),
+            "{:?} does not contain {:?}",
+            problems[0].to_string(),
+            "does not apply"
+        );
     }
 }

@@ -460,7 +460,12 @@ mod tests {
         assert_eq!(parse_interval("6h").unwrap(), Duration::from_secs(21_600));
         assert_eq!(parse_interval("90").unwrap(), Duration::from_secs(90));
         assert!(parse_interval("0m").is_err());
-        assert!(parse_interval("5w").unwrap_err().contains("unit"));
+        assert!(
+            parse_interval("5w").unwrap_err().contains("unit"),
+            "{:?} does not contain {:?}",
+            parse_interval("5w").unwrap_err(),
+            "unit"
+        );
         assert_eq!(parse_rfc3339("1970-01-02T00:00:10Z"), Some(86_410));
         assert_eq!(parse_rfc3339("2026-11-30T06:00:00Z"), Some(1_796_018_400));
         assert_eq!(parse_rfc3339("yesterday"), None);
