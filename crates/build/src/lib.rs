@@ -8,7 +8,6 @@ pub mod diff;
 pub mod kbuild;
 pub mod klp_elf;
 pub mod markers;
-pub mod modinfo;
 pub mod module_build;
 pub mod publish;
 pub mod symbols;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSymbol};
 use patchbay_core::manifest::{BuilderInfo, KernelTarget, ModuleInfo};
+use patchbay_core::modinfo::Modinfo;
 use patchbay_core::{
     BuildId, Bundle, CveId, KernelRelease, Manifest, ModuleName, ObjectName, PatchLevel,
     ReplacedFunction, Sha256, MANIFEST_FORMAT,
@@ -17,9 +18,9 @@ use patchbay_kernels::{Kernel, SymbolTable};
 
 use crate::codegen::{self, PatchDescription};
 use crate::kbuild::{self, UndefinedSymbols};
+use crate::klp_elf;
 use crate::markers::{self, CallbackMarker, Marker};
 use crate::symbols::{self, Exports, SymbolSources};
-use crate::{klp_elf, modinfo};
 
 /// Everything source mode fails on, each naming the input at fault.
 #[derive(Debug, thiserror::Error)]
@@ -249,16 +250,16 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
     };
 
     // 5. Validate what the kernel will check.
-    let info = modinfo::read(&module).map_err(|e| BuildError::Module(e.to_string()))?;
+    let info = Modinfo::of_module(&module).map_err(|e| BuildError::Module(e.to_string()))?;
     let expected = kernel.vermagic()?;
-    let actual = modinfo::value(&info, "vermagic").unwrap_or_default();
+    let actual = info.value("vermagic").unwrap_or_default();
     if actual.trim() != expected.trim() {
         return Err(BuildError::Module(format!(
             "vermagic {actual:?} does not match the kernel's {expected:?}; the headers tree does not \
              belong to this kernel"
         )));
     }
-    if modinfo::value(&info, "livepatch") != Some("Y") {
+    if info.value("livepatch") != Some("Y") {
         return Err(BuildError::Module(
             "the module is not marked as a livepatch (modinfo livepatch=Y)".into(),
         ));
@@ -311,9 +312,9 @@ fn module_tables(
     let mut tables = Vec::new();
     for extra in extra_objects {
         let bytes = std::fs::read(extra).map_err(io(format!("read {}", extra.display())))?;
-        let info = modinfo::read(&bytes)
+        let info = Modinfo::of_module(&bytes)
             .map_err(|e| BuildError::Module(format!("{}: {e}", extra.display())))?;
-        let name = modinfo::value(&info, "name").ok_or_else(|| {
+        let name = info.value("name").ok_or_else(|| {
             BuildError::Module(format!(
                 "{} has no module name in .modinfo",
                 extra.display()

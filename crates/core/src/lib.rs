@@ -8,6 +8,7 @@ pub mod channel;
 pub mod fsutil;
 pub mod ids;
 pub mod manifest;
+pub mod modinfo;
 pub mod report;
 
 pub use bundle::{Bundle, BundleError};

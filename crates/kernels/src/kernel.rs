@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use object::{Object, ObjectSection};
+use object::Object;
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{upstream_version_of, validate_package_version};
@@ -238,11 +238,18 @@ impl Kernel {
             dir: self.modules_dir.clone(),
         })?;
         let bytes = read_module(&path)?;
-        modinfo_value(&bytes, "vermagic")
-            .map_err(|reason| KernelError::Elf {
-                path: path.clone(),
-                reason,
-            })?
+        let info = match patchbay_core::modinfo::Modinfo::of_module(&bytes) {
+            Ok(info) => info,
+            Err(patchbay_core::modinfo::ModinfoError::Missing) => Default::default(),
+            Err(e) => {
+                return Err(KernelError::Elf {
+                    path,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        info.value("vermagic")
+            .map(str::to_owned)
             .ok_or(KernelError::NoVermagic { path })
     }
 
@@ -418,20 +425,6 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
             Ok(crate::process::run(&mut command, "the module file is damaged")?.stdout)
         }
     }
-}
-
-/// A `key=value` from a module's `.modinfo` section (NUL-separated strings).
-fn modinfo_value(ko: &[u8], key: &str) -> Result<Option<String>, String> {
-    let file = object::File::parse(ko).map_err(|e| e.to_string())?;
-    let Some(section) = file.section_by_name(".modinfo") else {
-        return Ok(None);
-    };
-    let data = section.data().map_err(|e| e.to_string())?;
-    let prefix = format!("{key}=");
-    Ok(data
-        .split(|&b| b == 0)
-        .filter_map(|field| std::str::from_utf8(field).ok())
-        .find_map(|field| field.strip_prefix(&prefix).map(str::to_string)))
 }
 
 /// GNU build-id of an ELF file, lowercase hex.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use object::{Object, ObjectSection};
+use object::Object;
 use patchbay_core::{
     bundle_target_name, BuildId, Bundle, ChannelDoc, ChannelName, CveStatus, HostSeed,
     KernelRelease, KernelRollout, PatchLevel, UpgradeReport, Wave,
@@ -193,24 +193,11 @@ fn check_livepatch_module(bundle: &Bundle) -> Result<(), ServerError> {
     };
     let file = object::File::parse(bundle.module.as_slice())
         .map_err(|e| refuse(format!("not an ELF module ({e})")))?;
-    let modinfo = file
-        .section_by_name(".modinfo")
-        .ok_or_else(|| refuse("it has no .modinfo section".into()))?
-        .data()
-        .map_err(|e| refuse(format!(".modinfo unreadable ({e})")))?;
-    let mut livepatch = false;
-    let mut vermagic = None;
-    let mut name = None;
-    for entry in modinfo.split(|&b| b == 0) {
-        let text = String::from_utf8_lossy(entry);
-        match text.split_once('=') {
-            Some(("livepatch", "Y")) => livepatch = true,
-            Some(("vermagic", v)) => vermagic = Some(v.to_owned()),
-            Some(("name", v)) => name = Some(v.to_owned()),
-            _ => {}
-        }
-    }
-    if !livepatch {
+    let info = patchbay_core::modinfo::Modinfo::of_module(bundle.module.as_slice())
+        .map_err(|e| refuse(e.to_string()))?;
+    let vermagic = info.value("vermagic");
+    let name = info.value("name");
+    if info.value("livepatch") != Some("Y") {
         return Err(refuse(
             "modinfo has no livepatch=Y (build it with patchbay-build)".into(),
         ));
@@ -221,7 +208,7 @@ fn check_livepatch_module(bundle: &Bundle) -> Result<(), ServerError> {
         Some(v) => return Err(refuse(format!("its vermagic is {v:?}"))),
         None => return Err(refuse("modinfo has no vermagic".into())),
     }
-    if name.as_deref() != Some(bundle.manifest.module.name.as_str()) {
+    if name != Some(bundle.manifest.module.name.as_str()) {
         return Err(refuse(format!(
             "modinfo name {:?} differs from the manifest's {}",
             name, bundle.manifest.module.name

@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection};
 
 use crate::error::VmError;
 
@@ -87,25 +86,13 @@ fn module_dependencies(path: &Path) -> Result<Vec<String>, VmError> {
         path: path.to_path_buf(),
         reason,
     };
-    let file = object::File::parse(&*data).map_err(|e| info_error(e.to_string()))?;
-    let section = file
-        .section_by_name(".modinfo")
-        .ok_or_else(|| info_error("no .modinfo section".to_owned()))?;
-    let modinfo = section.data().map_err(|e| info_error(e.to_string()))?;
-    let mut dependencies = Vec::new();
-    for field in modinfo.split(|&byte| byte == 0) {
-        if let Some(value) = field.strip_prefix(b"depends=") {
-            let value = std::str::from_utf8(value)
-                .map_err(|_| info_error("depends= is not UTF-8".to_owned()))?;
-            dependencies.extend(
-                value
-                    .split(',')
-                    .filter(|name| !name.is_empty())
-                    .map(normalize_module_name),
-            );
-        }
-    }
-    Ok(dependencies)
+    let info =
+        patchbay_core::modinfo::Modinfo::of_module(&data).map_err(|e| info_error(e.to_string()))?;
+    Ok(info
+        .depends()
+        .into_iter()
+        .map(normalize_module_name)
+        .collect())
 }
 
 pub(crate) fn resolve(modules_dir: &Path, names: &[&str]) -> Result<ResolvedModules, VmError> {
