@@ -386,13 +386,9 @@ pub fn upstream_version(proc_version: &str) -> Option<String> {
     while let Some(word) = words.next() {
         if word == "Debian" {
             let version = words.next()?;
-            let upstream = version.split(['-', '+', '~']).next()?;
-            let parts: Vec<&str> = upstream.split('.').collect();
-            let numeric = parts.len() == 3
-                && parts
-                    .iter()
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-            return numeric.then(|| upstream.to_owned());
+            return patchbay_core::UpstreamVersion::from_debian(version)
+                .ok()
+                .map(|v| v.to_string());
         }
     }
     None

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod manifest;
 pub mod modinfo;
 pub mod report;
+pub mod version;
 
 pub use bundle::{Bundle, BundleError};
 pub use channel::{
@@ -19,3 +20,4 @@ pub use channel::{
 pub use ids::{BuildId, CveId, IdError, KernelRelease, ModuleName, ObjectName, PatchLevel, Sha256};
 pub use manifest::{Manifest, ManifestError, ReplacedFunction, MANIFEST_FORMAT};
 pub use report::{CveOutcome, CveStatus, UpgradeReport};
+pub use version::UpstreamVersion;

@@ -41,6 +41,12 @@ pub enum CveError {
     Malformed { what: String, reason: String },
 }
 
+impl From<patchbay_core::IdError> for CveError {
+    fn from(e: patchbay_core::IdError) -> Self {
+        CveError::malformed("value", e)
+    }
+}
+
 impl CveError {
     pub fn malformed(what: impl Into<String>, reason: impl fmt::Display) -> Self {
         CveError::Malformed {

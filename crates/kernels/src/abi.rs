@@ -213,18 +213,14 @@ pub fn upstream_version_of(package_version: &str) -> Result<String, KernelError>
         .map_or(without_epoch, |(upstream, _)| upstream);
     // Backports and the like append "~bpo…" or "+…" to the upstream part.
     let upstream = upstream.split(['~', '+']).next().unwrap_or(upstream);
-    let parts: Vec<&str> = upstream.split('.').collect();
-    if parts.len() < 2
-        || parts
-            .iter()
-            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(KernelError::InvalidPackageVersion {
+    match upstream.parse::<patchbay_core::UpstreamVersion>() {
+        // The one parser of upstream versions; the text is kept as Debian wrote it.
+        Ok(_) => Ok(upstream.to_string()),
+        Err(_) => Err(KernelError::InvalidPackageVersion {
             input: package_version.to_string(),
             reason: format!("upstream part {upstream:?} is not a kernel version like 6.1.192"),
-        });
+        }),
     }
-    Ok(upstream.to_string())
 }
 
 /// Which kernel to use, as given on a command line.

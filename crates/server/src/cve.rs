@@ -81,7 +81,7 @@ pub fn today() -> Day {
 
 pub fn parse_version(text: &str) -> Result<UpstreamVersion, ServerError> {
     text.parse()
-        .map_err(|e: patchbay_exposure::CveError| ServerError::BadRequest(e.to_string()))
+        .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
 }
 
 /// A host's exposure: its kernel's, and what remains with its live patch.

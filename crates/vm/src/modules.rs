@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-
 use crate::error::VmError;
 
 /// The modules to copy into the guest and the `modules.dep` lines describing them.

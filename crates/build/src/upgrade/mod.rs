@@ -194,7 +194,7 @@ pub fn kernel_version(kernel: &Kernel) -> Result<UpstreamVersion, UpgradeError> 
     kernel
         .upstream_version()
         .parse()
-        .map_err(|e: patchbay_exposure::CveError| {
+        .map_err(|e: patchbay_core::IdError| {
             UpgradeError::Version(kernel.upstream_version().to_owned(), e.to_string())
         })
 }
