@@ -101,6 +101,14 @@ const CASES: &[(&str, &[&str], &str)] = &[
         &["fd-header-new-helper.patch"],
         "grep -q pb_header_helper /proc/self/fdinfo/0",
     ),
+    // An exported function changed (proc_dostring, EXPORT_SYMBOL; its pr_info moved to a
+    // `.cold` part): the export stays with the running kernel's function, nothing is carried
+    // for it, and callers through the sysctl table's pointer reach the replacement by ftrace.
+    (
+        "exported-proc-dostring",
+        &["exported-proc-dostring.patch"],
+        "dmesg -c >/dev/null; cat /proc/sys/kernel/modprobe >/dev/null && dmesg | grep -q pb_exported_patched",
+    ),
     // The independent cases above as one cumulative patch.
     (
         "combined",
