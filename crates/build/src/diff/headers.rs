@@ -39,7 +39,9 @@ pub fn built_units(
 }
 
 /// The translation units other than `changed_sources` that include one of `headers` and that
-/// kbuild builds in `config`; or a refusal when there are more than [`RECOMPILE_LIMIT`].
+/// kbuild builds in `config`; or a refusal when one header is included by more than
+/// [`RECOMPILE_LIMIT`] (the limit is per header: a cumulative patch of many fixes, each with a
+/// narrow header change, compares the union).
 pub fn units_to_compare(
     includes: &IncludeIndex,
     kbuild: &KbuildIndex,
@@ -49,29 +51,28 @@ pub fn units_to_compare(
 ) -> Result<Vec<String>, Refusal> {
     let mut units = BTreeSet::new();
     for header in headers {
-        units.extend(built_units(includes, kbuild, config, header));
+        let built: Vec<String> = built_units(includes, kbuild, config, header)
+            .into_iter()
+            .filter(|unit| !changed_sources.contains(unit))
+            .collect();
+        if built.len() > RECOMPILE_LIMIT {
+            let sample: Vec<&str> = built.iter().take(8).map(String::as_str).collect();
+            return Err(Refusal::in_file(
+                Category::HeaderChange,
+                header,
+                format!(
+                    "the changed header {header} is included by {} objects this kernel builds \
+                     ({}, …); proving the change leaves each of them unchanged needs more than \
+                     {} recompiles: move the fix into the .c files that need it",
+                    built.len(),
+                    sample.join(", "),
+                    RECOMPILE_LIMIT
+                ),
+            ));
+        }
+        units.extend(built);
     }
-    let built: Vec<String> = units
-        .into_iter()
-        .filter(|unit| !changed_sources.contains(unit))
-        .collect();
-    if built.len() > RECOMPILE_LIMIT {
-        let sample: Vec<&str> = built.iter().take(8).map(String::as_str).collect();
-        return Err(Refusal::in_file(
-            Category::HeaderChange,
-            headers.first().map(String::as_str).unwrap_or_default(),
-            format!(
-                "the changed header(s) {} are included by {} objects this kernel builds ({}, …); \
-                 proving the change leaves each of them unchanged needs more than {} \
-                 recompiles: move the fix into the .c files that need it",
-                headers.join(", "),
-                built.len(),
-                sample.join(", "),
-                RECOMPILE_LIMIT
-            ),
-        ));
-    }
-    Ok(built)
+    Ok(units.into_iter().collect())
 }
 
 /// The refusal for header changes that altered other objects: `(unit, what changed)`.

@@ -123,6 +123,9 @@ pub fn compile_object(tree: &SourceTree, source: &str, out: &Path) -> Result<(),
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TreeState {
     changed: std::collections::BTreeMap<String, String>,
+    /// For changed headers: the translation units that include them (the include index).
+    /// A header without an entry is taken to reach every unit.
+    header_units: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 impl TreeState {
@@ -153,13 +156,31 @@ impl TreeState {
             };
             changed.insert(file.to_owned(), hash);
         }
-        Ok(TreeState { changed })
+        Ok(TreeState {
+            changed,
+            header_units: Default::default(),
+        })
+    }
+
+    /// Narrows which units each changed header reaches (from the include index), so that a
+    /// unit's cached object stays valid when an unrelated header changes.
+    pub fn with_header_units(
+        mut self,
+        units_of: impl Fn(&str) -> std::collections::BTreeSet<String>,
+    ) -> TreeState {
+        for path in self.changed.keys() {
+            if !path.ends_with(".c") {
+                self.header_units.insert(path.clone(), units_of(path));
+            }
+        }
+        self
     }
 }
 
 /// Objects compiled before, beside the kernel (`<kernel>/object-cache/<key>.o`). The key is the
 /// unit, the builder's flags and header, and the changed files that can reach the unit: its own
-/// text, every changed non-`.c` file (headers), and a changed `.c` file the unit names (an
+/// text, every changed header that includes it (per the include index; every changed header
+/// when the index is not at hand), and a changed `.c` file the unit names (an
 /// `#include "x.c"`). Entries are written whole (temp file, rename); a failed compile is
 /// never cached. An upgrade builds each group and then all of them together: the second
 /// build's objects come from here.
@@ -184,8 +205,13 @@ impl ObjectCache {
         let text = String::from_utf8_lossy(&text);
         for (path, content) in &state.changed {
             let base = path.rsplit('/').next().unwrap_or(path);
+            let header_reaches = !path.ends_with(".c")
+                && state
+                    .header_units
+                    .get(path)
+                    .is_none_or(|units| units.contains(source));
             let reaches = path == source
-                || !path.ends_with(".c")
+                || header_reaches
                 || text.contains(&format!("/{base}\""))
                 || text.contains(&format!("\"{base}\""));
             if reaches {

@@ -283,8 +283,11 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     let mut affected = Vec::new();
     let mut header_units_compiled = Vec::new();
     let applied = PatchedTree::apply(&tree, &patch_path)?;
-    let patched_state =
+    let mut patched_state =
         objects::TreeState::of_files(&tree, changed_paths.iter().map(String::as_str))?;
+    if let Some(includes) = &includes {
+        patched_state = patched_state.with_header_units(|h| includes.translation_units(h));
+    }
     let compiled: Result<(), DiffBuildError> = sources.iter().try_for_each(|unit| {
         cache
             .compile(&tree, unit, &patched_object(unit), &patched_state)

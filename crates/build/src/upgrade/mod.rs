@@ -308,7 +308,7 @@ pub fn run(
     let mut verification: Option<Verification> = None;
     let mut module: Option<ReportModule> = None;
     let mut final_functions: Vec<String> = Vec::new();
-    for round in 1..=3 {
+    for round in 1..=5 {
         let keep: Vec<&GroupBuild> = builds
             .iter()
             .filter(|b| matches!(b.outcome, GroupOutcome::Built { .. }))
@@ -344,25 +344,43 @@ pub fn run(
         let report = match built {
             Ok(report) => report,
             Err(err) => {
-                // Built alone, failed together: drop the group the error names.
+                // Built alone, failed together: drop every group the refusals (or, failing
+                // those, the error text) name, and build again.
                 let text = err.to_string();
-                let culprit = keep
+                let named: Vec<&str> = err
+                    .refusals()
                     .iter()
-                    .find(|b| b.group.files.iter().any(|f| text.contains(f.as_str())));
-                match culprit {
-                    Some(b) => {
-                        dropped.push(DroppedGroup {
-                            group: b.group.number,
-                            cves: group_ids(&cves, &b.group),
-                            reason: format!(
-                                "builds alone but not with the other groups: {}",
-                                first_line(&text)
-                            ),
-                        });
-                        continue;
-                    }
-                    None => return Err(err.into()),
+                    .filter_map(|r| r.file.as_deref())
+                    .collect();
+                let owns = |b: &GroupBuild, file: &str| {
+                    b.group.files.contains(file) || b.paths.contains(file)
+                };
+                let mut culprits: Vec<&GroupBuild> = keep
+                    .iter()
+                    .copied()
+                    .filter(|b| named.iter().any(|f| owns(b, f)))
+                    .collect();
+                if culprits.is_empty() {
+                    culprits.extend(
+                        keep.iter()
+                            .copied()
+                            .find(|b| b.group.files.iter().any(|f| text.contains(f.as_str()))),
+                    );
                 }
+                if culprits.is_empty() {
+                    return Err(err.into());
+                }
+                for b in culprits {
+                    dropped.push(DroppedGroup {
+                        group: b.group.number,
+                        cves: group_ids(&cves, &b.group),
+                        reason: format!(
+                            "builds alone but not with the other groups: {}",
+                            first_line(&text)
+                        ),
+                    });
+                }
+                continue;
             }
         };
         final_functions = report
