@@ -313,7 +313,7 @@ fn run(cli: Cli) -> Result<()> {
                 symbols_override: symbols,
                 old_function_aliases: Default::default(),
                 module_locals: Default::default(),
-                foreign_exports: Default::default(),
+                renamed_references: Default::default(),
                 output: output.clone(),
                 keep_work_dir,
             };

@@ -84,9 +84,9 @@ pub struct SourceBuild {
     /// Local (static) symbols of a module's translation unit the patch refers to, with that
     /// module: they resolve only there, even when vmlinux or another module has the same name.
     pub module_locals: std::collections::BTreeMap<String, ObjectName>,
-    /// Undefined names standing for another module's exports used by a patched module's code
-    /// (see `symbols::SymbolSources::foreign_exports`).
-    pub foreign_exports: std::collections::BTreeMap<String, klp_elf::KlpTarget>,
+    /// Undefined names standing for references from a patched module's code (see
+    /// `symbols::SymbolSources::renamed_references`).
+    pub renamed_references: std::collections::BTreeMap<String, klp_elf::KlpTarget>,
     pub output: PathBuf,
     /// Keep the kbuild directory here (for debugging) instead of a temporary one.
     pub keep_work_dir: Option<PathBuf>,
@@ -186,7 +186,7 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         file_hints: request.symbol_hints.clone(),
         symbol_files: symbol_files.as_ref(),
         module_locals: request.module_locals.clone(),
-        foreign_exports: request.foreign_exports.clone(),
+        renamed_references: request.renamed_references.clone(),
     };
     symbols::check_old_functions(&all_markers, &sources_for_symbols)?;
 

@@ -71,9 +71,10 @@ pub struct SymbolSources<'a> {
     pub symbol_files: Option<&'a patchbay_kernels::SymbolFiles>,
     /// Local symbols of a module's translation unit: resolved in that module only.
     pub module_locals: BTreeMap<String, ObjectName>,
-    /// Undefined names the diff pipeline gave another module's exports used by a patched
-    /// module's code, with the livepatch symbol each stands for (relocated with that module).
-    pub foreign_exports: BTreeMap<String, KlpTarget>,
+    /// Undefined names the diff pipeline gave to references from a patched module's code
+    /// (another module's exports, the module's own locals), with the livepatch symbol each
+    /// stands for: one name per patched module, so that objects never mix them up.
+    pub renamed_references: BTreeMap<String, KlpTarget>,
 }
 
 impl SymbolSources<'_> {
@@ -188,7 +189,7 @@ pub fn resolve_undefined(
         .filter(|o| !o.is_vmlinux())
         .collect();
     for name in undefined {
-        if let Some(target) = sources.foreign_exports.get(name) {
+        if let Some(target) = sources.renamed_references.get(name) {
             targets.insert(name.clone(), target.clone());
             continue;
         }
@@ -219,8 +220,15 @@ pub fn resolve_undefined(
             }
             continue;
         }
-        // A module's own static symbol is that module's, whatever else shares its name.
-        let own_module = sources.module_locals.get(name);
+        // A module's own static symbol is that module's, whatever else shares its name; a
+        // local of vmlinux code (it has a file hint) is vmlinux's.
+        let vmlinux_local = ObjectName::vmlinux();
+        let own_module = sources.module_locals.get(name).or_else(|| {
+            sources
+                .file_hints
+                .contains_key(name)
+                .then_some(&vmlinux_local)
+        });
         let holders: Vec<(ObjectName, usize)> = sources
             .objects()
             .filter(|(object, _)| own_module.is_none_or(|own| own == object))
@@ -332,7 +340,7 @@ ffffffff82000100 D printk_like
             file_hints: BTreeMap::new(),
             symbol_files: None,
             module_locals: BTreeMap::new(),
-            foreign_exports: BTreeMap::new(),
+            renamed_references: BTreeMap::new(),
         };
         let exports = Exports::parse("0x1234abcd\tprintk_like\tvmlinux\tEXPORT_SYMBOL\t\n");
         assert_eq!(exports.len(), 1);
@@ -352,7 +360,7 @@ ffffffff82000100 D printk_like
             file_hints: BTreeMap::new(),
             symbol_files: None,
             module_locals: BTreeMap::new(),
-            foreign_exports: BTreeMap::new(),
+            renamed_references: BTreeMap::new(),
         };
         let undefined = vec![
             "no_such_symbol".to_owned(),
@@ -395,7 +403,7 @@ ffffffff82000100 D printk_like
             file_hints: BTreeMap::new(),
             symbol_files: None,
             module_locals: BTreeMap::new(),
-            foreign_exports: BTreeMap::new(),
+            renamed_references: BTreeMap::new(),
         };
         let targets = resolve_undefined(
             &["pb_fixture_show".to_owned()],
@@ -415,7 +423,7 @@ ffffffff82000100 D printk_like
             file_hints: BTreeMap::new(),
             symbol_files: None,
             module_locals: BTreeMap::new(),
-            foreign_exports: BTreeMap::new(),
+            renamed_references: BTreeMap::new(),
         };
         let marker = |name: &str, sympos| Marker {
             object: ObjectName::vmlinux(),

@@ -186,7 +186,7 @@ pub fn bundle(
         symbols_override: None,
         old_function_aliases: Default::default(),
         module_locals: Default::default(),
-        foreign_exports: Default::default(),
+        renamed_references: Default::default(),
         output: output.to_path_buf(),
         keep_work_dir: None,
     };

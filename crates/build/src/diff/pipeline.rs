@@ -424,7 +424,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     let mut ambiguous = Vec::new();
     let mut old_function_aliases = std::collections::BTreeMap::new();
     let mut module_locals = std::collections::BTreeMap::new();
-    let mut foreign_exports = std::collections::BTreeMap::new();
+    let mut renamed_references = std::collections::BTreeMap::new();
     let exports = {
         let symvers = kernel.module_symvers();
         crate::symbols::Exports::parse(
@@ -508,17 +508,38 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             // Another module's exports used here are reached through livepatch symbols
             // relocated with this module (so the patch loads before either module is), under
             // names of their own: two patched modules may use the same export.
-            let renames = foreign_export_renames(&exports, module, &extracted.external);
+            let mut renames = foreign_export_renames(&exports, module, &extracted.external);
+            // The module's own symbols the kept code uses, when the module has one of that
+            // name, are named per module too: in a cumulative patch another patched object may
+            // have one of the same name (a header's static inline emitted out of line, or
+            // cifs's and ksmbd's `id_to_sid`).
+            if let Some(table) = &module_table {
+                // Locals, and globals the kernel does not export (a module's code can reach
+                // no other object's): the module's own.
+                let unexported = extracted
+                    .external
+                    .iter()
+                    .filter(|name| !exports.contains(name));
+                for name in extracted.local_external.iter().chain(unexported) {
+                    if table.lookup(name).len() == 1 {
+                        renames.insert(
+                            name.clone(),
+                            (format!("__patchbay_{module}__{name}"), module.clone()),
+                        );
+                    }
+                }
+            }
             if !renames.is_empty() {
                 objects::redefine_symbols(&path, &renames)?;
-                for (name, (alias, exporter)) in renames {
-                    foreign_exports.insert(
+                for (name, (alias, owner)) in renames {
+                    let relocated_in = (owner != *module).then(|| module.clone());
+                    renamed_references.insert(
                         alias,
                         crate::klp_elf::KlpTarget {
-                            object: exporter,
+                            object: owner,
                             symbol: name,
                             sympos: 0,
-                            relocated_in: Some(module.clone()),
+                            relocated_in,
                         },
                     );
                 }
@@ -538,7 +559,12 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             Owner::Module(module) => {
                 if let Ok(module) = module.parse::<patchbay_core::ObjectName>() {
                     for name in &extracted.local_external {
-                        module_locals.insert(name.clone(), module.clone());
+                        let renamed = renamed_references
+                            .values()
+                            .any(|t| t.symbol == *name && t.object == module.as_str());
+                        if !renamed {
+                            module_locals.insert(name.clone(), module.clone());
+                        }
                     }
                 }
             }
@@ -611,7 +637,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             symbols_override: None,
             old_function_aliases,
             module_locals,
-            foreign_exports,
+            renamed_references,
             output: request.output.clone(),
             keep_work_dir: request.keep_work_dir.as_ref().map(|d| d.join("module")),
         },
