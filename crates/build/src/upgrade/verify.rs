@@ -309,10 +309,15 @@ pub fn verify(
         let mut config = VmConfig::new(kernel.vmlinux(), &cpio);
         config.cpus = 2;
         config.disks = vec![disk.clone()];
-        // Boot, module loads, and per candidate: transition, smoke, unload.
-        let per_candidate = 60 + u64::from(options.stress_seconds) * 2;
+        // Boot, module loads, and per candidate: two transitions, the smoke run, unloads; each
+        // patched module is loaded, removed and loaded again (seconds each under TCG).
+        let per_candidate = |c: &Candidate| {
+            60 + u64::from(options.stress_seconds) * 2
+                + 6 * u64::try_from(c.modules.len()).unwrap_or(u64::MAX / 1024)
+        };
         config.timeout = Duration::from_secs(
-            180 + per_candidate * u64::try_from(remaining.len()).unwrap_or(u64::MAX / 1024),
+            180 + 3 * u64::try_from(present.len()).unwrap_or(0)
+                + remaining.iter().map(per_candidate).sum::<u64>(),
         );
         let vm = patchbay_vm::run(&config)?;
         // The console stays beside the work for whoever reads a failure.
