@@ -163,6 +163,35 @@ impl ServerProcess {
         self.serve_on(&listen)
     }
 
+    /// Loads the bundled CVE snapshot into the server's database (`cve sync --snapshot`) and
+    /// restarts it, so its exposure reports know the real 6.1 CVEs.
+    pub fn sync_cve_snapshot(&mut self) -> Result<()> {
+        let sync = Command::new(server_binary()?)
+            .args(["cve", "sync", "--snapshot"])
+            .arg(crate::fixture("../crates/exposure/data"))
+            .arg("--data")
+            .arg(&self.data_dir)
+            .output()
+            .context("run patchbay-server cve sync")?;
+        if !sync.status.success() {
+            bail!(
+                "patchbay-server cve sync failed ({}): {}",
+                sync.status,
+                String::from_utf8_lossy(&sync.stderr)
+            );
+        }
+        self.restart()
+    }
+
+    /// The upgrade report attached to a level (`GET kernels/{build_id}/levels/{level}/report`).
+    pub fn level_report(&self, build_id: &str, level: u32) -> Result<serde_json::Value> {
+        self.admin(
+            "GET",
+            &format!("kernels/{build_id}/levels/{level}/report"),
+            None,
+        )
+    }
+
     /// An admin API call; returns the JSON reply, or an error with the server's message.
     pub fn admin(
         &self,

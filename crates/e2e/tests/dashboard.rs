@@ -286,15 +286,7 @@ fn dashboard_promotes_a_level_and_shows_the_exposure_fall() {
     .unwrap();
 
     let mut server = ServerProcess::start(&work.path().join("server")).unwrap();
-    let sync = Command::new(server_binary().unwrap())
-        .args(["cve", "sync", "--snapshot"])
-        .arg(fixture("../crates/exposure/data"))
-        .arg("--data")
-        .arg(&server.data_dir)
-        .output()
-        .unwrap();
-    assert!(sync.status.success(), "{sync:?}");
-    server.restart().unwrap();
+    server.sync_cve_snapshot().unwrap();
     server.publish(&level1).unwrap();
     let build_id = kernel.build_id().to_owned();
 

@@ -12,9 +12,7 @@ use std::process::Command;
 
 use patchbay_build::upgrade::select::{self, Selection};
 use patchbay_core::{CveId, CveStatus, UpgradeReport};
-use patchbay_e2e::{
-    agent_binary, assert_checks, builder_binary, fixture, server_binary, Guest, ServerProcess,
-};
+use patchbay_e2e::{agent_binary, assert_checks, builder_binary, Guest, ServerProcess};
 use patchbay_exposure::version::UpstreamVersion;
 use patchbay_kernels::Kernel;
 use patchbay_vm::Network;
@@ -111,15 +109,7 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
 
     let mut server = ServerProcess::start(&path("server")).unwrap();
     // The server's CVE database, so its exposure report can show what the level closes.
-    let sync = Command::new(server_binary().unwrap())
-        .args(["cve", "sync", "--snapshot"])
-        .arg(fixture("../crates/exposure/data"))
-        .arg("--data")
-        .arg(&server.data_dir)
-        .output()
-        .unwrap();
-    assert!(sync.status.success(), "{sync:?}");
-    server.restart().unwrap();
+    server.sync_cve_snapshot().unwrap();
     let builder = builder_binary().unwrap();
     let agent = agent_binary().unwrap();
     let cves: Vec<&str> = real.iter().chain([&breaking]).map(CveId::as_str).collect();
@@ -193,13 +183,7 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
     assert!(stdout.contains("published level 1"), "{context}");
 
     // The report is attached to the published level.
-    let attached = server
-        .admin(
-            "GET",
-            &format!("kernels/{}/levels/1/report", kernel.build_id()),
-            None,
-        )
-        .unwrap();
+    let attached = server.level_report(kernel.build_id(), 1).unwrap();
     assert_eq!(
         attached["cves"].as_array().map(Vec::len),
         Some(report.cves.len()),
@@ -367,13 +351,7 @@ fn watcher_publishes_a_verified_level_when_apt_has_a_newer_source() {
         channel.to_string().contains(kernel.build_id()),
         "level promoted into testing: {channel} / {context}"
     );
-    let report = server
-        .admin(
-            "GET",
-            &format!("kernels/{}/levels/1/report", kernel.build_id()),
-            None,
-        )
-        .unwrap();
+    let report = server.level_report(kernel.build_id(), 1).unwrap();
     assert_eq!(
         report["cves"].as_array().map(Vec::len),
         Some(cves.len()),
