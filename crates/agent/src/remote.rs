@@ -960,14 +960,13 @@ pub fn boot(
         p.build_id == identity.build_id && matches!(p.op, OpKind::Apply | OpKind::Rollback)
     }) {
         // A level that took the machine down while loading would do it again at every boot:
-        // try an interrupted operation once. The marker names the operation; finding our own
-        // marker means the last boot tried it and never got to clear it.
+        // try an interrupted operation once. The marker names the kernel and level this boot
+        // is about to load (not the operation: the apply below records a new pending
+        // operation, with its own pid and time, before it loads); finding it at the next boot
+        // means that boot never returned from the load. It is removed once the load returns.
         let marker = agent.state_dir.root().join("boot-attempt");
-        let this_op = format!(
-            "{} {} {:?}\n",
-            pending.started_unix, pending.pid, pending.level
-        );
-        let tried = std::fs::read_to_string(&marker).ok().as_deref() == Some(this_op.as_str());
+        let attempt = format!("{} {:?}\n", identity.build_id, pending.level);
+        let tried = std::fs::read_to_string(&marker).ok().as_deref() == Some(attempt.as_str());
         if tried {
             (agent.log)(&format!(
                 "warning: the last boot already tried to complete the interrupted {} of \
@@ -979,14 +978,17 @@ pub fn boot(
         if let (false, Some(level)) = (tried, pending.level) {
             let path = agent.state_dir.bundle_path(&identity.build_id, level);
             if path.exists() {
-                patchbay_core::fsutil::write_private(&marker, this_op.as_bytes())
+                patchbay_core::fsutil::write_private(&marker, attempt.as_bytes())
                     .map_err(|e| file_err(&marker, e))?;
                 (agent.log)(&format!(
                     "note: the {} of level {level} was interrupted before it was recorded; \
                      re-applying level {level}",
                     pending.op
                 ));
-                return Ok(BootOutcome::Applied(agent.apply(&path, &opts)?));
+                let applied = agent.apply(&path, &opts);
+                // The load returned (either way): the machine survived this level.
+                remove_boot_attempt(&marker)?;
+                return Ok(BootOutcome::Applied(applied?));
             }
         }
     }
@@ -1025,6 +1027,13 @@ pub fn boot(
         )));
     }
     Ok(BootOutcome::Applied(agent.apply(&path, &opts)?))
+}
+
+fn remove_boot_attempt(marker: &Path) -> Result<(), RemoteError> {
+    match std::fs::remove_file(marker) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(file_err(marker, e)),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -1197,11 +1197,38 @@ fn a_level_that_brought_the_machine_down_at_boot_is_not_tried_again() {
         crate::remote::boot(&a, &switch, &ApplyOptions::default())
     }));
     assert!(crashed.is_err(), "the simulated crash did not happen");
+    k.sim().crash_on_load = false;
     k.reboot();
+    // The pending operation the crashed boot recorded was its own process's, started at its
+    // own time; the next boot must still know it tried this level (whatever the clock says).
+    let state_file = k.state_dir().state_file();
+    let mut state = crate::state::AgentState::load(&state_file).unwrap();
+    if let Some(pending) = state.pending.as_mut() {
+        pending.pid = pending.pid.wrapping_add(1);
+        pending.started_unix += 7;
+    }
+    state.save(&state_file).unwrap();
     // The next boot does not try level 2 again: it re-applies the last recorded level.
     match crate::remote::boot(&a, &switch, &ApplyOptions::default()).unwrap() {
         crate::remote::BootOutcome::Applied(o) => assert_eq!(o.level, level(1)),
         other => panic!("boot did not fall back: {other:?}"),
     }
     assert_eq!(k.sysfs(), vec![module_name(BUILD_ID, 1)]);
+}
+
+#[test]
+fn a_boot_that_completed_an_interrupted_apply_does_not_block_the_next_one() {
+    let (server, k) = setup();
+    crash_between_transition_and_record(&server, &k);
+    k.reboot();
+    let a = agent(&k);
+    let switch = k.root.path().join("no-disable-file");
+    match crate::remote::boot(&a, &switch, &ApplyOptions::default()).unwrap() {
+        crate::remote::BootOutcome::Applied(o) => assert_eq!(o.level, level(2)),
+        other => panic!("boot did not complete the apply: {other:?}"),
+    }
+    assert!(
+        !k.state_dir().root().join("boot-attempt").exists(),
+        "the boot returned from the load: its attempt marker must be gone"
+    );
 }
