@@ -856,8 +856,12 @@ impl Agent<'_> {
                 return Err(self.fail(session, err));
             }
             TransitionEnd::TimedOut(waited) => {
-                let (blockers, total) =
-                    livepatch::blocking_tasks(&self.paths.proc_dir, 1, BLOCKERS_SHOWN);
+                let (blockers, total) = livepatch::blocking_tasks(
+                    &self.paths.proc_dir,
+                    1,
+                    BLOCKERS_SHOWN,
+                    &livepatch::ReplacedNames::from_manifest(&bundle.manifest),
+                );
                 if opts.transition.force {
                     self.force_transition(session, module.as_str())?;
                     forced = true;
@@ -1092,8 +1096,15 @@ impl Agent<'_> {
         match end {
             TransitionEnd::Done | TransitionEnd::Vanished => {}
             TransitionEnd::TimedOut(waited) => {
+                // The level's functions, from its cached bundle (best effort: the stacks are
+                // shown either way).
+                let replaced = crate::cache::read_manifest_only(
+                    &self.state_dir.bundle_path(&identity.build_id, level),
+                )
+                .map(|m| livepatch::ReplacedNames::from_manifest(&m))
+                .unwrap_or_default();
                 let (blockers, total) =
-                    livepatch::blocking_tasks(&self.paths.proc_dir, 0, BLOCKERS_SHOWN);
+                    livepatch::blocking_tasks(&self.paths.proc_dir, 0, BLOCKERS_SHOWN, &replaced);
                 if opts.force {
                     self.write_force(session, module.as_str())?;
                     forced = true;
@@ -1288,7 +1299,12 @@ impl Agent<'_> {
 
     /// A transition is slow: report who blocks it and signal them if the kernel lets us.
     fn nudge(&self, name: &str, target: u8, elapsed: Duration, told: &mut bool) {
-        let (blockers, total) = livepatch::blocking_tasks(&self.paths.proc_dir, target, 3);
+        let (blockers, total) = livepatch::blocking_tasks(
+            &self.paths.proc_dir,
+            target,
+            3,
+            &livepatch::ReplacedNames::default(),
+        );
         let who: Vec<String> = blockers
             .iter()
             .map(|t| format!("{} {}", t.tid, t.comm))

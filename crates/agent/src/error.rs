@@ -80,6 +80,13 @@ impl std::fmt::Display for BlockedReport {
             for line in &task.stack {
                 write!(f, "\n    {line}")?;
             }
+            if !task.in_replaced.is_empty() {
+                write!(
+                    f,
+                    "\n    in functions the patch replaces: {}",
+                    task.in_replaced.join(", ")
+                )?;
+            }
         }
         write!(
             f,

@@ -12,6 +12,9 @@ use serde::Serialize;
 const ATTR_MAX_BYTES: u64 = 64 * 1024;
 /// Lines of a blocking task's kernel stack we report.
 const STACK_LINES: usize = 6;
+/// Frames of a blocking task's kernel stack we search for replaced functions (the kernel
+/// shows at most 64).
+const STACK_SEARCHED: usize = 64;
 /// Longest line we keep from kernel-provided text (comm, stack frames).
 const LINE_MAX_CHARS: usize = 160;
 
@@ -116,11 +119,66 @@ pub struct BlockingTask {
     pub comm: String,
     /// First lines of `/proc/<pid>/task/<tid>/stack`; empty when unreadable.
     pub stack: Vec<String>,
+    /// The functions on the whole stack that the transition replaces (or restores): why the
+    /// task cannot switch. Empty when unknown.
+    pub in_replaced: Vec<String>,
+}
+
+/// The function a `/proc/<pid>/stack` line names: `[<0>] name+0x1f/0x80 [module]` → `name`.
+pub fn stack_function(line: &str) -> Option<&str> {
+    let rest = line.trim_start();
+    let rest = match rest.strip_prefix("[<") {
+        Some(r) => r.split_once(">]")?.1.trim_start(),
+        None => rest,
+    };
+    let name = rest.split(['+', ' ']).next()?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// `foo.isra.0`, `foo.constprop.3`, `foo.cold` → `foo`: the kernel's stack names the GCC
+/// clone, a patch may name either.
+fn without_clone_suffix(name: &str) -> &str {
+    name.split_once('.').map_or(name, |(base, _)| base)
+}
+
+/// The functions a transition moves tasks off, as named in a bundle's manifest (both the
+/// kernel's original and the patch's replacement): the names a blocking stack is checked for.
+#[derive(Debug, Clone, Default)]
+pub struct ReplacedNames(std::collections::BTreeSet<String>);
+
+impl ReplacedNames {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> ReplacedNames {
+        ReplacedNames(
+            names
+                .into_iter()
+                .map(|n| without_clone_suffix(n).to_owned())
+                .collect(),
+        )
+    }
+
+    pub fn from_manifest(manifest: &patchbay_core::Manifest) -> ReplacedNames {
+        ReplacedNames::new(
+            manifest
+                .replaced_functions
+                .iter()
+                .flat_map(|f| [f.function.as_str(), f.replacement.as_str()]),
+        )
+    }
+
+    fn contains(&self, frame_function: &str) -> bool {
+        self.0.contains(without_clone_suffix(frame_function))
+    }
 }
 
 /// The tasks whose `patch_state` is neither -1 (no transition) nor `target` (0 unpatched,
-/// 1 patched). Returns at most `limit` tasks and the total count.
-pub fn blocking_tasks(proc_dir: &Path, target: u8, limit: usize) -> (Vec<BlockingTask>, usize) {
+/// 1 patched). Returns at most `limit` tasks and the total count; each task's stack is
+/// searched for the `replaced` functions.
+pub fn blocking_tasks(
+    proc_dir: &Path,
+    target: u8,
+    limit: usize,
+    replaced: &ReplacedNames,
+) -> (Vec<BlockingTask>, usize) {
     let mut found = Vec::new();
     let mut total = 0usize;
     let Ok(entries) = fs::read_dir(proc_dir) else {
@@ -163,14 +221,26 @@ pub fn blocking_tasks(proc_dir: &Path, target: u8, limit: usize) -> (Vec<Blockin
                 let comm = read_small(&dir.join("comm"))
                     .map(|c| truncate(c.trim()))
                     .unwrap_or_else(|_| "?".to_owned());
-                let stack = read_small(&dir.join("stack"))
-                    .map(|s| s.lines().take(STACK_LINES).map(truncate).collect())
-                    .unwrap_or_default();
+                let full = read_small(&dir.join("stack")).unwrap_or_default();
+                let stack = full.lines().take(STACK_LINES).map(truncate).collect();
+                let mut in_replaced: Vec<String> = Vec::new();
+                for function in full
+                    .lines()
+                    .take(STACK_SEARCHED)
+                    .filter_map(stack_function)
+                    .filter(|f| replaced.contains(f))
+                {
+                    let function = truncate(function);
+                    if !in_replaced.contains(&function) {
+                        in_replaced.push(function);
+                    }
+                }
                 found.push(BlockingTask {
                     pid,
                     tid,
                     comm,
                     stack,
+                    in_replaced,
                 });
             }
         }
@@ -283,15 +353,31 @@ mod tests {
             fs::create_dir_all(&t).unwrap();
             fs::write(t.join("patch_state"), format!("{state}\n")).unwrap();
             fs::write(t.join("comm"), format!("{comm}\n")).unwrap();
-            fs::write(t.join("stack"), "[<0>] a+0x1/0x2\n[<0>] b+0x3/0x4\n").unwrap();
+            let mut stack = String::from("[<0>] __schedule+0x1/0x2\n");
+            for frame in 0..10 {
+                stack.push_str(&format!("[<0>] frame{frame}+0x3/0x4\n"));
+            }
+            stack.push_str("[<0>] worker_loop.isra.0+0x5/0x6 [some_mod]\n");
+            fs::write(t.join("stack"), stack).unwrap();
         }
         fs::create_dir_all(proc.join("self")).unwrap();
-        let (tasks, total) = blocking_tasks(&proc, 1, 10);
+        let replaced = ReplacedNames::new(["worker_loop", "pb_worker_loop"]);
+        let (tasks, total) = blocking_tasks(&proc, 1, 10, &replaced);
         assert_eq!(total, 1);
         assert_eq!(tasks[0].pid, 7);
         assert_eq!(tasks[0].comm, "sleepy");
-        assert_eq!(tasks[0].stack.len(), 2);
-        let (tasks, total) = blocking_tasks(&proc, 0, 0);
+        assert_eq!(tasks[0].stack.len(), STACK_LINES, "{:?}", tasks[0].stack);
+        // Below the lines shown, and named by its clone: still found.
+        assert_eq!(tasks[0].in_replaced, vec!["worker_loop.isra.0".to_owned()]);
+        let (tasks, total) = blocking_tasks(&proc, 0, 0, &ReplacedNames::default());
         assert_eq!((tasks.len(), total), (0, 1));
+    }
+
+    #[test]
+    fn stack_frames() {
+        assert_eq!(stack_function("[<0>] kthread+0xe6/0x110"), Some("kthread"));
+        assert_eq!(stack_function("[<0>] nfsd+0x10/0x20 [nfsd]"), Some("nfsd"));
+        assert_eq!(stack_function("[<0>] "), None);
+        assert_eq!(stack_function("[<0"), None);
     }
 }

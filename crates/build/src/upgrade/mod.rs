@@ -433,8 +433,57 @@ pub fn run(
             module = Some(module_of(&report.module.manifest));
             break;
         };
+        // A transition blocked by tasks sleeping in replaced functions: the agent named the
+        // functions; drop the groups that replace them (no isolation boot needed).
+        let blocking = verify::blocking_functions(&failure);
+        let blockers: Vec<(&GroupBuild, Vec<&str>)> = keep
+            .iter()
+            .filter_map(|b| {
+                let GroupOutcome::Built { functions, .. } = &b.outcome else {
+                    return None;
+                };
+                let hit: Vec<&str> = blocking
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|name| functions.iter().any(|f| replaces(f, name)))
+                    .collect();
+                (!hit.is_empty()).then_some((*b, hit))
+            })
+            .collect();
+        if !blockers.is_empty() {
+            progress.say(&format!(
+                "the cumulative bundle's transition was blocked by tasks sleeping in {}; \
+                 dropping the {} group(s) that replace them",
+                blocking.join(", "),
+                blockers.len()
+            ));
+            for (b, hit) in blockers {
+                dropped.push(DroppedGroup {
+                    group: b.group.number,
+                    cves: group_ids(&cves, &b.group),
+                    reason: format!(
+                        "its live patch cannot take effect while tasks sleep in {}: the \
+                         transition over the loaded modules was blocked and reverted (a \
+                         function a kernel thread never leaves needs a patch of its callers \
+                         or a different fix)",
+                        hit.join(", ")
+                    ),
+                });
+            }
+            verification = Some(Verification {
+                passed: false,
+                modules_loaded: first.modules_loaded,
+                workloads: first.workloads,
+                dropped_groups: dropped.clone(),
+                seconds,
+                notes: first.notes.clone(),
+                apply_seconds: None,
+            });
+            continue;
+        }
         progress.say(&format!(
-            "the cumulative bundle failed verification ({failure}); trying each group alone"
+            "the cumulative bundle failed verification ({}); trying each group alone",
+            first_line(&failure)
         ));
         let candidates: Vec<Candidate> = keep
             .iter()
@@ -466,7 +515,7 @@ pub fn run(
             dropped.push(DroppedGroup {
                 group: b.group.number,
                 cves: group_ids(&cves, &b.group),
-                reason: format!("broke the verification run: {why}"),
+                reason: format!("broke the verification run: {}", first_line(why)),
             });
         }
         if newly_dropped == 0 {
@@ -551,6 +600,14 @@ pub fn run(
         });
     }
     Ok(report)
+}
+
+/// Whether a group's `object:function` entry is the function a stack frame names (the frame
+/// may name a GCC clone of it, or the group may patch the clone).
+fn replaces(entry: &str, frame_function: &str) -> bool {
+    let function = entry.split_once(':').map_or(entry, |(_, f)| f);
+    let base = |name: &str| name.split_once('.').map_or(name, |(b, _)| b).to_owned();
+    base(function) == base(frame_function)
 }
 
 fn first_line(text: &str) -> String {
@@ -1040,4 +1097,18 @@ pub async fn next_level(server: &str, token: &str, build_id: &str) -> Result<Pat
     u32::try_from(newest + 1)
         .map_err(|e| e.to_string())
         .and_then(|n| PatchLevel::try_from(n).map_err(|e| e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stack_frame_names_the_function_a_group_replaces() {
+        assert!(replaces("nfsd:nfsd_svc", "nfsd_svc"));
+        assert!(replaces("vmlinux:worker_thread", "worker_thread.isra.0"));
+        assert!(replaces("vmlinux:tcp_sendmsg.cold", "tcp_sendmsg"));
+        assert!(!replaces("vmlinux:worker_thread", "worker"));
+        assert!(!replaces("vmlinux:kthread", "kthread_worker_fn"));
+    }
 }

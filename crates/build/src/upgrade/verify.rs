@@ -182,6 +182,11 @@ check_kernel() {{
 	[ "$new" -eq 0 ] || {{ echo "kernel taint flags $new appeared (tainted=$t)"; return 1; }}
 	return 0
 }}
+# The agent's whole message on one line (a blocked transition names the tasks, their stacks
+# and the replaced functions they sleep in: what the builder drops groups by).
+oneline() {{
+	echo "$1" | tr '\n' ' ' | cut -c1-6000
+}}
 # Modules a failed step left unloaded come back for the next candidate.
 restore_modules() {{
 	for m in {smoke_modules} $patched_modules; do modprobe "$m" 2>/dev/null; done
@@ -197,7 +202,7 @@ try() {{
 	for m in $patched_modules; do modprobe -r "$m" 2>/dev/null; done
 	t0=$(cut -d' ' -f1 /proc/uptime)
 	out=$(patchbay apply "/bundles/$label.pbb" 2>&1) ||
-		{{ pb_value candidate "$label fail apply: $(echo "$out" | tail -n 2 | tr '\n' ' ')"; restore_modules; return; }}
+		{{ pb_value candidate "$label fail apply: $(oneline "$out")"; restore_modules; return; }}
 	pb_value apply-seconds "$label $t0 $(cut -d' ' -f1 /proc/uptime)"
 	why=$(load_patched_modules && smoke 2>&1) || {{
 		pb_value candidate "$label fail $(echo "$why" | tail -n 1)"
@@ -206,13 +211,13 @@ try() {{
 		return
 	}}
 	out=$(patchbay unload 2>&1) ||
-		{{ pb_value candidate "$label fail unload: $(echo "$out" | tail -n 2 | tr '\n' ' ')"; return; }}
+		{{ pb_value candidate "$label fail unload: $(oneline "$out")"; return; }}
 	restore_modules
 	# Then as on a host that has: the patch applied to the loaded modules.
 	out=$(patchbay apply "/bundles/$label.pbb" 2>&1) ||
-		{{ pb_value candidate "$label fail apply over loaded modules: $(echo "$out" | tail -n 2 | tr '\n' ' ')"; return; }}
+		{{ pb_value candidate "$label fail apply over loaded modules: $(oneline "$out")"; return; }}
 	out=$(patchbay unload 2>&1) ||
-		{{ pb_value candidate "$label fail unload: $(echo "$out" | tail -n 2 | tr '\n' ' ')"; return; }}
+		{{ pb_value candidate "$label fail unload: $(oneline "$out")"; return; }}
 	why=$(check_kernel) || {{ pb_value candidate "$label fail $why"; return; }}
 	pb_value candidate "$label ok"
 }}
@@ -408,10 +413,47 @@ pub fn verify(
     Ok(run)
 }
 
+/// What the agent says before the functions a blocked task sleeps in (`patchbay` error text).
+const SLEEPS_IN_REPLACED: &str = "in functions the patch replaces:";
+
+/// The replaced functions the agent found on the stacks of the tasks that blocked a
+/// transition, from a candidate's failure text (the agent's message on one line).
+pub(super) fn blocking_functions(failure: &str) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for (at, _) in failure.match_indices(SLEEPS_IN_REPLACED) {
+        let after = failure.get(at + SLEEPS_IN_REPLACED.len()..).unwrap_or("");
+        for word in after.split_whitespace() {
+            let name = word.trim_end_matches(',');
+            if !name.is_empty() && !found.iter().any(|f| f == name) {
+                found.push(name.to_owned());
+            }
+            if !word.ends_with(',') {
+                break;
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn functions_a_blocked_transition_names() {
+        let failure = "apply over loaded modules: transition to level 1 blocked by task 96 \
+                       kworker, task 120 kauditd (waited 60.0 s); reverted   task 96 kworker \
+                       sleeps in:     [<0>] __schedule+0x1/0x2     in functions the patch \
+                       replaces: rescuer_thread, worker_thread.isra.0   task 120 kauditd sleeps \
+                       in:     [<0>] kauditd_thread+0x1/0x2     in functions the patch replaces: \
+                       kauditd_thread These tasks sleep inside a function the patch replaces.";
+        assert_eq!(
+            blocking_functions(failure),
+            vec!["rescuer_thread", "worker_thread.isra.0", "kauditd_thread"]
+        );
+        assert!(blocking_functions("apply: refused: bad signature").is_empty());
+    }
 
     #[test]
     fn the_script_tries_each_candidate_and_loads_their_modules_once() {
