@@ -21,10 +21,12 @@ pub const EXTRA_CFLAGS: &str = "-ffunction-sections -fdata-sections";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectsError {
-    #[error("compiling {object} failed (make exit {status}):\n{output}")]
+    #[error("compiling {object} failed (make exit {status}): {first_error}\n{output}")]
     Compile {
         object: String,
         status: String,
+        /// The first diagnostic that stopped the build (kbuild prints progress lines first).
+        first_error: String,
         output: String,
     },
     #[error("cannot run {program}: {source}")]
@@ -107,6 +109,7 @@ pub fn compile_object(tree: &SourceTree, source: &str, out: &Path) -> Result<(),
         return Err(ObjectsError::Compile {
             object,
             status: output.status.to_string(),
+            first_error: first_error(&output.stdout, &output.stderr),
             output: tail(&output.stdout, &output.stderr),
         });
     }
@@ -275,6 +278,7 @@ pub fn redefine_symbols(
         return Err(ObjectsError::Compile {
             object: object.display().to_string(),
             status: output.status.to_string(),
+            first_error: first_error(&output.stdout, &output.stderr),
             output: tail(&output.stdout, &output.stderr),
         });
     }
@@ -359,6 +363,27 @@ fn run_patch(dir: &Path, diff: &Path, reverse: bool) -> Result<(), String> {
     } else {
         Err(tail(&out.stdout, &out.stderr))
     }
+}
+
+/// The compiler's (or linker's, or make's) first error line in a failed build's output.
+fn first_error(stdout: &[u8], stderr: &[u8]) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(stdout),
+        String::from_utf8_lossy(stderr)
+    );
+    let is_error = |l: &&str| {
+        l.contains(": error:")
+            || l.contains("fatal error:")
+            || l.contains("undefined reference")
+            || l.contains("No rule to make target")
+    };
+    let line = text
+        .lines()
+        .find(is_error)
+        .or_else(|| text.lines().find(|l| l.contains("Error ")))
+        .unwrap_or("the build printed no error line");
+    line.trim().chars().take(300).collect()
 }
 
 fn tail(stdout: &[u8], stderr: &[u8]) -> String {
@@ -479,4 +504,27 @@ pub fn owner(
         hint: "the object may be built only for another config, or its functions were all \
                inlined; patch the callers instead",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_error_of_a_kbuild_run() {
+        let out = b"  DESCEND objtool\n  CALL scripts/checksyscalls.sh\n  CC [M]  net/bluetooth/hci_sync.o\n";
+        let err = b"net/bluetooth/hci_sync.c: In function 'x':\n\
+net/bluetooth/hci_sync.c:180:14: error: 'HCI_REQ_DONE' undeclared\n\
+net/bluetooth/hci_sync.c:190:1: error: second\n\
+make[1]: *** [scripts/Makefile.build:250: net/bluetooth/hci_sync.o] Error 1\n";
+        assert_eq!(
+            first_error(out, err),
+            "net/bluetooth/hci_sync.c:180:14: error: 'HCI_REQ_DONE' undeclared"
+        );
+        assert_eq!(
+            first_error(b"", b"make: *** [Makefile:1: x.o] Error 2\n"),
+            "make: *** [Makefile:1: x.o] Error 2"
+        );
+        assert_eq!(first_error(b"", b""), "the build printed no error line");
+    }
 }
