@@ -13,6 +13,7 @@ fn fixture(rel: &str) -> std::path::PathBuf {
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn unsafe_or_empty_diffs_are_refused_with_advice() {
     let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -121,6 +122,7 @@ fn unsafe_or_empty_diffs_are_refused_with_advice() {
 /// `linux.orig/`, no prefix at all) builds the same module as the git-style fixture: the strip
 /// level is found from the tree.
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn patches_with_any_prefix_build() {
     let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
     let work = tempfile::tempdir().unwrap();

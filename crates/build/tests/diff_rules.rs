@@ -64,6 +64,7 @@ fn section_names(object: &[u8]) -> Vec<String> {
 /// `__already_done` special static, a name that repeats all over vmlinux): the clone is replaced itself (it has an ftrace
 /// entry and its callers are unchanged) and the patch has its own `__print_once`.
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn clone_is_replaced_and_special_statics_are_copied() {
     let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
     let (report, extracted) = build_fixture(&kernel, "oom-adj-clone-print-once.patch");
@@ -106,6 +107,7 @@ fn clone_is_replaced_and_special_statics_are_copied() {
 /// WARN_ON_ONCE and changes a `pr_debug`: the export stays with the running kernel (no ksymtab
 /// in the patch), the dynamic-debug descriptor and its jump entry are the patch's own.
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn exported_function_with_pr_debug_keeps_its_export() {
     let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
     let (report, extracted) = build_fixture(&kernel, "locked-vm-export-dyndbg.patch");
@@ -132,6 +134,7 @@ fn exported_function_with_pr_debug_keeps_its_export() {
 /// A fix touching `__init` code and a runtime function: the runtime function is patched, the
 /// init part reported as not applied (it already ran).
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn init_changes_beside_runtime_changes_are_reported_not_applied() {
     let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
     let (report, _) = build_fixture(&kernel, "cmdline-init-and-runtime.patch");
@@ -145,6 +148,7 @@ fn init_changes_beside_runtime_changes_are_reported_not_applied() {
 /// fix builds. A header change that alters an object the diff does not patch is refused with
 /// that object named.
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn header_changes_are_allowed_only_when_no_other_object_changes() {
     let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
     let (report, _) = build_fixture(&kernel, "fd-header-new-helper.patch");
@@ -176,6 +180,7 @@ fn header_changes_are_allowed_only_when_no_other_object_changes() {
 /// entry keyed on it are the patch's own, so no jump entry of the patch points into the module
 /// or vmlinux through a livepatch relocation (which the loader could not honour in time).
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn module_pr_debug_sites_use_the_patch_s_own_descriptor() {
     let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
     let (report, extracted) = build_fixture(&kernel, "module-binfmt-misc.patch");
@@ -202,6 +207,7 @@ fn module_pr_debug_sites_use_the_patch_s_own_descriptor() {
 /// functions below it whose code differs only in the `__LINE__` of `mlog()` calls
 /// (ocfs2_filecheck_*) are not replaced.
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn module_tracepoint_sites_are_left_inert() {
     let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
     let (report, extracted) = build_fixture(&kernel, "module-ocfs2-tracepoint.patch");

@@ -59,6 +59,7 @@ fn build_err(kernel: &Kernel, req: &SourceBuild) -> String {
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn unknown_and_ambiguous_symbols_are_refused_by_name() {
     let kernel = newest();
     let dir = tempfile::tempdir().unwrap();
@@ -76,6 +77,7 @@ fn unknown_and_ambiguous_symbols_are_refused_by_name() {
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn unknown_old_function_is_refused() {
     let kernel = newest();
     let dir = tempfile::tempdir().unwrap();
@@ -86,6 +88,7 @@ fn unknown_old_function_is_refused() {
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn duplicate_local_function_needs_sympos() {
     let kernel = newest();
     let function = duplicated(&kernel, 't');

@@ -127,6 +127,7 @@ const AFTER_UNLOAD: &[(&str, &str)] =
     &[("cmdline-callbacks", "dmesg | grep -q pb_cb_post_unpatch")];
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn diff_bundles_load_and_unload_in_qemu() {
     let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -200,6 +201,7 @@ fn diff_bundles_load_and_unload_in_qemu() {
 
 /// A function of a loadable module (binfmt_misc), patched after the module loaded and before.
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn diff_bundle_patches_a_module_loaded_before_or_after() {
     let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
     let work = tempfile::tempdir().unwrap();

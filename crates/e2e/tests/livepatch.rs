@@ -168,21 +168,25 @@ fn module_and_blocked_transition(selector: KernelSelector) {
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn lifecycle_on_newest_kernel() {
     lifecycle(KernelSelector::Newest);
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn lifecycle_on_older_kernel() {
     lifecycle(KernelSelector::Older);
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn module_patch_and_blocked_transition_on_newest_kernel() {
     module_and_blocked_transition(KernelSelector::Newest);
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn module_patch_and_blocked_transition_on_older_kernel() {
     module_and_blocked_transition(KernelSelector::Older);
 }

@@ -88,6 +88,7 @@ fn warning_patch(kernel: &Kernel, out: &Path) {
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
     let (kernel, to) = smallest_window();
     let from: UpstreamVersion = kernel.upstream_version().parse().unwrap();
@@ -293,6 +294,7 @@ fn register_host(server: &ServerProcess, kernel: &Kernel) {
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn watcher_publishes_a_verified_level_when_apt_has_a_newer_source() {
     let (kernel, to) = smallest_window();
     let from: UpstreamVersion = kernel.upstream_version().parse().unwrap();

@@ -54,6 +54,7 @@ fn modinfo_vermagic(ko: &[u8]) -> String {
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn newest_kernel_is_fetched_and_usable() {
     let kernel = newest();
     let start = Instant::now();
@@ -156,6 +157,7 @@ fn newest_kernel_is_fetched_and_usable() {
 
 /// Downloads the ~860 MB -dbg package once per kernel; later runs hit the cached map.
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn newest_kernel_full_system_map() {
     let kernel = newest();
     let start = Instant::now();
@@ -184,6 +186,7 @@ fn newest_kernel_full_system_map() {
 /// `--kernel <headers tree>`: the tree inside a cache entry, a tree elsewhere that matches
 /// Debian's (resolved through apt and the cache), and one that does not match.
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn headers_tree_names_its_kernel() {
     let kernel = newest();
 

@@ -49,6 +49,7 @@ fn boot(script: &str, extra_cmdline: &str, timeout: Duration) -> VmRun {
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn boots_and_reports_checks() {
     let marker = format!("patchbay.test_marker={}", std::process::id());
     let script = format!(
@@ -79,6 +80,7 @@ pb_value uptime_ms "$(pb_uptime_ms)"
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn failing_check_is_reported() {
     let run = boot(
         ". /lib/pb.sh\npb_expect_contains absent /proc/cmdline no-such-marker\nexit 0\n",
@@ -92,6 +94,7 @@ fn failing_check_is_reported() {
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn timeout_kills_the_vm() {
     let run = boot(
         "echo about-to-sleep\nsleep 1000\n",
@@ -106,6 +109,7 @@ fn timeout_kills_the_vm() {
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn kernel_panic_ends_the_run() {
     let run = boot(
         "echo before-crash\necho c > /proc/sysrq-trigger\n",
@@ -118,6 +122,7 @@ fn kernel_panic_ends_the_run() {
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn modprobe_loads_dependencies() {
     let mut initramfs = Initramfs::new().unwrap();
     initramfs
@@ -136,6 +141,7 @@ pb_expect_contains 9pnet-loaded /proc/modules 9pnet
 }
 
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn qemu_failure_is_reported() {
     // Needs no real kernel: QEMU rejects the argument before loading anything.
     let dir = tempfile::tempdir().unwrap();
@@ -159,6 +165,7 @@ fn qemu_failure_is_reported() {
 /// The guest reaches one host loopback port through `guestfwd` (several connections, each
 /// with its own forwarder) and nothing else: `restrict=on` keeps it off every other address.
 #[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn guest_reaches_only_the_forwarded_host_port() {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
