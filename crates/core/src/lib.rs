@@ -19,5 +19,5 @@ pub use channel::{
 };
 pub use ids::{BuildId, CveId, IdError, KernelRelease, ModuleName, ObjectName, PatchLevel, Sha256};
 pub use manifest::{Manifest, ManifestError, ReplacedFunction, MANIFEST_FORMAT};
-pub use report::{CveOutcome, CveStatus, UpgradeReport};
+pub use report::{CveOutcome, CveStatus, DropCategory, UpgradeReport};
 pub use version::UpstreamVersion;

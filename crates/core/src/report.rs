@@ -102,7 +102,8 @@ pub struct Verification {
     pub modules_loaded: Vec<String>,
     /// The smoke workloads that ran while the patch was live.
     pub workloads: Vec<String>,
-    /// Groups dropped because the smoke run broke with them, with what broke.
+    /// Groups left out of the bundle (broke the smoke run, blocked the transition, or built
+    /// only alone), with why.
     pub dropped_groups: Vec<DroppedGroup>,
     pub seconds: f64,
     /// What the run showed about the kernel rather than the patch (e.g. a patched module that
@@ -120,7 +121,34 @@ pub struct Verification {
 pub struct DroppedGroup {
     pub group: u32,
     pub cves: Vec<CveId>,
+    /// Why, as a category a script can count (reports before it existed: verification).
+    #[serde(default)]
+    pub category: DropCategory,
     pub reason: String,
+}
+
+/// Why a group that built alone was left out of the cumulative bundle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DropCategory {
+    /// It builds alone but not together with the other groups.
+    CumulativeBuildFailed,
+    /// It broke the verification run in QEMU (kernel warning, failed workload, crash).
+    #[default]
+    VerificationFailed,
+    /// Its transition could not finish: tasks sleep in functions it replaces.
+    TransitionBlocked,
+}
+
+impl DropCategory {
+    /// The category as the report and `--json` consumers spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropCategory::CumulativeBuildFailed => "cumulative-build-failed",
+            DropCategory::VerificationFailed => "verification-failed",
+            DropCategory::TransitionBlocked => "transition-blocked",
+        }
+    }
 }
 
 impl UpgradeReport {

@@ -840,11 +840,11 @@ async fn report_page(
                     ul #notes { @for n in &v.notes { li { (n) } } }
                 }
                 @if !v.dropped_groups.is_empty() {
-                    h3 { "Groups dropped because the run broke with them" }
+                    h3 { "Groups left out of the bundle" }
                     table #dropped {
-                        tr { th { "Group" } th { "CVEs" } th { "What broke" } }
+                        tr { th { "Group" } th { "CVEs" } th { "Why" } th { "Details" } }
                         @for g in &v.dropped_groups {
-                            tr { td { (g.group) } td { (g.cves.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")) } td { (g.reason) } }
+                            tr { td { (g.group) } td { (g.cves.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")) } td { (g.category.as_str()) } td { (g.reason) } }
                         }
                     }
                 }

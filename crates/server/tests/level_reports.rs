@@ -91,6 +91,7 @@ fn report(level: u32) -> UpgradeReport {
             dropped_groups: vec![DroppedGroup {
                 group: 5,
                 cves: vec!["CVE-2025-5005".parse().unwrap()],
+                category: patchbay_core::DropCategory::VerificationFailed,
                 reason: "kernel BUG at net/core/dev.c:3141 while iperf-loopback ran".into(),
             }],
             seconds: 98.0,

@@ -222,9 +222,118 @@ pub fn patch_files(text: &str) -> Vec<String> {
     files
 }
 
+/// Code files of `dir` (not recursive) that both trees have and that differ between them.
+fn changed_code_files_in(old: &Path, new: &Path, dir: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(new.join(dir)) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_code(n))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| format!("{dir}/{name}"))
+        .filter(
+            |path| match (std::fs::read(old.join(path)), std::fs::read(new.join(path))) {
+                (Ok(a), Ok(b)) => a != b,
+                _ => false,
+            },
+        )
+        .collect()
+}
+
+/// Whether a path names code a live patch could carry (C, headers, assembly).
+fn is_code(path: &str) -> bool {
+    [".c", ".h", ".S"].iter().any(|ext| path.ends_with(ext))
+}
+
+/// The files CVE records name that neither source tree has, resolved to what 6.1 has.
+///
+/// The kernel CNA records mainline's paths; 6.1 may have the code under an older name
+/// (batman-adv's `mesh-interface.c` was `soft-interface.c`), or not at all (added later).
+/// Left as they are, one such name made the whole group of CVEs sharing files "not in
+/// source". Per missing file, in the CVE's notes:
+/// - not code (documentation, Kconfig): ignored;
+/// - its directory is in neither tree: the code came after 6.1, nothing to patch there;
+/// - code files of its directory changed between the sources and no CVE of the window
+///   (`window_files`, any score) names them: the 6.1 backport's file(s), taken in its place
+///   (the note names them);
+/// - nothing else there changed: the 6.1 fix needed no change there.
+///
+/// A CVE left with no file at all keeps its names, so it is reported as not in the source.
+/// CVEs with an operator's patch are not touched (the patch names 6.1's files).
+pub fn resolve_missing_files(
+    old: &Path,
+    new: &Path,
+    window_files: &BTreeSet<String>,
+    cves: &mut [super::select::SelectedCve],
+) {
+    let exists = |f: &str| old.join(f).is_file() || new.join(f).is_file();
+    let claimed: BTreeSet<String> = cves
+        .iter()
+        .flat_map(|c| c.files.iter())
+        .chain(window_files)
+        .cloned()
+        .collect();
+    for cve in cves.iter_mut().filter(|c| c.patch.is_none()) {
+        if cve.files.iter().all(|f| exists(f)) {
+            continue;
+        }
+        let mut files: Vec<String> = Vec::new();
+        let mut notes: Vec<String> = Vec::new();
+        for file in &cve.files {
+            if exists(file) {
+                if !files.contains(file) {
+                    files.push(file.clone());
+                }
+                continue;
+            }
+            let dir = file.rsplit_once('/').map_or("", |(dir, _)| dir);
+            if !is_code(file) {
+                notes.push(format!("{file} is not in 6.1 and is not code: ignored"));
+            } else if !old.join(dir).is_dir() && !new.join(dir).is_dir() {
+                notes.push(format!(
+                    "{file}: 6.1 has no {dir}/ (the code came later): nothing to patch there"
+                ));
+            } else {
+                let instead: Vec<String> = changed_code_files_in(old, new, dir)
+                    .into_iter()
+                    .filter(|f| !claimed.contains(f))
+                    .collect();
+                if instead.is_empty() {
+                    notes.push(format!(
+                        "{file} is not in 6.1 and no other file of {dir}/ changed between the \
+                         sources: the 6.1 fix needed no change there"
+                    ));
+                } else {
+                    notes.push(format!(
+                        "{file} is not in 6.1 (mainline renamed or added it): took the file(s) \
+                         of {dir}/ that changed between the sources and no other CVE names: {}",
+                        instead.join(", ")
+                    ));
+                    for f in instead {
+                        if !files.contains(&f) {
+                            files.push(f);
+                        }
+                    }
+                }
+            }
+        }
+        if files.is_empty() {
+            continue;
+        }
+        cve.files = files;
+        cve.notes.extend(notes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::super::select::SelectedCve;
     use super::*;
 
     fn files(list: &[&[&str]]) -> Vec<Vec<String>> {
@@ -282,6 +391,70 @@ mod tests {
             changed_headers_beside(old.path(), new.path(), &changed),
             vec!["fs/x/a.h".to_owned()]
         );
+    }
+
+    #[test]
+    fn files_mainline_renamed_are_found_in_the_6_1_trees() {
+        let old = tempfile::tempdir().unwrap();
+        let new = tempfile::tempdir().unwrap();
+        for (tree, body) in [(&old, "int x;\n"), (&new, "int x = 1;\n")] {
+            std::fs::create_dir_all(tree.path().join("net/bat")).unwrap();
+            std::fs::create_dir_all(tree.path().join("net/quiet")).unwrap();
+            for f in ["bla.c", "soft-interface.c", "types.h", "low.c"] {
+                std::fs::write(tree.path().join("net/bat").join(f), body).unwrap();
+            }
+            std::fs::write(tree.path().join("net/bat/same.c"), "same\n").unwrap();
+            std::fs::write(tree.path().join("net/quiet/a.c"), body).unwrap();
+        }
+        let cve = |id: &str, files: &[&str]| SelectedCve {
+            id: id.parse().unwrap(),
+            title: String::new(),
+            score: Some(7.0),
+            files: files.iter().map(|f| (*f).to_owned()).collect(),
+            fixed_in: None,
+            patch: None,
+            notes: Vec::new(),
+        };
+        let mut cves = vec![
+            cve(
+                "CVE-2026-1001",
+                &[
+                    "net/bat/bla.c",
+                    "net/bat/mesh-interface.c",
+                    "Documentation/x.rst",
+                ],
+            ),
+            cve("CVE-2026-1002", &["net/bat/types.h"]),
+            cve(
+                "CVE-2026-1003",
+                &["net/quiet/a.c", "net/quiet/later.c", "drivers/new/x.c"],
+            ),
+            cve("CVE-2026-1004", &["drivers/new/y.c"]),
+        ];
+        // low.c changed too, but for a CVE of the window below the score threshold.
+        let window: BTreeSet<String> = ["net/bat/low.c".to_owned()].into();
+        resolve_missing_files(old.path(), new.path(), &window, &mut cves);
+        // The renamed file: the one changed file of the directory no CVE names.
+        assert_eq!(
+            cves[0].files,
+            vec!["net/bat/bla.c", "net/bat/soft-interface.c"],
+            "{:?}",
+            cves[0].notes
+        );
+        assert!(
+            cves[0]
+                .notes
+                .iter()
+                .any(|n| n.contains("took the file(s)") && n.contains("net/bat/soft-interface.c")),
+            "{:?}",
+            cves[0].notes
+        );
+        assert_eq!(cves[1].files, vec!["net/bat/types.h"]);
+        // Nothing else changed there, and a directory 6.1 does not have: nothing to patch.
+        assert_eq!(cves[2].files, vec!["net/quiet/a.c"], "{:?}", cves[2].notes);
+        assert_eq!(cves[2].notes.len(), 2, "{:?}", cves[2].notes);
+        // Nothing left: the names stay, so the CVE is reported as not in the source.
+        assert_eq!(cves[3].files, vec!["drivers/new/y.c"]);
     }
 
     #[test]

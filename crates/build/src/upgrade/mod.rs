@@ -19,7 +19,7 @@ use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use patchbay_core::report::{DroppedGroup, ReportModule, Verification};
+use patchbay_core::report::{DropCategory, DroppedGroup, ReportModule, Verification};
 use patchbay_core::{CveId, CveOutcome, CveStatus, PatchLevel, UpgradeReport};
 use patchbay_exposure::version::UpstreamVersion;
 use patchbay_exposure::CveDatabase;
@@ -263,6 +263,11 @@ pub fn run(
         }
     }
     cves.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(newer) = &request.fixes.newer {
+        let old = kernel.source_tree()?.dir().to_path_buf();
+        let window = select::window_files(db, &from, &request.to);
+        fixes::resolve_missing_files(&old, &newer.tree, &window, &mut cves);
+    }
     let groups = fixes::group(&fixes::files_of(&cves));
     progress.say(&format!(
         "{} CVEs ({} → {}, CVSS ≥ {}) in {} groups of shared files",
@@ -374,6 +379,7 @@ pub fn run(
                     dropped.push(DroppedGroup {
                         group: b.group.number,
                         cves: group_ids(&cves, &b.group),
+                        category: DropCategory::CumulativeBuildFailed,
                         reason: format!(
                             "builds alone but not with the other groups: {}",
                             first_line(&text)
@@ -461,6 +467,7 @@ pub fn run(
                 dropped.push(DroppedGroup {
                     group: b.group.number,
                     cves: group_ids(&cves, &b.group),
+                    category: DropCategory::TransitionBlocked,
                     reason: format!(
                         "its live patch cannot take effect while tasks sleep in {}: the \
                          transition over the loaded modules was blocked and reverted (a \
@@ -515,6 +522,7 @@ pub fn run(
             dropped.push(DroppedGroup {
                 group: b.group.number,
                 cves: group_ids(&cves, &b.group),
+                category: DropCategory::VerificationFailed,
                 reason: format!("broke the verification run: {}", first_line(why)),
             });
         }
@@ -525,6 +533,7 @@ pub fn run(
                 dropped.push(DroppedGroup {
                     group: b.group.number,
                     cves: group_ids(&cves, &b.group),
+                    category: DropCategory::VerificationFailed,
                     reason: format!(
                         "every group passed alone but the cumulative bundle failed ({failure}); \
                          dropped to narrow it down"
@@ -674,6 +683,7 @@ fn patches_selection(
             files: fixes::patch_files(&text),
             fixed_in: None,
             patch: Some(path),
+            notes: Vec::new(),
         });
     }
     Ok(chosen)
@@ -1020,11 +1030,7 @@ fn outcome(
             ..
         } => {
             if let Some(d) = dropped.iter().find(|d| d.group == build.group.number) {
-                result.category = Some(if d.reason.starts_with("broke") {
-                    "verification-failed".into()
-                } else {
-                    "cumulative-build-failed".into()
-                });
+                result.category = Some(d.category.as_str().into());
                 result.reason = Some(d.reason.clone());
             } else if !bundle_built {
                 result.category = Some("cumulative-build-failed".into());
@@ -1055,6 +1061,13 @@ fn outcome(
                 }
             }
         }
+    }
+    if !cve.notes.is_empty() {
+        let notes = cve.notes.join("; ");
+        result.reason = Some(match result.reason.take() {
+            Some(reason) => format!("{reason}; {notes}"),
+            None => notes,
+        });
     }
     result
 }

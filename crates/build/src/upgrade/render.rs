@@ -68,9 +68,10 @@ pub fn text(report: &UpgradeReport) -> String {
                 let ids: Vec<&str> = d.cves.iter().map(|c| c.as_str()).collect();
                 let _ = writeln!(
                     s,
-                    "  dropped group {} ({}): {}",
+                    "  dropped group {} ({}), {}: {}",
                     d.group,
                     ids.join(", "),
+                    d.category.as_str(),
                     d.reason
                 );
             }

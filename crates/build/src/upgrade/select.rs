@@ -1,6 +1,8 @@
 //! Which CVEs an upgrade closes: those of the CVE database that affect the running kernel's
 //! upstream release and are fixed in the same stable series at or below the target release.
 
+use std::collections::BTreeSet;
+
 use patchbay_core::CveId;
 use patchbay_exposure::version::UpstreamVersion;
 use patchbay_exposure::{CveDatabase, CveRecord};
@@ -17,6 +19,9 @@ pub struct SelectedCve {
     pub fixed_in: Option<UpstreamVersion>,
     /// The operator's patch for it (`--patches`), used instead of the source diff.
     pub patch: Option<std::path::PathBuf>,
+    /// What the builder did about the record's files (e.g. a file mainline renamed, found
+    /// under its 6.1 name); shown with the CVE's outcome.
+    pub notes: Vec<String>,
 }
 
 /// What to select.
@@ -56,6 +61,20 @@ fn fixed_in(
         .min()
 }
 
+/// Every file named by a CVE fixed in the window `from`..=`to`, whatever its score: files
+/// that belong to some CVE's fix (for telling a renamed file from another fix's file).
+pub fn window_files(
+    db: &CveDatabase,
+    from: &UpstreamVersion,
+    to: &UpstreamVersion,
+) -> BTreeSet<String> {
+    db.records
+        .values()
+        .filter(|r| fixed_in(r, from, to).is_some())
+        .flat_map(|r| r.files.iter().cloned())
+        .collect()
+}
+
 /// The CVEs to close, ordered by id. CVEs named in `only` that are not in the window are an
 /// error naming each and why (unknown, does not affect `from`, fixed after `to`).
 pub fn select(
@@ -87,6 +106,7 @@ pub fn select(
             files: record.files.clone(),
             fixed_in: Some(fixed),
             patch: None,
+            notes: Vec::new(),
         });
     }
     for cve in selection.only {
