@@ -81,17 +81,21 @@ pub fn affected_objects_refusal(headers: &[String], affected: &[(String, String)
         .iter()
         .map(|(unit, what)| format!("{} ({what})", object_path(unit)))
         .collect();
-    Refusal::in_file(
-        Category::HeaderChange,
-        headers.first().map(String::as_str).unwrap_or_default(),
-        format!(
-            "the change to {} alters objects the diff does not patch: {}; a live patch would \
-             leave them running the old definitions (a struct layout or an inline function used \
-             there changed): keep the header change out of the fix or patch those objects too",
-            headers.join(", "),
-            list.join("; ")
-        ),
-    )
+    Refusal {
+        other_sources: affected.iter().map(|(unit, _)| unit.clone()).collect(),
+        ..Refusal::in_file(
+            Category::HeaderChange,
+            headers.first().map(String::as_str).unwrap_or_default(),
+            format!(
+                "the change to {} alters objects the diff does not patch: {}; a live patch \
+                 would leave them running the old definitions (a struct layout or an inline \
+                 function used there changed): keep the header change out of the fix or patch \
+                 those objects too",
+                headers.join(", "),
+                list.join("; ")
+            ),
+        )
+    }
 }
 
 /// Where the include index of a kernel is cached (beside the kernel's other derived data).

@@ -106,6 +106,10 @@ pub struct Refusal {
     pub function: Option<String>,
     /// The rule that was broken and what to do instead.
     pub reason: String,
+    /// Other translation units the refusal is about (a header change alters them): what a
+    /// caller that can patch them too (`upgrade`) adds to the fix.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_sources: Vec<String>,
 }
 
 impl Refusal {
@@ -116,6 +120,7 @@ impl Refusal {
             file: None,
             function: None,
             reason: reason.into(),
+            other_sources: Vec::new(),
         }
     }
 

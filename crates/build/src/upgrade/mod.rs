@@ -165,6 +165,9 @@ enum GroupOutcome {
         not_built: Vec<String>,
         /// Loadable modules the group patches.
         modules: Vec<String>,
+        /// Sources beyond the CVEs' files, patched because the fix's header change alters
+        /// them (and the newer source changed them too).
+        pulled_in: Vec<String>,
     },
     NotApplicable {
         category: String,
@@ -779,7 +782,10 @@ fn build_group(
     let mut files = group.files.clone();
     let mut not_built = Vec::new();
     let mut with_headers = false;
-    for _attempt in 0..4 {
+    // Sources added because the group's header change alters them (and the newer kernel
+    // changed them too).
+    let mut pulled_in: Vec<String> = Vec::new();
+    for _attempt in 0..6 {
         let mut cut_paths = BTreeSet::new();
         // Operator patches first; the files they do not cover are cut from the newer tree.
         let given: Vec<PathBuf> = group
@@ -867,6 +873,7 @@ fn build_group(
                         module_init,
                         not_built,
                         modules: modules.into_iter().collect(),
+                        pulled_in,
                     },
                     patches,
                     Some(bundle),
@@ -908,6 +915,30 @@ fn build_group(
                 if err.category() == "compile-failed" && tree_mode && !with_headers {
                     with_headers = true;
                     continue;
+                }
+                // The header change alters other objects whose own source the newer kernel
+                // changed too (often to match the header: they no longer compile without it):
+                // their newer version belongs to the fix; patch them as well.
+                if let Some(newer) = request.fixes.newer.as_ref().filter(|_| tree_mode) {
+                    let old = kernel.source_tree()?.dir().to_path_buf();
+                    let mut pulled = Vec::new();
+                    for unit in refusals
+                        .iter()
+                        .filter(|r| r.category == Category::HeaderChange)
+                        .flat_map(|r| r.other_sources.iter())
+                    {
+                        if files.contains(unit) {
+                            continue;
+                        }
+                        if let FileDiff::Changed(_) = fixes::file_diff(&old, &newer.tree, unit)? {
+                            pulled.push(unit.clone());
+                        }
+                    }
+                    if !pulled.is_empty() {
+                        pulled_in.extend(pulled.iter().cloned());
+                        files.extend(pulled);
+                        continue;
+                    }
                 }
                 let reason = match refusals.first() {
                     Some(r) => {
@@ -1027,6 +1058,7 @@ fn outcome(
             functions,
             module_init,
             not_built,
+            pulled_in,
             ..
         } => {
             if let Some(d) = dropped.iter().find(|d| d.group == build.group.number) {
@@ -1044,11 +1076,22 @@ fn outcome(
                     .collect();
                 if module_init.is_empty() {
                     result.status = CveStatus::Patched;
+                    let mut notes = Vec::new();
                     if !not_built.is_empty() {
-                        result.reason = Some(format!(
+                        notes.push(format!(
                             "not built in this configuration, so not patched: {}",
                             not_built.join(", ")
                         ));
+                    }
+                    if !pulled_in.is_empty() {
+                        notes.push(format!(
+                            "also patched, because the fix's header change alters them and the \
+                             newer source changed them to match: {}",
+                            pulled_in.join(", ")
+                        ));
+                    }
+                    if !notes.is_empty() {
+                        result.reason = Some(notes.join("; "));
                     }
                 } else {
                     result.status = CveStatus::Partial;
