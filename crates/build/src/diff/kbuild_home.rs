@@ -169,6 +169,17 @@ impl KbuildIndex {
 
     /// Where kbuild links `object` (`virt/kvm/eventfd.o`) under `config`.
     pub fn home(&self, object: &str, config: &KernelConfig) -> KbuildHome {
+        if let Some(arch) = object
+            .strip_prefix("arch/")
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(arch, _)| arch)
+            .filter(|arch| *arch != "x86")
+        {
+            return KbuildHome::NotBuilt(vec![format!(
+                "arch/{arch}/ is another architecture's code: this kernel is built for x86, \
+                 whose build reads only arch/x86/ of arch/"
+            )]);
+        }
         self.home_at(object, config, 0)
     }
 
@@ -447,6 +458,11 @@ mod tests {
         };
         assert!(proof[0].contains("CONFIG_KVM_VFIO"), "{proof:?}");
         assert_eq!(index.home("fs/nowhere.o", &config), KbuildHome::Unknown);
+        // Another architecture's code, whatever its Makefile says.
+        let KbuildHome::NotBuilt(proof) = index.home("arch/arm64/kvm/vgic.o", &config) else {
+            panic!("arch/arm64 is not built for x86");
+        };
+        assert!(proof[0].contains("arch/arm64/"), "{proof:?}");
         // `obj-y` in a directory its parent builds only with an unset option.
         let KbuildHome::NotBuilt(proof) = index.home("fs/quota/dquot.o", &config) else {
             panic!("fs/quota/ is not descended into");

@@ -96,22 +96,41 @@ pub fn compile_object(tree: &SourceTree, source: &str, out: &Path) -> Result<(),
     let object = object_path(source);
     let built = tree.dir().join(&object);
     let _ = fs::remove_file(&built);
-    let output = tree
-        .make()
-        .arg(format!("KCFLAGS={EXTRA_CFLAGS} -I{}", include.display()))
-        .arg(&object)
-        .output()
-        .map_err(|source| ObjectsError::Spawn {
-            program: "make",
-            source,
-        })?;
+    let make = |target: &str| {
+        tree.make()
+            .arg(format!("KCFLAGS={EXTRA_CFLAGS} -I{}", include.display()))
+            .arg(target)
+            .output()
+            .map_err(|source| ObjectsError::Spawn {
+                program: "make",
+                source,
+            })
+    };
+    let output = make(&object)?;
     if !output.status.success() {
-        return Err(ObjectsError::Compile {
-            object,
-            status: output.status.to_string(),
-            first_error: first_error(&output.stdout, &output.stderr),
-            output: tail(&output.stdout, &output.stderr),
-        });
+        let first = first_error(&output.stdout, &output.stderr);
+        // A part of a composite object listed by a Makefile in another directory
+        // (`amdgpu-y += ../display/dc/core/dc.o`) gets its include paths from that Makefile:
+        // built on its own it misses headers. Asked for through that directory, kbuild
+        // compiles it exactly as the kernel's build did.
+        let mut compiled = false;
+        if first.contains("No such file or directory") {
+            for target in composite_targets(tree.dir(), &object) {
+                let _ = fs::remove_file(&built);
+                if make(&target)?.status.success() && built.is_file() {
+                    compiled = true;
+                    break;
+                }
+            }
+        }
+        if !compiled {
+            return Err(ObjectsError::Compile {
+                object,
+                status: output.status.to_string(),
+                first_error: first,
+                output: tail(&output.stdout, &output.stderr),
+            });
+        }
     }
     if let Some(parent) = out.parent() {
         fs::create_dir_all(parent).map_err(io("create", parent))?;
@@ -294,6 +313,58 @@ pub fn object_path(source: &str) -> String {
 }
 
 /// Removes what compiling one object left in the tree (the object and kbuild's `.cmd` file).
+/// Make targets that reach `object` through the Makefile of a sibling directory of one of its
+/// ancestors that names the directory it lives in (`drivers/gpu/drm/amd/amdgpu/Makefile`
+/// names `display`: `drivers/gpu/drm/amd/amdgpu/../display/dc/core/dc.o`), nearest first.
+/// Candidates only: the compile decides.
+fn composite_targets(tree: &Path, object: &str) -> Vec<String> {
+    let parts: Vec<&str> = object.split('/').collect();
+    let mut targets = Vec::new();
+    // parts = [a, b, …, file]; an ancestor keeps `keep` leading directories.
+    for keep in (1..parts.len().saturating_sub(1)).rev().take(4) {
+        let (Some(ancestor), Some(child), Some(rest)) =
+            (parts.get(..keep), parts.get(keep), parts.get(keep..))
+        else {
+            continue;
+        };
+        let ancestor = ancestor.join("/");
+        let Ok(entries) = fs::read_dir(tree.join(&ancestor)) else {
+            continue;
+        };
+        let mut siblings: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name != child)
+            .collect();
+        siblings.sort();
+        for sibling in siblings {
+            let makefile = tree.join(&ancestor).join(&sibling).join("Makefile");
+            let Ok(text) = fs::read_to_string(&makefile) else {
+                continue;
+            };
+            if names_word(&text, child) {
+                targets.push(format!("{ancestor}/{sibling}/../{}", rest.join("/")));
+            }
+        }
+        if targets.len() >= 3 {
+            break;
+        }
+    }
+    targets.truncate(3);
+    targets
+}
+
+/// Whether `word` occurs in `text` as a whole word (Makefile names: letters, digits, `_`, `-`).
+fn names_word(text: &str, word: &str) -> bool {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    text.match_indices(word).any(|(at, _)| {
+        let before = text.get(..at).and_then(|t| t.chars().next_back());
+        let after = text.get(at + word.len()..).and_then(|t| t.chars().next());
+        !before.is_some_and(is_name) && !after.is_some_and(is_name)
+    })
+}
+
 fn remove_build_products(tree: &SourceTree, object: &str) {
     let built = tree.dir().join(object);
     let _ = fs::remove_file(&built);
@@ -473,16 +544,42 @@ pub fn owner(
     let order = fs::read_to_string(kernel.modules_dir().join("modules.order"))
         .map_err(io("read", &kernel.modules_dir().join("modules.order")))?;
     let source_dir = source.rsplit_once('/').map_or("", |(d, _)| d);
-    let mut candidates: Vec<(usize, &str)> = order
+    let within = |dir: &str, ancestor: &str| {
+        dir == ancestor || ancestor.is_empty() || dir.starts_with(&format!("{ancestor}/"))
+    };
+    // Modules of this directory or a parent, nearest first; then modules of a sibling of a
+    // parent (a composite built by another directory's Makefile: amdgpu.ko links
+    // `../display/…`), by how much of the path they share.
+    let mut candidates: Vec<(bool, usize, &str)> = order
         .lines()
         .filter_map(|line| {
             let rel = line.trim().strip_prefix("kernel/")?;
             let dir = rel.rsplit_once('/').map_or("", |(d, _)| d);
-            (source_dir == dir || source_dir.starts_with(&format!("{dir}/")))
-                .then_some((dir.len(), line.trim()))
+            if within(source_dir, dir) {
+                return Some((true, dir.len(), line.trim()));
+            }
+            let parent = dir.rsplit_once('/').map_or("", |(p, _)| p);
+            (parent.matches('/').count() >= 2 && within(source_dir, parent)).then_some((
+                false,
+                parent.len(),
+                line.trim(),
+            ))
         })
         .collect();
-    candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
+    candidates.sort_by_key(|c| (std::cmp::Reverse(c.0), std::cmp::Reverse(c.1)));
+    let siblings_tried = 8;
+    let mut seen_siblings = 0;
+    let candidates: Vec<(usize, &str)> = candidates
+        .into_iter()
+        .filter(|(own, _, _)| {
+            if *own {
+                return true;
+            }
+            seen_siblings += 1;
+            seen_siblings <= siblings_tried
+        })
+        .map(|(_, len, line)| (len, line))
+        .collect();
     for (_, relative) in candidates {
         let name = relative
             .rsplit('/')
@@ -508,7 +605,33 @@ pub fn owner(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn parts_of_composites_are_reached_through_the_makefile_that_names_their_directory() {
+        let tree = tempfile::tempdir().unwrap();
+        for (path, text) in [
+            (
+                "drivers/amd/amdgpu/Makefile",
+                "DISPLAY_FOLDER_NAME=display\n",
+            ),
+            ("drivers/amd/pm/Makefile", "obj-y += pm.o # displayport\n"),
+            ("drivers/amd/display/dc/core/Makefile", "\n"),
+        ] {
+            let file = tree.path().join(path);
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(file, text).unwrap();
+        }
+        assert_eq!(
+            composite_targets(tree.path(), "drivers/amd/display/dc/core/dc.o"),
+            vec!["drivers/amd/amdgpu/../display/dc/core/dc.o".to_owned()]
+        );
+        assert!(composite_targets(tree.path(), "fs/x.o").is_empty());
+        assert!(names_word("a display b", "display"));
+        assert!(!names_word("displayport", "display"));
+        assert!(!names_word("DISPLAY_FOLDER", "display"));
+    }
 
     #[test]
     fn the_first_error_of_a_kbuild_run() {

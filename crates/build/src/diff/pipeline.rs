@@ -262,6 +262,30 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         }
         _ => Vec::new(),
     };
+    // Code this configuration does not build is refused with kbuild's proof before anything is
+    // compiled: compiling it fails for reasons that say nothing (another architecture's
+    // headers, flags only its own build sets).
+    let unbuilt: Vec<Refusal> = files
+        .iter()
+        .filter_map(|f| {
+            let object = objects::object_path(&f.path);
+            match kbuild.home(&object, &config) {
+                KbuildHome::NotBuilt(proof) => Some(Refusal::in_file(
+                    Category::NotBuiltInConfig,
+                    &f.path,
+                    format!(
+                        "{object} is not built in this kernel's configuration, so the running \
+                         kernel has none of its code to patch ({})",
+                        proof.join("; ")
+                    ),
+                )),
+                _ => None,
+            }
+        })
+        .collect();
+    if !unbuilt.is_empty() {
+        return Err(DiffBuildError::refused(unbuilt));
+    }
     let original_object = |source: &str| work.join("original").join(objects::object_path(source));
     let patched_object = |source: &str| work.join("patched").join(objects::object_path(source));
     let sources: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
