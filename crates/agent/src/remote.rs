@@ -9,7 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use patchbay_core::{bundle_target_name, BuildId, ChannelName, HostSeed, PatchLevel};
+use patchbay_core::protocol::{
+    CheckInReply, CheckInRequest, ErrorBody, HostState, RegisterReply, RegisterRequest,
+};
+use patchbay_core::{
+    bundle_target_name, BuildId, ChannelName, HostSeed, PatchLevel, UpstreamVersion,
+};
 use patchbay_updates::{Limits, SignedRepo, Source, UpdateError};
 use serde::{Deserialize, Serialize};
 
@@ -265,7 +270,7 @@ async fn post_json<T: serde::de::DeserializeOwned>(
     url: &url::Url,
     path: &str,
     token: Option<&str>,
-    body: &serde_json::Value,
+    body: &impl Serialize,
 ) -> Result<T, RemoteError> {
     let endpoint = url
         .join(path)
@@ -293,10 +298,10 @@ async fn post_json<T: serde::de::DeserializeOwned>(
             },
         })?;
     if !status.is_success() {
-        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        // Not every refusal is the server's own (a proxy's page): then the text as it is.
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|body| body.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
         return Err(RemoteError::Refused {
             status: status.as_u16(),
             message,
@@ -321,17 +326,7 @@ fn base_url(url: &url::Url) -> url::Url {
 pub struct Effective {
     pub build_id: String,
     pub level: Option<u32>,
-    pub effective_version: Option<String>,
-}
-
-/// A release string as the server sends it (`6.1.193`): digits and dots only.
-fn release_string(s: &str) -> Option<String> {
-    let parts: Vec<&str> = s.split('.').collect();
-    let ok = (2..=3).contains(&parts.len())
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 6 && p.bytes().all(|b| b.is_ascii_digit()));
-    ok.then(|| s.to_owned())
+    pub effective_version: Option<UpstreamVersion>,
 }
 
 /// `patchbay uname`: the upstream release whose fixes this kernel has, counting the live patch
@@ -341,14 +336,16 @@ pub fn uname(agent: &Agent<'_>) -> Result<(String, String), RemoteError> {
     let identity = agent.identity()?;
     let status = agent.status()?;
     let active = status.active.map(|a| a.level.get());
-    let own = kernel_version(agent).unwrap_or_else(|| identity.release.to_string());
+    let own = running_upstream_version(agent)
+        .map_or_else(|| identity.release.to_string(), |v| v.to_string());
     let files = RemoteFiles::new(agent.state_dir.root());
     let recorded: Option<Effective> = std::fs::read(&files.effective)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let effective = recorded
         .filter(|e| e.build_id == identity.build_id.as_str() && e.level == active)
-        .and_then(|e| e.effective_version);
+        .and_then(|e| e.effective_version)
+        .map(|v| v.to_string());
     let detail = format!(
         "kernel {} (upstream {own}), live patch {}, effective {}",
         identity.release,
@@ -369,32 +366,22 @@ pub struct Registered {
     pub trusted_on_first_use: bool,
 }
 
-#[derive(Debug, Deserialize)]
-struct RegisterReply {
-    host_id: String,
-    host_token: String,
-    channel: ChannelName,
-    seed: HostSeed,
-    root: serde_json::Value,
-}
-
 /// The upstream release of a distribution kernel, from `/proc/version`: Debian writes its
 /// package version there (`... #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-11-16)`), while
 /// the release (`6.1.0-56-amd64`) names only the ABI.
-pub fn upstream_version(proc_version: &str) -> Option<String> {
+pub fn upstream_version(proc_version: &str) -> Option<UpstreamVersion> {
     let mut words = proc_version.split_whitespace();
     while let Some(word) = words.next() {
         if word == "Debian" {
             let version = words.next()?;
-            return patchbay_core::UpstreamVersion::from_debian(version)
-                .ok()
-                .map(|v| v.to_string());
+            return UpstreamVersion::from_debian(version).ok();
         }
     }
     None
 }
 
-fn kernel_version(agent: &Agent<'_>) -> Option<String> {
+/// The running kernel's upstream release ([`upstream_version`] of `/proc/version`).
+fn running_upstream_version(agent: &Agent<'_>) -> Option<UpstreamVersion> {
     std::fs::read_to_string(agent.paths.proc_dir.join("version"))
         .ok()
         .and_then(|text| upstream_version(&text))
@@ -436,14 +423,14 @@ pub fn register(
             &url,
             "api/v1/register",
             None,
-            &serde_json::json!({
-                "key": key,
-                "hostname": hostname,
-                "kernel_release": identity.release.as_str(),
-                "kernel_version": kernel_version(agent),
-                "build_id": identity.build_id.as_str(),
-                "agent_version": AGENT_VERSION,
-            }),
+            &RegisterRequest {
+                key: key.to_owned(),
+                hostname,
+                kernel_release: identity.release.clone(),
+                upstream_version: running_upstream_version(agent),
+                build_id: identity.build_id.clone(),
+                agent_version: AGENT_VERSION.to_owned(),
+            },
         )
         .await?;
         let (root, tofu) = match pinned_root {
@@ -813,38 +800,34 @@ impl<'a, 'b> Remote<'a, 'b> {
         let identity = self.agent.identity()?;
         let (active, state) = self.active_level()?;
         let state = match (error, state) {
-            (Some(_), _) => "error",
-            (None, _) if disabled => "disabled",
-            (None, PatchState::Patched) => "patched",
-            (None, PatchState::Unpatched) => "unpatched",
-            (None, PatchState::Transition) => "transition",
-            (None, PatchState::Interrupted) => "interrupted",
+            (Some(_), _) => HostState::Error,
+            (None, _) if disabled => HostState::Disabled,
+            (None, PatchState::Patched) => HostState::Patched,
+            (None, PatchState::Unpatched) => HostState::Unpatched,
+            (None, PatchState::Transition) => HostState::Transition,
+            (None, PatchState::Interrupted) => HostState::Interrupted,
         };
         let url = server_url(&link.url)?;
-        let reply: serde_json::Value = post_json(
+        let reply: CheckInReply = post_json(
             &url,
             "api/v1/checkin",
             Some(&link.host_token),
-            &serde_json::json!({
-                "kernel_release": identity.release.as_str(),
-                "kernel_version": kernel_version(self.agent),
-                "build_id": identity.build_id.as_str(),
-                "active_level": active.map(PatchLevel::get),
-                "state": state,
-                "last_error": error.map(|e| e.chars().take(4000).collect::<String>()),
-                "agent_version": AGENT_VERSION,
-            }),
+            &CheckInRequest {
+                kernel_release: identity.release.clone(),
+                upstream_version: running_upstream_version(self.agent),
+                build_id: identity.build_id.clone(),
+                active_level: active,
+                state,
+                last_error: error.map(|e| e.chars().take(4000).collect::<String>()),
+                agent_version: AGENT_VERSION.to_owned(),
+            },
         )
         .await?;
         // The server's view of which upstream release's fixes this host has (`patchbay uname`).
-        let effective = reply
-            .get("effective_version")
-            .and_then(|v| v.as_str())
-            .and_then(release_string);
         let record = Effective {
             build_id: identity.build_id.to_string(),
             level: active.map(PatchLevel::get),
-            effective_version: effective,
+            effective_version: reply.effective_version,
         };
         if let Ok(bytes) = serde_json::to_vec(&record) {
             let path = self.files.effective.clone();
@@ -1047,7 +1030,10 @@ mod tests {
                       (Debian 12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) \
                       #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-11-16)";
         // The compiler's "(Debian 12.2.0-14...)" comes first and is not the kernel's.
-        assert_eq!(upstream_version(debian).as_deref(), Some("6.1.192"));
+        assert_eq!(
+            upstream_version(debian),
+            Some(UpstreamVersion::new(6, 1, 192))
+        );
         assert_eq!(upstream_version("Linux version 6.8.0 #1 SMP"), None);
         assert_eq!(upstream_version("Debian"), None);
     }

@@ -17,6 +17,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use patchbay_core::protocol::HostState;
 use patchbay_core::{BuildId, Bundle, ChannelName, PatchLevel};
 use patchbay_server::service::WaveRequest;
 use patchbay_server::Service;
@@ -354,7 +355,7 @@ fn follows_promote_and_channel_rollback_and_reports_check_ins() {
         .unwrap();
     assert_eq!(hosts.len(), 1);
     assert_eq!(hosts[0].active_level, Some(level(1)));
-    assert_eq!(hosts[0].state, "patched");
+    assert_eq!(hosts[0].state, HostState::Patched);
 }
 
 #[test]
@@ -734,7 +735,11 @@ fn daemon_rounds_apply_or_only_report_and_back_off_when_the_server_is_gone() {
         .rt
         .block_on(server.service.hosts(&Default::default()))
         .unwrap();
-    assert_eq!(hosts[0].state, "unpatched", "the check-in still reports");
+    assert_eq!(
+        hosts[0].state,
+        HostState::Unpatched,
+        "the check-in still reports"
+    );
 
     let auto = Remote::new(&a, defaults(), ApplyOptions::default());
     auto.daemon_step(&mut failures);
@@ -988,7 +993,7 @@ fn the_kill_switch_stops_update_daemon_and_boot_and_the_check_in_says_disabled()
         .rt
         .block_on(server.service.hosts(&Default::default()))
         .unwrap();
-    assert_eq!(hosts[0].state, "disabled");
+    assert_eq!(hosts[0].state, HostState::Disabled);
 
     // The kernel command line switch does the same, for update and for boot.
     std::fs::remove_file(&switch).unwrap();

@@ -8,16 +8,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use patchbay_core::protocol::{ErrorBody, PublishReceipt};
 use patchbay_core::{Bundle, BundleError, UpgradeReport};
-use serde::Deserialize;
-
-/// What the server answers to a successful publish.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct PublishReceipt {
-    pub build_id: String,
-    pub level: u32,
-    pub target: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -134,10 +126,6 @@ async fn post(
     let status = response.status().as_u16();
     let body = response.bytes().await.map_err(connect)?;
     if !(200..300).contains(&status) {
-        #[derive(Deserialize)]
-        struct ErrorBody {
-            error: String,
-        }
         let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|e| e.error)
             .unwrap_or_else(|_| shown(&body));

@@ -1,7 +1,8 @@
-//! Shared vocabulary of Patchbay: the values the builder, the agent and (later) the server agree on.
+//! Shared vocabulary of Patchbay: the values the builder, the agent and the server agree on.
 //!
 //! Everything that crosses a trust boundary — a bundle file, a manifest, a kernel's identity — is
 //! parsed into a newtype here once, so the rest of the code never handles raw strings for them.
+//! The JSON the agent, the builder and the server exchange is declared in [`protocol`], once.
 
 pub mod bundle;
 pub mod channel;
@@ -9,6 +10,7 @@ pub mod fsutil;
 pub mod ids;
 pub mod manifest;
 pub mod modinfo;
+pub mod protocol;
 pub mod report;
 pub mod version;
 

@@ -230,7 +230,7 @@ impl ServerProcess {
     }
 
     /// Publishes a bundle with the builder's client.
-    pub fn publish(&self, bundle: &Path) -> Result<patchbay_build::publish::PublishReceipt> {
+    pub fn publish(&self, bundle: &Path) -> Result<patchbay_core::protocol::PublishReceipt> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

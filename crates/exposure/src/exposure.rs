@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::version::UpstreamVersion;
 use crate::{CveDatabase, Day, Severity};
@@ -25,7 +25,7 @@ impl Default for Policy {
 }
 
 /// One exposed CVE.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExposedCve {
     pub id: String,
     pub title: String,
@@ -43,7 +43,7 @@ pub struct ExposedCve {
 }
 
 /// The counts (`version`, `cves`, `high`, `high_overdue`, `kev`) and the list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Exposure {
     pub version: UpstreamVersion,
     pub at: String,

@@ -226,6 +226,19 @@ fn a_live_patch_removes_its_fixes_from_the_exposure() {
 }
 
 #[test]
+fn an_exposure_reads_back_as_the_server_sent_it() {
+    // Clients (the demo) read `GET /hosts/{id}/exposure` as core's `HostExposure<Exposure>`.
+    let db = snapshot::load(&snapshot::bundled_dir()).unwrap();
+    let at = "2026-11-22".parse().unwrap();
+    let v: UpstreamVersion = "6.1.100".parse().unwrap();
+    let sent = exposure(&db, v, at, Policy::default(), &BTreeSet::new());
+    assert!(!sent.list.is_empty());
+    let json = serde_json::to_vec(&sent).unwrap();
+    let read: patchbay_exposure::Exposure = serde_json::from_slice(&json).unwrap();
+    assert_eq!(read, sent);
+}
+
+#[test]
 fn cvss_scores_match_the_published_test_vectors() {
     let vectors: Value = serde_json::from_slice(&data("cvss-test-vectors.json")).unwrap();
     let mut checked = 0;

@@ -1,5 +1,6 @@
 //! HTTP: the signed TUF repository under `/tuf` (public) and the JSON API under `/api/v1`
-//! (bearer tokens). Every rejection is a JSON `{"error": ...}` with a 4xx status.
+//! (bearer tokens). Every rejection is a JSON `{"error": ...}` with a 4xx status. The bodies
+//! agents and the builder exchange with it are the types of [`patchbay_core::protocol`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,13 +12,14 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use patchbay_core::protocol::{CheckInReply, CheckInRequest, HostState, RegisterRequest};
 use patchbay_core::{BuildId, ChannelName, PatchLevel};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::auth::{Caller, Role};
 use crate::error::ServerError;
-use crate::service::{secret_hash, CheckInRequest, RegisterRequest, Service, WaveRequest};
+use crate::service::{secret_hash, Service, WaveRequest};
 use crate::store::{HostFilter, HostRecord};
 
 type AppState = Arc<Service>;
@@ -110,6 +112,15 @@ pub(crate) fn channel_name(name: &str) -> Result<ChannelName, ServerError> {
 pub(crate) fn build_id(text: &str) -> Result<BuildId, ServerError> {
     text.parse()
         .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
+}
+
+/// A host state filter; an unknown state is refused (with the states there are) rather than
+/// matching no host, like a malformed channel or build-id.
+pub(crate) fn host_state(text: &str) -> Result<HostState, ServerError> {
+    text.parse()
+        .map_err(|e: patchbay_core::protocol::UnknownHostState| {
+            ServerError::BadRequest(e.to_string())
+        })
 }
 
 pub(crate) fn level(n: u32) -> Result<PatchLevel, ServerError> {
@@ -250,11 +261,8 @@ async fn checkin(
     State(service): State<AppState>,
     Host(host): Host,
     ApiJson(request): ApiJson<CheckInRequest>,
-) -> Result<Json<serde_json::Value>, ServerError> {
-    let (channel, effective_version) = service.checkin(&host, request).await?;
-    Ok(Json(
-        serde_json::json!({ "channel": channel, "effective_version": effective_version }),
-    ))
+) -> Result<Json<CheckInReply>, ServerError> {
+    Ok(Json(service.checkin(&host, request).await?))
 }
 
 /// A raw request body, or our JSON error: 413 saying `too_large`, else 400.
@@ -558,7 +566,7 @@ async fn hosts(
         match key.as_str() {
             "channel" => filter.channel = Some(channel_name(value)?),
             "build_id" => filter.build_id = Some(build_id(value)?),
-            "state" => filter.state = Some(value.clone()),
+            "state" => filter.state = Some(host_state(value)?),
             other => {
                 return Err(ServerError::BadRequest(format!(
                     "unknown filter {other:?}; use channel, build_id or state"
@@ -778,9 +786,10 @@ async fn metrics(
     let Api(caller) = caller?;
     caller.require(Role::Viewer, "reading /metrics")?;
     let hosts = service.hosts(&HostFilter::default()).await?;
-    let mut by_state: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    let mut by_state: std::collections::BTreeMap<HostState, u64> =
+        std::collections::BTreeMap::new();
     for h in &hosts {
-        *by_state.entry(h.state.as_str()).or_default() += 1;
+        *by_state.entry(h.state).or_default() += 1;
     }
     // Exposure once per distinct (release, fixes) pair, as for the dashboard.
     let snapshot = service.fleet_exposure(&hosts).await?;
@@ -795,17 +804,10 @@ async fn metrics(
     let checkins = service.store.checkin_count().await?;
     let mut out = String::new();
     out.push_str("# HELP patchbay_hosts Registered hosts by last reported state.\n# TYPE patchbay_hosts gauge\n");
-    for state in [
-        "patched",
-        "unpatched",
-        "transition",
-        "interrupted",
-        "error",
-        "disabled",
-    ] {
+    for state in HostState::ALL {
         out.push_str(&format!(
             "patchbay_hosts{{state=\"{state}\"}} {}\n",
-            by_state.get(state).copied().unwrap_or(0)
+            by_state.get(&state).copied().unwrap_or(0)
         ));
     }
     out.push_str("# HELP patchbay_exposed_cves Distinct CVEs still open on at least one host (live patches counted), by severity.\n# TYPE patchbay_exposed_cves gauge\n");
@@ -816,7 +818,7 @@ async fn metrics(
     }
     out.push_str(&format!("# HELP patchbay_hosts_window_breached Hosts with a CVSS >= 7 CVE open longer than the window.\n# TYPE patchbay_hosts_window_breached gauge\npatchbay_hosts_window_breached {breaching}\n"));
     out.push_str(&format!("# HELP patchbay_checkins_total Check-ins received.\n# TYPE patchbay_checkins_total counter\npatchbay_checkins_total {checkins}\n"));
-    out.push_str(&format!("# HELP patchbay_hosts_in_error Hosts whose last check-in reported an error.\n# TYPE patchbay_hosts_in_error gauge\npatchbay_hosts_in_error {}\n", by_state.get("error").copied().unwrap_or(0)));
+    out.push_str(&format!("# HELP patchbay_hosts_in_error Hosts whose last check-in reported an error.\n# TYPE patchbay_hosts_in_error gauge\npatchbay_hosts_in_error {}\n", by_state.get(&HostState::Error).copied().unwrap_or(0)));
     let now = jiff::Timestamp::now();
     let expiries = service.metadata_expiry().await?;
     out.push_str("# HELP patchbay_tuf_expires_seconds Seconds until each served TUF role expires (negative: expired).\n# TYPE patchbay_tuf_expires_seconds gauge\n");

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use patchbay_core::protocol::{HostState, LevelOffer};
 use patchbay_exposure::{exposure, CveDatabase, Day, Exposure, Policy, UpstreamVersion};
 use serde::Serialize;
 
@@ -84,38 +85,19 @@ pub fn parse_version(text: &str) -> Result<UpstreamVersion, ServerError> {
         .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
 }
 
-/// A host's exposure: its kernel's, and what remains with its live patch.
-#[derive(Debug, Clone, Serialize)]
-pub struct HostExposure {
-    pub upstream_version: Option<UpstreamVersion>,
-    /// The release whose fixes the host has (kernel + live patch), like `kcare-uname`.
-    pub effective_version: Option<UpstreamVersion>,
-    pub base: Option<Exposure>,
-    pub live: Option<Exposure>,
-    pub fixes: Vec<String>,
-    /// Published levels above the active one, with the open CVEs each would close.
-    pub upgrades: Vec<LevelOffer>,
-}
-
-/// What a published level would fix on a host.
-#[derive(Debug, Clone, Serialize)]
-pub struct LevelOffer {
-    pub level: u32,
-    pub closes: Vec<String>,
-}
+/// A host's exposure: its kernel's, and what remains with its live patch (the wire type of
+/// `GET /api/v1/hosts/{id}/exposure`).
+pub type HostExposure = patchbay_core::protocol::HostExposure<Exposure>;
 
 /// The upstream release of a host: what it reported, else what its kernel's published levels
 /// say.
 pub fn host_upstream(host: &HostRecord, levels: &[LevelRecord]) -> Option<UpstreamVersion> {
-    host.kernel_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .or_else(|| {
-            levels
-                .iter()
-                .find(|l| l.build_id == host.build_id)
-                .and_then(|l| l.upstream_version.parse().ok())
-        })
+    host.upstream_version.or_else(|| {
+        levels
+            .iter()
+            .find(|l| l.build_id == host.build_id)
+            .and_then(|l| l.upstream_version.parse().ok())
+    })
 }
 
 pub fn level_fixes(host: &HostRecord, levels: &[LevelRecord]) -> Vec<String> {
@@ -188,7 +170,7 @@ pub struct ComplianceRow {
     pub upstream_version: Option<String>,
     pub effective_version: Option<String>,
     pub active_level: Option<u32>,
-    pub state: String,
+    pub state: HostState,
     pub base_cves: usize,
     pub live_cves: usize,
     pub live_high: usize,
@@ -222,11 +204,11 @@ pub fn compliance(
                 host_id: h.id.clone(),
                 hostname: h.hostname.clone(),
                 channel: h.channel.to_string(),
-                kernel_release: h.kernel_release.clone(),
+                kernel_release: h.kernel_release.to_string(),
                 upstream_version: e.upstream_version.map(|v| v.to_string()),
                 effective_version: e.effective_version.map(|v| v.to_string()),
                 active_level: h.active_level.map(|l| l.get()),
-                state: h.state.clone(),
+                state: h.state,
                 base_cves: e.base.as_ref().map_or(0, |b| b.cves),
                 live_cves: live.map_or(0, |l| l.cves),
                 live_high: live.map_or(0, |l| l.high),
@@ -272,7 +254,7 @@ pub fn compliance_csv(rows: &[ComplianceRow]) -> String {
             csv_field(r.upstream_version.as_deref().unwrap_or_default()),
             csv_field(r.effective_version.as_deref().unwrap_or_default()),
             r.active_level.map(|l| l.to_string()).unwrap_or_default(),
-            csv_field(&r.state),
+            csv_field(r.state.as_str()),
             r.base_cves.to_string(),
             r.live_cves.to_string(),
             r.live_high.to_string(),

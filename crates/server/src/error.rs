@@ -86,7 +86,9 @@ impl IntoResponse for ServerError {
         };
         let mut response = (
             status,
-            axum::Json(serde_json::json!({ "error": self.to_string() })),
+            axum::Json(patchbay_core::protocol::ErrorBody {
+                error: self.to_string(),
+            }),
         )
             .into_response();
         if let Some(secs) = retry_after {

@@ -11,9 +11,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use object::Object;
+use patchbay_core::protocol::{
+    CheckInReply, CheckInRequest, HostState, PublishReceipt, RegisterReply, RegisterRequest,
+};
 use patchbay_core::{
     bundle_target_name, BuildId, Bundle, ChannelDoc, ChannelName, CveStatus, HostSeed,
-    KernelRelease, KernelRollout, PatchLevel, UpgradeReport, Wave,
+    KernelRollout, PatchLevel, UpgradeReport, Wave,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -68,53 +71,11 @@ pub struct InitReport {
     pub root_key_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PublishReceipt {
-    pub build_id: String,
-    pub level: u32,
-    pub target: String,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaveRequest {
     pub after_secs: u64,
     pub percent: u8,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterRequest {
-    pub key: String,
-    pub hostname: String,
-    pub kernel_release: String,
-    /// The upstream release (`6.1.192`), from the kernel's version string.
-    #[serde(default)]
-    pub kernel_version: Option<String>,
-    pub build_id: String,
-    pub agent_version: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RegisterReply {
-    pub host_id: String,
-    pub host_token: String,
-    pub channel: ChannelName,
-    pub seed: HostSeed,
-    pub root: serde_json::Value,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckInRequest {
-    pub kernel_release: String,
-    #[serde(default)]
-    pub kernel_version: Option<String>,
-    pub build_id: String,
-    pub active_level: Option<u32>,
-    pub state: String,
-    pub last_error: Option<String>,
-    pub agent_version: String,
 }
 
 /// A published kernel and its levels, for `GET /kernels`.
@@ -168,20 +129,6 @@ fn text_field(what: &str, value: &str, max: usize) -> Result<(), ServerError> {
     }
     Ok(())
 }
-
-fn checked_version(v: Option<String>) -> Result<Option<String>, ServerError> {
-    v.map(|v| crate::cve::parse_version(&v).map(|p| p.to_string()))
-        .transpose()
-}
-
-const HOST_STATES: &[&str] = &[
-    "patched",
-    "unpatched",
-    "transition",
-    "interrupted",
-    "error",
-    "disabled",
-];
 
 /// Checks that a bundle's module is a livepatch for the kernel its manifest names.
 fn check_livepatch_module(bundle: &Bundle) -> Result<(), ServerError> {
@@ -747,8 +694,8 @@ impl Service {
             );
             self.resign(actor, "publish", &detail).await?;
             return Ok(PublishReceipt {
-                build_id: build_id.to_string(),
-                level: level.get(),
+                build_id,
+                level,
                 target,
             });
         }
@@ -797,9 +744,9 @@ impl Service {
             return Err(e);
         }
         Ok(PublishReceipt {
-            build_id: build_id.to_string(),
-            level: level.get(),
             target: bundle_target_name(&build_id, level),
+            build_id,
+            level,
         })
     }
 
@@ -1330,14 +1277,6 @@ impl Service {
             })?;
         text_field("hostname", &request.hostname, 253)?;
         text_field("agent_version", &request.agent_version, 64)?;
-        let release: KernelRelease = request
-            .kernel_release
-            .parse()
-            .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
-        let build_id: BuildId = request
-            .build_id
-            .parse()
-            .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
         let host_token = random_secret("pbhost")?;
         let seed: HostSeed = random_hex(16)?
             .parse()
@@ -1348,11 +1287,11 @@ impl Service {
             hostname: request.hostname,
             channel: channel.clone(),
             seed: seed.clone(),
-            kernel_release: release.as_str().to_owned(),
-            kernel_version: checked_version(request.kernel_version)?,
-            build_id,
+            kernel_release: request.kernel_release,
+            upstream_version: request.upstream_version,
+            build_id: request.build_id,
             active_level: None,
-            state: "unpatched".into(),
+            state: HostState::Unpatched,
             last_error: None,
             agent_version: request.agent_version,
             registered_at: now(),
@@ -1387,27 +1326,8 @@ impl Service {
         &self,
         host: &HostRecord,
         request: CheckInRequest,
-    ) -> Result<(ChannelName, Option<String>), ServerError> {
-        let release: KernelRelease = request
-            .kernel_release
-            .parse()
-            .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
-        let build_id: BuildId = request
-            .build_id
-            .parse()
-            .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
-        let active_level = request
-            .active_level
-            .map(PatchLevel::try_from)
-            .transpose()
-            .map_err(|e| ServerError::BadRequest(e.to_string()))?;
-        if !HOST_STATES.contains(&request.state.as_str()) {
-            return Err(bad(
-                "state",
-                &request.state,
-                &format!("one of {}", HOST_STATES.join(", ")),
-            ));
-        }
+    ) -> Result<CheckInReply, ServerError> {
+        // Release, build-id, level, state and upstream version were parsed with the request.
         if let Some(error) = &request.last_error {
             if error.len() > 4096 {
                 return Err(ServerError::BadRequest(
@@ -1416,35 +1336,29 @@ impl Service {
             }
         }
         text_field("agent_version", &request.agent_version, 64)?;
-        let kernel_version = checked_version(request.kernel_version)?;
-        let effective = if active_level.is_some() {
-            let levels = self.store.levels_of(&build_id).await?;
+        let effective_version = if request.active_level.is_some() {
+            let levels = self.store.levels_of(&request.build_id).await?;
             let mut now = host.clone();
-            now.active_level = active_level;
-            now.build_id = build_id.clone();
-            now.kernel_version = kernel_version.clone().or(now.kernel_version);
-            crate::cve::effective_version(&self.cve_db(), &now, &levels).map(|v| v.to_string())
+            now.active_level = request.active_level;
+            now.build_id = request.build_id.clone();
+            now.upstream_version = request.upstream_version.or(now.upstream_version);
+            crate::cve::effective_version(&self.cve_db(), &now, &levels)
         } else {
-            kernel_version
-                .clone()
-                .or_else(|| host.kernel_version.clone())
+            request.upstream_version.or(host.upstream_version)
         };
         self.store
             .record_checkin(
                 &host.id,
                 &CheckIn {
-                    kernel_release: release.as_str().to_owned(),
-                    kernel_version,
-                    build_id,
-                    active_level,
-                    state: request.state,
-                    last_error: request.last_error,
-                    agent_version: request.agent_version,
+                    report: request,
                     at: now(),
                 },
             )
             .await?;
-        Ok((host.channel.clone(), effective))
+        Ok(CheckInReply {
+            channel: host.channel.clone(),
+            effective_version,
+        })
     }
 
     /// Deletes check-in history older than `retention.checkin_days` (`serve` runs this with
@@ -1540,9 +1454,9 @@ mod tests {
             .register(RegisterRequest {
                 key: report.registration_key,
                 hostname: "web-1".into(),
-                kernel_release: "6.1.0-56-amd64".into(),
-                kernel_version: None,
-                build_id: "0123456789abcdef0123456789abcdef01234567".into(),
+                kernel_release: "6.1.0-56-amd64".parse().unwrap(),
+                upstream_version: None,
+                build_id: "0123456789abcdef0123456789abcdef01234567".parse().unwrap(),
                 agent_version: "0.1.0".into(),
             })
             .await
@@ -1550,13 +1464,15 @@ mod tests {
         let host = service.host(&reply.host_id).await.unwrap();
         for days_ago in [400, 31, 29, 0] {
             let checkin = CheckIn {
-                kernel_release: host.kernel_release.clone(),
-                kernel_version: None,
-                build_id: host.build_id.clone(),
-                active_level: None,
-                state: "unpatched".into(),
-                last_error: None,
-                agent_version: "0.1.0".into(),
+                report: CheckInRequest {
+                    kernel_release: host.kernel_release.clone(),
+                    upstream_version: None,
+                    build_id: host.build_id.clone(),
+                    active_level: None,
+                    state: HostState::Unpatched,
+                    last_error: None,
+                    agent_version: "0.1.0".into(),
+                },
                 at: now() - days_ago * 86_400,
             };
             service

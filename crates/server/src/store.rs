@@ -10,8 +10,10 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use patchbay_core::protocol::{CheckInRequest, HostState};
 use patchbay_core::{
-    BuildId, ChannelName, HostSeed, KernelRollout, PatchLevel, UpgradeReport, Wave,
+    BuildId, ChannelName, HostSeed, KernelRelease, KernelRollout, PatchLevel, UpgradeReport,
+    UpstreamVersion, Wave,
 };
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -50,28 +52,25 @@ pub struct HostRecord {
     pub hostname: String,
     pub channel: ChannelName,
     pub seed: HostSeed,
-    pub kernel_release: String,
-    /// The upstream release the host reported (`6.1.192`), if it did.
-    pub kernel_version: Option<String>,
+    pub kernel_release: KernelRelease,
+    /// The upstream release the host reported (`6.1.192`), if it did. Listed as
+    /// `kernel_version`, the name the API has always used (and the database column's).
+    #[serde(rename = "kernel_version")]
+    pub upstream_version: Option<UpstreamVersion>,
     pub build_id: BuildId,
     pub active_level: Option<PatchLevel>,
-    pub state: String,
+    pub state: HostState,
     pub last_error: Option<String>,
     pub agent_version: String,
     pub registered_at: i64,
     pub last_checkin: i64,
 }
 
-/// What a host reports on each check-in.
+/// A check-in as recorded: what the host reported (an upstream version of `None` keeps the one
+/// reported before) and when.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckIn {
-    pub kernel_release: String,
-    pub kernel_version: Option<String>,
-    pub build_id: BuildId,
-    pub active_level: Option<PatchLevel>,
-    pub state: String,
-    pub last_error: Option<String>,
-    pub agent_version: String,
+    pub report: CheckInRequest,
     pub at: i64,
 }
 
@@ -139,7 +138,7 @@ pub struct RegistrationKeyRecord {
 pub struct HostFilter {
     pub channel: Option<ChannelName>,
     pub build_id: Option<BuildId>,
-    pub state: Option<String>,
+    pub state: Option<HostState>,
     /// Page size (all when `None`) and offset, ordered by hostname then id.
     pub limit: Option<u32>,
     pub offset: u32,
@@ -411,7 +410,7 @@ async fn checkin_writer(pool: SqlitePool, mut queue: tokio::sync::mpsc::Receiver
 
 async fn write_checkins(pool: &SqlitePool, batch: &[PendingCheckIn]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    for (host_id, c, _) in batch {
+    for (host_id, CheckIn { report: c, at }, _) in batch {
         let level = c.active_level.map(|l| i64::from(l.get()));
         sqlx::query(
             "UPDATE hosts SET kernel_release = $2, build_id = $3, active_level = $4, state = $5, \
@@ -419,14 +418,14 @@ async fn write_checkins(pool: &SqlitePool, batch: &[PendingCheckIn]) -> Result<(
              kernel_version = COALESCE($9, kernel_version) WHERE id = $1",
         )
         .bind(host_id)
-        .bind(&c.kernel_release)
+        .bind(c.kernel_release.as_str())
         .bind(c.build_id.as_str())
         .bind(level)
-        .bind(&c.state)
+        .bind(c.state.as_str())
         .bind(&c.last_error)
         .bind(&c.agent_version)
-        .bind(c.at)
-        .bind(&c.kernel_version)
+        .bind(at)
+        .bind(c.upstream_version.map(|v| v.to_string()))
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -434,10 +433,10 @@ async fn write_checkins(pool: &SqlitePool, batch: &[PendingCheckIn]) -> Result<(
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(host_id)
-        .bind(c.at)
+        .bind(at)
         .bind(c.build_id.as_str())
         .bind(level)
-        .bind(&c.state)
+        .bind(c.state.as_str())
         .bind(&c.last_error)
         .execute(&mut *tx)
         .await?;
@@ -494,11 +493,17 @@ fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, ServerErro
         hostname: row.try_get("hostname")?,
         channel: parse("host channel", row.try_get::<&str, _>("channel")?)?,
         seed: parse("host seed", row.try_get::<&str, _>("seed")?)?,
-        kernel_release: row.try_get("kernel_release")?,
-        kernel_version: row.try_get("kernel_version")?,
+        kernel_release: parse(
+            "host kernel release",
+            row.try_get::<&str, _>("kernel_release")?,
+        )?,
+        upstream_version: row
+            .try_get::<Option<&str>, _>("kernel_version")?
+            .map(|v| parse("host upstream version", v))
+            .transpose()?,
         build_id: parse("host build-id", row.try_get::<&str, _>("build_id")?)?,
         active_level: active.map(|n| level_from("host level", n)).transpose()?,
-        state: row.try_get("state")?,
+        state: parse("host state", row.try_get::<&str, _>("state")?)?,
         last_error: row.try_get("last_error")?,
         agent_version: row.try_get("agent_version")?,
         registered_at: row.try_get("registered_at")?,
@@ -1072,15 +1077,15 @@ impl Store for SqliteStore {
         .bind(&host.hostname)
         .bind(host.channel.as_str())
         .bind(host.seed.as_str())
-        .bind(&host.kernel_release)
+        .bind(host.kernel_release.as_str())
         .bind(host.build_id.as_str())
         .bind(host.active_level.map(|l| i64::from(l.get())))
-        .bind(&host.state)
+        .bind(host.state.as_str())
         .bind(&host.last_error)
         .bind(&host.agent_version)
         .bind(host.registered_at)
         .bind(host.last_checkin)
-        .bind(&host.kernel_version)
+        .bind(host.upstream_version.map(|v| v.to_string()))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1114,7 +1119,7 @@ impl Store for SqliteStore {
         )
         .bind(filter.channel.as_ref().map(|c| c.as_str().to_owned()))
         .bind(filter.build_id.as_ref().map(|b| b.as_str().to_owned()))
-        .bind(filter.state.clone())
+        .bind(filter.state.map(HostState::as_str))
         .bind(filter.limit.map_or(-1, i64::from))
         .bind(i64::from(filter.offset))
         .fetch_all(&self.pool)
@@ -1129,7 +1134,7 @@ impl Store for SqliteStore {
         )
         .bind(filter.channel.as_ref().map(|c| c.as_str().to_owned()))
         .bind(filter.build_id.as_ref().map(|b| b.as_str().to_owned()))
-        .bind(filter.state.clone())
+        .bind(filter.state.map(HostState::as_str))
         .fetch_one(&self.pool)
         .await?;
         u64::try_from(n).map_err(|e| corrupt("host count", e))

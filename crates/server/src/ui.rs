@@ -13,10 +13,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
+use patchbay_core::protocol::HostState;
 use patchbay_core::{ChannelName, PatchLevel};
 use serde::Deserialize;
 
-use crate::api::{build_id, channel_name, level};
+use crate::api::{build_id, channel_name, host_state, level};
 use crate::auth::{Caller, Role};
 use crate::error::ServerError;
 use crate::service::{now, random_secret, secret_hash, Service};
@@ -418,8 +419,8 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
     let mut by_channel: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_level: BTreeMap<String, u64> = BTreeMap::new();
     for h in &hosts {
-        *by_state.entry(h.state.clone()).or_default() += 1;
-        *by_kernel.entry(h.kernel_release.clone()).or_default() += 1;
+        *by_state.entry(h.state.to_string()).or_default() += 1;
+        *by_kernel.entry(h.kernel_release.to_string()).or_default() += 1;
         *by_channel.entry(h.channel.to_string()).or_default() += 1;
         *by_level
             .entry(
@@ -454,8 +455,8 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
             h1 { "Fleet" }
             div.cards {
                 div.card { b #hosts-total { (hosts.len()) } "hosts" }
-                div.card { b { (by_state.get("patched").copied().unwrap_or(0)) } "patched" }
-                div.card { b { (by_state.get("error").copied().unwrap_or(0)) } "in error" }
+                div.card { b { (by_state.get(HostState::Patched.as_str()).copied().unwrap_or(0)) } "patched" }
+                div.card { b { (by_state.get(HostState::Error.as_str()).copied().unwrap_or(0)) } "in error" }
                 div.card { b { (stale) } "silent > 8 h" }
                 div.card { b #breached { (now_snapshot.hosts_breached) } "hosts past the 30-day window" }
                 div.card { b #open-high { (now_snapshot.critical + now_snapshot.high) } "open CVEs with CVSS ≥ 7" }
@@ -535,7 +536,7 @@ async fn hosts(
         );
     }
     if let Some(s) = query.get("state").filter(|s| !s.is_empty()) {
-        filter.state = Some(s.clone());
+        filter.state = Some(host_state(s)?);
     }
     let page_no: u32 = query
         .get("page")

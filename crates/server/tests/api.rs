@@ -502,6 +502,14 @@ fn hosts_register_check_in_and_are_listed() {
         call(&s, "GET", "/api/v1/hosts?colour=red", admin, None).0,
         400
     );
+    // An unknown state is refused with the states there are, not answered with no hosts.
+    let (status, e) = call(&s, "GET", "/api/v1/hosts?state=hacked", admin, None);
+    assert_eq!(status, 400, "{e}");
+    let message = e["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("hacked") && message.contains("interrupted"),
+        "{message:?} names the value and the states allowed"
+    );
     assert_eq!(
         call(&s, "GET", "/api/v1/hosts?build_id=zz", admin, None).0,
         400

@@ -8,8 +8,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use patchbay_e2e::{bundle, fixture, Guest, ServerProcess};
+use patchbay_exposure::Exposure;
 use patchbay_kernels::{fetch_selector, KernelSelector};
 use patchbay_vm::Network;
+
+type HostExposure = patchbay_core::protocol::HostExposure<Exposure>;
 
 fn main() -> ExitCode {
     match run() {
@@ -138,15 +141,11 @@ fn network_demo(
         kernel.abi()
     );
     let mut host_error = None;
-    let mut before: Option<serde_json::Value> = None;
+    let mut before: Option<HostExposure> = None;
     let run = guest.run_script_with(kernel, "demo-network", &script, work, &mut |line: &str| {
         if line.trim().starts_with("PB: check demo-register ok") {
             // The host's exposure before any live patch.
-            before = first_host(&server).and_then(|id| {
-                server
-                    .admin("GET", &format!("hosts/{id}/exposure"), None)
-                    .ok()
-            });
+            before = first_host(&server).and_then(|id| host_exposure(&server, &id).ok());
         }
         if line.trim() == "PB: step promote-level2" {
             eprintln!("==> operator: promote level 2 into production");
@@ -182,29 +181,28 @@ fn network_demo(
         );
     }
     if let Some(id) = first_host(&server) {
-        let after = Some(server.admin("GET", &format!("hosts/{id}/exposure"), None)?);
-        let count = |e: &Option<serde_json::Value>, key: &str| {
+        let after = Some(host_exposure(&server, &id)?);
+        let count = |e: &Option<HostExposure>, what: fn(&Exposure) -> usize| {
             e.as_ref()
-                .and_then(|v| v.get("live"))
-                .and_then(|v| v.get(key))
-                .map_or("?".to_owned(), ToString::to_string)
+                .and_then(|e| e.live.as_ref())
+                .map_or("?".to_owned(), |live| what(live).to_string())
         };
         eprintln!("==> the host's exposure (CVEs affecting its release, real kernel CNA data):");
         eprintln!(
             "    before the live patch: {} CVEs, {} with CVSS >= 7, {} of them open > 30 days",
-            count(&before, "cves"),
-            count(&before, "high"),
-            count(&before, "high_overdue")
+            count(&before, |l| l.cves),
+            count(&before, |l| l.high),
+            count(&before, |l| l.high_overdue)
         );
         eprintln!(
             "    with level 2 live:     {} CVEs, {} with CVSS >= 7, {} of them open > 30 days (effective release {})",
-            count(&after, "cves"),
-            count(&after, "high"),
-            count(&after, "high_overdue"),
+            count(&after, |l| l.cves),
+            count(&after, |l| l.high),
+            count(&after, |l| l.high_overdue),
             after
                 .as_ref()
-                .and_then(|v| v.get("effective_version"))
-                .map_or("?".to_owned(), ToString::to_string)
+                .and_then(|e| e.effective_version)
+                .map_or("?".to_owned(), |v| v.to_string())
         );
         eprintln!(
             "    (the demo levels are labelled with CVE ids; the demo patches do not fix them)"
@@ -249,6 +247,12 @@ fn network_demo(
         let _ = std::io::stdin().read_line(&mut line);
     }
     Ok(())
+}
+
+/// `GET /api/v1/hosts/{id}/exposure`.
+fn host_exposure(server: &ServerProcess, id: &str) -> Result<HostExposure> {
+    let reply = server.admin("GET", &format!("hosts/{id}/exposure"), None)?;
+    serde_json::from_value(reply).context("the host exposure reply")
 }
 
 fn first_host(server: &ServerProcess) -> Option<String> {
