@@ -313,6 +313,7 @@ fn run(cli: Cli) -> Result<()> {
                 symbols_override: symbols,
                 old_function_aliases: Default::default(),
                 module_locals: Default::default(),
+                module_local_positions: Default::default(),
                 renamed_references: Default::default(),
                 output: output.clone(),
                 keep_work_dir,

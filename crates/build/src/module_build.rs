@@ -84,6 +84,9 @@ pub struct SourceBuild {
     /// Local (static) symbols of a module's translation unit the patch refers to, with that
     /// module: they resolve only there, even when vmlinux or another module has the same name.
     pub module_locals: std::collections::BTreeMap<String, ObjectName>,
+    /// For module locals whose name the module repeats: the copy's livepatch position (see
+    /// `symbols::module_sympos`).
+    pub module_local_positions: std::collections::BTreeMap<String, u32>,
     /// Undefined names standing for references from a patched module's code (see
     /// `symbols::SymbolSources::renamed_references`).
     pub renamed_references: std::collections::BTreeMap<String, klp_elf::KlpTarget>,
@@ -186,6 +189,7 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         file_hints: request.symbol_hints.clone(),
         symbol_files: symbol_files.as_ref(),
         module_locals: request.module_locals.clone(),
+        module_local_positions: request.module_local_positions.clone(),
         renamed_references: request.renamed_references.clone(),
     };
     symbols::check_old_functions(&all_markers, &sources_for_symbols)?;

@@ -71,6 +71,8 @@ pub struct SymbolSources<'a> {
     pub symbol_files: Option<&'a patchbay_kernels::SymbolFiles>,
     /// Local symbols of a module's translation unit: resolved in that module only.
     pub module_locals: BTreeMap<String, ObjectName>,
+    /// For module locals whose name the module repeats: the position of the copy meant.
+    pub module_local_positions: BTreeMap<String, u32>,
     /// Undefined names the diff pipeline gave to references from a patched module's code
     /// (another module's exports, the module's own locals), with the livepatch symbol each
     /// stands for: one name per patched module, so that objects never mix them up.
@@ -101,6 +103,51 @@ impl SymbolSources<'_> {
 pub fn hinted_position(sources: &SymbolSources<'_>, name: &str) -> Option<u32> {
     let file = sources.file_hints.get(name)?;
     sources.symbol_files?.sympos(sources.vmlinux, name, file)
+}
+
+/// The livepatch position of the local function `name` that a module repeats (two `static`
+/// functions of one name in two of its files), for the copy compiled from the object that
+/// defines `object_functions`.
+///
+/// A linked module keeps each object's functions together, in one block of addresses: the
+/// right copy is the one whose run of neighbours (by address) that the object also defines is
+/// the longest, by a clear margin, covering at least half of the object's functions. `None`
+/// when no copy stands out so (the author names the position).
+pub fn module_sympos(
+    module: &SymbolTable,
+    name: &str,
+    object_functions: &std::collections::BTreeSet<String>,
+) -> Option<u32> {
+    let mut functions: Vec<(u64, &str, u32)> = module
+        .iter()
+        .filter(|s| s.module.is_none() && matches!(s.entry.kind, 't' | 'T' | 'w' | 'W'))
+        .map(|s| (s.entry.address, s.name, s.entry.position))
+        .collect();
+    functions.sort_unstable();
+    let in_object = |i: usize| {
+        functions
+            .get(i)
+            .is_some_and(|(_, n, _)| object_functions.contains(*n))
+    };
+    let mut runs: Vec<(usize, u32)> = Vec::new();
+    for (i, (_, n, position)) in functions.iter().enumerate() {
+        if *n != name {
+            continue;
+        }
+        let mut low = i;
+        while low > 0 && in_object(low - 1) {
+            low -= 1;
+        }
+        let mut high = i;
+        while in_object(high + 1) {
+            high += 1;
+        }
+        runs.push((high - low + 1, *position));
+    }
+    runs.sort_unstable_by(|a, b| b.cmp(a));
+    let (best, position) = *runs.first()?;
+    let second = runs.get(1).map_or(0, |r| r.0);
+    (best > second * 2 && best * 2 >= object_functions.len()).then_some(position)
 }
 
 /// Symbols that cannot be resolved safely, all listed at once so the author fixes them in one go.
@@ -270,6 +317,23 @@ pub fn resolve_undefined(
                     },
                 );
             }
+            [(object, _)]
+                if !object.is_vmlinux() && sources.module_local_positions.contains_key(name) =>
+            {
+                targets.insert(
+                    name.clone(),
+                    KlpTarget {
+                        object: object.to_string(),
+                        symbol: name.clone(),
+                        sympos: sources
+                            .module_local_positions
+                            .get(name)
+                            .copied()
+                            .unwrap_or(0),
+                        relocated_in: None,
+                    },
+                );
+            }
             [(object, n)] => {
                 let _ = writeln!(
                     problems,
@@ -340,6 +404,7 @@ ffffffff82000100 D printk_like
             file_hints: BTreeMap::new(),
             symbol_files: None,
             module_locals: BTreeMap::new(),
+            module_local_positions: BTreeMap::new(),
             renamed_references: BTreeMap::new(),
         };
         let exports = Exports::parse("0x1234abcd\tprintk_like\tvmlinux\tEXPORT_SYMBOL\t\n");
@@ -360,6 +425,7 @@ ffffffff82000100 D printk_like
             file_hints: BTreeMap::new(),
             symbol_files: None,
             module_locals: BTreeMap::new(),
+            module_local_positions: BTreeMap::new(),
             renamed_references: BTreeMap::new(),
         };
         let undefined = vec![
@@ -403,6 +469,7 @@ ffffffff82000100 D printk_like
             file_hints: BTreeMap::new(),
             symbol_files: None,
             module_locals: BTreeMap::new(),
+            module_local_positions: BTreeMap::new(),
             renamed_references: BTreeMap::new(),
         };
         let targets = resolve_undefined(
@@ -415,6 +482,33 @@ ffffffff82000100 D printk_like
     }
 
     #[test]
+    fn a_repeated_module_local_is_the_copy_in_its_object_s_block() {
+        // Two files of one module each define `get_pin`; the second file's block holds
+        // `alpha`, `get_pin`, `beta`, `gamma`.
+        let ko_symbols = "0000000000001000 t first_a\n0000000000001100 t get_pin\n\
+                          0000000000001200 t first_b\n0000000000002000 t alpha\n\
+                          0000000000002100 t get_pin\n0000000000002200 t beta\n\
+                          0000000000002300 t gamma\n0000000000003000 t other\n";
+        let table = SymbolTable::parse(ko_symbols).unwrap();
+        let object: std::collections::BTreeSet<String> = ["alpha", "get_pin", "beta", "gamma"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(module_sympos(&table, "get_pin", &object), Some(2));
+        let first: std::collections::BTreeSet<String> = ["first_a", "get_pin", "first_b"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(module_sympos(&table, "get_pin", &first), Some(1));
+        // An object whose functions are not laid out around either copy: no guess.
+        let unrelated: std::collections::BTreeSet<String> = ["get_pin", "x", "y", "z"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(module_sympos(&table, "get_pin", &unrelated), None);
+    }
+
+    #[test]
     fn old_functions_must_exist_uniquely_or_by_position() {
         let (vmlinux, _) = tables();
         let sources = SymbolSources {
@@ -423,6 +517,7 @@ ffffffff82000100 D printk_like
             file_hints: BTreeMap::new(),
             symbol_files: None,
             module_locals: BTreeMap::new(),
+            module_local_positions: BTreeMap::new(),
             renamed_references: BTreeMap::new(),
         };
         let marker = |name: &str, sympos| Marker {

@@ -25,6 +25,7 @@ fn request(dir: &Path, source: &str) -> SourceBuild {
         symbols_override: None,
         old_function_aliases: Default::default(),
         module_locals: Default::default(),
+        module_local_positions: Default::default(),
         renamed_references: Default::default(),
         output: dir.join("out.pbb"),
         keep_work_dir: None,

@@ -186,6 +186,7 @@ pub fn bundle(
         symbols_override: None,
         old_function_aliases: Default::default(),
         module_locals: Default::default(),
+        module_local_positions: Default::default(),
         renamed_references: Default::default(),
         output: output.to_path_buf(),
         keep_work_dir: None,

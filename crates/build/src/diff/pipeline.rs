@@ -448,6 +448,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     let mut ambiguous = Vec::new();
     let mut old_function_aliases = std::collections::BTreeMap::new();
     let mut module_locals = std::collections::BTreeMap::new();
+    let mut module_local_positions = std::collections::BTreeMap::new();
     let mut renamed_references = std::collections::BTreeMap::new();
     let exports = {
         let symvers = kernel.module_symvers();
@@ -485,6 +486,14 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             },
             Owner::Vmlinux => None,
         };
+        // The original object's functions: which copy of a name the module repeats is this
+        // object's (`symbols::module_sympos`).
+        let object_functions: std::collections::BTreeSet<String> = original
+            .symbols
+            .iter()
+            .filter(|s| s.is_function())
+            .map(|s| s.name.clone())
+            .collect();
         let mut diff = report.diff.clone();
         let mut extracted = extract::extract(original, patched, &diff, &export_as, module_target)?;
         // A local function the kept code only calls, whose name repeats in the running binary
@@ -588,6 +597,15 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                             .any(|t| t.symbol == *name && t.object == module.as_str());
                         if !renamed {
                             module_locals.insert(name.clone(), module.clone());
+                            if let Some(position) = module_table
+                                .as_ref()
+                                .filter(|t| t.lookup(name).len() > 1)
+                                .and_then(|t| {
+                                    crate::symbols::module_sympos(t, name, &object_functions)
+                                })
+                            {
+                                module_local_positions.insert(name.clone(), position);
+                            }
                         }
                     }
                 }
@@ -605,6 +623,35 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                 old_function_aliases.insert(alias.clone(), old.clone());
                 alias
             };
+            let module_copies = module_table.as_ref().map_or(0, |t| {
+                t.lookup(old)
+                    .iter()
+                    .filter(|e| matches!(e.kind, 't' | 'T' | 'w' | 'W'))
+                    .count()
+            });
+            if let (Some(table), true) = (&module_table, module_copies > 1) {
+                // Two `static` functions of one name in two files of the module: the copy in
+                // this object's block of the module's addresses.
+                match crate::symbols::module_sympos(table, old, &object_functions) {
+                    Some(position) => {
+                        let _ = writeln!(
+                            markers,
+                            "PATCHBAY_REPLACE_SYMPOS({object}, {token}, {new}, {position});"
+                        );
+                    }
+                    None => ambiguous.push(Refusal::in_function(
+                        Category::AmbiguousSymbol,
+                        &report.source,
+                        old,
+                        format!(
+                            "defined {module_copies} times in {object} and the module's layout \
+                             does not tell which copy {file_name} compiled to; name it with \
+                             PATCHBAY_REPLACE_SYMPOS"
+                        ),
+                    )),
+                }
+                continue;
+            }
             if !repeats {
                 let _ = writeln!(markers, "PATCHBAY_REPLACE({object}, {token}, {new});");
                 continue;
@@ -661,6 +708,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             symbols_override: None,
             old_function_aliases,
             module_locals,
+            module_local_positions,
             renamed_references,
             output: request.output.clone(),
             keep_work_dir: request.keep_work_dir.as_ref().map(|d| d.join("module")),
