@@ -223,7 +223,7 @@ pub fn patch_files(text: &str) -> Vec<String> {
 }
 
 /// Code files of `dir` (not recursive) that both trees have and that differ between them.
-fn changed_code_files_in(old: &Path, new: &Path, dir: &str) -> Vec<String> {
+pub(super) fn changed_code_files_in(old: &Path, new: &Path, dir: &str) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(new.join(dir)) else {
         return Vec::new();
     };
@@ -242,6 +242,30 @@ fn changed_code_files_in(old: &Path, new: &Path, dir: &str) -> Vec<String> {
                 _ => false,
             },
         )
+        .collect()
+}
+
+/// The `.c` files of `dirs` that the newer source changed to mention `symbol` where the
+/// running kernel's source never did: where a function a fix calls was added.
+pub fn files_introducing(
+    old: &Path,
+    new: &Path,
+    dirs: &BTreeSet<String>,
+    symbol: &str,
+) -> Vec<String> {
+    let mentions = |tree: &Path, path: &str| {
+        std::fs::read_to_string(tree.join(path)).is_ok_and(|text| {
+            text.match_indices(symbol).any(|(at, _)| {
+                let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+                let before = text.get(..at).and_then(|t| t.chars().next_back());
+                let after = text.get(at + symbol.len()..).and_then(|t| t.chars().next());
+                !before.is_some_and(is_name) && !after.is_some_and(is_name)
+            })
+        })
+    };
+    dirs.iter()
+        .flat_map(|dir| changed_code_files_in(old, new, dir))
+        .filter(|f| f.ends_with(".c") && mentions(new, f) && !mentions(old, f))
         .collect()
 }
 
@@ -455,6 +479,34 @@ mod tests {
         assert_eq!(cves[2].notes.len(), 2, "{:?}", cves[2].notes);
         // Nothing left: the names stay, so the CVE is reported as not in the source.
         assert_eq!(cves[3].files, vec!["drivers/new/y.c"]);
+    }
+
+    #[test]
+    fn the_file_that_added_a_function_is_found() {
+        let old = tempfile::tempdir().unwrap();
+        let new = tempfile::tempdir().unwrap();
+        for tree in [&old, &new] {
+            std::fs::create_dir_all(tree.path().join("net/tls")).unwrap();
+            std::fs::write(tree.path().join("net/tls/other.c"), "int x;\n").unwrap();
+        }
+        std::fs::write(
+            old.path().join("net/tls/strp.c"),
+            "void tls_strp_done(void) {}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            new.path().join("net/tls/strp.c"),
+            "void tls_strp_done(void) {}\nvoid __tls_strp_done(void) {}\n",
+        )
+        .unwrap();
+        std::fs::write(new.path().join("net/tls/other.c"), "int x = 1;\n").unwrap();
+        let dirs: BTreeSet<String> = ["net/tls".to_owned()].into();
+        assert_eq!(
+            files_introducing(old.path(), new.path(), &dirs, "__tls_strp_done"),
+            vec!["net/tls/strp.c".to_owned()]
+        );
+        // A name the old source already had (as a whole word) is not new.
+        assert!(files_introducing(old.path(), new.path(), &dirs, "tls_strp_done").is_empty());
     }
 
     #[test]

@@ -166,7 +166,8 @@ enum GroupOutcome {
         /// Loadable modules the group patches.
         modules: Vec<String>,
         /// Sources beyond the CVEs' files, patched because the fix's header change alters
-        /// them (and the newer source changed them too).
+        /// them (and the newer source changed them too), or because they add a function the
+        /// fix calls.
         pulled_in: Vec<String>,
     },
     NotApplicable {
@@ -934,6 +935,23 @@ fn build_group(
                             pulled.push(unit.clone());
                         }
                     }
+                    // A function the fix calls that the running kernel never had: the newer
+                    // source added it in another file of the fix's directories.
+                    let dirs: BTreeSet<String> = files
+                        .iter()
+                        .map(|f| f.rsplit_once('/').map_or("", |(d, _)| d).to_owned())
+                        .collect();
+                    for symbol in refusals
+                        .iter()
+                        .filter(|r| r.category == Category::ModuleUsesUnexported)
+                        .filter_map(|r| r.function.as_deref())
+                    {
+                        for file in fixes::files_introducing(&old, &newer.tree, &dirs, symbol) {
+                            if !files.contains(&file) && !pulled.contains(&file) {
+                                pulled.push(file);
+                            }
+                        }
+                    }
                     if !pulled.is_empty() {
                         pulled_in.extend(pulled.iter().cloned());
                         files.extend(pulled);
@@ -1085,8 +1103,8 @@ fn outcome(
                     }
                     if !pulled_in.is_empty() {
                         notes.push(format!(
-                            "also patched, because the fix's header change alters them and the \
-                             newer source changed them to match: {}",
+                            "also patched, from the newer source, because the fix's header change \
+                             alters them or they add a function the fix calls: {}",
                             pulled_in.join(", ")
                         ));
                     }
