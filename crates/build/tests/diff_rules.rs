@@ -236,3 +236,40 @@ fn module_tracepoint_sites_are_left_inert() {
         }
     }
 }
+
+/// amdgpu's display code lives in `../display/` and is built by amdgpu's Makefile (its include
+/// paths come from there), and `bios_parser_get_gpio_pin_info` is a static function of both
+/// `bios_parser.c` and `bios_parser2.c`: the object compiles through amdgpu's directory, its
+/// home is amdgpu.ko, and the copy replaced is bios_parser2's (linked after bios_parser.o, so
+/// position 2 by address), found from the object's block of the module's addresses.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn a_composite_part_built_from_another_directory_and_a_repeated_module_local() {
+    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let report = build(
+        &kernel,
+        &DiffBuild {
+            level: 1.try_into().unwrap(),
+            fixes: Vec::new(),
+            patches: vec![fixture("module-amdgpu-composite-sympos.patch")],
+            output: work.path().join("out.pbb"),
+            keep_work_dir: Some(work.path().join("work")),
+            strip_level: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        report.files[0].owner,
+        patchbay_build::diff::objects::Owner::Module("amdgpu".into())
+    );
+    let markers =
+        std::fs::read_to_string(work.path().join("work/patchbay_diff_markers.c")).unwrap();
+    assert!(
+        markers.contains(
+            "PATCHBAY_REPLACE_SYMPOS(amdgpu, bios_parser_get_gpio_pin_info, \
+             __patchbay_new__bios_parser_get_gpio_pin_info, 2);"
+        ),
+        "{markers}"
+    );
+}
