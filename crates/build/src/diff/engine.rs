@@ -224,21 +224,88 @@ pub fn compare_with_lines(original: &ElfView, patched: &ElfView, lines: &LineMap
     }
     let old_data = by_name(original, false);
     let new_data = by_name(patched, false);
-    for (name, new) in &new_data {
-        let read_only = new
+    let read_only = |symbol: &Symbol| {
+        symbol
             .section
             .and_then(|s| patched.section(s))
-            .is_some_and(|s| !s.is_writable());
+            .is_some_and(|s| !s.is_writable())
+    };
+    // Constants whose content changed (correlation names): kept code gets its own copy (see
+    // extract), so code that uses one must be kept even when its own bytes are the same.
+    let mut changed_constants: BTreeSet<String> = BTreeSet::new();
+    for (name, new) in &new_data {
         match old_data.get(name) {
             None => report.new_data.push(new.name.clone()),
-            // A changed constant is harmless: kept code gets its own copy (see extract).
-            Some(old) if !same_symbol(original, old, patched, new) && !read_only => {
-                report.changed_data.push(new.name.clone());
+            Some(old) if !same_symbol(original, old, patched, new) => {
+                if read_only(new) {
+                    changed_constants.insert(name.clone());
+                } else {
+                    report.changed_data.push(new.name.clone());
+                }
             }
             Some(_) => {}
         }
     }
+    // A constant that points at a changed one changed too (an ops table naming a policy); a
+    // variable that does cannot be replaced (the running kernel keeps using its own).
+    loop {
+        let mut grew = false;
+        for (name, new) in &new_data {
+            if changed_constants.contains(name)
+                || report.changed_data.contains(&new.name)
+                || !old_data.contains_key(name)
+                || !references_any(patched, new, &changed_constants)
+            {
+                continue;
+            }
+            if read_only(new) {
+                changed_constants.insert(name.clone());
+                grew = true;
+            } else {
+                report.changed_data.push(new.name.clone());
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    if !changed_constants.is_empty() {
+        for (name, new) in &new_functions {
+            let listed = report.changed_functions.contains(&new.name)
+                || report.changed_init.contains(&new.name)
+                || report.new_functions.contains(&new.name);
+            if !listed
+                && old_functions.contains_key(name)
+                && references_any(patched, new, &changed_constants)
+            {
+                let in_init = new
+                    .section
+                    .and_then(|s| patched.section(s))
+                    .is_some_and(|s| is_init_section(&s.name));
+                if in_init {
+                    report.changed_init.push(new.name.clone());
+                } else {
+                    report.changed_functions.push(new.name.clone());
+                }
+            }
+        }
+    }
     report
+}
+
+/// Whether `symbol`'s relocations refer to one of `names` (correlation names of data).
+fn references_any(view: &ElfView, symbol: &Symbol, names: &BTreeSet<String>) -> bool {
+    let Some((section, start, end)) = symbol_range(view, symbol) else {
+        return false;
+    };
+    section
+        .relocs
+        .iter()
+        .filter(|r| r.offset >= start && r.offset < end)
+        .any(|r| match referent(view, r) {
+            Referent::Symbol(name, _) | Referent::SectionOf(name, _) => names.contains(&name),
+            _ => false,
+        })
 }
 
 /// The bytes and relocations of a symbol's range `[value, value + size)` (the whole section
@@ -601,7 +668,66 @@ pub fn only_called_local_function(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+
+    /// Compiles C with gcc-12 as the kernel's build does for a diff (`-ffunction-sections
+    /// -fdata-sections`), for engine rules on real objects.
+    fn gcc12_object(dir: &std::path::Path, name: &str, source: &str) -> ElfView {
+        let c = dir.join(format!("{name}.c"));
+        let o = dir.join(format!("{name}.o"));
+        std::fs::write(&c, source).unwrap();
+        let status = std::process::Command::new("gcc-12")
+            .args([
+                "-O2",
+                "-fno-pic",
+                "-ffunction-sections",
+                "-fdata-sections",
+                "-c",
+                "-o",
+            ])
+            .arg(&o)
+            .arg(&c)
+            .status()
+            .expect("gcc-12 (apt-get install gcc-12; scripts/setup installs it)");
+        assert!(status.success());
+        ElfView::parse(name, &std::fs::read(&o).unwrap()).unwrap()
+    }
+
+    /// A fix that only changes a constant table (an netlink policy's `NLA_STRING` →
+    /// `NLA_NUL_STRING`): the functions that use it, directly or through a constant that points
+    /// at it, are changed (they get the patch's copy); a variable pointing at it cannot be
+    /// replaced and is changed data.
+    #[test]
+    fn code_using_a_changed_constant_is_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = |second: u32| {
+            format!(
+                "struct ops {{ const int *p; }};\n\
+                 static const int policy[2] = {{ 1, {second} }};\n\
+                 int use_policy(int i) {{ return policy[i & 1]; }}\n\
+                 static const struct ops ops = {{ policy }};\n\
+                 const struct ops *get_ops(void) {{ return &ops; }}\n\
+                 static struct ops variable_ops = {{ policy }};\n\
+                 struct ops *get_variable_ops(void) {{ return &variable_ops; }}\n\
+                 int unrelated(int i) {{ return i * 3; }}\n"
+            )
+        };
+        let old = gcc12_object(dir.path(), "old", &source(2));
+        let new = gcc12_object(dir.path(), "new", &source(3));
+        let report = compare(&old, &new);
+        let mut changed = report.changed_functions.clone();
+        changed.sort();
+        assert_eq!(changed, ["get_ops", "use_policy"], "{report:?}");
+        assert_eq!(report.changed_data, ["variable_ops"], "{report:?}");
+        // The same source twice: nothing.
+        let again = gcc12_object(dir.path(), "again", &source(2));
+        assert!(
+            compare(&old, &again).is_empty(),
+            "{:?}",
+            compare(&old, &again)
+        );
+    }
 
     #[test]
     fn calls_and_jumps_are_told_from_taking_an_address() {
