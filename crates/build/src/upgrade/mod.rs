@@ -958,6 +958,27 @@ fn build_group(
                         continue;
                     }
                 }
+                // The fix compiles to the same objects in this configuration (code under an
+                // option it does not set, a zero-initialisation the kernel's own
+                // auto-var-init already does): the running kernel has nothing to change.
+                if !refusals.is_empty()
+                    && refusals
+                        .iter()
+                        .all(|r| r.category == Category::NoFunctionalChange)
+                {
+                    return Ok(done(
+                        GroupOutcome::NotApplicable {
+                            category: "same-code-in-this-build".into(),
+                            reason: "compiled with this kernel's configuration and compiler, the \
+                                     fixed source gives the same objects as the running one: \
+                                     this build has nothing to patch"
+                                .into(),
+                        },
+                        Vec::new(),
+                        None,
+                        BTreeSet::new(),
+                    ));
+                }
                 let reason = match refusals.first() {
                     Some(r) => {
                         let place = match (&r.file, &r.function) {
