@@ -76,6 +76,10 @@ enum Command {
         /// (default: the one level at which the paths name files of the kernel tree).
         #[arg(short = 'p', long = "strip")]
         strip: Option<usize>,
+        /// Most other translation units recompiled to prove a changed header alters nothing
+        /// else (per header); a header included more widely is refused.
+        #[arg(long, default_value_t = patchbay_build::diff::headers::RECOMPILE_LIMIT)]
+        header_recompile_limit: usize,
         /// The fix as unified diffs against the kernel's source tree (git, quilt or
         /// `diff -Nupr` format).
         #[arg(required = true)]
@@ -118,6 +122,10 @@ enum Command {
         /// Keep per-group patches and bundles here.
         #[arg(long)]
         keep_work_dir: Option<PathBuf>,
+        /// Most other translation units recompiled to prove a changed header alters nothing
+        /// else (per header); a header included more widely is refused.
+        #[arg(long, default_value_t = patchbay_build::diff::headers::RECOMPILE_LIMIT)]
+        header_recompile_limit: usize,
         /// Publish the bundle as the next level and attach the report.
         #[arg(long, requires_all = ["server", "token"])]
         publish: bool,
@@ -376,6 +384,7 @@ fn run(cli: Cli) -> Result<()> {
             keep_work_dir,
             json,
             strip,
+            header_recompile_limit,
             patches,
         } => {
             let kernel = open_kernel(&kernel)?;
@@ -386,6 +395,7 @@ fn run(cli: Cli) -> Result<()> {
                 output: output.clone(),
                 keep_work_dir,
                 strip_level: strip,
+                header_recompile_limit,
             };
             let report = match patchbay_build::diff::pipeline::build(&kernel, &request) {
                 Ok(report) => report,
@@ -483,6 +493,7 @@ fn run(cli: Cli) -> Result<()> {
             cve_db,
             verify,
             keep_work_dir,
+            header_recompile_limit,
             publish,
             server,
             token,
@@ -545,6 +556,7 @@ fn run(cli: Cli) -> Result<()> {
                 output: output.clone(),
                 verify,
                 work_dir: keep_work_dir,
+                header_recompile_limit,
             };
             let result = patchbay_build::upgrade::run(&kernel, &db, &request);
             let (upgrade_report, nothing_built) = match result {

@@ -85,6 +85,7 @@ fn unsafe_or_empty_diffs_are_refused_with_advice() {
                 output: output.clone(),
                 keep_work_dir: None,
                 strip_level,
+                header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
             },
         )
         .expect_err("must be refused");
@@ -146,6 +147,7 @@ fn patches_with_any_prefix_build() {
                 output: output.clone(),
                 keep_work_dir: None,
                 strip_level: None,
+                header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
             },
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -28,6 +28,7 @@ fn build_fixture(kernel: &Kernel, diff: &str) -> (DiffBuildReport, Vec<u8>) {
             output: output.clone(),
             keep_work_dir: Some(work.path().join("work")),
             strip_level: None,
+            header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
         },
     )
     .unwrap_or_else(|e| panic!("{diff}: {e}"));
@@ -166,6 +167,7 @@ fn header_changes_are_allowed_only_when_no_other_object_changes() {
             output: work.path().join("out.pbb"),
             keep_work_dir: None,
             strip_level: None,
+            header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
         },
     )
     .expect_err("proc_fd() changes fd.o, which the diff does not patch");
@@ -256,6 +258,7 @@ fn a_composite_part_built_from_another_directory_and_a_repeated_module_local() {
             output: work.path().join("out.pbb"),
             keep_work_dir: Some(work.path().join("work")),
             strip_level: None,
+            header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));

@@ -147,6 +147,7 @@ fn diff_bundles_load_and_unload_in_qemu() {
                 output: out.clone(),
                 keep_work_dir: None,
                 strip_level: None,
+                header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
             },
         )
         .unwrap_or_else(|e| panic!("build {name}: {e}"));
@@ -218,6 +219,7 @@ fn diff_bundle_patches_a_module_loaded_before_or_after() {
                 output: out.clone(),
                 keep_work_dir: None,
                 strip_level: None,
+                header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
             },
         )
         .unwrap();

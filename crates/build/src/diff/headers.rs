@@ -48,6 +48,7 @@ pub fn units_to_compare(
     config: &KernelConfig,
     headers: &[String],
     changed_sources: &BTreeSet<String>,
+    limit: usize,
 ) -> Result<Vec<String>, Refusal> {
     let mut units = BTreeSet::new();
     for header in headers {
@@ -55,7 +56,7 @@ pub fn units_to_compare(
             .into_iter()
             .filter(|unit| !changed_sources.contains(unit))
             .collect();
-        if built.len() > RECOMPILE_LIMIT {
+        if built.len() > limit {
             let sample: Vec<&str> = built.iter().take(8).map(String::as_str).collect();
             return Err(Refusal::in_file(
                 Category::HeaderChange,
@@ -63,10 +64,10 @@ pub fn units_to_compare(
                 format!(
                     "the changed header {header} is included by {} objects this kernel builds \
                      ({}, …); proving the change leaves each of them unchanged needs more than \
-                     {} recompiles: move the fix into the .c files that need it",
+                     {limit} recompiles: move the fix into the .c files that need it, or allow \
+                     more with --header-recompile-limit",
                     built.len(),
                     sample.join(", "),
-                    RECOMPILE_LIMIT
                 ),
             ));
         }

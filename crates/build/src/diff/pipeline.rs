@@ -34,6 +34,9 @@ pub struct DiffBuild {
     /// `patch -p N`: how many leading path components to strip; `None` finds the one level at
     /// which the diff's paths name files of the kernel tree.
     pub strip_level: Option<usize>,
+    /// Most translation units recompiled to prove a changed header alters nothing else (per
+    /// header; more is refused as too wide). [`headers::RECOMPILE_LIMIT`] by default.
+    pub header_recompile_limit: usize,
 }
 
 /// The change found in one translation unit.
@@ -256,10 +259,15 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         })
         .collect();
     let header_units = match &includes {
-        Some(includes) if !headers.is_empty() => {
-            headers::units_to_compare(includes, &kbuild, &config, &headers, &sources)
-                .map_err(|r| DiffBuildError::refused(vec![r]))?
-        }
+        Some(includes) if !headers.is_empty() => headers::units_to_compare(
+            includes,
+            &kbuild,
+            &config,
+            &headers,
+            &sources,
+            request.header_recompile_limit,
+        )
+        .map_err(|r| DiffBuildError::refused(vec![r]))?,
         _ => Vec::new(),
     };
     // Code this configuration does not build is refused with kbuild's proof before anything is

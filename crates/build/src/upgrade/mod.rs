@@ -65,6 +65,8 @@ pub struct Upgrade {
     pub verify: Option<VerifyOptions>,
     /// Keep per-group patches, bundles and logs here.
     pub work_dir: Option<PathBuf>,
+    /// See [`DiffBuild::header_recompile_limit`].
+    pub header_recompile_limit: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -348,6 +350,7 @@ pub fn run(
                 output: candidate_bundle.clone(),
                 keep_work_dir: None,
                 strip_level: Some(1),
+                header_recompile_limit: request.header_recompile_limit,
             },
         );
         let report = match built {
@@ -846,6 +849,7 @@ fn build_group(
                 output: bundle.clone(),
                 keep_work_dir: None,
                 strip_level: Some(1),
+                header_recompile_limit: request.header_recompile_limit,
             },
         );
         match result {

@@ -363,6 +363,7 @@ fn build_and_publish(
         },
         output: bundle.clone(),
         verify: config.verify.clone(),
+        header_recompile_limit: crate::diff::headers::RECOMPILE_LIMIT,
         work_dir: None,
     };
     let report = match super::run(kernel, db, &request) {

@@ -97,6 +97,7 @@ fn request(diff: &std::path::Path, out: &std::path::Path) -> Result<DiffBuild> {
         output: out.to_path_buf(),
         keep_work_dir: None,
         strip_level: None,
+        header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
     })
 }
 
