@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::auth::{Caller, Role};
 use crate::error::ServerError;
-use crate::service::{secret_hash, Service, WaveRequest};
+use crate::service::{Service, WaveRequest};
 use crate::store::{HostFilter, HostRecord};
 
 type AppState = Arc<Service>;
@@ -77,15 +77,7 @@ impl FromRequestParts<AppState> for Api {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
-        match state.store.token(&secret_hash(token)).await? {
-            Some((name, role)) => Ok(Api(Caller {
-                actor: format!("token:{name}"),
-                role,
-            })),
-            None => Err(ServerError::Unauthorized(
-                "unknown API token (patchbay-server token create makes one)".into(),
-            )),
-        }
+        Ok(Api(state.caller_for_token(token).await?))
     }
 }
 

@@ -21,11 +21,13 @@ use patchbay_core::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::auth::Role;
+use crate::auth::{Caller, Role};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::objects::Objects;
-use crate::store::{CheckIn, HostFilter, HostRecord, LevelRecord, SqliteStore, Store, UserRecord};
+use crate::store::{
+    CheckIn, HostFilter, HostRecord, LevelRecord, SessionRecord, SqliteStore, Store, UserRecord,
+};
 use crate::tuf::{KeyPlace, RefreshReport, RoleExpiry, RoleName, TargetEntry, TufRepo};
 
 pub fn now() -> i64 {
@@ -96,6 +98,15 @@ pub struct LevelSummary {
     pub published_at: i64,
     /// Whether an upgrade report is attached (`GET …/levels/{level}/report`).
     pub report: bool,
+}
+
+/// A dashboard session [`Service::login`] opened.
+#[derive(Debug, Clone)]
+pub struct OpenedSession {
+    /// The session cookie's secret: given to the browser once, stored only as its sha256.
+    pub cookie: String,
+    /// How long the session lasts, in seconds (`ui.session_hours`).
+    pub max_age_secs: i64,
 }
 
 #[derive(Debug)]
@@ -283,22 +294,10 @@ impl Service {
             .store
             .add_channel(&production, &now_rfc3339(), now())
             .await?;
-        let admin_token = random_secret("pbadm")?;
-        service
-            .store
-            .add_token(&secret_hash(&admin_token), "init", Role::Admin, now())
-            .await?;
+        let admin_token = service.insert_token("pbadm", "init", Role::Admin).await?;
         let admin_password = random_secret("pw")?;
         service
-            .store
-            .add_user(
-                &UserRecord {
-                    name: "admin".into(),
-                    password_hash: crate::auth::hash_password(&admin_password)?,
-                    role: Role::Admin,
-                },
-                now(),
-            )
+            .insert_user("admin", Role::Admin, &admin_password)
             .await?;
         let registration_key = random_secret("pbreg")?;
         service
@@ -1172,6 +1171,154 @@ impl Service {
             )
             .await?;
         Ok(key)
+    }
+
+    /// Makes an API token with `role`, audited as `actor`'s `token-create`. Returns the token,
+    /// shown once: the database keeps only its sha256.
+    pub async fn create_token(
+        &self,
+        actor: &str,
+        name: &str,
+        role: Role,
+    ) -> Result<String, ServerError> {
+        let token = self.insert_token("pbtok", name, role).await?;
+        self.store
+            .audit(
+                now(),
+                actor,
+                "token-create",
+                &format!("{role} token {name}"),
+                None,
+            )
+            .await?;
+        Ok(token)
+    }
+
+    /// A new token `<prefix>_…` stored as its sha256; not audited (`init` records itself).
+    async fn insert_token(
+        &self,
+        prefix: &str,
+        name: &str,
+        role: Role,
+    ) -> Result<String, ServerError> {
+        let token = random_secret(prefix)?;
+        self.store
+            .add_token(&secret_hash(&token), name, role, now())
+            .await?;
+        Ok(token)
+    }
+
+    /// Adds a dashboard user with `role` (the password kept as its Argon2id hash), audited as
+    /// `actor`'s `user-add`.
+    pub async fn add_user(
+        &self,
+        actor: &str,
+        name: &str,
+        role: Role,
+        password: &str,
+    ) -> Result<(), ServerError> {
+        crate::auth::check_username(name)?;
+        self.insert_user(name, role, password).await?;
+        self.store
+            .audit(
+                now(),
+                actor,
+                "user-add",
+                &format!("{role} user {name}"),
+                None,
+            )
+            .await
+    }
+
+    /// Stores a user; not audited (`init` records itself).
+    async fn insert_user(&self, name: &str, role: Role, password: &str) -> Result<(), ServerError> {
+        let user = UserRecord {
+            name: name.to_owned(),
+            password_hash: crate::auth::hash_password(password)?,
+            role,
+        };
+        self.store.add_user(&user, now()).await
+    }
+
+    /// The API caller a bearer token belongs to: `token:<name>` (the audit actor) and its
+    /// role; 401 for a token the server did not make.
+    pub async fn caller_for_token(&self, token: &str) -> Result<Caller, ServerError> {
+        match self.store.token(&secret_hash(token)).await? {
+            Some((name, role)) => Ok(Caller {
+                actor: format!("token:{name}"),
+                role,
+            }),
+            None => Err(ServerError::Unauthorized(
+                "unknown API token (patchbay-server token create makes one)".into(),
+            )),
+        }
+    }
+
+    /// Checks a dashboard login and opens a session, audited as `user:<name>` `login`.
+    /// Guessing is bounded by the login throttle (429 while the user or the address is
+    /// locked out); `None` is an unknown user or a wrong password, counted as a failure.
+    pub async fn login(
+        &self,
+        name: &str,
+        password: String,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<Option<OpenedSession>, ServerError> {
+        let attempt = self.login_throttle.admit(name, address)?;
+        let user = self.store.user(name).await?;
+        let valid = self
+            .login_throttle
+            .verify(
+                &attempt,
+                password,
+                user.as_ref().map(|u| u.password_hash.clone()),
+            )
+            .await?;
+        let Some(user) = user.filter(|_| valid) else {
+            self.login_throttle.failed(&attempt);
+            return Ok(None);
+        };
+        self.login_throttle.succeeded(&attempt);
+        let cookie = random_secret("s")?;
+        let max_age_secs = i64::from(self.config.ui.session_hours) * 3600;
+        let session = SessionRecord {
+            id_hash: secret_hash(&cookie),
+            user: user.name.clone(),
+            role: user.role,
+            csrf: random_secret("c")?,
+            expires_at: now() + max_age_secs,
+        };
+        self.store.add_session(&session).await?;
+        // The session exists already: a login that worked is not turned away because its
+        // audit entry could not be written.
+        let _ = self
+            .store
+            .audit(
+                now(),
+                &format!("user:{}", user.name),
+                "login",
+                "dashboard login",
+                None,
+            )
+            .await;
+        Ok(Some(OpenedSession {
+            cookie,
+            max_age_secs,
+        }))
+    }
+
+    /// The live dashboard session a session cookie belongs to; `None` for an unknown or
+    /// expired one.
+    pub async fn session(&self, cookie: &str) -> Result<Option<SessionRecord>, ServerError> {
+        Ok(self
+            .store
+            .session(&secret_hash(cookie))
+            .await?
+            .filter(|session| session.expires_at > now()))
+    }
+
+    /// Ends a dashboard session (logout).
+    pub async fn end_session(&self, session: &SessionRecord) -> Result<(), ServerError> {
+        self.store.delete_session(&session.id_hash).await
     }
 
     /// Revokes a host: it and its check-in history are deleted, its token stops working at

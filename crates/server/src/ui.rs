@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::api::{build_id, channel_name, host_state, level};
 use crate::auth::{Caller, Role};
 use crate::error::ServerError;
-use crate::service::{now, random_secret, secret_hash, Service};
+use crate::service::{now, random_secret, Service};
 use crate::store::{HostFilter, SessionRecord};
 
 type AppState = Arc<Service>;
@@ -92,8 +92,8 @@ impl FromRequestParts<AppState> for UiUser {
         let Some(cookie) = session_cookie(&parts.headers) else {
             return Err(to_login());
         };
-        match state.store.session(&secret_hash(&cookie)).await {
-            Ok(Some(session)) if session.expires_at > now() => {
+        match state.session(&cookie).await {
+            Ok(Some(session)) => {
                 let warnings = state
                     .metadata_warnings()
                     .await
@@ -300,62 +300,21 @@ async fn login(
     let address = extensions
         .get::<axum::extract::ConnectInfo<crate::listener::PeerAddress>>()
         .map(|info| info.0 .0.ip());
-    let attempt = match service.login_throttle.admit(&form.user, address) {
-        Ok(attempt) => attempt,
+    let opened = match service.login(&form.user, form.password, address).await {
+        Ok(Some(opened)) => opened,
+        Ok(None) => {
+            return login_response(
+                &service,
+                StatusCode::UNAUTHORIZED,
+                Some("Unknown user or wrong password."),
+            )
+        }
         Err(e) => return PageError(e).into_response(),
     };
-    let user = match service.store.user(&form.user).await {
-        Ok(user) => user,
-        Err(e) => return e.into_response(),
-    };
-    let valid = match service
-        .login_throttle
-        .verify(
-            &attempt,
-            form.password,
-            user.as_ref().map(|u| u.password_hash.clone()),
-        )
-        .await
-    {
-        Ok(valid) => valid,
-        Err(e) => return PageError(e).into_response(),
-    };
-    let Some(user) = user.filter(|_| valid) else {
-        service.login_throttle.failed(&attempt);
-        return login_response(
-            &service,
-            StatusCode::UNAUTHORIZED,
-            Some("Unknown user or wrong password."),
-        );
-    };
-    service.login_throttle.succeeded(&attempt);
-    let (Ok(cookie), Ok(csrf)) = (random_secret("s"), random_secret("c")) else {
-        return ServerError::Tuf("random".into()).into_response();
-    };
-    let hours = i64::from(service.config.ui.session_hours);
-    let session = SessionRecord {
-        id_hash: secret_hash(&cookie),
-        user: user.name.clone(),
-        role: user.role,
-        csrf,
-        expires_at: now() + hours * 3600,
-    };
-    if let Err(e) = service.store.add_session(&session).await {
-        return e.into_response();
-    }
-    let _ = service
-        .store
-        .audit(
-            now(),
-            &format!("user:{}", user.name),
-            "login",
-            "dashboard login",
-            None,
-        )
-        .await;
     let set = format!(
-        "{COOKIE}={cookie}; {}",
-        cookie_attributes(&service, hours * 3600)
+        "{COOKIE}={}; {}",
+        opened.cookie,
+        cookie_attributes(&service, opened.max_age_secs)
     );
     let mut response = Redirect::to("/ui").into_response();
     if let Ok(value) = HeaderValue::from_str(&set) {
@@ -382,7 +341,7 @@ async fn logout(
     if let Err(e) = user.check_form(Some(&form.csrf)) {
         return PageError(e).into_response();
     }
-    let _ = service.store.delete_session(&user.0.id_hash).await;
+    let _ = service.end_session(&user.0).await;
     let mut response = Redirect::to("/ui/login").into_response();
     let cleared = format!("{COOKIE}=; {}", cookie_attributes(&service, 0));
     if let Ok(value) = HeaderValue::from_str(&cleared) {
