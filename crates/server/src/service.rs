@@ -26,7 +26,8 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::objects::Objects;
 use crate::store::{
-    CheckIn, HostFilter, HostRecord, LevelRecord, SessionRecord, SqliteStore, Store, UserRecord,
+    AuditEntry, ChannelRecord, CheckIn, ExposureSnapshot, HostFilter, HostRecord, LevelRecord,
+    RegistrationKeyRecord, SessionRecord, SqliteStore, Store, TokenRecord, UserRecord,
 };
 use crate::tuf::{KeyPlace, RefreshReport, RoleExpiry, RoleName, TargetEntry, TufRepo};
 
@@ -107,6 +108,19 @@ pub struct OpenedSession {
     pub cookie: String,
     /// How long the session lasts, in seconds (`ui.session_hours`).
     pub max_age_secs: i64,
+}
+
+/// What `/metrics` reports, gathered from the database, the CVE data and the signed metadata.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Registered hosts by last reported state (states no host is in are absent).
+    pub hosts_by_state: BTreeMap<HostState, u64>,
+    /// Today's fleet exposure: distinct open CVEs by severity, hosts breaching the window.
+    pub exposure: ExposureSnapshot,
+    /// Check-ins received (a counter: pruning the history does not lower it).
+    pub checkins: u64,
+    /// When each served role expires, and who can renew it.
+    pub expiries: Vec<RoleExpiry>,
 }
 
 #[derive(Debug)]
@@ -384,7 +398,7 @@ impl Service {
     pub async fn fleet_exposure(
         &self,
         hosts: &[HostRecord],
-    ) -> Result<crate::store::ExposureSnapshot, ServerError> {
+    ) -> Result<ExposureSnapshot, ServerError> {
         let levels = self.store.levels().await?;
         Ok(crate::cve::fleet_snapshot(
             &self.cve_db(),
@@ -395,9 +409,7 @@ impl Service {
     }
 
     /// Computes today's fleet exposure and keeps it as the day's snapshot.
-    pub async fn record_exposure_snapshot(
-        &self,
-    ) -> Result<crate::store::ExposureSnapshot, ServerError> {
+    pub async fn record_exposure_snapshot(&self) -> Result<ExposureSnapshot, ServerError> {
         let hosts = self.store.hosts(&HostFilter::default()).await?;
         let snapshot = self.fleet_exposure(&hosts).await?;
         self.store.record_snapshot(&snapshot).await?;
@@ -426,6 +438,67 @@ impl Service {
         self.store.host(id).await?.ok_or_else(|| {
             ServerError::NotFound(format!("no host {id:?}; GET /api/v1/hosts lists them"))
         })
+    }
+
+    /// How many hosts `filter` matches, whatever its page (`limit`, `offset`).
+    pub async fn count_hosts(&self, filter: &HostFilter) -> Result<u64, ServerError> {
+        self.store.count_hosts(filter).await
+    }
+
+    /// The newest `limit` daily exposure snapshots, oldest first (the dashboard's trend).
+    pub async fn exposure_history(&self, limit: u32) -> Result<Vec<ExposureSnapshot>, ServerError> {
+        self.store.snapshots(limit).await
+    }
+
+    /// The channels, with their serials.
+    pub async fn channels(&self) -> Result<Vec<ChannelRecord>, ServerError> {
+        self.store.channels().await
+    }
+
+    /// The API tokens (their ids are the tokens' SHA-256; the tokens are not stored).
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, ServerError> {
+        self.store.tokens().await
+    }
+
+    /// The registration keys (their ids are the keys' SHA-256; the keys are not stored).
+    pub async fn registration_keys(&self) -> Result<Vec<RegistrationKeyRecord>, ServerError> {
+        self.store.registration_keys().await
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, ServerError> {
+        self.store.audit_log(limit).await
+    }
+
+    /// What `/metrics` reports: hosts by state, today's fleet exposure, check-ins received
+    /// and the served roles' expiry.
+    pub async fn metrics(&self) -> Result<Metrics, ServerError> {
+        let hosts = self.hosts(&HostFilter::default()).await?;
+        let mut hosts_by_state = BTreeMap::new();
+        for host in &hosts {
+            *hosts_by_state.entry(host.state).or_default() += 1;
+        }
+        Ok(Metrics {
+            hosts_by_state,
+            // Exposure once per distinct (release, fixes) pair, as for the dashboard.
+            exposure: self.fleet_exposure(&hosts).await?,
+            checkins: self.store.checkin_count().await?,
+            expiries: self.metadata_expiry().await?,
+        })
+    }
+
+    /// A served TUF metadata file by the name clients ask for (`root.json`,
+    /// `timestamp.json`, `<n>.<role>.json`); `None` for any other name or a missing file.
+    pub async fn served_metadata(&self, file: &str) -> Result<Option<Vec<u8>>, ServerError> {
+        self.tuf.served_metadata(file).await
+    }
+
+    /// A TUF target's blob by its sha256, as a stream of chunks with its length.
+    pub async fn served_target(
+        &self,
+        sha256: &str,
+    ) -> Result<Option<(u64, axum::body::Body)>, ServerError> {
+        self.objects.stream(sha256).await
     }
 
     /// The host's CSAF VEX document as of now.
@@ -778,23 +851,46 @@ impl Service {
         Ok(kernels.into_values().collect())
     }
 
+    /// The published level `level` of `build_id`, if there is one.
+    pub async fn find_level(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<Option<LevelRecord>, ServerError> {
+        Ok(self
+            .store
+            .levels_of(build_id)
+            .await?
+            .into_iter()
+            .find(|l| l.level == level))
+    }
+
+    /// Whether an upgrade report is attached to level `level` of `build_id`.
+    pub async fn has_report(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<bool, ServerError> {
+        Ok(self
+            .store
+            .reported_levels()
+            .await?
+            .iter()
+            .any(|(b, l)| b == build_id && *l == level))
+    }
+
     /// The published level `level` of `build_id`, or a 404 that says how to find them.
     pub async fn level(
         &self,
         build_id: &BuildId,
         level: PatchLevel,
     ) -> Result<LevelRecord, ServerError> {
-        self.store
-            .levels_of(build_id)
-            .await?
-            .into_iter()
-            .find(|l| l.level == level)
-            .ok_or_else(|| {
-                ServerError::NotFound(format!(
-                    "kernel {build_id} has no published level {level}; GET /api/v1/kernels \
+        self.find_level(build_id, level).await?.ok_or_else(|| {
+            ServerError::NotFound(format!(
+                "kernel {build_id} has no published level {level}; GET /api/v1/kernels \
                      lists the levels (publish the bundle first, then attach its report)"
-                ))
-            })
+            ))
+        })
     }
 
     /// `POST …/levels/{level}/report`: attaches the upgrade report `patchbay-build upgrade`
@@ -913,13 +1009,7 @@ impl Service {
         build_id: &BuildId,
         level: PatchLevel,
     ) -> Result<(), ServerError> {
-        let known = self
-            .store
-            .levels_of(build_id)
-            .await?
-            .iter()
-            .any(|l| l.level == level);
-        if !known {
+        if self.find_level(build_id, level).await?.is_none() {
             return Err(ServerError::NotFound(format!(
                 "level {level} of kernel {build_id} is not published; publish it first \
                  (GET /api/v1/kernels lists what is)"
@@ -1345,9 +1435,8 @@ impl Service {
     }
 
     /// An API token by id (the SHA-256 of the token, as `GET /api/v1/tokens` lists).
-    pub async fn token_by_id(&self, id: &str) -> Result<crate::store::TokenRecord, ServerError> {
-        self.store
-            .tokens()
+    pub async fn token_by_id(&self, id: &str) -> Result<TokenRecord, ServerError> {
+        self.tokens()
             .await?
             .into_iter()
             .find(|t| t.id == id)
@@ -1362,9 +1451,8 @@ impl Service {
     pub async fn registration_key_by_id(
         &self,
         id: &str,
-    ) -> Result<crate::store::RegistrationKeyRecord, ServerError> {
-        self.store
-            .registration_keys()
+    ) -> Result<RegistrationKeyRecord, ServerError> {
+        self.registration_keys()
             .await?
             .into_iter()
             .find(|k| k.id == id)
