@@ -309,7 +309,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Export { data, output } => {
             let service = Service::open(&data).await?;
-            let summary = patchbay_server::archive::export(&service, &output).await?;
+            let summary = patchbay_server::service::archive::export(&service, &output).await?;
             println!(
                 "exported {} metadata files and {} targets to {}",
                 summary.metadata,
@@ -325,7 +325,8 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let service = Service::open(&data).await?;
             let summary =
-                patchbay_server::archive::import(&service, &archive, root.as_deref()).await?;
+                patchbay_server::service::archive::import(&service, &archive, root.as_deref())
+                    .await?;
             println!(
                 "imported targets version {} ({} targets) from {}",
                 summary.targets_version,

@@ -4,6 +4,13 @@
 //! Invariant: every mutation runs under one lock and ends with [`Service::resign`], which
 //! rebuilds the whole targets role from the database; when signing fails the mutation is undone,
 //! so the database never says something the signed metadata does not.
+//!
+//! Layering: handlers (`api`, `ui`, `main.rs`) → [`Service`] → `store`, `tuf`, `objects`.
+//! `Service`'s fields for those three are private, so only this module and its child
+//! [`archive`] (air-gapped export/import, which writes served metadata itself) can reach them,
+//! and the invariant above has one place to hold.
+
+pub mod archive;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -123,16 +130,21 @@ pub struct Metrics {
     pub expiries: Vec<RoleExpiry>,
 }
 
+/// The server's one way to its state. The database, the blob store and the TUF repository
+/// are private fields: handlers (`api`, `ui`, the CLI) reach them only through these methods,
+/// which keep the database and the signed metadata equal (see the module's invariant).
 #[derive(Debug)]
 pub struct Service {
+    /// The data directory (`config.toml`, the database, `objects/`, `tuf/`, `keys/`).
     pub data_dir: PathBuf,
+    /// `config.toml` as loaded at start.
     pub config: ServerConfig,
-    pub store: Arc<dyn Store>,
-    pub objects: Objects,
-    pub tuf: TufRepo,
+    store: Arc<dyn Store>,
+    objects: Objects,
+    tuf: TufRepo,
     lock: Mutex<()>,
     /// Failed dashboard logins per user and address (see [`crate::throttle`]).
-    pub login_throttle: crate::throttle::LoginThrottle,
+    login_throttle: crate::throttle::LoginThrottle,
     /// The CVE database (`cve sync`), swapped whole when the file changes.
     cve: std::sync::RwLock<(
         Option<std::time::SystemTime>,
@@ -1642,6 +1654,21 @@ impl Service {
             .iter()
             .filter_map(|e| e.warning(now))
             .collect())
+    }
+
+    /// The versions of the served chain (`None` before `init` signed one).
+    pub fn metadata_versions(&self) -> Result<Option<crate::tuf::ChainVersions>, ServerError> {
+        self.tuf.versions()
+    }
+
+    /// Test support, for fault injection only: signs a new `timestamp.json` that expires
+    /// `lifetime_secs` from now (negative: already expired), which no real path does. The
+    /// agent's tests need a validly signed but expired timestamp to show that a frozen
+    /// repository is refused; nothing else can make one without the timestamp key.
+    #[doc(hidden)]
+    pub async fn resign_timestamp_for_tests(&self, lifetime_secs: i64) -> Result<(), ServerError> {
+        let _guard = self.lock_mutations().await?;
+        self.tuf.resign_timestamp_with_lifetime(lifetime_secs).await
     }
 
     /// Signs a new root (fresh expiry; with `rotate`, a new key for that role) with the root
