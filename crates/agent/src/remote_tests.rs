@@ -104,12 +104,13 @@ impl TestServer {
             .unwrap();
     }
 
+    /// The served metadata directory: attacks replace files in it.
     fn metadata(&self) -> PathBuf {
-        self.service.tuf.metadata_dir.clone()
+        self.dir.path().join("server/tuf/metadata")
     }
 
     fn versions(&self) -> patchbay_server::tuf::ChainVersions {
-        self.service.tuf.versions().unwrap().unwrap()
+        self.service.metadata_versions().unwrap().unwrap()
     }
 
     fn object_path(&self, sha256: &str) -> PathBuf {
@@ -118,10 +119,10 @@ impl TestServer {
 
     fn level_sha(&self, build_id: &str, level: u32) -> String {
         self.rt
-            .block_on(self.service.store.levels())
-            .unwrap()
-            .into_iter()
-            .find(|l| l.build_id.as_str() == build_id && l.level.get() == level)
+            .block_on(
+                self.service
+                    .level(&build_id.parse().unwrap(), level.try_into().unwrap()),
+            )
             .unwrap()
             .sha256
     }
@@ -452,7 +453,10 @@ fn air_gapped_archive_applies_with_the_same_verification() {
     let archive = server.dir.path().join("export.tar.gz");
     server
         .rt
-        .block_on(patchbay_server::archive::export(&server.service, &archive))
+        .block_on(patchbay_server::service::archive::export(
+            &server.service,
+            &archive,
+        ))
         .unwrap();
     let root = server.metadata().join("root.json");
 
@@ -553,7 +557,7 @@ fn attack_expired_timestamp_freeze_is_refused() {
     let (server, k) = setup();
     server
         .rt
-        .block_on(server.service.tuf.resign_timestamp_with_lifetime(-60))
+        .block_on(server.service.resign_timestamp_for_tests(-60))
         .unwrap();
     assert_refused(&k, "expired");
 }
@@ -638,14 +642,17 @@ fn inner_server_serves_an_imported_archive_to_its_hosts() {
     let archive = outer.dir.path().join("export.tar.gz");
     outer
         .rt
-        .block_on(patchbay_server::archive::export(&outer.service, &archive))
+        .block_on(patchbay_server::service::archive::export(
+            &outer.service,
+            &archive,
+        ))
         .unwrap();
     let outer_root = outer.metadata().join("root.json");
 
     let inner = TestServer::start();
     let summary = inner
         .rt
-        .block_on(patchbay_server::archive::import(
+        .block_on(patchbay_server::service::archive::import(
             &inner.service,
             &archive,
             Some(&outer_root),
@@ -680,11 +687,14 @@ fn inner_server_serves_an_imported_archive_to_its_hosts() {
     let newer = outer.dir.path().join("newer.tar.gz");
     outer
         .rt
-        .block_on(patchbay_server::archive::export(&outer.service, &newer))
+        .block_on(patchbay_server::service::archive::export(
+            &outer.service,
+            &newer,
+        ))
         .unwrap();
     inner
         .rt
-        .block_on(patchbay_server::archive::import(
+        .block_on(patchbay_server::service::archive::import(
             &inner.service,
             &newer,
             None,
@@ -693,7 +703,7 @@ fn inner_server_serves_an_imported_archive_to_its_hosts() {
     let served = std::fs::read(inner.metadata().join("timestamp.json")).unwrap();
     let err = inner
         .rt
-        .block_on(patchbay_server::archive::import(
+        .block_on(patchbay_server::service::archive::import(
             &inner.service,
             &archive,
             None,
@@ -1159,7 +1169,10 @@ fn scratch_left_by_a_killed_agent_is_removed_and_archives_unpack_privately() {
     let archive = k.root.path().join("export.tar.gz");
     server
         .rt
-        .block_on(patchbay_server::archive::export(&server.service, &archive))
+        .block_on(patchbay_server::service::archive::export(
+            &server.service,
+            &archive,
+        ))
         .unwrap();
     let a = agent(&k);
     Remote::new(&a, defaults(), ApplyOptions::default())

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::auth::{Caller, Role};
 use crate::error::ServerError;
-use crate::service::{secret_hash, Service, WaveRequest};
+use crate::service::{Service, WaveRequest};
 use crate::store::{HostFilter, HostRecord};
 
 type AppState = Arc<Service>;
@@ -77,15 +77,7 @@ impl FromRequestParts<AppState> for Api {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
-        match state.store.token(&secret_hash(token)).await? {
-            Some((name, role)) => Ok(Api(Caller {
-                actor: format!("token:{name}"),
-                role,
-            })),
-            None => Err(ServerError::Unauthorized(
-                "unknown API token (patchbay-server token create makes one)".into(),
-            )),
-        }
+        Ok(Api(state.caller_for_token(token).await?))
     }
 }
 
@@ -347,7 +339,7 @@ async fn channels(
 ) -> Result<Json<serde_json::Value>, ServerError> {
     caller.require(Role::Viewer, "listing channels")?;
     Ok(Json(
-        serde_json::json!({ "channels": service.store.channels().await? }),
+        serde_json::json!({ "channels": service.channels().await? }),
     ))
 }
 
@@ -511,7 +503,7 @@ async fn registration_keys(
 ) -> Result<Json<serde_json::Value>, ServerError> {
     caller.require(Role::Admin, "listing registration keys")?;
     Ok(Json(
-        serde_json::json!({ "registration_keys": service.store.registration_keys().await? }),
+        serde_json::json!({ "registration_keys": service.registration_keys().await? }),
     ))
 }
 
@@ -531,7 +523,7 @@ async fn tokens(
 ) -> Result<Json<serde_json::Value>, ServerError> {
     caller.require(Role::Admin, "listing API tokens")?;
     Ok(Json(
-        serde_json::json!({ "tokens": service.store.tokens().await? }),
+        serde_json::json!({ "tokens": service.tokens().await? }),
     ))
 }
 
@@ -585,7 +577,7 @@ async fn audit(
 ) -> Result<Json<serde_json::Value>, ServerError> {
     caller.require(Role::Viewer, "reading the audit log")?;
     Ok(Json(
-        serde_json::json!({ "audit": service.store.audit_log(1000).await? }),
+        serde_json::json!({ "audit": service.audit_log(1000).await? }),
     ))
 }
 
@@ -600,48 +592,25 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// `root.json`, `timestamp.json`, `<n>.root.json`, `<n>.snapshot.json`, `<n>.targets.json`.
-fn metadata_name_ok(file: &str) -> bool {
-    if file == "root.json" || file == "timestamp.json" {
-        return true;
-    }
-    let Some((number, role)) = file.split_once('.') else {
-        return false;
-    };
-    !number.is_empty()
-        && number.len() <= 20
-        && number.bytes().all(|b| b.is_ascii_digit())
-        && matches!(role, "root.json" | "snapshot.json" | "targets.json")
-}
-
 async fn tuf_metadata(
     State(service): State<AppState>,
     Path(file): Path<String>,
 ) -> Result<Response, ServerError> {
-    if !metadata_name_ok(&file) {
-        return Err(ServerError::NotFound(format!("no TUF metadata {file:?}")));
-    }
-    let path = service.tuf.metadata_dir.join(&file);
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => Ok((
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                ),
-                (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            ],
-            bytes,
-        )
-            .into_response()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(ServerError::NotFound(format!("no TUF metadata {file:?}")))
-        }
-        Err(source) => Err(ServerError::Io {
-            path: path.display().to_string(),
-            source,
-        }),
-    }
+    let bytes = service
+        .served_metadata(&file)
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("no TUF metadata {file:?}")))?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 /// The blob a consistent-snapshot target path asks for. The specification puts the hash on
@@ -665,7 +634,7 @@ async fn tuf_target(
 ) -> Result<Response, ServerError> {
     let not_found = || ServerError::NotFound(format!("no TUF target {path:?}"));
     let hash = consistent_target_hash(&path).ok_or_else(not_found)?;
-    let (length, body) = service.objects.stream(hash).await?.ok_or_else(not_found)?;
+    let (length, body) = service.served_target(hash).await?.ok_or_else(not_found)?;
     Ok((
         [
             (
@@ -785,14 +754,9 @@ async fn metrics(
     }
     let Api(caller) = caller?;
     caller.require(Role::Viewer, "reading /metrics")?;
-    let hosts = service.hosts(&HostFilter::default()).await?;
-    let mut by_state: std::collections::BTreeMap<HostState, u64> =
-        std::collections::BTreeMap::new();
-    for h in &hosts {
-        *by_state.entry(h.state).or_default() += 1;
-    }
-    // Exposure once per distinct (release, fixes) pair, as for the dashboard.
-    let snapshot = service.fleet_exposure(&hosts).await?;
+    let metrics = service.metrics().await?;
+    let by_state = &metrics.hosts_by_state;
+    let snapshot = &metrics.exposure;
     let breaching = snapshot.hosts_breached;
     let by_severity = [
         ("critical", snapshot.critical),
@@ -801,7 +765,7 @@ async fn metrics(
         ("low", snapshot.low),
         ("unscored", snapshot.unscored),
     ];
-    let checkins = service.store.checkin_count().await?;
+    let checkins = metrics.checkins;
     let mut out = String::new();
     out.push_str("# HELP patchbay_hosts Registered hosts by last reported state.\n# TYPE patchbay_hosts gauge\n");
     for state in HostState::ALL {
@@ -820,9 +784,9 @@ async fn metrics(
     out.push_str(&format!("# HELP patchbay_checkins_total Check-ins received.\n# TYPE patchbay_checkins_total counter\npatchbay_checkins_total {checkins}\n"));
     out.push_str(&format!("# HELP patchbay_hosts_in_error Hosts whose last check-in reported an error.\n# TYPE patchbay_hosts_in_error gauge\npatchbay_hosts_in_error {}\n", by_state.get(&HostState::Error).copied().unwrap_or(0)));
     let now = jiff::Timestamp::now();
-    let expiries = service.metadata_expiry().await?;
+    let expiries = &metrics.expiries;
     out.push_str("# HELP patchbay_tuf_expires_seconds Seconds until each served TUF role expires (negative: expired).\n# TYPE patchbay_tuf_expires_seconds gauge\n");
-    for e in &expiries {
+    for e in expiries {
         out.push_str(&format!(
             "patchbay_tuf_expires_seconds{{role=\"{}\"}} {}\n",
             e.role,
@@ -830,7 +794,7 @@ async fn metrics(
         ));
     }
     out.push_str(&format!("# HELP patchbay_tuf_offline_role_expiring TUF roles whose keys are offline and that expire within {} days: an administrator must sign them.\n# TYPE patchbay_tuf_offline_role_expiring gauge\n", crate::tuf::OFFLINE_WARNING_DAYS));
-    for e in &expiries {
+    for e in expiries {
         out.push_str(&format!(
             "patchbay_tuf_offline_role_expiring{{role=\"{}\"}} {}\n",
             e.role,

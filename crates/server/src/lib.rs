@@ -4,11 +4,13 @@
 //!
 //! Layers, each usable on its own: [`config`] (config.toml), [`store`] (the database behind the
 //! [`store::Store`] trait), [`objects`] (content-addressed blobs), [`tuf`] (keys and signed
-//! metadata), [`service`] (what the server does), [`api`] (HTTP), [`archive`] (air-gapped
-//! export/import).
+//! metadata), [`service`] (what the server does; [`service::archive`], air-gapped
+//! export/import), [`api`] (HTTP) and [`ui`] (the dashboard).
+//!
+//! Handlers (`api`, `ui`, the CLI) call [`Service`] only: its database, blob store and TUF
+//! repository are private fields, so the compiler keeps them from reaching past it.
 
 pub mod api;
-pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod cve;

@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use patchbay_server::auth::Role;
 use patchbay_server::config::ServerConfig;
-use patchbay_server::service::{now, random_secret, secret_hash};
 use patchbay_server::Service;
 
 const DEFAULT_DATA: &str = "/var/lib/patchbay-server";
@@ -230,21 +229,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let role: Role = role.parse()?;
             let service = Service::open(&data).await?;
-            let token = random_secret("pbtok")?;
-            service
-                .store
-                .add_token(&secret_hash(&token), &name, role, now())
-                .await?;
-            service
-                .store
-                .audit(
-                    now(),
-                    "cli",
-                    "token-create",
-                    &format!("{role} token {name}"),
-                    None,
-                )
-                .await?;
+            let token = service.create_token("cli", &name, role).await?;
             println!("token: {token}");
             Ok(())
         }
@@ -307,6 +292,7 @@ async fn run(cli: Cli) -> Result<()> {
             command: UserCommand::Add { data, name, role },
         } => {
             let role: Role = role.parse()?;
+            // Refused before the password is asked for; `add_user` checks it again.
             patchbay_server::auth::check_username(&name)?;
             let password = match std::env::var("PATCHBAY_PASSWORD") {
                 Ok(p) => p,
@@ -317,33 +303,13 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             };
             let service = Service::open(&data).await?;
-            service
-                .store
-                .add_user(
-                    &patchbay_server::store::UserRecord {
-                        name: name.clone(),
-                        password_hash: patchbay_server::auth::hash_password(&password)?,
-                        role,
-                    },
-                    now(),
-                )
-                .await?;
-            service
-                .store
-                .audit(
-                    now(),
-                    "cli",
-                    "user-add",
-                    &format!("{role} user {name}"),
-                    None,
-                )
-                .await?;
+            service.add_user("cli", &name, role, &password).await?;
             println!("added {role} user {name}");
             Ok(())
         }
         Command::Export { data, output } => {
             let service = Service::open(&data).await?;
-            let summary = patchbay_server::archive::export(&service, &output).await?;
+            let summary = patchbay_server::service::archive::export(&service, &output).await?;
             println!(
                 "exported {} metadata files and {} targets to {}",
                 summary.metadata,
@@ -359,7 +325,8 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let service = Service::open(&data).await?;
             let summary =
-                patchbay_server::archive::import(&service, &archive, root.as_deref()).await?;
+                patchbay_server::service::archive::import(&service, &archive, root.as_deref())
+                    .await?;
             println!(
                 "imported targets version {} ({} targets) from {}",
                 summary.targets_version,

@@ -4,6 +4,13 @@
 //! Invariant: every mutation runs under one lock and ends with [`Service::resign`], which
 //! rebuilds the whole targets role from the database; when signing fails the mutation is undone,
 //! so the database never says something the signed metadata does not.
+//!
+//! Layering: handlers (`api`, `ui`, `main.rs`) → [`Service`] → `store`, `tuf`, `objects`.
+//! `Service`'s fields for those three are private, so only this module and its child
+//! [`archive`] (air-gapped export/import, which writes served metadata itself) can reach them,
+//! and the invariant above has one place to hold.
+
+pub mod archive;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,11 +28,14 @@ use patchbay_core::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::auth::Role;
+use crate::auth::{Caller, Role};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::objects::Objects;
-use crate::store::{CheckIn, HostFilter, HostRecord, LevelRecord, SqliteStore, Store, UserRecord};
+use crate::store::{
+    AuditEntry, ChannelRecord, CheckIn, ExposureSnapshot, HostFilter, HostRecord, LevelRecord,
+    RegistrationKeyRecord, SessionRecord, SqliteStore, Store, TokenRecord, UserRecord,
+};
 use crate::tuf::{KeyPlace, RefreshReport, RoleExpiry, RoleName, TargetEntry, TufRepo};
 
 pub fn now() -> i64 {
@@ -98,16 +108,43 @@ pub struct LevelSummary {
     pub report: bool,
 }
 
+/// A dashboard session [`Service::login`] opened.
+#[derive(Debug, Clone)]
+pub struct OpenedSession {
+    /// The session cookie's secret: given to the browser once, stored only as its sha256.
+    pub cookie: String,
+    /// How long the session lasts, in seconds (`ui.session_hours`).
+    pub max_age_secs: i64,
+}
+
+/// What `/metrics` reports, gathered from the database, the CVE data and the signed metadata.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Registered hosts by last reported state (states no host is in are absent).
+    pub hosts_by_state: BTreeMap<HostState, u64>,
+    /// Today's fleet exposure: distinct open CVEs by severity, hosts breaching the window.
+    pub exposure: ExposureSnapshot,
+    /// Check-ins received (a counter: pruning the history does not lower it).
+    pub checkins: u64,
+    /// When each served role expires, and who can renew it.
+    pub expiries: Vec<RoleExpiry>,
+}
+
+/// The server's one way to its state. The database, the blob store and the TUF repository
+/// are private fields: handlers (`api`, `ui`, the CLI) reach them only through these methods,
+/// which keep the database and the signed metadata equal (see the module's invariant).
 #[derive(Debug)]
 pub struct Service {
+    /// The data directory (`config.toml`, the database, `objects/`, `tuf/`, `keys/`).
     pub data_dir: PathBuf,
+    /// `config.toml` as loaded at start.
     pub config: ServerConfig,
-    pub store: Arc<dyn Store>,
-    pub objects: Objects,
-    pub tuf: TufRepo,
+    store: Arc<dyn Store>,
+    objects: Objects,
+    tuf: TufRepo,
     lock: Mutex<()>,
     /// Failed dashboard logins per user and address (see [`crate::throttle`]).
-    pub login_throttle: crate::throttle::LoginThrottle,
+    login_throttle: crate::throttle::LoginThrottle,
     /// The CVE database (`cve sync`), swapped whole when the file changes.
     cve: std::sync::RwLock<(
         Option<std::time::SystemTime>,
@@ -283,22 +320,10 @@ impl Service {
             .store
             .add_channel(&production, &now_rfc3339(), now())
             .await?;
-        let admin_token = random_secret("pbadm")?;
-        service
-            .store
-            .add_token(&secret_hash(&admin_token), "init", Role::Admin, now())
-            .await?;
+        let admin_token = service.insert_token("pbadm", "init", Role::Admin).await?;
         let admin_password = random_secret("pw")?;
         service
-            .store
-            .add_user(
-                &UserRecord {
-                    name: "admin".into(),
-                    password_hash: crate::auth::hash_password(&admin_password)?,
-                    role: Role::Admin,
-                },
-                now(),
-            )
+            .insert_user("admin", Role::Admin, &admin_password)
             .await?;
         let registration_key = random_secret("pbreg")?;
         service
@@ -385,7 +410,7 @@ impl Service {
     pub async fn fleet_exposure(
         &self,
         hosts: &[HostRecord],
-    ) -> Result<crate::store::ExposureSnapshot, ServerError> {
+    ) -> Result<ExposureSnapshot, ServerError> {
         let levels = self.store.levels().await?;
         Ok(crate::cve::fleet_snapshot(
             &self.cve_db(),
@@ -396,9 +421,7 @@ impl Service {
     }
 
     /// Computes today's fleet exposure and keeps it as the day's snapshot.
-    pub async fn record_exposure_snapshot(
-        &self,
-    ) -> Result<crate::store::ExposureSnapshot, ServerError> {
+    pub async fn record_exposure_snapshot(&self) -> Result<ExposureSnapshot, ServerError> {
         let hosts = self.store.hosts(&HostFilter::default()).await?;
         let snapshot = self.fleet_exposure(&hosts).await?;
         self.store.record_snapshot(&snapshot).await?;
@@ -427,6 +450,67 @@ impl Service {
         self.store.host(id).await?.ok_or_else(|| {
             ServerError::NotFound(format!("no host {id:?}; GET /api/v1/hosts lists them"))
         })
+    }
+
+    /// How many hosts `filter` matches, whatever its page (`limit`, `offset`).
+    pub async fn count_hosts(&self, filter: &HostFilter) -> Result<u64, ServerError> {
+        self.store.count_hosts(filter).await
+    }
+
+    /// The newest `limit` daily exposure snapshots, oldest first (the dashboard's trend).
+    pub async fn exposure_history(&self, limit: u32) -> Result<Vec<ExposureSnapshot>, ServerError> {
+        self.store.snapshots(limit).await
+    }
+
+    /// The channels, with their serials.
+    pub async fn channels(&self) -> Result<Vec<ChannelRecord>, ServerError> {
+        self.store.channels().await
+    }
+
+    /// The API tokens (their ids are the tokens' SHA-256; the tokens are not stored).
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, ServerError> {
+        self.store.tokens().await
+    }
+
+    /// The registration keys (their ids are the keys' SHA-256; the keys are not stored).
+    pub async fn registration_keys(&self) -> Result<Vec<RegistrationKeyRecord>, ServerError> {
+        self.store.registration_keys().await
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, ServerError> {
+        self.store.audit_log(limit).await
+    }
+
+    /// What `/metrics` reports: hosts by state, today's fleet exposure, check-ins received
+    /// and the served roles' expiry.
+    pub async fn metrics(&self) -> Result<Metrics, ServerError> {
+        let hosts = self.hosts(&HostFilter::default()).await?;
+        let mut hosts_by_state = BTreeMap::new();
+        for host in &hosts {
+            *hosts_by_state.entry(host.state).or_default() += 1;
+        }
+        Ok(Metrics {
+            hosts_by_state,
+            // Exposure once per distinct (release, fixes) pair, as for the dashboard.
+            exposure: self.fleet_exposure(&hosts).await?,
+            checkins: self.store.checkin_count().await?,
+            expiries: self.metadata_expiry().await?,
+        })
+    }
+
+    /// A served TUF metadata file by the name clients ask for (`root.json`,
+    /// `timestamp.json`, `<n>.<role>.json`); `None` for any other name or a missing file.
+    pub async fn served_metadata(&self, file: &str) -> Result<Option<Vec<u8>>, ServerError> {
+        self.tuf.served_metadata(file).await
+    }
+
+    /// A TUF target's blob by its sha256, as a stream of chunks with its length.
+    pub async fn served_target(
+        &self,
+        sha256: &str,
+    ) -> Result<Option<(u64, axum::body::Body)>, ServerError> {
+        self.objects.stream(sha256).await
     }
 
     /// The host's CSAF VEX document as of now.
@@ -779,23 +863,46 @@ impl Service {
         Ok(kernels.into_values().collect())
     }
 
+    /// The published level `level` of `build_id`, if there is one.
+    pub async fn find_level(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<Option<LevelRecord>, ServerError> {
+        Ok(self
+            .store
+            .levels_of(build_id)
+            .await?
+            .into_iter()
+            .find(|l| l.level == level))
+    }
+
+    /// Whether an upgrade report is attached to level `level` of `build_id`.
+    pub async fn has_report(
+        &self,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<bool, ServerError> {
+        Ok(self
+            .store
+            .reported_levels()
+            .await?
+            .iter()
+            .any(|(b, l)| b == build_id && *l == level))
+    }
+
     /// The published level `level` of `build_id`, or a 404 that says how to find them.
     pub async fn level(
         &self,
         build_id: &BuildId,
         level: PatchLevel,
     ) -> Result<LevelRecord, ServerError> {
-        self.store
-            .levels_of(build_id)
-            .await?
-            .into_iter()
-            .find(|l| l.level == level)
-            .ok_or_else(|| {
-                ServerError::NotFound(format!(
-                    "kernel {build_id} has no published level {level}; GET /api/v1/kernels \
+        self.find_level(build_id, level).await?.ok_or_else(|| {
+            ServerError::NotFound(format!(
+                "kernel {build_id} has no published level {level}; GET /api/v1/kernels \
                      lists the levels (publish the bundle first, then attach its report)"
-                ))
-            })
+            ))
+        })
     }
 
     /// `POST …/levels/{level}/report`: attaches the upgrade report `patchbay-build upgrade`
@@ -914,13 +1021,7 @@ impl Service {
         build_id: &BuildId,
         level: PatchLevel,
     ) -> Result<(), ServerError> {
-        let known = self
-            .store
-            .levels_of(build_id)
-            .await?
-            .iter()
-            .any(|l| l.level == level);
-        if !known {
+        if self.find_level(build_id, level).await?.is_none() {
             return Err(ServerError::NotFound(format!(
                 "level {level} of kernel {build_id} is not published; publish it first \
                  (GET /api/v1/kernels lists what is)"
@@ -1174,6 +1275,154 @@ impl Service {
         Ok(key)
     }
 
+    /// Makes an API token with `role`, audited as `actor`'s `token-create`. Returns the token,
+    /// shown once: the database keeps only its sha256.
+    pub async fn create_token(
+        &self,
+        actor: &str,
+        name: &str,
+        role: Role,
+    ) -> Result<String, ServerError> {
+        let token = self.insert_token("pbtok", name, role).await?;
+        self.store
+            .audit(
+                now(),
+                actor,
+                "token-create",
+                &format!("{role} token {name}"),
+                None,
+            )
+            .await?;
+        Ok(token)
+    }
+
+    /// A new token `<prefix>_…` stored as its sha256; not audited (`init` records itself).
+    async fn insert_token(
+        &self,
+        prefix: &str,
+        name: &str,
+        role: Role,
+    ) -> Result<String, ServerError> {
+        let token = random_secret(prefix)?;
+        self.store
+            .add_token(&secret_hash(&token), name, role, now())
+            .await?;
+        Ok(token)
+    }
+
+    /// Adds a dashboard user with `role` (the password kept as its Argon2id hash), audited as
+    /// `actor`'s `user-add`.
+    pub async fn add_user(
+        &self,
+        actor: &str,
+        name: &str,
+        role: Role,
+        password: &str,
+    ) -> Result<(), ServerError> {
+        crate::auth::check_username(name)?;
+        self.insert_user(name, role, password).await?;
+        self.store
+            .audit(
+                now(),
+                actor,
+                "user-add",
+                &format!("{role} user {name}"),
+                None,
+            )
+            .await
+    }
+
+    /// Stores a user; not audited (`init` records itself).
+    async fn insert_user(&self, name: &str, role: Role, password: &str) -> Result<(), ServerError> {
+        let user = UserRecord {
+            name: name.to_owned(),
+            password_hash: crate::auth::hash_password(password)?,
+            role,
+        };
+        self.store.add_user(&user, now()).await
+    }
+
+    /// The API caller a bearer token belongs to: `token:<name>` (the audit actor) and its
+    /// role; 401 for a token the server did not make.
+    pub async fn caller_for_token(&self, token: &str) -> Result<Caller, ServerError> {
+        match self.store.token(&secret_hash(token)).await? {
+            Some((name, role)) => Ok(Caller {
+                actor: format!("token:{name}"),
+                role,
+            }),
+            None => Err(ServerError::Unauthorized(
+                "unknown API token (patchbay-server token create makes one)".into(),
+            )),
+        }
+    }
+
+    /// Checks a dashboard login and opens a session, audited as `user:<name>` `login`.
+    /// Guessing is bounded by the login throttle (429 while the user or the address is
+    /// locked out); `None` is an unknown user or a wrong password, counted as a failure.
+    pub async fn login(
+        &self,
+        name: &str,
+        password: String,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<Option<OpenedSession>, ServerError> {
+        let attempt = self.login_throttle.admit(name, address)?;
+        let user = self.store.user(name).await?;
+        let valid = self
+            .login_throttle
+            .verify(
+                &attempt,
+                password,
+                user.as_ref().map(|u| u.password_hash.clone()),
+            )
+            .await?;
+        let Some(user) = user.filter(|_| valid) else {
+            self.login_throttle.failed(&attempt);
+            return Ok(None);
+        };
+        self.login_throttle.succeeded(&attempt);
+        let cookie = random_secret("s")?;
+        let max_age_secs = i64::from(self.config.ui.session_hours) * 3600;
+        let session = SessionRecord {
+            id_hash: secret_hash(&cookie),
+            user: user.name.clone(),
+            role: user.role,
+            csrf: random_secret("c")?,
+            expires_at: now() + max_age_secs,
+        };
+        self.store.add_session(&session).await?;
+        // The session exists already: a login that worked is not turned away because its
+        // audit entry could not be written.
+        let _ = self
+            .store
+            .audit(
+                now(),
+                &format!("user:{}", user.name),
+                "login",
+                "dashboard login",
+                None,
+            )
+            .await;
+        Ok(Some(OpenedSession {
+            cookie,
+            max_age_secs,
+        }))
+    }
+
+    /// The live dashboard session a session cookie belongs to; `None` for an unknown or
+    /// expired one.
+    pub async fn session(&self, cookie: &str) -> Result<Option<SessionRecord>, ServerError> {
+        Ok(self
+            .store
+            .session(&secret_hash(cookie))
+            .await?
+            .filter(|session| session.expires_at > now()))
+    }
+
+    /// Ends a dashboard session (logout).
+    pub async fn end_session(&self, session: &SessionRecord) -> Result<(), ServerError> {
+        self.store.delete_session(&session.id_hash).await
+    }
+
     /// Revokes a host: it and its check-in history are deleted, its token stops working at
     /// once (it must register again with a registration key). Audited.
     pub async fn revoke_host(&self, actor: &str, id: &str) -> Result<(), ServerError> {
@@ -1198,9 +1447,8 @@ impl Service {
     }
 
     /// An API token by id (the SHA-256 of the token, as `GET /api/v1/tokens` lists).
-    pub async fn token_by_id(&self, id: &str) -> Result<crate::store::TokenRecord, ServerError> {
-        self.store
-            .tokens()
+    pub async fn token_by_id(&self, id: &str) -> Result<TokenRecord, ServerError> {
+        self.tokens()
             .await?
             .into_iter()
             .find(|t| t.id == id)
@@ -1215,9 +1463,8 @@ impl Service {
     pub async fn registration_key_by_id(
         &self,
         id: &str,
-    ) -> Result<crate::store::RegistrationKeyRecord, ServerError> {
-        self.store
-            .registration_keys()
+    ) -> Result<RegistrationKeyRecord, ServerError> {
+        self.registration_keys()
             .await?
             .into_iter()
             .find(|k| k.id == id)
@@ -1407,6 +1654,21 @@ impl Service {
             .iter()
             .filter_map(|e| e.warning(now))
             .collect())
+    }
+
+    /// The versions of the served chain (`None` before `init` signed one).
+    pub fn metadata_versions(&self) -> Result<Option<crate::tuf::ChainVersions>, ServerError> {
+        self.tuf.versions()
+    }
+
+    /// Test support, for fault injection only: signs a new `timestamp.json` that expires
+    /// `lifetime_secs` from now (negative: already expired), which no real path does. The
+    /// agent's tests need a validly signed but expired timestamp to show that a frozen
+    /// repository is refused; nothing else can make one without the timestamp key.
+    #[doc(hidden)]
+    pub async fn resign_timestamp_for_tests(&self, lifetime_secs: i64) -> Result<(), ServerError> {
+        let _guard = self.lock_mutations().await?;
+        self.tuf.resign_timestamp_with_lifetime(lifetime_secs).await
     }
 
     /// Signs a new root (fresh expiry; with `rotate`, a new key for that role) with the root

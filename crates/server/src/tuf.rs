@@ -225,6 +225,20 @@ fn tuf_err(what: &str, e: impl std::fmt::Display) -> ServerError {
     ServerError::Tuf(format!("{what}: {e}"))
 }
 
+/// `root.json`, `timestamp.json`, `<n>.root.json`, `<n>.snapshot.json`, `<n>.targets.json`.
+fn metadata_name_ok(file: &str) -> bool {
+    if file == "root.json" || file == "timestamp.json" {
+        return true;
+    }
+    let Some((number, role)) = file.split_once('.') else {
+        return false;
+    };
+    !number.is_empty()
+        && number.len() <= 20
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && matches!(role, "root.json" | "snapshot.json" | "targets.json")
+}
+
 fn io_err(path: &Path, e: std::io::Error) -> ServerError {
     ServerError::Io {
         path: path.display().to_string(),
@@ -392,6 +406,21 @@ impl TufRepo {
     fn read_meta(&self, name: &str) -> Result<Vec<u8>, ServerError> {
         let path = self.metadata_dir.join(name);
         std::fs::read(&path).map_err(|e| io_err(&path, e))
+    }
+
+    /// A served metadata file by the name clients ask for; `None` for any other name or a
+    /// missing file. The name is checked before a path is made of it, so no request reaches
+    /// outside the metadata directory.
+    pub async fn served_metadata(&self, file: &str) -> Result<Option<Vec<u8>>, ServerError> {
+        if !metadata_name_ok(file) {
+            return Ok(None);
+        }
+        let path = self.metadata_dir.join(file);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path, e)),
+        }
     }
 
     /// The trusted root (newest version), as served.

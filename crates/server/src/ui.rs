@@ -14,13 +14,13 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use patchbay_core::protocol::HostState;
-use patchbay_core::{ChannelName, PatchLevel};
+use patchbay_core::{BuildId, ChannelName, PatchLevel};
 use serde::Deserialize;
 
 use crate::api::{build_id, channel_name, host_state, level};
 use crate::auth::{Caller, Role};
 use crate::error::ServerError;
-use crate::service::{now, random_secret, secret_hash, Service};
+use crate::service::{now, random_secret, Service};
 use crate::store::{HostFilter, SessionRecord};
 
 type AppState = Arc<Service>;
@@ -92,8 +92,8 @@ impl FromRequestParts<AppState> for UiUser {
         let Some(cookie) = session_cookie(&parts.headers) else {
             return Err(to_login());
         };
-        match state.store.session(&secret_hash(&cookie)).await {
-            Ok(Some(session)) if session.expires_at > now() => {
+        match state.session(&cookie).await {
+            Ok(Some(session)) => {
                 let warnings = state
                     .metadata_warnings()
                     .await
@@ -300,62 +300,21 @@ async fn login(
     let address = extensions
         .get::<axum::extract::ConnectInfo<crate::listener::PeerAddress>>()
         .map(|info| info.0 .0.ip());
-    let attempt = match service.login_throttle.admit(&form.user, address) {
-        Ok(attempt) => attempt,
+    let opened = match service.login(&form.user, form.password, address).await {
+        Ok(Some(opened)) => opened,
+        Ok(None) => {
+            return login_response(
+                &service,
+                StatusCode::UNAUTHORIZED,
+                Some("Unknown user or wrong password."),
+            )
+        }
         Err(e) => return PageError(e).into_response(),
     };
-    let user = match service.store.user(&form.user).await {
-        Ok(user) => user,
-        Err(e) => return e.into_response(),
-    };
-    let valid = match service
-        .login_throttle
-        .verify(
-            &attempt,
-            form.password,
-            user.as_ref().map(|u| u.password_hash.clone()),
-        )
-        .await
-    {
-        Ok(valid) => valid,
-        Err(e) => return PageError(e).into_response(),
-    };
-    let Some(user) = user.filter(|_| valid) else {
-        service.login_throttle.failed(&attempt);
-        return login_response(
-            &service,
-            StatusCode::UNAUTHORIZED,
-            Some("Unknown user or wrong password."),
-        );
-    };
-    service.login_throttle.succeeded(&attempt);
-    let (Ok(cookie), Ok(csrf)) = (random_secret("s"), random_secret("c")) else {
-        return ServerError::Tuf("random".into()).into_response();
-    };
-    let hours = i64::from(service.config.ui.session_hours);
-    let session = SessionRecord {
-        id_hash: secret_hash(&cookie),
-        user: user.name.clone(),
-        role: user.role,
-        csrf,
-        expires_at: now() + hours * 3600,
-    };
-    if let Err(e) = service.store.add_session(&session).await {
-        return e.into_response();
-    }
-    let _ = service
-        .store
-        .audit(
-            now(),
-            &format!("user:{}", user.name),
-            "login",
-            "dashboard login",
-            None,
-        )
-        .await;
     let set = format!(
-        "{COOKIE}={cookie}; {}",
-        cookie_attributes(&service, hours * 3600)
+        "{COOKIE}={}; {}",
+        opened.cookie,
+        cookie_attributes(&service, opened.max_age_secs)
     );
     let mut response = Redirect::to("/ui").into_response();
     if let Ok(value) = HeaderValue::from_str(&set) {
@@ -382,7 +341,7 @@ async fn logout(
     if let Err(e) = user.check_form(Some(&form.csrf)) {
         return PageError(e).into_response();
     }
-    let _ = service.store.delete_session(&user.0.id_hash).await;
+    let _ = service.end_session(&user.0).await;
     let mut response = Redirect::to("/ui/login").into_response();
     let cleared = format!("{COOKIE}=; {}", cookie_attributes(&service, 0));
     if let Ok(value) = HeaderValue::from_str(&cleared) {
@@ -437,7 +396,7 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
         m.iter().map(|(k, v)| (k.clone(), *v)).collect()
     };
     let now_snapshot = service.fleet_exposure(&hosts).await?;
-    let mut history = service.store.snapshots(90).await?;
+    let mut history = service.exposure_history(90).await?;
     if history.last().is_none_or(|h| h.day != now_snapshot.day) {
         history.push(now_snapshot.clone());
     }
@@ -545,7 +504,7 @@ async fn hosts(
         .map_err(|_| ServerError::BadRequest("page must be a number".into()))?
         .unwrap_or(1)
         .max(1);
-    let total = service.store.count_hosts(&filter).await?;
+    let total = service.count_hosts(&filter).await?;
     filter.limit = Some(PAGE_SIZE);
     filter.offset = (page_no - 1).saturating_mul(PAGE_SIZE);
     let list = service.hosts(&filter).await?;
@@ -585,12 +544,7 @@ async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<Stri
     let h = service.host(&id).await?;
     let exposure = service.host_exposure(&h).await?;
     let level = match h.active_level {
-        Some(l) => service
-            .store
-            .levels()
-            .await?
-            .into_iter()
-            .find(|r| r.build_id == h.build_id && r.level == l),
+        Some(l) => service.find_level(&h.build_id, l).await?,
         None => None,
     };
     Ok(page(
@@ -689,18 +643,13 @@ async fn level_page(
     user: UiUser,
     Path((build_id, level)): Path<(String, u32)>,
 ) -> PageResult {
-    let record = service
-        .store
-        .levels()
-        .await?
-        .into_iter()
-        .find(|l| l.build_id.as_str() == build_id && l.level.get() == level)
-        .ok_or_else(|| ServerError::NotFound(format!("no level {level} of kernel {build_id}")))?;
-    let has_report = service
-        .store
-        .reported_levels()
-        .await?
-        .contains(&(record.build_id.clone(), record.level));
+    let record = match (build_id.parse::<BuildId>(), PatchLevel::try_from(level)) {
+        (Ok(id), Ok(n)) => service.find_level(&id, n).await?,
+        // Not a build-id or not a level: no such page, as for a level never published.
+        _ => None,
+    }
+    .ok_or_else(|| ServerError::NotFound(format!("no level {level} of kernel {build_id}")))?;
+    let has_report = service.has_report(&record.build_id, record.level).await?;
     let m = &record.manifest;
     let list = |key: &str| -> Vec<serde_json::Value> {
         m.get(key)
@@ -857,7 +806,7 @@ async fn report_page(
 }
 
 async fn channels(State(service): State<AppState>, user: UiUser) -> PageResult {
-    let list = service.store.channels().await?;
+    let list = service.channels().await?;
     Ok(page(
         Some(&user),
         "Channels",
@@ -1077,7 +1026,7 @@ async fn apply(
 }
 
 async fn audit(State(service): State<AppState>, user: UiUser) -> PageResult {
-    let entries = service.store.audit_log(500).await?;
+    let entries = service.audit_log(500).await?;
     Ok(page(
         Some(&user),
         "Audit log",
@@ -1126,8 +1075,8 @@ impl Revocable {
 async fn access(State(service): State<AppState>, user: UiUser) -> PageResult {
     user.caller()
         .require(Role::Admin, "managing tokens and registration keys")?;
-    let tokens = service.store.tokens().await?;
-    let keys = service.store.registration_keys().await?;
+    let tokens = service.tokens().await?;
+    let keys = service.registration_keys().await?;
     Ok(page(
         Some(&user),
         "Access",

@@ -1,6 +1,9 @@
 //! Air-gapped distribution: `export` writes the served TUF chain and its targets into an
 //! archive (`patchbay_updates::archive`); `import` verifies an archive with the same TUF client
 //! the agents use and makes this (inner) server serve it unchanged, signatures and all.
+//!
+//! A child of [`crate::service`] because it reads and writes the served metadata and the
+//! blobs directly, under the service's mutation lock.
 
 use std::path::Path;
 
