@@ -426,10 +426,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|f| {
                         serde_json::json!({
                             "source": f.source,
-                            "object": match &f.owner {
-                                patchbay_build::diff::objects::Owner::Vmlinux => "vmlinux".to_owned(),
-                                patchbay_build::diff::objects::Owner::Module(m) => m.clone(),
-                            },
+                            "object": f.owner.object(),
                             "changed_functions": f.diff.changed_functions,
                             "new_functions": f.diff.new_functions,
                             "new_data": f.diff.new_data,

@@ -188,7 +188,7 @@ fn module_pr_debug_sites_use_the_patch_s_own_descriptor() {
     let (report, extracted) = build_fixture(&kernel, "module-binfmt-misc.patch");
     assert_eq!(
         report.files[0].owner,
-        patchbay_build::diff::objects::Owner::Module("binfmt_misc".into())
+        patchbay_build::diff::objects::Owner::Module("binfmt_misc".parse().unwrap())
     );
     assert_eq!(report.files[0].diff.changed_functions, ["bm_status_read"]);
     let sections = section_names(&extracted);
@@ -215,7 +215,7 @@ fn module_tracepoint_sites_are_left_inert() {
     let (report, extracted) = build_fixture(&kernel, "module-ocfs2-tracepoint.patch");
     assert_eq!(
         report.files[0].owner,
-        patchbay_build::diff::objects::Owner::Module("ocfs2".into())
+        patchbay_build::diff::objects::Owner::Module("ocfs2".parse().unwrap())
     );
     assert_eq!(
         report.files[0].diff.changed_functions,
@@ -264,7 +264,7 @@ fn a_composite_part_built_from_another_directory_and_a_repeated_module_local() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         report.files[0].owner,
-        patchbay_build::diff::objects::Owner::Module("amdgpu".into())
+        patchbay_build::diff::objects::Owner::Module("amdgpu".parse().unwrap())
     );
     let markers =
         std::fs::read_to_string(work.path().join("work/patchbay_diff_markers.c")).unwrap();

@@ -492,7 +492,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             .unwrap_or(&report.source)
             .to_owned();
         let module_table = match &report.owner {
-            Owner::Module(module) => match kernel.find_module(module)? {
+            Owner::Module(module) => match kernel.find_module(module.as_str())? {
                 Some(path) => Some(patchbay_kernels::SymbolTable::from_module_ko(
                     &patchbay_kernels::read_module(&path)?,
                 )?),
@@ -549,7 +549,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         if let Owner::Module(module) = &report.owner {
             refuse_unexported_vmlinux_symbols(
                 kernel,
-                module,
+                module.as_str(),
                 &report.source,
                 &extracted,
                 &patch_defines,
@@ -561,7 +561,8 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             // Another module's exports used here are reached through livepatch symbols
             // relocated with this module (so the patch loads before either module is), under
             // names of their own: two patched modules may use the same export.
-            let mut renames = foreign_export_renames(&exports, module, &extracted.external);
+            let mut renames =
+                foreign_export_renames(&exports, module.as_str(), &extracted.external);
             // The module's own symbols the kept code uses, when the module has one of that
             // name, are named per module too: in a cumulative patch another patched object may
             // have one of the same name (a header's static inline emitted out of line, or
@@ -577,7 +578,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                     if table.lookup(name).len() == 1 {
                         renames.insert(
                             name.clone(),
-                            (format!("__patchbay_{module}__{name}"), module.clone()),
+                            (format!("__patchbay_{module}__{name}"), module.to_string()),
                         );
                     }
                 }
@@ -585,7 +586,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             if !renames.is_empty() {
                 objects::redefine_symbols(&path, &renames)?;
                 for (name, (alias, owner)) in renames {
-                    let relocated_in = (owner != *module).then(|| module.clone());
+                    let relocated_in = (owner != module.as_str()).then(|| module.to_string());
                     renamed_references.insert(
                         alias,
                         crate::klp_elf::KlpTarget {
@@ -599,10 +600,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             }
         }
         linked_objects.push(path);
-        let object = match &report.owner {
-            Owner::Vmlinux => "vmlinux".to_owned(),
-            Owner::Module(name) => name.clone(),
-        };
+        let object = report.owner.object();
         match &report.owner {
             Owner::Vmlinux => {
                 for name in &extracted.local_external {
@@ -610,22 +608,18 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                 }
             }
             Owner::Module(module) => {
-                if let Ok(module) = module.parse::<patchbay_core::ObjectName>() {
-                    for name in &extracted.local_external {
-                        let renamed = renamed_references
-                            .values()
-                            .any(|t| t.symbol == *name && t.object == module.as_str());
-                        if !renamed {
-                            module_locals.insert(name.clone(), module.clone());
-                            if let Some(position) = module_table
-                                .as_ref()
-                                .filter(|t| t.lookup(name).len() > 1)
-                                .and_then(|t| {
-                                    crate::symbols::module_sympos(t, name, &object_functions)
-                                })
-                            {
-                                module_local_positions.insert(name.clone(), position);
-                            }
+                for name in &extracted.local_external {
+                    let renamed = renamed_references
+                        .values()
+                        .any(|t| t.symbol == *name && t.object == module.as_str());
+                    if !renamed {
+                        module_locals.insert(name.clone(), module.clone());
+                        if let Some(position) = module_table
+                            .as_ref()
+                            .filter(|t| t.lookup(name).len() > 1)
+                            .and_then(|t| crate::symbols::module_sympos(t, name, &object_functions))
+                        {
+                            module_local_positions.insert(name.clone(), position);
                         }
                     }
                 }
