@@ -158,13 +158,18 @@ pub fn find_markers(file: &str, source: &str) -> Result<Vec<Marker>, MarkerError
 /// When a livepatch callback runs (see the kernel's Documentation/livepatch/callbacks.rst).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CallbackKind {
+    /// Before the object is patched; returning an error stops the patch.
     PrePatch,
+    /// After the object is patched.
     PostPatch,
+    /// Before the object is unpatched.
     PreUnpatch,
+    /// After the object is unpatched (where shadow variables are typically freed).
     PostUnpatch,
 }
 
 impl CallbackKind {
+    /// Every kind, in the order the kernel calls them over a patch's life.
     pub const ALL: [CallbackKind; 4] = [
         CallbackKind::PrePatch,
         CallbackKind::PostPatch,
@@ -180,6 +185,14 @@ impl CallbackKind {
             CallbackKind::PreUnpatch => "pre_unpatch",
             CallbackKind::PostUnpatch => "post_unpatch",
         }
+    }
+
+    /// The kind whose `struct klp_callbacks` field is `field` (`patchbay-diff.h` names its
+    /// sections by it).
+    pub fn from_field(field: &str) -> Option<CallbackKind> {
+        CallbackKind::ALL
+            .into_iter()
+            .find(|kind| kind.field() == field)
     }
 
     fn macro_name(self) -> &'static str {
@@ -384,6 +397,10 @@ PATCHBAY_REPLACE_SYMPOS( pb-fixture , helper ,
         assert_eq!(post.object.to_string(), "nf_tables");
         let twice = "PATCHBAY_PRE_PATCH(vmlinux, a);\nPATCHBAY_PRE_PATCH(vmlinux, b);\n";
         assert!(find_callbacks("fix.c", twice).is_err());
+        for kind in CallbackKind::ALL {
+            assert_eq!(CallbackKind::from_field(kind.field()), Some(kind));
+        }
+        assert_eq!(CallbackKind::from_field("post_load"), None);
         let bad = "PATCHBAY_POST_PATCH(vmlinux);\n";
         let err = find_callbacks("fix.c", bad).unwrap_err().to_string();
         assert!(err.contains("fix.c:1"), "{err}");

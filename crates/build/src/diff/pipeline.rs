@@ -20,6 +20,7 @@ use super::objects::{self, Owner, PatchedTree};
 use super::patch_file::{self, ChangedFile};
 use super::preflight::{self, KernelConfig, PreflightProblem};
 use super::refusal::{Category, Refusal, Refusals};
+use crate::markers::CallbackKind;
 use crate::module_build::{self, BuildReport, SourceBuild};
 
 /// A diff-mode build request.
@@ -45,14 +46,16 @@ pub struct FileChangeReport {
     pub source: String,
     pub owner: Owner,
     pub diff: DiffReport,
-    /// `(klp_callbacks field, function)` declared with `patchbay-diff.h`.
-    pub callbacks: Vec<(String, String)>,
+    /// The callbacks declared with `patchbay-diff.h`: when each runs, and its function.
+    pub callbacks: Vec<(CallbackKind, String)>,
 }
 
 /// What `patchbay-diff.h` macros declared in a patched object.
 #[derive(Debug, Default)]
 struct Annotations {
-    callbacks: Vec<(String, String)>,
+    callbacks: Vec<(CallbackKind, String)>,
+    /// `(section suffix, function)` of callback sections livepatch has no field for.
+    unknown_callbacks: Vec<(String, String)>,
     ignored: Vec<String>,
 }
 
@@ -76,7 +79,10 @@ fn annotations(patched: &ElfView) -> Annotations {
             };
             let Some(function) = function else { continue };
             match &kind {
-                Some(field) => found.callbacks.push((field.clone(), function)),
+                Some(field) => match CallbackKind::from_field(field) {
+                    Some(kind) => found.callbacks.push((kind, function)),
+                    None => found.unknown_callbacks.push((field.clone(), function)),
+                },
                 None => found.ignored.push(function),
             }
         }
@@ -694,14 +700,18 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                 )),
             }
         }
-        for (field, function) in &report.callbacks {
+        for (kind, function) in &report.callbacks {
             let global = export_as.get(function).cloned().unwrap_or_default();
-            let returns = if field == "pre_patch" { "int" } else { "void" };
+            let returns = if *kind == CallbackKind::PrePatch {
+                "int"
+            } else {
+                "void"
+            };
             let _ = writeln!(markers, "extern {returns} {global}(struct klp_object *);");
             let _ = writeln!(
                 markers,
                 "PATCHBAY_{}({object}, {global});",
-                field.to_ascii_uppercase()
+                kind.field().to_ascii_uppercase()
             );
         }
     }
@@ -814,24 +824,35 @@ pub fn analyse(
     original: &ElfView,
     patched: &ElfView,
     lines: &engine::LineMap,
-) -> (DiffReport, Vec<(String, String)>, Vec<Refusal>) {
+) -> (DiffReport, Vec<(CallbackKind, String)>, Vec<Refusal>) {
     let mut refusals = Vec::new();
     let mut diff = engine::compare_with_lines(original, patched, lines);
     let annotations = annotations(patched);
     diff.changed_functions
         .retain(|f| !annotations.ignored.contains(f));
-    for (field, function) in &annotations.callbacks {
-        if !["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"].contains(&field.as_str()) {
-            refusals.push(Refusal::in_function(
-                Category::UnknownCallback,
-                source,
-                function,
-                format!(
-                    "declared as a `{field}` callback, which livepatch does not have (use the \
-                     PATCHBAY_DIFF_* macros of patchbay-diff.h)"
-                ),
-            ));
-        }
+    for (field, function) in &annotations.unknown_callbacks {
+        refusals.push(Refusal::in_function(
+            Category::UnknownCallback,
+            source,
+            function,
+            format!(
+                "declared as a `{field}` callback, which livepatch does not have (use the \
+                 PATCHBAY_DIFF_* macros of patchbay-diff.h)"
+            ),
+        ));
+    }
+    // A callback is the patch's own code, never a replacement of the running kernel's.
+    let callback_functions = annotations
+        .callbacks
+        .iter()
+        .map(|(_, function)| function)
+        .chain(
+            annotations
+                .unknown_callbacks
+                .iter()
+                .map(|(_, function)| function),
+        );
+    for function in callback_functions {
         diff.changed_functions.retain(|f| f != function);
         if !diff.new_functions.contains(function) {
             diff.new_functions.push(function.clone());
