@@ -317,12 +317,9 @@ fn run(cli: Cli) -> Result<()> {
                 sources,
                 extra_objects: object_files,
                 linked_objects: Vec::new(),
-                symbol_hints: Default::default(),
+                hints: Default::default(),
                 symbols_override: symbols,
                 old_function_aliases: Default::default(),
-                module_locals: Default::default(),
-                module_local_positions: Default::default(),
-                renamed_references: Default::default(),
                 output: output.clone(),
                 keep_work_dir,
             };

@@ -72,24 +72,14 @@ pub struct SourceBuild {
     pub extra_objects: Vec<PathBuf>,
     /// Relocatable objects linked into the module as they are (diff mode's extracted code).
     pub linked_objects: Vec<PathBuf>,
-    /// Local vmlinux symbols whose name repeats in the kernel, with the source file (base
-    /// name) each reference means (diff mode knows it; resolved with the `-dbg` symbol index).
-    pub symbol_hints: std::collections::BTreeMap<String, String>,
+    /// Which copy of a repeated symbol name the patch's references mean (diff mode knows it).
+    pub hints: symbols::ResolutionHints,
     /// A symbol table to use instead of the distro's full `System.map` (e.g. a host's
     /// `/proc/kallsyms` read with `nokaslr`).
     pub symbols_override: Option<PathBuf>,
     /// Marker identifiers that stand for kernel names a C identifier cannot spell (diff mode's
     /// GCC clones: `foo_isra_0` → `foo.isra.0`).
     pub old_function_aliases: std::collections::BTreeMap<String, String>,
-    /// Local (static) symbols of a module's translation unit the patch refers to, with that
-    /// module: they resolve only there, even when vmlinux or another module has the same name.
-    pub module_locals: std::collections::BTreeMap<String, ObjectName>,
-    /// For module locals whose name the module repeats: the copy's livepatch position (see
-    /// `symbols::module_sympos`).
-    pub module_local_positions: std::collections::BTreeMap<String, u32>,
-    /// Undefined names standing for references from a patched module's code (see
-    /// `symbols::SymbolSources::renamed_references`).
-    pub renamed_references: std::collections::BTreeMap<String, klp_elf::KlpTarget>,
     pub output: PathBuf,
     /// Keep the kbuild directory here (for debugging) instead of a temporary one.
     pub keep_work_dir: Option<PathBuf>,
@@ -178,7 +168,7 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
     };
     let module_tables = module_tables(kernel, &all_markers, &request.extra_objects)?;
     // The symbol-to-file index is a large one-time extraction: only when a hint needs it.
-    let symbol_files = if request.symbol_hints.is_empty() {
+    let symbol_files = if request.hints.file_hints.is_empty() {
         None
     } else {
         Some(kernel.symbol_files()?)
@@ -186,11 +176,8 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
     let sources_for_symbols = SymbolSources {
         vmlinux: &vmlinux_table,
         modules: module_tables.iter().map(|(n, t)| (n.clone(), t)).collect(),
-        file_hints: request.symbol_hints.clone(),
         symbol_files: symbol_files.as_ref(),
-        module_locals: request.module_locals.clone(),
-        module_local_positions: request.module_local_positions.clone(),
-        renamed_references: request.renamed_references.clone(),
+        hints: &request.hints,
     };
     symbols::check_old_functions(&all_markers, &sources_for_symbols)?;
 

@@ -21,12 +21,9 @@ fn request(dir: &Path, source: &str) -> SourceBuild {
         sources: vec![path],
         extra_objects: Vec::new(),
         linked_objects: Vec::new(),
-        symbol_hints: Default::default(),
+        hints: Default::default(),
         symbols_override: None,
         old_function_aliases: Default::default(),
-        module_locals: Default::default(),
-        module_local_positions: Default::default(),
-        renamed_references: Default::default(),
         output: dir.join("out.pbb"),
         keep_work_dir: None,
     }

@@ -182,12 +182,9 @@ pub fn bundle(
             .collect(),
         extra_objects: extra_objects.to_vec(),
         linked_objects: Vec::new(),
-        symbol_hints: Default::default(),
+        hints: Default::default(),
         symbols_override: None,
         old_function_aliases: Default::default(),
-        module_locals: Default::default(),
-        module_local_positions: Default::default(),
-        renamed_references: Default::default(),
         output: output.to_path_buf(),
         keep_work_dir: None,
     };

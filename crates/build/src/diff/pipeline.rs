@@ -456,14 +456,11 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
 
     // Stage 4b: extracted objects; stage 5/6: markers for the module build.
     let mut linked_objects = Vec::new();
-    let mut symbol_hints = std::collections::BTreeMap::new();
     let vmlinux_table = patchbay_kernels::SymbolTable::load(&kernel.system_map()?)?;
     let mut symbol_files: Option<patchbay_kernels::SymbolFiles> = None;
     let mut ambiguous = Vec::new();
     let mut old_function_aliases = std::collections::BTreeMap::new();
-    let mut module_locals = std::collections::BTreeMap::new();
-    let mut module_local_positions = std::collections::BTreeMap::new();
-    let mut renamed_references = std::collections::BTreeMap::new();
+    let mut hints = crate::symbols::ResolutionHints::default();
     let exports = {
         let symvers = kernel.module_symvers();
         crate::symbols::Exports::parse(
@@ -593,7 +590,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                 objects::redefine_symbols(&path, &renames)?;
                 for (name, (alias, owner)) in renames {
                     let relocated_in = (owner != module.as_str()).then(|| module.to_string());
-                    renamed_references.insert(
+                    hints.renamed_references.insert(
                         alias,
                         crate::klp_elf::KlpTarget {
                             object: owner,
@@ -610,22 +607,23 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         match &report.owner {
             Owner::Vmlinux => {
                 for name in &extracted.local_external {
-                    symbol_hints.insert(name.clone(), file_name.clone());
+                    hints.file_hints.insert(name.clone(), file_name.clone());
                 }
             }
             Owner::Module(module) => {
                 for name in &extracted.local_external {
-                    let renamed = renamed_references
+                    let renamed = hints
+                        .renamed_references
                         .values()
                         .any(|t| t.symbol == *name && t.object == module.as_str());
                     if !renamed {
-                        module_locals.insert(name.clone(), module.clone());
+                        hints.module_locals.insert(name.clone(), module.clone());
                         if let Some(position) = module_table
                             .as_ref()
                             .filter(|t| t.lookup(name).len() > 1)
                             .and_then(|t| crate::symbols::module_sympos(t, name, &object_functions))
                         {
-                            module_local_positions.insert(name.clone(), position);
+                            hints.module_local_positions.insert(name.clone(), position);
                         }
                     }
                 }
@@ -728,12 +726,9 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             sources: vec![markers_path],
             extra_objects: Vec::new(),
             linked_objects,
-            symbol_hints,
+            hints,
             symbols_override: None,
             old_function_aliases,
-            module_locals,
-            module_local_positions,
-            renamed_references,
             output: request.output.clone(),
             keep_work_dir: request.keep_work_dir.as_ref().map(|d| d.join("module")),
         },
