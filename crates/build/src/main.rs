@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use patchbay_build::module_build::{self, SourceBuild};
+use patchbay_build::module_build::{self, ModuleBuild, SourceBuild};
 use patchbay_core::{Bundle, CveId, PatchLevel};
 use patchbay_kernels::{Kernel, KernelSelector};
 
@@ -312,16 +312,15 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let kernel = open_kernel(&kernel)?;
             let request = SourceBuild {
-                level,
-                fixes,
                 sources,
-                extra_objects: object_files,
-                linked_objects: Vec::new(),
-                hints: Default::default(),
-                symbols_override: symbols,
-                old_function_aliases: Default::default(),
-                output: output.clone(),
-                keep_work_dir,
+                module: ModuleBuild {
+                    level,
+                    fixes,
+                    extra_objects: object_files,
+                    symbols_override: symbols,
+                    output: output.clone(),
+                    keep_work_dir,
+                },
             };
             let report = module_build::build(&kernel, &request)?;
             if json {

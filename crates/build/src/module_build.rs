@@ -37,6 +37,9 @@ pub enum BuildError {
          mark each replacement function so the builder knows what it replaces"
     )]
     NoMarkers(String),
+    /// Nothing to replace (diff mode found no replaced function; source mode has `NoMarkers`).
+    #[error("the patch replaces no kernel function, so there is nothing to live-patch")]
+    NothingReplaced,
     #[error(transparent)]
     Symbols(#[from] symbols::SymbolError),
     #[error(transparent)]
@@ -61,34 +64,56 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
     move |source| BuildError::Io { what, source }
 }
 
-/// A request to build one patch level from C sources.
-#[derive(Debug)]
-pub struct SourceBuild {
+/// Where and as what a patch module is built, whichever mode found what it replaces.
+#[derive(Debug, Clone)]
+pub struct ModuleBuild {
+    /// The patch level the module carries.
     pub level: PatchLevel,
+    /// The CVEs the level fixes, as the manifest records them.
     pub fixes: Vec<CveId>,
-    pub sources: Vec<PathBuf>,
     /// `.ko` files of modules that are not part of the distro kernel (e.g. third-party modules)
     /// but hold functions the patch replaces or symbols it uses.
     pub extra_objects: Vec<PathBuf>,
-    /// Relocatable objects linked into the module as they are (diff mode's extracted code).
-    pub linked_objects: Vec<PathBuf>,
-    /// Which copy of a repeated symbol name the patch's references mean (diff mode knows it).
-    pub hints: symbols::ResolutionHints,
     /// A symbol table to use instead of the distro's full `System.map` (e.g. a host's
     /// `/proc/kallsyms` read with `nokaslr`).
     pub symbols_override: Option<PathBuf>,
-    /// Marker identifiers that stand for kernel names a C identifier cannot spell (diff mode's
-    /// GCC clones: `foo_isra_0` → `foo.isra.0`).
-    pub old_function_aliases: std::collections::BTreeMap<String, String>,
+    /// Where the bundle is written (only when every stage succeeded).
     pub output: PathBuf,
     /// Keep the kbuild directory here (for debugging) instead of a temporary one.
     pub keep_work_dir: Option<PathBuf>,
 }
 
+/// A request to build one patch level from C sources (source mode).
+#[derive(Debug, Clone)]
+pub struct SourceBuild {
+    /// The author's C files: replacement functions, each with a `PATCHBAY_REPLACE` marker.
+    pub sources: Vec<PathBuf>,
+    /// Level, output and the rest, as for any module build.
+    pub module: ModuleBuild,
+}
+
+/// What a patch module is made of, whichever mode found it: the functions it replaces, its
+/// callbacks, and the code that defines them.
+#[derive(Debug, Clone, Default)]
+pub struct ModuleParts {
+    /// The kernel functions the module replaces, and their replacements.
+    pub markers: Vec<Marker>,
+    /// Livepatch callbacks, at most one of each kind per object.
+    pub callbacks: Vec<CallbackMarker>,
+    /// C sources compiled into the module, as text (source mode: the author's files).
+    pub c_sources: Vec<String>,
+    /// Relocatable objects linked into the module as they are (diff mode's extracted code).
+    pub linked_objects: Vec<PathBuf>,
+    /// Which copy of a repeated symbol name the code's references mean (diff mode knows it).
+    pub hints: symbols::ResolutionHints,
+}
+
 /// What was built.
 #[derive(Debug)]
 pub struct BuildReport {
+    /// The bundle's manifest, as written.
     pub manifest: Manifest,
+    /// The livepatch relocation sections of the module, as the kernel will read them.
     pub klp_relocations: Vec<klp_elf::KlpRelaSection>,
 }
 
@@ -101,37 +126,44 @@ pub fn module_name(build_id: &BuildId, level: PatchLevel) -> Result<ModuleName, 
         .map_err(|e| BuildError::Module(format!("module name: {e}")))
 }
 
-/// Builds the bundle described by `request` for `kernel`.
+/// Source mode: builds the bundle of the C sources `request` names, for `kernel`.
 pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, BuildError> {
-    // 1. Markers.
-    let mut all_markers: Vec<Marker> = Vec::new();
-    let mut all_callbacks: Vec<CallbackMarker> = Vec::new();
-    let mut sources: Vec<(String, String)> = Vec::new();
-    for (index, path) in request.sources.iter().enumerate() {
+    let parts = collect_markers(&request.sources)?;
+    build_from_markers(kernel, &request.module, &parts)
+}
+
+/// Source mode's first stage: reads the author's C files and the markers in them. The files
+/// are compiled into the module as they are.
+pub fn collect_markers(sources: &[PathBuf]) -> Result<ModuleParts, BuildError> {
+    let mut parts = ModuleParts::default();
+    for path in sources {
         let text = std::fs::read_to_string(path).map_err(|source| BuildError::ReadSource {
             path: path.display().to_string(),
             source,
         })?;
         let shown = path.display().to_string();
-        all_markers.extend(markers::find_markers(&shown, &text)?);
-        all_callbacks.extend(markers::find_callbacks(&shown, &text)?);
-        sources.push((format!("pb_src{index}"), text));
+        parts.markers.extend(markers::find_markers(&shown, &text)?);
+        parts
+            .callbacks
+            .extend(markers::find_callbacks(&shown, &text)?);
+        parts.c_sources.push(text);
     }
-    for marker in &mut all_markers {
-        if let Some(kernel_name) = request.old_function_aliases.get(&marker.token) {
-            marker.old_function = kernel_name.clone();
-        }
-    }
-    if all_markers.is_empty() {
-        let names: Vec<String> = request
-            .sources
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
+    if parts.markers.is_empty() {
+        let names: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
         return Err(BuildError::NoMarkers(names.join(", ")));
     }
-    for cb in &all_callbacks {
-        if !all_markers.iter().any(|m| m.object == cb.object) {
+    Ok(parts)
+}
+
+/// What the markers and callbacks must hold, whichever mode found them: something to replace,
+/// each function replaced once, callbacks only for objects the patch changes and at most one
+/// of each kind per object.
+fn check_parts(parts: &ModuleParts) -> Result<(), BuildError> {
+    if parts.markers.is_empty() {
+        return Err(BuildError::NothingReplaced);
+    }
+    for cb in &parts.callbacks {
+        if !parts.markers.iter().any(|m| m.object == cb.object) {
             return Err(BuildError::Module(format!(
                 "the {} callback {} is for {}, but no PATCHBAY_REPLACE replaces a function of \
                  {}; callbacks belong to an object the patch changes",
@@ -143,7 +175,7 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         }
     }
     let mut seen = BTreeSet::new();
-    for m in &all_markers {
+    for m in &parts.markers {
         if !seen.insert((&m.object, &m.old_function)) {
             return Err(BuildError::Module(format!(
                 "{}:{} is replaced by markers in two files; keep one",
@@ -151,6 +183,27 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
             )));
         }
     }
+    let mut seen = BTreeSet::new();
+    for cb in &parts.callbacks {
+        if !seen.insert((&cb.object, cb.kind)) {
+            return Err(BuildError::Module(format!(
+                "{}: two {} callbacks; combine them into one function",
+                cb.object,
+                cb.kind.field()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Both modes' module builder: builds the bundle of `parts` for `kernel` as `request` says.
+pub fn build_from_markers(
+    kernel: &Kernel,
+    request: &ModuleBuild,
+    parts: &ModuleParts,
+) -> Result<BuildReport, BuildError> {
+    // 1. Markers.
+    check_parts(parts)?;
 
     // 2. Symbol tables of the target kernel.
     let build_id: BuildId = kernel
@@ -166,9 +219,9 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         Some(path) => SymbolTable::load(path)?,
         None => SymbolTable::load(&kernel.system_map()?)?,
     };
-    let module_tables = module_tables(kernel, &all_markers, &request.extra_objects)?;
+    let module_tables = module_tables(kernel, &parts.markers, &request.extra_objects)?;
     // The symbol-to-file index is a large one-time extraction: only when a hint needs it.
-    let symbol_files = if request.hints.file_hints.is_empty() {
+    let symbol_files = if parts.hints.file_hints.is_empty() {
         None
     } else {
         Some(kernel.symbol_files()?)
@@ -177,9 +230,9 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         vmlinux: &vmlinux_table,
         modules: module_tables.iter().map(|(n, t)| (n.clone(), t)).collect(),
         symbol_files: symbol_files.as_ref(),
-        hints: &request.hints,
+        hints: &parts.hints,
     };
-    symbols::check_old_functions(&all_markers, &sources_for_symbols)?;
+    symbols::check_old_functions(&parts.markers, &sources_for_symbols)?;
 
     // 3. Generate and build.
     let name = module_name(&build_id, request.level)?;
@@ -205,10 +258,10 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
             release: &release,
             build_id: &build_id,
         },
-        &all_markers,
-        &all_callbacks,
-        &sources,
-        &request.linked_objects,
+        &parts.markers,
+        &parts.callbacks,
+        &parts.c_sources,
+        &parts.linked_objects,
     )?;
     let ko_path = kbuild::build_module(
         kernel.headers_dir(),
@@ -218,7 +271,7 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
     )?;
     kbuild::strip_debug(&ko_path)?;
     let linked = std::fs::read(&ko_path).map_err(io(format!("read {}", ko_path.display())))?;
-    check_marker_pointers(&linked, &all_markers)?;
+    check_marker_pointers(&linked, &parts.markers)?;
 
     // 4. Livepatch relocations for what the kernel does not export.
     let exports_path = kernel.module_symvers();
@@ -272,7 +325,8 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
             sha256: Sha256::of(&module),
             size: module.len() as u64,
         },
-        replaced_functions: all_markers
+        replaced_functions: parts
+            .markers
             .iter()
             .map(|m| ReplacedFunction {
                 object: m.object.clone(),
@@ -342,7 +396,7 @@ fn write_kbuild_dir(
     desc: &PatchDescription<'_>,
     markers: &[Marker],
     callbacks: &[CallbackMarker],
-    sources: &[(String, String)],
+    c_sources: &[String],
     linked_objects: &[PathBuf],
 ) -> Result<(), BuildError> {
     let include = dir.join("include");
@@ -356,9 +410,9 @@ fn write_kbuild_dir(
         &codegen::main_c(desc, markers, callbacks),
     )?;
     let mut objects = Vec::new();
-    for (stem, text) in sources {
-        write(dir.join(format!("{stem}.c")), text)?;
-        objects.push(format!("{stem}.o"));
+    for (index, text) in c_sources.iter().enumerate() {
+        write(dir.join(format!("pb_src{index}.c")), text)?;
+        objects.push(format!("pb_src{index}.o"));
     }
     for (index, object) in linked_objects.iter().enumerate() {
         // kbuild copies `x.o_shipped` to `x.o` and links it like a compiled object.

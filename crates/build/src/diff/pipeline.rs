@@ -21,7 +21,7 @@ use super::patch_file::{self, ChangedFile};
 use super::preflight::{self, KernelConfig, PreflightProblem};
 use super::refusal::{Category, Refusal, Refusals};
 use crate::markers::CallbackKind;
-use crate::module_build::{self, BuildReport, SourceBuild};
+use crate::module_build::{self, BuildReport, ModuleBuild};
 
 /// A diff-mode build request.
 #[derive(Debug, Clone)]
@@ -718,20 +718,25 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     }
     let markers_path = work.join("patchbay_diff_markers.c");
     std::fs::write(&markers_path, markers).map_err(io_err("write", &markers_path))?;
-    let module = module_build::build(
+    let mut parts = module_build::collect_markers(&[markers_path])?;
+    for marker in &mut parts.markers {
+        if let Some(kernel_name) = old_function_aliases.get(&marker.token) {
+            marker.old_function = kernel_name.clone();
+        }
+    }
+    parts.linked_objects = linked_objects;
+    parts.hints = hints;
+    let module = module_build::build_from_markers(
         kernel,
-        &SourceBuild {
+        &ModuleBuild {
             level: request.level,
             fixes: request.fixes.clone(),
-            sources: vec![markers_path],
             extra_objects: Vec::new(),
-            linked_objects,
-            hints,
             symbols_override: None,
-            old_function_aliases,
             output: request.output.clone(),
             keep_work_dir: request.keep_work_dir.as_ref().map(|d| d.join("module")),
         },
+        &parts,
     )?;
     Ok(DiffBuildReport {
         files: reports,
