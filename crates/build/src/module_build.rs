@@ -1,14 +1,17 @@
-//! Source mode: replacement functions written in C become a livepatch bundle.
+//! The module builder: what a patch replaces, as typed markers, becomes a livepatch bundle.
 //!
-//! Stages: find markers → check the old functions exist → generate tables → kbuild → resolve
-//! undefined symbols → rewrite into livepatch relocations → validate → write the bundle.
-//! Nothing is written to the output path unless every stage succeeded.
+//! Source mode finds the markers in the author's C ([`collect_markers`], then [`build`]); diff
+//! mode makes them from its object diff and hands them over with the extracted code. Both go
+//! through [`build_from_markers`]: check the markers → check the old functions exist → generate
+//! tables (`codegen`) → kbuild → resolve undefined symbols → rewrite into livepatch relocations
+//! → validate → write the bundle. Nothing is written to the output path unless every stage
+//! succeeded.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSymbol};
-use patchbay_core::manifest::{BuilderInfo, KernelTarget, ModuleInfo};
+use patchbay_core::manifest::{is_c_identifier, BuilderInfo, KernelTarget, ModuleInfo};
 use patchbay_core::modinfo::Modinfo;
 use patchbay_core::{
     BuildId, Bundle, CveId, KernelRelease, Manifest, ModuleName, ObjectName, PatchLevel,
@@ -19,7 +22,7 @@ use patchbay_kernels::{Kernel, SymbolTable};
 use crate::codegen::{self, PatchDescription};
 use crate::kbuild::{self, UndefinedSymbols};
 use crate::klp_elf;
-use crate::markers::{self, CallbackMarker, Marker};
+use crate::markers::{self, CallbackMarker, Definition, Marker};
 use crate::symbols::{self, Exports, SymbolSources};
 
 /// Everything source mode fails on, each naming the input at fault.
@@ -155,10 +158,47 @@ pub fn collect_markers(sources: &[PathBuf]) -> Result<ModuleParts, BuildError> {
     Ok(parts)
 }
 
-/// What the markers and callbacks must hold, whichever mode found them: something to replace,
-/// each function replaced once, callbacks only for objects the patch changes and at most one
-/// of each kind per object.
+/// Whether `name` can be a kernel symbol the generated C names in a string: C identifier
+/// characters and the dots of GCC's clone suffixes (`foo.isra.0`, `bar.cold`).
+fn is_symbol_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// What the markers and callbacks must hold, whichever mode found them: names the generated C
+/// can spell, something to replace, each function replaced once, callbacks only for objects
+/// the patch changes and at most one of each kind per object.
 fn check_parts(parts: &ModuleParts) -> Result<(), BuildError> {
+    for m in &parts.markers {
+        // A macro's pointer symbol is spelled with the old function's name, so source mode's
+        // names are C identifiers (`find_markers` checks them); a linked marker may name any
+        // kernel symbol.
+        let old_ok = match m.defined {
+            Definition::Macro => is_c_identifier(&m.old_function),
+            Definition::Linked => is_symbol_name(&m.old_function),
+        };
+        if !old_ok || !is_c_identifier(&m.new_function) {
+            return Err(BuildError::Module(format!(
+                "cannot generate the tables for {}:{} replaced by {:?}: not a symbol name",
+                m.object, m.old_function, m.new_function
+            )));
+        }
+    }
+    if let Some(cb) = parts
+        .callbacks
+        .iter()
+        .find(|cb| !is_c_identifier(&cb.function))
+    {
+        return Err(BuildError::Module(format!(
+            "cannot generate the tables for the {} callback {:?}: not a C identifier",
+            cb.kind.field(),
+            cb.function
+        )));
+    }
     if parts.markers.is_empty() {
         return Err(BuildError::NothingReplaced);
     }
@@ -271,7 +311,7 @@ pub fn build_from_markers(
     )?;
     kbuild::strip_debug(&ko_path)?;
     let linked = std::fs::read(&ko_path).map_err(io(format!("read {}", ko_path.display())))?;
-    check_marker_pointers(&linked, &parts.markers)?;
+    check_marker_symbols(&linked, &parts.markers)?;
 
     // 4. Livepatch relocations for what the kernel does not export.
     let exports_path = kernel.module_symvers();
@@ -429,27 +469,37 @@ fn write_kbuild_dir(
     write(dir.join("Kbuild"), &codegen::kbuild(desc.module, &objects))
 }
 
-/// Every marker must have produced its pointer (a marker inside `#if 0` did not).
-fn check_marker_pointers(ko: &[u8], markers: &[Marker]) -> Result<(), BuildError> {
+/// Every marker's symbol must be in the linked module: a source marker inside `#if 0` defined
+/// no pointer, and a linked replacement must be in the objects linked in.
+fn check_marker_symbols(ko: &[u8], markers: &[Marker]) -> Result<(), BuildError> {
     let file = object::File::parse(ko).map_err(|e| BuildError::Module(e.to_string()))?;
     let defined: BTreeSet<String> = file
         .symbols()
         .filter(|s| !s.is_undefined())
         .filter_map(|s| s.name().ok().map(str::to_owned))
         .collect();
-    let missing: Vec<String> = markers
-        .iter()
-        .filter(|m| !defined.contains(&m.pointer_symbol()))
-        .map(|m| format!("{}:{}", m.object, m.old_function))
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(BuildError::Module(format!(
+    let missing = |definition: Definition| -> Vec<String> {
+        markers
+            .iter()
+            .filter(|m| m.defined == definition && !defined.contains(&m.symbol()))
+            .map(|m| format!("{}:{}", m.object, m.old_function))
+            .collect()
+    };
+    let from_macros = missing(Definition::Macro);
+    if !from_macros.is_empty() {
+        return Err(BuildError::Module(format!(
             "markers found in the source were not compiled (inside #if 0 or a macro?): {}",
-            missing.join(", ")
-        )))
+            from_macros.join(", ")
+        )));
     }
+    let linked = missing(Definition::Linked);
+    if !linked.is_empty() {
+        return Err(BuildError::Module(format!(
+            "the objects linked into the module do not define the replacements of: {}",
+            linked.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Current UTC time as RFC 3339, without pulling in a date crate.
@@ -485,12 +535,160 @@ fn rfc3339(secs: u64) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+    use crate::markers::CallbackKind;
 
     #[test]
     fn module_names_are_unique_per_build_and_level() {
         let id: BuildId = "0123456789abcdef0123456789abcdef01234567".parse().unwrap();
         let n = module_name(&id, 12.try_into().unwrap()).unwrap();
         assert_eq!(n.as_str(), "pb_0123456789ab_l12");
+    }
+
+    fn linked(object: &str, old: &str, sympos: u32) -> Marker {
+        Marker {
+            object: object.parse().unwrap(),
+            old_function: old.into(),
+            new_function: format!("__patchbay_new__{}", old.replace('.', "_")),
+            sympos,
+            defined: Definition::Linked,
+        }
+    }
+
+    fn callback(object: &str, kind: CallbackKind) -> CallbackMarker {
+        CallbackMarker {
+            object: object.parse().unwrap(),
+            kind,
+            function: format!("__patchbay_cb__{}", kind.field()),
+            defined: Definition::Linked,
+        }
+    }
+
+    #[track_caller]
+    fn refused(parts: &ModuleParts, expected: &str) {
+        let err = check_parts(parts).unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "{err:?} does not contain {expected:?}"
+        );
+    }
+
+    /// Diff mode's boundary: typed markers (a position, a clone's kernel name, a module's
+    /// function) and callbacks go to the module builder as they are.
+    #[test]
+    fn typed_markers_and_callbacks_are_checked_as_data() {
+        let parts = ModuleParts {
+            markers: vec![
+                linked("vmlinux", "dup_helper", 2),
+                linked("vmlinux", "tcp_ack.isra.0", 0),
+                linked("nf_tables", "nft_lookup_eval", 0),
+            ],
+            callbacks: vec![
+                callback("vmlinux", CallbackKind::PostUnpatch),
+                callback("nf_tables", CallbackKind::PrePatch),
+            ],
+            ..ModuleParts::default()
+        };
+        check_parts(&parts).unwrap();
+
+        // A clone's name cannot be spelled in a source marker's pointer symbol.
+        let mut macro_clone = parts.clone();
+        macro_clone.markers[1].defined = Definition::Macro;
+        refused(&macro_clone, "vmlinux:tcp_ack.isra.0");
+        // Nor can anything but a symbol name go into the generated C.
+        let mut quoted = parts.clone();
+        quoted.markers[0].old_function = "dup\"helper".into();
+        refused(&quoted, "not a symbol name");
+        let mut bad_callback = parts.clone();
+        bad_callback.callbacks[0].function = "pb cleanup".into();
+        refused(&bad_callback, "post_unpatch callback");
+
+        let mut stray = parts.clone();
+        stray
+            .callbacks
+            .push(callback("ext4", CallbackKind::PostPatch));
+        refused(
+            &stray,
+            "the post_patch callback __patchbay_cb__post_patch is for ext4",
+        );
+        let mut twice = parts.clone();
+        twice.callbacks.push(CallbackMarker {
+            function: "__patchbay_cb__other".into(),
+            ..callback("nf_tables", CallbackKind::PrePatch)
+        });
+        refused(&twice, "nf_tables: two pre_patch callbacks");
+        let mut replaced_twice = parts.clone();
+        replaced_twice
+            .markers
+            .push(linked("vmlinux", "dup_helper", 1));
+        refused(
+            &replaced_twice,
+            "vmlinux:dup_helper is replaced by markers in two files",
+        );
+        assert!(matches!(
+            check_parts(&ModuleParts::default()),
+            Err(BuildError::NothingReplaced)
+        ));
+    }
+
+    /// A relocatable object defining `defined`, as the linked module would.
+    fn object_defining(defined: &[&str]) -> Vec<u8> {
+        use object::write;
+        let mut obj = write::Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = obj.section_id(write::StandardSection::Text);
+        obj.append_section_data(text, &[0xc3; 16], 16);
+        for (index, name) in defined.iter().enumerate() {
+            obj.add_symbol(write::Symbol {
+                name: name.as_bytes().to_vec(),
+                value: index as u64,
+                size: 1,
+                kind: object::SymbolKind::Text,
+                scope: object::SymbolScope::Linkage,
+                weak: false,
+                section: write::SymbolSection::Section(text),
+                flags: object::SymbolFlags::None,
+            });
+        }
+        obj.write().unwrap()
+    }
+
+    #[test]
+    fn each_marker_s_symbol_must_be_in_the_linked_module() {
+        let from_source = Marker {
+            object: ObjectName::vmlinux(),
+            old_function: "cmdline_proc_show".into(),
+            new_function: "pb_show".into(),
+            sympos: 0,
+            defined: Definition::Macro,
+        };
+        let clone = linked("vmlinux", "tcp_ack.isra.0", 0);
+        let markers = [from_source.clone(), clone.clone()];
+        let ko = object_defining(&[
+            "__patchbay_replace__vmlinux__cmdline_proc_show__0",
+            "__patchbay_new__tcp_ack_isra_0",
+        ]);
+        check_marker_symbols(&ko, &markers).unwrap();
+
+        let without_pointer = object_defining(&["__patchbay_new__tcp_ack_isra_0"]);
+        let err = check_marker_symbols(&without_pointer, &markers)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not compiled (inside #if 0 or a macro?): vmlinux:cmdline_proc_show"),
+            "{err}"
+        );
+        let without_replacement =
+            object_defining(&["__patchbay_replace__vmlinux__cmdline_proc_show__0"]);
+        let err = check_marker_symbols(&without_replacement, &markers)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("do not define the replacements of: vmlinux:tcp_ack.isra.0"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -532,9 +532,9 @@ ffffffff82000100 D printk_like
         let marker = |name: &str, sympos| Marker {
             object: ObjectName::vmlinux(),
             old_function: name.into(),
-            token: name.into(),
             new_function: "pb_new".into(),
             sympos,
+            defined: crate::markers::Definition::Macro,
         };
         assert!(check_old_functions(&[marker("cmdline_proc_show", 0)], &sources).is_ok());
         assert!(check_old_functions(&[marker("dup_helper", 2)], &sources).is_ok());
