@@ -664,27 +664,24 @@ mod tests {
             sympos: 0,
             defined: Definition::Macro,
         };
-        let clone = linked("vmlinux", "tcp_ack.isra.0", 0);
-        let markers = [from_source.clone(), clone.clone()];
-        let ko = object_defining(&[
+        let markers = [from_source, linked("vmlinux", "tcp_ack.isra.0", 0)];
+        let symbols = [
             "__patchbay_replace__vmlinux__cmdline_proc_show__0",
             "__patchbay_new__tcp_ack_isra_0",
-        ]);
-        check_marker_symbols(&ko, &markers).unwrap();
-
-        let without_pointer = object_defining(&["__patchbay_new__tcp_ack_isra_0"]);
-        let err = check_marker_symbols(&without_pointer, &markers)
-            .unwrap_err()
-            .to_string();
+        ];
+        check_marker_symbols(&object_defining(&symbols), &markers).unwrap();
+        let error_without = |missing: &str| {
+            let defined: Vec<&str> = symbols.into_iter().filter(|s| *s != missing).collect();
+            check_marker_symbols(&object_defining(&defined), &markers)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = error_without(symbols[0]);
         assert!(
             err.contains("not compiled (inside #if 0 or a macro?): vmlinux:cmdline_proc_show"),
             "{err}"
         );
-        let without_replacement =
-            object_defining(&["__patchbay_replace__vmlinux__cmdline_proc_show__0"]);
-        let err = check_marker_symbols(&without_replacement, &markers)
-            .unwrap_err()
-            .to_string();
+        let err = error_without(symbols[1]);
         assert!(
             err.contains("do not define the replacements of: vmlinux:tcp_ack.isra.0"),
             "{err}"
