@@ -1,25 +1,39 @@
 //! Generates the C file that declares the livepatch: `klp_func` / `klp_object` / `klp_patch`
 //! tables for the markers, cumulative (`.replace = true`), enabled from the module's init.
+//! This is the one place the builder writes C: both modes hand it typed markers.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use patchbay_core::{BuildId, KernelRelease, ModuleName, ObjectName, PatchLevel};
 
-use crate::markers::{CallbackKind, CallbackMarker, Marker};
+use crate::markers::{CallbackKind, CallbackMarker, Definition, Marker};
 
 /// What the generated module says about itself.
 #[derive(Debug)]
 pub struct PatchDescription<'a> {
+    /// The module's name.
     pub module: &'a ModuleName,
+    /// The patch level (`MODULE_INFO(patchbay_level)`).
     pub level: PatchLevel,
+    /// The kernel release the module is built for.
     pub release: &'a KernelRelease,
+    /// The kernel build the module is built for (`MODULE_INFO(patchbay_build_id)`).
     pub build_id: &'a BuildId,
 }
 
-/// The C source of the patch's main file. Every marker's replacement is taken from the global
-/// pointer that `PATCHBAY_REPLACE` defines, because the replacement itself is usually `static`
-/// in another translation unit.
+/// What a callback of `kind` returns (`struct klp_callbacks`; `patchbay.h` has the same).
+fn callback_returns(kind: CallbackKind) -> &'static str {
+    match kind {
+        CallbackKind::PrePatch => "int",
+        CallbackKind::PostPatch | CallbackKind::PreUnpatch | CallbackKind::PostUnpatch => "void",
+    }
+}
+
+/// The C source of the patch's main file. A replacement or callback defined beside a
+/// `patchbay.h` macro is taken from the global pointer the macro defines, because the function
+/// itself is usually `static` in another translation unit; a linked one by its own name.
+/// Markers are trusted to name symbols C can spell (`module_build` checks them).
 pub fn main_c(
     desc: &PatchDescription<'_>,
     markers: &[Marker],
@@ -45,14 +59,23 @@ pub fn main_c(
         env!("CARGO_PKG_VERSION")
     );
     for m in markers {
-        let _ = writeln!(c, "extern void *const {};", m.pointer_symbol());
+        let _ = match m.defined {
+            Definition::Macro => writeln!(c, "extern void *const {};", m.symbol()),
+            Definition::Linked => writeln!(c, "extern void {}(void);", m.symbol()),
+        };
     }
     for cb in callbacks {
-        let ty = match cb.kind {
-            CallbackKind::PrePatch => "int (*)(struct klp_object *)",
-            _ => "void (*)(struct klp_object *)",
+        let returns = callback_returns(cb.kind);
+        let _ = match cb.defined {
+            Definition::Macro => writeln!(
+                c,
+                "extern __typeof__({returns} (*)(struct klp_object *)) const {};",
+                cb.symbol()
+            ),
+            Definition::Linked => {
+                writeln!(c, "extern {returns} {}(struct klp_object *);", cb.symbol())
+            }
         };
-        let _ = writeln!(c, "extern __typeof__({ty}) const {};", cb.pointer_symbol());
     }
     for (index, (_, funcs)) in objects.iter().enumerate() {
         let _ = writeln!(c, "\nstatic struct klp_func patchbay_funcs_{index}[] = {{");
@@ -89,18 +112,18 @@ pub fn main_c(
     );
     for (index, (object, funcs)) in objects.iter().enumerate() {
         for (slot, m) in funcs.iter().enumerate() {
-            let _ = writeln!(
-                c,
-                "\tpatchbay_funcs_{index}[{slot}].new_func = {};",
-                m.pointer_symbol()
-            );
+            let new_func = match m.defined {
+                Definition::Macro => m.symbol(),
+                Definition::Linked => format!("(void *){}", m.symbol()),
+            };
+            let _ = writeln!(c, "\tpatchbay_funcs_{index}[{slot}].new_func = {new_func};");
         }
         for cb in callbacks.iter().filter(|cb| &&cb.object == object) {
             let _ = writeln!(
                 c,
                 "\tpatchbay_objs[{index}].callbacks.{} = {};",
                 cb.kind.field(),
-                cb.pointer_symbol()
+                cb.symbol()
             );
         }
     }
@@ -138,99 +161,182 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
 
-    #[test]
-    fn tables_group_functions_by_object_with_vmlinux_first() {
+    #[track_caller]
+    fn assert_has(c: &str, needle: &str) {
+        assert!(c.contains(needle), "{c:?} does not contain {needle:?}");
+    }
+
+    fn main_c_for(markers: &[Marker], callbacks: &[CallbackMarker]) -> String {
         let module: ModuleName = "pb_x_l2".parse().unwrap();
         let release: KernelRelease = "6.1.0-56-amd64".parse().unwrap();
         let build_id: BuildId = "00112233445566778899aabbccddeeff00112233".parse().unwrap();
-        let markers = vec![
-            Marker {
-                object: "pb_fixture".parse().unwrap(),
-                old_function: "pb_fixture_show".into(),
-                token: "pb_fixture_show".into(),
-                new_function: "pb_show".into(),
-                sympos: 0,
-            },
-            Marker {
-                object: ObjectName::vmlinux(),
-                old_function: "cmdline_proc_show".into(),
-                token: "cmdline_proc_show".into(),
-                new_function: "pb_cmdline".into(),
-                sympos: 2,
-            },
-        ];
-        let c = main_c(
+        main_c(
             &PatchDescription {
                 module: &module,
                 level: 2.try_into().unwrap(),
                 release: &release,
                 build_id: &build_id,
             },
+            markers,
+            callbacks,
+        )
+    }
+
+    fn marker(object: &str, old: &str, new: &str, sympos: u32, defined: Definition) -> Marker {
+        Marker {
+            object: object.parse().unwrap(),
+            old_function: old.into(),
+            new_function: new.into(),
+            sympos,
+            defined,
+        }
+    }
+
+    #[test]
+    fn tables_group_functions_by_object_with_vmlinux_first() {
+        let markers = vec![
+            marker(
+                "pb_fixture",
+                "pb_fixture_show",
+                "pb_show",
+                0,
+                Definition::Macro,
+            ),
+            marker(
+                "vmlinux",
+                "cmdline_proc_show",
+                "pb_cmdline",
+                2,
+                Definition::Macro,
+            ),
+        ];
+        let c = main_c_for(
             &markers,
             &[CallbackMarker {
                 object: "pb_fixture".parse().unwrap(),
                 kind: CallbackKind::PostUnpatch,
                 function: "pb_cleanup".into(),
+                defined: Definition::Macro,
             }],
         );
-        assert!(
-            c.contains(".replace = true"),
-            "{:?} does not contain {:?}",
-            c,
-            ".replace = true"
+        assert_has(&c, ".replace = true");
+        assert_has(
+            &c,
+            "patchbay_objs[1].callbacks.post_unpatch = __patchbay_callback__pb_fixture__post_unpatch;",
         );
-        assert!(c.contains(
-            "patchbay_objs[1].callbacks.post_unpatch = __patchbay_callback__pb_fixture__post_unpatch;"
-        ), "{:?} does not contain {:?}", c, "patchbay_objs[1].callbacks.post_unpatch = __patchbay_callback__pb_fixture__post_unpatch;");
-        assert!(c.contains(
-            "extern __typeof__(void (*)(struct klp_object *)) const __patchbay_callback__pb_fixture__post_unpatch;"
-        ), "{:?} does not contain {:?}", c, "extern __typeof__(void (*)(struct klp_object *)) const __patchbay_callback__pb_fixture__post_unpatch;");
-        assert!(
-            c.contains("MODULE_LICENSE(\"GPL\")"),
-            "{:?} does not contain {:?}",
-            c,
-            "MODULE_LICENSE(\"GPL\")"
+        assert_has(
+            &c,
+            "extern __typeof__(void (*)(struct klp_object *)) const __patchbay_callback__pb_fixture__post_unpatch;",
         );
-        assert!(
-            c.contains("MODULE_INFO(livepatch, \"Y\")"),
-            "{:?} does not contain {:?}",
-            c,
-            "MODULE_INFO(livepatch, \"Y\")"
-        );
+        assert_has(&c, "MODULE_LICENSE(\"GPL\")");
+        assert_has(&c, "MODULE_INFO(livepatch, \"Y\")");
         let vmlinux = c.find(".name = NULL, .funcs = patchbay_funcs_0").unwrap();
         let module_obj = c
             .find(".name = \"pb_fixture\", .funcs = patchbay_funcs_1")
             .unwrap();
         assert!(vmlinux < module_obj);
-        assert!(c.contains(".old_name = \"cmdline_proc_show\", .old_sympos = 2"));
-        assert!(
-            c.contains(
-                "patchbay_funcs_0[0].new_func = __patchbay_replace__vmlinux__cmdline_proc_show__2;"
-            ),
-            "{:?} does not contain {:?}",
-            c,
-            "patchbay_funcs_0[0].new_func = __patchbay_replace__vmlinux__cmdline_proc_show__2;"
+        assert_has(&c, ".old_name = \"cmdline_proc_show\", .old_sympos = 2");
+        assert_has(
+            &c,
+            "extern void *const __patchbay_replace__vmlinux__cmdline_proc_show__2;",
         );
-        assert!(c.contains(
-            "patchbay_funcs_1[0].new_func = __patchbay_replace__pb_fixture__pb_fixture_show__0;"
-        ), "{:?} does not contain {:?}", c, "patchbay_funcs_1[0].new_func = __patchbay_replace__pb_fixture__pb_fixture_show__0;");
+        assert_has(
+            &c,
+            "patchbay_funcs_0[0].new_func = __patchbay_replace__vmlinux__cmdline_proc_show__2;",
+        );
+        assert_has(
+            &c,
+            "patchbay_funcs_1[0].new_func = __patchbay_replace__pb_fixture__pb_fixture_show__0;",
+        );
+    }
+
+    /// Diff mode's markers: the replacements and callbacks are globals of the linked object,
+    /// named directly; the old name may be any kernel symbol (a GCC clone's has dots).
+    #[test]
+    fn linked_markers_name_their_functions_and_any_kernel_symbol() {
+        let markers = vec![
+            marker(
+                "vmlinux",
+                "tcp_ack.isra.0",
+                "__patchbay_new__tcp_ack_isra_0",
+                0,
+                Definition::Linked,
+            ),
+            marker(
+                "vmlinux",
+                "dup_helper",
+                "__patchbay_new__dup_helper",
+                2,
+                Definition::Linked,
+            ),
+            marker(
+                "nf_tables",
+                "nft_lookup_eval",
+                "__patchbay_new__nft_lookup_eval",
+                0,
+                Definition::Linked,
+            ),
+        ];
+        let callbacks = [
+            CallbackMarker {
+                object: "nf_tables".parse().unwrap(),
+                kind: CallbackKind::PrePatch,
+                function: "__patchbay_cb__pb_setup".into(),
+                defined: Definition::Linked,
+            },
+            CallbackMarker {
+                object: ObjectName::vmlinux(),
+                kind: CallbackKind::PostUnpatch,
+                function: "__patchbay_cb__pb_cleanup".into(),
+                defined: Definition::Linked,
+            },
+        ];
+        let c = main_c_for(&markers, &callbacks);
+        // The clone's kernel name is only ever a string; its replacement a declared global.
+        assert_has(&c, ".old_name = \"tcp_ack.isra.0\", .old_sympos = 0");
+        assert_has(&c, "extern void __patchbay_new__tcp_ack_isra_0(void);");
+        assert_has(
+            &c,
+            "patchbay_funcs_0[0].new_func = (void *)__patchbay_new__tcp_ack_isra_0;",
+        );
+        assert_has(&c, ".old_name = \"dup_helper\", .old_sympos = 2");
+        assert_has(
+            &c,
+            "patchbay_funcs_0[1].new_func = (void *)__patchbay_new__dup_helper;",
+        );
+        assert_has(&c, ".name = \"nf_tables\", .funcs = patchbay_funcs_1");
+        assert_has(&c, ".old_name = \"nft_lookup_eval\", .old_sympos = 0");
+        assert_has(
+            &c,
+            "patchbay_funcs_1[0].new_func = (void *)__patchbay_new__nft_lookup_eval;",
+        );
+        assert_has(
+            &c,
+            "extern int __patchbay_cb__pb_setup(struct klp_object *);",
+        );
+        assert_has(
+            &c,
+            "patchbay_objs[1].callbacks.pre_patch = __patchbay_cb__pb_setup;",
+        );
+        assert_has(
+            &c,
+            "extern void __patchbay_cb__pb_cleanup(struct klp_object *);",
+        );
+        assert_has(
+            &c,
+            "patchbay_objs[0].callbacks.post_unpatch = __patchbay_cb__pb_cleanup;",
+        );
+        // Nothing of the source macros: no pointers to define, no text to parse back.
+        assert!(!c.contains("__patchbay_replace__"), "{c}");
+        assert!(!c.contains("__patchbay_callback__"), "{c}");
+        assert!(!c.contains("PATCHBAY_"), "{c}");
     }
 
     #[test]
     fn kbuild_lists_objects() {
         let module: ModuleName = "pb_m".parse().unwrap();
         let k = kbuild(&module, &["src0.o".into(), "src1.o".into()]);
-        assert!(
-            k.contains("obj-m := pb_m.o"),
-            "{:?} does not contain {:?}",
-            k,
-            "obj-m := pb_m.o"
-        );
-        assert!(
-            k.contains("pb_m-y := patchbay_main.o src0.o src1.o"),
-            "{:?} does not contain {:?}",
-            k,
-            "pb_m-y := patchbay_main.o src0.o src1.o"
-        );
+        assert_has(&k, "obj-m := pb_m.o");
+        assert_has(&k, "pb_m-y := patchbay_main.o src0.o src1.o");
     }
 }

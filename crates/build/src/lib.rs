@@ -1,7 +1,9 @@
 //! Patchbay's builder: turns a kernel fix into a livepatch module bundle for one exact kernel.
 //!
 //! Source mode ([`module_build`]) takes replacement functions marked with `PATCHBAY_REPLACE`
-//! (see `include/patchbay.h`). Each stage is its own module so it can be tested alone.
+//! (see `include/patchbay.h`); diff mode ([`diff`]) finds them in the object diff of a fix.
+//! Both hand typed [`markers`] to one module builder. Each stage is its own module so it can
+//! be tested alone.
 
 pub mod codegen;
 pub mod diff;

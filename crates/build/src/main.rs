@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use patchbay_build::module_build::{self, SourceBuild};
+use patchbay_build::module_build::{self, ModuleBuild, SourceBuild};
 use patchbay_core::{Bundle, CveId, PatchLevel};
 use patchbay_kernels::{Kernel, KernelSelector};
 
@@ -312,19 +312,15 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let kernel = open_kernel(&kernel)?;
             let request = SourceBuild {
-                level,
-                fixes,
                 sources,
-                extra_objects: object_files,
-                linked_objects: Vec::new(),
-                symbol_hints: Default::default(),
-                symbols_override: symbols,
-                old_function_aliases: Default::default(),
-                module_locals: Default::default(),
-                module_local_positions: Default::default(),
-                renamed_references: Default::default(),
-                output: output.clone(),
-                keep_work_dir,
+                module: ModuleBuild {
+                    level,
+                    fixes,
+                    extra_objects: object_files,
+                    symbols_override: symbols,
+                    output: output.clone(),
+                    keep_work_dir,
+                },
             };
             let report = module_build::build(&kernel, &request)?;
             if json {
@@ -426,10 +422,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|f| {
                         serde_json::json!({
                             "source": f.source,
-                            "object": match &f.owner {
-                                patchbay_build::diff::objects::Owner::Vmlinux => "vmlinux".to_owned(),
-                                patchbay_build::diff::objects::Owner::Module(m) => m.clone(),
-                            },
+                            "object": f.owner.object(),
                             "changed_functions": f.diff.changed_functions,
                             "new_functions": f.diff.new_functions,
                             "new_data": f.diff.new_data,

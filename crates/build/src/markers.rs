@@ -1,34 +1,55 @@
-//! Finds the `PATCHBAY_REPLACE` markers in a patch author's C sources.
+//! What a patch replaces, as data: [`Marker`]s and [`CallbackMarker`]s, and finding them in a
+//! patch author's C sources (`PATCHBAY_REPLACE` and the callback macros of `patchbay.h`).
 //!
-//! The markers are the contract between patch authors and the builder: each one says which
+//! The macros are the contract between patch authors and the builder: each marker says which
 //! kernel function (in which object, at which position) a replacement function takes over.
+//! Diff mode makes the same values from its object diff, with no C text in between.
 
 use std::collections::BTreeSet;
 
 use patchbay_core::manifest::is_c_identifier;
 use patchbay_core::ObjectName;
 
-/// One `PATCHBAY_REPLACE(object, old_function, new_function)` marker.
+/// Where a marked function is defined, which says how the module's generated tables reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Definition {
+    /// Beside a `patchbay.h` macro in a C source of the patch (source mode): reached through the
+    /// global pointer the macro defines, because the function itself is usually `static`.
+    Macro,
+    /// As a global function of an object linked into the module as it is (diff mode's
+    /// extracted code): reached by its own name.
+    Linked,
+}
+
+/// One replaced function: `PATCHBAY_REPLACE(object, old_function, new_function)` in source
+/// mode, a changed function of the object diff in diff mode.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Marker {
+    /// The object that holds the old function.
     pub object: ObjectName,
-    /// The kernel's name of the function; a GCC clone's name has dots (`foo.isra.0`).
+    /// The kernel's name of the function: any symbol name, a GCC clone's has dots
+    /// (`foo.isra.0`).
     pub old_function: String,
-    /// The identifier written in the macro (the same as `old_function` unless the builder
-    /// names a clone through an alias, see `SourceBuild::old_function_aliases`).
-    pub token: String,
+    /// The replacement function (a C identifier).
     pub new_function: String,
     /// 0 when the old function's name is unique in its object.
     pub sympos: u32,
+    /// Where `new_function` is defined.
+    pub defined: Definition,
 }
 
 impl Marker {
-    /// The global the `PATCHBAY_REPLACE` macro defines for this marker (see `patchbay.h`).
-    pub fn pointer_symbol(&self) -> String {
-        format!(
-            "__patchbay_replace__{}__{}__{}",
-            self.object, self.token, self.sympos
-        )
+    /// The symbol the built module defines for this marker, which its tables reference: the
+    /// global pointer the `PATCHBAY_REPLACE` macro defines (see `patchbay.h`), or the linked
+    /// replacement function itself.
+    pub fn symbol(&self) -> String {
+        match self.defined {
+            Definition::Macro => format!(
+                "__patchbay_replace__{}__{}__{}",
+                self.object, self.old_function, self.sympos
+            ),
+            Definition::Linked => self.new_function.clone(),
+        }
     }
 }
 
@@ -132,9 +153,9 @@ pub fn find_markers(file: &str, source: &str) -> Result<Vec<Marker>, MarkerError
             markers.push(Marker {
                 object,
                 old_function: arg(1).to_owned(),
-                token: arg(1).to_owned(),
                 new_function: arg(2).to_owned(),
                 sympos,
+                defined: Definition::Macro,
             });
         }
     }
@@ -158,13 +179,18 @@ pub fn find_markers(file: &str, source: &str) -> Result<Vec<Marker>, MarkerError
 /// When a livepatch callback runs (see the kernel's Documentation/livepatch/callbacks.rst).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CallbackKind {
+    /// Before the object is patched; returning an error stops the patch.
     PrePatch,
+    /// After the object is patched.
     PostPatch,
+    /// Before the object is unpatched.
     PreUnpatch,
+    /// After the object is unpatched (where shadow variables are typically freed).
     PostUnpatch,
 }
 
 impl CallbackKind {
+    /// Every kind, in the order the kernel calls them over a patch's life.
     pub const ALL: [CallbackKind; 4] = [
         CallbackKind::PrePatch,
         CallbackKind::PostPatch,
@@ -182,6 +208,14 @@ impl CallbackKind {
         }
     }
 
+    /// The kind whose `struct klp_callbacks` field is `field` (`patchbay-diff.h` names its
+    /// sections by it).
+    pub fn from_field(field: &str) -> Option<CallbackKind> {
+        CallbackKind::ALL
+            .into_iter()
+            .find(|kind| kind.field() == field)
+    }
+
     fn macro_name(self) -> &'static str {
         match self {
             CallbackKind::PrePatch => "PATCHBAY_PRE_PATCH",
@@ -192,22 +226,32 @@ impl CallbackKind {
     }
 }
 
-/// One `PATCHBAY_PRE_PATCH(object, function)` (or post/unpatch) marker.
+/// One livepatch callback: `PATCHBAY_PRE_PATCH(object, function)` (or post/unpatch) in source
+/// mode, a `patchbay-diff.h` annotation in diff mode.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CallbackMarker {
+    /// The object whose patching or unpatching the callback attends.
     pub object: ObjectName,
+    /// When it runs.
     pub kind: CallbackKind,
+    /// The callback function (a C identifier).
     pub function: String,
+    /// Where `function` is defined.
+    pub defined: Definition,
 }
 
 impl CallbackMarker {
-    /// The global the callback macro defines (see `patchbay.h`).
-    pub fn pointer_symbol(&self) -> String {
-        format!(
-            "__patchbay_callback__{}__{}",
-            self.object,
-            self.kind.field()
-        )
+    /// The symbol the built module defines for this callback, which its tables reference: the
+    /// global pointer the callback macro defines (see `patchbay.h`), or the linked function.
+    pub fn symbol(&self) -> String {
+        match self.defined {
+            Definition::Macro => format!(
+                "__patchbay_callback__{}__{}",
+                self.object,
+                self.kind.field()
+            ),
+            Definition::Linked => self.function.clone(),
+        }
     }
 }
 
@@ -241,6 +285,7 @@ pub fn find_callbacks(file: &str, source: &str) -> Result<Vec<CallbackMarker>, M
                 object,
                 kind,
                 function: function.clone(),
+                defined: Definition::Macro,
             });
         }
     }
@@ -351,7 +396,7 @@ PATCHBAY_REPLACE_SYMPOS( pb-fixture , helper ,
         assert!(plain.object.is_vmlinux());
         assert_eq!(plain.sympos, 0);
         assert_eq!(
-            plain.pointer_symbol(),
+            plain.symbol(),
             "__patchbay_replace__vmlinux__cmdline_proc_show__0"
         );
         let pos = m.iter().find(|m| m.old_function == "helper").unwrap();
@@ -373,10 +418,7 @@ PATCHBAY_REPLACE_SYMPOS( pb-fixture , helper ,
             .find(|c| c.kind == CallbackKind::PrePatch)
             .unwrap();
         assert_eq!(pre.function, "pb_setup");
-        assert_eq!(
-            pre.pointer_symbol(),
-            "__patchbay_callback__vmlinux__pre_patch"
-        );
+        assert_eq!(pre.symbol(), "__patchbay_callback__vmlinux__pre_patch");
         let post = found
             .iter()
             .find(|c| c.kind == CallbackKind::PostUnpatch)
@@ -384,6 +426,10 @@ PATCHBAY_REPLACE_SYMPOS( pb-fixture , helper ,
         assert_eq!(post.object.to_string(), "nf_tables");
         let twice = "PATCHBAY_PRE_PATCH(vmlinux, a);\nPATCHBAY_PRE_PATCH(vmlinux, b);\n";
         assert!(find_callbacks("fix.c", twice).is_err());
+        for kind in CallbackKind::ALL {
+            assert_eq!(CallbackKind::from_field(kind.field()), Some(kind));
+        }
+        assert_eq!(CallbackKind::from_field("post_load"), None);
         let bad = "PATCHBAY_POST_PATCH(vmlinux);\n";
         let err = find_callbacks("fix.c", bad).unwrap_err().to_string();
         assert!(err.contains("fix.c:1"), "{err}");

@@ -1,14 +1,17 @@
-//! Source mode: replacement functions written in C become a livepatch bundle.
+//! The module builder: what a patch replaces, as typed markers, becomes a livepatch bundle.
 //!
-//! Stages: find markers → check the old functions exist → generate tables → kbuild → resolve
-//! undefined symbols → rewrite into livepatch relocations → validate → write the bundle.
-//! Nothing is written to the output path unless every stage succeeded.
+//! Source mode finds the markers in the author's C ([`collect_markers`], then [`build`]); diff
+//! mode makes them from its object diff and hands them over with the extracted code. Both go
+//! through [`build_from_markers`]: check the markers → check the old functions exist → generate
+//! tables (`codegen`) → kbuild → resolve undefined symbols → rewrite into livepatch relocations
+//! → validate → write the bundle. Nothing is written to the output path unless every stage
+//! succeeded.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSymbol};
-use patchbay_core::manifest::{BuilderInfo, KernelTarget, ModuleInfo};
+use patchbay_core::manifest::{is_c_identifier, BuilderInfo, KernelTarget, ModuleInfo};
 use patchbay_core::modinfo::Modinfo;
 use patchbay_core::{
     BuildId, Bundle, CveId, KernelRelease, Manifest, ModuleName, ObjectName, PatchLevel,
@@ -19,7 +22,7 @@ use patchbay_kernels::{Kernel, SymbolTable};
 use crate::codegen::{self, PatchDescription};
 use crate::kbuild::{self, UndefinedSymbols};
 use crate::klp_elf;
-use crate::markers::{self, CallbackMarker, Marker};
+use crate::markers::{self, CallbackMarker, Definition, Marker};
 use crate::symbols::{self, Exports, SymbolSources};
 
 /// Everything source mode fails on, each naming the input at fault.
@@ -37,6 +40,9 @@ pub enum BuildError {
          mark each replacement function so the builder knows what it replaces"
     )]
     NoMarkers(String),
+    /// Nothing to replace (diff mode found no replaced function; source mode has `NoMarkers`).
+    #[error("the patch replaces no kernel function, so there is nothing to live-patch")]
+    NothingReplaced,
     #[error(transparent)]
     Symbols(#[from] symbols::SymbolError),
     #[error(transparent)]
@@ -61,44 +67,56 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
     move |source| BuildError::Io { what, source }
 }
 
-/// A request to build one patch level from C sources.
-#[derive(Debug)]
-pub struct SourceBuild {
+/// Where and as what a patch module is built, whichever mode found what it replaces.
+#[derive(Debug, Clone)]
+pub struct ModuleBuild {
+    /// The patch level the module carries.
     pub level: PatchLevel,
+    /// The CVEs the level fixes, as the manifest records them.
     pub fixes: Vec<CveId>,
-    pub sources: Vec<PathBuf>,
     /// `.ko` files of modules that are not part of the distro kernel (e.g. third-party modules)
     /// but hold functions the patch replaces or symbols it uses.
     pub extra_objects: Vec<PathBuf>,
-    /// Relocatable objects linked into the module as they are (diff mode's extracted code).
-    pub linked_objects: Vec<PathBuf>,
-    /// Local vmlinux symbols whose name repeats in the kernel, with the source file (base
-    /// name) each reference means (diff mode knows it; resolved with the `-dbg` symbol index).
-    pub symbol_hints: std::collections::BTreeMap<String, String>,
     /// A symbol table to use instead of the distro's full `System.map` (e.g. a host's
     /// `/proc/kallsyms` read with `nokaslr`).
     pub symbols_override: Option<PathBuf>,
-    /// Marker identifiers that stand for kernel names a C identifier cannot spell (diff mode's
-    /// GCC clones: `foo_isra_0` → `foo.isra.0`).
-    pub old_function_aliases: std::collections::BTreeMap<String, String>,
-    /// Local (static) symbols of a module's translation unit the patch refers to, with that
-    /// module: they resolve only there, even when vmlinux or another module has the same name.
-    pub module_locals: std::collections::BTreeMap<String, ObjectName>,
-    /// For module locals whose name the module repeats: the copy's livepatch position (see
-    /// `symbols::module_sympos`).
-    pub module_local_positions: std::collections::BTreeMap<String, u32>,
-    /// Undefined names standing for references from a patched module's code (see
-    /// `symbols::SymbolSources::renamed_references`).
-    pub renamed_references: std::collections::BTreeMap<String, klp_elf::KlpTarget>,
+    /// Where the bundle is written (only when every stage succeeded).
     pub output: PathBuf,
     /// Keep the kbuild directory here (for debugging) instead of a temporary one.
     pub keep_work_dir: Option<PathBuf>,
 }
 
+/// A request to build one patch level from C sources (source mode).
+#[derive(Debug, Clone)]
+pub struct SourceBuild {
+    /// The author's C files: replacement functions, each with a `PATCHBAY_REPLACE` marker.
+    pub sources: Vec<PathBuf>,
+    /// Level, output and the rest, as for any module build.
+    pub module: ModuleBuild,
+}
+
+/// What a patch module is made of, whichever mode found it: the functions it replaces, its
+/// callbacks, and the code that defines them.
+#[derive(Debug, Clone, Default)]
+pub struct ModuleParts {
+    /// The kernel functions the module replaces, and their replacements.
+    pub markers: Vec<Marker>,
+    /// Livepatch callbacks, at most one of each kind per object.
+    pub callbacks: Vec<CallbackMarker>,
+    /// C sources compiled into the module, as text (source mode: the author's files).
+    pub c_sources: Vec<String>,
+    /// Relocatable objects linked into the module as they are (diff mode's extracted code).
+    pub linked_objects: Vec<PathBuf>,
+    /// Which copy of a repeated symbol name the code's references mean (diff mode knows it).
+    pub hints: symbols::ResolutionHints,
+}
+
 /// What was built.
 #[derive(Debug)]
 pub struct BuildReport {
+    /// The bundle's manifest, as written.
     pub manifest: Manifest,
+    /// The livepatch relocation sections of the module, as the kernel will read them.
     pub klp_relocations: Vec<klp_elf::KlpRelaSection>,
 }
 
@@ -111,37 +129,81 @@ pub fn module_name(build_id: &BuildId, level: PatchLevel) -> Result<ModuleName, 
         .map_err(|e| BuildError::Module(format!("module name: {e}")))
 }
 
-/// Builds the bundle described by `request` for `kernel`.
+/// Source mode: builds the bundle of the C sources `request` names, for `kernel`.
 pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, BuildError> {
-    // 1. Markers.
-    let mut all_markers: Vec<Marker> = Vec::new();
-    let mut all_callbacks: Vec<CallbackMarker> = Vec::new();
-    let mut sources: Vec<(String, String)> = Vec::new();
-    for (index, path) in request.sources.iter().enumerate() {
+    let parts = collect_markers(&request.sources)?;
+    build_from_markers(kernel, &request.module, &parts)
+}
+
+/// Source mode's first stage: reads the author's C files and the markers in them. The files
+/// are compiled into the module as they are.
+pub fn collect_markers(sources: &[PathBuf]) -> Result<ModuleParts, BuildError> {
+    let mut parts = ModuleParts::default();
+    for path in sources {
         let text = std::fs::read_to_string(path).map_err(|source| BuildError::ReadSource {
             path: path.display().to_string(),
             source,
         })?;
         let shown = path.display().to_string();
-        all_markers.extend(markers::find_markers(&shown, &text)?);
-        all_callbacks.extend(markers::find_callbacks(&shown, &text)?);
-        sources.push((format!("pb_src{index}"), text));
+        parts.markers.extend(markers::find_markers(&shown, &text)?);
+        parts
+            .callbacks
+            .extend(markers::find_callbacks(&shown, &text)?);
+        parts.c_sources.push(text);
     }
-    for marker in &mut all_markers {
-        if let Some(kernel_name) = request.old_function_aliases.get(&marker.token) {
-            marker.old_function = kernel_name.clone();
-        }
-    }
-    if all_markers.is_empty() {
-        let names: Vec<String> = request
-            .sources
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
+    if parts.markers.is_empty() {
+        let names: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
         return Err(BuildError::NoMarkers(names.join(", ")));
     }
-    for cb in &all_callbacks {
-        if !all_markers.iter().any(|m| m.object == cb.object) {
+    Ok(parts)
+}
+
+/// Whether `name` can be a kernel symbol the generated C names in a string: C identifier
+/// characters and the dots of GCC's clone suffixes (`foo.isra.0`, `bar.cold`).
+fn is_symbol_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// What the markers and callbacks must hold, whichever mode found them: names the generated C
+/// can spell, something to replace, each function replaced once, callbacks only for objects
+/// the patch changes and at most one of each kind per object.
+fn check_parts(parts: &ModuleParts) -> Result<(), BuildError> {
+    for m in &parts.markers {
+        // A macro's pointer symbol is spelled with the old function's name, so source mode's
+        // names are C identifiers (`find_markers` checks them); a linked marker may name any
+        // kernel symbol.
+        let old_ok = match m.defined {
+            Definition::Macro => is_c_identifier(&m.old_function),
+            Definition::Linked => is_symbol_name(&m.old_function),
+        };
+        if !old_ok || !is_c_identifier(&m.new_function) {
+            return Err(BuildError::Module(format!(
+                "cannot generate the tables for {}:{} replaced by {:?}: not a symbol name",
+                m.object, m.old_function, m.new_function
+            )));
+        }
+    }
+    if let Some(cb) = parts
+        .callbacks
+        .iter()
+        .find(|cb| !is_c_identifier(&cb.function))
+    {
+        return Err(BuildError::Module(format!(
+            "cannot generate the tables for the {} callback {:?}: not a C identifier",
+            cb.kind.field(),
+            cb.function
+        )));
+    }
+    if parts.markers.is_empty() {
+        return Err(BuildError::NothingReplaced);
+    }
+    for cb in &parts.callbacks {
+        if !parts.markers.iter().any(|m| m.object == cb.object) {
             return Err(BuildError::Module(format!(
                 "the {} callback {} is for {}, but no PATCHBAY_REPLACE replaces a function of \
                  {}; callbacks belong to an object the patch changes",
@@ -153,7 +215,7 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         }
     }
     let mut seen = BTreeSet::new();
-    for m in &all_markers {
+    for m in &parts.markers {
         if !seen.insert((&m.object, &m.old_function)) {
             return Err(BuildError::Module(format!(
                 "{}:{} is replaced by markers in two files; keep one",
@@ -161,6 +223,27 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
             )));
         }
     }
+    let mut seen = BTreeSet::new();
+    for cb in &parts.callbacks {
+        if !seen.insert((&cb.object, cb.kind)) {
+            return Err(BuildError::Module(format!(
+                "{}: two {} callbacks; combine them into one function",
+                cb.object,
+                cb.kind.field()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Both modes' module builder: builds the bundle of `parts` for `kernel` as `request` says.
+pub fn build_from_markers(
+    kernel: &Kernel,
+    request: &ModuleBuild,
+    parts: &ModuleParts,
+) -> Result<BuildReport, BuildError> {
+    // 1. Markers.
+    check_parts(parts)?;
 
     // 2. Symbol tables of the target kernel.
     let build_id: BuildId = kernel
@@ -176,9 +259,9 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
         Some(path) => SymbolTable::load(path)?,
         None => SymbolTable::load(&kernel.system_map()?)?,
     };
-    let module_tables = module_tables(kernel, &all_markers, &request.extra_objects)?;
+    let module_tables = module_tables(kernel, &parts.markers, &request.extra_objects)?;
     // The symbol-to-file index is a large one-time extraction: only when a hint needs it.
-    let symbol_files = if request.symbol_hints.is_empty() {
+    let symbol_files = if parts.hints.file_hints.is_empty() {
         None
     } else {
         Some(kernel.symbol_files()?)
@@ -186,13 +269,10 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
     let sources_for_symbols = SymbolSources {
         vmlinux: &vmlinux_table,
         modules: module_tables.iter().map(|(n, t)| (n.clone(), t)).collect(),
-        file_hints: request.symbol_hints.clone(),
         symbol_files: symbol_files.as_ref(),
-        module_locals: request.module_locals.clone(),
-        module_local_positions: request.module_local_positions.clone(),
-        renamed_references: request.renamed_references.clone(),
+        hints: &parts.hints,
     };
-    symbols::check_old_functions(&all_markers, &sources_for_symbols)?;
+    symbols::check_old_functions(&parts.markers, &sources_for_symbols)?;
 
     // 3. Generate and build.
     let name = module_name(&build_id, request.level)?;
@@ -218,10 +298,10 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
             release: &release,
             build_id: &build_id,
         },
-        &all_markers,
-        &all_callbacks,
-        &sources,
-        &request.linked_objects,
+        &parts.markers,
+        &parts.callbacks,
+        &parts.c_sources,
+        &parts.linked_objects,
     )?;
     let ko_path = kbuild::build_module(
         kernel.headers_dir(),
@@ -231,7 +311,7 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
     )?;
     kbuild::strip_debug(&ko_path)?;
     let linked = std::fs::read(&ko_path).map_err(io(format!("read {}", ko_path.display())))?;
-    check_marker_pointers(&linked, &all_markers)?;
+    check_marker_symbols(&linked, &parts.markers)?;
 
     // 4. Livepatch relocations for what the kernel does not export.
     let exports_path = kernel.module_symvers();
@@ -285,7 +365,8 @@ pub fn build(kernel: &Kernel, request: &SourceBuild) -> Result<BuildReport, Buil
             sha256: Sha256::of(&module),
             size: module.len() as u64,
         },
-        replaced_functions: all_markers
+        replaced_functions: parts
+            .markers
             .iter()
             .map(|m| ReplacedFunction {
                 object: m.object.clone(),
@@ -355,7 +436,7 @@ fn write_kbuild_dir(
     desc: &PatchDescription<'_>,
     markers: &[Marker],
     callbacks: &[CallbackMarker],
-    sources: &[(String, String)],
+    c_sources: &[String],
     linked_objects: &[PathBuf],
 ) -> Result<(), BuildError> {
     let include = dir.join("include");
@@ -369,9 +450,9 @@ fn write_kbuild_dir(
         &codegen::main_c(desc, markers, callbacks),
     )?;
     let mut objects = Vec::new();
-    for (stem, text) in sources {
-        write(dir.join(format!("{stem}.c")), text)?;
-        objects.push(format!("{stem}.o"));
+    for (index, text) in c_sources.iter().enumerate() {
+        write(dir.join(format!("pb_src{index}.c")), text)?;
+        objects.push(format!("pb_src{index}.o"));
     }
     for (index, object) in linked_objects.iter().enumerate() {
         // kbuild copies `x.o_shipped` to `x.o` and links it like a compiled object.
@@ -388,27 +469,37 @@ fn write_kbuild_dir(
     write(dir.join("Kbuild"), &codegen::kbuild(desc.module, &objects))
 }
 
-/// Every marker must have produced its pointer (a marker inside `#if 0` did not).
-fn check_marker_pointers(ko: &[u8], markers: &[Marker]) -> Result<(), BuildError> {
+/// Every marker's symbol must be in the linked module: a source marker inside `#if 0` defined
+/// no pointer, and a linked replacement must be in the objects linked in.
+fn check_marker_symbols(ko: &[u8], markers: &[Marker]) -> Result<(), BuildError> {
     let file = object::File::parse(ko).map_err(|e| BuildError::Module(e.to_string()))?;
     let defined: BTreeSet<String> = file
         .symbols()
         .filter(|s| !s.is_undefined())
         .filter_map(|s| s.name().ok().map(str::to_owned))
         .collect();
-    let missing: Vec<String> = markers
-        .iter()
-        .filter(|m| !defined.contains(&m.pointer_symbol()))
-        .map(|m| format!("{}:{}", m.object, m.old_function))
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(BuildError::Module(format!(
+    let missing = |definition: Definition| -> Vec<String> {
+        markers
+            .iter()
+            .filter(|m| m.defined == definition && !defined.contains(&m.symbol()))
+            .map(|m| format!("{}:{}", m.object, m.old_function))
+            .collect()
+    };
+    let from_macros = missing(Definition::Macro);
+    if !from_macros.is_empty() {
+        return Err(BuildError::Module(format!(
             "markers found in the source were not compiled (inside #if 0 or a macro?): {}",
-            missing.join(", ")
-        )))
+            from_macros.join(", ")
+        )));
     }
+    let linked = missing(Definition::Linked);
+    if !linked.is_empty() {
+        return Err(BuildError::Module(format!(
+            "the objects linked into the module do not define the replacements of: {}",
+            linked.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Current UTC time as RFC 3339, without pulling in a date crate.
@@ -444,12 +535,157 @@ fn rfc3339(secs: u64) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+    use crate::markers::CallbackKind;
 
     #[test]
     fn module_names_are_unique_per_build_and_level() {
         let id: BuildId = "0123456789abcdef0123456789abcdef01234567".parse().unwrap();
         let n = module_name(&id, 12.try_into().unwrap()).unwrap();
         assert_eq!(n.as_str(), "pb_0123456789ab_l12");
+    }
+
+    fn linked(object: &str, old: &str, sympos: u32) -> Marker {
+        Marker {
+            object: object.parse().unwrap(),
+            old_function: old.into(),
+            new_function: format!("__patchbay_new__{}", old.replace('.', "_")),
+            sympos,
+            defined: Definition::Linked,
+        }
+    }
+
+    fn callback(object: &str, kind: CallbackKind) -> CallbackMarker {
+        CallbackMarker {
+            object: object.parse().unwrap(),
+            kind,
+            function: format!("__patchbay_cb__{}", kind.field()),
+            defined: Definition::Linked,
+        }
+    }
+
+    #[track_caller]
+    fn refused(parts: &ModuleParts, expected: &str) {
+        let err = check_parts(parts).unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "{err:?} does not contain {expected:?}"
+        );
+    }
+
+    /// Diff mode's boundary: typed markers (a position, a clone's kernel name, a module's
+    /// function) and callbacks go to the module builder as they are.
+    #[test]
+    fn typed_markers_and_callbacks_are_checked_as_data() {
+        let parts = ModuleParts {
+            markers: vec![
+                linked("vmlinux", "dup_helper", 2),
+                linked("vmlinux", "tcp_ack.isra.0", 0),
+                linked("nf_tables", "nft_lookup_eval", 0),
+            ],
+            callbacks: vec![
+                callback("vmlinux", CallbackKind::PostUnpatch),
+                callback("nf_tables", CallbackKind::PrePatch),
+            ],
+            ..ModuleParts::default()
+        };
+        check_parts(&parts).unwrap();
+
+        // A clone's name cannot be spelled in a source marker's pointer symbol.
+        let mut macro_clone = parts.clone();
+        macro_clone.markers[1].defined = Definition::Macro;
+        refused(&macro_clone, "vmlinux:tcp_ack.isra.0");
+        // Nor can anything but a symbol name go into the generated C.
+        let mut quoted = parts.clone();
+        quoted.markers[0].old_function = "dup\"helper".into();
+        refused(&quoted, "not a symbol name");
+        let mut bad_callback = parts.clone();
+        bad_callback.callbacks[0].function = "pb cleanup".into();
+        refused(&bad_callback, "post_unpatch callback");
+
+        let mut stray = parts.clone();
+        stray
+            .callbacks
+            .push(callback("ext4", CallbackKind::PostPatch));
+        refused(
+            &stray,
+            "the post_patch callback __patchbay_cb__post_patch is for ext4",
+        );
+        let mut twice = parts.clone();
+        twice.callbacks.push(CallbackMarker {
+            function: "__patchbay_cb__other".into(),
+            ..callback("nf_tables", CallbackKind::PrePatch)
+        });
+        refused(&twice, "nf_tables: two pre_patch callbacks");
+        let mut replaced_twice = parts.clone();
+        replaced_twice
+            .markers
+            .push(linked("vmlinux", "dup_helper", 1));
+        refused(
+            &replaced_twice,
+            "vmlinux:dup_helper is replaced by markers in two files",
+        );
+        assert!(matches!(
+            check_parts(&ModuleParts::default()),
+            Err(BuildError::NothingReplaced)
+        ));
+    }
+
+    /// A relocatable object defining `defined`, as the linked module would.
+    fn object_defining(defined: &[&str]) -> Vec<u8> {
+        use object::write;
+        let mut obj = write::Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = obj.section_id(write::StandardSection::Text);
+        obj.append_section_data(text, &[0xc3; 16], 16);
+        for (index, name) in defined.iter().enumerate() {
+            obj.add_symbol(write::Symbol {
+                name: name.as_bytes().to_vec(),
+                value: index as u64,
+                size: 1,
+                kind: object::SymbolKind::Text,
+                scope: object::SymbolScope::Linkage,
+                weak: false,
+                section: write::SymbolSection::Section(text),
+                flags: object::SymbolFlags::None,
+            });
+        }
+        obj.write().unwrap()
+    }
+
+    #[test]
+    fn each_marker_s_symbol_must_be_in_the_linked_module() {
+        let from_source = Marker {
+            object: ObjectName::vmlinux(),
+            old_function: "cmdline_proc_show".into(),
+            new_function: "pb_show".into(),
+            sympos: 0,
+            defined: Definition::Macro,
+        };
+        let markers = [from_source, linked("vmlinux", "tcp_ack.isra.0", 0)];
+        let symbols = [
+            "__patchbay_replace__vmlinux__cmdline_proc_show__0",
+            "__patchbay_new__tcp_ack_isra_0",
+        ];
+        check_marker_symbols(&object_defining(&symbols), &markers).unwrap();
+        let error_without = |missing: &str| {
+            let defined: Vec<&str> = symbols.into_iter().filter(|s| *s != missing).collect();
+            check_marker_symbols(&object_defining(&defined), &markers)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = error_without(symbols[0]);
+        assert!(
+            err.contains("not compiled (inside #if 0 or a macro?): vmlinux:cmdline_proc_show"),
+            "{err}"
+        );
+        let err = error_without(symbols[1]);
+        assert!(
+            err.contains("do not define the replacements of: vmlinux:tcp_ack.isra.0"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -60,23 +60,37 @@ fn exporter_name(module_path: &str) -> String {
         .replace('-', "_")
 }
 
-/// Where non-exported symbols can be found: vmlinux, and the modules the patch touches.
-#[derive(Debug)]
-pub struct SymbolSources<'a> {
-    pub vmlinux: &'a SymbolTable,
-    pub modules: Vec<(ObjectName, &'a SymbolTable)>,
+/// What the diff pipeline knows of the patch's references beyond their names: which copy of a
+/// repeated name each one means. Source mode knows none of it (`Default`): its author names
+/// only what resolves uniquely.
+#[derive(Debug, Clone, Default)]
+pub struct ResolutionHints {
     /// For local vmlinux symbols whose name repeats: the source file (base name) the patch
-    /// means, resolved to a position through `symbol_files`.
+    /// means, resolved to a position through [`SymbolSources::symbol_files`].
     pub file_hints: BTreeMap<String, String>,
-    pub symbol_files: Option<&'a patchbay_kernels::SymbolFiles>,
-    /// Local symbols of a module's translation unit: resolved in that module only.
+    /// Local symbols of a module's translation unit: resolved in that module only, even when
+    /// vmlinux or another module has the same name.
     pub module_locals: BTreeMap<String, ObjectName>,
-    /// For module locals whose name the module repeats: the position of the copy meant.
+    /// For module locals whose name the module repeats: the position of the copy meant (see
+    /// [`module_sympos`]).
     pub module_local_positions: BTreeMap<String, u32>,
     /// Undefined names the diff pipeline gave to references from a patched module's code
     /// (another module's exports, the module's own locals), with the livepatch symbol each
     /// stands for: one name per patched module, so that objects never mix them up.
     pub renamed_references: BTreeMap<String, KlpTarget>,
+}
+
+/// Where non-exported symbols can be found: vmlinux, and the modules the patch touches.
+#[derive(Debug)]
+pub struct SymbolSources<'a> {
+    /// The core kernel's symbols (System.map, or a host's kallsyms).
+    pub vmlinux: &'a SymbolTable,
+    /// The symbol tables of the modules the patch replaces functions of (and extra objects).
+    pub modules: Vec<(ObjectName, &'a SymbolTable)>,
+    /// The kernel's symbol-to-source-file index, loaded only when a file hint needs it.
+    pub symbol_files: Option<&'a patchbay_kernels::SymbolFiles>,
+    /// Which copy of a repeated name the patch means.
+    pub hints: &'a ResolutionHints,
 }
 
 impl SymbolSources<'_> {
@@ -101,7 +115,7 @@ impl SymbolSources<'_> {
 
 /// The position of the vmlinux symbol `name` from the file the patch's hints name.
 pub fn hinted_position(sources: &SymbolSources<'_>, name: &str) -> Option<u32> {
-    let file = sources.file_hints.get(name)?;
+    let file = sources.hints.file_hints.get(name)?;
     sources.symbol_files?.sympos(sources.vmlinux, name, file)
 }
 
@@ -236,7 +250,7 @@ pub fn resolve_undefined(
         .filter(|o| !o.is_vmlinux())
         .collect();
     for name in undefined {
-        if let Some(target) = sources.renamed_references.get(name) {
+        if let Some(target) = sources.hints.renamed_references.get(name) {
             targets.insert(name.clone(), target.clone());
             continue;
         }
@@ -270,8 +284,9 @@ pub fn resolve_undefined(
         // A module's own static symbol is that module's, whatever else shares its name; a
         // local of vmlinux code (it has a file hint) is vmlinux's.
         let vmlinux_local = ObjectName::vmlinux();
-        let own_module = sources.module_locals.get(name).or_else(|| {
+        let own_module = sources.hints.module_locals.get(name).or_else(|| {
             sources
+                .hints
                 .file_hints
                 .contains_key(name)
                 .then_some(&vmlinux_local)
@@ -318,7 +333,8 @@ pub fn resolve_undefined(
                 );
             }
             [(object, _)]
-                if !object.is_vmlinux() && sources.module_local_positions.contains_key(name) =>
+                if !object.is_vmlinux()
+                    && sources.hints.module_local_positions.contains_key(name) =>
             {
                 targets.insert(
                     name.clone(),
@@ -326,6 +342,7 @@ pub fn resolve_undefined(
                         object: object.to_string(),
                         symbol: name.clone(),
                         sympos: sources
+                            .hints
                             .module_local_positions
                             .get(name)
                             .copied()
@@ -401,11 +418,8 @@ ffffffff82000100 D printk_like
         let sources = SymbolSources {
             vmlinux: &vmlinux,
             modules: vec![],
-            file_hints: BTreeMap::new(),
             symbol_files: None,
-            module_locals: BTreeMap::new(),
-            module_local_positions: BTreeMap::new(),
-            renamed_references: BTreeMap::new(),
+            hints: &ResolutionHints::default(),
         };
         let exports = Exports::parse("0x1234abcd\tprintk_like\tvmlinux\tEXPORT_SYMBOL\t\n");
         assert_eq!(exports.len(), 1);
@@ -422,11 +436,8 @@ ffffffff82000100 D printk_like
         let sources = SymbolSources {
             vmlinux: &vmlinux,
             modules: vec![("pb_fixture".parse().unwrap(), &module)],
-            file_hints: BTreeMap::new(),
             symbol_files: None,
-            module_locals: BTreeMap::new(),
-            module_local_positions: BTreeMap::new(),
-            renamed_references: BTreeMap::new(),
+            hints: &ResolutionHints::default(),
         };
         let undefined = vec![
             "no_such_symbol".to_owned(),
@@ -444,11 +455,15 @@ ffffffff82000100 D printk_like
         );
 
         // The same name as a static symbol of the module's own translation unit: the module's.
-        let own = SymbolSources {
+        let own_hints = ResolutionHints {
             module_locals: BTreeMap::from([(
                 "saved_command_line".to_owned(),
                 "pb_fixture".parse().unwrap(),
             )]),
+            ..ResolutionHints::default()
+        };
+        let own = SymbolSources {
+            hints: &own_hints,
             ..sources
         };
         let targets = resolve_undefined(
@@ -466,11 +481,8 @@ ffffffff82000100 D printk_like
         let sources = SymbolSources {
             vmlinux: &vmlinux,
             modules: vec![("pb_fixture".parse().unwrap(), &module)],
-            file_hints: BTreeMap::new(),
             symbol_files: None,
-            module_locals: BTreeMap::new(),
-            module_local_positions: BTreeMap::new(),
-            renamed_references: BTreeMap::new(),
+            hints: &ResolutionHints::default(),
         };
         let targets = resolve_undefined(
             &["pb_fixture_show".to_owned()],
@@ -514,18 +526,15 @@ ffffffff82000100 D printk_like
         let sources = SymbolSources {
             vmlinux: &vmlinux,
             modules: vec![],
-            file_hints: BTreeMap::new(),
             symbol_files: None,
-            module_locals: BTreeMap::new(),
-            module_local_positions: BTreeMap::new(),
-            renamed_references: BTreeMap::new(),
+            hints: &ResolutionHints::default(),
         };
         let marker = |name: &str, sympos| Marker {
             object: ObjectName::vmlinux(),
             old_function: name.into(),
-            token: name.into(),
             new_function: "pb_new".into(),
             sympos,
+            defined: crate::markers::Definition::Macro,
         };
         assert!(check_old_functions(&[marker("cmdline_proc_show", 0)], &sources).is_ok());
         assert!(check_old_functions(&[marker("dup_helper", 2)], &sources).is_ok());

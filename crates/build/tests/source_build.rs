@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use patchbay_build::module_build::{build, SourceBuild};
+use patchbay_build::module_build::{build, ModuleBuild, SourceBuild};
 use patchbay_kernels::{fetch_selector, Kernel, KernelSelector, SymbolTable};
 
 fn newest() -> Kernel {
@@ -16,19 +16,15 @@ fn request(dir: &Path, source: &str) -> SourceBuild {
     let path = dir.join("fix.c");
     std::fs::write(&path, source).unwrap();
     SourceBuild {
-        level: "1".parse().unwrap(),
-        fixes: Vec::new(),
         sources: vec![path],
-        extra_objects: Vec::new(),
-        linked_objects: Vec::new(),
-        symbol_hints: Default::default(),
-        symbols_override: None,
-        old_function_aliases: Default::default(),
-        module_locals: Default::default(),
-        module_local_positions: Default::default(),
-        renamed_references: Default::default(),
-        output: dir.join("out.pbb"),
-        keep_work_dir: None,
+        module: ModuleBuild {
+            level: "1".parse().unwrap(),
+            fixes: Vec::new(),
+            extra_objects: Vec::new(),
+            symbols_override: None,
+            output: dir.join("out.pbb"),
+            keep_work_dir: None,
+        },
     }
 }
 
@@ -52,9 +48,9 @@ fn duplicated(kernel: &Kernel, kind: char) -> String {
 fn build_err(kernel: &Kernel, req: &SourceBuild) -> String {
     let err = build(kernel, req).expect_err("the build must be refused");
     assert!(
-        !req.output.exists(),
+        !req.module.output.exists(),
         "a refused build left {}",
-        req.output.display()
+        req.module.output.display()
     );
     format!("{err:#}")
 }
@@ -113,5 +109,5 @@ fn duplicate_local_function_needs_sympos() {
     assert_eq!(replaced.len(), 1);
     assert_eq!(replaced[0].function, function);
     assert_eq!(replaced[0].sympos, 2);
-    assert!(req.output.is_file());
+    assert!(req.module.output.is_file());
 }

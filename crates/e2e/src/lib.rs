@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use patchbay_build::kbuild::{self, UndefinedSymbols};
-use patchbay_build::module_build::{self, SourceBuild};
+use patchbay_build::module_build::{self, ModuleBuild, SourceBuild};
 use patchbay_core::{CveId, PatchLevel};
 use patchbay_kernels::Kernel;
 use patchbay_vm::{Initramfs, Network, VmConfig, VmRun};
@@ -171,25 +171,21 @@ pub fn bundle(
     output: &Path,
 ) -> Result<module_build::BuildReport> {
     let request = SourceBuild {
-        level: PatchLevel::try_from(level)?,
-        fixes: fixes
-            .iter()
-            .map(|f| f.parse::<CveId>())
-            .collect::<Result<_, _>>()?,
         sources: patches
             .iter()
             .map(|p| fixture(&format!("patches/{p}")))
             .collect(),
-        extra_objects: extra_objects.to_vec(),
-        linked_objects: Vec::new(),
-        symbol_hints: Default::default(),
-        symbols_override: None,
-        old_function_aliases: Default::default(),
-        module_locals: Default::default(),
-        module_local_positions: Default::default(),
-        renamed_references: Default::default(),
-        output: output.to_path_buf(),
-        keep_work_dir: None,
+        module: ModuleBuild {
+            level: PatchLevel::try_from(level)?,
+            fixes: fixes
+                .iter()
+                .map(|f| f.parse::<CveId>())
+                .collect::<Result<_, _>>()?,
+            extra_objects: extra_objects.to_vec(),
+            symbols_override: None,
+            output: output.to_path_buf(),
+            keep_work_dir: None,
+        },
     };
     module_build::build(kernel, &request)
         .with_context(|| format!("build level {level} from {patches:?} for {}", kernel.abi()))

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use object::{Object, ObjectSymbol, SymbolKind};
+use patchbay_core::ObjectName;
 use patchbay_kernels::{Kernel, SourceTree, SymbolTable};
 
 use super::kbuild_home::{Binary, KbuildHome, KbuildIndex};
@@ -58,6 +59,12 @@ pub enum ObjectsError {
     Kernel(#[from] patchbay_kernels::KernelError),
     #[error("{path} is not a readable object: {reason}")]
     Elf { path: String, reason: String },
+    /// The module's name is not one a patch's manifest can hold (see `ObjectName`).
+    #[error("module {module} cannot be named in a live patch: {source}")]
+    ModuleName {
+        module: String,
+        source: patchbay_core::IdError,
+    },
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ObjectsError {
@@ -72,8 +79,30 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Objec
 /// Where an object's code runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
+    /// The core kernel image.
     Vmlinux,
-    Module(String),
+    /// A loadable module, named as the kernel and the patch's markers name it.
+    Module(ObjectName),
+}
+
+impl Owner {
+    /// The livepatch object the code belongs to (`vmlinux` or the module).
+    pub fn object(&self) -> ObjectName {
+        match self {
+            Owner::Vmlinux => ObjectName::vmlinux(),
+            Owner::Module(module) => module.clone(),
+        }
+    }
+}
+
+/// The owner for the module kbuild names `name` (`-` and `_` alike, as the kernel has it).
+fn module_owner(name: &str) -> Result<Owner, ObjectsError> {
+    name.parse()
+        .map(Owner::Module)
+        .map_err(|source| ObjectsError::ModuleName {
+            module: name.to_owned(),
+            source,
+        })
 }
 
 /// Where `patchbay-diff.h` is installed for compiles in `tree` (outside the kernel's files).
@@ -528,7 +557,7 @@ pub fn owner(
                 };
                 let name = stem.rsplit('/').next().unwrap_or(&stem);
                 if module_has_them(name)? {
-                    return Ok(Owner::Module(name.replace('-', "_")));
+                    return module_owner(name);
                 }
             }
         }
@@ -587,7 +616,7 @@ pub fn owner(
             .and_then(|f| f.strip_suffix(".ko"))
             .unwrap_or(relative);
         if module_has_them(name)? {
-            return Ok(Owner::Module(name.replace('-', "_")));
+            return module_owner(name);
         }
     }
     Err(ObjectsError::UnknownOwner {

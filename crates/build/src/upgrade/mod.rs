@@ -858,16 +858,13 @@ fn build_group(
                 let mut module_init = Vec::new();
                 let mut modules = BTreeSet::new();
                 for f in &report.files {
-                    let object = match &f.owner {
-                        Owner::Vmlinux => "vmlinux".to_owned(),
-                        Owner::Module(m) => {
-                            modules.insert(m.clone());
-                            for name in &f.diff.changed_init {
-                                module_init.push(format!("{m}:{name}"));
-                            }
-                            m.clone()
+                    let object = f.owner.object();
+                    if let Owner::Module(m) = &f.owner {
+                        modules.insert(m.to_string());
+                        for name in &f.diff.changed_init {
+                            module_init.push(format!("{m}:{name}"));
                         }
-                    };
+                    }
                     for name in f.diff.changed_functions.iter().chain(&f.diff.new_functions) {
                         functions.push(format!("{object}:{name}"));
                     }
