@@ -727,8 +727,8 @@ impl Agent<'_> {
         started: Duration,
         verified: Duration,
     ) -> Result<ApplyOutcome, AgentError> {
-        let level = bundle.manifest.level;
-        let module = bundle.manifest.module.name.clone();
+        let level = bundle.manifest().level;
+        let module = bundle.manifest().module.name.clone();
         let mut timings = ApplyTimings {
             verified: verified.saturating_sub(started),
             ..ApplyTimings::default()
@@ -737,12 +737,12 @@ impl Agent<'_> {
             return Err(transition_in_progress(p, l));
         }
         if let Some(cached) = view.cached.iter().find(|c| c.manifest.level == level) {
-            if cached.manifest != bundle.manifest {
+            if cached.manifest != *bundle.manifest() {
                 return Err(AgentError::CacheConflict {
                     level,
                     path: cached.path.clone(),
                     cached: cached.manifest.module.sha256.clone(),
-                    offered: bundle.manifest.module.sha256.clone(),
+                    offered: bundle.manifest().module.sha256.clone(),
                 });
             }
         }
@@ -794,7 +794,7 @@ impl Agent<'_> {
                     level,
                     path,
                     cached: cached_sha256,
-                    offered: bundle.manifest.module.sha256.clone(),
+                    offered: bundle.manifest().module.sha256.clone(),
                 })
             }
         }
@@ -860,7 +860,7 @@ impl Agent<'_> {
                     &self.paths.proc_dir,
                     1,
                     BLOCKERS_SHOWN,
-                    &livepatch::ReplacedNames::from_manifest(&bundle.manifest),
+                    &livepatch::ReplacedNames::from_manifest(bundle.manifest()),
                 );
                 if opts.transition.force {
                     self.force_transition(session, module.as_str())?;
@@ -1430,7 +1430,7 @@ fn unsupported(identity: &KernelIdentity) -> AgentError {
 
 /// Refuses a bundle built for another kernel.
 fn check_target(bundle: &Bundle, shown: &str, identity: &KernelIdentity) -> Result<(), AgentError> {
-    let target = &bundle.manifest.kernel;
+    let target = &bundle.manifest().kernel;
     if target.build_id == identity.build_id && target.release == identity.release {
         return Ok(());
     }

@@ -180,7 +180,7 @@ impl StateDir {
     /// Caches a verified bundle unless an identical one is cached already. Refuses to
     /// overwrite a different bundle of the same level: levels are immutable.
     pub fn store_bundle(&self, bundle: &Bundle) -> Result<StoreOutcome, CacheError> {
-        let m = &bundle.manifest;
+        let m = bundle.manifest();
         let path = self.bundle_path(&m.kernel.build_id, m.level);
         match read_manifest_only(&path) {
             // Only an entry that still verifies whole counts; one whose module was damaged
@@ -216,15 +216,15 @@ impl StateDir {
     /// the kernel reads is exactly what was verified — no writer, not even root through the
     /// file, can change it between the check and `finit_module`, and it needs no re-hash.
     pub fn extract_module(&self, bundle: &Bundle) -> Result<File, CacheError> {
-        let path = self.module_path(&bundle.manifest.module.name);
+        let path = self.module_path(&bundle.manifest().module.name);
         let on_disk = open_no_follow(&path).and_then(|mut f| {
             let mut bytes = Vec::new();
             f.read_to_end(&mut bytes).map(|_| bytes)
         });
-        if on_disk.ok().as_deref() != Some(bundle.module.as_slice()) {
-            write_private(&path, &bundle.module).map_err(io_err("write module file", &path))?;
+        if on_disk.ok().as_deref() != Some(bundle.module()) {
+            write_private(&path, bundle.module()).map_err(io_err("write module file", &path))?;
         }
-        sealed_memfd(&bundle.manifest.module.name, &bundle.module)
+        sealed_memfd(&bundle.manifest().module.name, bundle.module())
     }
 
     /// Removes what an agent that was killed left behind: scratch directories
@@ -478,7 +478,7 @@ fn create_private_dir(dir: &Path) -> Result<(), CacheError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
-    use crate::testutil::{bundle_for, BUILD_ID};
+    use crate::testutil::{bundle_for, bundle_with, BUILD_ID, RELEASE};
 
     #[test]
     fn level_file_names() {
@@ -503,12 +503,10 @@ mod tests {
         assert!(warnings.is_empty());
         let got: Vec<u32> = levels.iter().map(|l| l.manifest.level.get()).collect();
         assert_eq!(got, vec![1, 2]);
-        assert_eq!(levels[0].manifest, b1.manifest);
+        assert_eq!(levels[0].manifest, *b1.manifest());
 
-        let mut other = bundle_for(BUILD_ID, 1);
-        other.module.extend_from_slice(b" rebuilt");
-        other.manifest.module.size = other.module.len() as u64;
-        other.manifest.module.sha256 = Sha256::of(&other.module);
+        let other = bundle_with(BUILD_ID, RELEASE, 1, " rebuilt");
+        assert_ne!(other.manifest(), b1.manifest());
         assert!(matches!(
             sd.store_bundle(&other).unwrap(),
             StoreOutcome::Conflict { .. }
@@ -530,7 +528,7 @@ mod tests {
         let mut f = sd.extract_module(&b).unwrap();
         let mut back = Vec::new();
         f.read_to_end(&mut back).unwrap();
-        assert_eq!(back, b.module);
+        assert_eq!(back, b.module());
         // Nobody can change what is loaded: the memfd is sealed.
         {
             use std::io::Write;
@@ -540,18 +538,18 @@ mod tests {
         }
         // Tampering with the file on disk is caught by open_verified and does not reach the
         // kernel: extract_module loads from the verified bytes and repairs the file.
-        let path = sd.module_path(&b.manifest.module.name);
+        let path = sd.module_path(&b.manifest().module.name);
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        let err = open_verified(&path, &b.manifest).unwrap_err();
+        let err = open_verified(&path, b.manifest()).unwrap_err();
         assert!(matches!(err, CacheError::ModuleChanged { .. }), "{err}");
         let mut f = sd.extract_module(&b).unwrap();
         let mut back = Vec::new();
         f.read_to_end(&mut back).unwrap();
-        assert_eq!(back, b.module);
-        assert_eq!(fs::read(&path).unwrap(), b.module);
+        assert_eq!(back, b.module());
+        assert_eq!(fs::read(&path).unwrap(), b.module());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -598,10 +596,10 @@ mod tests {
         sd.ensure_layout().unwrap();
         let b = bundle_for(BUILD_ID, 1);
         let elsewhere = dir.path().join("elsewhere.ko");
-        fs::write(&elsewhere, &b.module).unwrap();
-        let path = sd.module_path(&b.manifest.module.name);
+        fs::write(&elsewhere, b.module()).unwrap();
+        let path = sd.module_path(&b.manifest().module.name);
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
-        let err = open_verified(&path, &b.manifest).unwrap_err();
+        let err = open_verified(&path, b.manifest()).unwrap_err();
         assert!(err.to_string().contains("open module file"), "{err}");
     }
 }

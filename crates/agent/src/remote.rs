@@ -720,7 +720,7 @@ impl<'a, 'b> Remote<'a, 'b> {
                         "warning: the cached bundle of the active level is damaged ({e}); \
                          replacing it with the signed download"
                     ));
-                    let (bundle, _) = repo.bundle(&identity.build_id, *level).await?;
+                    let bundle = repo.bundle(&identity.build_id, *level).await?;
                     let stored = self
                         .agent
                         .state_dir
@@ -759,7 +759,7 @@ impl<'a, 'b> Remote<'a, 'b> {
             if let (true, None, Plan::Change { to, downgrade, .. }) = (apply, &disabled, &plan) {
                 // The verified download goes to the kernel from memory: nothing on disk
                 // between TUF's check and the cache, so nothing to leave behind or tamper with.
-                let (bundle, _bytes) = repo.bundle(&identity.build_id, *to).await?;
+                let bundle = repo.bundle(&identity.build_id, *to).await?;
                 crate::fault::crash_point(crate::fault::FaultPoint::AfterDownload);
                 let opts = ApplyOptions {
                     allow_downgrade: *downgrade,

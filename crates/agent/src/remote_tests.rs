@@ -73,8 +73,8 @@ impl TestServer {
         {
             let mut builder = tar::Builder::new(&mut bytes);
             for (name, data) in [
-                ("manifest.json", bundle.manifest.to_json().unwrap()),
-                ("module.ko", bundle.module.clone()),
+                ("manifest.json", bundle.manifest().to_json().unwrap()),
+                ("module.ko", bundle.module().to_vec()),
             ] {
                 let mut header = tar::Header::new_gnu();
                 header.set_size(data.len() as u64);

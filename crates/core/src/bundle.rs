@@ -36,10 +36,13 @@ pub enum BundleError {
 }
 
 /// A verified bundle: the manifest and the module bytes it describes.
+///
+/// The fields are private and every constructor verifies, so a `Bundle` value is proof that
+/// the module's size and sha256 match the manifest: code handed one need not hash it again.
 #[derive(Debug, Clone)]
 pub struct Bundle {
-    pub manifest: Manifest,
-    pub module: Vec<u8>,
+    manifest: Manifest,
+    module: Vec<u8>,
 }
 
 impl Bundle {
@@ -47,6 +50,16 @@ impl Bundle {
     pub fn new(manifest: Manifest, module: Vec<u8>) -> Result<Bundle, BundleError> {
         verify_module(&manifest, &module, "<in memory>")?;
         Ok(Bundle { manifest, module })
+    }
+
+    /// The manifest, which describes [`Bundle::module`] exactly.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The module bytes, verified against the manifest.
+    pub fn module(&self) -> &[u8] {
+        &self.module
     }
 
     /// Reads and verifies a bundle file.
@@ -193,8 +206,8 @@ mod tests {
         let b = Bundle::new(sample(MODULE), MODULE.to_vec()).unwrap();
         b.write(&p).unwrap();
         let back = Bundle::read(&p).unwrap();
-        assert_eq!(back.manifest, b.manifest);
-        assert_eq!(back.module, MODULE);
+        assert_eq!(back.manifest(), b.manifest());
+        assert_eq!(back.module(), MODULE);
     }
 
     #[test]

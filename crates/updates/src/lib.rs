@@ -369,7 +369,7 @@ impl SignedRepo {
         &self,
         build_id: &BuildId,
         level: PatchLevel,
-    ) -> Result<(Bundle, Vec<u8>), UpdateError> {
+    ) -> Result<Bundle, UpdateError> {
         let name = bundle_target_name(build_id, level);
         let signed = self
             .manifest(build_id, level)?
@@ -389,19 +389,20 @@ impl SignedRepo {
                 target: name.clone(),
                 reason: e.to_string(),
             })?;
-        if bundle.manifest != signed {
+        if *bundle.manifest() != signed {
             return Err(UpdateError::ManifestMismatch { target: name });
         }
-        if &bundle.manifest.kernel.build_id != build_id || bundle.manifest.level != level {
+        if &bundle.manifest().kernel.build_id != build_id || bundle.manifest().level != level {
             return Err(UpdateError::Bundle {
                 target: name,
                 reason: format!(
                     "it is level {} of {}, published as level {level} of {build_id}",
-                    bundle.manifest.level, bundle.manifest.kernel.build_id
+                    bundle.manifest().level,
+                    bundle.manifest().kernel.build_id
                 ),
             });
         }
-        Ok((bundle, bytes))
+        Ok(bundle)
     }
 
     /// Every target name with its sha256 and length (for mirroring).
