@@ -1141,6 +1141,35 @@ fn a_damaged_cached_bundle_is_replaced_from_the_next_download() {
 }
 
 #[test]
+fn an_unrecorded_apply_with_a_damaged_cache_is_finished_from_the_signed_download() {
+    let (server, k) = setup();
+    crash_between_transition_and_record(&server, &k);
+    let cached = k
+        .state_dir()
+        .bundle_path(&BUILD_ID.parse().unwrap(), level(2));
+    let mut bytes = std::fs::read(&cached).unwrap();
+    let last = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[last] ^= 0xff;
+    std::fs::write(&cached, &bytes).unwrap();
+    assert!(patchbay_core::Bundle::read(&cached).is_err());
+    // The download replaces the cache entry and, held in memory, finishes the apply.
+    let report = update(&k).unwrap();
+    assert!(
+        matches!(report.plan, Plan::UpToDate(_)),
+        "{:?}",
+        report.plan
+    );
+    assert!(
+        report
+            .applied
+            .expect("the apply is finished")
+            .already_active
+    );
+    patchbay_core::Bundle::read(&cached).expect("replaced by the signed download");
+    assert_eq!(k.loaded(), vec![module_name(BUILD_ID, 2)]);
+}
+
+#[test]
 fn scratch_left_by_a_killed_agent_is_removed_and_archives_unpack_privately() {
     let (server, k) = setup();
     // A scratch dir of a process that no longer exists (as after kill -9 mid-unpack), and one

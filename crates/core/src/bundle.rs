@@ -125,30 +125,33 @@ impl Bundle {
 
     /// Writes the bundle atomically to `path`.
     pub fn write(&self, path: &Path) -> Result<(), BundleError> {
-        self.write_with(path, write_atomic)
-    }
-
-    /// Like [`Bundle::write`], creating the file with mode 0600 (the agent's cache).
-    pub fn write_private(&self, path: &Path) -> Result<(), BundleError> {
-        self.write_with(path, crate::fsutil::write_private)
-    }
-
-    fn write_with(
-        &self,
-        path: &Path,
-        write: fn(&Path, &[u8]) -> std::io::Result<()>,
-    ) -> Result<(), BundleError> {
         let shown = path.display().to_string();
+        let bytes = self.encode(&shown)?;
+        write_atomic(path, &bytes).map_err(|source| BundleError::Io {
+            path: shown,
+            source,
+        })
+    }
+
+    /// The bundle file's bytes, exactly as [`Bundle::write`] lays them out. The layout is
+    /// fixed (entry order, mode, a zero mtime), so the same bundle always gives the same
+    /// bytes: a copy on disk equal to them is this verified bundle, with no need to hash it.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, BundleError> {
+        self.encode("<in memory>")
+    }
+
+    /// The tar bytes; `shown` names the destination in errors.
+    fn encode(&self, shown: &str) -> Result<Vec<u8>, BundleError> {
         let manifest = self
             .manifest
             .to_json()
             .map_err(|source| BundleError::Manifest {
-                path: shown.clone(),
+                path: shown.to_owned(),
                 source,
             })?;
         let mut builder = tar::Builder::new(Vec::new());
         let io = |source| BundleError::Io {
-            path: shown.clone(),
+            path: shown.to_owned(),
             source,
         };
         for (name, data) in [(MANIFEST_ENTRY, &manifest), (MODULE_ENTRY, &self.module)] {
@@ -161,8 +164,7 @@ impl Bundle {
                 .append_data(&mut header, name, data.as_slice())
                 .map_err(io)?;
         }
-        let bytes = builder.into_inner().map_err(io)?;
-        write(path, &bytes).map_err(io)
+        builder.into_inner().map_err(io)
     }
 }
 
@@ -208,6 +210,9 @@ mod tests {
         let back = Bundle::read(&p).unwrap();
         assert_eq!(back.manifest(), b.manifest());
         assert_eq!(back.module(), MODULE);
+        // The same bundle always gives the same bytes (the agent's cache compares them).
+        assert_eq!(std::fs::read(&p).unwrap(), b.to_bytes().unwrap());
+        assert_eq!(back.to_bytes().unwrap(), b.to_bytes().unwrap());
     }
 
     #[test]
