@@ -139,6 +139,8 @@ struct Proxy {
 enum Rule {
     Replace(Vec<u8>),
     Endless,
+    /// Answer with this status and an empty body.
+    Status(StatusCode),
 }
 
 impl Proxy {
@@ -186,6 +188,7 @@ async fn forward(
         .map(|(_, r)| r.clone());
     match rule {
         Some(Rule::Replace(bytes)) => return (StatusCode::OK, bytes).into_response(),
+        Some(Rule::Status(status)) => return status.into_response(),
         Some(Rule::Endless) => {
             let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
             let stream =
@@ -442,6 +445,47 @@ fn server_down_keeps_the_active_patch() {
     assert!(matches!(err, RemoteError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("active patch is kept"), "{err}");
     assert!(err.to_string().contains(&url), "{err}");
+    assert_eq!(agent_snapshot(&k), before);
+    assert_eq!(k.sysfs(), vec![module_name(BUILD_ID, 1)]);
+}
+
+#[test]
+fn an_error_status_is_a_refusal_and_a_gateway_error_an_outage() {
+    let (server, k) = setup();
+    update(&k).unwrap();
+    let (proxy, url) = Proxy::start(&server);
+    point_at(&k, &url);
+    // The server itself answering 500: a refusal, with the status, not an outage.
+    proxy.rule(
+        "/tuf/metadata/",
+        Rule::Status(StatusCode::INTERNAL_SERVER_ERROR),
+    );
+    let err = update(&k).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RemoteError::Update(patchbay_updates::UpdateError::Metadata {
+                fetch: Some(patchbay_updates::transport::FetchFailure::Status(500)),
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.exit_code(), exit::REFUSED, "{err}");
+    // A gateway saying the server behind it is down: an outage, like a refused connection.
+    proxy.rules.lock().unwrap().clear();
+    proxy.rule(
+        "/tuf/metadata/",
+        Rule::Status(StatusCode::SERVICE_UNAVAILABLE),
+    );
+    let before = agent_snapshot(&k);
+    let err = update(&k).unwrap_err();
+    assert!(matches!(err, RemoteError::Unreachable { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("503 Service Unavailable"),
+        "{:?} does not name the status",
+        err.to_string()
+    );
     assert_eq!(agent_snapshot(&k), before);
     assert_eq!(k.sysfs(), vec![module_name(BUILD_ID, 1)]);
 }
