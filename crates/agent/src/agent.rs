@@ -82,7 +82,7 @@ pub struct ApplyOptions {
 pub struct ApplyTimings {
     /// Bundle read, verified and matched to the kernel.
     pub verified: Duration,
-    /// Cached, extracted, re-hashed, pending marker written: about to load.
+    /// Cached, pending marker written, module in a sealed memfd: about to load.
     pub prepared: Duration,
     /// `finit_module` returned.
     pub loaded: Duration,
@@ -323,7 +323,8 @@ impl Agent<'_> {
         Ok(KernelIdentity { release, build_id })
     }
 
-    /// `patchbay apply <bundle>`.
+    /// `patchbay apply <bundle>`: reads and verifies the file (anything read from disk is
+    /// verified as it is read), then goes on as [`Agent::apply_bundle`].
     pub fn apply(
         &self,
         bundle_path: &Path,
@@ -542,9 +543,7 @@ impl Agent<'_> {
         self.kernel
             .check_privileges()
             .map_err(AgentError::Privileges)?;
-        self.state_dir
-            .ensure_layout()
-            .map_err(AgentError::from_cache)?;
+        self.state_dir.ensure_layout().map_err(AgentError::Cache)?;
         let lock = StateLock::acquire(&self.state_dir.lock_file())?;
         let (state, _) = self.load_state_or_quarantine()?;
         Ok(Session { _lock: lock, state })
@@ -627,7 +626,7 @@ impl Agent<'_> {
         let (cached, warnings) = self
             .state_dir
             .cached_levels(&identity.build_id)
-            .map_err(AgentError::from_cache)?;
+            .map_err(AgentError::Cache)?;
         let livepatch_supported = patches.is_some();
         let mut ours = Vec::new();
         let mut foreign = Vec::new();
@@ -727,8 +726,8 @@ impl Agent<'_> {
         started: Duration,
         verified: Duration,
     ) -> Result<ApplyOutcome, AgentError> {
-        let level = bundle.manifest.level;
-        let module = bundle.manifest.module.name.clone();
+        let level = bundle.manifest().level;
+        let module = bundle.manifest().module.name.clone();
         let mut timings = ApplyTimings {
             verified: verified.saturating_sub(started),
             ..ApplyTimings::default()
@@ -737,12 +736,12 @@ impl Agent<'_> {
             return Err(transition_in_progress(p, l));
         }
         if let Some(cached) = view.cached.iter().find(|c| c.manifest.level == level) {
-            if cached.manifest != bundle.manifest {
+            if cached.manifest != *bundle.manifest() {
                 return Err(AgentError::CacheConflict {
                     level,
                     path: cached.path.clone(),
                     cached: cached.manifest.module.sha256.clone(),
-                    offered: bundle.manifest.module.sha256.clone(),
+                    offered: bundle.manifest().module.sha256.clone(),
                 });
             }
         }
@@ -783,7 +782,7 @@ impl Agent<'_> {
         match self
             .state_dir
             .store_bundle(&bundle)
-            .map_err(AgentError::from_cache)?
+            .map_err(AgentError::Cache)?
         {
             StoreOutcome::Stored | StoreOutcome::AlreadyCached => {}
             StoreOutcome::Conflict {
@@ -794,7 +793,7 @@ impl Agent<'_> {
                     level,
                     path,
                     cached: cached_sha256,
-                    offered: bundle.manifest.module.sha256.clone(),
+                    offered: bundle.manifest().module.sha256.clone(),
                 })
             }
         }
@@ -813,7 +812,7 @@ impl Agent<'_> {
         // memfd made right before loading.
         let file = match self.state_dir.extract_module(&bundle) {
             Ok(file) => file,
-            Err(e) => return Err(self.fail(session, AgentError::from_cache(e))),
+            Err(e) => return Err(self.fail(session, AgentError::Cache(e))),
         };
         timings.prepared = self.clock.now().saturating_sub(started);
 
@@ -860,7 +859,7 @@ impl Agent<'_> {
                     &self.paths.proc_dir,
                     1,
                     BLOCKERS_SHOWN,
-                    &livepatch::ReplacedNames::from_manifest(&bundle.manifest),
+                    &livepatch::ReplacedNames::from_manifest(bundle.manifest()),
                 );
                 if opts.transition.force {
                     self.force_transition(session, module.as_str())?;
@@ -1430,7 +1429,7 @@ fn unsupported(identity: &KernelIdentity) -> AgentError {
 
 /// Refuses a bundle built for another kernel.
 fn check_target(bundle: &Bundle, shown: &str, identity: &KernelIdentity) -> Result<(), AgentError> {
-    let target = &bundle.manifest.kernel;
+    let target = &bundle.manifest().kernel;
     if target.build_id == identity.build_id && target.release == identity.release {
         return Ok(());
     }

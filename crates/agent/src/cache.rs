@@ -34,12 +34,6 @@ pub enum CacheError {
     #[error("cached bundle {path} is unreadable ({reason}); delete it and apply the bundle again")]
     BadEntry { path: PathBuf, reason: String },
     #[error(
-        "module file {path} does not match the verified bundle ({what}); something changed it \
-         after extraction. Nothing was loaded. Check who writes to the state directory, then \
-         apply again"
-    )]
-    ModuleChanged { path: PathBuf, what: String },
-    #[error(
         "refusing to use the state directory {path}: {problem}. It holds code that is loaded \
          into the kernel, so only its owner (the agent's user, root) may write to it; fix it \
          (e.g. `chown root: {path} && chmod 0700 {path}`) or point --state-dir elsewhere"
@@ -180,34 +174,32 @@ impl StateDir {
     /// Caches a verified bundle unless an identical one is cached already. Refuses to
     /// overwrite a different bundle of the same level: levels are immutable.
     pub fn store_bundle(&self, bundle: &Bundle) -> Result<StoreOutcome, CacheError> {
-        let m = &bundle.manifest;
+        let m = bundle.manifest();
         let path = self.bundle_path(&m.kernel.build_id, m.level);
-        match read_manifest_only(&path) {
-            // Only an entry that still verifies whole counts; one whose module was damaged
-            // (disk error, a stray write) is replaced by this good copy.
-            Ok(existing) if existing == *m && read_cached_bundle(&path).is_ok() => {
-                return Ok(StoreOutcome::AlreadyCached)
-            }
-            Ok(existing) if existing == *m => {}
-            Ok(existing) => {
+        // An entry that is missing or unreadable (e.g. truncated by a disk error) is no
+        // conflict: it is replaced below.
+        if let Ok(existing) = read_manifest_only(&path) {
+            if existing != *m {
                 return Ok(StoreOutcome::Conflict {
                     path,
                     cached_sha256: existing.module.sha256,
-                })
+                });
             }
-            Err(CacheError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-            // An unreadable entry (e.g. truncated by a disk error) is replaced by a good one.
-            Err(_) => {}
+        }
+        let bytes = bundle.to_bytes().map_err(|source| CacheError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        // Only an entry that is byte for byte this verified bundle counts as cached (one whose
+        // module was damaged by a disk error or a stray write is replaced by this good copy).
+        // Comparing the bytes checks the copy on disk fully without hashing the module again.
+        if read_no_follow(&path, bytes.len()).ok().as_deref() == Some(bytes.as_slice()) {
+            return Ok(StoreOutcome::AlreadyCached);
         }
         let bundles_root = self.root.join("bundles");
         create_private_dir(&bundles_root)?;
         create_private_dir(&self.bundles_dir(&m.kernel.build_id))?;
-        bundle
-            .write_private(&path)
-            .map_err(|source| CacheError::Write {
-                path: path.clone(),
-                source,
-            })?;
+        write_private(&path, &bytes).map_err(io_err("write cached bundle", &path))?;
         Ok(StoreOutcome::Stored)
     }
 
@@ -216,15 +208,12 @@ impl StateDir {
     /// the kernel reads is exactly what was verified — no writer, not even root through the
     /// file, can change it between the check and `finit_module`, and it needs no re-hash.
     pub fn extract_module(&self, bundle: &Bundle) -> Result<File, CacheError> {
-        let path = self.module_path(&bundle.manifest.module.name);
-        let on_disk = open_no_follow(&path).and_then(|mut f| {
-            let mut bytes = Vec::new();
-            f.read_to_end(&mut bytes).map(|_| bytes)
-        });
-        if on_disk.ok().as_deref() != Some(bundle.module.as_slice()) {
-            write_private(&path, &bundle.module).map_err(io_err("write module file", &path))?;
+        let path = self.module_path(&bundle.manifest().module.name);
+        let on_disk = read_no_follow(&path, bundle.module().len());
+        if on_disk.ok().as_deref() != Some(bundle.module()) {
+            write_private(&path, bundle.module()).map_err(io_err("write module file", &path))?;
         }
-        sealed_memfd(&bundle.manifest.module.name, &bundle.module)
+        sealed_memfd(&bundle.manifest().module.name, bundle.module())
     }
 
     /// Removes what an agent that was killed left behind: scratch directories
@@ -333,6 +322,17 @@ fn open_no_follow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Reads a file of the state directory (no symlink followed) to compare it with `expected_len`
+/// bytes: at most one byte more is read, so a file grown huge is not buffered whole.
+fn read_no_follow(path: &Path, expected_len: usize) -> io::Result<Vec<u8>> {
+    let limit = u64::try_from(expected_len)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let mut bytes = Vec::with_capacity(expected_len);
+    open_no_follow(path)?.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Reads and verifies a bundle of the cache (no symlinks followed).
 pub fn read_cached_bundle(path: &Path) -> Result<Bundle, patchbay_core::BundleError> {
     let file = open_no_follow(path).map_err(|source| patchbay_core::BundleError::Io {
@@ -373,35 +373,6 @@ fn sealed_memfd(name: &ModuleName, module: &[u8]) -> Result<File, CacheError> {
     }
     file.seek(SeekFrom::Start(0))
         .map_err(io_err("rewind", &shown))?;
-    Ok(file)
-}
-
-/// Opens `path` and checks its size and sha256 against the manifest through the open file.
-pub fn open_verified(path: &Path, manifest: &Manifest) -> Result<File, CacheError> {
-    let mut file = open_no_follow(path).map_err(io_err("open module file", path))?;
-    let changed = |what: String| CacheError::ModuleChanged {
-        path: path.to_owned(),
-        what,
-    };
-    let size = file
-        .metadata()
-        .map_err(io_err("stat module file", path))?
-        .len();
-    if size != manifest.module.size {
-        return Err(changed(format!(
-            "size {size}, expected {}",
-            manifest.module.size
-        )));
-    }
-    let sha = Sha256::of_reader(&mut file).map_err(io_err("read module file", path))?;
-    if sha != manifest.module.sha256 {
-        return Err(changed(format!(
-            "sha256 {sha}, expected {}",
-            manifest.module.sha256
-        )));
-    }
-    file.seek(SeekFrom::Start(0))
-        .map_err(io_err("rewind module file", path))?;
     Ok(file)
 }
 
@@ -478,7 +449,15 @@ fn create_private_dir(dir: &Path) -> Result<(), CacheError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
-    use crate::testutil::{bundle_for, BUILD_ID};
+    use crate::testutil::{bundle_for, bundle_with, BUILD_ID, RELEASE};
+
+    /// A fresh state directory (`<tmp>/state`, laid out) and the temp dir that holds it.
+    fn state_dir() -> (tempfile::TempDir, StateDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path().join("state"));
+        sd.ensure_layout().unwrap();
+        (dir, sd)
+    }
 
     #[test]
     fn level_file_names() {
@@ -490,9 +469,7 @@ mod tests {
 
     #[test]
     fn store_list_and_conflict() {
-        let dir = tempfile::tempdir().unwrap();
-        let sd = StateDir::new(dir.path().join("state"));
-        sd.ensure_layout().unwrap();
+        let (_dir, sd) = state_dir();
         let b1 = bundle_for(BUILD_ID, 1);
         let b2 = bundle_for(BUILD_ID, 2);
         assert_eq!(sd.store_bundle(&b2).unwrap(), StoreOutcome::Stored);
@@ -503,12 +480,10 @@ mod tests {
         assert!(warnings.is_empty());
         let got: Vec<u32> = levels.iter().map(|l| l.manifest.level.get()).collect();
         assert_eq!(got, vec![1, 2]);
-        assert_eq!(levels[0].manifest, b1.manifest);
+        assert_eq!(levels[0].manifest, *b1.manifest());
 
-        let mut other = bundle_for(BUILD_ID, 1);
-        other.module.extend_from_slice(b" rebuilt");
-        other.manifest.module.size = other.module.len() as u64;
-        other.manifest.module.sha256 = Sha256::of(&other.module);
+        let other = bundle_with(BUILD_ID, RELEASE, 1, " rebuilt");
+        assert_ne!(other.manifest(), b1.manifest());
         assert!(matches!(
             sd.store_bundle(&other).unwrap(),
             StoreOutcome::Conflict { .. }
@@ -522,6 +497,33 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_cached_copy_is_replaced_and_a_good_one_kept() {
+        let (_dir, sd) = state_dir();
+        let b = bundle_for(BUILD_ID, 1);
+        assert_eq!(sd.store_bundle(&b).unwrap(), StoreOutcome::Stored);
+        let path = sd.bundle_path(&b.manifest().kernel.build_id, b.manifest().level);
+        let good = fs::read(&path).unwrap();
+
+        // A flipped bit in the module (the manifest still reads the same) is found by the
+        // byte comparison, and the entry is rewritten from the verified bundle.
+        let mut damaged = good.clone();
+        let last = damaged.iter().rposition(|&byte| byte != 0).unwrap();
+        damaged[last] ^= 1;
+        fs::write(&path, &damaged).unwrap();
+        assert_eq!(read_manifest_only(&path).unwrap(), *b.manifest());
+        assert!(read_cached_bundle(&path).is_err());
+        assert_eq!(sd.store_bundle(&b).unwrap(), StoreOutcome::Stored);
+        assert_eq!(fs::read(&path).unwrap(), good);
+
+        // A truncated entry too; an intact one is left alone.
+        fs::write(&path, &good[..100]).unwrap();
+        assert_eq!(sd.store_bundle(&b).unwrap(), StoreOutcome::Stored);
+        assert_eq!(fs::read(&path).unwrap(), good);
+        assert_eq!(sd.store_bundle(&b).unwrap(), StoreOutcome::AlreadyCached);
+        assert!(read_cached_bundle(&path).is_ok());
+    }
+
+    #[test]
     fn extracted_module_is_verified_through_the_fd() {
         let dir = tempfile::tempdir().unwrap();
         let sd = StateDir::new(dir.path());
@@ -530,7 +532,7 @@ mod tests {
         let mut f = sd.extract_module(&b).unwrap();
         let mut back = Vec::new();
         f.read_to_end(&mut back).unwrap();
-        assert_eq!(back, b.module);
+        assert_eq!(back, b.module());
         // Nobody can change what is loaded: the memfd is sealed.
         {
             use std::io::Write;
@@ -538,20 +540,18 @@ mod tests {
             assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
             assert!(f.set_len(1).is_err(), "shrinking a sealed memfd must fail");
         }
-        // Tampering with the file on disk is caught by open_verified and does not reach the
-        // kernel: extract_module loads from the verified bytes and repairs the file.
-        let path = sd.module_path(&b.manifest.module.name);
+        // Tampering with the file on disk does not reach the kernel: extract_module loads
+        // from the verified bytes and repairs the file.
+        let path = sd.module_path(&b.manifest().module.name);
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        let err = open_verified(&path, &b.manifest).unwrap_err();
-        assert!(matches!(err, CacheError::ModuleChanged { .. }), "{err}");
         let mut f = sd.extract_module(&b).unwrap();
         let mut back = Vec::new();
         f.read_to_end(&mut back).unwrap();
-        assert_eq!(back, b.module);
-        assert_eq!(fs::read(&path).unwrap(), b.module);
+        assert_eq!(back, b.module());
+        assert_eq!(fs::read(&path).unwrap(), b.module());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -593,15 +593,22 @@ mod tests {
 
     #[test]
     fn a_symlink_in_place_of_a_module_file_is_not_followed() {
-        let dir = tempfile::tempdir().unwrap();
-        let sd = StateDir::new(dir.path().join("state"));
-        sd.ensure_layout().unwrap();
+        let (dir, sd) = state_dir();
         let b = bundle_for(BUILD_ID, 1);
         let elsewhere = dir.path().join("elsewhere.ko");
-        fs::write(&elsewhere, &b.module).unwrap();
-        let path = sd.module_path(&b.manifest.module.name);
+        fs::write(&elsewhere, b"someone else's file").unwrap();
+        let path = sd.module_path(&b.manifest().module.name);
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
-        let err = open_verified(&path, &b.manifest).unwrap_err();
-        assert!(err.to_string().contains("open module file"), "{err}");
+        // The link is neither read nor written through: it is replaced by the module file.
+        let mut f = sd.extract_module(&b).unwrap();
+        let mut back = Vec::new();
+        f.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b.module());
+        assert!(!fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(&path).unwrap(), b.module());
+        assert_eq!(fs::read(&elsewhere).unwrap(), b"someone else's file");
     }
 }

@@ -149,9 +149,6 @@ pub enum AgentError {
         offered: Sha256,
     },
 
-    #[error("refused: {0}")]
-    ModuleChanged(CacheError),
-
     #[error("{0}")]
     Blocked(Box<BlockedReport>),
 
@@ -226,8 +223,7 @@ impl AgentError {
             AgentError::Usage(_) => exit::USAGE,
             AgentError::BundleRefused(_)
             | AgentError::WrongKernel(_)
-            | AgentError::CacheConflict { .. }
-            | AgentError::ModuleChanged(_) => exit::REFUSED,
+            | AgentError::CacheConflict { .. } => exit::REFUSED,
             AgentError::Blocked(_) => exit::BLOCKED,
             AgentError::Unsupported(_) => exit::UNSUPPORTED,
             AgentError::NoPatch(_) => exit::NO_PATCH,
@@ -241,13 +237,6 @@ impl AgentError {
         match err {
             BundleError::Io { .. } => AgentError::BundleUnreadable(err),
             _ => AgentError::BundleRefused(err),
-        }
-    }
-
-    pub(crate) fn from_cache(err: CacheError) -> Self {
-        match err {
-            CacheError::ModuleChanged { .. } => AgentError::ModuleChanged(err),
-            _ => AgentError::Cache(err),
         }
     }
 }

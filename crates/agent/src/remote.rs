@@ -698,6 +698,33 @@ impl<'a, 'b> Remote<'a, 'b> {
         })
     }
 
+    /// Caches the signed download of `level` in place of a damaged copy. An entry that claims
+    /// to be another build of this level is kept for inspection (quarantined), not overwritten.
+    fn replace_cached(
+        &self,
+        bundle: &patchbay_core::Bundle,
+        level: PatchLevel,
+    ) -> Result<(), RemoteError> {
+        let stored = self
+            .agent
+            .state_dir
+            .store_bundle(bundle)
+            .map_err(AgentError::Cache)?;
+        if let crate::cache::StoreOutcome::Conflict { path, .. } = stored {
+            let moved = crate::state::quarantine(&path).map_err(|e| file_err(&path, e))?;
+            (self.agent.log)(&format!(
+                "warning: {} held another bundle of level {level}; moved it to {}",
+                path.display(),
+                moved.display()
+            ));
+            self.agent
+                .state_dir
+                .store_bundle(bundle)
+                .map_err(AgentError::Cache)?;
+        }
+        Ok(())
+    }
+
     /// One check; applies the plan when `apply` is set.
     pub fn update(&self, origin: &Origin, apply: bool) -> Result<UpdateReport, RemoteError> {
         let link = self.files.load_link()?;
@@ -715,38 +742,25 @@ impl<'a, 'b> Remote<'a, 'b> {
                 let cached = self.agent.state_dir.bundle_path(&identity.build_id, *level);
                 // `boot` re-applies from this copy: one damaged on disk is replaced now, from
                 // the signed download, not found broken at the next reboot.
-                if let Err(e) = crate::cache::read_cached_bundle(&cached) {
-                    (self.agent.log)(&format!(
-                        "warning: the cached bundle of the active level is damaged ({e}); \
-                         replacing it with the signed download"
-                    ));
-                    let (bundle, _) = repo.bundle(&identity.build_id, *level).await?;
-                    let stored = self
-                        .agent
-                        .state_dir
-                        .store_bundle(&bundle)
-                        .map_err(AgentError::from_cache)?;
-                    if let crate::cache::StoreOutcome::Conflict { path, .. } = stored {
-                        // The damaged entry claims to be another build of this level: keep it
-                        // for inspection and cache the signed one.
-                        let moved =
-                            crate::state::quarantine(&path).map_err(|e| file_err(&path, e))?;
+                let bundle = match crate::cache::read_cached_bundle(&cached) {
+                    Ok(bundle) => bundle,
+                    Err(e) => {
                         (self.agent.log)(&format!(
-                            "warning: {} held another bundle of level {level}; moved it to {}",
-                            path.display(),
-                            moved.display()
+                            "warning: the cached bundle of the active level is damaged ({e}); \
+                             replacing it with the signed download"
                         ));
-                        self.agent
-                            .state_dir
-                            .store_bundle(&bundle)
-                            .map_err(AgentError::from_cache)?;
+                        let bundle = repo.bundle(&identity.build_id, *level).await?;
+                        self.replace_cached(&bundle, *level)?;
+                        bundle
                     }
-                }
+                };
                 // The level is live but an operation on it was never recorded (the agent was
                 // interrupted after the transition): finish it, so history and cleanup are
-                // right (boot re-applies from the history).
+                // right (boot re-applies from the history). The bundle verified above is
+                // applied as it is, not read back from the cache.
                 if self.agent.has_pending_operation()? {
-                    applied = Some(self.agent.apply(&cached, &self.apply)?);
+                    let shown = cached.display().to_string();
+                    applied = Some(self.agent.apply_bundle(bundle, &shown, &self.apply)?);
                 }
             }
             let disabled = match (apply, &plan) {
@@ -759,7 +773,7 @@ impl<'a, 'b> Remote<'a, 'b> {
             if let (true, None, Plan::Change { to, downgrade, .. }) = (apply, &disabled, &plan) {
                 // The verified download goes to the kernel from memory: nothing on disk
                 // between TUF's check and the cache, so nothing to leave behind or tamper with.
-                let (bundle, _bytes) = repo.bundle(&identity.build_id, *to).await?;
+                let bundle = repo.bundle(&identity.build_id, *to).await?;
                 crate::fault::crash_point(crate::fault::FaultPoint::AfterDownload);
                 let opts = ApplyOptions {
                     allow_downgrade: *downgrade,

@@ -73,8 +73,8 @@ impl TestServer {
         {
             let mut builder = tar::Builder::new(&mut bytes);
             for (name, data) in [
-                ("manifest.json", bundle.manifest.to_json().unwrap()),
-                ("module.ko", bundle.module.clone()),
+                ("manifest.json", bundle.manifest().to_json().unwrap()),
+                ("module.ko", bundle.module().to_vec()),
             ] {
                 let mut header = tar::Header::new_gnu();
                 header.set_size(data.len() as u64);
@@ -140,6 +140,8 @@ struct Proxy {
 enum Rule {
     Replace(Vec<u8>),
     Endless,
+    /// Answer with this status and an empty body.
+    Status(StatusCode),
 }
 
 impl Proxy {
@@ -187,6 +189,7 @@ async fn forward(
         .map(|(_, r)| r.clone());
     match rule {
         Some(Rule::Replace(bytes)) => return (StatusCode::OK, bytes).into_response(),
+        Some(Rule::Status(status)) => return status.into_response(),
         Some(Rule::Endless) => {
             let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
             let stream =
@@ -443,6 +446,47 @@ fn server_down_keeps_the_active_patch() {
     assert!(matches!(err, RemoteError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("active patch is kept"), "{err}");
     assert!(err.to_string().contains(&url), "{err}");
+    assert_eq!(agent_snapshot(&k), before);
+    assert_eq!(k.sysfs(), vec![module_name(BUILD_ID, 1)]);
+}
+
+#[test]
+fn an_error_status_is_a_refusal_and_a_gateway_error_an_outage() {
+    let (server, k) = setup();
+    update(&k).unwrap();
+    let (proxy, url) = Proxy::start(&server);
+    point_at(&k, &url);
+    // The server itself answering 500: a refusal, with the status, not an outage.
+    proxy.rule(
+        "/tuf/metadata/",
+        Rule::Status(StatusCode::INTERNAL_SERVER_ERROR),
+    );
+    let err = update(&k).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RemoteError::Update(patchbay_updates::UpdateError::Metadata {
+                fetch: Some(patchbay_updates::transport::FetchFailure::Status(500)),
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.exit_code(), exit::REFUSED, "{err}");
+    // A gateway saying the server behind it is down: an outage, like a refused connection.
+    proxy.rules.lock().unwrap().clear();
+    proxy.rule(
+        "/tuf/metadata/",
+        Rule::Status(StatusCode::SERVICE_UNAVAILABLE),
+    );
+    let before = agent_snapshot(&k);
+    let err = update(&k).unwrap_err();
+    assert!(matches!(err, RemoteError::Unreachable { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("503 Service Unavailable"),
+        "{:?} does not name the status",
+        err.to_string()
+    );
     assert_eq!(agent_snapshot(&k), before);
     assert_eq!(k.sysfs(), vec![module_name(BUILD_ID, 1)]);
 }
@@ -1148,6 +1192,35 @@ fn a_damaged_cached_bundle_is_replaced_from_the_next_download() {
         crate::remote::boot(&a, &switch, &ApplyOptions::default()).unwrap(),
         crate::remote::BootOutcome::Applied(_)
     ));
+}
+
+#[test]
+fn an_unrecorded_apply_with_a_damaged_cache_is_finished_from_the_signed_download() {
+    let (server, k) = setup();
+    crash_between_transition_and_record(&server, &k);
+    let cached = k
+        .state_dir()
+        .bundle_path(&BUILD_ID.parse().unwrap(), level(2));
+    let mut bytes = std::fs::read(&cached).unwrap();
+    let last = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[last] ^= 0xff;
+    std::fs::write(&cached, &bytes).unwrap();
+    assert!(patchbay_core::Bundle::read(&cached).is_err());
+    // The download replaces the cache entry and, held in memory, finishes the apply.
+    let report = update(&k).unwrap();
+    assert!(
+        matches!(report.plan, Plan::UpToDate(_)),
+        "{:?}",
+        report.plan
+    );
+    assert!(
+        report
+            .applied
+            .expect("the apply is finished")
+            .already_active
+    );
+    patchbay_core::Bundle::read(&cached).expect("replaced by the signed download");
+    assert_eq!(k.loaded(), vec![module_name(BUILD_ID, 2)]);
 }
 
 #[test]

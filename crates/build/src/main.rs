@@ -689,7 +689,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Inspect { bundle } => {
             let b = Bundle::read(&bundle)?;
-            println!("{}", serde_json::to_string_pretty(&b.manifest)?);
+            println!("{}", serde_json::to_string_pretty(b.manifest())?);
             Ok(())
         }
     }

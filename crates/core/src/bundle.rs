@@ -36,10 +36,13 @@ pub enum BundleError {
 }
 
 /// A verified bundle: the manifest and the module bytes it describes.
+///
+/// The fields are private and every constructor verifies, so a `Bundle` value is proof that
+/// the module's size and sha256 match the manifest: code handed one need not hash it again.
 #[derive(Debug, Clone)]
 pub struct Bundle {
-    pub manifest: Manifest,
-    pub module: Vec<u8>,
+    manifest: Manifest,
+    module: Vec<u8>,
 }
 
 impl Bundle {
@@ -47,6 +50,16 @@ impl Bundle {
     pub fn new(manifest: Manifest, module: Vec<u8>) -> Result<Bundle, BundleError> {
         verify_module(&manifest, &module, "<in memory>")?;
         Ok(Bundle { manifest, module })
+    }
+
+    /// The manifest, which describes [`Bundle::module`] exactly.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The module bytes, verified against the manifest.
+    pub fn module(&self) -> &[u8] {
+        &self.module
     }
 
     /// Reads and verifies a bundle file.
@@ -112,30 +125,33 @@ impl Bundle {
 
     /// Writes the bundle atomically to `path`.
     pub fn write(&self, path: &Path) -> Result<(), BundleError> {
-        self.write_with(path, write_atomic)
-    }
-
-    /// Like [`Bundle::write`], creating the file with mode 0600 (the agent's cache).
-    pub fn write_private(&self, path: &Path) -> Result<(), BundleError> {
-        self.write_with(path, crate::fsutil::write_private)
-    }
-
-    fn write_with(
-        &self,
-        path: &Path,
-        write: fn(&Path, &[u8]) -> std::io::Result<()>,
-    ) -> Result<(), BundleError> {
         let shown = path.display().to_string();
+        let bytes = self.encode(&shown)?;
+        write_atomic(path, &bytes).map_err(|source| BundleError::Io {
+            path: shown,
+            source,
+        })
+    }
+
+    /// The bundle file's bytes, exactly as [`Bundle::write`] lays them out. The layout is
+    /// fixed (entry order, mode, a zero mtime), so the same bundle always gives the same
+    /// bytes: a copy on disk equal to them is this verified bundle, with no need to hash it.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, BundleError> {
+        self.encode("<in memory>")
+    }
+
+    /// The tar bytes; `shown` names the destination in errors.
+    fn encode(&self, shown: &str) -> Result<Vec<u8>, BundleError> {
         let manifest = self
             .manifest
             .to_json()
             .map_err(|source| BundleError::Manifest {
-                path: shown.clone(),
+                path: shown.to_owned(),
                 source,
             })?;
         let mut builder = tar::Builder::new(Vec::new());
         let io = |source| BundleError::Io {
-            path: shown.clone(),
+            path: shown.to_owned(),
             source,
         };
         for (name, data) in [(MANIFEST_ENTRY, &manifest), (MODULE_ENTRY, &self.module)] {
@@ -148,8 +164,7 @@ impl Bundle {
                 .append_data(&mut header, name, data.as_slice())
                 .map_err(io)?;
         }
-        let bytes = builder.into_inner().map_err(io)?;
-        write(path, &bytes).map_err(io)
+        builder.into_inner().map_err(io)
     }
 }
 
@@ -193,8 +208,11 @@ mod tests {
         let b = Bundle::new(sample(MODULE), MODULE.to_vec()).unwrap();
         b.write(&p).unwrap();
         let back = Bundle::read(&p).unwrap();
-        assert_eq!(back.manifest, b.manifest);
-        assert_eq!(back.module, MODULE);
+        assert_eq!(back.manifest(), b.manifest());
+        assert_eq!(back.module(), MODULE);
+        // The same bundle always gives the same bytes (the agent's cache compares them).
+        assert_eq!(std::fs::read(&p).unwrap(), b.to_bytes().unwrap());
+        assert_eq!(back.to_bytes().unwrap(), b.to_bytes().unwrap());
     }
 
     #[test]

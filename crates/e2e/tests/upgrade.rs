@@ -175,7 +175,7 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
         }
     }
     let bundle = patchbay_core::Bundle::read(&path("level.pbb")).unwrap();
-    let mut fixes = bundle.manifest.fixes.clone();
+    let mut fixes = bundle.manifest().fixes.clone();
     fixes.sort();
     assert_eq!(
         fixes, patched,

@@ -172,12 +172,13 @@ fn check_livepatch_module(bundle: &Bundle) -> Result<(), ServerError> {
     let refuse = |reason: String| {
         ServerError::Unprocessable(format!(
             "the bundle's module is not a livepatch for kernel {} ({}): {reason}",
-            bundle.manifest.kernel.release, bundle.manifest.kernel.build_id
+            bundle.manifest().kernel.release,
+            bundle.manifest().kernel.build_id
         ))
     };
-    let file = object::File::parse(bundle.module.as_slice())
+    let file = object::File::parse(bundle.module())
         .map_err(|e| refuse(format!("not an ELF module ({e})")))?;
-    let info = patchbay_core::modinfo::Modinfo::of_module(bundle.module.as_slice())
+    let info = patchbay_core::modinfo::Modinfo::of_module(bundle.module())
         .map_err(|e| refuse(e.to_string()))?;
     let vermagic = info.value("vermagic");
     let name = info.value("name");
@@ -186,16 +187,17 @@ fn check_livepatch_module(bundle: &Bundle) -> Result<(), ServerError> {
             "modinfo has no livepatch=Y (build it with patchbay-build)".into(),
         ));
     }
-    let release = bundle.manifest.kernel.release.as_str();
+    let release = bundle.manifest().kernel.release.as_str();
     match vermagic {
         Some(v) if v.split_whitespace().next() == Some(release) => {}
         Some(v) => return Err(refuse(format!("its vermagic is {v:?}"))),
         None => return Err(refuse("modinfo has no vermagic".into())),
     }
-    if name != Some(bundle.manifest.module.name.as_str()) {
+    if name != Some(bundle.manifest().module.name.as_str()) {
         return Err(refuse(format!(
             "modinfo name {:?} differs from the manifest's {}",
-            name, bundle.manifest.module.name
+            name,
+            bundle.manifest().module.name
         )));
     }
     if file.section_by_name(".gnu.linkonce.this_module").is_none() {
@@ -743,7 +745,7 @@ impl Service {
         let bundle = Bundle::from_reader(bytes.as_ref(), "the uploaded bundle")
             .map_err(|e| ServerError::Unprocessable(e.to_string()))?;
         check_livepatch_module(&bundle)?;
-        let manifest = &bundle.manifest;
+        let manifest = bundle.manifest();
         let build_id = manifest.kernel.build_id.clone();
         let level = manifest.level;
         let _guard = self.lock_mutations().await?;

@@ -19,6 +19,7 @@ use patchbay_core::{
     CHANNEL_MAX_BYTES,
 };
 use tough::{ExpirationEnforcement, RepositoryLoader, TargetName};
+use transport::{fetch_failure, FetchFailure};
 use url::Url;
 
 /// Where the signed repository is read from.
@@ -48,24 +49,36 @@ impl Default for Limits {
     }
 }
 
+/// Why reading the signed repository failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
+    /// The source could not be set up (a bad server URL, the HTTP client).
     #[error("{0}")]
     Source(String),
+    /// The TUF metadata could not be fetched, or was refused.
     #[error("the signed metadata from {source_name} was refused: {reason}")]
-    Metadata { source_name: String, reason: String },
+    Metadata {
+        source_name: String,
+        reason: String,
+        /// How the fetch failed, when an HTTP fetch is what failed.
+        fetch: Option<FetchFailure>,
+    },
+    /// The channel is not among the signed targets.
     #[error("the channel {channel} is not in the signed targets (is this host's channel deleted? register again)")]
     NoChannel { channel: ChannelName },
+    /// The signed channel document does not parse.
     #[error("the signed channel document {channel} is not valid: {reason}")]
     ChannelDoc {
         channel: ChannelName,
         reason: String,
     },
+    /// The level is not among the signed targets.
     #[error("level {level} of kernel {build_id} is not in the signed targets")]
     NoBundle {
         build_id: BuildId,
         level: PatchLevel,
     },
+    /// The signed length of a target is above the caller's limit.
     #[error(
         "target {target} is {length} bytes, above the limit of {limit}; refused before download"
     )]
@@ -74,48 +87,45 @@ pub enum UpdateError {
         length: u64,
         limit: u64,
     },
+    /// A target could not be fetched, or failed TUF's length and hash checks.
     #[error("download of {target} failed verification: {reason}")]
-    Download { target: String, reason: String },
+    Download {
+        target: String,
+        reason: String,
+        /// How the fetch failed, when an HTTP fetch is what failed.
+        fetch: Option<FetchFailure>,
+    },
+    /// A downloaded bundle, or its signed manifest, is not valid.
     #[error("bundle {target} is not valid: {reason}")]
     Bundle { target: String, reason: String },
+    /// A downloaded bundle's manifest is not the signed one.
     #[error("bundle {target}: its manifest differs from the signed manifest; refusing it")]
     ManifestMismatch { target: String },
+    /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Io {
         path: String,
         source: std::io::Error,
     },
+    /// An air-gapped archive is not valid.
     #[error("archive {path}: {reason}")]
     Archive { path: String, reason: String },
 }
 
 impl UpdateError {
     /// Whether the failure is the server being unreachable (worth retrying later), as opposed
-    /// to something refused.
+    /// to something refused. Decided by the kind the transport gave the failed fetch.
     pub fn is_unreachable(&self) -> bool {
-        match self {
-            UpdateError::Metadata { reason, .. } | UpdateError::Download { reason, .. } => {
-                let r = reason.to_ascii_lowercase();
-                let refused = ["mismatch", "exceeded", "expired", "signature", "version"]
-                    .iter()
-                    .any(|w| r.contains(w));
-                let network = [
-                    "connection refused",
-                    "error sending request",
-                    "tcp connect",
-                    "connect error",
-                    "timed out",
-                    "dns error",
-                    "connection reset",
-                    "502 bad gateway",
-                    "503 service unavailable",
-                ]
-                .iter()
-                .any(|w| r.contains(w));
-                network && !refused
+        matches!(
+            self,
+            UpdateError::Metadata {
+                fetch: Some(FetchFailure::Unreachable),
+                ..
+            } | UpdateError::Download {
+                fetch: Some(FetchFailure::Unreachable),
+                ..
             }
-            _ => false,
-        }
+        )
     }
 }
 
@@ -167,7 +177,7 @@ fn forget_future_clock(datastore: &Path) -> Result<Option<jiff::Timestamp>, Upda
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -246,6 +256,7 @@ impl SignedRepo {
             .map_err(|e| UpdateError::Metadata {
                 source_name: name,
                 reason: error_chain(&e),
+                fetch: fetch_failure(&e),
             })?;
         Ok(SignedRepo {
             repo,
@@ -265,6 +276,7 @@ impl SignedRepo {
         serde_json::to_vec_pretty(self.repo.root()).map_err(|e| UpdateError::Metadata {
             source_name: "root".into(),
             reason: e.to_string(),
+            fetch: None,
         })
     }
 
@@ -292,10 +304,12 @@ impl SignedRepo {
         let target_name = TargetName::new(name).map_err(|e| UpdateError::Download {
             target: name.to_owned(),
             reason: e.to_string(),
+            fetch: None,
         })?;
-        let failed = |e: &dyn std::error::Error| UpdateError::Download {
+        let failed = |e: &(dyn std::error::Error + 'static)| UpdateError::Download {
             target: name.to_owned(),
             reason: error_chain(e),
+            fetch: fetch_failure(e),
         };
         let Some(mut stream) = self
             .repo
@@ -369,7 +383,7 @@ impl SignedRepo {
         &self,
         build_id: &BuildId,
         level: PatchLevel,
-    ) -> Result<(Bundle, Vec<u8>), UpdateError> {
+    ) -> Result<Bundle, UpdateError> {
         let name = bundle_target_name(build_id, level);
         let signed = self
             .manifest(build_id, level)?
@@ -389,19 +403,20 @@ impl SignedRepo {
                 target: name.clone(),
                 reason: e.to_string(),
             })?;
-        if bundle.manifest != signed {
+        if *bundle.manifest() != signed {
             return Err(UpdateError::ManifestMismatch { target: name });
         }
-        if &bundle.manifest.kernel.build_id != build_id || bundle.manifest.level != level {
+        if &bundle.manifest().kernel.build_id != build_id || bundle.manifest().level != level {
             return Err(UpdateError::Bundle {
                 target: name,
                 reason: format!(
                     "it is level {} of {}, published as level {level} of {build_id}",
-                    bundle.manifest.level, bundle.manifest.kernel.build_id
+                    bundle.manifest().level,
+                    bundle.manifest().kernel.build_id
                 ),
             });
         }
-        Ok((bundle, bytes))
+        Ok(bundle)
     }
 
     /// Every target name with its sha256 and length (for mirroring).

@@ -38,7 +38,7 @@ pub fn run(args: &[String]) -> Result<()> {
             continue;
         }
         let bundle = Bundle::read(&path).with_context(|| format!("read {}", path.display()))?;
-        if bundle.manifest.kernel.build_id.as_str() != kernel.build_id() {
+        if bundle.manifest().kernel.build_id.as_str() != kernel.build_id() {
             continue;
         }
         let name: String = path
@@ -48,7 +48,7 @@ pub fn run(args: &[String]) -> Result<()> {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
-        let modules = bundle.manifest.patched_modules();
+        let modules = bundle.manifest().patched_modules();
         bundles.push((name, path, modules));
     }
     bundles.sort();

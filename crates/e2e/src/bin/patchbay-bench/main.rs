@@ -98,7 +98,7 @@ fn run(args: Vec<String>) -> Result<()> {
     let level1 = work.path().join("level1.pbb");
     bundle(&kernel, 1, &["cmdline_level1.c"], &[], &[], &level1)?;
     let raw = work.path().join("raw.ko");
-    std::fs::write(&raw, Bundle::read(&level1)?.module)?;
+    std::fs::write(&raw, Bundle::read(&level1)?.module())?;
 
     let agent = agent_binary()?;
     let binary_size = std::fs::metadata(&agent)
