@@ -642,44 +642,41 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                     .filter(|e| matches!(e.kind, 't' | 'T' | 'w' | 'W'))
                     .count()
             });
-            if let (Some(table), true) = (&module_table, module_copies > 1) {
+            // The position among same-named functions, or why it cannot be told.
+            let (position, ambiguity) = match &module_table {
                 // Two `static` functions of one name in two files of the module: the copy in
                 // this object's block of the module's addresses.
-                match crate::symbols::module_sympos(table, old, &object_functions) {
-                    Some(position) => markers.push(marker(position)),
-                    None => ambiguous.push(Refusal::in_function(
-                        Category::AmbiguousSymbol,
-                        &report.source,
-                        old,
+                Some(table) if module_copies > 1 => (
+                    crate::symbols::module_sympos(table, old, &object_functions),
+                    format!(
+                        "defined {module_copies} times in {object} and the module's layout does \
+                         not tell which copy {file_name} compiled to; name it with \
+                         PATCHBAY_REPLACE_SYMPOS"
+                    ),
+                ),
+                _ if !repeats => (Some(0), String::new()),
+                _ => {
+                    if symbol_files.is_none() {
+                        symbol_files = Some(kernel.symbol_files()?);
+                    }
+                    (
+                        symbol_files
+                            .as_ref()
+                            .and_then(|f| f.sympos(&vmlinux_table, old, &file_name)),
                         format!(
-                            "defined {module_copies} times in {object} and the module's layout \
-                             does not tell which copy {file_name} compiled to; name it with \
-                             PATCHBAY_REPLACE_SYMPOS"
+                            "defined several times in vmlinux and none (or more than one) comes \
+                             from {file_name}; cannot tell which one to replace"
                         ),
-                    )),
+                    )
                 }
-                continue;
-            }
-            if !repeats {
-                markers.push(marker(0));
-                continue;
-            }
-            if symbol_files.is_none() {
-                symbol_files = Some(kernel.symbol_files()?);
-            }
-            match symbol_files
-                .as_ref()
-                .and_then(|f| f.sympos(&vmlinux_table, old, &file_name))
-            {
+            };
+            match position {
                 Some(position) => markers.push(marker(position)),
                 None => ambiguous.push(Refusal::in_function(
                     Category::AmbiguousSymbol,
                     &report.source,
                     old,
-                    format!(
-                        "defined several times in vmlinux and none (or more than one) comes from \
-                         {file_name}; cannot tell which one to replace"
-                    ),
+                    ambiguity,
                 )),
             }
         }
