@@ -39,7 +39,7 @@ pub enum ServerError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("object store: {0}")]
-    Objects(String),
+    Blobs(String),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -64,7 +64,7 @@ impl ServerError {
             ServerError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ServerError::Tuf(_)
             | ServerError::Database(_)
-            | ServerError::Objects(_)
+            | ServerError::Blobs(_)
             | ServerError::Io { .. }
             | ServerError::Config { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }

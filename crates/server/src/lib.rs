@@ -3,7 +3,7 @@
 //! channels; hosts register and check in.
 //!
 //! Layers, each usable on its own: [`config`] (config.toml), [`store`] (the database behind the
-//! [`store::Store`] trait), [`objects`] (content-addressed blobs), [`tuf`] (keys and signed
+//! [`store::Store`] trait), [`blobs`] (content-addressed blobs), [`tuf`] (keys and signed
 //! metadata), [`service`] (what the server does; [`service::archive`], air-gapped
 //! export/import), [`api`] (HTTP) and [`ui`] (the dashboard).
 //!
@@ -12,11 +12,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod blobs;
 pub mod config;
 pub mod cve;
 pub mod error;
 pub mod listener;
-pub mod objects;
 pub mod service;
 pub mod store;
 pub mod throttle;

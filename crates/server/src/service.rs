@@ -5,7 +5,7 @@
 //! rebuilds the whole targets role from the database; when signing fails the mutation is undone,
 //! so the database never says something the signed metadata does not.
 //!
-//! Layering: handlers (`api`, `ui`, `main.rs`) → [`Service`] → `store`, `tuf`, `objects`.
+//! Layering: handlers (`api`, `ui`, `main.rs`) → [`Service`] → `store`, `tuf`, `blobs`.
 //! `Service`'s fields for those three are private, so only this module and its child
 //! [`archive`] (air-gapped export/import, which writes served metadata itself) can reach them,
 //! and the invariant above has one place to hold.
@@ -29,9 +29,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::auth::{Caller, Role};
+use crate::blobs::Blobs;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
-use crate::objects::Objects;
 use crate::store::{
     AuditEntry, ChannelRecord, CheckIn, ExposureSnapshot, HostFilter, HostRecord, LevelRecord,
     RegistrationKeyRecord, SessionRecord, SqliteStore, Store, TokenRecord, UserRecord,
@@ -140,7 +140,7 @@ pub struct Service {
     /// `config.toml` as loaded at start.
     pub config: ServerConfig,
     store: Arc<dyn Store>,
-    objects: Objects,
+    blobs: Blobs,
     tuf: TufRepo,
     lock: Mutex<()>,
     /// Failed dashboard logins per user and address (see [`crate::throttle`]).
@@ -369,7 +369,7 @@ impl Service {
             cve: std::sync::RwLock::new((cve_mtime, Arc::new(cve_db))),
             data_dir: data_dir.to_path_buf(),
             tuf: TufRepo::new(data_dir, config.tuf.clone()),
-            objects: Objects::local(&data_dir.join("objects"))?,
+            blobs: Blobs::local(&data_dir.join("objects"))?,
             login_throttle: crate::throttle::LoginThrottle::new(crate::throttle::LoginLimits {
                 failures_per_user: config.ui.login_failures_per_user,
                 failures_per_address: config.ui.login_failures_per_address,
@@ -512,7 +512,7 @@ impl Service {
         &self,
         sha256: &str,
     ) -> Result<Option<(u64, axum::body::Body)>, ServerError> {
-        self.objects.stream(sha256).await
+        self.blobs.stream(sha256).await
     }
 
     /// The host's CSAF VEX document as of now.
@@ -704,7 +704,7 @@ impl Service {
             let doc = self.channel_doc(&channel.name).await?;
             let bytes = doc.to_bytes();
             let length = bytes.len() as u64;
-            let (sha256, _) = self.objects.put(Bytes::from(bytes)).await?;
+            let (sha256, _) = self.blobs.put(Bytes::from(bytes)).await?;
             targets.insert(
                 channel.name.target_name(),
                 TargetEntry {
@@ -800,7 +800,7 @@ impl Service {
         )
         .map_err(|e| ServerError::Unprocessable(e.to_string()))?;
         let length = bytes.len() as u64;
-        let (sha256, new_object) = self.objects.put(bytes).await?;
+        let (sha256, new_object) = self.blobs.put(bytes).await?;
         let record = LevelRecord {
             build_id: build_id.clone(),
             level,
@@ -825,7 +825,7 @@ impl Service {
         if let Err(e) = self.resign(actor, "publish", &detail).await {
             self.store.remove_level(&build_id, level).await?;
             if new_object {
-                self.objects.delete(&sha256).await?;
+                self.blobs.delete(&sha256).await?;
             }
             return Err(e);
         }

@@ -48,8 +48,8 @@ pub async fn export(service: &Service, output: &Path) -> Result<ExportSummary, S
     let mut targets = Vec::new();
     for (name, target) in &signed.signed.targets {
         let sha256 = hex::encode(target.hashes.sha256.as_ref() as &[u8]);
-        let bytes = service.objects.get(&sha256).await?.ok_or_else(|| {
-            ServerError::Objects(format!(
+        let bytes = service.blobs.get(&sha256).await?.ok_or_else(|| {
+            ServerError::Blobs(format!(
                 "target {} (sha256 {sha256}) is missing from the object store",
                 name.raw()
             ))
@@ -171,7 +171,7 @@ pub async fn import(
                 .ok_or_else(|| {
                     ServerError::Unprocessable(format!("target {name} is not in the archive"))
                 })?;
-            service.objects.put(Bytes::from(bytes)).await?;
+            service.blobs.put(Bytes::from(bytes)).await?;
         }
         // Metadata after the targets, root.json and timestamp.json last: agents never see a
         // chain whose targets are not stored yet.

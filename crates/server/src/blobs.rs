@@ -12,7 +12,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use crate::error::ServerError;
 
 #[derive(Debug, Clone)]
-pub struct Objects {
+pub struct Blobs {
     store: Arc<dyn ObjectStore>,
 }
 
@@ -28,15 +28,15 @@ fn key(sha256: &str) -> Result<ObjectPath, ServerError> {
     )))
 }
 
-impl Objects {
-    pub fn local(dir: &Path) -> Result<Objects, ServerError> {
+impl Blobs {
+    pub fn local(dir: &Path) -> Result<Blobs, ServerError> {
         std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
             path: dir.display().to_string(),
             source,
         })?;
         let store = LocalFileSystem::new_with_prefix(dir)
-            .map_err(|e| ServerError::Objects(format!("{}: {e}", dir.display())))?;
-        Ok(Objects {
+            .map_err(|e| ServerError::Blobs(format!("{}: {e}", dir.display())))?;
+        Ok(Blobs {
             store: Arc::new(store),
         })
     }
@@ -51,7 +51,7 @@ impl Objects {
         self.store
             .put(&path, PutPayload::from(data))
             .await
-            .map_err(|e| ServerError::Objects(format!("store {sha256}: {e}")))?;
+            .map_err(|e| ServerError::Blobs(format!("store {sha256}: {e}")))?;
         Ok((sha256, true))
     }
 
@@ -60,11 +60,11 @@ impl Objects {
         match self.store.get(&path).await {
             Ok(result) => {
                 Ok(Some(result.bytes().await.map_err(|e| {
-                    ServerError::Objects(format!("read {sha256}: {e}"))
+                    ServerError::Blobs(format!("read {sha256}: {e}"))
                 })?))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(ServerError::Objects(format!("read {sha256}: {e}"))),
+            Err(e) => Err(ServerError::Blobs(format!("read {sha256}: {e}"))),
         }
     }
 
@@ -84,7 +84,7 @@ impl Objects {
                 )))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(ServerError::Objects(format!("read {sha256}: {e}"))),
+            Err(e) => Err(ServerError::Blobs(format!("read {sha256}: {e}"))),
         }
     }
 
@@ -93,6 +93,6 @@ impl Objects {
         self.store
             .delete(&path)
             .await
-            .map_err(|e| ServerError::Objects(format!("delete {sha256}: {e}")))
+            .map_err(|e| ServerError::Blobs(format!("delete {sha256}: {e}")))
     }
 }
