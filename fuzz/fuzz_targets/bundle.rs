@@ -5,10 +5,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(bundle) = patchbay_core::Bundle::from_reader(data, "fuzz") {
-        assert_eq!(bundle.module.len() as u64, bundle.manifest.module.size);
+        assert_eq!(bundle.module().len() as u64, bundle.manifest().module.size);
         assert_eq!(
-            patchbay_core::Sha256::of(&bundle.module),
-            bundle.manifest.module.sha256
+            patchbay_core::Sha256::of(bundle.module()),
+            bundle.manifest().module.sha256
         );
     }
 });
