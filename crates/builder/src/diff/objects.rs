@@ -386,11 +386,17 @@ fn composite_targets(tree: &Path, object: &str) -> Vec<String> {
 
 /// Whether `word` occurs in `text` as a whole word (Makefile names: letters, digits, `_`, `-`).
 fn names_word(text: &str, word: &str) -> bool {
-    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    contains_word(text, word, |c| {
+        c.is_ascii_alphanumeric() || c == '_' || c == '-'
+    })
+}
+
+/// Whether `word` occurs in `text` with no `is_name` character right before or after it.
+pub(crate) fn contains_word(text: &str, word: &str, is_name: impl Fn(char) -> bool) -> bool {
     text.match_indices(word).any(|(at, _)| {
         let before = text.get(..at).and_then(|t| t.chars().next_back());
         let after = text.get(at + word.len()..).and_then(|t| t.chars().next());
-        !before.is_some_and(is_name) && !after.is_some_and(is_name)
+        !before.is_some_and(&is_name) && !after.is_some_and(&is_name)
     })
 }
 

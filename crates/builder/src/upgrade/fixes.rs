@@ -143,38 +143,10 @@ pub fn changed_headers_beside(old: &Path, new: &Path, files: &BTreeSet<String>) 
         .iter()
         .map(|f| f.rsplit_once('/').map_or("", |(dir, _)| dir))
         .collect();
-    let mut headers = Vec::new();
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(new.join(dir)) else {
-            continue;
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".h"))
-            .collect();
-        names.sort();
-        for name in names {
-            let path = if dir.is_empty() {
-                name
-            } else {
-                format!("{dir}/{name}")
-            };
-            if files.contains(&path) {
-                continue;
-            }
-            let (a, b) = (
-                std::fs::read(old.join(&path)),
-                std::fs::read(new.join(&path)),
-            );
-            if let (Ok(a), Ok(b)) = (a, b) {
-                if a != b {
-                    headers.push(path);
-                }
-            }
-        }
-    }
-    headers
+    dirs.into_iter()
+        .flat_map(|dir| changed_code_files_in(old, new, dir))
+        .filter(|path| path.ends_with(".h") && !files.contains(path))
+        .collect()
 }
 
 /// The patch an operator gave for `cve` in `dir`: `<CVE>.patch`, `<CVE>.diff` or `<CVE>`.
@@ -235,7 +207,13 @@ pub(super) fn changed_code_files_in(old: &Path, new: &Path, dir: &str) -> Vec<St
     names.sort();
     names
         .into_iter()
-        .map(|name| format!("{dir}/{name}"))
+        .map(|name| {
+            if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            }
+        })
         .filter(
             |path| match (std::fs::read(old.join(path)), std::fs::read(new.join(path))) {
                 (Ok(a), Ok(b)) => a != b,
@@ -253,15 +231,10 @@ pub fn files_introducing(
     dirs: &BTreeSet<String>,
     symbol: &str,
 ) -> Vec<String> {
+    let is_c_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mentions = |tree: &Path, path: &str| {
-        std::fs::read_to_string(tree.join(path)).is_ok_and(|text| {
-            text.match_indices(symbol).any(|(at, _)| {
-                let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
-                let before = text.get(..at).and_then(|t| t.chars().next_back());
-                let after = text.get(at + symbol.len()..).and_then(|t| t.chars().next());
-                !before.is_some_and(is_name) && !after.is_some_and(is_name)
-            })
-        })
+        std::fs::read_to_string(tree.join(path))
+            .is_ok_and(|text| crate::diff::objects::contains_word(&text, symbol, is_c_name))
     };
     dirs.iter()
         .flat_map(|dir| changed_code_files_in(old, new, dir))
