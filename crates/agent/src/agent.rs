@@ -10,6 +10,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use patchbay_core::clock::unix_seconds_unsigned;
 use patchbay_core::{BuildId, Bundle, KernelRelease, ModuleName, PatchLevel};
 
 use crate::cache::{CachedLevel, StateDir, StoreOutcome};
@@ -18,8 +19,8 @@ use crate::host::{Clock, Kernel, KernelPaths};
 use crate::livepatch::{self, LivePatch};
 use crate::notes::parse_build_id;
 use crate::state::{
-    quarantine, unix_now, AgentState, ErrorRecord, Event, HistoryEntry, OpKind, PendingOp,
-    StateError, StateLock,
+    quarantine, AgentState, ErrorRecord, Event, HistoryEntry, OpKind, PendingOp, StateError,
+    StateLock,
 };
 use crate::status::{ActiveLevel, StatusReport};
 
@@ -702,7 +703,7 @@ impl Agent<'_> {
             (false, _) => Event::Interrupted,
         };
         session.state.record(HistoryEntry {
-            at_unix: unix_now(),
+            at_unix: unix_seconds_unsigned(),
             event,
             build_id: identity.build_id.clone(),
             level: view.active().map(|a| a.level()),
@@ -803,7 +804,7 @@ impl Agent<'_> {
             level: Some(level),
             module: Some(module.clone()),
             from_level: previous,
-            started_unix: unix_now(),
+            started_unix: unix_seconds_unsigned(),
             pid: std::process::id(),
         });
         session.state.save(&self.state_dir.state_file())?;
@@ -899,7 +900,7 @@ impl Agent<'_> {
         crate::fault::crash_point(crate::fault::FaultPoint::BeforeRecord);
         session.state.pending = None;
         session.state.record(HistoryEntry {
-            at_unix: unix_now(),
+            at_unix: unix_seconds_unsigned(),
             event: match (forced, op) {
                 (true, _) => Event::Forced,
                 (false, OpKind::Rollback) => Event::RolledBack,
@@ -1016,7 +1017,7 @@ impl Agent<'_> {
             self.state_dir.remove_module_file(module);
         }
         session.state.record(HistoryEntry {
-            at_unix: unix_now(),
+            at_unix: unix_seconds_unsigned(),
             event: Event::Reverted,
             build_id: identity.build_id.clone(),
             level: session.state.pending.as_ref().and_then(|p| p.level),
@@ -1062,7 +1063,7 @@ impl Agent<'_> {
             level: Some(level),
             module: Some(module.clone()),
             from_level: Some(level),
-            started_unix: unix_now(),
+            started_unix: unix_seconds_unsigned(),
             pid: std::process::id(),
         });
         session.state.save(&self.state_dir.state_file())?;
@@ -1135,7 +1136,7 @@ impl Agent<'_> {
                         ),
                     };
                     session.state.record(HistoryEntry {
-                        at_unix: unix_now(),
+                        at_unix: unix_seconds_unsigned(),
                         event: Event::Reverted,
                         build_id: identity.build_id.clone(),
                         level: Some(level),
@@ -1163,7 +1164,7 @@ impl Agent<'_> {
         }
         session.state.pending = None;
         session.state.record(HistoryEntry {
-            at_unix: unix_now(),
+            at_unix: unix_seconds_unsigned(),
             event: Event::Unloaded,
             build_id: identity.build_id.clone(),
             level: Some(level),
@@ -1203,7 +1204,7 @@ impl Agent<'_> {
     fn fail(&self, session: &mut Session, err: AgentError) -> AgentError {
         session.state.pending = None;
         session.state.last_error = Some(ErrorRecord {
-            at_unix: unix_now(),
+            at_unix: unix_seconds_unsigned(),
             exit_code: err.exit_code(),
             message: err.to_string(),
         });

@@ -681,7 +681,7 @@ impl<'a, 'b> Remote<'a, 'b> {
             Some(level) => Some(level),
             None => {
                 let doc = repo.channel(channel).await?;
-                let now = i64::try_from(crate::state::unix_now()).unwrap_or(i64::MAX);
+                let now = patchbay_core::clock::unix_seconds();
                 doc.kernels
                     .get(build_id)
                     .and_then(|rollout| rollout.level_for(build_id, seed, now))

@@ -125,6 +125,8 @@ impl TestServer {
             )
             .unwrap()
             .sha256
+            .as_str()
+            .to_owned()
     }
 }
 

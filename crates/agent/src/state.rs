@@ -6,10 +6,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use patchbay_core::clock::unix_seconds_unsigned;
 use patchbay_core::fsutil::write_private;
 use patchbay_core::{BuildId, ModuleName, PatchLevel};
 
@@ -209,14 +209,6 @@ fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before 1970).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// An exclusive `flock` on `<state-dir>/lock`, released when dropped (or when the process
 /// dies, so a crash never leaves a stale lock).
 #[derive(Debug)]
@@ -283,7 +275,7 @@ impl StateLock {
 /// Moves a corrupt state file aside so a new one can be started; returns where it went.
 pub fn quarantine(path: &Path) -> io::Result<PathBuf> {
     let mut target = path.as_os_str().to_owned();
-    target.push(format!(".corrupt-{}", unix_now()));
+    target.push(format!(".corrupt-{}", unix_seconds_unsigned()));
     let target = PathBuf::from(target);
     fs::rename(path, &target)?;
     Ok(target)

@@ -44,7 +44,7 @@ pub(crate) fn manifest_for(build_id: &str, release: &str, level: u32, module: &[
         kernel: KernelTarget {
             release: release.parse().unwrap(),
             build_id: build_id.parse().unwrap(),
-            upstream_version: "6.1.192".into(),
+            upstream_version: patchbay_core::UpstreamVersion::new(6, 1, 192),
             package_version: Some("6.1.192-2".into()),
         },
         level: level.try_into().unwrap(),

@@ -506,9 +506,7 @@ fn run(cli: Cli) -> Result<()> {
                             package_version: package,
                             tree,
                         }),
-                        upstream
-                            .parse()
-                            .with_context(|| format!("upstream version {upstream}"))?,
+                        upstream,
                     )
                 }
                 Err(err) if patches.is_some() => {

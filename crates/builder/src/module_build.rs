@@ -14,8 +14,8 @@ use object::{Object, ObjectSymbol};
 use patchbay_core::manifest::{is_c_identifier, BuilderInfo, KernelTarget, ModuleInfo};
 use patchbay_core::modinfo::Modinfo;
 use patchbay_core::{
-    BuildId, Bundle, CveId, KernelRelease, Manifest, ModuleName, ObjectName, PatchLevel,
-    ReplacedFunction, Sha256, MANIFEST_FORMAT,
+    BuildId, Bundle, CveId, Manifest, ModuleName, ObjectName, PatchLevel, ReplacedFunction, Sha256,
+    MANIFEST_FORMAT,
 };
 use patchbay_kernels::{Kernel, SymbolTable};
 
@@ -246,15 +246,8 @@ pub fn build_from_markers(
     check_parts(parts)?;
 
     // 2. Symbol tables of the target kernel.
-    let build_id: BuildId = kernel
-        .build_id()
-        .parse()
-        .map_err(|e| BuildError::Module(format!("kernel build-id: {e}")))?;
-    let release: KernelRelease = kernel
-        .abi()
-        .as_str()
-        .parse()
-        .map_err(|e| BuildError::Module(format!("kernel release: {e}")))?;
+    let build_id = kernel.build_id().clone();
+    let release = kernel.release().clone();
     let vmlinux_table = match &request.symbols_override {
         Some(path) => SymbolTable::load(path)?,
         None => SymbolTable::load(&kernel.system_map()?)?,
@@ -356,7 +349,7 @@ pub fn build_from_markers(
         kernel: KernelTarget {
             release,
             build_id,
-            upstream_version: kernel.upstream_version().to_owned(),
+            upstream_version: kernel.upstream_version(),
             package_version: Some(kernel.package_version().to_owned()),
         },
         level: request.level,
@@ -380,7 +373,7 @@ pub fn build_from_markers(
             name: "patchbay-build".into(),
             version: env!("CARGO_PKG_VERSION").into(),
         },
-        created: now_rfc3339(),
+        created: patchbay_core::clock::now_rfc3339(),
     };
     Bundle::new(manifest.clone(), module)?.write(&request.output)?;
     Ok(BuildReport {
@@ -500,35 +493,6 @@ fn check_marker_symbols(ko: &[u8], markers: &[Marker]) -> Result<(), BuildError>
         )));
     }
     Ok(())
-}
-
-/// Current UTC time as RFC 3339, without pulling in a date crate.
-pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    rfc3339(secs)
-}
-
-fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm), valid for the Unix era.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]
@@ -686,12 +650,5 @@ mod tests {
             err.contains("do not define the replacements of: vmlinux:tcp_ack.isra.0"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod channel;
+pub mod clock;
 pub mod fsutil;
 pub mod ids;
 pub mod manifest;

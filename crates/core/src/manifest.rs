@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{BuildId, CveId, KernelRelease, ModuleName, ObjectName, PatchLevel, Sha256};
+use crate::version::UpstreamVersion;
 
 /// The manifest format this code writes and the only one it reads.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -34,7 +35,7 @@ pub struct KernelTarget {
     /// GNU build-id of the target vmlinux: the identity the agent checks.
     pub build_id: BuildId,
     /// Upstream version the distro kernel is based on, e.g. `6.1.192`.
-    pub upstream_version: String,
+    pub upstream_version: UpstreamVersion,
     /// Distro package version, e.g. `6.1.192-2`, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package_version: Option<String>,
@@ -187,7 +188,7 @@ pub(crate) mod tests {
             kernel: KernelTarget {
                 release: "6.1.0-56-amd64".parse().unwrap(),
                 build_id: "0123456789abcdef0123456789abcdef01234567".parse().unwrap(),
-                upstream_version: "6.1.192".into(),
+                upstream_version: UpstreamVersion::new(6, 1, 192),
                 package_version: Some("6.1.192-2".into()),
             },
             level: 1.try_into().unwrap(),

@@ -16,7 +16,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{BuildId, ChannelName, HostSeed, KernelRelease, PatchLevel, UpstreamVersion};
+use crate::{
+    BuildId, ChannelName, CveId, HostSeed, KernelRelease, PatchLevel, Sha256, UpstreamVersion,
+};
 
 /// `POST /api/v1/register`: a host asks to be registered with a registration key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +106,43 @@ pub struct PublishReceipt {
     pub level: PatchLevel,
     /// The signed TUF target name the level is served as.
     pub target: String,
+}
+
+/// The reply to `GET /api/v1/kernels`: every kernel build with published levels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelsReply {
+    /// One entry per kernel build, ordered by build-id.
+    pub kernels: Vec<KernelSummary>,
+}
+
+/// A kernel build with published levels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelSummary {
+    /// The build the levels are for.
+    pub build_id: BuildId,
+    /// Its release, as `uname -r` prints it.
+    pub kernel_release: KernelRelease,
+    /// Its upstream version (named `upstream_version` in this reply since its first release).
+    pub upstream_version: UpstreamVersion,
+    /// Its published levels, ascending.
+    pub levels: Vec<LevelSummary>,
+}
+
+/// One published level, as `GET /api/v1/kernels` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LevelSummary {
+    /// The level.
+    pub level: PatchLevel,
+    /// The bundle's sha256 (the signed TUF target's).
+    pub sha256: Sha256,
+    /// The bundle's size in bytes.
+    pub length: u64,
+    /// The CVEs the level fixes (cumulative), from its manifest.
+    pub fixes: Vec<CveId>,
+    /// When it was published, in Unix seconds.
+    pub published_at: i64,
+    /// Whether an upgrade report is attached (`GET …/levels/{level}/report`).
+    pub report: bool,
 }
 
 /// The body of every refusal (any 4xx or 5xx status): what is wrong and what to do.

@@ -289,7 +289,7 @@ fn dashboard_promotes_a_level_and_shows_the_exposure_fall() {
     let mut server = ServerProcess::start(&work.path().join("server")).unwrap();
     server.sync_cve_snapshot().unwrap();
     server.publish(&level1).unwrap();
-    let build_id = kernel.build_id().to_owned();
+    let build_id = kernel.build_id().to_string();
 
     let mut guest = Guest::new().unwrap();
     guest

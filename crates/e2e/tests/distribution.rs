@@ -63,7 +63,7 @@ fn agent_follows_its_channel_over_the_network_and_reapplies_at_boot() {
     .unwrap();
 
     let mut server = ServerProcess::start(&path("server")).unwrap();
-    let build_id = kernel.build_id().to_owned();
+    let build_id = kernel.build_id().to_string();
     for bundle in ["l1.pbb", "l2.pbb"] {
         server.publish(&path(bundle)).unwrap();
     }

@@ -71,7 +71,7 @@ fn killed_at_every_step_and_after_a_power_cut_the_agent_converges() {
 
     // One server, exported with the channel at level 1 and at level 2.
     let server = ServerProcess::start(&path("server")).unwrap();
-    let build_id = kernel.build_id().to_owned();
+    let build_id = kernel.build_id().to_string();
     for b in ["l1.pbb", "l2.pbb"] {
         server.publish(&path(b)).unwrap();
     }

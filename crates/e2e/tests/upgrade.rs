@@ -27,10 +27,9 @@ fn smallest_window() -> (Kernel, UpstreamVersion) {
         .unwrap()
         .iter()
         .filter_map(|s| patchbay_kernels::upstream_version_of(s).ok())
-        .filter_map(|u| u.parse().ok())
         .collect();
     for k in &kernels {
-        let from: UpstreamVersion = k.upstream_version.parse().unwrap();
+        let from = k.upstream_version;
         if let Some(next) = sources.iter().filter(|s| **s > from).min() {
             return (patchbay_kernels::fetch(k).unwrap(), *next);
         }
@@ -91,7 +90,7 @@ fn warning_patch(kernel: &Kernel, out: &Path) {
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
     let (kernel, to) = smallest_window();
-    let from: UpstreamVersion = kernel.upstream_version().parse().unwrap();
+    let from: UpstreamVersion = kernel.upstream_version();
     let work = tempfile::tempdir().unwrap();
     let path = |name: &str| work.path().join(name);
 
@@ -184,7 +183,7 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
     assert!(stdout.contains("published level 1"), "{context}");
 
     // The report is attached to the published level.
-    let attached = server.level_report(kernel.build_id(), 1).unwrap();
+    let attached = server.level_report(kernel.build_id().as_str(), 1).unwrap();
     assert_eq!(
         attached["cves"].as_array().map(Vec::len),
         Some(report.cves.len()),
@@ -297,7 +296,7 @@ fn register_host(server: &ServerProcess, kernel: &Kernel) {
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn watcher_publishes_a_verified_level_when_apt_has_a_newer_source() {
     let (kernel, to) = smallest_window();
-    let from: UpstreamVersion = kernel.upstream_version().parse().unwrap();
+    let from: UpstreamVersion = kernel.upstream_version();
     // A few real CVEs of the smallest window (the same the upgrade test builds); the watcher
     // brings them from the newest source, whose window contains them. Its job is the loop
     // around `upgrade`: new source → level published, promoted, reported, remembered.
@@ -350,10 +349,10 @@ fn watcher_publishes_a_verified_level_when_apt_has_a_newer_source() {
     );
     let channel = server.admin("GET", "channels/testing", None).unwrap();
     assert!(
-        channel.to_string().contains(kernel.build_id()),
+        channel.to_string().contains(kernel.build_id().as_str()),
         "level promoted into testing: {channel} / {context}"
     );
-    let report = server.level_report(kernel.build_id(), 1).unwrap();
+    let report = server.level_report(kernel.build_id().as_str(), 1).unwrap();
     assert_eq!(
         report["cves"].as_array().map(Vec::len),
         Some(cves.len()),
@@ -362,7 +361,7 @@ fn watcher_publishes_a_verified_level_when_apt_has_a_newer_source() {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(work.path().join("watch/watch.json")).unwrap())
             .unwrap();
-    let built = &state["built"][kernel.build_id()];
+    let built = &state["built"][kernel.build_id().as_str()];
     assert!(
         built["seen_to_published_seconds"]
             .as_i64()

@@ -2,6 +2,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 
+use patchbay_core::UpstreamVersion;
 use serde::{Deserialize, Serialize};
 
 use crate::KernelError;
@@ -203,7 +204,7 @@ pub(crate) fn validate_package_version(version: &str) -> Result<(), KernelError>
 
 /// The upstream kernel version in a Debian package version: `6.1.192-2` → `6.1.192`
 /// (the epoch and the Debian revision are dropped).
-pub fn upstream_version_of(package_version: &str) -> Result<String, KernelError> {
+pub fn upstream_version_of(package_version: &str) -> Result<UpstreamVersion, KernelError> {
     validate_package_version(package_version)?;
     let without_epoch = package_version
         .split_once(':')
@@ -213,14 +214,12 @@ pub fn upstream_version_of(package_version: &str) -> Result<String, KernelError>
         .map_or(without_epoch, |(upstream, _)| upstream);
     // Backports and the like append "~bpo…" or "+…" to the upstream part.
     let upstream = upstream.split(['~', '+']).next().unwrap_or(upstream);
-    match upstream.parse::<patchbay_core::UpstreamVersion>() {
-        // The one parser of upstream versions; the text is kept as Debian wrote it.
-        Ok(_) => Ok(upstream.to_string()),
-        Err(_) => Err(KernelError::InvalidPackageVersion {
+    upstream
+        .parse::<UpstreamVersion>()
+        .map_err(|_| KernelError::InvalidPackageVersion {
             input: package_version.to_string(),
             reason: format!("upstream part {upstream:?} is not a kernel version like 6.1.192"),
-        }),
-    }
+        })
 }
 
 /// Which kernel to use, as given on a command line.
@@ -327,11 +326,28 @@ mod tests {
 
     #[test]
     fn upstream_version_drops_revision_and_epoch() {
-        assert_eq!(upstream_version_of("6.1.192-2").unwrap(), "6.1.192");
-        assert_eq!(upstream_version_of("6.1.170-3").unwrap(), "6.1.170");
-        assert_eq!(upstream_version_of("1:6.1.5-1").unwrap(), "6.1.5");
-        assert_eq!(upstream_version_of("6.1.192-2~bpo11+1").unwrap(), "6.1.192");
-        assert_eq!(upstream_version_of("6.12.57").unwrap(), "6.12.57");
+        assert_eq!(
+            upstream_version_of("6.1.192-2").unwrap().to_string(),
+            "6.1.192"
+        );
+        assert_eq!(
+            upstream_version_of("6.1.170-3").unwrap().to_string(),
+            "6.1.170"
+        );
+        assert_eq!(
+            upstream_version_of("1:6.1.5-1").unwrap().to_string(),
+            "6.1.5"
+        );
+        assert_eq!(
+            upstream_version_of("6.1.192-2~bpo11+1")
+                .unwrap()
+                .to_string(),
+            "6.1.192"
+        );
+        assert_eq!(
+            upstream_version_of("6.12.57").unwrap().to_string(),
+            "6.12.57"
+        );
         assert!(upstream_version_of("").is_err());
         assert!(upstream_version_of("abc-1").is_err());
         assert!(upstream_version_of("6.1.192-2/..").is_err());

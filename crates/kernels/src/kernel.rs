@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use object::Object;
+use patchbay_core::{BuildId, KernelRelease, UpstreamVersion};
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{upstream_version_of, validate_package_version};
@@ -23,10 +24,10 @@ struct KernelRecord {
     format: u32,
     abi: Abi,
     package_version: String,
-    upstream_version: String,
+    upstream_version: UpstreamVersion,
     kbuild_package: String,
     kbuild_version: String,
-    build_id: String,
+    build_id: BuildId,
 }
 
 /// A complete kernel cache entry: unpacked image, headers, kbuild and modules, plus the
@@ -35,6 +36,8 @@ struct KernelRecord {
 pub struct Kernel {
     dir: PathBuf,
     record: KernelRecord,
+    /// What `uname -r` prints: the ABI as core's release type, parsed once at open.
+    release: KernelRelease,
     headers_dir: PathBuf,
     vmlinux: PathBuf,
     modules_dir: PathBuf,
@@ -71,18 +74,11 @@ impl Kernel {
                 "upstream_version does not match package_version".into(),
             ));
         }
-        if record.build_id.is_empty()
-            || (record.build_id.len() & 1) == 1
-            || !record
-                .build_id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(unusable(format!(
-                "build_id {:?} is not lowercase hex",
-                record.build_id
-            )));
-        }
+        let release: KernelRelease = record
+            .abi
+            .as_str()
+            .parse()
+            .map_err(|e| unusable(format!("abi is not a kernel release: {e}")))?;
         let root = dir.join("root");
         let abi = record.abi.as_str();
         let headers_dir = root.join("usr/src").join(format!("linux-headers-{abi}"));
@@ -101,6 +97,7 @@ impl Kernel {
         Ok(Kernel {
             dir,
             record,
+            release,
             headers_dir,
             vmlinux,
             modules_dir,
@@ -169,8 +166,14 @@ impl Kernel {
         &self.record.package_version
     }
 
-    pub fn upstream_version(&self) -> &str {
-        &self.record.upstream_version
+    /// The upstream version this Debian kernel is built from (`6.1.170`).
+    pub fn upstream_version(&self) -> UpstreamVersion {
+        self.record.upstream_version
+    }
+
+    /// The kernel release as `uname -r` prints it on a host running this kernel.
+    pub fn release(&self) -> &KernelRelease {
+        &self.release
     }
 
     /// The linux-kbuild package version unpacked with the headers (may be newer than the
@@ -217,8 +220,8 @@ impl Kernel {
         &self.modules_dir
     }
 
-    /// GNU build-id of vmlinux, lowercase hex.
-    pub fn build_id(&self) -> &str {
+    /// GNU build-id of vmlinux.
+    pub fn build_id(&self) -> &BuildId {
         &self.record.build_id
     }
 
@@ -427,8 +430,8 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
     }
 }
 
-/// GNU build-id of an ELF file, lowercase hex.
-pub(crate) fn read_build_id(path: &Path) -> Result<String, KernelError> {
+/// GNU build-id of an ELF file.
+pub(crate) fn read_build_id(path: &Path) -> Result<BuildId, KernelError> {
     let elf_error = |reason: String| KernelError::Elf {
         path: path.to_path_buf(),
         reason,
@@ -439,10 +442,9 @@ pub(crate) fn read_build_id(path: &Path) -> Result<String, KernelError> {
         .build_id()
         .map_err(|e| elf_error(e.to_string()))?
         .ok_or_else(|| elf_error("no NT_GNU_BUILD_ID note".into()))?;
-    if id.is_empty() {
-        return Err(elf_error("empty build-id".into()));
-    }
-    Ok(id.iter().map(|b| format!("{b:02x}")).collect())
+    hex::encode(id)
+        .parse()
+        .map_err(|e| elf_error(format!("unusable build-id: {e}")))
 }
 
 /// The one `<package>_*.deb` in `dir`.

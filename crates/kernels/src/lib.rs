@@ -41,7 +41,7 @@ pub struct AvailableKernel {
     /// Debian package version, e.g. `6.1.192-2`.
     pub package_version: String,
     /// Upstream kernel version, e.g. `6.1.192`.
-    pub upstream_version: String,
+    pub upstream_version: patchbay_core::UpstreamVersion,
 }
 
 /// The Debian 6.1 amd64 kernels apt offers, ascending by ABI number.
@@ -223,7 +223,9 @@ mod tests {
         }
         for k in &kernels {
             assert_eq!(k.abi.flavour(), "amd64");
-            assert!(k.package_version.starts_with(&k.upstream_version));
+            assert!(k
+                .package_version
+                .starts_with(&k.upstream_version.to_string()));
         }
     }
 }

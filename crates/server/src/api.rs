@@ -12,7 +12,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use patchbay_core::protocol::{CheckInReply, CheckInRequest, HostState, RegisterRequest};
+use patchbay_core::protocol::{
+    CheckInReply, CheckInRequest, HostState, KernelsReply, RegisterRequest,
+};
 use patchbay_core::{BuildId, ChannelName, PatchLevel};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -291,11 +293,11 @@ async fn publish(
 async fn kernels(
     State(service): State<AppState>,
     Api(caller): Api,
-) -> Result<Json<serde_json::Value>, ServerError> {
+) -> Result<Json<KernelsReply>, ServerError> {
     caller.require(Role::Viewer, "listing kernels")?;
-    Ok(Json(
-        serde_json::json!({ "kernels": service.kernels().await? }),
-    ))
+    Ok(Json(KernelsReply {
+        kernels: service.kernels().await?,
+    }))
 }
 
 async fn attach_report(

@@ -10,6 +10,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::error::ServerError;
+use patchbay_core::Sha256;
 
 #[derive(Debug, Clone)]
 pub struct Blobs {
@@ -42,9 +43,9 @@ impl Blobs {
     }
 
     /// Stores `data`; returns its sha256 and whether it was new.
-    pub async fn put(&self, data: Bytes) -> Result<(String, bool), ServerError> {
-        let sha256 = patchbay_core::Sha256::of(&data).as_str().to_owned();
-        let path = key(&sha256)?;
+    pub async fn put(&self, data: Bytes) -> Result<(Sha256, bool), ServerError> {
+        let sha256 = Sha256::of(&data);
+        let path = key(sha256.as_str())?;
         if self.store.head(&path).await.is_ok() {
             return Ok((sha256, false));
         }

@@ -96,7 +96,7 @@ pub fn host_upstream(host: &HostRecord, levels: &[LevelRecord]) -> Option<Upstre
         levels
             .iter()
             .find(|l| l.build_id == host.build_id)
-            .and_then(|l| l.upstream_version.parse().ok())
+            .map(|l| l.upstream_version)
     })
 }
 
@@ -107,11 +107,11 @@ pub fn level_fixes(host: &HostRecord, levels: &[LevelRecord]) -> Vec<String> {
     levels
         .iter()
         .find(|l| l.build_id == host.build_id && l.level == active)
-        .and_then(|l| l.manifest.get("fixes"))
-        .and_then(|f| f.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c.as_str().map(str::to_owned))
+        .map(|l| {
+            l.manifest
+                .fixes
+                .iter()
+                .map(|c| c.as_str().to_owned())
                 .collect()
         })
         .unwrap_or_default()
@@ -140,11 +140,9 @@ pub fn host_exposure(
             level: l.level.get(),
             closes: l
                 .manifest
-                .get("fixes")
-                .and_then(|f| f.as_array())
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.as_str())
+                .fixes
+                .iter()
+                .map(|c| c.as_str())
                 .filter(|c| open.contains(c))
                 .map(str::to_owned)
                 .collect(),

@@ -18,14 +18,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use object::Object;
+use patchbay_core::clock::{now_rfc3339, unix_seconds};
 use patchbay_core::protocol::{
-    CheckInReply, CheckInRequest, HostState, PublishReceipt, RegisterReply, RegisterRequest,
+    CheckInReply, CheckInRequest, HostState, KernelSummary, LevelSummary, PublishReceipt,
+    RegisterReply, RegisterRequest,
 };
 use patchbay_core::{
     bundle_target_name, BuildId, Bundle, ChannelDoc, ChannelName, CveStatus, HostSeed,
     KernelRollout, PatchLevel, UpgradeReport, Wave,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::auth::{Caller, Role};
@@ -37,14 +39,6 @@ use crate::store::{
     RegistrationKeyRecord, SessionRecord, SqliteStore, Store, TokenRecord, UserRecord,
 };
 use crate::tuf::{KeyPlace, RefreshReport, RoleExpiry, RoleName, TargetEntry, TufRepo};
-
-pub fn now() -> i64 {
-    jiff::Timestamp::now().as_second()
-}
-
-fn now_rfc3339() -> String {
-    jiff::Timestamp::now().to_string()
-}
 
 /// `<prefix>_<64 hex>`: the secret is shown once and stored only as its sha256.
 pub fn random_secret(prefix: &str) -> Result<String, ServerError> {
@@ -86,26 +80,6 @@ pub struct InitReport {
 pub struct WaveRequest {
     pub after_secs: u64,
     pub percent: u8,
-}
-
-/// A published kernel and its levels, for `GET /kernels`.
-#[derive(Debug, Clone, Serialize)]
-pub struct KernelSummary {
-    pub build_id: BuildId,
-    pub kernel_release: String,
-    pub upstream_version: String,
-    pub levels: Vec<LevelSummary>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LevelSummary {
-    pub level: PatchLevel,
-    pub sha256: String,
-    pub length: u64,
-    pub fixes: serde_json::Value,
-    pub published_at: i64,
-    /// Whether an upgrade report is attached (`GET …/levels/{level}/report`).
-    pub report: bool,
 }
 
 /// A dashboard session [`Service::login`] opened.
@@ -320,7 +294,7 @@ impl Service {
         let production = ChannelName::default_channel();
         service
             .store
-            .add_channel(&production, &now_rfc3339(), now())
+            .add_channel(&production, &now_rfc3339(), unix_seconds())
             .await?;
         let admin_token = service.insert_token("pbadm", "init", Role::Admin).await?;
         let admin_password = random_secret("pw")?;
@@ -330,7 +304,7 @@ impl Service {
         let registration_key = random_secret("pbreg")?;
         service
             .store
-            .add_registration_key(&secret_hash(&registration_key), &production, now())
+            .add_registration_key(&secret_hash(&registration_key), &production, unix_seconds())
             .await?;
         let _guard = service.lock_mutations().await?;
         service
@@ -518,8 +492,12 @@ impl Service {
     /// The host's CSAF VEX document as of now.
     pub async fn host_vex(&self, host: &HostRecord) -> Result<serde_json::Value, ServerError> {
         let exposure = self.host_exposure(host).await?;
-        let now = jiff::Timestamp::now().to_string();
-        Ok(crate::cve::csaf_vex(host, &exposure, &self.cve_db(), &now))
+        Ok(crate::cve::csaf_vex(
+            host,
+            &exposure,
+            &self.cve_db(),
+            &now_rfc3339(),
+        ))
     }
 
     /// A host's exposure today under the default policy.
@@ -589,7 +567,7 @@ impl Service {
         if !self.tuf.has_targets_key() {
             self.store
                 .audit(
-                    now(),
+                    unix_seconds(),
                     actor,
                     action,
                     &format!("{detail} (awaiting offline signature)"),
@@ -604,7 +582,7 @@ impl Service {
         // caller undo the database change under metadata that already lists it.
         if let Err(e) = self
             .store
-            .audit(now(), actor, action, detail, Some(version))
+            .audit(unix_seconds(), actor, action, detail, Some(version))
             .await
         {
             eprintln!(
@@ -676,7 +654,7 @@ impl Service {
         let version = self.tuf.install_targets(signed).await?;
         self.store
             .audit(
-                now(),
+                unix_seconds(),
                 "cli",
                 "import-signed",
                 "installed offline-signed targets",
@@ -690,11 +668,13 @@ impl Service {
         let mut targets = BTreeMap::new();
         for level in self.store.levels().await? {
             let mut custom = serde_json::Map::new();
-            custom.insert("manifest".into(), level.manifest.clone());
+            let manifest = serde_json::to_value(&level.manifest)
+                .map_err(|e| ServerError::Tuf(format!("manifest of {}: {e}", level.build_id)))?;
+            custom.insert("manifest".into(), manifest);
             targets.insert(
                 bundle_target_name(&level.build_id, level.level),
                 TargetEntry {
-                    sha256: level.sha256.clone(),
+                    sha256: level.sha256.as_str().to_owned(),
                     length: level.length,
                     custom,
                 },
@@ -708,7 +688,7 @@ impl Service {
             targets.insert(
                 channel.name.target_name(),
                 TargetEntry {
-                    sha256,
+                    sha256: sha256.as_str().to_owned(),
                     length,
                     custom: serde_json::Map::new(),
                 },
@@ -751,7 +731,7 @@ impl Service {
         let _guard = self.lock_mutations().await?;
         let existing = self.store.levels_of(&build_id).await?;
         if let Some(first) = existing.first() {
-            if first.kernel_release != manifest.kernel.release.as_str() {
+            if first.kernel_release != manifest.kernel.release {
                 return Err(ServerError::Unprocessable(format!(
                     "build-id {build_id} was published for kernel {}, this bundle says {}",
                     first.kernel_release, manifest.kernel.release
@@ -759,7 +739,7 @@ impl Service {
             }
         }
         let newest = existing.iter().map(|l| l.level.get()).max().unwrap_or(0);
-        let upload_sha256 = patchbay_core::Sha256::of(&bytes).as_str().to_owned();
+        let upload_sha256 = patchbay_core::Sha256::of(&bytes);
         if let Some(same) = existing
             .iter()
             .find(|l| l.level == level && l.sha256 == upload_sha256)
@@ -767,7 +747,7 @@ impl Service {
             // The same bundle again. Once signed, there is nothing to do; before (a crash or
             // a failed signature after the database took it) it is a retry: sign it now.
             let target = bundle_target_name(&build_id, level);
-            if self.served_target_is(&target, &same.sha256)? {
+            if self.served_target_is(&target, same.sha256.as_str())? {
                 return Err(ServerError::Conflict(format!(
                     "level {level} of kernel {build_id} is already published and signed with \
                      these exact bytes (sha256 {}); nothing to do",
@@ -793,23 +773,17 @@ impl Service {
                 newest + 1
             )));
         }
-        let manifest_json: serde_json::Value = serde_json::from_slice(
-            &manifest
-                .to_json()
-                .map_err(|e| ServerError::Unprocessable(e.to_string()))?,
-        )
-        .map_err(|e| ServerError::Unprocessable(e.to_string()))?;
         let length = bytes.len() as u64;
         let (sha256, new_object) = self.blobs.put(bytes).await?;
         let record = LevelRecord {
             build_id: build_id.clone(),
             level,
-            kernel_release: manifest.kernel.release.as_str().to_owned(),
-            upstream_version: manifest.kernel.upstream_version.clone(),
+            kernel_release: manifest.kernel.release.clone(),
+            upstream_version: manifest.kernel.upstream_version,
             sha256: sha256.clone(),
             length,
-            manifest: manifest_json,
-            published_at: now(),
+            manifest: manifest.clone(),
+            published_at: unix_seconds(),
         };
         self.store.add_level(&record).await?;
         let detail = format!(
@@ -825,7 +799,7 @@ impl Service {
         if let Err(e) = self.resign(actor, "publish", &detail).await {
             self.store.remove_level(&build_id, level).await?;
             if new_object {
-                self.blobs.delete(&sha256).await?;
+                self.blobs.delete(sha256.as_str()).await?;
             }
             return Err(e);
         }
@@ -846,18 +820,14 @@ impl Service {
                 .or_insert_with(|| KernelSummary {
                     build_id: level.build_id.clone(),
                     kernel_release: level.kernel_release.clone(),
-                    upstream_version: level.upstream_version.clone(),
+                    upstream_version: level.upstream_version,
                     levels: Vec::new(),
                 });
             entry.levels.push(LevelSummary {
                 level: level.level,
                 sha256: level.sha256.clone(),
                 length: level.length,
-                fixes: level
-                    .manifest
-                    .get("fixes")
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null),
+                fixes: level.manifest.fixes.clone(),
                 published_at: level.published_at,
                 report: reported.contains(&(level.build_id.clone(), level.level)),
             });
@@ -941,19 +911,15 @@ impl Service {
         }
         let _guard = self.lock_mutations().await?;
         let record = self.level(build_id, level).await?;
-        if record.kernel_release != report.kernel.as_str() {
+        if record.kernel_release != report.kernel {
             return Err(ServerError::Unprocessable(format!(
                 "the report names kernel {}, level {level} of {build_id} was published for {}",
                 report.kernel, record.kernel_release
             )));
         }
-        let published_module = record
-            .manifest
-            .get("module")
-            .and_then(|m| m.get("sha256"))
-            .and_then(|s| s.as_str());
-        if let (Some(module), Some(published)) = (&report.module, published_module) {
-            if module.sha256.as_str() != published {
+        let published = &record.manifest.module.sha256;
+        if let Some(module) = &report.module {
+            if module.sha256 != *published {
                 return Err(ServerError::Unprocessable(format!(
                     "the report describes module {} with sha256 {}, level {level} of {build_id} \
                      holds a module with sha256 {published}: it is the report of another build",
@@ -963,7 +929,7 @@ impl Service {
         }
         let replaced = self
             .store
-            .put_report(build_id, level, &report, now())
+            .put_report(build_id, level, &report, unix_seconds())
             .await?;
         let count = |status| report.with_status(status).count();
         let detail = format!(
@@ -981,7 +947,7 @@ impl Service {
             }
         );
         self.store
-            .audit(now(), actor, "report", &detail, None)
+            .audit(unix_seconds(), actor, "report", &detail, None)
             .await
     }
 
@@ -1007,7 +973,9 @@ impl Service {
             .parse()
             .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))?;
         let _guard = self.lock_mutations().await?;
-        self.store.add_channel(&name, &now_rfc3339(), now()).await?;
+        self.store
+            .add_channel(&name, &now_rfc3339(), unix_seconds())
+            .await?;
         if let Err(e) = self
             .resign(actor, "channel-create", &format!("created channel {name}"))
             .await
@@ -1099,7 +1067,7 @@ impl Service {
                 ServerError::BadRequest("deploy_after_secs must be at most one year".into())
             })?;
         let mut last_percent = 0;
-        let effective_at = now() + delay;
+        let effective_at = unix_seconds() + delay;
         let mut planned = Vec::new();
         for wave in waves {
             if wave.percent == 0 || wave.percent > 100 || wave.percent <= last_percent {
@@ -1137,7 +1105,7 @@ impl Service {
             }
             let next = match current {
                 Some(c) if c.level == level => {
-                    return Ok(keep_served_hosts(c, now(), effective_at, planned))
+                    return Ok(keep_served_hosts(c, unix_seconds(), effective_at, planned))
                 }
                 Some(c) => KernelRollout {
                     level,
@@ -1183,7 +1151,7 @@ impl Service {
             Ok(KernelRollout {
                 level,
                 previous: None,
-                effective_at: now(),
+                effective_at: unix_seconds(),
                 waves: Vec::new(),
                 pinned: true,
             })
@@ -1234,7 +1202,7 @@ impl Service {
             Ok(KernelRollout {
                 level,
                 previous: None,
-                effective_at: now(),
+                effective_at: unix_seconds(),
                 waves: Vec::new(),
                 pinned: current.pinned,
             })
@@ -1263,11 +1231,11 @@ impl Service {
         }
         let key = random_secret("pbreg")?;
         self.store
-            .add_registration_key(&secret_hash(&key), &channel, now())
+            .add_registration_key(&secret_hash(&key), &channel, unix_seconds())
             .await?;
         self.store
             .audit(
-                now(),
+                unix_seconds(),
                 actor,
                 "registration-key",
                 &format!("new registration key for channel {channel}"),
@@ -1288,7 +1256,7 @@ impl Service {
         let token = self.insert_token("pbtok", name, role).await?;
         self.store
             .audit(
-                now(),
+                unix_seconds(),
                 actor,
                 "token-create",
                 &format!("{role} token {name}"),
@@ -1307,7 +1275,7 @@ impl Service {
     ) -> Result<String, ServerError> {
         let token = random_secret(prefix)?;
         self.store
-            .add_token(&secret_hash(&token), name, role, now())
+            .add_token(&secret_hash(&token), name, role, unix_seconds())
             .await?;
         Ok(token)
     }
@@ -1325,7 +1293,7 @@ impl Service {
         self.insert_user(name, role, password).await?;
         self.store
             .audit(
-                now(),
+                unix_seconds(),
                 actor,
                 "user-add",
                 &format!("{role} user {name}"),
@@ -1341,7 +1309,7 @@ impl Service {
             password_hash: crate::auth::hash_password(password)?,
             role,
         };
-        self.store.add_user(&user, now()).await
+        self.store.add_user(&user, unix_seconds()).await
     }
 
     /// The API caller a bearer token belongs to: `token:<name>` (the audit actor) and its
@@ -1389,7 +1357,7 @@ impl Service {
             user: user.name.clone(),
             role: user.role,
             csrf: random_secret("c")?,
-            expires_at: now() + max_age_secs,
+            expires_at: unix_seconds() + max_age_secs,
         };
         self.store.add_session(&session).await?;
         // The session exists already: a login that worked is not turned away because its
@@ -1397,7 +1365,7 @@ impl Service {
         let _ = self
             .store
             .audit(
-                now(),
+                unix_seconds(),
                 &format!("user:{}", user.name),
                 "login",
                 "dashboard login",
@@ -1417,7 +1385,7 @@ impl Service {
             .store
             .session(&secret_hash(cookie))
             .await?
-            .filter(|session| session.expires_at > now()))
+            .filter(|session| session.expires_at > unix_seconds()))
     }
 
     /// Ends a dashboard session (logout).
@@ -1436,7 +1404,7 @@ impl Service {
         }
         self.store
             .audit(
-                now(),
+                unix_seconds(),
                 actor,
                 "host-revoke",
                 &format!(
@@ -1483,7 +1451,7 @@ impl Service {
         self.store.remove_token(&token.id).await?;
         self.store
             .audit(
-                now(),
+                unix_seconds(),
                 actor,
                 "token-revoke",
                 &format!("revoked {} token {}", token.role, token.name),
@@ -1499,7 +1467,7 @@ impl Service {
         self.store.remove_registration_key(&key.id).await?;
         self.store
             .audit(
-                now(),
+                unix_seconds(),
                 actor,
                 "registration-key-revoke",
                 &format!(
@@ -1543,8 +1511,8 @@ impl Service {
             state: HostState::Unpatched,
             last_error: None,
             agent_version: request.agent_version,
-            registered_at: now(),
-            last_checkin: now(),
+            registered_at: unix_seconds(),
+            last_checkin: unix_seconds(),
         };
         self.store.add_host(&host).await?;
         let root = serde_json::from_slice(&self.tuf.root_bytes()?)
@@ -1600,7 +1568,7 @@ impl Service {
                 &host.id,
                 &CheckIn {
                     report: request,
-                    at: now(),
+                    at: unix_seconds(),
                 },
             )
             .await?;
@@ -1614,7 +1582,7 @@ impl Service {
     /// its periodic tasks); hosts keep their last reported state. Returns how many went.
     pub async fn prune_history(&self) -> Result<u64, ServerError> {
         let keep = i64::from(self.config.retention.checkin_days) * 86_400;
-        self.store.prune_checkins(now() - keep).await
+        self.store.prune_checkins(unix_seconds() - keep).await
     }
 
     pub async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError> {
@@ -1695,7 +1663,7 @@ impl Service {
             None => format!("root version {version}: re-signed with a new expiry"),
         };
         self.store
-            .audit(now(), "cli", "root", &detail, None)
+            .audit(unix_seconds(), "cli", "root", &detail, None)
             .await?;
         Ok(version)
     }
@@ -1737,7 +1705,7 @@ mod tests {
                     last_error: None,
                     agent_version: "0.1.0".into(),
                 },
-                at: now() - days_ago * 86_400,
+                at: unix_seconds() - days_ago * 86_400,
             };
             service
                 .store

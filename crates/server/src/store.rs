@@ -12,8 +12,8 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use patchbay_core::protocol::{CheckInRequest, HostState};
 use patchbay_core::{
-    BuildId, ChannelName, HostSeed, KernelRelease, KernelRollout, PatchLevel, UpgradeReport,
-    UpstreamVersion, Wave,
+    BuildId, ChannelName, HostSeed, KernelRelease, KernelRollout, Manifest, PatchLevel, Sha256,
+    UpgradeReport, UpstreamVersion, Wave,
 };
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -27,11 +27,11 @@ use crate::error::ServerError;
 pub struct LevelRecord {
     pub build_id: BuildId,
     pub level: PatchLevel,
-    pub kernel_release: String,
-    pub upstream_version: String,
-    pub sha256: String,
+    pub kernel_release: KernelRelease,
+    pub upstream_version: UpstreamVersion,
+    pub sha256: Sha256,
     pub length: u64,
-    pub manifest: serde_json::Value,
+    pub manifest: Manifest,
     pub published_at: i64,
 }
 
@@ -529,12 +529,18 @@ impl SqliteStore {
                 Ok(LevelRecord {
                     build_id: parse("level build-id", row.try_get::<&str, _>("build_id")?)?,
                     level: level_from("level", row.try_get("level")?)?,
-                    kernel_release: row.try_get("kernel_release")?,
-                    upstream_version: row.try_get("upstream_version")?,
-                    sha256: row.try_get("sha256")?,
+                    kernel_release: parse(
+                        "level kernel release",
+                        row.try_get::<&str, _>("kernel_release")?,
+                    )?,
+                    upstream_version: parse(
+                        "level upstream version",
+                        row.try_get::<&str, _>("upstream_version")?,
+                    )?,
+                    sha256: parse("level sha256", row.try_get::<&str, _>("sha256")?)?,
                     length: u64::try_from(row.try_get::<i64, _>("length")?)
                         .map_err(|e| corrupt("level length", e))?,
-                    manifest: serde_json::from_str(row.try_get::<&str, _>("manifest")?)
+                    manifest: Manifest::parse(row.try_get::<&str, _>("manifest")?.as_bytes())
                         .map_err(|e| corrupt("level manifest", e))?,
                     published_at: row.try_get("published_at")?,
                 })
@@ -593,6 +599,14 @@ fn private_database_files(path: &Path) -> Result<(), ServerError> {
         }
     }
     Ok(())
+}
+
+/// A manifest as the `levels.manifest` column holds it (JSON text).
+fn manifest_text(manifest: &Manifest) -> Result<String, ServerError> {
+    let json = manifest
+        .to_json()
+        .map_err(|e| ServerError::Unprocessable(e.to_string()))?;
+    String::from_utf8(json).map_err(|e| ServerError::Unprocessable(e.to_string()))
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -736,7 +750,7 @@ impl Store for SqliteStore {
 
     async fn add_session(&self, session: &SessionRecord) -> Result<(), ServerError> {
         sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
-            .bind(crate::service::now())
+            .bind(patchbay_core::clock::unix_seconds())
             .execute(&self.pool)
             .await?;
         sqlx::query(
@@ -963,11 +977,11 @@ impl Store for SqliteStore {
         )
         .bind(level.build_id.as_str())
         .bind(i64::from(level.level.get()))
-        .bind(&level.kernel_release)
-        .bind(&level.upstream_version)
-        .bind(&level.sha256)
+        .bind(level.kernel_release.as_str())
+        .bind(level.upstream_version.to_string())
+        .bind(level.sha256.as_str())
         .bind(to_i64(level.length))
-        .bind(level.manifest.to_string())
+        .bind(manifest_text(&level.manifest)?)
         .bind(level.published_at)
         .execute(&self.pool)
         .await?;

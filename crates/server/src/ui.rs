@@ -20,8 +20,9 @@ use serde::Deserialize;
 use crate::api::{build_id, channel_name, host_state, level};
 use crate::auth::{Caller, Role};
 use crate::error::ServerError;
-use crate::service::{now, random_secret, Service};
+use crate::service::{random_secret, Service};
 use crate::store::{HostFilter, SessionRecord};
+use patchbay_core::clock::unix_seconds;
 
 type AppState = Arc<Service>;
 
@@ -390,7 +391,7 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
     }
     let stale = hosts
         .iter()
-        .filter(|h| now() - h.last_checkin > 8 * 3600)
+        .filter(|h| unix_seconds() - h.last_checkin > 8 * 3600)
         .count();
     let bars = |m: &BTreeMap<String, u64>| -> Vec<(String, u64)> {
         m.iter().map(|(k, v)| (k.clone(), *v)).collect()
@@ -569,8 +570,7 @@ async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<Stri
             }
             @if let Some(level) = level {
                 h2 { "Fixes live on this host" }
-                ul #live-fixes { @for cve in level.manifest.get("fixes").and_then(|f| f.as_array()).into_iter().flatten() {
-                    li { (cve.as_str().unwrap_or("?")) } } }
+                ul #live-fixes { @for cve in &level.manifest.fixes { li { (cve) } } }
             }
             h2 { "Exposure" }
             @match (&exposure.base, &exposure.live) {
@@ -626,7 +626,7 @@ async fn kernels(State(service): State<AppState>, user: UiUser) -> PageResult {
                     @for l in &k.levels {
                         tr {
                             td { a href={"/ui/kernels/" (k.build_id) "/" (l.level)} { "level " (l.level) } }
-                            td { (l.fixes.as_array().map(|a| a.iter().filter_map(|c| c.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
+                            td { (l.fixes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")) }
                             td { (l.length) " bytes" }
                             td { (when(l.published_at)) }
                             td { @if l.report { a.report href=(report_href(&k.build_id, l.level)) { "report" } } }
@@ -650,13 +650,6 @@ async fn level_page(
     }
     .ok_or_else(|| ServerError::NotFound(format!("no level {level} of kernel {build_id}")))?;
     let has_report = service.has_report(&record.build_id, record.level).await?;
-    let m = &record.manifest;
-    let list = |key: &str| -> Vec<serde_json::Value> {
-        m.get(key)
-            .and_then(|v| v.as_array())
-            .cloned()
-            .unwrap_or_default()
-    };
     Ok(page(
         Some(&user),
         "Patch level",
@@ -665,16 +658,12 @@ async fn level_page(
             p { "Build-id " code { (record.build_id) } ", sha256 " code { (record.sha256) } }
             @if has_report { p { a.report href=(report_href(&record.build_id, record.level)) { "Upgrade report" } } }
             h2 { "Fixes" }
-            ul #fixes { @for c in list("fixes") { li { (c.as_str().unwrap_or("?")) } } }
+            ul #fixes { @for c in &record.manifest.fixes { li { (c) } } }
             h2 { "Replaced functions" }
             table {
                 tr { th { "Object" } th { "Function" } th { "Position" } }
-                @for f in list("replaced_functions") {
-                    tr {
-                        td { (f.get("object").and_then(|v| v.as_str()).unwrap_or("?")) }
-                        td { code { (f.get("function").and_then(|v| v.as_str()).unwrap_or("?")) } }
-                        td { (f.get("sympos").and_then(|v| v.as_u64()).unwrap_or(0)) }
-                    }
+                @for f in &record.manifest.replaced_functions {
+                    tr { td { (f.object) } td { code { (f.function) } } td { (f.sympos) } }
                 }
             }
         },

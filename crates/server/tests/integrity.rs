@@ -218,7 +218,7 @@ fn re_promoting_the_served_level_never_sends_a_host_down() {
     promote(&s, json!({"build_id": BUILD_ID, "level": 1}));
     let served = rollout(&promote(&s, json!({"build_id": BUILD_ID, "level": 2})));
     // Each "now" is read after the promotes it looks at, never before the server's.
-    let now = patchbay_server::service::now();
+    let now = patchbay_core::clock::unix_seconds();
     assert!(seeds()
         .iter()
         .all(|seed| served.level_for(&build, seed, now) == Some(two)));
@@ -250,7 +250,7 @@ fn re_promoting_the_served_level_never_sends_a_host_down() {
         json!({"build_id": BUILD_ID, "level": 3, "deploy_after_secs": 600,
                "waves": [{"after_secs": 3600, "percent": 10}, {"after_secs": 7200, "percent": 100}]}),
     ));
-    let now = patchbay_server::service::now();
+    let now = patchbay_core::clock::unix_seconds();
     let on_three = seeds()
         .into_iter()
         .filter(|seed| half.level_for(&build, seed, now).map(PatchLevel::get) == Some(3))

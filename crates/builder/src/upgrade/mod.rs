@@ -19,8 +19,9 @@ use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use patchbay_core::protocol::KernelsReply;
 use patchbay_core::report::{DropCategory, DroppedGroup, ReportModule, Verification};
-use patchbay_core::{CveId, CveOutcome, CveStatus, PatchLevel, UpgradeReport};
+use patchbay_core::{BuildId, CveId, CveOutcome, CveStatus, PatchLevel, UpgradeReport};
 use patchbay_exposure::version::UpstreamVersion;
 use patchbay_exposure::CveDatabase;
 use patchbay_kernels::Kernel;
@@ -73,8 +74,6 @@ pub struct Upgrade {
 pub enum UpgradeError {
     #[error("CVEs named with --cves are not in the window:\n{}", list(.0))]
     NotInWindow(Vec<select::NotInWindow>),
-    #[error("the kernel's upstream version {0:?} cannot be read: {1}")]
-    Version(String, String),
     #[error(
         "none of the {selected} selected CVEs could be built into a live patch (see the report \
          above); nothing to publish"
@@ -195,16 +194,6 @@ struct GroupBuild {
     bundle: Option<PathBuf>,
 }
 
-/// The running kernel's upstream version (`6.1.170`).
-pub fn kernel_version(kernel: &Kernel) -> Result<UpstreamVersion, UpgradeError> {
-    kernel
-        .upstream_version()
-        .parse()
-        .map_err(|e: patchbay_core::IdError| {
-            UpgradeError::Version(kernel.upstream_version().to_owned(), e.to_string())
-        })
-}
-
 /// Runs the upgrade: builds (and verifies) the cumulative bundle at `request.output`, returns
 /// the report. Nothing is written at `output` unless a bundle was built (and passed).
 pub fn run(
@@ -212,9 +201,9 @@ pub fn run(
     db: &CveDatabase,
     request: &Upgrade,
 ) -> Result<UpgradeReport, UpgradeError> {
-    let started_at = crate::module_build::now_rfc3339();
+    let started_at = patchbay_core::clock::now_rfc3339();
     let progress = Progress::new();
-    let from = kernel_version(kernel)?;
+    let from = kernel.upstream_version();
     let temp;
     let work: PathBuf = match &request.work_dir {
         Some(dir) => {
@@ -576,19 +565,8 @@ pub fn run(
         }
     }
     let report = UpgradeReport {
-        kernel: kernel
-            .abi()
-            .to_string()
-            .parse()
-            .map_err(|e: patchbay_core::IdError| {
-                UpgradeError::Version(kernel.abi().to_string(), e.to_string())
-            })?,
-        build_id: kernel
-            .build_id()
-            .parse()
-            .map_err(|e: patchbay_core::IdError| {
-                UpgradeError::Version(kernel.build_id().to_owned(), e.to_string())
-            })?,
+        kernel: kernel.release().clone(),
+        build_id: kernel.build_id().clone(),
         from_version: from.to_string(),
         to_version: request.to.to_string(),
         fixes_from: match (&request.fixes.newer, &request.fixes.patches) {
@@ -1156,7 +1134,11 @@ fn outcome(
 }
 
 /// The level after the newest one `server` has for `build_id` (1 when it has none).
-pub async fn next_level(server: &str, token: &str, build_id: &str) -> Result<PatchLevel, String> {
+pub async fn next_level(
+    server: &str,
+    token: &str,
+    build_id: &BuildId,
+) -> Result<PatchLevel, String> {
     let base = url::Url::parse(server).map_err(|e| format!("server URL {server}: {e}"))?;
     let endpoint = base
         .join("api/v1/kernels")
@@ -1172,27 +1154,23 @@ pub async fn next_level(server: &str, token: &str, build_id: &str) -> Result<Pat
         .await
         .map_err(|e| format!("GET {endpoint}: {e}"))?;
     let status = response.status();
-    let body: serde_json::Value = response
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        return Err(format!("GET {endpoint}: {status}: {body}"));
+    }
+    let reply: KernelsReply = response
         .json()
         .await
         .map_err(|e| format!("GET {endpoint}: {status}: {e}"))?;
-    if !status.is_success() {
-        return Err(format!("GET {endpoint}: {status}: {body}"));
-    }
-    let newest = body
-        .get("kernels")
-        .and_then(serde_json::Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|k| k.get("build_id").and_then(serde_json::Value::as_str) == Some(build_id))
-        .filter_map(|k| k.get("levels").and_then(serde_json::Value::as_array))
-        .flatten()
-        .filter_map(|l| l.get("level").and_then(serde_json::Value::as_u64))
+    let newest = reply
+        .kernels
+        .iter()
+        .filter(|k| k.build_id == *build_id)
+        .flat_map(|k| &k.levels)
+        .map(|l| l.level.get())
         .max()
         .unwrap_or(0);
-    u32::try_from(newest + 1)
-        .map_err(|e| e.to_string())
-        .and_then(|n| PatchLevel::try_from(n).map_err(|e| e.to_string()))
+    PatchLevel::try_from(newest.saturating_add(1)).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -117,7 +117,7 @@ fn network_demo(
             receipt.level, receipt.build_id, receipt.target
         );
     }
-    let build_id = kernel.build_id().to_owned();
+    let build_id = kernel.build_id().to_string();
     server.admin(
         "POST",
         "channels/production/promote",

@@ -208,7 +208,7 @@ pub async fn import(
         service
             .store
             .audit(
-                crate::service::now(),
+                patchbay_core::clock::unix_seconds(),
                 "cli",
                 "import",
                 &format!(

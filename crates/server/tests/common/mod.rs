@@ -216,7 +216,7 @@ pub fn bundle_bytes_padded(
         kernel: KernelTarget {
             release: RELEASE.parse().unwrap(),
             build_id: BUILD_ID.parse().unwrap(),
-            upstream_version: "6.1.192".into(),
+            upstream_version: patchbay_core::UpstreamVersion::new(6, 1, 192),
             package_version: None,
         },
         level: level.try_into().unwrap(),

@@ -38,7 +38,7 @@ pub fn run(args: &[String]) -> Result<()> {
             continue;
         }
         let bundle = Bundle::read(&path).with_context(|| format!("read {}", path.display()))?;
-        if bundle.manifest().kernel.build_id.as_str() != kernel.build_id() {
+        if &bundle.manifest().kernel.build_id != kernel.build_id() {
             continue;
         }
         let name: String = path
