@@ -16,7 +16,7 @@ use patchbay_core::{BuildId, Bundle, KernelRelease, ModuleName, PatchLevel};
 use crate::cache::{CachedLevel, StateDir, StoreOutcome};
 use crate::error::{load_hint, AgentError, BlockedReport, KernelMismatch};
 use crate::host::{Clock, Kernel, KernelPaths};
-use crate::livepatch::{self, LivePatch};
+use crate::livepatch::{self, AfterUnpatchTimeout, LivePatch};
 use crate::notes::parse_build_id;
 use crate::state::{
     quarantine, AgentState, ErrorRecord, Event, HistoryEntry, OpKind, PendingOp, StateError,
@@ -1121,30 +1121,46 @@ impl Agent<'_> {
                         outcome: String::new(),
                     };
                     // Writing 1 during the transition reverses it: back to patched.
-                    let back = livepatch::write_attr(&dir.join("enabled"), "1")
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| match self.wait_transition(module.as_str(), 1, opts) {
-                            Ok(TransitionEnd::Done) => Ok(()),
-                            Ok(_) => Err("returning to patched stalled as well".to_owned()),
-                            Err(e) => Err(e.to_string()),
-                        });
-                    report.outcome = match back {
-                        Ok(()) => format!("reverted; level {level} stays active"),
-                        Err(e) => format!(
-                            "reverting failed ({e}); level {level} is in transition, check \
-                             `patchbay status`"
-                        ),
-                    };
-                    session.state.record(HistoryEntry {
-                        at_unix: unix_seconds_unsigned(),
-                        event: Event::Reverted,
-                        build_id: identity.build_id.clone(),
-                        level: Some(level),
-                        previous_level: Some(level),
-                        module: Some(module.clone()),
-                        detail: report.outcome.clone(),
+                    let written = livepatch::write_attr(&dir.join("enabled"), "1");
+                    let back = livepatch::after_unpatch_timeout(
+                        written,
+                        self.read_patch_after_write(module.as_str()),
+                    )
+                    .and_then(|after| match after {
+                        AfterUnpatchTimeout::FinishedLate => Ok(after),
+                        AfterUnpatchTimeout::Reversing => {
+                            match self.wait_transition(module.as_str(), 1, opts) {
+                                Ok(TransitionEnd::Done) => Ok(after),
+                                Ok(_) => Err("returning to patched stalled as well".to_owned()),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        }
                     });
-                    return Err(self.fail(session, AgentError::Blocked(Box::new(report))));
+                    if let Ok(AfterUnpatchTimeout::FinishedLate) = back {
+                        outcome.warnings.push(format!(
+                            "the unload of level {level} finished just after the {:.0} s wait \
+                             ran out",
+                            waited.as_secs_f64()
+                        ));
+                    } else {
+                        report.outcome = match back {
+                            Ok(_) => format!("reverted; level {level} stays active"),
+                            Err(e) => format!(
+                                "reverting failed ({e}); level {level} is in transition, check \
+                                 `patchbay status`"
+                            ),
+                        };
+                        session.state.record(HistoryEntry {
+                            at_unix: unix_seconds_unsigned(),
+                            event: Event::Reverted,
+                            build_id: identity.build_id.clone(),
+                            level: Some(level),
+                            previous_level: Some(level),
+                            module: Some(module.clone()),
+                            detail: report.outcome.clone(),
+                        });
+                        return Err(self.fail(session, AgentError::Blocked(Box::new(report))));
+                    }
                 }
             }
         }
@@ -1295,6 +1311,14 @@ impl Agent<'_> {
             Err(e) if livepatch::is_gone(&e) => TransitionEnd::Vanished,
             _ => end,
         })
+    }
+
+    /// The patch as the kernel shows it right after a write to one of its attributes. The
+    /// clock is read first: the kernel acts on the write synchronously, and the test kernel
+    /// acts on writes when the clock is read.
+    fn read_patch_after_write(&self, name: &str) -> std::io::Result<Option<LivePatch>> {
+        let _ = self.clock.now();
+        livepatch::read_patch(&self.paths.livepatch_dir, name)
     }
 
     /// A transition is slow: report who blocks it and signal them if the kernel lets us.

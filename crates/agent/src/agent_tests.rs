@@ -405,6 +405,27 @@ fn blocked_unload_returns_to_patched() {
 }
 
 #[test]
+fn an_unload_that_finishes_as_its_wait_runs_out_is_an_unload() {
+    let h = Harness::new();
+    h.apply(1).unwrap();
+    h.k.set_blocker(blocker(false, true, false));
+    h.k.sim().unpatch_ends_before_reversal = true;
+    let out = h.with(|a| a.unload(&quick())).unwrap();
+    assert_eq!(out.removed.len(), 1, "{out:?}");
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("finished just after")),
+        "{:?}",
+        out.warnings
+    );
+    let st = h.with(|a| a.status()).unwrap();
+    assert_eq!(st.state, PatchState::Unpatched, "{st:?}");
+    assert!(h.k.loaded().is_empty(), "{:?}", h.k.loaded());
+    assert_eq!(*h.events().last().unwrap(), Event::Unloaded);
+}
+
+#[test]
 fn busy_module_deletes_are_retried() {
     let h = Harness::new();
     h.apply(1).unwrap();

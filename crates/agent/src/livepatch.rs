@@ -80,6 +80,36 @@ pub fn read_patch(livepatch_dir: &Path, name: &str) -> io::Result<Option<LivePat
     }))
 }
 
+/// Where an unpatch transition that outlived its wait stands after the agent wrote `1` to the
+/// patch's `enabled` to reverse it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterUnpatchTimeout {
+    /// The unpatch finished between the agent's last read and its write: the kernel refused
+    /// to re-enable the disabled patch (EINVAL) or had freed it already. The unload completed.
+    FinishedLate,
+    /// The kernel took the reversal: the patch is on its way back to patched.
+    Reversing,
+}
+
+/// Reads what the reversal write did: `written` is the write's result, `now` the patch as
+/// read right after it ([`read_patch`]). A refused write is an error only while the patch is
+/// still unpatching (the write was needed and failed).
+pub fn after_unpatch_timeout(
+    written: io::Result<()>,
+    now: io::Result<Option<LivePatch>>,
+) -> Result<AfterUnpatchTimeout, String> {
+    match now {
+        Ok(None) => Ok(AfterUnpatchTimeout::FinishedLate),
+        Ok(Some(p)) if !p.enabled && !p.transition => Ok(AfterUnpatchTimeout::FinishedLate),
+        Ok(Some(p)) => match written {
+            Err(e) => Err(format!("cannot write 1 to enabled: {e}")),
+            Ok(()) if p.enabled => Ok(AfterUnpatchTimeout::Reversing),
+            Ok(()) => Err("the kernel did not take the reversal; it is still unpatching".into()),
+        },
+        Err(e) => Err(format!("cannot read the patch after the reversal: {e}")),
+    }
+}
+
 /// Reads a 0/1 sysfs attribute.
 pub fn read_flag(path: &Path) -> io::Result<bool> {
     let text = read_small(path)?;
@@ -305,6 +335,36 @@ pub fn truncate(s: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn a_reversal_refused_because_the_unpatch_finished_is_a_late_finish() {
+        let patch = |enabled, transition| {
+            Ok(Some(LivePatch {
+                name: "pb_l1".into(),
+                enabled,
+                transition,
+            }))
+        };
+        let einval = || Err(io::Error::from_raw_os_error(libc::EINVAL));
+        assert_eq!(
+            after_unpatch_timeout(einval(), patch(false, false)),
+            Ok(AfterUnpatchTimeout::FinishedLate)
+        );
+        assert_eq!(
+            after_unpatch_timeout(einval(), Ok(None)),
+            Ok(AfterUnpatchTimeout::FinishedLate)
+        );
+        assert_eq!(
+            after_unpatch_timeout(Ok(()), patch(true, true)),
+            Ok(AfterUnpatchTimeout::Reversing)
+        );
+        let refused = after_unpatch_timeout(einval(), patch(false, true)).unwrap_err();
+        assert!(refused.contains("cannot write 1"), "{refused}");
+        let ignored = after_unpatch_timeout(Ok(()), patch(false, true)).unwrap_err();
+        assert!(ignored.contains("still unpatching"), "{ignored}");
+        let unreadable = after_unpatch_timeout(Ok(()), Err(io::Error::other("EIO"))).unwrap_err();
+        assert!(unreadable.contains("cannot read"), "{unreadable}");
+    }
 
     #[test]
     fn enoent_and_enodev_mean_the_patch_is_gone() {

@@ -153,6 +153,9 @@ pub(crate) struct Sim {
     pub crash_after_load: bool,
     /// The next this many deletes fail with EAGAIN.
     pub eagain_deletes: u32,
+    /// An unpatch transition ends just before the agent's write that would reverse it (the
+    /// last blocker left in between): the real kernel then refuses the write with EINVAL.
+    pub unpatch_ends_before_reversal: bool,
     /// Module name -> pinned (its patch is not freed yet, or it was forced).
     modules: BTreeMap<String, bool>,
     patches: Vec<SimPatch>,
@@ -188,6 +191,7 @@ impl FakeKernel {
                 crash_on_load: false,
                 crash_after_load: false,
                 eagain_deletes: 0,
+                unpatch_ends_before_reversal: false,
                 modules: BTreeMap::new(),
                 patches: Vec::new(),
                 transition: None,
@@ -387,7 +391,13 @@ impl FakeKernel {
                     let now = sim.now;
                     let is_transition_patch =
                         sim.transition.as_ref().is_some_and(|t| &t.patch == name);
-                    if is_transition_patch {
+                    let unpatching = sim.transition.as_ref().is_some_and(|t| !t.target);
+                    if is_transition_patch && want && unpatching && sim.unpatch_ends_before_reversal
+                    {
+                        // The transition completed first; the kernel refuses to enable a
+                        // disabled patch that is no longer in transition.
+                        self.complete(sim);
+                    } else if is_transition_patch {
                         // klp_reverse_transition
                         let t = sim.transition.as_mut().unwrap();
                         t.target = want;
