@@ -8,6 +8,7 @@
 //! agent under a smoke workload; a group that breaks it is dropped and the bundle rebuilt) →
 //! the report (`patchbay_core::UpgradeReport`).
 
+mod blockers;
 pub mod fixes;
 pub mod render;
 pub mod select;
@@ -305,6 +306,48 @@ pub fn run(
 
     // The cumulative bundle, verified; groups that break it are dropped and it is rebuilt.
     let mut dropped: Vec<DroppedGroup> = Vec::new();
+    // Functions a verification of this kernel build saw block a transition: groups that
+    // replace them are dropped before the first boot (a whole QEMU round saved).
+    let mut known_blockers = match blockers::KnownBlockers::load(kernel.dir()) {
+        Ok(known) => Some(known),
+        Err(e) => {
+            progress.say(&format!("warning: {e}"));
+            None
+        }
+    };
+    if let Some(known) = &known_blockers {
+        let built: Vec<&GroupBuild> = builds
+            .iter()
+            .filter(|b| matches!(b.outcome, GroupOutcome::Built { .. }))
+            .collect();
+        let names: Vec<String> = known.functions().map(|(f, _)| f.to_owned()).collect();
+        for (b, hit) in groups_replacing(&built, &names) {
+            let seen: Vec<String> = known
+                .functions()
+                .filter(|(f, _)| hit.contains(f))
+                .map(|(f, o)| format!("{f} on {}", o.seen))
+                .collect();
+            progress.say(&format!(
+                "group {} replaces {}, which blocked the transition in an earlier verification \
+                 of this kernel; dropped before verifying",
+                b.group.number,
+                hit.join(", ")
+            ));
+            dropped.push(DroppedGroup {
+                group: b.group.number,
+                cves: group_ids(&cves, &b.group),
+                category: DropCategory::TransitionBlocked,
+                reason: format!(
+                    "its live patch cannot take effect while tasks sleep in {}: a verification \
+                     of this kernel build saw the transition blocked there ({}; remembered in \
+                     {}, delete it to verify again)",
+                    hit.join(", "),
+                    seen.join(", "),
+                    known.path().display()
+                ),
+            });
+        }
+    }
     let mut verification: Option<Verification> = None;
     let mut module: Option<ReportModule> = None;
     let mut final_functions: Vec<String> = Vec::new();
@@ -449,21 +492,16 @@ pub fn run(
         // A transition blocked by tasks sleeping in replaced functions: the agent named the
         // functions; drop the groups that replace them (no isolation boot needed).
         let blocking = verify::blocking_functions(&failure);
-        let blockers: Vec<(&GroupBuild, Vec<&str>)> = keep
-            .iter()
-            .filter_map(|b| {
-                let GroupOutcome::Built { functions, .. } = &b.outcome else {
-                    return None;
-                };
-                let hit: Vec<&str> = blocking
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|name| functions.iter().any(|f| replaces(f, name)))
-                    .collect();
-                (!hit.is_empty()).then_some((*b, hit))
-            })
-            .collect();
+        let blockers = groups_replacing(&keep, &blocking);
         if !blockers.is_empty() {
+            if let Some(known) = &mut known_blockers {
+                if let Err(e) = known.record(&blocking, &patchbay_core::clock::now_rfc3339()) {
+                    progress.say(&format!(
+                        "warning: cannot remember the blocking functions in {}: {e}",
+                        known.path().display()
+                    ));
+                }
+            }
             progress.say(&format!(
                 "the cumulative bundle's transition was blocked by tasks sleeping in {}; \
                  dropping the {} group(s) that replace them",
@@ -609,6 +647,27 @@ pub fn run(
 
 /// Whether a group's `object:function` entry is the function a stack frame names (the frame
 /// may name a GCC clone of it, or the group may patch the clone).
+/// The groups that replace any of `names` (functions tasks were seen sleeping in), each with
+/// the names it replaces.
+fn groups_replacing<'a, 'n>(
+    keep: &[&'a GroupBuild],
+    names: &'n [String],
+) -> Vec<(&'a GroupBuild, Vec<&'n str>)> {
+    keep.iter()
+        .filter_map(|b| {
+            let GroupOutcome::Built { functions, .. } = &b.outcome else {
+                return None;
+            };
+            let hit: Vec<&str> = names
+                .iter()
+                .map(String::as_str)
+                .filter(|name| functions.iter().any(|f| replaces(f, name)))
+                .collect();
+            (!hit.is_empty()).then_some((*b, hit))
+        })
+        .collect()
+}
+
 fn replaces(entry: &str, frame_function: &str) -> bool {
     let function = entry.split_once(':').map_or(entry, |(_, f)| f);
     let base = |name: &str| name.split_once('.').map_or(name, |(b, _)| b).to_owned();
@@ -1203,5 +1262,47 @@ mod tests {
         assert!(replaces("vmlinux:tcp_sendmsg.cold", "tcp_sendmsg"));
         assert!(!replaces("vmlinux:worker_thread", "worker"));
         assert!(!replaces("vmlinux:kthread", "kthread_worker_fn"));
+    }
+
+    fn built(number: u32, functions: &[&str]) -> GroupBuild {
+        GroupBuild {
+            group: Group {
+                number,
+                cves: vec![],
+                files: BTreeSet::new(),
+            },
+            outcome: GroupOutcome::Built {
+                functions: functions.iter().map(|f| (*f).to_owned()).collect(),
+                module_init: vec![],
+                not_built: vec![],
+                modules: vec![],
+                pulled_in: vec![],
+            },
+            seconds: 0.0,
+            paths: BTreeSet::new(),
+            given: vec![],
+            bundle: None,
+        }
+    }
+
+    #[test]
+    fn the_groups_replacing_a_blocking_function_are_found_by_name() {
+        let rfcomm = built(185, &["rfcomm:rfcomm_run", "rfcomm:rfcomm_dlc_open"]);
+        let tcp = built(7, &["vmlinux:tcp_sendmsg"]);
+        let workers = built(9, &["vmlinux:worker_thread", "vmlinux:rescuer_thread"]);
+        let keep = [&rfcomm, &tcp, &workers];
+        let names = ["rfcomm_run".to_owned(), "rescuer_thread.isra.0".to_owned()];
+        let hits: Vec<(u32, Vec<&str>)> = groups_replacing(&keep, &names)
+            .into_iter()
+            .map(|(b, hit)| (b.group.number, hit))
+            .collect();
+        assert_eq!(
+            hits,
+            vec![
+                (185, vec!["rfcomm_run"]),
+                (9, vec!["rescuer_thread.isra.0"])
+            ]
+        );
+        assert!(groups_replacing(&keep, &[]).is_empty());
     }
 }
