@@ -53,7 +53,7 @@ pub enum RemoteError {
     /// The server answered with an error status, an oversized body, or an unexpected reply.
     #[error("the server refused the request ({status}): {message}")]
     Refused {
-        /// The HTTP status (200 when a successful reply could not be used).
+        /// The HTTP status (a 2xx one when a successful reply could not be used).
         status: u16,
         /// The server's error message, or what was wrong with its reply.
         message: String,
