@@ -26,10 +26,11 @@ use crate::status::{ActiveLevel, StatusReport};
 
 /// Poll interval for `transition` during the first [`FAST_POLL_FOR`]; short so that apply
 /// adds almost nothing to the kernel's own transition time.
-pub const FAST_POLL: Duration = Duration::from_millis(2);
+pub(crate) const FAST_POLL: Duration = Duration::from_millis(2);
 /// After this long a transition is slow anyway; poll less often.
-pub const FAST_POLL_FOR: Duration = Duration::from_secs(5);
-pub const SLOW_POLL: Duration = Duration::from_millis(20);
+pub(crate) const FAST_POLL_FOR: Duration = Duration::from_secs(5);
+/// Poll interval for `transition` after [`FAST_POLL_FOR`].
+pub(crate) const SLOW_POLL: Duration = Duration::from_millis(20);
 /// How long a freshly loaded module may take to show up in sysfs.
 const APPEAR_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a disabled or replaced patch may take to be freed (its sysfs dir to vanish).
@@ -42,7 +43,9 @@ const BLOCKERS_SHOWN: usize = 8;
 /// The running kernel's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelIdentity {
+    /// `uname -r`, e.g. `6.1.0-56-amd64` (the release alone does not identify the build).
     pub release: KernelRelease,
+    /// GNU build-id of the running vmlinux, from `/sys/kernel/notes`: what bundles must match.
     pub build_id: BuildId,
 }
 
@@ -71,6 +74,7 @@ impl Default for TransitionOptions {
 /// Options of `apply` and `rollback`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ApplyOptions {
+    /// How the livepatch transition is waited for.
     pub transition: TransitionOptions,
     /// Allow `apply` of a level below the active one.
     pub allow_downgrade: bool,
@@ -114,7 +118,9 @@ impl ApplyTimings {
 /// Result of `apply` / `rollback`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOutcome {
+    /// The level now active.
     pub level: PatchLevel,
+    /// The kernel module of that level, e.g. `pb_0123456789ab_l3`.
     pub module: ModuleName,
     /// The Patchbay level that was active before.
     pub previous: Option<PatchLevel>,
@@ -126,6 +132,7 @@ pub struct ApplyOutcome {
     pub forced: bool,
     /// Problems after the level became active (e.g. an old module that could not be removed).
     pub warnings: Vec<String>,
+    /// When each phase ended, measured from the start of the apply.
     pub timings: ApplyTimings,
 }
 
@@ -168,6 +175,7 @@ pub struct UnloadOutcome {
     pub removed: Vec<PatchLevel>,
     /// Leftover modules (loaded, no longer a livepatch) that were removed.
     pub stale_removed: Vec<ModuleName>,
+    /// Problems that did not stop the unload (e.g. a module that could not be removed).
     pub warnings: Vec<String>,
 }
 
@@ -281,9 +289,13 @@ enum TransitionEnd {
 
 /// The agent, wired to a kernel, a clock, and a state directory.
 pub struct Agent<'a> {
+    /// Module syscalls: [`crate::SystemKernel`] in production, a fake in tests.
     pub kernel: &'a dyn Kernel,
+    /// Time and sleeping (a fake clock makes transition waits instant in tests).
     pub clock: &'a dyn Clock,
+    /// Where sysfs, procfs and the kernel notes are read from.
     pub paths: KernelPaths,
+    /// The agent's own files: state, lock and cached bundles.
     pub state_dir: StateDir,
     /// Progress and warnings (the CLI prints them to stderr).
     pub log: &'a dyn Fn(&str),

@@ -20,25 +20,45 @@ use patchbay_core::{BuildId, Bundle, Manifest, ModuleName, PatchLevel, Sha256};
 /// Why a cache entry or the module file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// A file system operation on the state directory failed.
     #[error("cannot {what} {path}: {source}")]
     Io {
+        /// What was being done, as a verb phrase that takes the path, e.g. `write module file`.
         what: &'static str,
+        /// The file or directory it was done to.
         path: PathBuf,
+        /// The underlying I/O error.
         source: io::Error,
     },
+    /// The bundle could not be encoded for the cache.
     #[error("cannot cache the bundle as {path}: {source}")]
     Write {
+        /// Where the bundle was to be cached (`bundles/<build-id>/level-<N>.pbb`).
         path: PathBuf,
+        /// Why encoding it failed.
         source: patchbay_core::BundleError,
     },
+    /// A cached bundle cannot be read back or no longer verifies.
     #[error("cached bundle {path} is unreadable ({reason}); delete it and apply the bundle again")]
-    BadEntry { path: PathBuf, reason: String },
+    BadEntry {
+        /// The cached bundle file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The state directory (or a directory in it) could be written by someone other than its
+    /// owner, so nothing is loaded from it.
     #[error(
         "refusing to use the state directory {path}: {problem}. It holds code that is loaded \
          into the kernel, so only its owner (the agent's user, root) may write to it; fix it \
          (e.g. `chown root: {path} && chmod 0700 {path}`) or point --state-dir elsewhere"
     )]
-    Unsafe { path: PathBuf, problem: String },
+    Unsafe {
+        /// The directory that was refused.
+        path: PathBuf,
+        /// What makes it unsafe: a symlink, another owner, or group/world write permission.
+        problem: String,
+    },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {
@@ -56,36 +76,45 @@ pub struct StateDir {
 }
 
 impl StateDir {
+    /// The layout under `root` (e.g. `/var/lib/patchbay`); nothing is created or checked yet.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         StateDir { root: root.into() }
     }
 
-    pub fn root(&self) -> &Path {
+    /// The state directory itself.
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn state_file(&self) -> PathBuf {
+    /// `<root>/state.json`: history, last error and the pending-operation marker.
+    pub(crate) fn state_file(&self) -> PathBuf {
         self.root.join("state.json")
     }
 
-    pub fn lock_file(&self) -> PathBuf {
+    /// `<root>/lock`: held with flock(2) while an apply, rollback or unload runs.
+    pub(crate) fn lock_file(&self) -> PathBuf {
         self.root.join("lock")
     }
 
-    pub fn bundles_dir(&self, build_id: &BuildId) -> PathBuf {
+    /// `<root>/bundles/<build-id>`: the cached bundles for one kernel build.
+    pub(crate) fn bundles_dir(&self, build_id: &BuildId) -> PathBuf {
         self.root.join("bundles").join(build_id.as_str())
     }
 
-    pub fn bundle_path(&self, build_id: &BuildId, level: PatchLevel) -> PathBuf {
+    /// `<root>/bundles/<build-id>/level-<N>.pbb`: where one level's bundle is cached.
+    pub(crate) fn bundle_path(&self, build_id: &BuildId, level: PatchLevel) -> PathBuf {
         self.bundles_dir(build_id)
             .join(format!("level-{level}.pbb"))
     }
 
-    pub fn modules_dir(&self) -> PathBuf {
+    /// `<root>/modules`: modules extracted from applied bundles.
+    pub(crate) fn modules_dir(&self) -> PathBuf {
         self.root.join("modules")
     }
 
-    pub fn module_path(&self, name: &ModuleName) -> PathBuf {
+    /// `<root>/modules/<name>.ko`: the extracted module; its presence marks the level loaded
+    /// last (see [`StateDir::extract_module`]).
+    pub(crate) fn module_path(&self, name: &ModuleName) -> PathBuf {
         self.modules_dir().join(format!("{name}.ko"))
     }
 
@@ -285,10 +314,16 @@ impl StateDir {
 /// Result of [`StateDir::store_bundle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOutcome {
+    /// The bundle was written to the cache (new, or replacing a damaged copy).
     Stored,
+    /// An identical bundle was cached already; nothing was written.
     AlreadyCached,
+    /// A different bundle of the same level is cached; levels are immutable, so nothing was
+    /// written and the caller must refuse the new one.
     Conflict {
+        /// The cached bundle.
         path: PathBuf,
+        /// The module hash in the cached bundle's manifest, to show in the refusal.
         cached_sha256: Sha256,
     },
 }
@@ -296,7 +331,9 @@ pub enum StoreOutcome {
 /// A cached bundle; its manifest was verified against the module when it was cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedLevel {
+    /// The cached bundle file.
     pub path: PathBuf,
+    /// Its manifest; level and build-id match the file's place in the cache.
     pub manifest: Manifest,
 }
 

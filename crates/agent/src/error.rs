@@ -36,8 +36,11 @@ pub mod exit {
 pub struct BlockedReport {
     /// "transition to level 2", "unload of level 2".
     pub action: String,
+    /// The blocking tasks shown, at most a handful (with stacks where readable).
     pub blockers: Vec<BlockingTask>,
+    /// How many tasks were blocking in all; more than `blockers.len()` when some are not shown.
     pub total_blockers: usize,
+    /// How long the transition was waited for before giving up.
     pub waited: Duration,
     /// "reverted; level 1 stays active".
     pub outcome: String,
@@ -106,11 +109,18 @@ impl std::fmt::Display for BlockedReport {
      loaded. Use the bundle built for this exact kernel build"
 )]
 pub struct KernelMismatch {
+    /// The bundle, as named to the user.
     pub path: String,
+    /// The kernel release the bundle was built for.
     pub bundle_release: KernelRelease,
+    /// The kernel build-id the bundle was built for.
     pub bundle_build_id: BuildId,
+    /// `uname -r` of the running kernel.
     pub running_release: KernelRelease,
+    /// Build-id of the running kernel.
     pub running_build_id: BuildId,
+    /// Extra explanation when only one of release and build-id differs (starts with ` — `);
+    /// empty otherwise.
     pub note: &'static str,
 }
 
@@ -118,23 +128,41 @@ pub struct KernelMismatch {
 /// do; nothing was changed unless the message says so.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The command was used wrongly (exit 2); the text says how.
     #[error("{0}")]
     Usage(String),
 
+    /// The kernel release could not be read or parsed.
     #[error("cannot identify the running kernel: cannot {what}: {reason}")]
-    Identity { what: String, reason: String },
+    Identity {
+        /// What was attempted, e.g. `read the kernel release (uname)`.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
 
+    /// The kernel notes could not be read or hold no usable build-id.
     #[error("cannot identify the running kernel from {path}: {source}")]
-    Notes { path: PathBuf, source: NotesError },
+    Notes {
+        /// The notes file, normally `/sys/kernel/notes`.
+        path: PathBuf,
+        /// What is wrong with its contents.
+        source: NotesError,
+    },
 
+    /// The bundle file could not be read (I/O); nothing was changed.
     #[error("{0}; nothing was changed")]
     BundleUnreadable(BundleError),
 
+    /// The bundle was read but is malformed or does not verify (exit 7).
     #[error("refused: {0}; nothing was loaded")]
     BundleRefused(BundleError),
 
+    /// The bundle is for another kernel build than the running one (exit 7).
     #[error("{0}")]
     WrongKernel(Box<KernelMismatch>),
+
+    /// A different bundle of the same level is cached already (exit 7): levels are immutable.
 
     #[error(
         "refused: a different bundle for level {level} is already cached at {path} (its module \
@@ -143,75 +171,117 @@ pub enum AgentError {
          a new level"
     )]
     CacheConflict {
+        /// The level both bundles claim.
         level: PatchLevel,
+        /// The cached bundle.
         path: PathBuf,
+        /// Module hash in the cached bundle's manifest.
         cached: Sha256,
+        /// Module hash in the offered bundle's manifest.
         offered: Sha256,
     },
 
+    /// Tasks kept the transition from finishing; it was reverted (exit 6).
     #[error("{0}")]
     Blocked(Box<BlockedReport>),
 
+    /// This kernel cannot be livepatched or no bundle is known for it (exit 5).
     #[error("{0}")]
     Unsupported(String),
 
+    /// No Patchbay level is active, so the operation has nothing to act on (exit 3).
     #[error("{0}")]
     NoPatch(String),
+
+    /// The kernel is already in a livepatch transition; only one can run at a time.
 
     #[error(
         "a livepatch transition is already in progress ({patch}); the kernel allows one at a \
          time. Wait for it to finish (`patchbay status`) and retry{hint}"
     )]
-    TransitionInProgress { patch: String, hint: &'static str },
+    TransitionInProgress {
+        /// The patch in transition, e.g. `Patchbay level 2, pb_0123456789ab_l2`.
+        patch: String,
+        /// Extra advice starting with `; `, or empty.
+        hint: &'static str,
+    },
+
+    /// Non-Patchbay livepatches are loaded and `--replace-foreign` was not given.
 
     #[error(
         "other livepatches are loaded ({names}); Patchbay patches use atomic replace, which \
          would remove them. Remove them first, or pass --replace-foreign to replace them; \
          nothing was changed"
     )]
-    ForeignPatches { names: String },
+    ForeignPatches {
+        /// Their names, comma-separated.
+        names: String,
+    },
+
+    /// The bundle's level is below the active one and `--allow-downgrade` was not given.
 
     #[error(
         "level {requested} is older than the active level {active}: applying it would drop fixes. \
          Use `patchbay rollback` or pass --allow-downgrade; nothing was changed"
     )]
     Downgrade {
+        /// The level of the bundle offered.
         requested: PatchLevel,
+        /// The level active now.
         active: PatchLevel,
     },
+
+    /// `rollback` found no cached level below the active one.
 
     #[error(
         "no cached level below the active level {active} for this kernel; nothing to roll back \
          to. Use `patchbay unload` to remove the livepatch entirely"
     )]
-    NoLowerLevel { active: PatchLevel },
+    NoLowerLevel {
+        /// The level active now.
+        active: PatchLevel,
+    },
 
+    /// The process may not load or remove kernel modules (it is not root).
     #[error("{0}; nothing was changed")]
     Privileges(String),
 
+    /// The state file could not be read, written or locked.
     #[error("{0}")]
     State(#[from] StateError),
 
+    /// The bundle cache or an extracted module file could not be used.
     #[error("{0}")]
     Cache(CacheError),
 
+    /// `finit_module` failed; the hint explains the errno.
     #[error("the kernel refused to load module {module}: {source}. {hint}")]
     Load {
+        /// The module's name (for the raw-load benchmark: its file).
         module: String,
+        /// The errno the kernel returned.
         source: io::Error,
+        /// What that errno usually means here, from [`load_hint`].
         hint: &'static str,
     },
 
+    /// Reading or writing a livepatch sysfs attribute or `/proc` file failed.
     #[error("cannot {what} {path}: {source}")]
     Sysfs {
+        /// What was being done, e.g. `read livepatches in`.
         what: &'static str,
+        /// The sysfs or procfs path.
         path: PathBuf,
+        /// The underlying I/O error.
         source: io::Error,
     },
 
+    /// The raw-load benchmark failed: the module could not be opened, its patch never appeared
+    /// in sysfs, or its transition vanished or did not finish.
     #[error("{0}")]
     Kernel(String),
 
+    /// The new state is in place but leftovers (an old patch or module) could not be removed.
     #[error("{0}")]
     Cleanup(String),
 }

@@ -4,6 +4,7 @@
 //! Kernel access goes through [`host::Kernel`] (module syscalls), [`host::Clock`] (time) and
 //! [`host::KernelPaths`] (sysfs/proc roots), so the state machine is tested against a fake
 //! kernel. See `docs/agent.md` for behaviour, exit codes and the crash-safety argument.
+#![warn(missing_docs)]
 
 pub mod agent;
 pub mod cache;

@@ -146,6 +146,7 @@ pub struct BlockingTask {
     pub pid: u32,
     /// Thread id; equals `pid` for the main thread.
     pub tid: u32,
+    /// The task's command name from `/proc/<pid>/task/<tid>/comm`, e.g. `kworker/0:1`.
     pub comm: String,
     /// First lines of `/proc/<pid>/task/<tid>/stack`; empty when unreadable.
     pub stack: Vec<String>,
@@ -177,7 +178,8 @@ fn without_clone_suffix(name: &str) -> &str {
 pub struct ReplacedNames(std::collections::BTreeSet<String>);
 
 impl ReplacedNames {
-    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> ReplacedNames {
+    /// The given function names, GCC clone suffixes (`.isra.0`, ...) stripped.
+    pub(crate) fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> ReplacedNames {
         ReplacedNames(
             names
                 .into_iter()
@@ -186,7 +188,8 @@ impl ReplacedNames {
         )
     }
 
-    pub fn from_manifest(manifest: &patchbay_core::Manifest) -> ReplacedNames {
+    /// Both sides of every replaced function of `manifest`: the original and the replacement.
+    pub(crate) fn from_manifest(manifest: &patchbay_core::Manifest) -> ReplacedNames {
         ReplacedNames::new(
             manifest
                 .replaced_functions
@@ -281,6 +284,7 @@ pub fn blocking_tasks(
 /// A module listed in `/proc/modules`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedModule {
+    /// The module's name as the kernel knows it (`_`, never `-`), e.g. `pb_0123456789ab_l1`.
     pub name: String,
     /// `Live`, `Loading` or `Unloading`.
     pub state: String,

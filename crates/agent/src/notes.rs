@@ -14,16 +14,24 @@ const NOTE_HEADER_BYTES: usize = 12;
 /// Why no build-id could be taken from the kernel notes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotesError {
+    /// The notes parse, but none of them is a GNU build-id note.
     #[error(
         "the kernel notes hold no GNU build-id note (NT_GNU_BUILD_ID); this kernel was built \
          without a build-id and cannot be identified exactly, so Patchbay cannot patch it"
     )]
     Missing,
+    /// A note's header, name or descriptor runs past the end of the data (or overflows).
     #[error(
         "the kernel notes are malformed at byte {offset}: {reason}; is the notes path really \
          /sys/kernel/notes?"
     )]
-    Malformed { offset: usize, reason: &'static str },
+    Malformed {
+        /// Byte offset of the note that could not be read.
+        offset: usize,
+        /// What is wrong with it, e.g. `truncated header`.
+        reason: &'static str,
+    },
+    /// The build-id note is there but its descriptor is not a valid build-id (wrong length).
     #[error("the kernel's GNU build-id note does not hold a usable build-id: {0}")]
     BadId(IdError),
 }

@@ -30,29 +30,61 @@ pub const DEFAULT_CONFIG: &str = "/etc/patchbay/agent.toml";
 /// The kill switch file (and `patchbay.disable` on the kernel command line).
 pub const DEFAULT_DISABLE_FILE: &str = "/etc/patchbay/disable";
 
+/// Why a command of the network half (`register`, `update`, `check`, `daemon`, `boot`,
+/// `uname`) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
+    /// A local agent operation (identify, status, apply) failed.
     #[error("{0}")]
     Agent(#[from] AgentError),
+    /// The signed repository could not be loaded or verified, or a target was refused.
     #[error(transparent)]
     Update(#[from] UpdateError),
+    /// The server could not be reached or the connection broke; nothing was changed.
     #[error(
         "the server at {url} is unreachable ({reason}); the active patch is kept, retry later"
     )]
-    Unreachable { url: String, reason: String },
+    Unreachable {
+        /// The endpoint that was called.
+        url: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// The server answered with an error status, an oversized body, or an unexpected reply.
     #[error("the server refused the request ({status}): {message}")]
-    Refused { status: u16, message: String },
+    Refused {
+        /// The HTTP status (a 2xx one when a successful reply could not be used).
+        status: u16,
+        /// The server's error message, or what was wrong with its reply.
+        message: String,
+    },
+    /// The command needs the server link or trusted root that `register` stores.
     #[error("this host is not registered: run `patchbay register --server URL --key KEY` (or pass --root FILE with --from)")]
     NotRegistered,
+    /// A file of the network half (server link, root, seed, archive) could not be used.
     #[error("{path}: {reason}")]
-    File { path: String, reason: String },
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong with it.
+        reason: String,
+    },
+    /// The config file (`/etc/patchbay/agent.toml`) is malformed or has an invalid value.
     #[error("config {path}: {reason}")]
-    Config { path: String, reason: String },
+    Config {
+        /// The config file.
+        path: String,
+        /// The offending setting and why.
+        reason: String,
+    },
+    /// A bad `--server` URL, or the HTTP client or async runtime could not be set up (exit 2).
     #[error("{0}")]
     Usage(String),
 }
 
 impl RemoteError {
+    /// The process exit code for this error: refusals of signed data are 7, usage errors and
+    /// an unregistered host 2, an agent error its own code, everything else 1.
     pub fn exit_code(&self) -> i32 {
         match self {
             RemoteError::Agent(e) => e.exit_code(),
@@ -81,10 +113,15 @@ fn file_err(path: &Path, reason: impl std::fmt::Display) -> RemoteError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerLink {
+    /// The server's base URL, ending in `/`, e.g. `http://patches.example:8470/`.
     pub url: String,
+    /// The id the server gave this host at registration.
     pub host_id: String,
+    /// Bearer token for check-ins; a secret, hence the file's mode.
     pub host_token: String,
+    /// The channel the registration key chose (the config's `channel` overrides it).
     pub channel: ChannelName,
+    /// The host's rollout seed from registration.
     pub seed: HostSeed,
 }
 
@@ -119,10 +156,15 @@ impl Default for AgentConfig {
 /// The parsed config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
+    /// Time between the daemon's checks; at least 1 s.
     pub interval: Duration,
+    /// Upper bound of the random delay added to each interval.
     pub jitter: Duration,
+    /// Whether the daemon applies what it finds (`false`: it only checks and reports).
     pub auto_update: bool,
+    /// Stay at this level whatever the channel says; `None`: follow the channel.
     pub pinned_level: Option<PatchLevel>,
+    /// Channel to follow instead of the registered one; `None`: the registered one.
     pub channel: Option<ChannelName>,
 }
 
@@ -185,16 +227,22 @@ impl Settings {
 
 /// Files of the network half, under the state dir.
 #[derive(Debug, Clone)]
-pub struct RemoteFiles {
-    pub link: PathBuf,
-    pub effective: PathBuf,
-    pub root: PathBuf,
-    pub datastore: PathBuf,
-    pub seed: PathBuf,
+pub(crate) struct RemoteFiles {
+    /// `server.json`: the [`ServerLink`] written by `register`.
+    pub(crate) link: PathBuf,
+    /// `effective.json`: the [`Effective`] release from the last check-in.
+    pub(crate) effective: PathBuf,
+    /// `tuf/root.json`: the trusted TUF root, updated on root rotation.
+    pub(crate) root: PathBuf,
+    /// `tuf/datastore`: the TUF client's cache of verified metadata.
+    pub(crate) datastore: PathBuf,
+    /// `seed`: a locally made rollout seed for hosts that never registered.
+    pub(crate) seed: PathBuf,
 }
 
 impl RemoteFiles {
-    pub fn new(state_dir: &Path) -> RemoteFiles {
+    /// The files under `state_dir`.
+    pub(crate) fn new(state_dir: &Path) -> RemoteFiles {
         RemoteFiles {
             link: state_dir.join("server.json"),
             effective: state_dir.join("effective.json"),
@@ -204,7 +252,8 @@ impl RemoteFiles {
         }
     }
 
-    pub fn load_link(&self) -> Result<Option<ServerLink>, RemoteError> {
+    /// Reads `server.json`; `None` when the host never registered.
+    pub(crate) fn load_link(&self) -> Result<Option<ServerLink>, RemoteError> {
         match std::fs::read(&self.link) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
@@ -323,10 +372,13 @@ fn base_url(url: &url::Url) -> url::Url {
 
 /// The effective release the server computed at the last check-in, for `patchbay uname`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Effective {
-    pub build_id: String,
-    pub level: Option<u32>,
-    pub effective_version: Option<UpstreamVersion>,
+pub(crate) struct Effective {
+    /// The build-id the server computed it for.
+    pub(crate) build_id: String,
+    /// The active level then; `None`: none was active.
+    pub(crate) level: Option<u32>,
+    /// The upstream release whose fixes the host had; `None` when the server could not say.
+    pub(crate) effective_version: Option<UpstreamVersion>,
 }
 
 /// `patchbay uname`: the upstream release whose fixes this kernel has, counting the live patch
@@ -360,9 +412,13 @@ pub fn uname(agent: &Agent<'_>) -> Result<(String, String), RemoteError> {
 /// What `register` did.
 #[derive(Debug, Clone)]
 pub struct Registered {
+    /// The id the server gave this host.
     pub host_id: String,
+    /// The channel the registration key put the host in.
     pub channel: ChannelName,
+    /// Ids of the root keys now trusted, sorted (for the user to compare out of band).
     pub root_key_ids: Vec<String>,
+    /// The root came from the server's reply, not from `--root`: trusted on first use.
     pub trusted_on_first_use: bool,
 }
 
@@ -495,12 +551,18 @@ pub enum Plan {
     UpToDate(PatchLevel),
     /// Another level is wanted (`downgrade` when it is below the active one).
     Change {
+        /// The active level; `None`: none is active.
         from: Option<PatchLevel>,
+        /// The wanted level.
         to: PatchLevel,
+        /// `to` is below `from`.
         downgrade: bool,
     },
     /// The channel serves nothing for this kernel (yet, or not to this host's wave).
-    NothingServed { active: Option<PatchLevel> },
+    NothingServed {
+        /// The active level, left as it is; `None`: none is active.
+        active: Option<PatchLevel>,
+    },
 }
 
 impl std::fmt::Display for Plan {
@@ -529,9 +591,13 @@ impl std::fmt::Display for Plan {
 /// Where one check reads from.
 #[derive(Debug, Clone)]
 pub enum Origin {
+    /// The registered server (needs `register` first).
     Server,
+    /// An offline archive of the signed repository (`--from`).
     Archive {
+        /// The archive file.
         path: PathBuf,
+        /// The trusted root to verify it with (`--root`); `None`: the registered one.
         root: Option<PathBuf>,
     },
 }
@@ -539,11 +605,16 @@ pub enum Origin {
 /// What one update did.
 #[derive(Debug)]
 pub struct UpdateReport {
+    /// What the signed data says this host should run.
     pub plan: Plan,
+    /// The outcome when a change was applied; `None` when nothing was (check only, up to
+    /// date, nothing served, or the kill switch).
     pub applied: Option<ApplyOutcome>,
     /// The kill switch kept a change from being applied: why.
     pub disabled: Option<String>,
+    /// The channel that was read.
     pub channel: ChannelName,
+    /// Version of the TUF targets metadata the plan was computed from.
     pub targets_version: u64,
 }
 
@@ -569,15 +640,20 @@ pub fn kill_switch(agent: &Agent<'_>, disable_file: &Path) -> Option<String> {
 /// The remote half of the agent, bound to one `Agent`.
 #[derive(Debug)]
 pub struct Remote<'a, 'b> {
+    /// The local agent that identifies the kernel and applies bundles.
     pub agent: &'a Agent<'b>,
+    /// The parsed config.
     pub settings: Settings,
-    pub files: RemoteFiles,
+    /// The network half's files in the state directory.
+    pub(crate) files: RemoteFiles,
+    /// Options for applying what the channel serves.
     pub apply: ApplyOptions,
     /// The kill switch file ([`kill_switch`]).
     pub disable_file: PathBuf,
 }
 
 impl<'a, 'b> Remote<'a, 'b> {
+    /// Binds the network half to `agent`, with the default kill switch file.
     pub fn new(agent: &'a Agent<'b>, settings: Settings, apply: ApplyOptions) -> Self {
         Remote {
             files: RemoteFiles::new(agent.state_dir.root()),
@@ -914,11 +990,14 @@ pub fn backoff(failures: u32, cap: Duration) -> Duration {
     base + jitter(base / 2)
 }
 
-/// Why `boot` did nothing.
+/// What `boot` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootOutcome {
+    /// The last active level was re-applied from the cache.
     Applied(ApplyOutcome),
+    /// The kill switch is set (the text says which); nothing was applied.
     Disabled(String),
+    /// Nothing to re-apply (no level was active for this build, or its bundle is gone); why.
     NothingToApply(String),
 }
 

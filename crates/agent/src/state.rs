@@ -26,8 +26,11 @@ const STATE_MAX_BYTES: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
+    /// `patchbay apply` (also used by `update` and `boot`): make a level active.
     Apply,
+    /// `patchbay rollback`: make the level below the active one active.
     Rollback,
+    /// `patchbay unload`: disable and remove every Patchbay livepatch.
     Unload,
 }
 
@@ -45,17 +48,22 @@ impl std::fmt::Display for OpKind {
 /// still there when the next agent starts (and holds the lock), that operation was interrupted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingOp {
+    /// Which operation was under way.
     pub op: OpKind,
+    /// The running kernel's build-id when it started.
     pub build_id: BuildId,
     /// The level being activated (apply/rollback) or removed (unload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<PatchLevel>,
+    /// The kernel module of `level`, loaded (apply/rollback) or removed (unload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<ModuleName>,
     /// The level that was active when the operation started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_level: Option<PatchLevel>,
+    /// Unix time (seconds) the operation started.
     pub started_unix: u64,
+    /// Process id of the agent that ran it.
     pub pid: u32,
 }
 
@@ -77,36 +85,52 @@ pub enum Event {
     Interrupted,
 }
 
+/// One line of the history in `state.json`: an operation's outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
+    /// Unix time (seconds) the outcome was recorded.
     pub at_unix: u64,
+    /// What happened.
     pub event: Event,
+    /// The running kernel's build-id.
     pub build_id: BuildId,
+    /// The level that became active or was removed; `None` when no level was involved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<PatchLevel>,
+    /// The level that was active before; `None`: no Patchbay level was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_level: Option<PatchLevel>,
+    /// The kernel module of `level`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<ModuleName>,
+    /// Free-form explanation (e.g. what the kernel showed after an interruption); may be empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
 
+/// The last failed command, kept in `state.json` and shown by `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorRecord {
+    /// Unix time (seconds) of the failure.
     pub at_unix: u64,
+    /// The exit code the command ended with (see [`crate::exit`]).
     pub exit_code: i32,
+    /// The error message as printed.
     pub message: String,
 }
 
 /// Contents of `state.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentState {
+    /// Always [`STATE_FORMAT`] for a state this code reads.
     pub format: u32,
+    /// Oldest first; at most [`HISTORY_MAX`] entries.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// The most recent failure of a changing command; `None` if none was recorded.
     #[serde(default)]
     pub last_error: Option<ErrorRecord>,
+    /// Set while an operation is under way; still set at start means it was interrupted.
     #[serde(default)]
     pub pending: Option<PendingOp>,
 }
@@ -125,22 +149,36 @@ impl Default for AgentState {
 /// Why the state file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// Reading, writing or locking a file of the state directory failed.
     #[error("cannot {what} {path}: {source}")]
     Io {
+        /// What was being done, as a verb phrase that takes the path, e.g. `read state file`.
         what: &'static str,
+        /// The state or lock file.
         path: PathBuf,
+        /// The underlying I/O error.
         source: io::Error,
     },
+    /// The state file exists but is not JSON of a supported format.
     #[error(
         "state file {path} is not readable as format {STATE_FORMAT}: {reason}. It only holds \
          history; move it away to start a new one"
     )]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// Another agent process holds the lock (waited [`LOCK_WAIT`] for it).
     #[error(
         "another patchbay process is changing livepatches right now (it holds {path}); wait for \
          it to finish and retry"
     )]
-    Locked { path: PathBuf },
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
 }
 
 impl AgentState {

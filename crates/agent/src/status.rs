@@ -39,14 +39,19 @@ impl PatchState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// The newest cached level is active (exit 0).
     UpToDate,
+    /// Levels are cached for this kernel but none is active (exit 3).
     NoPatchApplied,
+    /// A level is active but a higher one is cached (exit 4).
     NewerLevelAvailable,
+    /// The kernel has no livepatch support, or no level is cached for this build (exit 5).
     KernelUnsupported,
 }
 
 impl Verdict {
-    pub fn exit_code(self) -> i32 {
+    /// The exit code of `patchbay status` for this verdict (see [`crate::exit`]).
+    pub(crate) fn exit_code(self) -> i32 {
         match self {
             Verdict::UpToDate => exit::OK,
             Verdict::NoPatchApplied => exit::NO_PATCH,
@@ -59,15 +64,19 @@ impl Verdict {
 /// The active level and what it does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ActiveLevel {
+    /// The active level.
     pub level: PatchLevel,
+    /// Its kernel module, e.g. `pb_0123456789ab_l3`.
     pub module: ModuleName,
     /// `object:function` (with `,sympos` when not 0).
     pub functions: Vec<String>,
+    /// The CVEs the level fixes (cumulative), from its manifest.
     pub fixes: Vec<CveId>,
 }
 
 impl ActiveLevel {
-    pub fn from_manifest(m: &Manifest) -> Self {
+    /// The summary of the level `m` describes.
+    pub(crate) fn from_manifest(m: &Manifest) -> Self {
         ActiveLevel {
             level: m.level,
             module: m.module.name.clone(),
@@ -90,6 +99,7 @@ impl ActiveLevel {
 /// A livepatch in transition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TransitionInfo {
+    /// The patch's directory name under `/sys/kernel/livepatch` (its module's name).
     pub patch: String,
     /// The Patchbay level, if it is one of ours.
     pub level: Option<PatchLevel>,
@@ -100,13 +110,21 @@ pub struct TransitionInfo {
 /// Everything `patchbay status` reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StatusReport {
+    /// `uname -r` of the running kernel.
     pub kernel_release: KernelRelease,
+    /// GNU build-id of the running kernel.
     pub build_id: BuildId,
+    /// Whether the kernel has livepatch support (`/sys/kernel/livepatch` exists).
     pub livepatch_supported: bool,
+    /// Patched, in transition, unpatched, or interrupted.
     pub state: PatchState,
+    /// The active Patchbay level; `None`: none is active.
     pub active: Option<ActiveLevel>,
+    /// A livepatch currently in transition; `None`: none is.
     pub transition: Option<TransitionInfo>,
+    /// The highest level cached for this kernel; `None`: nothing is cached.
     pub newest_cached_level: Option<PatchLevel>,
+    /// Every level cached for this kernel, ascending.
     pub cached_levels: Vec<PatchLevel>,
     /// Livepatches in sysfs that are not Patchbay bundles cached for this kernel.
     pub foreign_patches: Vec<LivePatch>,
@@ -116,9 +134,13 @@ pub struct StatusReport {
     pub interrupted_operation: Option<PendingOp>,
     /// Another patchbay process holds the lock right now.
     pub operation_running: bool,
+    /// The last recorded failure of a changing command.
     pub last_error: Option<ErrorRecord>,
+    /// Problems found while gathering the report (e.g. unreadable cache entries).
     pub warnings: Vec<String>,
+    /// The overall verdict.
     pub verdict: Verdict,
+    /// The exit code `status` ends with, from `verdict`.
     pub exit_code: i32,
 }
 

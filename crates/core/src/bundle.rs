@@ -19,20 +19,41 @@ const MODULE_ENTRY: &str = "module.ko";
 /// Why a bundle was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// The bundle file could not be opened, read or (by [`Bundle::write`]) written.
     #[error("cannot read bundle {path}: {source}")]
     Io {
+        /// The bundle file (or the `origin` given to [`Bundle::from_reader`]).
         path: String,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// The bytes are not a bundle: not a tar, wrong or extra entries, or an entry too large.
     #[error("bundle {path} is not a Patchbay bundle: {reason}")]
-    Malformed { path: String, reason: String },
+    Malformed {
+        /// The bundle file (or the `origin` given to [`Bundle::from_reader`]).
+        path: String,
+        /// What is wrong with the archive's structure.
+        reason: String,
+    },
+    /// `manifest.json` is present but does not parse or fails its consistency checks.
     #[error("bundle {path} has a bad manifest: {source}")]
-    Manifest { path: String, source: ManifestError },
+    Manifest {
+        /// The bundle file (or the `origin` given to [`Bundle::from_reader`]).
+        path: String,
+        /// Why the manifest was rejected.
+        source: ManifestError,
+    },
+    /// `module.ko` does not have the size or SHA-256 the manifest declares, or is not ELF.
     #[error(
         "bundle {path}: the module does not match its manifest ({what}); the bundle is corrupted or \
          was tampered with: fetch or rebuild it"
     )]
-    ModuleMismatch { path: String, what: String },
+    ModuleMismatch {
+        /// The bundle file (or the `origin` given to [`Bundle::from_reader`]).
+        path: String,
+        /// What differs: size or sha256 (with both values), or a missing ELF magic.
+        what: String,
+    },
 }
 
 /// A verified bundle: the manifest and the module bytes it describes.

@@ -27,6 +27,7 @@ pub const DEFAULT_CHANNEL: &str = "production";
 pub struct ChannelName(String);
 
 impl ChannelName {
+    /// The name as written, e.g. `production` (already validated).
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -91,6 +92,7 @@ impl<'de> Deserialize<'de> for ChannelName {
 pub struct HostSeed(String);
 
 impl HostSeed {
+    /// The seed as 32 lowercase hex digits.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -139,7 +141,9 @@ pub fn bundle_target_name(build_id: &BuildId, level: PatchLevel) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Wave {
+    /// Unix time (seconds) from which this wave applies.
     pub at: i64,
+    /// Share of hosts in the rollout from `at` on, 0 to 100 (larger values count as 100).
     pub percent: u8,
 }
 
@@ -191,27 +195,36 @@ impl KernelRollout {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelDoc {
+    /// Document format; only [`CHANNEL_FORMAT`] is accepted.
     pub format: u32,
+    /// The channel this document is for; the agent refuses one for another channel.
     pub channel: ChannelName,
     /// Increases with every change of this channel (the audit log uses the same number).
     pub serial: u64,
     /// RFC 3339 UTC time of the change.
     pub updated: String,
+    /// What the channel serves, per kernel build; a build not listed gets no patch.
     pub kernels: BTreeMap<BuildId, KernelRollout>,
 }
 
 /// Why bytes are not a channel document this version can use.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelDocError {
+    /// The document is larger than [`CHANNEL_MAX_BYTES`] (its size in bytes); not parsed.
     #[error("channel document is {0} bytes, more than the {CHANNEL_MAX_BYTES} allowed")]
     TooLarge(u64),
+    /// The bytes are not JSON of the expected shape (unknown fields included).
     #[error("channel document is not valid: {0}")]
     Json(#[from] serde_json::Error),
+    /// The document declares a format other than [`CHANNEL_FORMAT`] (the one it declares).
     #[error("channel document has format {0}; this version reads format {CHANNEL_FORMAT}: update the agent")]
     Format(u32),
+    /// The document is signed and valid but names a different channel than the one asked for.
     #[error("channel document is for channel {found}, expected {expected}")]
     WrongChannel {
+        /// The channel the caller asked for.
         expected: ChannelName,
+        /// The channel the document names.
         found: ChannelName,
     },
 }
@@ -234,6 +247,8 @@ impl ChannelDoc {
         if len > CHANNEL_MAX_BYTES {
             return Err(ChannelDocError::TooLarge(len));
         }
+        // Read the format alone first: a newer format would otherwise fail the strict parse
+        // (unknown fields) with a JSON error instead of the actionable "update the agent".
         #[derive(Deserialize)]
         struct FormatOnly {
             format: u32,
@@ -254,6 +269,8 @@ impl ChannelDoc {
 
     /// Canonical bytes (pretty JSON, sorted kernels) as signed and served.
     pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising these plain types (string keys, no maps with non-string keys) cannot
+        // fail; the fallback only keeps this free of panics.
         let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
         bytes.push(b'\n');
         bytes

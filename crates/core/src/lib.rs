@@ -3,6 +3,7 @@
 //! Everything that crosses a trust boundary — a bundle file, a manifest, a kernel's identity — is
 //! parsed into a newtype here once, so the rest of the code never handles raw strings for them.
 //! The JSON the agent, the builder and the server exchange is declared in [`protocol`], once.
+#![warn(missing_docs)]
 
 pub mod bundle;
 pub mod channel;

@@ -15,13 +15,20 @@ pub const MANIFEST_MAX_BYTES: u64 = 1024 * 1024;
 /// Why a manifest was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
+    /// The bytes are not JSON of the manifest's shape (unknown fields included).
     #[error("manifest is not valid JSON for format {MANIFEST_FORMAT}: {0}")]
     Json(#[from] serde_json::Error),
+    /// The manifest declares a format other than [`MANIFEST_FORMAT`].
     #[error(
         "manifest format {found} is not supported (this Patchbay reads format {MANIFEST_FORMAT}); \
          upgrade Patchbay or rebuild the bundle"
     )]
-    UnsupportedFormat { found: u32 },
+    UnsupportedFormat {
+        /// The format the manifest declares.
+        found: u32,
+    },
+    /// The manifest parses but breaks a rule: no replaced functions, a function name that is
+    /// not a C identifier, or the same function replaced twice (the text says which).
     #[error("manifest is inconsistent: {0}")]
     Inconsistent(String),
 }
@@ -72,7 +79,9 @@ pub struct ReplacedFunction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuilderInfo {
+    /// The builder's name, e.g. `patchbay-build`.
     pub name: String,
+    /// The builder's version, e.g. `0.1.0`.
     pub version: String,
 }
 
@@ -82,14 +91,18 @@ pub struct BuilderInfo {
 pub struct Manifest {
     /// Always [`MANIFEST_FORMAT`] for manifests this code accepts.
     pub format: u32,
+    /// The one kernel build the module may be loaded into.
     pub kernel: KernelTarget,
     /// Cumulative patch level: level N contains every fix of levels below it.
     pub level: PatchLevel,
+    /// The `.ko` this manifest vouches for (name, size, hash).
     pub module: ModuleInfo,
+    /// Every function the module replaces; never empty, no function listed twice.
     pub replaced_functions: Vec<ReplacedFunction>,
     /// CVEs this level fixes (cumulative).
     #[serde(default)]
     pub fixes: Vec<CveId>,
+    /// The tool that built the bundle.
     pub builder: BuilderInfo,
     /// RFC 3339 UTC time of the build.
     pub created: String,
@@ -116,6 +129,8 @@ impl Manifest {
         struct FormatOnly {
             format: u32,
         }
+        // Read the format alone first: a newer format would otherwise fail the strict parse
+        // (unknown fields) with a JSON error instead of the actionable "upgrade Patchbay".
         let probe: FormatOnly = serde_json::from_slice(bytes)?;
         if probe.format != MANIFEST_FORMAT {
             return Err(ManifestError::UnsupportedFormat {
@@ -160,9 +175,9 @@ impl Manifest {
     }
 }
 
-/// Whether `s` is a valid C identifier (what kernel symbol names are).
-/// A kernel function's symbol name: a C identifier, optionally with the suffixes GCC gives
-/// clones and split parts (`foo.isra.0`, `foo.constprop.1`, `foo.part.0`).
+/// Whether `s` is a kernel function's symbol name: a C identifier, optionally with the
+/// suffixes GCC gives clones and split parts (`foo.isra.0`, `foo.constprop.1`, `foo.part.0`).
+/// At most 128 bytes.
 pub fn is_kernel_function_name(s: &str) -> bool {
     let mut parts = s.split('.');
     parts.next().is_some_and(is_c_identifier)
@@ -170,6 +185,8 @@ pub fn is_kernel_function_name(s: &str) -> bool {
         && s.len() <= 128
 }
 
+/// Whether `s` is a valid C identifier (what kernel symbol names are): ASCII letters, digits
+/// and `_`, not starting with a digit, at most 128 bytes.
 pub fn is_c_identifier(s: &str) -> bool {
     let mut bytes = s.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')

@@ -7,8 +7,10 @@ use object::{Object, ObjectSection};
 /// Why a module's metadata could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModinfoError {
+    /// The bytes are not an ELF file the `object` crate can read (its message).
     #[error("not a readable ELF module: {0}")]
     Elf(String),
+    /// The ELF file has no `.modinfo` section, so it is not a kernel module.
     #[error("the module has no .modinfo section")]
     Missing,
 }

@@ -13,7 +13,9 @@ pub const REPORT_MAX_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpgradeReport {
+    /// `uname -r` of the kernel the level is for, e.g. `6.1.0-56-amd64`.
     pub kernel: KernelRelease,
+    /// GNU build-id of that kernel's vmlinux (40 hex digits).
     pub build_id: BuildId,
     /// Upstream version of the running kernel (`6.1.170`).
     pub from_version: String,
@@ -28,11 +30,13 @@ pub struct UpgradeReport {
     pub min_cvss: f64,
     /// RFC 3339 UTC time the run started.
     pub started: String,
+    /// Wall-clock seconds the whole run took.
     pub elapsed_seconds: f64,
     /// The bundle's module, when one was built.
     pub module: Option<ReportModule>,
     /// QEMU verification of the bundle, when it ran.
     pub verification: Option<Verification>,
+    /// One entry per CVE of the window that was considered, whatever its outcome.
     pub cves: Vec<CveOutcome>,
 }
 
@@ -40,8 +44,11 @@ pub struct UpgradeReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportModule {
+    /// The module's name in the kernel, e.g. `pb_0123456789ab_l1`.
     pub name: String,
+    /// Size of the `.ko` in bytes.
     pub size: u64,
+    /// SHA-256 of the `.ko`, as in the bundle's manifest.
     pub sha256: Sha256,
 }
 
@@ -49,9 +56,13 @@ pub struct ReportModule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CveOutcome {
+    /// The CVE, e.g. `CVE-2024-26581`.
     pub cve: CveId,
+    /// Its CVSS base score; `None` when the CVE database has none.
     pub score: Option<f64>,
+    /// One-line description of the CVE.
     pub title: String,
+    /// What the run did with it.
     pub status: CveStatus,
     /// CVEs that share files are built together; the group's number (1-based).
     pub group: u32,
@@ -83,6 +94,7 @@ pub enum CveStatus {
 }
 
 impl CveStatus {
+    /// The kebab-case name used in the JSON, e.g. `not-applicable`.
     pub fn as_str(self) -> &'static str {
         match self {
             CveStatus::Patched => "patched",
@@ -97,6 +109,7 @@ impl CveStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Verification {
+    /// Whether the offered bundle passed: loaded, transitioned and ran the workloads cleanly.
     pub passed: bool,
     /// Modules loaded in the guest before the patch (the objects it patches).
     pub modules_loaded: Vec<String>,
@@ -105,6 +118,7 @@ pub struct Verification {
     /// Groups left out of the bundle (broke the smoke run, blocked the transition, or built
     /// only alone), with why.
     pub dropped_groups: Vec<DroppedGroup>,
+    /// Wall-clock seconds all verification runs took.
     pub seconds: f64,
     /// What the run showed about the kernel rather than the patch (e.g. a patched module that
     /// cannot be reloaded while the patch is live on this kernel).
@@ -119,11 +133,14 @@ pub struct Verification {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DroppedGroup {
+    /// The group's number, as in [`CveOutcome::group`].
     pub group: u32,
+    /// The CVEs of the group, all left out together.
     pub cves: Vec<CveId>,
     /// Why, as a category a script can count (reports before it existed: verification).
     #[serde(default)]
     pub category: DropCategory,
+    /// The failure in words, e.g. `broke the verification run: <first line of the failure>`.
     pub reason: String,
 }
 

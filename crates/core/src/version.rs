@@ -11,12 +11,16 @@ use crate::IdError;
 /// `major.minor[.patch]`; a mainline release `6.1` is `6.1.0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UpstreamVersion {
+    /// `6` in `6.1.192`.
     pub major: u32,
+    /// `1` in `6.1.192`.
     pub minor: u32,
+    /// `192` in `6.1.192`; 0 for a mainline release such as `6.1`.
     pub patch: u32,
 }
 
 impl UpstreamVersion {
+    /// `major.minor.patch`, e.g. `UpstreamVersion::new(6, 1, 192)` is `6.1.192`.
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
         UpstreamVersion {
             major,

@@ -79,6 +79,7 @@ fn parse_decimal(text: &str) -> Option<u32> {
 }
 
 impl Abi {
+    /// The ABI as `uname -r` prints it, e.g. `6.1.0-56-amd64`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -115,19 +116,24 @@ impl Abi {
         self.0.get(self.parts().flavour_dash + 1..).unwrap_or("")
     }
 
-    pub fn image_package(&self) -> String {
+    /// `linux-image-6.1.0-56-amd64-unsigned`: the image package (the same kernel as the
+    /// signed one, without the EFI signature wrapper).
+    pub(crate) fn image_package(&self) -> String {
         format!("linux-image-{}-unsigned", self.0)
     }
 
-    pub fn headers_package(&self) -> String {
+    /// `linux-headers-6.1.0-56-amd64`: the flavour's headers package.
+    pub(crate) fn headers_package(&self) -> String {
         format!("linux-headers-{}", self.0)
     }
 
-    pub fn common_headers_package(&self) -> String {
+    /// `linux-headers-6.1.0-56-common`: the headers shared by all flavours of the ABI.
+    pub(crate) fn common_headers_package(&self) -> String {
         format!("linux-headers-{}-common", self.base())
     }
 
-    pub fn dbg_package(&self) -> String {
+    /// `linux-image-6.1.0-56-amd64-dbg`: the debug vmlinux (source of the full System.map).
+    pub(crate) fn dbg_package(&self) -> String {
         format!("linux-image-{}-dbg", self.0)
     }
 }
@@ -229,6 +235,7 @@ pub enum KernelSelector {
     Newest,
     /// The second highest ABI apt offers.
     Older,
+    /// Exactly this ABI; an error if apt does not offer it.
     Exact(Abi),
 }
 

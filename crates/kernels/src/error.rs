@@ -5,90 +5,195 @@ use std::path::PathBuf;
 /// Each message names the thing that failed and, where there is one, the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    /// A string is not a Debian 6.1 amd64 kernel ABI such as `6.1.0-56-amd64`.
     #[error("invalid kernel ABI {input:?}: {reason} (expected e.g. \"6.1.0-56-amd64\")")]
-    InvalidAbi { input: String, reason: String },
+    InvalidAbi {
+        /// The string that was given.
+        input: String,
+        /// Which part of it is wrong.
+        reason: String,
+    },
 
+    /// A kernel selector is none of `newest`, `older` or an ABI.
     #[error("invalid kernel selector {input:?}: expected \"newest\", \"older\" or an ABI such as \"6.1.0-56-amd64\"")]
-    InvalidSelector { input: String },
+    InvalidSelector {
+        /// The string that was given.
+        input: String,
+    },
 
+    /// A Debian package version (`6.1.192-2`) cannot be read as an upstream kernel version.
     #[error("invalid Debian package version {input:?}: {reason}")]
-    InvalidPackageVersion { input: String, reason: String },
+    InvalidPackageVersion {
+        /// The package version that was given.
+        input: String,
+        /// Why it was refused.
+        reason: String,
+    },
 
+    /// apt's package lists hold no 6.1 amd64 kernel image at all.
     #[error("apt offers no Debian 6.1 amd64 kernels (searched {pattern:?}); run `apt-get update` and check that bookworm and bookworm-security are in the apt sources")]
-    NoKernelsAvailable { pattern: String },
+    NoKernelsAvailable {
+        /// The package name pattern searched for.
+        pattern: String,
+    },
 
+    /// The exact ABI asked for is not (or no longer) in apt's package lists.
     #[error("kernel ABI {abi} is not offered by apt (any more); available: {available}; pick one of those or run `apt-get update`")]
-    AbiNotAvailable { abi: String, available: String },
-
-    #[error("no older kernel: apt offers only {available}; `older` needs at least two 6.1 ABIs (run `apt-get update`)")]
-    NoOlderKernel { available: String },
-
-    #[error("package {package} is not in apt's package lists (needed for kernel {abi}); run `apt-get update`, or the version was withdrawn: resolve the kernel again")]
-    PackageNotInApt { package: String, abi: String },
-
-    #[error("no usable version of {package} for kernel {abi}: needs {requirement}, apt has [{available}]; run `apt-get update`")]
-    KbuildUnavailable {
-        package: String,
+    AbiNotAvailable {
+        /// The ABI asked for, e.g. `6.1.0-56-amd64`.
         abi: String,
-        requirement: String,
+        /// What apt offers, as `<abi> (<package version>)`, comma-separated.
         available: String,
     },
 
-    #[error("`{program}` was not found; install the Debian package {package}")]
-    ToolMissing { program: String, package: String },
+    /// `older` was asked for but apt offers fewer than two ABIs.
+    #[error("no older kernel: apt offers only {available}; `older` needs at least two 6.1 ABIs (run `apt-get update`)")]
+    NoOlderKernel {
+        /// What apt offers (one kernel or none), as `<abi> (<package version>)`.
+        available: String,
+    },
 
+    /// A package a kernel needs (image, headers, -dbg, source) is not in apt's lists.
+    #[error("package {package} is not in apt's package lists (needed for kernel {abi}); run `apt-get update`, or the version was withdrawn: resolve the kernel again")]
+    PackageNotInApt {
+        /// The Debian package, e.g. `linux-image-6.1.0-56-amd64`.
+        package: String,
+        /// The kernel ABI it was needed for.
+        abi: String,
+    },
+
+    /// No version of the kbuild package apt has satisfies the headers' dependency.
+    #[error("no usable version of {package} for kernel {abi}: needs {requirement}, apt has [{available}]; run `apt-get update`")]
+    KbuildUnavailable {
+        /// The kbuild package the headers depend on, e.g. `linux-kbuild-6.1`.
+        package: String,
+        /// The kernel ABI the headers are for.
+        abi: String,
+        /// The dependency as the headers package states it, e.g. `linux-kbuild-6.1 (>= 6.1.192)`.
+        requirement: String,
+        /// The versions of `package` apt has, comma-separated (may be empty).
+        available: String,
+    },
+
+    /// An external tool (apt, dpkg-deb, ...) is not installed.
+    #[error("`{program}` was not found; install the Debian package {package}")]
+    ToolMissing {
+        /// The program that could not be started, e.g. `dpkg-deb`.
+        program: String,
+        /// The Debian package that provides it.
+        package: String,
+    },
+
+    /// An external command could not start or exited unsuccessfully.
     #[error("`{command}` failed ({status}): {stderr}{hint}")]
     CommandFailed {
+        /// The command line, as run.
         command: String,
+        /// Its exit status, or `could not start`.
         status: String,
+        /// The last lines of its stderr, joined with ` | `.
         stderr: String,
         /// Already formatted as "; <what to do>" or empty.
         hint: String,
     },
 
+    /// A file system operation failed.
     #[error("{action} {path}: {source}")]
     Io {
+        /// What was being done, as a verb phrase that takes the path: `read`, `create`, ...
         action: &'static str,
+        /// The file or directory it was done to.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: io::Error,
     },
 
+    /// The kernel image is not a bzImage from which vmlinux can be extracted.
     #[error("{path} is not a usable bzImage: {reason}")]
-    BzImage { path: PathBuf, reason: String },
-
-    #[error("{path} is not a usable ELF file: {reason}")]
-    Elf { path: PathBuf, reason: String },
-
-    #[error("kernel cache entry {dir} is unusable: {reason}; delete that directory and fetch the kernel again")]
-    CacheEntry { dir: PathBuf, reason: String },
-
-    #[error("symbol table line {line}: {reason} (expected \"<hex address> <type> <name>[\\t[module]]\")")]
-    SymbolLine { line: usize, reason: String },
-
-    #[error("invalid module name {name:?}: only letters, digits, '-' and '_' are allowed")]
-    InvalidModuleName { name: String },
-
-    #[error("no kernel modules (*.ko) under {dir}; the kernel cache entry is incomplete: delete it and fetch again")]
-    NoModules { dir: PathBuf },
-
-    #[error("module {path} has no vermagic in its .modinfo section")]
-    NoVermagic { path: PathBuf },
-
-    #[error("{path} is not the full System.map ({reason}); the -dbg package {package} changed layout, report this")]
-    BadSystemMap {
+    BzImage {
+        /// The image file, e.g. `boot/vmlinuz-6.1.0-56-amd64`.
         path: PathBuf,
-        package: String,
+        /// What is wrong with it.
         reason: String,
     },
 
-    #[error("{path} is not a kernel headers tree: {reason}; pass the directory of an unpacked linux-headers-<abi> package (the one with Module.symvers)")]
-    NotHeadersTree { path: PathBuf, reason: String },
+    /// A vmlinux or module could not be read as ELF, or lacks what was needed from it.
+    #[error("{path} is not a usable ELF file: {reason}")]
+    Elf {
+        /// The file that was read as ELF (vmlinux, a module, a -dbg vmlinux).
+        path: PathBuf,
+        /// The parser's complaint or the missing part.
+        reason: String,
+    },
 
+    /// A kernel cache entry exists but is incomplete or does not match what it should hold.
+    #[error("kernel cache entry {dir} is unusable: {reason}; delete that directory and fetch the kernel again")]
+    CacheEntry {
+        /// The cache entry's directory (`<cache_root>/<abi>/<package_version>/`).
+        dir: PathBuf,
+        /// What is missing or inconsistent in it.
+        reason: String,
+    },
+
+    /// A line of a System.map or /proc/kallsyms text does not parse.
+    #[error("symbol table line {line}: {reason} (expected \"<hex address> <type> <name>[\\t[module]]\")")]
+    SymbolLine {
+        /// The line's number, 1-based.
+        line: usize,
+        /// What is wrong with the line (and, when known, which file).
+        reason: String,
+    },
+
+    /// A module name has characters that cannot be part of a `.ko` file name.
+    #[error("invalid module name {name:?}: only letters, digits, '-' and '_' are allowed")]
+    InvalidModuleName {
+        /// The name that was given.
+        name: String,
+    },
+
+    /// A cache entry's modules directory holds no `.ko` files.
+    #[error("no kernel modules (*.ko) under {dir}; the kernel cache entry is incomplete: delete it and fetch again")]
+    NoModules {
+        /// The `lib/modules/<abi>` directory that was searched.
+        dir: PathBuf,
+    },
+
+    /// A module's `.modinfo` has no `vermagic=` entry.
+    #[error("module {path} has no vermagic in its .modinfo section")]
+    NoVermagic {
+        /// The `.ko` file.
+        path: PathBuf,
+    },
+
+    /// What the -dbg package gave is not a full symbol table (its layout changed).
+    #[error("{path} is not the full System.map ({reason}); the -dbg package {package} changed layout, report this")]
+    BadSystemMap {
+        /// The file that was expected to be or to give the full System.map.
+        path: PathBuf,
+        /// The -dbg package it came from.
+        package: String,
+        /// What is missing from it.
+        reason: String,
+    },
+
+    /// A directory given as a headers tree is not one (e.g. no `Module.symvers`).
+    #[error("{path} is not a kernel headers tree: {reason}; pass the directory of an unpacked linux-headers-<abi> package (the one with Module.symvers)")]
+    NotHeadersTree {
+        /// The directory that was given.
+        path: PathBuf,
+        /// What is missing from it.
+        reason: String,
+    },
+
+    /// A headers tree is for a different kernel build than the ABI it is used with.
     #[error("headers tree {path} does not match Debian's {abi} packages ({reason}); a patch built against it would not load on that kernel: use the headers of the exact kernel build")]
     HeadersMismatch {
+        /// The headers tree that was given.
         path: PathBuf,
+        /// The kernel ABI it was checked against.
         abi: String,
+        /// What differs.
         reason: String,
     },
 }

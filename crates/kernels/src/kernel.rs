@@ -158,10 +158,12 @@ impl Kernel {
         Ok(kernel)
     }
 
+    /// The Debian kernel ABI, e.g. `6.1.0-56-amd64` (what `uname -r` prints).
     pub fn abi(&self) -> &Abi {
         &self.record.abi
     }
 
+    /// The Debian package version of the image, e.g. `6.1.192-2`; names the cache entry.
     pub fn package_version(&self) -> &str {
         &self.record.package_version
     }
@@ -216,6 +218,7 @@ impl Kernel {
             .join(format!("config-{}", self.abi()))
     }
 
+    /// The distribution's modules, `<root>/lib/modules/<abi>` (or `usr/lib/modules/<abi>`).
     pub fn modules_dir(&self) -> &Path {
         &self.modules_dir
     }
@@ -225,6 +228,7 @@ impl Kernel {
         &self.record.build_id
     }
 
+    /// `Module.symvers` of the headers tree: the exported symbols and their CRCs.
     pub fn module_symvers(&self) -> PathBuf {
         self.headers_dir.join("Module.symvers")
     }

@@ -9,6 +9,7 @@
 //! Cache layout: `<cache_root>/<abi>/<package_version>/` holding `root/` (the unpacked
 //! packages), `vmlinux`, `kernel.json` (written last: its presence marks the entry complete)
 //! and, once asked for, `System.map`.
+#![warn(missing_docs)]
 
 mod abi;
 mod apt;
@@ -37,6 +38,7 @@ pub use symbols::{Symbol, SymbolEntry, SymbolTable};
 /// A kernel apt can download.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AvailableKernel {
+    /// The kernel ABI, e.g. `6.1.0-56-amd64`.
     pub abi: Abi,
     /// Debian package version, e.g. `6.1.192-2`.
     pub package_version: String,

@@ -12,6 +12,7 @@ use crate::KernelError;
 /// One occurrence of a symbol name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SymbolEntry {
+    /// The symbol's address as the table gives it (0 in an unprivileged /proc/kallsyms).
     pub address: u64,
     /// The `nm`-style type letter: `t`/`T` text, `d`/`D` data, `b`/`B` bss, `r`/`R` rodata, …
     pub kind: char,
@@ -23,8 +24,11 @@ pub struct SymbolEntry {
 /// A symbol with its name and, for /proc/kallsyms lines with `[module]`, its module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Symbol<'a> {
+    /// The symbol's name, e.g. `do_sys_open` or `foo.isra.0`.
     pub name: &'a str,
+    /// The module of a `[module]` line; `None` for vmlinux symbols.
     pub module: Option<&'a str>,
+    /// Its address, type and position.
     pub entry: SymbolEntry,
 }
 
@@ -63,6 +67,7 @@ impl SymbolTable {
         Ok(table)
     }
 
+    /// Reads and parses a System.map or kallsyms file; parse errors name `path`.
     pub fn load(path: &Path) -> Result<SymbolTable, KernelError> {
         let text =
             fs::read_to_string(path).map_err(|e| KernelError::io("read symbol table", path, e))?;
@@ -169,6 +174,7 @@ impl SymbolTable {
         self.symbols.len()
     }
 
+    /// Whether the table has no entries at all.
     pub fn is_empty(&self) -> bool {
         self.symbols.is_empty()
     }
