@@ -24,6 +24,7 @@ pub struct Dyad {
     pub fixed: Option<UpstreamVersion>,
     /// Whether the version has a patch part (a stable release, not a mainline tag).
     pub vulnerable_is_stable: bool,
+    /// The same for the fixed version.
     pub fixed_is_stable: bool,
 }
 

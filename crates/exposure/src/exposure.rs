@@ -11,7 +11,9 @@ use crate::{CveDatabase, Day, Severity};
 /// When a CVE counts as high and how long it may stay open.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Policy {
+    /// The lowest CVSS base score that counts as high (default 7.0).
     pub min_high_score: f64,
+    /// Days a high CVE may stay public and unfixed before it is overdue (default 30).
     pub window_days: i64,
 }
 
@@ -27,14 +29,21 @@ impl Default for Policy {
 /// One exposed CVE.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExposedCve {
+    /// The CVE id, e.g. `CVE-2024-26581`.
     pub id: String,
+    /// Its one-line summary (may be empty).
     pub title: String,
+    /// The CVSS base score, `None` when unscored.
     pub score: Option<f64>,
     /// `None` when unscored.
     pub severity: Option<Severity>,
+    /// In CISA's KEV catalog on the evaluation day.
     pub kev: bool,
+    /// Publication day as `2025-03-27`; `None` when unknown.
     pub published: Option<String>,
+    /// Days from publication to the evaluation day; `None` when the day is unknown.
     pub days_public: Option<i64>,
+    /// Score at least [`Policy::min_high_score`].
     pub high: bool,
     /// High and public for longer than the window.
     pub window_breached: bool,
@@ -45,15 +54,23 @@ pub struct ExposedCve {
 /// The counts (`version`, `cves`, `high`, `high_overdue`, `kev`) and the list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Exposure {
+    /// The release evaluated, e.g. `6.1.100`.
     pub version: UpstreamVersion,
+    /// The evaluation day, `2025-03-27`.
     pub at: String,
+    /// How many CVEs affect it (the length of `list`).
     pub cves: usize,
+    /// How many of them are high.
     pub high: usize,
+    /// How many are high and past the window ([`ExposedCve::window_breached`]).
     pub high_overdue: usize,
+    /// How many were in CISA's KEV catalog on that day.
     pub kev: usize,
+    /// How many have no score.
     pub unscored: usize,
     /// CVEs of the base exposure that the live patch fixes (not counted above).
     pub fixed_by_patch: usize,
+    /// The exposed CVEs, most urgent first: overdue, then KEV, score, days public, id.
     pub list: Vec<ExposedCve>,
 }
 

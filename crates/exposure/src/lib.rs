@@ -12,6 +12,7 @@
 //! overdue when it was published more than the window (default 30 days) before the evaluation
 //! day, or when its publication day is unknown (older records from other CNAs: conservative).
 //! A CVE counts from its publication day on; a KEV mark counts from the day CISA added it.
+#![warn(missing_docs)]
 
 pub mod dyad;
 pub mod exposure;
@@ -30,15 +31,25 @@ pub use version::UpstreamVersion;
 /// A civil date (UTC day).
 pub type Day = jiff::civil::Date;
 
+/// Why CVE data could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CveError {
+    /// A data file could not be read (or decompressed).
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The operating system's (or gzip's) error.
         source: std::io::Error,
     },
+    /// A record, file or value does not parse.
     #[error("{what}: {reason}")]
-    Malformed { what: String, reason: String },
+    Malformed {
+        /// What was being read, e.g. `CVE id "CVE-x"` or `CVE-2024-0001.dyad line 3`.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl From<patchbay_core::IdError> for CveError {
@@ -48,6 +59,7 @@ impl From<patchbay_core::IdError> for CveError {
 }
 
 impl CveError {
+    /// A [`CveError::Malformed`] for `what`, with `reason` rendered as text.
     pub fn malformed(what: impl Into<String>, reason: impl fmt::Display) -> Self {
         CveError::Malformed {
             what: what.into(),
@@ -67,14 +79,20 @@ pub fn parse_day(text: &str) -> Result<Day, CveError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Score 0.0.
     None,
+    /// Score 0.1 to 3.9.
     Low,
+    /// Score 4.0 to 6.9.
     Medium,
+    /// Score 7.0 to 8.9.
     High,
+    /// Score 9.0 to 10.0.
     Critical,
 }
 
 impl Severity {
+    /// The band a base score falls in (0.0 to 10.0; anything at or below 0 is `None`).
     pub fn of(score: f64) -> Severity {
         match score {
             s if s >= 9.0 => Severity::Critical,
@@ -85,6 +103,7 @@ impl Severity {
         }
     }
 
+    /// The lowercase name, as serialized: `none`, `low`, `medium`, `high`, `critical`.
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::None => "none",
@@ -100,14 +119,18 @@ impl Severity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum Score {
+    /// A base score is known.
     Scored {
         /// Base score, 0.0 to 10.0.
         score: f64,
+        /// The band of `score` ([`Severity::of`]).
         severity: Severity,
         /// The vector it was computed from (None: a published score without a vector).
         vector: Option<String>,
+        /// Who scored it, e.g. `kernel.org CNA (vulns repo)`; `unknown` when the data did not say.
         source: String,
     },
+    /// No score and no vector were published; never counted as high, never as 0.
     Unscored,
 }
 
@@ -138,6 +161,7 @@ impl Score {
         Ok(Score::scored(parsed.score().value(), Some(vector), source))
     }
 
+    /// The base score, `None` when unscored.
     pub fn value(&self) -> Option<f64> {
         match self {
             Score::Scored { score, .. } => Some(*score),
@@ -145,6 +169,7 @@ impl Score {
         }
     }
 
+    /// The severity band, `None` when unscored.
     pub fn severity(&self) -> Option<Severity> {
         match self {
             Score::Scored { severity, .. } => Some(*severity),
@@ -156,11 +181,14 @@ impl Score {
 /// One affected range inside 6.1.y: `introduced <= R < fixed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Range {
+    /// The first affected release, e.g. `6.1.0` or `6.1.52` (a bug a backport brought in).
     pub introduced: UpstreamVersion,
+    /// The first release with the fix; `None`: no 6.1.y release fixes it.
     pub fixed: Option<UpstreamVersion>,
 }
 
 impl Range {
+    /// Whether release `v` is affected: `introduced <= v < fixed`.
     pub fn contains(&self, v: &UpstreamVersion) -> bool {
         &self.introduced <= v && self.fixed.as_ref().is_none_or(|f| v < f)
     }
@@ -169,18 +197,24 @@ impl Range {
 /// A CISA Known Exploited Vulnerabilities entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kev {
+    /// The day CISA added the CVE to the catalog; it counts as exploited from then on.
     pub date_added: Day,
 }
 
 /// What Patchbay knows of one CVE.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CveRecord {
+    /// The CVE id, e.g. `CVE-2024-26581`.
     pub id: String,
+    /// A one-line summary; may be empty (some older records have none).
     pub title: String,
     /// Publication day (None: unknown; such high CVEs count as past the window).
     pub published: Option<Day>,
+    /// The base score, or [`Score::Unscored`].
     pub score: Score,
+    /// The affected 6.1.y ranges; empty means no 6.1.y release is affected.
     pub ranges: Vec<Range>,
+    /// The CISA KEV entry; `None`: not known to be exploited.
     pub kev: Option<Kev>,
     /// Kernel source files the fix touches (the CNA record's `programFiles`); empty when the
     /// source did not say. `upgrade` cuts each CVE's fix from these.
@@ -189,6 +223,7 @@ pub struct CveRecord {
 }
 
 impl CveRecord {
+    /// Whether release `v` lies in one of the record's ranges.
     pub fn affects(&self, v: &UpstreamVersion) -> bool {
         self.ranges.iter().any(|r| r.contains(v))
     }
@@ -197,6 +232,7 @@ impl CveRecord {
 /// All known CVEs by id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CveDatabase {
+    /// The records, keyed by CVE id (`CVE-2024-26581`).
     pub records: BTreeMap<String, CveRecord>,
 }
 
@@ -206,6 +242,7 @@ impl CveDatabase {
         serde_json::to_vec(self).map_err(|e| CveError::malformed("CVE database", e))
     }
 
+    /// Reads the form [`CveDatabase::to_json`] writes; errors name `cve sync` as the fix.
     pub fn from_json(bytes: &[u8]) -> Result<CveDatabase, CveError> {
         serde_json::from_slice(bytes).map_err(|e| {
             CveError::malformed(
@@ -250,10 +287,12 @@ impl CveDatabase {
         self.records.extend(other.records);
     }
 
+    /// How many CVEs the database holds.
     pub fn len(&self) -> usize {
         self.records.len()
     }
 
+    /// Whether it holds no CVE at all (e.g. `cve sync` was never run).
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }

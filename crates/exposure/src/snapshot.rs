@@ -218,7 +218,6 @@ fn read(path: &Path) -> Result<Vec<u8>, CveError> {
     Ok(bytes)
 }
 
-/// Loads a snapshot directory: legacy CVEs, then the kernel CNA's (which win), then KEV.
 /// The bundled snapshot compiled into the binary, for tools installed without this crate's
 /// source (`patchbay-build upgrade` with no `--cve-db`).
 pub fn embedded() -> Result<CveDatabase, CveError> {
@@ -232,6 +231,10 @@ pub fn embedded() -> Result<CveDatabase, CveError> {
     Ok(db)
 }
 
+/// Loads a snapshot directory: legacy CVEs, then the kernel CNA's (which win), then KEV.
+/// All three files must be there (`linux-6.1-legacy-cves.json`,
+/// `linux-6.1-kernel-cna-cves.json.gz`, `kev-linux-kernel.json`); one missing is a
+/// [`CveError::Io`].
 pub fn load(dir: &Path) -> Result<CveDatabase, CveError> {
     let mut db = parse_legacy(&read(&dir.join("linux-6.1-legacy-cves.json"))?)?;
     db.merge(parse_cna(&read(

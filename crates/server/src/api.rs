@@ -127,6 +127,9 @@ pub(crate) fn level_in_path(text: &str) -> Result<PatchLevel, ServerError> {
         .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(format!("level: {e}")))
 }
 
+/// The whole HTTP surface of a server: `/api/v1/…`, the TUF repository under `/tuf/`,
+/// `/healthz`, `/metrics` and the dashboard under `/ui`, with the body-size, timeout and
+/// concurrency limits of `[limits]` applied.
 pub fn router(service: Arc<Service>) -> Router {
     let max_json = usize::try_from(service.config.limits.max_json_bytes).unwrap_or(usize::MAX);
     let max_bundle = usize::try_from(service.config.limits.max_bundle_bytes).unwrap_or(usize::MAX);

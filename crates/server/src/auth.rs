@@ -12,17 +12,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
 
+/// What a token or user may do; ordered, each role includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Reads: hosts, kernels, channels, exposure, the dashboard.
     Viewer,
+    /// Also publishes bundles and changes channels (promote, pin, rollback).
     Operator,
+    /// Also manages registration keys, API tokens and users.
     Admin,
 }
 
 impl Role {
+    /// Every role, lowest first.
     pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
 
+    /// The lowercase name used in the API, the CLI and the database: `viewer`, `operator`,
+    /// `admin`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
@@ -55,7 +62,9 @@ impl FromStr for Role {
 /// An authenticated caller: a token's or a user's name (the audit actor) and role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// The token's or user's name, as written to the audit log.
     pub actor: String,
+    /// What the caller may do.
     pub role: Role,
 }
 
@@ -89,7 +98,8 @@ pub fn hash_password(password: &str) -> Result<String, ServerError> {
         .map_err(|e| ServerError::Tuf(format!("hash password: {e}")))
 }
 
-pub fn verify_password(password: &str, phc: &str) -> bool {
+/// Whether `password` matches the PHC string `phc`; a malformed `phc` matches nothing.
+pub(crate) fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc)
         .map(|hash| {
             Argon2::default()

@@ -12,6 +12,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use crate::error::ServerError;
 use patchbay_core::Sha256;
 
+/// The blob store: blobs are keyed by the hex sha256 of their bytes (64 digits, any case);
+/// a key that is not one is [`ServerError::BadRequest`]. Cloning shares the store.
 #[derive(Debug, Clone)]
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
@@ -30,6 +32,7 @@ fn key(sha256: &str) -> Result<ObjectPath, ServerError> {
 }
 
 impl Blobs {
+    /// Blobs as files under `dir` (`<dir>/sha256/<hex>`), creating `dir` if needed.
     pub fn local(dir: &Path) -> Result<Blobs, ServerError> {
         std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
             path: dir.display().to_string(),
@@ -56,6 +59,7 @@ impl Blobs {
         Ok((sha256, true))
     }
 
+    /// The whole blob in memory; `None` when there is none with that sha256.
     pub async fn get(&self, sha256: &str) -> Result<Option<Bytes>, ServerError> {
         let path = key(sha256)?;
         match self.store.get(&path).await {
@@ -89,6 +93,7 @@ impl Blobs {
         }
     }
 
+    /// Removes a blob (a bundle whose publication was undone).
     pub async fn delete(&self, sha256: &str) -> Result<(), ServerError> {
         let path = key(sha256)?;
         self.store

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
 
+/// The whole `config.toml`; a missing key takes its default, an unknown key is an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -13,10 +14,15 @@ pub struct ServerConfig {
     pub listen: String,
     /// The database URL; a relative SQLite path is relative to the data dir.
     pub database: String,
+    /// `[tuf]`: root keys and how long each signed role lasts.
     pub tuf: TufConfig,
+    /// `[limits]`: request sizes, timeouts and concurrency.
     pub limits: Limits,
+    /// `[ui]`: dashboard sessions and login lockout.
     pub ui: UiConfig,
+    /// `[metrics]`: who may read `/metrics`.
     pub metrics: MetricsConfig,
+    /// `[retention]`: how long check-in history is kept.
     pub retention: RetentionConfig,
 }
 
@@ -32,6 +38,7 @@ pub enum MetricsAccess {
 }
 
 impl MetricsAccess {
+    /// The value as written in `config.toml`: `token` or `disabled`.
     pub fn as_str(self) -> &'static str {
         match self {
             MetricsAccess::Token => "token",
@@ -40,9 +47,11 @@ impl MetricsAccess {
     }
 }
 
+/// `[metrics]` of `config.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
+    /// Who may read `/metrics` (default: any API token).
     pub access: MetricsAccess,
 }
 
@@ -66,6 +75,7 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// The value as written in `config.toml`: `http` or `https`.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Http => "http",
@@ -74,6 +84,7 @@ impl Transport {
     }
 }
 
+/// `[ui]` of `config.toml`: the dashboard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UiConfig {
@@ -83,11 +94,13 @@ pub struct UiConfig {
     pub served_over: Transport,
     /// Failed logins before a user name, or a client address, is locked out.
     pub login_failures_per_user: u32,
+    /// The same count for one client address (default 50).
     pub login_failures_per_address: u32,
     /// How long a lockout lasts (and the window failures are counted in).
     pub login_lockout_secs: u32,
 }
 
+/// `[retention]` of `config.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
@@ -113,20 +126,26 @@ impl Default for UiConfig {
     }
 }
 
+/// `[tuf]` of `config.toml`: the signing keys and the lifetime of each role's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TufConfig {
     /// Root keys made by `init`, and how many must sign a new root.
     pub root_keys: u32,
+    /// How many of the root keys must sign a new root (1 to `root_keys`).
     pub root_threshold: u32,
+    /// Days a signed `root.json` is valid (default 365).
     pub root_expires_days: u32,
+    /// Days a signed `targets.json` is valid (default 90).
     pub targets_expires_days: u32,
+    /// Days a signed `snapshot.json` is valid (default 7).
     pub snapshot_expires_days: u32,
     /// Every role whose key is online is re-signed when less than half of its lifetime
     /// remains (`serve` checks every minute).
     pub timestamp_expires_hours: u32,
 }
 
+/// `[limits]` of `config.toml`: what one request may cost the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -185,6 +204,8 @@ impl Default for Limits {
 }
 
 impl ServerConfig {
+    /// Reads and checks `<data_dir>/config.toml`; [`ServerError::Config`] when it is missing
+    /// (run `init`), does not parse, or has a value out of range (e.g. a threshold of 0).
     pub fn load(data_dir: &Path) -> Result<ServerConfig, ServerError> {
         let path = data_dir.join("config.toml");
         let text = std::fs::read_to_string(&path).map_err(|e| ServerError::Config {

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::error::ServerError;
 use crate::store::{HostRecord, LevelRecord};
 
+/// Where `cve sync` writes the database: `<data_dir>/cve/db.json`.
 pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("cve/db.json")
 }
@@ -37,7 +38,12 @@ pub fn load(data_dir: &Path) -> Result<CveDatabase, ServerError> {
 #[derive(Debug, Clone)]
 pub enum CveSource {
     /// A checkout of the kernel CNA's vulns repository, optionally with a CISA KEV feed.
-    Vulns { path: PathBuf, kev: Option<PathBuf> },
+    Vulns {
+        /// The vulns checkout (or a directory of its records).
+        path: PathBuf,
+        /// A `known_exploited_vulnerabilities.json` to mark KEV entries from; `None`: no KEV.
+        kev: Option<PathBuf>,
+    },
     /// A snapshot directory in the bundled format.
     Snapshot(PathBuf),
 }
@@ -74,12 +80,14 @@ pub fn sync(data_dir: &Path, source: &CveSource) -> Result<usize, ServerError> {
     Ok(db.len())
 }
 
+/// Today's date in UTC: the default evaluation day of exposure.
 pub fn today() -> Day {
     jiff::Zoned::now()
         .with_time_zone(jiff::tz::TimeZone::UTC)
         .date()
 }
 
+/// Parses an upstream release such as `6.1.192`; [`ServerError::BadRequest`] otherwise.
 pub fn parse_version(text: &str) -> Result<UpstreamVersion, ServerError> {
     text.parse()
         .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
@@ -100,7 +108,9 @@ pub fn host_upstream(host: &HostRecord, levels: &[LevelRecord]) -> Option<Upstre
     })
 }
 
-pub fn level_fixes(host: &HostRecord, levels: &[LevelRecord]) -> Vec<String> {
+/// The CVE ids the host's active level fixes; empty without a live patch, or when the level
+/// is not among `levels`.
+pub(crate) fn level_fixes(host: &HostRecord, levels: &[LevelRecord]) -> Vec<String> {
     let Some(active) = host.active_level else {
         return Vec::new();
     };
@@ -117,7 +127,9 @@ pub fn level_fixes(host: &HostRecord, levels: &[LevelRecord]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-pub fn host_exposure(
+/// A host's base and live exposure on day `at`, its effective release and the CVEs each
+/// newer level of its kernel would close. Without a known upstream release, all of it is empty.
+pub(crate) fn host_exposure(
     db: &CveDatabase,
     host: &HostRecord,
     levels: &[LevelRecord],
@@ -161,22 +173,37 @@ pub fn host_exposure(
 /// One host's line in the compliance report.
 #[derive(Debug, Clone, Serialize)]
 pub struct ComplianceRow {
+    /// The host id.
     pub host_id: String,
+    /// The hostname it registered with.
     pub hostname: String,
+    /// The channel it follows.
     pub channel: String,
+    /// Its kernel's `uname -r`, e.g. `6.1.0-18-amd64`.
     pub kernel_release: String,
+    /// The upstream release it runs (`6.1.76`); `None` when unknown.
     pub upstream_version: Option<String>,
+    /// The release its live patch makes it as fixed as; `None` when unknown.
     pub effective_version: Option<String>,
+    /// The loaded patch level; `None`: no live patch.
     pub active_level: Option<u32>,
+    /// The state it last reported.
     pub state: HostState,
+    /// CVEs of its kernel release without the live patch.
     pub base_cves: usize,
+    /// CVEs still open with the live patch.
     pub live_cves: usize,
+    /// Of those, how many are high.
     pub live_high: usize,
+    /// Of those, how many are high and public longer than the window.
     pub live_high_overdue: usize,
+    /// Of the open CVEs, how many are known exploited (CISA KEV).
     pub live_kev: usize,
+    /// CVEs of the base exposure that the live patch fixes.
     pub fixed_by_patch: usize,
     /// A CVSS >= 7 CVE public for longer than the window is still open on the host.
     pub window_breached: bool,
+    /// When it last checked in (unix seconds).
     pub last_checkin: i64,
 }
 
@@ -237,7 +264,9 @@ fn csv_field(text: &str) -> String {
     }
 }
 
-pub fn compliance_csv(rows: &[ComplianceRow]) -> String {
+/// The compliance report as CSV, one header line then one line per row; cells that a
+/// spreadsheet would take for a formula are quoted as text.
+pub(crate) fn compliance_csv(rows: &[ComplianceRow]) -> String {
     let mut out = String::from(
         "host_id,hostname,channel,kernel_release,upstream_version,effective_version,active_level,\
          state,base_cves,live_cves,live_high,live_high_overdue,live_kev,fixed_by_patch,\

@@ -9,6 +9,7 @@
 //!
 //! Handlers (`api`, `ui`, the CLI) call [`Service`] only: its database, blob store and TUF
 //! repository are private fields, so the compiler keeps them from reaching past it.
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod auth;
@@ -19,7 +20,7 @@ pub mod error;
 pub mod listener;
 pub mod service;
 pub mod store;
-pub mod throttle;
+pub(crate) mod throttle;
 pub mod tuf;
 pub mod ui;
 

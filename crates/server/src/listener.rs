@@ -23,6 +23,7 @@ pub struct IdleTimeoutListener {
 }
 
 impl IdleTimeoutListener {
+    /// Wraps a bound listener; each accepted connection closes after `idle` without traffic.
     pub fn new(inner: TcpListener, idle: Duration) -> IdleTimeoutListener {
         IdleTimeoutListener { inner, idle }
     }

@@ -47,6 +47,8 @@ pub fn random_secret(prefix: &str) -> Result<String, ServerError> {
     Ok(format!("{prefix}_{}", hex::encode(bytes)))
 }
 
+/// The hex sha256 of a secret (token, registration key, cookie): what the database stores
+/// and looks secrets up by.
 pub fn secret_hash(secret: &str) -> String {
     patchbay_core::Sha256::of(secret.as_bytes())
         .as_str()
@@ -67,18 +69,26 @@ fn random_hex(n: usize) -> Result<String, ServerError> {
 /// What `init` prints once.
 #[derive(Debug, Clone)]
 pub struct InitReport {
+    /// An admin API token (`pbadm_<64 hex>`), shown only this once.
     pub admin_token: String,
     /// The dashboard password of user `admin`.
     pub admin_password: String,
+    /// A registration key for the `production` channel (`pbreg_<64 hex>`).
     pub registration_key: String,
+    /// The key ids of the root keys, as listed in `root.json`.
     pub root_key_ids: Vec<String>,
+    /// Where the root keys were written (move them offline from there).
     pub root_key_dir: PathBuf,
 }
 
+/// One wave of a staged rollout, as a promotion asks for it (`"waves"` in the request).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaveRequest {
+    /// Seconds after the promotion takes effect when the wave starts (at most one year).
     pub after_secs: u64,
+    /// The share of the channel's hosts served from then on, 1 to 100; each wave's must be
+    /// higher than the one before.
     pub percent: u8,
 }
 
@@ -319,6 +329,9 @@ impl Service {
         })
     }
 
+    /// Opens an initialised data dir: reads `config.toml`, opens the database (only
+    /// `sqlite://` URLs) and loads the CVE database. [`ServerError::Config`] when there is no
+    /// `config.toml` (run `init`) or it is invalid.
     pub async fn open(data_dir: &Path) -> Result<Service, ServerError> {
         let config = ServerConfig::load(data_dir)?;
         let db_path = match config.database.strip_prefix("sqlite://") {
@@ -697,6 +710,8 @@ impl Service {
         Ok(targets)
     }
 
+    /// The channel's current document as the database has it (serial, time of change, a
+    /// rollout per kernel); [`ServerError::NotFound`] when there is no such channel.
     pub async fn channel_doc(&self, name: &ChannelName) -> Result<ChannelDoc, ServerError> {
         let record = self
             .store
@@ -810,6 +825,7 @@ impl Service {
         })
     }
 
+    /// Every kernel build with published levels, by build id, each with its levels in order.
     pub async fn kernels(&self) -> Result<Vec<KernelSummary>, ServerError> {
         let reported: std::collections::BTreeSet<(BuildId, PatchLevel)> =
             self.store.reported_levels().await?.into_iter().collect();
@@ -967,6 +983,9 @@ impl Service {
         )))
     }
 
+    /// Creates an empty channel and signs it into the targets; returns its document.
+    /// [`ServerError::BadRequest`] for an invalid name, [`ServerError::Conflict`] when it
+    /// exists; refused on a mirror.
     pub async fn create_channel(&self, actor: &str, name: &str) -> Result<ChannelDoc, ServerError> {
         self.refuse_if_mirror()?;
         let name: ChannelName = name
@@ -1050,6 +1069,10 @@ impl Service {
         self.channel_doc(channel).await
     }
 
+    /// Moves a channel's kernel up to the published `level`: served from `deploy_after_secs`
+    /// on (at most one year), to everyone or in `waves`. Promoting the level already served
+    /// re-plans its waves without taking it from hosts that have it. [`ServerError::Conflict`]
+    /// when the rollout is pinned or `level` is below the served one (use `rollback`).
     pub async fn promote(
         &self,
         actor: &str,
@@ -1127,6 +1150,8 @@ impl Service {
         .await
     }
 
+    /// Pins a channel's kernel at `level` (the served level when `None`), at once and to
+    /// every host; promotions are refused until [`Service::unpin`].
     pub async fn pin(
         &self,
         actor: &str,
@@ -1159,6 +1184,7 @@ impl Service {
         .await
     }
 
+    /// Lifts a pin, keeping the level served; [`ServerError::NotFound`] without a rollout.
     pub async fn unpin(
         &self,
         actor: &str,
@@ -1179,6 +1205,8 @@ impl Service {
         .await
     }
 
+    /// Serves a lower published `level` of a channel's kernel at once, to every host (a pin
+    /// stays). [`ServerError::Conflict`] unless `level` is below the served one.
     pub async fn rollback(
         &self,
         actor: &str,
@@ -1210,7 +1238,8 @@ impl Service {
         .await
     }
 
-    pub async fn create_registration_key(
+    /// A new registration key for `channel` (`pbreg_<64 hex>`), stored only as its hash.
+    pub(crate) async fn create_registration_key(
         &self,
         actor: &str,
         channel: &str,
@@ -1480,6 +1509,9 @@ impl Service {
             .await
     }
 
+    /// Registers a host with a registration key: returns its id, its API token (shown once),
+    /// its channel and seed, and the trusted root. [`ServerError::Unauthorized`] for an
+    /// unknown key.
     pub async fn register(&self, request: RegisterRequest) -> Result<RegisterReply, ServerError> {
         let channel = self
             .store
@@ -1526,7 +1558,8 @@ impl Service {
         })
     }
 
-    pub async fn host_for_token(&self, token: &str) -> Result<HostRecord, ServerError> {
+    /// The host a host API token belongs to; [`ServerError::Unauthorized`] for an unknown one.
+    pub(crate) async fn host_for_token(&self, token: &str) -> Result<HostRecord, ServerError> {
         self.store
             .host_by_token(&secret_hash(token))
             .await?
@@ -1585,6 +1618,7 @@ impl Service {
         self.store.prune_checkins(unix_seconds() - keep).await
     }
 
+    /// The hosts matching `filter`, by hostname then id.
     pub async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError> {
         self.store.hosts(filter).await
     }

@@ -25,44 +25,68 @@ use crate::error::ServerError;
 /// One published level of one kernel build.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LevelRecord {
+    /// The kernel build the level is for (its GNU build id).
     pub build_id: BuildId,
+    /// The level number, counting up from 1 per kernel build.
     pub level: PatchLevel,
+    /// The kernel's `uname -r`, e.g. `6.1.0-18-amd64`.
     pub kernel_release: KernelRelease,
+    /// The upstream release the kernel is built from, e.g. `6.1.76`.
     pub upstream_version: UpstreamVersion,
+    /// The sha256 of the bundle (its blob key and TUF target hash).
     pub sha256: Sha256,
+    /// The bundle's size in bytes.
     pub length: u64,
+    /// The bundle's manifest, as signed into the TUF target's custom metadata.
     pub manifest: Manifest,
+    /// When it was published (unix seconds).
     pub published_at: i64,
 }
 
 /// A channel and the serial of its current document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChannelRecord {
+    /// The channel's name, e.g. `production`.
     pub name: ChannelName,
+    /// Bumped at every change; the signed channel document carries it.
     pub serial: u64,
+    /// When it last changed (RFC 3339, UTC), as written into the channel document.
     pub updated: String,
 }
 
 /// A registered host with its last check-in.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HostRecord {
+    /// The host id the server gave at registration.
     pub id: String,
+    /// The sha256 of the host's API token (never listed).
     #[serde(skip)]
     pub token_hash: String,
+    /// The hostname the host reported at registration.
     pub hostname: String,
+    /// The channel it follows.
     pub channel: ChannelName,
+    /// Decides the host's place in rollout waves.
     pub seed: HostSeed,
+    /// Its running kernel's `uname -r`, e.g. `6.1.0-18-amd64`.
     pub kernel_release: KernelRelease,
     /// The upstream release the host reported (`6.1.192`), if it did. Listed as
     /// `kernel_version`, the name the API has always used (and the database column's).
     #[serde(rename = "kernel_version")]
     pub upstream_version: Option<UpstreamVersion>,
+    /// Its running kernel's build id.
     pub build_id: BuildId,
+    /// The patch level it last reported loaded; `None`: no live patch.
     pub active_level: Option<PatchLevel>,
+    /// The state it last reported.
     pub state: HostState,
+    /// The error of its last check-in, if that reported one.
     pub last_error: Option<String>,
+    /// The agent's version, e.g. `0.1.0`.
     pub agent_version: String,
+    /// When it registered (unix seconds).
     pub registered_at: i64,
+    /// When it last checked in (unix seconds).
     pub last_checkin: i64,
 }
 
@@ -70,49 +94,74 @@ pub struct HostRecord {
 /// reported before) and when.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckIn {
+    /// What the host sent.
     pub report: CheckInRequest,
+    /// When the server received it (unix seconds).
     pub at: i64,
 }
 
+/// One line of the audit log: who changed what, and the TUF targets version it produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEntry {
+    /// Increasing with time; the newest entry has the highest id.
     pub id: i64,
+    /// When (unix seconds).
     pub at: i64,
+    /// Who: a user or token name, `cli`, or a host id.
     pub actor: String,
+    /// What, as a short tag such as `token-create` or `report`.
     pub action: String,
+    /// The change in words (channel, kernel, level...).
     pub detail: String,
+    /// The targets version signed for the change; `None` when nothing was signed.
     pub targets_version: Option<u64>,
 }
 
 /// The fleet's exposure on one day, for trends: distinct open CVEs by severity and hosts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExposureSnapshot {
+    /// The UTC day, `2025-03-27`.
     pub day: String,
+    /// Distinct open critical CVEs across the fleet.
     pub critical: u64,
+    /// Distinct open high CVEs.
     pub high: u64,
+    /// Distinct open medium CVEs.
     pub medium: u64,
+    /// Distinct open low CVEs.
     pub low: u64,
+    /// Distinct open CVEs without a score.
     pub unscored: u64,
+    /// Registered hosts counted.
     pub hosts: u64,
+    /// Hosts with at least one high CVE open past the window.
     pub hosts_breached: u64,
 }
 
 /// A dashboard user; `password_hash` is Argon2id (PHC string).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserRecord {
+    /// The login name (see [`crate::auth::check_username`]).
     pub name: String,
+    /// The Argon2id PHC string (never listed).
     #[serde(skip)]
     pub password_hash: String,
+    /// What the user may do.
     pub role: Role,
 }
 
 /// A dashboard session: stored by the SHA-256 of its cookie value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
+    /// The sha256 of the cookie value (hex).
     pub id_hash: String,
+    /// The user it belongs to.
     pub user: String,
+    /// The user's role when the session opened.
     pub role: Role,
+    /// The CSRF token the session's forms must carry.
     pub csrf: String,
+    /// When it expires (unix seconds); the caller checks it, [`Store::session`] does not.
     pub expires_at: i64,
 }
 
@@ -120,32 +169,48 @@ pub struct SessionRecord {
 /// is the id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenRecord {
+    /// The sha256 of the token (hex).
     pub id: String,
+    /// The name it was created with.
     pub name: String,
+    /// What it may do.
     pub role: Role,
+    /// When it was created (unix seconds).
     pub created_at: i64,
 }
 
 /// A registration key as listed for revocation (id: the SHA-256 of the key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RegistrationKeyRecord {
+    /// The sha256 of the key (hex).
     pub id: String,
+    /// The channel hosts registering with it join.
     pub channel: ChannelName,
+    /// When it was created (unix seconds).
     pub created_at: i64,
 }
 
+/// Which hosts to list; every `None` matches all, the default lists every host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostFilter {
+    /// Only hosts on this channel.
     pub channel: Option<ChannelName>,
+    /// Only hosts running this kernel build.
     pub build_id: Option<BuildId>,
+    /// Only hosts in this state.
     pub state: Option<HostState>,
     /// Page size (all when `None`) and offset, ordered by hostname then id.
     pub limit: Option<u32>,
+    /// How many matching hosts to skip first.
     pub offset: u32,
 }
 
+/// Everything the server keeps in its database. Times are unix seconds; `*_hash` arguments
+/// are the hex sha256 of a secret, never the secret. Errors are [`ServerError::Database`]
+/// (a row that does not parse included) unless a method says otherwise.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Stores a new API token by its hash.
     async fn add_token(
         &self,
         token_hash: &str,
@@ -155,38 +220,53 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<(), ServerError>;
     /// The name and role of an API token.
     async fn token(&self, token_hash: &str) -> Result<Option<(String, Role)>, ServerError>;
+    /// Every API token, by name.
     async fn tokens(&self) -> Result<Vec<TokenRecord>, ServerError>;
     /// Deletes an API token; whether it existed.
     async fn remove_token(&self, token_hash: &str) -> Result<bool, ServerError>;
+    /// Every registration key, by channel then age.
     async fn registration_keys(&self) -> Result<Vec<RegistrationKeyRecord>, ServerError>;
     /// Deletes a registration key; whether it existed.
     async fn remove_registration_key(&self, key_hash: &str) -> Result<bool, ServerError>;
     /// Deletes a host and its check-in history (its token stops working); whether it existed.
     async fn remove_host(&self, id: &str) -> Result<bool, ServerError>;
 
+    /// Adds a dashboard user; [`ServerError::Conflict`] when the name is taken.
     async fn add_user(&self, user: &UserRecord, at: i64) -> Result<(), ServerError>;
+    /// The user of that name, if any.
     async fn user(&self, name: &str) -> Result<Option<UserRecord>, ServerError>;
+    /// Every dashboard user, by name.
     async fn users(&self) -> Result<Vec<UserRecord>, ServerError>;
+    /// Stores a new session (and drops the sessions that have expired).
     async fn add_session(&self, session: &SessionRecord) -> Result<(), ServerError>;
+    /// The session with this cookie hash, expired or not.
     async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, ServerError>;
+    /// Ends a session (logout); nothing happens if there is none.
     async fn delete_session(&self, id_hash: &str) -> Result<(), ServerError>;
 
+    /// Creates a channel at serial 1 (`updated`: RFC 3339); [`ServerError::Conflict`] when it
+    /// exists.
     async fn add_channel(
         &self,
         name: &ChannelName,
         updated: &str,
         at: i64,
     ) -> Result<(), ServerError>;
+    /// Every channel, by name.
     async fn channels(&self) -> Result<Vec<ChannelRecord>, ServerError>;
     /// Removes a channel that nothing refers to yet (undoing a creation whose signing failed).
     async fn remove_channel(&self, name: &ChannelName) -> Result<(), ServerError>;
     /// Puts a channel's serial and time of change back (undoing a change whose signing failed).
     async fn restore_channel(&self, channel: &ChannelRecord) -> Result<(), ServerError>;
+    /// Increments a channel's serial and sets its time of change; returns the new serial.
+    /// [`ServerError::NotFound`] when there is no such channel.
     async fn bump_channel(&self, name: &ChannelName, updated: &str) -> Result<u64, ServerError>;
+    /// A channel's rollouts, one per kernel build that was promoted on it.
     async fn rollouts(
         &self,
         channel: &ChannelName,
     ) -> Result<BTreeMap<BuildId, KernelRollout>, ServerError>;
+    /// Sets (or replaces) one kernel's rollout on a channel.
     async fn set_rollout(
         &self,
         channel: &ChannelName,
@@ -200,19 +280,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         build_id: &BuildId,
     ) -> Result<(), ServerError>;
 
+    /// Stores a registration key by its hash, for `channel`.
     async fn add_registration_key(
         &self,
         key_hash: &str,
         channel: &ChannelName,
         at: i64,
     ) -> Result<(), ServerError>;
+    /// The channel a registration key enrolls hosts in; `None`: no such key (or revoked).
     async fn registration_key_channel(
         &self,
         key_hash: &str,
     ) -> Result<Option<ChannelName>, ServerError>;
 
+    /// Records a published level; [`ServerError::Conflict`] when that level exists.
     async fn add_level(&self, level: &LevelRecord) -> Result<(), ServerError>;
+    /// Removes a level and its upgrade report (undoing a publication whose signing failed).
     async fn remove_level(&self, build_id: &BuildId, level: PatchLevel) -> Result<(), ServerError>;
+    /// Every published level, by build id then level.
     async fn levels(&self) -> Result<Vec<LevelRecord>, ServerError>;
     /// The published levels of one kernel build.
     async fn levels_of(&self, build_id: &BuildId) -> Result<Vec<LevelRecord>, ServerError>;
@@ -234,11 +319,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The levels that carry an upgrade report.
     async fn reported_levels(&self) -> Result<Vec<(BuildId, PatchLevel)>, ServerError>;
 
+    /// Registers a host.
     async fn add_host(&self, host: &HostRecord) -> Result<(), ServerError>;
+    /// The host whose API token has this hash, if any.
     async fn host_by_token(&self, token_hash: &str) -> Result<Option<HostRecord>, ServerError>;
+    /// Updates a host from a check-in and appends it to the history; returns once committed.
     async fn record_checkin(&self, host_id: &str, checkin: &CheckIn) -> Result<(), ServerError>;
+    /// The hosts matching `filter`, by hostname then id, paged as it says.
     async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError>;
+    /// How many hosts match `filter` (its page is ignored).
     async fn count_hosts(&self, filter: &HostFilter) -> Result<u64, ServerError>;
+    /// The host with this id, if any.
     async fn host(&self, id: &str) -> Result<Option<HostRecord>, ServerError>;
     /// Check-ins received since the database was made (history pruning does not lower it).
     async fn checkin_count(&self) -> Result<u64, ServerError>;
@@ -250,6 +341,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The newest `limit` daily snapshots, oldest first.
     async fn snapshots(&self, limit: u32) -> Result<Vec<ExposureSnapshot>, ServerError>;
 
+    /// Appends an [`AuditEntry`].
     async fn audit(
         &self,
         at: i64,
@@ -258,6 +350,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         detail: &str,
         targets_version: Option<u64>,
     ) -> Result<(), ServerError>;
+    /// The newest `limit` audit entries, newest first.
     async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, ServerError>;
 }
 
@@ -378,6 +471,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 "#;
 
+/// The embedded [`Store`]: one SQLite file (WAL), opened with [`SqliteStore::open`].
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,

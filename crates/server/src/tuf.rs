@@ -30,7 +30,9 @@ const SPEC_VERSION: &str = "1.0.0";
 /// One TUF target as the server lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetEntry {
+    /// The target's sha256 (hex).
     pub sha256: String,
+    /// Its size in bytes.
     pub length: u64,
     /// The target's signed `custom` metadata.
     pub custom: serde_json::Map<String, Value>,
@@ -56,18 +58,26 @@ pub fn target_entries(role: &Targets) -> BTreeMap<String, TargetEntry> {
 /// The versions of the current metadata chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainVersions {
+    /// The newest `root.json` version.
     pub root: u64,
+    /// The served `targets.json` version; it goes up with every publication or channel change.
     pub targets: u64,
+    /// The served `snapshot.json` version.
     pub snapshot: u64,
+    /// The served `timestamp.json` version.
     pub timestamp: u64,
 }
 
 /// The four top-level roles the server signs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RoleName {
+    /// `root.json`: the keys of every role; signed by the root keys.
     Root,
+    /// `targets.json`: the bundles and channel documents, with their hashes.
     Targets,
+    /// `snapshot.json`: the version of `targets.json` that goes with it.
     Snapshot,
+    /// `timestamp.json`: the current snapshot; short-lived, so a frozen mirror is noticed.
     Timestamp,
 }
 
@@ -81,6 +91,7 @@ impl RoleName {
         RoleName::Timestamp,
     ];
 
+    /// The role's name in TUF and its metadata file stem: `root`, `targets`, ...
     pub fn as_str(self) -> &'static str {
         match self {
             RoleName::Root => "root",
@@ -148,13 +159,18 @@ pub const OFFLINE_WARNING_DAYS: i64 = 30;
 /// When one served role expires and who can renew it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleExpiry {
+    /// Which role this is (one entry per served role).
     pub role: RoleName,
+    /// The version served.
     pub version: u64,
+    /// When the served version expires.
     pub expires: jiff::Timestamp,
+    /// Whether the server can sign it again by itself.
     pub keys: KeyPlace,
 }
 
 impl RoleExpiry {
+    /// Seconds from `now` until it expires; negative once it has.
     pub fn seconds_left(&self, now: jiff::Timestamp) -> i64 {
         self.expires.as_second() - now.as_second()
     }
@@ -216,8 +232,11 @@ pub struct RefreshReport {
 /// The repository on disk.
 #[derive(Debug, Clone)]
 pub struct TufRepo {
+    /// Where the signed metadata is served from (`<data>/tuf/metadata`).
     pub metadata_dir: PathBuf,
+    /// The online signing keys, `<role>.pk8` (`<data>/keys`).
     pub keys_dir: PathBuf,
+    /// Key count, threshold and lifetimes (`[tuf]` of `config.toml`).
     pub config: TufConfig,
 }
 
@@ -306,6 +325,8 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 impl TufRepo {
+    /// The repository of a data directory; nothing is read or created until used
+    /// ([`TufRepo::init`] makes the keys and first metadata).
     pub fn new(data_dir: &Path, config: TufConfig) -> TufRepo {
         TufRepo {
             metadata_dir: data_dir.join("tuf/metadata"),

@@ -29,6 +29,7 @@ type AppState = Arc<Service>;
 const COOKIE: &str = "pb_session";
 const PAGE_SIZE: u32 = 50;
 
+/// The dashboard's pages and forms; [`crate::api::router`] nests them under `/ui`.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(fleet))

@@ -10,7 +10,8 @@ use crate::UpdateError;
 
 /// An archive larger than this, or holding more entries, is refused.
 pub const MAX_ARCHIVE_BYTES: u64 = 4 << 30;
-pub const MAX_ENTRIES: usize = 100_000;
+/// The most entries (files and directories) an archive may hold.
+pub(crate) const MAX_ENTRIES: usize = 100_000;
 
 fn archive_err(path: &Path, reason: impl Into<String>) -> UpdateError {
     UpdateError::Archive {
@@ -46,6 +47,7 @@ pub fn write(
             let mut header = tar::Header::new_gnu();
             header.set_size(bytes.len() as u64);
             header.set_mode(0o644);
+            // A fixed mtime: the same metadata and targets give the same archive bytes.
             header.set_mtime(0);
             header.set_entry_type(tar::EntryType::Regular);
             builder

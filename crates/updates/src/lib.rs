@@ -6,6 +6,7 @@
 //! the datastore directory). Then [`SignedRepo::channel`] returns a verified channel document and
 //! [`SignedRepo::bundle`] a verified bundle whose manifest equals the signed one.
 //! [`archive`] writes and unpacks the air-gapped archive format.
+#![warn(missing_docs)]
 
 pub mod archive;
 pub mod transport;
@@ -58,24 +59,33 @@ pub enum UpdateError {
     /// The TUF metadata could not be fetched, or was refused.
     #[error("the signed metadata from {source_name} was refused: {reason}")]
     Metadata {
+        /// The server URL or archive directory the metadata came from.
         source_name: String,
+        /// What TUF refused or why the fetch failed, with its chain of causes.
         reason: String,
         /// How the fetch failed, when an HTTP fetch is what failed.
         fetch: Option<FetchFailure>,
     },
     /// The channel is not among the signed targets.
     #[error("the channel {channel} is not in the signed targets (is this host's channel deleted? register again)")]
-    NoChannel { channel: ChannelName },
+    NoChannel {
+        /// The channel asked for.
+        channel: ChannelName,
+    },
     /// The signed channel document does not parse.
     #[error("the signed channel document {channel} is not valid: {reason}")]
     ChannelDoc {
+        /// The channel whose document was read.
         channel: ChannelName,
+        /// Why the document was refused.
         reason: String,
     },
     /// The level is not among the signed targets.
     #[error("level {level} of kernel {build_id} is not in the signed targets")]
     NoBundle {
+        /// The kernel build the level was asked for.
         build_id: BuildId,
+        /// The patch level asked for.
         level: PatchLevel,
     },
     /// The signed length of a target is above the caller's limit.
@@ -83,33 +93,53 @@ pub enum UpdateError {
         "target {target} is {length} bytes, above the limit of {limit}; refused before download"
     )]
     TooLarge {
+        /// The TUF target name.
         target: String,
+        /// Its length in bytes (signed, or counted while downloading).
         length: u64,
+        /// The caller's limit in bytes ([`Limits`]).
         limit: u64,
     },
     /// A target could not be fetched, or failed TUF's length and hash checks.
     #[error("download of {target} failed verification: {reason}")]
     Download {
+        /// The TUF target name.
         target: String,
+        /// What failed, with its chain of causes.
         reason: String,
         /// How the fetch failed, when an HTTP fetch is what failed.
         fetch: Option<FetchFailure>,
     },
     /// A downloaded bundle, or its signed manifest, is not valid.
     #[error("bundle {target} is not valid: {reason}")]
-    Bundle { target: String, reason: String },
+    Bundle {
+        /// The TUF target name of the bundle.
+        target: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A downloaded bundle's manifest is not the signed one.
     #[error("bundle {target}: its manifest differs from the signed manifest; refusing it")]
-    ManifestMismatch { target: String },
+    ManifestMismatch {
+        /// The TUF target name of the bundle.
+        target: String,
+    },
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: String,
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// An air-gapped archive is not valid.
     #[error("archive {path}: {reason}")]
-    Archive { path: String, reason: String },
+    Archive {
+        /// The archive file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl UpdateError {
@@ -202,6 +232,8 @@ impl SignedRepo {
     ) -> Result<SignedRepo, UpdateError> {
         let (metadata, targets, name) = match source {
             Source::Server(url) => {
+                // `Url::join` replaces the last path segment unless the base ends with '/', so a
+                // server at `https://host/patchbay` would lose `patchbay` without it.
                 let base = if url.path().ends_with('/') {
                     url.clone()
                 } else {

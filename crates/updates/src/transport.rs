@@ -36,8 +36,13 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
 /// Why a reply body was not read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
+    /// The reply announced or sent more than the caller's limit; reading stopped there.
     #[error("the reply is larger than {limit} bytes; refused while reading it")]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The caller's limit in bytes.
+        limit: u64,
+    },
+    /// The connection failed while the body was being read.
     #[error("{0}")]
     Transport(#[from] reqwest::Error),
 }

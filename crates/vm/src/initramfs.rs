@@ -128,7 +128,7 @@ const DEFAULT_SCENARIO: &str = "#!/bin/sh\necho 'no scenario was set'\n";
 pub struct GuestPath(String);
 
 impl GuestPath {
-    pub fn parse(path: &str) -> Result<Self, VmError> {
+    pub(crate) fn parse(path: &str) -> Result<Self, VmError> {
         Self::parse_or_reason(path).map_err(|reason| VmError::InvalidGuestPath {
             path: path.to_owned(),
             reason,

@@ -5,6 +5,7 @@
 //! `sh`, prints an end marker with the script's exit status and powers off. Scenarios report
 //! with lines `PB: <key> <value...>`; `. /lib/pb.sh` gives `pb_check`, `pb_expect_contains`,
 //! `pb_value` and `pb_uptime_ms`.
+#![warn(missing_docs)]
 
 mod cpio;
 mod error;

@@ -32,7 +32,9 @@ pub struct VmConfig {
     pub vmlinux: PathBuf,
     /// gzip-compressed newc cpio archive (see [`crate::Initramfs`]).
     pub initramfs: PathBuf,
+    /// Guest memory in MiB (`-m`).
     pub memory_mib: u32,
+    /// Guest CPUs (`-smp`); 1 is fastest under TCG, 2 exercises livepatch's consistency model.
     pub cpus: u32,
     /// QEMU is killed when the guest has not powered off by then.
     pub timeout: Duration,
@@ -53,12 +55,18 @@ pub struct VmConfig {
 /// The guest's network. Guests never reach anything but what is listed here.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Network {
+    /// No network device at all (`-nic none`).
     #[default]
     None,
     /// QEMU user networking with `restrict=on` (no traffic leaves the VM) and one `guestfwd`:
     /// connections to `GUEST_SERVER_IP:guest_port` reach `127.0.0.1:host_port` on the host.
     /// The guest needs the `virtio_pci` and `virtio_net` modules (`pb_net_up` loads them).
-    ForwardToHost { guest_port: u16, host_port: u16 },
+    ForwardToHost {
+        /// The port the guest connects to on [`GUEST_SERVER_IP`].
+        guest_port: u16,
+        /// The port on the host's loopback the connection reaches.
+        host_port: u16,
+    },
 }
 
 /// The address a guest uses for the forwarded host service.
@@ -79,6 +87,8 @@ impl Network {
                     "user,id=net0,restrict=on,guestfwd=tcp:{GUEST_SERVER_IP}:{guest_port}-cmd:nc 127.0.0.1 {host_port}"
                 ),
                 "-device".to_owned(),
+                // `romfile=`: no network boot ROM; the kernel boots directly (`-kernel`), and the
+                // ROM file (Debian's `ipxe-qemu`) then need not be installed.
                 "virtio-net-pci,netdev=net0,romfile=".to_owned(),
             ],
         }
@@ -121,6 +131,7 @@ impl VmConfig {
         args.extend(self.network.qemu_args());
         for disk in &self.disks {
             args.push("-drive".to_owned());
+            // QEMU's option syntax splits at commas; a literal comma in a path is written `,,`.
             args.push(format!(
                 "file={},format=raw,if=virtio",
                 disk.to_string_lossy().replace(',', ",,")
@@ -158,6 +169,7 @@ pub enum VmExit {
 }
 
 impl VmExit {
+    /// A short sentence for reports, e.g. "QEMU failed with exit status 1".
     pub fn describe(&self) -> String {
         match self {
             VmExit::Completed => "the guest completed".to_owned(),
@@ -177,6 +189,7 @@ pub struct VmRun {
     pub serial_log: String,
     /// `PB: <key> <value>` lines, in order.
     pub lines: Vec<ResultLine>,
+    /// How the run ended; anything but [`VmExit::Completed`] means `/init` did not finish.
     pub exit: VmExit,
     /// Host wall time from starting QEMU until `/init` started (kernel boot under TCG).
     pub boot_to_init: Option<Duration>,
@@ -186,6 +199,7 @@ pub struct VmRun {
     pub guest_uptime_at_init: Option<Duration>,
     /// Exit status of `/scenario.sh`, when it finished.
     pub scenario_status: Option<i32>,
+    /// What QEMU itself printed on stderr (at most 1 MiB); empty when it said nothing.
     pub qemu_stderr: String,
 }
 

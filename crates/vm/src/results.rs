@@ -11,7 +11,9 @@ pub const CHECK_KEY: &str = "check";
 /// One `PB: <key> <value...>` line; `value` is the rest of the line, trimmed (may be empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResultLine {
+    /// The first word after the prefix, e.g. `check` or `boot_ms`; never empty.
     pub key: String,
+    /// The rest of the line, e.g. `cmdline ok` or `3120`.
     pub value: String,
 }
 

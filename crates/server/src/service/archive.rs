@@ -13,15 +13,21 @@ use patchbay_updates::{Limits, SignedRepo, Source};
 use crate::error::ServerError;
 use crate::Service;
 
+/// What [`export`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportSummary {
+    /// Metadata files: every `.json` of the served metadata directory.
     pub metadata: usize,
+    /// Targets (bundles and channel documents).
     pub targets: usize,
 }
 
+/// What [`import`] installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImportSummary {
+    /// The targets version now served.
     pub targets_version: u64,
+    /// Targets the archive carried.
     pub targets: usize,
 }
 
@@ -32,6 +38,8 @@ fn io(path: &Path, source: std::io::Error) -> ServerError {
     }
 }
 
+/// Writes the served TUF chain and every current target into the archive `output`
+/// (atomically). [`ServerError::Conflict`] when nothing was published yet.
 pub async fn export(service: &Service, output: &Path) -> Result<ExportSummary, ServerError> {
     let mut metadata = Vec::new();
     for path in service.tuf.metadata_files()? {
@@ -106,6 +114,10 @@ fn verified_root_file(repo: &SignedRepo, metadata: &Path) -> Result<VerifiedRoot
     Ok(VerifiedRoot { name, bytes })
 }
 
+/// Verifies `archive` with the agents' TUF client and serves its metadata and targets as
+/// they are. The root trusted is `root` if given, else the one pinned by an earlier import,
+/// else (first import) the archive's own `1.root.json`. An archive that does not verify is
+/// [`ServerError::BadRequest`] or [`ServerError::Unprocessable`], and none of it is served.
 pub async fn import(
     service: &Service,
     archive: &Path,
