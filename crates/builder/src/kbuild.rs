@@ -6,22 +6,33 @@ use std::process::Command;
 /// Why kbuild did not produce the module.
 #[derive(Debug, thiserror::Error)]
 pub enum KbuildError {
+    /// `make` could not be started at all (usually: not installed).
     #[error("cannot run make (install it: apt-get install make gcc-12): {0}")]
     Spawn(std::io::Error),
+    /// kbuild ran and failed (a compile error, an unresolved symbol modpost refused, ...).
     #[error("kbuild failed for the module in {dir} (make exit {status}); its output:\n{output}")]
     Failed {
+        /// The module's kbuild directory (`M=`).
         dir: String,
+        /// make's exit status, as text (`exit status: 2`).
         status: String,
+        /// make's stdout followed by its stderr, untruncated.
         output: String,
     },
+    /// make exited 0 but the expected `<name>.ko` is not there (the path it looked for).
     #[error("kbuild succeeded but {0} was not produced")]
     Missing(String),
+    /// `objcopy` could not be started (usually: binutils not installed).
     #[error("cannot run objcopy (install it: apt-get install binutils): {0}")]
     SpawnObjcopy(std::io::Error),
+    /// `objcopy --strip-debug` ran and failed; the module is left as it was.
     #[error("objcopy --strip-debug {path} failed ({status}): {stderr}")]
     Strip {
+        /// The `.ko` that could not be stripped.
         path: String,
+        /// objcopy's exit status, as text.
         status: String,
+        /// objcopy's stderr, trimmed.
         stderr: String,
     },
 }
@@ -94,6 +105,7 @@ pub fn build_module(
     Ok(ko)
 }
 
+/// make's `-j`: every core the builder may use (1 when that cannot be told).
 fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -55,48 +55,89 @@ pub struct KlpRelaSection {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KlpElfError {
+    /// The bytes are not a consistent ELF64 relocatable object (truncated, bad offsets, ...).
     #[error(
         "the module is not a well-formed ELF64 relocatable object: {problem}; \
          pass the .ko exactly as kbuild linked it"
     )]
-    Malformed { problem: String },
+    Malformed {
+        /// Which structure is broken.
+        problem: String,
+    },
+    /// A valid ELF this writer does not handle (not x86-64 little-endian, `SHT_REL`
+    /// relocations, extended section numbering, a shared string table).
     #[error("the module cannot be handled: {problem}")]
-    Unsupported { problem: String },
+    Unsupported {
+        /// What is not supported.
+        problem: String,
+    },
+    /// The `.ko` ends in a module signature; rewriting must happen before signing.
     #[error(
         "the module carries an appended module signature, which any change would invalidate; \
          rewrite the unsigned .ko and sign it afterwards"
     )]
     Signed,
+    /// The `.ko` already has `.klp.sym.*` symbols or `.klp.rela.*` sections.
     #[error(
         "the module already carries livepatch symbols or livepatch relocation sections; \
          rewrite the .ko as kbuild linked it, not an already rewritten one"
     )]
     AlreadyRewritten,
+    /// A name in the mapping given to [`rewrite`] is not a symbol of the module.
     #[error(
         "no symbol named `{symbol}` in the module's symbol table; \
          map only names that undefined_symbols() returns"
     )]
-    UnknownSymbol { symbol: String },
+    UnknownSymbol {
+        /// The mapped name.
+        symbol: String,
+    },
+    /// A name in the mapping is defined in the module (or local), not an undefined reference.
     #[error(
         "symbol `{symbol}` is {detail} in the module, not undefined; only undefined references \
          can become livepatch symbols, so drop it from the mapping"
     )]
-    NotUndefined { symbol: String, detail: String },
+    NotUndefined {
+        /// The mapped name.
+        symbol: String,
+        /// How the module has it (`a local symbol`, `defined (section index 0x2)`).
+        detail: String,
+    },
+    /// A [`KlpTarget`] has names the kernel could not read back from `.klp.sym.*`, or pairs
+    /// objects `relocated_in` cannot (vmlinux with a module).
     #[error("invalid livepatch target for `{symbol}`: {problem}")]
-    InvalidTarget { symbol: String, problem: String },
+    InvalidTarget {
+        /// The mapped name whose target is invalid.
+        symbol: String,
+        /// What is wrong with the target.
+        problem: String,
+    },
+    /// A mapped symbol is used from a section the module loader processes itself (jump labels,
+    /// alternatives, ...), where a livepatch relocation would be applied too late.
     #[error(
         "`{symbol}` is referenced from `{relocation_section}`, which relocates \
          `{target_section}`: {reason}; the livepatch ELF format cannot express that, so use the \
          symbol only from function code or ordinary data"
     )]
     SpecialSectionReference {
+        /// The mapped name.
         symbol: String,
+        /// The `.rela*` section holding the reference.
         relocation_section: String,
+        /// The section that relocation section applies to.
         target_section: String,
+        /// Why livepatch cannot relocate it there.
         reason: String,
     },
+    /// [`inspect`] found a `.klp.rela.*` section (or an ordinary one using a `.klp.sym.*`
+    /// symbol) that the kernel would misapply.
     #[error("livepatch relocations in `{section}` are malformed: {problem}")]
-    InvalidLivepatchSection { section: String, problem: String },
+    InvalidLivepatchSection {
+        /// The offending relocation section.
+        section: String,
+        /// What is wrong with it.
+        problem: String,
+    },
 }
 
 type Result<T, E = KlpElfError> = std::result::Result<T, E>;

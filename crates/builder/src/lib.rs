@@ -5,6 +5,8 @@
 //! Both hand typed [`markers`] to one module builder. Each stage is its own module so it can
 //! be tested alone.
 
+#![warn(missing_docs)]
+
 pub mod codegen;
 pub mod diff;
 pub mod kbuild;

@@ -57,8 +57,12 @@ impl Marker {
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {reason}")]
 pub struct MarkerError {
+    /// The C source the marker is in, as the caller named it.
     pub file: String,
+    /// The 1-based line the macro call starts on; 0 when no one call is at fault (a function
+    /// or callback kind marked twice).
     pub line: usize,
+    /// What is wrong with it (wrong argument count, not a C identifier, a duplicate, ...).
     pub reason: String,
 }
 

@@ -25,16 +25,22 @@ use crate::klp_elf;
 use crate::markers::{self, CallbackMarker, Definition, Marker};
 use crate::symbols::{self, Exports, SymbolSources};
 
-/// Everything source mode fails on, each naming the input at fault.
+/// Everything the module builder fails on (source mode, and diff mode's last stage), each
+/// naming the input at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// One of the author's C files could not be read.
     #[error("cannot read patch source {path}: {source}")]
     ReadSource {
+        /// The C file.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A `PATCHBAY_*` macro call in the sources is malformed.
     #[error(transparent)]
     Marker(#[from] markers::MarkerError),
+    /// Source mode: none of the files (listed, comma-separated) has a `PATCHBAY_REPLACE`.
     #[error(
         "no PATCHBAY_REPLACE(object, old_function, new_function) marker in {0}; \
          mark each replacement function so the builder knows what it replaces"
@@ -43,21 +49,31 @@ pub enum BuildError {
     /// Nothing to replace (diff mode found no replaced function; source mode has `NoMarkers`).
     #[error("the patch replaces no kernel function, so there is nothing to live-patch")]
     NothingReplaced,
+    /// An old function is not in the kernel, or an undefined symbol cannot be resolved.
     #[error(transparent)]
     Symbols(#[from] symbols::SymbolError),
+    /// kbuild (or the debug strip after it) failed.
     #[error(transparent)]
     Kbuild(#[from] kbuild::KbuildError),
+    /// The kernel's files (System.map, modules, headers, vermagic) could not be had.
     #[error(transparent)]
     Kernel(#[from] patchbay_kernels::KernelError),
+    /// The markers or the built module break a rule the kernel or the tables need (bad name,
+    /// duplicate replacement, wrong vermagic, missing symbol, ...); the text says which.
     #[error("the built module is unusable: {0}")]
     Module(String),
+    /// The linked module could not be read or rewritten into livepatch relocations.
     #[error(transparent)]
     KlpElf(#[from] klp_elf::KlpElfError),
+    /// The bundle could not be assembled or written to the output path.
     #[error(transparent)]
     Bundle(#[from] patchbay_core::BundleError),
+    /// A file operation of the build failed.
     #[error("{what}: {source}")]
     Io {
+        /// What the builder was doing (`read /path/to/x.ko`, `create /tmp/...`).
         what: String,
+        /// The I/O error.
         source: std::io::Error,
     },
 }

@@ -11,32 +11,60 @@ use std::time::Duration;
 use patchbay_core::protocol::{ErrorBody, PublishReceipt};
 use patchbay_core::{Bundle, BundleError, UpgradeReport};
 
+/// Why a bundle or report was not published. Nothing is stored on the server in any case.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The local bundle failed verification (unreadable, damaged, inconsistent); not uploaded.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The bundle verified but could not be read again for the upload.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The bundle file.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// `--server` is not an absolute `http`/`https` URL.
     #[error("invalid server URL {url:?}: {reason} (expected e.g. http://patches.example:8470)")]
-    Url { url: String, reason: String },
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The request or its reply failed in transport (connection refused, DNS, timeout, ...).
     #[error("cannot reach the server at {url}: {source}; check --server and that `patchbay-server serve` runs")]
-    Connect { url: String, source: reqwest::Error },
+    Connect {
+        /// The endpoint that was tried.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// The server answered with a non-2xx status (bad token, wrong level, bundle refused).
     #[error("the server refused the {what} ({status}): {message}")]
     Refused {
+        /// What was uploaded: `"bundle"` or `"report"`.
         what: &'static str,
+        /// The HTTP status code.
         status: u16,
+        /// The server's error message (its JSON `error`, else the start of the body).
         message: String,
     },
+    /// The upgrade report could not be serialised to JSON.
     #[error("cannot encode the upgrade report: {0}")]
     Encode(serde_json::Error),
+    /// The server accepted the bundle but its 2xx reply is not a [`PublishReceipt`].
     #[error("the server answered {status} with a body that is not a publish receipt: {body}")]
-    BadReply { status: u16, body: String },
+    BadReply {
+        /// The HTTP status code.
+        status: u16,
+        /// The reply body as text, at most 2000 bytes.
+        body: String,
+    },
 }
 
-/// Verifies `bundle_path` and uploads it to `server` with the admin `token`.
+/// Verifies `bundle_path` and uploads it to `server` with `token` (operator or admin role).
 pub async fn publish(
     server: &str,
     token: &str,
@@ -112,6 +140,7 @@ async fn post(
         source,
     };
     let client = reqwest::Client::builder()
+        // Generous: a bundle can be tens of MiB, and the server verifies it before it answers.
         .timeout(Duration::from_secs(300))
         .build()
         .map_err(connect)?;

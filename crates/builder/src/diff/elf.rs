@@ -11,10 +11,13 @@ use object::{
     SectionIndex, SymbolIndex, SymbolKind, SymbolScope, SymbolSection,
 };
 
+/// The bytes are not an ELF64 x86-64 relocatable object this view can read.
 #[derive(Debug, thiserror::Error)]
 #[error("{name} is not a usable x86-64 relocatable object: {reason}")]
 pub struct ElfViewError {
+    /// The object's name as the caller gave it to [`ElfView::parse`].
     pub name: String,
+    /// What could not be read (the ELF parser's message, a wrong type or machine, ...).
     pub reason: String,
 }
 
@@ -27,11 +30,16 @@ pub enum Target {
     Section(usize),
 }
 
+/// One relocation entry of a section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reloc {
+    /// Byte offset of the patched field inside the section.
     pub offset: u64,
+    /// The x86-64 relocation type (`R_X86_64_PC32`, `R_X86_64_64`, ...).
     pub r_type: u32,
+    /// What the field refers to.
     pub target: Target,
+    /// The addend as stored (see [`Reloc::target_offset`] for the byte it means).
     pub addend: i64,
 }
 
@@ -55,27 +63,39 @@ impl Reloc {
     }
 }
 
+/// One section of the object, with its relocations folded in.
 #[derive(Debug, Clone)]
 pub struct Section {
+    /// The ELF section index (what [`Target::Section`] and [`Symbol::section`] refer to).
     pub index: usize,
+    /// The section name (`.text.cmdline_proc_show`, `.rodata.str1.1`).
     pub name: String,
+    /// The section's bytes; empty for `SHT_NOBITS` (`.bss*`), whose length is `size`.
     pub data: Vec<u8>,
+    /// The size in bytes in memory (for `SHT_NOBITS` too).
     pub size: u64,
+    /// The required alignment in bytes (0 or 1: none).
     pub align: u64,
+    /// ELF `sh_flags` (`SHF_ALLOC`, `SHF_EXECINSTR`, ...).
     pub flags: u64,
+    /// ELF `sh_type` (`SHT_PROGBITS`, `SHT_NOBITS`, ...).
     pub sh_type: u32,
+    /// The relocations that apply to this section, sorted by offset.
     pub relocs: Vec<Reloc>,
 }
 
 impl Section {
+    /// Whether it holds code (`SHF_EXECINSTR`).
     pub fn is_text(&self) -> bool {
         self.flags & u64::from(elf::SHF_EXECINSTR) != 0
     }
 
+    /// Whether it is writable at run time (`SHF_WRITE`: `.data*`, `.bss*`).
     pub fn is_writable(&self) -> bool {
         self.flags & u64::from(elf::SHF_WRITE) != 0
     }
 
+    /// Whether it is loaded into memory (`SHF_ALLOC`); debug info and notes are not.
     pub fn is_alloc(&self) -> bool {
         self.flags & u64::from(elf::SHF_ALLOC) != 0
     }
@@ -94,23 +114,32 @@ impl Section {
     }
 }
 
+/// One symbol-table entry.
 #[derive(Debug, Clone)]
 pub struct Symbol {
+    /// The ELF symbol index (what [`Target::Symbol`] refers to).
     pub index: usize,
+    /// The symbol name; empty for unnamed symbols.
     pub name: String,
+    /// Function, data, section, file, ... as the `object` crate classifies it.
     pub kind: SymbolKind,
+    /// Visible to the linker outside the object (`STB_GLOBAL`/`STB_WEAK`), not `static`.
     pub global: bool,
     /// Defined in this section, or `None` (undefined, absolute, common).
     pub section: Option<usize>,
+    /// The offset inside its section (objects are not linked, so not an address).
     pub value: u64,
+    /// The size in bytes (0 when the compiler did not say).
     pub size: u64,
 }
 
 impl Symbol {
+    /// Whether it is a function defined in this object.
     pub fn is_function(&self) -> bool {
         self.kind == SymbolKind::Text && self.section.is_some()
     }
 
+    /// Whether it is a data object defined in this object.
     pub fn is_data(&self) -> bool {
         self.kind == SymbolKind::Data && self.section.is_some()
     }
@@ -119,12 +148,17 @@ impl Symbol {
 /// One parsed object.
 #[derive(Debug, Clone)]
 pub struct ElfView {
+    /// A name for messages, as given to [`ElfView::parse`].
     pub name: String,
+    /// Every section, keyed by its ELF index.
     pub sections: BTreeMap<usize, Section>,
+    /// Every symbol, in symbol-table order (look one up by index with [`ElfView::symbol`]).
     pub symbols: Vec<Symbol>,
 }
 
 impl ElfView {
+    /// Reads `bytes` as an ELF64 x86-64 `ET_REL` object; `name` is only used in messages.
+    /// Errors on any other file type or an unreadable section, symbol or relocation.
     pub fn parse(name: &str, bytes: &[u8]) -> Result<Self, ElfViewError> {
         let bad = |reason: String| ElfViewError {
             name: name.to_owned(),
@@ -186,6 +220,7 @@ impl ElfView {
                     addend: reloc.addend(),
                 });
             }
+            // By offset: the diff engine compares two compiles' relocations pairwise, in order.
             relocs.sort_by_key(|r| r.offset);
             sections.insert(
                 index,
@@ -225,14 +260,17 @@ impl ElfView {
         })
     }
 
+    /// The symbol with ELF index `index`, `None` when there is none.
     pub fn symbol(&self, index: usize) -> Option<&Symbol> {
         self.symbols.iter().find(|s| s.index == index)
     }
 
+    /// The section with ELF index `index`, `None` when there is none.
     pub fn section(&self, index: usize) -> Option<&Section> {
         self.sections.get(&index)
     }
 
+    /// The section called `name` (the lowest-indexed one if the name repeats).
     pub fn section_by_name(&self, name: &str) -> Option<&Section> {
         self.sections.values().find(|s| s.name == name)
     }

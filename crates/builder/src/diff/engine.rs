@@ -122,7 +122,8 @@ pub fn compare(original: &ElfView, patched: &ElfView) -> DiffReport {
 /// How the diff moved the lines of one source file: `(old start, old count, new start, new
 /// count)` of each hunk, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LineMap {
+pub(crate) struct LineMap {
+    /// The hunks' line ranges (1-based, as in `@@ -10,3 +10,5 @@`); empty: no lines moved.
     pub hunks: Vec<(u64, u64, u64, u64)>,
 }
 
@@ -192,7 +193,11 @@ fn only_moved_lines(old: &[u8], new: &[u8], lines: &LineMap) -> bool {
 
 /// [`compare`], treating functions whose code differs only in moved `__LINE__` values (see
 /// `only_moved_lines`) as unchanged.
-pub fn compare_with_lines(original: &ElfView, patched: &ElfView, lines: &LineMap) -> DiffReport {
+pub(crate) fn compare_with_lines(
+    original: &ElfView,
+    patched: &ElfView,
+    lines: &LineMap,
+) -> DiffReport {
     let same_symbol = |a_view: &ElfView, a: &Symbol, b_view: &ElfView, b: &Symbol| {
         same_symbol_with(a_view, a, b_view, b, lines)
     };

@@ -126,18 +126,35 @@ fn ignored_section(name: &str) -> bool {
         || name.starts_with(".patchbay.")
 }
 
+/// Why the replacement code could not be cut out of the patched object.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
+    /// The diff report names a function the patched object does not define.
     #[error("{function} is in the diff but not in the patched object")]
-    Missing { function: String },
+    Missing {
+        /// The function's name.
+        function: String,
+    },
+    /// A special section (`.return_sites`, `.orc_unwind_ip`, ...) is not whole entries.
     #[error("{section}: its size {size} is not a multiple of the {entry} bytes of one entry; the kernel's layout differs from what this builder knows (report this)")]
     TableLayout {
+        /// The table section.
         section: String,
+        /// Its size in bytes.
         size: u64,
+        /// The entry size in bytes this builder expects.
         entry: u64,
     },
+    /// Kept code references something a patch cannot have its own copy of (anonymous
+    /// writable data would be state split in two).
     #[error("kept code refers to {what} in section {section}, which a live patch cannot carry; patch a different function or report this")]
-    Unsupported { what: String, section: String },
+    Unsupported {
+        /// What is referenced (`anonymous writable data at offset 16`).
+        what: String,
+        /// The section it is in.
+        section: String,
+    },
+    /// Building the output object failed (an internal inconsistency, or the ELF writer).
     #[error("writing the extracted object failed: {0}")]
     Write(String),
 }

@@ -20,7 +20,7 @@ pub const RECOMPILE_LIMIT: usize = 24;
 
 /// The translation units kbuild builds in `config` that include `file` (a header, or a `.c` file
 /// included by another).
-pub fn built_units(
+pub(crate) fn built_units(
     includes: &IncludeIndex,
     kbuild: &KbuildIndex,
     config: &KernelConfig,
@@ -42,7 +42,7 @@ pub fn built_units(
 /// kbuild builds in `config`; or a refusal when one header is included by more than
 /// [`RECOMPILE_LIMIT`] (the limit is per header: a cumulative patch of many fixes, each with a
 /// narrow header change, compares the union).
-pub fn units_to_compare(
+pub(crate) fn units_to_compare(
     includes: &IncludeIndex,
     kbuild: &KbuildIndex,
     config: &KernelConfig,

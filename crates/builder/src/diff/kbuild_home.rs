@@ -17,6 +17,7 @@ use super::preflight::KernelConfig;
 /// A binary of the running kernel.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Binary {
+    /// The core kernel image.
     Vmlinux,
     /// A module by its kbuild name (`kvm`, `kvm-intel`), relative directory included
     /// (`arch/x86/kvm/kvm`).

@@ -20,49 +20,91 @@ use super::preflight::KernelConfig;
 /// Flags added to the distro's own for every object we compile.
 pub const EXTRA_CFLAGS: &str = "-ffunction-sections -fdata-sections";
 
+/// Why an object could not be compiled, placed, or the tree patched or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectsError {
+    /// kbuild (or objcopy renaming symbols) failed on one object.
     #[error("compiling {object} failed (make exit {status}): {first_error}\n{output}")]
     Compile {
+        /// The object, relative to the tree (`fs/proc/cmdline.o`).
         object: String,
+        /// The exit status, as text.
         status: String,
         /// The first diagnostic that stopped the build (kbuild prints progress lines first).
         first_error: String,
+        /// The last 40 lines of stdout and stderr.
         output: String,
     },
+    /// A tool could not be started (usually: not installed).
     #[error("cannot run {program}: {source}")]
     Spawn {
+        /// `make` or `objcopy`.
         program: &'static str,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// `patch` refused the diff (it does not apply to this kernel's source); its output.
     #[error("applying the diff to the source tree failed:\n{0}")]
     Apply(String),
+    /// `patch -R` failed: the shared source tree is left changed and must be fetched again.
     #[error("reversing the diff in the source tree at {tree} failed; delete {tree} so it is fetched again:\n{output}")]
-    Reverse { tree: String, output: String },
+    Reverse {
+        /// The source tree's directory.
+        tree: String,
+        /// The last 40 lines of patch's output.
+        output: String,
+    },
+    /// A file operation failed.
     #[error("{action} {path}: {source}")]
     Io {
+        /// What was being done (`create`, `copy`, `read`, ...).
         action: &'static str,
+        /// The file or directory it was done to.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The compiled object has no function, so no livepatch can replace anything in it.
     #[error("{object} defines no functions; nothing in it can be live-patched")]
-    NoFunctions { object: String },
+    NoFunctions {
+        /// The object, relative to the tree.
+        object: String,
+    },
+    /// Neither vmlinux nor a single module has the object's functions.
     #[error("cannot tell which binary {object} is part of: none of its functions ({sample}) is in vmlinux or in one module; {hint}")]
     UnknownOwner {
+        /// The object, relative to the tree.
         object: String,
+        /// Up to three of its functions, comma-separated.
         sample: String,
+        /// What the author can do about it.
         hint: &'static str,
     },
+    /// The kernel's Makefiles and config show the object is not compiled into this kernel.
     #[error("{object} is not built in this kernel's configuration: {proof}")]
-    NotBuilt { object: String, proof: String },
+    NotBuilt {
+        /// The object, relative to the tree.
+        object: String,
+        /// The Makefile mentions and unset config options that show it.
+        proof: String,
+    },
+    /// The kernel's files (symbols, module list) could not be had.
     #[error(transparent)]
     Kernel(#[from] patchbay_kernels::KernelError),
+    /// A compiled object or a module file is not ELF the `object` crate can read.
     #[error("{path} is not a readable object: {reason}")]
-    Elf { path: String, reason: String },
+    Elf {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        reason: String,
+    },
     /// The module's name is not one a patch's manifest can hold (see `ObjectName`).
     #[error("module {module} cannot be named in a live patch: {source}")]
     ModuleName {
+        /// The module name as found (`kvm-intel`).
         module: String,
+        /// Why it is not a valid object name.
         source: patchbay_core::IdError,
     },
 }
@@ -172,7 +214,7 @@ pub fn compile_object(tree: &SourceTree, source: &str, out: &Path) -> Result<(),
 /// The files a diff changed in the tree, by content hash: with the kernel build, all that can
 /// make one compile of a unit differ from another.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TreeState {
+pub(crate) struct TreeState {
     changed: std::collections::BTreeMap<String, String>,
     /// For changed headers: the translation units that include them (the include index).
     /// A header without an entry is taken to reach every unit.
@@ -236,7 +278,7 @@ impl TreeState {
 /// never cached. An upgrade builds each group and then all of them together: the second
 /// build's objects come from here.
 #[derive(Debug, Clone)]
-pub struct ObjectCache {
+pub(crate) struct ObjectCache {
     dir: PathBuf,
 }
 
@@ -249,6 +291,8 @@ impl ObjectCache {
         use sha2::Digest as _;
         let mut hash = sha2::Sha256::new();
         let text = fs::read(tree.dir().join(source)).unwrap_or_default();
+        // "v1" versions the key's recipe (bump it when the recipe changes, so old entries stop
+        // matching); the 0 byte after each part keeps two different splits from hashing alike.
         for part in ["v1", source, EXTRA_CFLAGS, crate::PATCHBAY_DIFF_H] {
             hash.update(part.as_bytes());
             hash.update([0]);
@@ -418,6 +462,7 @@ pub struct PatchedTree<'a> {
 }
 
 impl<'a> PatchedTree<'a> {
+    /// Applies `diff` (`patch -p1`) to `tree`; [`ObjectsError::Apply`] when it does not apply.
     pub fn apply(tree: &'a SourceTree, diff: &Path) -> Result<Self, ObjectsError> {
         run_patch(tree.dir(), diff, false).map_err(ObjectsError::Apply)?;
         Ok(PatchedTree {
@@ -427,6 +472,8 @@ impl<'a> PatchedTree<'a> {
         })
     }
 
+    /// Reverses the diff now, reporting a failure ([`ObjectsError::Reverse`]) that dropping
+    /// would only ignore.
     pub fn restore(mut self) -> Result<(), ObjectsError> {
         self.applied = false;
         run_patch(self.tree.dir(), &self.diff, true).map_err(|output| ObjectsError::Reverse {

@@ -18,14 +18,20 @@ use super::refusal::{Category, Refusal};
 /// A file a diff changes, relative to the top of the kernel tree.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ChangedFile {
+    /// The path with the strip level applied (`fs/proc/cmdline.c`).
     pub path: String,
+    /// What the diff does to it.
     pub change: FileChange,
 }
 
+/// What a diff does to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FileChange {
+    /// Changes an existing file.
     Modified,
+    /// Creates the file (`--- /dev/null`, or an empty old side).
     Added,
+    /// Removes the file (`+++ /dev/null`, or an empty new side).
     Deleted,
 }
 
@@ -189,7 +195,9 @@ const DEV_NULL: &str = "/dev/null";
 #[derive(Debug, Clone)]
 pub struct ResolvedDiff {
     parsed: ParsedDiff,
+    /// The `patch -pN` level that names the tree's files (0: paths are already tree-relative).
     pub strip_level: usize,
+    /// Every file the diff touches, each once, sorted by path.
     pub files: Vec<ChangedFile>,
 }
 
@@ -353,7 +361,7 @@ fn paths_not_in_tree(parsed: &ParsedDiff, level: usize, requested: Option<usize>
 
 impl ResolvedDiff {
     /// How the diff moves the lines of each file it modifies (by tree path), hunks in order.
-    pub fn line_maps(&self) -> std::collections::BTreeMap<String, super::engine::LineMap> {
+    pub(crate) fn line_maps(&self) -> std::collections::BTreeMap<String, super::engine::LineMap> {
         let mut maps = std::collections::BTreeMap::new();
         for section in &self.parsed.files {
             if let Some(path) = self.parsed.path_at(section, self.strip_level) {

@@ -25,11 +25,16 @@ use crate::module_build::{self, BuildReport, ModuleBuild, ModuleParts};
 /// A diff-mode build request.
 #[derive(Debug, Clone)]
 pub struct DiffBuild {
+    /// The patch level the module carries.
     pub level: PatchLevel,
+    /// The CVEs the level fixes, as the manifest records them (may be empty).
     pub fixes: Vec<CveId>,
     /// Unified diffs against the kernel's source (applied in order, as one change).
     pub patches: Vec<PathBuf>,
+    /// Where the bundle is written (only when every stage succeeded).
     pub output: PathBuf,
+    /// Keep the objects and the module's kbuild directory here (for debugging) instead of a
+    /// temporary directory.
     pub keep_work_dir: Option<PathBuf>,
     /// `patch -p N`: how many leading path components to strip; `None` finds the one level at
     /// which the diff's paths name files of the kernel tree.
@@ -42,8 +47,11 @@ pub struct DiffBuild {
 /// The change found in one translation unit.
 #[derive(Debug, Clone)]
 pub struct FileChangeReport {
+    /// The `.c` file, relative to the kernel tree (`fs/proc/cmdline.c`).
     pub source: String,
+    /// The binary of the running kernel its object is part of.
     pub owner: Owner,
+    /// What changed in its object, function by function.
     pub diff: DiffReport,
     /// The callbacks declared with `patchbay-diff.h`: when each runs, and its function.
     pub callbacks: Vec<(CallbackKind, String)>,
@@ -89,30 +97,45 @@ fn annotations(patched: &ElfView) -> Annotations {
     found
 }
 
+/// What a diff-mode build produced.
 #[derive(Debug)]
 pub struct DiffBuildReport {
+    /// One report per changed `.c` file, sorted by path.
     pub files: Vec<FileChangeReport>,
+    /// The module builder's report (manifest, livepatch relocations).
     pub module: BuildReport,
 }
 
+/// Why a diff did not become a bundle: refused (the diff is the problem, see
+/// [`DiffBuildError::refusals`]) or failed (a tool, the kernel's data, the builder).
 #[derive(Debug, thiserror::Error)]
 pub enum DiffBuildError {
+    /// The diff cannot be live-patched; each refusal says where and what to do instead.
     #[error("the diff cannot become a live patch:\n{0}")]
     Refused(Refusals),
+    /// Compiling the objects, placing them, or patching the source tree failed.
     #[error(transparent)]
     Objects(#[from] objects::ObjectsError),
+    /// A compiled object could not be read.
     #[error(transparent)]
     Elf(#[from] super::elf::ElfViewError),
+    /// The changed code could not be cut out of the patched object.
     #[error(transparent)]
     Extract(#[from] extract::ExtractError),
+    /// The kernel's files (source, config, symbols) could not be had.
     #[error(transparent)]
     Kernel(#[from] patchbay_kernels::KernelError),
+    /// The module builder failed on the extracted code.
     #[error(transparent)]
     Module(#[from] module_build::BuildError),
+    /// A file operation failed.
     #[error("{action} {path}: {source}")]
     Io {
+        /// What was being done (`read`, `write`, `create`, ...).
         action: &'static str,
+        /// The file or directory it was done to.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
 }
@@ -801,7 +824,7 @@ fn refuse_unexported_vmlinux_symbols(
 /// Stage 4 for one translation unit: what changed between the original and the patched object
 /// after the author's annotations, with the callbacks declared and every refusal that depends
 /// only on this object.
-pub fn analyse(
+pub(crate) fn analyse(
     source: &str,
     original: &ElfView,
     patched: &ElfView,

@@ -15,6 +15,8 @@ pub struct KernelConfig {
 }
 
 impl KernelConfig {
+    /// Reads the `CONFIG_*=value` lines of a `.config` (quotes around strings dropped);
+    /// comments, `# CONFIG_X is not set` and anything else are ignored, so never an error.
     pub fn parse(text: &str) -> Self {
         let values = text
             .lines()
@@ -38,17 +40,27 @@ impl KernelConfig {
 /// A reason the build cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PreflightProblem {
+    /// The kernel has no `CONFIG_LIVEPATCH=y`.
     NoLivepatch,
+    /// The kernel has an option that makes object diffing unsafe (IBT, full LTO, ...).
     UnsupportedOption {
+        /// The option (`CONFIG_X86_KERNEL_IBT`).
         option: &'static str,
+        /// Why it rules diff mode out.
         why: &'static str,
     },
+    /// The config has no `CONFIG_CC_VERSION_TEXT`, so the kernel's compiler is unknown.
     CompilerUnknown,
+    /// The local `gcc-12 --version` differs from the compiler the kernel was built with.
     CompilerMismatch {
+        /// The kernel's `CONFIG_CC_VERSION_TEXT`.
         kernel: String,
+        /// The first line of the local `gcc-12 --version`.
         ours: String,
     },
+    /// `gcc-12` could not be run (the error's text).
     CompilerMissing(String),
+    /// `patch --dry-run` refused the diff (its output), or `patch` could not be run.
     PatchDoesNotApply(String),
 }
 
@@ -82,7 +94,7 @@ impl fmt::Display for PreflightProblem {
 }
 
 impl PreflightProblem {
-    pub fn category(&self) -> Category {
+    fn category(&self) -> Category {
         match self {
             PreflightProblem::NoLivepatch | PreflightProblem::UnsupportedOption { .. } => {
                 Category::KernelConfig
@@ -94,7 +106,8 @@ impl PreflightProblem {
         }
     }
 
-    pub fn to_refusal(&self) -> Refusal {
+    /// The problem as a refusal (no file: it is about the kernel, the compiler or the whole diff).
+    pub(crate) fn to_refusal(&self) -> Refusal {
         Refusal::new(self.category(), self.to_string())
     }
 }

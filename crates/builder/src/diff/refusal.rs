@@ -23,20 +23,28 @@ pub enum Category {
     RenamedFile,
     /// A header's change reaches objects other than the patched ones.
     HeaderChange,
+    /// The diff changes an assembly file (`.S`, `.s`).
     Assembly,
+    /// The diff changes `Kconfig`, a `Makefile`, `Kbuild` or a `.mk` file.
     BuildSystem,
+    /// The diff adds or deletes a file (no existing object to map it to).
     NewOrDeletedFile,
+    /// Not kernel C: a binary patch, a file neither `.c` nor `.h`, or a `.c` file outside the
+    /// kernel proper (`Documentation/`, `tools/`, `scripts/`, ...).
     NotKernelC,
     /// The kernel's configuration cannot load or be diffed into live patches.
     KernelConfig,
     /// The compiler here is not the kernel's.
     Compiler,
+    /// The diff does not apply to this kernel's source (`patch --dry-run` fails).
     PatchDoesNotApply,
+    /// The objects compile the same before and after (comments or formatting only).
     NoFunctionalChange,
     /// Existing data changes (needs a shadow variable or a callback).
     ChangedData,
     /// A changed function cannot be redirected and has no replaceable caller.
     UntraceableFunction,
+    /// A `.patchbay.callbacks.*` section names a callback kind livepatch does not have.
     UnknownCallback,
     /// A GCC clone changed and neither it nor its callers can be replaced.
     ClonedFunction,
@@ -57,6 +65,7 @@ pub enum Category {
 }
 
 impl Category {
+    /// The stable kebab-case name (`header-change`), as `--json` and scripts see it.
     pub fn as_str(self) -> &'static str {
         match self {
             Category::NotADiff => "not-a-diff",
@@ -97,6 +106,7 @@ impl fmt::Display for Category {
 /// One reason a diff is refused.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Refusal {
+    /// What kind of rule was broken.
     pub category: Category,
     /// The file of the kernel tree it concerns (as the diff names it after stripping).
     #[serde(skip_serializing_if = "Option::is_none")]

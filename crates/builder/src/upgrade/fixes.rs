@@ -10,7 +10,8 @@ use super::select::SelectedCve;
 
 /// CVEs built together (they touch common files), numbered from 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
+pub(crate) struct Group {
+    /// The group's number, from 1, as the report and work directory name it.
     pub number: u32,
     /// Indices into the selected CVEs.
     pub cves: Vec<usize>,
@@ -19,7 +20,7 @@ pub struct Group {
 }
 
 /// Groups CVEs whose fixes share a file (transitively), in order of their first CVE.
-pub fn group(files_of: &[Vec<String>]) -> Vec<Group> {
+pub(crate) fn group(files_of: &[Vec<String>]) -> Vec<Group> {
     // Union-find over CVE indices, joined through the files they name.
     let mut parent: Vec<usize> = (0..files_of.len()).collect();
     fn root(parent: &mut [usize], mut i: usize) -> usize {
@@ -73,13 +74,14 @@ pub fn group(files_of: &[Vec<String>]) -> Vec<Group> {
 }
 
 /// The files of a selected CVE set, for [`group`].
-pub fn files_of(cves: &[SelectedCve]) -> Vec<Vec<String>> {
+pub(crate) fn files_of(cves: &[SelectedCve]) -> Vec<Vec<String>> {
     cves.iter().map(|c| c.files.clone()).collect()
 }
 
 /// How one file differs between the two source trees.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileDiff {
+pub(crate) enum FileDiff {
+    /// Identical in both trees.
     Same,
     /// A unified diff with `a/`/`b/` headers.
     Changed(String),
@@ -91,19 +93,29 @@ pub enum FileDiff {
     Missing,
 }
 
+/// Why a file's diff between the two source trees could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum CutError {
+    /// `diff` could not be started (usually: diffutils not installed).
     #[error("run `diff` on {path}: {source}; install diffutils")]
     Spawn {
+        /// The file, relative to the trees.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// `diff` exited with trouble (status 2: an unreadable file, ...).
     #[error("`diff` failed on {path}: {stderr}")]
-    Diff { path: String, stderr: String },
+    Diff {
+        /// The file, relative to the trees.
+        path: String,
+        /// diff's stderr, trimmed.
+        stderr: String,
+    },
 }
 
 /// The diff of `path` (relative to the trees) between `old` and `new`.
-pub fn file_diff(old: &Path, new: &Path, path: &str) -> Result<FileDiff, CutError> {
+pub(crate) fn file_diff(old: &Path, new: &Path, path: &str) -> Result<FileDiff, CutError> {
     let (in_old, in_new) = (old.join(path).is_file(), new.join(path).is_file());
     match (in_old, in_new) {
         (false, false) => return Ok(FileDiff::Missing),

@@ -48,20 +48,27 @@ pub struct FixSource {
 /// A newer Debian source tree.
 #[derive(Debug, Clone)]
 pub struct NewerSource {
+    /// The Debian package version of `linux-source-6.1` the tree comes from (`6.1.176-1`).
     pub package_version: String,
+    /// Where that source is unpacked (the directory holding the kernel's `Makefile`).
     pub tree: PathBuf,
 }
 
 /// An upgrade request.
 #[derive(Debug, Clone)]
 pub struct Upgrade {
+    /// The patch level the cumulative bundle carries (usually [`next_level`] on the server).
     pub level: PatchLevel,
     /// The upstream release whose fixes to bring.
     pub to: UpstreamVersion,
+    /// CVEs scored below this CVSS base score (0.0–10.0) are left out, as are unscored ones
+    /// unless named in `only`.
     pub min_cvss: f64,
     /// Only these CVEs (empty: every CVE of the window).
     pub only: Vec<CveId>,
+    /// Where each CVE's fix comes from.
     pub fixes: FixSource,
+    /// Where the bundle is written (only when one was built and, if asked, verified).
     pub output: PathBuf,
     /// `None`: not verified (`--no-verify`).
     pub verify: Option<VerifyOptions>,
@@ -71,30 +78,45 @@ pub struct Upgrade {
     pub header_recompile_limit: usize,
 }
 
+/// Why an upgrade produced no bundle. Per-CVE failures are not errors: they are outcomes in
+/// the report, and only [`UpgradeError::NothingBuilt`] says every CVE failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
+    /// CVEs named in [`Upgrade::only`] are not in the window (unknown, not affecting the
+    /// running kernel, or fixed after `to`).
     #[error("CVEs named with --cves are not in the window:\n{}", list(.0))]
     NotInWindow(Vec<select::NotInWindow>),
+    /// No group built, so there is no bundle; the report says why for each CVE.
     #[error(
         "none of the {selected} selected CVEs could be built into a live patch (see the report \
          above); nothing to publish"
     )]
     NothingBuilt {
+        /// How many CVEs were selected.
         selected: usize,
+        /// The full report (every CVE's outcome), for the caller to show or keep.
         report: Box<UpgradeReport>,
     },
+    /// `diff -u` could not be run on a CVE's file between the two trees.
     #[error(transparent)]
     Cut(#[from] fixes::CutError),
+    /// The cumulative build of the groups that built alone failed, and no group is to blame.
     #[error(transparent)]
     Build(#[from] DiffBuildError),
+    /// The running kernel's files (source, headers, symbols) could not be had.
     #[error(transparent)]
     Kernel(#[from] patchbay_kernels::KernelError),
+    /// The QEMU verification could not run (not: it ran and a group failed).
     #[error(transparent)]
     Verify(#[from] verify::VerifyError),
+    /// A file operation of the upgrade failed.
     #[error("{action} {path}: {source}")]
     Io {
+        /// What was being done (`read`, `write`, `create`, ...).
         action: &'static str,
+        /// The file or directory it was done to.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
 }

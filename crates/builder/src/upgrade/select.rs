@@ -10,8 +10,11 @@ use patchbay_exposure::{CveDatabase, CveRecord};
 /// One CVE chosen for the upgrade.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SelectedCve {
+    /// The CVE (`CVE-2024-26581`).
     pub id: CveId,
+    /// The record's one-line summary, as the report shows it.
     pub title: String,
+    /// The CVSS base score (0.0–10.0); `None` when the database has none.
     pub score: Option<f64>,
     /// Kernel source files its fix touches (from the CVE record).
     pub files: Vec<String>,
@@ -41,7 +44,9 @@ pub struct Selection<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{cve}: {reason}")]
 pub struct NotInWindow {
+    /// The CVE as named.
     pub cve: CveId,
+    /// Why it is not in the window (unknown, does not affect `from`, fixed after `to`).
     pub reason: String,
 }
 

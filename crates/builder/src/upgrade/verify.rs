@@ -15,9 +15,10 @@ use patchbay_vm::{Initramfs, VmConfig, VmExit};
 
 /// One bundle to try.
 #[derive(Debug, Clone)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     /// A short name (letters, digits, `-`): `all`, `group-7`.
     pub label: String,
+    /// The bundle file (`.pbb`) the guest's agent applies.
     pub bundle: PathBuf,
     /// Loadable modules whose functions the bundle replaces.
     pub modules: Vec<String>,
@@ -34,17 +35,23 @@ pub struct VerifyOptions {
 
 /// What one candidate did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
+    /// Applied, survived the workloads, unloaded, with a clean kernel log and taint.
     Passed,
+    /// What went wrong, one line (the agent's error, a bad log line, a new taint, a crash).
     Failed(String),
 }
 
 /// The outcome of trying candidates.
 #[derive(Debug, Clone)]
-pub struct VerifyRun {
+pub(crate) struct VerifyRun {
+    /// Each candidate's label with its verdict, in the order they were decided.
     pub verdicts: Vec<(String, Verdict)>,
+    /// Modules the guest loaded before the candidates (the patched ones and the smoke set).
     pub modules_loaded: Vec<String>,
+    /// The workloads each candidate ran under ([`WORKLOADS`]).
     pub workloads: Vec<String>,
+    /// Wall-clock seconds of the whole run, every boot included.
     pub seconds: f64,
     /// What the run showed about this kernel rather than the patch (e.g. patched modules that
     /// cannot be reloaded while the patch is live).
@@ -55,18 +62,26 @@ pub struct VerifyRun {
     pub serial_tail: String,
 }
 
+/// Why the verification could not run at all (a candidate that fails is a verdict, not this).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// The initramfs could not be assembled or QEMU could not be run.
     #[error("prepare the verification guest: {0}")]
     Guest(#[from] patchbay_vm::VmError),
+    /// A file operation on the verification's work files failed.
     #[error("{action} {path}: {source}")]
     Io {
+        /// What was being done (`create`, ...).
         action: &'static str,
+        /// The file it was done to.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The guest's scratch ext4 disk could not be made (mkfs.ext4 missing or failed).
     #[error("mkfs.ext4 for the verification disk failed: {0}; install e2fsprogs")]
     Mkfs(String),
+    /// [`VerifyOptions::agent`] is not a file.
     #[error(
         "the agent binary {0} does not exist; build it (`cargo build --release -p patchbay`) \
          and pass --agent, or --no-verify"
@@ -286,7 +301,7 @@ fn ext4_disk(path: &Path) -> Result<(), VerifyError> {
 
 /// Tries `candidates` in the target kernel. A candidate that crashes the guest fails with the
 /// end of the console; the ones after it are tried in a new boot.
-pub fn verify(
+pub(crate) fn verify(
     kernel: &Kernel,
     options: &VerifyOptions,
     candidates: &[Candidate],

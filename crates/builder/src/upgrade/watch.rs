@@ -23,13 +23,17 @@ use super::{FixSource, NewerSource, Upgrade, UpgradeError};
 /// What the watcher does each round.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
+    /// The patch server's base URL (`http://patches.example:8470`).
     pub server: String,
+    /// An API token that may read hosts, publish and promote (operator or admin role).
     pub token: String,
     /// The channel each new level is promoted into (it must exist).
     pub channel: String,
+    /// CVEs scored below this CVSS base score (0.0–10.0) are left out, as for `upgrade`.
     pub min_cvss: f64,
     /// Only these CVEs (empty: the whole window).
     pub only: Vec<CveId>,
+    /// How each level is verified in QEMU before it is published (`None`: not verified).
     pub verify: Option<VerifyOptions>,
     /// Where the state and the built bundles and reports are kept.
     pub state_dir: PathBuf,
@@ -51,40 +55,80 @@ pub struct WatchState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuiltLevel {
+    /// The kernel's Debian ABI name (`6.1.0-47-amd64`).
     pub kernel: String,
     /// The source package version whose fixes it brings.
     pub source: String,
+    /// The patch level it was published as.
     pub level: u32,
+    /// RFC 3339 time it was published (`2026-11-30T06:00:00Z`).
     pub published: String,
+    /// How many of the level's CVEs it patches.
     pub patched: usize,
+    /// How many CVEs the upgrade considered (patched or not).
     pub cves: usize,
     /// Seconds from the source first being seen to the level being published.
     pub seen_to_published_seconds: i64,
+    /// The published bundle, kept in the state directory.
     pub bundle: PathBuf,
+    /// The level's upgrade report (JSON), kept in the state directory.
     pub report: PathBuf,
 }
 
 /// What a round did for one kernel.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KernelRound {
+    /// A new level was built, published, given its report and promoted.
     Published(BuiltLevel),
-    UpToDate { kernel: String, reason: String },
-    Skipped { kernel: String, reason: String },
-    Failed { kernel: String, reason: String },
+    /// Nothing to do: its level for the newest source exists, or it already runs that release.
+    UpToDate {
+        /// The kernel release hosts report (`6.1.0-47-amd64`).
+        kernel: String,
+        /// Why it is up to date.
+        reason: String,
+    },
+    /// Not a kernel the watcher can build for (not Debian 6.1, not in apt, a custom build).
+    Skipped {
+        /// The kernel release hosts report.
+        kernel: String,
+        /// Why it was skipped.
+        reason: String,
+    },
+    /// The upgrade, publish, report or promotion failed; tried again next round.
+    Failed {
+        /// The kernel release hosts report.
+        kernel: String,
+        /// What failed, as text.
+        reason: String,
+    },
 }
 
+/// Why a whole round stopped (a single kernel's failure is [`KernelRound::Failed`] instead).
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
+    /// `watch.json` is not valid state (hand-edited, from another version), or cannot be encoded.
     #[error("read the watch state {path}: {reason}; move it aside to start afresh")]
-    State { path: PathBuf, reason: String },
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// The JSON error.
+        reason: String,
+    },
+    /// A file operation in the state directory failed.
     #[error("{action} {path}: {source}")]
     Io {
+        /// What was being done (`read`, `write`, `create`).
         action: &'static str,
+        /// The file or directory it was done to.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The patch server could not be asked for its hosts (bad URL, unreachable, refused), or
+    /// the async runtime for asking would not start.
     #[error("patch server: {0}")]
     Server(String),
+    /// apt's list of `linux-source-6.1` versions could not be read or understood.
     #[error(transparent)]
     Kernel(#[from] patchbay_kernels::KernelError),
 }
@@ -99,6 +143,7 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Watch
 }
 
 impl WatchState {
+    /// Reads `<dir>/watch.json`; an empty state when the file does not exist yet.
     pub fn load(dir: &Path) -> Result<WatchState, WatchError> {
         let path = dir.join("watch.json");
         match std::fs::read(&path) {
@@ -115,7 +160,8 @@ impl WatchState {
         }
     }
 
-    pub fn save(&self, dir: &Path) -> Result<(), WatchError> {
+    /// Writes `<dir>/watch.json` atomically (a crash leaves the old state or the new one).
+    pub(crate) fn save(&self, dir: &Path) -> Result<(), WatchError> {
         let path = dir.join("watch.json");
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| WatchError::State {
             path: path.clone(),
