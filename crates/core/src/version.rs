@@ -34,13 +34,17 @@ impl UpstreamVersion {
         (self.major, self.minor)
     }
 
-    /// From a Debian package version of the kernel (`6.1.192-2`, `6.1.76-1+deb12u1`): the
-    /// upstream part before the Debian revision.
+    /// From a Debian package version of the kernel (`6.1.192-2`, `6.1.76-1+deb12u1`,
+    /// `1:6.1.5-1`, `6.1.192-2~bpo11+1`): the upstream part, without the epoch, the Debian
+    /// revision and a backport's `~…`/`+…` suffix.
     pub fn from_debian(package_version: &str) -> Result<Self, IdError> {
-        let upstream = package_version
-            .split(['-', '+', '~'])
-            .next()
-            .unwrap_or(package_version);
+        let without_epoch = package_version
+            .split_once(':')
+            .map_or(package_version, |(_, rest)| rest);
+        let upstream = without_epoch
+            .rsplit_once('-')
+            .map_or(without_epoch, |(upstream, _)| upstream);
+        let upstream = upstream.split(['~', '+']).next().unwrap_or(upstream);
         upstream.parse()
     }
 }
@@ -119,5 +123,18 @@ mod tests {
             UpstreamVersion::from_debian("6.1.76-1+deb12u1").unwrap(),
             UpstreamVersion::new(6, 1, 76)
         );
+        for (debian, upstream) in [
+            ("1:6.1.5-1", (6, 1, 5)),
+            ("6.1.192-2~bpo11+1", (6, 1, 192)),
+            ("6.12.57", (6, 12, 57)),
+        ] {
+            let (major, minor, patch) = upstream;
+            assert_eq!(
+                UpstreamVersion::from_debian(debian).unwrap(),
+                UpstreamVersion::new(major, minor, patch),
+                "{debian}"
+            );
+        }
+        assert!(UpstreamVersion::from_debian("abc-1").is_err());
     }
 }

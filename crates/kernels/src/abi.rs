@@ -212,20 +212,11 @@ pub(crate) fn validate_package_version(version: &str) -> Result<(), KernelError>
 /// (the epoch and the Debian revision are dropped).
 pub fn upstream_version_of(package_version: &str) -> Result<UpstreamVersion, KernelError> {
     validate_package_version(package_version)?;
-    let without_epoch = package_version
-        .split_once(':')
-        .map_or(package_version, |(_, rest)| rest);
-    let upstream = without_epoch
-        .rsplit_once('-')
-        .map_or(without_epoch, |(upstream, _)| upstream);
-    // Backports and the like append "~bpo…" or "+…" to the upstream part.
-    let upstream = upstream.split(['~', '+']).next().unwrap_or(upstream);
-    upstream
-        .parse::<UpstreamVersion>()
-        .map_err(|_| KernelError::InvalidPackageVersion {
-            input: package_version.to_string(),
-            reason: format!("upstream part {upstream:?} is not a kernel version like 6.1.192"),
-        })
+    // Core's one rule for Debian versions (epoch, revision and backport suffix dropped).
+    UpstreamVersion::from_debian(package_version).map_err(|e| KernelError::InvalidPackageVersion {
+        input: package_version.to_string(),
+        reason: format!("its upstream part is not a kernel version like 6.1.192: {e}"),
+    })
 }
 
 /// Which kernel to use, as given on a command line.

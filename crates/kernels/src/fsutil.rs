@@ -1,28 +1,17 @@
 //! Crash-safe file writes and inter-process locks for the kernel cache.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::KernelError;
 
-/// Writes `bytes` to `path` so that readers see either the old file or the complete new one:
-/// temp file in the same directory, fsync, rename, fsync the directory.
+/// Writes `bytes` to `path` so that readers see either the old file or the complete new one
+/// (core's one atomic write, with the cache's error type).
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KernelError> {
-    let temp = temp_sibling(path);
-    let result = (|| {
-        let mut file = File::create(&temp).map_err(|e| KernelError::io("create", &temp, e))?;
-        file.write_all(bytes)
-            .map_err(|e| KernelError::io("write", &temp, e))?;
-        file.sync_all()
-            .map_err(|e| KernelError::io("fsync", &temp, e))?;
-        publish(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
+    patchbay_core::fsutil::write_atomic(path, bytes)
+        .map_err(|e| KernelError::io("write atomically", path, e))
 }
 
 /// `<dir>/.<name>.tmp-<pid>`: unique per process, next to the final file so rename is atomic.
@@ -45,9 +34,7 @@ pub(crate) fn publish(temp: &Path, final_path: &Path) -> Result<(), KernelError>
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), KernelError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| KernelError::io("fsync directory", dir, e))
+    patchbay_core::fsutil::sync_dir(dir).map_err(|e| KernelError::io("fsync directory", dir, e))
 }
 
 /// Flushes everything written to the filesystem holding `dir`: one call instead of an fsync
