@@ -128,10 +128,6 @@ pub struct KernelMismatch {
 /// do; nothing was changed unless the message says so.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The command was used wrongly (exit 2); the text says how.
-    #[error("{0}")]
-    Usage(String),
-
     /// The kernel release could not be read or parsed.
     #[error("cannot identify the running kernel: cannot {what}: {reason}")]
     Identity {
@@ -290,7 +286,6 @@ impl AgentError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            AgentError::Usage(_) => exit::USAGE,
             AgentError::BundleRefused(_)
             | AgentError::WrongKernel(_)
             | AgentError::CacheConflict { .. } => exit::REFUSED,

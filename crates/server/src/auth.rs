@@ -25,9 +25,6 @@ pub enum Role {
 }
 
 impl Role {
-    /// Every role, lowest first.
-    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
-
     /// The lowercase name used in the API, the CLI and the database: `viewer`, `operator`,
     /// `admin`.
     pub fn as_str(self) -> &'static str {
