@@ -1196,16 +1196,16 @@ async fn compliance(
         .map_err(|_| ServerError::BadRequest("page must be a number".into()))?
         .unwrap_or(1)
         .max(1);
-    let rows = service
-        .compliance(crate::cve::today(), patchbay_exposure::Policy::default())
-        .await?;
+    let policy = patchbay_exposure::Policy::default();
+    let rows = service.compliance(crate::cve::today(), policy).await?;
     let breached = rows.iter().filter(|r| r.window_breached).count();
     Ok(page(
         Some(&user),
         "Compliance",
         html! {
             h1 { "Compliance report" }
-            p { "Policy: a CVE with CVSS ≥ 7 must be fixed within 30 days of publication. "
+            p { "Policy: a CVE with CVSS ≥ " (policy.min_high_score) " must be fixed within "
+                (policy.window_days) " days of publication. "
                 strong #breached-hosts { (breached) } " of " (rows.len()) " hosts breach it today. "
                 a href="/ui/compliance.csv" { "Download CSV" } }
             table #compliance {
