@@ -50,12 +50,21 @@ pub enum RemoteError {
         /// The transport error.
         reason: String,
     },
-    /// The server answered with an error status, an oversized body, or an unexpected reply.
+    /// The server answered with an error status.
     #[error("the server refused the request ({status}): {message}")]
     Refused {
-        /// The HTTP status (a 2xx one when a successful reply could not be used).
+        /// The HTTP status.
         status: u16,
-        /// The server's error message, or what was wrong with its reply.
+        /// The server's error message (or the body as it is, e.g. a proxy's page).
+        message: String,
+    },
+    /// The server answered with success, but the reply is not what this agent reads (too
+    /// large, not the expected JSON, a root that cannot be kept).
+    #[error("the server's reply ({status}) cannot be used: {message}; is the URL a Patchbay server of a compatible version?")]
+    BadReply {
+        /// The HTTP status of the reply.
+        status: u16,
+        /// What is wrong with the reply.
         message: String,
     },
     /// The command needs the server link or trusted root that `register` stores.
@@ -337,7 +346,7 @@ async fn post_json<T: serde::de::DeserializeOwned>(
     let bytes = patchbay_updates::transport::read_body_capped(response, 1 << 20)
         .await
         .map_err(|e| match e {
-            patchbay_updates::transport::BodyError::TooLarge { .. } => RemoteError::Refused {
+            patchbay_updates::transport::BodyError::TooLarge { .. } => RemoteError::BadReply {
                 status: status.as_u16(),
                 message: e.to_string(),
             },
@@ -356,7 +365,7 @@ async fn post_json<T: serde::de::DeserializeOwned>(
             message,
         });
     }
-    serde_json::from_slice(&bytes).map_err(|e| RemoteError::Refused {
+    serde_json::from_slice(&bytes).map_err(|e| RemoteError::BadReply {
         status: status.as_u16(),
         message: format!("unexpected reply: {e}"),
     })
@@ -492,7 +501,7 @@ pub fn register(
         let (root, tofu) = match pinned_root {
             Some(path) => (std::fs::read(path).map_err(|e| file_err(path, e))?, false),
             None => (
-                serde_json::to_vec_pretty(&reply.root).map_err(|e| RemoteError::Refused {
+                serde_json::to_vec_pretty(&reply.root).map_err(|e| RemoteError::BadReply {
                     status: 200,
                     message: format!("root: {e}"),
                 })?,

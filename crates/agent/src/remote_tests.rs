@@ -1325,3 +1325,28 @@ fn a_boot_that_completed_an_interrupted_apply_does_not_block_the_next_one() {
         "the boot returned from the load: its attempt marker must be gone"
     );
 }
+
+#[test]
+fn a_success_reply_that_is_not_ours_is_a_bad_reply_not_a_refusal() {
+    let server = TestServer::start();
+    let (proxy, url) = Proxy::start(&server);
+    proxy.rule(
+        "/api/v1/register",
+        Rule::Replace(b"<html>captive portal</html>".to_vec()),
+    );
+    let k = FakeKernel::new();
+    let err = register(&agent(&k), &url, &server.registration_key, None).unwrap_err();
+    assert!(
+        matches!(&err, RemoteError::BadReply { status: 200, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot be used") && !text.contains("refused"),
+        "{text}"
+    );
+    assert!(
+        !RemoteFiles::new(k.state_dir().root()).link.exists(),
+        "a failed register keeps no server link"
+    );
+}

@@ -140,8 +140,8 @@ pub struct TufConfig {
     pub targets_expires_days: u32,
     /// Days a signed `snapshot.json` is valid (default 7).
     pub snapshot_expires_days: u32,
-    /// Every role whose key is online is re-signed when less than half of its lifetime
-    /// remains (`serve` checks every minute).
+    /// Hours a signed `timestamp.json` is valid (default 24). Every role whose key is online
+    /// is re-signed when less than half of its lifetime remains (`serve` checks every minute).
     pub timestamp_expires_hours: u32,
 }
 
