@@ -49,9 +49,13 @@ fn build_server() -> Result<PathBuf> {
     )
 }
 
-/// A running server with a fresh data dir; killed on drop.
+/// A `patchbay-server` process on a data dir `init` made; killed on drop. The one server
+/// harness: the e2e suites, the benches and the server crate's own tests (which pass their
+/// debug binary to [`ServerProcess::init`]) all start servers through it.
 #[derive(Debug)]
 pub struct ServerProcess {
+    /// The `patchbay-server` binary this process runs.
+    pub bin: PathBuf,
     pub data_dir: PathBuf,
     /// `http://127.0.0.1:<port>`
     pub url: String,
@@ -67,8 +71,15 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// `patchbay-server init` into `data_dir`, then `serve` on a free loopback port.
     pub fn start(data_dir: &Path) -> Result<ServerProcess> {
-        let bin = server_binary()?;
-        let init = Command::new(&bin)
+        let mut server = ServerProcess::init(&server_binary()?, data_dir)?;
+        server.serve_on("127.0.0.1:0", &[])?;
+        Ok(server)
+    }
+
+    /// `bin init` into `data_dir`, without serving yet (the caller may edit `config.toml`
+    /// first, then [`ServerProcess::serve`]).
+    pub fn init(bin: &Path, data_dir: &Path) -> Result<ServerProcess> {
+        let init = Command::new(bin)
             .arg("init")
             .arg("--data")
             .arg(data_dir)
@@ -94,7 +105,8 @@ impl ServerProcess {
         let admin_token = field("admin-token:")?;
         let registration_key = field("registration-key:")?;
         let dashboard_password = field("dashboard-password:")?;
-        let mut server = ServerProcess {
+        Ok(ServerProcess {
+            bin: bin.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             url: String::new(),
             port: 0,
@@ -102,19 +114,61 @@ impl ServerProcess {
             registration_key,
             dashboard_password,
             child: None,
-        };
-        server.serve_on("127.0.0.1:0")?;
-        Ok(server)
+        })
     }
 
-    fn serve_on(&mut self, listen: &str) -> Result<()> {
-        let bin = server_binary()?;
-        let mut child = Command::new(&bin)
+    /// A second process on a data dir another `ServerProcess` initialised (same secrets), not
+    /// serving yet.
+    pub fn attach(
+        bin: &Path,
+        data_dir: &Path,
+        admin_token: String,
+        registration_key: String,
+    ) -> ServerProcess {
+        ServerProcess {
+            bin: bin.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            url: String::new(),
+            port: 0,
+            admin_token,
+            registration_key,
+            dashboard_password: String::new(),
+            child: None,
+        }
+    }
+
+    /// Serves (again) on a free loopback port, after stopping a running process.
+    pub fn serve(&mut self) -> Result<()> {
+        self.serve_with_env(&[])
+    }
+
+    /// [`ServerProcess::serve`] with extra environment variables (e.g. libfaketime's, to move
+    /// the server's clock).
+    pub fn serve_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
+        self.stop();
+        self.serve_on("127.0.0.1:0", env)
+    }
+
+    /// The process id of the running server, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn serve_on(&mut self, listen: &str, env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
+        let mut child = Command::new(&self.bin)
             .arg("serve")
             .arg("--data")
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(listen)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -148,7 +202,7 @@ impl ServerProcess {
         Ok(())
     }
 
-    /// Stops the server (the data dir stays).
+    /// Stops the server with SIGKILL, as a crash would (the data dir stays).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -160,13 +214,13 @@ impl ServerProcess {
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
         let listen = format!("127.0.0.1:{}", self.port);
-        self.serve_on(&listen)
+        self.serve_on(&listen, &[])
     }
 
     /// Loads the bundled CVE snapshot into the server's database (`cve sync --snapshot`) and
     /// restarts it, so its exposure reports know the real 6.1 CVEs.
     pub fn sync_cve_snapshot(&mut self) -> Result<()> {
-        let sync = Command::new(server_binary()?)
+        let sync = Command::new(&self.bin)
             .args(["cve", "sync", "--snapshot"])
             .arg(crate::fixture("../crates/exposure/data"))
             .arg("--data")

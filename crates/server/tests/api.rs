@@ -887,15 +887,7 @@ fn exposure_reports_vex_and_metrics_for_a_patched_host() {
     assert!(summary["cves"].as_u64().unwrap() > 1000);
 
     // A fresh server process sees the synced database at once.
-    let (child, url) = serve(&s.data);
-    let s2 = Server {
-        child,
-        url,
-        admin: s.admin.clone(),
-        registration_key: s.registration_key.clone(),
-        _dir: tempfile::tempdir().unwrap(),
-        data: s.data.clone(),
-    };
+    let s2 = attach(&s.data, &s.admin, &s.registration_key, &[]);
     let admin = Some(s2.admin.as_str());
     let j = |v: Value| Some(Body::Json(v));
     let (status, v) = call(

@@ -102,7 +102,7 @@ fn every_operation_of_the_openapi_document_survives_generated_requests() {
         "expected all {operations} operations to run:\n{stdout}"
     );
 
-    assert!(s.child.try_wait().unwrap().is_none(), "the server died");
+    assert!(s.process.is_running(), "the server died");
     let (status, _) = call(&s, "GET", "/healthz", None, None);
     assert_eq!(status, 200);
     fresh_client(&s, &["production".parse().unwrap()]).unwrap();

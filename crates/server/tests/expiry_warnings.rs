@@ -83,15 +83,7 @@ fn an_offline_root_near_expiry_is_reported_everywhere_until_it_is_renewed() {
         Some("olga-password"),
     );
     assert!(user.status.success(), "{}", text(&user));
-    let (child, url) = serve_with_env(&data, &later());
-    let s = Server {
-        child,
-        url,
-        admin,
-        registration_key: String::new(),
-        _dir: dir,
-        data: data.clone(),
-    };
+    let s = attach(&data, &admin, "", &later());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

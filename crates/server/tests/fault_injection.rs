@@ -352,8 +352,7 @@ fn kill_9_at_random_points_loses_nothing_acknowledged_and_keeps_the_chain_valid(
         if random.below(4) == 0 {
             // SIGKILL, then once more while the next process starts (and reconciles what
             // the first kill left).
-            let _ = s.child.kill();
-            let _ = s.child.wait();
+            s.process.stop(); // SIGKILL
             kills += 1;
             let mut starting = std::process::Command::new(bin())
                 .args(["serve", "--listen", "127.0.0.1:0", "--data"])

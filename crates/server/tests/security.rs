@@ -216,7 +216,7 @@ fn many_downloads_of_a_large_target_at_once_keep_memory_flat() {
     const DOWNLOADS: usize = 24;
     let s = start(|t| t.to_owned());
     let (sha, length) = publish_large(&s, SIZE);
-    let pid = s.child.id();
+    let pid = s.process.pid().expect("the server runs");
     // Peak memory from here on (the upload's own buffers are gone).
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
     let before = proc_status_kb(pid, "VmRSS");

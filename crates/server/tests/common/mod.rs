@@ -7,19 +7,21 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use patchbay_core::manifest::{BuilderInfo, KernelTarget, ModuleInfo};
 use patchbay_core::{Manifest, ObjectName, ReplacedFunction, Sha256, MANIFEST_FORMAT};
+use patchbay_e2e::ServerProcess;
 use serde_json::Value;
 
 pub const BUILD_ID: &str = "0123456789abcdef0123456789abcdef01234567";
 pub const RELEASE: &str = "6.1.0-56-amd64";
 
+/// A server the test started, through the one server harness (`patchbay_e2e::ServerProcess`)
+/// with this crate's own binary.
 pub struct Server {
-    pub child: Child,
+    pub process: ServerProcess,
     pub url: String,
     pub admin: String,
     pub registration_key: String,
@@ -27,81 +29,56 @@ pub struct Server {
     pub data: std::path::PathBuf,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_patchbay-server")
 }
 
-pub fn serve(data: &Path) -> (Child, String) {
-    serve_with_env(data, &[])
-}
-
-/// `serve` with extra environment variables (e.g. libfaketime's, to move its clock).
-pub fn serve_with_env(data: &Path, env: &[(&str, &std::ffi::OsStr)]) -> (Child, String) {
-    let mut child = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(url) = line.strip_prefix("listening on ") {
-            break url.to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, url)
-}
-
+/// `init`, `config.toml` edited by `edit_config`, then `serve` on a free loopback port.
 pub fn start(edit_config: impl FnOnce(&str) -> String) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let init = Command::new(bin())
-        .args(["init", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{init:?}");
-    let stdout = String::from_utf8(init.stdout).unwrap();
-    let field = |name: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
+    let mut process = ServerProcess::init(Path::new(bin()), &data).unwrap();
     let config = data.join("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, edit_config(&text)).unwrap();
-    let (child, url) = serve(&data);
-    Server {
-        child,
-        url,
-        admin: field("admin-token:"),
-        registration_key: field("registration-key:"),
-        _dir: dir,
+    process.serve().unwrap();
+    Server::from_process(process, dir)
+}
+
+/// Another server process on `data` (initialised before, by a test or by [`start`]), with
+/// extra environment variables (e.g. libfaketime's, to move its clock).
+pub fn attach(
+    data: &Path,
+    admin: &str,
+    registration_key: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Server {
+    let mut process = ServerProcess::attach(
+        Path::new(bin()),
         data,
-    }
+        admin.to_owned(),
+        registration_key.to_owned(),
+    );
+    process.serve_with_env(env).unwrap();
+    Server::from_process(process, tempfile::tempdir().unwrap())
 }
 
 impl Server {
+    fn from_process(process: ServerProcess, dir: tempfile::TempDir) -> Server {
+        Server {
+            url: process.url.clone(),
+            admin: process.admin_token.clone(),
+            registration_key: process.registration_key.clone(),
+            data: process.data_dir.clone(),
+            process,
+            _dir: dir,
+        }
+    }
+
     /// Stops the server process and starts it again on the same data (new port).
     pub fn restart_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let (child, url) = serve_with_env(&self.data, env);
-        self.child = child;
-        self.url = url;
+        self.process.serve_with_env(env).unwrap();
+        self.url = self.process.url.clone();
     }
 }
 
