@@ -105,16 +105,9 @@ impl ServerProcess {
         let admin_token = field("admin-token:")?;
         let registration_key = field("registration-key:")?;
         let dashboard_password = field("dashboard-password:")?;
-        Ok(ServerProcess {
-            bin: bin.to_path_buf(),
-            data_dir: data_dir.to_path_buf(),
-            url: String::new(),
-            port: 0,
-            admin_token,
-            registration_key,
-            dashboard_password,
-            child: None,
-        })
+        let mut server = ServerProcess::attach(bin, data_dir, admin_token, registration_key);
+        server.dashboard_password = dashboard_password;
+        Ok(server)
     }
 
     /// A second process on a data dir another `ServerProcess` initialised (same secrets), not
