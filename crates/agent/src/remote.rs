@@ -346,6 +346,13 @@ async fn post_json<T: serde::de::DeserializeOwned>(
     let bytes = patchbay_updates::transport::read_body_capped(response, 1 << 20)
         .await
         .map_err(|e| match e {
+            // An oversized refusal (a proxy's error page) is still a refusal.
+            patchbay_updates::transport::BodyError::TooLarge { .. } if !status.is_success() => {
+                RemoteError::Refused {
+                    status: status.as_u16(),
+                    message: e.to_string(),
+                }
+            }
             patchbay_updates::transport::BodyError::TooLarge { .. } => RemoteError::BadReply {
                 status: status.as_u16(),
                 message: e.to_string(),

@@ -222,7 +222,7 @@ pub fn resolve_source_version(wanted: &str, available: &[String]) -> Result<Stri
     }
     available
         .iter()
-        .filter(|v| crate::upstream_version_of(v).is_ok_and(|u| u.to_string() == wanted))
+        .filter(|v| crate::upstream_version_of(v).is_ok_and(|u| wanted.parse() == Ok(u)))
         .max_by(|a, b| crate::debversion::compare(a, b))
         .cloned()
         .ok_or_else(not_offered)

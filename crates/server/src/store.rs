@@ -620,23 +620,28 @@ impl SqliteStore {
         .await?;
         rows.iter()
             .map(|row| {
+                let build_id: BuildId =
+                    parse("level build-id", row.try_get::<&str, _>("build_id")?)?;
+                let level = level_from("level", row.try_get("level")?)?;
+                // Which row is unreadable, so an operator can find it.
+                let of_this = |what: &str| format!("{what} of level {level} of {build_id}");
                 Ok(LevelRecord {
-                    build_id: parse("level build-id", row.try_get::<&str, _>("build_id")?)?,
-                    level: level_from("level", row.try_get("level")?)?,
                     kernel_release: parse(
                         "level kernel release",
                         row.try_get::<&str, _>("kernel_release")?,
                     )?,
                     upstream_version: parse(
-                        "level upstream version",
+                        &of_this("upstream version"),
                         row.try_get::<&str, _>("upstream_version")?,
                     )?,
                     sha256: parse("level sha256", row.try_get::<&str, _>("sha256")?)?,
                     length: u64::try_from(row.try_get::<i64, _>("length")?)
                         .map_err(|e| corrupt("level length", e))?,
                     manifest: Manifest::parse(row.try_get::<&str, _>("manifest")?.as_bytes())
-                        .map_err(|e| corrupt("level manifest", e))?,
+                        .map_err(|e| corrupt(&of_this("manifest"), e))?,
                     published_at: row.try_get("published_at")?,
+                    build_id,
+                    level,
                 })
             })
             .collect()

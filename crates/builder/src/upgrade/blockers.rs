@@ -77,9 +77,13 @@ impl KnownBlockers {
     }
 
     /// Remembers that a verification at `seen` saw transitions blocked in `functions`, and
-    /// writes the file (atomically: a crash leaves the old or the new file, never half).
+    /// writes the file (atomically: a crash leaves the old or the new file, never half). Text
+    /// that is not a kernel function name (a console line cut short) is not remembered.
     pub fn record(&mut self, functions: &[String], seen: &str) -> std::io::Result<()> {
-        for function in functions {
+        let names = functions
+            .iter()
+            .filter(|f| patchbay_core::manifest::is_kernel_function_name(f));
+        for function in names {
             self.functions.insert(
                 function.clone(),
                 Observed {
@@ -111,7 +115,10 @@ mod tests {
             .record(&["rfcomm_run".to_owned()], "2026-11-30T12:52:00Z")
             .unwrap();
         known
-            .record(&["kauditd_thread".to_owned()], "2026-11-30T13:00:00Z")
+            .record(
+                &["kauditd_thread".to_owned(), "cut [<0>".to_owned()],
+                "2026-11-30T13:00:00Z",
+            )
             .unwrap();
         let again = KnownBlockers::load(dir.path()).unwrap();
         let functions: Vec<(&str, &str)> = again

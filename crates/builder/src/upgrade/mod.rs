@@ -330,12 +330,16 @@ pub fn run(
     let mut dropped: Vec<DroppedGroup> = Vec::new();
     // Functions a verification of this kernel build saw block a transition: groups that
     // replace them are dropped before the first boot (a whole QEMU round saved).
-    let mut known_blockers = match blockers::KnownBlockers::load(kernel.dir()) {
-        Ok(known) => Some(known),
-        Err(e) => {
-            progress.say(&format!("warning: {e}"));
-            None
-        }
+    // Knowledge from verification is used by verification (`--no-verify` builds everything).
+    let mut known_blockers = match request.verify {
+        None => None,
+        Some(_) => match blockers::KnownBlockers::load(kernel.dir()) {
+            Ok(known) => Some(known),
+            Err(e) => {
+                progress.say(&format!("warning: {e}"));
+                None
+            }
+        },
     };
     if let Some(known) = &known_blockers {
         let built: Vec<&GroupBuild> = builds
@@ -667,8 +671,6 @@ pub fn run(
     Ok(report)
 }
 
-/// Whether a group's `object:function` entry is the function a stack frame names (the frame
-/// may name a GCC clone of it, or the group may patch the clone).
 /// The groups that replace any of `names` (functions tasks were seen sleeping in), each with
 /// the names it replaces.
 fn groups_replacing<'a, 'n>(
@@ -690,6 +692,8 @@ fn groups_replacing<'a, 'n>(
         .collect()
 }
 
+/// Whether a group's `object:function` entry is the function a stack frame names (the frame
+/// may name a GCC clone of it, or the group may patch the clone).
 fn replaces(entry: &str, frame_function: &str) -> bool {
     let function = entry.split_once(':').map_or(entry, |(_, f)| f);
     let base = |name: &str| name.split_once('.').map_or(name, |(b, _)| b).to_owned();

@@ -353,11 +353,11 @@ pub(crate) fn verify(
         let mut config = VmConfig::new(kernel.vmlinux(), &cpio);
         config.cpus = 2;
         config.disks = vec![disk.clone()];
-        // Boot, module loads, and per candidate: two transitions, the smoke run, unloads (the
-        // second may wait its whole timeout); each patched module is loaded, removed and
-        // loaded again (seconds each under TCG).
+        // Boot, module loads, and per candidate: two transitions, the smoke run, two unloads
+        // (each may wait its whole timeout); each patched module is loaded, removed and loaded
+        // again (seconds each under TCG).
         let per_candidate = |c: &Candidate| {
-            60 + UNLOAD_TRANSITION_TIMEOUT_SECS
+            60 + 2 * UNLOAD_TRANSITION_TIMEOUT_SECS
                 + u64::from(options.stress_seconds) * 2
                 + 6 * u64::try_from(c.modules.len()).unwrap_or(u64::MAX / 1024)
         };
