@@ -2,15 +2,19 @@
 //! fixed_commit` pair per line (`#` comments). Version `0` means "since the beginning of git"
 //! (vulnerable) or "not fixed" (fixed).
 //!
-//! How pairs become 6.1.y ranges ([`ranges_for_series`] with series 6.1):
+//! How pairs become the ranges of a stable series `S` ([`ranges_for_series`], e.g. 6.1 or
+//! 6.12; written for 6.1 below, the same for any series):
 //! 1. A pair fixed in a 6.1.N release gives `[start, 6.1.N)`, where `start` is the vulnerable
 //!    version if that is a 6.1.M release (a bug brought in by a stable backport), else 6.1.0
 //!    (a bug that was in mainline 6.1 already).
 //! 2. A pair vulnerable since a 6.1.M release and not fixed (`0`) gives `[6.1.M, ∞)`.
-//! 3. If no pair touches 6.1.y, the bug was in mainline at or before 6.1 (vulnerable version
-//!    `0` or a mainline/stable version of a series up to 6.1), and some pair fixes it only after
-//!    6.1 (a later mainline or stable series) or not at all, then 6.1.y is vulnerable with no
-//!    fix: `[6.1.0, ∞)`. A fix in mainline 6.1 or earlier means 6.1.0 already had it.
+//! 3. If no pair touches 6.1.y, and some pair says the bug was in mainline at or before 6.1
+//!    (vulnerable version `0` or a mainline release up to 6.1) and fixes it only after 6.1 (a
+//!    later mainline or stable series) or not at all, then 6.1.y is vulnerable with no fix:
+//!    `[6.1.0, ∞)`. A fix in mainline 6.1 or earlier means 6.1.0 already had it. A pair
+//!    introduced by a stable backport (`5.4.44:…:0:0`, an end-of-life branch that never got
+//!    the fix) speaks of that branch only, not of mainline: for a later series such as 6.12
+//!    whose mainline already had the fix (6.8) it would be a false alarm.
 
 use crate::version::UpstreamVersion;
 use crate::{CveError, Range};
@@ -103,7 +107,10 @@ pub fn ranges_for_series(pairs: &[Dyad], series: (u32, u32)) -> Vec<Range> {
             in_series(&p.vulnerable, p.vulnerable_is_stable)
                 || in_series(&p.fixed, p.fixed_is_stable)
         });
-        let in_mainline_base = |p: &Dyad| p.vulnerable.is_none_or(|v| v.series() <= series);
+        let in_mainline_base = |p: &Dyad| {
+            p.vulnerable
+                .is_none_or(|v| !p.vulnerable_is_stable && v.series() <= series)
+        };
         let fixed_after_base = |p: &Dyad| p.fixed.is_none_or(|f| f.series() > series);
         if !touches_series
             && pairs
@@ -166,6 +173,55 @@ mod tests {
             ranges_for_series(&backport_unfixed, (6, 1)),
             vec![Range {
                 introduced: v("6.1.50"),
+                fixed: None
+            }]
+        );
+        // 6.12, from the upstream sample: a mainline bug fixed in 6.12.1 and later series.
+        let fixed_in_6_12 = parse(
+            "2.6.26:a:6.1.117:b\n2.6.26:a:6.11.8:c\n2.6.26:a:6.12.1:d\n2.6.26:a:6.13:e\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            ranges_for_series(&fixed_in_6_12, (6, 12)),
+            vec![Range {
+                introduced: v("6.12"),
+                fixed: Some(v("6.12.1"))
+            }]
+        );
+        // A bug a 6.12.34 backport brought in, fixed in 6.12.74; 6.1 has its own pair.
+        let backport_6_12 = parse(
+            "6.1.142:a:6.1.164:b\n6.12.34:c:6.12.74:d\n6.15.3:e:0:0\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            ranges_for_series(&backport_6_12, (6, 12)),
+            vec![Range {
+                introduced: v("6.12.34"),
+                fixed: Some(v("6.12.74"))
+            }]
+        );
+        assert_eq!(
+            ranges_for_series(&backport_6_12, (6, 1)),
+            vec![Range {
+                introduced: v("6.1.142"),
+                fixed: Some(v("6.1.164"))
+            }]
+        );
+        // Mainline fixed it in 6.8, before 6.12; a stable branch that never got the fix
+        // (6.4.8:…:0:0) does not make 6.12 vulnerable.
+        let eol_branch = parse("6.1.43:a:6.1.78:b\n6.5:c:6.8:d\n6.4.8:e:0:0\n", "t").unwrap();
+        assert!(ranges_for_series(&eol_branch, (6, 12)).is_empty());
+        // Fixed in mainline 6.12 itself: 6.12.0 already had the fix.
+        let fixed_in_mainline = parse("3.12:a:6.1.117:b\n3.12:a:6.12:c\n", "t").unwrap();
+        assert!(ranges_for_series(&fixed_in_mainline, (6, 12)).is_empty());
+        // Only fixed after 6.12 (a stable-only fix in 7.1.4): unfixed from 6.12.0.
+        let fixed_later = parse("5.10:a:7.1.4:b\n", "t").unwrap();
+        assert_eq!(
+            ranges_for_series(&fixed_later, (6, 12)),
+            vec![Range {
+                introduced: v("6.12"),
                 fixed: None
             }]
         );

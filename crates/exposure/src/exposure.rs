@@ -1,12 +1,99 @@
 //! Exposure of a kernel version on a day: which CVEs it has, how many are high, overdue
-//! against the window, or known exploited; optionally minus what a live patch fixes.
+//! against the window, or known exploited; optionally minus what a live patch fixes. Every
+//! result says how far the data reaches for the release's series ([`DataCoverage`]).
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
 use crate::version::UpstreamVersion;
-use crate::{CveDatabase, Day, Severity};
+use crate::{CveDatabase, CveError, Day, Series, Severity};
+
+/// Whether the CVE data can answer for a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataState {
+    /// The data covers the release's series and names fixes up to the release or beyond.
+    Complete,
+    /// The release is newer than the newest release the data names as a fix: CVEs fixed
+    /// after that release show as unfixed, so the exposure may be too high and is not
+    /// complete.
+    Stale,
+    /// The database holds no data for the release's series: the exposure is unknown (not 0).
+    NoData,
+}
+
+impl DataState {
+    /// The serialized name: `complete`, `stale`, `no_data`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataState::Complete => "complete",
+            DataState::Stale => "stale",
+            DataState::NoData => "no_data",
+        }
+    }
+}
+
+/// How far the CVE data reaches for one release's series.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataCoverage {
+    /// The release's stable series, e.g. `6.12`.
+    pub series: Series,
+    /// Complete, stale or no data.
+    pub state: DataState,
+    /// The newest release of the series the data names as a fix (`6.12.104`); `None` without
+    /// data for the series (or when no CVE of it has a fix).
+    pub data_through: Option<UpstreamVersion>,
+    /// For people, when the state is not complete: e.g. "CVE data covers 6.12 releases up to
+    /// 6.12.104; fixes released after it are not known".
+    pub notice: Option<String>,
+}
+
+impl DataCoverage {
+    /// What `db` knows for release `version`: no data for its series, stale when `version`
+    /// is newer than the newest fix the data names, else complete.
+    pub fn of(db: &CveDatabase, version: &UpstreamVersion) -> DataCoverage {
+        let series = Series::of(version);
+        if !db.covers(series) {
+            return DataCoverage {
+                series,
+                state: DataState::NoData,
+                data_through: None,
+                notice: Some(format!(
+                    "no CVE data for the {series} series (the database covers {}): the \
+                     exposure of {version} is unknown",
+                    db.covered_text()
+                )),
+            };
+        }
+        let data_through = db.data_through(series);
+        let stale = data_through.is_some_and(|last| *version > last);
+        DataCoverage {
+            series,
+            state: if stale {
+                DataState::Stale
+            } else {
+                DataState::Complete
+            },
+            data_through,
+            notice: data_through.filter(|_| stale).map(|last| {
+                format!(
+                    "CVE data covers {series} releases up to {last}; fixes released after it \
+                     are not known"
+                )
+            }),
+        }
+    }
+
+    /// How a CVE without a fix in the series is described: `no 6.12.y fix`, or, when the
+    /// data is stale for the release, `no 6.12.y fix up to 6.12.104`.
+    pub fn no_fix_text(&self) -> String {
+        match (self.state, self.data_through) {
+            (DataState::Stale, Some(last)) => format!("no {}.y fix up to {last}", self.series),
+            _ => format!("no {}.y fix", self.series),
+        }
+    }
+}
 
 /// When a CVE counts as high and how long it may stay open.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -47,7 +134,8 @@ pub struct ExposedCve {
     pub high: bool,
     /// High and public for longer than the window.
     pub window_breached: bool,
-    /// The first 6.1.y release with the fix, if any.
+    /// The first release of the evaluated release's series with the fix, if the data knows
+    /// one.
     pub fixed_in: Option<UpstreamVersion>,
 }
 
@@ -56,6 +144,10 @@ pub struct ExposedCve {
 pub struct Exposure {
     /// The release evaluated, e.g. `6.1.100`.
     pub version: UpstreamVersion,
+    /// How far the data reaches for the release's series: with [`DataState::NoData`] the
+    /// counts are not an answer (use [`try_exposure`] to get an error instead); with
+    /// [`DataState::Stale`] they may be too high and `data.notice` says why.
+    pub data: DataCoverage,
     /// The evaluation day, `2025-03-27`.
     pub at: String,
     /// How many CVEs affect it (the length of `list`).
@@ -74,7 +166,29 @@ pub struct Exposure {
     pub list: Vec<ExposedCve>,
 }
 
+/// The exposure of `version` on day `at`, not counting the CVEs in `fixed` (a live patch's);
+/// [`CveError::NoSeriesData`] when the database has no data for `version`'s series.
+pub fn try_exposure(
+    db: &CveDatabase,
+    version: UpstreamVersion,
+    at: Day,
+    policy: Policy,
+    fixed: &BTreeSet<String>,
+) -> Result<Exposure, CveError> {
+    let e = exposure(db, version, at, policy, fixed);
+    if e.data.state == DataState::NoData {
+        return Err(CveError::NoSeriesData {
+            version,
+            series: e.data.series,
+            covered: db.covered_text(),
+        });
+    }
+    Ok(e)
+}
+
 /// The exposure of `version` on day `at`, not counting the CVEs in `fixed` (a live patch's).
+/// Without data for the release's series the lists are empty and `data.state` is
+/// [`DataState::NoData`]: check it, or call [`try_exposure`].
 pub fn exposure(
     db: &CveDatabase,
     version: UpstreamVersion,
@@ -139,6 +253,7 @@ pub fn exposure(
     });
     Exposure {
         version,
+        data: DataCoverage::of(db, &version),
         at: at.to_string(),
         cves: list.len(),
         high: list.iter().filter(|c| c.high).count(),
@@ -152,10 +267,16 @@ pub fn exposure(
 
 impl Exposure {
     /// The counts as JSON with the keys `version`, `cves`, `high`, `high_overdue`, `kev`
-    /// (plus `at`, `unscored`, `fixed_by_patch`).
+    /// (plus `at`, `unscored`, `fixed_by_patch`), and how far the data reaches: `series`,
+    /// `data_state` (`complete`, `stale`, `no_data`), `data_through` and `notice` (null when
+    /// complete).
     pub fn summary_json(&self) -> serde_json::Value {
         serde_json::json!({
             "version": self.version.to_string(),
+            "series": self.data.series.to_string(),
+            "data_state": self.data.state.as_str(),
+            "data_through": self.data.data_through.map(|v| v.to_string()),
+            "notice": self.data.notice,
             "at": self.at,
             "cves": self.cves,
             "high": self.high,
@@ -166,8 +287,16 @@ impl Exposure {
         })
     }
 
-    /// Plain-text report.
+    /// Plain-text report: the counts, the data's notice when it is not complete, the list.
     pub fn render(&self, limit: usize) -> String {
+        if self.data.state == DataState::NoData {
+            return format!(
+                "kernel {} on {}: {}\n",
+                self.version,
+                self.at,
+                self.data.notice.as_deref().unwrap_or("no CVE data")
+            );
+        }
         let mut out = format!(
             "kernel {} on {}: {} CVEs, {} high (CVSS >= 7), {} high and public > window, {} known exploited (KEV), {} unscored{}\n",
             self.version,
@@ -183,6 +312,9 @@ impl Exposure {
                 String::new()
             }
         );
+        if let Some(notice) = &self.data.notice {
+            out.push_str(&format!("  note: {notice}\n"));
+        }
         for c in self.list.iter().take(limit) {
             out.push_str(&format!(
                 "  {:<16} {:>4} {:<8} {:<4} {:>5} {}\n",
@@ -192,7 +324,7 @@ impl Exposure {
                 if c.kev { "KEV" } else { "" },
                 c.days_public.map_or("?".into(), |d| format!("{d}d")),
                 c.fixed_in
-                    .map_or("no 6.1.y fix".into(), |v| format!("fixed in {v}")),
+                    .map_or_else(|| self.data.no_fix_text(), |v| format!("fixed in {v}")),
             ));
         }
         if self.list.len() > limit {

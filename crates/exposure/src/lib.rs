@@ -1,12 +1,17 @@
-//! CVE intelligence for Patchbay: which kernel CVEs affect a 6.1.y release, how severe they
-//! are, since when they are public, and which of them a live patch level fixes.
+//! CVE intelligence for Patchbay: which kernel CVEs affect a stable release (`6.1.N`,
+//! `6.12.N`), how severe they are, since when they are public, and which of them a live patch
+//! level fixes.
 //!
 //! Sources: the kernel CNA's records ([`vulns`], the `vulns.git` layout with `.dyad`
-//! vulnerable:fixed pairs) for production, and the bundled 6.1 snapshot ([`snapshot`]) for tests
-//! and the demo. Both end in a [`CveDatabase`]; [`exposure`] evaluates it.
+//! vulnerable:fixed pairs) for production, and the bundled snapshot ([`snapshot`], one file per
+//! stable [`Series`]) for tests and the demo. Both end in a [`CveDatabase`] holding the ranges of
+//! every series it covers; [`exposure`] evaluates it.
 //!
-//! Rules (see [`dyad`] for how pairs become ranges): a release `6.1.N` is exposed to a CVE when
-//! one of its ranges has `introduced <= 6.1.N < fixed` (`fixed = None`: no 6.1.y fix). CVSS is
+//! Rules (see [`dyad`] for how pairs become ranges): a release `X.Y.N` is exposed to a CVE when
+//! one of its ranges in series `X.Y` has `introduced <= X.Y.N < fixed` (`fixed = None`: no fix in
+//! that series). A release of a series the database does not cover has no data — a state of its
+//! own ([`exposure::DataState::NoData`]), never "no exposure"; a release newer than the newest
+//! fix the data names is evaluated with a notice ([`exposure::DataState::Stale`]). CVSS is
 //! computed from the vector with the RustSec `cvss` crate where there is one; a CVE without a
 //! score is [`Score::Unscored`], never 0. "High" means a score of at least 7.0; a high CVE is
 //! overdue when it was published more than the window (default 30 days) before the evaluation
@@ -20,12 +25,13 @@ pub mod snapshot;
 pub mod version;
 pub mod vulns;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use exposure::{exposure, ExposedCve, Exposure, Policy};
+pub use exposure::{exposure, try_exposure, DataCoverage, DataState, ExposedCve, Exposure, Policy};
 pub use version::UpstreamVersion;
 
 /// A civil date (UTC day).
@@ -49,6 +55,19 @@ pub enum CveError {
         what: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// The database holds no CVE data for a release's stable series: its exposure is unknown.
+    #[error(
+        "no CVE data for the {series} series (release {version}); the database covers {covered}: \
+         sync data for {series}.y before reading its exposure"
+    )]
+    NoSeriesData {
+        /// The release asked about, e.g. `5.10.200`.
+        version: UpstreamVersion,
+        /// Its series, e.g. `5.10`.
+        series: Series,
+        /// The series the database covers, e.g. `6.1, 6.12` (or `no series`).
+        covered: String,
     },
 }
 
@@ -178,19 +197,104 @@ impl Score {
     }
 }
 
-/// One affected range inside 6.1.y: `introduced <= R < fixed`.
+/// A stable kernel series such as `6.1` or `6.12`: the major and minor part of its releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Series {
+    /// `6` in `6.12`.
+    pub major: u32,
+    /// `12` in `6.12`.
+    pub minor: u32,
+}
+
+impl Series {
+    /// The series `major.minor`, e.g. `Series::new(6, 12)`.
+    pub const fn new(major: u32, minor: u32) -> Series {
+        Series { major, minor }
+    }
+
+    /// The series release `v` belongs to (`6.12.95` → `6.12`).
+    pub fn of(v: &UpstreamVersion) -> Series {
+        Series::new(v.major, v.minor)
+    }
+
+    /// Whether release `v` belongs to this series.
+    pub fn contains(&self, v: &UpstreamVersion) -> bool {
+        Series::of(v) == *self
+    }
+
+    /// The series' mainline release, `6.12.0`.
+    pub fn base(&self) -> UpstreamVersion {
+        UpstreamVersion::new(self.major, self.minor, 0)
+    }
+
+    /// As the `(major, minor)` pair [`UpstreamVersion::series`] and [`dyad`] use.
+    pub fn as_pair(&self) -> (u32, u32) {
+        (self.major, self.minor)
+    }
+}
+
+impl From<(u32, u32)> for Series {
+    fn from((major, minor): (u32, u32)) -> Series {
+        Series::new(major, minor)
+    }
+}
+
+impl fmt::Display for Series {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+impl FromStr for Series {
+    type Err = CveError;
+    /// `6.12` (a release such as `6.12.95` is refused: name the series, not a release).
+    fn from_str(s: &str) -> Result<Series, CveError> {
+        let bad = |reason: &str| CveError::malformed(format!("kernel series {s:?}"), reason);
+        if s.trim().matches('.').count() != 1 {
+            return Err(bad("expected MAJOR.MINOR, e.g. 6.12"));
+        }
+        let v: UpstreamVersion = s.parse().map_err(|e| bad(&format!("{e}")))?;
+        Ok(Series::of(&v))
+    }
+}
+
+impl Serialize for Series {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Series {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Series, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One affected range inside one stable series (the series of `introduced`):
+/// `introduced <= R < fixed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Range {
     /// The first affected release, e.g. `6.1.0` or `6.1.52` (a bug a backport brought in).
     pub introduced: UpstreamVersion,
-    /// The first release with the fix; `None`: no 6.1.y release fixes it.
+    /// The first release of the same series with the fix; `None`: no release of the series
+    /// fixes it (as far as the data knows).
     pub fixed: Option<UpstreamVersion>,
 }
 
 impl Range {
-    /// Whether release `v` is affected: `introduced <= v < fixed`.
+    /// The stable series the range lies in.
+    pub fn series(&self) -> Series {
+        Series::of(&self.introduced)
+    }
+
+    /// Whether release `v` is affected: `v` is of the range's series and
+    /// `introduced <= v < fixed`.
     pub fn contains(&self, v: &UpstreamVersion) -> bool {
-        &self.introduced <= v && self.fixed.as_ref().is_none_or(|f| v < f)
+        self.series().contains(v)
+            && &self.introduced <= v
+            && self.fixed.as_ref().is_none_or(|f| v < f)
     }
 }
 
@@ -212,7 +316,8 @@ pub struct CveRecord {
     pub published: Option<Day>,
     /// The base score, or [`Score::Unscored`].
     pub score: Score,
-    /// The affected 6.1.y ranges; empty means no 6.1.y release is affected.
+    /// The affected ranges, each inside one stable series ([`Range::series`]), of every series
+    /// the database covers; none in a covered series means no release of it is affected.
     pub ranges: Vec<Range>,
     /// The CISA KEV entry; `None`: not known to be exploited.
     pub kev: Option<Kev>,
@@ -227,13 +332,24 @@ impl CveRecord {
     pub fn affects(&self, v: &UpstreamVersion) -> bool {
         self.ranges.iter().any(|r| r.contains(v))
     }
+
+    /// The record's ranges in `series`.
+    pub fn ranges_in(&self, series: Series) -> impl Iterator<Item = &Range> {
+        self.ranges.iter().filter(move |r| r.series() == series)
+    }
 }
 
-/// All known CVEs by id.
+/// All known CVEs by id, for the stable series the data covers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CveDatabase {
     /// The records, keyed by CVE id (`CVE-2024-26581`).
     pub records: BTreeMap<String, CveRecord>,
+    /// The stable series whose data the database holds (a release of another series has no
+    /// data, which is not "no exposure"). Empty in databases written before series existed
+    /// (6.1 only) and in hand-made ones: then the series its ranges lie in
+    /// ([`CveDatabase::covered_series`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub series: BTreeSet<Series>,
 }
 
 impl CveDatabase {
@@ -252,8 +368,57 @@ impl CveDatabase {
         })
     }
 
-    /// The first 6.1.y release at or after `from` that fixes every CVE in `fixed_set` that
-    /// affects `from` and has a fix — i.e. the release whose fixes a patch level brings.
+    /// The stable series the database covers: [`CveDatabase::series`], or, when that is empty
+    /// (an older or hand-made database), every series one of its ranges lies in.
+    pub fn covered_series(&self) -> BTreeSet<Series> {
+        if !self.series.is_empty() {
+            return self.series.clone();
+        }
+        self.records
+            .values()
+            .flat_map(|r| r.ranges.iter().map(Range::series))
+            .collect()
+    }
+
+    /// Whether the database holds data for `series`.
+    pub fn covers(&self, series: Series) -> bool {
+        if self.series.is_empty() {
+            self.records
+                .values()
+                .any(|r| r.ranges.iter().any(|x| x.series() == series))
+        } else {
+            self.series.contains(&series)
+        }
+    }
+
+    /// The newest release of `series` the data names as a fix (the highest `fixed` of the
+    /// series' ranges): fixes released after it are not in the data. `None` when no range of
+    /// the series has a fix.
+    pub fn data_through(&self, series: Series) -> Option<UpstreamVersion> {
+        self.records
+            .values()
+            .flat_map(|r| r.ranges_in(series).filter_map(|x| x.fixed))
+            .filter(|f| series.contains(f))
+            .max()
+    }
+
+    /// The covered series as text, `6.1, 6.12` (`no series` when empty), for messages.
+    pub fn covered_text(&self) -> String {
+        let covered: Vec<String> = self
+            .covered_series()
+            .iter()
+            .map(Series::to_string)
+            .collect();
+        if covered.is_empty() {
+            "no series".to_owned()
+        } else {
+            covered.join(", ")
+        }
+    }
+
+    /// The first release of `from`'s series at or after `from` that fixes every CVE in
+    /// `fixed_set` that affects `from` and has a fix — i.e. the release whose fixes a patch
+    /// level brings.
     pub fn effective_version(
         &self,
         from: UpstreamVersion,
@@ -282,9 +447,24 @@ impl CveDatabase {
         effective
     }
 
-    /// Adds or replaces records (later sources win).
+    /// Adds another source's records: for a CVE both hold, `other`'s record wins, except that
+    /// the ranges of series `other` does not cover are kept (so merging the 6.12 data into the
+    /// 6.1 data keeps each CVE's 6.1 ranges). The covered series are the union.
     pub fn merge(&mut self, other: CveDatabase) {
-        self.records.extend(other.records);
+        let theirs = other.covered_series();
+        let mut ours = self.covered_series();
+        for (id, mut record) in other.records {
+            if let Some(old) = self.records.remove(&id) {
+                let kept = old
+                    .ranges
+                    .into_iter()
+                    .filter(|r| !theirs.contains(&r.series()));
+                record.ranges = kept.chain(record.ranges).collect();
+            }
+            self.records.insert(id, record);
+        }
+        ours.extend(theirs);
+        self.series = ours;
     }
 
     /// How many CVEs the database holds.

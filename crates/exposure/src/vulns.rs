@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{dyad, parse_day, CveDatabase, CveError, CveRecord, Day, Score};
+use crate::{dyad, parse_day, CveDatabase, CveError, CveRecord, Day, Score, Series};
 
 fn io(path: &Path, source: std::io::Error) -> CveError {
     CveError::Io {
@@ -118,6 +118,13 @@ fn program_files(json: &serde_json::Value) -> Vec<String> {
 /// Reads a vulns checkout (or a directory of records) into a database of the CVEs that affect
 /// the stable series `series` (e.g. `(6, 1)`).
 pub fn sync(root: &Path, series: (u32, u32)) -> Result<CveDatabase, CveError> {
+    sync_series(root, &[Series::from(series)])
+}
+
+/// Reads a vulns checkout (or a directory of records) into a database covering every series
+/// in `series` (e.g. 6.1 and 6.12): each CVE that affects one of them, with its ranges in each
+/// ([`dyad::ranges_for_series`]).
+pub fn sync_series(root: &Path, series: &[Series]) -> Result<CveDatabase, CveError> {
     let published_dir = root.join("cve/published");
     let search = if published_dir.is_dir() {
         published_dir
@@ -140,6 +147,7 @@ pub fn sync(root: &Path, series: (u32, u32)) -> Result<CveDatabase, CveError> {
         BTreeMap::new()
     };
     let mut db = CveDatabase::default();
+    db.series.extend(series.iter().copied());
     for json_path in files {
         let id = json_path
             .file_stem()
@@ -148,10 +156,13 @@ pub fn sync(root: &Path, series: (u32, u32)) -> Result<CveDatabase, CveError> {
         crate::check_cve_id(&id)?;
         let dyad_path = json_path.with_extension("dyad");
         let Ok(dyad_text) = std::fs::read_to_string(&dyad_path) else {
-            continue; // no version information: cannot place it on 6.1.y
+            continue; // no version information: cannot place it on any series
         };
         let pairs = dyad::parse(&dyad_text, &dyad_path.display().to_string())?;
-        let ranges = dyad::ranges_for_series(&pairs, series);
+        let ranges: Vec<_> = series
+            .iter()
+            .flat_map(|s| dyad::ranges_for_series(&pairs, s.as_pair()))
+            .collect();
         if ranges.is_empty() {
             continue;
         }
