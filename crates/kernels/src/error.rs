@@ -196,6 +196,24 @@ pub enum KernelError {
         /// What differs.
         reason: String,
     },
+
+    /// A name given as a Debian suite is not one build roots can be made of.
+    #[error("unknown Debian suite {input:?}: expected \"bookworm\" or \"trixie\"")]
+    UnknownSuite {
+        /// The name that was given.
+        input: String,
+    },
+
+    /// A build root exists (or was just made) but cannot be used.
+    #[error(
+        "build root {dir} is unusable: {reason}; delete that directory and it will be made again"
+    )]
+    BuildRootUnusable {
+        /// The build root's cache entry (`<cache>/buildroots/<suite>-<key>/`).
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl KernelError {

@@ -12,6 +12,8 @@ fn providing_package(program: &str) -> &'static str {
         "dpkg" | "dpkg-deb" => "dpkg",
         "xz" => "xz-utils",
         "zstd" => "zstd",
+        "mmdebstrap" => "mmdebstrap",
+        "unshare" | "mount" => "util-linux",
         _ => "that provides it",
     }
 }
