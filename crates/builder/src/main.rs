@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use patchbay_build::module_build::{self, ModuleBuild, SourceBuild};
 use patchbay_core::{Bundle, CveId, PatchLevel};
-use patchbay_kernels::{Kernel, KernelSelector};
+use patchbay_core::{Distribution, KernelSeries};
+use patchbay_kernels::{Flavour, Kernel, KernelLine, KernelSelector};
 
 #[derive(Parser)]
 #[command(
@@ -24,10 +25,13 @@ struct Cli {
 enum Command {
     /// Build a bundle from C replacement functions marked with PATCHBAY_REPLACE.
     Module {
-        /// Target kernel: an ABI (6.1.0-56-amd64), `newest`, `older`, or the path of an unpacked
+        /// Target kernel: a release (6.1.0-56-amd64, 6.12.117+deb13-amd64), `newest`, `older`
+        /// (of the line --series/--distribution/--flavour name), or the path of an unpacked
         /// kernel directory made by `patchbay-build kernel fetch`.
         #[arg(long)]
         kernel: String,
+        #[command(flatten)]
+        line: LineArgs,
         /// Cumulative patch level (1, 2, …).
         #[arg(long)]
         level: PatchLevel,
@@ -56,9 +60,11 @@ enum Command {
     /// Build a bundle from unified diffs of the kernel source (compiles only the changed files
     /// and diffs the objects).
     Diff {
-        /// Target kernel: an ABI, `newest`, `older`, or a kernel directory or headers tree.
+        /// Target kernel: a release, `newest`, `older`, or a kernel directory or headers tree.
         #[arg(long)]
         kernel: String,
+        #[command(flatten)]
+        line: LineArgs,
         #[arg(long)]
         level: PatchLevel,
         #[arg(long, value_delimiter = ',')]
@@ -89,11 +95,14 @@ enum Command {
     /// the window, cut from the newer source (or given with --patches), built into one
     /// cumulative bundle, verified in QEMU, optionally published with its report.
     Upgrade {
-        /// The running kernel: an ABI (6.1.0-47-amd64), `newest`, `older`, or a kernel directory.
+        /// The running kernel: a release (6.1.0-47-amd64, 6.12.95+deb12-amd64), `newest`,
+        /// `older`, or a kernel directory.
         #[arg(long)]
         kernel: String,
-        /// The newer linux-source-6.1: an upstream version (6.1.176), a package version
-        /// (6.1.176-1) or `newest` (resolved from apt).
+        #[command(flatten)]
+        line: LineArgs,
+        /// The newer source of the kernel's line (linux-source-6.1, linux-source-6.12, …): an
+        /// upstream version (6.1.176), a package version (6.1.176-1) or `newest`.
         #[arg(long)]
         to: String,
         /// Leave out CVEs scored below this (CVSS base score).
@@ -216,12 +225,49 @@ impl VerifyArgs {
     }
 }
 
+/// Which line of kernels `newest` and `older` pick from.
+#[derive(clap::Args, Clone, Default)]
+struct LineArgs {
+    /// Kernel series for `newest`/`older`: 6.1 (default) or 6.12.
+    #[arg(long)]
+    series: Option<KernelSeries>,
+    /// Debian release for `newest`/`older`: 12, 13 or a code name (default: the newest one
+    /// shipping the series).
+    #[arg(long)]
+    distribution: Option<Distribution>,
+    /// Flavour for `newest`/`older`: amd64 (default) or cloud-amd64.
+    #[arg(long)]
+    flavour: Option<Flavour>,
+}
+
+impl LineArgs {
+    fn line(&self) -> Result<KernelLine> {
+        Ok(KernelLine::choose(
+            self.series,
+            self.distribution,
+            self.flavour,
+        )?)
+    }
+
+    fn any(&self) -> bool {
+        self.series.is_some() || self.distribution.is_some() || self.flavour.is_some()
+    }
+}
+
 #[derive(Subcommand)]
 enum KernelCommand {
-    /// List the Debian 6.1 kernels apt offers.
-    List,
-    /// Fetch and unpack a kernel (`newest`, `older` or an ABI); prints its directory.
-    Fetch { selector: KernelSelector },
+    /// List the kernels of every supported line Debian's archive offers, grouped by Debian
+    /// release, series and flavour (or only one line with --series/--distribution/--flavour).
+    List {
+        #[command(flatten)]
+        line: LineArgs,
+    },
+    /// Fetch and unpack a kernel (`newest`, `older` or a release); prints its directory.
+    Fetch {
+        selector: String,
+        #[command(flatten)]
+        line: LineArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -234,7 +280,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn open_kernel(spec: &str) -> Result<Kernel> {
+fn open_kernel(spec: &str, line: &LineArgs) -> Result<Kernel> {
     let path = std::path::Path::new(spec);
     if spec.contains('/') || path.is_dir() {
         if path.join("kernel.json").is_file() {
@@ -246,13 +292,13 @@ fn open_kernel(spec: &str) -> Result<Kernel> {
         }
         bail!(
             "{spec} is neither an unpacked linux-headers tree (no Module.symvers) nor a Patchbay \
-             kernel directory (no kernel.json); pass one of those, or an ABI such as 6.1.0-56-amd64"
+             kernel directory (no kernel.json); pass one of those, or a release such as \
+             6.12.117+deb13-amd64"
         );
     }
-    let selector: KernelSelector = spec
-        .parse()
-        .with_context(|| format!("--kernel {spec}: expected an ABI, newest, older or a path"))?;
-    patchbay_kernels::fetch_selector(&selector).with_context(|| format!("fetch kernel {spec}"))
+    let selector = KernelSelector::parse_in(spec, line.line()?)
+        .with_context(|| format!("--kernel {spec}: expected a release, newest, older or a path"))?;
+    patchbay_kernels::fetch_selector(&selector).with_context(|| format!("fetch kernel {selector}"))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -301,6 +347,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Module {
             kernel,
+            line,
             level,
             fixes,
             output,
@@ -310,7 +357,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             sources,
         } => {
-            let kernel = open_kernel(&kernel)?;
+            let kernel = open_kernel(&kernel, &line)?;
             let request = SourceBuild {
                 sources,
                 module: ModuleBuild {
@@ -360,13 +407,27 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Kernel { command } => match command {
-            KernelCommand::List => {
-                for k in patchbay_kernels::available_kernels()? {
-                    println!("{}\t{}\t{}", k.abi, k.package_version, k.upstream_version);
+            KernelCommand::List { line } => {
+                let only = if line.any() { Some(line.line()?) } else { None };
+                let kernels = patchbay_kernels::available_kernels()?;
+                for group in KernelLine::all() {
+                    if only.is_some_and(|only| only != group) {
+                        continue;
+                    }
+                    println!("{group}");
+                    let mut any = false;
+                    for k in kernels.iter().filter(|k| group.contains(&k.abi)) {
+                        println!("  {}\t{}\t{}", k.abi, k.package_version, k.upstream_version);
+                        any = true;
+                    }
+                    if !any {
+                        println!("  (none offered)");
+                    }
                 }
                 Ok(())
             }
-            KernelCommand::Fetch { selector } => {
+            KernelCommand::Fetch { selector, line } => {
+                let selector = KernelSelector::parse_in(&selector, line.line()?)?;
                 let kernel = patchbay_kernels::fetch_selector(&selector)?;
                 println!("{}", kernel.dir().display());
                 Ok(())
@@ -374,6 +435,7 @@ fn run(cli: Cli) -> Result<()> {
         },
         Command::Diff {
             kernel,
+            line,
             level,
             fixes,
             output,
@@ -383,7 +445,7 @@ fn run(cli: Cli) -> Result<()> {
             header_recompile_limit,
             patches,
         } => {
-            let kernel = open_kernel(&kernel)?;
+            let kernel = open_kernel(&kernel, &line)?;
             let request = patchbay_build::diff::pipeline::DiffBuild {
                 level,
                 fixes,
@@ -476,6 +538,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Upgrade {
             kernel,
+            line,
             to,
             min_cvss,
             cves,
@@ -491,16 +554,20 @@ fn run(cli: Cli) -> Result<()> {
             server,
             token,
         } => {
-            let kernel = open_kernel(&kernel)?;
+            let kernel = open_kernel(&kernel, &line)?;
             let db = load_cve_db(cve_db.as_deref())?;
             // The newer source from apt; with --patches alone, `--to` may name a release apt
             // does not offer (the patches bring it).
-            let versions = patchbay_kernels::source_versions()?;
+            let kernel_line = KernelLine::of(kernel.debian_release())?;
+            let versions = patchbay_kernels::source_versions(&kernel_line)?;
             let (newer, to) = match patchbay_kernels::resolve_source_version(&to, &versions) {
                 Ok(package) => {
                     let upstream = patchbay_kernels::upstream_version_of(&package)?;
-                    eprintln!("upgrade: fixes from linux-source-6.1 {package}");
-                    let tree = patchbay_kernels::unpacked_source(&package)?;
+                    eprintln!(
+                        "upgrade: fixes from {} {package}",
+                        kernel_line.source_package()
+                    );
+                    let tree = patchbay_kernels::unpacked_source(&kernel_line, &package)?;
                     (
                         Some(patchbay_build::upgrade::NewerSource {
                             package_version: package,

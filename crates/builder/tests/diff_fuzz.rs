@@ -64,7 +64,7 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn damaged_objects_never_panic() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let tree = kernel.source_tree().unwrap();
     let work = tempfile::tempdir().unwrap();
     let objects: Vec<Vec<u8>> = {

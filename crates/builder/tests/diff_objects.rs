@@ -18,7 +18,7 @@ fn fixture(rel: &str) -> std::path::PathBuf {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn objects_are_reproducible_patched_restored_and_placed() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let config = preflight::KernelConfig::parse(&std::fs::read_to_string(kernel.config()).unwrap());
     assert!(preflight::check_config(&config).is_empty());
     assert!(preflight::check_compiler(&config).is_empty());
@@ -134,7 +134,7 @@ fn objects_are_reproducible_patched_restored_and_placed() {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn self_and_recompile_diffs_are_empty() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let tree = kernel.source_tree().unwrap();
     let _exclusive = tree.lock().unwrap();
     let work = tempfile::tempdir().unwrap();

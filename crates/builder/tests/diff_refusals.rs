@@ -15,7 +15,7 @@ fn fixture(rel: &str) -> std::path::PathBuf {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn unsafe_or_empty_diffs_are_refused_with_advice() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let work = tempfile::tempdir().unwrap();
     let garbage = work.path().join("garbage.patch");
     std::fs::write(&garbage, "this is not a diff\n").unwrap();
@@ -125,7 +125,7 @@ fn unsafe_or_empty_diffs_are_refused_with_advice() {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn patches_with_any_prefix_build() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let work = tempfile::tempdir().unwrap();
     let git = std::fs::read_to_string(fixture("cmdline-string.patch")).unwrap();
     let kpatch = format!(

@@ -67,7 +67,7 @@ fn section_names(object: &[u8]) -> Vec<String> {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn clone_is_replaced_and_special_statics_are_copied() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let (report, extracted) = build_fixture(&kernel, "oom-adj-clone-print-once.patch");
     let diff = &report.files[0].diff;
     assert_eq!(diff.changed_functions.len(), 1, "{diff:?}");
@@ -110,7 +110,7 @@ fn clone_is_replaced_and_special_statics_are_copied() {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn exported_function_with_pr_debug_keeps_its_export() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let (report, extracted) = build_fixture(&kernel, "locked-vm-export-dyndbg.patch");
     let diff = &report.files[0].diff;
     assert_eq!(diff.changed_functions, ["__account_locked_vm"], "{diff:?}");
@@ -137,7 +137,7 @@ fn exported_function_with_pr_debug_keeps_its_export() {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn init_changes_beside_runtime_changes_are_reported_not_applied() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let (report, _) = build_fixture(&kernel, "cmdline-init-and-runtime.patch");
     let diff = &report.files[0].diff;
     assert_eq!(diff.changed_functions, ["cmdline_proc_show"], "{diff:?}");
@@ -151,7 +151,7 @@ fn init_changes_beside_runtime_changes_are_reported_not_applied() {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn header_changes_are_allowed_only_when_no_other_object_changes() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let (report, _) = build_fixture(&kernel, "fd-header-new-helper.patch");
     assert_eq!(report.files.len(), 1);
     assert_eq!(report.files[0].source, "fs/proc/fd.c");
@@ -184,7 +184,7 @@ fn header_changes_are_allowed_only_when_no_other_object_changes() {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn module_pr_debug_sites_use_the_patch_s_own_descriptor() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let (report, extracted) = build_fixture(&kernel, "module-binfmt-misc.patch");
     assert_eq!(
         report.files[0].owner,
@@ -211,7 +211,7 @@ fn module_pr_debug_sites_use_the_patch_s_own_descriptor() {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn module_tracepoint_sites_are_left_inert() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let (report, extracted) = build_fixture(&kernel, "module-ocfs2-tracepoint.patch");
     assert_eq!(
         report.files[0].owner,
@@ -247,7 +247,7 @@ fn module_tracepoint_sites_are_left_inert() {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn a_composite_part_built_from_another_directory_and_a_repeated_module_local() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let work = tempfile::tempdir().unwrap();
     let report = build(
         &kernel,

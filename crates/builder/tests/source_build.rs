@@ -9,7 +9,7 @@ use patchbay_build::module_build::{build, ModuleBuild, SourceBuild};
 use patchbay_kernels::{fetch_selector, Kernel, KernelSelector, SymbolTable};
 
 fn newest() -> Kernel {
-    fetch_selector(&KernelSelector::Newest).unwrap()
+    fetch_selector(&KernelSelector::newest()).unwrap()
 }
 
 fn request(dir: &Path, source: &str) -> SourceBuild {

@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod channel;
 pub mod clock;
+pub mod debian;
 pub mod fsutil;
 pub mod ids;
 pub mod manifest;
@@ -21,6 +22,7 @@ pub use channel::{
     bundle_target_name, ChannelDoc, ChannelDocError, ChannelName, HostSeed, KernelRollout, Wave,
     CHANNEL_MAX_BYTES,
 };
+pub use debian::{DebianRelease, Distribution, KernelSeries};
 pub use ids::{BuildId, CveId, IdError, KernelRelease, ModuleName, ObjectName, PatchLevel, Sha256};
 pub use manifest::{Manifest, ManifestError, ReplacedFunction, MANIFEST_FORMAT};
 pub use report::{CveOutcome, CveStatus, DropCategory, UpgradeReport};

@@ -187,8 +187,12 @@ pub fn bundle(
             keep_work_dir: None,
         },
     };
-    module_build::build(kernel, &request)
-        .with_context(|| format!("build level {level} from {patches:?} for {}", kernel.abi()))
+    module_build::build(kernel, &request).with_context(|| {
+        format!(
+            "build level {level} from {patches:?} for {}",
+            kernel.release()
+        )
+    })
 }
 
 /// A guest to boot: the agent at `/bin/patchbay`, `/lib/pb.sh`, files, and a scenario.

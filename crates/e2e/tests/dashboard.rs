@@ -273,7 +273,7 @@ async fn operate(server: &ServerProcess, build_id: &str, admin_password: &str) {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn dashboard_promotes_a_level_and_shows_the_exposure_fall() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let work = tempfile::tempdir().unwrap();
     let level1 = work.path().join("l1.pbb");
     bundle(

@@ -129,7 +129,7 @@ const AFTER_UNLOAD: &[(&str, &str)] =
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn diff_bundles_load_and_unload_in_qemu() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let work = tempfile::tempdir().unwrap();
     let mut guest = Guest::new().unwrap();
     for (index, (name, diffs, check)) in CASES.iter().enumerate() {
@@ -204,7 +204,7 @@ fn diff_bundles_load_and_unload_in_qemu() {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn diff_bundle_patches_a_module_loaded_before_or_after() {
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let work = tempfile::tempdir().unwrap();
     let mut guest = Guest::new().unwrap();
     guest.modules(&kernel, &["binfmt_misc"]).unwrap();

@@ -39,7 +39,7 @@ fn guest(kernel: &Kernel, server_port: u16, disk: &Path) -> Guest {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn agent_follows_its_channel_over_the_network_and_reapplies_at_boot() {
-    let kernel: Kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel: Kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let work = tempfile::tempdir().unwrap();
     let path = |name: &str| work.path().join(name);
 

@@ -63,7 +63,7 @@ fn guest(kernel: &Kernel, files: &Path, disk: Option<&Path>) -> Guest {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn killed_at_every_step_and_after_a_power_cut_the_agent_converges() {
-    let kernel: Kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel: Kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let work = tempfile::tempdir().unwrap();
     let path = |name: &str| work.path().join(name);
     bundle(&kernel, 1, &["cmdline_level1.c"], &[], &[], &path("l1.pbb")).unwrap();

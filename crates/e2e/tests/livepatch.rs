@@ -15,8 +15,8 @@ fn kernel(selector: KernelSelector) -> Kernel {
 /// The other kernel of the pair, to build a bundle the guest must refuse.
 fn other(selector: &KernelSelector) -> KernelSelector {
     match selector {
-        KernelSelector::Newest => KernelSelector::Older,
-        _ => KernelSelector::Newest,
+        KernelSelector::Newest(line) => KernelSelector::Older(*line),
+        other => KernelSelector::Newest(other.line().unwrap()),
     }
 }
 
@@ -170,23 +170,23 @@ fn module_and_blocked_transition(selector: KernelSelector) {
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn lifecycle_on_newest_kernel() {
-    lifecycle(KernelSelector::Newest);
+    lifecycle(KernelSelector::newest());
 }
 
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn lifecycle_on_older_kernel() {
-    lifecycle(KernelSelector::Older);
+    lifecycle(KernelSelector::older());
 }
 
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn module_patch_and_blocked_transition_on_newest_kernel() {
-    module_and_blocked_transition(KernelSelector::Newest);
+    module_and_blocked_transition(KernelSelector::newest());
 }
 
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn module_patch_and_blocked_transition_on_older_kernel() {
-    module_and_blocked_transition(KernelSelector::Older);
+    module_and_blocked_transition(KernelSelector::older());
 }

@@ -22,8 +22,13 @@ const GUEST_PORT: u16 = 8080;
 /// The oldest kernel apt offers that has a newer source, and the next newer upstream version:
 /// the smallest real window (resolved from apt now, never hard-coded).
 fn smallest_window() -> (Kernel, UpstreamVersion) {
-    let kernels = patchbay_kernels::available_kernels().unwrap();
-    let sources: Vec<UpstreamVersion> = patchbay_kernels::source_versions()
+    let line = patchbay_kernels::KernelLine::default();
+    let kernels: Vec<_> = patchbay_kernels::available_kernels()
+        .unwrap()
+        .into_iter()
+        .filter(|k| line.contains(&k.abi))
+        .collect();
+    let sources: Vec<UpstreamVersion> = patchbay_kernels::source_versions(&line)
         .unwrap()
         .iter()
         .filter_map(|s| patchbay_kernels::upstream_version_of(s).ok())
@@ -280,7 +285,7 @@ fn register_host(server: &ServerProcess, kernel: &Kernel) {
             .json(&serde_json::json!({
                 "key": server.registration_key,
                 "hostname": "web-1",
-                "kernel_release": kernel.abi().to_string(),
+                "kernel_release": kernel.release().to_string(),
                 "kernel_version": kernel.upstream_version(),
                 "build_id": kernel.build_id(),
                 "agent_version": "e2e",
@@ -343,7 +348,7 @@ fn watcher_publishes_a_verified_level_when_apt_has_a_newer_source() {
     assert!(
         out.contains(&format!(
             "{} level 1 published from linux-source-6.1",
-            kernel.abi()
+            kernel.release()
         )),
         "{context}"
     );

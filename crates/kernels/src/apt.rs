@@ -5,47 +5,37 @@ use std::cmp::Ordering;
 use std::path::Path;
 use std::process::Command;
 
-use crate::abi::{upstream_version_of, validate_package_version};
-use crate::{debversion, Abi, AvailableKernel, KernelError};
+use patchbay_core::DebianRelease;
 
-/// apt-cache regex for the unsigned 6.1 amd64 images (the unsigned one carries the same
-/// kernel as the signed one, without the EFI signature wrapper).
-pub(crate) const IMAGE_SEARCH_PATTERN: &str = r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$";
+use crate::release::{upstream_version_of, validate_package_version, Packages};
+use crate::{archive, debversion, AvailableKernel, KernelError, KernelLine};
 
-const UPDATE_HINT: &str = "run `apt-get update` and try again";
+/// apt-cache regex for the unsigned images of every Debian kernel (the unsigned one carries
+/// the same kernel as the signed one, without the EFI signature wrapper); the names are then
+/// parsed and kept only when they belong to a supported line.
+const IMAGE_SEARCH_PATTERN: &str = r"^linux-image-[0-9].*-unsigned$";
 
-/// An apt command that keeps apt's binary package cache in our cache directory. Debian's
-/// container images disable the system one (`Dir::Cache::pkgcache ""`), which makes every
-/// apt-cache call re-parse all package lists (0.6-0.9 s instead of 0.1 s). apt validates
-/// the file against the lists itself, so `apt-get update` still takes effect.
-fn apt(program: &str) -> Command {
-    let mut command = Command::new(program);
-    let dir = crate::cache_root().join("apt");
-    if std::fs::create_dir_all(&dir).is_ok() {
-        command.arg("-o").arg(format!(
-            "Dir::Cache::pkgcache={}",
-            dir.join("pkgcache.bin").display()
-        ));
-    }
-    command
-}
+const UPDATE_HINT: &str = "check the network and the Debian mirror (PATCHBAY_DEBIAN_MIRROR)";
 
 pub(crate) fn apt_cache() -> Command {
-    apt("apt-cache")
+    archive::command("apt-cache")
 }
 
 pub(crate) fn apt_get() -> Command {
-    apt("apt-get")
+    archive::command("apt-get")
 }
 
-/// The 6.1 amd64 kernels apt offers, ascending by ABI; per ABI the highest package version.
+/// The kernels of every supported line Debian's archive offers, in [`DebianRelease`] order
+/// (series, Debian release, flavour, then older before newer); per release the highest
+/// package version.
 pub(crate) fn available_kernels() -> Result<Vec<AvailableKernel>, KernelError> {
+    archive::ensure_fresh()?;
     let output = crate::process::run(
-        apt("apt-cache").args(["search", "--names-only", IMAGE_SEARCH_PATTERN]),
+        apt_cache().args(["search", "--names-only", IMAGE_SEARCH_PATTERN]),
         UPDATE_HINT,
     )?;
     let search = String::from_utf8_lossy(&output.stdout);
-    let mut abis: Vec<Abi> = search
+    let mut releases: Vec<DebianRelease> = search
         .lines()
         .filter_map(|line| line.split_whitespace().next())
         .filter_map(|package| {
@@ -53,20 +43,19 @@ pub(crate) fn available_kernels() -> Result<Vec<AvailableKernel>, KernelError> {
                 .strip_prefix("linux-image-")?
                 .strip_suffix("-unsigned")
         })
-        .filter_map(|abi| abi.parse().ok())
+        .filter_map(|name| name.parse().ok())
+        .filter(|release| KernelLine::of(release).is_ok())
         .collect();
-    abis.sort();
-    abis.dedup();
-    if abis.is_empty() {
-        return Err(KernelError::NoKernelsAvailable {
-            pattern: IMAGE_SEARCH_PATTERN.to_string(),
-        });
+    releases.sort();
+    releases.dedup();
+    if releases.is_empty() {
+        return Ok(Vec::new());
     }
-    let packages: Vec<String> = abis.iter().map(Abi::image_package).collect();
+    let packages: Vec<String> = releases.iter().map(Packages::image_package).collect();
     let stanzas = show(&packages)?;
-    let mut kernels = Vec::with_capacity(abis.len());
-    for abi in abis {
-        let package = abi.image_package();
+    let mut kernels = Vec::with_capacity(releases.len());
+    for release in releases {
+        let package = release.image_package();
         let newest = stanzas
             .iter()
             .filter(|s| s.package == package)
@@ -78,16 +67,16 @@ pub(crate) fn available_kernels() -> Result<Vec<AvailableKernel>, KernelError> {
             kernels.push(AvailableKernel {
                 upstream_version: upstream_version_of(version)?,
                 package_version: version.to_string(),
-                abi,
+                abi: release,
             });
         }
     }
-    if kernels.is_empty() {
-        return Err(KernelError::NoKernelsAvailable {
-            pattern: IMAGE_SEARCH_PATTERN.to_string(),
-        });
-    }
     Ok(kernels)
+}
+
+/// Where the private apt state lives, for error messages.
+pub(crate) fn lists_dir() -> String {
+    crate::cache_root().join("apt").display().to_string()
 }
 
 /// One package stanza of `apt-cache show`, reduced to the fields used here.
@@ -124,12 +113,12 @@ pub(crate) fn parse_stanzas(text: &str) -> Vec<Stanza> {
 
 /// `apt-cache show` for package names or `name=version` specs (all versions apt knows).
 fn show(specs: &[String]) -> Result<Vec<Stanza>, KernelError> {
-    let output = crate::process::run(apt("apt-cache").arg("show").args(specs), UPDATE_HINT)?;
+    let output = crate::process::run(apt_cache().arg("show").args(specs), UPDATE_HINT)?;
     Ok(parse_stanzas(&String::from_utf8_lossy(&output.stdout)))
 }
 
 /// The Depends field of one exact package version, or `PackageNotInApt`.
-fn depends_of(package: &str, version: &str, abi: &Abi) -> Result<String, KernelError> {
+fn depends_of(package: &str, version: &str, abi: &DebianRelease) -> Result<String, KernelError> {
     let spec = format!("{package}={version}");
     let not_in_apt = || KernelError::PackageNotInApt {
         package: spec.clone(),
@@ -281,8 +270,13 @@ pub(crate) fn kernel_packages(kernel: &AvailableKernel) -> Result<KernelPackages
 }
 
 /// `apt-get download` into `dir` (the .debs land there).
-pub(crate) fn download(dir: &Path, specs: &[String], abi: &Abi) -> Result<(), KernelError> {
-    let mut command = apt("apt-get");
+pub(crate) fn download(
+    dir: &Path,
+    specs: &[String],
+    abi: &DebianRelease,
+) -> Result<(), KernelError> {
+    archive::ensure_fresh()?;
+    let mut command = apt_get();
     command.current_dir(dir).arg("download").args(specs);
     crate::process::run(&mut command, "").map(drop).map_err(|error| match error {
         KernelError::CommandFailed {
@@ -295,8 +289,8 @@ pub(crate) fn download(dir: &Path, specs: &[String], abi: &Abi) -> Result<(), Ke
             status,
             stderr,
             hint: format!(
-                "; if a version is gone from apt, run `apt-get update` and resolve kernel {abi} again \
-                 (Debian may have dropped that ABI: pick one that `available_kernels` lists)"
+                "; if a version is gone from apt, resolve kernel {abi} again \
+                 (Debian may have dropped that build: pick one that `patchbay-build kernel list` lists)"
             ),
         },
         other => other,

@@ -5,17 +5,26 @@ use std::path::PathBuf;
 /// Each message names the thing that failed and, where there is one, the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    /// A string is not a Debian 6.1 amd64 kernel ABI such as `6.1.0-56-amd64`.
-    #[error("invalid kernel ABI {input:?}: {reason} (expected e.g. \"6.1.0-56-amd64\")")]
-    InvalidAbi {
+    /// A string is not a Debian kernel release such as `6.1.0-56-amd64` or `6.12.117+deb13-amd64`.
+    #[error("{reason} (expected e.g. \"6.1.0-56-amd64\" or \"6.12.117+deb13-amd64\")")]
+    InvalidRelease {
         /// The string that was given.
         input: String,
         /// Which part of it is wrong.
         reason: String,
     },
 
-    /// A kernel selector is none of `newest`, `older` or an ABI.
-    #[error("invalid kernel selector {input:?}: expected \"newest\", \"older\" or an ABI such as \"6.1.0-56-amd64\"")]
+    /// A series, Debian release or flavour Patchbay has no line for.
+    #[error("Patchbay does not support {line}; supported: {supported}")]
+    UnsupportedLine {
+        /// What was asked for.
+        line: String,
+        /// The supported lines.
+        supported: String,
+    },
+
+    /// A kernel selector is none of `newest`, `older` or a release name.
+    #[error("invalid kernel selector {input:?}: expected \"newest\", \"older\" or a release such as \"6.1.0-56-amd64\" or \"6.12.117+deb13-amd64\"")]
     InvalidSelector {
         /// The string that was given.
         input: String,
@@ -30,25 +39,29 @@ pub enum KernelError {
         reason: String,
     },
 
-    /// apt's package lists hold no 6.1 amd64 kernel image at all.
-    #[error("apt offers no Debian 6.1 amd64 kernels (searched {pattern:?}); run `apt-get update` and check that bookworm and bookworm-security are in the apt sources")]
+    /// Debian's archive holds no kernel image of a line at all.
+    #[error("Debian's archive offers no kernels of {line} (apt lists in {lists}); check the mirror (PATCHBAY_DEBIAN_MIRROR) and remove that directory to refresh it")]
     NoKernelsAvailable {
-        /// The package name pattern searched for.
-        pattern: String,
+        /// The line searched.
+        line: String,
+        /// Patchbay's private apt state directory.
+        lists: String,
     },
 
-    /// The exact ABI asked for is not (or no longer) in apt's package lists.
-    #[error("kernel ABI {abi} is not offered by apt (any more); available: {available}; pick one of those or run `apt-get update`")]
+    /// The exact release asked for is not (or no longer) in Debian's archive.
+    #[error("kernel {abi} is not offered by Debian's archive (any more); available in its line: {available}; pick one of those")]
     AbiNotAvailable {
-        /// The ABI asked for, e.g. `6.1.0-56-amd64`.
+        /// The release asked for, e.g. `6.1.0-56-amd64`.
         abi: String,
         /// What apt offers, as `<abi> (<package version>)`, comma-separated.
         available: String,
     },
 
     /// `older` was asked for but apt offers fewer than two ABIs.
-    #[error("no older kernel: apt offers only {available}; `older` needs at least two 6.1 ABIs (run `apt-get update`)")]
+    #[error("no older kernel of {line}: Debian's archive offers only {available}; `older` needs at least two builds of the line")]
     NoOlderKernel {
+        /// The line searched.
+        line: String,
         /// What apt offers (one kernel or none), as `<abi> (<package version>)`.
         available: String,
     },

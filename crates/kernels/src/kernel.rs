@@ -9,9 +9,11 @@ use object::Object;
 use patchbay_core::{BuildId, KernelRelease, UpstreamVersion};
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{upstream_version_of, validate_package_version};
+use patchbay_core::DebianRelease;
+
 use crate::fsutil;
-use crate::{apt, bzimage, Abi, AvailableKernel, KernelError, SymbolTable};
+use crate::release::{parse_release, upstream_version_of, validate_package_version, Packages};
+use crate::{apt, bzimage, AvailableKernel, KernelError, SymbolTable};
 
 /// Written last into a cache entry; its presence marks the entry complete.
 pub(crate) const KERNEL_JSON: &str = "kernel.json";
@@ -22,7 +24,9 @@ const SYSTEM_MAP: &str = "System.map";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct KernelRecord {
     format: u32,
-    abi: Abi,
+    /// Named `abi` in the file since format 1, when every release had an ABI number.
+    #[serde(rename = "abi")]
+    release: DebianRelease,
     package_version: String,
     upstream_version: UpstreamVersion,
     kbuild_package: String,
@@ -74,13 +78,9 @@ impl Kernel {
                 "upstream_version does not match package_version".into(),
             ));
         }
-        let release: KernelRelease = record
-            .abi
-            .as_str()
-            .parse()
-            .map_err(|e| unusable(format!("abi is not a kernel release: {e}")))?;
+        let release: KernelRelease = record.release.kernel_release().clone();
         let root = dir.join("root");
-        let abi = record.abi.as_str();
+        let abi = record.release.as_str();
         let headers_dir = root.join("usr/src").join(format!("linux-headers-{abi}"));
         if !headers_dir.join("Makefile").is_file() {
             return Err(unusable(format!(
@@ -92,7 +92,7 @@ impl Kernel {
         if !vmlinux.is_file() {
             return Err(unusable("vmlinux is missing".into()));
         }
-        let modules_dir = find_modules_dir(&root, &record.abi)
+        let modules_dir = find_modules_dir(&root, &record.release)
             .ok_or_else(|| unusable(format!("no lib/modules/{abi} under {}", root.display())))?;
         Ok(Kernel {
             dir,
@@ -130,8 +130,8 @@ impl Kernel {
             .find_map(|line| line.strip_prefix("#define UTS_RELEASE "))
             .map(|quoted| quoted.trim().trim_matches('"'))
             .ok_or_else(|| not_headers("utsrelease.h defines no UTS_RELEASE".into()))?;
-        let abi: Abi = release.parse().map_err(|e: KernelError| {
-            not_headers(format!("its kernel release is not a Debian 6.1 ABI: {e}"))
+        let abi = parse_release(release).map_err(|e| {
+            not_headers(format!("its kernel release is not a Debian kernel's: {e}"))
         })?;
         let mut kernel = match tree.ancestors().find(|dir| dir.join(KERNEL_JSON).is_file()) {
             Some(entry) => Kernel::open(entry)?,
@@ -139,10 +139,10 @@ impl Kernel {
         };
         let mismatch = |reason: String| KernelError::HeadersMismatch {
             path: tree.clone(),
-            abi: kernel.abi().to_string(),
+            abi: kernel.release().to_string(),
             reason,
         };
-        if kernel.abi() != &abi {
+        if kernel.debian_release() != &abi {
             return Err(mismatch(format!("its kernel release is {abi}")));
         }
         let ours = fs::read(tree.join("Module.symvers"))
@@ -158,9 +158,9 @@ impl Kernel {
         Ok(kernel)
     }
 
-    /// The Debian kernel ABI, e.g. `6.1.0-56-amd64` (what `uname -r` prints).
-    pub fn abi(&self) -> &Abi {
-        &self.record.abi
+    /// The release parsed as a Debian kernel's (series, Debian release, flavour).
+    pub fn debian_release(&self) -> &DebianRelease {
+        &self.record.release
     }
 
     /// The Debian package version of the image, e.g. `6.1.192-2`; names the cache entry.
@@ -208,14 +208,14 @@ impl Kernel {
     pub fn bzimage(&self) -> PathBuf {
         self.root()
             .join("boot")
-            .join(format!("vmlinuz-{}", self.abi()))
+            .join(format!("vmlinuz-{}", self.release()))
     }
 
     /// The kernel's build configuration.
     pub fn config(&self) -> PathBuf {
         self.root()
             .join("boot")
-            .join(format!("config-{}", self.abi()))
+            .join(format!("config-{}", self.release()))
     }
 
     /// The distribution's modules, `<root>/lib/modules/<abi>` (or `usr/lib/modules/<abi>`).
@@ -321,7 +321,7 @@ impl Kernel {
         temp: &Path,
         final_path: &Path,
     ) -> Result<(), KernelError> {
-        let abi = self.abi();
+        let abi = self.debian_release();
         let package = abi.dbg_package();
         let spec = format!("{package}={}", self.package_version());
         apt::download(downloads, std::slice::from_ref(&spec), abi)?;
@@ -360,7 +360,7 @@ fn remove_stale_temps(dir: &Path, prefix: &str) -> Result<(), KernelError> {
     Ok(())
 }
 
-fn find_modules_dir(root: &Path, abi: &Abi) -> Option<PathBuf> {
+fn find_modules_dir(root: &Path, abi: &DebianRelease) -> Option<PathBuf> {
     // Bookworm ships /lib/modules; merged-/usr layouts ship /usr/lib/modules.
     ["lib/modules", "usr/lib/modules"]
         .iter()
@@ -597,7 +597,7 @@ pub(crate) fn build_entry(
     bzimage::extract_vmlinux(&root.join("boot").join(format!("vmlinuz-{abi}")), &vmlinux)?;
     let record = KernelRecord {
         format: RECORD_FORMAT,
-        abi: abi.clone(),
+        release: abi.clone(),
         package_version: kernel.package_version.clone(),
         upstream_version: upstream_version_of(&kernel.package_version)?,
         kbuild_package: packages.kbuild_package,
@@ -643,7 +643,7 @@ pub(crate) fn rewrite_headers_makefile(text: &str) -> Option<String> {
     changed.then(|| lines.join("\n") + "\n")
 }
 
-fn make_headers_relocatable(root: &Path, abi: &Abi) -> Result<(), KernelError> {
+fn make_headers_relocatable(root: &Path, abi: &DebianRelease) -> Result<(), KernelError> {
     let headers = root.join("usr/src").join(format!("linux-headers-{abi}"));
     let makefile = headers.join("Makefile");
     let text = fs::read_to_string(&makefile).map_err(|e| KernelError::io("read", &makefile, e))?;
@@ -668,7 +668,7 @@ fn make_headers_relocatable(root: &Path, abi: &Abi) -> Result<(), KernelError> {
 
 /// `lib/modules/<abi>/{build,source}` are absolute links to /usr/src; make them relative so
 /// they point into the unpacked tree, never to headers installed on the host.
-fn relink_module_build_links(root: &Path, abi: &Abi) -> Result<(), KernelError> {
+fn relink_module_build_links(root: &Path, abi: &DebianRelease) -> Result<(), KernelError> {
     let Some(modules_dir) = find_modules_dir(root, abi) else {
         return Err(KernelError::NoModules {
             dir: root.join("lib/modules").join(abi.as_str()),

@@ -1,24 +1,29 @@
 //! Debian kernel artifacts for Patchbay.
 //!
-//! Resolves which 6.1 amd64 kernels apt offers (never a hard-coded ABI: Debian publishes new
-//! ones and drops old ones), fetches image + headers + kbuild into a cache once, and reads
+//! Resolves which kernels of each supported line (`lines`: series × Debian release × flavour)
+//! Debian's archive offers (never a hard-coded release: Debian publishes new ones and drops old
+//! ones), through Patchbay's own apt configuration (`archive`), fetches image + headers +
+//! kbuild into a cache once, and reads
 //! what the builder and the VM harness need: a relocatable headers tree for out-of-tree
 //! modules, the uncompressed vmlinux for QEMU's PVH boot, its build-id, vermagic, modules,
 //! and the full System.map (lazily, from the -dbg package).
 //!
-//! Cache layout: `<cache_root>/<abi>/<package_version>/` holding `root/` (the unpacked
+//! Cache layout: `<cache_root>/<release>/<package_version>/` holding `root/` (the unpacked
 //! packages), `vmlinux`, `kernel.json` (written last: its presence marks the entry complete)
 //! and, once asked for, `System.map`.
 #![warn(missing_docs)]
 
-mod abi;
 mod apt;
+mod archive;
+pub mod buildroot;
 mod bzimage;
 mod debversion;
 mod error;
 mod fsutil;
 mod kernel;
+mod lines;
 mod process;
+mod release;
 mod source;
 mod symbol_files;
 mod symbols;
@@ -26,11 +31,13 @@ mod symbols;
 use std::fs;
 use std::path::PathBuf;
 
+use patchbay_core::DebianRelease;
 use serde::{Deserialize, Serialize};
 
-pub use abi::{upstream_version_of, Abi, KernelSelector};
 pub use error::KernelError;
 pub use kernel::{read_module, Kernel};
+pub use lines::{source_package_of, Flavour, KernelLine};
+pub use release::{upstream_version_of, KernelSelector};
 pub use source::{resolve_source_version, source_versions, unpacked_source, SourceTree, TreeLock};
 pub use symbol_files::SymbolFiles;
 pub use symbols::{Symbol, SymbolEntry, SymbolTable};
@@ -38,15 +45,16 @@ pub use symbols::{Symbol, SymbolEntry, SymbolTable};
 /// A kernel apt can download.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AvailableKernel {
-    /// The kernel ABI, e.g. `6.1.0-56-amd64`.
-    pub abi: Abi,
+    /// The release, e.g. `6.1.0-56-amd64` or `6.12.117+deb13-amd64`.
+    pub abi: DebianRelease,
     /// Debian package version, e.g. `6.1.192-2`.
     pub package_version: String,
     /// Upstream kernel version, e.g. `6.1.192`.
     pub upstream_version: patchbay_core::UpstreamVersion,
 }
 
-/// The Debian 6.1 amd64 kernels apt offers, ascending by ABI number.
+/// The kernels of every supported line Debian's archive offers, grouped by line (series,
+/// Debian release, flavour), older before newer within a line.
 pub fn available_kernels() -> Result<Vec<AvailableKernel>, KernelError> {
     apt::available_kernels()
 }
@@ -60,6 +68,8 @@ fn pick(
     kernels: &[AvailableKernel],
     selector: &KernelSelector,
 ) -> Result<AvailableKernel, KernelError> {
+    let line = selector.line()?;
+    let kernels: Vec<&AvailableKernel> = kernels.iter().filter(|k| line.contains(&k.abi)).collect();
     let listing = || {
         kernels
             .iter()
@@ -68,10 +78,11 @@ fn pick(
             .join(", ")
     };
     let found = match selector {
-        KernelSelector::Newest => kernels.last(),
-        KernelSelector::Older => match kernels.len() {
+        KernelSelector::Newest(_) => kernels.last(),
+        KernelSelector::Older(_) => match kernels.len() {
             0 | 1 => {
                 return Err(KernelError::NoOlderKernel {
+                    line: line.to_string(),
                     available: listing(),
                 })
             }
@@ -79,13 +90,14 @@ fn pick(
         },
         KernelSelector::Exact(abi) => kernels.iter().find(|k| &k.abi == abi),
     };
-    found.cloned().ok_or_else(|| match selector {
+    found.map(|k| (*k).clone()).ok_or_else(|| match selector {
         KernelSelector::Exact(abi) => KernelError::AbiNotAvailable {
             abi: abi.to_string(),
             available: listing(),
         },
         _ => KernelError::NoKernelsAvailable {
-            pattern: apt::IMAGE_SEARCH_PATTERN.to_string(),
+            line: line.to_string(),
+            lists: apt::lists_dir(),
         },
     })
 }
@@ -105,7 +117,7 @@ pub fn cache_root() -> PathBuf {
 /// Downloads and unpacks a kernel into the cache, once; returns at once when it is cached.
 /// Concurrent callers (threads or processes) wait for one fetch instead of repeating it.
 pub fn fetch(kernel: &AvailableKernel) -> Result<Kernel, KernelError> {
-    abi::validate_package_version(&kernel.package_version)?;
+    release::validate_package_version(&kernel.package_version)?;
     let abi_dir = cache_root().join(kernel.abi.as_str());
     let version = &kernel.package_version;
     let entry = abi_dir.join(version);
@@ -153,7 +165,7 @@ pub fn fetch_selector(selector: &KernelSelector) -> Result<Kernel, KernelError> 
 }
 
 /// The complete cache entry of `abi` with the highest package version, if any.
-fn newest_cached(abi: &Abi) -> Result<Option<Kernel>, KernelError> {
+fn newest_cached(abi: &DebianRelease) -> Result<Option<Kernel>, KernelError> {
     let abi_dir = cache_root().join(abi.as_str());
     let Ok(entries) = fs::read_dir(&abi_dir) else {
         return Ok(None);
@@ -162,7 +174,7 @@ fn newest_cached(abi: &Abi) -> Result<Option<Kernel>, KernelError> {
         .filter_map(Result::ok)
         .filter(|e| e.path().join(kernel::KERNEL_JSON).is_file())
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|version| abi::validate_package_version(version).is_ok())
+        .filter(|version| release::validate_package_version(version).is_ok())
         .max_by(|a, b| debversion::compare(a, b));
     newest
         .map(|version| Kernel::open(&abi_dir.join(version)))
@@ -190,15 +202,18 @@ mod tests {
             kernel(56, "6.1.192-2"),
         ];
         assert_eq!(
-            pick(&kernels, &KernelSelector::Newest)
+            pick(&kernels, &KernelSelector::newest())
                 .unwrap()
                 .abi
-                .number(),
-            56
+                .abi_number(),
+            Some(56)
         );
         assert_eq!(
-            pick(&kernels, &KernelSelector::Older).unwrap().abi.number(),
-            55
+            pick(&kernels, &KernelSelector::older())
+                .unwrap()
+                .abi
+                .abi_number(),
+            Some(55)
         );
         let exact = KernelSelector::Exact("6.1.0-53-amd64".parse().unwrap());
         assert_eq!(pick(&kernels, &exact).unwrap().package_version, "6.1.187-1");
@@ -209,25 +224,67 @@ mod tests {
             "{message}"
         );
         assert!(matches!(
-            pick(&kernels[..1], &KernelSelector::Older),
+            pick(&kernels[..1], &KernelSelector::older()),
             Err(KernelError::NoOlderKernel { .. })
         ));
-        assert!(pick(&[], &KernelSelector::Newest).is_err());
+        assert!(pick(&[], &KernelSelector::newest()).is_err());
     }
 
-    /// Live apt query (no download): whatever ABIs exist today, they are well-formed and sorted.
     #[test]
-    fn apt_offers_sorted_kernels() {
+    fn pick_stays_within_the_line() {
+        let trixie = |v: u32| AvailableKernel {
+            abi: format!("6.12.{v}+deb13-amd64").parse().unwrap(),
+            package_version: format!("6.12.{v}-1"),
+            upstream_version: format!("6.12.{v}").parse().unwrap(),
+        };
+        let mut kernels = vec![kernel(56, "6.1.192-2"), trixie(107), trixie(117)];
+        kernels.push(AvailableKernel {
+            abi: "6.12.118+deb13-cloud-amd64".parse().unwrap(),
+            package_version: "6.12.118-1".into(),
+            upstream_version: "6.12.118".parse().unwrap(),
+        });
+        kernels.sort_by(|a, b| a.abi.cmp(&b.abi));
+        let line = KernelLine::choose(Some("6.12".parse().unwrap()), None, None).unwrap();
+        let newest = pick(&kernels, &KernelSelector::Newest(line)).unwrap();
+        assert_eq!(newest.abi.as_str(), "6.12.117+deb13-amd64");
+        let older = pick(&kernels, &KernelSelector::Older(line)).unwrap();
+        assert_eq!(older.abi.as_str(), "6.12.107+deb13-amd64");
+        assert_eq!(
+            pick(&kernels, &KernelSelector::newest())
+                .unwrap()
+                .abi
+                .as_str(),
+            "6.1.0-56-amd64"
+        );
+        let bookworm = KernelLine::choose(
+            Some("6.12".parse().unwrap()),
+            Some(patchbay_core::Distribution::DEBIAN_12),
+            None,
+        )
+        .unwrap();
+        let message = pick(&kernels, &KernelSelector::Newest(bookworm))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("6.12 on Debian 12"), "{message}");
+    }
+
+    /// Live archive query (package lists only, no kernel download): every supported line has
+    /// kernels today, well-formed and sorted within the line.
+    #[test]
+    #[ignore = "updates Patchbay's apt lists from Debian's mirror"]
+    fn archive_offers_every_line() {
         let kernels = available_kernels().unwrap();
-        assert!(!kernels.is_empty());
-        for pair in kernels.windows(2) {
-            assert!(pair[0].abi.number() < pair[1].abi.number());
-        }
-        for k in &kernels {
-            assert_eq!(k.abi.flavour(), "amd64");
-            assert!(k
-                .package_version
-                .starts_with(&k.upstream_version.to_string()));
+        for line in KernelLine::all() {
+            let of_line: Vec<_> = kernels.iter().filter(|k| line.contains(&k.abi)).collect();
+            assert!(!of_line.is_empty(), "no kernels of {line}");
+            for pair in of_line.windows(2) {
+                assert!(pair[0].abi < pair[1].abi);
+            }
+            for k in of_line {
+                assert!(k
+                    .package_version
+                    .starts_with(&k.upstream_version.to_string()));
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The kernel's own source tree, prepared to compile single objects exactly as Debian did.
 //!
-//! `linux-source-6.1` of exactly the image's package version, unpacked next to the kernel's
+//! The line's `linux-source-<series>` of exactly the image's package version, unpacked next to the kernel's
 //! cache entry (`<entry>/source/linux`), with Debian's config and `make modules_prepare` run
 //! (generated headers, objtool, scripts). Built in a temp dir and renamed, under a lock, so a
 //! source tree that exists is complete. Compiling objects must leave it as it was: the tree is
@@ -11,11 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::fsutil::{self, FileLock};
-use crate::{apt, Kernel, KernelError};
+use crate::{apt, Kernel, KernelError, KernelLine};
+
+/// The tarball inside a `linux-source-<series>` package and the directory it unpacks to.
+fn tarball_of(source_package: &str) -> (String, String) {
+    (
+        format!("usr/src/{source_package}.tar.xz"),
+        source_package.to_string(),
+    )
+}
 
 const SOURCE_DIR: &str = "source";
-const SOURCE_PACKAGE: &str = "linux-source-6.1";
-const TARBALL: &str = "usr/src/linux-source-6.1.tar.xz";
 /// Written last; its presence marks a complete, prepared tree.
 const PREPARED_MARKER: &str = ".patchbay-prepared";
 
@@ -79,7 +85,7 @@ impl Kernel {
         let root = self.dir().join(SOURCE_DIR);
         let tree = SourceTree {
             dir: root.join("linux"),
-            release: self.abi().to_string(),
+            release: self.release().to_string(),
         };
         if root.join(PREPARED_MARKER).is_file() {
             return Ok(tree);
@@ -117,16 +123,18 @@ impl Kernel {
         downloads: &Path,
         release: &str,
     ) -> Result<(), KernelError> {
-        let spec = format!("{SOURCE_PACKAGE}={}", self.package_version());
-        apt::download(downloads, &[spec], self.abi())?;
+        let source_package = crate::source_package_of(self.debian_release())?;
+        let (tarball, top) = tarball_of(source_package);
+        let spec = format!("{source_package}={}", self.package_version());
+        apt::download(downloads, &[spec], self.debian_release())?;
         crate::process::run(
             Command::new("dpkg-deb")
                 .arg("-x")
-                .arg(single_deb(downloads)?)
+                .arg(single_deb(downloads, source_package)?)
                 .arg(downloads.join("unpacked")),
             "the downloaded linux-source package is damaged; try again",
         )?;
-        let tarball = downloads.join("unpacked").join(TARBALL);
+        let tarball = downloads.join("unpacked").join(tarball);
         crate::process::run(
             Command::new("tar")
                 .arg("-xf")
@@ -135,7 +143,7 @@ impl Kernel {
                 .arg(staging),
             "the linux-source tarball is damaged; try again",
         )?;
-        let unpacked = staging.join("linux-source-6.1");
+        let unpacked = staging.join(top);
         let linux = staging.join("linux");
         fs::rename(&unpacked, &linux).map_err(|e| KernelError::io("rename", &unpacked, e))?;
         fs::copy(self.config(), linux.join(".config"))
@@ -170,7 +178,7 @@ impl Kernel {
     }
 }
 
-fn single_deb(dir: &Path) -> Result<PathBuf, KernelError> {
+fn single_deb(dir: &Path, source_package: &str) -> Result<PathBuf, KernelError> {
     let mut debs = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| KernelError::io("list", dir, e))? {
         let path = entry.map_err(|e| KernelError::io("list", dir, e))?.path();
@@ -181,7 +189,7 @@ fn single_deb(dir: &Path) -> Result<PathBuf, KernelError> {
     match debs.as_slice() {
         [one] => Ok(one.clone()),
         _ => Err(KernelError::CommandFailed {
-            command: format!("apt-get download {SOURCE_PACKAGE}"),
+            command: format!("apt-get download {source_package}"),
             status: format!("left {} .deb files in {}", debs.len(), dir.display()),
             stderr: String::new(),
             hint: "; expected exactly one, try again".into(),
@@ -189,18 +197,26 @@ fn single_deb(dir: &Path) -> Result<PathBuf, KernelError> {
     }
 }
 
-/// The `linux-source-6.1` package versions apt offers, oldest first (resolved at run time:
-/// Debian adds and drops them with its security updates).
-pub fn source_versions() -> Result<Vec<String>, KernelError> {
+/// The source package versions of a line Debian's archive offers, oldest first (resolved at
+/// run time: Debian adds and drops them with its security updates). A Debian release's own
+/// builds and its rebuilds for another release share the package name (`6.12.107-1` for
+/// Debian 13, `6.12.107-1~deb12u1` and `6.12.95-1~bpo12+1` for Debian 12): only the line's
+/// own are listed.
+pub fn source_versions(line: &KernelLine) -> Result<Vec<String>, KernelError> {
+    crate::archive::ensure_fresh()?;
+    let package = line.source_package();
     let output = crate::process::run(
-        apt::apt_cache().arg("show").arg(SOURCE_PACKAGE),
-        "run `apt-get update` and check that bookworm-security is in the apt sources",
+        apt::apt_cache().arg("show").arg(package),
+        "check the Debian mirror (PATCHBAY_DEBIAN_MIRROR)",
     )?;
     let mut versions: Vec<String> = apt::parse_stanzas(&String::from_utf8_lossy(&output.stdout))
         .into_iter()
-        .filter(|s| s.package == SOURCE_PACKAGE)
+        .filter(|s| s.package == package)
         .map(|s| s.version)
         .filter(|v| crate::upstream_version_of(v).is_ok())
+        .filter(|v| {
+            crate::lines::distribution_of_package(line.series(), v) == Some(line.distribution())
+        })
         .collect();
     versions.sort_by(|a, b| crate::debversion::compare(a, b));
     versions.dedup();
@@ -211,7 +227,7 @@ pub fn source_versions() -> Result<Vec<String>, KernelError> {
 /// the highest package of it) or an exact package version (`6.1.176-1`).
 pub fn resolve_source_version(wanted: &str, available: &[String]) -> Result<String, KernelError> {
     let not_offered = || KernelError::PackageNotInApt {
-        package: format!("{SOURCE_PACKAGE}={wanted}"),
+        package: format!("linux-source={wanted}"),
         abi: format!("any (apt offers {})", available.join(", ")),
     };
     if wanted == "newest" {
@@ -228,12 +244,16 @@ pub fn resolve_source_version(wanted: &str, available: &[String]) -> Result<Stri
         .ok_or_else(not_offered)
 }
 
-/// The unpacked (not configured) `linux-source-6.1` tree of `package_version`, downloaded and
-/// unpacked on first use into `<cache_root>/sources/<version>/linux` (about 140 MB download, 1.3 GB
-/// unpacked). Only read: fixes are cut from it, nothing is compiled in it.
-pub fn unpacked_source(package_version: &str) -> Result<PathBuf, KernelError> {
-    crate::abi::validate_package_version(package_version)?;
-    let entry = crate::cache_root().join("sources").join(package_version);
+/// The unpacked (not configured) source tree of a line's `package_version`, downloaded and
+/// unpacked on first use into `<cache_root>/sources/<package>_<version>/linux` (about 140 MB
+/// download, 1.3 GB unpacked). Only read: fixes are cut from it, nothing is compiled in it.
+pub fn unpacked_source(line: &KernelLine, package_version: &str) -> Result<PathBuf, KernelError> {
+    crate::release::validate_package_version(package_version)?;
+    let source_package = line.source_package();
+    let (tarball, top) = tarball_of(source_package);
+    let entry = crate::cache_root()
+        .join("sources")
+        .join(format!("{source_package}_{package_version}"));
     let tree = entry.join("linux");
     if entry.join(PREPARED_MARKER).is_file() {
         return Ok(tree);
@@ -252,26 +272,26 @@ pub fn unpacked_source(package_version: &str) -> Result<PathBuf, KernelError> {
         apt::apt_get()
             .current_dir(&downloads)
             .arg("download")
-            .arg(format!("{SOURCE_PACKAGE}={package_version}")),
-        "run `apt-get update` (Debian may have dropped that version: pick one apt lists)",
+            .arg(format!("{source_package}={package_version}")),
+        "Debian may have dropped that version: pick one `patchbay-build kernel sources` lists",
     )?;
     crate::process::run(
         Command::new("dpkg-deb")
             .arg("-x")
-            .arg(single_deb(&downloads)?)
+            .arg(single_deb(&downloads, source_package)?)
             .arg(downloads.join("unpacked")),
         "the downloaded linux-source package is damaged; try again",
     )?;
     crate::process::run(
         Command::new("tar")
             .arg("-xf")
-            .arg(downloads.join("unpacked").join(TARBALL))
+            .arg(downloads.join("unpacked").join(tarball))
             .arg("-C")
             .arg(&staging),
         "the linux-source tarball is damaged; try again",
     )?;
     fsutil::remove_dir_if_present(&downloads)?;
-    let unpacked = staging.join("linux-source-6.1");
+    let unpacked = staging.join(top);
     fs::rename(&unpacked, &tree).map_err(|e| KernelError::io("rename", &unpacked, e))?;
     fsutil::remove_dir_if_present(&staging)?;
     fsutil::write_atomically(&entry.join(PREPARED_MARKER), package_version.as_bytes())?;

@@ -11,6 +11,7 @@ use std::path::Path;
 use object::{Object, ObjectSymbol, SymbolKind, SymbolScope};
 
 use crate::fsutil;
+use crate::release::Packages;
 use crate::{apt, Kernel, KernelError, SymbolTable};
 
 const INDEX: &str = "symbol-files.tsv";
@@ -97,7 +98,7 @@ impl Kernel {
     }
 
     fn build_symbol_index(&self, downloads: &Path, index: &Path) -> Result<(), KernelError> {
-        let abi = self.abi();
+        let abi = self.debian_release();
         let package = abi.dbg_package();
         let spec = format!("{package}={}", self.package_version());
         apt::download(downloads, std::slice::from_ref(&spec), abi)?;

@@ -14,10 +14,10 @@ use patchbay_kernels::{fetch_selector, Kernel, KernelSelector, SymbolTable};
 
 fn newest() -> Kernel {
     let start = Instant::now();
-    let kernel = fetch_selector(&KernelSelector::Newest).unwrap();
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     eprintln!(
         "fetch newest ({} {}): {:.2?} -> {}",
-        kernel.abi(),
+        kernel.release(),
         kernel.package_version(),
         start.elapsed(),
         kernel.dir().display()
@@ -64,7 +64,7 @@ fn newest_kernel_is_fetched_and_usable() {
     assert!(warm.as_millis() < 2000, "warm fetch took {warm:?}");
 
     // Cache layout and metadata.
-    let abi = kernel.abi().as_str();
+    let abi = kernel.release().as_str();
     assert!(kernel
         .dir()
         .ends_with(Path::new(abi).join(kernel.package_version())));
@@ -202,7 +202,7 @@ fn headers_tree_names_its_kernel() {
     }
     fs::copy(kernel.module_symvers(), tree.join("Module.symvers")).unwrap();
     let resolved = Kernel::from_headers_tree(tree).unwrap();
-    assert_eq!(resolved.abi(), kernel.abi());
+    assert_eq!(resolved.release(), kernel.release());
     assert_eq!(resolved.build_id(), kernel.build_id());
     assert_eq!(resolved.headers_dir(), tree.canonicalize().unwrap());
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use patchbay_core::clock::{now_rfc3339, parse_rfc3339, unix_seconds};
 use patchbay_core::{CveId, CveStatus};
 use patchbay_exposure::CveDatabase;
-use patchbay_kernels::KernelSelector;
+use patchbay_kernels::{KernelLine, KernelSelector};
 
 use super::verify::VerifyOptions;
 use super::{FixSource, NewerSource, Upgrade, UpgradeError};
@@ -264,19 +264,6 @@ pub fn round(
             eprintln!("watch: apt-get update failed; using the package lists apt has");
         }
     }
-    let versions = patchbay_kernels::source_versions()?;
-    let stamp = now_rfc3339();
-    for v in &versions {
-        state
-            .sources_seen
-            .entry(v.clone())
-            .or_insert_with(|| stamp.clone());
-    }
-    state.save(&config.state_dir)?;
-    let Some(newest) = versions.last().cloned() else {
-        return Ok(Vec::new());
-    };
-    let newest_upstream = patchbay_kernels::upstream_version_of(&newest)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -284,11 +271,51 @@ pub fn round(
     let api = Api::new(&config.server, &config.token)?;
     let hosts = runtime.block_on(api.call(reqwest::Method::GET, "hosts", None))?;
     let mut rounds = Vec::new();
+    // Each line has its own source package (linux-source-6.1, linux-source-6.12 for Debian 12
+    // or 13): the newest source is asked once per line a host runs.
+    let mut newest_of_line: std::collections::HashMap<KernelLine, Option<String>> =
+        std::collections::HashMap::new();
     for (release, build_id) in kernels_in_use(&hosts) {
         let skip = |reason: String| KernelRound::Skipped {
             kernel: release.clone(),
             reason,
         };
+        let Ok(selector) = release.parse::<KernelSelector>() else {
+            rounds.push(skip("not a Debian kernel release".into()));
+            continue;
+        };
+        let line = match selector.line() {
+            Ok(line) => line,
+            Err(e) => {
+                rounds.push(skip(e.to_string()));
+                continue;
+            }
+        };
+        let newest = match newest_of_line.get(&line) {
+            Some(newest) => newest.clone(),
+            None => {
+                let versions = patchbay_kernels::source_versions(&line)?;
+                let stamp = now_rfc3339();
+                for v in &versions {
+                    state
+                        .sources_seen
+                        .entry(v.clone())
+                        .or_insert_with(|| stamp.clone());
+                }
+                state.save(&config.state_dir)?;
+                let newest = versions.last().cloned();
+                newest_of_line.insert(line, newest.clone());
+                newest
+            }
+        };
+        let Some(newest) = newest else {
+            rounds.push(skip(format!(
+                "Debian offers no {} yet",
+                line.source_package()
+            )));
+            continue;
+        };
+        let newest_upstream = patchbay_kernels::upstream_version_of(&newest)?;
         if state
             .built
             .get(&build_id)
@@ -296,14 +323,13 @@ pub fn round(
         {
             rounds.push(KernelRound::UpToDate {
                 kernel: release.clone(),
-                reason: format!("its level for linux-source-6.1 {newest} is published"),
+                reason: format!(
+                    "its level for {} {newest} is published",
+                    line.source_package()
+                ),
             });
             continue;
         }
-        let Ok(selector) = release.parse::<KernelSelector>() else {
-            rounds.push(skip("not a Debian 6.1 kernel release".into()));
-            continue;
-        };
         let kernel = match patchbay_kernels::fetch_selector(&selector) {
             Ok(kernel) => kernel,
             Err(e) => {
@@ -358,7 +384,8 @@ fn build_and_publish(
         &config.token,
         kernel.build_id(),
     ))?;
-    let tree = patchbay_kernels::unpacked_source(source).map_err(|e| e.to_string())?;
+    let line = KernelLine::of(kernel.debian_release()).map_err(|e| e.to_string())?;
+    let tree = patchbay_kernels::unpacked_source(&line, source).map_err(|e| e.to_string())?;
     let name = format!("{}-l{}", kernel.build_id(), level);
     let bundle = config.state_dir.join(format!("{name}.pbb"));
     let report_path = config.state_dir.join(format!("{name}.report.json"));
@@ -424,7 +451,7 @@ fn build_and_publish(
         .and_then(|text| parse_rfc3339(text))
         .unwrap_or_else(unix_seconds);
     Ok(BuiltLevel {
-        kernel: kernel.abi().to_string(),
+        kernel: kernel.release().to_string(),
         source: source.to_owned(),
         level: level.get(),
         published,

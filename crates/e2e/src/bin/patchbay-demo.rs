@@ -38,7 +38,7 @@ fn run() -> Result<()> {
     let kernel = fetch_selector(&selector)?;
     eprintln!(
         "==> kernel {} (upstream {}, build-id {})",
-        kernel.abi(),
+        kernel.release(),
         kernel.upstream_version(),
         kernel.build_id()
     );
@@ -79,7 +79,10 @@ fn run() -> Result<()> {
     let mut guest = Guest::new()?;
     guest.file("/bundles/level1.pbb", &level1)?;
     guest.file("/bundles/level2.pbb", &level2)?;
-    eprintln!("==> booting {} in QEMU (TCG) with the agent", kernel.abi());
+    eprintln!(
+        "==> booting {} in QEMU (TCG) with the agent",
+        kernel.release()
+    );
     let run = guest.run(&kernel, "demo.sh", work.path())?;
     println!("{}", run.serial_log);
     let passed = patchbay_vm::check_report(&run)?;
@@ -138,7 +141,7 @@ fn network_demo(
     );
     eprintln!(
         "==> booting {} in QEMU (TCG); its only network is a guestfwd to the server",
-        kernel.abi()
+        kernel.release()
     );
     let mut host_error = None;
     let mut before: Option<HostExposure> = None;

@@ -26,7 +26,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let cache = work.path().join("cold-cache");
         std::env::set_var("PATCHBAY_CACHE", &cache);
         let start = Instant::now();
-        let kernel = fetch_selector(&KernelSelector::Newest)?;
+        let kernel = fetch_selector(&KernelSelector::newest())?;
         let out = work.path().join("cold.pbb");
         build(&kernel, &request(&diff, &out)?).context("cold build")?;
         println!(
@@ -35,7 +35,7 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         std::env::remove_var("PATCHBAY_CACHE");
     }
-    let kernel = fetch_selector(&KernelSelector::Newest)?;
+    let kernel = fetch_selector(&KernelSelector::newest())?;
     let tree = kernel.source_tree()?;
     // Warm-up: caches, page cache, the symbol map.
     build(&kernel, &request(&diff, &work.path().join("warmup.pbb"))?)?;
@@ -66,7 +66,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let ratio = build_median.as_secs_f64() / raw_median.as_secs_f64();
     println!(
         "kernel {} ({}), fix: one function in fs/proc/cmdline.c, {ROUNDS} rounds",
-        kernel.abi(),
+        kernel.release(),
         kernel.upstream_version()
     );
     println!(

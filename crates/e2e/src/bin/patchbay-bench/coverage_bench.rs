@@ -56,7 +56,7 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!(
             "no bundle in {} is for {} (build-id {})",
             dir.display(),
-            kernel.abi(),
+            kernel.release(),
             kernel.build_id()
         );
     }

@@ -78,7 +78,7 @@ fn usage() -> &'static str {
 
 fn run(args: Vec<String>) -> Result<()> {
     let mut rounds = DEFAULT_ROUNDS;
-    let mut selector = KernelSelector::Newest;
+    let mut selector = KernelSelector::newest();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         if arg == "--rounds" {
@@ -122,7 +122,7 @@ fn run(args: Vec<String>) -> Result<()> {
 
     println!(
         "kernel {} (upstream {}), {} rounds, QEMU TCG, 1 vCPU",
-        kernel.abi(),
+        kernel.release(),
         kernel.upstream_version(),
         rounds
     );
