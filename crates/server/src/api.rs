@@ -711,13 +711,16 @@ async fn cve_exposure(
             "no CVE data yet; run `patchbay-server cve sync`".into(),
         ));
     }
-    Ok(Json(patchbay_exposure::exposure(
+    // A series without data is 422 naming the series, never an empty exposure.
+    patchbay_exposure::try_exposure(
         &db,
         version,
         query_day(&query)?,
         query_policy(&query)?,
         &Default::default(),
-    )))
+    )
+    .map(Json)
+    .map_err(|e| ServerError::Unprocessable(e.to_string()))
 }
 
 async fn compliance(
@@ -726,9 +729,19 @@ async fn compliance(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ServerError> {
     caller.require(Role::Viewer, "reading the compliance report")?;
-    let rows = service
+    let series = query
+        .get("series")
+        .map(|s| {
+            s.parse::<patchbay_exposure::Series>()
+                .map_err(|e| ServerError::BadRequest(format!("series: {e}")))
+        })
+        .transpose()?;
+    let mut rows = service
         .compliance(query_day(&query)?, query_policy(&query)?)
         .await?;
+    if let Some(s) = &series {
+        rows = crate::cve::rows_of_series(rows, s);
+    }
     match query.get("format").map(String::as_str) {
         Some("csv") => Ok((
             [(
@@ -746,7 +759,8 @@ async fn compliance(
 }
 
 /// Prometheus text format (for any API token, or disabled by config): hosts by state, exposed CVEs by severity (distinct CVEs still open
-/// somewhere in the fleet), hosts breaching the window, check-ins, errors.
+/// somewhere in the fleet, each host evaluated in its own kernel series), hosts breaching the window, hosts by series and CVE data
+/// state, check-ins, errors.
 async fn metrics(
     State(service): State<AppState>,
     caller: Result<Api, ServerError>,
@@ -786,6 +800,12 @@ async fn metrics(
         ));
     }
     out.push_str(&format!("# HELP patchbay_hosts_window_breached Hosts with a CVSS >= 7 CVE open longer than the window.\n# TYPE patchbay_hosts_window_breached gauge\npatchbay_hosts_window_breached {breaching}\n"));
+    out.push_str("# HELP patchbay_hosts_by_series Hosts by kernel series and what the CVE data knows of it (complete; stale: the release is newer than the newest fix the data names; no_data: exposure unknown).\n# TYPE patchbay_hosts_by_series gauge\n");
+    for ((series, data), n) in &metrics.hosts_by_series {
+        out.push_str(&format!(
+            "patchbay_hosts_by_series{{series=\"{series}\",cve_data=\"{data}\"}} {n}\n"
+        ));
+    }
     out.push_str(&format!("# HELP patchbay_checkins_total Check-ins received.\n# TYPE patchbay_checkins_total counter\npatchbay_checkins_total {checkins}\n"));
     out.push_str(&format!("# HELP patchbay_hosts_in_error Hosts whose last check-in reported an error.\n# TYPE patchbay_hosts_in_error gauge\npatchbay_hosts_in_error {}\n", by_state.get(&HostState::Error).copied().unwrap_or(0)));
     let now = jiff::Timestamp::now();

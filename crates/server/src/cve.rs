@@ -1,12 +1,17 @@
-//! The server's CVE database (`cve/db.json` in the data dir, written by `cve sync`) and what it
-//! says about hosts: base exposure of the host's kernel release, live exposure (minus the fixes
-//! of its active level), and the effective release a level brings.
+//! The server's CVE database (`cve/db.json` in the data dir, written by `cve sync`, with the
+//! ranges of every stable series it covers: 6.1, 6.12) and what it says about hosts: base
+//! exposure of the host's kernel release in its own series, live exposure (minus the fixes of
+//! its active level), and the effective release a level brings. A host whose series the data
+//! does not cover has no exposure figures (unknown, never 0); one newer than the data carries
+//! the data's notice.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use patchbay_core::protocol::{HostState, LevelOffer};
-use patchbay_exposure::{exposure, CveDatabase, Day, Exposure, Policy, UpstreamVersion};
+use patchbay_exposure::{
+    exposure, CveDatabase, DataCoverage, DataState, Day, Exposure, Policy, Series, UpstreamVersion,
+};
 use serde::Serialize;
 
 use crate::error::ServerError;
@@ -48,11 +53,70 @@ pub enum CveSource {
     Snapshot(PathBuf),
 }
 
-/// Ingests `source` and stores it atomically; returns the number of CVEs affecting 6.1.y.
-pub fn sync(data_dir: &Path, source: &CveSource) -> Result<usize, ServerError> {
+/// What `cve sync` stored, per stable series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncedSeries {
+    /// The series, e.g. `6.12`.
+    pub series: Series,
+    /// How many CVEs affect some release of it.
+    pub cves: usize,
+    /// The newest release of it the data names as a fix; exposure of newer releases carries a
+    /// notice.
+    pub data_through: Option<UpstreamVersion>,
+}
+
+/// What `cve sync` stored: the number of CVEs and, per series, what the data says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSummary {
+    /// CVEs in the database (a CVE of several series counts once).
+    pub cves: usize,
+    /// The covered series, oldest first.
+    pub series: Vec<SyncedSeries>,
+}
+
+impl std::fmt::Display for SyncSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} CVEs", self.cves)?;
+        for s in &self.series {
+            write!(
+                f,
+                "; {}.y: {} CVEs, fixes known up to {}",
+                s.series,
+                s.cves,
+                s.data_through.map_or("none".into(), |v| v.to_string())
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Per covered series of `db`: how many CVEs affect it and how far its fixes reach.
+pub fn summary(db: &CveDatabase) -> SyncSummary {
+    SyncSummary {
+        cves: db.len(),
+        series: db
+            .covered_series()
+            .into_iter()
+            .map(|series| SyncedSeries {
+                series,
+                cves: db
+                    .records
+                    .values()
+                    .filter(|r| r.ranges_in(series).next().is_some())
+                    .count(),
+                data_through: db.data_through(series),
+            })
+            .collect(),
+    }
+}
+
+/// Ingests `source` (every series of the snapshot's table: 6.1 and 6.12) and stores it
+/// atomically; returns what it stored per series.
+pub fn sync(data_dir: &Path, source: &CveSource) -> Result<SyncSummary, ServerError> {
     let db = match source {
         CveSource::Vulns { path, kev } => {
-            let mut db = patchbay_exposure::vulns::sync(path, (6, 1)).map_err(cve_err)?;
+            let series: Vec<Series> = patchbay_exposure::snapshot::series().collect();
+            let mut db = patchbay_exposure::vulns::sync_series(path, &series).map_err(cve_err)?;
             if let Some(kev) = kev {
                 let bytes = std::fs::read(kev).map_err(|source| ServerError::Io {
                     path: kev.display().to_string(),
@@ -62,7 +126,7 @@ pub fn sync(data_dir: &Path, source: &CveSource) -> Result<usize, ServerError> {
             }
             db
         }
-        CveSource::Snapshot(dir) => patchbay_exposure::snapshot::load(dir).map_err(cve_err)?,
+        CveSource::Snapshot(dir) => patchbay_exposure::snapshot::load_all(dir).map_err(cve_err)?,
     };
     let path = db_path(data_dir);
     if let Some(dir) = path.parent() {
@@ -77,7 +141,7 @@ pub fn sync(data_dir: &Path, source: &CveSource) -> Result<usize, ServerError> {
             source,
         },
     )?;
-    Ok(db.len())
+    Ok(summary(&db))
 }
 
 /// Today's date in UTC: the default evaluation day of exposure.
@@ -87,7 +151,8 @@ pub fn today() -> Day {
         .date()
 }
 
-/// Parses an upstream release such as `6.1.192`; [`ServerError::BadRequest`] otherwise.
+/// Parses an upstream release such as `6.1.192` or `6.12.95`; [`ServerError::BadRequest`]
+/// otherwise.
 pub fn parse_version(text: &str) -> Result<UpstreamVersion, ServerError> {
     text.parse()
         .map_err(|e: patchbay_core::IdError| ServerError::BadRequest(e.to_string()))
@@ -127,8 +192,21 @@ pub(crate) fn level_fixes(host: &HostRecord, levels: &[LevelRecord]) -> Vec<Stri
         .unwrap_or_default()
 }
 
-/// A host's base and live exposure on day `at`, its effective release and the CVEs each
-/// newer level of its kernel would close. Without a known upstream release, all of it is empty.
+/// What the CVE data knows of a host's series (`None`: the host's upstream release is
+/// unknown).
+pub fn host_coverage(
+    db: &CveDatabase,
+    host: &HostRecord,
+    levels: &[LevelRecord],
+) -> Option<DataCoverage> {
+    host_upstream(host, levels).map(|v| DataCoverage::of(db, &v))
+}
+
+/// A host's base and live exposure on day `at` (in its release's series), its effective
+/// release and the CVEs each newer level of its kernel would close. Without a known upstream
+/// release, or without CVE data for its series, there is no exposure (`base`, `live` empty:
+/// unknown, not 0); when the host's release is newer than the data, both carry the data's
+/// notice (`data.notice`).
 pub(crate) fn host_exposure(
     db: &CveDatabase,
     host: &HostRecord,
@@ -136,7 +214,8 @@ pub(crate) fn host_exposure(
     at: Day,
     policy: Policy,
 ) -> HostExposure {
-    let version = host_upstream(host, levels);
+    let upstream = host_upstream(host, levels);
+    let version = upstream.filter(|v| db.covers(Series::of(v)));
     let fixes = level_fixes(host, levels);
     let fixed: BTreeSet<String> = fixes.iter().cloned().collect();
     let live = version.map(|v| exposure(db, v, at, policy, &fixed));
@@ -161,7 +240,7 @@ pub(crate) fn host_exposure(
         })
         .collect();
     HostExposure {
-        upstream_version: version,
+        upstream_version: upstream,
         effective_version: version.map(|v| db.effective_version(v, &fixed)),
         base: version.map(|v| exposure(db, v, at, policy, &BTreeSet::new())),
         live,
@@ -183,25 +262,36 @@ pub struct ComplianceRow {
     pub kernel_release: String,
     /// The upstream release it runs (`6.1.76`); `None` when unknown.
     pub upstream_version: Option<String>,
+    /// Its stable series (`6.1`, `6.12`); `None` when the release is unknown.
+    pub series: Option<String>,
+    /// What the CVE data knows of that series: `complete`, `stale` (the release is newer than
+    /// the newest fix the data names: counts may be too high), `no_data` (counts unknown);
+    /// `None` when the release is unknown.
+    pub cve_data: Option<DataState>,
+    /// The newest release of the series the data names as a fix.
+    pub data_through: Option<String>,
+    /// The data's notice for this host, when not complete.
+    pub notice: Option<String>,
     /// The release its live patch makes it as fixed as; `None` when unknown.
     pub effective_version: Option<String>,
     /// The loaded patch level; `None`: no live patch.
     pub active_level: Option<u32>,
     /// The state it last reported.
     pub state: HostState,
-    /// CVEs of its kernel release without the live patch.
-    pub base_cves: usize,
-    /// CVEs still open with the live patch.
-    pub live_cves: usize,
-    /// Of those, how many are high.
-    pub live_high: usize,
-    /// Of those, how many are high and public longer than the window.
-    pub live_high_overdue: usize,
-    /// Of the open CVEs, how many are known exploited (CISA KEV).
-    pub live_kev: usize,
-    /// CVEs of the base exposure that the live patch fixes.
-    pub fixed_by_patch: usize,
-    /// A CVSS >= 7 CVE public for longer than the window is still open on the host.
+    /// CVEs of its kernel release without the live patch. `None`: unknown (no release or no CVE data for its series).
+    pub base_cves: Option<usize>,
+    /// CVEs still open with the live patch. `None`: unknown (no release or no CVE data for its series).
+    pub live_cves: Option<usize>,
+    /// Of those, how many are high. `None`: unknown (no release or no CVE data for its series).
+    pub live_high: Option<usize>,
+    /// Of those, how many are high and public longer than the window. `None`: unknown (no release or no CVE data for its series).
+    pub live_high_overdue: Option<usize>,
+    /// Of the open CVEs, how many are known exploited (CISA KEV). `None`: unknown (no release or no CVE data for its series).
+    pub live_kev: Option<usize>,
+    /// CVEs of the base exposure that the live patch fixes. `None`: unknown (no release or no CVE data for its series).
+    pub fixed_by_patch: Option<usize>,
+    /// A CVSS >= 7 CVE public for longer than the window is still open on the host (`false`
+    /// also when the exposure is unknown: see `cve_data`).
     pub window_breached: bool,
     /// When it last checked in (unix seconds).
     pub last_checkin: i64,
@@ -225,21 +315,29 @@ pub fn compliance(
                 .entry(key)
                 .or_insert_with(|| host_exposure(db, h, levels, at, policy));
             let live = e.live.as_ref();
+            let coverage = e.upstream_version.map(|v| DataCoverage::of(db, &v));
             ComplianceRow {
                 host_id: h.id.clone(),
                 hostname: h.hostname.clone(),
                 channel: h.channel.to_string(),
                 kernel_release: h.kernel_release.to_string(),
                 upstream_version: e.upstream_version.map(|v| v.to_string()),
+                series: coverage.as_ref().map(|c| c.series.to_string()),
+                cve_data: coverage.as_ref().map(|c| c.state),
+                data_through: coverage
+                    .as_ref()
+                    .and_then(|c| c.data_through)
+                    .map(|v| v.to_string()),
+                notice: coverage.and_then(|c| c.notice),
                 effective_version: e.effective_version.map(|v| v.to_string()),
                 active_level: h.active_level.map(|l| l.get()),
                 state: h.state,
-                base_cves: e.base.as_ref().map_or(0, |b| b.cves),
-                live_cves: live.map_or(0, |l| l.cves),
-                live_high: live.map_or(0, |l| l.high),
-                live_high_overdue: live.map_or(0, |l| l.high_overdue),
-                live_kev: live.map_or(0, |l| l.kev),
-                fixed_by_patch: live.map_or(0, |l| l.fixed_by_patch),
+                base_cves: e.base.as_ref().map(|b| b.cves),
+                live_cves: live.map(|l| l.cves),
+                live_high: live.map(|l| l.high),
+                live_high_overdue: live.map(|l| l.high_overdue),
+                live_kev: live.map(|l| l.kev),
+                fixed_by_patch: live.map(|l| l.fixed_by_patch),
                 window_breached: live.is_some_and(|l| l.high_overdue > 0),
                 last_checkin: h.last_checkin,
             }
@@ -264,14 +362,26 @@ fn csv_field(text: &str) -> String {
     }
 }
 
+/// The rows of hosts in `series` (`6.12`), for a report read per series.
+pub fn rows_of_series(rows: Vec<ComplianceRow>, series: &Series) -> Vec<ComplianceRow> {
+    let name = series.to_string();
+    rows.into_iter()
+        .filter(|r| r.series.as_deref() == Some(name.as_str()))
+        .collect()
+}
+
 /// The compliance report as CSV, one header line then one line per row; cells that a
-/// spreadsheet would take for a formula are quoted as text.
+/// spreadsheet would take for a formula are quoted as text. Unknown counts (no release, or no
+/// CVE data for the host's series: `cve_data` says which) are empty cells, never 0. The
+/// columns added with series support (`series`, `cve_data`, `data_through`) come last, so
+/// readers by position keep working.
 pub(crate) fn compliance_csv(rows: &[ComplianceRow]) -> String {
     let mut out = String::from(
         "host_id,hostname,channel,kernel_release,upstream_version,effective_version,active_level,\
          state,base_cves,live_cves,live_high,live_high_overdue,live_kev,fixed_by_patch,\
-         window_breached,last_checkin\n",
+         window_breached,last_checkin,series,cve_data,data_through\n",
     );
+    let count = |n: Option<usize>| n.map(|n| n.to_string()).unwrap_or_default();
     for r in rows {
         let fields = [
             csv_field(&r.host_id),
@@ -282,14 +392,20 @@ pub(crate) fn compliance_csv(rows: &[ComplianceRow]) -> String {
             csv_field(r.effective_version.as_deref().unwrap_or_default()),
             r.active_level.map(|l| l.to_string()).unwrap_or_default(),
             csv_field(r.state.as_str()),
-            r.base_cves.to_string(),
-            r.live_cves.to_string(),
-            r.live_high.to_string(),
-            r.live_high_overdue.to_string(),
-            r.live_kev.to_string(),
-            r.fixed_by_patch.to_string(),
+            count(r.base_cves),
+            count(r.live_cves),
+            count(r.live_high),
+            count(r.live_high_overdue),
+            count(r.live_kev),
+            count(r.fixed_by_patch),
             r.window_breached.to_string(),
             r.last_checkin.to_string(),
+            csv_field(r.series.as_deref().unwrap_or_default()),
+            r.cve_data
+                .map(DataState::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            csv_field(r.data_through.as_deref().unwrap_or_default()),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');
@@ -339,18 +455,34 @@ pub fn csaf_vex(
             }));
         }
     }
-    for c in e.live.iter().flat_map(|l| l.list.iter()) {
+    for (live, c) in e
+        .live
+        .iter()
+        .flat_map(|l| l.list.iter().map(move |c| (l, c)))
+    {
         vulnerabilities.push(serde_json::json!({
             "cve": c.id,
             "product_status": { "known_affected": [product] },
             "remediations": [{
                 "category": if c.fixed_in.is_some() { "vendor_fix" } else { "none_available" },
-                "details": c.fixed_in.map_or("No fix in 6.1.y yet".to_owned(), |v| format!("Fixed upstream in {v}")),
+                "details": c.fixed_in.map_or_else(
+                    || format!("Upstream: {}", live.data.no_fix_text()),
+                    |v| format!("Fixed upstream in {v}"),
+                ),
                 "product_ids": [product],
             }],
         }));
     }
-    serde_json::json!({
+    // What the data cannot say (a release newer than the data, a series without data) is a
+    // note of the document: an empty or short list must not read as "not affected".
+    let notes: Vec<serde_json::Value> = e
+        .upstream_version
+        .map(|v| DataCoverage::of(db, &v))
+        .and_then(|c| c.notice)
+        .map(|text| serde_json::json!({ "category": "general", "title": "CVE data coverage", "text": text }))
+        .into_iter()
+        .collect();
+    let mut doc = serde_json::json!({
         "document": {
             "category": "csaf_vex",
             "csaf_version": "2.0",
@@ -377,7 +509,15 @@ pub fn csaf_vex(
             }],
         },
         "vulnerabilities": vulnerabilities,
-    })
+    });
+    if let (false, Some(document)) = (
+        notes.is_empty(),
+        doc.get_mut("document")
+            .and_then(serde_json::Value::as_object_mut),
+    ) {
+        document.insert("notes".to_owned(), serde_json::Value::Array(notes));
+    }
+    doc
 }
 
 /// Distinct open CVEs across the fleet by severity, and hosts breaching the window.
@@ -422,6 +562,46 @@ pub fn fleet_snapshot(
         hosts: hosts.len() as u64,
         hosts_breached: breached,
     }
+}
+
+/// Hosts per kernel series and what the CVE data knows of it (`complete`, `stale`,
+/// `no_data`), keyed `(series, state)`; hosts whose release is unknown are under
+/// `("unknown", "unknown")`. For `/metrics` and the fleet page: a mixed fleet at a glance.
+pub fn hosts_by_series(
+    db: &CveDatabase,
+    hosts: &[HostRecord],
+    levels: &[LevelRecord],
+) -> std::collections::BTreeMap<(String, &'static str), u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for h in hosts {
+        let key = match host_coverage(db, h, levels) {
+            Some(c) => (c.series.to_string(), c.state.as_str()),
+            None => ("unknown".to_owned(), "unknown"),
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+/// The data's notice per series the fleet runs, for the newest release hosts report in it
+/// (a stale series, a series without data); empty when the data covers every host.
+pub fn fleet_notices(
+    db: &CveDatabase,
+    hosts: &[HostRecord],
+    levels: &[LevelRecord],
+) -> Vec<String> {
+    let mut newest: std::collections::BTreeMap<Series, UpstreamVersion> =
+        std::collections::BTreeMap::new();
+    for v in hosts.iter().filter_map(|h| host_upstream(h, levels)) {
+        let entry = newest.entry(Series::of(&v)).or_insert(v);
+        if v > *entry {
+            *entry = v;
+        }
+    }
+    newest
+        .values()
+        .filter_map(|v| DataCoverage::of(db, v).notice)
+        .collect()
 }
 
 /// The effective release of a host (cheap: no exposure lists), for check-in replies.

@@ -138,7 +138,8 @@ enum RootCommand {
 #[derive(Debug, Subcommand)]
 enum CveCommand {
     /// Ingest a checkout of the kernel CNA's vulns repository (or, with --snapshot, a snapshot
-    /// directory) into the server's CVE database.
+    /// directory) into the server's CVE database: the ranges of every supported stable series
+    /// (6.1, 6.12).
     Sync {
         #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
         data: PathBuf,
@@ -152,7 +153,8 @@ enum CveCommand {
         #[arg(long, value_name = "DIR", conflicts_with = "path")]
         snapshot: Option<PathBuf>,
     },
-    /// Exposure of an upstream kernel version (e.g. 6.1.192).
+    /// Exposure of an upstream kernel version (e.g. 6.1.192, 6.12.95); a series without CVE
+    /// data is an error, a release newer than the data carries a notice.
     Exposure {
         #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
         data: PathBuf,
@@ -160,7 +162,8 @@ enum CveCommand {
         /// Evaluate as of this day (YYYY-MM-DD); default today.
         #[arg(long)]
         at: Option<String>,
-        /// The counts as JSON (keys version, cves, high, high_overdue, kev).
+        /// The counts as JSON (keys version, cves, high, high_overdue, kev; series, data_state,
+        /// data_through, notice: how far the CVE data reaches).
         #[arg(long)]
         json: bool,
         /// Days a CVE with CVSS >= 7 may stay open.
@@ -247,9 +250,9 @@ async fn run(cli: Cli) -> Result<()> {
                 (None, Some(path)) => patchbay_server::cve::CveSource::Vulns { path, kev },
                 (None, None) => anyhow::bail!("give the vulns checkout or --snapshot DIR"),
             };
-            let n = patchbay_server::cve::sync(&data, &source)?;
+            let summary = patchbay_server::cve::sync(&data, &source)?;
             println!(
-                "stored {n} CVEs affecting 6.1.y in {}",
+                "stored {summary} in {}",
                 patchbay_server::cve::db_path(&data).display()
             );
             Ok(())
@@ -280,7 +283,7 @@ async fn run(cli: Cli) -> Result<()> {
                 window_days,
                 ..Default::default()
             };
-            let e = patchbay_exposure::exposure(&db, version, at, policy, &Default::default());
+            let e = patchbay_exposure::try_exposure(&db, version, at, policy, &Default::default())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&e.summary_json())?);
             } else {

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub hosts_by_state: BTreeMap<HostState, u64>,
     /// Today's fleet exposure: distinct open CVEs by severity, hosts breaching the window.
     pub exposure: ExposureSnapshot,
+    /// Hosts per kernel series and CVE data state ([`crate::cve::hosts_by_series`]).
+    pub hosts_by_series: BTreeMap<(String, &'static str), u64>,
     /// Check-ins received (a counter: pruning the history does not lower it).
     pub checkins: u64,
     /// When each served role expires, and who can renew it.
@@ -409,6 +411,20 @@ impl Service {
         ))
     }
 
+    /// Per kernel series of `hosts`: hosts by CVE data state, and the data's notices for the
+    /// series it cannot fully answer for (the fleet page).
+    pub async fn fleet_series(
+        &self,
+        hosts: &[HostRecord],
+    ) -> Result<(BTreeMap<(String, &'static str), u64>, Vec<String>), ServerError> {
+        let levels = self.store.levels().await?;
+        let db = self.cve_db();
+        Ok((
+            crate::cve::hosts_by_series(&db, hosts, &levels),
+            crate::cve::fleet_notices(&db, hosts, &levels),
+        ))
+    }
+
     /// Computes today's fleet exposure and keeps it as the day's snapshot.
     pub async fn record_exposure_snapshot(&self) -> Result<ExposureSnapshot, ServerError> {
         let hosts = self.store.hosts(&HostFilter::default()).await?;
@@ -483,6 +499,11 @@ impl Service {
             hosts_by_state,
             // Exposure once per distinct (release, fixes) pair, as for the dashboard.
             exposure: self.fleet_exposure(&hosts).await?,
+            hosts_by_series: crate::cve::hosts_by_series(
+                &self.cve_db(),
+                &hosts,
+                &self.store.levels().await?,
+            ),
             checkins: self.store.checkin_count().await?,
             expiries: self.metadata_expiry().await?,
         })

@@ -398,6 +398,14 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
         m.iter().map(|(k, v)| (k.clone(), *v)).collect()
     };
     let now_snapshot = service.fleet_exposure(&hosts).await?;
+    let (by_series, notices) = service.fleet_series(&hosts).await?;
+    let series_bars: Vec<(String, u64)> = by_series
+        .iter()
+        .map(|((series, data), n)| match *data {
+            "complete" | "unknown" => (series.clone(), *n),
+            other => (format!("{series} ({})", other.replace('_', " ")), *n),
+        })
+        .collect();
     let mut history = service.exposure_history(90).await?;
     if history.last().is_none_or(|h| h.day != now_snapshot.day) {
         history.push(now_snapshot.clone());
@@ -422,9 +430,13 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
                 div.card { b #breached { (now_snapshot.hosts_breached) } "hosts past the 30-day window" }
                 div.card { b #open-high { (now_snapshot.critical + now_snapshot.high) } "open CVEs with CVSS ≥ 7" }
             }
+            @if !notices.is_empty() {
+                ul #data-notices { @for n in &notices { li.warn { (n) } } }
+            }
             (bar_chart("Open CVEs by severity (live patches counted)", &severity_bars))
             (trend_chart(&history))
             (bar_chart("Hosts by state", &bars(&by_state)))
+            (bar_chart("Hosts by kernel series", &series_bars))
             (bar_chart("Hosts by kernel", &bars(&by_kernel)))
             (bar_chart("Hosts by patch level", &bars(&by_level)))
             (bar_chart("Hosts by channel", &bars(&by_channel)))
@@ -545,6 +557,9 @@ async fn hosts(
 async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<String>) -> PageResult {
     let h = service.host(&id).await?;
     let exposure = service.host_exposure(&h).await?;
+    let coverage = exposure
+        .upstream_version
+        .map(|v| patchbay_exposure::DataCoverage::of(&service.cve_db(), &v));
     let level = match h.active_level {
         Some(l) => service.find_level(&h.build_id, l).await?,
         None => None,
@@ -574,6 +589,9 @@ async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<Stri
                 ul #live-fixes { @for cve in &level.manifest.fixes { li { (cve) } } }
             }
             h2 { "Exposure" }
+            @if let Some(notice) = exposure.live.as_ref().and_then(|l| l.data.notice.as_ref()) {
+                p.warn #data-notice { (notice) }
+            }
             @match (&exposure.base, &exposure.live) {
                 (Some(base), Some(live)) => {
                     table #exposure {
@@ -600,13 +618,19 @@ async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<Stri
                                 td { @if c.kev { strong.error { "KEV" } } }
                                 td { @if let Some(d) = c.days_public { (d) " days" } @else { "?" } }
                                 td { @if c.window_breached { span.error { "breached" } } @else if c.high { span.warn { "open" } } }
-                                td { (c.fixed_in.map_or("no 6.1.y fix".to_owned(), |v| v.to_string())) }
+                                td { (c.fixed_in.map_or_else(|| live.data.no_fix_text(), |v| v.to_string())) }
                             }
                         }
                     }
                     @if live.list.len() > 200 { p { "… and " (live.list.len() - 200) " more (see the compliance export)." } }
                 }
-                _ => { p { "No upstream release known for this kernel, or no CVE data yet (patchbay-server cve sync)." } }
+                _ => { @match &coverage {
+                    Some(c) if c.state == patchbay_exposure::DataState::NoData => {
+                        p.warn #data-notice { (c.notice.clone().unwrap_or_default()) }
+                    }
+                    Some(_) => { p { "No CVE data yet (patchbay-server cve sync)." } }
+                    None => { p { "No upstream release known for this kernel." } }
+                } }
             }
         },
     ))
@@ -1196,47 +1220,128 @@ async fn compliance(
         .map_err(|_| ServerError::BadRequest("page must be a number".into()))?
         .unwrap_or(1)
         .max(1);
+    let series = series_query(&query)?;
     let policy = patchbay_exposure::Policy::default();
-    let rows = service.compliance(crate::cve::today(), policy).await?;
+    let all = service.compliance(crate::cve::today(), policy).await?;
+    let groups = series_groups(&all);
+    let rows = match &series {
+        Some(s) => crate::cve::rows_of_series(all, s),
+        None => all,
+    };
     let breached = rows.iter().filter(|r| r.window_breached).count();
+    // Links keep the series filter.
+    let filter = series.map_or(String::new(), |s| format!("series={s}&"));
+    let count = |n: Option<usize>| n.map_or("–".to_owned(), |n| n.to_string());
     Ok(page(
         Some(&user),
         "Compliance",
         html! {
-            h1 { "Compliance report" }
+            h1 { "Compliance report" @if let Some(s) = &series { " — " (s) ".y" } }
             p { "Policy: a CVE with CVSS ≥ " (policy.min_high_score) " must be fixed within "
                 (policy.window_days) " days of publication. "
                 strong #breached-hosts { (breached) } " of " (rows.len()) " hosts breach it today. "
-                a href="/ui/compliance.csv" { "Download CSV" } }
+                a href={"/ui/compliance.csv" @if let Some(s) = &series { "?series=" (s) }} { "Download CSV" } }
+            h2 { "By kernel series" }
+            table #series {
+                tr { th { "Series" } th { "Hosts" } th { "Breaching" } th { "CVE data" } }
+                @for g in &groups {
+                    tr {
+                        td { @if let Some(s) = &g.series { a href={"/ui/compliance?series=" (s)} { (s) ".y" } } @else { "unknown release" } }
+                        td { (g.hosts) } td { (g.breached) }
+                        td.series-data { @match &g.notice {
+                            Some(n) => { span.warn { (n) } }
+                            None => { @if g.series.is_some() { span.ok { "complete" } } }
+                        } }
+                    }
+                }
+                @if series.is_some() { tr { td colspan="4" { a href="/ui/compliance" { "all series" } } } }
+            }
             table #compliance {
-                tr { th { "Host" } th { "Kernel" } th { "Effective" } th { "Level" } th { "Open CVEs" } th { "CVSS ≥ 7" } th { "Overdue" } th { "KEV" } th { "Fixed by patch" } th { "Window" } }
+                tr { th { "Host" } th { "Kernel" } th { "Series" } th { "Effective" } th { "Level" } th { "Open CVEs" } th { "CVSS ≥ 7" } th { "Overdue" } th { "KEV" } th { "Fixed by patch" } th { "Window" } }
                 @for r in rows.iter().skip((page_no - 1) * PAGE_SIZE as usize).take(PAGE_SIZE as usize) {
                     tr {
                         td { a href={"/ui/hosts/" (r.host_id)} { (r.hostname) } }
                         td { (r.kernel_release) " (" (r.upstream_version.clone().unwrap_or_default()) ")" }
+                        td { (r.series.clone().unwrap_or_default())
+                            @if let Some(n) = &r.notice { " " span.warn title=(n) { @if r.cve_data == Some(patchbay_exposure::DataState::NoData) { "no CVE data" } @else { "data ends " (r.data_through.clone().unwrap_or_default()) } } } }
                         td { (r.effective_version.clone().unwrap_or_default()) }
                         td { @if let Some(l) = r.active_level { (l) } @else { "none" } }
-                        td { (r.live_cves) } td { (r.live_high) } td { (r.live_high_overdue) } td { (r.live_kev) } td { (r.fixed_by_patch) }
-                        td { @if r.window_breached { span.error { "breached" } } @else { span.ok { "within" } } }
+                        td { (count(r.live_cves)) } td { (count(r.live_high)) } td { (count(r.live_high_overdue)) } td { (count(r.live_kev)) } td { (count(r.fixed_by_patch)) }
+                        td { @if r.window_breached { span.error { "breached" } } @else if r.live_cves.is_none() { span.warn { "unknown" } } @else { span.ok { "within" } } }
                     }
                 }
             }
             @let pages = rows.len().div_ceil(PAGE_SIZE as usize).max(1);
             p { "Page " (page_no) " of " (pages) " "
-                @if page_no > 1 { a href={"/ui/compliance?page=" (page_no - 1)} { "previous" } " " }
-                @if page_no < pages { a href={"/ui/compliance?page=" (page_no + 1)} { "next" } }
+                @if page_no > 1 { a href={"/ui/compliance?" (filter) "page=" (page_no - 1)} { "previous" } " " }
+                @if page_no < pages { a href={"/ui/compliance?" (filter) "page=" (page_no + 1)} { "next" } }
             }
         },
     ))
 }
 
+/// The `series` query parameter of the compliance pages (`6.12`), if given.
+fn series_query(
+    query: &HashMap<String, String>,
+) -> Result<Option<patchbay_exposure::Series>, ServerError> {
+    query
+        .get("series")
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|e| ServerError::BadRequest(format!("series: {e}")))
+        })
+        .transpose()
+}
+
+/// One kernel series of the fleet on the compliance page.
+struct SeriesGroup {
+    /// `6.12`; `None`: hosts whose upstream release is unknown.
+    series: Option<String>,
+    /// Hosts on it.
+    hosts: usize,
+    /// Of those, breaching the window.
+    breached: usize,
+    /// The data's notice for the series' newest host release (stale or no data), if any.
+    notice: Option<String>,
+}
+
+/// The fleet's compliance rows grouped by series, oldest series first.
+fn series_groups(rows: &[crate::cve::ComplianceRow]) -> Vec<SeriesGroup> {
+    let mut groups: BTreeMap<Option<(u32, u32)>, SeriesGroup> = BTreeMap::new();
+    for r in rows {
+        let key = r
+            .series
+            .as_deref()
+            .and_then(|s| s.parse::<patchbay_exposure::Series>().ok())
+            .map(|s| s.as_pair());
+        let g = groups.entry(key).or_insert_with(|| SeriesGroup {
+            series: r.series.clone(),
+            hosts: 0,
+            breached: 0,
+            notice: None,
+        });
+        g.hosts += 1;
+        g.breached += usize::from(r.window_breached);
+        if g.notice.is_none() {
+            g.notice.clone_from(&r.notice);
+        }
+    }
+    groups.into_values().collect()
+}
+
 async fn compliance_csv(
     State(service): State<AppState>,
     _user: UiUser,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, PageError> {
-    let rows = service
+    let series = series_query(&query)?;
+    let mut rows = service
         .compliance(crate::cve::today(), patchbay_exposure::Policy::default())
         .await?;
+    if let Some(s) = &series {
+        rows = crate::cve::rows_of_series(rows, s);
+    }
     Ok((
         [
             (
