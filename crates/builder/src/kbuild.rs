@@ -3,9 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use patchbay_kernels::Kernel;
+
 /// Why kbuild did not produce the module.
 #[derive(Debug, thiserror::Error)]
 pub enum KbuildError {
+    /// No toolchain with the kernel's exact compiler (the host lacks it and no build root
+    /// could be made).
+    #[error("{0}")]
+    Toolchain(patchbay_kernels::KernelError),
     /// `make` could not be started at all (usually: not installed).
     #[error("cannot run make (install it: apt-get install make gcc-12): {0}")]
     Spawn(std::io::Error),
@@ -66,15 +72,20 @@ pub enum UndefinedSymbols {
     AllowForLivepatch,
 }
 
-/// Builds the module `name` from the kbuild directory `dir` against `headers_dir`, returning
+/// Builds the module `name` from the kbuild directory `dir` against the kernel's headers,
+/// with the kernel's own compiler (the host's, or its Debian release's build root), returning
 /// the path of the linked `.ko`.
 pub fn build_module(
-    headers_dir: &Path,
+    kernel: &Kernel,
     dir: &Path,
     name: &str,
     undefined: UndefinedSymbols,
 ) -> Result<PathBuf, KbuildError> {
-    let mut make = Command::new("make");
+    let toolchain = kernel.toolchain().map_err(KbuildError::Toolchain)?;
+    let headers_dir = kernel.headers_dir();
+    // The headers tree includes its -common sibling by relative path.
+    let headers_parent = headers_dir.parent().unwrap_or(headers_dir);
+    let mut make = toolchain.command("make", &[kernel.dir(), headers_parent, dir]);
     make.arg("-C")
         .arg(headers_dir)
         .arg(format!("M={}", dir.display()))

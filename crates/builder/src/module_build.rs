@@ -313,7 +313,7 @@ pub fn build_from_markers(
         &parts.linked_objects,
     )?;
     let ko_path = kbuild::build_module(
-        kernel.headers_dir(),
+        kernel,
         work_dir,
         name.as_str(),
         UndefinedSymbols::AllowForLivepatch,

@@ -154,7 +154,7 @@ pub fn fixture_module(kernel: &Kernel, out_dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("copy fixture {name}"))?;
     }
     Ok(kbuild::build_module(
-        kernel.headers_dir(),
+        kernel,
         &dir,
         "pb_fixture",
         UndefinedSymbols::Refuse,

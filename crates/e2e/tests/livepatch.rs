@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use patchbay_e2e::{assert_checks, bundle, fixture_module, Guest};
-use patchbay_kernels::{fetch_selector, Kernel, KernelSelector};
+use patchbay_kernels::{fetch_selector, Flavour, Kernel, KernelLine, KernelSelector};
 
 fn kernel(selector: KernelSelector) -> Kernel {
     fetch_selector(&selector).unwrap_or_else(|e| panic!("fetch kernel {selector:?}: {e}"))
@@ -189,4 +189,39 @@ fn module_patch_and_blocked_transition_on_newest_kernel() {
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn module_patch_and_blocked_transition_on_older_kernel() {
     module_and_blocked_transition(KernelSelector::older());
+}
+
+/// The newest build of 6.12 as Debian `debian` ships it, in `flavour`.
+fn newest_6_12(debian: u32, flavour: Flavour) -> KernelSelector {
+    let line = KernelLine::choose(
+        Some("6.12".parse().unwrap()),
+        Some(debian.to_string().parse().unwrap()),
+        Some(flavour),
+    )
+    .unwrap();
+    KernelSelector::Newest(line)
+}
+
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn lifecycle_on_newest_debian13_6_12() {
+    lifecycle(newest_6_12(13, Flavour::Amd64));
+}
+
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn lifecycle_on_newest_debian12_6_12() {
+    lifecycle(newest_6_12(12, Flavour::Amd64));
+}
+
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn lifecycle_on_newest_debian13_6_12_cloud() {
+    lifecycle(newest_6_12(13, Flavour::CloudAmd64));
+}
+
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn module_patch_and_blocked_transition_on_newest_debian13_6_12() {
+    module_and_blocked_transition(newest_6_12(13, Flavour::Amd64));
 }

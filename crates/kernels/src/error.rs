@@ -14,6 +14,17 @@ pub enum KernelError {
         reason: String,
     },
 
+    /// No toolchain has exactly the compiler a kernel was built with.
+    #[error("cannot compile for kernel {kernel} with its exact compiler {compiler:?}: {reason}")]
+    CompilerUnavailable {
+        /// The kernel release.
+        kernel: String,
+        /// Its `CONFIG_CC_VERSION_TEXT`.
+        compiler: String,
+        /// Why no toolchain serves.
+        reason: String,
+    },
+
     /// A series, Debian release or flavour Patchbay has no line for.
     #[error("Patchbay does not support {line}; supported: {supported}")]
     UnsupportedLine {

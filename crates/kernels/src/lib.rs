@@ -27,6 +27,7 @@ mod release;
 mod source;
 mod symbol_files;
 mod symbols;
+mod toolchain;
 
 use std::fs;
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ pub use release::{upstream_version_of, KernelSelector};
 pub use source::{resolve_source_version, source_versions, unpacked_source, SourceTree, TreeLock};
 pub use symbol_files::SymbolFiles;
 pub use symbols::{Symbol, SymbolEntry, SymbolTable};
+pub use toolchain::Toolchain;
 
 /// A kernel apt can download.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

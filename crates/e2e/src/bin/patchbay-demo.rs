@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use patchbay_e2e::{bundle, fixture, Guest, ServerProcess};
 use patchbay_exposure::Exposure;
-use patchbay_kernels::{fetch_selector, KernelSelector};
+use patchbay_kernels::{fetch_selector, KernelLine, KernelSelector};
 use patchbay_vm::Network;
 
 type HostExposure = patchbay_core::protocol::HostExposure<Exposure>;
@@ -24,17 +24,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--kernel X` (or a bare `X`) within the line `--series`/`--distribution`/`--flavour` name.
+fn parse_selector(args: &[String]) -> Result<KernelSelector> {
+    let value = |flag: &str| -> Option<&str> {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    };
+    let flags_with_values = ["--kernel", "--series", "--distribution", "--flavour"];
+    let bare = args.iter().enumerate().find_map(|(i, a)| {
+        let after_flag = i > 0
+            && args
+                .get(i - 1)
+                .is_some_and(|prev| flags_with_values.contains(&prev.as_str()));
+        (!a.starts_with("--") && !after_flag).then_some(a.as_str())
+    });
+    let line = KernelLine::choose(
+        value("--series").map(str::parse).transpose()?,
+        value("--distribution").map(str::parse).transpose()?,
+        value("--flavour").map(str::parse).transpose()?,
+    )?;
+    let spec = value("--kernel").or(bare).unwrap_or("newest");
+    Ok(KernelSelector::parse_in(spec, line)?)
+}
+
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let selector = parse_selector(&args).context(
+        "usage: patchbay-demo [--local] [--kernel newest|older|<release>] [--series 6.1|6.12] \
+         [--distribution 12|13] [--flavour amd64|cloud-amd64]",
+    )?;
     let local = args.iter().any(|a| a == "--local");
-    let selector: KernelSelector = args
-        .iter()
-        .find(|a| !a.starts_with("--"))
-        .cloned()
-        .unwrap_or_else(|| "newest".into())
-        .parse()
-        .context("usage: patchbay-demo [--local] [newest|older|<abi>]")?;
-    eprintln!("==> fetching the Debian kernel ({selector:?}) into the cache");
+    eprintln!("==> fetching the Debian kernel ({selector}) into the cache");
     let kernel = fetch_selector(&selector)?;
     eprintln!(
         "==> kernel {} (upstream {}, build-id {})",
