@@ -332,10 +332,14 @@ fn load_cve_db(path: Option<&std::path::Path>) -> Result<patchbay_exposure::CveD
         let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
         return Ok(patchbay_exposure::CveDatabase::from_json(&bytes)?);
     }
-    if path.join("linux-6.1-kernel-cna-cves.json.gz").is_file() {
-        return Ok(patchbay_exposure::snapshot::load(path)?);
+    if patchbay_exposure::snapshot::SERIES
+        .iter()
+        .any(|s| path.join(s.cna_file).is_file())
+    {
+        return Ok(patchbay_exposure::snapshot::load_all(path)?);
     }
-    patchbay_exposure::vulns::sync(path, (6, 1)).with_context(|| {
+    let series: Vec<_> = patchbay_exposure::snapshot::series().collect();
+    patchbay_exposure::vulns::sync_series(path, &series).with_context(|| {
         format!(
             "read {} as a vulns.git checkout (or give the snapshot directory or a JSON export)",
             path.display()
