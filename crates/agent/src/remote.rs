@@ -1143,6 +1143,21 @@ mod tests {
             upstream_version(debian),
             Some(UpstreamVersion::new(6, 1, 192))
         );
+        let trixie = "Linux version 6.12.117+deb13-amd64 (debian-kernel@lists.debian.org) \
+                      (x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0, GNU ld (GNU Binutils \
+                      for Debian) 2.44) #1 SMP PREEMPT_DYNAMIC Debian 6.12.117-1 (2026-11-20)";
+        assert_eq!(
+            upstream_version(trixie),
+            Some(UpstreamVersion::new(6, 12, 117))
+        );
+        let backport = "Linux version 6.12.95+deb12-cloud-amd64 (debian-kernel@lists.debian.org) \
+                        (x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0, GNU ld \
+                        (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC Debian \
+                        6.12.95-1~bpo12+1 (2026-07-30)";
+        assert_eq!(
+            upstream_version(backport),
+            Some(UpstreamVersion::new(6, 12, 95))
+        );
         assert_eq!(upstream_version("Linux version 6.8.0 #1 SMP"), None);
         assert_eq!(upstream_version("Debian"), None);
     }

@@ -218,3 +218,57 @@ fn headers_tree_names_its_kernel() {
         .to_string();
     assert!(err.contains("not a kernel headers tree"), "{err}");
 }
+
+/// Every 6.12 line (Debian 12's and 13's, amd64 and cloud): the newest build is fetched, its
+/// ZSTD-compressed image gives a bootable vmlinux with the kernel's build-id, its modules are
+/// `.ko.xz` and readable, and its vermagic and config name the release and an IBT kernel.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn newest_6_12_kernels_of_every_line_are_usable() {
+    use patchbay_kernels::{Flavour, KernelLine};
+    for (debian, flavour) in [
+        (12, Flavour::Amd64),
+        (13, Flavour::Amd64),
+        (12, Flavour::CloudAmd64),
+        (13, Flavour::CloudAmd64),
+    ] {
+        let line = KernelLine::choose(
+            Some("6.12".parse().unwrap()),
+            Some(debian.to_string().parse().unwrap()),
+            Some(flavour),
+        )
+        .unwrap();
+        let kernel = fetch_selector(&KernelSelector::Newest(line)).unwrap();
+        let release = kernel.debian_release();
+        assert!(line.contains(release), "{release} is not of {line}");
+        assert_eq!(release.named_version(), Some(kernel.upstream_version()));
+        let vmlinux = fs::read(kernel.vmlinux()).unwrap();
+        assert!(has_pvh_note(&vmlinux), "{release}: no PVH note");
+        let id = object::File::parse(&*vmlinux)
+            .unwrap()
+            .build_id()
+            .unwrap()
+            .unwrap();
+        assert_eq!(hex::encode(id), kernel.build_id().as_str());
+        let vermagic = kernel.vermagic().unwrap();
+        assert!(
+            vermagic.starts_with(&format!("{} SMP", release)),
+            "{vermagic}"
+        );
+        // nf_tables is a module in every flavour (cloud builds ext4 in).
+        let nf_tables = kernel.find_module("nf_tables").unwrap().unwrap();
+        assert!(
+            nf_tables.to_string_lossy().ends_with(".ko.xz"),
+            "{}",
+            nf_tables.display()
+        );
+        let ko = patchbay_kernels::read_module(&nf_tables).unwrap();
+        assert_eq!(modinfo_vermagic(&ko), vermagic);
+        let config = fs::read_to_string(kernel.config()).unwrap();
+        assert!(config.contains("CONFIG_X86_KERNEL_IBT=y"));
+        assert!(config.contains("CONFIG_LIVEPATCH=y"));
+        let compiler = kernel.compiler_version_text().unwrap();
+        let gcc = if debian == 13 { "gcc-14" } else { "gcc-12" };
+        assert!(compiler.contains(gcc), "{compiler}");
+    }
+}
