@@ -130,7 +130,7 @@ fn select_kernel(args: &RunArgs) -> Result<BootKernel> {
     Ok(BootKernel {
         vmlinux: kernel.vmlinux().to_path_buf(),
         modules_dir: Some(kernel.modules_dir().to_path_buf()),
-        name: format!("{} (build id {})", kernel.abi(), kernel.build_id()),
+        name: format!("{} (build id {})", kernel.release(), kernel.build_id()),
     })
 }
 

@@ -18,7 +18,7 @@ struct TestKernel {
 fn kernel() -> &'static TestKernel {
     static KERNEL: OnceLock<TestKernel> = OnceLock::new();
     KERNEL.get_or_init(|| {
-        let kernel = fetch_selector(&KernelSelector::Newest)
+        let kernel = fetch_selector(&KernelSelector::newest())
             .unwrap_or_else(|error| panic!("fetching the newest kernel: {error}"));
         TestKernel {
             vmlinux: kernel.vmlinux().to_path_buf(),
