@@ -268,6 +268,14 @@ enum KernelCommand {
         #[command(flatten)]
         line: LineArgs,
     },
+    /// Fetch a kernel and prepare its own source tree (the line's linux-source package of
+    /// exactly its version, its config, `make modules_prepare` with its exact compiler): the
+    /// tree diffs are written against. Prints the tree's directory.
+    Source {
+        selector: String,
+        #[command(flatten)]
+        line: LineArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -428,6 +436,15 @@ fn run(cli: Cli) -> Result<()> {
                         println!("  (none offered)");
                     }
                 }
+                Ok(())
+            }
+            KernelCommand::Source { selector, line } => {
+                let selector = KernelSelector::parse_in(&selector, line.line()?)?;
+                let kernel = patchbay_kernels::fetch_selector(&selector)?;
+                let tree = kernel
+                    .source_tree()
+                    .with_context(|| format!("prepare the source tree of {}", kernel.release()))?;
+                println!("{}", tree.dir().display());
                 Ok(())
             }
             KernelCommand::Fetch { selector, line } => {

@@ -30,6 +30,10 @@ const PREPARED_MARKER: &str = ".patchbay-prepared";
 pub struct SourceTree {
     dir: PathBuf,
     release: String,
+    /// Where `make` runs: the host, or the build root with the kernel's compiler.
+    toolchain: crate::Toolchain,
+    /// The compiler program the kernel's config names (`gcc-12`, `x86_64-linux-gnu-gcc-14`).
+    compiler: String,
 }
 
 impl SourceTree {
@@ -52,12 +56,20 @@ impl SourceTree {
         })
     }
 
-    /// A `make` command in the tree with Debian's compiler and release, and a job count.
+    /// The toolchain the tree's commands run with.
+    pub fn toolchain(&self) -> &crate::Toolchain {
+        &self.toolchain
+    }
+
+    /// A `make` command in the tree with Debian's exact compiler (the host's or the build
+    /// root's: see [`Kernel::toolchain`]) and release, and a job count. The build root sees
+    /// the directory holding the tree (and the builder's include directory beside it).
     pub fn make(&self) -> Command {
-        let mut make = Command::new("make");
+        let holder = self.dir.parent().unwrap_or(&self.dir);
+        let mut make = self.toolchain.command("make", &[holder]);
         make.current_dir(&self.dir)
             .arg(format!("KERNELRELEASE={}", self.release))
-            .arg("CC=gcc-12")
+            .arg(format!("CC={}", self.compiler))
             .arg(format!("-j{}", jobs()))
             .env("LC_ALL", "C")
             .env_remove("ARCH")
@@ -83,9 +95,19 @@ impl Kernel {
     /// 140 MB download, 1.3 GB unpacked, a few minutes of `make modules_prepare`).
     pub fn source_tree(&self) -> Result<SourceTree, KernelError> {
         let root = self.dir().join(SOURCE_DIR);
+        let version_text = self.compiler_version_text()?;
+        let compiler = crate::buildroot::compiler_program(&version_text)
+            .ok_or_else(|| KernelError::CompilerUnavailable {
+                kernel: self.release().to_string(),
+                compiler: version_text.clone(),
+                reason: "the config's CONFIG_CC_VERSION_TEXT names no compiler program".into(),
+            })?
+            .to_string();
         let tree = SourceTree {
             dir: root.join("linux"),
             release: self.release().to_string(),
+            toolchain: self.toolchain()?,
+            compiler,
         };
         if root.join(PREPARED_MARKER).is_file() {
             return Ok(tree);
@@ -102,7 +124,7 @@ impl Kernel {
         for dir in [&staging, &downloads] {
             fs::create_dir(dir).map_err(|e| KernelError::io("create", dir, e))?;
         }
-        let result = self.prepare_source(&staging, &downloads, &tree.release);
+        let result = self.prepare_source(&staging, &downloads, &tree);
         let cleaned = fsutil::remove_dir_if_present(&downloads);
         if let Err(error) = result {
             let _ = fsutil::remove_dir_if_present(&staging);
@@ -121,8 +143,9 @@ impl Kernel {
         &self,
         staging: &Path,
         downloads: &Path,
-        release: &str,
+        final_tree: &SourceTree,
     ) -> Result<(), KernelError> {
+        let release = final_tree.release.as_str();
         let source_package = crate::source_package_of(self.debian_release())?;
         let (tarball, top) = tarball_of(source_package);
         let spec = format!("{source_package}={}", self.package_version());
@@ -150,7 +173,7 @@ impl Kernel {
             .map_err(|e| KernelError::io("copy the kernel config to", linux.join(".config"), e))?;
         let tree = SourceTree {
             dir: linux.clone(),
-            release: release.to_owned(),
+            ..final_tree.clone()
         };
         crate::process::run(
             tree.make().arg("olddefconfig"),
@@ -158,8 +181,8 @@ impl Kernel {
         )?;
         crate::process::run(
             tree.make().arg("modules_prepare"),
-            "preparing the source tree failed; check that gcc-12, make, bc, flex, bison and \
-             libelf-dev are installed (scripts/setup installs them)",
+            "preparing the source tree failed; check that the kernel's compiler, make, bc, flex, \
+             bison and libelf-dev are installed (scripts/setup installs them)",
         )?;
         let uts =
             fs::read_to_string(linux.join("include/generated/utsrelease.h")).map_err(|e| {

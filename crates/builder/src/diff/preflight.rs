@@ -6,6 +6,8 @@ use std::fmt;
 use std::path::Path;
 use std::process::Command;
 
+use patchbay_kernels::buildroot::{self, DebianSuite};
+
 use super::refusal::{Category, Refusal};
 
 /// A kernel `.config`, parsed.
@@ -51,14 +53,14 @@ pub enum PreflightProblem {
     },
     /// The config has no `CONFIG_CC_VERSION_TEXT`, so the kernel's compiler is unknown.
     CompilerUnknown,
-    /// The local `gcc-12 --version` differs from the compiler the kernel was built with.
+    /// Neither the host nor a Debian build root has the compiler the kernel was built with.
     CompilerMismatch {
         /// The kernel's `CONFIG_CC_VERSION_TEXT`.
         kernel: String,
-        /// The first line of the local `gcc-12 --version`.
+        /// The first line of the local compiler's `--version`.
         ours: String,
     },
-    /// `gcc-12` could not be run (the error's text).
+    /// The compiler the kernel names could not be run here (the error's text).
     CompilerMissing(String),
     /// `patch --dry-run` refused the diff (its output), or `patch` could not be run.
     PatchDoesNotApply(String),
@@ -79,11 +81,16 @@ impl fmt::Display for PreflightProblem {
             ),
             PreflightProblem::CompilerMismatch { kernel, ours } => write!(
                 f,
-                "the kernel was built with \"{kernel}\" but gcc-12 here is \"{ours}\"; objects \
-                 would differ everywhere: install exactly that compiler (apt-get install gcc-12)"
+                "the kernel was built with \"{kernel}\" but the compiler of that name here is \
+                 \"{ours}\" and no Debian build root ships it; objects would differ everywhere: \
+                 install exactly that compiler"
             ),
             PreflightProblem::CompilerMissing(e) => {
-                write!(f, "cannot run gcc-12 ({e}): apt-get install gcc-12")
+                write!(
+                    f,
+                    "cannot run the kernel's compiler ({e}) and no Debian build root ships it: \
+                     install it"
+                )
             }
             PreflightProblem::PatchDoesNotApply(output) => write!(
                 f,
@@ -158,29 +165,30 @@ pub fn check_config(config: &KernelConfig) -> Vec<PreflightProblem> {
     problems
 }
 
-/// Checks that `gcc-12 --version` prints the compiler the kernel was built with.
+/// Checks that the kernel's exact compiler can be had: the host's (`gcc-12` for Debian 12's
+/// kernels prints exactly the kernel's `CONFIG_CC_VERSION_TEXT`), or a Debian release's
+/// build root that ships it (Debian 13's gcc-14; made on first use).
 pub fn check_compiler(config: &KernelConfig) -> Vec<PreflightProblem> {
     let Some(kernel) = config.get("CONFIG_CC_VERSION_TEXT") else {
         return vec![PreflightProblem::CompilerUnknown];
     };
-    match Command::new("gcc-12").arg("--version").output() {
-        Err(e) => vec![PreflightProblem::CompilerMissing(e.to_string())],
-        Ok(out) => {
-            let ours = String::from_utf8_lossy(&out.stdout)
+    if buildroot::host_has_compiler(kernel) || DebianSuite::for_compiler_version(kernel).is_some() {
+        return Vec::new();
+    }
+    let Some(program) = buildroot::compiler_program(kernel) else {
+        return vec![PreflightProblem::CompilerUnknown];
+    };
+    match Command::new(program).arg("--version").output() {
+        Err(e) => vec![PreflightProblem::CompilerMissing(format!("{program}: {e}"))],
+        Ok(out) => vec![PreflightProblem::CompilerMismatch {
+            kernel: kernel.to_owned(),
+            ours: String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .next()
                 .unwrap_or("")
                 .trim()
-                .to_owned();
-            if ours == kernel {
-                Vec::new()
-            } else {
-                vec![PreflightProblem::CompilerMismatch {
-                    kernel: kernel.to_owned(),
-                    ours,
-                }]
-            }
-        }
+                .to_owned(),
+        }],
     }
 }
 
