@@ -38,6 +38,10 @@ pub struct UpgradeReport {
     pub verification: Option<Verification>,
     /// One entry per CVE of the window that was considered, whatever its outcome.
     pub cves: Vec<CveOutcome>,
+    /// What a reader must know about the window as a whole, e.g. that the CVE data does not
+    /// reach the newer source (its fixes after the data's last release are not in `cves`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 /// The module the run produced.
@@ -211,8 +215,19 @@ mod tests {
                 reason: Some("drivers/x.o is not built".into()),
                 seconds: 1.0,
             }],
+            notices: Vec::new(),
         };
         let json = serde_json::to_vec(&report).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&json).contains("notices"),
+            "no notices: the same JSON as before there were any"
+        );
+        let noticed = UpgradeReport {
+            notices: vec!["CVE data covers 6.12 releases up to 6.12.104".into()],
+            ..report.clone()
+        };
+        let noticed_json = serde_json::to_vec(&noticed).unwrap();
+        assert_eq!(UpgradeReport::parse(&noticed_json).unwrap(), noticed);
         assert!(
             String::from_utf8_lossy(&json).contains("\"not-applicable\""),
             "status spelled in kebab-case: {}",

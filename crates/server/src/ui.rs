@@ -744,6 +744,9 @@ async fn report_page(
                     code { (m.name) } " (" (m.size) " bytes, sha256 " code { (m.sha256) } ")" } @else { "none built" } } }
                 tr { th { "Level" } td { a href={"/ui/kernels/" (r.build_id) "/" (r.level)} { "level " (r.level) } } }
             }
+            @if !r.notices.is_empty() {
+                div #notices { @for n in &r.notices { p.notice { "Note: " (n) } } }
+            }
             div.cards #counts {
                 div.card #count-patched { b { (patched.len()) } "patched" }
                 div.card #count-partial { b { (partial.len()) } "partial" }

@@ -99,6 +99,7 @@ fn report(level: u32) -> UpgradeReport {
             apply_seconds: Some(2.5),
         }),
         cves: vec![patched, partial, refused, absent, dropped],
+        notices: vec!["CVE data covers 6.12 releases up to 6.12.104".into()],
     }
 }
 
@@ -356,6 +357,7 @@ fn the_dashboard_shows_a_levels_report_escaped() {
         "nft-ruleset, iperf-loopback",
         "6.1.192 → 6.1.196",
         "12 min 34 s",
+        "Note: CVE data covers 6.12 releases up to 6.12.104",
         "&lt;script&gt;alert(",
         "&lt;/script&gt; &amp; friends",
     ] {

@@ -281,6 +281,10 @@ pub fn run(
         }
     }
     cves.sort_by(|a, b| a.id.cmp(&b.id));
+    let notices = data_notices(db, from, request.to);
+    for notice in &notices {
+        progress.say(notice);
+    }
     if let Some(newer) = &request.fixes.newer {
         let old = kernel.source_tree()?.dir().to_path_buf();
         let window = select::window_files(db, &from, &request.to);
@@ -639,15 +643,16 @@ pub fn run(
             v.passed = false;
         }
     }
+    let source_package = patchbay_kernels::source_package_of(kernel.debian_release())?;
     let report = UpgradeReport {
         kernel: kernel.release().clone(),
         build_id: kernel.build_id().clone(),
         from_version: from.to_string(),
         to_version: request.to.to_string(),
         fixes_from: match (&request.fixes.newer, &request.fixes.patches) {
-            (Some(n), None) => format!("linux-source-6.1 {}", n.package_version),
+            (Some(n), None) => format!("{source_package} {}", n.package_version),
             (Some(n), Some(dir)) => format!(
-                "linux-source-6.1 {} and patches in {}",
+                "{source_package} {} and patches in {}",
                 n.package_version,
                 dir.display()
             ),
@@ -661,6 +666,7 @@ pub fn run(
         module,
         verification,
         cves: outcomes,
+        notices,
     };
     if report.module.is_none() {
         return Err(UpgradeError::NothingBuilt {
@@ -669,6 +675,33 @@ pub fn run(
         });
     }
     Ok(report)
+}
+
+/// What the report must say about the CVE data itself: when the data names no fix of the
+/// kernel's series after some release below `to`, the CVEs fixed in the rest of the window are
+/// unknown (not absent), so the window is not shown as complete.
+fn data_notices(db: &CveDatabase, from: UpstreamVersion, to: UpstreamVersion) -> Vec<String> {
+    let series = patchbay_exposure::Series::from(from.series());
+    if !db.covers(series) {
+        return vec![format!(
+            "the CVE database has no data for the {series} series (it covers {}): no CVE of \
+             this window is known",
+            db.covered_text()
+        )];
+    }
+    match db.data_through(series) {
+        Some(through) if through < to => vec![format!(
+            "CVE data covers {series} releases up to {through}; CVEs fixed in {} … {to} are \
+             not known to it and not in this report (the fixes of the newer source may still \
+             close some)",
+            next_release(through)
+        )],
+        _ => Vec::new(),
+    }
+}
+
+fn next_release(v: UpstreamVersion) -> UpstreamVersion {
+    UpstreamVersion::new(v.major, v.minor, v.patch.saturating_add(1))
 }
 
 /// The groups that replace any of `names` (functions tasks were seen sleeping in), each with
@@ -1279,6 +1312,7 @@ pub async fn next_level(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]
@@ -1331,4 +1365,23 @@ mod tests {
         );
         assert!(groups_replacing(&keep, &[]).is_empty());
     }
+
+    /// The bundled data ends at 6.12.104: a 6.12 window past it says so; a 6.1 window inside
+    /// its data does not; a series without data says that no CVE is known.
+    #[test]
+    fn windows_past_the_cve_data_carry_a_notice() {
+        let db = patchbay_exposure::snapshot::embedded().unwrap();
+        let v = |s: &str| s.parse::<UpstreamVersion>().unwrap();
+        let notices = data_notices(&db, v("6.12.95"), v("6.12.107"));
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(
+            notices[0].contains("up to 6.12.104") && notices[0].contains("6.12.105 … 6.12.107"),
+            "{notices:?}"
+        );
+        assert!(data_notices(&db, v("6.12.95"), v("6.12.104")).is_empty());
+        assert!(data_notices(&db, v("6.1.170"), v("6.1.176")).is_empty());
+        let none = data_notices(&db, v("5.10.200"), v("5.10.210"));
+        assert!(none[0].contains("no data for the 5.10 series"), "{none:?}");
+    }
 }
+

@@ -29,6 +29,9 @@ pub fn text(report: &UpgradeReport) -> String {
         count(CveStatus::NotPatchable),
         report.elapsed_seconds
     );
+    for notice in &report.notices {
+        let _ = writeln!(s, "  note: {notice}");
+    }
     match &report.module {
         Some(m) => {
             let _ = writeln!(
