@@ -103,13 +103,6 @@ pub enum VmError {
         dir: PathBuf,
     },
 
-    #[error("kernel module {path} is compressed; only plain .ko files are supported so far (decompress it first)")]
-    /// The module is compressed (`.ko.xz`, `.ko.zst`, `.ko.gz`), which is not supported yet.
-    CompressedModule {
-        /// The compressed module file.
-        path: PathBuf,
-    },
-
     #[error("cannot read the .modinfo section of kernel module {path}: {reason}; the file may be corrupt or not a kernel module")]
     /// A module's `.modinfo` section (its dependencies) could not be read.
     ModuleInfo {

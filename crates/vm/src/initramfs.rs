@@ -364,7 +364,12 @@ impl Initramfs {
         let resolved = modules::resolve(modules_dir, names)?;
         let release_dir = format!("/lib/modules/{}", resolved.release);
         for (relative, host_path) in &resolved.files {
-            self.add_file(&format!("{release_dir}/{relative}"), host_path, 0o644)?;
+            let guest_path = format!("{release_dir}/{relative}");
+            if host_path.to_string_lossy().ends_with(".ko") {
+                self.add_file(&guest_path, host_path, 0o644)?;
+            } else {
+                self.add_bytes(&guest_path, modules::module_bytes(host_path)?, 0o644);
+            }
         }
         let dependencies = self
             .module_dependencies

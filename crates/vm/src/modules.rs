@@ -9,7 +9,8 @@ use crate::error::VmError;
 #[derive(Debug)]
 pub(crate) struct ResolvedModules {
     pub release: String,
-    /// Path relative to the release directory → host file.
+    /// Path relative to the release directory in the guest (always a plain `.ko`) → host
+    /// file (a `.ko`, or Debian's `.ko.xz`/`.ko.zst`, decompressed when copied).
     pub files: BTreeMap<String, PathBuf>,
     /// Path relative to the release directory → every dependency it needs, in `modules.dep`
     /// order (the module to load first is listed last, as depmod writes it).
@@ -76,11 +77,26 @@ fn index_modules(release_dir: &Path) -> Result<HashMap<String, String>, VmError>
 }
 
 /// The `depends=` list from a module's `.modinfo` section.
-fn module_dependencies(path: &Path) -> Result<Vec<String>, VmError> {
-    let data = std::fs::read(path).map_err(|cause| VmError::ReadHostFile {
+/// A module file's ELF bytes, decompressed when Debian compressed it (6.12 ships `.ko.xz`):
+/// busybox's `insmod` loads plain modules only.
+pub(crate) fn module_bytes(path: &Path) -> Result<Vec<u8>, VmError> {
+    patchbay_kernels::read_module(path).map_err(|e| VmError::ModuleInfo {
         path: path.to_path_buf(),
-        cause,
-    })?;
+        reason: e.to_string(),
+    })
+}
+
+/// The guest's name for a module file: `kernel/fs/9p/9p.ko.xz` → `kernel/fs/9p/9p.ko`.
+fn guest_relative(relative: &str) -> String {
+    [".xz", ".zst", ".gz"]
+        .iter()
+        .find_map(|suffix| relative.strip_suffix(suffix))
+        .unwrap_or(relative)
+        .to_owned()
+}
+
+fn module_dependencies(path: &Path) -> Result<Vec<String>, VmError> {
+    let data = module_bytes(path)?;
     let info_error = |reason: String| VmError::ModuleInfo {
         path: path.to_path_buf(),
         reason,
@@ -125,10 +141,6 @@ pub(crate) fn resolve(modules_dir: &Path, names: &[&str]) -> Result<ResolvedModu
                 dir: modules_dir.to_path_buf(),
             })?;
             let host_path = modules_dir.join(relative);
-            if relative.ends_with(".xz") || relative.ends_with(".zst") || relative.ends_with(".gz")
-            {
-                return Err(VmError::CompressedModule { path: host_path });
-            }
             let dependencies = module_dependencies(&host_path)?;
             stack.push((name.clone(), true));
             for dependency in dependencies.iter().rev() {
@@ -176,10 +188,10 @@ pub(crate) fn resolve(modules_dir: &Path, names: &[&str]) -> Result<ResolvedModu
         transitive.sort_by_key(|dependency| std::cmp::Reverse(position.get(dependency).copied()));
         let transitive = transitive
             .into_iter()
-            .map(relative_of)
+            .map(|d| relative_of(d).map(|r| guest_relative(&r)))
             .collect::<Result<Vec<_>, _>>()?;
-        files.insert(relative.clone(), modules_dir.join(&relative));
-        dependencies.insert(relative, transitive);
+        files.insert(guest_relative(&relative), modules_dir.join(&relative));
+        dependencies.insert(guest_relative(&relative), transitive);
     }
     Ok(ResolvedModules {
         release,
@@ -220,6 +232,16 @@ mod tests {
             Some(("foo".to_owned(), true))
         );
         assert_eq!(module_name_of_file("modules.dep"), None);
+    }
+
+    #[test]
+    fn compressed_modules_get_plain_names_in_the_guest() {
+        assert_eq!(
+            guest_relative("kernel/fs/9p/9p.ko.xz"),
+            "kernel/fs/9p/9p.ko"
+        );
+        assert_eq!(guest_relative("kernel/fs/9p/9p.ko"), "kernel/fs/9p/9p.ko");
+        assert_eq!(guest_relative("extra/x.ko.zst"), "extra/x.ko");
     }
 
     #[test]

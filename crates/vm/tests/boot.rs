@@ -1,4 +1,5 @@
-//! Boots the newest Debian 6.1 kernel (fetched into the cache on first use) under QEMU TCG.
+//! Boots the newest Debian 6.1 kernel (and, for compressed modules, a 6.12 one; fetched into the
+//! cache on first use) under QEMU TCG.
 //! Each boot takes a few seconds; the timeout test takes 20 s.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -215,4 +216,33 @@ pb_check other-host-port-unreachable sh -c 'printf x | nc -w 5 10.0.2.2 {other_p
     let run = run(&config).unwrap();
     let passed = check_report(&run).unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(passed.len(), 4, "{}", run.serial_log);
+}
+
+/// Debian's 6.12 ships `.ko.xz` modules: they reach the guest decompressed, with their
+/// dependencies, and load with busybox's modprobe.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn compressed_modules_of_a_6_12_kernel_load() {
+    let line =
+        patchbay_kernels::KernelLine::choose(Some("6.12".parse().unwrap()), None, None).unwrap();
+    let kernel = fetch_selector(&KernelSelector::Newest(line)).unwrap();
+    let mut initramfs = Initramfs::new().unwrap();
+    initramfs
+        .add_kernel_modules(kernel.modules_dir(), &["9p"])
+        .unwrap()
+        .set_scenario(
+            ". /lib/pb.sh
+pb_check modprobe modprobe 9p
+pb_expect_contains 9p-loaded /proc/modules 9p
+pb_expect_contains 9pnet-loaded /proc/modules 9pnet
+",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.cpio.gz");
+    initramfs.write(&initrd).unwrap();
+    let mut config = VmConfig::new(kernel.vmlinux(), &initrd);
+    config.timeout = Duration::from_secs(120);
+    let run = run(&config).unwrap();
+    let passed = check_report(&run).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(passed, vec!["modprobe", "9p-loaded", "9pnet-loaded"]);
 }
