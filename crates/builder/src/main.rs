@@ -143,7 +143,8 @@ enum Command {
         #[arg(long, env = "PATCHBAY_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
-    /// Watch apt for new linux-source-6.1 versions; for each kernel the server's hosts run,
+    /// Watch Debian's archive for new sources of each kernel line the server's hosts run
+    /// (linux-source-6.1, linux-source-6.12); for each such kernel,
     /// build, verify and publish the upgrade to the newest source as the next level and
     /// promote it into a channel (docs/upgrade.md).
     Watch {
@@ -160,7 +161,8 @@ enum Command {
         /// One round, then exit.
         #[arg(long)]
         once: bool,
-        /// Run `apt-get update` before each round (needs root).
+        /// Refresh Patchbay's package lists of Debian's archive before each round (they are
+        /// otherwise refreshed when a day old).
         #[arg(long)]
         apt_update: bool,
         #[arg(long, default_value_t = 7.0)]
@@ -719,11 +721,11 @@ fn run(cli: Cli) -> Result<()> {
                         for r in rounds {
                             match r {
                                 KernelRound::Published(b) => println!(
-                                    "watch: {} level {} published from linux-source-6.1 {} \
-                                     ({} of {} CVEs patched) {} s after the source was seen; \
-                                     report {}",
+                                    "watch: {} level {} published from {} {} ({} of {} CVEs \
+                                     patched) {} s after the source was seen; report {}",
                                     b.kernel,
                                     b.level,
+                                    b.source_package(),
                                     b.source,
                                     b.patched,
                                     b.cves,

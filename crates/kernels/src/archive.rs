@@ -135,6 +135,19 @@ pub(crate) fn ensure_fresh() -> Result<(), KernelError> {
     Ok(())
 }
 
+/// Refreshes the package lists now, whatever their age (a watcher's round wants what Debian
+/// published in the last hours).
+pub(crate) fn refresh() -> Result<(), KernelError> {
+    let stamp = dir().join(UPDATED_STAMP);
+    match fs::remove_file(&stamp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(KernelError::io("remove", &stamp, e))
+        }
+        _ => {}
+    }
+    ensure_fresh()
+}
+
 /// Fresh: updated less than a day ago, for exactly these sources.
 fn is_fresh(dir: &Path, sources: &str) -> bool {
     let stamp = dir.join(UPDATED_STAMP);

@@ -61,6 +61,12 @@ pub fn available_kernels() -> Result<Vec<AvailableKernel>, KernelError> {
     apt::available_kernels()
 }
 
+/// Refreshes Patchbay's own package lists of Debian's archive now (they are otherwise
+/// refreshed when a day old).
+pub fn refresh_archive() -> Result<(), KernelError> {
+    archive::refresh()
+}
+
 /// Picks a kernel among those apt offers now.
 pub fn resolve(selector: &KernelSelector) -> Result<AvailableKernel, KernelError> {
     pick(&available_kernels()?, selector)

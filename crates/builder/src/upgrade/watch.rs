@@ -55,7 +55,7 @@ pub struct WatchState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuiltLevel {
-    /// The kernel's Debian ABI name (`6.1.0-47-amd64`).
+    /// The kernel's release (`6.1.0-47-amd64`, `6.12.95+deb12-amd64`).
     pub kernel: String,
     /// The source package version whose fixes it brings.
     pub source: String,
@@ -73,6 +73,17 @@ pub struct BuiltLevel {
     pub bundle: PathBuf,
     /// The level's upgrade report (JSON), kept in the state directory.
     pub report: PathBuf,
+}
+
+impl BuiltLevel {
+    /// The source package the fixes came from (`linux-source-6.12`), from the kernel's line.
+    pub fn source_package(&self) -> &'static str {
+        self.kernel
+            .parse::<patchbay_core::DebianRelease>()
+            .ok()
+            .and_then(|release| patchbay_kernels::source_package_of(&release).ok())
+            .unwrap_or("linux-source")
+    }
 }
 
 /// What a round did for one kernel.
@@ -257,11 +268,10 @@ pub fn round(
 ) -> Result<Vec<KernelRound>, WatchError> {
     std::fs::create_dir_all(&config.state_dir).map_err(io("create", &config.state_dir))?;
     if config.apt_update {
-        let status = std::process::Command::new("apt-get")
-            .args(["update", "-qq"])
-            .status();
-        if !status.is_ok_and(|s| s.success()) {
-            eprintln!("watch: apt-get update failed; using the package lists apt has");
+        if let Err(e) = patchbay_kernels::refresh_archive() {
+            eprintln!(
+                "watch: refreshing the package lists failed ({e}); using the lists there are"
+            );
         }
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
