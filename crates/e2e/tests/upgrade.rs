@@ -19,10 +19,15 @@ use patchbay_vm::Network;
 
 const GUEST_PORT: u16 = 8080;
 
-/// The oldest kernel apt offers that has a newer source, and the next newer upstream version:
-/// the smallest real window (resolved from apt now, never hard-coded).
+/// The oldest kernel of Debian 12's 6.1 that has a newer source, and the next newer upstream
+/// version: the smallest real window (resolved from apt now, never hard-coded).
 fn smallest_window() -> (Kernel, UpstreamVersion) {
-    let line = patchbay_kernels::KernelLine::default();
+    smallest_window_of(patchbay_kernels::KernelLine::default())
+}
+
+/// The oldest kernel of `line` the archive offers that has a newer source of the line, and
+/// the next newer upstream version.
+fn smallest_window_of(line: patchbay_kernels::KernelLine) -> (Kernel, UpstreamVersion) {
     let kernels: Vec<_> = patchbay_kernels::available_kernels()
         .unwrap()
         .into_iter()
@@ -39,7 +44,10 @@ fn smallest_window() -> (Kernel, UpstreamVersion) {
             return (patchbay_kernels::fetch(k).unwrap(), *next);
         }
     }
-    panic!("apt offers no kernel older than a linux-source-6.1: {kernels:?} / {sources:?}");
+    panic!(
+        "the archive offers no kernel of {line} older than a {}: {kernels:?} / {sources:?}",
+        line.source_package()
+    );
 }
 
 /// The window's CVEs whose fix is one `.c` file in a core subsystem (not `fs/sync.c`, which
@@ -195,6 +203,14 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
         "{attached}"
     );
 
+    agent_applies_level_1(&server, &kernel, &patched, work.path());
+    server.stop();
+}
+
+/// An agent on `kernel` (in QEMU, over the network) picks level 1 up from the production
+/// channel; `patchbay status` lists the `patched` CVEs, and the server's exposure report counts
+/// them closed for the host.
+fn agent_applies_level_1(server: &ServerProcess, kernel: &Kernel, patched: &[CveId], work: &Path) {
     // An agent on that kernel picks the level up; `patchbay status` lists the fixes.
     server
         .admin(
@@ -232,7 +248,7 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
         host_port: server.port,
     };
     let run = guest
-        .run_script(&kernel, "upgrade-agent", &script, work.path())
+        .run_script(&kernel, "upgrade-agent", &script, work)
         .unwrap();
     let mut expected = vec!["net-up", "register", "update", "level-1"];
     let names: Vec<String> = patched
@@ -254,7 +270,7 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
         .iter()
         .filter_map(|c| c["id"].as_str())
         .collect();
-    for cve in &patched {
+    for cve in patched {
         assert!(
             !open.contains(&cve.as_str()),
             "{cve} is still open for the host: {exposure}"
@@ -270,7 +286,6 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
         exposure["live"]["fixed_by_patch"].as_u64() >= Some(patched.len() as u64),
         "{exposure}"
     );
-    server.stop();
 }
 
 /// Registers a host the way the agent does, so the server knows a kernel its hosts run.
@@ -387,4 +402,71 @@ fn watcher_publishes_a_verified_level_when_apt_has_a_newer_source() {
         Some(1),
         "{kernels}"
     );
+}
+
+/// The case: a host on Debian 12's oldest 6.12 (from bookworm-backports) brought to the
+/// next source of its line (6.12.107 from bookworm-security) with a few real CVEs, verified in
+/// QEMU on that 6.12 kernel, published, picked up by an agent. The bundled CVE data ends before
+/// that source, and the report says so.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn upgrade_of_debian12_6_12_is_verified_published_and_applied() {
+    let line = patchbay_kernels::KernelLine::choose(
+        Some("6.12".parse().unwrap()),
+        Some(patchbay_core::Distribution::DEBIAN_12),
+        None,
+    )
+    .unwrap();
+    let (kernel, to) = smallest_window_of(line);
+    let from = kernel.upstream_version();
+    let cves: Vec<CveId> = simple_cves(from, to).into_iter().take(4).collect();
+    assert!(cves.len() >= 2, "window {from} → {to} too small: {cves:?}");
+    let work = tempfile::tempdir().unwrap();
+    let path = |name: &str| work.path().join(name);
+    let mut server = ServerProcess::start(&path("server")).unwrap();
+    server.sync_cve_snapshot().unwrap();
+    let ids: Vec<&str> = cves.iter().map(CveId::as_str).collect();
+    let out = Command::new(builder_binary().unwrap())
+        .arg("upgrade")
+        .arg("--kernel")
+        .arg(kernel.dir())
+        .args(["--to", &to.to_string(), "--cves", &ids.join(",")])
+        .arg("--agent")
+        .arg(agent_binary().unwrap())
+        .args(["--stress-seconds", "5", "--publish"])
+        .args(["--server", &server.url, "--token", &server.admin_token])
+        .arg("--report")
+        .arg(path("report.json"))
+        .arg("-o")
+        .arg(path("level.pbb"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let context = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(out.status.success(), "upgrade failed: {context}");
+    let report = UpgradeReport::parse(&std::fs::read(path("report.json")).unwrap()).unwrap();
+    assert!(
+        report.fixes_from.starts_with("linux-source-6.12 "),
+        "{context}"
+    );
+    assert!(
+        report
+            .notices
+            .iter()
+            .any(|n| n.contains("CVE data covers 6.12")),
+        "the report says the data ends before the source: {context}"
+    );
+    assert!(
+        report.verification.as_ref().is_some_and(|v| v.passed),
+        "{context}"
+    );
+    let patched: Vec<CveId> = report
+        .with_status(CveStatus::Patched)
+        .map(|c| c.cve.clone())
+        .collect();
+    assert!(!patched.is_empty(), "no CVE was patched: {context}");
+    assert!(stdout.contains("published level 1"), "{context}");
+    agent_applies_level_1(&server, &kernel, &patched, work.path());
+    server.stop();
 }
