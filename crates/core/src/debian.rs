@@ -18,7 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::ids::{IdError, KernelRelease};
 use crate::version::UpstreamVersion;
 
-/// A stable kernel series such as 6.1 or 6.12 (major and minor version).
+/// A stable kernel series such as 6.1 or 6.12 (major and minor version): the one type for the
+/// kernel lines, the CVE data's series and the exposure reports. Text and JSON form `6.12`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KernelSeries {
     major: u32,
@@ -26,20 +27,49 @@ pub struct KernelSeries {
 }
 
 impl KernelSeries {
-    /// The series `major.minor`.
+    /// The series `major.minor`, e.g. `KernelSeries::new(6, 12)`.
     pub const fn new(major: u32, minor: u32) -> Self {
         KernelSeries { major, minor }
     }
 
-    /// The series an upstream version belongs to: 6.12 for 6.12.117.
-    pub fn of(version: UpstreamVersion) -> Self {
-        let (major, minor) = version.series();
-        KernelSeries { major, minor }
+    /// The series a release belongs to: 6.12 for 6.12.117.
+    pub fn of(version: &UpstreamVersion) -> Self {
+        KernelSeries::new(version.major, version.minor)
     }
 
-    /// `(major, minor)`.
-    pub fn parts(self) -> (u32, u32) {
+    /// Whether release `v` belongs to this series.
+    pub fn contains(&self, v: &UpstreamVersion) -> bool {
+        KernelSeries::of(v) == *self
+    }
+
+    /// The series' mainline release, `6.12.0`.
+    pub fn base(&self) -> UpstreamVersion {
+        UpstreamVersion::new(self.major, self.minor, 0)
+    }
+
+    /// `(major, minor)`, as [`UpstreamVersion::series`] gives it.
+    pub fn as_pair(&self) -> (u32, u32) {
         (self.major, self.minor)
+    }
+}
+
+impl From<(u32, u32)> for KernelSeries {
+    fn from((major, minor): (u32, u32)) -> Self {
+        KernelSeries::new(major, minor)
+    }
+}
+
+impl Serialize for KernelSeries {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KernelSeries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -466,6 +496,16 @@ mod tests {
             KernelSeries::new(6, 12)
         );
         assert!("6".parse::<KernelSeries>().is_err());
+        assert!("6.12.1".parse::<KernelSeries>().is_err());
+        let s612 = KernelSeries::new(6, 12);
+        assert!(s612.contains(&"6.12.95".parse().unwrap()));
+        assert!(!s612.contains(&"6.1.95".parse().unwrap()));
+        assert_eq!(s612.base().to_string(), "6.12.0");
+        assert_eq!(serde_json::to_string(&s612).unwrap(), "\"6.12\"");
+        assert_eq!(
+            serde_json::from_str::<KernelSeries>("\"6.12\"").unwrap(),
+            s612
+        );
         assert!("6.x".parse::<KernelSeries>().is_err());
         for text in ["13", "debian13", "deb13", "trixie"] {
             assert_eq!(

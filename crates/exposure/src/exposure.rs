@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::version::UpstreamVersion;
-use crate::{CveDatabase, CveError, Day, Series, Severity};
+use crate::{CveDatabase, CveError, Day, KernelSeries, Severity};
 
 /// Whether the CVE data can answer for a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -38,7 +38,7 @@ impl DataState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataCoverage {
     /// The release's stable series, e.g. `6.12`.
-    pub series: Series,
+    pub series: KernelSeries,
     /// Complete, stale or no data.
     pub state: DataState,
     /// The newest release of the series the data names as a fix (`6.12.104`); `None` without
@@ -53,7 +53,7 @@ impl DataCoverage {
     /// What `db` knows for release `version`: no data for its series, stale when `version`
     /// is newer than the newest fix the data names, else complete.
     pub fn of(db: &CveDatabase, version: &UpstreamVersion) -> DataCoverage {
-        let series = Series::of(version);
+        let series = KernelSeries::of(version);
         if !db.covers(series) {
             return DataCoverage {
                 series,

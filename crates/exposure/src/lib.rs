@@ -4,7 +4,7 @@
 //!
 //! Sources: the kernel CNA's records ([`vulns`], the `vulns.git` layout with `.dyad`
 //! vulnerable:fixed pairs) for production, and the bundled snapshot ([`snapshot`], one file per
-//! stable [`Series`]) for tests and the demo. Both end in a [`CveDatabase`] holding the ranges of
+//! stable [`KernelSeries`]) for tests and the demo. Both end in a [`CveDatabase`] holding the ranges of
 //! every series it covers; [`exposure`] evaluates it.
 //!
 //! Rules (see [`dyad`] for how pairs become ranges): a release `X.Y.N` is exposed to a CVE when
@@ -27,11 +27,11 @@ pub mod vulns;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 pub use exposure::{exposure, try_exposure, DataCoverage, DataState, ExposedCve, Exposure, Policy};
+pub use patchbay_core::KernelSeries;
 pub use version::UpstreamVersion;
 
 /// A civil date (UTC day).
@@ -65,7 +65,7 @@ pub enum CveError {
         /// The release asked about, e.g. `5.10.200`.
         version: UpstreamVersion,
         /// Its series, e.g. `5.10`.
-        series: Series,
+        series: KernelSeries,
         /// The series the database covers, e.g. `6.1, 6.12` (or `no series`).
         covered: String,
     },
@@ -197,81 +197,6 @@ impl Score {
     }
 }
 
-/// A stable kernel series such as `6.1` or `6.12`: the major and minor part of its releases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Series {
-    /// `6` in `6.12`.
-    pub major: u32,
-    /// `12` in `6.12`.
-    pub minor: u32,
-}
-
-impl Series {
-    /// The series `major.minor`, e.g. `Series::new(6, 12)`.
-    pub const fn new(major: u32, minor: u32) -> Series {
-        Series { major, minor }
-    }
-
-    /// The series release `v` belongs to (`6.12.95` → `6.12`).
-    pub fn of(v: &UpstreamVersion) -> Series {
-        Series::new(v.major, v.minor)
-    }
-
-    /// Whether release `v` belongs to this series.
-    pub fn contains(&self, v: &UpstreamVersion) -> bool {
-        Series::of(v) == *self
-    }
-
-    /// The series' mainline release, `6.12.0`.
-    pub fn base(&self) -> UpstreamVersion {
-        UpstreamVersion::new(self.major, self.minor, 0)
-    }
-
-    /// As the `(major, minor)` pair [`UpstreamVersion::series`] and [`dyad`] use.
-    pub fn as_pair(&self) -> (u32, u32) {
-        (self.major, self.minor)
-    }
-}
-
-impl From<(u32, u32)> for Series {
-    fn from((major, minor): (u32, u32)) -> Series {
-        Series::new(major, minor)
-    }
-}
-
-impl fmt::Display for Series {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.major, self.minor)
-    }
-}
-
-impl FromStr for Series {
-    type Err = CveError;
-    /// `6.12` (a release such as `6.12.95` is refused: name the series, not a release).
-    fn from_str(s: &str) -> Result<Series, CveError> {
-        let bad = |reason: &str| CveError::malformed(format!("kernel series {s:?}"), reason);
-        if s.trim().matches('.').count() != 1 {
-            return Err(bad("expected MAJOR.MINOR, e.g. 6.12"));
-        }
-        let v: UpstreamVersion = s.parse().map_err(|e| bad(&format!("{e}")))?;
-        Ok(Series::of(&v))
-    }
-}
-
-impl Serialize for Series {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Series {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Series, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
 /// One affected range inside one stable series (the series of `introduced`):
 /// `introduced <= R < fixed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,8 +210,8 @@ pub struct Range {
 
 impl Range {
     /// The stable series the range lies in.
-    pub fn series(&self) -> Series {
-        Series::of(&self.introduced)
+    pub fn series(&self) -> KernelSeries {
+        KernelSeries::of(&self.introduced)
     }
 
     /// Whether release `v` is affected: `v` is of the range's series and
@@ -334,7 +259,7 @@ impl CveRecord {
     }
 
     /// The record's ranges in `series`.
-    pub fn ranges_in(&self, series: Series) -> impl Iterator<Item = &Range> {
+    pub fn ranges_in(&self, series: KernelSeries) -> impl Iterator<Item = &Range> {
         self.ranges.iter().filter(move |r| r.series() == series)
     }
 }
@@ -349,7 +274,7 @@ pub struct CveDatabase {
     /// (6.1 only) and in hand-made ones: then the series its ranges lie in
     /// ([`CveDatabase::covered_series`]).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub series: BTreeSet<Series>,
+    pub series: BTreeSet<KernelSeries>,
 }
 
 impl CveDatabase {
@@ -370,7 +295,7 @@ impl CveDatabase {
 
     /// The stable series the database covers: [`CveDatabase::series`], or, when that is empty
     /// (an older or hand-made database), every series one of its ranges lies in.
-    pub fn covered_series(&self) -> BTreeSet<Series> {
+    pub fn covered_series(&self) -> BTreeSet<KernelSeries> {
         if !self.series.is_empty() {
             return self.series.clone();
         }
@@ -381,7 +306,7 @@ impl CveDatabase {
     }
 
     /// Whether the database holds data for `series`.
-    pub fn covers(&self, series: Series) -> bool {
+    pub fn covers(&self, series: KernelSeries) -> bool {
         if self.series.is_empty() {
             self.records
                 .values()
@@ -394,7 +319,7 @@ impl CveDatabase {
     /// The newest release of `series` the data names as a fix (the highest `fixed` of the
     /// series' ranges): fixes released after it are not in the data. `None` when no range of
     /// the series has a fix.
-    pub fn data_through(&self, series: Series) -> Option<UpstreamVersion> {
+    pub fn data_through(&self, series: KernelSeries) -> Option<UpstreamVersion> {
         self.records
             .values()
             .flat_map(|r| r.ranges_in(series).filter_map(|x| x.fixed))
@@ -407,7 +332,7 @@ impl CveDatabase {
         let covered: Vec<String> = self
             .covered_series()
             .iter()
-            .map(Series::to_string)
+            .map(KernelSeries::to_string)
             .collect();
         if covered.is_empty() {
             "no series".to_owned()

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::version::UpstreamVersion;
-use crate::{parse_day, CveDatabase, CveError, CveRecord, Kev, Range, Score, Series};
+use crate::{parse_day, CveDatabase, CveError, CveRecord, KernelSeries, Kev, Range, Score};
 
 /// One stable series of the snapshot: which files hold its data and which field its ranges.
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotSeries {
     /// The series, e.g. `6.12`.
-    pub series: Series,
+    pub series: KernelSeries,
     /// The kernel CNA's CVEs affecting the series (gzipped JSON), e.g.
     /// `linux-6.12-kernel-cna-cves.json.gz`.
     pub cna_file: &'static str,
@@ -35,7 +35,7 @@ pub struct SnapshotSeries {
 /// [`parse_legacy`] keep meaning.
 pub const SERIES: [SnapshotSeries; 2] = [
     SnapshotSeries {
-        series: Series::new(6, 1),
+        series: KernelSeries::new(6, 1),
         cna_file: "linux-6.1-kernel-cna-cves.json.gz",
         ranges_field: "ranges_6_1",
         legacy: Some(("linux-6.1-legacy-cves.json", "fixed_6_1")),
@@ -43,7 +43,7 @@ pub const SERIES: [SnapshotSeries; 2] = [
         embedded_legacy: Some(include_bytes!("../data/linux-6.1-legacy-cves.json")),
     },
     SnapshotSeries {
-        series: Series::new(6, 12),
+        series: KernelSeries::new(6, 12),
         cna_file: "linux-6.12-kernel-cna-cves.json.gz",
         ranges_field: "ranges_6_12",
         legacy: None,
@@ -56,12 +56,12 @@ pub const SERIES: [SnapshotSeries; 2] = [
 pub const KEV_FILE: &str = "kev-linux-kernel.json";
 
 /// The series the snapshot (and so Patchbay) has data for, oldest first.
-pub fn series() -> impl Iterator<Item = Series> {
+pub fn series() -> impl Iterator<Item = KernelSeries> {
     SERIES.iter().map(|s| s.series)
 }
 
 /// The table entry of `series`, if the snapshot has data for it.
-pub fn entry(series: Series) -> Option<&'static SnapshotSeries> {
+pub fn entry(series: KernelSeries) -> Option<&'static SnapshotSeries> {
     SERIES.iter().find(|s| s.series == series)
 }
 
@@ -256,7 +256,7 @@ pub fn parse_legacy(bytes: &[u8]) -> Result<CveDatabase, CveError> {
 /// Parses a legacy file of `series` whose records name their fix in `fixed_field`.
 fn parse_legacy_series(
     bytes: &[u8],
-    series: Series,
+    series: KernelSeries,
     fixed_field: &str,
 ) -> Result<CveDatabase, CveError> {
     let file: File<LegacyCve> =
@@ -376,7 +376,7 @@ pub fn embedded() -> Result<CveDatabase, CveError> {
 /// Loads one series from a snapshot directory: its legacy CVEs (where the table names a
 /// file), then the kernel CNA's (which win), then KEV. Each named file must be there; one
 /// missing is a [`CveError::Io`].
-pub fn load_series(dir: &Path, series: Series) -> Result<CveDatabase, CveError> {
+pub fn load_series(dir: &Path, series: KernelSeries) -> Result<CveDatabase, CveError> {
     let s = entry(series).ok_or_else(|| {
         CveError::malformed(
             format!("snapshot series {series}"),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{dyad, parse_day, CveDatabase, CveError, CveRecord, Day, Score, Series};
+use crate::{dyad, parse_day, CveDatabase, CveError, CveRecord, Day, KernelSeries, Score};
 
 fn io(path: &Path, source: std::io::Error) -> CveError {
     CveError::Io {
@@ -118,13 +118,13 @@ fn program_files(json: &serde_json::Value) -> Vec<String> {
 /// Reads a vulns checkout (or a directory of records) into a database of the CVEs that affect
 /// the stable series `series` (e.g. `(6, 1)`).
 pub fn sync(root: &Path, series: (u32, u32)) -> Result<CveDatabase, CveError> {
-    sync_series(root, &[Series::from(series)])
+    sync_series(root, &[KernelSeries::from(series)])
 }
 
 /// Reads a vulns checkout (or a directory of records) into a database covering every series
 /// in `series` (e.g. 6.1 and 6.12): each CVE that affects one of them, with its ranges in each
 /// ([`dyad::ranges_for_series`]).
-pub fn sync_series(root: &Path, series: &[Series]) -> Result<CveDatabase, CveError> {
+pub fn sync_series(root: &Path, series: &[KernelSeries]) -> Result<CveDatabase, CveError> {
     let published_dir = root.join("cve/published");
     let search = if published_dir.is_dir() {
         published_dir

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::io::Read;
 
 use patchbay_exposure::{
-    exposure, snapshot, try_exposure, vulns, CveError, DataState, Policy, Range, Series,
+    exposure, snapshot, try_exposure, vulns, CveError, DataState, KernelSeries, Policy, Range,
     UpstreamVersion,
 };
 use serde_json::Value;
@@ -16,8 +16,8 @@ fn v(s: &str) -> UpstreamVersion {
     s.parse().unwrap()
 }
 
-const S6_1: Series = Series::new(6, 1);
-const S6_12: Series = Series::new(6, 12);
+const S6_1: KernelSeries = KernelSeries::new(6, 1);
+const S6_12: KernelSeries = KernelSeries::new(6, 12);
 
 fn raw_6_12() -> Value {
     let path = snapshot::bundled_dir().join("linux-6.12-kernel-cna-cves.json.gz");
@@ -106,7 +106,7 @@ fn data_through_is_the_newest_fix_the_data_names() {
     assert_eq!(db.data_through(S6_12), Some(newest));
     assert_eq!(newest.to_string(), "6.12.104", "the README's statement");
     assert!(db.data_through(S6_1).is_some_and(|f| S6_1.contains(&f)));
-    assert_eq!(db.data_through(Series::new(5, 10)), None);
+    assert_eq!(db.data_through(KernelSeries::new(5, 10)), None);
 }
 
 #[test]
@@ -215,8 +215,8 @@ fn a_series_without_data_is_no_data_never_no_exposure() {
         &BTreeSet::new()
     )
     .is_ok());
-    assert!("6.12.1".parse::<Series>().is_err() && "x".parse::<Series>().is_err());
-    assert_eq!("6.12".parse::<Series>().unwrap(), S6_12);
+    assert!("6.12.1".parse::<KernelSeries>().is_err() && "x".parse::<KernelSeries>().is_err());
+    assert_eq!("6.12".parse::<KernelSeries>().unwrap(), S6_12);
 }
 
 #[test]

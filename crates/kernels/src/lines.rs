@@ -129,7 +129,7 @@ pub(crate) const SERIES: &[SeriesRow] = &[
 pub(crate) fn row(series: KernelSeries, distribution: Distribution) -> Option<&'static SeriesRow> {
     SERIES
         .iter()
-        .find(|r| r.series == series.parts() && r.distribution == distribution.number())
+        .find(|r| r.series == series.as_pair() && r.distribution == distribution.number())
 }
 
 /// Every suite of the table, once each, in table order.
@@ -192,7 +192,7 @@ impl KernelLine {
             Some(d) => d,
             None => SERIES
                 .iter()
-                .filter(|r| r.series == series.parts())
+                .filter(|r| r.series == series.as_pair())
                 .map(|r| r.distribution)
                 .max()
                 .and_then(|n| n.to_string().parse().ok())
@@ -312,7 +312,7 @@ pub(crate) fn distribution_of_package(
         Some(n) => n,
         None => SERIES
             .iter()
-            .filter(|r| r.series == series.parts())
+            .filter(|r| r.series == series.as_pair())
             .map(|r| r.distribution)
             .max()?,
     };

@@ -732,7 +732,7 @@ async fn compliance(
     let series = query
         .get("series")
         .map(|s| {
-            s.parse::<patchbay_exposure::Series>()
+            s.parse::<patchbay_exposure::KernelSeries>()
                 .map_err(|e| ServerError::BadRequest(format!("series: {e}")))
         })
         .transpose()?;

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use patchbay_core::protocol::{HostState, LevelOffer};
 use patchbay_exposure::{
-    exposure, CveDatabase, DataCoverage, DataState, Day, Exposure, Policy, Series, UpstreamVersion,
+    exposure, CveDatabase, DataCoverage, DataState, Day, Exposure, KernelSeries, Policy,
+    UpstreamVersion,
 };
 use serde::Serialize;
 
@@ -57,7 +58,7 @@ pub enum CveSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncedSeries {
     /// The series, e.g. `6.12`.
-    pub series: Series,
+    pub series: KernelSeries,
     /// How many CVEs affect some release of it.
     pub cves: usize,
     /// The newest release of it the data names as a fix; exposure of newer releases carries a
@@ -115,7 +116,7 @@ pub fn summary(db: &CveDatabase) -> SyncSummary {
 pub fn sync(data_dir: &Path, source: &CveSource) -> Result<SyncSummary, ServerError> {
     let db = match source {
         CveSource::Vulns { path, kev } => {
-            let series: Vec<Series> = patchbay_exposure::snapshot::series().collect();
+            let series: Vec<KernelSeries> = patchbay_exposure::snapshot::series().collect();
             let mut db = patchbay_exposure::vulns::sync_series(path, &series).map_err(cve_err)?;
             if let Some(kev) = kev {
                 let bytes = std::fs::read(kev).map_err(|source| ServerError::Io {
@@ -215,7 +216,7 @@ pub(crate) fn host_exposure(
     policy: Policy,
 ) -> HostExposure {
     let upstream = host_upstream(host, levels);
-    let version = upstream.filter(|v| db.covers(Series::of(v)));
+    let version = upstream.filter(|v| db.covers(KernelSeries::of(v)));
     let fixes = level_fixes(host, levels);
     let fixed: BTreeSet<String> = fixes.iter().cloned().collect();
     let live = version.map(|v| exposure(db, v, at, policy, &fixed));
@@ -363,7 +364,7 @@ fn csv_field(text: &str) -> String {
 }
 
 /// The rows of hosts in `series` (`6.12`), for a report read per series.
-pub fn rows_of_series(rows: Vec<ComplianceRow>, series: &Series) -> Vec<ComplianceRow> {
+pub fn rows_of_series(rows: Vec<ComplianceRow>, series: &KernelSeries) -> Vec<ComplianceRow> {
     let name = series.to_string();
     rows.into_iter()
         .filter(|r| r.series.as_deref() == Some(name.as_str()))
@@ -590,10 +591,10 @@ pub fn fleet_notices(
     hosts: &[HostRecord],
     levels: &[LevelRecord],
 ) -> Vec<String> {
-    let mut newest: std::collections::BTreeMap<Series, UpstreamVersion> =
+    let mut newest: std::collections::BTreeMap<KernelSeries, UpstreamVersion> =
         std::collections::BTreeMap::new();
     for v in hosts.iter().filter_map(|h| host_upstream(h, levels)) {
-        let entry = newest.entry(Series::of(&v)).or_insert(v);
+        let entry = newest.entry(KernelSeries::of(&v)).or_insert(v);
         if v > *entry {
             *entry = v;
         }

@@ -681,7 +681,7 @@ pub fn run(
 /// kernel's series after some release below `to`, the CVEs fixed in the rest of the window are
 /// unknown (not absent), so the window is not shown as complete.
 fn data_notices(db: &CveDatabase, from: UpstreamVersion, to: UpstreamVersion) -> Vec<String> {
-    let series = patchbay_exposure::Series::from(from.series());
+    let series = patchbay_exposure::KernelSeries::from(from.series());
     if !db.covers(series) {
         return vec![format!(
             "the CVE database has no data for the {series} series (it covers {}): no CVE of \
@@ -1384,4 +1384,3 @@ mod tests {
         assert!(none[0].contains("no data for the 5.10 series"), "{none:?}");
     }
 }
-
