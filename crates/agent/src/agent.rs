@@ -15,7 +15,7 @@ use patchbay_core::{BuildId, Bundle, KernelRelease, ModuleName, PatchLevel};
 
 use crate::cache::{CachedLevel, StateDir, StoreOutcome};
 use crate::error::{load_hint, AgentError, BlockedReport, KernelMismatch};
-use crate::host::{Clock, Kernel, KernelPaths};
+use crate::host::{Clock, KernelPaths, KernelSyscalls};
 use crate::livepatch::{self, AfterUnpatchTimeout, LivePatch};
 use crate::notes::parse_build_id;
 use crate::state::{
@@ -290,7 +290,7 @@ enum TransitionEnd {
 /// The agent, wired to a kernel, a clock, and a state directory.
 pub struct Agent<'a> {
     /// Module syscalls: [`crate::SystemKernel`] in production, a fake in tests.
-    pub kernel: &'a dyn Kernel,
+    pub kernel: &'a dyn KernelSyscalls,
     /// Time and sleeping (a fake clock makes transition waits instant in tests).
     pub clock: &'a dyn Clock,
     /// Where sysfs, procfs and the kernel notes are read from.

@@ -33,7 +33,7 @@ impl Default for KernelPaths {
 }
 
 /// The syscalls the agent needs from the kernel.
-pub trait Kernel {
+pub trait KernelSyscalls {
     /// The running kernel's release (`uname -r`).
     fn release(&self) -> io::Result<String>;
     /// Loads the module in `module` (`finit_module(fd, "", 0)`). The kernel reads the file from
@@ -58,7 +58,7 @@ pub trait Clock {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemKernel;
 
-impl Kernel for SystemKernel {
+impl KernelSyscalls for SystemKernel {
     fn release(&self) -> io::Result<String> {
         // SAFETY: `utsname` is a plain C struct of byte arrays; all-zero is a valid value.
         let mut uts: libc::utsname = unsafe { std::mem::zeroed() };

@@ -1,7 +1,7 @@
 //! The Patchbay agent: identifies the running kernel, applies, rolls back and unloads livepatch
 //! bundles, and reports status. The CLI (`src/main.rs`) is a thin layer over [`Agent`].
 //!
-//! Kernel access goes through [`host::Kernel`] (module syscalls), [`host::Clock`] (time) and
+//! Kernel access goes through [`host::KernelSyscalls`] (module syscalls), [`host::Clock`] (time) and
 //! [`host::KernelPaths`] (sysfs/proc roots), so the state machine is tested against a fake
 //! kernel. See `docs/agent.md` for behaviour, exit codes and the crash-safety argument.
 #![warn(missing_docs)]
@@ -30,7 +30,7 @@ pub use agent::{
 };
 pub use cache::StateDir;
 pub use error::{exit, AgentError, BlockedReport};
-pub use host::{Clock, Kernel, KernelPaths, SystemClock, SystemKernel};
+pub use host::{Clock, KernelPaths, KernelSyscalls, SystemClock, SystemKernel};
 pub use status::{StatusReport, Verdict};
 
 /// Default state directory.

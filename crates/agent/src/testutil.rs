@@ -22,7 +22,7 @@ use patchbay_core::{
 };
 
 use crate::cache::StateDir;
-use crate::host::{Clock, Kernel, KernelPaths};
+use crate::host::{Clock, KernelPaths, KernelSyscalls};
 use crate::notes::tests::kernel_notes;
 
 pub(crate) const BUILD_ID: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -508,7 +508,7 @@ impl FakeKernel {
     }
 }
 
-impl Kernel for FakeKernel {
+impl KernelSyscalls for FakeKernel {
     fn release(&self) -> io::Result<String> {
         Ok(self.sim.borrow().release.clone())
     }
