@@ -25,6 +25,18 @@ pub enum KbuildError {
         /// make's stdout followed by its stderr, untruncated.
         output: String,
     },
+    /// objtool found problems in the module (an IBT kernel's objtool checks the linked module
+    /// and only warns, exiting 0): each is a module the running kernel could trip over.
+    #[error(
+        "objtool rejected the module in {dir} (its warnings are errors for a kernel with IBT):\n{}",
+        warnings.join("\n")
+    )]
+    Objtool {
+        /// The module's kbuild directory (`M=`).
+        dir: String,
+        /// The `warning: objtool:` lines, as printed.
+        warnings: Vec<String>,
+    },
     /// make exited 0 but the expected `<name>.ko` is not there (the path it looked for).
     #[error("kbuild succeeded but {0} was not produced")]
     Missing(String),
@@ -109,6 +121,17 @@ pub fn build_module(
             output,
         });
     }
+    if objtool_checks_the_module(kernel) {
+        let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        let warnings = objtool_problems(&output);
+        if !warnings.is_empty() {
+            return Err(KbuildError::Objtool {
+                dir: dir.display().to_string(),
+                warnings,
+            });
+        }
+    }
     let ko = dir.join(format!("{name}.ko"));
     if !ko.is_file() {
         return Err(KbuildError::Missing(ko.display().to_string()));
@@ -116,7 +139,60 @@ pub fn build_module(
     Ok(ko)
 }
 
+/// Whether kbuild runs objtool on the linked module, where its warnings are about our code
+/// (`CONFIG_X86_KERNEL_IBT`: `delay-objtool`, Debian's 6.12). objtool exits 0 on warnings.
+fn objtool_checks_the_module(kernel: &Kernel) -> bool {
+    std::fs::read_to_string(kernel.config()).is_ok_and(|config| {
+        config
+            .lines()
+            .any(|l| l.trim() == "CONFIG_X86_KERNEL_IBT=y")
+    })
+}
+
+/// The `warning: objtool:` lines of a kbuild run that matter: all of them (a `!ENDBR`
+/// reference, a naked return, an indirect call, a missing `int3`, "file already has" a table
+/// objtool must generate), except one that is harmless: a data relocation to a replacement
+/// function (`__patchbay_new__*`) without `ENDBR64`, from the `klp_func` table. livepatch enters
+/// a replacement by returning into it from ftrace, never by an indirect branch.
+pub fn objtool_problems(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter(|line| line.contains("warning: objtool:"))
+        .filter(|line| {
+            let benign = line
+                .split_once("relocation to !ENDBR: ")
+                .is_some_and(|(_, target)| {
+                    target.starts_with(crate::diff::extract::NEW_FUNCTION_PREFIX)
+                });
+            !benign
+        })
+        .map(|line| line.trim().to_owned())
+        .collect()
+}
+
 /// make's `-j`: every core the builder may use (1 when that cannot be told).
 fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objtool_warnings_are_problems_except_a_replacement_without_endbr() {
+        let output = "  LD [M]  /w/patchbay.o\n\
+/w/patchbay.o: warning: objtool: funcs+0x8: data relocation to !ENDBR: __patchbay_new__cmdline_proc_show+0x0\n\
+/w/patchbay.o: warning: objtool: bad_ops+0x0: data relocation to !ENDBR: noendbr_fn+0x0\n\
+/w/patchbay.o: warning: objtool: file already has .return_sites, skipping\n\
+  MODPOST /w/Module.symvers\n";
+        assert_eq!(
+            objtool_problems(output),
+            [
+                "/w/patchbay.o: warning: objtool: bad_ops+0x0: data relocation to !ENDBR: noendbr_fn+0x0",
+                "/w/patchbay.o: warning: objtool: file already has .return_sites, skipping",
+            ]
+        );
+        assert!(objtool_problems("  CC [M]  x.o\n").is_empty());
+    }
 }

@@ -135,6 +135,8 @@ pub fn module_sympos(
     let mut functions: Vec<(u64, &str, u32)> = module
         .iter()
         .filter(|s| s.module.is_none() && matches!(s.entry.kind, 't' | 'T' | 'w' | 'W'))
+        // 6.12's `__pfx_foo` sits right before each `foo`: not a function of any object.
+        .filter(|s| !crate::diff::elf::is_prefix_symbol(s.name))
         .map(|s| (s.entry.address, s.name, s.entry.position))
         .collect();
     functions.sort_unstable();

@@ -297,12 +297,63 @@ impl ElfView {
         SPECIAL_STATIC_NAMES.contains(&base.as_str())
     }
 
-    /// The function or data symbol that owns a whole section (`-ffunction-sections`).
+    /// The function or data symbol that owns a whole section (`-ffunction-sections`): the one
+    /// at offset 0, or a function after nothing but the NOP padding
+    /// `-fpatchable-function-entry=N,N` puts before it (`CONFIG_CALL_PADDING`, 6.12: 16 NOPs,
+    /// the symbol at 16).
     pub fn symbol_of_section(&self, section: usize) -> Option<&Symbol> {
-        self.symbols.iter().find(|s| {
+        let at_start = self.symbols.iter().find(|s| {
             s.section == Some(section) && s.value == 0 && (s.is_function() || s.is_data())
+        });
+        at_start.or_else(|| {
+            let data = &self.section(section)?.data;
+            self.symbols
+                .iter()
+                .filter(|s| s.section == Some(section) && s.is_function() && s.value > 0)
+                .min_by_key(|s| s.value)
+                .filter(|s| {
+                    usize::try_from(s.value)
+                        .ok()
+                        .and_then(|end| data.get(..end))
+                        .is_some_and(|padding| padding.iter().all(|b| *b == NOP))
+                })
         })
     }
+
+    /// The view without what objtool adds to an object (see [`OBJTOOL_SECTIONS`] and
+    /// [`is_prefix_symbol`]) and without `__patchable_function_entries`. For kernels whose
+    /// objtool runs on the linked module only (IBT): the patch module's own run generates all
+    /// of it, and skips a table the object already has.
+    pub fn without_objtool_outputs(mut self) -> ElfView {
+        self.sections.retain(|_, s| {
+            !OBJTOOL_SECTIONS.contains(&s.name.as_str()) && s.name != "__patchable_function_entries"
+        });
+        self.symbols.retain(|s| !is_prefix_symbol(&s.name));
+        self
+    }
+}
+
+/// The one-byte NOP GCC pads functions with.
+const NOP: u8 = 0x90;
+
+/// Sections objtool writes into the object it checks (6.12: `--ibt --orc --retpoline --rethunk
+/// --static-call --hacks=skylake`).
+pub const OBJTOOL_SECTIONS: &[&str] = &[
+    ".retpoline_sites",
+    ".return_sites",
+    ".call_sites",
+    ".ibt_endbr_seal",
+    ".cfi_sites",
+    ".orc_unwind",
+    ".orc_unwind_ip",
+    ".orc_header",
+    ".static_call_sites",
+];
+
+/// `__pfx_foo`: the symbol objtool `--prefix` puts over the padding before `foo` (in objects,
+/// kallsyms and System.map of 6.12). Never a function to correlate, replace or look up.
+pub fn is_prefix_symbol(name: &str) -> bool {
+    name.starts_with("__pfx_")
 }
 
 fn section_type(file: &ElfFile64<'_, Endianness>, index: usize) -> u32 {
@@ -403,5 +454,85 @@ mod tests {
         assert_eq!(correlation_name("warned.3"), "warned");
         assert_eq!(correlation_name("foo.part.0.cold"), "foo.part.cold");
         assert_eq!(correlation_name("cmdline_proc_show"), "cmdline_proc_show");
+    }
+
+    /// A 6.12-style compile (`-fpatchable-function-entry=16,16`, IBT): the function sits after
+    /// 16 NOPs in its section, which still owns it; objtool's outputs and `__pfx_` go.
+    #[test]
+    fn padded_functions_own_their_section_and_objtool_outputs_are_dropped() {
+        #![allow(clippy::unwrap_used, clippy::expect_used)]
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path().join("p.c");
+        let o = dir.path().join("p.o");
+        std::fs::write(
+            &c,
+            "static int helper(int x) { return x * 3; }\n\
+                            int (*ptr)(int) = helper;\n\
+                            int user(int x) { return x + 1; }\n",
+        )
+        .unwrap();
+        let status = std::process::Command::new("gcc-12")
+            .args([
+                "-O2",
+                "-fno-pic",
+                "-fcf-protection=branch",
+                "-fpatchable-function-entry=16,16",
+                "-ffunction-sections",
+                "-fdata-sections",
+                "-c",
+                "-o",
+            ])
+            .arg(&o)
+            .arg(&c)
+            .status()
+            .expect("gcc-12 (apt-get install gcc-12)");
+        assert!(status.success());
+        let mut view = ElfView::parse("p", &std::fs::read(&o).unwrap()).unwrap();
+        let user = view
+            .symbols
+            .iter()
+            .find(|s| s.name == "user")
+            .unwrap()
+            .clone();
+        assert_eq!(user.value, 16);
+        let section = user.section.unwrap();
+        assert_eq!(
+            view.symbol_of_section(section).map(|s| s.index),
+            Some(user.index)
+        );
+        // What objtool --prefix would add, and a table it would write.
+        let mut prefix = user.clone();
+        prefix.name = "__pfx_user".into();
+        prefix.index = 9999;
+        prefix.value = 0;
+        prefix.size = 16;
+        view.symbols.push(prefix);
+        view.sections.insert(
+            9998,
+            Section {
+                index: 9998,
+                name: ".return_sites".into(),
+                data: vec![0; 4],
+                size: 4,
+                align: 4,
+                flags: 0,
+                sh_type: elf::SHT_PROGBITS,
+                relocs: Vec::new(),
+            },
+        );
+        assert_eq!(
+            view.symbol_of_section(section).map(|s| s.name.as_str()),
+            Some("__pfx_user")
+        );
+        let view = view.without_objtool_outputs();
+        assert!(view.section_by_name(".return_sites").is_none());
+        assert!(view
+            .section_by_name("__patchable_function_entries")
+            .is_none());
+        assert!(!view.symbols.iter().any(|s| is_prefix_symbol(&s.name)));
+        assert_eq!(
+            view.symbol_of_section(section).map(|s| s.index),
+            Some(user.index)
+        );
     }
 }

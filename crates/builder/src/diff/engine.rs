@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::elf::{correlation_name, ElfView, Reloc, Section, Symbol, Target};
+use super::elf::{correlation_name, is_prefix_symbol, ElfView, Reloc, Section, Symbol, Target};
 
 /// What changed between two compiles of one translation unit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,7 +56,8 @@ fn is_comparable_data_section(name: &str) -> bool {
 fn by_name(view: &ElfView, want_function: bool) -> BTreeMap<String, &Symbol> {
     let keep = |symbol: &Symbol| {
         if want_function {
-            symbol.is_function()
+            // objtool's `__pfx_` symbols over the padding are not functions of the source.
+            symbol.is_function() && !is_prefix_symbol(&symbol.name)
         } else {
             // Special statics are never correlated: the patch has its own copies (extract).
             symbol.is_data()
@@ -612,7 +613,7 @@ pub fn init_references(patched: &ElfView, report: &DiffReport) -> Vec<(String, S
 /// Whether `reloc` in code is the rel32 operand of a call or jump (`e8`/`e9`, `0f 8x`): the
 /// assembler relocates calls to local functions through their section with `R_X86_64_PC32`,
 /// so the relocation type alone cannot tell a call from taking the address (`lea`).
-fn is_branch_target(section: &Section, reloc: &Reloc) -> bool {
+pub(crate) fn is_branch_target(section: &Section, reloc: &Reloc) -> bool {
     if !matches!(
         reloc.r_type,
         object::elf::R_X86_64_PLT32 | object::elf::R_X86_64_PC32
@@ -658,7 +659,12 @@ pub fn only_called_local_function(
         {
             let to_function = match &reloc.target {
                 Target::Symbol(i) => *i == function.index,
-                Target::Section(s) => Some(*s) == function.section && function.value == 0,
+                Target::Section(s) => {
+                    Some(*s) == function.section
+                        && patched
+                            .symbol_of_section(*s)
+                            .is_some_and(|owner| owner.index == function.index)
+                }
             };
             if to_function {
                 if !is_branch_target(section, reloc) {

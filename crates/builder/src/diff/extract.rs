@@ -17,6 +17,7 @@ use object::{
 
 use super::elf::{correlation_name, is_dynamic_debug_section, ElfView, Reloc, Section, Target};
 use super::engine::DiffReport;
+use super::preflight::KernelLayout;
 
 /// Prefix of the symbol a changed function gets in the extracted object; the generated
 /// `klp_func` table points `new_func` at it.
@@ -24,8 +25,8 @@ pub const NEW_FUNCTION_PREFIX: &str = "__patchbay_new__";
 
 /// A special section as a table of fixed-size entries; an entry is kept when the relocation at
 /// `key_offset` inside it points into a kept function.
-struct Table {
-    name: &'static str,
+struct Table<'n> {
+    name: &'n str,
     entry_size: u64,
     key_offset: u64,
     /// A section with one entry per entry of this one, without relocations (`.orc_unwind`).
@@ -35,7 +36,7 @@ struct Table {
 /// x86-64 layouts in Linux 6.1 (`struct bug_entry` with relative pointers, `struct
 /// exception_table_entry`, `struct jump_entry`, `struct alt_instr`, `struct static_call_site`,
 /// `struct paravirt_patch_site`, `s32` site lists, `struct orc_entry`).
-const TABLES: &[Table] = &[
+const TABLES: &[Table<'static>] = &[
     Table {
         name: "__bug_table",
         entry_size: 12,
@@ -122,6 +123,8 @@ fn ignored_section(name: &str) -> bool {
         || name.starts_with("___ksymtab")
         || name.starts_with("__kcrctab")
         || name.starts_with("___kcrctab")
+        // 6.12's `EXPORT_SYMBOL` record for modpost (`include/linux/export.h`).
+        || name == ".export_symbol"
         || name == ".gnu.linkonce.this_module"
         || name.starts_with(".patchbay.")
 }
@@ -175,6 +178,10 @@ pub struct Extracted {
     /// Keys (tracepoints, static calls) whose sites in kept code of a module patch were left
     /// out of the special sections.
     pub inert_tracepoints: BTreeSet<String>,
+    /// Static call keys (`__SCK__x`) kept as undefined symbols because kept code calls their
+    /// trampolines, for the patch module's objtool run to name in `.static_call_sites`
+    /// (objtool on the linked module only; empty otherwise).
+    pub static_call_keys: BTreeSet<String>,
 }
 
 struct Builder<'a> {
@@ -197,6 +204,7 @@ struct Builder<'a> {
     /// The patched object is part of a module (not vmlinux).
     module_target: bool,
     inert_tracepoints: BTreeSet<String>,
+    static_call_keys: BTreeSet<String>,
 }
 
 /// Builds the object for the changed and new functions and new data of `report`.
@@ -209,6 +217,29 @@ pub fn extract(
     report: &DiffReport,
     export_as: &BTreeMap<String, String>,
     module_target: bool,
+) -> Result<Extracted, ExtractError> {
+    extract_for(
+        original,
+        patched,
+        report,
+        export_as,
+        module_target,
+        KernelLayout::per_object_objtool(),
+    )
+}
+
+/// [`extract`] for a kernel of the given layout. When objtool runs on the linked module only
+/// (IBT, 6.12), the views must come without objtool outputs
+/// ([`ElfView::without_objtool_outputs`]); the special-section layouts are the object's own
+/// (`.altinstructions` entries by their relocations' stride), and every static call key the
+/// kept code calls through stays as an undefined symbol ([`Extracted::static_call_keys`]).
+pub fn extract_for(
+    original: &ElfView,
+    patched: &ElfView,
+    report: &DiffReport,
+    export_as: &BTreeMap<String, String>,
+    module_target: bool,
+    layout: KernelLayout,
 ) -> Result<Extracted, ExtractError> {
     let original_names: BTreeMap<String, String> = original
         .symbols
@@ -229,6 +260,7 @@ pub fn extract(
         local_externals: BTreeSet::new(),
         module_target,
         inert_tracepoints: BTreeSet::new(),
+        static_call_keys: BTreeSet::new(),
     };
     let mut replaced = Vec::new();
     let changed: BTreeSet<&String> = report.changed_functions.iter().collect();
@@ -289,11 +321,69 @@ pub fn extract(
     }
     // Pass 3: special-section entries that describe kept code.
     for table in TABLES {
-        builder.copy_table(table)?;
+        if layout.objtool_on_linked_module && !LINKED_OBJTOOL_TABLES.contains(&table.name) {
+            continue;
+        }
+        let entry_size = if layout.objtool_on_linked_module && table.name == ".altinstructions" {
+            match builder.patched.section_by_name(table.name) {
+                Some(section) => relocation_stride(section, 2)?,
+                None => continue,
+            }
+        } else {
+            table.entry_size
+        };
+        builder.copy_table(table, entry_size)?;
+    }
+    // objtool's annotations (`ANNOTATE_REACHABLE` after a `WARN`'s `ud2`, retpoline-safe
+    // indirect calls, `instrumentation_begin()`, unwind hints, ...) of the kept code, for the
+    // patch module's objtool run to read as it read the kernel's.
+    if layout.objtool_on_linked_module {
+        let annotations: Vec<String> = builder
+            .patched
+            .sections
+            .values()
+            .filter(|s| OBJTOOL_ANNOTATIONS.contains(&s.name.as_str()) && !s.relocs.is_empty())
+            .map(|s| s.name.clone())
+            .collect();
+        for name in annotations {
+            let Some(section) = builder.patched.section_by_name(&name) else {
+                continue;
+            };
+            let entry_size = relocation_stride(section, 1)?;
+            builder.copy_table(
+                &Table {
+                    name: &name,
+                    entry_size,
+                    key_offset: 0,
+                    parallel: None,
+                },
+                entry_size,
+            )?;
+        }
+    }
+    // objtool makes the static call site of a kept `call __SCT__x` with the key `__SCK__x`
+    // only if the object has that symbol (the compile had it only from `.discard.addressable`,
+    // which is not carried); without it a module's site names the trampoline, which the
+    // loader refuses unless the trampoline is exported as a key.
+    if layout.objtool_on_linked_module {
+        let trampolines: Vec<String> = builder
+            .externals
+            .keys()
+            .filter(|name| name.starts_with(STATIC_CALL_TRAMP_PREFIX))
+            .cloned()
+            .collect();
+        for trampoline in trampolines {
+            if let Some(call) = trampoline.strip_prefix(STATIC_CALL_TRAMP_PREFIX) {
+                let key = format!("{STATIC_CALL_KEY_PREFIX}{call}");
+                builder.external(key.clone());
+                builder.static_call_keys.insert(key);
+            }
+        }
     }
     let external = builder.externals.keys().cloned().collect();
     let local_external = builder.local_externals.clone();
     let inert_tracepoints = builder.inert_tracepoints.clone();
+    let static_call_keys = builder.static_call_keys.clone();
     let object = builder
         .out
         .write()
@@ -304,7 +394,73 @@ pub fn extract(
         external,
         local_external,
         inert_tracepoints,
+        static_call_keys,
     })
+}
+
+/// `__SCT__x`: a static call's trampoline; `__SCK__x`: its key.
+const STATIC_CALL_TRAMP_PREFIX: &str = "__SCT__";
+const STATIC_CALL_KEY_PREFIX: &str = "__SCK__";
+
+/// objtool's annotation sections (`include/linux/objtool.h` and the x86 headers of 6.12): one
+/// relocation per entry pointing at the annotated instruction (or function).
+const OBJTOOL_ANNOTATIONS: &[&str] = &[
+    ".discard.reachable",
+    ".discard.unwind_hints",
+    ".discard.func_stack_frame_non_standard",
+    ".discard.noendbr",
+    ".discard.retpoline_safe",
+    ".discard.instr_begin",
+    ".discard.instr_end",
+    ".discard.validate_unret",
+    ".discard.intra_function_calls",
+    ".discard.ignore_alts",
+    ".discard.ibt_endbr_noseal",
+];
+
+/// The tables carried when objtool runs on the linked module: the compiler's and the kernel
+/// macros' own (objtool's are regenerated, and 6.12 has no `.parainstructions`).
+const LINKED_OBJTOOL_TABLES: &[&str] = &[
+    "__bug_table",
+    "__ex_table",
+    "__jump_table",
+    ".altinstructions",
+    ".smp_locks",
+];
+
+/// The entry size of a table whose entries each have `per_entry` relocations at the same
+/// offsets (`struct alt_instr`: `instr_offset`, `repl_offset`): the distance between the first
+/// relocations of two entries, or the whole section for one entry. 12 bytes in Linux 6.1, 14
+/// in 6.12 (`ft_flags`); read from the object, so no kernel version is assumed.
+fn relocation_stride(section: &Section, per_entry: usize) -> Result<u64, ExtractError> {
+    let layout_error = |entry| ExtractError::TableLayout {
+        section: section.name.clone(),
+        size: section.size,
+        entry,
+    };
+    let entries = section.relocs.len() / per_entry;
+    if entries == 0 || !section.relocs.len().is_multiple_of(per_entry) {
+        return Err(layout_error(0));
+    }
+    let stride = match section.relocs.get(per_entry) {
+        Some(second) => second
+            .offset
+            .saturating_sub(section.relocs.first().map_or(0, |r| r.offset)),
+        None => section.size,
+    };
+    let whole = stride > 0 && section.size == stride.saturating_mul(entries as u64);
+    let regular = section.relocs.iter().enumerate().all(|(i, r)| {
+        let entry = (i / per_entry) as u64;
+        section
+            .relocs
+            .get(i % per_entry)
+            .is_some_and(|first| r.offset == first.offset + entry * stride)
+    });
+    if whole && regular {
+        Ok(stride)
+    } else {
+        Err(layout_error(stride))
+    }
 }
 
 fn scope_of(global: bool) -> SymbolScope {
@@ -513,7 +669,9 @@ impl Builder<'_> {
                     if !owner.global {
                         self.local_externals.insert(name.clone());
                     }
-                    return Ok((self.external(name), reloc.addend));
+                    // The section may start with padding before the symbol (6.12).
+                    let value = i64::try_from(owner.value).unwrap_or(0);
+                    return Ok((self.external(name), reloc.addend.saturating_sub(value)));
                 }
                 // Anonymous constants (literals GCC did not put in a string section): a copy
                 // behaves the same. Anonymous writable data would be state split in two.
@@ -578,7 +736,7 @@ impl Builder<'_> {
     /// after the loader used the entry. A tracepoint's jump label then stays inert in the
     /// replacement (harmless, as kpatch and klp-build also decide); a static call site keeps
     /// calling through its trampoline, which follows the key all the same, only not inlined.
-    fn module_site_key(&self, table: &Table, section: &Section, index: u64) -> Option<String> {
+    fn module_site_key(&self, table: &Table<'_>, section: &Section, index: u64) -> Option<String> {
         // `struct jump_entry { s32 code; s32 target; long key; }`,
         // `struct static_call_site { s32 addr; s32 key; }`.
         let (key_field, prefix) = match table.name {
@@ -595,6 +753,22 @@ impl Builder<'_> {
         name.starts_with(prefix).then(|| name.clone())
     }
 
+    /// Whether a relocation points into `.altinstr_replacement` the output already has (copied
+    /// whole).
+    fn points_into_copied_replacement(&self, reloc: &Reloc) -> bool {
+        let section = match &reloc.target {
+            Target::Section(s) => Some(*s),
+            Target::Symbol(i) => self.patched.symbol(*i).and_then(|s| s.section),
+        };
+        section.is_some_and(|s| {
+            self.sections.contains_key(&s)
+                && self
+                    .patched
+                    .section(s)
+                    .is_some_and(|s| s.name == ".altinstr_replacement")
+        })
+    }
+
     /// Whether a relocation points into kept code.
     fn points_into_kept(&self, reloc: &Reloc) -> bool {
         match &reloc.target {
@@ -607,9 +781,15 @@ impl Builder<'_> {
         }
     }
 
-    fn copy_table(&mut self, table: &Table) -> Result<(), ExtractError> {
+    fn copy_table(&mut self, table: &Table<'_>, entry_size: u64) -> Result<(), ExtractError> {
         let Some(section) = self.patched.section_by_name(table.name).cloned() else {
             return Ok(());
+        };
+        let table = &Table {
+            name: table.name,
+            entry_size,
+            key_offset: table.key_offset,
+            parallel: table.parallel,
         };
         if section.size % table.entry_size != 0 {
             return Err(ExtractError::TableLayout {
@@ -618,13 +798,15 @@ impl Builder<'_> {
                 entry: table.entry_size,
             });
         }
+        let annotation = table.name.starts_with(".discard.");
         let mut kept_entries: Vec<u64> = (0..section.size / table.entry_size)
             .filter(|i| {
                 let key = i * table.entry_size + table.key_offset;
-                section
-                    .relocs
-                    .iter()
-                    .any(|r| r.offset == key && self.points_into_kept(r))
+                section.relocs.iter().any(|r| {
+                    r.offset == key
+                        && (self.points_into_kept(r)
+                            || (annotation && self.points_into_copied_replacement(r)))
+                })
             })
             .collect();
         if self.module_target {
@@ -751,4 +933,52 @@ pub fn unknown_special_sections(patched: &ElfView, report: &DiffReport) -> Vec<S
         }
     }
     unknown.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn alt_section(size: u64, offsets: &[u64]) -> Section {
+        Section {
+            index: 1,
+            name: ".altinstructions".into(),
+            data: vec![0; usize::try_from(size).unwrap()],
+            size,
+            align: 1,
+            flags: 0,
+            sh_type: object::elf::SHT_PROGBITS,
+            relocs: offsets
+                .iter()
+                .map(|offset| Reloc {
+                    offset: *offset,
+                    r_type: object::elf::R_X86_64_PC32,
+                    target: Target::Section(2),
+                    addend: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// `struct alt_instr` is 12 bytes in 6.1 and 14 in 6.12: the relocations tell which.
+    #[test]
+    fn alternative_entry_size_comes_from_the_relocations() {
+        assert_eq!(
+            relocation_stride(&alt_section(0x2a, &[0, 4, 0xe, 0x12, 0x1c, 0x20]), 2).unwrap(),
+            14
+        );
+        assert_eq!(
+            relocation_stride(&alt_section(24, &[0, 4, 12, 16]), 2).unwrap(),
+            12
+        );
+        assert_eq!(relocation_stride(&alt_section(14, &[0, 4]), 2).unwrap(), 14);
+        // Not whole entries, an odd relocation, no relocations: the layout is unknown.
+        assert!(relocation_stride(&alt_section(30, &[0, 4, 14, 18]), 2).is_err());
+        assert!(relocation_stride(&alt_section(28, &[0, 4, 14]), 2).is_err());
+        assert!(relocation_stride(&alt_section(28, &[0, 4, 14, 20]), 2).is_err());
+        assert!(relocation_stride(&alt_section(28, &[]), 2).is_err());
+        // Annotations: one relocation per 4-byte entry.
+        assert_eq!(relocation_stride(&alt_section(8, &[0, 4]), 1).unwrap(), 4);
+    }
 }

@@ -562,7 +562,7 @@ pub fn defined_functions(object: &[u8], path: &Path) -> Result<Vec<String>, Obje
         .symbols()
         .filter(|s| s.kind() == SymbolKind::Text && s.is_definition())
         .filter_map(|s| s.name().ok().map(str::to_owned))
-        .filter(|n| !n.is_empty() && !n.contains('.'))
+        .filter(|n| !n.is_empty() && !n.contains('.') && !super::elf::is_prefix_symbol(n))
         .collect();
     names.sort();
     names.dedup();

@@ -44,7 +44,7 @@ impl KernelConfig {
 pub enum PreflightProblem {
     /// The kernel has no `CONFIG_LIVEPATCH=y`.
     NoLivepatch,
-    /// The kernel has an option that makes object diffing unsafe (IBT, full LTO, ...).
+    /// The kernel has an option that makes object diffing unsafe (FineIBT, LTO, ...).
     UnsupportedOption {
         /// The option (`CONFIG_X86_KERNEL_IBT`).
         option: &'static str,
@@ -122,10 +122,6 @@ impl PreflightProblem {
 /// Options that make object diffing unsafe or impossible, with why.
 const REFUSED_OPTIONS: &[(&str, &str)] = &[
     (
-        "CONFIG_X86_KERNEL_IBT",
-        "IBT seals indirect branch targets at boot; replacement functions would not be valid targets",
-    ),
-    (
         "CONFIG_LTO_CLANG_FULL",
         "link-time optimisation moves code across objects, so one object's diff is not the change",
     ),
@@ -149,7 +145,46 @@ const REFUSED_OPTIONS: &[(&str, &str)] = &[
         "CONFIG_CFI_CLANG",
         "control-flow integrity checks would reject calls into the replacement functions",
     ),
+    (
+        "CONFIG_FINEIBT",
+        "FineIBT rewrites every function entry into a hash check that object diffing cannot \
+         reproduce for the replacement functions",
+    ),
 ];
+
+/// What a kernel's build does to each object that decides what a compiled translation unit
+/// carries and what the patch module's own build must generate (derived from its config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// objtool runs only on the linked module (kbuild's `delay-objtool`: `CONFIG_X86_KERNEL_IBT`
+    /// or clang LTO, Debian's 6.12): translation units carry no objtool output, and the patch
+    /// module's `objtool --link --module` run makes `.return_sites`, `.call_sites`,
+    /// `.ibt_endbr_seal`, ORC, `.static_call_sites` and the `__pfx_` symbols for all of it.
+    /// `false` (Debian's 6.1): objtool ran on each object, whose tables are carried.
+    pub objtool_on_linked_module: bool,
+    /// Indirect branches must land on `ENDBR64` and unused ones are sealed at boot
+    /// (`CONFIG_X86_KERNEL_IBT`): the patch may not take the address of a sealed function.
+    pub ibt: bool,
+}
+
+impl KernelLayout {
+    /// The layout of a kernel built with `config`.
+    pub fn from_config(config: &KernelConfig) -> KernelLayout {
+        let ibt = config.is_set("CONFIG_X86_KERNEL_IBT");
+        KernelLayout {
+            objtool_on_linked_module: ibt || config.is_set("CONFIG_LTO_CLANG"),
+            ibt,
+        }
+    }
+
+    /// Debian 6.1's layout: objtool on every object, no IBT.
+    pub const fn per_object_objtool() -> KernelLayout {
+        KernelLayout {
+            objtool_on_linked_module: false,
+            ibt: false,
+        }
+    }
+}
 
 /// Checks the kernel's configuration.
 pub fn check_config(config: &KernelConfig) -> Vec<PreflightProblem> {
@@ -230,8 +265,14 @@ mod tests {
             Some("gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0")
         );
 
+        assert_eq!(
+            KernelLayout::from_config(&debian),
+            KernelLayout::per_object_objtool()
+        );
+
         let hardened = KernelConfig::parse(
-            "CONFIG_X86_KERNEL_IBT=y\nCONFIG_LTO_CLANG_THIN=y\nCONFIG_RANDSTRUCT_FULL=y\n",
+            "CONFIG_X86_KERNEL_IBT=y\nCONFIG_LTO_CLANG_THIN=y\nCONFIG_RANDSTRUCT_FULL=y\n\
+             CONFIG_FINEIBT=y\n",
         );
         let problems = check_config(&hardened);
         assert_eq!(problems.len(), 4, "{problems:?}");
@@ -244,9 +285,26 @@ mod tests {
         assert!(
             problems
                 .iter()
+                .any(|p| p.to_string().contains("CONFIG_FINEIBT")),
+            "{problems:?}"
+        );
+        assert!(
+            !problems
+                .iter()
                 .any(|p| p.to_string().contains("CONFIG_X86_KERNEL_IBT")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn debian_6_12_with_ibt_is_accepted_and_delays_objtool() {
+        let config = KernelConfig::parse(
+            "CONFIG_LIVEPATCH=y\nCONFIG_X86_KERNEL_IBT=y\n# CONFIG_FINEIBT is not set\n\
+             CONFIG_LTO_NONE=y\nCONFIG_CALL_THUNKS=y\n",
+        );
+        assert!(check_config(&config).is_empty());
+        let layout = KernelLayout::from_config(&config);
+        assert!(layout.ibt && layout.objtool_on_linked_module, "{layout:?}");
     }
 
     #[test]

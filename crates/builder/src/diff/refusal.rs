@@ -62,6 +62,12 @@ pub enum Category {
     InitOnly,
     /// Kept code refers to `__init` code or data, which the running kernel freed.
     InitReference,
+    /// Kept code takes the address of a running-kernel function that IBT forbids as an
+    /// indirect branch target (sealed at boot, or without `ENDBR64`).
+    SealedFunctionAddress,
+    /// Kept code calls a static call whose key lives in a module, which the patch's static
+    /// call site could name only through a livepatch relocation applied too late.
+    StaticCallModuleKey,
 }
 
 impl Category {
@@ -93,6 +99,8 @@ impl Category {
             Category::NotBuiltInConfig => "not-built-in-config",
             Category::InitOnly => "init-only",
             Category::InitReference => "init-reference",
+            Category::SealedFunctionAddress => "sealed-function-address",
+            Category::StaticCallModuleKey => "static-call-module-key",
         }
     }
 }

@@ -1,0 +1,293 @@
+//! Diff mode on Debian 12's newest 6.12 kernel (IBT, call-depth tracking, rethunk; objtool runs
+//! on the linked module only): real gcc-12 objects of the kernel's own source, built all the way
+//! to a bundle. The objtool tables of the patch module are objtool's own for the module (never
+//! copied from the kernel's objects), `__pfx_` symbols confuse nothing, static calls keep their
+//! key, and taking the address of a function the running kernel sealed is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+use patchbay_build::diff::pipeline::{build, DiffBuild, DiffBuildError, DiffBuildReport};
+use patchbay_build::diff::refusal::Category;
+use patchbay_kernels::{fetch_selector, Kernel, KernelLine, KernelSelector};
+
+fn kernel_6_12() -> Kernel {
+    let line = KernelLine::choose(
+        Some("6.12".parse().unwrap()),
+        Some("12".parse().unwrap()),
+        None,
+    )
+    .unwrap();
+    fetch_selector(&KernelSelector::Newest(line)).unwrap()
+}
+
+fn fixture(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/diffs")
+        .join(rel)
+}
+
+/// What one build left behind: the report, the extracted object, the module as kbuild linked
+/// it (before the livepatch rewrite).
+struct Built {
+    report: DiffBuildReport,
+    extracted: Vec<u8>,
+    linked: Vec<u8>,
+}
+
+fn try_build(
+    kernel: &Kernel,
+    diff: &str,
+    work: &std::path::Path,
+) -> Result<DiffBuildReport, DiffBuildError> {
+    build(
+        kernel,
+        &DiffBuild {
+            level: 1.try_into().unwrap(),
+            fixes: Vec::new(),
+            patches: vec![fixture(diff)],
+            output: work.join("out.pbb"),
+            keep_work_dir: Some(work.join("work")),
+            strip_level: None,
+            header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
+        },
+    )
+}
+
+fn build_fixture(kernel: &Kernel, diff: &str) -> Built {
+    let work = tempfile::tempdir().unwrap();
+    let report = try_build(kernel, diff, work.path()).unwrap_or_else(|e| panic!("{diff}: {e}"));
+    assert!(work.path().join("out.pbb").is_file());
+    let extracted = std::fs::read(work.path().join("work/extracted0.o")).unwrap();
+    let ko = std::fs::read_dir(work.path().join("work/module"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "ko"))
+        .unwrap();
+    let linked = std::fs::read(ko).unwrap();
+    Built {
+        report,
+        extracted,
+        linked,
+    }
+}
+
+fn section_names(object: &[u8]) -> Vec<String> {
+    object::File::parse(object)
+        .unwrap()
+        .sections()
+        .map(|s| s.name().unwrap().to_owned())
+        .collect()
+}
+
+fn symbol_names(object: &[u8]) -> Vec<String> {
+    object::File::parse(object)
+        .unwrap()
+        .symbols()
+        .map(|s| s.name().unwrap().to_owned())
+        .collect()
+}
+
+/// The names of the sections (through section symbols) or symbols a section's relocations
+/// point at.
+fn relocation_targets(object: &[u8], section: &str) -> Vec<String> {
+    let file = object::File::parse(object).unwrap();
+    let section = file.section_by_name(section).unwrap();
+    section
+        .relocations()
+        .map(|(_, r)| match r.target() {
+            RelocationTarget::Symbol(i) => {
+                let symbol = file.symbol_by_index(i).unwrap();
+                match symbol.section_index() {
+                    Some(s) if symbol.kind() == object::SymbolKind::Section => {
+                        file.section_by_index(s).unwrap().name().unwrap().to_owned()
+                    }
+                    _ => symbol.name().unwrap().to_owned(),
+                }
+            }
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+const OBJTOOL_TABLES: &[&str] = &[
+    ".return_sites",
+    ".retpoline_sites",
+    ".call_sites",
+    ".ibt_endbr_seal",
+    ".orc_unwind",
+    ".orc_unwind_ip",
+    ".orc_header",
+    ".static_call_sites",
+];
+
+/// The extracted object carries no objtool output; the module has objtool's, made for it.
+fn assert_objtool_tables_are_the_module_s(built: &Built) {
+    let extracted = section_names(&built.extracted);
+    for table in OBJTOOL_TABLES {
+        assert!(
+            !extracted.iter().any(|s| s == table),
+            "{table} copied into the extracted object: {extracted:?}"
+        );
+    }
+    assert!(
+        !extracted
+            .iter()
+            .any(|s| s == "__patchable_function_entries"),
+        "{extracted:?}"
+    );
+    assert!(
+        !symbol_names(&built.extracted)
+            .iter()
+            .any(|s| s.starts_with("__pfx_")),
+        "__pfx_ symbols in the extracted object"
+    );
+    let linked = section_names(&built.linked);
+    for table in [
+        ".return_sites",
+        ".call_sites",
+        ".orc_unwind_ip",
+        ".orc_header",
+    ] {
+        assert!(
+            linked.iter().any(|s| s == table),
+            "objtool made no {table} for the module: {linked:?}"
+        );
+    }
+    // objtool's returns include the replacement's own.
+    for replaced in &built.report.module.manifest.replaced_functions {
+        let new = &replaced.replacement;
+        assert!(!replaced.function.starts_with("__pfx_"), "{replaced:?}");
+        let symbols = symbol_names(&built.linked);
+        assert!(symbols.contains(new), "{new} not in {symbols:?}");
+        assert!(
+            symbols.contains(&format!("__pfx_{new}")),
+            "objtool made no __pfx_ for {new}"
+        );
+    }
+}
+
+/// A change in `cmdline_proc_show`: objtool's tables are made for the module, the replacement
+/// is named after the function, never after its `__pfx_`.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn cmdline_change_gets_objtool_tables_made_for_the_module() {
+    let kernel = kernel_6_12();
+    let built = build_fixture(&kernel, "cmdline-string.patch");
+    let diff = &built.report.files[0].diff;
+    assert_eq!(diff.changed_functions, ["cmdline_proc_show"], "{diff:?}");
+    assert!(diff.new_functions.is_empty(), "{diff:?}");
+    assert_objtool_tables_are_the_module_s(&built);
+    let returns = relocation_targets(&built.linked, ".return_sites");
+    assert!(
+        returns.iter().any(|s| s == ".text.cmdline_proc_show"),
+        "{returns:?}"
+    );
+}
+
+/// A new global helper only called directly has `ENDBR64`: objtool seals it in the module (its
+/// `.ibt_endbr_seal` is the module's), while the replacement, referenced from the `klp_func`
+/// table, keeps its own.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn a_directly_called_new_function_is_sealed_by_the_module_s_objtool() {
+    let kernel = kernel_6_12();
+    let built = build_fixture(&kernel, "ibt-cmdline-global-helper.patch");
+    let diff = &built.report.files[0].diff;
+    assert_eq!(diff.changed_functions, ["cmdline_proc_show"], "{diff:?}");
+    assert_eq!(diff.new_functions, ["pb_ibt_helper"], "{diff:?}");
+    assert_objtool_tables_are_the_module_s(&built);
+    let sealed = relocation_targets(&built.linked, ".ibt_endbr_seal");
+    assert_eq!(sealed, [".text.pb_ibt_helper"]);
+}
+
+/// A change in a function with a tracepoint (a static call through `__SCT__tp_func_*`): the
+/// key stays as an undefined symbol, so objtool's `.static_call_sites` for the module names
+/// the key and not the trampoline.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn static_call_site_names_its_key() {
+    let kernel = kernel_6_12();
+    let built = build_fixture(&kernel, "ibt-itimer-tracepoint.patch");
+    let diff = &built.report.files[0].diff;
+    assert_eq!(diff.changed_functions, ["it_real_fn"], "{diff:?}");
+    assert_objtool_tables_are_the_module_s(&built);
+    let keys = relocation_targets(&built.linked, ".static_call_sites");
+    assert!(
+        keys.iter().any(|s| s == "__SCK__tp_func_itimer_expire"),
+        "{keys:?}"
+    );
+    assert!(
+        !keys.iter().any(|s| s.starts_with("__SCT__")),
+        "a site names the trampoline: {keys:?}"
+    );
+}
+
+/// `validate_prctl_map_addr` reads `TASK_SIZE` through an alternative: its entry (14 bytes in
+/// 6.12, `ft_flags`) and replacement are carried, the other function's entry is not.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn alternatives_use_the_6_12_entry_size() {
+    let kernel = kernel_6_12();
+    let built = build_fixture(&kernel, "ibt-prctl-alternative.patch");
+    let diff = &built.report.files[0].diff;
+    assert_eq!(
+        diff.changed_functions,
+        ["validate_prctl_map_addr"],
+        "{diff:?}"
+    );
+    assert_objtool_tables_are_the_module_s(&built);
+    let file = object::File::parse(&*built.extracted).unwrap();
+    let alt = file.section_by_name(".altinstructions").unwrap();
+    assert_eq!(alt.size(), 14);
+    assert_eq!(
+        relocation_targets(&built.extracted, ".altinstructions"),
+        [".text.validate_prctl_map_addr", ".altinstr_replacement"]
+    );
+    assert!(file.section_by_name(".parainstructions").is_none());
+    let linked = object::File::parse(&*built.linked).unwrap();
+    assert_eq!(
+        linked.section_by_name(".altinstructions").unwrap().size(),
+        14
+    );
+}
+
+/// Rule fixtures written for 6.1 that apply to 6.12 too build on 6.12.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn rule_fixtures_that_apply_build_on_6_12() {
+    let kernel = kernel_6_12();
+    for diff in [
+        "cmdline-new-static.patch",
+        "cmdline-static-local.patch",
+        "cmdline-warn-atomic.patch",
+        "locked-vm-export-dyndbg.patch",
+        "oom-adj-clone-print-once.patch",
+    ] {
+        let built = build_fixture(&kernel, diff);
+        assert_objtool_tables_are_the_module_s(&built);
+    }
+}
+
+/// Taking the address of `kill_pid_info`, which Debian's 6.12 seals at boot: refused before
+/// anything is built.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn address_of_a_sealed_function_is_refused() {
+    let kernel = kernel_6_12();
+    let work = tempfile::tempdir().unwrap();
+    let err = try_build(&kernel, "refuse-ibt-sealed-address.patch", work.path()).unwrap_err();
+    let refusals = err.refusals();
+    assert_eq!(refusals.len(), 1, "{err}");
+    assert_eq!(
+        refusals[0].category,
+        Category::SealedFunctionAddress,
+        "{err}"
+    );
+    assert_eq!(
+        refusals[0].function.as_deref(),
+        Some("kill_pid_info"),
+        "{err}"
+    );
+    assert!(refusals[0].reason.contains("sealed"), "{err}");
+    assert!(!work.path().join("out.pbb").exists());
+}
