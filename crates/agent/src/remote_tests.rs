@@ -829,7 +829,7 @@ fn uname_reports_the_release_whose_fixes_the_live_patch_brings() {
     // The CVEs the first 6.1.y release after 6.1.100 fixed: a level carrying all of them makes
     // the host as fixed as that release.
     let db = server.service.cve_db();
-    let from: patchbay_exposure::UpstreamVersion = "6.1.100".parse().unwrap();
+    let from: patchbay_core::UpstreamVersion = "6.1.100".parse().unwrap();
     let next = db
         .records
         .values()

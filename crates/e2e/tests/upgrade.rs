@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::Command;
 
 use patchbay_build::upgrade::select::{self, Selection};
+use patchbay_core::UpstreamVersion;
 use patchbay_core::{CveId, CveStatus, UpgradeReport};
 use patchbay_e2e::{agent_binary, assert_checks, builder_binary, Guest, ServerProcess};
-use patchbay_exposure::version::UpstreamVersion;
 use patchbay_kernels::Kernel;
 use patchbay_vm::Network;
 
@@ -241,14 +241,14 @@ fn agent_applies_level_1(server: &ServerProcess, kernel: &Kernel, patched: &[Cve
     );
     let mut guest = Guest::new().unwrap();
     guest
-        .modules(&kernel, &["virtio_pci", "virtio_net"])
+        .modules(kernel, &["virtio_pci", "virtio_net"])
         .unwrap();
     guest.network = Network::ForwardToHost {
         guest_port: GUEST_PORT,
         host_port: server.port,
     };
     let run = guest
-        .run_script(&kernel, "upgrade-agent", &script, work)
+        .run_script(kernel, "upgrade-agent", &script, work)
         .unwrap();
     let mut expected = vec!["net-up", "register", "update", "level-1"];
     let names: Vec<String> = patched

@@ -16,8 +16,8 @@
 //!    the fix) speaks of that branch only, not of mainline: for a later series such as 6.12
 //!    whose mainline already had the fix (6.8) it would be a false alarm.
 
-use crate::version::UpstreamVersion;
 use crate::{CveError, Range};
+use patchbay_core::UpstreamVersion;
 
 /// One vulnerable:fixed pair.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::version::UpstreamVersion;
 use crate::{CveDatabase, CveError, Day, KernelSeries, Severity};
+use patchbay_core::UpstreamVersion;
 
 /// Whether the CVE data can answer for a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -22,7 +22,6 @@
 pub mod dyad;
 pub mod exposure;
 pub mod snapshot;
-pub mod version;
 pub mod vulns;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,8 +30,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use exposure::{exposure, try_exposure, DataCoverage, DataState, ExposedCve, Exposure, Policy};
-pub use patchbay_core::KernelSeries;
-pub use version::UpstreamVersion;
+use patchbay_core::KernelSeries;
+use patchbay_core::UpstreamVersion;
 
 /// A civil date (UTC day).
 pub type Day = jiff::civil::Date;

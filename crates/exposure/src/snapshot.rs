@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::version::UpstreamVersion;
 use crate::{parse_day, CveDatabase, CveError, CveRecord, KernelSeries, Kev, Range, Score};
+use patchbay_core::UpstreamVersion;
 
 /// One stable series of the snapshot: which files hold its data and which field its ranges.
 #[derive(Debug, Clone, Copy)]

@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
-use patchbay_exposure::{exposure, snapshot, vulns, Policy, Score, UpstreamVersion};
+use patchbay_core::UpstreamVersion;
+use patchbay_exposure::{exposure, snapshot, vulns, Policy, Score};
 use serde_json::Value;
 
 fn data(name: &str) -> Vec<u8> {

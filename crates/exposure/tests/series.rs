@@ -6,9 +6,9 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 
+use patchbay_core::{KernelSeries, UpstreamVersion};
 use patchbay_exposure::{
-    exposure, snapshot, try_exposure, vulns, CveError, DataState, KernelSeries, Policy, Range,
-    UpstreamVersion,
+    exposure, snapshot, try_exposure, vulns, CveError, DataState, Policy, Range,
 };
 use serde_json::Value;
 

@@ -732,7 +732,7 @@ async fn compliance(
     let series = query
         .get("series")
         .map(|s| {
-            s.parse::<patchbay_exposure::KernelSeries>()
+            s.parse::<patchbay_core::KernelSeries>()
                 .map_err(|e| ServerError::BadRequest(format!("series: {e}")))
         })
         .transpose()?;

@@ -9,10 +9,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use patchbay_core::protocol::{HostState, LevelOffer};
-use patchbay_exposure::{
-    exposure, CveDatabase, DataCoverage, DataState, Day, Exposure, KernelSeries, Policy,
-    UpstreamVersion,
-};
+use patchbay_core::{KernelSeries, UpstreamVersion};
+use patchbay_exposure::{exposure, CveDatabase, DataCoverage, DataState, Day, Exposure, Policy};
 use serde::Serialize;
 
 use crate::error::ServerError;

@@ -1286,7 +1286,7 @@ async fn compliance(
 /// The `series` query parameter of the compliance pages (`6.12`), if given.
 fn series_query(
     query: &HashMap<String, String>,
-) -> Result<Option<patchbay_exposure::KernelSeries>, ServerError> {
+) -> Result<Option<patchbay_core::KernelSeries>, ServerError> {
     query
         .get("series")
         .filter(|s| !s.is_empty())
@@ -1316,7 +1316,7 @@ fn series_groups(rows: &[crate::cve::ComplianceRow]) -> Vec<SeriesGroup> {
         let key = r
             .series
             .as_deref()
-            .and_then(|s| s.parse::<patchbay_exposure::KernelSeries>().ok())
+            .and_then(|s| s.parse::<patchbay_core::KernelSeries>().ok())
             .map(|s| s.as_pair());
         let g = groups.entry(key).or_insert_with(|| SeriesGroup {
             series: r.series.clone(),

@@ -22,8 +22,8 @@ use std::time::Instant;
 
 use patchbay_core::protocol::KernelsReply;
 use patchbay_core::report::{DropCategory, DroppedGroup, ReportModule, Verification};
+use patchbay_core::UpstreamVersion;
 use patchbay_core::{BuildId, CveId, CveOutcome, CveStatus, PatchLevel, UpgradeReport};
-use patchbay_exposure::version::UpstreamVersion;
 use patchbay_exposure::CveDatabase;
 use patchbay_kernels::Kernel;
 
@@ -681,7 +681,7 @@ pub fn run(
 /// kernel's series after some release below `to`, the CVEs fixed in the rest of the window are
 /// unknown (not absent), so the window is not shown as complete.
 fn data_notices(db: &CveDatabase, from: UpstreamVersion, to: UpstreamVersion) -> Vec<String> {
-    let series = patchbay_exposure::KernelSeries::from(from.series());
+    let series = patchbay_core::KernelSeries::from(from.series());
     if !db.covers(series) {
         return vec![format!(
             "the CVE database has no data for the {series} series (it covers {}): no CVE of \

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use patchbay_core::CveId;
-use patchbay_exposure::version::UpstreamVersion;
+use patchbay_core::UpstreamVersion;
 use patchbay_exposure::{CveDatabase, CveRecord};
 
 /// One CVE chosen for the upgrade.

@@ -385,7 +385,7 @@ fn build_and_publish(
     runtime: &tokio::runtime::Runtime,
     api: &Api,
     kernel: &patchbay_kernels::Kernel,
-    to: patchbay_exposure::UpstreamVersion,
+    to: patchbay_core::UpstreamVersion,
     source: &str,
     state: &WatchState,
 ) -> Result<BuiltLevel, String> {
