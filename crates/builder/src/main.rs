@@ -270,6 +270,12 @@ enum KernelCommand {
         #[command(flatten)]
         line: LineArgs,
     },
+    /// List the source package versions of a line Debian's archive offers (the `--to` of
+    /// `upgrade`), oldest first: `<package> <version> <upstream version>`.
+    Sources {
+        #[command(flatten)]
+        line: LineArgs,
+    },
     /// Fetch a kernel and prepare its own source tree (the line's linux-source package of
     /// exactly its version, its config, `make modules_prepare` with its exact compiler): the
     /// tree diffs are written against. Prints the tree's directory.
@@ -437,6 +443,17 @@ fn run(cli: Cli) -> Result<()> {
                     if !any {
                         println!("  (none offered)");
                     }
+                }
+                Ok(())
+            }
+            KernelCommand::Sources { line } => {
+                let line = line.line()?;
+                for version in patchbay_kernels::source_versions(&line)? {
+                    println!(
+                        "{}\t{version}\t{}",
+                        line.source_package(),
+                        patchbay_kernels::upstream_version_of(&version)?
+                    );
                 }
                 Ok(())
             }
