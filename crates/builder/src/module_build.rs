@@ -434,7 +434,8 @@ fn module_tables(
                  kernel pass its .ko with --object-file"
             ))
         })?;
-        let bytes = std::fs::read(&path).map_err(io(format!("read {}", path.display())))?;
+        // 6.12's modules are `.ko.xz`.
+        let bytes = patchbay_kernels::read_module(&path)?;
         tables.push((object.clone(), SymbolTable::from_module_ko(&bytes)?));
     }
     Ok(tables)

@@ -291,3 +291,44 @@ fn address_of_a_sealed_function_is_refused() {
     assert!(refusals[0].reason.contains("sealed"), "{err}");
     assert!(!work.path().join("out.pbb").exists());
 }
+
+/// A module's tracepoint (ocfs2): its static call trampoline is the module's own and is named
+/// per module in the patch, so objtool sees no static call there (the kept code calls through
+/// the trampoline, which follows its key) and no site names a key of the module; the module's
+/// `.ko.xz` is read for its symbols.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn module_tracepoint_calls_go_through_the_module_s_trampoline() {
+    let kernel = kernel_6_12();
+    let built = build_fixture(&kernel, "module-ocfs2-tracepoint.patch");
+    assert_eq!(
+        built.report.files[0].owner,
+        patchbay_build::diff::objects::Owner::Module("ocfs2".parse().unwrap())
+    );
+    assert_eq!(
+        built.report.files[0].diff.changed_functions,
+        ["ocfs2_validate_inode_block"]
+    );
+    assert_objtool_tables_are_the_module_s(&built);
+    // A trampoline exported with EXPORT_STATIC_CALL_TRAMP (`preempt_schedule_notrace`, which
+    // `static_call_mod()` calls without naming the key) is a key the loader maps itself, as for
+    // any module.
+    let symvers = std::fs::read_to_string(kernel.module_symvers()).unwrap();
+    let exported = |name: &str| symvers.lines().any(|l| l.split('\t').nth(1) == Some(name));
+    let file = object::File::parse(&*built.linked).unwrap();
+    for name in ["__jump_table", ".static_call_sites"] {
+        if file.section_by_name(name).is_none() {
+            continue;
+        }
+        for key in relocation_targets(&built.linked, name) {
+            assert!(
+                !key.starts_with("__tracepoint_") && !key.starts_with("__SCK__"),
+                "{name} keys on {key}"
+            );
+            assert!(
+                !key.starts_with("__SCT__") || exported(&key),
+                "{name} keys on the unexported trampoline {key}"
+            );
+        }
+    }
+}

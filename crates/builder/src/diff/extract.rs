@@ -373,8 +373,14 @@ pub fn extract_for(
             .cloned()
             .collect();
         for trampoline in trampolines {
-            if let Some(call) = trampoline.strip_prefix(STATIC_CALL_TRAMP_PREFIX) {
-                let key = format!("{STATIC_CALL_KEY_PREFIX}{call}");
+            let Some(call) = trampoline.strip_prefix(STATIC_CALL_TRAMP_PREFIX) else {
+                continue;
+            };
+            let key = format!("{STATIC_CALL_KEY_PREFIX}{call}");
+            // Only a key the compile named: `static_call_mod()` in a module names none, and
+            // its site keys on the trampoline exported with EXPORT_STATIC_CALL_TRAMP
+            // (`preempt_schedule_notrace`), which the loader maps to the key itself.
+            if patched.symbols.iter().any(|s| s.name == key) {
                 builder.external(key.clone());
                 builder.static_call_keys.insert(key);
             }

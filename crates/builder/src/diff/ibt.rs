@@ -44,7 +44,7 @@ impl TargetProblem {
                  .ibt_endbr_seal: nothing took its address when the kernel was built)"
             }
             TargetProblem::NoEndbr => "it does not start with ENDBR64",
-            TargetProblem::NotCode => "its address is in no code section of vmlinux",
+            TargetProblem::NotCode => "its address is in no code section",
         }
     }
 }
@@ -101,6 +101,78 @@ impl BranchTargets {
             Some(bytes) if bytes != ENDBR64 => Some(TargetProblem::NoEndbr),
             Some(_) => None,
         }
+    }
+}
+
+/// Which functions of a module (`.ko`, decompressed) an indirect branch may land on, by name:
+/// objtool sealed the module's own unused `ENDBR64`s in its `.ibt_endbr_seal` (relocations to
+/// the function's section and offset), applied when the module loads.
+#[derive(Debug, Default)]
+pub struct ModuleBranchTargets {
+    problems: std::collections::BTreeMap<String, Vec<Option<TargetProblem>>>,
+}
+
+impl ModuleBranchTargets {
+    /// Reads the module's functions and its `.ibt_endbr_seal`.
+    pub fn from_module(ko: &[u8]) -> Result<ModuleBranchTargets, IbtError> {
+        use object::{ObjectSymbol, RelocationTarget};
+        let file = object::File::parse(ko).map_err(|e| IbtError(e.to_string()))?;
+        let mut sealed: BTreeSet<(usize, u64)> = BTreeSet::new();
+        if let Some(seal) = file.section_by_name(".ibt_endbr_seal") {
+            for (_, reloc) in seal.relocations() {
+                let RelocationTarget::Symbol(index) = reloc.target() else {
+                    continue;
+                };
+                let Ok(symbol) = file.symbol_by_index(index) else {
+                    continue;
+                };
+                let Some(section) = symbol.section_index() else {
+                    continue;
+                };
+                sealed.insert((
+                    section.0,
+                    symbol.address().wrapping_add_signed(reloc.addend()),
+                ));
+            }
+        }
+        let mut targets = ModuleBranchTargets::default();
+        for symbol in file.symbols() {
+            if symbol.kind() != object::SymbolKind::Text {
+                continue;
+            }
+            let (Some(section), Ok(name)) = (symbol.section_index(), symbol.name()) else {
+                continue;
+            };
+            let problem = if sealed.contains(&(section.0, symbol.address())) {
+                Some(TargetProblem::Sealed)
+            } else {
+                let bytes = file
+                    .section_by_index(section)
+                    .ok()
+                    .and_then(|s| s.data().ok())
+                    .and_then(|data| {
+                        let at = usize::try_from(symbol.address()).ok()?;
+                        data.get(at..at.checked_add(4)?)
+                    });
+                match bytes {
+                    Some(bytes) if bytes == ENDBR64 => None,
+                    Some(_) => Some(TargetProblem::NoEndbr),
+                    None => Some(TargetProblem::NotCode),
+                }
+            };
+            targets
+                .problems
+                .entry(name.to_owned())
+                .or_default()
+                .push(problem);
+        }
+        Ok(targets)
+    }
+
+    /// Why an indirect branch may not land on the module's function `name` (any of its copies),
+    /// or `None` when it may or the module has no function of that name.
+    pub fn problem(&self, name: &str) -> Option<TargetProblem> {
+        self.problems.get(name)?.iter().find_map(|p| *p)
     }
 }
 

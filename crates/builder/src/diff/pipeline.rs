@@ -586,6 +586,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                 extract::extract_for(original, patched, &diff, &export_as, module_target, layout)?;
         }
         if layout.ibt {
+            let mut module_targets: Option<super::ibt::ModuleBranchTargets> = None;
             let view = ElfView::parse(&report.source, &extracted.object)?;
             for name in super::ibt::address_taking_references(&view) {
                 if patch_defines.contains(&name) {
@@ -597,6 +598,32 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                     .filter(|e| matches!(e.kind, 't' | 'T' | 'w' | 'W'))
                     .map(|e| e.address)
                     .collect();
+                if let (Owner::Module(module), true) = (&report.owner, functions.is_empty()) {
+                    // The patched module's own function, sealed by objtool when it was built.
+                    if module_targets.is_none() {
+                        if let Some(path) = kernel.find_module(module.as_str())? {
+                            module_targets = Some(super::ibt::ModuleBranchTargets::from_module(
+                                &patchbay_kernels::read_module(&path)?,
+                            )?);
+                        }
+                    }
+                    let problem = module_targets.as_ref().and_then(|t| t.problem(&name));
+                    if let Some(problem) = problem {
+                        ambiguous.push(Refusal::in_function(
+                            Category::SealedFunctionAddress,
+                            &report.source,
+                            &name,
+                            format!(
+                                "the fix takes the address of `{name}` of module {module}, but \
+                                 {}; under IBT an indirect call through that pointer stops \
+                                 the kernel (\"Missing ENDBR\"): call it directly, or use a \
+                                 function whose address the module already takes",
+                                problem.describe()
+                            ),
+                        ));
+                    }
+                    continue;
+                }
                 if functions.is_empty() {
                     continue;
                 }
@@ -619,24 +646,6 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                              (\"Missing ENDBR\"): call it directly, or use a function whose \
                              address the kernel already takes",
                             problem.describe()
-                        ),
-                    ));
-                }
-            }
-        }
-        if let Owner::Module(module) = &report.owner {
-            for key in &extracted.static_call_keys {
-                if vmlinux_table.lookup(key).is_empty() {
-                    ambiguous.push(Refusal::in_function(
-                        Category::StaticCallModuleKey,
-                        &report.source,
-                        key,
-                        format!(
-                            "the fixed code of module {module} calls a static call whose key \
-                             is not vmlinux's; the patch's static call site would need a \
-                             livepatch relocation to the module's key, which is written only \
-                             after the module loader has used the site: call the function \
-                             behind it another way"
                         ),
                     ));
                 }
@@ -677,6 +686,27 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                             (format!("__patchbay_{module}__{name}"), module.to_string()),
                         );
                     }
+                }
+            }
+            // A static call site objtool makes for the module names its key; a key that is not
+            // vmlinux's could be reached only through a livepatch relocation written after the
+            // loader used the site. A trampoline renamed above is no static call to objtool:
+            // the kept code calls through it, and it follows its key all the same.
+            for key in &extracted.static_call_keys {
+                let trampoline = key.replacen("__SCK__", "__SCT__", 1);
+                if vmlinux_table.lookup(key).is_empty() && !renames.contains_key(&trampoline) {
+                    ambiguous.push(Refusal::in_function(
+                        Category::StaticCallModuleKey,
+                        &report.source,
+                        key,
+                        format!(
+                            "the fixed code of module {module} calls the static call \
+                             `{trampoline}`, whose key is not vmlinux's; the patch's static call \
+                             site would name the key through a livepatch relocation that is \
+                             written only after the module loader used the site: call the \
+                             function behind it another way"
+                        ),
+                    ));
                 }
             }
             if !renames.is_empty() {
