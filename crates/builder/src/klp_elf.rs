@@ -181,6 +181,13 @@ const MODULE_SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
 /// module. A livepatch relocation there for a module object would be written only when that
 /// module loads, long after the loader used the data; for vmlinux the loader writes it first
 /// (see `rewrite`). `true` = name prefix, `false` = exact name.
+///
+/// Checked against 6.12 too: `.klp.rela.vmlinux.*` is applied inside `apply_relocations()`,
+/// before `module_finalize()` (alternatives, return/retpoline sites, call thunks, IBT sealing,
+/// ORC), jump labels and static calls; `.klp.rela.<module>.*` only by `klp_init_object_loaded()`,
+/// after which nothing re-reads these sections. So a vmlinux static call key in
+/// `.static_call_sites` (diff mode keeps `__SCK__*` for objtool on IBT kernels) is fine, a
+/// module's is not.
 const LOADER_SECTIONS: &[(&str, bool, &str)] = &[
     ("__jump_table", false, "jump labels are registered from it"),
     (
