@@ -276,4 +276,67 @@ mod tests {
         let view = ElfView::parse("t", &std::fs::read(&o).unwrap()).unwrap();
         assert_eq!(address_taking_references(&view), ["leaed", "pointed"]);
     }
+
+    /// A module as objtool leaves it: `.ibt_endbr_seal` relocations to a function's section at
+    /// its offset (`.text.sealed + 0x10`, after the padding).
+    #[test]
+    fn a_module_s_sealed_and_endbr_less_functions_are_found_by_name() {
+        use object::write::{Object as WriteObject, Relocation, Symbol, SymbolSection};
+        use object::{
+            Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags,
+            SymbolKind, SymbolScope,
+        };
+        let mut obj = WriteObject::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let mut code = vec![0x90; 16];
+        code.extend_from_slice(&ENDBR64);
+        code.extend_from_slice(&[0xc3; 12]);
+        let function = |obj: &mut WriteObject<'_>, name: &str, body: &[u8]| {
+            let section = obj.add_section(
+                Vec::new(),
+                format!(".text.{name}").into_bytes(),
+                SectionKind::Text,
+            );
+            obj.set_section_data(section, body.to_vec(), 16);
+            obj.add_symbol(Symbol {
+                name: name.as_bytes().to_vec(),
+                value: 16,
+                size: 16,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Linkage,
+                weak: false,
+                section: SymbolSection::Section(section),
+                flags: SymbolFlags::None,
+            });
+            section
+        };
+        let sealed = function(&mut obj, "sealed", &code);
+        function(&mut obj, "open", &code);
+        let mut plain = vec![0x90; 16];
+        plain.extend_from_slice(&[0x55; 16]);
+        function(&mut obj, "plain", &plain);
+        let seal = obj.add_section(
+            Vec::new(),
+            b".ibt_endbr_seal".to_vec(),
+            SectionKind::ReadOnlyData,
+        );
+        obj.set_section_data(seal, vec![0; 4], 4);
+        let sealed_symbol = obj.section_symbol(sealed);
+        obj.add_relocation(
+            seal,
+            Relocation {
+                offset: 0,
+                symbol: sealed_symbol,
+                addend: 16,
+                flags: RelocationFlags::Elf {
+                    r_type: object::elf::R_X86_64_PC32,
+                },
+            },
+        )
+        .unwrap();
+        let targets = ModuleBranchTargets::from_module(&obj.write().unwrap()).unwrap();
+        assert_eq!(targets.problem("sealed"), Some(TargetProblem::Sealed));
+        assert_eq!(targets.problem("open"), None);
+        assert_eq!(targets.problem("plain"), Some(TargetProblem::NoEndbr));
+        assert_eq!(targets.problem("elsewhere"), None);
+    }
 }
