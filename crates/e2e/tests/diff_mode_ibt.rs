@@ -1,4 +1,5 @@
-//! Diff mode end to end on Debian 12's newest 6.12 kernel (IBT, call-depth tracking, rethunk):
+//! Diff mode end to end on the newest 6.12 kernels (IBT, call-depth tracking, rethunk) of Debian
+//! 12 (gcc-12 on the host), Debian 13 (gcc-14 in its build root) and Debian 13's cloud flavour:
 //! bundles built by `patchbay-build diff` from diffs of that kernel's source, loaded by the agent
 //! in QEMU (`-smp 1`). Each case's check fails before the patch is loaded, passes while it is
 //! live and fails again after unload.
@@ -10,7 +11,7 @@
 
 use patchbay_build::diff::pipeline::{build, DiffBuild};
 use patchbay_e2e::{fixture, Guest};
-use patchbay_kernels::{fetch_selector, KernelLine, KernelSelector};
+use patchbay_kernels::{fetch_selector, Flavour, KernelLine, KernelSelector};
 
 /// (case name, diffs under fixtures/diffs, guest check)
 const CASES: &[(&str, &[&str], &str)] = &[
@@ -52,10 +53,26 @@ const CASES: &[(&str, &[&str], &str)] = &[
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn diff_bundles_load_and_unload_on_6_12_with_ibt_in_qemu() {
+    diff_bundles_in_qemu(12, Flavour::Amd64);
+}
+
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn diff_bundles_load_and_unload_on_debian13_6_12_in_qemu() {
+    diff_bundles_in_qemu(13, Flavour::Amd64);
+}
+
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn diff_bundles_load_and_unload_on_debian13_6_12_cloud_in_qemu() {
+    diff_bundles_in_qemu(13, Flavour::CloudAmd64);
+}
+
+fn diff_bundles_in_qemu(debian: u32, flavour: Flavour) {
     let line = KernelLine::choose(
         Some("6.12".parse().unwrap()),
-        Some("12".parse().unwrap()),
-        None,
+        Some(debian.to_string().parse().unwrap()),
+        Some(flavour),
     )
     .unwrap();
     let kernel = fetch_selector(&KernelSelector::Newest(line)).unwrap();
