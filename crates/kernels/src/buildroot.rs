@@ -58,6 +58,8 @@ const BASE_PACKAGES: &[&str] = &[
     "xz-utils",
     "zstd",
     "patch",
+    // 6.12's `make modules_prepare` runs python3 scripts.
+    "python3",
 ];
 
 /// `PATH` inside a root (the caller's host `PATH` means nothing there).

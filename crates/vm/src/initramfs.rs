@@ -101,7 +101,10 @@ pb_expect_contains() {
 # pb_net_up: bring up the guest's only network: QEMU user networking (restrict=on), where
 # 10.0.2.100 forwards to one port on the host's loopback (see patchbay_vm::Network).
 pb_net_up() {
-	modprobe virtio_pci && modprobe virtio_net || return 1
+	# Either may be built in (6.12 builds virtio_pci in): then /sys/module has it already.
+	for m in virtio_pci virtio_net; do
+		[ -d /sys/module/$m ] || modprobe $m || return 1
+	done
 	ip link set lo up
 	ip link set eth0 up || return 1
 	ip addr add 10.0.2.15/24 dev eth0 || return 1

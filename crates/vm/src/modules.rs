@@ -110,6 +110,18 @@ fn module_dependencies(path: &Path) -> Result<Vec<String>, VmError> {
         .collect())
 }
 
+/// The modules built into the kernel (`modules.builtin`: `kernel/drivers/virtio/virtio_pci.ko`
+/// per line), by name: asked for, they are already there (6.12 builds `virtio_pci` in).
+fn builtin_modules(modules_dir: &Path) -> std::collections::HashSet<String> {
+    std::fs::read_to_string(modules_dir.join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.rsplit('/').next())
+        .filter_map(module_name_of_file)
+        .map(|(name, _)| name)
+        .collect()
+}
+
 pub(crate) fn resolve(modules_dir: &Path, names: &[&str]) -> Result<ResolvedModules, VmError> {
     let release = modules_dir
         .file_name()
@@ -120,6 +132,7 @@ pub(crate) fn resolve(modules_dir: &Path, names: &[&str]) -> Result<ResolvedModu
         })?
         .to_owned();
     let index = index_modules(modules_dir)?;
+    let builtin = builtin_modules(modules_dir);
 
     // Depth-first walk; `load_order` ends up with every module after its dependencies.
     let mut direct: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -135,6 +148,9 @@ pub(crate) fn resolve(modules_dir: &Path, names: &[&str]) -> Result<ResolvedModu
             }
             if direct.contains_key(&name) {
                 continue;
+            }
+            if !index.contains_key(&name) && builtin.contains(&name) {
+                continue; // built into the kernel: nothing to load
             }
             let relative = index.get(&name).ok_or_else(|| VmError::ModuleNotFound {
                 name: name.clone(),
@@ -232,6 +248,24 @@ mod tests {
             Some(("foo".to_owned(), true))
         );
         assert_eq!(module_name_of_file("modules.dep"), None);
+    }
+
+    #[test]
+    fn built_in_modules_need_nothing_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = dir.path().join("6.12.95+deb12-amd64");
+        std::fs::create_dir_all(release.join("kernel")).unwrap();
+        std::fs::write(
+            release.join("modules.builtin"),
+            "kernel/drivers/virtio/virtio_pci.ko\nkernel/fs/ext4/ext4.ko\n",
+        )
+        .unwrap();
+        let resolved = resolve(&release, &["virtio_pci", "virtio-pci"]).unwrap();
+        assert!(resolved.files.is_empty() && resolved.dependencies.is_empty());
+        assert!(matches!(
+            resolve(&release, &["virtio_net"]),
+            Err(VmError::ModuleNotFound { .. })
+        ));
     }
 
     #[test]

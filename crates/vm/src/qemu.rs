@@ -60,7 +60,8 @@ pub enum Network {
     None,
     /// QEMU user networking with `restrict=on` (no traffic leaves the VM) and one `guestfwd`:
     /// connections to `GUEST_SERVER_IP:guest_port` reach `127.0.0.1:host_port` on the host.
-    /// The guest needs the `virtio_pci` and `virtio_net` modules (`pb_net_up` loads them).
+    /// The guest needs the `virtio_pci` and `virtio_net` modules (`pb_net_up` loads those that
+    /// are not built in).
     ForwardToHost {
         /// The port the guest connects to on [`GUEST_SERVER_IP`].
         guest_port: u16,
