@@ -142,6 +142,83 @@ pub fn assert_checks(run: &VmRun, expected: &[&str]) {
     );
 }
 
+/// One case of the diff-mode QEMU scenario (`fixtures/scenarios/diff.sh`): diffs under
+/// `fixtures/diffs/`, a guest check that fails before the patch is loaded, passes while it is
+/// live and fails again after unload, and optionally a check that must pass after unload.
+#[derive(Debug, Clone, Copy)]
+pub struct DiffCase<'a> {
+    /// The case's name (a guest file name: letters, digits, dashes).
+    pub name: &'a str,
+    /// The diffs, relative to `fixtures/diffs/`.
+    pub diffs: &'a [&'a str],
+    /// A shell check in the guest.
+    pub check: &'a str,
+    /// A shell check that must pass after the unload.
+    pub after_unload: Option<&'a str>,
+}
+
+/// Builds each case with `patchbay-build diff` for `kernel` (distinct levels: the agent keeps
+/// every bundle it applied), runs them in one guest with `cpus` CPUs and asserts every step of
+/// every case passed, printing the serial log. Returns the run for further checks.
+pub fn run_diff_cases(kernel: &Kernel, cases: &[DiffCase<'_>], cpus: u32) -> Result<VmRun> {
+    use patchbay_build::diff::pipeline::{build, DiffBuild};
+    let work = tempfile::tempdir()?;
+    let mut guest = Guest::new()?;
+    guest.cpus = cpus;
+    for (index, case) in cases.iter().enumerate() {
+        let out = work.path().join(format!("{}.pbb", case.name));
+        let level = u32::try_from(index + 1)?;
+        let report = build(
+            kernel,
+            &DiffBuild {
+                level: PatchLevel::try_from(level)?,
+                fixes: Vec::new(),
+                patches: case
+                    .diffs
+                    .iter()
+                    .map(|d| fixture(&format!("diffs/{d}")))
+                    .collect(),
+                output: out.clone(),
+                keep_work_dir: None,
+                strip_level: None,
+                header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
+            },
+        )
+        .with_context(|| format!("build {} for {}", case.name, kernel.release()))?;
+        eprintln!("{}: {:?}", case.name, report.files);
+        guest.file(&format!("/bundles/{}.pbb", case.name), &out)?;
+        let mut checks = vec![("check", case.check)];
+        checks.extend(case.after_unload.map(|after| ("after", after)));
+        for (suffix, text) in checks {
+            let file = work.path().join(format!("{}.{suffix}", case.name));
+            std::fs::write(&file, text)?;
+            guest.file(&format!("/cases/{}.{suffix}", case.name), &file)?;
+        }
+    }
+    let names: Vec<&str> = cases.iter().map(|c| c.name).collect();
+    let scenario = std::fs::read_to_string(fixture("scenarios/diff.sh"))?;
+    let script = format!("CASES=\"{}\"\n{scenario}", names.join(" "));
+    let run = guest.run_script(kernel, "diff", &script, work.path())?;
+    let mut expected: Vec<String> = Vec::new();
+    for case in cases {
+        for step in [
+            "fails-before",
+            "apply",
+            "passes-live",
+            "unload",
+            "fails-after-unload",
+        ] {
+            expected.push(format!("{}-{step}", case.name));
+        }
+        if case.after_unload.is_some() {
+            expected.push(format!("{}-after-unload", case.name));
+        }
+    }
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    assert_checks(&run, &expected);
+    Ok(run)
+}
+
 /// Builds the `pb_fixture` test module for `kernel` into `out_dir`.
 pub fn fixture_module(kernel: &Kernel, out_dir: &Path) -> Result<PathBuf> {
     let dir = out_dir.join("pb_fixture");

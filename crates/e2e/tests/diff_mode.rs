@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use patchbay_build::diff::pipeline::{build, DiffBuild};
-use patchbay_e2e::{fixture, Guest};
+use patchbay_e2e::{fixture, run_diff_cases, DiffCase, Guest};
 use patchbay_kernels::{fetch_selector, KernelSelector};
 
 /// (case name, diffs under fixtures/diffs, guest check)
@@ -130,74 +130,19 @@ const AFTER_UNLOAD: &[(&str, &str)] =
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn diff_bundles_load_and_unload_in_qemu() {
     let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let mut guest = Guest::new().unwrap();
-    for (index, (name, diffs, check)) in CASES.iter().enumerate() {
-        let out = work.path().join(format!("{name}.pbb"));
-        let report = build(
-            &kernel,
-            &DiffBuild {
-                // Distinct levels: the agent keeps every bundle it applied in its cache.
-                level: u32::try_from(index + 1).unwrap().try_into().unwrap(),
-                fixes: Vec::new(),
-                patches: diffs
-                    .iter()
-                    .map(|d| fixture(&format!("diffs/{d}")))
-                    .collect(),
-                output: out.clone(),
-                keep_work_dir: None,
-                strip_level: None,
-                header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
-            },
-        )
-        .unwrap_or_else(|e| panic!("build {name}: {e}"));
-        eprintln!("{name}: {:?}", report.files);
-        guest.file(&format!("/bundles/{name}.pbb"), &out).unwrap();
-        let check_file = work.path().join(format!("{name}.check"));
-        std::fs::write(&check_file, check).unwrap();
-        guest
-            .file(&format!("/cases/{name}.check"), &check_file)
-            .unwrap();
-        if let Some((_, after)) = AFTER_UNLOAD.iter().find(|(n, _)| n == name) {
-            let after_file = work.path().join(format!("{name}.after"));
-            std::fs::write(&after_file, after).unwrap();
-            guest
-                .file(&format!("/cases/{name}.after"), &after_file)
-                .unwrap();
-        }
-    }
-    let names: Vec<&str> = CASES.iter().map(|c| c.0).collect();
-    let scenario = std::fs::read_to_string(fixture("scenarios/diff.sh")).unwrap();
-    let script = format!("CASES=\"{}\"\n{scenario}", names.join(" "));
-    let run = guest
-        .run_script(&kernel, "diff", &script, work.path())
-        .unwrap();
-    eprintln!("serial log:\n{}", run.serial_log);
-    let passed = patchbay_vm::check_report(&run).unwrap_or_else(|e| panic!("{e}"));
-    for (name, _) in AFTER_UNLOAD {
-        let check = format!("{name}-after-unload");
-        assert!(
-            passed.contains(&check),
-            "{check} did not pass\n{}",
-            run.serial_log
-        );
-    }
-    for name in names {
-        for step in [
-            "fails-before",
-            "apply",
-            "passes-live",
-            "unload",
-            "fails-after-unload",
-        ] {
-            let check = format!("{name}-{step}");
-            assert!(
-                passed.contains(&check),
-                "{check} did not pass\n{}",
-                run.serial_log
-            );
-        }
-    }
+    let cases: Vec<DiffCase<'_>> = CASES
+        .iter()
+        .map(|(name, diffs, check)| DiffCase {
+            name,
+            diffs,
+            check,
+            after_unload: AFTER_UNLOAD
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, after)| *after),
+        })
+        .collect();
+    run_diff_cases(&kernel, &cases, 1).unwrap();
 }
 
 /// A function of a loadable module (binfmt_misc), patched after the module loaded and before.

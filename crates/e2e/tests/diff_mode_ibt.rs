@@ -9,8 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use patchbay_build::diff::pipeline::{build, DiffBuild};
-use patchbay_e2e::{fixture, Guest};
+use patchbay_e2e::{run_diff_cases, DiffCase};
 use patchbay_kernels::{fetch_selector, Flavour, KernelLine, KernelSelector};
 
 /// (case name, diffs under fixtures/diffs, guest check)
@@ -76,60 +75,17 @@ fn diff_bundles_in_qemu(debian: u32, flavour: Flavour) {
     )
     .unwrap();
     let kernel = fetch_selector(&KernelSelector::Newest(line)).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let mut guest = Guest::new().unwrap();
+    let cases: Vec<DiffCase<'_>> = CASES
+        .iter()
+        .map(|(name, diffs, check)| DiffCase {
+            name,
+            diffs,
+            check,
+            after_unload: None,
+        })
+        .collect();
     // 6.12 under TCG with two CPUs can oops; one CPU is what this proves.
-    guest.cpus = 1;
-    for (index, (name, diffs, check)) in CASES.iter().enumerate() {
-        let out = work.path().join(format!("{name}.pbb"));
-        let report = build(
-            &kernel,
-            &DiffBuild {
-                level: u32::try_from(index + 1).unwrap().try_into().unwrap(),
-                fixes: Vec::new(),
-                patches: diffs
-                    .iter()
-                    .map(|d| fixture(&format!("diffs/{d}")))
-                    .collect(),
-                output: out.clone(),
-                keep_work_dir: None,
-                strip_level: None,
-                header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
-            },
-        )
-        .unwrap_or_else(|e| panic!("build {name}: {e}"));
-        eprintln!("{name}: {:?}", report.files);
-        guest.file(&format!("/bundles/{name}.pbb"), &out).unwrap();
-        let check_file = work.path().join(format!("{name}.check"));
-        std::fs::write(&check_file, check).unwrap();
-        guest
-            .file(&format!("/cases/{name}.check"), &check_file)
-            .unwrap();
-    }
-    let names: Vec<&str> = CASES.iter().map(|c| c.0).collect();
-    let scenario = std::fs::read_to_string(fixture("scenarios/diff.sh")).unwrap();
-    let script = format!("CASES=\"{}\"\n{scenario}", names.join(" "));
-    let run = guest
-        .run_script(&kernel, "diff-ibt", &script, work.path())
-        .unwrap();
-    eprintln!("serial log:\n{}", run.serial_log);
-    let passed = patchbay_vm::check_report(&run).unwrap_or_else(|e| panic!("{e}"));
-    for name in names {
-        for step in [
-            "fails-before",
-            "apply",
-            "passes-live",
-            "unload",
-            "fails-after-unload",
-        ] {
-            let check = format!("{name}-{step}");
-            assert!(
-                passed.contains(&check),
-                "{check} did not pass\n{}",
-                run.serial_log
-            );
-        }
-    }
+    let run = run_diff_cases(&kernel, &cases, 1).unwrap();
     for bad in ["Missing ENDBR", "Oops", "Invalid padding area", "BUG:"] {
         assert!(
             !run.serial_log.contains(bad),
