@@ -265,6 +265,104 @@ fn rule_fixtures_that_apply_build_on_6_12() {
     ] {
         let built = build_fixture(&kernel, diff);
         assert_objtool_tables_are_the_module_s(&built);
+        assert_cold_parts_have_their_parent(&built.extracted);
+        assert_cold_parts_have_their_parent(&built.linked);
+    }
+}
+
+/// Debian 13's newest 6.12 (gcc-14, compiled in a Debian 13 build root).
+fn kernel_6_12_debian13() -> Kernel {
+    let line = KernelLine::choose(
+        Some("6.12".parse().unwrap()),
+        Some("13".parse().unwrap()),
+        None,
+    )
+    .unwrap();
+    fetch_selector(&KernelSelector::Newest(line)).unwrap()
+}
+
+/// The function symbols of an object whose names have a `.cold` part (`foo.cold`,
+/// `foo.isra.0.cold.3`), with the name objtool looks their parent up by: the name up to
+/// `.cold`.
+fn cold_parts(object: &[u8]) -> Vec<(String, String)> {
+    object::File::parse(object)
+        .unwrap()
+        .symbols()
+        .filter(|s| s.kind() == object::SymbolKind::Text)
+        .filter_map(|s| {
+            let name = s.name().unwrap();
+            let index = name.find(".cold")?;
+            Some((name.to_owned(), name[..index].to_owned()))
+        })
+        .collect()
+}
+
+/// Every `.cold` part has a function symbol named `<parent>` beside it, as objtool requires
+/// ("can't find parent function" otherwise).
+fn assert_cold_parts_have_their_parent(object: &[u8]) -> Vec<(String, String)> {
+    let file = object::File::parse(object).unwrap();
+    let functions: Vec<String> = file
+        .symbols()
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.is_definition())
+        .map(|s| s.name().unwrap().to_owned())
+        .collect();
+    let cold = cold_parts(object);
+    for (part, parent) in &cold {
+        assert!(
+            functions.contains(parent),
+            "{part}: no function {parent} in {functions:?}"
+        );
+    }
+    cold
+}
+
+/// gcc-14 splits the cold blocks of the `pr_warn_once` in `__set_oom_adj.isra.0` into
+/// `__set_oom_adj.isra.0.cold`: the replacement is `__patchbay_new__…`, and its cold part is
+/// named after it, so the module's objtool run finds the cold part's parent.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn cold_part_follows_its_replaced_parent_on_debian13() {
+    let kernel = kernel_6_12_debian13();
+    let built = build_fixture(&kernel, "oom-adj-clone-print-once.patch");
+    let replaced = &built.report.module.manifest.replaced_functions;
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    let replacement = &replaced[0].replacement;
+    assert!(
+        replacement.starts_with(patchbay_build::diff::extract::NEW_FUNCTION_PREFIX),
+        "{replaced:?}"
+    );
+    assert_objtool_tables_are_the_module_s(&built);
+    for object in [&built.extracted, &built.linked] {
+        let cold = assert_cold_parts_have_their_parent(object);
+        assert!(
+            cold.iter().any(|(_, parent)| parent == replacement),
+            "no cold part of {replacement}: {cold:?}"
+        );
+        // No part keeps the patched object's name of a renamed parent.
+        assert!(
+            !cold
+                .iter()
+                .any(|(part, _)| part.starts_with("__set_oom_adj")),
+            "{cold:?}"
+        );
+    }
+}
+
+/// The rule fixtures build on Debian 13's 6.12 too, every `.cold` part beside its parent.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn rule_fixtures_that_apply_build_on_debian13() {
+    let kernel = kernel_6_12_debian13();
+    for diff in [
+        "cmdline-new-static.patch",
+        "cmdline-static-local.patch",
+        "cmdline-warn-atomic.patch",
+        "locked-vm-export-dyndbg.patch",
+    ] {
+        let built = build_fixture(&kernel, diff);
+        assert_objtool_tables_are_the_module_s(&built);
+        assert_cold_parts_have_their_parent(&built.extracted);
+        assert_cold_parts_have_their_parent(&built.linked);
     }
 }
 

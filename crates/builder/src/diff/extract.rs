@@ -15,6 +15,7 @@ use object::{
     SymbolFlags, SymbolKind, SymbolScope,
 };
 
+use super::clones::cold_parent;
 use super::elf::{correlation_name, is_dynamic_debug_section, ElfView, Reloc, Section, Target};
 use super::engine::DiffReport;
 use super::preflight::KernelLayout;
@@ -269,6 +270,21 @@ pub fn extract_for(
         .iter()
         .chain(&report.new_functions)
         .collect();
+    // The output name of each kept function that is renamed: a replacement, a callback.
+    let renamed: BTreeMap<&str, String> = wanted
+        .iter()
+        .filter_map(|name| {
+            let out = if changed.contains(*name) {
+                format!(
+                    "{NEW_FUNCTION_PREFIX}{}",
+                    sanitize(&builder.running_name(name))
+                )
+            } else {
+                export_as.get(*name)?.clone()
+            };
+            Some((name.as_str(), out))
+        })
+        .collect();
     // Pass 1: the kept functions' sections and symbols, so references between them resolve.
     for name in &wanted {
         let symbol = patched
@@ -290,6 +306,13 @@ pub fn extract_for(
             (new_name, SymbolScope::Linkage)
         } else if let Some(global) = export_as.get(*name) {
             (global.clone(), SymbolScope::Linkage)
+        } else if let (true, Some(part)) = (
+            layout.objtool_on_linked_module,
+            cold_part_name(&symbol.name, &renamed),
+        ) {
+            // objtool (on the linked module) finds a `.cold` part's parent by the part's
+            // name up to `.cold`: the part follows its renamed parent.
+            (part, scope_of(symbol.global))
         } else {
             (symbol.name.clone(), scope_of(symbol.global))
         };
@@ -475,6 +498,17 @@ fn scope_of(global: bool) -> SymbolScope {
     } else {
         SymbolScope::Compilation
     }
+}
+
+/// The output name of the `.cold` part `name` (`foo.cold`, `foo.isra.0.cold.3`) of a parent
+/// `renamed` gives a new name: that name with the part's suffix (`__patchbay_new__foo.cold`).
+/// `None` when `name` is no `.cold` part or its parent keeps its name.
+fn cold_part_name(name: &str, renamed: &BTreeMap<&str, String>) -> Option<String> {
+    let parent = cold_parent(name)?;
+    let suffix = name.get(parent.len()..)?;
+    renamed
+        .get(parent)
+        .map(|new_parent| format!("{new_parent}{suffix}"))
 }
 
 /// Symbol names may contain `.` (clones); keep the generated name a C identifier.
@@ -965,6 +999,36 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// A `.cold` part is named after its parent's output name, keeping GCC's suffix; a part
+    /// whose parent keeps its name keeps its own.
+    #[test]
+    fn cold_parts_follow_their_renamed_parent() {
+        let renamed: BTreeMap<&str, String> = [
+            ("foo.isra.0", "__patchbay_new__foo_isra_0".to_owned()),
+            ("bar", "__patchbay_new__bar".to_owned()),
+            ("baz.part.0", "__patchbay_new__baz_part_0".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            cold_part_name("foo.isra.0.cold", &renamed).as_deref(),
+            Some("__patchbay_new__foo_isra_0.cold")
+        );
+        assert_eq!(
+            cold_part_name("bar.cold.3", &renamed).as_deref(),
+            Some("__patchbay_new__bar.cold.3")
+        );
+        assert_eq!(
+            cold_part_name("baz.part.0.cold", &renamed).as_deref(),
+            Some("__patchbay_new__baz_part_0.cold")
+        );
+        // The parent is another function (`foo`, not `foo.isra.0`), or keeps its name.
+        assert_eq!(cold_part_name("foo.cold", &renamed), None);
+        assert_eq!(cold_part_name("qux.cold", &renamed), None);
+        assert_eq!(cold_part_name("bar", &renamed), None);
+        assert_eq!(cold_part_name("bar.colder", &renamed), None);
     }
 
     /// `struct alt_instr` is 12 bytes in 6.1 and 14 in 6.12: the relocations tell which.
