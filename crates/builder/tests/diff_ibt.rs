@@ -430,3 +430,64 @@ fn module_tracepoint_calls_go_through_the_module_s_trampoline() {
         }
     }
 }
+
+/// A module's tracepoint site in kept code (`trace_f2fs_iget*` in `f2fs_iget`): gcc left a
+/// `jmp` for objtool's jump_label hack, and the module's objtool run sees it only through a
+/// `__jump_table` entry. The entry is kept, keyed on the patch's own never-enabled key (not the
+/// module's `__tracepoint_*`), so the build passes objtool and every such site is a NOP in the
+/// module: the tracepoint is inert.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn module_tracepoint_sites_are_nops_keyed_on_the_patch_s_inert_key() {
+    let kernel = kernel_6_12();
+    let built = build_fixture(&kernel, "module-f2fs-tracepoint-site.patch");
+    assert_eq!(
+        built.report.files[0].owner,
+        patchbay_build::diff::objects::Owner::Module("f2fs".parse().unwrap())
+    );
+    assert_eq!(built.report.files[0].diff.changed_functions, ["f2fs_iget"]);
+    let file = object::File::parse(&*built.linked).unwrap();
+    let table = file.section_by_name("__jump_table").unwrap();
+    let mut inert_sites = 0;
+    for (offset, reloc) in table.relocations() {
+        // `struct jump_entry { s32 code; s32 target; long key; }`: the key of the entry whose
+        // code field is at `offset`.
+        if offset % 16 != 0 {
+            continue;
+        }
+        let key = table
+            .relocations()
+            .find(|(o, _)| *o == offset + 8)
+            .map(|(_, r)| r)
+            .unwrap();
+        let RelocationTarget::Symbol(key_symbol) = key.target() else {
+            panic!("key relocation at {offset:#x} has no symbol");
+        };
+        let key_name = file.symbol_by_index(key_symbol).unwrap().name().unwrap();
+        assert!(
+            !key_name.starts_with("__tracepoint_"),
+            "keyed on {key_name}"
+        );
+        if key_name != patchbay_build::diff::extract::INERT_KEY {
+            continue;
+        }
+        assert_eq!(key.addend() & 3, 2, "branch bits of the inert site");
+        let RelocationTarget::Symbol(code_symbol) = reloc.target() else {
+            panic!("code relocation at {offset:#x} has no symbol");
+        };
+        let code = file.symbol_by_index(code_symbol).unwrap();
+        let section = file
+            .section_by_index(code.section_index().unwrap())
+            .unwrap();
+        let site = usize::try_from(code.address() as i64 + reloc.addend()).unwrap();
+        let bytes = &section.data().unwrap()[site..];
+        assert!(
+            bytes.starts_with(&[0x66, 0x90]) || bytes.starts_with(&[0x0f, 0x1f, 0x44, 0x00, 0x00]),
+            "{} + {site:#x} is not a NOP: {:02x?}",
+            section.name().unwrap(),
+            &bytes[..5]
+        );
+        inert_sites += 1;
+    }
+    assert!(inert_sites >= 2, "{inert_sites} inert tracepoint sites");
+}

@@ -206,6 +206,10 @@ struct Builder<'a> {
     module_target: bool,
     inert_tracepoints: BTreeSet<String>,
     static_call_keys: BTreeSet<String>,
+    /// objtool runs on the linked module only: a module's tracepoint sites keep their
+    /// `__jump_table` entries, keyed on [`INERT_KEY`] (see [`Builder::inert_key`]).
+    linked_objtool: bool,
+    inert_key: Option<SymbolId>,
 }
 
 /// Builds the object for the changed and new functions and new data of `report`.
@@ -262,6 +266,8 @@ pub fn extract_for(
         module_target,
         inert_tracepoints: BTreeSet::new(),
         static_call_keys: BTreeSet::new(),
+        linked_objtool: layout.objtool_on_linked_module,
+        inert_key: None,
     };
     let mut replaced = Vec::new();
     let changed: BTreeSet<&String> = report.changed_functions.iter().collect();
@@ -426,6 +432,14 @@ pub fn extract_for(
         static_call_keys,
     })
 }
+
+/// The patch's own never-enabled static key for a module's tracepoint sites
+/// ([`Builder::inert_key`]), and its section.
+pub const INERT_KEY: &str = "__patchbay_inert_tracepoint_key";
+const INERT_KEY_SECTION: &str = ".data..patchbay_inert_key";
+
+/// Offset of `long key` in `struct jump_entry { s32 code; s32 target; long key; }`.
+const JUMP_ENTRY_KEY: u64 = 8;
 
 /// `__SCT__x`: a static call's trampoline; `__SCK__x`: its key.
 const STATIC_CALL_TRAMP_PREFIX: &str = "__SCT__";
@@ -793,6 +807,41 @@ impl Builder<'_> {
         name.starts_with(prefix).then(|| name.clone())
     }
 
+    /// The patch's own static key, never enabled, that a module's tracepoint sites in kept
+    /// code are keyed on when objtool runs on the linked module only. The compiler left each
+    /// site a `jmp` to the tracepoint path for objtool's jump_label hack to turn into a NOP
+    /// (the entry's key addend has bit 1 set); that objtool run sees only the entries the
+    /// patch carries. Left out, the site would stay a `jmp` (always tracing) and the code after
+    /// it unreachable; NOPed here, the tracepoint path would be unreachable to objtool. Kept
+    /// with this key (the branch bits of the addend kept too), objtool NOPs the site and
+    /// the module loader finds the key in the patch itself: the tracepoint is inert.
+    fn inert_key(&mut self) -> SymbolId {
+        if let Some(id) = self.inert_key {
+            return id;
+        }
+        let segment = self.out.segment_name(StandardSegment::Data).to_vec();
+        let section = self.out.add_section(
+            segment,
+            INERT_KEY_SECTION.as_bytes().to_vec(),
+            SectionKind::Data,
+        );
+        // `struct static_key` (`atomic_t enabled`, a pointer-sized union): all zero is
+        // `STATIC_KEY_INIT_FALSE`.
+        self.out.set_section_data(section, vec![0; 16], 8);
+        let id = self.out.add_symbol(write::Symbol {
+            name: INERT_KEY.as_bytes().to_vec(),
+            value: 0,
+            size: 16,
+            kind: SymbolKind::Data,
+            scope: SymbolScope::Compilation,
+            weak: false,
+            section: write::SymbolSection::Section(section),
+            flags: SymbolFlags::None,
+        });
+        self.inert_key = Some(id);
+        id
+    }
+
     /// Whether a relocation points into `.altinstr_replacement` the output already has (copied
     /// whole).
     fn points_into_copied_replacement(&self, reloc: &Reloc) -> bool {
@@ -849,11 +898,17 @@ impl Builder<'_> {
                 })
             })
             .collect();
+        // Entries (by index) of a module's tracepoint sites kept with the inert key.
+        let mut inert_entries = BTreeSet::new();
         if self.module_target {
+            let rekey = self.linked_objtool && table.name == "__jump_table";
             kept_entries.retain(|i| match self.module_site_key(table, &section, *i) {
                 Some(key) => {
                     self.inert_tracepoints.insert(key);
-                    false
+                    if rekey {
+                        inert_entries.insert(*i);
+                    }
+                    rekey
                 }
                 None => true,
             });
@@ -863,6 +918,8 @@ impl Builder<'_> {
         }
         let mut data = Vec::new();
         let mut relocs = Vec::new();
+        // `(offset, addend, type)` of the key fields that name the inert key instead.
+        let mut inert_keys = Vec::new();
         for (new_index, old_index) in kept_entries.iter().enumerate() {
             let start = old_index * table.entry_size;
             let end = start + table.entry_size;
@@ -882,8 +939,13 @@ impl Builder<'_> {
                 .iter()
                 .filter(|r| r.offset >= start && r.offset < end)
             {
+                let offset = r.offset - start + new_start;
+                if inert_entries.contains(old_index) && r.offset == start + JUMP_ENTRY_KEY {
+                    inert_keys.push((offset, r.addend & 3, r.r_type));
+                    continue;
+                }
                 relocs.push(Reloc {
-                    offset: r.offset - start + new_start,
+                    offset,
                     ..r.clone()
                 });
             }
@@ -901,6 +963,10 @@ impl Builder<'_> {
         for reloc in relocs {
             let (symbol, addend) = self.map_target(&reloc)?;
             self.add_reloc(id, reloc.offset, symbol, addend, reloc.r_type)?;
+        }
+        for (offset, addend, r_type) in inert_keys {
+            let key = self.inert_key();
+            self.add_reloc(id, offset, key, addend, r_type)?;
         }
         if let Some((parallel_name, size)) = table.parallel {
             if let Some(parallel) = self.patched.section_by_name(parallel_name).cloned() {
