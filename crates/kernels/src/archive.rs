@@ -100,9 +100,16 @@ pub(crate) fn command(program: &str) -> Command {
 /// Lays out the private configuration and refreshes the package lists when they are missing,
 /// older than a day, or were made for another sources list (a changed mirror).
 pub(crate) fn ensure_fresh() -> Result<(), KernelError> {
+    update(false)
+}
+
+/// `apt-get update` of the private lists when they are not fresh, or always with `force`. When
+/// the archive cannot be reached but lists of these sources exist (older than a day), those are
+/// used: kernels already in the cache stay usable offline.
+fn update(force: bool) -> Result<(), KernelError> {
     let dir = dir();
     let sources = sources_list();
-    if is_fresh(&dir, &sources) {
+    if !force && is_fresh(&dir, &sources) {
         return Ok(());
     }
     for sub in [
@@ -115,7 +122,7 @@ pub(crate) fn ensure_fresh() -> Result<(), KernelError> {
         fs::create_dir_all(&path).map_err(|e| KernelError::io("create", &path, e))?;
     }
     let _lock = fsutil::lock(&dir.join("update.lock"))?;
-    if is_fresh(&dir, &sources) {
+    if !force && is_fresh(&dir, &sources) {
         return Ok(()); // refreshed by someone else while we waited
     }
     let status = dir.join("status");
@@ -126,26 +133,23 @@ pub(crate) fn ensure_fresh() -> Result<(), KernelError> {
     patchbay_core::fsutil::write_atomic(&list, sources.as_bytes())
         .map_err(|e| KernelError::io("write", &list, e))?;
     let stamp = dir.join(UPDATED_STAMP);
-    let _ = fs::remove_file(&stamp);
-    crate::process::run(
+    let had_lists = fs::read_to_string(&stamp).is_ok_and(|s| s == sources);
+    match crate::process::run(
         command("apt-get").args(["update", "-q"]),
         "check the network and the mirror (PATCHBAY_DEBIAN_MIRROR)",
-    )?;
-    fs::write(&stamp, sources.as_bytes()).map_err(|e| KernelError::io("write", &stamp, e))?;
-    Ok(())
+    ) {
+        Ok(_) => {
+            fs::write(&stamp, sources.as_bytes()).map_err(|e| KernelError::io("write", &stamp, e))
+        }
+        Err(_) if had_lists && !force => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// Refreshes the package lists now, whatever their age (a watcher's round wants what Debian
 /// published in the last hours).
 pub(crate) fn refresh() -> Result<(), KernelError> {
-    let stamp = dir().join(UPDATED_STAMP);
-    match fs::remove_file(&stamp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(KernelError::io("remove", &stamp, e))
-        }
-        _ => {}
-    }
-    ensure_fresh()
+    update(true)
 }
 
 /// Fresh: updated less than a day ago, for exactly these sources.
