@@ -68,19 +68,18 @@ fn run() -> Result<()> {
     let level1 = work.path().join("level1.pbb");
     let level2 = work.path().join("level2.pbb");
     eprintln!("==> building level 1 (cmdline_proc_show) and level 2 (+ version_proc_show)");
-    // The CVE ids only label the demo levels (real CVEs that affect every 6.1.y release of the
-    // bundled data, so the exposure report shows them closed); the patches do not fix them.
+    // The CVE ids only label the demo levels: two real high-scored CVEs that affect the kernel's
+    // release in the bundled data (of its own series), so the exposure report shows them closed;
+    // the patches do not fix them.
+    let labels = demo_cve_labels(kernel.upstream_version())?;
+    let level1_fixes: Vec<&str> = labels.iter().take(1).map(String::as_str).collect();
+    let level2_fixes: Vec<&str> = labels.iter().map(String::as_str).collect();
     for (level, sources, fixes, out) in [
-        (
-            1,
-            &["cmdline_level1.c"][..],
-            &["CVE-2024-26953"][..],
-            &level1,
-        ),
+        (1, &["cmdline_level1.c"][..], &level1_fixes[..], &level1),
         (
             2,
             &["cmdline_level2.c", "version_level2.c"][..],
-            &["CVE-2024-26953", "CVE-2024-36911"][..],
+            &level2_fixes[..],
             &level2,
         ),
     ] {
@@ -114,6 +113,24 @@ fn run() -> Result<()> {
         passed.len()
     );
     Ok(())
+}
+
+/// The two lowest-numbered CVEs with CVSS >= 7 that affect `release` in the bundled data.
+fn demo_cve_labels(release: patchbay_core::UpstreamVersion) -> Result<Vec<String>> {
+    let db = patchbay_exposure::snapshot::embedded()?;
+    let mut ids: Vec<String> = db
+        .records
+        .values()
+        .filter(|r| r.affects(&release) && r.score.value().is_some_and(|s| s >= 7.0))
+        .map(|r| r.id.clone())
+        .collect();
+    ids.sort();
+    ids.truncate(2);
+    anyhow::ensure!(
+        ids.len() == 2,
+        "the bundled CVE data has no two high CVEs affecting {release}"
+    );
+    Ok(ids)
 }
 
 fn network_demo(
