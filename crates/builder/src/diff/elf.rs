@@ -462,32 +462,14 @@ mod tests {
     fn padded_functions_own_their_section_and_objtool_outputs_are_dropped() {
         #![allow(clippy::unwrap_used, clippy::expect_used)]
         let dir = tempfile::tempdir().unwrap();
-        let c = dir.path().join("p.c");
-        let o = dir.path().join("p.o");
-        std::fs::write(
-            &c,
+        let mut view = crate::diff::gcc12_object(
+            dir.path(),
+            "p",
             "static int helper(int x) { return x * 3; }\n\
                             int (*ptr)(int) = helper;\n\
                             int user(int x) { return x + 1; }\n",
-        )
-        .unwrap();
-        let status = std::process::Command::new("gcc-12")
-            .args([
-                "-O2",
-                "-fno-pic",
-                "-fcf-protection=branch",
-                "-fpatchable-function-entry=16,16",
-                "-ffunction-sections",
-                "-fdata-sections",
-                "-c",
-                "-o",
-            ])
-            .arg(&o)
-            .arg(&c)
-            .status()
-            .expect("gcc-12 (apt-get install gcc-12)");
-        assert!(status.success());
-        let mut view = ElfView::parse("p", &std::fs::read(&o).unwrap()).unwrap();
+            &["-fcf-protection=branch", "-fpatchable-function-entry=16,16"],
+        );
         let user = view
             .symbols
             .iter()

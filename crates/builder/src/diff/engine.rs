@@ -682,27 +682,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
 
-    /// Compiles C with gcc-12 as the kernel's build does for a diff (`-ffunction-sections
-    /// -fdata-sections`), for engine rules on real objects.
     fn gcc12_object(dir: &std::path::Path, name: &str, source: &str) -> ElfView {
-        let c = dir.join(format!("{name}.c"));
-        let o = dir.join(format!("{name}.o"));
-        std::fs::write(&c, source).unwrap();
-        let status = std::process::Command::new("gcc-12")
-            .args([
-                "-O2",
-                "-fno-pic",
-                "-ffunction-sections",
-                "-fdata-sections",
-                "-c",
-                "-o",
-            ])
-            .arg(&o)
-            .arg(&c)
-            .status()
-            .expect("gcc-12 (apt-get install gcc-12; scripts/setup installs it)");
-        assert!(status.success());
-        ElfView::parse(name, &std::fs::read(&o).unwrap()).unwrap()
+        crate::diff::gcc12_object(dir, name, source, &[])
     }
 
     /// A fix that only changes a constant table (an netlink policy's `NLA_STRING` →

@@ -250,30 +250,14 @@ mod tests {
     #[test]
     fn only_address_taking_references_are_listed() {
         let dir = tempfile::tempdir().unwrap();
-        let c = dir.path().join("t.c");
-        let o = dir.path().join("t.o");
-        std::fs::write(
-            &c,
+        let view = crate::diff::gcc12_object(
+            dir.path(),
+            "t",
             "extern void called(void); extern void pointed(void); extern void leaed(void);\n\
              void (*table[])(void) = { pointed };\n\
              void *f(void) { called(); return (void *)leaed; }\n",
-        )
-        .unwrap();
-        let status = std::process::Command::new("gcc-12")
-            .args([
-                "-O2",
-                "-fno-pic",
-                "-mcmodel=kernel",
-                "-ffunction-sections",
-                "-c",
-                "-o",
-            ])
-            .arg(&o)
-            .arg(&c)
-            .status()
-            .expect("gcc-12 (apt-get install gcc-12)");
-        assert!(status.success());
-        let view = ElfView::parse("t", &std::fs::read(&o).unwrap()).unwrap();
+            &["-mcmodel=kernel"],
+        );
         assert_eq!(address_taking_references(&view), ["leaed", "pointed"]);
     }
 

@@ -20,3 +20,28 @@ pub mod patch_file;
 pub mod pipeline;
 pub mod preflight;
 pub mod refusal;
+
+/// Test helper: compiles C with gcc-12 as the kernel's build does for a diff (`-O2 -fno-pic
+/// -ffunction-sections -fdata-sections`, plus `extra` flags), for rules on real objects.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) fn gcc12_object(
+    dir: &std::path::Path,
+    name: &str,
+    source: &str,
+    extra: &[&str],
+) -> elf::ElfView {
+    let c = dir.join(format!("{name}.c"));
+    let o = dir.join(format!("{name}.o"));
+    std::fs::write(&c, source).unwrap();
+    let status = std::process::Command::new("gcc-12")
+        .args(["-O2", "-fno-pic", "-ffunction-sections", "-fdata-sections"])
+        .args(extra)
+        .args(["-c", "-o"])
+        .arg(&o)
+        .arg(&c)
+        .status()
+        .expect("gcc-12 (apt-get install gcc-12; scripts/setup installs it)");
+    assert!(status.success());
+    elf::ElfView::parse(name, &std::fs::read(&o).unwrap()).unwrap()
+}
