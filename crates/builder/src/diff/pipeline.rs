@@ -609,17 +609,12 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                     }
                     let problem = module_targets.as_ref().and_then(|t| t.problem(&name));
                     if let Some(problem) = problem {
-                        ambiguous.push(Refusal::in_function(
-                            Category::SealedFunctionAddress,
+                        ambiguous.push(sealed_address_refusal(
                             &report.source,
                             &name,
-                            format!(
-                                "the fix takes the address of `{name}` of module {module}, but \
-                                 {}; under IBT an indirect call through that pointer stops \
-                                 the kernel (\"Missing ENDBR\"): call it directly, or use a \
-                                 function whose address the module already takes",
-                                problem.describe()
-                            ),
+                            &format!("`{name}` of module {module}"),
+                            problem.describe(),
+                            "the module",
                         ));
                     }
                     continue;
@@ -636,17 +631,12 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                     .iter()
                     .find_map(|address| branch_targets.as_ref().and_then(|t| t.problem(*address)));
                 if let Some(problem) = problem {
-                    ambiguous.push(Refusal::in_function(
-                        Category::SealedFunctionAddress,
+                    ambiguous.push(sealed_address_refusal(
                         &report.source,
                         &name,
-                        format!(
-                            "the fix takes the address of vmlinux's `{name}`, but {}; under \
-                             IBT an indirect call through that pointer stops the kernel \
-                             (\"Missing ENDBR\"): call it directly, or use a function whose \
-                             address the kernel already takes",
-                            problem.describe()
-                        ),
+                        &format!("vmlinux's `{name}`"),
+                        problem.describe(),
+                        "the kernel",
                     ));
                 }
             }
@@ -1018,4 +1008,19 @@ pub(crate) fn analyse(
         ));
     }
     (diff, annotations.callbacks, refusals)
+}
+
+/// The refusal of kept code that takes the address of `what` (a running-kernel function that
+/// is sealed or lacks `ENDBR64`: `why`), whose `owner` takes other functions' addresses.
+fn sealed_address_refusal(source: &str, name: &str, what: &str, why: &str, owner: &str) -> Refusal {
+    Refusal::in_function(
+        Category::SealedFunctionAddress,
+        source,
+        name,
+        format!(
+            "the fix takes the address of {what}, but {why}; under IBT an indirect call through \
+             that pointer stops the kernel (\"Missing ENDBR\"): call it directly, or use a \
+             function whose address {owner} already takes"
+        ),
+    )
 }
