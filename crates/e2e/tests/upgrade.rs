@@ -78,6 +78,34 @@ fn simple_cves(from: UpstreamVersion, to: UpstreamVersion) -> Vec<CveId> {
         .collect()
 }
 
+/// `patchbay-build upgrade` of `kernel` to `to` for `cves`, verified with the real agent
+/// (5 s of smoke workload), published to `server`; the report and the bundle go to
+/// `work/report.json` and `work/level.pbb`.
+fn upgrade_command(
+    kernel: &Kernel,
+    to: UpstreamVersion,
+    cves: &[&CveId],
+    server: &ServerProcess,
+    work: &Path,
+) -> Command {
+    let ids: Vec<&str> = cves.iter().map(|c| c.as_str()).collect();
+    let mut command = Command::new(builder_binary().unwrap());
+    command
+        .arg("upgrade")
+        .arg("--kernel")
+        .arg(kernel.dir())
+        .args(["--to", &to.to_string(), "--cves", &ids.join(",")])
+        .arg("--agent")
+        .arg(agent_binary().unwrap())
+        .args(["--stress-seconds", "5", "--publish"])
+        .args(["--server", &server.url, "--token", &server.admin_token])
+        .arg("--report")
+        .arg(work.join("report.json"))
+        .arg("-o")
+        .arg(work.join("level.pbb"));
+    command
+}
+
 /// An operator's patch for `fs/sync.c` that warns on every `sync` (the smoke run syncs).
 fn warning_patch(kernel: &Kernel, out: &Path) {
     let tree = kernel.source_tree().unwrap();
@@ -123,24 +151,10 @@ fn upgrade_builds_verifies_drops_a_breaking_group_and_publishes() {
     let mut server = ServerProcess::start(&path("server")).unwrap();
     // The server's CVE database, so its exposure report can show what the level closes.
     server.sync_cve_snapshot().unwrap();
-    let builder = builder_binary().unwrap();
-    let agent = agent_binary().unwrap();
-    let cves: Vec<&str> = real.iter().chain([&breaking]).map(CveId::as_str).collect();
-    let out = Command::new(&builder)
-        .arg("upgrade")
-        .arg("--kernel")
-        .arg(kernel.dir())
-        .args(["--to", &to.to_string(), "--cves", &cves.join(",")])
+    let cves: Vec<&CveId> = real.iter().chain([&breaking]).collect();
+    let out = upgrade_command(&kernel, to, &cves, &server, work.path())
         .arg("--patches")
         .arg(&patches)
-        .arg("--agent")
-        .arg(&agent)
-        .args(["--stress-seconds", "5", "--publish"])
-        .args(["--server", &server.url, "--token", &server.admin_token])
-        .arg("--report")
-        .arg(path("report.json"))
-        .arg("-o")
-        .arg(path("level.pbb"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -425,20 +439,8 @@ fn upgrade_of_debian12_6_12_is_verified_published_and_applied() {
     let path = |name: &str| work.path().join(name);
     let mut server = ServerProcess::start(&path("server")).unwrap();
     server.sync_cve_snapshot().unwrap();
-    let ids: Vec<&str> = cves.iter().map(CveId::as_str).collect();
-    let out = Command::new(builder_binary().unwrap())
-        .arg("upgrade")
-        .arg("--kernel")
-        .arg(kernel.dir())
-        .args(["--to", &to.to_string(), "--cves", &ids.join(",")])
-        .arg("--agent")
-        .arg(agent_binary().unwrap())
-        .args(["--stress-seconds", "5", "--publish"])
-        .args(["--server", &server.url, "--token", &server.admin_token])
-        .arg("--report")
-        .arg(path("report.json"))
-        .arg("-o")
-        .arg(path("level.pbb"))
+    let ids: Vec<&CveId> = cves.iter().collect();
+    let out = upgrade_command(&kernel, to, &ids, &server, work.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
