@@ -115,6 +115,14 @@ impl Distribution {
     /// Debian 13, "trixie".
     pub const DEBIAN_13: Distribution = Distribution(13);
 
+    /// The Debian release of major version `number`, if Patchbay knows its code name.
+    pub fn from_number(number: u32) -> Option<Distribution> {
+        CODENAMES
+            .iter()
+            .any(|(known, _)| *known == number)
+            .then_some(Distribution(number))
+    }
+
     /// The major version: 12 for bookworm.
     pub fn number(self) -> u32 {
         self.0
@@ -143,16 +151,21 @@ impl FromStr for Distribution {
             .strip_prefix("debian")
             .or_else(|| s.strip_prefix("deb"))
             .unwrap_or(s);
-        let known = decimal(number)
-            .and_then(|n| CODENAMES.iter().find(|(known, _)| *known == n))
-            .or_else(|| CODENAMES.iter().find(|(_, name)| *name == s));
-        known.map(|(n, _)| Distribution(*n)).ok_or_else(|| {
-            IdError::new(
-                "Debian release",
-                s,
-                "expected 12, 13, debian13 or a code name such as trixie",
-            )
-        })
+        decimal(number)
+            .and_then(Distribution::from_number)
+            .or_else(|| {
+                CODENAMES
+                    .iter()
+                    .find(|(_, name)| *name == s)
+                    .map(|(n, _)| Distribution(*n))
+            })
+            .ok_or_else(|| {
+                IdError::new(
+                    "Debian release",
+                    s,
+                    "expected 12, 13, debian13 or a code name such as trixie",
+                )
+            })
     }
 }
 
@@ -228,10 +241,7 @@ impl FromStr for DebianRelease {
                     .strip_prefix("deb")
                     .and_then(decimal)
                     .ok_or_else(|| bad("expected +deb<N> after the version, e.g. +deb13"))?;
-                let distribution = CODENAMES
-                    .iter()
-                    .find(|(known, _)| *known == number)
-                    .map(|(n, _)| Distribution(*n))
+                let distribution = Distribution::from_number(number)
                     .ok_or_else(|| bad("names a Debian release Patchbay does not know"))?;
                 let upstream: UpstreamVersion = format!("{major}.{minor}.{patch}")
                     .parse()

@@ -86,8 +86,8 @@ const fn security(name: &'static str) -> Suite {
 /// One series as one Debian release ships it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SeriesRow {
-    pub(crate) series: (u32, u32),
-    pub(crate) distribution: u32,
+    pub(crate) series: KernelSeries,
+    pub(crate) distribution: Distribution,
     /// The source package holding exactly this series' tree (`linux-source-6.12`).
     pub(crate) source_package: &'static str,
     /// The suites carrying its images and sources.
@@ -98,8 +98,8 @@ pub(crate) struct SeriesRow {
 /// ships 6.12. The order is the listing order.
 pub(crate) const SERIES: &[SeriesRow] = &[
     SeriesRow {
-        series: (6, 1),
-        distribution: 12,
+        series: KernelSeries::new(6, 1),
+        distribution: Distribution::DEBIAN_12,
         source_package: "linux-source-6.1",
         suites: &[
             main("bookworm"),
@@ -108,14 +108,14 @@ pub(crate) const SERIES: &[SeriesRow] = &[
         ],
     },
     SeriesRow {
-        series: (6, 12),
-        distribution: 12,
+        series: KernelSeries::new(6, 12),
+        distribution: Distribution::DEBIAN_12,
         source_package: "linux-source-6.12",
         suites: &[security("bookworm-security"), main("bookworm-backports")],
     },
     SeriesRow {
-        series: (6, 12),
-        distribution: 13,
+        series: KernelSeries::new(6, 12),
+        distribution: Distribution::DEBIAN_13,
         source_package: "linux-source-6.12",
         suites: &[
             main("trixie"),
@@ -129,7 +129,16 @@ pub(crate) const SERIES: &[SeriesRow] = &[
 pub(crate) fn row(series: KernelSeries, distribution: Distribution) -> Option<&'static SeriesRow> {
     SERIES
         .iter()
-        .find(|r| r.series == series.as_pair() && r.distribution == distribution.number())
+        .find(|r| r.series == series && r.distribution == distribution)
+}
+
+/// The newest Debian release shipping `series` (Debian 13 for 6.12, Debian 12 for 6.1).
+fn newest_distribution(series: KernelSeries) -> Option<Distribution> {
+    SERIES
+        .iter()
+        .filter(|r| r.series == series)
+        .map(|r| r.distribution)
+        .max()
 }
 
 /// Every suite of the table, once each, in table order.
@@ -148,9 +157,8 @@ fn supported_lines() -> String {
         .iter()
         .map(|r| {
             format!(
-                "{}.{} on Debian {} ({})",
-                r.series.0,
-                r.series.1,
+                "{} on {} ({})",
+                r.series,
                 r.distribution,
                 Flavour::ALL.map(Flavour::as_str).join(", ")
             )
@@ -190,16 +198,10 @@ impl KernelLine {
         let series = series.unwrap_or(KernelSeries::new(6, 1));
         let distribution = match distribution {
             Some(d) => d,
-            None => SERIES
-                .iter()
-                .filter(|r| r.series == series.as_pair())
-                .map(|r| r.distribution)
-                .max()
-                .and_then(|n| n.to_string().parse().ok())
-                .ok_or_else(|| KernelError::UnsupportedLine {
-                    line: format!("series {series}"),
-                    supported: supported_lines(),
-                })?,
+            None => newest_distribution(series).ok_or_else(|| KernelError::UnsupportedLine {
+                line: format!("series {series}"),
+                supported: supported_lines(),
+            })?,
         };
         let line = KernelLine {
             series,
@@ -233,13 +235,11 @@ impl KernelLine {
         let mut lines = Vec::new();
         for row in SERIES {
             for flavour in Flavour::ALL {
-                if let Ok(distribution) = row.distribution.to_string().parse() {
-                    lines.push(KernelLine {
-                        series: KernelSeries::new(row.series.0, row.series.1),
-                        distribution,
-                        flavour,
-                    });
-                }
+                lines.push(KernelLine {
+                    series: row.series,
+                    distribution: row.distribution,
+                    flavour,
+                });
             }
         }
         lines
@@ -308,15 +308,10 @@ pub(crate) fn distribution_of_package(
         let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
         digits.parse::<u32>().ok()
     });
-    let number = match rebuilt_for {
-        Some(n) => n,
-        None => SERIES
-            .iter()
-            .filter(|r| r.series == series.as_pair())
-            .map(|r| r.distribution)
-            .max()?,
-    };
-    number.to_string().parse().ok()
+    match rebuilt_for {
+        Some(n) => Distribution::from_number(n),
+        None => newest_distribution(series),
+    }
 }
 
 #[cfg(test)]
