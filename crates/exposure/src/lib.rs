@@ -274,6 +274,22 @@ pub struct CveDatabase {
     /// ([`CveDatabase::covered_series`]).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub series: BTreeSet<KernelSeries>,
+    /// Where the data was read from and when it was stored; `None` in databases written before
+    /// it was recorded and in ones built in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+}
+
+/// Where a stored CVE database came from and when it was stored (the server's `init` and
+/// `cve sync` write it). How new the data is comes from the records themselves
+/// ([`CveDatabase::newest_published`]): a sync from an old checkout is old data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// What it was read from, for people: e.g. `the kernel CNA snapshot bundled with
+    /// patchbay-server 0.1.0`, `vulns checkout /srv/vulns`.
+    pub source: String,
+    /// When it was stored, RFC 3339 UTC (`2026-12-07T16:10:00Z`).
+    pub synced_at: String,
 }
 
 impl CveDatabase {
@@ -324,6 +340,22 @@ impl CveDatabase {
             .flat_map(|r| r.ranges_in(series).filter_map(|x| x.fixed))
             .filter(|f| series.contains(f))
             .max()
+    }
+
+    /// The newest publication day of a CVE affecting some release of `series`: how far the
+    /// data reaches in time for it (CVEs published later are not in it). `None` when no
+    /// record of the series has a publication day.
+    pub fn newest_published_in(&self, series: KernelSeries) -> Option<Day> {
+        self.records
+            .values()
+            .filter(|r| r.ranges_in(series).next().is_some())
+            .filter_map(|r| r.published)
+            .max()
+    }
+
+    /// The newest publication day of any record: the data's date.
+    pub fn newest_published(&self) -> Option<Day> {
+        self.records.values().filter_map(|r| r.published).max()
     }
 
     /// The covered series as text, `6.1, 6.12` (`no series` when empty), for messages.

@@ -311,3 +311,41 @@ fn the_vulns_ingester_reads_the_6_12_pairs() {
         with_6_12
     );
 }
+
+#[test]
+fn the_data_date_is_the_newest_publication_day_per_series() {
+    let db = all();
+    // The 6.12 file's own newest `published`, read without the crate's parser.
+    let newest_raw = raw_6_12()["cves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["published"].as_str())
+        .map(|p| p[..10].to_owned())
+        .max()
+        .unwrap();
+    let newest_6_12 = db.newest_published_in(S6_12).unwrap();
+    assert_eq!(newest_6_12.to_string(), newest_raw);
+    let newest = db.newest_published().unwrap();
+    assert!(newest >= newest_6_12 && newest >= db.newest_published_in(S6_1).unwrap());
+    // A series without data has no date; nor does an empty database.
+    assert_eq!(db.newest_published_in(KernelSeries::new(5, 10)), None);
+    assert_eq!(
+        patchbay_exposure::CveDatabase::default().newest_published(),
+        None
+    );
+    // Provenance is kept by the stored form; databases written before it read as `None`.
+    let mut stored = db.clone();
+    stored.provenance = Some(patchbay_exposure::Provenance {
+        source: "test".into(),
+        synced_at: "2026-12-07T16:10:00Z".into(),
+    });
+    let back = patchbay_exposure::CveDatabase::from_json(&stored.to_json().unwrap()).unwrap();
+    assert_eq!(back.provenance, stored.provenance);
+    assert_eq!(
+        patchbay_exposure::CveDatabase::from_json(&db.to_json().unwrap())
+            .unwrap()
+            .provenance,
+        None
+    );
+}
