@@ -128,6 +128,29 @@ fn ignored_section(name: &str) -> bool {
         || name == ".export_symbol"
         || name == ".gnu.linkonce.this_module"
         || name.starts_with(".patchbay.")
+        // Boot-time initcall tables (`.initcall6.init`, `.initcall4s.init`, `.con_initcall.init`):
+        // the running kernel called them once at boot and nothing reads them again; a patch
+        // module never runs them (its own init is `init_module`). A kept function an initcall
+        // points at is patched for its other callers. 6.12 names the entries
+        // `__initcall__kmod_<module>__<counter>_<line>_<function><level>`, so any fix that moves
+        // lines changes them without changing what they call.
+        || is_initcall_table(name)
+}
+
+/// `.initcall<level>[s].init`, `.initcallearly.init` and `.con_initcall.init`.
+fn is_initcall_table(name: &str) -> bool {
+    name == ".con_initcall.init"
+        || name
+            .strip_prefix(".initcall")
+            .and_then(|rest| rest.strip_suffix(".init"))
+            .is_some_and(|level| {
+                level == "early"
+                    || level
+                        .strip_suffix('s')
+                        .unwrap_or(level)
+                        .parse::<u8>()
+                        .is_ok_and(|n| n <= 7)
+            })
 }
 
 /// Why the replacement code could not be cut out of the patched object.
@@ -1069,6 +1092,28 @@ mod tests {
 
     /// A `.cold` part is named after its parent's output name, keeping GCC's suffix; a part
     /// whose parent keeps its name keeps its own.
+    #[test]
+    fn initcall_tables_are_ignored_and_nothing_else_that_looks_like_them() {
+        for name in [
+            ".initcall6.init",
+            ".initcall4s.init",
+            ".initcall0.init",
+            ".initcallearly.init",
+            ".con_initcall.init",
+        ] {
+            assert!(ignored_section(name), "{name}");
+        }
+        for name in [
+            ".initcall8.init",
+            ".initcall.init",
+            ".init.text",
+            ".init.data",
+            ".initcall6x.init",
+        ] {
+            assert!(!ignored_section(name), "{name}");
+        }
+    }
+
     #[test]
     fn cold_parts_follow_their_renamed_parent() {
         let renamed: BTreeMap<&str, String> = [
