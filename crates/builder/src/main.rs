@@ -436,8 +436,8 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     println!("{group}");
                     let mut any = false;
-                    for k in kernels.iter().filter(|k| group.contains(&k.abi)) {
-                        println!("  {}\t{}\t{}", k.abi, k.package_version, k.upstream_version);
+                    for k in kernels.iter().filter(|k| group.contains(&k.release)) {
+                        println!("  {}\t{}\t{}", k.release, k.package_version, k.upstream_version);
                         any = true;
                     }
                     if !any {

@@ -31,7 +31,7 @@ fn smallest_window_of(line: patchbay_kernels::KernelLine) -> (Kernel, UpstreamVe
     let kernels: Vec<_> = patchbay_kernels::available_kernels()
         .unwrap()
         .into_iter()
-        .filter(|k| line.contains(&k.abi))
+        .filter(|k| line.contains(&k.release))
         .collect();
     let sources: Vec<UpstreamVersion> = patchbay_kernels::source_versions(&line)
         .unwrap()

@@ -67,7 +67,7 @@ pub(crate) fn available_kernels() -> Result<Vec<AvailableKernel>, KernelError> {
             kernels.push(AvailableKernel {
                 upstream_version: upstream_version_of(version)?,
                 package_version: version.to_string(),
-                abi: release,
+                release,
             });
         }
     }
@@ -118,11 +118,15 @@ fn show(specs: &[String]) -> Result<Vec<Stanza>, KernelError> {
 }
 
 /// The Depends field of one exact package version, or `PackageNotInApt`.
-fn depends_of(package: &str, version: &str, abi: &DebianRelease) -> Result<String, KernelError> {
+fn depends_of(
+    package: &str,
+    version: &str,
+    release: &DebianRelease,
+) -> Result<String, KernelError> {
     let spec = format!("{package}={version}");
     let not_in_apt = || KernelError::PackageNotInApt {
         package: spec.clone(),
-        abi: abi.to_string(),
+        release: release.to_string(),
     };
     let stanzas = show(std::slice::from_ref(&spec)).map_err(|e| match e {
         KernelError::CommandFailed { .. } => not_in_apt(),
@@ -223,10 +227,10 @@ pub(crate) struct KernelPackages {
 }
 
 pub(crate) fn kernel_packages(kernel: &AvailableKernel) -> Result<KernelPackages, KernelError> {
-    let abi = &kernel.abi;
+    let release = &kernel.release;
     let version = &kernel.package_version;
-    let headers = abi.headers_package();
-    let depends = depends_of(&headers, version, abi)?;
+    let headers = release.headers_package();
+    let depends = depends_of(&headers, version, release)?;
     let requirement =
         parse_kbuild_requirement(&depends).ok_or_else(|| KernelError::CommandFailed {
             command: format!("apt-cache show {headers}={version}"),
@@ -238,7 +242,7 @@ pub(crate) fn kernel_packages(kernel: &AvailableKernel) -> Result<KernelPackages
         .map_err(|e| match e {
             KernelError::CommandFailed { .. } => KernelError::PackageNotInApt {
                 package: requirement.package.clone(),
-                abi: abi.to_string(),
+                release: release.to_string(),
             },
             other => other,
         })?
@@ -252,16 +256,16 @@ pub(crate) fn kernel_packages(kernel: &AvailableKernel) -> Result<KernelPackages
         .choose(&kbuild_versions)
         .ok_or_else(|| KernelError::KbuildUnavailable {
             package: requirement.package.clone(),
-            abi: abi.to_string(),
+            release: release.to_string(),
             requirement: requirement.describe(),
             available: kbuild_versions.join(", "),
         })?
         .to_string();
     Ok(KernelPackages {
         specs: vec![
-            format!("{}={version}", abi.image_package()),
+            format!("{}={version}", release.image_package()),
             format!("{headers}={version}"),
-            format!("{}={version}", abi.common_headers_package()),
+            format!("{}={version}", release.common_headers_package()),
             format!("{}={chosen}", requirement.package),
         ],
         kbuild_package: requirement.package,
@@ -273,7 +277,7 @@ pub(crate) fn kernel_packages(kernel: &AvailableKernel) -> Result<KernelPackages
 pub(crate) fn download(
     dir: &Path,
     specs: &[String],
-    abi: &DebianRelease,
+    release: &DebianRelease,
 ) -> Result<(), KernelError> {
     archive::ensure_fresh()?;
     let mut command = apt_get();
@@ -289,7 +293,7 @@ pub(crate) fn download(
             status,
             stderr,
             hint: format!(
-                "; if a version is gone from apt, resolve kernel {abi} again \
+                "; if a version is gone from apt, resolve kernel {release} again \
                  (Debian may have dropped that build: pick one that `patchbay-build kernel list` lists)"
             ),
         },

@@ -60,10 +60,10 @@ pub enum KernelError {
     },
 
     /// The exact release asked for is not (or no longer) in Debian's archive.
-    #[error("kernel {abi} is not offered by Debian's archive (any more); available in its line: {available}; pick one of those")]
-    AbiNotAvailable {
+    #[error("kernel {release} is not offered by Debian's archive (any more); available in its line: {available}; pick one of those")]
+    ReleaseNotAvailable {
         /// The release asked for, e.g. `6.1.0-56-amd64`.
-        abi: String,
+        release: String,
         /// What apt offers, as `<abi> (<package version>)`, comma-separated.
         available: String,
     },
@@ -78,21 +78,21 @@ pub enum KernelError {
     },
 
     /// A package a kernel needs (image, headers, -dbg, source) is not in apt's lists.
-    #[error("package {package} is not in apt's package lists (needed for kernel {abi}); run `apt-get update`, or the version was withdrawn: resolve the kernel again")]
+    #[error("package {package} is not in apt's package lists (needed for kernel {release}); run `apt-get update`, or the version was withdrawn: resolve the kernel again")]
     PackageNotInApt {
         /// The Debian package, e.g. `linux-image-6.1.0-56-amd64`.
         package: String,
         /// The kernel ABI it was needed for.
-        abi: String,
+        release: String,
     },
 
     /// No version of the kbuild package apt has satisfies the headers' dependency.
-    #[error("no usable version of {package} for kernel {abi}: needs {requirement}, apt has [{available}]; run `apt-get update`")]
+    #[error("no usable version of {package} for kernel {release}: needs {requirement}, apt has [{available}]; run `apt-get update`")]
     KbuildUnavailable {
         /// The kbuild package the headers depend on, e.g. `linux-kbuild-6.1`.
         package: String,
         /// The kernel ABI the headers are for.
-        abi: String,
+        release: String,
         /// The dependency as the headers package states it, e.g. `linux-kbuild-6.1 (>= 6.1.192)`.
         requirement: String,
         /// The versions of `package` apt has, comma-separated (may be empty).
@@ -211,12 +211,12 @@ pub enum KernelError {
     },
 
     /// A headers tree is for a different kernel build than the ABI it is used with.
-    #[error("headers tree {path} does not match Debian's {abi} packages ({reason}); a patch built against it would not load on that kernel: use the headers of the exact kernel build")]
+    #[error("headers tree {path} does not match Debian's {release} packages ({reason}); a patch built against it would not load on that kernel: use the headers of the exact kernel build")]
     HeadersMismatch {
         /// The headers tree that was given.
         path: PathBuf,
         /// The kernel ABI it was checked against.
-        abi: String,
+        release: String,
         /// What differs.
         reason: String,
     },

@@ -80,8 +80,8 @@ impl Kernel {
         }
         let release: KernelRelease = record.release.kernel_release().clone();
         let root = dir.join("root");
-        let abi = record.release.as_str();
-        let headers_dir = root.join("usr/src").join(format!("linux-headers-{abi}"));
+        let name = record.release.as_str();
+        let headers_dir = root.join("usr/src").join(format!("linux-headers-{name}"));
         if !headers_dir.join("Makefile").is_file() {
             return Err(unusable(format!(
                 "{} has no Makefile",
@@ -93,7 +93,7 @@ impl Kernel {
             return Err(unusable("vmlinux is missing".into()));
         }
         let modules_dir = find_modules_dir(&root, &record.release)
-            .ok_or_else(|| unusable(format!("no lib/modules/{abi} under {}", root.display())))?;
+            .ok_or_else(|| unusable(format!("no lib/modules/{name} under {}", root.display())))?;
         Ok(Kernel {
             dir,
             record,
@@ -130,20 +130,20 @@ impl Kernel {
             .find_map(|line| line.strip_prefix("#define UTS_RELEASE "))
             .map(|quoted| quoted.trim().trim_matches('"'))
             .ok_or_else(|| not_headers("utsrelease.h defines no UTS_RELEASE".into()))?;
-        let abi = parse_release(release).map_err(|e| {
+        let release = parse_release(release).map_err(|e| {
             not_headers(format!("its kernel release is not a Debian kernel's: {e}"))
         })?;
         let mut kernel = match tree.ancestors().find(|dir| dir.join(KERNEL_JSON).is_file()) {
             Some(entry) => Kernel::open(entry)?,
-            None => crate::fetch_selector(&crate::KernelSelector::Exact(abi.clone()))?,
+            None => crate::fetch_selector(&crate::KernelSelector::Exact(release.clone()))?,
         };
         let mismatch = |reason: String| KernelError::HeadersMismatch {
             path: tree.clone(),
-            abi: kernel.release().to_string(),
+            release: kernel.release().to_string(),
             reason,
         };
-        if kernel.debian_release() != &abi {
-            return Err(mismatch(format!("its kernel release is {abi}")));
+        if kernel.debian_release() != &release {
+            return Err(mismatch(format!("its kernel release is {release}")));
         }
         let ours = fs::read(tree.join("Module.symvers"))
             .map_err(|e| KernelError::io("read", tree.join("Module.symvers"), e))?;
@@ -321,12 +321,12 @@ impl Kernel {
         temp: &Path,
         final_path: &Path,
     ) -> Result<(), KernelError> {
-        let abi = self.debian_release();
-        let package = abi.dbg_package();
+        let release = self.debian_release();
+        let package = release.dbg_package();
         let spec = format!("{package}={}", self.package_version());
-        apt::download(downloads, std::slice::from_ref(&spec), abi)?;
+        apt::download(downloads, std::slice::from_ref(&spec), release)?;
         let deb = single_deb(downloads, &package)?;
-        let member = format!("usr/lib/debug/boot/System.map-{abi}");
+        let member = format!("usr/lib/debug/boot/System.map-{release}");
         extract_deb_member(&deb, &member, temp)?;
         let table = SymbolTable::load(temp).map_err(|e| KernelError::BadSystemMap {
             path: temp.to_path_buf(),
@@ -360,11 +360,11 @@ fn remove_stale_temps(dir: &Path, prefix: &str) -> Result<(), KernelError> {
     Ok(())
 }
 
-fn find_modules_dir(root: &Path, abi: &DebianRelease) -> Option<PathBuf> {
+fn find_modules_dir(root: &Path, release: &DebianRelease) -> Option<PathBuf> {
     // Bookworm ships /lib/modules; merged-/usr layouts ship /usr/lib/modules.
     ["lib/modules", "usr/lib/modules"]
         .iter()
-        .map(|base| root.join(base).join(abi.as_str()))
+        .map(|base| root.join(base).join(release.as_str()))
         .find(|dir| dir.is_dir())
 }
 
@@ -565,9 +565,9 @@ pub(crate) fn build_entry(
     staging: &Path,
     downloads: &Path,
 ) -> Result<(), KernelError> {
-    let abi = &kernel.abi;
+    let release = &kernel.release;
     let packages = apt::kernel_packages(kernel)?;
-    apt::download(downloads, &packages.specs, abi)?;
+    apt::download(downloads, &packages.specs, release)?;
     let debs = list_debs(downloads)?;
     if debs.len() != packages.specs.len() {
         return Err(KernelError::CommandFailed {
@@ -591,13 +591,16 @@ pub(crate) fn build_entry(
             "the download may be damaged or the disk full; fetch again",
         )?;
     }
-    make_headers_relocatable(&root, abi)?;
-    relink_module_build_links(&root, abi)?;
+    make_headers_relocatable(&root, release)?;
+    relink_module_build_links(&root, release)?;
     let vmlinux = staging.join("vmlinux");
-    bzimage::extract_vmlinux(&root.join("boot").join(format!("vmlinuz-{abi}")), &vmlinux)?;
+    bzimage::extract_vmlinux(
+        &root.join("boot").join(format!("vmlinuz-{release}")),
+        &vmlinux,
+    )?;
     let record = KernelRecord {
         format: RECORD_FORMAT,
-        release: abi.clone(),
+        release: release.clone(),
         package_version: kernel.package_version.clone(),
         upstream_version: upstream_version_of(&kernel.package_version)?,
         kbuild_package: packages.kbuild_package,
@@ -643,8 +646,10 @@ pub(crate) fn rewrite_headers_makefile(text: &str) -> Option<String> {
     changed.then(|| lines.join("\n") + "\n")
 }
 
-fn make_headers_relocatable(root: &Path, abi: &DebianRelease) -> Result<(), KernelError> {
-    let headers = root.join("usr/src").join(format!("linux-headers-{abi}"));
+fn make_headers_relocatable(root: &Path, release: &DebianRelease) -> Result<(), KernelError> {
+    let headers = root
+        .join("usr/src")
+        .join(format!("linux-headers-{release}"));
     let makefile = headers.join("Makefile");
     let text = fs::read_to_string(&makefile).map_err(|e| KernelError::io("read", &makefile, e))?;
     if let Some(rewritten) = rewrite_headers_makefile(&text) {
@@ -652,7 +657,7 @@ fn make_headers_relocatable(root: &Path, abi: &DebianRelease) -> Result<(), Kern
     }
     let common = root
         .join("usr/src")
-        .join(format!("linux-headers-{}-common", abi.base()))
+        .join(format!("linux-headers-{}-common", release.base()))
         .join("Makefile");
     if !common.is_file() {
         return Err(KernelError::CacheEntry {
@@ -668,10 +673,10 @@ fn make_headers_relocatable(root: &Path, abi: &DebianRelease) -> Result<(), Kern
 
 /// `lib/modules/<abi>/{build,source}` are absolute links to /usr/src; make them relative so
 /// they point into the unpacked tree, never to headers installed on the host.
-fn relink_module_build_links(root: &Path, abi: &DebianRelease) -> Result<(), KernelError> {
-    let Some(modules_dir) = find_modules_dir(root, abi) else {
+fn relink_module_build_links(root: &Path, release: &DebianRelease) -> Result<(), KernelError> {
+    let Some(modules_dir) = find_modules_dir(root, release) else {
         return Err(KernelError::NoModules {
-            dir: root.join("lib/modules").join(abi.as_str()),
+            dir: root.join("lib/modules").join(release.as_str()),
         });
     };
     let depth = modules_dir

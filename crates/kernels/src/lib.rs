@@ -48,7 +48,7 @@ pub use toolchain::Toolchain;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AvailableKernel {
     /// The release, e.g. `6.1.0-56-amd64` or `6.12.117+deb13-amd64`.
-    pub abi: DebianRelease,
+    pub release: DebianRelease,
     /// Debian package version, e.g. `6.1.192-2`.
     pub package_version: String,
     /// Upstream kernel version, e.g. `6.1.192`.
@@ -77,11 +77,14 @@ fn pick(
     selector: &KernelSelector,
 ) -> Result<AvailableKernel, KernelError> {
     let line = selector.line()?;
-    let kernels: Vec<&AvailableKernel> = kernels.iter().filter(|k| line.contains(&k.abi)).collect();
+    let kernels: Vec<&AvailableKernel> = kernels
+        .iter()
+        .filter(|k| line.contains(&k.release))
+        .collect();
     let listing = || {
         kernels
             .iter()
-            .map(|k| format!("{} ({})", k.abi, k.package_version))
+            .map(|k| format!("{} ({})", k.release, k.package_version))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -96,11 +99,11 @@ fn pick(
             }
             n => kernels.get(n - 2),
         },
-        KernelSelector::Exact(abi) => kernels.iter().find(|k| &k.abi == abi),
+        KernelSelector::Exact(release) => kernels.iter().find(|k| &k.release == release),
     };
     found.map(|k| (*k).clone()).ok_or_else(|| match selector {
-        KernelSelector::Exact(abi) => KernelError::AbiNotAvailable {
-            abi: abi.to_string(),
+        KernelSelector::Exact(release) => KernelError::ReleaseNotAvailable {
+            release: release.to_string(),
             available: listing(),
         },
         _ => KernelError::NoKernelsAvailable {
@@ -126,21 +129,21 @@ pub fn cache_root() -> PathBuf {
 /// Concurrent callers (threads or processes) wait for one fetch instead of repeating it.
 pub fn fetch(kernel: &AvailableKernel) -> Result<Kernel, KernelError> {
     release::validate_package_version(&kernel.package_version)?;
-    let abi_dir = cache_root().join(kernel.abi.as_str());
+    let release_dir = cache_root().join(kernel.release.as_str());
     let version = &kernel.package_version;
-    let entry = abi_dir.join(version);
+    let entry = release_dir.join(version);
     if entry.join(kernel::KERNEL_JSON).is_file() {
         return Kernel::open(&entry);
     }
-    fs::create_dir_all(&abi_dir)
-        .map_err(|e| KernelError::io("create cache directory", &abi_dir, e))?;
-    let _lock = fsutil::lock(&abi_dir.join(format!("{version}.lock")))?;
+    fs::create_dir_all(&release_dir)
+        .map_err(|e| KernelError::io("create cache directory", &release_dir, e))?;
+    let _lock = fsutil::lock(&release_dir.join(format!("{version}.lock")))?;
     if entry.join(kernel::KERNEL_JSON).is_file() {
         return Kernel::open(&entry); // fetched by someone else while we waited
     }
     // Leftovers of a crashed fetch: the lock guarantees nobody is using them.
-    let staging = abi_dir.join(format!("{version}.tmp"));
-    let downloads = abi_dir.join(format!("{version}.download"));
+    let staging = release_dir.join(format!("{version}.tmp"));
+    let downloads = release_dir.join(format!("{version}.download"));
     fsutil::remove_dir_if_present(&staging)?;
     fsutil::remove_dir_if_present(&downloads)?;
     fsutil::remove_dir_if_present(&entry)?;
@@ -164,8 +167,8 @@ pub fn fetch(kernel: &AvailableKernel) -> Result<Kernel, KernelError> {
 pub fn fetch_selector(selector: &KernelSelector) -> Result<Kernel, KernelError> {
     match resolve(selector) {
         Ok(kernel) => fetch(&kernel),
-        Err(error @ KernelError::AbiNotAvailable { .. }) => match selector {
-            KernelSelector::Exact(abi) => newest_cached(abi)?.ok_or(error),
+        Err(error @ KernelError::ReleaseNotAvailable { .. }) => match selector {
+            KernelSelector::Exact(release) => newest_cached(release)?.ok_or(error),
             _ => Err(error),
         },
         Err(error) => Err(error),
@@ -173,9 +176,9 @@ pub fn fetch_selector(selector: &KernelSelector) -> Result<Kernel, KernelError> 
 }
 
 /// The complete cache entry of `abi` with the highest package version, if any.
-fn newest_cached(abi: &DebianRelease) -> Result<Option<Kernel>, KernelError> {
-    let abi_dir = cache_root().join(abi.as_str());
-    let Ok(entries) = fs::read_dir(&abi_dir) else {
+fn newest_cached(release: &DebianRelease) -> Result<Option<Kernel>, KernelError> {
+    let release_dir = cache_root().join(release.as_str());
+    let Ok(entries) = fs::read_dir(&release_dir) else {
         return Ok(None);
     };
     let newest = entries
@@ -185,7 +188,7 @@ fn newest_cached(abi: &DebianRelease) -> Result<Option<Kernel>, KernelError> {
         .filter(|version| release::validate_package_version(version).is_ok())
         .max_by(|a, b| debversion::compare(a, b));
     newest
-        .map(|version| Kernel::open(&abi_dir.join(version)))
+        .map(|version| Kernel::open(&release_dir.join(version)))
         .transpose()
 }
 
@@ -196,7 +199,7 @@ mod tests {
 
     fn kernel(number: u32, version: &str) -> AvailableKernel {
         AvailableKernel {
-            abi: format!("6.1.0-{number}-amd64").parse().unwrap(),
+            release: format!("6.1.0-{number}-amd64").parse().unwrap(),
             package_version: version.into(),
             upstream_version: upstream_version_of(version).unwrap(),
         }
@@ -212,14 +215,14 @@ mod tests {
         assert_eq!(
             pick(&kernels, &KernelSelector::newest())
                 .unwrap()
-                .abi
+                .release
                 .abi_number(),
             Some(56)
         );
         assert_eq!(
             pick(&kernels, &KernelSelector::older())
                 .unwrap()
-                .abi
+                .release
                 .abi_number(),
             Some(55)
         );
@@ -241,26 +244,26 @@ mod tests {
     #[test]
     fn pick_stays_within_the_line() {
         let trixie = |v: u32| AvailableKernel {
-            abi: format!("6.12.{v}+deb13-amd64").parse().unwrap(),
+            release: format!("6.12.{v}+deb13-amd64").parse().unwrap(),
             package_version: format!("6.12.{v}-1"),
             upstream_version: format!("6.12.{v}").parse().unwrap(),
         };
         let mut kernels = vec![kernel(56, "6.1.192-2"), trixie(107), trixie(117)];
         kernels.push(AvailableKernel {
-            abi: "6.12.118+deb13-cloud-amd64".parse().unwrap(),
+            release: "6.12.118+deb13-cloud-amd64".parse().unwrap(),
             package_version: "6.12.118-1".into(),
             upstream_version: "6.12.118".parse().unwrap(),
         });
-        kernels.sort_by(|a, b| a.abi.cmp(&b.abi));
+        kernels.sort_by(|a, b| a.release.cmp(&b.release));
         let line = KernelLine::choose(Some("6.12".parse().unwrap()), None, None).unwrap();
         let newest = pick(&kernels, &KernelSelector::Newest(line)).unwrap();
-        assert_eq!(newest.abi.as_str(), "6.12.117+deb13-amd64");
+        assert_eq!(newest.release.as_str(), "6.12.117+deb13-amd64");
         let older = pick(&kernels, &KernelSelector::Older(line)).unwrap();
-        assert_eq!(older.abi.as_str(), "6.12.107+deb13-amd64");
+        assert_eq!(older.release.as_str(), "6.12.107+deb13-amd64");
         assert_eq!(
             pick(&kernels, &KernelSelector::newest())
                 .unwrap()
-                .abi
+                .release
                 .as_str(),
             "6.1.0-56-amd64"
         );
@@ -283,10 +286,13 @@ mod tests {
     fn archive_offers_every_line() {
         let kernels = available_kernels().unwrap();
         for line in KernelLine::all() {
-            let of_line: Vec<_> = kernels.iter().filter(|k| line.contains(&k.abi)).collect();
+            let of_line: Vec<_> = kernels
+                .iter()
+                .filter(|k| line.contains(&k.release))
+                .collect();
             assert!(!of_line.is_empty(), "no kernels of {line}");
             for pair in of_line.windows(2) {
-                assert!(pair[0].abi < pair[1].abi);
+                assert!(pair[0].release < pair[1].release);
             }
             for k in of_line {
                 assert!(k

@@ -153,14 +153,17 @@ mod tests {
 
     #[test]
     fn packages_are_named_for_both_forms() {
-        let abi: DebianRelease = "6.1.0-56-amd64".parse().unwrap();
-        assert_eq!(abi.image_package(), "linux-image-6.1.0-56-amd64-unsigned");
-        assert_eq!(abi.headers_package(), "linux-headers-6.1.0-56-amd64");
+        let release: DebianRelease = "6.1.0-56-amd64".parse().unwrap();
         assert_eq!(
-            abi.common_headers_package(),
+            release.image_package(),
+            "linux-image-6.1.0-56-amd64-unsigned"
+        );
+        assert_eq!(release.headers_package(), "linux-headers-6.1.0-56-amd64");
+        assert_eq!(
+            release.common_headers_package(),
             "linux-headers-6.1.0-56-common"
         );
-        assert_eq!(abi.dbg_package(), "linux-image-6.1.0-56-amd64-dbg");
+        assert_eq!(release.dbg_package(), "linux-image-6.1.0-56-amd64-dbg");
         let trixie: DebianRelease = "6.12.117+deb13-cloud-amd64".parse().unwrap();
         assert_eq!(
             trixie.image_package(),

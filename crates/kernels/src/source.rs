@@ -251,7 +251,7 @@ pub fn source_versions(line: &KernelLine) -> Result<Vec<String>, KernelError> {
 pub fn resolve_source_version(wanted: &str, available: &[String]) -> Result<String, KernelError> {
     let not_offered = || KernelError::PackageNotInApt {
         package: format!("linux-source={wanted}"),
-        abi: format!("any (apt offers {})", available.join(", ")),
+        release: format!("any (apt offers {})", available.join(", ")),
     };
     if wanted == "newest" {
         return available.last().cloned().ok_or_else(not_offered);

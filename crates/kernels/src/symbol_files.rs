@@ -98,15 +98,15 @@ impl Kernel {
     }
 
     fn build_symbol_index(&self, downloads: &Path, index: &Path) -> Result<(), KernelError> {
-        let abi = self.debian_release();
-        let package = abi.dbg_package();
+        let release = self.debian_release();
+        let package = release.dbg_package();
         let spec = format!("{package}={}", self.package_version());
-        apt::download(downloads, std::slice::from_ref(&spec), abi)?;
+        apt::download(downloads, std::slice::from_ref(&spec), release)?;
         let deb = crate::kernel::single_deb(downloads, &package)?;
         let vmlinux = downloads.join("vmlinux.debug");
         crate::kernel::extract_deb_member(
             &deb,
-            &format!("usr/lib/debug/boot/vmlinux-{abi}"),
+            &format!("usr/lib/debug/boot/vmlinux-{release}"),
             &vmlinux,
         )?;
         let bytes = fs::read(&vmlinux).map_err(|e| KernelError::io("read", &vmlinux, e))?;
