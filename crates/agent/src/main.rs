@@ -112,15 +112,33 @@ enum Command {
     },
     /// Register this host with a patch server (stores the host token and trusted root.json).
     Register {
-        /// The server, e.g. http://patches.example:8470 [env: PATCHBAY_SERVER].
+        /// The server, e.g. https://patches.example:8470 [env: PATCHBAY_SERVER].
         #[arg(long, env = "PATCHBAY_SERVER")]
         server: String,
-        /// A registration key from the server administrator [env: PATCHBAY_REGISTRATION_KEY].
+        /// A registration key from the server administrator, as printed
+        /// (pbreg2.<secret>.root-sha256=…[.cert-sha256=…]): the server's root metadata and
+        /// certificate are checked against it before its secret is sent
+        /// [env: PATCHBAY_REGISTRATION_KEY].
         #[arg(long, env = "PATCHBAY_REGISTRATION_KEY", hide_env_values = true)]
         key: String,
-        /// Trust this root.json instead of the one the server sends (recommended).
+        /// For a key without fingerprints (pbreg_…): the server's root.json, copied out of band.
         #[arg(long, value_name = "FILE")]
         root: Option<PathBuf>,
+        /// For a key without a certificate fingerprint: pin this certificate SHA-256.
+        #[arg(long, value_name = "SHA256")]
+        server_cert_sha256: Option<String>,
+        /// A PEM file of the CA certificates that sign the server's certificate (kept for every
+        /// later connection).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// Trust whatever root and certificate the server shows where the key names none. A
+        /// man in the middle at this moment would own this host's updates: avoid.
+        #[arg(long)]
+        trust_on_first_use: bool,
+        /// Allow an http:// server: the key and the host token then cross the network in
+        /// clear. Only for a test.
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// Check the server (or an archive) now and apply the level this host's channel serves.
     Update {
@@ -245,21 +263,22 @@ fn run(cli: Cli) -> i32 {
             ref server,
             ref key,
             ref root,
-        } => Some(
-            patchbay::remote::register(&agent, server, key, root.as_deref()).map(|r| {
-                println!("registered as host {} in channel {}", r.host_id, r.channel);
-                println!(
-                    "trusted root keys{}: {}",
-                    if r.trusted_on_first_use {
-                        " (trusted on first use; pass --root to pin them)"
-                    } else {
-                        ""
-                    },
-                    r.root_key_ids.join(", ")
-                );
-                exit::OK
-            }),
-        ),
+            ref server_cert_sha256,
+            ref ca_file,
+            trust_on_first_use,
+            insecure_http,
+        } => Some(register_command(
+            &agent,
+            server,
+            key,
+            RegisterArgs {
+                root,
+                server_cert_sha256,
+                ca_file,
+                trust_on_first_use,
+                insecure_http,
+            },
+        )),
         Command::Update {
             ref from,
             ref root,
@@ -478,4 +497,73 @@ mod tests {
         assert!(cli.is_ok());
         assert!(Cli::try_parse_from(["patchbay", "apply"]).is_err());
     }
+}
+
+/// `register`'s trust options as given.
+struct RegisterArgs<'a> {
+    root: &'a Option<PathBuf>,
+    server_cert_sha256: &'a Option<String>,
+    ca_file: &'a Option<PathBuf>,
+    trust_on_first_use: bool,
+    insecure_http: bool,
+}
+
+fn register_command(
+    agent: &Agent<'_>,
+    server: &str,
+    key: &str,
+    args: RegisterArgs<'_>,
+) -> Result<i32, patchbay::remote::RemoteError> {
+    use patchbay::remote::{FirstUse, PlainHttp, RegisterTrust, RemoteError, RootTrust};
+    let key: patchbay_core::registration::RegistrationKey =
+        key.parse()
+            .map_err(|e: patchbay_core::registration::RegistrationKeyError| {
+                RemoteError::Usage(e.to_string())
+            })?;
+    let server_cert_sha256 = args
+        .server_cert_sha256
+        .as_deref()
+        .map(patchbay_updates::tls::parse_fingerprint)
+        .transpose()
+        .map_err(|e| RemoteError::Usage(e.to_string()))?;
+    let trust = RegisterTrust {
+        root_file: args.root.clone(),
+        server_cert_sha256,
+        ca_file: args.ca_file.clone(),
+        first_use: if args.trust_on_first_use {
+            FirstUse::Trust
+        } else {
+            FirstUse::Refuse
+        },
+        plain_http: if args.insecure_http {
+            PlainHttp::Allow
+        } else {
+            PlainHttp::Refuse
+        },
+    };
+    let r = patchbay::remote::register(agent, server, &key, &trust)?;
+    println!("registered as host {} in channel {}", r.host_id, r.channel);
+    let how = match r.root_trust {
+        RootTrust::KeyFingerprint => "checked against the registration key",
+        RootTrust::RootFile => "from --root",
+        RootTrust::FirstUse => "TRUSTED ON FIRST USE: compare them with the server's out of band",
+    };
+    println!("trusted root keys ({how}): {}", r.root_key_ids.join(", "));
+    match (&r.pinned_certificate, r.certificate_trusted_on_first_use) {
+        (Some(sha), false) => println!("server certificate pinned: SHA-256 {sha}"),
+        (Some(sha), true) => eprintln!(
+            "patchbay: WARNING: the server certificate was TRUSTED ON FIRST USE and is now \
+             pinned: SHA-256 {sha}. Compare it with `patchbay-server init`'s \
+             tls-certificate-sha256; if they differ, someone intercepted this registration"
+        ),
+        (None, _) => {}
+    }
+    if r.root_trust == RootTrust::FirstUse {
+        eprintln!(
+            "patchbay: WARNING: the root metadata was TRUSTED ON FIRST USE: a man in the middle \
+             at this moment would own this host's updates. Use a registration key with \
+             fingerprints (pbreg2.…) instead"
+        );
+    }
+    Ok(exit::OK)
 }

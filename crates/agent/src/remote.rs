@@ -12,9 +12,11 @@ use std::time::Duration;
 use patchbay_core::protocol::{
     CheckInReply, CheckInRequest, ErrorBody, HostState, RegisterReply, RegisterRequest,
 };
+use patchbay_core::registration::RegistrationKey;
 use patchbay_core::{
     bundle_target_name, BuildId, ChannelName, HostSeed, PatchLevel, UpstreamVersion,
 };
+use patchbay_updates::tls::{CaBundle, SeenCertificate, ServerTrust};
 use patchbay_updates::{Limits, SignedRepo, Source, UpdateError};
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +69,19 @@ pub enum RemoteError {
         /// What is wrong with the reply.
         message: String,
     },
+    /// The server's TLS certificate was not the one this host trusts (pinned, or signed by
+    /// the CA given): someone else may be answering. Nothing secret was sent.
+    #[error("{0}")]
+    Untrusted(String),
+    /// Registration found that the server's root metadata is not the one the registration
+    /// key names: someone may be intercepting. The key's secret was not sent.
+    #[error("the server's root.json is not the one the registration key names: expected SHA-256 {expected}, the server sent {seen} (and no earlier root version it serves matches). Someone may be intercepting the connection; the registration key was NOT sent. Check the --server URL and the key")]
+    RootMismatch {
+        /// The key's `root-sha256`.
+        expected: patchbay_core::Sha256,
+        /// The SHA-256 of the `root.json` the server sent.
+        seen: patchbay_core::Sha256,
+    },
     /// The command needs the server link or trusted root that `register` stores.
     #[error("this host is not registered: run `patchbay register --server URL --key KEY` (or pass --root FILE with --from)")]
     NotRegistered,
@@ -104,7 +119,9 @@ impl RemoteError {
                 | UpdateError::ManifestMismatch { .. }
                 | UpdateError::TooLarge { .. }
                 | UpdateError::ChannelDoc { .. },
-            ) => exit::REFUSED,
+            )
+            | RemoteError::Untrusted(_)
+            | RemoteError::RootMismatch { .. } => exit::REFUSED,
             RemoteError::Usage(_) | RemoteError::NotRegistered => exit::USAGE,
             _ => exit::ERROR,
         }
@@ -132,6 +149,27 @@ pub struct ServerLink {
     pub channel: ChannelName,
     /// The host's rollout seed from registration.
     pub seed: HostSeed,
+    /// The SHA-256 of the server's TLS certificate, pinned at registration: no other
+    /// certificate is accepted. Absent for links from before TLS (and CA-checked servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cert_sha256: Option<patchbay_core::Sha256>,
+    /// The CA bundle the server's certificate is checked against (`register --ca-file`);
+    /// absent: the platform's roots (when nothing is pinned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ServerLink {
+    /// How every connection to this server checks its certificate.
+    pub fn trust(&self) -> Result<ServerTrust, RemoteError> {
+        Ok(match (&self.server_cert_sha256, &self.ca_file) {
+            (Some(pin), _) => ServerTrust::Pinned(pin.clone()),
+            (None, Some(file)) => ServerTrust::CaBundle(
+                CaBundle::read(file).map_err(|e| RemoteError::Usage(e.to_string()))?,
+            ),
+            (None, None) => ServerTrust::PlatformRoots,
+        })
+    }
 }
 
 /// `/etc/patchbay/agent.toml`.
@@ -320,12 +358,26 @@ fn server_url(text: &str) -> Result<url::Url, RemoteError> {
     Ok(url)
 }
 
-fn http_client() -> Result<reqwest::Client, RemoteError> {
-    patchbay_updates::transport::http_client(Duration::from_secs(30)).map_err(RemoteError::Usage)
+fn http_client(trust: &ServerTrust) -> Result<reqwest::Client, RemoteError> {
+    patchbay_updates::tls::client(trust, Duration::from_secs(30))
+        .map_err(|e| RemoteError::Usage(e.to_string()))
+}
+
+/// A request that got no reply: a refused certificate is a refusal (nothing was sent), any
+/// other failure an outage.
+fn send_failed(endpoint: &url::Url, e: &reqwest::Error) -> RemoteError {
+    match patchbay_updates::tls::pin_mismatch(e) {
+        Some(mismatch) => RemoteError::Untrusted(mismatch.to_string()),
+        None => RemoteError::Unreachable {
+            url: endpoint.to_string(),
+            reason: patchbay_updates::tls::describe(e),
+        },
+    }
 }
 
 async fn post_json<T: serde::de::DeserializeOwned>(
     url: &url::Url,
+    trust: &ServerTrust,
     path: &str,
     token: Option<&str>,
     body: &impl Serialize,
@@ -333,14 +385,14 @@ async fn post_json<T: serde::de::DeserializeOwned>(
     let endpoint = url
         .join(path)
         .map_err(|e| RemoteError::Usage(format!("{url}: {e}")))?;
-    let mut request = http_client()?.post(endpoint.clone()).json(body);
+    let mut request = http_client(trust)?.post(endpoint.clone()).json(body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.map_err(|e| RemoteError::Unreachable {
-        url: endpoint.to_string(),
-        reason: e.to_string(),
-    })?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| send_failed(&endpoint, &e))?;
     let status = response.status();
     // Replies are small; anything beyond 1 MiB is not ours, and is refused while streaming.
     let bytes = patchbay_updates::transport::read_body_capped(response, 1 << 20)
@@ -434,8 +486,306 @@ pub struct Registered {
     pub channel: ChannelName,
     /// Ids of the root keys now trusted, sorted (for the user to compare out of band).
     pub root_key_ids: Vec<String>,
-    /// The root came from the server's reply, not from `--root`: trusted on first use.
-    pub trusted_on_first_use: bool,
+    /// How the trusted root was chosen.
+    pub root_trust: RootTrust,
+    /// The server certificate's SHA-256 pinned from now on, if one is.
+    pub pinned_certificate: Option<patchbay_core::Sha256>,
+    /// The certificate was pinned as the server showed it (`--trust-on-first-use`), not as a
+    /// key or `--server-cert-sha256` named it.
+    pub certificate_trusted_on_first_use: bool,
+}
+
+/// Where the root `register` trusts came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootTrust {
+    /// Its SHA-256 is the one the registration key carries.
+    KeyFingerprint,
+    /// The `--root` file.
+    RootFile,
+    /// As the server sent it (`--trust-on-first-use`).
+    FirstUse,
+}
+
+/// Whether `register` may trust what the server shows it without a fingerprint to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstUse {
+    /// Only what the key, `--root`, `--server-cert-sha256` or `--ca-file` vouch for.
+    Refuse,
+    /// `--trust-on-first-use`: whatever answers first (a man in the middle too) is trusted.
+    Trust,
+}
+
+/// Whether `register` may send the registration key over plain HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainHttp {
+    /// Refused: the key would cross the network in clear.
+    Refuse,
+    /// `--insecure-http`.
+    Allow,
+}
+
+/// How `register` checks the server before it sends the key's secret, beyond the key's own
+/// fingerprints.
+#[derive(Debug, Clone)]
+pub struct RegisterTrust {
+    /// `--root`: the `root.json` to trust (a key without fingerprints).
+    pub root_file: Option<PathBuf>,
+    /// `--server-cert-sha256`: the certificate to pin (a key without one).
+    pub server_cert_sha256: Option<patchbay_core::Sha256>,
+    /// `--ca-file`: the CA bundle that signs the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// `--trust-on-first-use`.
+    pub first_use: FirstUse,
+    /// `--insecure-http`.
+    pub plain_http: PlainHttp,
+}
+
+impl Default for RegisterTrust {
+    fn default() -> Self {
+        RegisterTrust {
+            root_file: None,
+            server_cert_sha256: None,
+            ca_file: None,
+            first_use: FirstUse::Refuse,
+            plain_http: PlainHttp::Refuse,
+        }
+    }
+}
+
+/// The certificate check for registration: the key's pin, else `--server-cert-sha256`, else
+/// `--ca-file`, else (first use) any certificate, recorded, else the platform's roots.
+fn registration_tls(
+    url: &url::Url,
+    key: &RegistrationKey,
+    trust: &RegisterTrust,
+) -> Result<ServerTrust, RemoteError> {
+    let key_pin = key.pins().and_then(|p| p.cert_sha256.clone());
+    if let (Some(a), Some(b)) = (&key_pin, &trust.server_cert_sha256) {
+        if a != b {
+            return Err(RemoteError::Usage(format!(
+                "--server-cert-sha256 {b} is not the certificate the registration key names \
+                 ({a}); leave it out"
+            )));
+        }
+    }
+    let pin = key_pin.or_else(|| trust.server_cert_sha256.clone());
+    if url.scheme() == "http" {
+        if pin.is_some() {
+            return Err(RemoteError::Usage(format!(
+                "--server {url}: the registration key pins the server's TLS certificate; use \
+                 https://"
+            )));
+        }
+        if trust.plain_http == PlainHttp::Refuse {
+            return Err(RemoteError::Usage(format!(
+                "--server {url} is plain HTTP: the registration key and the host token would \
+                 cross the network in clear. Use https:// (or, for a test, --insecure-http)"
+            )));
+        }
+        return Ok(ServerTrust::PlatformRoots);
+    }
+    Ok(match (pin, &trust.ca_file, trust.first_use) {
+        (Some(pin), _, _) => ServerTrust::Pinned(pin),
+        (None, Some(file), _) => ServerTrust::CaBundle(
+            CaBundle::read(file).map_err(|e| RemoteError::Usage(e.to_string()))?,
+        ),
+        (None, None, FirstUse::Trust) => ServerTrust::FirstUse(SeenCertificate::default()),
+        (None, None, FirstUse::Refuse) => ServerTrust::PlatformRoots,
+    })
+}
+
+/// GETs a public file of the server's (no token), capped at `limit` bytes.
+async fn get_public(
+    client: &reqwest::Client,
+    url: &url::Url,
+    path: &str,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, RemoteError> {
+    let endpoint = url
+        .join(path)
+        .map_err(|e| RemoteError::Usage(format!("{url}: {e}")))?;
+    let response = client
+        .get(endpoint.clone())
+        .send()
+        .await
+        .map_err(|e| send_failed(&endpoint, &e))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(RemoteError::Refused {
+            status: status.as_u16(),
+            message: format!("GET {endpoint}"),
+        });
+    }
+    patchbay_updates::transport::read_body_capped(response, limit)
+        .await
+        .map(Some)
+        .map_err(|e| RemoteError::BadReply {
+            status: status.as_u16(),
+            message: format!("{endpoint}: {e}"),
+        })
+}
+
+/// The served root whose SHA-256 is `expected`: `root.json` itself, or (the key is older than
+/// a root rotation) one of the versioned roots before it, from which TUF walks the chain up.
+async fn root_named_by_key(
+    client: &reqwest::Client,
+    url: &url::Url,
+    served: Vec<u8>,
+    expected: &patchbay_core::Sha256,
+) -> Result<Vec<u8>, RemoteError> {
+    let seen = patchbay_core::Sha256::of(&served);
+    if seen == *expected {
+        return Ok(served);
+    }
+    let version = serde_json::from_slice::<serde_json::Value>(&served)
+        .ok()
+        .and_then(|v| v.pointer("/signed/version").and_then(|v| v.as_u64()))
+        .unwrap_or(0)
+        .min(1024);
+    for n in (1..version).rev() {
+        let path = format!("tuf/metadata/{n}.root.json");
+        if let Some(bytes) =
+            get_public(client, url, &path, Limits::default().max_metadata_bytes).await?
+        {
+            if patchbay_core::Sha256::of(&bytes) == *expected {
+                return Ok(bytes);
+            }
+        }
+    }
+    Err(RemoteError::RootMismatch {
+        expected: expected.clone(),
+        seen,
+    })
+}
+
+/// `patchbay register`. Before the key's secret is sent: the TLS certificate is checked in
+/// the handshake (the key's pin, `--server-cert-sha256`, `--ca-file`), the served root
+/// metadata must be the one the key names (or `--root`), and the server's signed repository
+/// must verify from it. Then the host token, the root and the certificate's pin are stored.
+pub fn register(
+    agent: &Agent<'_>,
+    server: &str,
+    key: &RegistrationKey,
+    trust: &RegisterTrust,
+) -> Result<Registered, RemoteError> {
+    let url = base_url(&server_url(server)?);
+    let tls = registration_tls(&url, key, trust)?;
+    let identity = agent.identity()?;
+    let hostname = std::fs::read_to_string(agent.paths.proc_dir.join("sys/kernel/hostname"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let files = RemoteFiles::new(agent.state_dir.root());
+    runtime()?.block_on(async {
+        // 1. Nothing secret: the root metadata, over the checked connection.
+        let client = http_client(&tls)?;
+        let served = get_public(
+            &client,
+            &url,
+            "tuf/metadata/root.json",
+            Limits::default().max_metadata_bytes,
+        )
+        .await?
+        .ok_or_else(|| RemoteError::BadReply {
+            status: 404,
+            message: "no tuf/metadata/root.json".into(),
+        })?;
+        // A certificate trusted on first use is pinned from here on, the key's secret included.
+        let (tls, certificate_tofu) = match &tls {
+            ServerTrust::FirstUse(seen) => match seen.get() {
+                Some(sha) => (ServerTrust::Pinned(sha), true),
+                None => {
+                    return Err(RemoteError::Untrusted(
+                        "the server showed no TLS certificate".into(),
+                    ))
+                }
+            },
+            other => (other.clone(), false),
+        };
+        let (root, root_trust) = match (key.pins(), &trust.root_file, trust.first_use) {
+            (Some(pins), _, _) => (
+                root_named_by_key(&client, &url, served, &pins.root_sha256).await?,
+                RootTrust::KeyFingerprint,
+            ),
+            (None, Some(path), _) => (
+                std::fs::read(path).map_err(|e| file_err(path, e))?,
+                RootTrust::RootFile,
+            ),
+            (None, None, FirstUse::Trust) => (served, RootTrust::FirstUse),
+            (None, None, FirstUse::Refuse) => {
+                return Err(RemoteError::Usage(
+                    "the registration key carries no fingerprints (a pbreg_ key from before \
+                     format 2): ask for a new key (`patchbay-server registration-key create`), \
+                     or give --root FILE (the server's root.json, copied out of band), or \
+                     --trust-on-first-use"
+                        .into(),
+                ))
+            }
+        };
+        // 2. The server must serve a repository this root trusts (still nothing secret).
+        let scratch = tempfile_dir(agent.state_dir.root())?;
+        SignedRepo::load(
+            &root,
+            &Source::Server(url.clone(), tls.clone()),
+            scratch.path(),
+            Limits::default(),
+        )
+        .await
+        .map_err(|e| match e.fetch_failure() {
+            Some(patchbay_updates::transport::FetchFailure::Untrusted) => {
+                RemoteError::Untrusted(e.to_string())
+            }
+            _ => RemoteError::Update(e),
+        })?;
+        // 3. Only now the secret.
+        let reply: RegisterReply = post_json(
+            &url,
+            &tls,
+            "api/v1/register",
+            None,
+            &RegisterRequest {
+                key: key.secret().expose().to_owned(),
+                hostname,
+                kernel_release: identity.release.clone(),
+                upstream_version: running_upstream_version(agent),
+                build_id: identity.build_id.clone(),
+                agent_version: AGENT_VERSION.to_owned(),
+            },
+        )
+        .await?;
+        files.write_private(&files.root, &root)?;
+        let _ = std::fs::remove_dir_all(&files.datastore);
+        let pinned_certificate = match &tls {
+            ServerTrust::Pinned(sha) => Some(sha.clone()),
+            _ => None,
+        };
+        let link = ServerLink {
+            url: url.to_string(),
+            host_id: reply.host_id.clone(),
+            host_token: reply.host_token,
+            channel: reply.channel.clone(),
+            seed: reply.seed,
+            server_cert_sha256: pinned_certificate.clone(),
+            ca_file: match &tls {
+                ServerTrust::CaBundle(bundle) => Some(bundle.path().to_path_buf()),
+                _ => None,
+            },
+        };
+        let bytes = serde_json::to_vec_pretty(&link).map_err(|e| file_err(&files.link, e))?;
+        files.write_private(&files.link, &bytes)?;
+        Ok(Registered {
+            host_id: reply.host_id,
+            channel: reply.channel,
+            root_key_ids: root_key_ids(&root),
+            root_trust,
+            pinned_certificate,
+            certificate_trusted_on_first_use: certificate_tofu,
+        })
+    })
 }
 
 /// The upstream release of a distribution kernel, from `/proc/version`: Debian writes its
@@ -472,76 +822,6 @@ fn root_key_ids(root: &[u8]) -> Vec<String> {
         .unwrap_or_default();
     ids.sort();
     ids
-}
-
-/// `patchbay register`: stores the host token and the trusted root, then verifies the
-/// server's signed repository with it once.
-pub fn register(
-    agent: &Agent<'_>,
-    server: &str,
-    key: &str,
-    pinned_root: Option<&Path>,
-) -> Result<Registered, RemoteError> {
-    let url = base_url(&server_url(server)?);
-    let identity = agent.identity()?;
-    let hostname = std::fs::read_to_string(agent.paths.proc_dir.join("sys/kernel/hostname"))
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    let files = RemoteFiles::new(agent.state_dir.root());
-    runtime()?.block_on(async {
-        let reply: RegisterReply = post_json(
-            &url,
-            "api/v1/register",
-            None,
-            &RegisterRequest {
-                key: key.to_owned(),
-                hostname,
-                kernel_release: identity.release.clone(),
-                upstream_version: running_upstream_version(agent),
-                build_id: identity.build_id.clone(),
-                agent_version: AGENT_VERSION.to_owned(),
-            },
-        )
-        .await?;
-        let (root, tofu) = match pinned_root {
-            Some(path) => (std::fs::read(path).map_err(|e| file_err(path, e))?, false),
-            None => (
-                serde_json::to_vec_pretty(&reply.root).map_err(|e| RemoteError::BadReply {
-                    status: 200,
-                    message: format!("root: {e}"),
-                })?,
-                true,
-            ),
-        };
-        // Verify before keeping anything: the server must serve a repository this root trusts.
-        let scratch = tempfile_dir(agent.state_dir.root())?;
-        SignedRepo::load(
-            &root,
-            &Source::Server(url.clone()),
-            scratch.path(),
-            Limits::default(),
-        )
-        .await?;
-        files.write_private(&files.root, &root)?;
-        let _ = std::fs::remove_dir_all(&files.datastore);
-        let link = ServerLink {
-            url: url.to_string(),
-            host_id: reply.host_id.clone(),
-            host_token: reply.host_token,
-            channel: reply.channel.clone(),
-            seed: reply.seed,
-        };
-        let bytes = serde_json::to_vec_pretty(&link).map_err(|e| file_err(&files.link, e))?;
-        files.write_private(&files.link, &bytes)?;
-        Ok(Registered {
-            host_id: reply.host_id,
-            channel: reply.channel,
-            root_key_ids: root_key_ids(&root),
-            trusted_on_first_use: tofu,
-        })
-    })
 }
 
 /// A private (0700) scratch directory in the state dir, removed when dropped (every return
@@ -707,7 +987,7 @@ impl<'a, 'b> Remote<'a, 'b> {
                 let url = server_url(&link.url)?;
                 let repo = SignedRepo::load(
                     &root,
-                    &Source::Server(url),
+                    &Source::Server(url, link.trust()?),
                     &self.files.datastore,
                     Limits::default(),
                 )
@@ -916,6 +1196,7 @@ impl<'a, 'b> Remote<'a, 'b> {
         let url = server_url(&link.url)?;
         let reply: CheckInReply = post_json(
             &url,
+            &link.trust()?,
             "api/v1/checkin",
             Some(&link.host_token),
             &CheckInRequest {

@@ -24,16 +24,46 @@ use patchbay_server::Service;
 
 use crate::agent::{Agent, ApplyOptions};
 use crate::error::exit;
-use crate::remote::{register, Origin, Plan, Remote, RemoteError, RemoteFiles, Settings};
+use crate::remote::{
+    register, Origin, Plan, RegisterTrust, Remote, RemoteError, RemoteFiles, Settings,
+};
 use crate::testutil::{elf_bundle, module_name, FakeKernel, BUILD_ID, OTHER_BUILD_ID, RELEASE};
+use patchbay_core::registration::RegistrationKey;
+use patchbay_updates::tls::ServerTrust;
 
-/// A real server on 127.0.0.1 with its own runtime.
+/// A real server on 127.0.0.1 with its own runtime, serving HTTPS with a self-signed
+/// certificate as `patchbay-server init` makes one; its registration key pins it.
 struct TestServer {
     dir: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
     service: Arc<Service>,
     url: String,
-    registration_key: String,
+    registration_key: RegistrationKey,
+    tls: patchbay_server::tls::CertificateFiles,
+}
+
+/// Serves `router` over TLS with `tls`'s certificate on a new loopback port; its https URL.
+fn serve_tls(
+    rt: &tokio::runtime::Runtime,
+    tls: &patchbay_server::tls::CertificateFiles,
+    router: axum::Router,
+) -> String {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let config = tls.server_config().unwrap();
+    rt.spawn(async move {
+        let listener = patchbay_server::listener::TlsListener::new(
+            listener,
+            std::time::Duration::from_secs(60),
+            config,
+            64,
+        )
+        .unwrap();
+        axum::serve(listener, router).await
+    });
+    url
 }
 
 impl TestServer {
@@ -45,27 +75,29 @@ impl TestServer {
             .build()
             .unwrap();
         let data = dir.path().join("server");
-        let report = rt
-            .block_on(Service::init(
-                &data,
-                None,
-                patchbay_server::config::ServerConfig::default(),
-            ))
-            .unwrap();
+        let config = patchbay_server::config::ServerConfig::default();
+        let tls = config.tls.files(&data);
+        tls.generate_self_signed(&["127.0.0.1".into()]).unwrap();
+        let report = rt.block_on(Service::init(&data, None, config)).unwrap();
         let service = Arc::new(rt.block_on(Service::open(&data)).unwrap());
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let router = patchbay_server::api::router(Arc::clone(&service));
-        rt.spawn(async move { axum::serve(listener, router).await });
+        let url = serve_tls(
+            &rt,
+            &tls,
+            patchbay_server::api::router(Arc::clone(&service)),
+        );
         TestServer {
             dir,
             rt,
             service,
             url,
-            registration_key: report.registration_key,
+            registration_key: report.registration_key.parse().unwrap(),
+            tls,
         }
+    }
+
+    /// How a client pins this server's certificate.
+    fn trust(&self) -> ServerTrust {
+        ServerTrust::Pinned(self.tls.sha256().unwrap())
     }
 
     fn publish(&self, bundle: &Bundle) {
@@ -135,6 +167,7 @@ impl TestServer {
 #[derive(Clone)]
 struct Proxy {
     upstream: String,
+    client: reqwest::Client,
     rules: Arc<Mutex<Vec<(String, Rule)>>>,
 }
 
@@ -147,22 +180,22 @@ enum Rule {
 }
 
 impl Proxy {
+    /// The proxy answers with the server's own certificate: it stands for a compromised
+    /// server or mirror (the hosts' pin holds), which TUF alone must stop.
     fn start(server: &TestServer) -> (Proxy, String) {
         let proxy = Proxy {
             upstream: server.url.clone(),
+            client: patchbay_updates::tls::client(
+                &server.trust(),
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap(),
             rules: Arc::new(Mutex::new(Vec::new())),
         };
-        let listener = server
-            .rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let router = axum::Router::new()
             .fallback(forward)
             .with_state(proxy.clone());
-        server
-            .rt
-            .spawn(async move { axum::serve(listener, router).await });
+        let url = serve_tls(&server.rt, &server.tls, router);
         (proxy, url)
     }
 
@@ -200,8 +233,7 @@ async fn forward(
         }
         None => {}
     }
-    let client = reqwest::Client::new();
-    let mut request = client.request(
+    let mut request = proxy.client.request(
         reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap(),
         format!("{}{}", proxy.upstream, uri),
     );
@@ -264,7 +296,13 @@ fn setup() -> (TestServer, FakeKernel) {
     server.publish(&elf_bundle(OTHER_BUILD_ID, "6.1.0-55-amd64", 1));
     server.promote("production", BUILD_ID, 1, &[]);
     let k = FakeKernel::new();
-    register(&agent(&k), &server.url, &server.registration_key, None).unwrap();
+    register(
+        &agent(&k),
+        &server.url,
+        &server.registration_key,
+        &RegisterTrust::default(),
+    )
+    .unwrap();
     (server, k)
 }
 
@@ -405,7 +443,13 @@ fn staged_waves_and_deploy_delay_decide_with_the_host_seed() {
     let server2 = TestServer::start();
     server2.publish(&elf_bundle(BUILD_ID, RELEASE, 1));
     let k2 = FakeKernel::new();
-    register(&agent(&k2), &server2.url, &server2.registration_key, None).unwrap();
+    register(
+        &agent(&k2),
+        &server2.url,
+        &server2.registration_key,
+        &RegisterTrust::default(),
+    )
+    .unwrap();
     server2
         .rt
         .block_on(server2.service.promote(
@@ -717,14 +761,28 @@ fn inner_server_serves_an_imported_archive_to_its_hosts() {
         .unwrap_err();
     assert!(err.to_string().contains("mirror"), "{err}");
 
+    // A key made before the import names the inner server's own root, which it no longer
+    // serves; one made now names the outer root it serves.
     let k = FakeKernel::new();
-    register(
+    let err = register(
         &agent(&k),
         &inner.url,
         &inner.registration_key,
-        Some(&outer_root),
+        &RegisterTrust::default(),
     )
-    .unwrap();
+    .unwrap_err();
+    assert!(matches!(err, RemoteError::RootMismatch { .. }), "{err}");
+    let key: RegistrationKey = inner
+        .rt
+        .block_on(inner.service.create_registration_key("test", "production"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        key.pins().unwrap().root_sha256,
+        patchbay_core::Sha256::of(&std::fs::read(&outer_root).unwrap())
+    );
+    register(&agent(&k), &inner.url, &key, &RegisterTrust::default()).unwrap();
     update(&k).unwrap();
     assert_eq!(k.sim().loads, vec![module_name(BUILD_ID, 1)]);
 
@@ -865,7 +923,13 @@ fn uname_reports_the_release_whose_fixes_the_live_patch_brings() {
         "Linux version 6.1.0-56-amd64 (gcc-12 (Debian 12.2.0-14) 12.2.0) #1 SMP Debian 6.1.100-1 (2024-07-01)\n",
     )
     .unwrap();
-    register(&agent(&k), &server.url, &server.registration_key, None).unwrap();
+    register(
+        &agent(&k),
+        &server.url,
+        &server.registration_key,
+        &RegisterTrust::default(),
+    )
+    .unwrap();
     // Before any patch: the kernel's own release.
     assert_eq!(crate::remote::uname(&agent(&k)).unwrap().0, "6.1.100");
     update(&k).unwrap();
@@ -1335,7 +1399,13 @@ fn a_success_reply_that_is_not_ours_is_a_bad_reply_not_a_refusal() {
         Rule::Replace(b"<html>captive portal</html>".to_vec()),
     );
     let k = FakeKernel::new();
-    let err = register(&agent(&k), &url, &server.registration_key, None).unwrap_err();
+    let err = register(
+        &agent(&k),
+        &url,
+        &server.registration_key,
+        &RegisterTrust::default(),
+    )
+    .unwrap_err();
     assert!(
         matches!(&err, RemoteError::BadReply { status: 200, .. }),
         "{err:?}"
@@ -1348,5 +1418,143 @@ fn a_success_reply_that_is_not_ours_is_a_bad_reply_not_a_refusal() {
     assert!(
         !RemoteFiles::new(k.state_dir().root()).link.exists(),
         "a failed register keeps no server link"
+    );
+}
+
+/// A plain TCP relay on loopback in front of `upstream` (host:port) that records every byte
+/// in both directions: what someone on the network path would see.
+fn recording_relay(rt: &tokio::runtime::Runtime, upstream: &str) -> (String, Arc<Mutex<Vec<u8>>>) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let upstream = upstream.to_owned();
+    rt.spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pump(client_read, server_write, Arc::clone(&record)));
+            tokio::spawn(pump(server_read, client_write, Arc::clone(&record)));
+        }
+    });
+    (address.to_string(), seen)
+}
+
+/// Copies `from` to `to`, appending every byte to `record`.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    record: Arc<Mutex<Vec<u8>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        record.lock().unwrap().extend_from_slice(&buf[..n]);
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn register_update_and_check_in_send_no_secret_in_clear() {
+    let server = TestServer::start();
+    server.publish(&elf_bundle(BUILD_ID, RELEASE, 1));
+    server.promote("production", BUILD_ID, 1, &[]);
+    let upstream = server.url.trim_start_matches("https://").to_owned();
+    let (relay, seen) = recording_relay(&server.rt, &upstream);
+    let k = FakeKernel::new();
+    register(
+        &agent(&k),
+        &format!("https://{relay}"),
+        &server.registration_key,
+        &RegisterTrust::default(),
+    )
+    .unwrap();
+    update(&k).unwrap();
+    assert_eq!(k.sim().loads, vec![module_name(BUILD_ID, 1)]);
+    let link = RemoteFiles::new(k.state_dir().root())
+        .load_link()
+        .unwrap()
+        .unwrap();
+    let captured = seen.lock().unwrap().clone();
+    assert!(captured.len() > 10_000, "the relay carried the traffic");
+    let secret = server
+        .registration_key
+        .secret()
+        .expose()
+        .as_bytes()
+        .to_vec();
+    for (name, needle) in [
+        ("host token", link.host_token.as_bytes().to_vec()),
+        ("registration key", secret.clone()),
+        ("registration key hex", secret[6..].to_vec()),
+        ("request path", b"/api/v1/checkin".to_vec()),
+    ] {
+        assert!(
+            !captured
+                .windows(needle.len())
+                .any(|w| w == needle.as_slice()),
+            "the {name} crossed the network in clear"
+        );
+    }
+}
+
+#[test]
+fn the_agent_refuses_a_server_whose_certificate_is_not_the_pinned_one() {
+    let (server, k) = setup();
+    update(&k).unwrap();
+    // Another server (same software, its own self-signed certificate) at the agent's URL: a
+    // man in the middle, or a replaced server.
+    let impostor = TestServer::start();
+    point_at(&k, &impostor.url);
+    let err = assert_refused(&k, "not the pinned one");
+    let text = err.to_string();
+    let expected = server.tls.sha256().unwrap();
+    let seen = impostor.tls.sha256().unwrap();
+    assert!(
+        text.contains(expected.as_str()) && text.contains(seen.as_str()),
+        "the error names both fingerprints: {text}"
+    );
+    // The check-in is refused too, as untrusted (nothing sent), not as an outage.
+    let a = agent(&k);
+    let remote = Remote::new(&a, defaults(), ApplyOptions::default());
+    let link = RemoteFiles::new(k.state_dir().root())
+        .load_link()
+        .unwrap()
+        .unwrap();
+    let err = server
+        .rt
+        .block_on(remote.checkin(&link, None, false))
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Untrusted(_)), "{err:?}");
+    assert_eq!(err.exit_code(), exit::REFUSED);
+    // Registering there with the first server's key is refused in the handshake.
+    let k2 = FakeKernel::new();
+    let err = register(
+        &agent(&k2),
+        &impostor.url,
+        &server.registration_key,
+        &RegisterTrust::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, RemoteError::Untrusted(_)), "{err:?}");
+    assert_eq!(
+        impostor
+            .rt
+            .block_on(impostor.service.hosts(&Default::default()))
+            .unwrap()
+            .len(),
+        0,
+        "the impostor registered nobody"
     );
 }

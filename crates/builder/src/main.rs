@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use patchbay_build::module_build::{self, ModuleBuild, SourceBuild};
 use patchbay_core::{Bundle, CveId, PatchLevel};
 use patchbay_core::{Distribution, KernelSeries};
@@ -142,6 +142,8 @@ enum Command {
         server: Option<String>,
         #[arg(long, env = "PATCHBAY_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Watch Debian's archive for new sources of each kernel line the server's hosts run
     /// (linux-source-6.1, linux-source-6.12); for each such kernel,
@@ -152,6 +154,8 @@ enum Command {
         server: String,
         #[arg(long, env = "PATCHBAY_ADMIN_TOKEN", hide_env_values = true)]
         token: String,
+        #[command(flatten)]
+        trust: TrustArgs,
         /// The channel new levels are promoted into (e.g. testing); it must exist.
         #[arg(long)]
         channel: String,
@@ -182,12 +186,14 @@ enum Command {
     /// Upload a bundle to a Patchbay server as the next level of its kernel.
     Publish {
         bundle: PathBuf,
-        /// The server's base URL, e.g. http://patches.example:8470
+        /// The server's base URL, e.g. https://patches.example:8470
         #[arg(long, env = "PATCHBAY_SERVER")]
         server: String,
         /// An admin API token (`patchbay-server token create`).
         #[arg(long, env = "PATCHBAY_ADMIN_TOKEN", hide_env_values = true)]
         token: String,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Debian kernels: list what apt offers, fetch one into the cache.
     Kernel {
@@ -317,6 +323,40 @@ fn open_kernel(spec: &str, line: &LineArgs) -> Result<Kernel> {
     patchbay_kernels::fetch_selector(&selector).with_context(|| format!("fetch kernel {selector}"))
 }
 
+/// How the builder's commands trust the server's TLS certificate (default: the platform's CA
+/// roots).
+#[derive(Debug, Args)]
+struct TrustArgs {
+    /// The server's certificate SHA-256 (`patchbay-server init` prints it as
+    /// tls-certificate-sha256): only that certificate is accepted.
+    #[arg(long, env = "PATCHBAY_SERVER_CERT_SHA256", conflicts_with = "ca_file")]
+    server_cert_sha256: Option<String>,
+    /// A PEM file of the CA certificates that sign the server's certificate.
+    #[arg(long, env = "PATCHBAY_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    fn trust(&self) -> Result<patchbay_build::publish::ServerTrust> {
+        use patchbay_build::publish::ServerTrust;
+        Ok(match (&self.server_cert_sha256, &self.ca_file) {
+            (Some(pin), _) => ServerTrust::Pinned(patchbay_updates::tls::parse_fingerprint(pin)?),
+            (None, Some(file)) => {
+                ServerTrust::CaBundle(patchbay_updates::tls::CaBundle::read(file)?)
+            }
+            (None, None) => ServerTrust::PlatformRoots,
+        })
+    }
+
+    fn access(&self, url: String, token: String) -> Result<patchbay_build::publish::ServerAccess> {
+        Ok(patchbay_build::publish::ServerAccess {
+            url,
+            token,
+            trust: self.trust()?,
+        })
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -437,7 +477,10 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{group}");
                     let mut any = false;
                     for k in kernels.iter().filter(|k| group.contains(&k.release)) {
-                        println!("  {}\t{}\t{}", k.release, k.package_version, k.upstream_version);
+                        println!(
+                            "  {}\t{}\t{}",
+                            k.release, k.package_version, k.upstream_version
+                        );
                         any = true;
                     }
                     if !any {
@@ -593,6 +636,7 @@ fn run(cli: Cli) -> Result<()> {
             publish,
             server,
             token,
+            trust,
         } => {
             let kernel = open_kernel(&kernel, &line)?;
             let db = load_cve_db(cve_db.as_deref())?;
@@ -628,15 +672,14 @@ fn run(cli: Cli) -> Result<()> {
             };
             let fixes = patchbay_build::upgrade::FixSource { newer, patches };
             let publish_to = match (publish, server, token) {
-                (true, Some(server), Some(token)) => Some((server, token)),
+                (true, Some(server), Some(token)) => Some(trust.access(server, token)?),
                 _ => None,
             };
             let level = match (level, &publish_to) {
                 (Some(level), _) => level,
-                (None, Some((server, token))) => runtime()?
+                (None, Some(server)) => runtime()?
                     .block_on(patchbay_build::upgrade::next_level(
                         server,
-                        token,
                         kernel.build_id(),
                     ))
                     .map_err(|e| {
@@ -678,15 +721,14 @@ fn run(cli: Cli) -> Result<()> {
                      bundle was written"
                 );
             }
-            if let Some((server, token)) = publish_to {
+            if let Some(server) = publish_to {
                 let runtime = runtime()?;
                 let receipt = runtime
-                    .block_on(patchbay_build::publish::publish(&server, &token, &output))
+                    .block_on(patchbay_build::publish::publish(&server, &output))
                     .with_context(|| format!("publish {}", output.display()))?;
                 runtime
                     .block_on(patchbay_build::publish::attach_report(
                         &server,
-                        &token,
                         &upgrade_report,
                     ))
                     .context("attach the report to the published level")?;
@@ -700,6 +742,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Watch {
             server,
             token,
+            trust,
             channel,
             interval,
             once,
@@ -715,8 +758,7 @@ fn run(cli: Cli) -> Result<()> {
             let db = load_cve_db(cve_db.as_deref())?;
             let verify = verify.options()?;
             let config = WatchConfig {
-                server,
-                token,
+                server: trust.access(server, token)?,
                 channel,
                 min_cvss,
                 only: cves,
@@ -778,13 +820,15 @@ fn run(cli: Cli) -> Result<()> {
             bundle,
             server,
             token,
+            trust,
         } => {
+            let server = trust.access(server, token)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("start the async runtime")?;
             let receipt = runtime
-                .block_on(patchbay_build::publish::publish(&server, &token, &bundle))
+                .block_on(patchbay_build::publish::publish(&server, &bundle))
                 .with_context(|| format!("publish {}", bundle.display()))?;
             println!(
                 "published level {} for build-id {} as {}",

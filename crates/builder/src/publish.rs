@@ -10,6 +10,41 @@ use std::time::Duration;
 
 use patchbay_core::protocol::{ErrorBody, PublishReceipt};
 use patchbay_core::{Bundle, BundleError, UpgradeReport};
+pub use patchbay_updates::tls::ServerTrust;
+
+/// A patch server the builder's commands talk to: its base URL, an API token, and how its TLS
+/// certificate is trusted (a CA, or its SHA-256 pinned: `--ca-file`, `--server-cert-sha256`).
+#[derive(Clone)]
+pub struct ServerAccess {
+    /// The base URL, e.g. `https://patches.example:8470`.
+    pub url: String,
+    /// An operator or admin API token; a secret (not shown by `Debug`).
+    pub token: String,
+    /// How the server's certificate is checked.
+    pub trust: ServerTrust,
+}
+
+impl std::fmt::Debug for ServerAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerAccess")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .field("trust", &self.trust)
+            .finish()
+    }
+}
+
+impl ServerAccess {
+    /// An HTTP client for this server with `timeout`, trusting its certificate as told.
+    pub fn client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
+        patchbay_updates::tls::client(&self.trust, timeout).map_err(|e| e.to_string())
+    }
+
+    /// The text of a failed request: a refused certificate said plainly, else the whole chain.
+    pub fn describe(err: &reqwest::Error) -> String {
+        patchbay_updates::tls::describe(err)
+    }
+}
 
 /// Why a bundle or report was not published. Nothing is stored on the server in any case.
 #[derive(Debug, thiserror::Error)]
@@ -33,13 +68,14 @@ pub enum PublishError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The request or its reply failed in transport (connection refused, DNS, timeout, ...).
-    #[error("cannot reach the server at {url}: {source}; check --server and that `patchbay-server serve` runs")]
+    /// The request or its reply failed in transport (connection refused, DNS, timeout, a
+    /// refused certificate, ...).
+    #[error("cannot reach the server at {url}: {reason}; check --server (and --ca-file or --server-cert-sha256) and that `patchbay-server serve` runs")]
     Connect {
         /// The endpoint that was tried.
         url: String,
-        /// The transport error.
-        source: reqwest::Error,
+        /// The transport error, with its causes.
+        reason: String,
     },
     /// The server answered with a non-2xx status (bad token, wrong level, bundle refused).
     #[error("the server refused the {what} ({status}): {message}")]
@@ -64,10 +100,9 @@ pub enum PublishError {
     },
 }
 
-/// Verifies `bundle_path` and uploads it to `server` with `token` (operator or admin role).
+/// Verifies `bundle_path` and uploads it to `server` (operator or admin token).
 pub async fn publish(
-    server: &str,
-    token: &str,
+    server: &ServerAccess,
     bundle_path: &Path,
 ) -> Result<PublishReceipt, PublishError> {
     Bundle::read(bundle_path)?;
@@ -77,7 +112,6 @@ pub async fn publish(
     })?;
     let (status, body) = post(
         server,
-        token,
         "api/v1/bundles",
         "application/octet-stream",
         bytes,
@@ -93,8 +127,7 @@ pub async fn publish(
 /// Attaches `report` to the level it names (`POST /api/v1/kernels/{build_id}/levels/{level}/
 /// report`, replacing an earlier report of that level). The level must be published first.
 pub async fn attach_report(
-    server: &str,
-    token: &str,
+    server: &ServerAccess,
     report: &UpgradeReport,
 ) -> Result<(), PublishError> {
     let bytes = serde_json::to_vec(report).map_err(PublishError::Encode)?;
@@ -102,7 +135,7 @@ pub async fn attach_report(
         "api/v1/kernels/{}/levels/{}/report",
         report.build_id, report.level
     );
-    post(server, token, &path, "application/json", bytes, "report").await?;
+    post(server, &path, "application/json", bytes, "report").await?;
     Ok(())
 }
 
@@ -114,46 +147,40 @@ fn shown(body: &[u8]) -> String {
 /// POSTs `bytes` to `path` under `server`; the status and body of a 2xx reply, else the
 /// server's JSON error message as [`PublishError::Refused`] (`what` names the upload).
 async fn post(
-    server: &str,
-    token: &str,
+    server: &ServerAccess,
     path: &str,
     content_type: &str,
     bytes: Vec<u8>,
     what: &'static str,
 ) -> Result<(u16, Vec<u8>), PublishError> {
-    let base = url::Url::parse(server).map_err(|e| PublishError::Url {
-        url: server.to_owned(),
-        reason: e.to_string(),
-    })?;
-    if !matches!(base.scheme(), "http" | "https") {
-        return Err(PublishError::Url {
-            url: server.to_owned(),
-            reason: "the scheme must be http or https".into(),
-        });
-    }
-    let endpoint = base.join(path).map_err(|e| PublishError::Url {
-        url: server.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let connect = |source| PublishError::Connect {
-        url: endpoint.to_string(),
-        source,
+    let url_err = |reason: String| PublishError::Url {
+        url: server.url.clone(),
+        reason,
     };
-    let client = reqwest::Client::builder()
-        // Generous: a bundle can be tens of MiB, and the server verifies it before it answers.
-        .timeout(Duration::from_secs(300))
-        .build()
-        .map_err(connect)?;
+    let base = url::Url::parse(&server.url).map_err(|e| url_err(e.to_string()))?;
+    if !matches!(base.scheme(), "http" | "https") {
+        return Err(url_err("the scheme must be http or https".into()));
+    }
+    let endpoint = base.join(path).map_err(|e| url_err(e.to_string()))?;
+    let connect = |reason: String| PublishError::Connect {
+        url: endpoint.to_string(),
+        reason,
+    };
+    // Generous: a bundle can be tens of MiB, and the server verifies it before it answers.
+    let client = server.client(Duration::from_secs(300)).map_err(connect)?;
     let response = client
         .post(endpoint.clone())
-        .bearer_auth(token)
+        .bearer_auth(&server.token)
         .header("content-type", content_type)
         .body(bytes)
         .send()
         .await
-        .map_err(connect)?;
+        .map_err(|e| connect(ServerAccess::describe(&e)))?;
     let status = response.status().as_u16();
-    let body = response.bytes().await.map_err(connect)?;
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| connect(ServerAccess::describe(&e)))?;
     if !(200..300).contains(&status) {
         let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|e| e.error)
@@ -217,6 +244,14 @@ mod tests {
         (url, task)
     }
 
+    fn access(url: String) -> ServerAccess {
+        ServerAccess {
+            url,
+            token: "tok".into(),
+            trust: ServerTrust::PlatformRoots,
+        }
+    }
+
     fn report() -> UpgradeReport {
         serde_json::from_value(serde_json::json!({
             "kernel": "6.1.0-47-amd64",
@@ -231,7 +266,7 @@ mod tests {
     #[tokio::test]
     async fn attach_report_posts_to_the_level_and_surfaces_the_servers_error() {
         let (url, request) = one_shot("201 Created", r#"{"report":true}"#).await;
-        attach_report(&url, "tok", &report()).await.unwrap();
+        attach_report(&access(url), &report()).await.unwrap();
         let (line, body) = request.await.unwrap();
         assert_eq!(
             line,
@@ -244,7 +279,7 @@ mod tests {
             r#"{"error":"kernel 0123 has no published level 2"}"#,
         )
         .await;
-        let e = attach_report(&url, "tok", &report()).await.unwrap_err();
+        let e = attach_report(&access(url), &report()).await.unwrap_err();
         assert!(
             matches!(&e, PublishError::Refused { status: 404, .. })
                 && e.to_string()

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod manifest;
 pub mod modinfo;
 pub mod protocol;
+pub mod registration;
 pub mod report;
 pub mod version;
 

@@ -57,8 +57,12 @@ pub struct ServerProcess {
     /// The `patchbay-server` binary this process runs.
     pub bin: PathBuf,
     pub data_dir: PathBuf,
-    /// `http://127.0.0.1:<port>`
+    /// `https://127.0.0.1:<port>` (`http://` with [`ServerProcess::serve_insecure_http`])
     pub url: String,
+    /// The SHA-256 of the self-signed certificate `init` made: every client here pins it.
+    pub cert_sha256: patchbay_core::Sha256,
+    /// Serve plain HTTP (`serve --insecure-http`), for the tests about it.
+    pub insecure_http: bool,
     pub port: u16,
     pub admin_token: String,
     /// The first registration key `init` made, for the `production` channel.
@@ -105,7 +109,7 @@ impl ServerProcess {
         let admin_token = field("admin-token:")?;
         let registration_key = field("registration-key:")?;
         let dashboard_password = field("dashboard-password:")?;
-        let mut server = ServerProcess::attach(bin, data_dir, admin_token, registration_key);
+        let mut server = ServerProcess::attach(bin, data_dir, admin_token, registration_key)?;
         server.dashboard_password = dashboard_password;
         Ok(server)
     }
@@ -117,17 +121,59 @@ impl ServerProcess {
         data_dir: &Path,
         admin_token: String,
         registration_key: String,
-    ) -> ServerProcess {
-        ServerProcess {
+    ) -> Result<ServerProcess> {
+        let cert_sha256 = patchbay_server_tls_sha256(data_dir)?;
+        Ok(ServerProcess {
             bin: bin.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             url: String::new(),
             port: 0,
+            cert_sha256,
+            insecure_http: false,
             admin_token,
             registration_key,
             dashboard_password: String::new(),
             child: None,
+        })
+    }
+
+    /// How clients trust this server: its certificate pinned.
+    pub fn trust(&self) -> patchbay_updates::tls::ServerTrust {
+        patchbay_updates::tls::ServerTrust::Pinned(self.cert_sha256.clone())
+    }
+
+    /// An HTTP client that pins this server's certificate (what a user's client does with
+    /// `--server-cert-sha256`).
+    pub fn client(&self) -> reqwest::Client {
+        self.client_builder()
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new())
+    }
+
+    /// A client builder pinning this server's certificate, for clients that need more
+    /// settings (cookies, redirects).
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let builder = reqwest::Client::builder();
+        match patchbay_updates::tls::pinned_client_config(&self.cert_sha256) {
+            Ok(config) => builder.tls_backend_preconfigured(config),
+            Err(_) => builder,
         }
+    }
+
+    /// The builder's view of this server: URL, admin token, pinned certificate.
+    pub fn access(&self) -> patchbay_build::publish::ServerAccess {
+        patchbay_build::publish::ServerAccess {
+            url: self.url.clone(),
+            token: self.admin_token.clone(),
+            trust: self.trust(),
+        }
+    }
+
+    /// Serves plain HTTP from now on (`serve --insecure-http`), after stopping a running
+    /// process.
+    pub fn serve_insecure_http(&mut self) -> Result<()> {
+        self.insecure_http = true;
+        self.serve()
     }
 
     /// Serves (again) on a free loopback port, after stopping a running process.
@@ -155,12 +201,17 @@ impl ServerProcess {
     }
 
     fn serve_on(&mut self, listen: &str, env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
-        let mut child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        command
             .arg("serve")
             .arg("--data")
             .arg(&self.data_dir)
             .arg("--listen")
-            .arg(listen)
+            .arg(listen);
+        if self.insecure_http {
+            command.arg("--insecure-http");
+        }
+        let mut child = command
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -251,7 +302,7 @@ impl ServerProcess {
             .enable_all()
             .build()?;
         runtime.block_on(async {
-            let client = reqwest::Client::new();
+            let client = self.client();
             let method = reqwest::Method::from_bytes(method.as_bytes())?;
             let mut request = client
                 .request(method.clone(), &url)
@@ -281,11 +332,7 @@ impl ServerProcess {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        Ok(runtime.block_on(patchbay_build::publish::publish(
-            &self.url,
-            &self.admin_token,
-            bundle,
-        ))?)
+        Ok(runtime.block_on(patchbay_build::publish::publish(&self.access(), bundle))?)
     }
 }
 
@@ -293,4 +340,13 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The SHA-256 of the certificate a data dir's server serves (`<data>/tls/server.crt`, as
+/// `init` makes it).
+fn patchbay_server_tls_sha256(data_dir: &Path) -> Result<patchbay_core::Sha256> {
+    let path = data_dir.join("tls/server.crt");
+    let pem = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+    patchbay_updates::tls::pem_certificate_sha256(&pem)
+        .with_context(|| format!("{}: no PEM certificate", path.display()))
 }

@@ -59,6 +59,9 @@ async fn browser(driver: &ChromeDriver) -> Client {
         serde_json::json!({"binary": "/usr/bin/chromium",
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
     );
+    // The server's certificate is the self-signed one `init` made; this test is about the
+    // dashboard (the clients' pinning has its own tests: tests/registration.rs, the agent's).
+    caps.insert("acceptInsecureCerts".into(), serde_json::Value::Bool(true));
     ClientBuilder::rustls()
         .unwrap()
         .capabilities(caps)
@@ -301,7 +304,7 @@ fn dashboard_promotes_a_level_and_shows_the_exposure_fall() {
     };
     let scenario = std::fs::read_to_string(fixture("scenarios/dashboard.sh")).unwrap();
     let script = format!(
-        "SERVER=http://{}:{GUEST_PORT}\nREGISTRATION_KEY={}\n{scenario}",
+        "SERVER=https://{}:{GUEST_PORT}\nREGISTRATION_KEY={}\n{scenario}",
         patchbay_vm::GUEST_SERVER_IP,
         server.registration_key
     );

@@ -86,7 +86,7 @@ fn agent_follows_its_channel_over_the_network_and_reapplies_at_boot() {
 
     let scenario = std::fs::read_to_string(fixture("scenarios/network.sh")).unwrap();
     let script = format!(
-        "SERVER=http://{}:{GUEST_PORT}\nREGISTRATION_KEY={}\n{scenario}",
+        "SERVER=https://{}:{GUEST_PORT}\nREGISTRATION_KEY={}\n{scenario}",
         patchbay_vm::GUEST_SERVER_IP,
         server.registration_key
     );

@@ -245,7 +245,7 @@ fn agent_applies_level_1(server: &ServerProcess, kernel: &Kernel, patched: &[Cve
     let script = format!(
         ". /lib/pb.sh\nexport PATCHBAY_STATE_DIR=/var/lib/patchbay\nmkdir -p $PATCHBAY_STATE_DIR\n\
          pb_check net-up pb_net_up\n\
-         pb_check register patchbay register --server http://{}:{GUEST_PORT} --key {}\n\
+         pb_check register patchbay register --server https://{}:{GUEST_PORT} --key {}\n\
          pb_check update patchbay update\n\
          patchbay status >/tmp/status 2>&1; cat /tmp/status\n\
          pb_expect_contains level-1 /tmp/status \"1 (module pb_\"\n{}\n",
@@ -309,7 +309,8 @@ fn register_host(server: &ServerProcess, kernel: &Kernel) {
         .build()
         .unwrap();
     let reply = runtime.block_on(async {
-        reqwest::Client::new()
+        server
+            .client()
             .post(format!("{}/api/v1/register", server.url))
             .json(&serde_json::json!({
                 "key": server.registration_key,

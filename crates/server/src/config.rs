@@ -24,6 +24,99 @@ pub struct ServerConfig {
     pub metrics: MetricsConfig,
     /// `[retention]`: how long check-in history is kept.
     pub retention: RetentionConfig,
+    /// `[tls]`: the certificate `serve` answers with, and how hosts check it.
+    pub tls: TlsConfig,
+}
+
+/// What `serve` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServedProtocol {
+    /// HTTPS with `[tls]`'s certificate (the default).
+    Https,
+    /// Plain HTTP: tokens and passwords cross the network in clear. Only for a test, or behind
+    /// a TLS proxy on the same machine; `serve` warns at every start.
+    InsecureHttp,
+}
+
+impl ServedProtocol {
+    /// The value as written in `config.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServedProtocol::Https => "https",
+            ServedProtocol::InsecureHttp => "insecure-http",
+        }
+    }
+}
+
+/// How hosts know the server's certificate is the right one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostsCheckCertificate {
+    /// By its SHA-256, which registration keys carry (a self-signed certificate; `init`'s).
+    Pin,
+    /// Against a CA (the platform's roots or the agent's `ca_file`); registration keys carry
+    /// only the root metadata's hash.
+    Ca,
+}
+
+impl HostsCheckCertificate {
+    /// The value as written in `config.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostsCheckCertificate::Pin => "pin",
+            HostsCheckCertificate::Ca => "ca",
+        }
+    }
+}
+
+impl std::str::FromStr for HostsCheckCertificate {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "pin" => Ok(HostsCheckCertificate::Pin),
+            "ca" => Ok(HostsCheckCertificate::Ca),
+            other => Err(format!(
+                "{other:?}: expected pin (registration keys carry the certificate's SHA-256) or \
+                 ca (a CA signed it)"
+            )),
+        }
+    }
+}
+
+/// `[tls]` of `config.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `https` (default) or `insecure-http` (`serve --insecure-http` too).
+    pub protocol: ServedProtocol,
+    /// The certificate chain (PEM); relative to the data dir.
+    pub certificate: String,
+    /// Its private key (PEM); relative to the data dir.
+    pub private_key: String,
+    /// How hosts check the certificate: `pin` or `ca`.
+    pub hosts_check: HostsCheckCertificate,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            protocol: ServedProtocol::Https,
+            certificate: "tls/server.crt".into(),
+            private_key: "tls/server.key".into(),
+            hosts_check: HostsCheckCertificate::Pin,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The certificate and key files, relative paths taken from `data_dir`.
+    pub fn files(&self, data_dir: &Path) -> crate::tls::CertificateFiles {
+        crate::tls::CertificateFiles {
+            certificate: data_dir.join(&self.certificate),
+            private_key: data_dir.join(&self.private_key),
+        }
+    }
 }
 
 /// Who may read `/metrics`.
@@ -174,6 +267,7 @@ impl Default for ServerConfig {
             ui: UiConfig::default(),
             metrics: MetricsConfig::default(),
             retention: RetentionConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -263,6 +357,9 @@ impl ServerConfig {
                 "ui.login_failures_per_* and ui.login_lockout_secs must be at least 1",
             ));
         }
+        if self.tls.certificate.is_empty() || self.tls.private_key.is_empty() {
+            return Err(bad("tls.certificate and tls.private_key must name files"));
+        }
         if self.retention.checkin_days == 0 {
             return Err(bad("retention.checkin_days must be at least 1"));
         }
@@ -326,7 +423,20 @@ impl ServerConfig {
              [retention]\n\
              # Check-in history older than this many days is deleted (hosts keep their last\n\
              # state).\n\
-             checkin_days = {checkin_days}\n",
+             checkin_days = {checkin_days}\n\
+             \n\
+             [tls]\n\
+             # \"https\", or \"insecure-http\" (tokens and passwords then cross the network in\n\
+             # clear; only behind a TLS proxy on this machine, or for a test).\n\
+             protocol = {protocol:?}\n\
+             # The certificate chain and its private key (PEM), relative to the data directory.\n\
+             # `serve --tls-cert/--tls-key` override them.\n\
+             certificate = {certificate:?}\n\
+             private_key = {private_key:?}\n\
+             # How hosts check the certificate: \"pin\" (registration keys carry its SHA-256; a\n\
+             # self-signed certificate) or \"ca\" (a CA signed it; hosts use their CA roots or\n\
+             # the agent's ca_file).\n\
+             hosts_check = {hosts_check:?}\n",
             listen = self.listen,
             database = self.database,
             root_keys = t.root_keys,
@@ -347,6 +457,10 @@ impl ServerConfig {
             per_address = self.ui.login_failures_per_address,
             lockout = self.ui.login_lockout_secs,
             checkin_days = self.retention.checkin_days,
+            protocol = self.tls.protocol.as_str(),
+            certificate = self.tls.certificate,
+            private_key = self.tls.private_key,
+            hosts_check = self.tls.hosts_check.as_str(),
         )
     }
 }

@@ -21,6 +21,7 @@ pub mod listener;
 pub mod service;
 pub mod store;
 pub(crate) mod throttle;
+pub mod tls;
 pub mod tuf;
 pub mod ui;
 

@@ -171,3 +171,87 @@ impl AsyncWrite for IdleTimeoutStream {
         self.inner.is_write_vectored()
     }
 }
+
+/// A TLS listener: TCP connections are accepted here and their handshakes run each in its own
+/// task (bounded by the idle timer and in number), so a client that stalls its handshake holds
+/// up no one else; finished handshakes are handed to `serve`.
+#[derive(Debug)]
+pub struct TlsListener {
+    handshaken: tokio::sync::mpsc::Receiver<(TlsConnection, SocketAddr)>,
+    local: SocketAddr,
+}
+
+/// A connection after its TLS handshake, closed when idle like [`IdleTimeoutStream`].
+pub type TlsConnection = tokio_rustls::server::TlsStream<IdleTimeoutStream>;
+
+impl TlsListener {
+    /// Accepts on `inner` with `config`; at most `max_handshakes` handshakes run at once, each
+    /// cut after `idle` (the idle time of the connection, too).
+    pub fn new(
+        inner: TcpListener,
+        idle: Duration,
+        config: std::sync::Arc<rustls::ServerConfig>,
+        max_handshakes: usize,
+    ) -> io::Result<TlsListener> {
+        let local = inner.local_addr()?;
+        let (done, handshaken) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(max_handshakes.max(1)));
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = done.closed() => return,
+                    accepted = inner.accept() => accepted,
+                };
+                let (stream, address) = match accepted {
+                    Ok(pair) => pair,
+                    // Out of file descriptors and the like: wait, as axum's own loop does.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = std::sync::Arc::clone(&permits).acquire_owned().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let stream = IdleTimeoutStream::new(stream, idle);
+                    // A failed handshake (a plain-HTTP client, a refused certificate, a
+                    // scanner) is the client's to report: there is nothing to serve.
+                    if let Ok(Ok(tls)) = tokio::time::timeout(idle, acceptor.accept(stream)).await {
+                        drop(permit);
+                        let _ = done.send((tls, address)).await;
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { handshaken, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsConnection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.handshaken.recv().await {
+            Some(pair) => pair,
+            // The accepting task is gone (it ends only with this listener): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for PeerAddress
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        PeerAddress(*stream.remote_addr())
+    }
+}

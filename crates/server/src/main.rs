@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use patchbay_server::auth::Role;
-use patchbay_server::config::ServerConfig;
+use patchbay_server::config::{HostsCheckCertificate, ServedProtocol, ServerConfig};
+use patchbay_server::tls::CertificateFiles;
 use patchbay_server::Service;
 
 const DEFAULT_DATA: &str = "/var/lib/patchbay-server";
@@ -34,6 +35,21 @@ enum Command {
         root_keys: u32,
         #[arg(long, default_value_t = 1)]
         root_threshold: u32,
+        /// The TLS certificate chain (PEM) to serve with, instead of a self-signed one made
+        /// here (`<data>/tls/server.crt`).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Another DNS name or IP address for the self-signed certificate (repeat), beside
+        /// localhost, 127.0.0.1, ::1 and this machine's host name.
+        #[arg(long, value_name = "NAME", conflicts_with = "tls_cert")]
+        tls_san: Vec<String>,
+        /// How hosts check the certificate: pin (registration keys carry its SHA-256; the
+        /// default for a self-signed one) or ca (the default with --tls-cert).
+        #[arg(long, value_name = "pin|ca")]
+        hosts_check: Option<patchbay_server::config::HostsCheckCertificate>,
     },
     /// Serve the API and the TUF repository.
     Serve {
@@ -42,6 +58,26 @@ enum Command {
         /// Address to listen on (default: `listen` in config.toml).
         #[arg(long)]
         listen: Option<String>,
+        /// The TLS certificate chain (PEM) instead of config.toml's `tls.certificate`.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve plain HTTP: admin tokens, host tokens and dashboard passwords cross the network
+        /// in clear. Only for a test, or behind a TLS proxy on this machine.
+        #[arg(long, conflicts_with = "tls_cert")]
+        insecure_http: bool,
+    },
+    /// TLS certificates.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+    /// Registration keys.
+    RegistrationKey {
+        #[command(subcommand)]
+        command: RegistrationKeyCommand,
     },
     /// API tokens.
     Token {
@@ -108,6 +144,32 @@ enum Command {
     Doctor {
         #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
         data: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Make a self-signed certificate where config.toml's `[tls]` names it (for a data dir
+    /// from before TLS; never replaces one), and print its SHA-256.
+    Generate {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        /// Another DNS name or IP address (repeat), beside localhost, 127.0.0.1, ::1 and this
+        /// machine's host name.
+        #[arg(long, value_name = "NAME")]
+        tls_san: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RegistrationKeyCommand {
+    /// Make a registration key for a channel (printed once, whole: with the fingerprints
+    /// hosts check before they send it).
+    Create {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        #[arg(long, default_value = "production")]
+        channel: String,
     },
 }
 
@@ -225,8 +287,66 @@ async fn run(cli: Cli) -> Result<()> {
             offline_root,
             root_keys,
             root_threshold,
-        } => init(&data, offline_root.as_deref(), root_keys, root_threshold).await,
-        Command::Serve { data, listen } => serve(&data, listen).await,
+            tls_cert,
+            tls_key,
+            tls_san,
+            hosts_check,
+        } => {
+            let given = match (tls_cert, tls_key) {
+                (Some(certificate), Some(private_key)) => Some(CertificateFiles {
+                    certificate,
+                    private_key,
+                }),
+                _ => None,
+            };
+            let tls = InitTls {
+                given,
+                names: tls_san,
+                hosts_check,
+            };
+            init(
+                &data,
+                offline_root.as_deref(),
+                root_keys,
+                root_threshold,
+                tls,
+            )
+            .await
+        }
+        Command::Serve {
+            data,
+            listen,
+            tls_cert,
+            tls_key,
+            insecure_http,
+        } => {
+            let given = match (tls_cert, tls_key) {
+                (Some(certificate), Some(private_key)) => Some(CertificateFiles {
+                    certificate,
+                    private_key,
+                }),
+                _ => None,
+            };
+            serve(&data, listen, given, insecure_http).await
+        }
+        Command::Tls {
+            command: TlsCommand::Generate { data, tls_san },
+        } => {
+            let config = ServerConfig::load(&data)?;
+            let files = config.tls.files(&data);
+            let sha = files.generate_self_signed(&patchbay_server::tls::default_names(&tls_san))?;
+            println!("tls-certificate: {}", files.certificate.display());
+            println!("tls-certificate-sha256: {sha}");
+            Ok(())
+        }
+        Command::RegistrationKey {
+            command: RegistrationKeyCommand::Create { data, channel },
+        } => {
+            let service = Service::open(&data).await?;
+            let key = service.create_registration_key("cli", &channel).await?;
+            println!("registration-key: {key}");
+            Ok(())
+        }
         Command::Token {
             command: TokenCommand::Create { data, name, role },
         } => {
@@ -397,11 +517,20 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The TLS part of `init`: a certificate given, or one to make for these names.
+#[derive(Debug)]
+struct InitTls {
+    given: Option<CertificateFiles>,
+    names: Vec<String>,
+    hosts_check: Option<HostsCheckCertificate>,
+}
+
 async fn init(
     data: &Path,
     offline_root: Option<&Path>,
     root_keys: u32,
     root_threshold: u32,
+    tls: InitTls,
 ) -> Result<()> {
     let mut config = ServerConfig::default();
     config.tuf.root_keys = root_keys;
@@ -409,8 +538,48 @@ async fn init(
     if root_threshold == 0 || root_threshold > root_keys {
         anyhow::bail!("--root-threshold must be between 1 and --root-keys ({root_keys})");
     }
+    // Checked before a certificate is made: an initialised server keeps its own.
+    if data.join("config.toml").exists() {
+        anyhow::bail!(
+            "{} already holds an initialised server (a config.toml); use another --data",
+            data.display()
+        );
+    }
+    // Browsers reach the dashboard over TLS: the session cookie is sent over TLS only.
+    config.ui.served_over = patchbay_server::config::Transport::Https;
+    let (files, made_here) = match tls.given {
+        Some(given) => {
+            let absolute = |p: &Path| {
+                std::path::absolute(p)
+                    .with_context(|| format!("{}: not a usable path", p.display()))
+            };
+            let files = CertificateFiles {
+                certificate: absolute(&given.certificate)?,
+                private_key: absolute(&given.private_key)?,
+            };
+            files.server_config()?;
+            config.tls.certificate = files.certificate.display().to_string();
+            config.tls.private_key = files.private_key.display().to_string();
+            config.tls.hosts_check = tls.hosts_check.unwrap_or(HostsCheckCertificate::Ca);
+            (files, false)
+        }
+        None => {
+            config.tls.hosts_check = tls.hosts_check.unwrap_or(HostsCheckCertificate::Pin);
+            let files = config.tls.files(data);
+            files.generate_self_signed(&patchbay_server::tls::default_names(&tls.names))?;
+            (files, true)
+        }
+    };
     let report = Service::init(data, offline_root, config).await?;
     println!("initialised {}", data.display());
+    println!("tls-certificate: {}", files.certificate.display());
+    println!("tls-certificate-sha256: {}", files.sha256()?);
+    if made_here {
+        println!(
+            "  (self-signed; registration keys carry its SHA-256, so hosts pin it; builder \
+             commands take it as --server-cert-sha256)"
+        );
+    }
     println!(
         "root keys ({} of {} must sign a new root) in {}:",
         root_threshold,
@@ -476,8 +645,48 @@ async fn refresh_metadata(service: &Service) {
     }
 }
 
-async fn serve(data: &Path, listen: Option<String>) -> Result<()> {
+/// What `serve` answers with.
+enum Served {
+    Https(Arc<rustls::ServerConfig>),
+    InsecureHttp,
+}
+
+/// The loud warning `serve --insecure-http` prints at every start.
+const INSECURE_HTTP_WARNING: &str = "\
+patchbay-server: WARNING: ************************************************************
+patchbay-server: WARNING: serving PLAIN HTTP (--insecure-http / tls.protocol).
+patchbay-server: WARNING: admin tokens, host tokens, registration keys and dashboard
+patchbay-server: WARNING: passwords cross the network IN CLEAR: anyone on the path can
+patchbay-server: WARNING: read them and register hosts or publish as you. Use it only
+patchbay-server: WARNING: behind a TLS proxy on this machine, or for a test.
+patchbay-server: WARNING: ************************************************************";
+
+async fn serve(
+    data: &Path,
+    listen: Option<String>,
+    given: Option<CertificateFiles>,
+    insecure_http: bool,
+) -> Result<()> {
     let service = Arc::new(Service::open(data).await?);
+    let tls = &service.config.tls;
+    let served = if insecure_http || tls.protocol == ServedProtocol::InsecureHttp {
+        eprintln!("{INSECURE_HTTP_WARNING}");
+        service.set_served_certificate(None);
+        Served::InsecureHttp
+    } else {
+        let files = given.unwrap_or_else(|| tls.files(data));
+        let config = files.server_config()?;
+        let sha = files.sha256()?;
+        eprintln!(
+            "patchbay-server: TLS certificate {} (SHA-256 {sha})",
+            files.certificate.display()
+        );
+        service.set_served_certificate(match tls.hosts_check {
+            HostsCheckCertificate::Pin => Some(sha),
+            HostsCheckCertificate::Ca => None,
+        });
+        Served::Https(config)
+    };
     let listen = listen.unwrap_or_else(|| service.config.listen.clone());
     let addr: SocketAddr = listen
         .parse()
@@ -525,18 +734,38 @@ async fn serve(data: &Path, listen: Option<String>) -> Result<()> {
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
     });
-    println!("listening on http://{local}");
     // Connections that go quiet are closed; each request knows its peer's address (failed
     // logins are counted per address).
     let idle = Duration::from_secs(u64::from(service.config.limits.idle_connection_secs));
-    let listener = patchbay_server::listener::IdleTimeoutListener::new(listener, idle);
+    let max_handshakes =
+        usize::try_from(service.config.limits.max_concurrent_requests).unwrap_or(usize::MAX);
     let app = patchbay_server::api::router(service)
         .into_make_service_with_connect_info::<patchbay_server::listener::PeerAddress>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("serve")?;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match served {
+        Served::Https(config) => {
+            let listener = patchbay_server::listener::TlsListener::new(
+                listener,
+                idle,
+                config,
+                max_handshakes,
+            )?;
+            println!("listening on https://{local}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("serve")?;
+        }
+        Served::InsecureHttp => {
+            let listener = patchbay_server::listener::IdleTimeoutListener::new(listener, idle);
+            println!("listening on http://{local}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("serve")?;
+        }
+    }
     Ok(())
 }

@@ -32,7 +32,8 @@ use tokio::sync::Mutex;
 
 use crate::auth::{Caller, Role};
 use crate::blobs::Blobs;
-use crate::config::ServerConfig;
+use crate::config::{HostsCheckCertificate, ServedProtocol, ServerConfig};
+use patchbay_core::registration::{RegistrationKey, RegistrationPins, RegistrationSecret};
 use crate::error::ServerError;
 use crate::store::{
     AuditEntry, ChannelRecord, CheckIn, ExposureSnapshot, HostFilter, HostRecord, LevelRecord,
@@ -60,6 +61,12 @@ pub fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
+fn random_registration_secret() -> Result<RegistrationSecret, ServerError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| ServerError::Tuf(format!("random: {e}")))?;
+    Ok(RegistrationSecret::from_bytes(&bytes))
+}
+
 fn random_hex(n: usize) -> Result<String, ServerError> {
     let mut bytes = vec![0u8; n];
     getrandom::fill(&mut bytes).map_err(|e| ServerError::Tuf(format!("random: {e}")))?;
@@ -73,7 +80,8 @@ pub struct InitReport {
     pub admin_token: String,
     /// The dashboard password of user `admin`.
     pub admin_password: String,
-    /// A registration key for the `production` channel (`pbreg_<64 hex>`).
+    /// A registration key for the `production` channel, whole (format 2, with the root's and,
+    /// when hosts pin it, the certificate's SHA-256).
     pub registration_key: String,
     /// The key ids of the root keys, as listed in `root.json`.
     pub root_key_ids: Vec<String>,
@@ -128,6 +136,8 @@ pub struct Service {
     store: Arc<dyn Store>,
     blobs: Blobs,
     tuf: TufRepo,
+    /// Set by `serve` ([`Service::set_served_certificate`]); `None`: the one config.toml names.
+    served_certificate: std::sync::RwLock<Option<Option<patchbay_core::Sha256>>>,
     lock: Mutex<()>,
     /// Failed dashboard logins per user and address (see [`crate::throttle`]).
     login_throttle: crate::throttle::LoginThrottle,
@@ -313,10 +323,10 @@ impl Service {
         service
             .insert_user("admin", Role::Admin, &admin_password)
             .await?;
-        let registration_key = random_secret("pbreg")?;
+        let secret = random_registration_secret()?;
         service
             .store
-            .add_registration_key(&secret_hash(&registration_key), &production, unix_seconds())
+            .add_registration_key(&secret_hash(secret.expose()), &production, unix_seconds())
             .await?;
         let _guard = service.lock_mutations().await?;
         service
@@ -325,7 +335,8 @@ impl Service {
         Ok(InitReport {
             admin_token,
             admin_password,
-            registration_key,
+            // After the first signing: the key carries the hash of the root just served.
+            registration_key: service.full_registration_key(secret)?.to_string(),
             root_key_ids,
             root_key_dir,
         })
@@ -366,6 +377,7 @@ impl Service {
             }),
             config,
             store: Arc::new(store),
+            served_certificate: std::sync::RwLock::new(None),
             lock: Mutex::new(()),
         })
     }
@@ -1259,8 +1271,55 @@ impl Service {
         .await
     }
 
-    /// A new registration key for `channel` (`pbreg_<64 hex>`), stored only as its hash.
-    pub(crate) async fn create_registration_key(
+    /// The fingerprints a registration key carries: the served `root.json`'s SHA-256 and, when
+    /// hosts pin the certificate (`tls.hosts_check = "pin"` over HTTPS), the certificate's.
+    pub fn registration_pins(&self) -> Result<RegistrationPins, ServerError> {
+        let root_sha256 = patchbay_core::Sha256::of(&self.tuf.root_bytes()?);
+        let cert_sha256 = match &*self
+            .served_certificate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some(served) => served.clone(),
+            None => {
+                let tls = &self.config.tls;
+                match (tls.protocol, tls.hosts_check) {
+                    (ServedProtocol::Https, HostsCheckCertificate::Pin) => {
+                        Some(tls.files(&self.data_dir).sha256()?)
+                    }
+                    _ => None,
+                }
+            }
+        };
+        Ok(RegistrationPins {
+            root_sha256,
+            cert_sha256,
+        })
+    }
+
+    /// Tells the service which certificate `serve` answers with (`None`: none hosts pin, for
+    /// plain HTTP or a CA-checked certificate), when it is not the one `config.toml` names.
+    pub fn set_served_certificate(&self, pin: Option<patchbay_core::Sha256>) {
+        *self
+            .served_certificate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pin);
+    }
+
+    fn full_registration_key(
+        &self,
+        secret: RegistrationSecret,
+    ) -> Result<RegistrationKey, ServerError> {
+        Ok(RegistrationKey::Pinned {
+            secret,
+            pins: self.registration_pins()?,
+        })
+    }
+
+    /// A new registration key for `channel`, stored only as the hash of its secret; returned
+    /// whole (`pbreg2.<secret>.root-sha256=…[.cert-sha256=…]`, see
+    /// [`patchbay_core::registration`]).
+    pub async fn create_registration_key(
         &self,
         actor: &str,
         channel: &str,
@@ -1279,10 +1338,11 @@ impl Service {
                 "no channel {channel}; create it first"
             )));
         }
-        let key = random_secret("pbreg")?;
+        let secret = random_registration_secret()?;
         self.store
-            .add_registration_key(&secret_hash(&key), &channel, unix_seconds())
+            .add_registration_key(&secret_hash(secret.expose()), &channel, unix_seconds())
             .await?;
+        let key = self.full_registration_key(secret)?.to_string();
         self.store
             .audit(
                 unix_seconds(),
@@ -1534,9 +1594,15 @@ impl Service {
     /// its channel and seed, and the trusted root. [`ServerError::Unauthorized`] for an
     /// unknown key.
     pub async fn register(&self, request: RegisterRequest) -> Result<RegisterReply, ServerError> {
+        // The secret is what agents send; a whole key (format 2) is taken for its secret.
+        let secret = request
+            .key
+            .parse::<RegistrationKey>()
+            .map(|key| key.secret().expose().to_owned())
+            .unwrap_or_else(|_| request.key.clone());
         let channel = self
             .store
-            .registration_key_channel(&secret_hash(&request.key))
+            .registration_key_channel(&secret_hash(&secret))
             .await?
             .ok_or_else(|| {
                 ServerError::Unauthorized(
@@ -1735,6 +1801,8 @@ mod tests {
         let data = dir.path().join("data");
         let mut config = ServerConfig::default();
         config.retention.checkin_days = 30;
+        // No certificate needed for this (registration keys then carry the root's hash only).
+        config.tls.protocol = crate::config::ServedProtocol::InsecureHttp;
         let report = Service::init(&data, None, config).await.unwrap();
         let service = Service::open(&data).await.unwrap();
         let reply = service

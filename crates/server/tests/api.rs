@@ -769,7 +769,9 @@ fn dashboard_login_roles_and_csrf() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = s
+            .process
+            .client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
@@ -989,7 +991,7 @@ fn exposure_reports_vex_and_metrics_for_a_patched_host() {
         .build()
         .unwrap();
     let csv = rt.block_on(async {
-        reqwest::Client::new()
+        s2.client()
             .get(format!("{}/api/v1/reports/compliance?format=csv", s2.url))
             .bearer_auth(&s2.admin)
             .send()
@@ -1038,7 +1040,7 @@ fn exposure_reports_vex_and_metrics_for_a_patched_host() {
     );
 
     let metrics = rt.block_on(async {
-        reqwest::Client::new()
+        s2.client()
             .get(format!("{}/metrics", s2.url))
             .bearer_auth(&s2.admin)
             .send()

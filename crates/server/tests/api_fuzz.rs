@@ -42,6 +42,9 @@ fn fuzz(s: &Server, token: &str, filter: &[&str]) -> String {
         // Its cache (`.schemathesis/`) goes to the working directory: keep it out of the clone.
         .current_dir(s._dir.path())
         .env("NO_COLOR", "1")
+        // The server's self-signed certificate is the one CA (requests / OpenSSL).
+        .env("REQUESTS_CA_BUNDLE", s.certificate())
+        .env("SSL_CERT_FILE", s.certificate())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();

@@ -89,7 +89,9 @@ fn an_offline_root_near_expiry_is_reported_everywhere_until_it_is_renewed() {
         .build()
         .unwrap();
     let (metrics, page) = rt.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = s
+            .process
+            .client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();

@@ -252,7 +252,9 @@ fn a_mixed_fleet_is_reported_per_series() {
         .enable_all()
         .build()
         .unwrap();
-    let client = reqwest::Client::builder()
+    let client = s
+        .process
+        .client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

@@ -53,6 +53,10 @@ struct Acknowledged {
     checkin: Option<u64>,
 }
 
+/// The certificate of the one server this test runs (its restarts keep it): every request
+/// pins it.
+static CERTIFICATE: std::sync::OnceLock<patchbay_core::Sha256> = std::sync::OnceLock::new();
+
 /// One request that may fail because the server is gone (connection refused or cut).
 fn request(
     rt: &tokio::runtime::Runtime,
@@ -63,7 +67,11 @@ fn request(
     body: Option<Body>,
 ) -> Result<(u16, Value), String> {
     rt.block_on(async {
+        let pin = CERTIFICATE
+            .get()
+            .expect("the test pins the certificate first");
         let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(patchbay_updates::tls::pinned_client_config(pin).unwrap())
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
@@ -323,6 +331,7 @@ fn kill_9_at_random_points_loses_nothing_acknowledged_and_keeps_the_chain_valid(
     eprintln!("fault injection seed {seed} (PATCHBAY_FAULT_SEED={seed} replays it)");
     let mut random = XorShift(seed | 1);
     let mut s = start(|t| t.to_owned());
+    let _ = CERTIFICATE.set(s.process.cert_sha256.clone());
     let (status, host) = register_host(&s, &s.registration_key, "victim");
     assert_eq!(status, 201);
     let host_token = host["host_token"].as_str().unwrap().to_owned();

@@ -311,7 +311,9 @@ fn the_dashboard_shows_a_levels_report_escaped() {
         .build()
         .unwrap();
     let (levels, page) = rt.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = s
+            .process
+            .client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();

@@ -102,7 +102,9 @@ fn ten_thousand_hosts_check_in_while_a_level_is_published_and_promoted() {
         .enable_all()
         .build()
         .unwrap();
-    let client = reqwest::Client::builder()
+    let client = s
+        .process
+        .client_builder()
         .pool_max_idle_per_host(CONCURRENCY)
         .timeout(Duration::from_secs(60))
         .build()

@@ -17,8 +17,9 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
+fn no_redirects(s: &Server) -> reqwest::Client {
+    s.process
+        .client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
@@ -74,10 +75,11 @@ fn csv_cells_that_a_spreadsheet_would_evaluate_are_escaped() {
 
 #[test]
 fn login_needs_the_login_forms_csrf_token_and_cookies_are_secure_over_tls() {
-    let s = start(|t| t.replace("served_over = \"http\"", "served_over = \"https\""));
+    // `init` writes served_over = "https": the server speaks TLS.
+    let s = start(|t| t.to_owned());
     add_user(&s, "vera", "viewer", "viewer-password");
     runtime().block_on(async {
-        let client = no_redirects();
+        let client = no_redirects(&s);
         let login = format!("{}/ui/login", s.url);
         // A cross-site form: no token, or a token without the cookie that goes with it.
         let forged = client
@@ -112,11 +114,13 @@ fn login_needs_the_login_forms_csrf_token_and_cookies_are_secure_over_tls() {
             "{session}"
         );
     });
-    // Over plain HTTP (the default) the cookie cannot be Secure: browsers would drop it.
-    let plain = start(|t| t.to_owned());
+    // Over plain HTTP (`--insecure-http`, served_over = "http") the cookie cannot be
+    // Secure: browsers would drop it.
+    let plain =
+        start_insecure_http(|t| t.replace("served_over = \"https\"", "served_over = \"http\""));
     add_user(&plain, "vera", "viewer", "viewer-password");
     runtime().block_on(async {
-        let ok = ui_login(&no_redirects(), &plain.url, "vera", "viewer-password").await;
+        let ok = ui_login(&no_redirects(&plain), &plain.url, "vera", "viewer-password").await;
         assert_eq!(ok.status(), 303);
         let session = ok.headers()["set-cookie"].to_str().unwrap();
         assert!(!session.contains("Secure"), "{session}");
@@ -135,7 +139,7 @@ fn guessing_passwords_is_locked_out_with_429() {
     add_user(&s, "vera", "viewer", "viewer-password");
     add_user(&s, "olga", "operator", "operator-password");
     runtime().block_on(async {
-        let client = no_redirects();
+        let client = no_redirects(&s);
         for _ in 0..3 {
             let r = ui_login(&client, &s.url, "vera", "wrong-password").await;
             assert_eq!(r.status(), 401);
@@ -222,7 +226,7 @@ fn many_downloads_of_a_large_target_at_once_keep_memory_flat() {
     let before = proc_status_kb(pid, "VmRSS");
     let url = format!("{}/tuf/targets/{sha}.bundles/{BUILD_ID}/1.pbb", s.url);
     runtime().block_on(async {
-        let client = reqwest::Client::new();
+        let client = s.client();
         let mut responses = Vec::new();
         for _ in 0..DOWNLOADS {
             responses.push(tokio::spawn(client.get(&url).send()));
@@ -390,7 +394,7 @@ fn the_dashboard_revokes_tokens_keys_and_hosts_for_admins_only() {
         (status, r.text().await.unwrap())
     };
     runtime().block_on(async {
-        let client = no_redirects();
+        let client = no_redirects(&s);
         let viewer = ui_session(&client, &s.url, "vera", "viewer-password").await;
         let get = |path: String, cookie: String| {
             let client = client.clone();

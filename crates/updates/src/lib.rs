@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod tls;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
@@ -24,10 +25,11 @@ use transport::{fetch_failure, FetchFailure};
 use url::Url;
 
 /// Where the signed repository is read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Source {
-    /// A patch server: metadata at `<url>/tuf/metadata/`, targets at `<url>/tuf/targets/`.
-    Server(Url),
+    /// A patch server: metadata at `<url>/tuf/metadata/`, targets at `<url>/tuf/targets/`,
+    /// reached over HTTPS trusted as the [`tls::ServerTrust`] says.
+    Server(Url, tls::ServerTrust),
     /// An unpacked archive: `<dir>/metadata/` and `<dir>/targets/`.
     Directory(PathBuf),
 }
@@ -157,6 +159,14 @@ impl UpdateError {
             }
         )
     }
+
+    /// The kind of the failed fetch behind this error, if a fetch failed.
+    pub fn fetch_failure(&self) -> Option<FetchFailure> {
+        match self {
+            UpdateError::Metadata { fetch, .. } | UpdateError::Download { fetch, .. } => *fetch,
+            _ => None,
+        }
+    }
 }
 
 /// A loaded, verified repository.
@@ -230,8 +240,8 @@ impl SignedRepo {
         datastore: &Path,
         limits: Limits,
     ) -> Result<SignedRepo, UpdateError> {
-        let (metadata, targets, name) = match source {
-            Source::Server(url) => {
+        let (metadata, targets, name, trust) = match source {
+            Source::Server(url, trust) => {
                 // `Url::join` replaces the last path segment unless the base ends with '/', so a
                 // server at `https://host/patchbay` would lose `patchbay` without it.
                 let base = if url.path().ends_with('/') {
@@ -249,6 +259,7 @@ impl SignedRepo {
                     join("tuf/metadata/")?,
                     join("tuf/targets/")?,
                     url.to_string(),
+                    trust.clone(),
                 )
             }
             Source::Directory(dir) => {
@@ -261,7 +272,12 @@ impl SignedRepo {
                         UpdateError::Source(format!("{} is not an absolute path", dir.display()))
                     })
                 };
-                (url("metadata")?, url("targets")?, dir.display().to_string())
+                (
+                    url("metadata")?,
+                    url("targets")?,
+                    dir.display().to_string(),
+                    tls::ServerTrust::PlatformRoots,
+                )
             }
         };
         std::fs::create_dir_all(datastore).map_err(|source| UpdateError::Io {
@@ -269,8 +285,8 @@ impl SignedRepo {
             source,
         })?;
         let clock_stepped_back_from = forget_future_clock(datastore)?;
-        let transport = transport::PatchbayTransport::new(Duration::from_secs(60))
-            .map_err(UpdateError::Source)?;
+        let transport = transport::PatchbayTransport::new(Duration::from_secs(60), &trust)
+            .map_err(|e| UpdateError::Source(e.to_string()))?;
         let max = limits.max_metadata_bytes;
         let repo = RepositoryLoader::new(&trusted_root, metadata, targets)
             .transport(transport)

@@ -16,21 +16,10 @@ use tough::async_trait;
 use tough::{FilesystemTransport, Transport, TransportError, TransportErrorKind, TransportStream};
 use url::Url;
 
-/// A reqwest client with Patchbay's timeouts; never fails for lack of system CA roots.
+/// A reqwest client with Patchbay's timeouts trusting the platform's roots; never fails for
+/// lack of system CA roots ([`crate::tls::client`] for the other ways to trust a server).
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    let builder = || {
-        reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("patchbay/", env!("CARGO_PKG_VERSION")))
-    };
-    match builder().build() {
-        Ok(client) => Ok(client),
-        Err(_) => builder()
-            .tls_certs_only(Vec::<reqwest::Certificate>::new())
-            .build()
-            .map_err(|e| format!("cannot set up the HTTP client: {e}")),
-    }
+    crate::tls::client(&crate::tls::ServerTrust::PlatformRoots, timeout).map_err(|e| e.to_string())
 }
 
 /// Why a reply body was not read.
@@ -79,6 +68,9 @@ pub enum FetchFailure {
     Status(u16),
     /// The request could not be made as asked (a malformed URL, a redirect loop).
     Request,
+    /// The server's TLS certificate was refused (not the pinned one, or not signed by a
+    /// trusted CA): someone else may be answering. Nothing was sent.
+    Untrusted,
 }
 
 /// A failed HTTP fetch: its [`FetchFailure`] kind and what went wrong. It is the cause inside
@@ -101,7 +93,10 @@ impl FetchError {
         // reqwest's own classification of the failure: a connection that could not be made
         // or broke (`is_request`, `is_body`), or no answer in time. What remains is a request
         // that could not be built or followed (a bad URL, too many redirects).
-        let kind = if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
+        // A refused certificate is no outage: retrying will not make it the right server.
+        let kind = if crate::tls::pin_mismatch(&e).is_some() {
+            FetchFailure::Untrusted
+        } else if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
             FetchFailure::Unreachable
         } else {
             FetchFailure::Request
@@ -132,7 +127,10 @@ impl FetchError {
 impl std::fmt::Display for FetchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.cause {
-            FetchCause::Http(e) => e.fmt(f),
+            FetchCause::Http(e) => match crate::tls::pin_mismatch(e) {
+                Some(mismatch) => mismatch.fmt(f),
+                None => e.fmt(f),
+            },
             FetchCause::Status(status) => write!(f, "HTTP {status}"),
         }
     }
@@ -169,10 +167,14 @@ pub struct PatchbayTransport {
 }
 
 impl PatchbayTransport {
-    /// A transport whose HTTP requests time out after `timeout` ([`http_client`]).
-    pub fn new(timeout: Duration) -> Result<Self, String> {
+    /// A transport whose HTTP requests time out after `timeout` and whose HTTPS trusts the
+    /// server as `trust` says.
+    pub fn new(
+        timeout: Duration,
+        trust: &crate::tls::ServerTrust,
+    ) -> Result<Self, crate::tls::TlsError> {
         Ok(PatchbayTransport {
-            client: http_client(timeout)?,
+            client: crate::tls::client(trust, timeout)?,
         })
     }
 }
@@ -268,7 +270,11 @@ mod tests {
     }
 
     async fn fetch_error(url: Url) -> TransportError {
-        let transport = PatchbayTransport::new(Duration::from_secs(30)).unwrap();
+        let transport = PatchbayTransport::new(
+            Duration::from_secs(30),
+            &crate::tls::ServerTrust::PlatformRoots,
+        )
+        .unwrap();
         match transport.fetch(url).await {
             Ok(_) => panic!("the fetch should have failed"),
             Err(e) => e,

@@ -1272,24 +1272,26 @@ fn failure_of(run: &VerifyRun) -> Option<String> {
 
 /// The level after the newest one `server` has for `build_id` (1 when it has none).
 pub async fn next_level(
-    server: &str,
-    token: &str,
+    server: &crate::publish::ServerAccess,
     build_id: &BuildId,
 ) -> Result<PatchLevel, String> {
-    let base = url::Url::parse(server).map_err(|e| format!("server URL {server}: {e}"))?;
+    let url = &server.url;
+    let base = url::Url::parse(url).map_err(|e| format!("server URL {url}: {e}"))?;
     let endpoint = base
         .join("api/v1/kernels")
-        .map_err(|e| format!("server URL {server}: {e}"))?;
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("server URL {url}: {e}"))?;
+    let client = server.client(std::time::Duration::from_secs(60))?;
     let response = client
         .get(endpoint.clone())
-        .bearer_auth(token)
+        .bearer_auth(&server.token)
         .send()
         .await
-        .map_err(|e| format!("GET {endpoint}: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "GET {endpoint}: {}",
+                crate::publish::ServerAccess::describe(&e)
+            )
+        })?;
     let status = response.status();
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();

@@ -23,10 +23,9 @@ use super::{FixSource, NewerSource, Upgrade, UpgradeError};
 /// What the watcher does each round.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
-    /// The patch server's base URL (`http://patches.example:8470`).
-    pub server: String,
-    /// An API token that may read hosts, publish and promote (operator or admin role).
-    pub token: String,
+    /// The patch server (`https://patches.example:8470`), with an API token that may read
+    /// hosts, publish and promote (operator or admin role) and how its certificate is trusted.
+    pub server: crate::publish::ServerAccess,
     /// The channel each new level is promoted into (it must exist).
     pub channel: String,
     /// CVEs scored below this CVSS base score (0.0–10.0) are left out, as for `upgrade`.
@@ -190,16 +189,15 @@ struct Api {
 }
 
 impl Api {
-    fn new(server: &str, token: &str) -> Result<Api, WatchError> {
-        let base = url::Url::parse(server)
-            .map_err(|e| WatchError::Server(format!("server URL {server}: {e}")))?;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| WatchError::Server(e.to_string()))?;
+    fn new(server: &crate::publish::ServerAccess) -> Result<Api, WatchError> {
+        let base = url::Url::parse(&server.url)
+            .map_err(|e| WatchError::Server(format!("server URL {}: {e}", server.url)))?;
+        let client = server
+            .client(Duration::from_secs(120))
+            .map_err(WatchError::Server)?;
         Ok(Api {
             base,
-            token: token.to_owned(),
+            token: server.token.clone(),
             client,
         })
     }
@@ -221,10 +219,12 @@ impl Api {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| WatchError::Server(format!("{method} {url}: {e}")))?;
+        let response = request.send().await.map_err(|e| {
+            WatchError::Server(format!(
+                "{method} {url}: {}",
+                crate::publish::ServerAccess::describe(&e)
+            ))
+        })?;
         let status = response.status();
         let text = response
             .text()
@@ -278,7 +278,7 @@ pub fn round(
         .enable_all()
         .build()
         .map_err(|e| WatchError::Server(format!("start the async runtime: {e}")))?;
-    let api = Api::new(&config.server, &config.token)?;
+    let api = Api::new(&config.server)?;
     let hosts = runtime.block_on(api.call(reqwest::Method::GET, "hosts", None))?;
     let mut rounds = Vec::new();
     // Each line has its own source package (linux-source-6.1, linux-source-6.12 for Debian 12
@@ -389,11 +389,7 @@ fn build_and_publish(
     source: &str,
     state: &WatchState,
 ) -> Result<BuiltLevel, String> {
-    let level = runtime.block_on(super::next_level(
-        &config.server,
-        &config.token,
-        kernel.build_id(),
-    ))?;
+    let level = runtime.block_on(super::next_level(&config.server, kernel.build_id()))?;
     let line = KernelLine::of(kernel.debian_release()).map_err(|e| e.to_string())?;
     let tree = patchbay_kernels::unpacked_source(&line, source).map_err(|e| e.to_string())?;
     let name = format!("{}-l{}", kernel.build_id(), level);
@@ -429,18 +425,10 @@ fn build_and_publish(
     };
     write_report(&report_path, &report)?;
     runtime
-        .block_on(crate::publish::publish(
-            &config.server,
-            &config.token,
-            &bundle,
-        ))
+        .block_on(crate::publish::publish(&config.server, &bundle))
         .map_err(|e| format!("publish {}: {e}", bundle.display()))?;
     runtime
-        .block_on(crate::publish::attach_report(
-            &config.server,
-            &config.token,
-            &report,
-        ))
+        .block_on(crate::publish::attach_report(&config.server, &report))
         .map_err(|e| format!("attach the report: {e}"))?;
     runtime
         .block_on(api.call(

@@ -174,7 +174,7 @@ fn network_demo(
     };
     let scenario = std::fs::read_to_string(fixture("scenarios/demo-network.sh"))?;
     let script = format!(
-        "SERVER=http://{}:{GUEST_PORT}\nREGISTRATION_KEY={}\n{scenario}",
+        "SERVER=https://{}:{GUEST_PORT}\nREGISTRATION_KEY={}\n{scenario}",
         patchbay_vm::GUEST_SERVER_IP,
         server.registration_key
     );

@@ -45,6 +45,18 @@ pub fn start(edit_config: impl FnOnce(&str) -> String) -> Server {
     Server::from_process(process, dir)
 }
 
+/// [`start`] serving plain HTTP (`serve --insecure-http`), for the tests about it.
+pub fn start_insecure_http(edit_config: impl FnOnce(&str) -> String) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut process = ServerProcess::init(Path::new(bin()), &data).unwrap();
+    let config = data.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, edit_config(&text)).unwrap();
+    process.serve_insecure_http().unwrap();
+    Server::from_process(process, dir)
+}
+
 /// Another server process on `data` (initialised before, by a test or by [`start`]), with
 /// extra environment variables (e.g. libfaketime's, to move its clock).
 pub fn attach(
@@ -58,7 +70,8 @@ pub fn attach(
         data,
         admin.to_owned(),
         registration_key.to_owned(),
-    );
+    )
+    .unwrap();
     process.serve_with_env(env).unwrap();
     Server::from_process(process, tempfile::tempdir().unwrap())
 }
@@ -73,6 +86,16 @@ impl Server {
             process,
             _dir: dir,
         }
+    }
+
+    /// An HTTP client that pins this server's certificate.
+    pub fn client(&self) -> reqwest::Client {
+        self.process.client()
+    }
+
+    /// The certificate file, for tools that take a CA bundle (python-tuf, schemathesis).
+    pub fn certificate(&self) -> std::path::PathBuf {
+        self.data.join("tls/server.crt")
     }
 
     /// Stops the server process and starts it again on the same data (new port).
@@ -109,7 +132,7 @@ pub fn call_any(
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = reqwest::Client::new();
+        let client = server.client();
         let mut request = client.request(
             reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
             format!("{}{path}", server.url),
@@ -325,7 +348,7 @@ pub fn tuf_client(
     rt.block_on(async {
         let repo = patchbay_updates::SignedRepo::load(
             &trusted,
-            &patchbay_updates::Source::Server(s.url.parse().unwrap()),
+            &patchbay_updates::Source::Server(s.url.parse().unwrap(), s.process.trust()),
             store,
             patchbay_updates::Limits::default(),
         )
@@ -423,7 +446,8 @@ pub fn get_text(server: &Server, path: &str, token: &str) -> (u16, String) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let response = reqwest::Client::new()
+        let response = server
+            .client()
             .get(format!("{}{path}", server.url))
             .bearer_auth(token)
             .send()
@@ -486,6 +510,8 @@ pub fn reference_client(
         .arg(client_dir)
         .arg(root)
         .args(targets)
+        // The server's self-signed certificate as the one CA (OpenSSL's trust store).
+        .env("SSL_CERT_FILE", s.certificate())
         .envs(env.iter().copied())
         .output()
         .unwrap();

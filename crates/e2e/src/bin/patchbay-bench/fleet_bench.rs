@@ -61,7 +61,7 @@ fn measure(runtime: &tokio::runtime::Runtime, hosts: usize) -> Result<Vec<(Strin
     anyhow::ensure!(sync.status.success(), "cve sync failed: {sync:?}");
     server.restart()?;
     runtime.block_on(async {
-        let client = reqwest::Client::new();
+        let client = server.client();
         let register = |i: usize| {
             let client = client.clone();
             let url = format!("{}/api/v1/register", server.url);
@@ -94,7 +94,8 @@ fn measure(runtime: &tokio::runtime::Runtime, hosts: usize) -> Result<Vec<(Strin
         }
         // A dashboard session: the login page's CSRF token (form field and cookie), then
         // the form.
-        let browser = reqwest::Client::builder()
+        let browser = server
+            .client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let login_page = browser

@@ -31,7 +31,10 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     let work = tempfile::tempdir()?;
-    let server = ServerProcess::start(&work.path().join("server"))?;
+    // Plain HTTP, as the nginx it is compared with serves: the bench measures the server's
+    // own work per check-in, not TLS.
+    let mut server = ServerProcess::start(&work.path().join("server"))?;
+    server.serve_insecure_http()?;
 
     // One registered host checking in again and again: the write path of every agent.
     let build_id = "ab".repeat(20);
