@@ -491,3 +491,47 @@ fn module_tracepoint_sites_are_nops_keyed_on_the_patch_s_inert_key() {
     }
     assert!(inert_sites >= 2, "{inert_sites} inert tracepoint sites");
 }
+
+/// A changed function that init-time data points at (an ops template in `__initdata`, copied
+/// into place when the module initialised): the pointer copies reach the replacement through
+/// ftrace, so the template is not carried and the function is replaced.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn function_in_an_init_data_ops_template_is_replaced() {
+    let kernel = kernel_6_12();
+    let built = build_fixture(&kernel, "module-kvm-initdata-ops-changed.patch");
+    let diff = &built.report.files[0].diff;
+    assert_eq!(diff.changed_functions, ["intel_is_valid_msr"], "{diff:?}");
+    assert!(
+        !section_names(&built.extracted)
+            .iter()
+            .any(|s| s.starts_with(".init")),
+        "init-time data carried: {:?}",
+        section_names(&built.extracted)
+    );
+}
+
+/// A new function the fix puts into init-time data would never be installed: refused as
+/// init-only, naming the function and the section, and nothing is written.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn new_function_in_init_data_is_refused() {
+    let kernel = kernel_6_12();
+    let work = tempfile::tempdir().unwrap();
+    let err = try_build(
+        &kernel,
+        "refuse-module-kvm-initdata-new-op.patch",
+        work.path(),
+    )
+    .unwrap_err();
+    let refusals = err.refusals();
+    assert_eq!(refusals.len(), 1, "{err}");
+    assert_eq!(refusals[0].category, Category::InitOnly, "{err}");
+    assert_eq!(
+        refusals[0].function.as_deref(),
+        Some("intel_check_rdpmc_early"),
+        "{err}"
+    );
+    assert!(refusals[0].reason.contains(".init.data"), "{err}");
+    assert!(!work.path().join("out.pbb").exists());
+}

@@ -137,6 +137,51 @@ fn ignored_section(name: &str) -> bool {
         || is_initcall_table(name)
 }
 
+/// Data the kernel reads only while it boots or a module initialises, then frees: initcall
+/// tables, `__initdata` (`.init.data`, e.g. an ops template copied into place at init) and
+/// `__initconst` (`.init.rodata`). A changed function they point at is patched through ftrace
+/// for whoever copied the pointer; a new function they point at would never be installed:
+/// [`new_functions_in_init_time_data`] finds those.
+fn is_init_time_data(name: &str) -> bool {
+    name == ".init.data" || name == ".init.rodata" || is_initcall_table(name)
+}
+
+/// `(section, function)` for every new function of the diff that init-time data of the
+/// patched object points at: the running kernel consumed that data before the patch existed,
+/// so the fix's new entry would never be reached there.
+pub fn new_functions_in_init_time_data(
+    patched: &ElfView,
+    report: &DiffReport,
+) -> Vec<(String, String)> {
+    let new: BTreeMap<usize, &str> = report
+        .new_functions
+        .iter()
+        .filter_map(|n| {
+            patched
+                .symbols
+                .iter()
+                .find(|s| &s.name == n && s.is_function())
+                .and_then(|s| Some((s.section?, n.as_str())))
+        })
+        .collect();
+    let mut found = BTreeSet::new();
+    for section in patched.sections.values() {
+        if !is_init_time_data(&section.name) {
+            continue;
+        }
+        for reloc in &section.relocs {
+            let target = match &reloc.target {
+                Target::Section(s) => Some(*s),
+                Target::Symbol(i) => patched.symbol(*i).and_then(|s| s.section),
+            };
+            if let Some(function) = target.and_then(|t| new.get(&t)) {
+                found.insert((section.name.clone(), (*function).to_string()));
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
 /// `.initcall<level>[s].init`, `.initcallearly.init` and `.con_initcall.init`.
 fn is_initcall_table(name: &str) -> bool {
     name == ".con_initcall.init"
@@ -1040,6 +1085,7 @@ pub fn unknown_special_sections(patched: &ElfView, report: &DiffReport) -> Vec<S
     for section in patched.sections.values() {
         if !section.is_alloc()
             || ignored_section(&section.name)
+            || is_init_time_data(&section.name)
             || known.contains(section.name.as_str())
             || section.is_text()
             || section.name.starts_with(".data")

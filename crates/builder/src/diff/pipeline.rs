@@ -997,6 +997,17 @@ pub(crate) fn analyse(
             ),
         ));
     }
+    for (section, function) in extract::new_functions_in_init_time_data(patched, &diff) {
+        refusals.push(Refusal::in_function(
+            Category::InitOnly,
+            source,
+            &function,
+            format!(
+                "the fix puts this new function into {section}, data the running kernel read \
+                 once at boot or module load and freed: a live patch cannot install it there"
+            ),
+        ));
+    }
     for section in extract::unknown_special_sections(patched, &diff) {
         refusals.push(Refusal::in_file(
             Category::UnknownSpecialSection,
