@@ -472,33 +472,6 @@ fn peak_rss_kb() -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("5h").is_err());
-        assert!(parse_duration("abc").is_err());
-    }
-
-    #[test]
-    fn cli_parses() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-        let cli = Cli::try_parse_from(["patchbay", "apply", "x.pbb", "--signal-after", "1s"]);
-        assert!(cli.is_ok());
-        assert!(Cli::try_parse_from(["patchbay", "apply"]).is_err());
-    }
-}
-
 /// `register`'s trust options as given.
 struct RegisterArgs<'a> {
     root: &'a Option<PathBuf>,
@@ -566,4 +539,31 @@ fn register_command(
         );
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["patchbay", "apply", "x.pbb", "--signal-after", "1s"]);
+        assert!(cli.is_ok());
+        assert!(Cli::try_parse_from(["patchbay", "apply"]).is_err());
+    }
 }
