@@ -33,13 +33,13 @@ use tokio::sync::Mutex;
 use crate::auth::{Caller, Role};
 use crate::blobs::Blobs;
 use crate::config::{HostsCheckCertificate, ServedProtocol, ServerConfig};
-use patchbay_core::registration::{RegistrationKey, RegistrationPins, RegistrationSecret};
 use crate::error::ServerError;
 use crate::store::{
     AuditEntry, ChannelRecord, CheckIn, ExposureSnapshot, HostFilter, HostRecord, LevelRecord,
     RegistrationKeyRecord, SessionRecord, SqliteStore, Store, TokenRecord, UserRecord,
 };
 use crate::tuf::{KeyPlace, RefreshReport, RoleExpiry, RoleName, TargetEntry, TufRepo};
+use patchbay_core::registration::{RegistrationKey, RegistrationPins, RegistrationSecret};
 
 /// `<prefix>_<64 hex>`: the secret is shown once and stored only as its sha256.
 pub fn random_secret(prefix: &str) -> Result<String, ServerError> {
