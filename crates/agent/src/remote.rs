@@ -139,7 +139,7 @@ fn file_err(path: &Path, reason: impl std::fmt::Display) -> RemoteError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerLink {
-    /// The server's base URL, ending in `/`, e.g. `http://patches.example:8470/`.
+    /// The server's base URL, ending in `/`, e.g. `https://patches.example:8470/`.
     pub url: String,
     /// The id the server gave this host at registration.
     pub host_id: String,
@@ -160,15 +160,29 @@ pub struct ServerLink {
 }
 
 impl ServerLink {
-    /// How every connection to this server checks its certificate.
-    pub fn trust(&self) -> Result<ServerTrust, RemoteError> {
-        Ok(match (&self.server_cert_sha256, &self.ca_file) {
+    /// The server's URL and how every connection to it checks its certificate. A link that
+    /// pins a certificate or names a CA file was registered over TLS: an `http://` URL in it
+    /// (edited by hand, or by someone who wants the token) is refused, as nothing it sends
+    /// would be checked or encrypted. Links without either (from before TLS, or registered
+    /// with `--insecure-http`) keep their URL.
+    pub fn endpoint(&self) -> Result<(url::Url, ServerTrust), RemoteError> {
+        let url = server_url(&self.url)?;
+        let trust = match (&self.server_cert_sha256, &self.ca_file) {
             (Some(pin), _) => ServerTrust::Pinned(pin.clone()),
             (None, Some(file)) => ServerTrust::CaBundle(
                 CaBundle::read(file).map_err(|e| RemoteError::Usage(e.to_string()))?,
             ),
-            (None, None) => ServerTrust::PlatformRoots,
-        })
+            (None, None) => return Ok((url, ServerTrust::PlatformRoots)),
+        };
+        if url.scheme() != "https" {
+            return Err(RemoteError::Untrusted(format!(
+                "the server link (server.json in the state directory) says {url}, plain \
+                 HTTP, but this host was registered over TLS (its server's certificate is \
+                 pinned or CA-checked): the host token would cross the network in clear, so \
+                 nothing was sent. Set its url back to https:// or register again"
+            )));
+        }
+        Ok((url, trust))
     }
 }
 
@@ -347,7 +361,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, RemoteError> {
 fn server_url(text: &str) -> Result<url::Url, RemoteError> {
     let url = url::Url::parse(text).map_err(|e| {
         RemoteError::Usage(format!(
-            "--server {text:?} is not a URL ({e}); expected e.g. http://patches.example:8470"
+            "--server {text:?} is not a URL ({e}); expected e.g. https://patches.example:8470"
         ))
     })?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -984,10 +998,10 @@ impl<'a, 'b> Remote<'a, 'b> {
                 let link = link.ok_or(RemoteError::NotRegistered)?;
                 let root = std::fs::read(&self.files.root)
                     .map_err(|e| file_err(&self.files.root, format!("{e}; register again")))?;
-                let url = server_url(&link.url)?;
+                let (url, trust) = link.endpoint()?;
                 let repo = SignedRepo::load(
                     &root,
-                    &Source::Server(url, link.trust()?),
+                    &Source::Server(url, trust),
                     &self.files.datastore,
                     Limits::default(),
                 )
@@ -1193,10 +1207,10 @@ impl<'a, 'b> Remote<'a, 'b> {
             (None, PatchState::Transition) => HostState::Transition,
             (None, PatchState::Interrupted) => HostState::Interrupted,
         };
-        let url = server_url(&link.url)?;
+        let (url, trust) = link.endpoint()?;
         let reply: CheckInReply = post_json(
             &url,
-            &link.trust()?,
+            &trust,
             "api/v1/checkin",
             Some(&link.host_token),
             &CheckInRequest {

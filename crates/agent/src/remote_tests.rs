@@ -1510,6 +1510,50 @@ fn register_update_and_check_in_send_no_secret_in_clear() {
 }
 
 #[test]
+fn a_pinned_link_turned_to_plain_http_sends_nothing() {
+    let (server, k) = setup();
+    update(&k).unwrap();
+    // A listener that records whatever reaches it in clear, where the link now points.
+    let listener = server
+        .rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let plain = format!("http://{}", listener.local_addr().unwrap());
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&received);
+    server.rt.spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = tcp.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                record.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }
+    });
+    point_at(&k, &plain);
+    assert_refused(&k, "plain HTTP");
+    let a = agent(&k);
+    let remote = Remote::new(&a, defaults(), ApplyOptions::default());
+    let link = RemoteFiles::new(k.state_dir().root())
+        .load_link()
+        .unwrap()
+        .unwrap();
+    let err = server
+        .rt
+        .block_on(remote.checkin(&link, None, false))
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Untrusted(_)), "{err:?}");
+    assert_eq!(err.exit_code(), exit::REFUSED);
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "the agent spoke plain HTTP for a pinned server"
+    );
+}
+
+#[test]
 fn the_agent_refuses_a_server_whose_certificate_is_not_the_pinned_one() {
     let (server, k) = setup();
     update(&k).unwrap();
