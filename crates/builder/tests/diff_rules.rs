@@ -275,3 +275,28 @@ fn a_composite_part_built_from_another_directory_and_a_repeated_module_local() {
         "{replaced:?}"
     );
 }
+
+/// Two modules' static functions of one name (hfs and hfsplus each have `hfs_bnode_split`),
+/// both fixed: each gets its own replacement symbol in the one patch module, so the link does
+/// not see the name twice, and each is replaced in its own module.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn same_named_functions_of_two_modules_get_their_own_replacements() {
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
+    let (report, _) = build_fixture(&kernel, "modules-hfs-same-function-name.patch");
+    let replaced = &report.module.manifest.replaced_functions;
+    let mut objects: Vec<(&str, &str)> = replaced
+        .iter()
+        .map(|r| (r.object.as_str(), r.function.as_str()))
+        .collect();
+    objects.sort();
+    assert_eq!(
+        objects,
+        [("hfs", "hfs_bnode_split"), ("hfsplus", "hfs_bnode_split")],
+        "{replaced:?}"
+    );
+    assert_ne!(
+        replaced[0].replacement, replaced[1].replacement,
+        "{replaced:?}"
+    );
+}

@@ -511,6 +511,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         .iter()
         .flat_map(|r| r.diff.new_functions.iter().cloned())
         .collect();
+    let mut replacement_symbols = std::collections::BTreeSet::new();
     for (index, (report, (original, patched))) in reports.iter().zip(&views).enumerate() {
         if report.diff.is_empty() {
             continue;
@@ -652,6 +653,12 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         }
         let path = work.join(format!("extracted{index}.o"));
         std::fs::write(&path, &extracted.object).map_err(io_err("write", &path))?;
+        qualify_repeated_replacements(
+            &path,
+            &mut extracted.replaced,
+            &mut replacement_symbols,
+            index,
+        )?;
         if let Owner::Module(module) = &report.owner {
             // Another module's exports used here are reached through livepatch symbols
             // relocated with this module (so the patch loads before either module is), under
@@ -835,6 +842,47 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         files: reports,
         module,
     })
+}
+
+/// Renames each replacement symbol of the extracted object at `path` that an earlier object
+/// of the patch already defines (`__patchbay_new__foo` → `__patchbay_new__foo__3`, its
+/// `.cold` parts with it), and adds the object's replacement symbols to `taken`. They are
+/// global in the patch module, and two objects may replace functions of one name: statics of
+/// two files, or of two modules.
+fn qualify_repeated_replacements(
+    path: &Path,
+    replaced: &mut [(String, String)],
+    taken: &mut std::collections::BTreeSet<String>,
+    index: usize,
+) -> Result<(), DiffBuildError> {
+    let mut renames = std::collections::BTreeMap::new();
+    for (_, new) in replaced.iter_mut() {
+        if taken.contains(new.as_str()) {
+            let qualified = format!("{new}__{index}");
+            renames.insert(new.clone(), (qualified.clone(), String::new()));
+            *new = qualified;
+        }
+        taken.insert(new.clone());
+    }
+    if renames.is_empty() {
+        return Ok(());
+    }
+    let bytes = std::fs::read(path).map_err(io_err("read", path))?;
+    let view = ElfView::parse(&path.display().to_string(), &bytes)?;
+    let parts: Vec<(String, String)> = view
+        .symbols
+        .iter()
+        .filter_map(|symbol| {
+            let (parent, rest) = symbol.name.split_once('.')?;
+            let (qualified, _) = renames.get(parent)?;
+            Some((symbol.name.clone(), format!("{qualified}.{rest}")))
+        })
+        .collect();
+    for (part, qualified) in parts {
+        renames.insert(part, (qualified, String::new()));
+    }
+    objects::redefine_symbols(path, &renames)?;
+    Ok(())
 }
 
 /// The global name a `patchbay-diff.h` callback gets in the extracted object, for the
