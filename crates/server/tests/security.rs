@@ -164,7 +164,9 @@ fn guessing_passwords_is_locked_out_with_429() {
                     .as_u16()
             });
         }
-        let timestamp = reqwest::get(format!("{}/tuf/metadata/timestamp.json", s.url))
+        let timestamp = client
+            .get(format!("{}/tuf/metadata/timestamp.json", s.url))
+            .send()
             .await
             .unwrap();
         assert_eq!(timestamp.status(), 200);
@@ -255,12 +257,7 @@ fn many_downloads_of_a_large_target_at_once_keep_memory_flat() {
 #[test]
 fn a_stalled_upload_is_cut_with_408() {
     let s = start(|t| t.replace("request_timeout_secs = 120", "request_timeout_secs = 2"));
-    let address = s.url.strip_prefix("http://").unwrap();
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    // A safety net for the test only: the server must answer long before.
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .unwrap();
+    let mut stream = tls_connect(&s);
     write!(
         stream,
         "POST /api/v1/bundles HTTP/1.1\r\nHost: patchbay\r\nAuthorization: Bearer {}\r\n\
@@ -321,7 +318,7 @@ fn hosts_api_tokens_and_registration_keys_are_revoked() {
     let id = keys
         .iter()
         .map(|k| k["id"].as_str().unwrap().to_owned())
-        .find(|id| *id == patchbay_server::service::secret_hash(&key))
+        .find(|id| *id == patchbay_server::service::secret_hash(&secret_of(&key)))
         .unwrap();
     let path = format!("/api/v1/registration-keys/{id}");
     assert_eq!(call(&s, "DELETE", &path, Some(&operator), None).0, 403);
@@ -476,17 +473,51 @@ fn the_dashboard_revokes_tokens_keys_and_hosts_for_admins_only() {
     );
 }
 
-/// Reads until the server closes the connection; the bytes read. A 60 s read timeout is only
-/// the test's safety net: a server that never closes fails the test with `WouldBlock`.
-fn read_until_closed(stream: &mut std::net::TcpStream) -> Result<usize, std::io::Error> {
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+/// A TCP connection to the server with a 60 s read timeout: only the test's safety net, a
+/// server that never closes fails the test with `WouldBlock`.
+fn tcp_connect(s: &Server) -> std::net::TcpStream {
+    let address = s.url.strip_prefix("https://").unwrap();
+    let tcp = std::net::TcpStream::connect(address).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    tcp
+}
+
+/// A TLS connection to the server (its certificate pinned) for requests written by hand; the
+/// handshake runs with the first write.
+fn tls_connect(s: &Server) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let config = patchbay_updates::tls::pinned_client_config(&s.process.cert_sha256).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    rustls::StreamOwned::new(connection, tcp_connect(s))
+}
+
+/// The secret of a registration key as the server printed it (what it stores the hash of).
+fn secret_of(key: &str) -> String {
+    key.parse::<patchbay_core::registration::RegistrationKey>()
+        .unwrap()
+        .secret()
+        .expose()
+        .to_owned()
+}
+
+/// Reads until the server closes the connection (over TLS, with or without close_notify); the
+/// bytes read.
+fn read_until_closed(stream: &mut impl Read) -> Result<usize, std::io::Error> {
     let mut total = 0;
     let mut buffer = vec![0u8; 1 << 16];
     loop {
         match stream.read(&mut buffer) {
             Ok(0) => return Ok(total),
             Ok(n) => total += n,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(total),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return Ok(total)
+            }
             Err(e) => return Err(e),
         }
     }
@@ -496,23 +527,36 @@ fn read_until_closed(stream: &mut std::net::TcpStream) -> Result<usize, std::io:
 fn quiet_connections_are_closed_half_a_request_or_an_unread_download() {
     const SIZE: usize = 24 << 20;
     let s = start(|t| t.replace("idle_connection_secs = 120", "idle_connection_secs = 2"));
-    let address = s.url.strip_prefix("http://").unwrap();
+
+    // A TLS handshake that never starts, then one cut after the first byte.
+    let mut silent = tcp_connect(&s);
+    let answered = read_until_closed(&mut silent).expect("the server kept a silent connection");
+    assert_eq!(answered, 0, "nothing is answered before a handshake");
+    let mut stalled = tcp_connect(&s);
+    stalled.write_all(&[0x16]).unwrap();
+    let answered = read_until_closed(&mut stalled).expect("the server kept a stalled handshake");
+    assert_eq!(
+        answered, 0,
+        "nothing is answered to a handshake's first byte"
+    );
 
     // Half a request: the headers never end.
-    let mut half = std::net::TcpStream::connect(address).unwrap();
+    let mut half = tls_connect(&s);
     write!(half, "GET /healthz HTTP/1.1\r\nHost: patchbay\r\n").unwrap();
+    half.flush().unwrap();
     let answered = read_until_closed(&mut half).expect("the server kept a half request open");
     assert_eq!(answered, 0, "nothing is answered to half a request");
 
     // A download its client stops reading: the server gives up on it instead of holding the
     // connection (and its buffers) for ever.
     let (sha, _) = publish_large(&s, SIZE);
-    let mut download = std::net::TcpStream::connect(address).unwrap();
+    let mut download = tls_connect(&s);
     write!(
         download,
         "GET /tuf/targets/{sha}.bundles/{BUILD_ID}/1.pbb HTTP/1.1\r\nHost: patchbay\r\n\r\n"
     )
     .unwrap();
+    download.flush().unwrap();
     // The client reads nothing for longer than the idle time (the socket buffers hold only
     // a small part of the 24 MiB), then everything it can.
     std::thread::sleep(std::time::Duration::from_secs(6));
