@@ -35,8 +35,19 @@ impl std::fmt::Debug for ServerAccess {
 }
 
 impl ServerAccess {
-    /// An HTTP client for this server with `timeout`, trusting its certificate as told.
+    /// An HTTP client for this server with `timeout`, trusting its certificate as told. A
+    /// pinned certificate or a CA file with an `http://` URL is refused: the token would cross
+    /// the network in clear, unchecked, where TLS was asked for.
     pub fn client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
+        let plain = url::Url::parse(&self.url).is_ok_and(|u| u.scheme() == "http");
+        if plain && !matches!(self.trust, ServerTrust::PlatformRoots) {
+            return Err(format!(
+                "--server {} is plain HTTP, but --server-cert-sha256 or --ca-file asks for a \
+                 checked TLS certificate: the token would cross the network in clear. Use \
+                 https://",
+                self.url
+            ));
+        }
         patchbay_updates::tls::client(&self.trust, timeout).map_err(|e| e.to_string())
     }
 
@@ -250,6 +261,23 @@ mod tests {
             token: "tok".into(),
             trust: ServerTrust::PlatformRoots,
         }
+    }
+
+    #[tokio::test]
+    async fn a_pinned_certificate_with_an_http_url_sends_nothing() {
+        // A plain-HTTP server that would accept the report: reaching it is the failure.
+        let (url, request) = one_shot("201 Created", r#"{"report":true}"#).await;
+        let pinned = ServerAccess {
+            trust: ServerTrust::Pinned("ab".repeat(32).parse().unwrap()),
+            ..access(url.clone())
+        };
+        let err = attach_report(&pinned, &report())
+            .await
+            .expect_err("the token was sent over plain HTTP");
+        assert!(err.to_string().contains("plain HTTP"), "{err}");
+        request.abort();
+        // Without a pin or CA file, plain HTTP stays possible (a server behind a TLS proxy).
+        assert!(access(url).client(Duration::from_secs(5)).is_ok());
     }
 
     fn report() -> UpgradeReport {
