@@ -451,11 +451,18 @@ async fn run(cli: Cli) -> Result<()> {
                 patchbay_server::service::archive::import(&service, &archive, root.as_deref())
                     .await?;
             println!(
-                "imported targets version {} ({} targets) from {}",
+                "imported targets version {} ({} targets, root version {}) from {}",
                 summary.targets_version,
                 summary.targets,
+                summary.root_version,
                 archive.display()
             );
+            if summary.older_roots_left_out > 0 {
+                println!(
+                    "left out {} root(s) older than the trusted one: nothing verifies them",
+                    summary.older_roots_left_out
+                );
+            }
             Ok(())
         }
         Command::ExportUnsigned { data, output } => {

@@ -3,7 +3,6 @@
 //! it claims: each test runs the real server process and fails on the weakness it names.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::path::Path;
 use std::process::Command;
 
 use patchbay_core::{BuildId, HostSeed, KernelRollout, PatchLevel};
@@ -32,29 +31,6 @@ fn promote(s: &Server, body: Value) -> Value {
     );
     assert_eq!(status, 200, "{doc}");
     doc
-}
-
-/// Every file under `dir`, by its path relative to `dir` (target names hold slashes).
-fn files_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let name = path
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.push((name, std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(dir, dir, &mut files);
-    files.sort();
-    files
 }
 
 fn served_root(s: &Server) -> Value {

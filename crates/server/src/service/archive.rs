@@ -2,6 +2,9 @@
 //! archive (`patchbay_updates::archive`); `import` verifies an archive with the same TUF client
 //! the agents use and makes this (inner) server serve it unchanged, signatures and all.
 //!
+//! Every root of the archive is checked against the trusted one first (`check_root_chain`):
+//! the TUF client starts from the trusted root and never reads the archive's copy of it.
+//!
 //! A child of [`crate::service`] because it reads and writes the served metadata and the
 //! blobs directly, under the service's mutation lock.
 
@@ -9,6 +12,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 use patchbay_updates::{Limits, SignedRepo, Source};
+use serde_json::Value;
+use tough::schema::{Root, Signed};
 
 use crate::error::ServerError;
 use crate::Service;
@@ -29,6 +34,11 @@ pub struct ImportSummary {
     pub targets_version: u64,
     /// Targets the archive carried.
     pub targets: usize,
+    /// The newest root version, now served as `root.json`.
+    pub root_version: u64,
+    /// Roots older than the trusted one that the archive carried and this server does not
+    /// serve: nothing verifies them from the trusted root.
+    pub older_roots_left_out: usize,
 }
 
 fn io(path: &Path, source: std::io::Error) -> ServerError {
@@ -91,27 +101,204 @@ fn remove_stale_imports(tuf_dir: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// The newest root a loaded chain verified: its file name in the archive and its bytes.
+/// One root of the archive's chain that was verified from the trusted root: its file name
+/// (`N.root.json`), version and bytes as the archive holds them.
 struct VerifiedRoot {
     name: String,
+    version: u64,
     bytes: Vec<u8>,
 }
 
-fn verified_root_file(repo: &SignedRepo, metadata: &Path) -> Result<VerifiedRoot, ServerError> {
+/// The archive's roots checked against the trusted one: `verified` from the trusted version
+/// up to the newest, in order (never empty).
+struct RootChain {
+    verified: Vec<VerifiedRoot>,
+    /// Archived roots older than the trusted one that this server does not serve yet: nothing
+    /// can verify them from the trusted root, so they are left out.
+    left_out: usize,
+}
+
+impl RootChain {
+    fn newest(&self) -> Result<&VerifiedRoot, ServerError> {
+        self.verified
+            .last()
+            .ok_or_else(|| ServerError::Unprocessable("the archive's root chain is empty".into()))
+    }
+}
+
+/// The root version the TUF client ended at.
+fn client_root_version(repo: &SignedRepo) -> Result<u64, ServerError> {
     let unreadable = |e: String| ServerError::Unprocessable(format!("the verified root: {e}"));
-    let root: serde_json::Value =
+    let root: Value =
         serde_json::from_slice(&repo.root_json().map_err(|e| unreadable(e.to_string()))?)
             .map_err(|e| unreadable(e.to_string()))?;
-    let version = root
-        .pointer("/signed/version")
-        .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| unreadable("it has no version".into()))?;
-    let name = format!("{version}.root.json");
-    let path = metadata.join(&name);
-    // The client read this very file from the private unpack directory, so these are the
-    // bytes it verified.
-    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
-    Ok(VerifiedRoot { name, bytes })
+    root.pointer("/signed/version")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| unreadable("it has no version".into()))
+}
+
+/// A numbered root's version from its file name (`7.root.json` → 7).
+fn root_version_of(name: &str) -> Option<u64> {
+    name.strip_suffix(".root.json")?.parse().ok()
+}
+
+/// The numbered root files (`N.root.json`) in `dir`, by version; a `*.root.json` whose
+/// prefix is not a version is refused.
+fn numbered_roots(
+    dir: &Path,
+) -> Result<std::collections::BTreeMap<u64, std::path::PathBuf>, ServerError> {
+    let mut roots = std::collections::BTreeMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(roots),
+        Err(e) => return Err(io(dir, e)),
+    };
+    for entry in entries {
+        let name = entry.map_err(|e| io(dir, e))?.file_name();
+        let name = name.to_string_lossy();
+        if name == "root.json" || !name.ends_with(".root.json") {
+            continue;
+        }
+        let version = root_version_of(&name).ok_or_else(|| {
+            ServerError::Unprocessable(format!(
+                "metadata/{name}: not a versioned root name (N.root.json); refused, nothing \
+                 imported"
+            ))
+        })?;
+        roots.insert(version, dir.join(&*name));
+    }
+    Ok(roots)
+}
+
+fn parse_root(name: &str, bytes: &[u8]) -> Result<(Value, Signed<Root>), ServerError> {
+    let unreadable = |e: serde_json::Error| {
+        ServerError::Unprocessable(format!(
+            "metadata/{name}: not a signed root ({e}); refused, nothing imported"
+        ))
+    };
+    let value: Value = serde_json::from_slice(bytes).map_err(unreadable)?;
+    let root: Signed<Root> = serde_json::from_value(value.clone()).map_err(unreadable)?;
+    Ok((value, root))
+}
+
+/// Checks every root of the archive (`metadata`) against `trusted` (`trusted_from` says where
+/// it came from): the archive's copy of the trusted version must hold the same signed content
+/// and carry its signatures; each newer one must be signed by the threshold of the one before
+/// and by its own, with no gap. A root version this mirror already serves must be the same
+/// bytes in the archive. Older roots are left out unless served already.
+fn check_root_chain(
+    trusted: &[u8],
+    trusted_from: &str,
+    metadata: &Path,
+    served: &std::collections::BTreeMap<u64, std::path::PathBuf>,
+) -> Result<RootChain, ServerError> {
+    let refused = |name: &str, why: String| {
+        ServerError::Unprocessable(format!(
+            "metadata/{name} in the archive {why}; refused, nothing imported. The archive was \
+             altered or is not from the server this one trusts: export it again on the outer \
+             server"
+        ))
+    };
+    let (trusted_value, trusted_root) = parse_root("(trusted root)", trusted).map_err(|_| {
+        ServerError::BadRequest(format!("{trusted_from} is not a signed root.json"))
+    })?;
+    let trusted_version = trusted_root.signed.version.get();
+    let archived = numbered_roots(metadata)?;
+    if !archived.contains_key(&trusted_version) {
+        return Err(ServerError::Unprocessable(format!(
+            "the archive has no metadata/{trusted_version}.root.json, the version of the root \
+             this server trusts ({trusted_from}), so its chain cannot be checked against it; \
+             refused, nothing imported. Export it again on the outer server"
+        )));
+    }
+    let mut verified = Vec::new();
+    let mut left_out = 0;
+    let mut previous: Option<Signed<Root>> = None;
+    for (&version, path) in &archived {
+        let name = format!("{version}.root.json");
+        let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+        let differs_from_served = || -> Result<(), ServerError> {
+            let Some(served_path) = served.get(&version) else {
+                return Ok(());
+            };
+            let served_bytes = std::fs::read(served_path).map_err(|e| io(served_path, e))?;
+            if served_bytes == bytes {
+                return Ok(());
+            }
+            Err(refused(
+                &name,
+                format!("differs from the {name} this mirror already serves"),
+            ))
+        };
+        if version < trusted_version {
+            differs_from_served()?;
+            if !served.contains_key(&version) {
+                left_out += 1;
+            }
+            continue;
+        }
+        let (value, root) = parse_root(&name, &bytes)?;
+        if root.signed.version.get() != version {
+            return Err(refused(
+                &name,
+                format!("says it is version {}", root.signed.version),
+            ));
+        }
+        match &previous {
+            // The first version from the trusted one on is the trusted one (checked above).
+            None => {
+                if value.get("signed") != trusted_value.get("signed") {
+                    return Err(refused(
+                        &name,
+                        format!(
+                            "is not the root this server trusts (version {trusted_version}, \
+                             {trusted_from}): its signed content differs"
+                        ),
+                    ));
+                }
+                trusted_root.signed.verify_role(&root).map_err(|e| {
+                    refused(
+                        &name,
+                        format!("does not carry the trusted root's signatures: {e}"),
+                    )
+                })?;
+            }
+            Some(before) if before.signed.version.get() + 1 != version => {
+                return Err(refused(
+                    &name,
+                    format!(
+                        "does not follow {}.root.json (a version is missing)",
+                        before.signed.version
+                    ),
+                ));
+            }
+            Some(before) => {
+                before.signed.verify_role(&root).map_err(|e| {
+                    refused(
+                        &name,
+                        format!(
+                            "is not signed by the threshold of version {}'s root keys: {e}",
+                            before.signed.version
+                        ),
+                    )
+                })?;
+                root.signed.verify_role(&root).map_err(|e| {
+                    refused(
+                        &name,
+                        format!("is not signed by the threshold of its own root keys: {e}"),
+                    )
+                })?;
+            }
+        }
+        differs_from_served()?;
+        previous = Some(root);
+        verified.push(VerifiedRoot {
+            name,
+            version,
+            bytes,
+        });
+    }
+    Ok(RootChain { verified, left_out })
 }
 
 /// Verifies `archive` with the agents' TUF client and serves its metadata and targets as
@@ -134,18 +321,39 @@ pub async fn import(
     let result = async {
         patchbay_updates::archive::unpack(archive, &unpacked)
             .map_err(|e| ServerError::BadRequest(e.to_string()))?;
-        let trusted = match (root, trusted_path.exists()) {
-            (Some(path), _) => std::fs::read(path).map_err(|e| io(path, e))?,
-            (None, true) => std::fs::read(&trusted_path).map_err(|e| io(&trusted_path, e))?,
+        let (trusted, trusted_from) = match (root, trusted_path.exists()) {
+            (Some(path), _) => (
+                std::fs::read(path).map_err(|e| io(path, e))?,
+                format!("--root {}", path.display()),
+            ),
+            (None, true) => (
+                std::fs::read(&trusted_path).map_err(|e| io(&trusted_path, e))?,
+                format!("{}, pinned by the last import", trusted_path.display()),
+            ),
             (None, false) => {
                 let first = unpacked.join("metadata/1.root.json");
                 eprintln!(
                     "patchbay-server: trusting the archive's own root (first import); pass \
                      --root to pin the outer server's root.json instead"
                 );
-                std::fs::read(&first).map_err(|e| io(&first, e))?
+                (
+                    std::fs::read(&first).map_err(|e| io(&first, e))?,
+                    "the archive's own 1.root.json (first import)".to_owned(),
+                )
             }
         };
+        // Every root of the archive is checked against the trusted one before anything else:
+        // the TUF client starts from the trusted root and never reads the archive's copy of
+        // it, which would otherwise be served as `root.json`.
+        let source_meta = unpacked.join("metadata");
+        let mirror = tuf_dir.join("mirror").exists();
+        let served_roots = if mirror {
+            numbered_roots(&service.tuf.metadata_dir)?
+        } else {
+            std::collections::BTreeMap::new()
+        };
+        let chain = check_root_chain(&trusted, &trusted_from, &source_meta, &served_roots)?;
+        let newest = chain.newest()?;
         let repo = SignedRepo::load(
             &trusted,
             &Source::Directory(unpacked.clone()),
@@ -157,20 +365,27 @@ pub async fn import(
         )
         .await
         .map_err(|e| ServerError::Unprocessable(e.to_string()))?;
+        let client_version = client_root_version(&repo)?;
+        if client_version != newest.version {
+            return Err(ServerError::Unprocessable(format!(
+                "{}: the TUF client ended at root version {client_version}, the chain check at \
+                 {}; refused, nothing imported",
+                archive.display(),
+                newest.name
+            )));
+        }
         // The root hosts fetch unversioned is the newest one the chain verified, as the
-        // client read it from the archive (`N.root.json`), never the archive's own
-        // `root.json`, which nothing signs into the chain.
-        let source_meta = unpacked.join("metadata");
-        let verified_root = verified_root_file(&repo, &source_meta)?;
+        // archive holds it (`N.root.json`); the archive's own `root.json`, which nothing signs
+        // into the chain, must be the same bytes.
         let unversioned = source_meta.join("root.json");
         if unversioned.exists() {
             let archived = std::fs::read(&unversioned).map_err(|e| io(&unversioned, e))?;
-            if archived != verified_root.bytes {
+            if archived != newest.bytes {
                 return Err(ServerError::Unprocessable(format!(
                     "{}: its metadata/root.json is not {}, the newest root its chain verifies; \
                      refused (nothing imported). Export the archive again on the outer server",
                     archive.display(),
-                    verified_root.name
+                    newest.name
                 )));
             }
         }
@@ -191,7 +406,7 @@ pub async fn import(
             .map_err(|e| io(&source_meta, e))?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".json") && n != "timestamp.json" && n != "root.json")
+            .filter(|n| n.ends_with(".json") && n != "timestamp.json" && !n.ends_with("root.json"))
             .collect();
         names.sort();
         std::fs::create_dir_all(&service.tuf.metadata_dir)
@@ -203,16 +418,25 @@ pub async fn import(
             let to = service.tuf.metadata_dir.join(name);
             patchbay_core::fsutil::write_atomic(&to, &bytes).map_err(|e| io(&to, e))?;
         }
-        patchbay_core::fsutil::write_atomic(&served_root, &verified_root.bytes)
+        for root in &chain.verified {
+            let to = service.tuf.metadata_dir.join(&root.name);
+            patchbay_core::fsutil::write_atomic(&to, &root.bytes).map_err(|e| io(&to, e))?;
+        }
+        if !mirror {
+            // This server's own roots (from `init`) are no part of the chain it now serves.
+            for (version, path) in numbered_roots(&service.tuf.metadata_dir)? {
+                if !chain.verified.iter().any(|r| r.version == version) {
+                    std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+                }
+            }
+        }
+        patchbay_core::fsutil::write_atomic(&served_root, &newest.bytes)
             .map_err(|e| io(&served_root, e))?;
         let from = source_meta.join("timestamp.json");
         let bytes = std::fs::read(&from).map_err(|e| io(&from, e))?;
         let to = service.tuf.metadata_dir.join("timestamp.json");
         patchbay_core::fsutil::write_atomic(&to, &bytes).map_err(|e| io(&to, e))?;
-        let root_json = repo
-            .root_json()
-            .map_err(|e| ServerError::Unprocessable(e.to_string()))?;
-        patchbay_core::fsutil::write_atomic(&trusted_path, &root_json)
+        patchbay_core::fsutil::write_atomic(&trusted_path, &newest.bytes)
             .map_err(|e| io(&trusted_path, e))?;
         let marker = tuf_dir.join("mirror");
         patchbay_core::fsutil::write_atomic(&marker, b"imported archive\n")
@@ -234,6 +458,8 @@ pub async fn import(
         Ok(ImportSummary {
             targets_version: repo.targets_version(),
             targets: list.len(),
+            root_version: newest.version,
+            older_roots_left_out: chain.left_out,
         })
     }
     .await;
