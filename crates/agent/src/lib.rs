@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod cache;
+pub mod clock_trust;
 pub mod error;
 pub mod fault;
 pub mod host;

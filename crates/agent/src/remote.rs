@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use patchbay_core::protocol::{
-    CheckInReply, CheckInRequest, ErrorBody, HostState, RegisterReply, RegisterRequest,
+    CheckInReply, CheckInRequest, ClockWarning, ErrorBody, HostState, RegisterReply,
+    RegisterRequest,
 };
 use patchbay_core::registration::RegistrationKey;
 use patchbay_core::{
@@ -21,6 +22,7 @@ use patchbay_updates::{Limits, SignedRepo, Source, UpdateError};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, ApplyOptions, ApplyOutcome};
+use crate::clock_trust;
 use crate::error::{exit, AgentError};
 use crate::state::{Event, OpKind};
 use crate::status::PatchState;
@@ -1032,12 +1034,45 @@ impl<'a, 'b> Remote<'a, 'b> {
         }
     }
 
+    /// Checks the loaded chain against the last time this host verified one
+    /// ([`clock_trust::check_chain`]): a role that expired before then is refused as a replay,
+    /// a clock behind it noted. Then records `now` as verified.
+    fn trust_clock(
+        &self,
+        repo: &SignedRepo,
+        origin: &Origin,
+        now: i64,
+        clock_notes: &mut Vec<String>,
+    ) -> Result<(), RemoteError> {
+        let verified = clock_trust::VerifiedAt::new(self.agent.state_dir.root());
+        match clock_trust::check_chain(verified.read(), now, repo.first_expiry()) {
+            clock_trust::ChainCheck::Fine => {}
+            clock_trust::ChainCheck::ClockBehind(why) => clock_notes.push(why),
+            clock_trust::ChainCheck::Replay(why) => {
+                clock_notes.push(why.clone());
+                let source_name = match origin {
+                    Origin::Server => self.files.load_link()?.map(|l| l.url).unwrap_or_default(),
+                    Origin::Archive { path, .. } => path.display().to_string(),
+                };
+                return Err(RemoteError::Update(UpdateError::Metadata {
+                    source_name,
+                    reason: why,
+                    fetch: None,
+                }));
+            }
+        }
+        verified
+            .raise(now)
+            .map_err(|e| file_err(&self.agent.state_dir.root().join("clock.json"), e))
+    }
+
     /// Persists the newest verified root (root rotation).
     fn keep_root(&self, repo: &SignedRepo) -> Result<(), RemoteError> {
         if let Some(later) = repo.clock_stepped_back_from() {
             (self.agent.log)(&format!(
-                "warning: the system clock reads earlier than at a previous update ({later}); \
-                 it had jumped forward and was corrected. Updates go on with the clock as it is now"
+                "warning: the system clock reads earlier than at a previous update ({later}): it \
+                 was set back, or had jumped forward and was corrected. Updates go on with the \
+                 clock as it is now; metadata that expired before the last verification is refused"
             ));
         }
         let root = repo.root_json()?;
@@ -1055,22 +1090,32 @@ impl<'a, 'b> Remote<'a, 'b> {
             .unwrap_or_else(ChannelName::default_channel)
     }
 
+    /// The plan at the clock reading `now`; what the clock made doubtful goes to `clock_notes`.
     async fn plan(
         &self,
         repo: &SignedRepo,
         channel: &ChannelName,
         build_id: &BuildId,
         seed: &HostSeed,
+        now: i64,
+        clock_notes: &mut Vec<String>,
     ) -> Result<Plan, RemoteError> {
         let (active, _) = self.active_level()?;
         let wanted = match self.settings.pinned_level {
             Some(level) => Some(level),
             None => {
                 let doc = repo.channel(channel).await?;
-                let now = patchbay_core::clock::unix_seconds();
-                doc.kernels
-                    .get(build_id)
-                    .and_then(|rollout| rollout.level_for(build_id, seed, now))
+                clock_notes.extend(clock_trust::signed_time_ahead(
+                    "the channel document",
+                    &doc.updated,
+                    now,
+                ));
+                doc.kernels.get(build_id).and_then(|rollout| {
+                    // The clock may hold a host back, never take a level away.
+                    let wanted = clock_trust::wanted_level(rollout, build_id, seed, now, active);
+                    clock_notes.extend(wanted.warning(rollout, now));
+                    wanted.level()
+                })
             }
         };
         Ok(match (wanted, active) {
@@ -1118,10 +1163,20 @@ impl<'a, 'b> Remote<'a, 'b> {
         let seed = self.files.seed(link.as_ref())?;
         let channel = self.channel(link.as_ref());
         let rt = runtime()?;
+        let mut clock_notes = Vec::new();
         let result = rt.block_on(async {
             let (repo, _dir) = self.load(origin, link.as_ref()).await?;
+            let now = patchbay_core::clock::unix_seconds();
+            self.trust_clock(&repo, origin, now, &mut clock_notes)?;
             let plan = self
-                .plan(&repo, &channel, &identity.build_id, &seed)
+                .plan(
+                    &repo,
+                    &channel,
+                    &identity.build_id,
+                    &seed,
+                    now,
+                    &mut clock_notes,
+                )
                 .await?;
             let mut applied = None;
             if let (true, Plan::UpToDate(level)) = (apply, &plan) {
@@ -1176,13 +1231,18 @@ impl<'a, 'b> Remote<'a, 'b> {
                 targets_version: repo.targets_version(),
             })
         });
+        for note in &clock_notes {
+            (self.agent.log)(&format!("warning: {note}"));
+        }
         if let (Origin::Server, Some(link)) = (origin, link.as_ref()) {
             let error = result.as_ref().err().map(ToString::to_string);
             let unreachable = matches!(result, Err(RemoteError::Unreachable { .. }));
             if !unreachable {
                 // Best effort: a failed check-in is reported at the next check.
                 let disabled = result.as_ref().is_ok_and(|r| r.disabled.is_some());
-                if let Err(e) = rt.block_on(self.checkin(link, error.as_deref(), disabled)) {
+                let clock = clock_trust::clock_warning(&clock_notes);
+                let checkin = self.checkin_with_clock(link, error.as_deref(), disabled, clock);
+                if let Err(e) = rt.block_on(checkin) {
                     (self.agent.log)(&format!("check-in failed: {e}"));
                 }
             }
@@ -1197,6 +1257,17 @@ impl<'a, 'b> Remote<'a, 'b> {
         error: Option<&str>,
         disabled: bool,
     ) -> Result<(), RemoteError> {
+        self.checkin_with_clock(link, error, disabled, None).await
+    }
+
+    /// [`Remote::checkin`] with a warning about this host's clock, when it has one.
+    pub async fn checkin_with_clock(
+        &self,
+        link: &ServerLink,
+        error: Option<&str>,
+        disabled: bool,
+        clock_warning: Option<ClockWarning>,
+    ) -> Result<(), RemoteError> {
         let identity = self.agent.identity()?;
         let (active, state) = self.active_level()?;
         let state = match (error, state) {
@@ -1208,22 +1279,33 @@ impl<'a, 'b> Remote<'a, 'b> {
             (None, PatchState::Interrupted) => HostState::Interrupted,
         };
         let (url, trust) = link.endpoint()?;
-        let reply: CheckInReply = post_json(
-            &url,
-            &trust,
-            "api/v1/checkin",
-            Some(&link.host_token),
-            &CheckInRequest {
-                kernel_release: identity.release.clone(),
-                upstream_version: running_upstream_version(self.agent),
-                build_id: identity.build_id.clone(),
-                active_level: active,
-                state,
-                last_error: error.map(|e| e.chars().take(4000).collect::<String>()),
-                agent_version: AGENT_VERSION.to_owned(),
-            },
-        )
-        .await?;
+        let mut request = CheckInRequest {
+            kernel_release: identity.release.clone(),
+            upstream_version: running_upstream_version(self.agent),
+            build_id: identity.build_id.clone(),
+            active_level: active,
+            state,
+            last_error: error.map(|e| e.chars().take(4000).collect::<String>()),
+            agent_version: AGENT_VERSION.to_owned(),
+            clock_warning,
+        };
+        let token = Some(link.host_token.as_str());
+        let path = "api/v1/checkin";
+        let reply: CheckInReply = match post_json(&url, &trust, path, token, &request).await {
+            // A server older than the field refuses it by name: the rest still gets through.
+            Err(RemoteError::Refused {
+                status: 400,
+                message,
+            }) if request.clock_warning.is_some() && message.contains("clock_warning") => {
+                (self.agent.log)(
+                    "warning: the server is older than clock warnings; the check-in goes \
+                     without it",
+                );
+                request.clock_warning = None;
+                post_json(&url, &trust, path, token, &request).await?
+            }
+            other => other?,
+        };
         // The server's view of which upstream release's fixes this host has (`patchbay uname`).
         let record = Effective {
             build_id: identity.build_id.to_string(),

@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use patchbay_core::protocol::HostState;
-use patchbay_core::{BuildId, Bundle, ChannelName, PatchLevel};
+use patchbay_core::{Bundle, ChannelName, PatchLevel};
 use patchbay_server::service::WaveRequest;
 use patchbay_server::Service;
 
@@ -132,6 +132,18 @@ impl TestServer {
                 level.try_into().unwrap(),
                 0,
                 waves,
+            ))
+            .unwrap();
+    }
+
+    /// A rollback of production's `build_id` to `level`, signed now.
+    fn rollback(&self, build_id: &str, level: u32) {
+        self.rt
+            .block_on(self.service.rollback(
+                "test",
+                &ChannelName::default_channel(),
+                &build_id.parse().unwrap(),
+                level.try_into().unwrap(),
             ))
             .unwrap();
     }
@@ -377,15 +389,7 @@ fn follows_promote_and_channel_rollback_and_reports_check_ins() {
     update(&k).unwrap();
     assert_eq!(k.sim().loads.last().unwrap(), &module_name(BUILD_ID, 2));
 
-    server
-        .rt
-        .block_on(server.service.rollback(
-            "test",
-            &ChannelName::default_channel(),
-            &BUILD_ID.parse::<BuildId>().unwrap(),
-            level(1),
-        ))
-        .unwrap();
+    server.rollback(BUILD_ID, 1);
     assert!(
         matches!(check(&k).unwrap(), Plan::Change { to, downgrade: true, .. } if to == level(1))
     );
@@ -1073,6 +1077,127 @@ fn a_quiet_fleet_keeps_updating_8_100_and_400_days_later() {
     server.promote("production", BUILD_ID, 2, &[]);
     let report = update(&k).unwrap();
     assert_eq!(report.applied.map(|o| o.level), Some(level(2)));
+}
+
+/// Sets this process's clock (libfaketime, see [`rerun_under_faketime`]) to `offset` from
+/// the real time (`-7d`, `+0`) and checks that it moved about that far from `real`.
+fn set_clock(offset_file: &Path, offset: &str, real: jiff::Timestamp, expected_secs: i64) {
+    std::fs::write(offset_file, offset).unwrap();
+    let moved = jiff::Timestamp::now().as_second() - real.as_second();
+    assert!(
+        (expected_secs - 3_600..expected_secs + 3_600).contains(&moved),
+        "libfaketime did not move the clock to {offset} (moved {moved} s)"
+    );
+}
+
+/// The offset file when this test runs under libfaketime; else runs test `name` (its
+/// `module_path!()`-qualified name) again under it and returns `None`.
+fn under_faketime(name: &str) -> Option<PathBuf> {
+    match std::env::var_os(FAKETIME_FILE_ENV) {
+        Some(file) => Some(PathBuf::from(file)),
+        None => {
+            rerun_under_faketime(name.split_once("::").map_or(name, |(_, rest)| rest));
+            None
+        }
+    }
+}
+
+/// In test `$test`: the libfaketime offset file; outside libfaketime the test runs again
+/// under it and this one returns.
+macro_rules! offset_file_or_rerun {
+    ($test:ident) => {
+        match under_faketime(concat!(module_path!(), "::", stringify!($test))) {
+            Some(file) => file,
+            None => return,
+        }
+    };
+}
+
+const WEEK: i64 = 7 * 86_400;
+
+/// The server's hosts as the API lists them.
+fn listed_hosts(server: &TestServer) -> Vec<patchbay_server::store::HostRecord> {
+    server
+        .rt
+        .block_on(server.service.hosts(&Default::default()))
+        .unwrap()
+}
+
+#[test]
+fn a_clock_set_back_a_week_keeps_the_level_and_the_check_in_says_so() {
+    let offset_file =
+        offset_file_or_rerun!(a_clock_set_back_a_week_keeps_the_level_and_the_check_in_says_so);
+    let real = jiff::Timestamp::now();
+    let (server, k) = setup();
+    update(&k).unwrap();
+    // Level 2 from now on (deploy-after: now); level 1 before.
+    server.promote("production", BUILD_ID, 2, &[]);
+    assert_eq!(update(&k).unwrap().applied.map(|o| o.level), Some(level(2)));
+    let loads = k.sim().loads.clone();
+
+    // A spoofed NTP answer: the host's clock (and, in this one process, the server's) reads a
+    // week ago, before level 2's deploy-after time.
+    set_clock(&offset_file, "-7d", real, -WEEK);
+    let report = update(&k).unwrap();
+    assert_eq!(report.plan, Plan::UpToDate(level(2)), "no downgrade");
+    assert!(report.applied.is_none());
+    assert_eq!(k.sim().loads, loads, "nothing loaded");
+    assert_eq!(k.sysfs(), vec![module_name(BUILD_ID, 2)]);
+    let hosts = listed_hosts(&server);
+    let warning = hosts[0]
+        .clock_warning
+        .as_ref()
+        .expect("the check-in carries a clock warning");
+    assert!(
+        warning.detail.contains("level 2 stays active") && warning.detail.contains("set back"),
+        "{warning:?}"
+    );
+    assert_eq!(hosts[0].state, HostState::Patched);
+
+    // A rollback the operator signs (the server's clock right) lowers the level, whatever the
+    // host's clock reads.
+    set_clock(&offset_file, "+0", real, 0);
+    server.rollback(BUILD_ID, 1);
+    set_clock(&offset_file, "-7d", real, -WEEK);
+    let report = update(&k).unwrap();
+    assert_eq!(report.applied.map(|o| o.level), Some(level(1)));
+
+    // The clock right again: the next check-in carries no warning, and the dashboard drops it.
+    set_clock(&offset_file, "+0", real, 0);
+    update(&k).unwrap();
+    let hosts = listed_hosts(&server);
+    assert_eq!(hosts[0].clock_warning, None);
+}
+
+#[test]
+fn expired_metadata_after_the_clock_was_set_back_is_refused() {
+    let offset_file =
+        offset_file_or_rerun!(expired_metadata_after_the_clock_was_set_back_is_refused);
+    let real = jiff::Timestamp::now();
+    let (server, k) = setup();
+    update(&k).unwrap();
+    // Metadata that expired two days ago: a correct clock refuses it (TUF's expiry check).
+    server
+        .rt
+        .block_on(server.service.resign_timestamp_for_tests(-2 * 86_400))
+        .unwrap();
+    assert_refused(&k, "expired");
+    // With the clock a week back it is valid again as far as TUF can tell; but this host
+    // verified the repository after it expired.
+    set_clock(&offset_file, "-7d", real, -WEEK);
+    let err = assert_refused(&k, "replay of expired metadata");
+    assert!(err.to_string().contains("timestamp.json expired"), "{err}");
+    let hosts = listed_hosts(&server);
+    assert_eq!(hosts[0].state, HostState::Error);
+    assert!(
+        hosts[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("replay")),
+        "{:?}",
+        hosts[0].last_error
+    );
+    assert!(hosts[0].clock_warning.is_some(), "{:?}", hosts[0]);
 }
 
 #[test]

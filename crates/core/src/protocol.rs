@@ -77,6 +77,30 @@ pub struct CheckInRequest {
     pub last_error: Option<String>,
     /// The agent's version.
     pub agent_version: String,
+    /// Why the host distrusts its own clock, when it does. Sent only then: servers older than
+    /// this field refuse it (requests refuse unknown fields), so a check-in without a warning is
+    /// byte for byte what they accept, and the agent resends one they refuse without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_warning: Option<ClockWarning>,
+}
+
+/// A host's clock reads earlier than it can be: earlier than when the host last verified the
+/// signed repository, or than a time the server signed, or early enough that the channel's
+/// schedule would take a level away (which the agent refuses: only signed metadata lowers a
+/// level). A clock set back (a spoofed NTP answer) is how expired metadata is replayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockWarning {
+    /// The host's clock when it made the report (Unix seconds); the server compares it with
+    /// its own.
+    pub host_time: i64,
+    /// What the agent found, for people (at most [`ClockWarning::DETAIL_MAX`] bytes).
+    pub detail: String,
+}
+
+impl ClockWarning {
+    /// The longest `detail` a server accepts, in bytes.
+    pub const DETAIL_MAX: usize = 2048;
 }
 
 /// The reply to a check-in.
@@ -314,6 +338,26 @@ mod tests {
         object.insert("upstream_version".into(), version);
         let parsed: CheckInRequest = serde_json::from_value(body).unwrap();
         assert_eq!(parsed, checkin);
+    }
+
+    #[test]
+    fn a_check_in_without_a_clock_warning_is_what_older_servers_accept() {
+        let checkin: CheckInRequest = serde_json::from_value(old_agent_checkin()).unwrap();
+        assert_eq!(checkin.clock_warning, None);
+        assert_eq!(serde_json::to_value(&checkin).unwrap(), old_agent_checkin());
+        let warned = CheckInRequest {
+            clock_warning: Some(ClockWarning {
+                host_time: 1_795_000_000,
+                detail: "set back".into(),
+            }),
+            ..checkin
+        };
+        let sent = serde_json::to_value(&warned).unwrap();
+        assert_eq!(sent["clock_warning"]["host_time"], 1_795_000_000);
+        assert_eq!(
+            serde_json::from_value::<CheckInRequest>(sent).unwrap(),
+            warned
+        );
     }
 
     #[test]

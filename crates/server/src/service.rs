@@ -20,8 +20,8 @@ use bytes::Bytes;
 use object::Object;
 use patchbay_core::clock::{now_rfc3339, unix_seconds};
 use patchbay_core::protocol::{
-    CheckInReply, CheckInRequest, HostState, KernelSummary, LevelSummary, PublishReceipt,
-    RegisterReply, RegisterRequest,
+    CheckInReply, CheckInRequest, ClockWarning, HostState, KernelSummary, LevelSummary,
+    PublishReceipt, RegisterReply, RegisterRequest,
 };
 use patchbay_core::{
     bundle_target_name, BuildId, Bundle, ChannelDoc, ChannelName, CveStatus, HostSeed,
@@ -1632,6 +1632,7 @@ impl Service {
             agent_version: request.agent_version,
             registered_at: unix_seconds(),
             last_checkin: unix_seconds(),
+            clock_warning: None,
         };
         self.store.add_host(&host).await?;
         let root = serde_json::from_slice(&self.tuf.root_bytes()?)
@@ -1673,6 +1674,13 @@ impl Service {
             }
         }
         text_field("agent_version", &request.agent_version, 64)?;
+        if let Some(clock) = &request.clock_warning {
+            text_field(
+                "clock_warning.detail",
+                &clock.detail,
+                ClockWarning::DETAIL_MAX,
+            )?;
+        }
         let effective_version = if request.active_level.is_some() {
             let levels = self.store.levels_of(&request.build_id).await?;
             let mut now = host.clone();
@@ -1827,6 +1835,7 @@ mod tests {
                     state: HostState::Unpatched,
                     last_error: None,
                     agent_version: "0.1.0".into(),
+                    clock_warning: None,
                 },
                 at: unix_seconds() - days_ago * 86_400,
             };

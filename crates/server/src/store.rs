@@ -88,6 +88,27 @@ pub struct HostRecord {
     pub registered_at: i64,
     /// When it last checked in (unix seconds).
     pub last_checkin: i64,
+    /// Its last check-in's warning that its clock is behind, if that carried one.
+    pub clock_warning: Option<HostClockWarning>,
+}
+
+/// A host's warning about its own clock, as its last check-in carried it
+/// ([`patchbay_core::protocol::ClockWarning`]) with the server's time of receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostClockWarning {
+    /// The host's clock when it reported (unix seconds).
+    pub host_time: i64,
+    /// The server's clock when the check-in arrived (unix seconds).
+    pub reported_at: i64,
+    /// What the agent found.
+    pub detail: String,
+}
+
+impl HostClockWarning {
+    /// How far the host's clock read behind the server's (negative: ahead), in seconds.
+    pub fn behind_secs(&self) -> i64 {
+        self.reported_at.saturating_sub(self.host_time)
+    }
 }
 
 /// A check-in as recorded: what the host reported (an upstream version of `None` keeps the one
@@ -445,6 +466,14 @@ CREATE TABLE IF NOT EXISTS checkins (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS checkins_host_at ON checkins(host_id, at);
+-- Added with clock warnings, as a table of its own so that `IF NOT EXISTS` migrates an
+-- existing database: the last check-in's warning about the host's clock, if it carried one.
+CREATE TABLE IF NOT EXISTS host_clock_warnings (
+    host_id TEXT PRIMARY KEY REFERENCES hosts(id),
+    host_time BIGINT NOT NULL,
+    reported_at BIGINT NOT NULL,
+    detail TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value BIGINT NOT NULL
@@ -520,6 +549,22 @@ async fn write_checkins(pool: &SqlitePool, batch: &[PendingCheckIn]) -> Result<(
         .bind(&c.agent_version)
         .bind(at)
         .bind(c.upstream_version.map(|v| v.to_string()))
+        .execute(&mut *tx)
+        .await?;
+        // The warning lasts as long as the host keeps sending it.
+        match &c.clock_warning {
+            Some(w) => sqlx::query(
+                "INSERT INTO host_clock_warnings (host_id, host_time, reported_at, detail) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (host_id) DO UPDATE SET \
+                 host_time = excluded.host_time, reported_at = excluded.reported_at, \
+                 detail = excluded.detail",
+            )
+            .bind(host_id)
+            .bind(w.host_time)
+            .bind(at)
+            .bind(&w.detail),
+            None => sqlx::query("DELETE FROM host_clock_warnings WHERE host_id = $1").bind(host_id),
+        }
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -602,7 +647,31 @@ fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, ServerErro
         agent_version: row.try_get("agent_version")?,
         registered_at: row.try_get("registered_at")?,
         last_checkin: row.try_get("last_checkin")?,
+        clock_warning: match (
+            row.try_get::<Option<i64>, _>("clock_host_time")?,
+            row.try_get::<Option<i64>, _>("clock_reported_at")?,
+            row.try_get::<Option<String>, _>("clock_detail")?,
+        ) {
+            (Some(host_time), Some(reported_at), Some(detail)) => Some(HostClockWarning {
+                host_time,
+                reported_at,
+                detail,
+            }),
+            _ => None,
+        },
     })
+}
+
+/// Every host query: the host's row with its clock warning (`host_from_row` reads both).
+macro_rules! select_hosts {
+    ($($rest:literal),*) => {
+        concat!(
+            "SELECT hosts.*, w.host_time AS clock_host_time, w.reported_at AS clock_reported_at, \
+             w.detail AS clock_detail FROM hosts \
+             LEFT JOIN host_clock_warnings w ON w.host_id = hosts.id ",
+            $($rest),*
+        )
+    };
 }
 
 impl SqliteStore {
@@ -801,6 +870,10 @@ impl Store for SqliteStore {
     async fn remove_host(&self, id: &str) -> Result<bool, ServerError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM checkins WHERE host_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM host_clock_warnings WHERE host_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -1205,7 +1278,7 @@ impl Store for SqliteStore {
     }
 
     async fn host_by_token(&self, token_hash: &str) -> Result<Option<HostRecord>, ServerError> {
-        let row = sqlx::query("SELECT * FROM hosts WHERE token_hash = $1")
+        let row = sqlx::query(select_hosts!("WHERE token_hash = $1"))
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await?;
@@ -1225,11 +1298,11 @@ impl Store for SqliteStore {
     }
 
     async fn hosts(&self, filter: &HostFilter) -> Result<Vec<HostRecord>, ServerError> {
-        let rows = sqlx::query(
-            "SELECT * FROM hosts WHERE ($1 IS NULL OR channel = $1) \
+        let rows = sqlx::query(select_hosts!(
+            "WHERE ($1 IS NULL OR channel = $1) \
              AND ($2 IS NULL OR build_id = $2) AND ($3 IS NULL OR state = $3) \
-             ORDER BY hostname, id LIMIT $4 OFFSET $5",
-        )
+             ORDER BY hostname, hosts.id LIMIT $4 OFFSET $5"
+        ))
         .bind(filter.channel.as_ref().map(|c| c.as_str().to_owned()))
         .bind(filter.build_id.as_ref().map(|b| b.as_str().to_owned()))
         .bind(filter.state.map(HostState::as_str))
@@ -1319,7 +1392,7 @@ impl Store for SqliteStore {
     }
 
     async fn host(&self, id: &str) -> Result<Option<HostRecord>, ServerError> {
-        let row = sqlx::query("SELECT * FROM hosts WHERE id = $1")
+        let row = sqlx::query(select_hosts!("WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;

@@ -577,6 +577,9 @@ async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<Stri
                     a href={"/ui/kernels/" (h.build_id) "/" (l)} { "level " (l) } } @else { "none" } } }
                 tr { th { "State" } td #state { (h.state) } }
                 @if let Some(e) = &h.last_error { tr { th { "Last error" } td.error { (e) } } }
+                @if let Some(c) = &h.clock_warning { tr #clock-warning { th { "Clock" } td.error {
+                    "the host's clock read " (when(c.host_time)) " when the server's read "
+                    (when(c.reported_at)) " (" (clock_offset(c.behind_secs())) "): " (c.detail) } } }
                 tr { th { "Agent" } td { (h.agent_version) } }
                 tr { th { "Registered" } td { (when(h.registered_at)) } }
                 tr { th { "Last check-in" } td { (when(h.last_checkin)) } }
@@ -697,6 +700,20 @@ async fn level_page(
 
 fn report_href(build_id: &patchbay_core::BuildId, level: PatchLevel) -> String {
     format!("/ui/kernels/{build_id}/levels/{level}/report")
+}
+
+/// A clock's offset from the server's in words: `7 d 0 h behind`, `5 min ahead`.
+fn clock_offset(behind_secs: i64) -> String {
+    let (n, way) = if behind_secs >= 0 {
+        (behind_secs, "behind")
+    } else {
+        (behind_secs.saturating_neg(), "ahead")
+    };
+    match n {
+        0..3600 => format!("{} min {way}", n / 60),
+        3600..86_400 => format!("{} h {way}", n / 3600),
+        _ => format!("{} d {} h {way}", n / 86_400, n % 86_400 / 3600),
+    }
 }
 
 fn score(score: Option<f64>) -> String {

@@ -328,6 +328,28 @@ impl SignedRepo {
         })
     }
 
+    /// The role of the loaded chain that expires first (`root`, `timestamp`, `snapshot` or
+    /// `targets`) and when, in Unix seconds: the chain is valid until then. TUF checks expiry
+    /// against the host's clock, so a clock set back makes expired metadata pass; a caller that
+    /// knows a later time has passed compares it with this.
+    pub fn first_expiry(&self) -> (&'static str, i64) {
+        let repo = &self.repo;
+        [
+            ("timestamp", repo.timestamp().signed.expires.as_second()),
+            ("snapshot", repo.snapshot().signed.expires.as_second()),
+            ("targets", repo.targets().signed.expires.as_second()),
+            ("root", repo.root().signed.expires.as_second()),
+        ]
+        .into_iter()
+        .fold(("root", i64::MAX), |first, role| {
+            if role.1 < first.1 {
+                role
+            } else {
+                first
+            }
+        })
+    }
+
     /// The targets version (for reporting).
     pub fn targets_version(&self) -> u64 {
         self.repo.targets().signed.version.get()
