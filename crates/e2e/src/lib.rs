@@ -357,3 +357,26 @@ impl Guest {
         Ok(patchbay_vm::run_with_serial_callback(&config, on_line)?)
     }
 }
+
+/// Stores as the server's CVE database (`<data_dir>/cve/db.json`) the bundled snapshot without
+/// the CVEs published on or after `day` (`2025-01-01`): data older than the server's
+/// `cve.max_age_days`, which it warns about (dashboard banner, `/metrics`, `doctor`). Written
+/// atomically, so a running server reads it at its next request. Returns the data's date, the
+/// newest publication day left (`2024-12-31`).
+pub fn store_cve_data_before(data_dir: &Path, day: &str) -> Result<String> {
+    let cutoff: patchbay_exposure::Day = day.parse().with_context(|| format!("day {day:?}"))?;
+    let mut db = patchbay_exposure::snapshot::embedded()?;
+    db.records
+        .retain(|_, r| r.published.is_some_and(|p| p < cutoff));
+    db.provenance = Some(patchbay_exposure::Provenance {
+        source: format!("the bundled snapshot without the CVEs published since {day}"),
+        synced_at: patchbay_core::clock::now_rfc3339(),
+    });
+    let newest = db
+        .newest_published()
+        .with_context(|| format!("no CVE of the snapshot was published before {day}"))?;
+    let path = data_dir.join("cve/db.json");
+    patchbay_core::fsutil::write_atomic(&path, &db.to_json()?)
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(newest.to_string())
+}

@@ -1,7 +1,8 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium` + `chromedriver`, driven over
 //! WebDriver): an administrator logs in, sees the fleet, opens the host — a real Debian kernel
 //! in QEMU whose agent talks to the server — promotes a level with confirmation, and watches the
-//! host's exposure fall once the agent has applied it; a viewer cannot promote.
+//! host's exposure fall once the agent has applied it; a viewer cannot promote. And the banner
+//! every page shows when the CVE data is older than `cve.max_age_days`, photographed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -9,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use patchbay_e2e::{assert_checks, bundle, fixture, server_binary, Guest, ServerProcess};
+use patchbay_e2e::{
+    assert_checks, bundle, fixture, server_binary, store_cve_data_before, Guest, ServerProcess,
+};
 use patchbay_kernels::{fetch_selector, KernelSelector};
 use patchbay_vm::Network;
 
@@ -327,4 +330,93 @@ fn dashboard_promotes_a_level_and_shows_the_exposure_fall() {
         run
     });
     assert_checks(&run, &["net-up", "register", "level1-live", "reported"]);
+}
+
+/// The banner's background (`.banner` in the dashboard's style sheet), as RGB.
+const BANNER_BACKGROUND: [u8; 3] = [0xff, 0xf4, 0xce];
+
+/// The share of a PNG's pixels that are `rgb` (within a few steps: antialiasing).
+fn share_of_colour(png_bytes: &[u8], rgb: [u8; 3]) -> f64 {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    let channels = frame.color_type.samples();
+    assert!(channels >= 3, "a colour screenshot: {:?}", frame.color_type);
+    let pixels = &pixels[..frame.buffer_size()];
+    let total = pixels.len() / channels;
+    let matching = pixels
+        .chunks_exact(channels)
+        .filter(|p| p.iter().zip(rgb).all(|(a, b)| a.abs_diff(b) <= 3))
+        .count();
+    matching as f64 / total.max(1) as f64
+}
+
+async fn outdated_data_banner(server: &ServerProcess, newest: &str, screenshot: &std::path::Path) {
+    let driver = chromedriver();
+    let c = browser(&driver).await;
+    c.set_window_size(1280, 900).await.unwrap();
+    let url = server.url.clone();
+    login(&c, &url, "admin", &server.dashboard_password).await;
+    for path in [
+        "/ui",
+        "/ui/hosts",
+        "/ui/kernels",
+        "/ui/channels",
+        "/ui/compliance",
+    ] {
+        c.goto(&format!("{url}{path}")).await.unwrap();
+        let said = text(&c, "#cve-data-banner").await;
+        assert!(
+            said.contains("days old")
+                && said.contains(&format!("newest CVE published {newest}"))
+                && said.contains("cve sync"),
+            "{path}: {said}"
+        );
+        // At the top of the page, across it: seen without scrolling.
+        let banner = c.find(Locator::Id("cve-data-banner")).await.unwrap();
+        let (_, y, width, height) = banner.rectangle().await.unwrap();
+        assert!(
+            y < 120.0 && width > 1000.0 && height > 20.0,
+            "{path}: the banner is at y {y}, {width} x {height}"
+        );
+    }
+    // The fleet page's banner, photographed: mostly its warning colour (styled and shown, not
+    // hidden behind something). The picture is kept for people to look at.
+    c.goto(&format!("{url}/ui")).await.unwrap();
+    let banner = c.find(Locator::Id("cve-data-banner")).await.unwrap();
+    let png_bytes = banner.screenshot().await.unwrap();
+    std::fs::write(screenshot, &png_bytes).unwrap();
+    let share = share_of_colour(&png_bytes, BANNER_BACKGROUND);
+    assert!(
+        share > 0.5,
+        "only {:.0} % of the banner's pixels are its background ({})",
+        share * 100.0,
+        screenshot.display()
+    );
+    // The data's date beside the fleet's figures.
+    assert!(text(&c, "#cve-data")
+        .await
+        .contains(&format!("CVE data of {newest}")));
+    // The whole page, to compare: the banner colour is a small part of it.
+    let page = c.screenshot().await.unwrap();
+    assert!(share_of_colour(&page, BANNER_BACKGROUND) < share);
+    c.close().await.unwrap();
+}
+
+#[test]
+#[ignore = "needs Chromium and the release server build (the slow suite): scripts/test runs it"]
+fn outdated_cve_data_puts_a_banner_on_every_page() {
+    let work = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&work.path().join("server")).unwrap();
+    // Data whose newest CVE is from 2024, against the default limit of 7 days.
+    let newest = store_cve_data_before(&server.data_dir, "2025-01-01").unwrap();
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cve-data-banner.png");
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(outdated_data_banner(&server, &newest, &screenshot));
+    eprintln!("the banner: {}", screenshot.display());
 }

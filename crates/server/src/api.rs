@@ -661,10 +661,13 @@ async fn host_exposure(
     State(service): State<AppState>,
     Api(caller): Api,
     Path(id): Path<String>,
-) -> Result<Json<crate::cve::HostExposure>, ServerError> {
+) -> Result<Json<crate::cve::WithDataStatus<crate::cve::HostExposure>>, ServerError> {
     caller.require(Role::Viewer, "reading a host's exposure")?;
     let host = service.host(&id).await?;
-    Ok(Json(service.host_exposure(&host).await?))
+    Ok(Json(crate::cve::WithDataStatus {
+        answer: service.host_exposure(&host).await?,
+        cve_data: service.cve_data_status(),
+    }))
 }
 
 async fn host_vex(
@@ -702,7 +705,7 @@ async fn cve_exposure(
     Api(caller): Api,
     Path(version): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<patchbay_exposure::Exposure>, ServerError> {
+) -> Result<Json<crate::cve::WithDataStatus<patchbay_exposure::Exposure>>, ServerError> {
     caller.require(Role::Viewer, "reading exposure")?;
     let version = crate::cve::parse_version(&version)?;
     let db = service.cve_db();
@@ -719,7 +722,12 @@ async fn cve_exposure(
         query_policy(&query)?,
         &Default::default(),
     )
-    .map(Json)
+    .map(|answer| {
+        Json(crate::cve::WithDataStatus {
+            answer,
+            cve_data: service.cve_data_status(),
+        })
+    })
     .map_err(|e| ServerError::Unprocessable(e.to_string()))
 }
 
@@ -742,16 +750,19 @@ async fn compliance(
     if let Some(s) = &series {
         rows = crate::cve::rows_of_series(rows, s);
     }
+    let data = service.cve_data_status();
     match query.get("format").map(String::as_str) {
         Some("csv") => Ok((
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/csv; charset=utf-8"),
             )],
-            crate::cve::compliance_csv(&rows),
+            crate::cve::compliance_csv(&rows, &data),
         )
             .into_response()),
-        None | Some("json") => Ok(Json(serde_json::json!({ "hosts": rows })).into_response()),
+        None | Some("json") => {
+            Ok(Json(serde_json::json!({ "hosts": rows, "cve_data": data })).into_response())
+        }
         Some(other) => Err(ServerError::BadRequest(format!(
             "format {other:?}: use json or csv"
         ))),
@@ -775,7 +786,7 @@ async fn metrics(
     caller.require(Role::Viewer, "reading /metrics")?;
     let metrics = service.metrics().await?;
     let by_state = &metrics.hosts_by_state;
-    let snapshot = &metrics.exposure;
+    let snapshot = &metrics.exposure.snapshot;
     let breaching = snapshot.hosts_breached;
     let by_severity = [
         ("critical", snapshot.critical),
@@ -806,6 +817,8 @@ async fn metrics(
             "patchbay_hosts_by_series{{series=\"{series}\",cve_data=\"{data}\"}} {n}\n"
         ));
     }
+    out.push_str(&format!("# HELP patchbay_hosts_exposure_unknown Hosts whose exposure cannot be computed (no upstream release, or no CVE data for its series): not counted in patchbay_exposed_cves.\n# TYPE patchbay_hosts_exposure_unknown gauge\npatchbay_hosts_exposure_unknown {}\n", metrics.exposure.hosts_unknown));
+    out.push_str(&cve_data_metrics(&metrics));
     out.push_str(&format!("# HELP patchbay_checkins_total Check-ins received.\n# TYPE patchbay_checkins_total counter\npatchbay_checkins_total {checkins}\n"));
     out.push_str(&format!("# HELP patchbay_hosts_in_error Hosts whose last check-in reported an error.\n# TYPE patchbay_hosts_in_error gauge\npatchbay_hosts_in_error {}\n", by_state.get(&HostState::Error).copied().unwrap_or(0)));
     let now = jiff::Timestamp::now();
@@ -834,6 +847,45 @@ async fn metrics(
         out,
     )
         .into_response())
+}
+
+/// The CVE data's part of `/metrics`: its age per series, whether a series lacks data,
+/// whether it is outdated (older than `cve.max_age_days`, or missing), the limit and when it
+/// was synced.
+fn cve_data_metrics(metrics: &crate::service::Metrics) -> String {
+    let data = &metrics.cve_data;
+    let mut out = String::from("# HELP patchbay_cve_data_age_seconds Seconds since the newest CVE publication day in the CVE data, per series it covers (absent: no data for the series).\n# TYPE patchbay_cve_data_age_seconds gauge\n");
+    for s in &data.series {
+        out.push_str(&format!(
+            "patchbay_cve_data_age_seconds{{series=\"{}\"}} {}\n",
+            s.series, s.age_secs
+        ));
+    }
+    out.push_str("# HELP patchbay_cve_data_missing 1 when the CVE data has nothing for the series (the bundled data's series and every series a host runs): its hosts' exposure is unknown.\n# TYPE patchbay_cve_data_missing gauge\n");
+    for (series, missing) in &metrics.cve_series_missing {
+        out.push_str(&format!(
+            "patchbay_cve_data_missing{{series=\"{series}\"}} {}\n",
+            u8::from(*missing)
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP patchbay_cve_data_outdated 1 when the CVE data is older than cve.max_age_days or missing.\n# TYPE patchbay_cve_data_outdated gauge\npatchbay_cve_data_outdated {}\n",
+        u8::from(data.state != crate::cve::Freshness::Current)
+    ));
+    out.push_str(&format!(
+        "# HELP patchbay_cve_data_max_age_seconds The configured limit (cve.max_age_days).\n# TYPE patchbay_cve_data_max_age_seconds gauge\npatchbay_cve_data_max_age_seconds {}\n",
+        u64::from(data.max_age_days) * 86_400
+    ));
+    if let Some(synced) = data
+        .synced_at
+        .as_deref()
+        .and_then(patchbay_core::clock::parse_rfc3339)
+    {
+        out.push_str(&format!(
+            "# HELP patchbay_cve_data_synced_timestamp_seconds When the CVE data was stored (Unix time).\n# TYPE patchbay_cve_data_synced_timestamp_seconds gauge\npatchbay_cve_data_synced_timestamp_seconds {synced}\n"
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

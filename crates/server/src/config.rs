@@ -24,6 +24,8 @@ pub struct ServerConfig {
     pub metrics: MetricsConfig,
     /// `[retention]`: how long check-in history is kept.
     pub retention: RetentionConfig,
+    /// `[cve]`: how old the CVE data may be before the server warns.
+    pub cve: CveConfig,
     /// `[tls]`: the certificate `serve` answers with, and how hosts check it.
     pub tls: TlsConfig,
 }
@@ -207,6 +209,21 @@ impl Default for RetentionConfig {
     }
 }
 
+/// `[cve]` of `config.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CveConfig {
+    /// CVE data whose newest CVE was published more than this many days ago is outdated:
+    /// every dashboard page, `/metrics` and `doctor` say so (default 7).
+    pub max_age_days: u32,
+}
+
+impl Default for CveConfig {
+    fn default() -> Self {
+        CveConfig { max_age_days: 7 }
+    }
+}
+
 impl Default for UiConfig {
     fn default() -> Self {
         UiConfig {
@@ -267,6 +284,7 @@ impl Default for ServerConfig {
             ui: UiConfig::default(),
             metrics: MetricsConfig::default(),
             retention: RetentionConfig::default(),
+            cve: CveConfig::default(),
             tls: TlsConfig::default(),
         }
     }
@@ -363,6 +381,9 @@ impl ServerConfig {
         if self.retention.checkin_days == 0 {
             return Err(bad("retention.checkin_days must be at least 1"));
         }
+        if self.cve.max_age_days == 0 {
+            return Err(bad("cve.max_age_days must be at least 1"));
+        }
         Ok(())
     }
 
@@ -425,6 +446,13 @@ impl ServerConfig {
              # state).\n\
              checkin_days = {checkin_days}\n\
              \n\
+             [cve]\n\
+             # CVE data whose newest CVE was published more than this many days ago is\n\
+             # outdated: every dashboard page, /metrics and `doctor` warn (CVEs published since\n\
+             # are not counted). `init` installs the kernel CNA snapshot shipped with this\n\
+             # version; keep the data current with `patchbay-server cve sync` (docs/exposure.md).\n\
+             max_age_days = {max_age_days}\n\
+             \n\
              [tls]\n\
              # \"https\", or \"insecure-http\" (tokens and passwords then cross the network in\n\
              # clear; only behind a TLS proxy on this machine, or for a test).\n\
@@ -457,6 +485,7 @@ impl ServerConfig {
             per_address = self.ui.login_failures_per_address,
             lockout = self.ui.login_lockout_secs,
             checkin_days = self.retention.checkin_days,
+            max_age_days = self.cve.max_age_days,
             protocol = self.tls.protocol.as_str(),
             certificate = self.tls.certificate,
             private_key = self.tls.private_key,

@@ -1,16 +1,21 @@
 //! The server's CVE database (`cve/db.json` in the data dir, written by `cve sync`, with the
-//! ranges of every stable series it covers: 6.1, 6.12) and what it says about hosts: base
-//! exposure of the host's kernel release in its own series, live exposure (minus the fixes of
-//! its active level), and the effective release a level brings. A host whose series the data
-//! does not cover has no exposure figures (unknown, never 0); one newer than the data carries
-//! the data's notice.
+//! ranges of every stable series it covers: 6.1, 6.12; `init` installs the snapshot compiled
+//! into the binary) and what it says about hosts: base exposure of the host's kernel release in
+//! its own series, live exposure (minus the fixes of its active level), and the effective
+//! release a level brings. A host whose series the data does not cover — or a server without
+//! data — has no exposure figures (unknown, never 0); one newer than the data carries the
+//! data's notice. How old the data is ([`CveDataStatus`], against `cve.max_age_days`) travels
+//! with every answer about exposure.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use patchbay_core::protocol::{HostState, LevelOffer};
 use patchbay_core::{KernelSeries, UpstreamVersion};
-use patchbay_exposure::{exposure, CveDatabase, DataCoverage, DataState, Day, Exposure, Policy};
+use patchbay_exposure::{
+    exposure, CveDatabase, DataCoverage, DataState, Day, Exposure, Policy, Provenance,
+};
 use serde::Serialize;
 
 use crate::error::ServerError;
@@ -41,6 +46,8 @@ pub fn load(data_dir: &Path) -> Result<CveDatabase, ServerError> {
 /// Where `cve sync` reads from.
 #[derive(Debug, Clone)]
 pub enum CveSource {
+    /// The kernel CNA snapshot compiled into this binary (what `init` installs).
+    Bundled,
     /// A checkout of the kernel CNA's vulns repository, optionally with a CISA KEV feed.
     Vulns {
         /// The vulns checkout (or a directory of its records).
@@ -110,9 +117,10 @@ pub fn summary(db: &CveDatabase) -> SyncSummary {
 }
 
 /// Ingests `source` (every series of the snapshot's table: 6.1 and 6.12) and stores it
-/// atomically; returns what it stored per series.
+/// atomically with where it came from and when; returns what it stored per series.
 pub fn sync(data_dir: &Path, source: &CveSource) -> Result<SyncSummary, ServerError> {
-    let db = match source {
+    let mut db = match source {
+        CveSource::Bundled => patchbay_exposure::snapshot::embedded().map_err(cve_err)?,
         CveSource::Vulns { path, kev } => {
             let series: Vec<KernelSeries> = patchbay_exposure::snapshot::series().collect();
             let mut db = patchbay_exposure::vulns::sync_series(path, &series).map_err(cve_err)?;
@@ -127,6 +135,17 @@ pub fn sync(data_dir: &Path, source: &CveSource) -> Result<SyncSummary, ServerEr
         }
         CveSource::Snapshot(dir) => patchbay_exposure::snapshot::load_all(dir).map_err(cve_err)?,
     };
+    db.provenance = Some(Provenance {
+        source: match source {
+            CveSource::Bundled => format!(
+                "the kernel CNA snapshot bundled with patchbay-server {}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            CveSource::Vulns { path, .. } => format!("vulns checkout {}", path.display()),
+            CveSource::Snapshot(dir) => format!("snapshot directory {}", dir.display()),
+        },
+        synced_at: patchbay_core::clock::now_rfc3339(),
+    });
     let path = db_path(data_dir);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
@@ -141,6 +160,265 @@ pub fn sync(data_dir: &Path, source: &CveSource) -> Result<SyncSummary, ServerEr
         },
     )?;
     Ok(summary(&db))
+}
+
+/// Installs the snapshot compiled into this binary when the data dir has no CVE database (a
+/// data dir `init`ialised by an older version, or one whose database was removed); returns
+/// what it stored, `None` when there was a database already (it is never replaced: an older
+/// synced database is reported as outdated instead).
+pub fn install_bundled_if_missing(data_dir: &Path) -> Result<Option<SyncSummary>, ServerError> {
+    if db_path(data_dir).exists() {
+        return Ok(None);
+    }
+    sync(data_dir, &CveSource::Bundled).map(Some)
+}
+
+/// Whether `cve/db.json` could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbFile {
+    /// Read and parsed.
+    Present,
+    /// There is no file: neither `init` (of this version) nor `cve sync` wrote one.
+    Missing,
+    /// It exists but cannot be read or parsed (the reason).
+    Unreadable(String),
+}
+
+/// The CVE database as the server read it, with what is known of its age.
+#[derive(Debug, Clone)]
+pub struct StoredDb {
+    /// The records (empty when the file is missing or unreadable).
+    pub db: Arc<CveDatabase>,
+    /// Whether the file could be read.
+    pub file: DbFile,
+    /// The newest CVE publication day per covered series ([`CveDatabase::newest_published_in`]).
+    pub dates: BTreeMap<KernelSeries, Day>,
+    /// When it was stored: its provenance's time, else the file's modification time.
+    pub synced_at: Option<String>,
+}
+
+/// Reads `cve/db.json`; a missing or unreadable file is a state of the result, not an error,
+/// so the server keeps serving patches and says everywhere that exposure is unknown.
+pub fn read_stored(data_dir: &Path) -> StoredDb {
+    let path = db_path(data_dir);
+    let (db, file) = match std::fs::read(&path) {
+        Ok(bytes) => match CveDatabase::from_json(&bytes) {
+            Ok(db) => (db, DbFile::Present),
+            Err(e) => (
+                CveDatabase::default(),
+                DbFile::Unreadable(format!("{}: {e}", path.display())),
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (CveDatabase::default(), DbFile::Missing)
+        }
+        Err(e) => (
+            CveDatabase::default(),
+            DbFile::Unreadable(format!("{}: {e}", path.display())),
+        ),
+    };
+    let dates = db
+        .covered_series()
+        .into_iter()
+        .filter_map(|s| db.newest_published_in(s).map(|d| (s, d)))
+        .collect();
+    let synced_at = db
+        .provenance
+        .as_ref()
+        .map(|p| p.synced_at.clone())
+        .or_else(|| {
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+            let secs = modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| i64::try_from(d.as_secs()).ok())?;
+            Some(patchbay_core::clock::rfc3339(secs))
+        });
+    StoredDb {
+        db: Arc::new(db),
+        file,
+        dates,
+        synced_at,
+    }
+}
+
+/// How current the CVE data is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Freshness {
+    /// Its newest CVE is at most `cve.max_age_days` old.
+    Current,
+    /// Older than that (or of unknown age): CVEs published since are not counted.
+    Outdated,
+    /// No data (no file, an unreadable one, or no CVE in it): every exposure is unknown.
+    Missing,
+}
+
+impl Freshness {
+    /// The serialized name: `current`, `outdated`, `missing`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Freshness::Current => "current",
+            Freshness::Outdated => "outdated",
+            Freshness::Missing => "missing",
+        }
+    }
+}
+
+/// How far one covered series' data reaches in time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SeriesDate {
+    /// The series, e.g. `6.1`.
+    pub series: String,
+    /// The newest publication day of a CVE of the series, `2026-08-21`.
+    pub data_date: String,
+    /// Seconds from the start of that day (UTC) to now.
+    pub age_secs: i64,
+}
+
+/// What the server's CVE data is and how old (`cve_data` in the API's exposure answers and
+/// the compliance report; the dashboard's banner and date line; `/metrics`; `doctor`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CveDataStatus {
+    /// `current`, `outdated` or `missing`.
+    pub state: Freshness,
+    /// The data's date: the newest CVE publication day of the series whose data is oldest
+    /// (`2026-08-21`); `None` without data or without publication days.
+    pub data_date: Option<String>,
+    /// Whole days from `data_date` to today.
+    pub age_days: Option<i64>,
+    /// The configured limit (`cve.max_age_days`).
+    pub max_age_days: u32,
+    /// When the data was stored (RFC 3339 UTC).
+    pub synced_at: Option<String>,
+    /// What it was read from, e.g. `the kernel CNA snapshot bundled with patchbay-server 0.1.0`.
+    pub source: Option<String>,
+    /// Per covered series, its date.
+    pub series: Vec<SeriesDate>,
+    /// For people, when the state is not `current`: what is wrong and what to run.
+    pub warning: Option<String>,
+}
+
+/// The start of `day` (UTC) in Unix seconds.
+fn day_start(day: Day) -> i64 {
+    day.to_zoned(jiff::tz::TimeZone::UTC)
+        .map(|z| z.timestamp().as_second())
+        .unwrap_or(0)
+}
+
+/// How current `stored` is at Unix time `now` under a limit of `max_age_days`.
+pub fn data_status(stored: &StoredDb, max_age_days: u32, now: i64) -> CveDataStatus {
+    const SYNC: &str = "run `patchbay-server cve sync` with a checkout of the kernel CNA's vulns \
+                        repository (docs/exposure.md)";
+    let series: Vec<SeriesDate> = stored
+        .dates
+        .iter()
+        .map(|(s, d)| SeriesDate {
+            series: s.to_string(),
+            data_date: d.to_string(),
+            age_secs: now - day_start(*d),
+        })
+        .collect();
+    // The data is as old as its oldest series.
+    let oldest = stored.dates.values().min().copied();
+    let age_days = oldest.map(|d| (now - day_start(d)).div_euclid(86_400));
+    let missing = match &stored.file {
+        DbFile::Missing => Some(format!(
+            "no CVE data: cve/db.json does not exist, so the exposure of every host is \
+             unknown. `serve` installs the snapshot bundled with this version when it starts \
+             (`patchbay-server cve sync --bundled` does it now); for current data {SYNC}"
+        )),
+        DbFile::Unreadable(reason) => Some(format!(
+            "the CVE data cannot be read ({reason}), so the exposure of every host is unknown; \
+             {SYNC}"
+        )),
+        DbFile::Present if stored.db.is_empty() => Some(format!(
+            "the CVE database holds no CVE, so the exposure of every host is unknown; {SYNC}"
+        )),
+        DbFile::Present => None,
+    };
+    let (state, warning) = match (missing, oldest, age_days) {
+        (Some(w), _, _) => (Freshness::Missing, Some(w)),
+        (None, Some(day), Some(age)) if age > i64::from(max_age_days) => (
+            Freshness::Outdated,
+            Some(format!(
+                "the CVE data is {age} days old (newest CVE published {day}; the limit is \
+                 cve.max_age_days = {max_age_days}): CVEs published since are not counted, so \
+                 the exposure shown is too low; {SYNC}"
+            )),
+        ),
+        (None, Some(_), Some(_)) => (Freshness::Current, None),
+        (None, _, _) => (
+            Freshness::Outdated,
+            Some(format!(
+                "the CVE data names no publication day, so its age is unknown; {SYNC}"
+            )),
+        ),
+    };
+    CveDataStatus {
+        state,
+        data_date: oldest.map(|d| d.to_string()),
+        age_days,
+        max_age_days,
+        synced_at: stored.synced_at.clone(),
+        source: stored.db.provenance.as_ref().map(|p| p.source.clone()),
+        series,
+        warning,
+    }
+}
+
+impl CveDataStatus {
+    /// One line for people: `CVE data of 2026-08-21 (108 days old), synced 2026-12-07T16:10:00Z
+    /// from the kernel CNA snapshot bundled with patchbay-server 0.1.0`, or `no CVE data`.
+    pub fn describe(&self) -> String {
+        let (Some(date), Freshness::Current | Freshness::Outdated) = (&self.data_date, self.state)
+        else {
+            return match self.state {
+                Freshness::Missing => "no CVE data: exposure unknown".to_owned(),
+                _ => "CVE data of unknown date".to_owned(),
+            };
+        };
+        let mut text = format!("CVE data of {date}");
+        if let Some(age) = self.age_days {
+            text.push_str(&format!(" ({age} days old)"));
+        }
+        if let Some(synced) = &self.synced_at {
+            text.push_str(&format!(", synced {synced}"));
+        }
+        if let Some(source) = &self.source {
+            text.push_str(&format!(" from {source}"));
+        }
+        text
+    }
+}
+
+/// An answer about exposure with the CVE data's status beside it: the answer's own fields,
+/// and `cve_data` (the API's `GET /hosts/{id}/exposure`, `GET /cve/exposure/{version}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WithDataStatus<T> {
+    /// The answer.
+    #[serde(flatten)]
+    pub answer: T,
+    /// What the CVE data is and how old.
+    pub cve_data: CveDataStatus,
+}
+
+/// Per series — every series the bundled snapshot knows and every series a host runs —
+/// whether the CVE data lacks it (`true`: the exposure of that series' hosts is unknown).
+pub fn series_missing(
+    db: &CveDatabase,
+    hosts: &[HostRecord],
+    levels: &[LevelRecord],
+) -> BTreeMap<KernelSeries, bool> {
+    patchbay_exposure::snapshot::series()
+        .chain(
+            hosts
+                .iter()
+                .filter_map(|h| host_upstream(h, levels))
+                .map(|v| KernelSeries::of(&v)),
+        )
+        .map(|s| (s, !db.covers(s)))
+        .collect()
 }
 
 /// Today's date in UTC: the default evaluation day of exposure.
@@ -289,11 +567,45 @@ pub struct ComplianceRow {
     pub live_kev: Option<usize>,
     /// CVEs of the base exposure that the live patch fixes. `None`: unknown (no release or no CVE data for its series).
     pub fixed_by_patch: Option<usize>,
-    /// A CVSS >= 7 CVE public for longer than the window is still open on the host (`false`
-    /// also when the exposure is unknown: see `cve_data`).
-    pub window_breached: bool,
+    /// A CVSS >= 7 CVE public for longer than the window is still open on the host; `None`:
+    /// unknown (no release or no CVE data for its series: see `cve_data`).
+    pub window_breached: Option<bool>,
+    /// The same as a state: `within`, `breached`, or `unknown` (never `within` without data).
+    pub window: WindowState,
     /// When it last checked in (unix seconds).
     pub last_checkin: i64,
+}
+
+/// Where a host stands against the patch window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowState {
+    /// No high CVE open past the window.
+    Within,
+    /// A high CVE has been open past the window.
+    Breached,
+    /// Its exposure cannot be computed (no release, or no CVE data for its series).
+    Unknown,
+}
+
+impl WindowState {
+    /// The state of a host whose live exposure is `live` (`None`: unknown).
+    pub fn of(live: Option<&Exposure>) -> WindowState {
+        match live {
+            None => WindowState::Unknown,
+            Some(l) if l.high_overdue > 0 => WindowState::Breached,
+            Some(_) => WindowState::Within,
+        }
+    }
+
+    /// The serialized name: `within`, `breached`, `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowState::Within => "within",
+            WindowState::Breached => "breached",
+            WindowState::Unknown => "unknown",
+        }
+    }
 }
 
 /// Exposure per host, computed once per distinct (release, fixes) pair: fleets share kernels.
@@ -337,7 +649,8 @@ pub fn compliance(
                 live_high_overdue: live.map(|l| l.high_overdue),
                 live_kev: live.map(|l| l.kev),
                 fixed_by_patch: live.map(|l| l.fixed_by_patch),
-                window_breached: live.is_some_and(|l| l.high_overdue > 0),
+                window_breached: live.map(|l| l.high_overdue > 0),
+                window: WindowState::of(live),
                 last_checkin: h.last_checkin,
             }
         })
@@ -370,15 +683,17 @@ pub fn rows_of_series(rows: Vec<ComplianceRow>, series: &KernelSeries) -> Vec<Co
 }
 
 /// The compliance report as CSV, one header line then one line per row; cells that a
-/// spreadsheet would take for a formula are quoted as text. Unknown counts (no release, or no
-/// CVE data for the host's series: `cve_data` says which) are empty cells, never 0. The
-/// columns added with series support (`series`, `cve_data`, `data_through`) come last, so
-/// readers by position keep working.
-pub(crate) fn compliance_csv(rows: &[ComplianceRow]) -> String {
+/// spreadsheet would take for a formula are quoted as text. Unknown counts and an unknown
+/// `window_breached` (no release, or no CVE data for the host's series: `cve_data` says which)
+/// are empty cells, never 0 or `false`; `window` says `unknown`. Columns added later (`series`,
+/// `cve_data`, `data_through`; then `window` and the data's date and sync time, the same on
+/// every row) come last, so readers by position keep working.
+pub(crate) fn compliance_csv(rows: &[ComplianceRow], data: &CveDataStatus) -> String {
     let mut out = String::from(
         "host_id,hostname,channel,kernel_release,upstream_version,effective_version,active_level,\
          state,base_cves,live_cves,live_high,live_high_overdue,live_kev,fixed_by_patch,\
-         window_breached,last_checkin,series,cve_data,data_through\n",
+         window_breached,last_checkin,series,cve_data,data_through,window,cve_data_date,\
+         cve_synced_at\n",
     );
     let count = |n: Option<usize>| n.map(|n| n.to_string()).unwrap_or_default();
     for r in rows {
@@ -397,7 +712,7 @@ pub(crate) fn compliance_csv(rows: &[ComplianceRow]) -> String {
             count(r.live_high_overdue),
             count(r.live_kev),
             count(r.fixed_by_patch),
-            r.window_breached.to_string(),
+            r.window_breached.map(|b| b.to_string()).unwrap_or_default(),
             r.last_checkin.to_string(),
             csv_field(r.series.as_deref().unwrap_or_default()),
             r.cve_data
@@ -405,6 +720,9 @@ pub(crate) fn compliance_csv(rows: &[ComplianceRow]) -> String {
                 .unwrap_or_default()
                 .to_owned(),
             csv_field(r.data_through.as_deref().unwrap_or_default()),
+            r.window.as_str().to_owned(),
+            csv_field(data.data_date.as_deref().unwrap_or_default()),
+            csv_field(data.synced_at.as_deref().unwrap_or_default()),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');
@@ -418,6 +736,7 @@ pub fn csaf_vex(
     host: &HostRecord,
     e: &HostExposure,
     db: &CveDatabase,
+    data: &CveDataStatus,
     now: &str,
 ) -> serde_json::Value {
     let product = format!("host-{}", host.id);
@@ -472,14 +791,18 @@ pub fn csaf_vex(
             }],
         }));
     }
-    // What the data cannot say (a release newer than the data, a series without data) is a
-    // note of the document: an empty or short list must not read as "not affected".
+    // What the data cannot say (a release newer than the data, a series without data, data
+    // older than the limit or none) is a note of the document: an empty or short list must not
+    // read as "not affected".
     let notes: Vec<serde_json::Value> = e
         .upstream_version
         .map(|v| DataCoverage::of(db, &v))
         .and_then(|c| c.notice)
         .map(|text| serde_json::json!({ "category": "general", "title": "CVE data coverage", "text": text }))
         .into_iter()
+        .chain(data.warning.as_ref().map(|text| {
+            serde_json::json!({ "category": "general", "title": "CVE data age", "text": text })
+        }))
         .collect();
     let mut doc = serde_json::json!({
         "document": {
@@ -519,47 +842,72 @@ pub fn csaf_vex(
     doc
 }
 
-/// Distinct open CVEs across the fleet by severity, and hosts breaching the window.
+/// The fleet's exposure today: what is known, and how many hosts it does not cover.
+#[derive(Debug, Clone)]
+pub struct FleetExposure {
+    /// Distinct open CVEs by severity and hosts breaching the window, over the hosts whose
+    /// exposure is known.
+    pub snapshot: crate::store::ExposureSnapshot,
+    /// Hosts whose exposure cannot be computed (no release, or no CVE data for its series):
+    /// not counted in `snapshot`'s CVEs, never as 0.
+    pub hosts_unknown: u64,
+}
+
+impl FleetExposure {
+    /// Whether no host's exposure is known while there are hosts: every total is unknown.
+    pub fn all_unknown(&self) -> bool {
+        self.snapshot.hosts > 0 && self.hosts_unknown == self.snapshot.hosts
+    }
+}
+
+/// Distinct open CVEs across the fleet by severity, hosts breaching the window, and hosts
+/// whose exposure is unknown.
 pub fn fleet_snapshot(
     db: &CveDatabase,
     hosts: &[HostRecord],
     levels: &[LevelRecord],
     at: Day,
-) -> crate::store::ExposureSnapshot {
+) -> FleetExposure {
     let mut open: std::collections::BTreeMap<String, Option<patchbay_exposure::Severity>> =
         std::collections::BTreeMap::new();
     let mut breached = 0;
-    let mut seen: std::collections::HashMap<(Option<UpstreamVersion>, Vec<String>), bool> =
+    let mut unknown = 0;
+    let mut seen: std::collections::HashMap<(Option<UpstreamVersion>, Vec<String>), WindowState> =
         std::collections::HashMap::new();
     for h in hosts {
         let key = (host_upstream(h, levels), level_fixes(h, levels));
-        let b = match seen.get(&key) {
-            Some(b) => *b,
+        let window = match seen.get(&key) {
+            Some(w) => *w,
             None => {
                 let e = host_exposure(db, h, levels, at, Policy::default());
                 for c in e.live.iter().flat_map(|l| l.list.iter()) {
                     open.insert(c.id.clone(), c.severity);
                 }
-                let b = e.live.as_ref().is_some_and(|l| l.high_overdue > 0);
-                seen.insert(key, b);
-                b
+                let w = WindowState::of(e.live.as_ref());
+                seen.insert(key, w);
+                w
             }
         };
-        if b {
-            breached += 1;
+        match window {
+            WindowState::Breached => breached += 1,
+            WindowState::Unknown => unknown += 1,
+            WindowState::Within => {}
         }
     }
     use patchbay_exposure::Severity as S;
     let count = |want: Option<S>| open.values().filter(|s| **s == want).count() as u64;
-    crate::store::ExposureSnapshot {
-        day: at.to_string(),
-        critical: count(Some(S::Critical)),
-        high: count(Some(S::High)),
-        medium: count(Some(S::Medium)),
-        low: count(Some(S::Low)) + count(Some(S::None)),
-        unscored: count(None),
-        hosts: hosts.len() as u64,
-        hosts_breached: breached,
+    FleetExposure {
+        snapshot: crate::store::ExposureSnapshot {
+            day: at.to_string(),
+            critical: count(Some(S::Critical)),
+            high: count(Some(S::High)),
+            medium: count(Some(S::Medium)),
+            low: count(Some(S::Low)) + count(Some(S::None)),
+            unscored: count(None),
+            hosts: hosts.len() as u64,
+            hosts_breached: breached,
+        },
+        hosts_unknown: unknown,
     }
 }
 

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod blobs;
 pub mod config;
 pub mod cve;
+pub mod doctor;
 pub mod error;
 pub mod listener;
 pub mod service;

@@ -140,7 +140,8 @@ enum Command {
         command: RootCommand,
     },
     /// Checks the data directory: when each signed role expires and whether this server can
-    /// renew it; exits 1 when something needs the operator.
+    /// renew it, and the CVE data (there is some, not older than cve.max_age_days, covering
+    /// the series the hosts run); exits 1 when something needs the operator.
     Doctor {
         #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
         data: PathBuf,
@@ -200,13 +201,14 @@ enum RootCommand {
 #[derive(Debug, Subcommand)]
 enum CveCommand {
     /// Ingest a checkout of the kernel CNA's vulns repository (or, with --snapshot, a snapshot
-    /// directory) into the server's CVE database: the ranges of every supported stable series
+    /// directory; with --bundled, the snapshot compiled into this binary, which `init`
+    /// installs) into the server's CVE database: the ranges of every supported stable series
     /// (6.1, 6.12).
     Sync {
         #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
         data: PathBuf,
         /// The vulns checkout (git.kernel.org/pub/scm/linux/security/vulns.git).
-        #[arg(required_unless_present = "snapshot")]
+        #[arg(required_unless_present_any = ["snapshot", "bundled"])]
         path: Option<PathBuf>,
         /// A CISA KEV feed (known_exploited_vulnerabilities.json) to mark exploited CVEs.
         #[arg(long)]
@@ -214,6 +216,9 @@ enum CveCommand {
         /// Load a snapshot directory in Patchbay's bundled format instead.
         #[arg(long, value_name = "DIR", conflicts_with = "path")]
         snapshot: Option<PathBuf>,
+        /// Load the snapshot compiled into this binary (its date is the newest CVE in it).
+        #[arg(long, conflicts_with_all = ["path", "snapshot"])]
+        bundled: bool,
     },
     /// Exposure of an upstream kernel version (e.g. 6.1.192, 6.12.95); a series without CVE
     /// data is an error, a release newer than the data carries a notice.
@@ -363,12 +368,16 @@ async fn run(cli: Cli) -> Result<()> {
                     path,
                     kev,
                     snapshot,
+                    bundled,
                 },
         } => {
-            let source = match (snapshot, path) {
-                (Some(dir), _) => patchbay_server::cve::CveSource::Snapshot(dir),
-                (None, Some(path)) => patchbay_server::cve::CveSource::Vulns { path, kev },
-                (None, None) => anyhow::bail!("give the vulns checkout or --snapshot DIR"),
+            let source = match (bundled, snapshot, path) {
+                (true, _, _) => patchbay_server::cve::CveSource::Bundled,
+                (false, Some(dir), _) => patchbay_server::cve::CveSource::Snapshot(dir),
+                (false, None, Some(path)) => patchbay_server::cve::CveSource::Vulns { path, kev },
+                (false, None, None) => {
+                    anyhow::bail!("give the vulns checkout, --snapshot DIR or --bundled")
+                }
             };
             let summary = patchbay_server::cve::sync(&data, &source)?;
             println!(
@@ -608,33 +617,58 @@ async fn init(
 }
 
 async fn doctor(data: &Path) -> Result<()> {
+    use patchbay_server::doctor::{Finding, Verdict};
     let service = Service::open(data).await?;
     let now = jiff::Timestamp::now();
-    let mut problems = 0;
+    let mut findings = Vec::new();
     for e in service.metadata_expiry().await? {
         let keys = match e.keys {
             patchbay_server::tuf::KeyPlace::Online => "renewed automatically by serve",
             patchbay_server::tuf::KeyPlace::Offline => "key offline: renewed by an administrator",
             patchbay_server::tuf::KeyPlace::Mirror => "mirror: renewed by the next import",
         };
-        match e.warning(now) {
-            Some(warning) => {
-                problems += 1;
-                println!("WARN  {warning}");
-            }
-            None => println!(
-                "ok    {}.json version {} expires {} ({} days; {keys})",
-                e.role,
-                e.version,
-                e.expires,
-                e.seconds_left(now) / 86_400
+        findings.push(match e.warning(now) {
+            Some(warning) => Finding::new(Verdict::Warn, warning),
+            None => Finding::new(
+                Verdict::Ok,
+                format!(
+                    "{}.json version {} expires {} ({} days; {keys})",
+                    e.role,
+                    e.version,
+                    e.expires,
+                    e.seconds_left(now) / 86_400
+                ),
             ),
-        }
+        });
     }
-    if problems > 0 {
+    findings.extend(service.cve_data_findings().await?);
+    for finding in &findings {
+        println!("{finding}");
+    }
+    if findings.iter().any(|f| f.verdict != Verdict::Ok) {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// A data dir without CVE data (initialised by an older version, or `cve/db.json` removed)
+/// gets the snapshot bundled with this binary when `serve` starts, and the operator is told:
+/// a server never shows "no exposure" for want of data. Existing data is never replaced.
+fn install_missing_cve_data(data: &Path) {
+    match patchbay_server::cve::install_bundled_if_missing(data) {
+        Ok(Some(installed)) => eprintln!(
+            "patchbay-server: WARNING: {} had no CVE data (a data dir from an older version, or \
+             the file was removed); installed the snapshot bundled with this version \
+             ({installed}). It ages: run `patchbay-server cve sync` with the kernel CNA's vulns \
+             repository for current data (docs/exposure.md)",
+            patchbay_server::cve::db_path(data).display()
+        ),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "patchbay-server: WARNING: there is no CVE data and installing the bundled snapshot \
+             failed ({e}): every host's exposure is unknown until `patchbay-server cve sync` runs"
+        ),
+    }
 }
 
 /// One refresh round: renew what is due, say loudly what an administrator must renew.
@@ -674,6 +708,7 @@ async fn serve(
     given: Option<CertificateFiles>,
     insecure_http: bool,
 ) -> Result<()> {
+    install_missing_cve_data(data);
     let service = Arc::new(Service::open(data).await?);
     let tls = &service.config.tls;
     let served = if insecure_http || tls.protocol == ServedProtocol::InsecureHttp {

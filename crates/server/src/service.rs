@@ -114,8 +114,13 @@ pub struct OpenedSession {
 pub struct Metrics {
     /// Registered hosts by last reported state (states no host is in are absent).
     pub hosts_by_state: BTreeMap<HostState, u64>,
-    /// Today's fleet exposure: distinct open CVEs by severity, hosts breaching the window.
-    pub exposure: ExposureSnapshot,
+    /// Today's fleet exposure: distinct open CVEs by severity, hosts breaching the window,
+    /// hosts whose exposure is unknown.
+    pub exposure: crate::cve::FleetExposure,
+    /// What the CVE data is and how old.
+    pub cve_data: crate::cve::CveDataStatus,
+    /// Per series the bundled data knows or a host runs: whether the CVE data lacks it.
+    pub cve_series_missing: BTreeMap<patchbay_core::KernelSeries, bool>,
     /// Hosts per kernel series and CVE data state ([`crate::cve::hosts_by_series`]).
     pub hosts_by_series: BTreeMap<(String, &'static str), u64>,
     /// Check-ins received (a counter: pruning the history does not lower it).
@@ -141,11 +146,9 @@ pub struct Service {
     lock: Mutex<()>,
     /// Failed dashboard logins per user and address (see [`crate::throttle`]).
     login_throttle: crate::throttle::LoginThrottle,
-    /// The CVE database (`cve sync`), swapped whole when the file changes.
-    cve: std::sync::RwLock<(
-        Option<std::time::SystemTime>,
-        Arc<patchbay_exposure::CveDatabase>,
-    )>,
+    /// The CVE database (`init`, `cve sync`) with the file's modification time, read at first
+    /// use and swapped whole when the file changes (or goes).
+    cve: std::sync::RwLock<Option<(Option<std::time::SystemTime>, Arc<crate::cve::StoredDb>)>>,
 }
 
 fn bad(what: &str, value: &str, expected: &str) -> ServerError {
@@ -312,6 +315,9 @@ impl Service {
         let root_key_ids = tuf.init(&root_key_dir).await?;
         patchbay_core::fsutil::write_atomic(&config_path, config.commented().as_bytes())
             .map_err(|e| io(&config_path, e))?;
+        // The CVE data shipped with this binary: a new server never shows "no exposure" for want
+        // of data (`cve sync` replaces it with current data).
+        crate::cve::sync(data_dir, &crate::cve::CveSource::Bundled)?;
         let service = Service::open(data_dir).await?;
         let production = ChannelName::default_channel();
         service
@@ -361,12 +367,8 @@ impl Service {
             }
         };
         let store = SqliteStore::open(&db_path).await?;
-        let cve_db = crate::cve::load(data_dir)?;
-        let cve_mtime = std::fs::metadata(crate::cve::db_path(data_dir))
-            .and_then(|m| m.modified())
-            .ok();
         Ok(Service {
-            cve: std::sync::RwLock::new((cve_mtime, Arc::new(cve_db))),
+            cve: std::sync::RwLock::new(None),
             data_dir: data_dir.to_path_buf(),
             tuf: TufRepo::new(data_dir, config.tuf.clone()),
             blobs: Blobs::local(&data_dir.join("objects"))?,
@@ -382,38 +384,104 @@ impl Service {
         })
     }
 
-    /// The current CVE database.
+    /// The current CVE database (empty when there is none: every exposure is then unknown).
     pub fn cve_db(&self) -> Arc<patchbay_exposure::CveDatabase> {
-        match self.cve.read() {
-            Ok(guard) => Arc::clone(&guard.1),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner().1),
-        }
+        Arc::clone(&self.stored_cve().db)
     }
 
-    /// Reloads the CVE database if `cve sync` replaced it. Returns whether it did.
+    /// The CVE database as read from `cve/db.json`, re-read when the file changed since (a
+    /// `cve sync`, or the file removed): one `stat` per call, so every answer is about the data
+    /// on disk now.
+    fn stored_cve(&self) -> Arc<crate::cve::StoredDb> {
+        let _ = self.reload_cve_if_changed();
+        let current = match self.cve.read() {
+            Ok(guard) => guard.as_ref().map(|(_, stored)| Arc::clone(stored)),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .as_ref()
+                .map(|(_, stored)| Arc::clone(stored)),
+        };
+        current.unwrap_or_else(|| Arc::new(crate::cve::read_stored(&self.data_dir)))
+    }
+
+    /// Reads the CVE database again if it was not read yet or its file changed (a `cve sync`
+    /// replaced it, or it was removed). Returns whether it did. A missing or unreadable file
+    /// is not an error: it is reported by [`Service::cve_data_status`].
     pub fn reload_cve_if_changed(&self) -> Result<bool, ServerError> {
         let path = crate::cve::db_path(&self.data_dir);
         let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         let current = match self.cve.read() {
-            Ok(guard) => guard.0,
-            Err(poisoned) => poisoned.into_inner().0,
+            Ok(guard) => guard.as_ref().map(|(m, _)| *m),
+            Err(poisoned) => poisoned.into_inner().as_ref().map(|(m, _)| *m),
         };
-        if mtime == current {
+        if current == Some(mtime) {
             return Ok(false);
         }
-        let db = Arc::new(crate::cve::load(&self.data_dir)?);
+        let stored = Some((mtime, Arc::new(crate::cve::read_stored(&self.data_dir))));
         match self.cve.write() {
-            Ok(mut guard) => *guard = (mtime, db),
-            Err(poisoned) => *poisoned.into_inner() = (mtime, db),
+            Ok(mut guard) => *guard = stored,
+            Err(poisoned) => *poisoned.into_inner() = stored,
         }
         Ok(true)
     }
 
-    /// Today's fleet exposure of `hosts` (distinct open CVEs by severity, hosts breaching).
+    /// What the CVE data is and how old, against `cve.max_age_days`.
+    pub fn cve_data_status(&self) -> crate::cve::CveDataStatus {
+        crate::cve::data_status(
+            &self.stored_cve(),
+            self.config.cve.max_age_days,
+            unix_seconds(),
+        )
+    }
+
+    /// `doctor`'s findings about the CVE data: there is some (FAIL without: every exposure
+    /// is unknown), it is not older than `cve.max_age_days` (WARN), and it covers the series
+    /// the hosts run (WARN for each that it does not).
+    pub async fn cve_data_findings(&self) -> Result<Vec<crate::doctor::Finding>, ServerError> {
+        use crate::doctor::{Finding, Verdict};
+        let status = self.cve_data_status();
+        let mut findings = vec![match (status.state, &status.warning) {
+            (crate::cve::Freshness::Current, _) | (_, None) => {
+                Finding::new(Verdict::Ok, status.describe())
+            }
+            (crate::cve::Freshness::Outdated, Some(w)) => Finding::new(Verdict::Warn, w.clone()),
+            (crate::cve::Freshness::Missing, Some(w)) => Finding::new(Verdict::Fail, w.clone()),
+        }];
+        if status.state == crate::cve::Freshness::Missing {
+            return Ok(findings);
+        }
+        let hosts = self.store.hosts(&HostFilter::default()).await?;
+        let levels = self.store.levels().await?;
+        let db = self.cve_db();
+        let mut uncovered: BTreeMap<patchbay_core::KernelSeries, u64> = BTreeMap::new();
+        for v in hosts
+            .iter()
+            .filter_map(|h| crate::cve::host_upstream(h, &levels))
+        {
+            let series = patchbay_core::KernelSeries::of(&v);
+            if !db.covers(series) {
+                *uncovered.entry(series).or_default() += 1;
+            }
+        }
+        for (series, n) in uncovered {
+            findings.push(Finding::new(
+                Verdict::Warn,
+                format!(
+                    "{n} host(s) run {series}.y, which the CVE data does not cover (it covers \
+                     {}): their exposure is unknown",
+                    db.covered_text()
+                ),
+            ));
+        }
+        Ok(findings)
+    }
+
+    /// Today's fleet exposure of `hosts` (distinct open CVEs by severity, hosts breaching,
+    /// hosts whose exposure is unknown).
     pub async fn fleet_exposure(
         &self,
         hosts: &[HostRecord],
-    ) -> Result<ExposureSnapshot, ServerError> {
+    ) -> Result<crate::cve::FleetExposure, ServerError> {
         let levels = self.store.levels().await?;
         Ok(crate::cve::fleet_snapshot(
             &self.cve_db(),
@@ -437,12 +505,15 @@ impl Service {
         ))
     }
 
-    /// Computes today's fleet exposure and keeps it as the day's snapshot.
-    pub async fn record_exposure_snapshot(&self) -> Result<ExposureSnapshot, ServerError> {
+    /// Computes today's fleet exposure and keeps it as the day's snapshot — unless no host's
+    /// exposure is known (no CVE data): a day of zeros in the trend would read "no exposure".
+    pub async fn record_exposure_snapshot(&self) -> Result<crate::cve::FleetExposure, ServerError> {
         let hosts = self.store.hosts(&HostFilter::default()).await?;
-        let snapshot = self.fleet_exposure(&hosts).await?;
-        self.store.record_snapshot(&snapshot).await?;
-        Ok(snapshot)
+        let fleet = self.fleet_exposure(&hosts).await?;
+        if !fleet.all_unknown() {
+            self.store.record_snapshot(&fleet.snapshot).await?;
+        }
+        Ok(fleet)
     }
 
     /// The compliance report of every host on day `at`.
@@ -503,6 +574,7 @@ impl Service {
     /// and the served roles' expiry.
     pub async fn metrics(&self) -> Result<Metrics, ServerError> {
         let hosts = self.hosts(&HostFilter::default()).await?;
+        let levels = self.store.levels().await?;
         let mut hosts_by_state = BTreeMap::new();
         for host in &hosts {
             *hosts_by_state.entry(host.state).or_default() += 1;
@@ -511,11 +583,9 @@ impl Service {
             hosts_by_state,
             // Exposure once per distinct (release, fixes) pair, as for the dashboard.
             exposure: self.fleet_exposure(&hosts).await?,
-            hosts_by_series: crate::cve::hosts_by_series(
-                &self.cve_db(),
-                &hosts,
-                &self.store.levels().await?,
-            ),
+            hosts_by_series: crate::cve::hosts_by_series(&self.cve_db(), &hosts, &levels),
+            cve_data: self.cve_data_status(),
+            cve_series_missing: crate::cve::series_missing(&self.cve_db(), &hosts, &levels),
             checkins: self.store.checkin_count().await?,
             expiries: self.metadata_expiry().await?,
         })
@@ -542,6 +612,7 @@ impl Service {
             host,
             &exposure,
             &self.cve_db(),
+            &self.cve_data_status(),
             &now_rfc3339(),
         ))
     }

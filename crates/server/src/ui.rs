@@ -55,9 +55,10 @@ pub fn router() -> Router<AppState> {
         .route("/hosts/{id}/vex.json", get(host_vex))
 }
 
-/// A logged-in dashboard user, with the warnings every page shows them (signed metadata that
-/// expires soon and needs an administrator's offline key).
-struct UiUser(SessionRecord, Vec<String>);
+/// A logged-in dashboard user, with the warnings every page shows them: signed metadata that
+/// expires soon and needs an administrator's offline key, and CVE data that is missing or
+/// older than `cve.max_age_days`.
+struct UiUser(SessionRecord, Vec<String>, Option<String>);
 
 impl UiUser {
     /// Refuses (403) a form without this session's CSRF token (compared in constant time).
@@ -100,7 +101,7 @@ impl FromRequestParts<AppState> for UiUser {
                     .metadata_warnings()
                     .await
                     .unwrap_or_else(|e| vec![format!("cannot read the signed metadata: {e}")]);
-                Ok(UiUser(session, warnings))
+                Ok(UiUser(session, warnings, state.cve_data_status().warning))
             }
             Ok(_) => Err(to_login()),
             Err(e) => Err(e.into_response()),
@@ -195,10 +196,32 @@ fn page(user: Option<&UiUser>, title: &str, body: Markup) -> Markup {
                     @for warning in &u.1 {
                         div.banner role="alert" { strong { "Signed metadata: " } (warning) }
                     }
+                    @if let Some(warning) = &u.2 {
+                        div.banner.cve-data #cve-data-banner role="alert" { strong { "CVE data: " } (warning) }
+                    }
                 }
                 main { (body) }
             }
         }
+    }
+}
+
+/// The CVE data's date and source, shown beside every exposure figure.
+fn data_line(status: &crate::cve::CveDataStatus) -> Markup {
+    let class = match status.state {
+        crate::cve::Freshness::Current => "data-line",
+        _ => "data-line warn",
+    };
+    html! { p #cve-data class=(class) { (status.describe()) } }
+}
+
+/// A fleet total over the hosts whose exposure is known: the number, or `unknown` when no
+/// host's is (never 0 for want of data).
+fn fleet_total(fleet: &crate::cve::FleetExposure, n: u64) -> String {
+    if fleet.all_unknown() {
+        "unknown".to_owned()
+    } else {
+        n.to_string()
     }
 }
 
@@ -397,7 +420,9 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
     let bars = |m: &BTreeMap<String, u64>| -> Vec<(String, u64)> {
         m.iter().map(|(k, v)| (k.clone(), *v)).collect()
     };
-    let now_snapshot = service.fleet_exposure(&hosts).await?;
+    let fleet = service.fleet_exposure(&hosts).await?;
+    let now_snapshot = &fleet.snapshot;
+    let data = service.cve_data_status();
     let (by_series, notices) = service.fleet_series(&hosts).await?;
     let series_bars: Vec<(String, u64)> = by_series
         .iter()
@@ -407,7 +432,7 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
         })
         .collect();
     let mut history = service.exposure_history(90).await?;
-    if history.last().is_none_or(|h| h.day != now_snapshot.day) {
+    if !fleet.all_unknown() && history.last().is_none_or(|h| h.day != now_snapshot.day) {
         history.push(now_snapshot.clone());
     }
     let severity_bars = vec![
@@ -427,13 +452,21 @@ async fn fleet(State(service): State<AppState>, user: UiUser) -> PageResult {
                 div.card { b { (by_state.get(HostState::Patched.as_str()).copied().unwrap_or(0)) } "patched" }
                 div.card { b { (by_state.get(HostState::Error.as_str()).copied().unwrap_or(0)) } "in error" }
                 div.card { b { (stale) } "silent > 8 h" }
-                div.card { b #breached { (now_snapshot.hosts_breached) } "hosts past the 30-day window" }
-                div.card { b #open-high { (now_snapshot.critical + now_snapshot.high) } "open CVEs with CVSS ≥ 7" }
+                div.card { b #breached { (fleet_total(&fleet, now_snapshot.hosts_breached)) } "hosts past the 30-day window" }
+                div.card { b #open-high { (fleet_total(&fleet, now_snapshot.critical + now_snapshot.high)) } "open CVEs with CVSS ≥ 7" }
+                @if fleet.hosts_unknown > 0 {
+                    div.card.warn { b #hosts-unknown { (fleet.hosts_unknown) } "hosts of unknown exposure (not counted)" }
+                }
             }
+            (data_line(&data))
             @if !notices.is_empty() {
                 ul #data-notices { @for n in &notices { li.warn { (n) } } }
             }
-            (bar_chart("Open CVEs by severity (live patches counted)", &severity_bars))
+            @if fleet.all_unknown() {
+                p.warn #severity-unknown { "Open CVEs by severity: unknown (no host's exposure can be computed)." }
+            } @else {
+                (bar_chart("Open CVEs by severity (live patches counted)", &severity_bars))
+            }
             (trend_chart(&history))
             (bar_chart("Hosts by state", &bars(&by_state)))
             (bar_chart("Hosts by kernel series", &series_bars))
@@ -557,6 +590,7 @@ async fn hosts(
 async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<String>) -> PageResult {
     let h = service.host(&id).await?;
     let exposure = service.host_exposure(&h).await?;
+    let data = service.cve_data_status();
     let coverage = exposure
         .upstream_version
         .map(|v| patchbay_exposure::DataCoverage::of(&service.cve_db(), &v));
@@ -592,6 +626,7 @@ async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<Stri
                 ul #live-fixes { @for cve in &level.manifest.fixes { li { (cve) } } }
             }
             h2 { "Exposure" }
+            (data_line(&data))
             @if let Some(notice) = exposure.live.as_ref().and_then(|l| l.data.notice.as_ref()) {
                 p.warn #data-notice { (notice) }
             }
@@ -631,7 +666,7 @@ async fn host(State(service): State<AppState>, user: UiUser, Path(id): Path<Stri
                     Some(c) if c.state == patchbay_exposure::DataState::NoData => {
                         p.warn #data-notice { (c.notice.clone().unwrap_or_default()) }
                     }
-                    Some(_) => { p { "No CVE data yet (patchbay-server cve sync)." } }
+                    Some(_) => { p.warn #data-notice { "Exposure unknown: the server has no CVE data (patchbay-server cve sync)." } }
                     None => { p { "No upstream release known for this kernel." } }
                 } }
             }
@@ -1243,12 +1278,20 @@ async fn compliance(
     let series = series_query(&query)?;
     let policy = patchbay_exposure::Policy::default();
     let all = service.compliance(crate::cve::today(), policy).await?;
+    let data = service.cve_data_status();
     let groups = series_groups(&all);
     let rows = match &series {
         Some(s) => crate::cve::rows_of_series(all, s),
         None => all,
     };
-    let breached = rows.iter().filter(|r| r.window_breached).count();
+    let breached = rows
+        .iter()
+        .filter(|r| r.window == crate::cve::WindowState::Breached)
+        .count();
+    let unknown = rows
+        .iter()
+        .filter(|r| r.window == crate::cve::WindowState::Unknown)
+        .count();
     // Links keep the series filter.
     let filter = series.map_or(String::new(), |s| format!("series={s}&"));
     let count = |n: Option<usize>| n.map_or("–".to_owned(), |n| n.to_string());
@@ -1259,8 +1302,11 @@ async fn compliance(
             h1 { "Compliance report" @if let Some(s) = &series { " — " (s) ".y" } }
             p { "Policy: a CVE with CVSS ≥ " (policy.min_high_score) " must be fixed within "
                 (policy.window_days) " days of publication. "
-                strong #breached-hosts { (breached) } " of " (rows.len()) " hosts breach it today. "
+                strong #breached-hosts { (breached) } " of " (rows.len()) " hosts breach it today"
+                @if unknown > 0 { "; for " strong.warn #unknown-hosts { (unknown) } " it is unknown" }
+                ". "
                 a href={"/ui/compliance.csv" @if let Some(s) = &series { "?series=" (s) }} { "Download CSV" } }
+            (data_line(&data))
             h2 { "By kernel series" }
             table #series {
                 tr { th { "Series" } th { "Hosts" } th { "Breaching" } th { "CVE data" } }
@@ -1287,7 +1333,11 @@ async fn compliance(
                         td { (r.effective_version.clone().unwrap_or_default()) }
                         td { @if let Some(l) = r.active_level { (l) } @else { "none" } }
                         td { (count(r.live_cves)) } td { (count(r.live_high)) } td { (count(r.live_high_overdue)) } td { (count(r.live_kev)) } td { (count(r.fixed_by_patch)) }
-                        td { @if r.window_breached { span.error { "breached" } } @else if r.live_cves.is_none() { span.warn { "unknown" } } @else { span.ok { "within" } } }
+                        td.window { @match r.window {
+                            crate::cve::WindowState::Breached => { span.error { "breached" } }
+                            crate::cve::WindowState::Unknown => { span.warn { "unknown" } }
+                            crate::cve::WindowState::Within => { span.ok { "within" } }
+                        } }
                     }
                 }
             }
@@ -1342,7 +1392,7 @@ fn series_groups(rows: &[crate::cve::ComplianceRow]) -> Vec<SeriesGroup> {
             notice: None,
         });
         g.hosts += 1;
-        g.breached += usize::from(r.window_breached);
+        g.breached += usize::from(r.window == crate::cve::WindowState::Breached);
         if g.notice.is_none() {
             g.notice.clone_from(&r.notice);
         }
@@ -1373,7 +1423,7 @@ async fn compliance_csv(
                 HeaderValue::from_static("attachment; filename=\"patchbay-compliance.csv\""),
             ),
         ],
-        crate::cve::compliance_csv(&rows),
+        crate::cve::compliance_csv(&rows, &service.cve_data_status()),
     )
         .into_response())
 }

@@ -33,28 +33,31 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_patchbay-server")
 }
 
-/// `init`, `config.toml` edited by `edit_config`, then `serve` on a free loopback port.
-pub fn start(edit_config: impl FnOnce(&str) -> String) -> Server {
+/// `init`, `config.toml` rewritten by `edit`, then `serve` on a free loopback port.
+pub fn start(edit: impl FnOnce(&str) -> String) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut process = ServerProcess::init(Path::new(bin()), &data).unwrap();
-    let config = data.join("config.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, edit_config(&text)).unwrap();
+    edit_config(&data, edit);
     process.serve().unwrap();
     Server::from_process(process, dir)
 }
 
 /// [`start`] serving plain HTTP (`serve --insecure-http`), for the tests about it.
-pub fn start_insecure_http(edit_config: impl FnOnce(&str) -> String) -> Server {
+pub fn start_insecure_http(edit: impl FnOnce(&str) -> String) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut process = ServerProcess::init(Path::new(bin()), &data).unwrap();
-    let config = data.join("config.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, edit_config(&text)).unwrap();
+    edit_config(&data, edit);
     process.serve_insecure_http().unwrap();
     Server::from_process(process, dir)
+}
+
+/// Rewrites `<data>/config.toml` with `edit` (read when a server process starts).
+pub fn edit_config(data: &Path, edit: impl FnOnce(&str) -> String) {
+    let config = data.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, edit(&text)).unwrap();
 }
 
 /// Another server process on `data` (initialised before, by a test or by [`start`]), with
@@ -546,4 +549,56 @@ pub fn files_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
     walk(dir, dir, &mut files);
     files.sort();
     files
+}
+
+/// A dashboard session over HTTP, as a browser would hold it (redirects not followed).
+pub struct UiPages {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    cookie: String,
+    url: String,
+}
+
+impl UiPages {
+    /// Adds a viewer `user` with `password` and logs them in.
+    pub fn login(s: &Server, user: &str, password: &str) -> UiPages {
+        add_user(s, user, "viewer", password);
+        UiPages::session(s, user, password)
+    }
+
+    /// A new session of an existing `user` (e.g. after the server restarted on another port).
+    pub fn session(s: &Server, user: &str, password: &str) -> UiPages {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = s
+            .process
+            .client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let cookie = rt.block_on(ui_session(&client, &s.url, user, password));
+        UiPages {
+            rt,
+            client,
+            cookie,
+            url: s.url.clone(),
+        }
+    }
+
+    /// The page at `path`; fails the test unless it is answered 200.
+    pub fn page(&self, path: &str) -> String {
+        self.rt.block_on(async {
+            let r = self
+                .client
+                .get(format!("{}{path}", self.url))
+                .header("cookie", &self.cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            r.text().await.unwrap()
+        })
+    }
 }
