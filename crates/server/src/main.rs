@@ -118,13 +118,31 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Offline targets key, step 2 (on the offline machine): sign an unsigned targets role.
+    /// Offline targets key, step 2 (on the offline machine): show every target the unsigned
+    /// role adds, changes or removes since the last signed role (kernel, level, CVEs, size,
+    /// hash), ask, then sign. Removals are refused without --allow-removals; without a
+    /// terminal nothing is signed without --yes.
     SignTargets {
+        /// The targets key (Ed25519 PKCS#8).
         #[arg(long)]
         key: PathBuf,
+        /// The repository's root.json (keep your own copy on the offline machine).
         #[arg(long)]
         root: PathBuf,
+        /// The last signed targets role, the version just below the unsigned one: your
+        /// previous sign-targets output, or the server's tuf/metadata/<N>.targets.json
+        /// (verified against --root).
+        #[arg(long, value_name = "FILE")]
+        previous: PathBuf,
+        /// Sign without asking (for scripts); the changes are still printed.
+        #[arg(long)]
+        yes: bool,
+        /// Sign a role that removes targets the last signed role lists.
+        #[arg(long)]
+        allow_removals: bool,
+        /// The unsigned targets role (export-unsigned's output).
         unsigned: PathBuf,
+        /// Where to write the signed role (for import-signed, and as the next --previous).
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -485,13 +503,33 @@ async fn run(cli: Cli) -> Result<()> {
         Command::SignTargets {
             key,
             root,
+            previous,
+            yes,
+            allow_removals,
             unsigned,
             output,
         } => {
-            let unsigned_bytes =
-                std::fs::read(&unsigned).with_context(|| format!("read {}", unsigned.display()))?;
-            let root_bytes =
-                std::fs::read(&root).with_context(|| format!("read {}", root.display()))?;
+            let read = |path: &Path| {
+                std::fs::read(path).with_context(|| format!("read {}", path.display()))
+            };
+            let (unsigned_bytes, root_bytes) = (read(&unsigned)?, read(&root)?);
+            let review = patchbay_server::tuf::review_targets(
+                &unsigned_bytes,
+                &read(&previous)?,
+                &root_bytes,
+            )?;
+            print!("{}", review.render());
+            let removals = if allow_removals {
+                patchbay_server::tuf::Removals::Allow
+            } else {
+                patchbay_server::tuf::Removals::Refuse
+            };
+            if let Some(refusal) = review.refusal(removals) {
+                anyhow::bail!("not signed: {refusal}");
+            }
+            if !yes {
+                confirm_signing(review.version)?;
+            }
             let signed =
                 patchbay_server::tuf::sign_targets_offline(&unsigned_bytes, &root_bytes, &key)
                     .await?;
@@ -810,4 +848,25 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+/// Asks on the terminal whether to sign targets `version` (the changes are printed above); an
+/// error unless the answer is yes. Without a terminal nothing is confirmed: `--yes` is the
+/// script's way.
+fn confirm_signing(version: u64) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "not signed: nobody confirmed the changes above (no terminal); read them and pass \
+             --yes to sign from a script"
+        );
+    }
+    eprint!("sign targets version {version} with these changes? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => anyhow::bail!("not signed: not confirmed"),
+    }
 }

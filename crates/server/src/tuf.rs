@@ -1027,6 +1027,247 @@ impl TufRepo {
     }
 }
 
+/// One target a targets role adds, changes or removes against the last signed role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetChange {
+    /// Listed now, not before.
+    Added {
+        /// The target's name (`bundles/<build-id>/<level>.pbb`, `channels/<name>.json`).
+        name: String,
+        /// What the role lists.
+        entry: TargetEntry,
+    },
+    /// Listed before and now, with other hashes, length or custom data.
+    Changed {
+        /// The target's name.
+        name: String,
+        /// What the last signed role listed.
+        before: TargetEntry,
+        /// What the role lists now.
+        after: TargetEntry,
+    },
+    /// Listed before, not now.
+    Removed {
+        /// The target's name.
+        name: String,
+        /// What the last signed role listed.
+        entry: TargetEntry,
+    },
+}
+
+/// Whether removals may be signed: a removal is never signed unless the signer said so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removals {
+    /// Refuse a role that removes any target.
+    Refuse,
+    /// The signer allows removals (`sign-targets --allow-removals`).
+    Allow,
+}
+
+/// What an unsigned targets role changes against the last signed one: what the offline signer
+/// reads before signing (`sign-targets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetsReview {
+    /// The version of the last signed role (verified against root).
+    pub previous_version: u64,
+    /// The version the unsigned role will have.
+    pub version: u64,
+    /// When the unsigned role expires (RFC 3339).
+    pub expires: String,
+    /// Every target added, changed or removed, by name.
+    pub changes: Vec<TargetChange>,
+    /// How many targets are listed unchanged.
+    pub unchanged: usize,
+}
+
+impl TargetsReview {
+    /// The names of the targets the role removes.
+    pub fn removed(&self) -> Vec<&str> {
+        self.changes
+            .iter()
+            .filter_map(|c| match c {
+                TargetChange::Removed { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Why the role must not be signed as it is: removals the signer did not allow.
+    pub fn refusal(&self, removals: Removals) -> Option<String> {
+        let removed = self.removed();
+        if removed.is_empty() || removals == Removals::Allow {
+            return None;
+        }
+        Some(format!(
+            "the role removes {} target(s) the last signed role (version {}) lists: {}; a \
+             removal is never signed silently: find out why with whoever exported the role, and \
+             pass --allow-removals if it is meant",
+            removed.len(),
+            self.previous_version,
+            removed.join(", ")
+        ))
+    }
+
+    /// The review as the signer reads it: one block per added, changed or removed target
+    /// (kernel, level, CVEs, size, hash).
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "targets version {} (expires {}) against the last signed version {}:\n",
+            self.version, self.expires, self.previous_version
+        );
+        if self.changes.is_empty() {
+            out.push_str("  no target added, changed or removed (signing renews the expiry)\n");
+        }
+        for change in &self.changes {
+            match change {
+                TargetChange::Added { name, entry } => {
+                    out.push_str(&format!(
+                        "  + added    {name}\n             {}\n",
+                        describe_target(name, entry)
+                    ));
+                }
+                TargetChange::Removed { name, entry } => {
+                    out.push_str(&format!(
+                        "  - removed  {name}\n             {}\n",
+                        describe_target(name, entry)
+                    ));
+                }
+                TargetChange::Changed {
+                    name,
+                    before,
+                    after,
+                } => {
+                    out.push_str(&format!(
+                        "  ~ changed  {name}\n             was: {}\n             now: {}\n",
+                        describe_target(name, before),
+                        describe_target(name, after)
+                    ));
+                }
+            }
+        }
+        out.push_str(&format!("  {} target(s) unchanged\n", self.unchanged));
+        out
+    }
+}
+
+/// One line about a target: for a bundle its signed manifest's kernel, level and CVEs, then
+/// for every target its size and sha256.
+fn describe_target(name: &str, entry: &TargetEntry) -> String {
+    let size = format!("{} bytes, sha256 {}", entry.length, entry.sha256);
+    let Some(manifest) = entry.custom.get("manifest") else {
+        if name.starts_with("bundles/") {
+            return format!("NO MANIFEST in its signed data (hosts refuse it), {size}");
+        }
+        return size;
+    };
+    let parsed = serde_json::to_vec(manifest)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| patchbay_core::Manifest::parse(&bytes).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(m) => {
+            let fixes: Vec<&str> = m.fixes.iter().map(|c| c.as_str()).collect();
+            format!(
+                "kernel {} (build-id {}), level {}, fixes {}, {size}",
+                m.kernel.release,
+                m.kernel.build_id,
+                m.level,
+                if fixes.is_empty() {
+                    "no CVE".to_owned()
+                } else {
+                    fixes.join(" ")
+                }
+            )
+        }
+        Err(e) => format!("UNREADABLE MANIFEST ({e}; hosts refuse it), {size}"),
+    }
+}
+
+/// Compares the unsigned targets role `unsigned` (from `export-unsigned`) with `previous`, the
+/// last signed targets role, which must verify against `root_json`'s targets keys and be the
+/// version just below. A role that delegates (Patchbay never does) or carries fields Patchbay
+/// never writes is refused.
+pub fn review_targets(
+    unsigned: &[u8],
+    previous: &[u8],
+    root_json: &[u8],
+) -> Result<TargetsReview, ServerError> {
+    let role: Targets = serde_json::from_slice(unsigned)
+        .map_err(|e| ServerError::BadRequest(format!("not an unsigned targets role: {e}")))?;
+    let root: Signed<Root> = serde_json::from_slice(root_json)
+        .map_err(|e| ServerError::BadRequest(format!("not a root.json: {e}")))?;
+    let previous: Signed<Targets> = serde_json::from_slice(previous).map_err(|e| {
+        ServerError::BadRequest(format!(
+            "--previous is not a signed targets role ({e}); give the last sign-targets output \
+             or the server's served <N>.targets.json"
+        ))
+    })?;
+    root.signed.verify_role(&previous).map_err(|e| {
+        ServerError::BadRequest(format!(
+            "--previous is not signed by the targets key(s) of this root.json ({e}); give a \
+             targets role this repository signed"
+        ))
+    })?;
+    let delegates = role
+        .delegations
+        .as_ref()
+        .is_some_and(|d| !d.keys.is_empty() || !d.roles.is_empty());
+    if delegates || !role._extra.is_empty() {
+        let mut extra: Vec<&str> = role._extra.keys().map(String::as_str).collect();
+        if delegates {
+            extra.push("delegations");
+        }
+        extra.sort_unstable();
+        return Err(ServerError::BadRequest(format!(
+            "the unsigned role carries fields Patchbay never writes ({}); refused: do not sign \
+             it, and find out who made it",
+            extra.join(", ")
+        )));
+    }
+    let (previous_version, version) = (previous.signed.version.get(), role.version.get());
+    if previous_version.checked_add(1) != Some(version) {
+        return Err(ServerError::BadRequest(format!(
+            "--previous is targets version {previous_version}, the unsigned role is version \
+             {version}: give version {} (the server serves it as tuf/metadata/{}.targets.json), \
+             so that every change since is shown",
+            version.saturating_sub(1),
+            version.saturating_sub(1)
+        )));
+    }
+    let before = target_entries(&previous.signed);
+    let after = target_entries(&role);
+    let mut changes = Vec::new();
+    let mut unchanged = 0;
+    for (name, entry) in &after {
+        match before.get(name) {
+            None => changes.push(TargetChange::Added {
+                name: name.clone(),
+                entry: entry.clone(),
+            }),
+            Some(old) if old == entry => unchanged += 1,
+            Some(old) => changes.push(TargetChange::Changed {
+                name: name.clone(),
+                before: old.clone(),
+                after: entry.clone(),
+            }),
+        }
+    }
+    for (name, entry) in &before {
+        if !after.contains_key(name) {
+            changes.push(TargetChange::Removed {
+                name: name.clone(),
+                entry: entry.clone(),
+            });
+        }
+    }
+    Ok(TargetsReview {
+        previous_version,
+        version,
+        expires: patchbay_core::clock::rfc3339(role.expires.as_second()),
+        changes,
+        unchanged,
+    })
+}
+
 /// Signs an unsigned targets role (JSON of `Targets`) with a targets key file: the offline half
 /// of the targets-key procedure. `root` is the repository's `root.json`.
 pub async fn sign_targets_offline(

@@ -162,3 +162,200 @@ fn an_archive_whose_copy_of_the_trusted_root_is_forged_is_refused() {
     );
     fresh_client(&inner, &[]).unwrap();
 }
+
+fn export_unsigned(s: &Server, name: &str) -> PathBuf {
+    let unsigned = s._dir.path().join(format!("{name}.unsigned.json"));
+    let out = cli(
+        &["export-unsigned", "-o", unsigned.to_str().unwrap()],
+        &s.data,
+    );
+    assert!(out.status.success(), "{out:?}");
+    unsigned
+}
+
+/// `sign-targets` as the offline machine runs it, stdin not a terminal.
+fn sign_targets(
+    s: &Server,
+    key: &Path,
+    previous: &Path,
+    unsigned: &Path,
+    output: &Path,
+    flags: &[&str],
+) -> std::process::Output {
+    Command::new(bin())
+        .args(["sign-targets", "--key"])
+        .arg(key)
+        .arg("--root")
+        .arg(s.data.join("tuf/metadata/root.json"))
+        .arg("--previous")
+        .arg(previous)
+        .args(flags)
+        .arg(unsigned)
+        .arg("-o")
+        .arg(output)
+        .output()
+        .unwrap()
+}
+
+/// [`sign_targets`] without `--yes` on a terminal (util-linux `script` gives it a pty) where
+/// the signer types `answer`; the terminal's text is the output's stdout.
+fn sign_targets_on_a_terminal(
+    s: &Server,
+    key: &Path,
+    previous: &Path,
+    unsigned: &Path,
+    output: &Path,
+    answer: &str,
+) -> std::process::Output {
+    let command = [
+        bin(),
+        "sign-targets",
+        "--key",
+        key.to_str().unwrap(),
+        "--root",
+        s.data.join("tuf/metadata/root.json").to_str().unwrap(),
+        "--previous",
+        previous.to_str().unwrap(),
+        unsigned.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ]
+    .map(|word| format!("'{word}'"))
+    .join(" ");
+    let mut child = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux script (package bsdutils)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{answer}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sign_targets_shows_every_change_and_signs_no_removal_or_anything_unconfirmed() {
+    let s = start(|t| t.to_owned());
+    let key = s._dir.path().join("targets-offline.pk8");
+    std::fs::rename(s.data.join("keys/targets.pk8"), &key).unwrap();
+    let first_version = served_targets_version(&s);
+    let served_first = s
+        .data
+        .join(format!("tuf/metadata/{first_version}.targets.json"));
+
+    // Level 1, signed offline against the served role: shown, then signed with --yes.
+    publish(&s, 1);
+    let unsigned = export_unsigned(&s, "level-1");
+    let signed_1 = s._dir.path().join("level-1.signed.json");
+    let out = sign_targets(&s, &key, &served_first, &unsigned, &signed_1, &["--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let level_1 = format!("bundles/{BUILD_ID}/1.pbb");
+    assert!(
+        stdout.contains(&format!("+ added    {level_1}")),
+        "{stdout}"
+    );
+    let out = cli(&["import-signed", signed_1.to_str().unwrap()], &s.data);
+    assert!(out.status.success(), "{out:?}");
+
+    // Level 2 is published; the (compromised) server's export also drops level 1.
+    publish(&s, 2);
+    let exported = export_unsigned(&s, "level-2");
+    let mut role: Value = serde_json::from_slice(&std::fs::read(&exported).unwrap()).unwrap();
+    let level_2 = format!("bundles/{BUILD_ID}/2.pbb");
+    let added = role["targets"][&level_2].clone();
+    let removed = role["targets"][&level_1].clone();
+    assert!(added.is_object() && removed.is_object(), "{role}");
+    role["targets"].as_object_mut().unwrap().remove(&level_1);
+    let tampered = s._dir.path().join("tampered.unsigned.json");
+    std::fs::write(&tampered, serde_json::to_vec_pretty(&role).unwrap()).unwrap();
+    let output = s._dir.path().join("tampered.signed.json");
+
+    for flags in [&[][..], &["--yes"], &["--allow-removals"]] {
+        let out = sign_targets(&s, &key, &signed_1, &tampered, &output, flags);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(!out.status.success(), "{flags:?}: signed: {stdout}");
+        assert!(!output.exists(), "{flags:?}: wrote {}", output.display());
+        // Both changes are shown with what they are: kernel, level, CVEs, size, hash.
+        for (sign, name, level, entry) in [
+            ("+ added", &level_2, 2, &added),
+            ("- removed", &level_1, 1, &removed),
+        ] {
+            let block = stdout
+                .split_once(&format!("{sign:<10} {name}\n"))
+                .map(|(_, rest)| rest.lines().next().unwrap_or_default())
+                .unwrap_or_else(|| panic!("{flags:?}: no {sign} {name} in {stdout}"));
+            for wanted in [
+                format!("kernel {RELEASE} (build-id {BUILD_ID})"),
+                format!("level {level}"),
+                "CVE-2024-1086".to_owned(),
+                format!("{} bytes", entry["length"]),
+                format!("sha256 {}", entry["hashes"]["sha256"].as_str().unwrap()),
+            ] {
+                assert!(
+                    block.contains(&wanted),
+                    "{flags:?}: {wanted:?} not in {block:?}"
+                );
+            }
+        }
+        let why = if flags.contains(&"--allow-removals") {
+            "--yes"
+        } else {
+            "--allow-removals"
+        };
+        assert!(
+            stderr.contains("not signed") && stderr.contains(why),
+            "{flags:?}: {stderr}"
+        );
+        if why == "--allow-removals" {
+            assert!(stderr.contains(&level_1), "{flags:?}: {stderr}");
+        }
+    }
+
+    // Both allowed: it signs exactly the role it showed.
+    let out = sign_targets(
+        &s,
+        &key,
+        &signed_1,
+        &tampered,
+        &output,
+        &["--yes", "--allow-removals"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let signed: Value = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
+    assert_eq!(signed["signed"], role);
+
+    // A previous role that is not the version just below is refused, naming the one to give.
+    let out = sign_targets(&s, &key, &served_first, &exported, &output, &["--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("give version {}", first_version + 1)),
+        "{stderr}"
+    );
+    // The genuine export (level 2 added, nothing removed), on a terminal: the signer who
+    // answers no gets nothing, the one who answers yes a role that installs.
+    let genuine = s._dir.path().join("level-2.signed.json");
+    for (answer, signs) in [("n", false), ("y", true)] {
+        let out = sign_targets_on_a_terminal(&s, &key, &signed_1, &exported, &genuine, answer);
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            shown.contains(&format!("+ added    {level_2}")) && shown.contains("[y/N]"),
+            "{answer}: {shown}"
+        );
+        assert_eq!(out.status.success(), signs, "{answer}: {shown}");
+        assert_eq!(genuine.exists(), signs, "{answer}: {shown}");
+    }
+    let out = cli(&["import-signed", genuine.to_str().unwrap()], &s.data);
+    assert!(out.status.success(), "{out:?}");
+    assert!(served_targets(&s)[&level_2].is_object());
+}

@@ -580,6 +580,7 @@ fn offline_targets_key_signs_changes_on_another_machine() {
     );
     assert!(out.status.success(), "{out:?}");
     let root = s.data.join("tuf/metadata/root.json");
+    let previous = s.data.join(format!("tuf/metadata/{before}.targets.json"));
 
     // Signed with the wrong key: refused, nothing changes.
     let wrong = Command::new(bin())
@@ -587,6 +588,9 @@ fn offline_targets_key_signs_changes_on_another_machine() {
         .arg(s.data.join("keys/snapshot.pk8"))
         .arg("--root")
         .arg(&root)
+        .arg("--previous")
+        .arg(&previous)
+        .arg("--yes")
         .arg(&unsigned)
         .arg("-o")
         .arg(&signed)
@@ -602,6 +606,9 @@ fn offline_targets_key_signs_changes_on_another_machine() {
         .arg(&key)
         .arg("--root")
         .arg(&root)
+        .arg("--previous")
+        .arg(&previous)
+        .arg("--yes")
         .arg(&unsigned)
         .arg("-o")
         .arg(&signed)
