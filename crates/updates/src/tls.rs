@@ -181,20 +181,10 @@ fn as_pin_mismatch(e: &(dyn std::error::Error + 'static)) -> Option<PinMismatch>
 
 /// The text of `err` and all its causes, with a refused pin said plainly.
 pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    if let Some(mismatch) = pin_mismatch(err) {
-        return mismatch.to_string();
+    match pin_mismatch(err) {
+        Some(mismatch) => mismatch.to_string(),
+        None => crate::error_chain(err),
     }
-    let mut text = err.to_string();
-    let mut next = err.source();
-    while let Some(e) = next {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        next = e.source();
-    }
-    text
 }
 
 /// A reqwest client with Patchbay's timeouts that trusts the server as `trust` says.
