@@ -315,13 +315,7 @@ async fn run(cli: Cli) -> Result<()> {
             tls_san,
             hosts_check,
         } => {
-            let given = match (tls_cert, tls_key) {
-                (Some(certificate), Some(private_key)) => Some(CertificateFiles {
-                    certificate,
-                    private_key,
-                }),
-                _ => None,
-            };
+            let given = CertificateFiles::given(tls_cert, tls_key);
             let tls = InitTls {
                 given,
                 names: tls_san,
@@ -343,13 +337,7 @@ async fn run(cli: Cli) -> Result<()> {
             tls_key,
             insecure_http,
         } => {
-            let given = match (tls_cert, tls_key) {
-                (Some(certificate), Some(private_key)) => Some(CertificateFiles {
-                    certificate,
-                    private_key,
-                }),
-                _ => None,
-            };
+            let given = CertificateFiles::given(tls_cert, tls_key);
             serve(&data, listen, given, insecure_http).await
         }
         Command::Tls {

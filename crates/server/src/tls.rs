@@ -28,6 +28,15 @@ fn tls_err(path: &Path, reason: impl std::fmt::Display) -> ServerError {
 }
 
 impl CertificateFiles {
+    /// The files `--tls-cert` and `--tls-key` name, when both are given (clap requires each
+    /// with the other).
+    pub fn given(certificate: Option<PathBuf>, private_key: Option<PathBuf>) -> Option<Self> {
+        Some(CertificateFiles {
+            certificate: certificate?,
+            private_key: private_key?,
+        })
+    }
+
     /// The certificate chain, the server's own first; refused when there is none.
     pub fn chain(&self) -> Result<Vec<CertificateDer<'static>>, ServerError> {
         let path = &self.certificate;
