@@ -1634,6 +1634,22 @@ fn register_update_and_check_in_send_no_secret_in_clear() {
     }
 }
 
+/// A check-in through the host's link is refused as untrusted (nothing sent), not as an outage.
+fn assert_checkin_untrusted(server: &TestServer, k: &FakeKernel) {
+    let a = agent(k);
+    let remote = Remote::new(&a, defaults(), ApplyOptions::default());
+    let link = RemoteFiles::new(k.state_dir().root())
+        .load_link()
+        .unwrap()
+        .unwrap();
+    let err = server
+        .rt
+        .block_on(remote.checkin(&link, None, false))
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Untrusted(_)), "{err:?}");
+    assert_eq!(err.exit_code(), exit::REFUSED);
+}
+
 #[test]
 fn a_pinned_link_turned_to_plain_http_sends_nothing() {
     let (server, k) = setup();
@@ -1660,18 +1676,7 @@ fn a_pinned_link_turned_to_plain_http_sends_nothing() {
     });
     point_at(&k, &plain);
     assert_refused(&k, "plain HTTP");
-    let a = agent(&k);
-    let remote = Remote::new(&a, defaults(), ApplyOptions::default());
-    let link = RemoteFiles::new(k.state_dir().root())
-        .load_link()
-        .unwrap()
-        .unwrap();
-    let err = server
-        .rt
-        .block_on(remote.checkin(&link, None, false))
-        .unwrap_err();
-    assert!(matches!(err, RemoteError::Untrusted(_)), "{err:?}");
-    assert_eq!(err.exit_code(), exit::REFUSED);
+    assert_checkin_untrusted(&server, &k);
     assert!(
         received.lock().unwrap().is_empty(),
         "the agent spoke plain HTTP for a pinned server"
@@ -1695,18 +1700,7 @@ fn the_agent_refuses_a_server_whose_certificate_is_not_the_pinned_one() {
         "the error names both fingerprints: {text}"
     );
     // The check-in is refused too, as untrusted (nothing sent), not as an outage.
-    let a = agent(&k);
-    let remote = Remote::new(&a, defaults(), ApplyOptions::default());
-    let link = RemoteFiles::new(k.state_dir().root())
-        .load_link()
-        .unwrap()
-        .unwrap();
-    let err = server
-        .rt
-        .block_on(remote.checkin(&link, None, false))
-        .unwrap_err();
-    assert!(matches!(err, RemoteError::Untrusted(_)), "{err:?}");
-    assert_eq!(err.exit_code(), exit::REFUSED);
+    assert_checkin_untrusted(&server, &k);
     // Registering there with the first server's key is refused in the handshake.
     let k2 = FakeKernel::new();
     let err = register(
