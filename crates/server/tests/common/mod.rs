@@ -35,21 +35,23 @@ pub fn bin() -> &'static str {
 
 /// `init`, `config.toml` rewritten by `edit`, then `serve` on a free loopback port.
 pub fn start(edit: impl FnOnce(&str) -> String) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut process = ServerProcess::init(Path::new(bin()), &data).unwrap();
-    edit_config(&data, edit);
-    process.serve().unwrap();
-    Server::from_process(process, dir)
+    start_with(edit, ServerProcess::serve)
 }
 
 /// [`start`] serving plain HTTP (`serve --insecure-http`), for the tests about it.
 pub fn start_insecure_http(edit: impl FnOnce(&str) -> String) -> Server {
+    start_with(edit, ServerProcess::serve_insecure_http)
+}
+
+fn start_with<E: std::fmt::Debug>(
+    edit: impl FnOnce(&str) -> String,
+    serve: impl FnOnce(&mut ServerProcess) -> Result<(), E>,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut process = ServerProcess::init(Path::new(bin()), &data).unwrap();
     edit_config(&data, edit);
-    process.serve_insecure_http().unwrap();
+    serve(&mut process).unwrap();
     Server::from_process(process, dir)
 }
 
