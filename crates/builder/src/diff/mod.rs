@@ -7,6 +7,7 @@
 //! function the running kernel sealed). [`pipeline`] runs them in order and hands
 //! typed markers to the module builder; [`refusal`] says why a diff cannot be live-patched.
 
+pub mod c_items;
 pub mod clones;
 pub mod elf;
 pub mod engine;

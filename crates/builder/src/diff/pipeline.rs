@@ -188,6 +188,40 @@ impl DiffBuildError {
     }
 }
 
+/// For each changed header whose change reaches other units only through the names of its
+/// items ([`headers::names_reaching_units`]), the files of the running kernel's tree that name
+/// one of them: only the units including those can compile differently.
+fn headers_reached_by_name(
+    tree: &patchbay_kernels::SourceTree,
+    patch: &Path,
+    headers: &[String],
+    work: &Path,
+) -> Result<
+    std::collections::BTreeMap<String, Result<std::collections::BTreeSet<String>, String>>,
+    DiffBuildError,
+> {
+    let read = |h: &String| std::fs::read_to_string(tree.dir().join(h)).unwrap_or_default();
+    let old: Vec<String> = headers.iter().map(read).collect();
+    let applied = PatchedTree::apply(tree, patch)?;
+    let new: Vec<String> = headers.iter().map(read).collect();
+    applied.restore()?;
+    let mut reached = std::collections::BTreeMap::new();
+    for ((header, old), new) in headers.iter().zip(&old).zip(&new) {
+        let files = match headers::names_reaching_units(work, header, old, new) {
+            Ok(names) => Ok(headers::files_naming(tree.dir(), &names)
+                .map_err(io_err(
+                    "search the names of the change to",
+                    &tree.dir().join(header),
+                ))?
+                .into_iter()
+                .collect()),
+            Err(why) => Err(why),
+        };
+        reached.insert(header.clone(), files);
+    }
+    Ok(reached)
+}
+
 /// Builds a bundle from unified diffs of `kernel`'s source.
 pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, DiffBuildError> {
     // The diffs, as one combined patch file.
@@ -299,6 +333,11 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             change: patch_file::FileChange::Modified,
         })
         .collect();
+    let reached_by_name = if headers.is_empty() {
+        Default::default()
+    } else {
+        headers_reached_by_name(&tree, &patch_path, &headers, work)?
+    };
     let header_units = match &includes {
         Some(includes) if !headers.is_empty() => headers::units_to_compare(
             includes,
@@ -306,6 +345,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             &config,
             &headers,
             &sources,
+            &reached_by_name,
             request.header_recompile_limit,
         )
         .map_err(|r| DiffBuildError::refused(vec![r]))?,

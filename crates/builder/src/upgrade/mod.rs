@@ -10,6 +10,7 @@
 
 mod blockers;
 pub mod fixes;
+mod prerequisites;
 pub mod render;
 pub mod select;
 pub mod verify;
@@ -215,6 +216,8 @@ struct GroupBuild {
     given: Vec<PathBuf>,
     /// The group's own bundle (for isolating a verification failure).
     bundle: Option<PathBuf>,
+    /// Regions of other files carried from the newer source because the fix needs them.
+    prerequisites: prerequisites::Prerequisites,
 }
 
 /// Runs the upgrade: builds (and verifies) the cumulative bundle at `request.output`, returns
@@ -875,6 +878,7 @@ fn build_group(
             .collect(),
         bundle,
         paths,
+        prerequisites: Default::default(),
     };
     if group.files.is_empty() {
         return Ok(done(
@@ -896,7 +900,9 @@ fn build_group(
     // Sources added because the group's header change alters them (and the newer kernel
     // changed them too).
     let mut pulled_in: Vec<String> = Vec::new();
-    for _attempt in 0..6 {
+    // What the fix needs from other files of the newer source (found from compile errors).
+    let mut carried = prerequisites::Prerequisites::default();
+    for _attempt in 0..10 {
         let mut cut_paths = BTreeSet::new();
         // Operator patches first; the files they do not cover are cut from the newer tree.
         let given: Vec<PathBuf> = group
@@ -947,6 +953,16 @@ fn build_group(
                 }
             }
         }
+        if let Some(newer) = &request.fixes.newer {
+            let out = work.join(format!("group-{}.prerequisites.patch", group.number));
+            patches.extend(prerequisites::write_partial(
+                kernel,
+                &newer.tree,
+                &carried,
+                &cut_paths,
+                &out,
+            )?);
+        }
         let result = pipeline::build(
             kernel,
             &DiffBuild {
@@ -976,18 +992,22 @@ fn build_group(
                         functions.push(format!("{object}:{name}"));
                     }
                 }
-                return Ok(done(
-                    GroupOutcome::Built {
-                        functions,
-                        module_init,
-                        not_built,
-                        modules: modules.into_iter().collect(),
-                        pulled_in,
-                    },
-                    patches,
-                    Some(bundle),
-                    cut_paths,
-                ));
+                pulled_in.extend(carried.describe());
+                return Ok(GroupBuild {
+                    prerequisites: carried,
+                    ..done(
+                        GroupOutcome::Built {
+                            functions,
+                            module_init,
+                            not_built,
+                            modules: modules.into_iter().collect(),
+                            pulled_in,
+                        },
+                        patches,
+                        Some(bundle),
+                        cut_paths,
+                    )
+                });
             }
             Err(err) => {
                 let refusals = err.refusals();
@@ -1020,6 +1040,39 @@ fn build_group(
                     not_built.extend(unbuilt.iter().cloned());
                     files.retain(|f| !unbuilt.contains(f));
                     continue;
+                }
+                if let Some(newer) = request
+                    .fixes
+                    .newer
+                    .as_ref()
+                    .filter(|_| err.category() == "compile-failed")
+                {
+                    let errors = err.to_string();
+                    match prerequisites::after_compile_failure(
+                        kernel,
+                        &newer.tree,
+                        &errors,
+                        &carried,
+                    )? {
+                        prerequisites::Stage::Carry(found) => {
+                            files.extend(found.whole.iter().cloned());
+                            pulled_in.extend(found.whole.iter().cloned());
+                            carried.extend(found);
+                            continue;
+                        }
+                        prerequisites::Stage::Refuse(members) => {
+                            return Ok(done(
+                                GroupOutcome::NotPatchable {
+                                    category: "new-struct-member".into(),
+                                    reason: members.reason(),
+                                },
+                                Vec::new(),
+                                None,
+                                BTreeSet::new(),
+                            ));
+                        }
+                        prerequisites::Stage::Nothing => {}
+                    }
                 }
                 if err.category() == "compile-failed" && tree_mode && !with_headers {
                     with_headers = true;
@@ -1132,6 +1185,20 @@ fn combined_patches(
 ) -> Result<Vec<PathBuf>, UpgradeError> {
     let mut patches: Vec<PathBuf> = keep.iter().flat_map(|b| b.given.iter().cloned()).collect();
     let paths: BTreeSet<String> = keep.iter().flat_map(|b| b.paths.clone()).collect();
+    if let Some(newer) = &request.fixes.newer {
+        let mut carried = prerequisites::Prerequisites::default();
+        for b in keep {
+            carried.extend(b.prerequisites.clone());
+        }
+        let out = work.join("cumulative.prerequisites.patch");
+        patches.extend(prerequisites::write_partial(
+            kernel,
+            &newer.tree,
+            &carried,
+            &paths,
+            &out,
+        )?);
+    }
     if let (Some(newer), false) = (&request.fixes.newer, paths.is_empty()) {
         let out = work.join("cumulative.patch");
         match cut_group(kernel, &newer.tree, &paths, &out)? {
@@ -1233,7 +1300,8 @@ fn outcome(
                     if !pulled_in.is_empty() {
                         notes.push(format!(
                             "also patched, from the newer source, because the fix's header change \
-                             alters them or they add a function the fix calls: {}",
+                             alters them or the fix needs what they add (a helper, macro, \
+                             constant, prototype): {}",
                             pulled_in.join(", ")
                         ));
                     }
@@ -1343,6 +1411,7 @@ mod tests {
             seconds: 0.0,
             paths: BTreeSet::new(),
             given: vec![],
+            prerequisites: Default::default(),
             bundle: None,
         }
     }

@@ -1,0 +1,465 @@
+//! A fix's own prerequisites: what the fix's files, taken from the newer source, use that the
+//! running kernel's tree does not have, found from the compiler's errors and carried from the
+//! newer source.
+//!
+//! - A name the compiler does not know (`implicit declaration of function`, `undeclared`,
+//!   `unknown type name`, an undefined struct, a `__free(x)` cleanup whose `DEFINE_FREE` is
+//!   new): the regions of the newer tree's files that declare it, each widened to whole
+//!   top-level items (`diff::c_items`), are carried alone (a [`Prerequisites::partial`] file):
+//!   from a header the new helper, macro, constant or prototype; from a `.c` file a new
+//!   function other objects link to. A header's regions go through the diff pipeline's header
+//!   proof like any header change (when they are only new names, the units that name them
+//!   are compiled before and after; otherwise every unit including the header).
+//! - A function whose signature changed (`too many`/`too few arguments`, `conflicting
+//!   types`): the header regions declaring it, and the whole newer version of the `.c` file
+//!   that defines it (its changed functions are patched as well; the header proof names the
+//!   other callers, which `upgrade` then takes from the newer source too or refuses).
+//! - A struct member the running kernel's struct does not have: refused with the struct named
+//!   ([`NewStructMember`]); a live patch cannot grow objects that already exist.
+//!
+//! Nothing here names a file, function or struct of any kernel: everything comes from the
+//! compiler's words and the two trees.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use crate::diff::c_items::{self, Region};
+use crate::diff::headers;
+use crate::diff::include_index::IncludeIndex;
+
+/// What one failed compile says the fix needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Needs {
+    /// Names the compiler does not know.
+    pub unknown: BTreeSet<String>,
+    /// Functions called or defined with another signature than the running tree declares.
+    pub changed_signature: BTreeSet<String>,
+    /// `(struct, member)` pairs the running tree's struct lacks.
+    pub members: BTreeSet<(String, String)>,
+    /// The translation unit that failed (`net/ipv6/addrconf.c`), when the error names it.
+    pub unit: Option<String>,
+}
+
+/// The text between the first pair of quotes (gcc's ‘…’ or '…') after `marker` in `line`.
+fn quoted_after<'l>(line: &'l str, marker: &str) -> Option<&'l str> {
+    let rest = line.get(line.find(marker)? + marker.len()..)?;
+    quoted(rest)
+}
+
+fn quoted(text: &str) -> Option<&str> {
+    let (open, close) = if let Some(at) = text.find('‘') {
+        (at + '‘'.len_utf8(), '’')
+    } else {
+        (text.find('\'')? + 1, '\'')
+    };
+    let rest = text.get(open..)?;
+    rest.get(..rest.find(close)?)
+}
+
+/// Reads a compile failure's text (`make`'s output, gcc's diagnostics). `line_of` gives a
+/// source line of the newer tree (`path`, 1-based line) for diagnostics that name no
+/// identifier (a cleanup attribute's).
+pub(crate) fn needs_of(errors: &str, line_of: &dyn Fn(&str, usize) -> Option<String>) -> Needs {
+    let mut needs = Needs::default();
+    for line in errors.lines() {
+        if needs.unit.is_none() {
+            needs.unit = line
+                .split_once("compiling ")
+                .and_then(|(_, rest)| rest.split_once(".o failed"))
+                .map(|(object, _)| format!("{object}.c"));
+        }
+        let Some((place, message)) = line.split_once(": error: ") else {
+            continue;
+        };
+        let identifier = |text: &str| {
+            let name = text
+                .trim_start_matches("struct ")
+                .trim_start_matches("union ");
+            (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                .then(|| name.to_owned())
+        };
+        if let Some(name) = quoted_after(message, "implicit declaration of function ")
+            .or_else(|| quoted_after(message, "unknown type name "))
+            .or_else(|| quoted_after(message, "invalid use of undefined type "))
+            .or_else(|| {
+                message
+                    .contains("undeclared")
+                    .then(|| quoted(message))
+                    .flatten()
+            })
+            .and_then(identifier)
+        {
+            needs.unknown.insert(name);
+        } else if let Some(name) = quoted_after(message, "arguments to function ")
+            .or_else(|| quoted_after(message, "conflicting types for "))
+            .and_then(identifier)
+        {
+            needs.changed_signature.insert(name);
+        } else if message.contains("has no member named") {
+            let structure = quoted(message).and_then(identifier);
+            let member = quoted_after(message, "has no member named ").and_then(identifier);
+            if let (Some(s), Some(m)) = (structure, member) {
+                needs.members.insert((s, m));
+            }
+        } else if message.starts_with("cleanup argument not a function") {
+            // `__free(name)` on that line: the cleanup `DEFINE_FREE(name, …)` made.
+            let mut parts = place.split(':');
+            let (Some(path), Some(number)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(text) = number.parse().ok().and_then(|n| line_of(path, n)) else {
+                continue;
+            };
+            for piece in text.split("__free(").skip(1) {
+                let name: String = piece
+                    .trim_start()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    needs.unknown.insert(name);
+                }
+            }
+        }
+    }
+    needs
+}
+
+/// A file as the two trees have it (only when they differ).
+struct Versions {
+    old: String,
+    new: String,
+}
+
+impl Versions {
+    fn read(old: &Path, new: &Path, file: &str) -> Option<Versions> {
+        let old = std::fs::read_to_string(old.join(file)).ok()?;
+        let new = std::fs::read_to_string(new.join(file)).ok()?;
+        (old != new).then_some(Versions { old, new })
+    }
+
+    fn lines(&self) -> (Vec<&str>, Vec<&str>) {
+        (self.old.lines().collect(), self.new.lines().collect())
+    }
+
+    /// Its changed regions, widened to whole items.
+    fn regions(&self, old: &Path, new: &Path, file: &str) -> Option<Vec<Region>> {
+        let (old_lines, new_lines) = self.lines();
+        c_items::regions(&old.join(file), &new.join(file), &old_lines, &new_lines).ok()
+    }
+}
+
+/// A fix's prerequisites found in the newer tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Prerequisites {
+    /// Files of which only the regions declaring these names are carried.
+    pub partial: BTreeMap<String, BTreeSet<String>>,
+    /// Files whose whole newer version is carried (they define a function whose signature
+    /// changed).
+    pub whole: BTreeSet<String>,
+}
+
+/// A struct member the fix uses that the running kernel's struct lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewStructMember {
+    /// `(struct, member)` pairs, as the compiler named them.
+    pub members: BTreeSet<(String, String)>,
+}
+
+impl NewStructMember {
+    /// The report's reason.
+    pub fn reason(&self) -> String {
+        let list: Vec<String> = self
+            .members
+            .iter()
+            .map(|(s, m)| format!("struct {s} has no member {m}"))
+            .collect();
+        format!(
+            "the fix uses struct members the newer source added ({}): objects of the running \
+             kernel already have the old layout, so patched code would read and write past \
+             them; a shadow variable (klp_shadow_*) given with --patches can carry the new \
+             state instead",
+            list.join("; ")
+        )
+    }
+}
+
+/// The prerequisites `needs` asks for, found between the running kernel's tree `old` and the
+/// newer tree `new`, beyond what `have` (already carried) holds; or the struct members
+/// refusal. Only headers the failing unit includes (per the running tree's include index) or
+/// beside it supply a name; a `.c` file supplies one only through a definition other objects
+/// link to, and only when exactly one file does.
+pub(crate) fn find(
+    old: &Path,
+    new: &Path,
+    includes: &IncludeIndex,
+    needs: &Needs,
+    have: &Prerequisites,
+) -> Result<Prerequisites, NewStructMember> {
+    if !needs.members.is_empty() {
+        return Err(NewStructMember {
+            members: needs.members.clone(),
+        });
+    }
+    let mut found = Prerequisites::default();
+    let wanted: BTreeSet<String> = needs
+        .unknown
+        .union(&needs.changed_signature)
+        .cloned()
+        .collect();
+    let Ok(files) = headers::files_naming(new, &wanted) else {
+        return Ok(found);
+    };
+    let unit_dir = needs
+        .unit
+        .as_deref()
+        .and_then(|u| u.rsplit_once('/'))
+        .map(|(d, _)| d);
+    let reaches_unit = |header: &str| {
+        header.rsplit_once('/').map(|(d, _)| d) == unit_dir
+            || needs
+                .unit
+                .as_ref()
+                .is_some_and(|u| includes.translation_units(header).contains(u))
+    };
+    // name → .c files defining it for other objects.
+    let mut definers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for file in files.iter().filter(|f| old.join(f).is_file()) {
+        if Some(file) == needs.unit.as_ref() {
+            continue;
+        }
+        let Some(versions) = Versions::read(old, new, file) else {
+            continue;
+        };
+        let (old_lines, new_lines) = versions.lines();
+        let Some(regions) = versions.regions(old, new, file) else {
+            continue;
+        };
+        let header = file.ends_with(".h");
+        for region in &regions {
+            let (removed, added) = region.items(&old_lines, &new_lines);
+            for name in &wanted {
+                let signature = needs.changed_signature.contains(name);
+                let declares = added.names.contains(name)
+                    || (signature && removed.names.contains(name) && header);
+                if !declares {
+                    continue;
+                }
+                if header {
+                    if reaches_unit(file) {
+                        found
+                            .partial
+                            .entry(file.clone())
+                            .or_default()
+                            .insert(name.clone());
+                    }
+                } else if added.reaches_other_units.is_some() {
+                    definers
+                        .entry(name.as_str())
+                        .or_default()
+                        .push(file.clone());
+                }
+            }
+        }
+    }
+    for (name, files) in definers {
+        let files: BTreeSet<String> = files.into_iter().collect();
+        let [file] = files.iter().collect::<Vec<_>>()[..] else {
+            continue;
+        };
+        if needs.changed_signature.contains(name) {
+            found.whole.insert(file.clone());
+        } else {
+            found
+                .partial
+                .entry(file.clone())
+                .or_default()
+                .insert(name.to_owned());
+        }
+    }
+    // Only what is not carried yet.
+    found.whole.retain(|f| !have.whole.contains(f));
+    for (file, names) in &mut found.partial {
+        if let Some(had) = have.partial.get(file) {
+            names.retain(|n| !had.contains(n));
+        }
+    }
+    found.partial.retain(|f, names| {
+        !names.is_empty() && !found.whole.contains(f) && !have.whole.contains(f)
+    });
+    Ok(found)
+}
+
+impl Prerequisites {
+    /// Whether nothing is carried.
+    pub fn is_empty(&self) -> bool {
+        self.partial.is_empty() && self.whole.is_empty()
+    }
+
+    /// Adds `other`'s files and names.
+    pub fn extend(&mut self, other: Prerequisites) {
+        for (file, names) in other.partial {
+            self.partial.entry(file).or_default().extend(names);
+        }
+        self.whole.extend(other.whole);
+    }
+
+    /// The report's words for what is carried: `file (names)`.
+    pub fn describe(&self) -> Vec<String> {
+        self.partial
+            .iter()
+            .map(|(file, names)| {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                format!("{file} (only {})", names.join(", "))
+            })
+            .collect()
+    }
+}
+
+/// The diff that carries, for each partial file not in `skip` (files cut whole), only the
+/// regions declaring its names. Empty when there is nothing to carry.
+pub(crate) fn partial_diff(
+    old: &Path,
+    new: &Path,
+    partial: &BTreeMap<String, BTreeSet<String>>,
+    skip: &BTreeSet<String>,
+) -> String {
+    let mut text = String::new();
+    for (file, names) in partial.iter().filter(|(f, _)| !skip.contains(*f)) {
+        let Some(versions) = Versions::read(old, new, file) else {
+            continue;
+        };
+        let (old_lines, new_lines) = versions.lines();
+        let Some(regions) = versions.regions(old, new, file) else {
+            continue;
+        };
+        let chosen: Vec<Region> = regions
+            .into_iter()
+            .filter(|r| {
+                let (removed, added) = r.items(&old_lines, &new_lines);
+                names
+                    .iter()
+                    .any(|n| added.names.contains(n) || removed.names.contains(n))
+            })
+            .collect();
+        if !chosen.is_empty() {
+            text.push_str(&c_items::partial_patch(
+                file, &old_lines, &new_lines, &chosen,
+            ));
+        }
+    }
+    text
+}
+
+/// What the prerequisites stage of a group's build decided after a failed compile.
+#[derive(Debug)]
+pub(crate) enum Stage {
+    /// More to carry: build again with it.
+    Carry(Prerequisites),
+    /// The fix needs struct members the running kernel lacks: refuse the group.
+    Refuse(NewStructMember),
+    /// Nothing found (the caller's other retries, or the compile failure, stand).
+    Nothing,
+}
+
+/// The prerequisites stage of `upgrade`'s group build: reads the failed compile's `errors`,
+/// finds in the newer tree `new` what the fix needs beyond `have`, under the running tree's
+/// lock (another build may have patched it for a moment).
+pub(crate) fn after_compile_failure(
+    kernel: &patchbay_kernels::Kernel,
+    new: &Path,
+    errors: &str,
+    have: &Prerequisites,
+) -> Result<Stage, patchbay_kernels::KernelError> {
+    let tree = kernel.source_tree()?;
+    let _exclusive = tree.lock()?;
+    let line_of = |path: &str, number: usize| {
+        let text = std::fs::read_to_string(new.join(path)).ok()?;
+        text.lines().nth(number.checked_sub(1)?).map(str::to_owned)
+    };
+    let needs = needs_of(errors, &line_of);
+    if needs.unknown.is_empty() && needs.changed_signature.is_empty() && needs.members.is_empty() {
+        return Ok(Stage::Nothing);
+    }
+    let cache = headers::include_index_cache(kernel.dir());
+    let Ok(includes) = IncludeIndex::load_or_build(tree.dir(), &cache) else {
+        return Ok(Stage::Nothing);
+    };
+    Ok(match find(tree.dir(), new, &includes, &needs, have) {
+        Err(members) => Stage::Refuse(members),
+        Ok(found) if found.is_empty() => Stage::Nothing,
+        Ok(found) => Stage::Carry(found),
+    })
+}
+
+/// Writes the group's partial prerequisites (regions of files not cut whole, `whole`) to
+/// `out`; `None` when there are none.
+pub(crate) fn write_partial(
+    kernel: &patchbay_kernels::Kernel,
+    new: &Path,
+    carried: &Prerequisites,
+    whole: &BTreeSet<String>,
+    out: &Path,
+) -> Result<Option<std::path::PathBuf>, super::UpgradeError> {
+    if carried.partial.is_empty() {
+        return Ok(None);
+    }
+    let tree = kernel.source_tree()?;
+    let text = {
+        let _exclusive = tree.lock()?;
+        partial_diff(tree.dir(), new, &carried.partial, whole)
+    };
+    if text.is_empty() {
+        return Ok(None);
+    }
+    std::fs::write(out, text).map_err(super::io("write", out))?;
+    Ok(Some(out.to_path_buf()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn compiler_errors_name_what_the_fix_needs() {
+        // gcc-12's words on 6.12.95's tree for fixes taken from 6.12.107.
+        let errors = "\
+compiling net/ipv6/netfilter/nf_conntrack_reasm.o failed (make exit exit status: 2): x
+net/ipv6/netfilter/nf_conntrack_reasm.c:226:25: error: too many arguments to function ‘inet_frag_kill’
+net/ipv6/netfilter/nf_conntrack_reasm.c:500:9: error: implicit declaration of function ‘inet_frag_putn’; did you mean ‘inet_frag_put’? [-Werror=implicit-function-declaration]
+net/unix/af_unix.c:735:39: error: ‘SKB_DROP_REASON_SOCKET_CLOSE’ undeclared (first use in this function); did you mean ‘SKB_DROP_REASON_TCP_CLOSE’?
+kernel/audit_fsnotify.c:94:26: error: invalid use of undefined type ‘struct audit_watch_ctx’
+fs/x.c:12:9: error: cleanup argument not a function
+";
+        let needs = needs_of(errors, &|path, line| {
+            (path == "fs/x.c" && line == 12)
+                .then(|| "\tstruct foo *f __free(foo_release) = NULL;".to_owned())
+        });
+        assert_eq!(
+            needs.unit.as_deref(),
+            Some("net/ipv6/netfilter/nf_conntrack_reasm.c")
+        );
+        assert_eq!(
+            needs.unknown,
+            BTreeSet::from([
+                "SKB_DROP_REASON_SOCKET_CLOSE".to_owned(),
+                "audit_watch_ctx".to_owned(),
+                "foo_release".to_owned(),
+                "inet_frag_putn".to_owned(),
+            ])
+        );
+        assert_eq!(
+            needs.changed_signature,
+            BTreeSet::from(["inet_frag_kill".to_owned()])
+        );
+        let members = needs_of(
+            "fs/smb/server/vfs_cache.c:394:51: error: ‘struct ksmbd_lock’ has no member named ‘conn’\n",
+            &|_, _| None,
+        );
+        assert_eq!(
+            members.members,
+            BTreeSet::from([("ksmbd_lock".to_owned(), "conn".to_owned())])
+        );
+    }
+}
