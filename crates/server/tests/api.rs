@@ -776,12 +776,7 @@ fn dashboard_login_roles_and_csrf() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = s
-            .process
-            .client_builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let client = s.no_redirect_client();
         let url = |p: &str| format!("{}{p}", s.url);
         // Not logged in: redirected to the login page.
         let r = client.get(url("/ui/hosts")).send().await.unwrap();

@@ -94,12 +94,7 @@ fn an_offline_root_near_expiry_is_reported_everywhere_until_it_is_renewed() {
         .build()
         .unwrap();
     let (metrics, page) = rt.block_on(async {
-        let client = s
-            .process
-            .client_builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let client = s.no_redirect_client();
         let metrics = client
             .get(format!("{}/metrics", s.url))
             .bearer_auth(&s.admin)

@@ -311,12 +311,7 @@ fn the_dashboard_shows_a_levels_report_escaped() {
         .build()
         .unwrap();
     let (levels, page) = rt.block_on(async {
-        let client = s
-            .process
-            .client_builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let client = s.no_redirect_client();
         let session = ui_session(&client, &s.url, "vera", "viewer-password").await;
         let get = |path: String| {
             let (client, session, base) = (&client, &session, &s.url);

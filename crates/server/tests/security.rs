@@ -17,14 +17,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn no_redirects(s: &Server) -> reqwest::Client {
-    s.process
-        .client_builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn metrics_need_an_api_token_or_are_disabled() {
     let s = start(|t| t.to_owned());
@@ -79,7 +71,7 @@ fn login_needs_the_login_forms_csrf_token_and_cookies_are_secure_over_tls() {
     let s = start(|t| t.to_owned());
     add_user(&s, "vera", "viewer", "viewer-password");
     runtime().block_on(async {
-        let client = no_redirects(&s);
+        let client = s.no_redirect_client();
         let login = format!("{}/ui/login", s.url);
         // A cross-site form: no token, or a token without the cookie that goes with it.
         let forged = client
@@ -120,7 +112,13 @@ fn login_needs_the_login_forms_csrf_token_and_cookies_are_secure_over_tls() {
         start_insecure_http(|t| t.replace("served_over = \"https\"", "served_over = \"http\""));
     add_user(&plain, "vera", "viewer", "viewer-password");
     runtime().block_on(async {
-        let ok = ui_login(&no_redirects(&plain), &plain.url, "vera", "viewer-password").await;
+        let ok = ui_login(
+            &plain.no_redirect_client(),
+            &plain.url,
+            "vera",
+            "viewer-password",
+        )
+        .await;
         assert_eq!(ok.status(), 303);
         let session = ok.headers()["set-cookie"].to_str().unwrap();
         assert!(!session.contains("Secure"), "{session}");
@@ -139,7 +137,7 @@ fn guessing_passwords_is_locked_out_with_429() {
     add_user(&s, "vera", "viewer", "viewer-password");
     add_user(&s, "olga", "operator", "operator-password");
     runtime().block_on(async {
-        let client = no_redirects(&s);
+        let client = s.no_redirect_client();
         for _ in 0..3 {
             let r = ui_login(&client, &s.url, "vera", "wrong-password").await;
             assert_eq!(r.status(), 401);
@@ -391,7 +389,7 @@ fn the_dashboard_revokes_tokens_keys_and_hosts_for_admins_only() {
         (status, r.text().await.unwrap())
     };
     runtime().block_on(async {
-        let client = no_redirects(&s);
+        let client = s.no_redirect_client();
         let viewer = ui_session(&client, &s.url, "vera", "viewer-password").await;
         let get = |path: String, cookie: String| {
             let client = client.clone();

@@ -98,6 +98,16 @@ impl Server {
         self.process.client()
     }
 
+    /// [`Server::client`] that does not follow redirects, as the dashboard tests need (a
+    /// login's 303 and its cookie are read, not followed).
+    pub fn no_redirect_client(&self) -> reqwest::Client {
+        self.process
+            .client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
     /// The certificate file, for tools that take a CA bundle (python-tuf, schemathesis).
     pub fn certificate(&self) -> std::path::PathBuf {
         self.data.join("tls/server.crt")
@@ -574,12 +584,7 @@ impl UiPages {
             .enable_all()
             .build()
             .unwrap();
-        let client = s
-            .process
-            .client_builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let client = s.no_redirect_client();
         let cookie = rt.block_on(ui_session(&client, &s.url, user, password));
         UiPages {
             rt,
