@@ -79,12 +79,45 @@ impl Caller {
     }
 }
 
+/// The longest user name the login form takes (stored names have at most 64 bytes; a bit of
+/// room so a mistyped name is answered as unknown, not as malformed).
+pub const MAX_LOGIN_NAME_BYTES: usize = 256;
+/// The longest password the login form takes (and `user add` sets).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// The largest login form body: both fields at their limit, every byte percent-encoded (3
+/// bytes each), plus the CSRF token and the field names. A larger body is refused (413)
+/// before it is read.
+pub const LOGIN_FORM_MAX_BYTES: usize = 3 * (MAX_LOGIN_NAME_BYTES + MAX_PASSWORD_BYTES) + 1024;
+
+/// Refuses (400) a login whose user name or password is longer than the form takes, before
+/// anything is hashed or counted.
+pub fn check_login_fields(name: &str, password: &str) -> Result<(), ServerError> {
+    if name.len() > MAX_LOGIN_NAME_BYTES {
+        return Err(ServerError::BadRequest(format!(
+            "the user name has {} bytes; at most {MAX_LOGIN_NAME_BYTES} are taken",
+            name.len()
+        )));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(ServerError::BadRequest(format!(
+            "the password has {} bytes; at most {MAX_PASSWORD_BYTES} are taken",
+            password.len()
+        )));
+    }
+    Ok(())
+}
+
 /// An Argon2id hash in PHC format.
 pub fn hash_password(password: &str) -> Result<String, ServerError> {
     if password.chars().count() < 8 {
         return Err(ServerError::BadRequest(
             "passwords need at least 8 characters".into(),
         ));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(ServerError::BadRequest(format!(
+            "passwords may have at most {MAX_PASSWORD_BYTES} bytes (the login form takes no more)"
+        )));
     }
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| ServerError::Tuf(format!("random: {e}")))?;
@@ -167,6 +200,7 @@ mod tests {
         assert!(!verify_password("wrong horse", &phc));
         assert!(!verify_password("x", "not a hash"));
         assert!(hash_password("short").is_err());
+        assert!(hash_password(&"x".repeat(MAX_PASSWORD_BYTES + 1)).is_err());
     }
 
     #[test]

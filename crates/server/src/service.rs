@@ -1516,6 +1516,7 @@ impl Service {
         password: String,
         address: Option<std::net::IpAddr>,
     ) -> Result<Option<OpenedSession>, ServerError> {
+        crate::auth::check_login_fields(name, &password)?;
         let attempt = self.login_throttle.admit(name, address)?;
         let user = self.store.user(name).await?;
         let valid = self

@@ -12,10 +12,26 @@ use tokio::sync::Semaphore;
 
 use crate::error::ServerError;
 
-/// What failed logins are counted against.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A user name as the throttle remembers it: the first 16 bytes of its SHA-256, so every
+/// entry has the same small size whatever name was typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct UserKey([u8; 16]);
+
+impl UserKey {
+    fn of(name: &str) -> UserKey {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes());
+        let mut key = [0u8; 16];
+        for (to, from) in key.iter_mut().zip(digest.as_ref()) {
+            *to = *from;
+        }
+        UserKey(key)
+    }
+}
+
+/// What failed logins are counted against; fixed-size, so [`MAX_SUBJECTS`] bounds memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Subject {
-    User(String),
+    User(UserKey),
     Address(IpAddr),
     /// Requests without a known peer address (a router served without connection info).
     UnknownAddress,
@@ -75,7 +91,7 @@ impl LoginThrottle {
     /// Refuses (429) while the user or the address is locked out.
     pub fn admit(&self, user: &str, address: Option<IpAddr>) -> Result<Attempt, ServerError> {
         let attempt = Attempt {
-            user: Subject::User(user.to_owned()),
+            user: Subject::User(UserKey::of(user)),
             address: address.map_or(Subject::UnknownAddress, Subject::Address),
         };
         self.check(&attempt)?;
@@ -145,7 +161,7 @@ impl LoginThrottle {
             let oldest = failures
                 .iter()
                 .min_by_key(|(_, f)| f.since)
-                .map(|(k, _)| k.clone());
+                .map(|(k, _)| *k);
             match oldest {
                 Some(subject) => failures.remove(&subject),
                 None => break,
@@ -155,7 +171,7 @@ impl LoginThrottle {
             (&attempt.user, self.limits.failures_per_user),
             (&attempt.address, self.limits.failures_per_address),
         ] {
-            let entry = failures.entry(subject.clone()).or_insert(Failures {
+            let entry = failures.entry(*subject).or_insert(Failures {
                 count: 0,
                 since: now,
                 locked_until: None,
@@ -229,5 +245,6 @@ mod tests {
             t.failed(&attempt);
         }
         assert!(t.lock().len() <= MAX_SUBJECTS);
+        assert!(std::mem::size_of::<Subject>() <= 24);
     }
 }

@@ -33,7 +33,14 @@ const PAGE_SIZE: u32 = 50;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(fleet))
-        .route("/login", get(login_page).post(login))
+        .route(
+            "/login",
+            get(login_page)
+                .post(login)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::auth::LOGIN_FORM_MAX_BYTES,
+                )),
+        )
         .route("/logout", post(logout))
         .route("/hosts", get(hosts))
         .route("/hosts/{id}", get(host))

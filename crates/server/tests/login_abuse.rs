@@ -1,0 +1,143 @@
+//! Login abuse against the real server process over TLS on loopback: floods of huge user
+//! names, password sprays against the well-known `admin` from one address, and clients behind
+//! a TLS proxy.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+use common::*;
+
+/// A client that pins the server's certificate, follows no redirect (a login's 303 is read)
+/// and connects from `local` (any 127.0.0.0/8 address reaches the server on loopback).
+fn client_from(s: &Server, local: [u8; 4]) -> reqwest::Client {
+    s.process
+        .client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(std::net::IpAddr::from(local))
+        .build()
+        .unwrap()
+}
+
+/// `config.toml` text with the failed-login limits per user and per address changed.
+fn with_login_limits(config: &str, per_user: u32, per_address: u32) -> String {
+    config
+        .replace(
+            "login_failures_per_user = 5",
+            &format!("login_failures_per_user = {per_user}"),
+        )
+        .replace(
+            "login_failures_per_address = 50",
+            &format!("login_failures_per_address = {per_address}"),
+        )
+}
+
+/// The server's resident memory in KiB (`VmRSS` of `/proc/<pid>/status`).
+fn resident_kib(s: &Server) -> u64 {
+    let pid = s.process.pid().expect("the server runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A login form sent as is (no CSRF token needed: the size check comes first), so a refusal
+/// that closes the connection early is told apart from an answer.
+async fn post_login(client: &reqwest::Client, s: &Server, user: &str, password: &str) -> u16 {
+    let (cookie, csrf) = login_page(client, &s.url).await;
+    let reply = client
+        .post(format!("{}/ui/login", s.url))
+        .header("cookie", cookie)
+        .form(&[("user", user), ("password", password), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    reply.status().as_u16()
+}
+
+#[test]
+fn a_flood_of_huge_user_names_is_refused_and_server_memory_stays_bounded() {
+    const NAMES: usize = 100;
+    let s = start(|t| with_login_limits(t, 3, 100_000));
+    add_user(&s, "vera", "viewer", "viewer-password");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = client_from(&s, [127, 0, 0, 1]);
+        // One field a byte over its limit: 400, and not counted (three would lock vera out).
+        for _ in 0..4 {
+            let long_password = "p".repeat(1025);
+            assert_eq!(post_login(&client, &s, "vera", &long_password).await, 400);
+            let long_name = "v".repeat(257);
+            assert_eq!(
+                post_login(&client, &s, &long_name, "wrong-password").await,
+                400
+            );
+        }
+        assert_eq!(
+            post_login(&client, &s, "vera", "viewer-password").await,
+            303
+        );
+
+        let before = resident_kib(&s);
+        // Names just under the 2 MiB a form may otherwise have, each different, four at a
+        // time: a server that remembers failed names as typed holds NAMES × 2 MiB afterwards.
+        // A fresh connection per request: the server may close one it refused mid-body.
+        let fresh = s
+            .process
+            .client_builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let mut flood = tokio::task::JoinSet::new();
+        for worker in 0..4 {
+            let (client, url) = (fresh.clone(), s.url.clone());
+            flood.spawn(async move {
+                let mut refused = Vec::new();
+                for i in 0..NAMES / 4 {
+                    let name = format!("{worker}-{i}-{}", "n".repeat((2 << 20) - 4096));
+                    let (cookie, csrf) = login_page(&client, &url).await;
+                    let reply = client
+                        .post(format!("{url}/ui/login"))
+                        .header("cookie", cookie)
+                        .form(&[("user", name.as_str()), ("password", "x"), ("csrf", &csrf)])
+                        .send()
+                        .await;
+                    refused.push(match reply {
+                        Ok(reply) => Refusal::Answer(reply.status().as_u16()),
+                        // Refused before the body was read: the server closed the connection
+                        // while it was still being sent.
+                        Err(e) if e.is_request() && !e.is_connect() => Refusal::CutWhileSending,
+                        Err(e) => panic!("login {i} of worker {worker}: {e:?}"),
+                    });
+                }
+                refused
+            });
+        }
+        let mut replies = Vec::new();
+        while let Some(done) = flood.join_next().await {
+            replies.extend(done.unwrap());
+        }
+        assert!(
+            replies
+                .iter()
+                .all(|r| matches!(r, Refusal::Answer(413) | Refusal::CutWhileSending)),
+            "every huge login form is refused (413, or cut before it was read): {replies:?}"
+        );
+        let grown_mib = resident_kib(&s).saturating_sub(before) / 1024;
+        eprintln!("{NAMES} logins with 2 MiB names grew the server by {grown_mib} MiB");
+        assert!(
+            grown_mib < 64,
+            "{NAMES} logins with 2 MiB names grew the server by {grown_mib} MiB"
+        );
+        // The server still answers, and vera still logs in.
+        assert_eq!(
+            post_login(&client, &s, "vera", "viewer-password").await,
+            303
+        );
+    });
+}
+
+/// How the server answered a login form it should refuse.
+#[derive(Debug)]
+enum Refusal {
+    /// An HTTP reply with this status.
+    Answer(u16),
+    /// The connection was closed while the form was still being sent.
+    CutWhileSending,
+}
