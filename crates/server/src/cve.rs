@@ -793,15 +793,20 @@ pub fn csaf_vex(
     }
     // What the data cannot say (a release newer than the data, a series without data, data
     // older than the limit or none) is a note of the document: an empty or short list must not
-    // read as "not affected".
+    // read as "not affected". The data's date is a note too.
     let notes: Vec<serde_json::Value> = e
         .upstream_version
         .map(|v| DataCoverage::of(db, &v))
         .and_then(|c| c.notice)
         .map(|text| serde_json::json!({ "category": "general", "title": "CVE data coverage", "text": text }))
         .into_iter()
-        .chain(data.warning.as_ref().map(|text| {
-            serde_json::json!({ "category": "general", "title": "CVE data age", "text": text })
+        .chain(std::iter::once(match &data.warning {
+            Some(text) => {
+                serde_json::json!({ "category": "general", "title": "CVE data age", "text": text })
+            }
+            None => {
+                serde_json::json!({ "category": "general", "title": "CVE data", "text": data.describe() })
+            }
         }))
         .collect();
     let mut doc = serde_json::json!({

@@ -351,6 +351,20 @@ fn outdated_cve_data_is_warned_everywhere_until_the_limit_allows_it() {
     assert_eq!(e["cve_data"]["state"], "outdated", "{e}");
     assert_eq!(e["cve_data"]["data_date"], newest.as_str());
     assert!(e["live"]["high"].as_u64().unwrap() > 0);
+    let (_, vex) = call(
+        &s,
+        "GET",
+        &format!("/api/v1/hosts/{old}/vex"),
+        Some(s.admin.as_str()),
+        None,
+    );
+    let notes = vex["document"]["notes"].as_array().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n["title"] == "CVE data age" && n["text"].as_str().unwrap().contains(&newest)),
+        "{vex}"
+    );
     for row in csv_rows(&s) {
         assert_eq!(row["cve_data_date"], newest, "{row:?}");
         assert_ne!(row["window"], "unknown", "{row:?}");
