@@ -1,8 +1,11 @@
 //! Password guessing is slow and bounded: Argon2id runs on the blocking pool (never on the
 //! async runtime that serves the TUF repository and check-ins), at most one verification per
-//! CPU at a time (each takes ~19 MiB), and failed logins are counted per user name and per
-//! client address; past the limit that key is locked out for a while and every attempt is
-//! answered `429 Too Many Requests` without hashing anything.
+//! CPU at a time (each takes ~19 MiB), and failed logins are counted per user name *from one
+//! client address* and per client address; past the limit that pair, or that address, is
+//! locked out for a while and every attempt from there is answered `429 Too Many Requests`
+//! without hashing anything. A user is never locked out from every address: a spray of wrong
+//! passwords for `admin` from one address slows that address, not the administrator logging
+//! in from another. IPv6 addresses count by their /64 (one host usually has a whole /64).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -28,13 +31,33 @@ impl UserKey {
     }
 }
 
+/// A client address as the throttle counts it: an IPv4 address, or the /64 an IPv6 address
+/// is in (an IPv4-mapped IPv6 address is its IPv4 address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum AddressKey {
+    V4([u8; 4]),
+    V6Prefix64(u64),
+    /// Requests without a known peer address (a router served without connection info).
+    Unknown,
+}
+
+impl AddressKey {
+    fn of(address: Option<IpAddr>) -> AddressKey {
+        match address.map(|a| a.to_canonical()) {
+            Some(IpAddr::V4(v4)) => AddressKey::V4(v4.octets()),
+            Some(IpAddr::V6(v6)) => AddressKey::V6Prefix64((v6.to_bits() >> 64) as u64),
+            None => AddressKey::Unknown,
+        }
+    }
+}
+
 /// What failed logins are counted against; fixed-size, so [`MAX_SUBJECTS`] bounds memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Subject {
-    User(UserKey),
-    Address(IpAddr),
-    /// Requests without a known peer address (a router served without connection info).
-    UnknownAddress,
+    /// One user name from one address: `login_failures_per_user`.
+    UserAtAddress(UserKey, AddressKey),
+    /// One address, whatever the user names: `login_failures_per_address`.
+    Address(AddressKey),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,11 +111,12 @@ impl LoginThrottle {
         }
     }
 
-    /// Refuses (429) while the user or the address is locked out.
+    /// Refuses (429) while the user from this address, or the address, is locked out.
     pub fn admit(&self, user: &str, address: Option<IpAddr>) -> Result<Attempt, ServerError> {
+        let address = AddressKey::of(address);
         let attempt = Attempt {
-            user: Subject::User(UserKey::of(user)),
-            address: address.map_or(Subject::UnknownAddress, Subject::Address),
+            user: Subject::UserAtAddress(UserKey::of(user), address),
+            address: Subject::Address(address),
         };
         self.check(&attempt)?;
         Ok(attempt)
@@ -147,7 +171,7 @@ impl LoginThrottle {
         .map_err(|e| ServerError::Tuf(format!("password check: {e}")))
     }
 
-    /// Counts a failed login against the user and the address.
+    /// Counts a failed login against the user from this address and against the address.
     pub fn failed(&self, attempt: &Attempt) {
         let now = Instant::now();
         let lockout = self.limits.lockout;
@@ -190,8 +214,8 @@ impl LoginThrottle {
         }
     }
 
-    /// A successful login forgets the user's failures (the address keeps its count: one
-    /// right guess must not clear a spray of wrong ones against other users).
+    /// A successful login forgets the user's failures from this address (the address keeps
+    /// its count: one right guess must not clear a spray of wrong ones against other users).
     pub fn succeeded(&self, attempt: &Attempt) {
         self.lock().remove(&attempt.user);
     }
@@ -223,6 +247,43 @@ mod tests {
         assert!(t.admit("olga", here).is_ok());
     }
 
+    /// `times` failed logins of `user` from `address`.
+    fn fail(t: &LoginThrottle, user: &str, address: Option<IpAddr>, times: usize) {
+        for _ in 0..times {
+            let attempt = t.admit(user, address).unwrap();
+            t.failed(&attempt);
+        }
+    }
+
+    #[test]
+    fn a_user_locked_out_from_one_address_still_logs_in_from_another() {
+        let t = throttle(3, 100);
+        let sprayer = Some(IpAddr::from([203, 0, 113, 7]));
+        fail(&t, "admin", sprayer, 3);
+        assert!(t.admit("admin", sprayer).is_err());
+        assert!(t
+            .admit("admin", Some(IpAddr::from([198, 51, 100, 9])))
+            .is_ok());
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let t = throttle(100, 2);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        fail(&t, "someone", Some(one), 1);
+        fail(&t, "someone", Some(same_64), 1);
+        assert!(t.admit("other", Some(one)).is_err());
+        assert!(t
+            .admit("other", Some("2001:db8:1:3::1".parse().unwrap()))
+            .is_ok());
+        // An IPv4-mapped address is its IPv4 address.
+        fail(&t, "someone", Some(IpAddr::from([192, 0, 2, 1])), 2);
+        assert!(t
+            .admit("other", Some("::ffff:192.0.2.1".parse().unwrap()))
+            .is_err());
+    }
+
     #[test]
     fn an_address_is_locked_out_whatever_the_user_names() {
         let t = throttle(100, 5);
@@ -245,6 +306,6 @@ mod tests {
             t.failed(&attempt);
         }
         assert!(t.lock().len() <= MAX_SUBJECTS);
-        assert!(std::mem::size_of::<Subject>() <= 24);
+        assert!(std::mem::size_of::<Subject>() <= 40);
     }
 }

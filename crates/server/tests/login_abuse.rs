@@ -141,3 +141,32 @@ enum Refusal {
     /// The connection was closed while the form was still being sent.
     CutWhileSending,
 }
+
+#[test]
+fn a_password_spray_against_admin_from_one_address_does_not_lock_admin_out_elsewhere() {
+    let s = start(|t| with_login_limits(t, 3, 10));
+    // `init` made the well-known user `admin`.
+    let admin_password = s.process.dashboard_password.clone();
+    add_user(&s, "vera", "viewer", "viewer-password");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let sprayer = client_from(&s, [127, 0, 0, 2]);
+        let mut statuses = Vec::new();
+        for _ in 0..12 {
+            statuses.push(post_login(&sprayer, &s, "admin", "wrong-password").await);
+        }
+        assert_eq!(statuses[..3], [401, 401, 401], "{statuses:?}");
+        assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+        // The spraying address is slowed for admin, even with the right password ...
+        assert_eq!(
+            post_login(&sprayer, &s, "admin", &admin_password).await,
+            429
+        );
+        // ... but not for the other users there, and admin logs in from another address.
+        assert_eq!(
+            post_login(&sprayer, &s, "vera", "viewer-password").await,
+            303
+        );
+        let office = client_from(&s, [127, 0, 0, 3]);
+        assert_eq!(post_login(&office, &s, "admin", &admin_password).await, 303);
+    });
+}
