@@ -36,6 +36,9 @@ pub(crate) struct Needs {
     pub changed_signature: BTreeSet<String>,
     /// `(struct, member)` pairs the running tree's struct lacks.
     pub members: BTreeSet<(String, String)>,
+    /// Members named on lines where a type does not match (`from incompatible pointer
+    /// type`): `(path, member)`; a struct of the newer tree may have changed their type.
+    pub mismatched_members: BTreeSet<(String, String)>,
     /// The translation unit that failed (`net/ipv6/addrconf.c`), when the error names it.
     pub unit: Option<String>,
 }
@@ -101,6 +104,19 @@ pub(crate) fn needs_of(errors: &str, line_of: &dyn Fn(&str, usize) -> Option<Str
             if let (Some(s), Some(m)) = (structure, member) {
                 needs.members.insert((s, m));
             }
+        } else if message.contains("incompatible pointer type")
+            || message.contains("incompatible type for argument")
+        {
+            let mut parts = place.split(':');
+            let (Some(path), Some(number)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(text) = number.parse().ok().and_then(|n| line_of(path, n)) else {
+                continue;
+            };
+            for member in accessed_members(&text) {
+                needs.mismatched_members.insert((path.to_owned(), member));
+            }
         } else if message.starts_with("cleanup argument not a function") {
             // `__free(name)` on that line: the cleanup `DEFINE_FREE(name, …)` made.
             let mut parts = place.split(':');
@@ -149,6 +165,82 @@ impl Versions {
     }
 }
 
+/// The identifiers a source line reaches through `->` or `.` (struct members, designated
+/// initialisers).
+fn accessed_members(line: &str) -> BTreeSet<String> {
+    let mut members = BTreeSet::new();
+    for piece in line.split("->").skip(1).chain(line.split('.').skip(1)) {
+        let name: String = piece
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        {
+            members.insert(name);
+        }
+    }
+    members
+}
+
+/// Structs of a changed header whose declaration of one of `members` changed between the
+/// trees: `(struct, member)`.
+fn changed_member_types(
+    old: &Path,
+    new: &Path,
+    members: &BTreeSet<String>,
+    reaches_unit: &dyn Fn(&str) -> bool,
+) -> BTreeSet<(String, String)> {
+    let mut changed = BTreeSet::new();
+    let Ok(files) = headers::files_naming(new, members) else {
+        return changed;
+    };
+    for file in files.iter().filter(|f| f.ends_with(".h")) {
+        // Reading both versions first: most headers naming a member are unchanged, and
+        // whether one reaches the unit costs a walk of the include graph.
+        let Some(versions) = Versions::read(old, new, file).filter(|_| reaches_unit(file)) else {
+            continue;
+        };
+        let (old_lines, new_lines) = versions.lines();
+        let Some(regions) = versions.regions(old, new, file) else {
+            continue;
+        };
+        for region in regions {
+            let (removed, added) = region.items(&old_lines, &new_lines);
+            let old_side = old_lines.get(region.old.clone()).unwrap_or_default();
+            let new_side = new_lines.get(region.new.clone()).unwrap_or_default();
+            for tag in removed.names.intersection(&added.names) {
+                let opens = |l: &&str| {
+                    ["struct", "union"]
+                        .iter()
+                        .any(|k| l.contains(&format!("{k} {tag} {{")))
+                };
+                if !old_side.iter().any(opens) {
+                    continue;
+                }
+                for member in members {
+                    // The member's declarations: statements (split at `;`) naming it.
+                    let declares = |lines: &[&str]| -> BTreeSet<String> {
+                        lines
+                            .join("\n")
+                            .split(';')
+                            .filter(|statement| c_items::mentions(statement, member))
+                            .map(|st| st.split_whitespace().collect::<Vec<_>>().join(" "))
+                            .collect()
+                    };
+                    let (before, after) = (declares(old_side), declares(new_side));
+                    if !before.is_empty() && !after.is_empty() && before != after {
+                        changed.insert((tag.clone(), member.clone()));
+                    }
+                }
+            }
+        }
+    }
+    changed
+}
+
 /// A fix's prerequisites found in the newer tree.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Prerequisites {
@@ -164,6 +256,8 @@ pub(crate) struct Prerequisites {
 pub(crate) struct NewStructMember {
     /// `(struct, member)` pairs, as the compiler named them.
     pub members: BTreeSet<(String, String)>,
+    /// `(struct, member)` pairs whose declared type the newer source changed.
+    pub changed: BTreeSet<(String, String)>,
 }
 
 impl NewStructMember {
@@ -173,9 +267,14 @@ impl NewStructMember {
             .members
             .iter()
             .map(|(s, m)| format!("struct {s} has no member {m}"))
+            .chain(
+                self.changed
+                    .iter()
+                    .map(|(s, m)| format!("the type of struct {s}'s member {m} changed")),
+            )
             .collect();
         format!(
-            "the fix uses struct members the newer source added ({}): objects of the running \
+            "the fix uses struct members the newer source added or changed ({}): objects of the running \
              kernel already have the old layout, so patched code would read and write past \
              them; a shadow variable (klp_shadow_*) given with --patches can carry the new \
              state instead",
@@ -196,11 +295,6 @@ pub(crate) fn find(
     needs: &Needs,
     have: &Prerequisites,
 ) -> Result<Prerequisites, NewStructMember> {
-    if !needs.members.is_empty() {
-        return Err(NewStructMember {
-            members: needs.members.clone(),
-        });
-    }
     let mut found = Prerequisites::default();
     let wanted: BTreeSet<String> = needs
         .unknown
@@ -222,8 +316,26 @@ pub(crate) fn find(
                 .as_ref()
                 .is_some_and(|u| includes.translation_units(header).contains(u))
     };
+    let mismatched: BTreeSet<String> = needs
+        .mismatched_members
+        .iter()
+        .map(|(_, m)| m.clone())
+        .collect();
+    let changed = if mismatched.is_empty() {
+        BTreeSet::new()
+    } else {
+        changed_member_types(old, new, &mismatched, &reaches_unit)
+    };
+    if !needs.members.is_empty() || !changed.is_empty() {
+        return Err(NewStructMember {
+            members: needs.members.clone(),
+            changed,
+        });
+    }
     // name → .c files defining it for other objects.
     let mut definers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    // name → headers whose changed regions declare it.
+    let mut declaring_headers: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for file in files.iter().filter(|f| old.join(f).is_file()) {
         if Some(file) == needs.unit.as_ref() {
             continue;
@@ -246,13 +358,10 @@ pub(crate) fn find(
                     continue;
                 }
                 if header {
-                    if reaches_unit(file) {
-                        found
-                            .partial
-                            .entry(file.clone())
-                            .or_default()
-                            .insert(name.clone());
-                    }
+                    declaring_headers
+                        .entry(name.as_str())
+                        .or_default()
+                        .insert(file.clone());
                 } else if added.reaches_other_units.is_some() {
                     definers
                         .entry(name.as_str())
@@ -260,6 +369,22 @@ pub(crate) fn find(
                         .push(file.clone());
                 }
             }
+        }
+    }
+    // A header the unit includes; failing that (an include path only a Makefile's `-I`
+    // names, which the textual include index cannot follow), the one header that declares it.
+    for (name, files) in declaring_headers {
+        let reaching: Vec<&String> = files.iter().filter(|f| reaches_unit(f)).collect();
+        let chosen = match (reaching.as_slice(), files.len()) {
+            ([], 1) => files.iter().collect(),
+            _ => reaching,
+        };
+        for file in chosen {
+            found
+                .partial
+                .entry(file.clone())
+                .or_default()
+                .insert(name.to_owned());
         }
     }
     for (name, files) in definers {
@@ -378,7 +503,11 @@ pub(crate) fn after_compile_failure(
         text.lines().nth(number.checked_sub(1)?).map(str::to_owned)
     };
     let needs = needs_of(errors, &line_of);
-    if needs.unknown.is_empty() && needs.changed_signature.is_empty() && needs.members.is_empty() {
+    if needs.unknown.is_empty()
+        && needs.changed_signature.is_empty()
+        && needs.members.is_empty()
+        && needs.mismatched_members.is_empty()
+    {
         return Ok(Stage::Nothing);
     }
     let cache = headers::include_index_cache(kernel.dir());
@@ -453,6 +582,26 @@ fs/x.c:12:9: error: cleanup argument not a function
             needs.changed_signature,
             BTreeSet::from(["inet_frag_kill".to_owned()])
         );
+        let mismatch = needs_of(
+            "net/netfilter/ipset/ip_set_core.c:353:63: error: passing argument 2 of ‘atomic64_sub’ \
+             from incompatible pointer type [-Werror=incompatible-pointer-types]\n",
+            &|_, _| {
+                Some("\t\tatomic64_sub(sizeof(*c) + strlen(c->str) + 1, &set->ext_size);".to_owned())
+            },
+        );
+        assert_eq!(
+            mismatch.mismatched_members,
+            BTreeSet::from([
+                (
+                    "net/netfilter/ipset/ip_set_core.c".to_owned(),
+                    "ext_size".to_owned()
+                ),
+                (
+                    "net/netfilter/ipset/ip_set_core.c".to_owned(),
+                    "str".to_owned()
+                ),
+            ])
+        );
         let members = needs_of(
             "fs/smb/server/vfs_cache.c:394:51: error: ‘struct ksmbd_lock’ has no member named ‘conn’\n",
             &|_, _| None,
@@ -461,5 +610,28 @@ fs/x.c:12:9: error: cleanup argument not a function
             members.members,
             BTreeSet::from([("ksmbd_lock".to_owned(), "conn".to_owned())])
         );
+    }
+
+    #[test]
+    fn a_member_whose_type_changed_is_named_with_its_struct() {
+        // include/linux/netfilter/ipset/ip_set.h, 6.12.95 → 6.12.107.
+        let old_text = "struct ip_set {\n\tchar name[IPSET_MAXNAMELEN];\n\tu32 elements;\n\
+                        \tsize_t ext_size;\n\tsize_t dsize;\n};\n";
+        let new_text = old_text.replace("size_t ext_size;", "atomic64_t ext_size;");
+        let old = tempfile::tempdir().unwrap();
+        let new = tempfile::tempdir().unwrap();
+        let header = "include/linux/netfilter/ipset/ip_set.h";
+        for (tree, text) in [(&old, old_text), (&new, new_text.as_str())] {
+            let path = tree.path().join(header);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let members = BTreeSet::from(["ext_size".to_owned(), "elements".to_owned()]);
+        assert_eq!(
+            changed_member_types(old.path(), new.path(), &members, &|_| true),
+            BTreeSet::from([("ip_set".to_owned(), "ext_size".to_owned())])
+        );
+        // A header the failing unit does not include says nothing.
+        assert!(changed_member_types(old.path(), new.path(), &members, &|_| false).is_empty());
     }
 }
