@@ -14,6 +14,9 @@ pub struct ServerConfig {
     pub listen: String,
     /// The database URL; a relative SQLite path is relative to the data dir.
     pub database: String,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client
+    /// (failed logins are counted per client address); empty: the peer is the client.
+    pub trusted_proxies: Vec<crate::proxy::AddressRange>,
     /// `[tuf]`: root keys and how long each signed role lasts.
     pub tuf: TufConfig,
     /// `[limits]`: request sizes, timeouts and concurrency.
@@ -279,6 +282,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:8470".into(),
             database: "sqlite://patchbay.db".into(),
+            trusted_proxies: Vec::new(),
             tuf: TufConfig::default(),
             limits: Limits::default(),
             ui: UiConfig::default(),
@@ -398,6 +402,11 @@ impl ServerConfig {
              listen = {listen:?}\n\
              # Database URL. SQLite paths are relative to the data directory.\n\
              database = {database:?}\n\
+             # Reverse proxies in front of the server (addresses or CIDR ranges, e.g.\n\
+             # [\"127.0.0.1\", \"10.0.0.0/8\"]). Only from these peers is X-Forwarded-For\n\
+             # read (its right-most hop that is not one of them is the client); from anyone\n\
+             # else it is ignored. Failed logins are counted per client address.\n\
+             trusted_proxies = [{trusted_proxies}]\n\
              \n\
              [tuf]\n\
              # Root keys created by `init` and how many of them must sign a new root.json.\n\
@@ -430,8 +439,10 @@ impl ServerConfig {
              # \"https\" when browsers reach the dashboard through TLS (a reverse proxy): the\n\
              # session cookie is then marked Secure and never sent over plain HTTP.\n\
              served_over = {served_over:?}\n\
-             # Failed logins before a user name, or a client address, is locked out (429) for\n\
-             # login_lockout_secs. Behind a reverse proxy every client has the proxy's address.\n\
+             # Failed logins for one user name from one client address, and from one address\n\
+             # (IPv6: its /64) whatever the names, before that pair or that address is locked\n\
+             # out (429) for login_lockout_secs. A user is never locked out from every address.\n\
+             # Behind a reverse proxy, list it in trusted_proxies (top of this file).\n\
              login_failures_per_user = {per_user}\n\
              login_failures_per_address = {per_address}\n\
              login_lockout_secs = {lockout}\n\
@@ -467,6 +478,12 @@ impl ServerConfig {
              hosts_check = {hosts_check:?}\n",
             listen = self.listen,
             database = self.database,
+            trusted_proxies = self
+                .trusted_proxies
+                .iter()
+                .map(|range| format!("{:?}", range.to_string()))
+                .collect::<Vec<_>>()
+                .join(", "),
             root_keys = t.root_keys,
             root_threshold = t.root_threshold,
             root_expires = t.root_expires_days,
@@ -504,6 +521,20 @@ mod tests {
         let config = ServerConfig::default();
         let parsed: ServerConfig = toml::from_str(&config.commented()).unwrap();
         assert_eq!(parsed, config);
+    }
+
+    #[test]
+    fn trusted_proxies_parse_and_a_bad_one_is_named() {
+        let config = ServerConfig {
+            trusted_proxies: vec!["127.0.0.1".parse().unwrap(), "fd00::/8".parse().unwrap()],
+            ..ServerConfig::default()
+        };
+        let parsed: ServerConfig = toml::from_str(&config.commented()).unwrap();
+        assert_eq!(parsed, config);
+        let err = toml::from_str::<ServerConfig>("trusted_proxies = [\"10.0.0.1/8\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("10.0.0.1/8"), "{err}");
     }
 
     #[test]

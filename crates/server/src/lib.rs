@@ -19,6 +19,7 @@ pub mod cve;
 pub mod doctor;
 pub mod error;
 pub mod listener;
+pub mod proxy;
 pub mod service;
 pub mod store;
 pub(crate) mod throttle;

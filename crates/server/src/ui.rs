@@ -328,10 +328,13 @@ async fn login(
         );
     }
     // `serve` gives every request its peer's address; a router served without it (in-process
-    // tests) counts all its clients as one address.
-    let address = extensions
+    // tests) counts all its clients as one address. Behind a trusted proxy the client is
+    // named in X-Forwarded-For.
+    let peer = extensions
         .get::<axum::extract::ConnectInfo<crate::listener::PeerAddress>>()
         .map(|info| info.0 .0.ip());
+    let address =
+        crate::proxy::client_address(peer, &headers, &service.config.trusted_proxies);
     let opened = match service.login(&form.user, form.password, address).await {
         Ok(Some(opened)) => opened,
         Ok(None) => {

@@ -38,18 +38,29 @@ fn resident_kib(s: &Server) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// A login form sent as is (no CSRF token needed: the size check comes first), so a refusal
-/// that closes the connection early is told apart from an answer.
+/// A login form sent as a browser sends it (the login page first, for its CSRF token); the
+/// reply's status.
 async fn post_login(client: &reqwest::Client, s: &Server, user: &str, password: &str) -> u16 {
+    post_login_forwarded(client, s, None, user, password).await
+}
+
+/// [`post_login`] through a proxy that names the client in `X-Forwarded-For`.
+async fn post_login_forwarded(
+    client: &reqwest::Client,
+    s: &Server,
+    forwarded_for: Option<&str>,
+    user: &str,
+    password: &str,
+) -> u16 {
     let (cookie, csrf) = login_page(client, &s.url).await;
-    let reply = client
+    let mut request = client
         .post(format!("{}/ui/login", s.url))
         .header("cookie", cookie)
-        .form(&[("user", user), ("password", password), ("csrf", &csrf)])
-        .send()
-        .await
-        .unwrap();
-    reply.status().as_u16()
+        .form(&[("user", user), ("password", password), ("csrf", &csrf)]);
+    if let Some(hops) = forwarded_for {
+        request = request.header("x-forwarded-for", hops);
+    }
+    request.send().await.unwrap().status().as_u16()
 }
 
 #[test]
@@ -168,5 +179,68 @@ fn a_password_spray_against_admin_from_one_address_does_not_lock_admin_out_elsew
         );
         let office = client_from(&s, [127, 0, 0, 3]);
         assert_eq!(post_login(&office, &s, "admin", &admin_password).await, 303);
+    });
+}
+
+#[test]
+fn behind_a_trusted_proxy_a_spray_from_one_client_locks_out_neither_admin_nor_the_proxy() {
+    // The proxy is the test itself, on loopback.
+    let s = start(|t| {
+        with_login_limits(t, 3, 5).replace(
+            "trusted_proxies = []",
+            "trusted_proxies = [\"127.0.0.0/8\"]",
+        )
+    });
+    let admin_password = s.process.dashboard_password.clone();
+    add_user(&s, "vera", "viewer", "viewer-password");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let proxy = client_from(&s, [127, 0, 0, 1]);
+        let sprayer = Some("203.0.113.7");
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(post_login_forwarded(&proxy, &s, sprayer, "admin", "wrong").await);
+        }
+        // More names from there, past the address's limit.
+        for i in 0..4 {
+            let name = format!("nobody{i}");
+            statuses.push(post_login_forwarded(&proxy, &s, sprayer, &name, "wrong").await);
+        }
+        assert_eq!(
+            statuses,
+            [401, 401, 401, 429, 429, 429, 401, 401, 429, 429],
+            "admin locked from 203.0.113.7 after 3, the address after 5"
+        );
+        // The sprayer cannot step around its lockout by forging a hop left of its own.
+        let forged = Some("198.51.100.9, 203.0.113.7");
+        let r = post_login_forwarded(&proxy, &s, forged, "vera", "viewer-password").await;
+        assert_eq!(r, 429);
+        // Everyone else behind the same proxy logs in, admin included.
+        let office = Some("198.51.100.9");
+        let r = post_login_forwarded(&proxy, &s, office, "admin", &admin_password).await;
+        assert_eq!(r, 303);
+        let home = Some("192.0.2.44");
+        let r = post_login_forwarded(&proxy, &s, home, "vera", "viewer-password").await;
+        assert_eq!(r, 303);
+    });
+
+    // Without the setting, X-Forwarded-For is ignored: every login through the proxy counts
+    // against the proxy's address.
+    let s = start(|t| with_login_limits(t, 3, 5));
+    let admin_password = s.process.dashboard_password.clone();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let proxy = client_from(&s, [127, 0, 0, 1]);
+        for _ in 0..3 {
+            let r = post_login_forwarded(&proxy, &s, Some("203.0.113.7"), "admin", "wrong").await;
+            assert_eq!(r, 401);
+        }
+        let office = Some("198.51.100.9");
+        let r = post_login_forwarded(&proxy, &s, office, "admin", &admin_password).await;
+        assert_eq!(
+            r, 429,
+            "X-Forwarded-For from an untrusted peer must not name the client"
+        );
+        // The admin logs in from a real other address.
+        let other = client_from(&s, [127, 0, 0, 3]);
+        assert_eq!(post_login(&other, &s, "admin", &admin_password).await, 303);
     });
 }
