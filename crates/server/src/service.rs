@@ -1508,8 +1508,9 @@ impl Service {
     }
 
     /// Checks a dashboard login and opens a session, audited as `user:<name>` `login`.
-    /// Guessing is bounded by the login throttle (429 while the user or the address is
-    /// locked out); `None` is an unknown user or a wrong password, counted as a failure.
+    /// Guessing is bounded by the login throttle (429 while the user from this address, or
+    /// the address, is locked out; too long a name or password is 400, not counted); `None`
+    /// is an unknown user or a wrong password, counted as a failure.
     pub async fn login(
         &self,
         name: &str,
