@@ -713,6 +713,22 @@ pub fn partial_patch(
     out
 }
 
+/// The identifiers `text` uses as code (comments and literals left out).
+pub fn identifiers(text: &str) -> BTreeSet<String> {
+    let mut tokens = Vec::new();
+    let mut in_comment = false;
+    for line in text.lines() {
+        lex_tokens(line, &mut in_comment, &mut tokens);
+    }
+    tokens
+        .into_iter()
+        .filter_map(|t| match t {
+            Token::Ident(w) => Some(w),
+            Token::Punct(_) => None,
+        })
+        .collect()
+}
+
 /// Whether `text` names `word` as a C identifier.
 pub fn mentions(text: &str, word: &str) -> bool {
     super::objects::contains_word(text, word, |c| c.is_ascii_alphanumeric() || c == '_')

@@ -194,7 +194,8 @@ pub(crate) fn names_reaching_units(
         .filter(|(_, keep)| **keep)
         .map(|(line, _)| format!("{line}\n"))
         .collect();
-    if let Some(used) = names.iter().find(|n| c_items::mentions(&rest, n)) {
+    let used_elsewhere = c_items::identifiers(&rest);
+    if let Some(used) = names.iter().find(|n| used_elsewhere.contains(*n)) {
         return Err(format!("the header itself uses `{used}` elsewhere"));
     }
     Ok(names)
@@ -262,6 +263,10 @@ extern struct dentry *user_path_create(int, const char __user *, struct path *, 
         let names =
             names_reaching_units(work.path(), "include/linux/namei.h", NAMEI, &new).unwrap();
         assert_eq!(names, BTreeSet::from(["kern_path_parent".to_owned()]));
+        // A comment naming it is not a use.
+        let commented = format!("/* kern_path_parent() takes the parent */\n{NAMEI}");
+        let new_commented = format!("/* kern_path_parent() takes the parent */\n{new}");
+        assert!(names_reaching_units(work.path(), "x.h", &commented, &new_commented).is_ok());
         // The tree's files naming it: only those units can compile differently.
         let tree = tempfile::tempdir().unwrap();
         for (path, text) in [
