@@ -274,10 +274,10 @@ impl NewStructMember {
             )
             .collect();
         format!(
-            "the fix uses struct members the newer source added or changed ({}): objects of the running \
-             kernel already have the old layout, so patched code would read and write past \
-             them; a shadow variable (klp_shadow_*) given with --patches can carry the new \
-             state instead",
+            "the fix uses struct members the newer source added or changed ({}): the running \
+             kernel's objects and the code that fills or calls them keep the old layout and \
+             types, so patched code would read and write past them or disagree with them; a \
+             shadow variable (klp_shadow_*) given with --patches can carry new state instead",
             list.join("; ")
         )
     }
