@@ -276,11 +276,29 @@ fn serve_refuses_to_start_without_a_certificate_and_insecure_http_works_when_ask
         stderr.contains("--insecure-http") && stderr.contains("--tls-cert"),
         "says what to do: {stderr}"
     );
+    // Nor is a registration key made that cannot name the certificate hosts must pin; none is
+    // stored either (checked below: init's key stays the only one).
+    let out = Command::new(&server.bin)
+        .args(["registration-key", "create", "--data"])
+        .arg(&server.data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a key without the certificate's fingerprint: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Asked for plain HTTP: it serves, and the API answers.
     server.serve_insecure_http().unwrap();
     assert!(server.url.starts_with("http://"), "{}", server.url);
     let hosts = server.admin("GET", "hosts", None).unwrap();
     assert!(hosts["hosts"].as_array().unwrap().is_empty(), "{hosts}");
+    let keys = server.admin("GET", "registration-keys", None).unwrap();
+    assert_eq!(
+        keys["registration_keys"].as_array().unwrap().len(),
+        1,
+        "{keys}"
+    );
     server.stop();
     std::fs::rename(&moved, &cert).unwrap();
     server.insecure_http = false;

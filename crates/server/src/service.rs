@@ -1410,10 +1410,11 @@ impl Service {
             )));
         }
         let secret = random_registration_secret()?;
+        // Made before storing: a key whose certificate cannot be read is never stored unseen.
+        let key = self.full_registration_key(secret.clone())?.to_string();
         self.store
             .add_registration_key(&secret_hash(secret.expose()), &channel, unix_seconds())
             .await?;
-        let key = self.full_registration_key(secret)?.to_string();
         self.store
             .audit(
                 unix_seconds(),
