@@ -333,8 +333,7 @@ async fn login(
     let peer = extensions
         .get::<axum::extract::ConnectInfo<crate::listener::PeerAddress>>()
         .map(|info| info.0 .0.ip());
-    let address =
-        crate::proxy::client_address(peer, &headers, &service.config.trusted_proxies);
+    let address = crate::proxy::client_address(peer, &headers, &service.config.trusted_proxies);
     let opened = match service.login(&form.user, form.password, address).await {
         Ok(Some(opened)) => opened,
         Ok(None) => {
