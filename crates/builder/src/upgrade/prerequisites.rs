@@ -41,6 +41,9 @@ pub(crate) struct Needs {
     pub mismatched_members: BTreeSet<(String, String)>,
     /// The translation unit that failed (`net/ipv6/addrconf.c`), when the error names it.
     pub unit: Option<String>,
+    /// Errors inside headers (`include/net/ipv6_frag.h`, 1-based line): an inline or macro
+    /// there no longer fits what is carried.
+    pub in_headers: BTreeSet<(String, usize)>,
 }
 
 /// The text between the first pair of quotes (gcc's ‘…’ or '…') after `marker` in `line`.
@@ -74,6 +77,12 @@ pub(crate) fn needs_of(errors: &str, line_of: &dyn Fn(&str, usize) -> Option<Str
         let Some((place, message)) = line.split_once(": error: ") else {
             continue;
         };
+        let mut at = place.trim().trim_start_matches("./").split(':');
+        if let (Some(path), Some(Ok(number))) = (at.next(), at.next().map(str::parse)) {
+            if path.ends_with(".h") {
+                needs.in_headers.insert((path.to_owned(), number));
+            }
+        }
         let identifier = |text: &str| {
             let name = text
                 .trim_start_matches("struct ")
@@ -402,6 +411,24 @@ pub(crate) fn find(
                 .insert(name.to_owned());
         }
     }
+    // A header whose inline or macro no longer compiles with what is carried: the region of
+    // its newer version around the failing line (the newer source updated it too).
+    for (header, number) in &needs.in_headers {
+        let Some(versions) = Versions::read(old, new, header) else {
+            continue;
+        };
+        let (old_lines, new_lines) = versions.lines();
+        let regions = versions.regions(old, new, header).unwrap_or_default();
+        let line = number.saturating_sub(1);
+        if let Some(region) = regions.iter().find(|r| r.old.contains(&line)) {
+            let (removed, added) = region.items(&old_lines, &new_lines);
+            found
+                .partial
+                .entry(header.clone())
+                .or_default()
+                .extend(removed.names.union(&added.names).cloned());
+        }
+    }
     // Only what is not carried yet.
     found.whole.retain(|f| !have.whole.contains(f));
     for (file, names) in &mut found.partial {
@@ -507,6 +534,7 @@ pub(crate) fn after_compile_failure(
         && needs.changed_signature.is_empty()
         && needs.members.is_empty()
         && needs.mismatched_members.is_empty()
+        && needs.in_headers.is_empty()
     {
         return Ok(Stage::Nothing);
     }
@@ -581,6 +609,14 @@ fs/x.c:12:9: error: cleanup argument not a function
         assert_eq!(
             needs.changed_signature,
             BTreeSet::from(["inet_frag_kill".to_owned()])
+        );
+        let in_header = needs_of(
+            "./include/net/ipv6_frag.h:77:9: error: too few arguments to function ‘inet_frag_kill’\n",
+            &|_, _| None,
+        );
+        assert_eq!(
+            in_header.in_headers,
+            BTreeSet::from([("include/net/ipv6_frag.h".to_owned(), 77)])
         );
         let mismatch = needs_of(
             "net/netfilter/ipset/ip_set_core.c:353:63: error: passing argument 2 of ‘atomic64_sub’ \
