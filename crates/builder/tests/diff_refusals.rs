@@ -160,3 +160,51 @@ fn patches_with_any_prefix_build() {
         assert!(output.is_file());
     }
 }
+
+/// A new `static inline` helper in a header included by thousands of units
+/// (`include/linux/seq_file.h`), used by the fix's own file: the header proof compares only the
+/// units that name the helper (none but the patched one), so it builds. The same header change
+/// made a non-static definition (every includer would emit it) gets the full proof and is
+/// refused as too wide.
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn a_header_change_of_new_named_items_is_proven_on_the_units_naming_them() {
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let named = fixture("seq-file-header-new-helper.patch");
+    let request = |patch: std::path::PathBuf, output: std::path::PathBuf| DiffBuild {
+        level: 1.try_into().unwrap(),
+        fixes: Vec::new(),
+        patches: vec![patch],
+        output,
+        keep_work_dir: None,
+        strip_level: Some(1),
+        header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
+    };
+    let output = work.path().join("named.pbb");
+    let report =
+        build(&kernel, &request(named.clone(), output.clone())).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.files.len(), 1);
+    assert_eq!(report.files[0].source, "fs/proc/cmdline.c");
+    assert_eq!(
+        report.files[0].diff.changed_functions,
+        ["cmdline_proc_show"]
+    );
+    assert!(output.is_file());
+
+    let global = std::fs::read_to_string(&named).unwrap().replace(
+        "+static inline void seq_puts_patchbay_note",
+        "+void seq_puts_patchbay_note",
+    );
+    let global_patch = work.path().join("global.patch");
+    std::fs::write(&global_patch, global).unwrap();
+    let output = work.path().join("global.pbb");
+    let err = build(&kernel, &request(global_patch, output.clone()))
+        .expect_err("a definition every includer emits must be refused");
+    assert_eq!(err.category(), Category::HeaderChange.as_str(), "{err}");
+    assert!(
+        err.to_string().contains("is defined without `static`"),
+        "{err}"
+    );
+    assert!(!output.exists());
+}
