@@ -122,6 +122,20 @@ fn unsafe_or_empty_diffs_are_refused_with_advice() {
 /// A fix written as people write patches (kpatch's `diff -Nupr src.orig/ src/`, quilt's
 /// `linux.orig/`, no prefix at all) builds the same module as the git-style fixture: the strip
 /// level is found from the tree.
+/// The build changed `cmdline_proc_show` of `fs/proc/cmdline.c` only and wrote its bundle.
+fn assert_only_cmdline_show_changed(
+    report: &patchbay_build::diff::pipeline::DiffBuildReport,
+    output: &std::path::Path,
+) {
+    assert_eq!(report.files.len(), 1);
+    assert_eq!(report.files[0].source, "fs/proc/cmdline.c");
+    assert_eq!(
+        report.files[0].diff.changed_functions,
+        ["cmdline_proc_show"]
+    );
+    assert!(output.is_file());
+}
+
 #[test]
 #[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
 fn patches_with_any_prefix_build() {
@@ -151,13 +165,7 @@ fn patches_with_any_prefix_build() {
             },
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(report.files.len(), 1);
-        assert_eq!(report.files[0].source, "fs/proc/cmdline.c");
-        assert_eq!(
-            report.files[0].diff.changed_functions,
-            ["cmdline_proc_show"]
-        );
-        assert!(output.is_file());
+        assert_only_cmdline_show_changed(&report, &output);
     }
 }
 
@@ -184,13 +192,7 @@ fn a_header_change_of_new_named_items_is_proven_on_the_units_naming_them() {
     let output = work.path().join("named.pbb");
     let report =
         build(&kernel, &request(named.clone(), output.clone())).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(report.files.len(), 1);
-    assert_eq!(report.files[0].source, "fs/proc/cmdline.c");
-    assert_eq!(
-        report.files[0].diff.changed_functions,
-        ["cmdline_proc_show"]
-    );
-    assert!(output.is_file());
+    assert_only_cmdline_show_changed(&report, &output);
 
     let global = std::fs::read_to_string(&named).unwrap().replace(
         "+static inline void seq_puts_patchbay_note",
