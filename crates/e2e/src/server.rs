@@ -137,6 +137,19 @@ impl ServerProcess {
         })
     }
 
+    /// The arguments a builder command (`publish`, `upgrade --publish`, `watch`) takes to reach
+    /// this server as its administrator: URL, admin token and the pinned certificate.
+    pub fn builder_args(&self) -> Vec<String> {
+        vec![
+            "--server".into(),
+            self.url.clone(),
+            "--token".into(),
+            self.admin_token.clone(),
+            "--server-cert-sha256".into(),
+            self.cert_sha256.as_str().to_owned(),
+        ]
+    }
+
     /// How clients trust this server: its certificate pinned.
     pub fn trust(&self) -> patchbay_updates::tls::ServerTrust {
         patchbay_updates::tls::ServerTrust::Pinned(self.cert_sha256.clone())

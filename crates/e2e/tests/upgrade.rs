@@ -98,7 +98,7 @@ fn upgrade_command(
         .arg("--agent")
         .arg(agent_binary().unwrap())
         .args(["--stress-seconds", "5", "--publish"])
-        .args(["--server", &server.url, "--token", &server.admin_token])
+        .args(server.builder_args())
         .arg("--report")
         .arg(work.join("report.json"))
         .arg("-o")
@@ -366,7 +366,7 @@ fn watcher_publishes_a_verified_level_when_apt_has_a_newer_source() {
             .arg("--agent")
             .arg(agent_binary().unwrap())
             .args(["--stress-seconds", "3"])
-            .args(["--server", &server.url, "--token", &server.admin_token])
+            .args(server.builder_args())
             .output()
             .unwrap()
     };
