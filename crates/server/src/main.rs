@@ -612,8 +612,18 @@ async fn init(
             (files, true)
         }
     };
+    let max_age_days = config.cve.max_age_days;
     let report = Service::init(data, offline_root, config).await?;
     println!("initialised {}", data.display());
+    let cve_data = patchbay_server::cve::data_status(
+        &patchbay_server::cve::read_stored(data),
+        max_age_days,
+        jiff::Timestamp::now().as_second(),
+    );
+    println!("cve-data: {}", cve_data.describe());
+    if let Some(warning) = &cve_data.warning {
+        println!("  WARNING: {warning}");
+    }
     println!("tls-certificate: {}", files.certificate.display());
     println!("tls-certificate-sha256: {}", files.sha256()?);
     if made_here {

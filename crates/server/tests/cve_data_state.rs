@@ -412,3 +412,32 @@ fn a_zero_maximum_age_is_refused_with_the_key_named() {
         "{said}"
     );
 }
+
+/// `init` says which CVE data it installed, how old it is, and that it is too old to trust
+/// once it is past `cve.max_age_days` (the bundled snapshot ages from the day it was made).
+#[test]
+fn init_says_which_cve_data_it_installed_and_how_old_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = Command::new(bin())
+        .args(["init", "--data"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let stdout = String::from_utf8_lossy(&init.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("cve-data: "))
+        .unwrap_or_else(|| panic!("no cve-data line:\n{stdout}"));
+    assert!(line.starts_with("CVE data of 20"), "{line}");
+    assert!(line.contains("days old"), "{line}");
+    assert!(line.contains("bundled"), "{line}");
+    // Past the default limit (7 days) the same output warns and says what to run.
+    let age: u32 = line
+        .split_once(" (")
+        .and_then(|(_, rest)| rest.split_once(" days old"))
+        .and_then(|(days, _)| days.parse().ok())
+        .unwrap_or_else(|| panic!("no age in {line}"));
+    let warned = stdout.contains("WARNING: the CVE data is") && stdout.contains("cve sync");
+    assert_eq!(warned, age > 7, "{stdout}");
+}
