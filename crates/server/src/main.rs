@@ -746,6 +746,16 @@ async fn serve(
 ) -> Result<()> {
     install_missing_cve_data(data);
     let service = Arc::new(Service::open(data).await?);
+    let root_keys = service.online_root_keys();
+    if !root_keys.is_empty() {
+        let names: Vec<String> = root_keys.iter().map(|k| k.display().to_string()).collect();
+        eprintln!(
+            "patchbay-server: WARNING: the root key(s) {} sit beside the data: whoever copies \
+             this machine's disk can sign a new root and take over every host. Move them to \
+             offline storage (docs/server.md, \"Offline keys\"); serving never needs them",
+            names.join(", ")
+        );
+    }
     let tls = &service.config.tls;
     let served = if insecure_http || tls.protocol == ServedProtocol::InsecureHttp {
         eprintln!("{INSECURE_HTTP_WARNING}");

@@ -1806,6 +1806,11 @@ impl Service {
         self.tuf.refresh().await
     }
 
+    /// Root keys stored beside the data ([`TufRepo::online_root_keys`]).
+    pub fn online_root_keys(&self) -> Vec<std::path::PathBuf> {
+        self.tuf.online_root_keys()
+    }
+
     /// When each served role expires, and whether this server can renew it alone.
     pub async fn metadata_expiry(&self) -> Result<Vec<RoleExpiry>, ServerError> {
         let mut expiries = self.tuf.expiries().await?;

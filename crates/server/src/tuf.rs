@@ -339,6 +339,26 @@ impl TufRepo {
         self.keys_dir.join(format!("{role}.pk8"))
     }
 
+    /// Root keys that sit beside the data (`keys/root-<n>.pk8`): whoever copies this
+    /// machine's disk can sign a new root and so take over every host. `init --offline-root`
+    /// writes them elsewhere; `serve` warns at every start while they are here.
+    pub fn online_root_keys(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.keys_dir) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("root-") && n.ends_with(".pk8"))
+            })
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// Creates keys and the first root, targets, snapshot and timestamp (empty targets).
     /// Root keys go to `root_key_dir` (the keys dir unless the administrator moves them away).
     /// Returns the key ids of the root keys.
@@ -1305,6 +1325,19 @@ mod tests {
         let keys = root_keys.map_or_else(|| dir.path().join("keys"), Path::to_path_buf);
         repo.init(&keys).await.unwrap();
         (dir, repo)
+    }
+
+    #[tokio::test]
+    async fn root_keys_beside_the_data_are_online_and_offline_ones_are_not() {
+        let (_dir, repo) = repo_with(TufConfig::default(), None).await;
+        let online = repo.online_root_keys();
+        assert_eq!(online.len(), 1, "{online:?}");
+        assert!(online[0].ends_with("keys/root-1.pk8"), "{online:?}");
+        let usb = tempfile::tempdir().unwrap();
+        let (_dir, repo) = repo_with(TufConfig::default(), Some(usb.path())).await;
+        assert!(repo.online_root_keys().is_empty());
+        // The online role keys are not root keys.
+        assert!(repo.keys_dir.join("targets.pk8").exists());
     }
 
     /// What a client that trusts `1.root.json` makes of the repository now (tough, as the
