@@ -153,16 +153,8 @@ pub fn new_functions_in_init_time_data(
     patched: &ElfView,
     report: &DiffReport,
 ) -> Vec<(String, String)> {
-    let new: BTreeMap<usize, &str> = report
-        .new_functions
-        .iter()
-        .filter_map(|n| {
-            patched
-                .symbols
-                .iter()
-                .find(|s| &s.name == n && s.is_function())
-                .and_then(|s| Some((s.section?, n.as_str())))
-        })
+    let new: BTreeMap<usize, &str> = function_sections(patched, &report.new_functions)
+        .into_iter()
         .collect();
     let mut found = BTreeSet::new();
     for section in patched.sections.values() {
@@ -170,16 +162,36 @@ pub fn new_functions_in_init_time_data(
             continue;
         }
         for reloc in &section.relocs {
-            let target = match &reloc.target {
-                Target::Section(s) => Some(*s),
-                Target::Symbol(i) => patched.symbol(*i).and_then(|s| s.section),
-            };
-            if let Some(function) = target.and_then(|t| new.get(&t)) {
+            if let Some(function) = target_section(patched, reloc).and_then(|t| new.get(&t)) {
                 found.insert((section.name.clone(), (*function).to_string()));
             }
         }
     }
     found.into_iter().collect()
+}
+
+/// `(section, name)` of each of `names` that is a function of `view`.
+fn function_sections<'n>(
+    view: &ElfView,
+    names: impl IntoIterator<Item = &'n String>,
+) -> Vec<(usize, &'n str)> {
+    names
+        .into_iter()
+        .filter_map(|n| {
+            view.symbols
+                .iter()
+                .find(|s| &s.name == n && s.is_function())
+                .and_then(|s| Some((s.section?, n.as_str())))
+        })
+        .collect()
+}
+
+/// The section a relocation of `view` points into (its own, or its symbol's).
+fn target_section(view: &ElfView, reloc: &Reloc) -> Option<usize> {
+    match &reloc.target {
+        Target::Section(s) => Some(*s),
+        Target::Symbol(i) => view.symbol(*i).and_then(|s| s.section),
+    }
 }
 
 /// `.initcall<level>[s].init`, `.initcallearly.init` and `.con_initcall.init`.
@@ -913,11 +925,7 @@ impl Builder<'_> {
     /// Whether a relocation points into `.altinstr_replacement` the output already has (copied
     /// whole).
     fn points_into_copied_replacement(&self, reloc: &Reloc) -> bool {
-        let section = match &reloc.target {
-            Target::Section(s) => Some(*s),
-            Target::Symbol(i) => self.patched.symbol(*i).and_then(|s| s.section),
-        };
-        section.is_some_and(|s| {
+        target_section(self.patched, reloc).is_some_and(|s| {
             self.sections.contains_key(&s)
                 && self
                     .patched
@@ -1065,18 +1073,13 @@ impl Builder<'_> {
 /// Sections of the patched object that hold code or data the extractor does not know how to
 /// carry, referenced from kept functions: reported before anything is built.
 pub fn unknown_special_sections(patched: &ElfView, report: &DiffReport) -> Vec<String> {
-    let kept: BTreeSet<usize> = report
-        .changed_functions
-        .iter()
-        .chain(&report.new_functions)
-        .filter_map(|n| {
-            patched
-                .symbols
-                .iter()
-                .find(|s| &s.name == n && s.is_function())
-        })
-        .filter_map(|s| s.section)
-        .collect();
+    let kept: BTreeSet<usize> = function_sections(
+        patched,
+        report.changed_functions.iter().chain(&report.new_functions),
+    )
+    .into_iter()
+    .map(|(section, _)| section)
+    .collect();
     let known: BTreeSet<&str> = TABLES
         .iter()
         .flat_map(|t| std::iter::once(t.name).chain(t.parallel.map(|p| p.0)))
@@ -1096,13 +1099,10 @@ pub fn unknown_special_sections(patched: &ElfView, report: &DiffReport) -> Vec<S
         {
             continue;
         }
-        let refers_to_kept = section.relocs.iter().any(|r| match &r.target {
-            Target::Section(s) => kept.contains(s),
-            Target::Symbol(i) => patched
-                .symbol(*i)
-                .and_then(|s| s.section)
-                .is_some_and(|s| kept.contains(&s)),
-        });
+        let refers_to_kept = section
+            .relocs
+            .iter()
+            .any(|r| target_section(patched, r).is_some_and(|s| kept.contains(&s)));
         if refers_to_kept {
             unknown.insert(section.name.clone());
         }
