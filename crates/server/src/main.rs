@@ -204,15 +204,28 @@ enum RootCommand {
         root_keys: Vec<PathBuf>,
     },
     /// Replace the key of an online role (targets, snapshot or timestamp) with a new one,
-    /// announced in a new root version signed with the root keys.
+    /// announced in a new root version signed with the root keys. With --role root: new root
+    /// keys, written to --new-root-key-out (take them offline), and root version N+1 signed by
+    /// the old root keys and the new ones.
     Rotate {
         #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
         data: PathBuf,
         /// The role whose key is replaced.
         #[arg(long)]
         role: patchbay_server::tuf::RoleName,
+        /// An offline (old) root key file (repeat for a threshold above one).
         #[arg(long = "root-key", value_name = "FILE")]
         root_keys: Vec<PathBuf>,
+        /// --role root: where to write a new root key (repeat once per new key); never
+        /// overwritten. Keep it off this machine: serving never needs it.
+        #[arg(long, value_name = "FILE")]
+        new_root_key_out: Vec<PathBuf>,
+        /// --role root: how many new root keys (default: one per --new-root-key-out).
+        #[arg(long = "root-keys", value_name = "N")]
+        new_root_keys: Option<usize>,
+        /// --role root: how many of the new root keys must sign a new root.
+        #[arg(long, value_name = "M", default_value_t = 1)]
+        root_threshold: u64,
     },
 }
 
@@ -546,10 +559,39 @@ async fn run(cli: Cli) -> Result<()> {
             command:
                 RootCommand::Rotate {
                     data,
-                    role,
+                    role: patchbay_server::tuf::RoleName::Root,
                     root_keys,
+                    new_root_key_out,
+                    new_root_keys,
+                    root_threshold,
                 },
         } => {
+            rotate_root_keys(
+                &data,
+                &root_keys,
+                new_root_key_out,
+                new_root_keys,
+                root_threshold,
+            )
+            .await
+        }
+        Command::Root {
+            command:
+                RootCommand::Rotate {
+                    data,
+                    role,
+                    root_keys,
+                    new_root_key_out,
+                    new_root_keys,
+                    ..
+                },
+        } => {
+            if !new_root_key_out.is_empty() || new_root_keys.is_some() {
+                anyhow::bail!(
+                    "--new-root-key-out and --root-keys are for --role root; the new {role} key \
+                     goes to the keys directory"
+                );
+            }
             let service = Service::open(&data).await?;
             let version = service.resign_root(&root_keys, Some(role)).await?;
             println!("new {role} key; now serving root version {version}");
@@ -652,6 +694,48 @@ async fn init(
     Ok(())
 }
 
+/// `root rotate --role root`: new root keys in the files given, root N+1 signed by the old
+/// and the new keys.
+async fn rotate_root_keys(
+    data: &Path,
+    old_root_keys: &[PathBuf],
+    files: Vec<PathBuf>,
+    count: Option<usize>,
+    threshold: u64,
+) -> Result<()> {
+    if let Some(count) = count.filter(|n| *n != files.len()) {
+        anyhow::bail!(
+            "--root-keys {count} needs {count} --new-root-key-out files, {} given",
+            files.len()
+        );
+    }
+    let new = patchbay_server::tuf::NewRootKeys::new(files, threshold)?;
+    let service = Service::open(data).await?;
+    let rotation = service.rotate_root_keys(old_root_keys, &new).await?;
+    println!(
+        "new root keys ({} of {} must sign a new root); now serving root version {}, signed by \
+         the old and the new root keys:",
+        new.threshold(),
+        rotation.key_ids.len(),
+        rotation.version
+    );
+    for (id, file) in rotation.key_ids.iter().zip(&rotation.key_files) {
+        println!("  {id}  {}", file.display());
+    }
+    for old in &rotation.retired_online_keys {
+        println!(
+            "deleted the old root key {} (it signs no root any more)",
+            old.display()
+        );
+    }
+    println!(
+        "move the new root key file(s) to offline storage now; the server does not need them. \
+         Destroy the old root keys: hosts check the new root with the signatures it carries, \
+         and an old key could only forge a root for hosts that have not fetched it yet"
+    );
+    Ok(())
+}
+
 async fn doctor(data: &Path) -> Result<()> {
     use patchbay_server::doctor::{Finding, Verdict};
     let service = Service::open(data).await?;
@@ -677,6 +761,10 @@ async fn doctor(data: &Path) -> Result<()> {
             ),
         });
     }
+    findings.extend(patchbay_server::doctor::key_findings(
+        &service.keys_on_disk().await?,
+        &service.config.tuf,
+    ));
     findings.extend(service.cve_data_findings().await?);
     for finding in &findings {
         println!("{finding}");

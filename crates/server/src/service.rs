@@ -1811,6 +1811,11 @@ impl Service {
         self.tuf.online_root_keys()
     }
 
+    /// Which keys of each role sit in the keys directory ([`crate::tuf::TufRepo::keys_on_disk`]).
+    pub async fn keys_on_disk(&self) -> Result<Vec<crate::tuf::KeysOnDisk>, ServerError> {
+        self.tuf.keys_on_disk().await
+    }
+
     /// When each served role expires, and whether this server can renew it alone.
     pub async fn metadata_expiry(&self) -> Result<Vec<RoleExpiry>, ServerError> {
         let mut expiries = self.tuf.expiries().await?;
@@ -1874,6 +1879,28 @@ impl Service {
             .audit(unix_seconds(), "cli", "root", &detail, None)
             .await?;
         Ok(version)
+    }
+
+    /// Replaces the root keys ([`crate::tuf::TufRepo::rotate_root_keys`]): root N+1 signed by
+    /// the old root keys (here and `old_root_keys`) and the new ones. Audited.
+    pub async fn rotate_root_keys(
+        &self,
+        old_root_keys: &[PathBuf],
+        new: &crate::tuf::NewRootKeys,
+    ) -> Result<crate::tuf::RootRotation, ServerError> {
+        self.refuse_if_mirror()?;
+        let _guard = self.lock_mutations().await?;
+        let rotation = self.tuf.rotate_root_keys(old_root_keys, new).await?;
+        let detail = format!(
+            "root version {}: new root keys {} (threshold {})",
+            rotation.version,
+            rotation.key_ids.join(", "),
+            new.threshold()
+        );
+        self.store
+            .audit(unix_seconds(), "cli", "root", &detail, None)
+            .await?;
+        Ok(rotation)
     }
 }
 

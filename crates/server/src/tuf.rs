@@ -220,6 +220,24 @@ impl RoleExpiry {
     }
 }
 
+/// Which of a role's keys sit in the server's keys directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysOnDisk {
+    /// The role.
+    pub role: RoleName,
+    /// The key files in the keys directory that hold one of the role's current keys.
+    pub files: Vec<PathBuf>,
+    /// How many keys must sign the role.
+    pub threshold: u64,
+}
+
+impl KeysOnDisk {
+    /// Whether the files here are enough to sign the role.
+    pub fn can_sign(&self) -> bool {
+        self.files.len() as u64 >= self.threshold
+    }
+}
+
 /// What one [`TufRepo::refresh`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RefreshReport {
@@ -227,6 +245,103 @@ pub struct RefreshReport {
     pub resigned: Vec<RoleName>,
     /// Roles with offline keys that expire soon (see [`RoleExpiry::warning`]).
     pub warnings: Vec<String>,
+}
+
+/// The new root keys of a root key rotation: one file per key, none of which exists yet, and
+/// how many of them must sign the next root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRootKeys {
+    files: Vec<PathBuf>,
+    threshold: NonZeroU64,
+}
+
+impl NewRootKeys {
+    /// `files` (one per new key, in a directory that exists, none there yet, no name twice)
+    /// and `threshold` (1 to the number of files).
+    pub fn new(files: Vec<PathBuf>, threshold: u64) -> Result<NewRootKeys, ServerError> {
+        if files.is_empty() {
+            return Err(ServerError::BadRequest(
+                "a root key rotation needs a file for each new root key: --new-root-key-out FILE \
+                 (repeat it for more than one key)"
+                    .into(),
+            ));
+        }
+        let count = files.len() as u64;
+        let threshold = NonZeroU64::new(threshold)
+            .filter(|t| t.get() <= count)
+            .ok_or_else(|| {
+                ServerError::BadRequest(format!(
+                    "--root-threshold {threshold} must be between 1 and the number of new root \
+                     keys ({count})"
+                ))
+            })?;
+        let mut seen = std::collections::HashSet::new();
+        for file in &files {
+            if !seen.insert(file) {
+                return Err(ServerError::BadRequest(format!(
+                    "--new-root-key-out {} is given twice; give one file per new key",
+                    file.display()
+                )));
+            }
+        }
+        let keys = NewRootKeys { files, threshold };
+        keys.check_free()?;
+        Ok(keys)
+    }
+
+    /// The files the new keys are written to.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// How many of the new keys must sign a root.
+    pub fn threshold(&self) -> u64 {
+        self.threshold.get()
+    }
+
+    /// Every file is still free and its directory exists.
+    fn check_free(&self) -> Result<(), ServerError> {
+        for file in &self.files {
+            if file.symlink_metadata().is_ok() {
+                return Err(NewRootKeys::exists_error(file));
+            }
+            let dir = match file.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if !dir.is_dir() {
+                return Err(ServerError::BadRequest(format!(
+                    "--new-root-key-out {}: the directory {} does not exist (mount the offline \
+                     medium the new root key goes to, or create the directory)",
+                    file.display(),
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn exists_error(file: &Path) -> ServerError {
+        ServerError::Conflict(format!(
+            "--new-root-key-out {} already exists; a key file is never overwritten. Give another \
+             name (if an earlier rotation stopped before it wrote a new root, root.json does not \
+             name that key: delete the file)",
+            file.display()
+        ))
+    }
+}
+
+/// What a root key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootRotation {
+    /// The new root version.
+    pub version: u64,
+    /// The new root keys' ids (hex).
+    pub key_ids: Vec<String>,
+    /// Where the new root keys were written: to be moved offline.
+    pub key_files: Vec<PathBuf>,
+    /// Old root key files that sat in the keys directory, deleted.
+    pub retired_online_keys: Vec<PathBuf>,
 }
 
 /// The repository on disk.
@@ -284,6 +399,42 @@ fn generate_key(path: &Path) -> Result<(), ServerError> {
     let document =
         Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| tuf_err("generate an Ed25519 key", e))?;
     write_private(path, document.as_ref())
+}
+
+/// Makes a new Ed25519 key in `path`, which must not exist: written to a temporary file in
+/// the same directory, synced, then linked to `path` (which fails if something took the name
+/// meanwhile), so `path` is either absent or a whole key.
+fn generate_key_new_file(path: &Path) -> Result<(), ServerError> {
+    let rng = SystemRandom::new();
+    let document =
+        Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| tuf_err("generate an Ed25519 key", e))?;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(ServerError::BadRequest(format!(
+            "{}: not a file path",
+            path.display()
+        )));
+    };
+    let mut staging_name = std::ffi::OsString::from(".");
+    staging_name.push(name);
+    staging_name.push(format!(".new.{}", std::process::id()));
+    let staging = dir.join(staging_name);
+    patchbay_core::fsutil::write_private(&staging, document.as_ref())
+        .map_err(|e| io_err(&staging, e))?;
+    let linked = std::fs::hard_link(&staging, path);
+    let _ = std::fs::remove_file(&staging);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(NewRootKeys::exists_error(path));
+        }
+        Err(e) => return Err(io_err(path, e)),
+    }
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    patchbay_core::fsutil::sync_dir(dir).map_err(|e| io_err(dir, e))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
@@ -746,6 +897,25 @@ impl TufRepo {
         Ok(signers)
     }
 
+    /// For each role, the key files in the keys directory that hold one of its current keys:
+    /// what a copy of this machine's disk gives away (`doctor`).
+    pub async fn keys_on_disk(&self) -> Result<Vec<KeysOnDisk>, ServerError> {
+        let root = self.root()?;
+        let mut out = Vec::new();
+        for role in RoleName::ALL {
+            let threshold = root
+                .roles
+                .get(&role.role_type())
+                .map_or(1, |k| k.threshold.get());
+            out.push(KeysOnDisk {
+                role,
+                files: self.role_signers(role, &[]).await?,
+                threshold,
+            });
+        }
+        Ok(out)
+    }
+
     /// Whether the server holds enough keys to sign `role` alone.
     async fn key_place(&self, role: RoleName) -> Result<KeyPlace, ServerError> {
         let root = self.root()?;
@@ -961,27 +1131,13 @@ impl TufRepo {
         rotate: Option<RoleName>,
     ) -> Result<u64, ServerError> {
         let current = self.root()?;
-        let threshold = current
-            .roles
-            .get(&RoleType::Root)
-            .map_or(1, |k| k.threshold.get());
-        let signers = self.role_signers(RoleName::Root, root_keys).await?;
-        if (signers.len() as u64) < threshold {
-            return Err(ServerError::OfflineKey(format!(
-                "signing a new root needs {threshold} of the root keys, {} found (in {} and the \
-                 --root-key files given); bring the offline root keys with --root-key FILE",
-                signers.len(),
-                self.keys_dir.display()
-            )));
-        }
-        let mut next = current.clone();
-        next.version = version(current.version.get() + 1)?;
-        next.expires = expires_in(RoleName::Root.lifetime_secs(&self.config))?;
+        let signers = self.current_root_signers(root_keys).await?;
+        let mut next = self.next_root(&current)?;
         if let Some(role) = rotate {
             if role == RoleName::Root {
                 return Err(ServerError::BadRequest(
-                    "rotating the root keys themselves is not supported; rotate targets, \
-                     snapshot or timestamp"
+                    "rotating the root keys needs somewhere to write the new ones: \
+                     patchbay-server root rotate --role root --new-root-key-out FILE"
                         .into(),
                 ));
             }
@@ -1029,6 +1185,184 @@ impl TufRepo {
             }
         }
         Ok(new_version)
+    }
+
+    /// The root key files (keys directory and `extra`) that make the current root's
+    /// threshold; an error naming the threshold when they do not.
+    async fn current_root_signers(&self, extra: &[PathBuf]) -> Result<Vec<PathBuf>, ServerError> {
+        let threshold = self
+            .root()?
+            .roles
+            .get(&RoleType::Root)
+            .map_or(1, |k| k.threshold.get());
+        let signers = self.role_signers(RoleName::Root, extra).await?;
+        if (signers.len() as u64) < threshold {
+            return Err(ServerError::OfflineKey(format!(
+                "signing a new root needs {threshold} of the root keys, {} found (in {} and the \
+                 --root-key files given); bring the offline root keys with --root-key FILE",
+                signers.len(),
+                self.keys_dir.display()
+            )));
+        }
+        Ok(signers)
+    }
+
+    /// `current` as version N+1 with a fresh expiry.
+    fn next_root(&self, current: &Root) -> Result<Root, ServerError> {
+        let mut next = current.clone();
+        let n = current.version.get().checked_add(1);
+        next.version = version(n.unwrap_or(0))?;
+        next.expires = expires_in(RoleName::Root.lifetime_secs(&self.config))?;
+        Ok(next)
+    }
+
+    /// Replaces the root keys: root version N+1 names the new keys (made in `new`'s files)
+    /// and `new`'s threshold, and carries the signatures of a threshold of the old root keys
+    /// (the keys directory and `old_root_keys`) and of the new ones, because a TUF client
+    /// checks N+1 against version N's root keys and against its own (TUF 5.3.4, 5.3.5). The
+    /// new key files are written (durably, never over an existing file) before the root that
+    /// names them; any failure before the root is written removes them again and changes
+    /// nothing else. Old root key files in the keys directory are deleted afterwards: they
+    /// sign nothing a host at N+1 accepts, but could forge an N+1 for a host not there yet.
+    pub async fn rotate_root_keys(
+        &self,
+        old_root_keys: &[PathBuf],
+        new: &NewRootKeys,
+    ) -> Result<RootRotation, ServerError> {
+        let current = self.root()?;
+        let old_signers = self.current_root_signers(old_root_keys).await?;
+        new.check_free()?;
+        let mut made = Vec::new();
+        let signed = match self
+            .sign_rotated_root(&current, &old_signers, new, &mut made)
+            .await
+        {
+            Ok(signed) => signed,
+            Err(e) => {
+                for path in &made {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        };
+        let new_version = signed.signed.version.get();
+        let mut bytes = serde_json::to_vec_pretty(&signed)
+            .map_err(|e| tuf_err("serialise the new root.json", e))?;
+        bytes.push(b'\n');
+        if let Err(e) = self.write_meta(&format!("{new_version}.root.json"), &bytes) {
+            for path in &made {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        // From here the new root exists: a crash before the next write is finished by
+        // `promote_newest_root`, and the new key files must stay.
+        self.write_meta("root.json", &bytes)?;
+        let mut retired = Vec::new();
+        for path in &old_signers {
+            if path.parent() == Some(self.keys_dir.as_path()) {
+                std::fs::remove_file(path).map_err(|e| io_err(path, e))?;
+                retired.push(path.clone());
+            }
+        }
+        if !retired.is_empty() {
+            patchbay_core::fsutil::sync_dir(&self.keys_dir)
+                .map_err(|e| io_err(&self.keys_dir, e))?;
+        }
+        let key_ids = signed
+            .signed
+            .roles
+            .get(&RoleType::Root)
+            .map(|k| {
+                k.keyids
+                    .iter()
+                    .map(|id| hex::encode(id.as_ref() as &[u8]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(RootRotation {
+            version: new_version,
+            key_ids,
+            key_files: made,
+            retired_online_keys: retired,
+        })
+    }
+
+    /// Makes `new`'s key files (recorded in `made` as they appear) and signs root N+1 naming
+    /// them with the old signers and the new keys; checked as a client checks it before it
+    /// is returned.
+    async fn sign_rotated_root(
+        &self,
+        current: &Root,
+        old_signers: &[PathBuf],
+        new: &NewRootKeys,
+        made: &mut Vec<PathBuf>,
+    ) -> Result<Signed<Root>, ServerError> {
+        for path in &new.files {
+            generate_key_new_file(path)?;
+            made.push(path.clone());
+        }
+        let mut next = self.next_root(current)?;
+        let old_ids = current
+            .roles
+            .get(&RoleType::Root)
+            .map(|k| k.keyids.clone())
+            .unwrap_or_default();
+        let mut new_ids = Vec::new();
+        for path in &new.files {
+            let (id, key) = public_key(path).await?;
+            if old_ids.contains(&id) || new_ids.contains(&id) {
+                return Err(ServerError::BadRequest(format!(
+                    "{} holds a key the root already names; a rotation needs new keys",
+                    path.display()
+                )));
+            }
+            next.keys.insert(id.clone(), key);
+            new_ids.push(id);
+        }
+        next.roles.insert(
+            RoleType::Root,
+            RoleKeys {
+                keyids: new_ids,
+                threshold: new.threshold,
+                _extra: HashMap::new(),
+            },
+        );
+        // An old root key no role names any more leaves root.
+        for old in &old_ids {
+            if !next.roles.values().any(|k| k.keyids.contains(old)) {
+                next.keys.remove(old);
+            }
+        }
+        let rng = SystemRandom::new();
+        let by_old: Vec<Box<dyn KeySource>> = old_signers.iter().map(|p| key_source(p)).collect();
+        let by_new: Vec<Box<dyn KeySource>> = new.files.iter().map(|p| key_source(p)).collect();
+        let signed_old = SignedRole::new(
+            next.clone(),
+            &KeyHolder::Root(current.clone()),
+            &by_old,
+            &rng,
+        )
+        .await
+        .map_err(|e| tuf_err("sign the new root with the old root keys", e))?;
+        let signed_new =
+            SignedRole::new(next.clone(), &KeyHolder::Root(next.clone()), &by_new, &rng)
+                .await
+                .map_err(|e| tuf_err("sign the new root with the new root keys", e))?;
+        let mut signatures = signed_old.signed().signatures.clone();
+        signatures.extend(signed_new.signed().signatures.iter().cloned());
+        let signed = Signed {
+            signed: next,
+            signatures,
+        };
+        current
+            .verify_role(&signed)
+            .map_err(|e| tuf_err("the new root does not verify with the old root keys", e))?;
+        signed
+            .signed
+            .verify_role(&signed)
+            .map_err(|e| tuf_err("the new root does not verify with its own keys", e))?;
+        Ok(signed)
     }
 
     /// Every metadata file name currently on disk (for export).
@@ -1475,6 +1809,106 @@ mod tests {
         client_load(&repo).await.unwrap();
         // Rotating the root keys themselves is refused.
         assert!(repo.resign_root(&[], Some(RoleName::Root)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn root_keys_rotate_to_new_offline_keys_signed_by_old_and_new() {
+        let (_dir, repo) = repo_with(TufConfig::default(), None).await;
+        let old_key = repo.keys_dir.join("root-1.pk8");
+        let (old_id, _) = public_key(&old_key).await.unwrap();
+        let usb = tempfile::tempdir().unwrap();
+        let files = vec![usb.path().join("root-a.pk8"), usb.path().join("root-b.pk8")];
+        let new = NewRootKeys::new(files.clone(), 2).unwrap();
+        let rotation = repo.rotate_root_keys(&[], &new).await.unwrap();
+        assert_eq!(rotation.version, 2);
+        assert_eq!(rotation.key_files, files);
+        assert_eq!(rotation.retired_online_keys, vec![old_key.clone()]);
+        assert!(
+            !old_key.exists(),
+            "the old root key left the keys directory"
+        );
+        assert!(repo.online_root_keys().is_empty());
+        let root = repo.root().unwrap();
+        let root_keys = &root.roles[&RoleType::Root];
+        assert_eq!(root_keys.threshold.get(), 2);
+        assert_eq!(root_keys.keyids.len(), 2);
+        assert!(!root_keys.keyids.contains(&old_id));
+        assert!(
+            !root.keys.contains_key(&old_id),
+            "the old root key leaves root"
+        );
+        // Signed by the old key and both new ones; a client trusting version 1 follows.
+        let signed: Signed<Root> = serde_json::from_slice(&repo.root_bytes().unwrap()).unwrap();
+        assert_eq!(signed.signatures.len(), 3);
+        assert_eq!(
+            repo.read_meta("2.root.json").unwrap(),
+            repo.root_bytes().unwrap()
+        );
+        client_load(&repo).await.unwrap();
+        // From now on the new keys sign roots; one of them is not the threshold.
+        let err = repo
+            .resign_root(&files[..1], None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs 2 of the root keys"), "{err}");
+        assert_eq!(repo.resign_root(&files, None).await.unwrap(), 3);
+        client_load(&repo).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_root_key_rotation_that_cannot_finish_changes_nothing() {
+        let offline = tempfile::tempdir().unwrap();
+        let (_dir, repo) = repo_with(TufConfig::default(), Some(offline.path())).await;
+        let before = repo.root_bytes().unwrap();
+        let keys_before = std::fs::read_dir(&repo.keys_dir).unwrap().count();
+        let usb = tempfile::tempdir().unwrap();
+        let out = usb.path().join("root-new.pk8");
+        // Without the old root key: refused, and no new key file is left behind.
+        let new = NewRootKeys::new(vec![out.clone()], 1).unwrap();
+        let err = repo.rotate_root_keys(&[], &new).await.unwrap_err();
+        assert!(err.to_string().contains("--root-key"), "{err}");
+        assert!(!out.exists());
+        // A file in the way is never overwritten.
+        std::fs::write(&out, b"someone's file").unwrap();
+        let err = NewRootKeys::new(vec![out.clone()], 1).unwrap_err();
+        assert!(err.to_string().contains("never overwritten"), "{err}");
+        let err = repo
+            .rotate_root_keys(&[offline.path().join("root-1.pk8")], &new)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"someone's file");
+        // A threshold above the number of new keys, or no key at all.
+        assert!(NewRootKeys::new(vec![usb.path().join("x.pk8")], 2).is_err());
+        assert!(NewRootKeys::new(Vec::new(), 1).is_err());
+        assert!(NewRootKeys::new(vec![usb.path().join("no-dir/x.pk8")], 1).is_err());
+        assert_eq!(repo.root_bytes().unwrap(), before);
+        assert!(!repo.metadata_dir.join("2.root.json").exists());
+        assert_eq!(
+            std::fs::read_dir(&repo.keys_dir).unwrap().count(),
+            keys_before
+        );
+        assert_eq!(
+            std::fs::read_dir(usb.path()).unwrap().count(),
+            1,
+            "no temporary file left beside the new key's place"
+        );
+        client_load(&repo).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn keys_on_disk_name_each_roles_files() {
+        let offline = tempfile::tempdir().unwrap();
+        let (_dir, repo) = repo_with(TufConfig::default(), Some(offline.path())).await;
+        let on_disk = repo.keys_on_disk().await.unwrap();
+        let roles: Vec<RoleName> = on_disk.iter().map(|k| k.role).collect();
+        assert_eq!(roles, RoleName::ALL);
+        assert!(on_disk[0].files.is_empty() && !on_disk[0].can_sign());
+        for k in &on_disk[1..] {
+            assert_eq!(k.files, vec![repo.role_key(k.role.as_str())], "{k:?}");
+            assert!(k.can_sign());
+        }
     }
 
     #[tokio::test]
