@@ -277,7 +277,10 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     // Stages 2 and 3: the source tree (which proves the diff's strip level), original and
     // patched objects.
     let tree = kernel.source_tree()?;
-    let _exclusive = tree.lock()?;
+    // Held until stage 4 has read what it needs of the pristine tree: the later stages work
+    // only on copies in `work` and on the kernel's headers, so another build (upgrade's next
+    // group) can patch and compile in the tree while this one extracts and links its module.
+    let exclusive = tree.lock()?;
     let exists = |path: &str| tree.dir().join(path).is_file();
     let resolved = patch_file::resolve(parsed, request.strip_level, &exists)
         .map_err(DiffBuildError::refused)?;
@@ -525,6 +528,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             }
         }
     }
+    drop(exclusive);
     if !refusals.is_empty() {
         return Err(DiffBuildError::refused(refusals));
     }

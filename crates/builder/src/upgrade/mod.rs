@@ -289,7 +289,7 @@ pub fn run(
         progress.say(notice);
     }
     if let Some(newer) = &request.fixes.newer {
-        let old = kernel.source_tree()?.dir().to_path_buf();
+        let (old, _pristine) = pristine_tree(kernel)?;
         let window = select::window_files(db, &from, &request.to);
         fixes::resolve_missing_files(&old, &newer.tree, &window, &mut cves);
     }
@@ -303,35 +303,8 @@ pub fn run(
         groups.len()
     ));
 
-    // One build per group.
-    let mut builds = Vec::new();
-    for (i, group) in groups.iter().enumerate() {
-        let names: Vec<&str> = group
-            .cves
-            .iter()
-            .filter_map(|&c| cves.get(c).map(|c| c.id.as_str()))
-            .collect();
-        progress.step(
-            i,
-            groups.len(),
-            &format!("group {} ({})", group.number, names.join(", ")),
-        );
-        let build = build_group(kernel, request, &cves, group, &work)?;
-        {
-            let verdict = match &build.outcome {
-                GroupOutcome::Built { .. } => "built".to_owned(),
-                GroupOutcome::NotApplicable { category, .. }
-                | GroupOutcome::NotPatchable { category, .. } => category.clone(),
-            };
-            progress.say(&format!(
-                "group {} ({}): {verdict} in {:.0} s",
-                group.number,
-                names.join(", "),
-                build.seconds
-            ));
-        }
-        builds.push(build);
-    }
+    // One build per group, two at a time (see `build_groups`).
+    let builds = build_groups(kernel, request, &cves, &groups, &work, &progress)?;
 
     // The cumulative bundle, verified; groups that break it are dropped and it is rebuilt.
     let mut dropped: Vec<DroppedGroup> = Vec::new();
@@ -806,6 +779,14 @@ fn patches_selection(
     Ok(chosen)
 }
 
+/// The running kernel's source tree, for reading as it is (no build's diff applied) while the
+/// guard is held: group builds patch that tree in place, one at a time, under its lock.
+fn pristine_tree(kernel: &Kernel) -> Result<(PathBuf, patchbay_kernels::TreeLock), UpgradeError> {
+    let tree = kernel.source_tree()?;
+    let lock = tree.lock()?;
+    Ok((tree.dir().to_path_buf(), lock))
+}
+
 /// The patches of a group, cut from the trees: the `.c` files, plus (`with_headers`) the
 /// changed headers beside them.
 fn cut_group(
@@ -814,7 +795,7 @@ fn cut_group(
     files: &BTreeSet<String>,
     out: &Path,
 ) -> Result<Result<PathBuf, (CveStatus, String, String)>, UpgradeError> {
-    let old = kernel.source_tree()?.dir().to_path_buf();
+    let (old, _pristine) = pristine_tree(kernel)?;
     let mut text = String::new();
     for file in files {
         match fixes::file_diff(&old, newer, file)? {
@@ -857,6 +838,84 @@ fn cut_group(
     }
     std::fs::write(out, text).map_err(io("write", out))?;
     Ok(Ok(out.to_path_buf()))
+}
+
+/// How many groups build at once. A group build holds the source tree only while it patches
+/// and compiles (about half of it); the other half (extracting, the module's kbuild run, the
+/// klp rewrite) works on its own copies. Two builders keep both halves busy; more would only
+/// queue for the tree.
+const GROUP_BUILDERS: usize = 2;
+
+/// Every group's build, in the groups' order; the first error (not a refusal: refusals are
+/// outcomes) stops the builders that are still picking groups.
+fn build_groups(
+    kernel: &Kernel,
+    request: &Upgrade,
+    cves: &[SelectedCve],
+    groups: &[Group],
+    work: &Path,
+    progress: &Progress,
+) -> Result<Vec<GroupBuild>, UpgradeError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: std::sync::Mutex<Vec<Option<Result<GroupBuild, UpgradeError>>>> =
+        std::sync::Mutex::new(groups.iter().map(|_| None).collect());
+    let builder = || loop {
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        let Some(group) = groups.get(i) else { break };
+        if failed.load(Ordering::SeqCst) {
+            break;
+        }
+        let names: Vec<&str> = group
+            .cves
+            .iter()
+            .filter_map(|&c| cves.get(c).map(|c| c.id.as_str()))
+            .collect();
+        progress.step(
+            i,
+            groups.len(),
+            &format!("group {} ({})", group.number, names.join(", ")),
+        );
+        let build = build_group(kernel, request, cves, group, work);
+        match &build {
+            Ok(build) => {
+                let verdict = match &build.outcome {
+                    GroupOutcome::Built { .. } => "built",
+                    GroupOutcome::NotApplicable { category, .. }
+                    | GroupOutcome::NotPatchable { category, .. } => category.as_str(),
+                };
+                progress.say(&format!(
+                    "group {} ({}): {verdict} in {:.0} s",
+                    group.number,
+                    names.join(", "),
+                    build.seconds
+                ));
+            }
+            Err(_) => failed.store(true, Ordering::SeqCst),
+        }
+        // A builder that panicked cannot have left a slot half-written: slots are replaced whole.
+        let mut slots = results.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get_mut(i) {
+            *slot = Some(build);
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..GROUP_BUILDERS.min(groups.len()) {
+            scope.spawn(builder);
+        }
+    });
+    let slots = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut builds = Vec::with_capacity(groups.len());
+    for slot in slots {
+        match slot {
+            Some(Ok(build)) => builds.push(build),
+            Some(Err(e)) => return Err(e),
+            // Not started because an earlier group failed: that failure is returned above.
+            None => {}
+        }
+    }
+    Ok(builds)
 }
 
 fn build_group(
@@ -936,7 +995,7 @@ fn build_group(
             };
             let mut cut = rest.clone();
             if with_headers {
-                let old = kernel.source_tree()?.dir().to_path_buf();
+                let (old, _pristine) = pristine_tree(kernel)?;
                 cut.extend(fixes::changed_headers_beside(&old, &newer.tree, &rest));
             }
             let out = work.join(format!("group-{}.patch", group.number));
@@ -1082,7 +1141,7 @@ fn build_group(
                 // changed too (often to match the header: they no longer compile without it):
                 // their newer version belongs to the fix; patch them as well.
                 if let Some(newer) = request.fixes.newer.as_ref().filter(|_| tree_mode) {
-                    let old = kernel.source_tree()?.dir().to_path_buf();
+                    let (old, _pristine) = pristine_tree(kernel)?;
                     let mut pulled = Vec::new();
                     for unit in refusals
                         .iter()
