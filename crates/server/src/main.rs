@@ -282,6 +282,41 @@ enum UserCommand {
         #[arg(long, default_value = "viewer")]
         role: String,
     },
+    /// List the dashboard users with their role and whether they may log in.
+    List {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+    },
+    /// Delete a dashboard user; their sessions end at once. The last enabled admin is kept.
+    Delete {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Refuse a user's logins (kept for `enable`); their sessions end at once. The last
+    /// enabled admin is kept.
+    Disable {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Let a disabled user log in again.
+    Enable {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Set a user's password (read from PATCHBAY_PASSWORD or one line of stdin); their
+    /// sessions end at once.
+    Passwd {
+        #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -439,25 +474,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::User {
-            command: UserCommand::Add { data, name, role },
-        } => {
-            let role: Role = role.parse()?;
-            // Refused before the password is asked for; `add_user` checks it again.
-            patchbay_server::auth::check_username(&name)?;
-            let password = match std::env::var("PATCHBAY_PASSWORD") {
-                Ok(p) => p,
-                Err(_) => {
-                    let mut line = String::new();
-                    std::io::stdin().read_line(&mut line)?;
-                    line.trim_end().to_owned()
-                }
-            };
-            let service = Service::open(&data).await?;
-            service.add_user("cli", &name, role, &password).await?;
-            println!("added {role} user {name}");
-            Ok(())
-        }
+        Command::User { command } => user_command(command).await,
         Command::Export { data, output } => {
             let service = Service::open(&data).await?;
             let summary = patchbay_server::service::archive::export(&service, &output).await?;
@@ -964,5 +981,59 @@ fn confirm_signing(version: u64) -> Result<()> {
     match answer.trim().to_ascii_lowercase().as_str() {
         "y" | "yes" => Ok(()),
         _ => anyhow::bail!("not signed: not confirmed"),
+    }
+}
+
+/// `patchbay-server user …`: every change goes through the service (audited as `cli`).
+async fn user_command(command: UserCommand) -> Result<()> {
+    use patchbay_server::service::users::UserChange;
+    let (data, name, change, done) = match command {
+        UserCommand::Add { data, name, role } => {
+            let role: Role = role.parse()?;
+            // Refused before the password is asked for; `add_user` checks it again.
+            patchbay_server::auth::check_username(&name)?;
+            let password = read_password()?;
+            let service = Service::open(&data).await?;
+            service.add_user("cli", &name, role, &password).await?;
+            println!("added {role} user {name}");
+            return Ok(());
+        }
+        UserCommand::List { data } => {
+            let service = Service::open(&data).await?;
+            for user in service.users().await? {
+                println!("{} {} {}", user.name, user.role, user.state.as_str());
+            }
+            return Ok(());
+        }
+        UserCommand::Delete { data, name } => (data, name, UserChange::Delete, "deleted"),
+        UserCommand::Disable { data, name } => (data, name, UserChange::Disable, "disabled"),
+        UserCommand::Enable { data, name } => (data, name, UserChange::Enable, "enabled"),
+        UserCommand::Passwd { data, name } => {
+            let service = Service::open(&data).await?;
+            // Refused before the password is asked for.
+            service.user_by_name(&name).await?;
+            let password = read_password()?;
+            service
+                .change_user("cli", &name, UserChange::NewPassword(password))
+                .await?;
+            println!("new password for user {name}; their sessions ended");
+            return Ok(());
+        }
+    };
+    let service = Service::open(&data).await?;
+    service.change_user("cli", &name, change).await?;
+    println!("{done} user {name}");
+    Ok(())
+}
+
+/// A password for `user add` and `user passwd`: PATCHBAY_PASSWORD, else one line of stdin.
+fn read_password() -> Result<String> {
+    match std::env::var("PATCHBAY_PASSWORD") {
+        Ok(password) => Ok(password),
+        Err(_) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            Ok(line.trim_end().to_owned())
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! and the invariant above has one place to hold.
 
 pub mod archive;
+pub mod users;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -1490,6 +1491,7 @@ impl Service {
             name: name.to_owned(),
             password_hash: crate::auth::hash_password(password)?,
             role,
+            state: crate::store::UserState::Enabled,
         };
         self.store.add_user(&user, unix_seconds()).await
     }
@@ -1533,6 +1535,28 @@ impl Service {
             self.login_throttle.failed(&attempt);
             return Ok(None);
         };
+        if user.state == crate::store::UserState::Disabled {
+            // Answered as a wrong password, so the form does not tell which names exist.
+            // Logged and audited for the operator; an audit failure changes no answer.
+            let from = address.map_or("an unknown address".to_owned(), |a| a.to_string());
+            let detail = format!(
+                "refused the dashboard login of disabled user {} from {from}",
+                user.name
+            );
+            eprintln!("patchbay-server: {detail}");
+            let _ = self
+                .store
+                .audit(
+                    unix_seconds(),
+                    &format!("user:{}", user.name),
+                    "login-refused",
+                    &detail,
+                    None,
+                )
+                .await;
+            self.login_throttle.failed(&attempt);
+            return Ok(None);
+        }
         self.login_throttle.succeeded(&attempt);
         let cookie = random_secret("s")?;
         let max_age_secs = i64::from(self.config.ui.session_hours) * 3600;

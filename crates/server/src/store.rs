@@ -169,6 +169,29 @@ pub struct UserRecord {
     pub password_hash: String,
     /// What the user may do.
     pub role: Role,
+    /// Whether the user may log in.
+    pub state: UserState,
+}
+
+/// Whether a dashboard user may log in. A disabled user keeps their name and password hash
+/// (so `user enable` gives the account back) but has no sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserState {
+    /// May log in.
+    Enabled,
+    /// May not log in; every session ended when it was disabled.
+    Disabled,
+}
+
+impl UserState {
+    /// `enabled` or `disabled`, as the CLI and the dashboard show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserState::Enabled => "enabled",
+            UserState::Disabled => "disabled",
+        }
+    }
 }
 
 /// A dashboard session: stored by the SHA-256 of its cookie value.
@@ -178,7 +201,8 @@ pub struct SessionRecord {
     pub id_hash: String,
     /// The user it belongs to.
     pub user: String,
-    /// The user's role when the session opened.
+    /// The user's role now: read from the user at each lookup, so a changed role counts at the
+    /// next request.
     pub role: Role,
     /// The CSRF token the session's forms must carry.
     pub csrf: String,
@@ -258,9 +282,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn user(&self, name: &str) -> Result<Option<UserRecord>, ServerError>;
     /// Every dashboard user, by name.
     async fn users(&self) -> Result<Vec<UserRecord>, ServerError>;
+    /// Deletes a dashboard user and every session of theirs; whether the user existed.
+    async fn remove_user(&self, name: &str) -> Result<bool, ServerError>;
+    /// Enables or disables a user; disabling ends every session of theirs. Whether the user
+    /// exists.
+    async fn set_user_state(&self, name: &str, state: UserState) -> Result<bool, ServerError>;
+    /// Replaces a user's password hash and ends every session of theirs; whether the user
+    /// exists.
+    async fn set_user_password(&self, name: &str, password_hash: &str)
+        -> Result<bool, ServerError>;
     /// Stores a new session (and drops the sessions that have expired).
     async fn add_session(&self, session: &SessionRecord) -> Result<(), ServerError>;
-    /// The session with this cookie hash, expired or not.
+    /// The session with this cookie hash, expired or not, with its user's current role;
+    /// `None` when there is none or its user is disabled.
     async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, ServerError>;
     /// Ends a session (logout); nothing happens if there is none.
     async fn delete_session(&self, id_hash: &str) -> Result<(), ServerError>;
@@ -394,6 +428,12 @@ CREATE TABLE IF NOT EXISTS sessions (
     role TEXT NOT NULL,
     csrf TEXT NOT NULL,
     expires_at BIGINT NOT NULL
+);
+-- Added with `user disable`, as a table of its own so that `IF NOT EXISTS` migrates an
+-- existing database: the users who may not log in.
+CREATE TABLE IF NOT EXISTS disabled_users (
+    user_name TEXT PRIMARY KEY REFERENCES users(name),
+    disabled_at BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS channels (
     name TEXT PRIMARY KEY,
@@ -621,7 +661,37 @@ fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<UserRecord, ServerErro
         name: row.try_get("name")?,
         password_hash: row.try_get("password_hash")?,
         role: parse_role(row.try_get::<&str, _>("role")?)?,
+        state: if row.try_get::<bool, _>("disabled")? {
+            UserState::Disabled
+        } else {
+            UserState::Enabled
+        },
     })
+}
+
+/// Deletes every session of user `name` within the transaction that changes the user.
+async fn end_sessions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    name: &str,
+) -> Result<(), ServerError> {
+    sqlx::query("DELETE FROM sessions WHERE user_name = $1")
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Every user query: the user's row and whether a `disabled_users` row names them
+/// (`user_from_row` reads both).
+macro_rules! select_users {
+    ($rest:literal) => {
+        concat!(
+            "SELECT name, password_hash, role, \
+             EXISTS (SELECT 1 FROM disabled_users d WHERE d.user_name = users.name) AS disabled \
+             FROM users ",
+            $rest
+        )
+    };
 }
 
 fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, ServerError> {
@@ -906,7 +976,7 @@ impl Store for SqliteStore {
     }
 
     async fn user(&self, name: &str) -> Result<Option<UserRecord>, ServerError> {
-        let row = sqlx::query("SELECT name, password_hash, role FROM users WHERE name = $1")
+        let row = sqlx::query(select_users!("WHERE name = $1"))
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -914,10 +984,72 @@ impl Store for SqliteStore {
     }
 
     async fn users(&self) -> Result<Vec<UserRecord>, ServerError> {
-        let rows = sqlx::query("SELECT name, password_hash, role FROM users ORDER BY name")
+        let rows = sqlx::query(select_users!("ORDER BY name"))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(user_from_row).collect()
+    }
+
+    async fn remove_user(&self, name: &str) -> Result<bool, ServerError> {
+        let mut tx = self.pool.begin().await?;
+        end_sessions(&mut tx, name).await?;
+        sqlx::query("DELETE FROM disabled_users WHERE user_name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let result = sqlx::query("DELETE FROM users WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn set_user_state(&self, name: &str, state: UserState) -> Result<bool, ServerError> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        match state {
+            _ if !exists => {}
+            UserState::Enabled => {
+                sqlx::query("DELETE FROM disabled_users WHERE user_name = $1")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            UserState::Disabled => {
+                sqlx::query(
+                    "INSERT INTO disabled_users (user_name, disabled_at) VALUES ($1, $2) \
+                     ON CONFLICT (user_name) DO NOTHING",
+                )
+                .bind(name)
+                .bind(patchbay_core::clock::unix_seconds())
+                .execute(&mut *tx)
+                .await?;
+                end_sessions(&mut tx, name).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(exists)
+    }
+
+    async fn set_user_password(
+        &self,
+        name: &str,
+        password_hash: &str,
+    ) -> Result<bool, ServerError> {
+        let mut tx = self.pool.begin().await?;
+        let result = sqlx::query("UPDATE users SET password_hash = $1 WHERE name = $2")
+            .bind(password_hash)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        end_sessions(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(result.rows_affected() > 0)
     }
 
     async fn add_session(&self, session: &SessionRecord) -> Result<(), ServerError> {
@@ -940,8 +1072,13 @@ impl Store for SqliteStore {
     }
 
     async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, ServerError> {
+        // The role is the user's, not the one stored when the session opened; a session of a
+        // disabled user is not found (disabling deletes them too: this is the second lock).
         let row = sqlx::query(
-            "SELECT id_hash, user_name, role, csrf, expires_at FROM sessions WHERE id_hash = $1",
+            "SELECT s.id_hash, s.user_name, u.role, s.csrf, s.expires_at \
+             FROM sessions s JOIN users u ON u.name = s.user_name \
+             WHERE s.id_hash = $1 \
+             AND NOT EXISTS (SELECT 1 FROM disabled_users d WHERE d.user_name = s.user_name)",
         )
         .bind(id_hash)
         .fetch_optional(&self.pool)

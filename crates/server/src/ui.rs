@@ -20,8 +20,9 @@ use serde::Deserialize;
 use crate::api::{build_id, channel_name, host_state, level};
 use crate::auth::{Caller, Role};
 use crate::error::ServerError;
+use crate::service::users::UserChange;
 use crate::service::{random_secret, Service};
-use crate::store::{HostFilter, SessionRecord};
+use crate::store::{HostFilter, SessionRecord, UserState};
 use patchbay_core::clock::unix_seconds;
 
 type AppState = Arc<Service>;
@@ -57,6 +58,8 @@ pub fn router() -> Router<AppState> {
         .route("/audit", get(audit))
         .route("/access", get(access))
         .route("/revoke", get(confirm_revoke).post(revoke))
+        .route("/users", post(change_user))
+        .route("/users/confirm", get(confirm_user_change))
         .route("/compliance", get(compliance))
         .route("/compliance.csv", get(compliance_csv))
         .route("/hosts/{id}/vex.json", get(host_vex))
@@ -77,6 +80,20 @@ impl UiUser {
                 "stale or forged form; reload the page".into(),
             ))
         }
+    }
+
+    /// The caller of a form that changes something: refused (403) unless they have at least
+    /// `role` (`what` names the change) and the form carries this session's CSRF token.
+    fn form_caller(
+        &self,
+        role: Role,
+        what: &str,
+        csrf: Option<&str>,
+    ) -> Result<Caller, ServerError> {
+        let caller = self.caller();
+        caller.require(role, what)?;
+        self.check_form(csrf)?;
+        Ok(caller)
     }
 
     fn caller(&self) -> Caller {
@@ -1067,9 +1084,7 @@ async fn apply(
     Path(name): Path<String>,
     Form(change): Form<ChangeRequest>,
 ) -> Result<Response, PageError> {
-    let caller = user.caller();
-    caller.require(Role::Operator, "changing a channel")?;
-    user.check_form(change.csrf.as_deref())?;
+    let caller = user.form_caller(Role::Operator, "changing a channel", change.csrf.as_deref())?;
     let name = channel_name(&name)?;
     let build_id = build_id(&change.build_id)?;
     let chosen_level = || -> Result<PatchLevel, ServerError> {
@@ -1152,9 +1167,10 @@ impl Revocable {
 /// API tokens and registration keys, each with a way to revoke it (admins only).
 async fn access(State(service): State<AppState>, user: UiUser) -> PageResult {
     user.caller()
-        .require(Role::Admin, "managing tokens and registration keys")?;
+        .require(Role::Admin, "managing tokens, registration keys and users")?;
     let tokens = service.tokens().await?;
     let keys = service.registration_keys().await?;
+    let users = service.users().await?;
     Ok(page(
         Some(&user),
         "Access",
@@ -1183,8 +1199,137 @@ async fn access(State(service): State<AppState>, user: UiUser) -> PageResult {
                     }
                 }
             }
+            h2 { "Dashboard users" }
+            p { "A change ends the user's sessions at once. The last enabled admin cannot be deleted or disabled." }
+            table #users {
+                tr { th { "Name" } th { "Role" } th { "State" } th {} }
+                @for u in &users {
+                    @let link = |action: UserAction| format!("/ui/users/confirm?action={}&name={}", action.as_str(), u.name);
+                    tr {
+                        td { (u.name) } td { (u.role) } td.state { (u.state.as_str()) }
+                        td {
+                            a href=(link(UserAction::Password)) { "New password…" } " "
+                            @if u.state == UserState::Enabled {
+                                a href=(link(UserAction::Disable)) { "Disable…" }
+                            } @else {
+                                a href=(link(UserAction::Enable)) { "Enable…" }
+                            }
+                            " " a href=(link(UserAction::Delete)) { "Delete…" }
+                        }
+                    }
+                }
+            }
         },
     ))
+}
+
+/// What an administrator can do to a dashboard user from the Access page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum UserAction {
+    Delete,
+    Disable,
+    Enable,
+    Password,
+}
+
+impl UserAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            UserAction::Delete => "delete",
+            UserAction::Disable => "disable",
+            UserAction::Enable => "enable",
+            UserAction::Password => "password",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct UserChangeQuery {
+    action: UserAction,
+    name: String,
+}
+
+/// The form a user-change confirmation page posts; `password` only for `password`.
+#[derive(Deserialize)]
+struct UserChangeForm {
+    action: UserAction,
+    name: String,
+    csrf: Option<String>,
+    password: Option<String>,
+}
+
+async fn confirm_user_change(
+    State(service): State<AppState>,
+    user: UiUser,
+    Query(request): Query<UserChangeQuery>,
+) -> PageResult {
+    user.caller().require(Role::Admin, "managing users")?;
+    let target = service.user_by_name(&request.name).await?;
+    let summary = match request.action {
+        UserAction::Delete => format!(
+            "Delete {} user {}: their sessions end at once and they can no longer log in",
+            target.role, target.name
+        ),
+        UserAction::Disable => format!(
+            "Disable {} user {}: their sessions end at once and their logins are refused \
+             until they are enabled again",
+            target.role, target.name
+        ),
+        UserAction::Enable => format!(
+            "Enable {} user {}: they can log in again",
+            target.role, target.name
+        ),
+        UserAction::Password => format!(
+            "Set a new password for {} user {}: their sessions end at once",
+            target.role, target.name
+        ),
+    };
+    let password = html! {
+        @if request.action == UserAction::Password {
+            label { "New password (at least 8 characters) "
+                input type="password" name="password" minlength="8" required autocomplete="new-password"; }
+            " "
+        }
+    };
+    let button = match request.action {
+        UserAction::Delete => "Delete",
+        UserAction::Disable => "Disable",
+        UserAction::Enable => "Enable",
+        UserAction::Password => "Set password",
+    };
+    Ok(confirm_page(
+        &user,
+        &summary,
+        "/ui/users",
+        &[("action", request.action.as_str()), ("name", &target.name)],
+        password,
+        button,
+    ))
+}
+
+async fn change_user(
+    State(service): State<AppState>,
+    user: UiUser,
+    Form(request): Form<UserChangeForm>,
+) -> Result<Response, PageError> {
+    let caller = user.form_caller(Role::Admin, "managing users", request.csrf.as_deref())?;
+    let change = match (request.action, request.password) {
+        (UserAction::Delete, _) => UserChange::Delete,
+        (UserAction::Disable, _) => UserChange::Disable,
+        (UserAction::Enable, _) => UserChange::Enable,
+        (UserAction::Password, Some(password)) => UserChange::NewPassword(password),
+        (UserAction::Password, None) => {
+            return Err(ServerError::BadRequest(
+                "a new password needs the password field; use the form on the user's page".into(),
+            )
+            .into())
+        }
+    };
+    service
+        .change_user(&caller.actor, &request.name, change)
+        .await?;
+    Ok(Redirect::to("/ui/access").into_response())
 }
 
 /// What revoking `kind` `id` does, in words, or why it cannot be revoked.
@@ -1228,21 +1373,43 @@ async fn confirm_revoke(
 ) -> PageResult {
     user.caller().require(Role::Admin, "revoking access")?;
     let summary = describe_revocation(&service, request.kind, &request.id).await?;
-    Ok(page(
-        Some(&user),
+    Ok(confirm_page(
+        &user,
+        &summary,
+        "/ui/revoke",
+        &[("kind", request.kind.as_str()), ("id", &request.id)],
+        html! {},
+        "Revoke",
+    ))
+}
+
+/// A confirmation page of an Access change: `summary` as a question, and a form posting
+/// `fields` (and the session's CSRF token) to `action`, with `extra` inputs before the button.
+fn confirm_page(
+    user: &UiUser,
+    summary: &str,
+    action: &str,
+    fields: &[(&str, &str)],
+    extra: Markup,
+    button: &str,
+) -> Markup {
+    page(
+        Some(user),
         "Confirm",
         html! {
             h1 { "Confirm" }
             p #summary { (summary) "?" }
-            form method="post" action="/ui/revoke" {
-                input type="hidden" name="kind" value=(request.kind.as_str());
-                input type="hidden" name="id" value=(request.id);
+            form method="post" action=(action) {
+                @for (name, value) in fields {
+                    input type="hidden" name=(name) value=(value);
+                }
                 input type="hidden" name="csrf" value=(user.0.csrf);
-                button #confirm type="submit" { "Revoke" }
+                (extra)
+                button #confirm type="submit" { (button) }
                 " " a href="/ui/access" { "Cancel" }
             }
         },
-    ))
+    )
 }
 
 async fn revoke(
@@ -1250,9 +1417,7 @@ async fn revoke(
     user: UiUser,
     Form(request): Form<RevokeRequest>,
 ) -> Result<Response, PageError> {
-    let caller = user.caller();
-    caller.require(Role::Admin, "revoking access")?;
-    user.check_form(request.csrf.as_deref())?;
+    let caller = user.form_caller(Role::Admin, "revoking access", request.csrf.as_deref())?;
     let next = match request.kind {
         Revocable::Host => {
             service.revoke_host(&caller.actor, &request.id).await?;
