@@ -636,6 +636,50 @@ fn attack_signature_by_unknown_key_is_refused() {
 }
 
 #[test]
+fn registered_hosts_follow_a_root_key_rotation() {
+    let (server, k) = setup();
+    update(&k).unwrap();
+    assert_eq!(k.sim().loads, vec![module_name(BUILD_ID, 1)]);
+    // The root key moves to two new keys (both must sign), made where the operator said;
+    // root version 2 carries the old key's signature and the new ones'.
+    let usb = tempfile::tempdir().unwrap();
+    let files = vec![usb.path().join("root-a.pk8"), usb.path().join("root-b.pk8")];
+    let new_keys = patchbay_server::tuf::NewRootKeys::new(files.clone(), 2).unwrap();
+    let rotation = server
+        .rt
+        .block_on(server.service.rotate_root_keys(&[], &new_keys))
+        .unwrap();
+    assert_eq!(rotation.version, 2);
+    // The host registered under version 1 takes version 2 and keeps updating.
+    server.promote("production", BUILD_ID, 2, &[]);
+    update(&k).unwrap();
+    assert_eq!(k.sim().loads.last().unwrap(), &module_name(BUILD_ID, 2));
+    // A root signed by the new keys alone (version 3) is taken up too.
+    assert_eq!(
+        server
+            .rt
+            .block_on(server.service.resign_root(&files, None))
+            .unwrap(),
+        3
+    );
+    server.rollback(BUILD_ID, 1);
+    update(&k).unwrap();
+    assert_eq!(k.sim().loads.last().unwrap(), &module_name(BUILD_ID, 1));
+    // A registration key made before the rotation names root version 1: a new host still
+    // registers with it, walking the chain from there, and updates.
+    let late = FakeKernel::new();
+    register(
+        &agent(&late),
+        &server.url,
+        &server.registration_key,
+        &RegisterTrust::default(),
+    )
+    .unwrap();
+    update(&late).unwrap();
+    assert_eq!(late.sim().loads, vec![module_name(BUILD_ID, 1)]);
+}
+
+#[test]
 fn attack_rollback_to_older_metadata_is_refused() {
     let (server, k) = setup();
     let old_timestamp = std::fs::read(server.metadata().join("timestamp.json")).unwrap();

@@ -1067,10 +1067,17 @@ impl TufRepo {
             let bytes = self.read_meta(&format!("{newest}.root.json"))?;
             let parsed: Signed<Root> = serde_json::from_slice(&bytes)
                 .map_err(|e| tuf_err(&format!("parse {newest}.root.json"), e))?;
-            // Only a root the current one's keys signed is taken up.
+            // Only a root that the current one's keys signed and that its own keys signed
+            // (as clients check it) is taken up.
             self.root()?
                 .verify_role(&parsed)
                 .map_err(|e| tuf_err(&format!("{newest}.root.json does not verify"), e))?;
+            parsed.signed.verify_role(&parsed).map_err(|e| {
+                tuf_err(
+                    &format!("{newest}.root.json is not signed by its own root keys"),
+                    e,
+                )
+            })?;
             self.write_meta("root.json", &bytes)?;
         }
         Ok(())

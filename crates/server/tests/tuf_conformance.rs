@@ -58,17 +58,7 @@ fn the_reference_client_accepts_publish_promote_rollback_rotation_and_a_quiet_ye
 
     // Publish two levels, promote level 1.
     for level in [1, 2] {
-        let (status, v) = call(
-            &s,
-            "POST",
-            "/api/v1/bundles",
-            Some(&s.admin),
-            Some(Body::Raw(
-                bundle_bytes(level, RELEASE, true),
-                "application/octet-stream",
-            )),
-        );
-        assert_eq!(status, 201, "{v}");
+        publish_level(&s, level);
     }
     let promote = json!({"build_id": BUILD_ID, "level": 1});
     post(&s, "/api/v1/channels/production/promote", promote.clone());

@@ -275,6 +275,21 @@ pub fn raw(bytes: Vec<u8>) -> Option<Body> {
     Some(Body::Raw(bytes, "application/octet-stream"))
 }
 
+/// Publishes the test kernel's bundle of `level` (as the admin).
+pub fn publish_level(s: &Server, level: u32) {
+    let (status, v) = call(
+        s,
+        "POST",
+        "/api/v1/bundles",
+        Some(&s.admin),
+        Some(Body::Raw(
+            bundle_bytes(level, RELEASE, true),
+            "application/octet-stream",
+        )),
+    );
+    assert_eq!(status, 201, "{v}");
+}
+
 /// One `patchbay-server` subcommand on `data`.
 pub fn cli(args: &[&str], data: &Path) -> std::process::Output {
     Command::new(bin())
@@ -334,6 +349,8 @@ pub fn token(s: &Server, role: &str) -> String {
 /// What a fresh host's TUF client sees: the verified target list (name, sha256, length) and
 /// the signed documents of the channels asked for.
 pub struct ClientView {
+    /// The version of the newest root the client verified.
+    pub root: u64,
     pub targets: Vec<(String, String, u64)>,
     pub channels: Vec<patchbay_core::ChannelDoc>,
 }
@@ -373,7 +390,10 @@ pub fn tuf_client(
         for channel in channels {
             docs.push(repo.channel(channel).await.map_err(|e| e.to_string())?);
         }
+        let root: serde_json::Value =
+            serde_json::from_slice(&repo.root_json().map_err(|e| e.to_string())?).unwrap();
         Ok(ClientView {
+            root: root["signed"]["version"].as_u64().unwrap(),
             targets: repo.target_list(),
             channels: docs,
         })
@@ -517,6 +537,20 @@ pub fn reference_client(
     targets: &[&str],
     env: &[(&str, &std::ffi::OsStr)],
 ) -> Value {
+    reference_client_result(s, client_dir, root, targets, env).unwrap_or_else(|refusal| {
+        panic!("python-tuf refused the repository for {targets:?}:\n{refusal}")
+    })
+}
+
+/// [`reference_client`] for a repository python-tuf may refuse: its report, or what it said
+/// (exit status, stdout, stderr) when it refused.
+pub fn reference_client_result(
+    s: &Server,
+    client_dir: &Path,
+    root: &Path,
+    targets: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<Value, String> {
     let python = python_venv(&format!("tuf-{PYTHON_TUF_VERSION}")).join("bin/python");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tuf_reference_client.py");
     let output = Command::new(python)
@@ -532,12 +566,13 @@ pub fn reference_client(
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "python-tuf refused the repository ({}) for {targets:?}:\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    if !output.status.success() {
+        return Err(format!(
+            "{}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            output.status
+        ));
+    }
+    Ok(serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}")))
 }
 
 /// Every file under `dir`, by its path relative to `dir` (target names hold slashes).
