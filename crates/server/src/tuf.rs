@@ -1864,6 +1864,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_next_root_without_its_own_keys_signatures_is_not_served() {
+        let (dir, repo) = repo_with(TufConfig::default(), None).await;
+        let current = repo.root().unwrap();
+        let stranger = dir.path().join("stranger.pk8");
+        generate_key(&stranger).unwrap();
+        let (id, key) = public_key(&stranger).await.unwrap();
+        let mut next = repo.next_root(&current).unwrap();
+        next.keys.insert(id.clone(), key);
+        next.roles.get_mut(&RoleType::Root).unwrap().keyids = vec![id];
+        // Signed by the old root key only: N's check passes, N+1's own does not.
+        let old_key = vec![key_source(&repo.keys_dir.join("root-1.pk8"))];
+        let signed = SignedRole::new(
+            next,
+            &KeyHolder::Root(current),
+            &old_key,
+            &SystemRandom::new(),
+        )
+        .await
+        .unwrap();
+        repo.write_meta("2.root.json", signed.buffer()).unwrap();
+        let err = repo.refresh().await.unwrap_err().to_string();
+        assert!(err.contains("not signed by its own root keys"), "{err}");
+        assert_eq!(repo.root().unwrap().version.get(), 1);
+    }
+
+    #[tokio::test]
     async fn a_root_key_rotation_that_cannot_finish_changes_nothing() {
         let offline = tempfile::tempdir().unwrap();
         let (_dir, repo) = repo_with(TufConfig::default(), Some(offline.path())).await;

@@ -144,6 +144,46 @@ fn clients_that_trusted_the_old_root_follow_a_root_key_rotation() {
         "{}",
         text(&again)
     );
+    // New root key files are for --role root only, one per key.
+    let other = usb.path().join("other.pk8");
+    let other_arg = other.to_str().unwrap();
+    for (args, says) in [
+        (
+            &[
+                "root",
+                "rotate",
+                "--role",
+                "timestamp",
+                "--new-root-key-out",
+                other_arg,
+            ][..],
+            "are for --role root",
+        ),
+        (
+            &[
+                &rotate[..],
+                &["--root-keys", "2", "--new-root-key-out", other_arg],
+            ]
+            .concat()[..],
+            "needs 2 --new-root-key-out files",
+        ),
+        (
+            &[
+                &rotate[..],
+                &["--root-threshold", "2", "--new-root-key-out", other_arg],
+            ]
+            .concat()[..],
+            "--root-threshold 2 must be between 1 and",
+        ),
+    ] {
+        let out = cli(args, &s.data);
+        assert!(
+            !out.status.success() && text(&out).contains(says),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    assert!(!other.exists());
     assert!(!s.data.join("tuf/metadata/3.root.json").exists());
 
     // Both clients, still holding version 1, take version 2 and keep updating.
