@@ -647,67 +647,120 @@ fn offline_targets_key_signs_changes_on_another_machine() {
     );
 }
 
+/// Every `/api/v1` route that takes an API token, called by each role, by a host token, by a
+/// registration key and anonymously. A role below the route's gets 403 naming the role it
+/// needs; a host token, a registration key and no token get 401; a role at or above gets one
+/// of the answers the row lists (the admin rows that revoke act on real ids, so the admin's
+/// call succeeds). Check-in takes a host token only: API tokens are 401 there.
 #[test]
 fn authorization_matrix_each_role_and_endpoint() {
     let s = start(|t| t.to_owned());
     let viewer = token(&s, "viewer");
     let operator = token(&s, "operator");
-    let tokens = [
+    // What the admin rows revoke: a token, the registration key `init` made, a host.
+    let made = cli(
+        &["token", "create", "--name", "doomed", "--role", "viewer"],
+        &s.data,
+    );
+    assert!(made.status.success(), "{made:?}");
+    let (_, tokens) = call(&s, "GET", "/api/v1/tokens", Some(&s.admin), None);
+    let doomed_token = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "doomed");
+    let doomed_token = doomed_token.unwrap()["id"].as_str().unwrap().to_owned();
+    let (status, host) = register_host(&s, &s.registration_key, "web-1");
+    assert_eq!(status, 201, "{host}");
+    let host_token = host["host_token"].as_str().unwrap().to_owned();
+    let (status, doomed_host) = register_host(&s, &s.registration_key, "web-2");
+    assert_eq!(status, 201, "{doomed_host}");
+    let doomed_host = doomed_host["host_id"].as_str().unwrap().to_owned();
+    let (_, keys) = call(&s, "GET", "/api/v1/registration-keys", Some(&s.admin), None);
+    let keys = keys["registration_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let doomed_key = keys[0]["id"].as_str().unwrap().to_owned();
+
+    let roles = [
         ("viewer", viewer.as_str()),
         ("operator", operator.as_str()),
         ("admin", s.admin.as_str()),
     ];
+    // Bearers that are no API token at all.
+    let strangers = [
+        ("host token", host_token.as_str()),
+        ("registration key", s.registration_key.as_str()),
+    ];
     let promote = json!({"build_id": BUILD_ID, "level": 1});
     let report = format!("/api/v1/kernels/{BUILD_ID}/levels/1/report");
-    let endpoints: Vec<(&str, &str, Option<Value>, &str)> = vec![
-        ("GET", "/api/v1/kernels", None, "viewer"),
-        ("GET", "/api/v1/channels", None, "viewer"),
-        ("GET", "/api/v1/channels/production", None, "viewer"),
-        ("GET", "/api/v1/hosts", None, "viewer"),
-        ("GET", "/api/v1/audit", None, "viewer"),
-        ("GET", "/api/v1/hosts/none/exposure", None, "viewer"),
-        ("GET", "/api/v1/hosts/none/vex", None, "viewer"),
-        ("GET", "/api/v1/cve/exposure/6.1.1", None, "viewer"),
-        ("GET", "/api/v1/reports/compliance", None, "viewer"),
-        ("POST", "/api/v1/bundles", None, "operator"),
-        ("GET", &report, None, "viewer"),
-        ("POST", &report, Some(json!({})), "operator"),
+    let revoke_token = format!("/api/v1/tokens/{doomed_token}");
+    let revoke_key = format!("/api/v1/registration-keys/{doomed_key}");
+    let revoke_host = format!("/api/v1/hosts/{doomed_host}");
+    // (method, path, body, role needed, answers a permitted role may get)
+    type Row<'a> = (&'a str, &'a str, Option<Value>, &'a str, &'a [u16]);
+    let endpoints: Vec<Row> = vec![
+        ("GET", "/api/v1/kernels", None, "viewer", &[200]),
+        ("GET", "/api/v1/channels", None, "viewer", &[200]),
+        ("GET", "/api/v1/channels/production", None, "viewer", &[200]),
+        ("GET", "/api/v1/hosts", None, "viewer", &[200]),
+        ("GET", "/api/v1/audit", None, "viewer", &[200]),
+        ("GET", "/api/v1/hosts/none/exposure", None, "viewer", &[404]),
+        ("GET", "/api/v1/hosts/none/vex", None, "viewer", &[404]),
+        ("GET", "/api/v1/cve/exposure/6.1.1", None, "viewer", &[200]),
+        ("GET", "/api/v1/reports/compliance", None, "viewer", &[200]),
+        // The operator publishes level 1; the admin's same upload is a conflict.
+        ("POST", "/api/v1/bundles", None, "operator", &[201, 409]),
+        ("GET", &report, None, "viewer", &[404]),
+        // An empty report is judged (400) only past the role check.
+        ("POST", &report, Some(json!({})), "operator", &[400]),
         (
             "POST",
             "/api/v1/channels",
             Some(json!({"name": "x"})),
             "operator",
+            &[201, 409],
         ),
         (
             "POST",
             "/api/v1/channels/production/promote",
             Some(promote.clone()),
             "operator",
+            &[200],
         ),
         (
             "POST",
             "/api/v1/channels/production/pin",
             Some(promote.clone()),
             "operator",
+            &[200],
         ),
         (
             "POST",
             "/api/v1/channels/production/unpin",
             Some(json!({"build_id": BUILD_ID})),
             "operator",
+            &[200],
         ),
+        // Level 1 is the lowest: the rollback is judged (409) only past the role check.
         (
             "POST",
             "/api/v1/channels/production/rollback",
             Some(promote),
             "operator",
+            &[409],
         ),
         (
             "POST",
             "/api/v1/registration-keys",
             Some(json!({"channel": "production"})),
             "admin",
+            &[201],
         ),
+        ("GET", "/api/v1/registration-keys", None, "admin", &[200]),
+        ("DELETE", &revoke_key, None, "admin", &[200]),
+        ("GET", "/api/v1/tokens", None, "admin", &[200]),
+        ("DELETE", &revoke_token, None, "admin", &[200]),
+        ("DELETE", &revoke_host, None, "admin", &[200]),
     ];
     let rank = |r: &str| {
         ["viewer", "operator", "admin"]
@@ -715,39 +768,59 @@ fn authorization_matrix_each_role_and_endpoint() {
             .position(|x| *x == r)
             .unwrap()
     };
-    for (method, path, body, needed) in &endpoints {
-        for (role, tok) in &tokens {
-            let body = match (path.ends_with("/bundles"), body) {
-                (true, _) => raw(bundle_bytes(1, RELEASE, true)),
-                (false, Some(v)) => Some(Body::Json(v.clone())),
-                (false, None) => None,
-            };
-            let (status, v) = call(&s, method, path, Some(tok), body);
+    let body_of = |path: &str, body: &Option<Value>| match (path.ends_with("/bundles"), body) {
+        (true, _) => raw(bundle_bytes(1, RELEASE, true)),
+        (false, Some(v)) => Some(Body::Json(v.clone())),
+        (false, None) => None,
+    };
+    for (method, path, body, needed, permitted) in &endpoints {
+        for (role, tok) in &roles {
+            let (status, v) = call(&s, method, path, Some(tok), body_of(path, body));
             if rank(role) >= rank(needed) {
                 assert!(
-                    status != 401 && status != 403,
-                    "{role} {method} {path} -> {status}: {v}"
+                    permitted.contains(&status),
+                    "{role} {method} {path} -> {status}, not one of {permitted:?}: {v}"
                 );
             } else {
                 assert_eq!(status, 403, "{role} {method} {path} must be forbidden: {v}");
                 assert!(error_of(&v).contains(needed), "{v}");
             }
         }
+        for (stranger, tok) in &strangers {
+            let (status, v) = call(&s, method, path, Some(tok), body_of(path, body));
+            assert_eq!(status, 401, "a {stranger} on {method} {path}: {v}");
+        }
         let (status, _) = call(&s, method, path, None, None);
         assert_eq!(status, 401, "anonymous {method} {path}");
     }
-    // Registration and check-in are for hosts, not roles.
-    let (status, _) = call(
-        &s,
-        "POST",
-        "/api/v1/checkin",
-        Some(&viewer),
-        Some(Body::Json(json!({}))),
+    // The admin's revocation took the host away; the other one stays.
+    assert_eq!(
+        call(&s, "GET", "/api/v1/hosts", Some(&s.admin), None).1["hosts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
     );
-    assert!(
-        status == 401 || status == 400,
-        "an API token is not a host token: {status}"
-    );
+
+    // Check-in is for hosts, not roles: the same well-formed check-in that the host's own
+    // token gets answered is refused (401, as documented) with any API token or a key.
+    let checkin = json!({"kernel_release": RELEASE, "build_id": BUILD_ID, "active_level": null,
+        "state": "unpatched", "last_error": null, "agent_version": "0.1.0"});
+    let post_checkin = |tok: &str| {
+        call(
+            &s,
+            "POST",
+            "/api/v1/checkin",
+            Some(tok),
+            Some(Body::Json(checkin.clone())),
+        )
+    };
+    let (status, v) = post_checkin(&host_token);
+    assert_eq!(status, 200, "the host's own check-in: {v}");
+    for (who, tok) in roles.iter().chain(&strangers[1..]) {
+        let (status, v) = post_checkin(tok);
+        assert_eq!(status, 401, "a check-in with the {who} token: {v}");
+    }
 }
 
 #[test]
