@@ -698,7 +698,7 @@ fn authorization_matrix_each_role_and_endpoint() {
     let revoke_host = format!("/api/v1/hosts/{doomed_host}");
     // (method, path, body, role needed, answers a permitted role may get)
     type Row<'a> = (&'a str, &'a str, Option<Value>, &'a str, &'a [u16]);
-    let endpoints: Vec<Row> = vec![
+    let endpoints: Vec<Row<'_>> = vec![
         ("GET", "/api/v1/kernels", None, "viewer", &[200]),
         ("GET", "/api/v1/channels", None, "viewer", &[200]),
         ("GET", "/api/v1/channels/production", None, "viewer", &[200]),
