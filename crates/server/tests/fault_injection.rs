@@ -244,6 +244,7 @@ fn check_after_restart(
     let ClientView {
         targets,
         channels: signed_docs,
+        ..
     } = fresh_client(s, &names)
         .unwrap_or_else(|e| panic!("after kill {kill}: a fresh TUF client refuses: {e}"));
     for (name, signed) in names.iter().zip(&signed_docs) {
