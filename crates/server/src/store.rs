@@ -1581,3 +1581,77 @@ impl Store for SqliteStore {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn store_with_session(role: Role) -> (tempfile::TempDir, SqliteStore, SessionRecord) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("patchbay.db"))
+            .await
+            .unwrap();
+        let user = UserRecord {
+            name: "otto".into(),
+            password_hash: "not a hash".into(),
+            role,
+            state: UserState::Enabled,
+        };
+        store.add_user(&user, 0).await.unwrap();
+        let session = SessionRecord {
+            id_hash: "ab".repeat(32),
+            user: user.name,
+            // What the login stored; never read back.
+            role: Role::Admin,
+            csrf: "c_1".into(),
+            expires_at: i64::MAX,
+        };
+        store.add_session(&session).await.unwrap();
+        (dir, store, session)
+    }
+
+    #[tokio::test]
+    async fn a_sessions_role_is_its_users_role_now() {
+        let (_dir, store, session) = store_with_session(Role::Operator).await;
+        let found = store.session(&session.id_hash).await.unwrap().unwrap();
+        assert_eq!(found.role, Role::Operator);
+        // A role changed behind the session counts at the next lookup.
+        sqlx::query("UPDATE users SET role = 'viewer' WHERE name = 'otto'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let found = store.session(&session.id_hash).await.unwrap().unwrap();
+        assert_eq!(found.role, Role::Viewer);
+    }
+
+    #[tokio::test]
+    async fn a_disabled_users_session_is_not_found_even_if_its_row_stayed() {
+        let (_dir, store, session) = store_with_session(Role::Viewer).await;
+        // The lookup's own check, without the deletion `set_user_state` does too.
+        sqlx::query("INSERT INTO disabled_users (user_name, disabled_at) VALUES ('otto', 0)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(store.session(&session.id_hash).await.unwrap(), None);
+        assert!(store
+            .set_user_state("otto", UserState::Enabled)
+            .await
+            .unwrap());
+        assert!(store.session(&session.id_hash).await.unwrap().is_some());
+        // Disabling through the store deletes the sessions: enabling gives none back.
+        assert!(store
+            .set_user_state("otto", UserState::Disabled)
+            .await
+            .unwrap());
+        assert!(store
+            .set_user_state("otto", UserState::Enabled)
+            .await
+            .unwrap());
+        assert_eq!(store.session(&session.id_hash).await.unwrap(), None);
+        assert!(!store
+            .set_user_state("nobody", UserState::Disabled)
+            .await
+            .unwrap());
+    }
+}
