@@ -654,6 +654,17 @@ fn registered_hosts_follow_a_root_key_rotation() {
     server.promote("production", BUILD_ID, 2, &[]);
     update(&k).unwrap();
     assert_eq!(k.sim().loads.last().unwrap(), &module_name(BUILD_ID, 2));
+    let trusted = RemoteFiles::new(k.state_dir().root()).root;
+    let served = server.dir.path().join("server/tuf/metadata/2.root.json");
+    let json = |path: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    // The same signed root (the agent stores the one its TUF client verified, re-serialised).
+    assert_eq!(
+        json(&trusted),
+        json(&served),
+        "the host now trusts root version 2"
+    );
     // A root signed by the new keys alone (version 3) is taken up too.
     assert_eq!(
         server
