@@ -739,6 +739,12 @@ async fn rotate_root_keys(
     for (id, file) in rotation.key_ids.iter().zip(&rotation.key_files) {
         println!("  {id}  {}", file.display());
     }
+    for failure in &rotation.not_retired {
+        println!(
+            "WARNING: could not delete the old root key {failure}: delete it (it can forge a root \
+             for hosts that have not fetched the new one)"
+        );
+    }
     for old in &rotation.retired_online_keys {
         println!(
             "deleted the old root key {} (it signs no root any more)",

@@ -342,6 +342,9 @@ pub struct RootRotation {
     pub key_files: Vec<PathBuf>,
     /// Old root key files that sat in the keys directory, deleted.
     pub retired_online_keys: Vec<PathBuf>,
+    /// Old root key files in the keys directory that could not be deleted, and why: the
+    /// operator must delete them.
+    pub not_retired: Vec<String>,
 }
 
 /// The repository on disk.
@@ -1265,16 +1268,23 @@ impl TufRepo {
         // From here the new root exists: a crash before the next write is finished by
         // `promote_newest_root`, and the new key files must stay.
         self.write_meta("root.json", &bytes)?;
-        let mut retired = Vec::new();
+        // The rotation is done: a key file that cannot be deleted is reported, not an error.
+        let (mut retired, mut not_retired) = (Vec::new(), Vec::new());
+        let keys_dir = self.keys_dir.canonicalize().ok();
         for path in &old_signers {
-            if path.parent() == Some(self.keys_dir.as_path()) {
-                std::fs::remove_file(path).map_err(|e| io_err(path, e))?;
-                retired.push(path.clone());
+            let file = path.canonicalize().ok();
+            if keys_dir.is_none() || file.as_deref().and_then(Path::parent) != keys_dir.as_deref() {
+                continue;
+            }
+            match std::fs::remove_file(path) {
+                Ok(()) => retired.push(path.clone()),
+                Err(e) => not_retired.push(format!("{}: {e}", path.display())),
             }
         }
         if !retired.is_empty() {
-            patchbay_core::fsutil::sync_dir(&self.keys_dir)
-                .map_err(|e| io_err(&self.keys_dir, e))?;
+            if let Err(e) = patchbay_core::fsutil::sync_dir(&self.keys_dir) {
+                not_retired.push(format!("{}: sync: {e}", self.keys_dir.display()));
+            }
         }
         let key_ids = signed
             .signed
@@ -1292,6 +1302,7 @@ impl TufRepo {
             key_ids,
             key_files: made,
             retired_online_keys: retired,
+            not_retired,
         })
     }
 
@@ -1830,6 +1841,7 @@ mod tests {
         assert_eq!(rotation.version, 2);
         assert_eq!(rotation.key_files, files);
         assert_eq!(rotation.retired_online_keys, vec![old_key.clone()]);
+        assert!(rotation.not_retired.is_empty(), "{rotation:?}");
         assert!(
             !old_key.exists(),
             "the old root key left the keys directory"
