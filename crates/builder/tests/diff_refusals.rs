@@ -65,6 +65,13 @@ fn unsafe_or_empty_diffs_are_refused_with_advice() {
             Category::ModuleUsesUnexported,
             None,
         ),
+        // A member added to a private struct the running kernel has allocated.
+        (
+            fixture("refuse-struct-layout-change.patch"),
+            "`struct kthread_create_info` adds `flags`",
+            Category::ChangedStructLayout,
+            None,
+        ),
         (garbage, "no file changes found", Category::NotADiff, None),
         (stale, "does not apply", Category::PatchDoesNotApply, None),
         // Two prefix directories: -p2 is found; -p1, asked for, names no file of the tree.

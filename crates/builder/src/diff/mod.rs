@@ -2,7 +2,8 @@
 //! changed translation units and diffing the objects. Each stage is its own module:
 //! `patch_file` (what the diff touches), `preflight` (kernel config, compiler, the diff
 //! applies), `objects` (original and patched objects, and the binary each belongs to),
-//! `headers` (a changed header alters no other object), `engine` and `clones` (what changed),
+//! `headers` (a changed header alters no other object), `layouts` (no struct that exists changes
+//! its layout), `engine` and `clones` (what changed),
 //! `extract` (the replacement code as one object), `ibt` (on IBT kernels, no address of a
 //! function the running kernel sealed). [`pipeline`] runs them in order and hands
 //! typed markers to the module builder; [`refusal`] says why a diff cannot be live-patched.
@@ -16,6 +17,7 @@ pub mod headers;
 pub mod ibt;
 pub mod include_index;
 pub(crate) mod kbuild_home;
+pub mod layouts;
 pub mod objects;
 pub mod patch_file;
 pub mod pipeline;

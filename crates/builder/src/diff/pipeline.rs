@@ -15,6 +15,7 @@ use super::extract;
 use super::headers;
 use super::include_index::IncludeIndex;
 use super::kbuild_home::{KbuildHome, KbuildIndex};
+use super::layouts;
 use super::objects::{self, Owner, PatchedTree};
 use super::patch_file::{self, ChangedFile};
 use super::preflight::{self, KernelConfig, KernelLayout, PreflightProblem};
@@ -131,6 +132,9 @@ pub enum DiffBuildError {
     /// The module builder failed on the extracted code.
     #[error(transparent)]
     Module(#[from] module_build::BuildError),
+    /// The struct layouts of an object could not be read.
+    #[error(transparent)]
+    Layouts(#[from] super::layouts::LayoutError),
     /// A file operation failed.
     #[error("{action} {path}: {source}")]
     Io {
@@ -183,6 +187,7 @@ impl DiffBuildError {
                 crate::klp_elf::KlpElfError::SpecialSectionReference { .. },
             )) => "loader-section-reference",
             DiffBuildError::Module(_) => "module-build",
+            DiffBuildError::Layouts(_) => "layouts",
             DiffBuildError::Io { .. } => "io",
         }
     }
@@ -456,6 +461,9 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     // Stage 4: what changed, and the refusals that depend on it.
     let mut reports = Vec::new();
     let mut refusals = Vec::new();
+    // A changed layout is the cause of whatever else the code diff shows: these come first,
+    // one per struct (every unit including its header shows the same change).
+    let mut layout_changes: Vec<Refusal> = Vec::new();
     let mut views = Vec::new();
     for file in &files {
         let read = |p: PathBuf| -> Result<ElfView, DiffBuildError> {
@@ -466,6 +474,17 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         let patched = read(patched_object(&file.path))?;
         let lines = line_maps.get(&file.path).cloned().unwrap_or_default();
         let (diff, callbacks, file_refusals) = analyse(&file.path, &original, &patched, &lines);
+        if !diff.is_empty() {
+            for refusal in layout_refusals(
+                &file.path,
+                &original_object(&file.path),
+                &patched_object(&file.path),
+            )? {
+                if !layout_changes.iter().any(|r| r.reason == refusal.reason) {
+                    layout_changes.push(refusal);
+                }
+            }
+        }
         refusals.extend(file_refusals);
         let owner = match objects::owner(
             kernel,
@@ -529,6 +548,8 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         }
     }
     drop(exclusive);
+    layout_changes.append(&mut refusals);
+    let refusals = layout_changes;
     if !refusals.is_empty() {
         return Err(DiffBuildError::refused(refusals));
     }
@@ -1005,6 +1026,41 @@ fn refuse_unexported_vmlinux_symbols(
             })
             .collect(),
     ))
+}
+
+/// Stage 4's layout rule (`layouts`): one refusal per struct or union of the unit that exists
+/// before the diff and is laid out differently after it.
+fn layout_refusals(
+    source: &str,
+    original: &Path,
+    patched: &Path,
+) -> Result<Vec<Refusal>, DiffBuildError> {
+    let before = layouts::of_object(original)?;
+    let after = layouts::of_object(patched)?;
+    Ok(layouts::changes(&before, &after)
+        .into_iter()
+        .map(|change| {
+            let consequence = match change.kind {
+                layouts::ChangeKind::Layout => {
+                    "objects allocated before the patch keep the old layout, so the replaced \
+                     code would read and write the wrong bytes"
+                }
+                layouts::ChangeKind::MemberType => {
+                    "the code the patch does not replace, and the values already stored, keep \
+                     the old type"
+                }
+            };
+            Refusal::in_file(
+                Category::ChangedStructLayout,
+                source,
+                format!(
+                    "`{}` {}: {consequence}; keep the struct as it is (a shadow variable, \
+                     `klp_shadow_*`, for a new member) or apply this fix with a reboot",
+                    change.aggregate, change.what
+                ),
+            )
+        })
+        .collect())
 }
 
 /// Stage 4 for one translation unit: what changed between the original and the patched object

@@ -68,6 +68,9 @@ pub enum Category {
     /// Kept code calls a static call whose key lives in a module, which the patch's static
     /// call site could name only through a livepatch relocation applied too late.
     StaticCallModuleKey,
+    /// A struct or union the running kernel already has changes its layout (a member added,
+    /// removed, moved, resized or retyped): memory allocated before the patch keeps the old one.
+    ChangedStructLayout,
 }
 
 impl Category {
@@ -101,6 +104,7 @@ impl Category {
             Category::InitReference => "init-reference",
             Category::SealedFunctionAddress => "sealed-function-address",
             Category::StaticCallModuleKey => "static-call-module-key",
+            Category::ChangedStructLayout => "changed-struct-layout",
         }
     }
 }
