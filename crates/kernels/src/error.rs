@@ -238,6 +238,20 @@ pub enum KernelError {
         /// What is wrong with it.
         reason: String,
     },
+
+    /// A build that was stopped while its diff was applied left the source tree changed, and
+    /// the diff it recorded neither reverses nor is absent (stopped halfway through `patch`).
+    #[error("the source tree {tree} was left changed by a build that was stopped while its diff was applied ({record}), and that diff cannot be reversed: {output}; delete {tree_root} and it will be prepared again")]
+    InterruptedDiff {
+        /// The tree (`…/source/linux`).
+        tree: PathBuf,
+        /// The directory to delete (`…/source`).
+        tree_root: PathBuf,
+        /// The recorded diff.
+        record: PathBuf,
+        /// What `patch` said.
+        output: String,
+    },
 }
 
 impl KernelError {

@@ -24,6 +24,9 @@ fn tarball_of(source_package: &str) -> (String, String) {
 const SOURCE_DIR: &str = "source";
 /// Written last; its presence marks a complete, prepared tree.
 const PREPARED_MARKER: &str = ".patchbay-prepared";
+/// Beside the tree: the diff a build applied, from just before `patch` runs until it is
+/// reversed.
+const APPLIED_DIFF: &str = ".applied.patch";
 
 /// A prepared source tree of one kernel build.
 #[derive(Debug, Clone)]
@@ -49,11 +52,94 @@ impl SourceTree {
 
     /// Exclusive use of the tree (one build at a time: compiling regenerates files in it and a
     /// diff is applied to it). Hold it from the first compile until the diff is reversed.
+    /// A build stopped while its diff was applied (killed, a power cut) left it recorded
+    /// ([`SourceTree::record_applied`]); it is reversed here first, so every holder of the lock
+    /// sees the tree as Debian ships it.
     pub fn lock(&self) -> Result<TreeLock, KernelError> {
-        let path = self.dir.parent().unwrap_or(&self.dir).join(".tree.lock");
-        Ok(TreeLock {
+        let path = self.holder().join(".tree.lock");
+        let lock = TreeLock {
             _lock: fsutil::lock(&path)?,
-        })
+        };
+        self.reverse_interrupted()?;
+        Ok(lock)
+    }
+
+    fn holder(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
+    /// Where the diff applied to the tree is recorded while it is applied.
+    fn applied_record(&self) -> PathBuf {
+        self.holder().join(APPLIED_DIFF)
+    }
+
+    /// Records `diff` as applied, before `patch` runs (the caller holds the lock): if the build
+    /// is stopped before [`SourceTree::clear_applied`], the next [`SourceTree::lock`] reverses it.
+    pub fn record_applied(&self, diff: &Path) -> Result<(), KernelError> {
+        let bytes = std::fs::read(diff).map_err(|e| KernelError::io("read", diff, e))?;
+        fsutil::write_atomically(&self.applied_record(), &bytes)
+    }
+
+    /// The recorded diff was reversed (or never applied): forget it.
+    pub fn clear_applied(&self) -> Result<(), KernelError> {
+        let record = self.applied_record();
+        match std::fs::remove_file(&record) {
+            Ok(()) => fsutil::sync_dir(self.holder()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(KernelError::io("remove", record, e)),
+        }
+    }
+
+    fn reverse_interrupted(&self) -> Result<(), KernelError> {
+        let record = self.applied_record();
+        if !record.is_file() {
+            return Ok(());
+        }
+        let patch = |extra: &[&str]| {
+            Command::new("patch")
+                .current_dir(&self.dir)
+                .args([
+                    "-p1",
+                    "--batch",
+                    "--silent",
+                    "--no-backup-if-mismatch",
+                    "-i",
+                ])
+                .arg(&record)
+                .args(extra)
+                .env("LC_ALL", "C")
+                .output()
+                .map_err(|e| KernelError::io("run patch on", &self.dir, e))
+        };
+        // Applied whole: reverse it. Not applied at all (stopped before `patch` ran): nothing
+        // to undo. Anything else is a tree no diff can repair.
+        let reversible = patch(&["-R", "--dry-run", "--forward"])?;
+        if reversible.status.success() {
+            let reversed = patch(&["-R", "--forward"])?;
+            if !reversed.status.success() {
+                return Err(self.interrupted(&record, &reversed));
+            }
+        } else {
+            let applies = patch(&["--dry-run", "--forward"])?;
+            if !applies.status.success() {
+                return Err(self.interrupted(&record, &reversible));
+            }
+        }
+        self.clear_applied()
+    }
+
+    fn interrupted(&self, record: &Path, output: &std::process::Output) -> KernelError {
+        KernelError::InterruptedDiff {
+            tree: self.dir.clone(),
+            tree_root: self.holder().to_path_buf(),
+            record: record.to_path_buf(),
+            output: String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .chain(String::from_utf8_lossy(&output.stderr).lines())
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
     }
 
     /// The toolchain the tree's commands run with.

@@ -463,8 +463,15 @@ pub struct PatchedTree<'a> {
 
 impl<'a> PatchedTree<'a> {
     /// Applies `diff` (`patch -p1`) to `tree`; [`ObjectsError::Apply`] when it does not apply.
+    /// The diff is recorded beside the tree first, so that a build stopped before it is
+    /// reversed leaves the next one a tree to repair ([`SourceTree::lock`]).
     pub fn apply(tree: &'a SourceTree, diff: &Path) -> Result<Self, ObjectsError> {
-        run_patch(tree.dir(), diff, false).map_err(ObjectsError::Apply)?;
+        tree.record_applied(diff)?;
+        if let Err(output) = run_patch(tree.dir(), diff, false) {
+            // `--batch --forward` after a successful dry run: nothing applied to reverse.
+            tree.clear_applied()?;
+            return Err(ObjectsError::Apply(output));
+        }
         Ok(PatchedTree {
             tree,
             diff: diff.to_path_buf(),
@@ -479,14 +486,16 @@ impl<'a> PatchedTree<'a> {
         run_patch(self.tree.dir(), &self.diff, true).map_err(|output| ObjectsError::Reverse {
             tree: self.tree.dir().display().to_string(),
             output,
-        })
+        })?;
+        Ok(self.tree.clear_applied()?)
     }
 }
 
 impl Drop for PatchedTree<'_> {
     fn drop(&mut self) {
-        if self.applied {
-            let _ = run_patch(self.tree.dir(), &self.diff, true);
+        // A failed reversal keeps the record: the next lock of the tree tries again.
+        if self.applied && run_patch(self.tree.dir(), &self.diff, true).is_ok() {
+            let _ = self.tree.clear_applied();
         }
     }
 }
