@@ -508,6 +508,12 @@ async fn run(cli: Cli) -> Result<()> {
                     summary.older_roots_left_out
                 );
             }
+            if !summary.metadata_left_out.is_empty() {
+                println!(
+                    "left out (not served; the verified chain does not name them): {}",
+                    summary.metadata_left_out.join(", ")
+                );
+            }
             Ok(())
         }
         Command::ExportUnsigned { data, output } => {

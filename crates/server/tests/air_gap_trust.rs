@@ -72,14 +72,13 @@ async fn forge_root(genuine: &[u8], attacker_key: &Path) -> Vec<u8> {
     forged.buffer().clone()
 }
 
-#[test]
-fn an_archive_whose_copy_of_the_trusted_root_is_forged_is_refused() {
+/// An outer server with level 1 published, its export (`first.tar.gz`), and a mirror that
+/// imported it pinning the outer server's root, version 1.
+fn outer_and_mirror() -> (Server, Server, PathBuf) {
     let outer = start(|t| t.to_owned());
     publish(&outer, 1);
     let first = export(&outer, "first.tar.gz");
     let outer_root = outer.data.join("tuf/metadata/1.root.json");
-
-    // The mirror pins the outer server's root, version 1.
     let inner = start(|t| t.to_owned());
     let out = cli(
         &[
@@ -91,6 +90,13 @@ fn an_archive_whose_copy_of_the_trusted_root_is_forged_is_refused() {
         &inner.data,
     );
     assert!(out.status.success(), "{out:?}");
+    (outer, inner, first)
+}
+
+#[test]
+fn an_archive_whose_copy_of_the_trusted_root_is_forged_is_refused() {
+    let (outer, inner, first) = outer_and_mirror();
+    let outer_root = outer.data.join("tuf/metadata/1.root.json");
     let root_before = served(&inner, "root.json");
     assert_eq!(root_before.as_bytes(), std::fs::read(&outer_root).unwrap());
 
@@ -160,6 +166,83 @@ fn an_archive_whose_copy_of_the_trusted_root_is_forged_is_refused() {
         served(&inner, "1.root.json").as_bytes(),
         root_before.as_bytes()
     );
+    fresh_client(&inner, &[]).unwrap();
+}
+
+#[test]
+fn an_archive_carrying_metadata_its_chain_does_not_name_gets_none_of_it_served() {
+    let (outer, inner, _) = outer_and_mirror();
+    let old_version = served_targets_version(&inner);
+    let old_name = format!("{old_version}.targets.json");
+    let old_targets = served(&inner, &old_name);
+
+    // The next genuine archive, with two files added by whoever carried it: a targets role
+    // of version 99 that no key signed, and a rewritten copy of the targets version the
+    // mirror already serves (the same signatures over a target list with one more entry).
+    publish(&outer, 2);
+    let second = export(&outer, "second.tar.gz");
+    let work = outer._dir.path();
+    let unpacked = work.join("unpacked");
+    patchbay_updates::archive::unpack(&second, &unpacked).unwrap();
+    let forge = |bytes: &[u8], version: Option<u64>| {
+        let mut role: Value = serde_json::from_slice(bytes).unwrap();
+        if let Some(version) = version {
+            role["signed"]["version"] = Value::from(version);
+        }
+        role["signed"]["targets"]["attacker.pbb"] = serde_json::json!({
+            "length": 4, "hashes": {"sha256": "00".repeat(32)}
+        });
+        serde_json::to_vec(&role).unwrap()
+    };
+    let metadata: Vec<(String, Vec<u8>)> = files_in(&unpacked.join("metadata"))
+        .into_iter()
+        .flat_map(|(name, bytes)| {
+            let mut files = vec![];
+            if name == old_name {
+                files.push((name, forge(&bytes, None)));
+            } else {
+                if name.ends_with(".targets.json") {
+                    files.push(("99.targets.json".to_owned(), forge(&bytes, Some(99))));
+                }
+                files.push((name, bytes));
+            }
+            files
+        })
+        .collect();
+    let carried = work.join("carried.tar.gz");
+    patchbay_updates::archive::write(&carried, &metadata, &files_in(&unpacked.join("targets")))
+        .unwrap();
+
+    // The chain verifies, so the archive imports; the files it does not name are listed
+    // and not served, and the targets version served before keeps its bytes.
+    let out = cli(&["import", carried.to_str().unwrap()], &inner.data);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let (status, text) = get_text(&inner, "/tuf/metadata/99.targets.json", "none");
+    assert_eq!(status, 404, "an unsigned targets role is served: {text}");
+    assert_eq!(served(&inner, &old_name), old_targets);
+    assert!(
+        stdout.contains("left out") && stdout.contains("99.targets.json"),
+        "{stdout}"
+    );
+    let new_version = served_targets_version(&inner);
+    assert!(new_version > old_version);
+    assert_eq!(
+        served(&inner, &format!("{new_version}.targets.json")).as_bytes(),
+        std::fs::read(
+            outer
+                .data
+                .join(format!("tuf/metadata/{new_version}.targets.json"))
+        )
+        .unwrap()
+    );
+    for file in ["timestamp.json", "root.json"] {
+        assert_eq!(
+            served(&inner, file).as_bytes(),
+            std::fs::read(outer.data.join("tuf/metadata").join(file)).unwrap(),
+            "{file}"
+        );
+    }
     fresh_client(&inner, &[]).unwrap();
 }
 

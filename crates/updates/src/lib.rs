@@ -355,6 +355,15 @@ impl SignedRepo {
         self.repo.targets().signed.version.get()
     }
 
+    /// The versions of the timestamp and snapshot roles the client verified (a mirror serves
+    /// exactly those files).
+    pub fn timestamp_and_snapshot_versions(&self) -> (u64, u64) {
+        (
+            self.repo.timestamp().signed.version.get(),
+            self.repo.snapshot().signed.version.get(),
+        )
+    }
+
     fn target(&self, name: &str) -> Option<&tough::schema::Target> {
         let name = TargetName::new(name).ok()?;
         self.repo.targets().signed.targets.get(&name)

@@ -13,7 +13,7 @@ use std::path::Path;
 use bytes::Bytes;
 use patchbay_updates::{Limits, SignedRepo, Source};
 use serde_json::Value;
-use tough::schema::{Root, Signed};
+use tough::schema::{Role, Root, Signed, Snapshot, Targets, Timestamp};
 
 use crate::error::ServerError;
 use crate::Service;
@@ -28,7 +28,7 @@ pub struct ExportSummary {
 }
 
 /// What [`import`] installed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportSummary {
     /// The targets version now served.
     pub targets_version: u64,
@@ -39,6 +39,10 @@ pub struct ImportSummary {
     /// Roots older than the trusted one that the archive carried and this server does not
     /// serve: nothing verifies them from the trusted root.
     pub older_roots_left_out: usize,
+    /// The archive's other metadata files that the verified chain does not name (older or
+    /// newer snapshot and targets versions, any other `.json`): not served, as nothing the
+    /// hosts trust vouches for them.
+    pub metadata_left_out: Vec<String>,
 }
 
 fn io(path: &Path, source: std::io::Error) -> ServerError {
@@ -301,6 +305,107 @@ fn check_root_chain(
     Ok(RootChain { verified, left_out })
 }
 
+/// The archive's metadata besides its roots: what this mirror serves and what it leaves out.
+struct RoleFiles {
+    /// `<n>.targets.json`, `<n>.snapshot.json` and `timestamp.json` (in that order, the order
+    /// they are written in) as the TUF client verified them, each checked again against the
+    /// newest verified root.
+    served: Vec<(String, Vec<u8>)>,
+    /// Every other `.json` of the archive's metadata directory, by name.
+    left_out: Vec<String>,
+}
+
+/// Reads `metadata/<name>` of the archive as role `T` and checks it against `root`: signed by
+/// the threshold of the role's keys, the `version` the chain names, not expired.
+fn check_role<T: Role + serde::de::DeserializeOwned>(
+    root: &Signed<Root>,
+    metadata: &Path,
+    name: &str,
+    version: u64,
+) -> Result<(Signed<T>, Vec<u8>), ServerError> {
+    let refused = |why: String| {
+        ServerError::Unprocessable(format!(
+            "metadata/{name} in the archive {why}; refused, nothing imported. Export the \
+             archive again on the outer server"
+        ))
+    };
+    let path = metadata.join(name);
+    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    let role: Signed<T> = serde_json::from_slice(&bytes)
+        .map_err(|e| refused(format!("is not a signed {} role ({e})", T::TYPE)))?;
+    root.signed.verify_role(&role).map_err(|e| {
+        refused(format!(
+            "is not signed by the {} key(s) of root version {}: {e}",
+            T::TYPE,
+            root.signed.version
+        ))
+    })?;
+    if role.signed.version().get() != version {
+        return Err(refused(format!(
+            "is version {}, the verified chain names version {version}",
+            role.signed.version()
+        )));
+    }
+    if role.signed.expires() <= jiff::Timestamp::now() {
+        return Err(refused(format!("expired at {}", role.signed.expires())));
+    }
+    Ok((role, bytes))
+}
+
+/// Chooses the metadata the mirror serves besides the roots: the timestamp, the snapshot it
+/// names and the targets the snapshot names, which are the files the TUF client verified
+/// (`versions`: its timestamp, snapshot and targets versions), checked again against
+/// `newest_root`. Every other file is left out, never copied: a file the chain does not name
+/// is vouched for by nothing.
+fn check_role_files(
+    newest_root: &Signed<Root>,
+    metadata: &Path,
+    versions: (u64, u64, u64),
+) -> Result<RoleFiles, ServerError> {
+    let (timestamp_version, snapshot_version, targets_version) = versions;
+    let (timestamp, timestamp_bytes) =
+        check_role::<Timestamp>(newest_root, metadata, "timestamp.json", timestamp_version)?;
+    let named = |meta: &std::collections::HashMap<String, tough::schema::Metafile>,
+                 role: &str,
+                 by: &str| {
+        meta.get(role).map(|m| m.version.get()).ok_or_else(|| {
+            ServerError::Unprocessable(format!(
+                "metadata/{by} in the archive names no {role}; refused, nothing imported"
+            ))
+        })
+    };
+    let snapshot_name = format!(
+        "{}.snapshot.json",
+        named(&timestamp.signed.meta, "snapshot.json", "timestamp.json")?
+    );
+    let (snapshot, snapshot_bytes) =
+        check_role::<Snapshot>(newest_root, metadata, &snapshot_name, snapshot_version)?;
+    let targets_name = format!(
+        "{}.targets.json",
+        named(&snapshot.signed.meta, "targets.json", &snapshot_name)?
+    );
+    let (_, targets_bytes) =
+        check_role::<Targets>(newest_root, metadata, &targets_name, targets_version)?;
+    let served = vec![
+        (targets_name, targets_bytes),
+        (snapshot_name, snapshot_bytes),
+        ("timestamp.json".to_owned(), timestamp_bytes),
+    ];
+    let mut left_out = Vec::new();
+    for entry in std::fs::read_dir(metadata).map_err(|e| io(metadata, e))? {
+        let name = entry.map_err(|e| io(metadata, e))?.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".root.json") || name == "root.json" {
+            continue; // checked by `check_root_chain`
+        }
+        if !served.iter().any(|(served, _)| *served == name) {
+            left_out.push(name.into_owned());
+        }
+    }
+    left_out.sort();
+    Ok(RoleFiles { served, left_out })
+}
+
 /// Verifies `archive` with the agents' TUF client and serves its metadata and targets as
 /// they are. The root trusted is `root` if given, else the one pinned by an earlier import,
 /// else (first import) the archive's own `1.root.json`. An archive that does not verify is
@@ -389,6 +494,15 @@ pub async fn import(
                 )));
             }
         }
+        // The timestamp, snapshot and targets roles the client verified, checked again against
+        // the newest verified root; nothing else of the archive's metadata is served.
+        let (_, newest_root) = parse_root(&newest.name, &newest.bytes)?;
+        let (timestamp_version, snapshot_version) = repo.timestamp_and_snapshot_versions();
+        let role_files = check_role_files(
+            &newest_root,
+            &source_meta,
+            (timestamp_version, snapshot_version, repo.targets_version()),
+        )?;
         let list = repo.target_list();
         for (name, _sha, _len) in &list {
             let bytes = repo
@@ -401,41 +515,59 @@ pub async fn import(
             service.blobs.put(Bytes::from(bytes)).await?;
         }
         // Metadata after the targets, root.json and timestamp.json last: agents never see a
-        // chain whose targets are not stored yet.
-        let mut names: Vec<String> = std::fs::read_dir(&source_meta)
-            .map_err(|e| io(&source_meta, e))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".json") && n != "timestamp.json" && !n.ends_with("root.json"))
-            .collect();
-        names.sort();
+        // chain whose targets are not stored yet. Only what the chain verified is copied.
         std::fs::create_dir_all(&service.tuf.metadata_dir)
             .map_err(|e| io(&service.tuf.metadata_dir, e))?;
-        let served_root = service.tuf.metadata_dir.join("root.json");
-        for name in &names {
-            let from = source_meta.join(name);
-            let bytes = std::fs::read(&from).map_err(|e| io(&from, e))?;
+        if mirror {
+            for (name, bytes) in &role_files.served {
+                let path = service.tuf.metadata_dir.join(name);
+                if name == "timestamp.json" || !path.exists() {
+                    continue;
+                }
+                if std::fs::read(&path).map_err(|e| io(&path, e))? != *bytes {
+                    return Err(ServerError::Unprocessable(format!(
+                        "metadata/{name} in the archive differs from the {name} this mirror \
+                         already serves (two different roles signed under one version); \
+                         refused, nothing imported"
+                    )));
+                }
+            }
+        }
+        let (timestamp, roles) = role_files
+            .served
+            .split_last()
+            .ok_or_else(|| ServerError::Unprocessable("no verified metadata".into()))?;
+        for (name, bytes) in roles {
             let to = service.tuf.metadata_dir.join(name);
-            patchbay_core::fsutil::write_atomic(&to, &bytes).map_err(|e| io(&to, e))?;
+            patchbay_core::fsutil::write_atomic(&to, bytes).map_err(|e| io(&to, e))?;
         }
         for root in &chain.verified {
             let to = service.tuf.metadata_dir.join(&root.name);
             patchbay_core::fsutil::write_atomic(&to, &root.bytes).map_err(|e| io(&to, e))?;
         }
         if !mirror {
-            // This server's own roots (from `init`) are no part of the chain it now serves.
-            for (version, path) in numbered_roots(&service.tuf.metadata_dir)? {
-                if !chain.verified.iter().any(|r| r.version == version) {
+            // This server's own metadata (from `init`) is no part of the chain it now serves.
+            let keep = |name: &str| {
+                name == "timestamp.json"
+                    || role_files.served.iter().any(|(n, _)| n == name)
+                    || chain.verified.iter().any(|r| r.name == name)
+            };
+            for path in service.tuf.metadata_files()? {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if name != "root.json" && !keep(&name) {
                     std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
                 }
             }
         }
+        let served_root = service.tuf.metadata_dir.join("root.json");
         patchbay_core::fsutil::write_atomic(&served_root, &newest.bytes)
             .map_err(|e| io(&served_root, e))?;
-        let from = source_meta.join("timestamp.json");
-        let bytes = std::fs::read(&from).map_err(|e| io(&from, e))?;
-        let to = service.tuf.metadata_dir.join("timestamp.json");
-        patchbay_core::fsutil::write_atomic(&to, &bytes).map_err(|e| io(&to, e))?;
+        let (name, bytes) = timestamp;
+        let to = service.tuf.metadata_dir.join(name);
+        patchbay_core::fsutil::write_atomic(&to, bytes).map_err(|e| io(&to, e))?;
         patchbay_core::fsutil::write_atomic(&trusted_path, &newest.bytes)
             .map_err(|e| io(&trusted_path, e))?;
         let marker = tuf_dir.join("mirror");
@@ -460,6 +592,7 @@ pub async fn import(
             targets: list.len(),
             root_version: newest.version,
             older_roots_left_out: chain.left_out,
+            metadata_left_out: role_files.left_out,
         })
     }
     .await;
