@@ -128,7 +128,7 @@ enum Command {
         #[arg(long, value_name = "SHA256")]
         server_cert_sha256: Option<String>,
         /// A PEM file of the CA certificates that sign the server's certificate (kept for every
-        /// later connection).
+        /// later connection); default: `server_ca_file` of the config.
         #[arg(long, value_name = "FILE")]
         ca_file: Option<PathBuf>,
         /// Trust whatever root and certificate the server shows where the key names none. A
@@ -278,6 +278,7 @@ fn run(cli: Cli) -> i32 {
                 trust_on_first_use,
                 insecure_http,
             },
+            &settings,
         )),
         Command::Update {
             ref from,
@@ -486,6 +487,7 @@ fn register_command(
     server: &str,
     key: &str,
     args: RegisterArgs<'_>,
+    settings: &patchbay::remote::Settings,
 ) -> Result<i32, patchbay::remote::RemoteError> {
     use patchbay::remote::{FirstUse, PlainHttp, RegisterTrust, RemoteError, RootTrust};
     let key: patchbay_core::registration::RegistrationKey =
@@ -513,7 +515,8 @@ fn register_command(
         } else {
             PlainHttp::Refuse
         },
-    };
+    }
+    .or_config_ca_file(settings);
     let r = patchbay::remote::register(agent, server, &key, &trust)?;
     println!("registered as host {} in channel {}", r.host_id, r.channel);
     let how = match r.root_trust {

@@ -162,19 +162,29 @@ pub struct ServerLink {
 }
 
 impl ServerLink {
-    /// The server's URL and how every connection to it checks its certificate. A link that
-    /// pins a certificate or names a CA file was registered over TLS: an `http://` URL in it
-    /// (edited by hand, or by someone who wants the token) is refused, as nothing it sends
-    /// would be checked or encrypted. Links without either (from before TLS, or registered
-    /// with `--insecure-http`) keep their URL.
-    pub fn endpoint(&self) -> Result<(url::Url, ServerTrust), RemoteError> {
+    /// The server's URL and how every connection to it checks its certificate: the pinned
+    /// certificate, else the CA bundle of the config's `server_ca_file` (`config_ca_file`),
+    /// else the link's CA file, else the platform's roots. A link that pins a certificate or
+    /// names a CA file (or a config that names one) means TLS: an `http://` URL in it (edited
+    /// by hand, or by someone who wants the token) is refused, as nothing it sends would be
+    /// checked or encrypted. Links without either (from before TLS, or registered with
+    /// `--insecure-http`) keep their URL.
+    pub fn endpoint(
+        &self,
+        config_ca_file: Option<&Path>,
+    ) -> Result<(url::Url, ServerTrust), RemoteError> {
         let url = server_url(&self.url)?;
-        let trust = match (&self.server_cert_sha256, &self.ca_file) {
-            (Some(pin), _) => ServerTrust::Pinned(pin.clone()),
-            (None, Some(file)) => ServerTrust::CaBundle(
+        let trust = match (&self.server_cert_sha256, config_ca_file, &self.ca_file) {
+            (Some(pin), _, _) => ServerTrust::Pinned(pin.clone()),
+            (None, Some(file), _) => ServerTrust::CaBundle(CaBundle::read(file).map_err(|e| {
+                RemoteError::Usage(format!(
+                    "server_ca_file of the agent's config: {e}; fix the setting"
+                ))
+            })?),
+            (None, None, Some(file)) => ServerTrust::CaBundle(
                 CaBundle::read(file).map_err(|e| RemoteError::Usage(e.to_string()))?,
             ),
-            (None, None) => return Ok((url, ServerTrust::PlatformRoots)),
+            (None, None, None) => return Ok((url, ServerTrust::PlatformRoots)),
         };
         if url.scheme() != "https" {
             return Err(RemoteError::Untrusted(format!(
@@ -202,6 +212,10 @@ pub struct AgentConfig {
     pub pinned_level: Option<u32>,
     /// Follow this channel instead of the one the registration key chose.
     pub channel: Option<String>,
+    /// A PEM file of the CA certificates that sign the server's certificate (a private CA):
+    /// `register` uses it when no `--ca-file` is given, and every connection checks against
+    /// it unless the host pins the certificate.
+    pub server_ca_file: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -212,6 +226,7 @@ impl Default for AgentConfig {
             auto_update: true,
             pinned_level: None,
             channel: None,
+            server_ca_file: None,
         }
     }
 }
@@ -229,6 +244,9 @@ pub struct Settings {
     pub pinned_level: Option<PatchLevel>,
     /// Channel to follow instead of the registered one; `None`: the registered one.
     pub channel: Option<ChannelName>,
+    /// The CA bundle that signs the server's certificate (`server_ca_file`); an absolute
+    /// path. `None`: what `register` recorded, else the platform's roots.
+    pub server_ca_file: Option<PathBuf>,
 }
 
 /// Parses `500ms`, `90s`, `30m`, `4h`, `1d`.
@@ -284,6 +302,16 @@ impl Settings {
                 .map(|c| c.parse())
                 .transpose()
                 .map_err(|e: patchbay_core::IdError| bad(format!("channel: {e}")))?,
+            server_ca_file: match config.server_ca_file {
+                Some(file) if file.is_relative() => {
+                    return Err(bad(format!(
+                        "server_ca_file: {} is a relative path; give an absolute one (e.g. \
+                         /etc/patchbay/ca.pem)",
+                        file.display()
+                    )))
+                }
+                file => file,
+            },
         })
     }
 }
@@ -382,8 +410,8 @@ fn http_client(trust: &ServerTrust) -> Result<reqwest::Client, RemoteError> {
 /// A request that got no reply: a refused certificate is a refusal (nothing was sent), any
 /// other failure an outage.
 fn send_failed(endpoint: &url::Url, e: &reqwest::Error) -> RemoteError {
-    match patchbay_updates::tls::pin_mismatch(e) {
-        Some(mismatch) => RemoteError::Untrusted(mismatch.to_string()),
+    match patchbay_updates::tls::refused_certificate(e) {
+        Some(refused) => RemoteError::Untrusted(refused),
         None => RemoteError::Unreachable {
             url: endpoint.to_string(),
             reason: patchbay_updates::tls::describe(e),
@@ -554,6 +582,16 @@ pub struct RegisterTrust {
     pub first_use: FirstUse,
     /// `--insecure-http`.
     pub plain_http: PlainHttp,
+}
+
+impl RegisterTrust {
+    /// Without `--ca-file`, the CA file of the agent's config (`server_ca_file`).
+    pub fn or_config_ca_file(mut self, settings: &Settings) -> Self {
+        if self.ca_file.is_none() {
+            self.ca_file.clone_from(&settings.server_ca_file);
+        }
+        self
+    }
 }
 
 impl Default for RegisterTrust {
@@ -1000,7 +1038,7 @@ impl<'a, 'b> Remote<'a, 'b> {
                 let link = link.ok_or(RemoteError::NotRegistered)?;
                 let root = std::fs::read(&self.files.root)
                     .map_err(|e| file_err(&self.files.root, format!("{e}; register again")))?;
-                let (url, trust) = link.endpoint()?;
+                let (url, trust) = link.endpoint(self.settings.server_ca_file.as_deref())?;
                 let repo = SignedRepo::load(
                     &root,
                     &Source::Server(url, trust),
@@ -1278,7 +1316,7 @@ impl<'a, 'b> Remote<'a, 'b> {
             (None, PatchState::Transition) => HostState::Transition,
             (None, PatchState::Interrupted) => HostState::Interrupted,
         };
-        let (url, trust) = link.endpoint()?;
+        let (url, trust) = link.endpoint(self.settings.server_ca_file.as_deref())?;
         let mut request = CheckInRequest {
             kernel_release: identity.release.clone(),
             upstream_version: running_upstream_version(self.agent),
@@ -1602,6 +1640,17 @@ mod tests {
             "{:?} does not contain {:?}",
             Settings::load(&path).unwrap_err().to_string(),
             "channel"
+        );
+        std::fs::write(&path, "server_ca_file = \"/etc/patchbay/ca.pem\"\n").unwrap();
+        assert_eq!(
+            Settings::load(&path).unwrap().server_ca_file,
+            Some(PathBuf::from("/etc/patchbay/ca.pem"))
+        );
+        std::fs::write(&path, "server_ca_file = \"ca.pem\"\n").unwrap();
+        let refused = Settings::load(&path).unwrap_err().to_string();
+        assert!(
+            refused.contains("server_ca_file") && refused.contains("absolute"),
+            "{refused}"
         );
     }
 }

@@ -68,6 +68,19 @@ fn serve_tls(
 
 impl TestServer {
     fn start() -> TestServer {
+        TestServer::start_with(|_, tls| {
+            tls.generate_self_signed(&["127.0.0.1".into()]).unwrap();
+        })
+    }
+
+    /// A server whose certificate `make_certificate` writes (before `init`), with the config
+    /// it may change.
+    fn start_with(
+        make_certificate: impl FnOnce(
+            &mut patchbay_server::config::ServerConfig,
+            &patchbay_server::tls::CertificateFiles,
+        ),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -75,9 +88,9 @@ impl TestServer {
             .build()
             .unwrap();
         let data = dir.path().join("server");
-        let config = patchbay_server::config::ServerConfig::default();
+        let mut config = patchbay_server::config::ServerConfig::default();
         let tls = config.tls.files(&data);
-        tls.generate_self_signed(&["127.0.0.1".into()]).unwrap();
+        make_certificate(&mut config, &tls);
         let report = rt.block_on(Service::init(&data, None, config)).unwrap();
         let service = Arc::new(rt.block_on(Service::open(&data)).unwrap());
         let url = serve_tls(
@@ -280,6 +293,7 @@ fn defaults() -> Settings {
         auto_update: true,
         pinned_level: None,
         channel: None,
+        server_ca_file: None,
     }
 }
 
@@ -1775,4 +1789,104 @@ fn the_agent_refuses_a_server_whose_certificate_is_not_the_pinned_one() {
         0,
         "the impostor registered nobody"
     );
+}
+
+/// A private CA of the test's own (rcgen): the issuer that signs, and its certificate's PEM
+/// file, as an operator hands it to hosts.
+struct PrivateCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    pem: PathBuf,
+}
+
+impl PrivateCa {
+    fn new(dir: &Path, name: &str) -> PrivateCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let pem = dir.join(format!("{name}.pem"));
+        std::fs::write(&pem, issuer.pem()).unwrap();
+        PrivateCa { issuer, pem }
+    }
+
+    /// Writes a certificate for 127.0.0.1 signed by this CA, and its key, as `files`.
+    fn sign_server_certificate(&self, files: &patchbay_server::tls::CertificateFiles) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        std::fs::create_dir_all(files.certificate.parent().unwrap()).unwrap();
+        std::fs::write(&files.certificate, certificate.pem()).unwrap();
+        std::fs::write(&files.private_key, key.serialize_pem()).unwrap();
+    }
+}
+
+#[test]
+fn a_certificate_from_a_private_ca_is_trusted_through_the_configs_server_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = PrivateCa::new(dir.path(), "patchbay-test-ca");
+    let other_ca = PrivateCa::new(dir.path(), "another-ca");
+    let server = TestServer::start_with(|config, tls| {
+        config.tls.hosts_check = patchbay_server::config::HostsCheckCertificate::Ca;
+        ca.sign_server_certificate(tls);
+    });
+    assert_eq!(
+        server.registration_key.pins().unwrap().cert_sha256,
+        None,
+        "hosts check a CA-signed certificate against the CA"
+    );
+    server.publish(&elf_bundle(BUILD_ID, RELEASE, 1));
+    server.promote("production", BUILD_ID, 1, &[]);
+    let with_ca = Settings {
+        server_ca_file: Some(ca.pem.clone()),
+        ..defaults()
+    };
+    let with_other_ca = Settings {
+        server_ca_file: Some(other_ca.pem.clone()),
+        ..defaults()
+    };
+
+    // Without the CA file (the platform's roots), and with another CA's: refused in the
+    // handshake, before the key's secret is sent.
+    for settings in [defaults(), with_other_ca.clone()] {
+        let k = FakeKernel::new();
+        let trust = RegisterTrust::default().or_config_ca_file(&settings);
+        let err = register(&agent(&k), &server.url, &server.registration_key, &trust)
+            .expect_err("an unknown CA's certificate must be refused");
+        assert!(matches!(err, RemoteError::Untrusted(_)), "{err:?}");
+    }
+    assert!(listed_hosts(&server).is_empty(), "a host registered");
+
+    // With it (no --ca-file): registered, updated, checked in.
+    let k = FakeKernel::new();
+    let trust = RegisterTrust::default().or_config_ca_file(&with_ca);
+    register(&agent(&k), &server.url, &server.registration_key, &trust).unwrap();
+    let a = agent(&k);
+    let report = Remote::new(&a, with_ca.clone(), ApplyOptions::default())
+        .update(&Origin::Server, true)
+        .unwrap();
+    assert!(report.applied.is_some(), "{report:?}");
+    assert_eq!(k.sim().loads, vec![module_name(BUILD_ID, 1)]);
+    let hosts = listed_hosts(&server);
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].active_level, Some(level(1)), "{hosts:?}");
+
+    // The config now names another CA: every connection is refused as untrusted (not as an
+    // outage) and nothing changes.
+    let before = agent_snapshot(&k);
+    let err = Remote::new(&a, with_other_ca, ApplyOptions::default())
+        .update(&Origin::Server, true)
+        .expect_err("another CA's file must not trust the server");
+    assert_eq!(err.exit_code(), exit::REFUSED, "{err}");
+    assert!(!matches!(err, RemoteError::Unreachable { .. }), "{err:?}");
+    assert_eq!(agent_snapshot(&k), before);
 }

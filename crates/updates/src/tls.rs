@@ -146,25 +146,52 @@ pub fn parse_fingerprint(text: &str) -> Result<Sha256, TlsError> {
     })
 }
 
-/// The [`PinMismatch`] somewhere in `err`'s chain of causes (looking inside `io::Error`s, which
-/// hide their inner error from `source`), if the failure was a refused certificate.
-pub fn pin_mismatch(err: &(dyn std::error::Error + 'static)) -> Option<PinMismatch> {
+/// The first cause in `err`'s chain (looking inside `io::Error`s, which hide their inner
+/// error from `source`) that `find` recognises.
+fn find_cause<T>(
+    err: &(dyn std::error::Error + 'static),
+    find: &dyn Fn(&(dyn std::error::Error + 'static)) -> Option<T>,
+) -> Option<T> {
     let mut next = Some(err);
     while let Some(e) = next {
-        if let Some(found) = as_pin_mismatch(e) {
+        if let Some(found) = find(e) {
             return Some(found);
         }
         if let Some(inner) = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
         {
-            if let Some(found) = pin_mismatch(inner) {
+            if let Some(found) = find_cause(inner, find) {
                 return Some(found);
             }
         }
         next = e.source();
     }
     None
+}
+
+/// The [`PinMismatch`] somewhere in `err`'s chain of causes, if the failure was a refused pin.
+pub fn pin_mismatch(err: &(dyn std::error::Error + 'static)) -> Option<PinMismatch> {
+    find_cause(err, &as_pin_mismatch)
+}
+
+/// Why the server's certificate was refused in the handshake, if that is how `err` failed: not
+/// the pinned one ([`PinMismatch`]), or not valid under the CAs trusted (an unknown issuer, a
+/// name it was not made for, expired). Nothing was sent then; retrying will not make it the
+/// right server.
+pub fn refused_certificate(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(mismatch) = pin_mismatch(err) {
+        return Some(mismatch.to_string());
+    }
+    find_cause(err, &|e| match e.downcast_ref::<rustls::Error>() {
+        Some(refused @ rustls::Error::InvalidCertificate(_)) => Some(format!(
+            "the server's TLS certificate was refused ({refused}): it is not signed by a CA \
+             this client trusts, or not valid for this server. Someone may be intercepting the \
+             connection; if the server's certificate comes from a private CA, give that CA's \
+             certificate (--ca-file; the agent's server_ca_file)"
+        )),
+        _ => None,
+    })
 }
 
 fn as_pin_mismatch(e: &(dyn std::error::Error + 'static)) -> Option<PinMismatch> {
@@ -179,12 +206,9 @@ fn as_pin_mismatch(e: &(dyn std::error::Error + 'static)) -> Option<PinMismatch>
     }
 }
 
-/// The text of `err` and all its causes, with a refused pin said plainly.
+/// The text of `err` and all its causes, with a refused certificate said plainly.
 pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    match pin_mismatch(err) {
-        Some(mismatch) => mismatch.to_string(),
-        None => crate::error_chain(err),
-    }
+    refused_certificate(err).unwrap_or_else(|| crate::error_chain(err))
 }
 
 /// A reqwest client with Patchbay's timeouts that trusts the server as `trust` says.

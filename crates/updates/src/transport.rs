@@ -94,7 +94,7 @@ impl FetchError {
         // or broke (`is_request`, `is_body`), or no answer in time. What remains is a request
         // that could not be built or followed (a bad URL, too many redirects).
         // A refused certificate is no outage: retrying will not make it the right server.
-        let kind = if crate::tls::pin_mismatch(&e).is_some() {
+        let kind = if crate::tls::refused_certificate(&e).is_some() {
             FetchFailure::Untrusted
         } else if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
             FetchFailure::Unreachable
@@ -127,8 +127,8 @@ impl FetchError {
 impl std::fmt::Display for FetchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.cause {
-            FetchCause::Http(e) => match crate::tls::pin_mismatch(e) {
-                Some(mismatch) => mismatch.fmt(f),
+            FetchCause::Http(e) => match crate::tls::refused_certificate(e) {
+                Some(refused) => f.write_str(&refused),
                 None => e.fmt(f),
             },
             FetchCause::Status(status) => write!(f, "HTTP {status}"),
