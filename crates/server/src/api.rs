@@ -188,62 +188,188 @@ pub fn router(service: Arc<Service>) -> Router {
             ServerError::NotFound("no such endpoint; see /api/v1/openapi.json".into())
         })
         .with_state(service.clone());
-    bounded(app, &service.config.limits)
+    bounded(
+        app,
+        &service.config.limits,
+        service.config.trusted_proxies.clone(),
+        Some(Arc::clone(&service)),
+    )
 }
 
-/// `app` with every request bounded by `limits` (see [`limit_requests`]).
-fn bounded(app: Router, limits: &crate::config::Limits) -> Router {
+/// `app` with every request bounded by `limits` (see [`limit_requests`]); `service` tells
+/// which requests carry a valid token (without it, only `/tuf` is the fleet's).
+fn bounded(
+    app: Router,
+    limits: &crate::config::Limits,
+    trusted_proxies: Vec<crate::proxy::AddressRange>,
+    service: Option<Arc<Service>>,
+) -> Router {
+    let timeout = std::time::Duration::from_secs(u64::from(limits.request_timeout_secs));
     let limits = Arc::new(RequestLimits {
-        slots: tokio::sync::Semaphore::new(
-            usize::try_from(limits.max_concurrent_requests)
-                .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)
-                .min(tokio::sync::Semaphore::MAX_PERMITS),
-        ),
-        timeout: std::time::Duration::from_secs(u64::from(limits.request_timeout_secs)),
+        shares: crate::throttle::RequestShares::new(limits, timeout / 2),
+        timeout,
+        min_body_bytes_per_sec: limits.min_body_bytes_per_sec,
+        body_rate_window: std::time::Duration::from_secs(u64::from(limits.body_rate_window_secs)),
+        trusted_proxies,
+        service,
     });
     app.layer(axum::middleware::from_fn_with_state(limits, limit_requests))
 }
 
-/// How many requests run at once and how long each may take (`[limits]` in config.toml).
+/// How many requests of each share run at once, how long each may take and how fast its
+/// body must come (`[limits]` in config.toml).
 #[derive(Debug)]
 struct RequestLimits {
-    slots: tokio::sync::Semaphore,
+    shares: crate::throttle::RequestShares,
     timeout: std::time::Duration,
+    min_body_bytes_per_sec: u32,
+    body_rate_window: std::time::Duration,
+    trusted_proxies: Vec<crate::proxy::AddressRange>,
+    service: Option<Arc<Service>>,
 }
 
-/// Bounds every request: it waits for one of `limits.max_concurrent_requests` slots (503 when
-/// none frees up within half the timeout: a full server says so rather than queue without
-/// end), then must be answered, body upload included, within `limits.request_timeout_secs`
-/// (408). A slow or stalled client holds neither a task nor its buffers forever.
+/// The share a request draws from: the fleet's for `/tuf` and for a token the server knows
+/// (a host's on check-in, an API token elsewhere under `/api/v1`), else the anonymous one.
+async fn request_class(
+    service: Option<&Service>,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+) -> crate::throttle::RequestClass {
+    use crate::throttle::RequestClass;
+    if path.starts_with("/tuf/") {
+        return RequestClass::Fleet;
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let (Some(service), Some(token), Some(route)) = (service, token, path.strip_prefix("/api/v1/"))
+    else {
+        return RequestClass::Anonymous;
+    };
+    let known = if route == "checkin" {
+        service.host_for_token(token).await.is_ok()
+    } else {
+        service.caller_for_token(token).await.is_ok()
+    };
+    if known {
+        RequestClass::Fleet
+    } else {
+        RequestClass::Anonymous
+    }
+}
+
+/// Bounds every request: it takes a slot of its share (`limits.max_concurrent_requests` for
+/// the fleet, `limits.max_anonymous_requests` for the rest, at most
+/// `limits.max_anonymous_requests_per_address` of those from one address: 429) and waits
+/// for one at most half the timeout (503: a full server says so rather than queue without
+/// end); then it must be answered, body upload included, within
+/// `limits.request_timeout_secs` (408), and its body must keep coming at
+/// `limits.min_body_bytes_per_sec` (408). A slow or stalled client holds neither a task nor
+/// its buffers, and anonymous clients never hold the fleet's slots.
 async fn limit_requests(
     State(limits): State<Arc<RequestLimits>>,
-    request: Request,
+    mut request: Request,
     next: axum::middleware::Next,
 ) -> Response {
     let started = tokio::time::Instant::now();
-    let permit = match tokio::time::timeout(limits.timeout / 2, limits.slots.acquire()).await {
-        Ok(Ok(permit)) => permit,
-        Ok(Err(_)) | Err(_) => {
-            return ServerError::Busy(
-                "the server is handling as many requests as it may \
-                 (limits.max_concurrent_requests); retry shortly"
-                    .into(),
-            )
-            .into_response()
-        }
+    // The connection's header clock stops until this request's response is sent.
+    let connection = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::listener::Connection>>()
+        .map(|info| info.0.clone());
+    let open = connection.as_ref().map(|c| {
+        let peer = crate::listener::PeerAddress(c.peer);
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        crate::listener::OpenRequest::start(Arc::clone(&c.state))
+    });
+    let client = crate::proxy::client_address(
+        connection.as_ref().map(|c| c.peer.ip()),
+        request.headers(),
+        &limits.trusted_proxies,
+    );
+    let (parts, body) = request.into_parts();
+    let class = request_class(limits.service.as_deref(), parts.uri.path(), &parts.headers).await;
+    let admitted = match limits.shares.admit(class, client).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return with_open_request(refused.into_response(), open),
+    };
+    let (request, mut body_rate) = {
+        let (body, rate) = crate::throttle::BodyRate::watch(
+            body,
+            limits.min_body_bytes_per_sec,
+            limits.body_rate_window,
+        );
+        (Request::from_parts(parts, body), rate)
     };
     let left = limits.timeout.saturating_sub(started.elapsed());
-    let response = match tokio::time::timeout(left, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ServerError::Timeout(format!(
-            "the request was not complete within {} s (limits.request_timeout_secs); send it \
-             faster or raise the limit",
-            limits.timeout.as_secs()
-        ))
-        .into_response(),
+    let handler = next.run(request);
+    tokio::pin!(handler);
+    let deadline = tokio::time::sleep(left);
+    tokio::pin!(deadline);
+    let window = limits.body_rate_window;
+    let mut windows = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
+    let response = loop {
+        tokio::select! {
+            response = &mut handler => break response,
+            () = &mut deadline => break ServerError::Timeout(format!(
+                "the request was not complete within {} s (limits.request_timeout_secs); send \
+                 it faster or raise the limit",
+                limits.timeout.as_secs()
+            ))
+            .into_response(),
+            _ = windows.tick() => if body_rate.too_slow() {
+                break ServerError::Timeout(format!(
+                    "the request body came slower than {} bytes/s over {} s \
+                     (limits.min_body_bytes_per_sec, limits.body_rate_window_secs)",
+                    limits.min_body_bytes_per_sec,
+                    window.as_secs()
+                ))
+                .into_response();
+            },
+        }
     };
-    drop(permit);
-    response
+    drop(admitted);
+    with_open_request(response, open)
+}
+
+/// `response` whose body holds `open` until it is sent or dropped.
+fn with_open_request(response: Response, open: Option<crate::listener::OpenRequest>) -> Response {
+    match open {
+        None => response,
+        Some(open) => {
+            response.map(|body| axum::body::Body::new(HoldWhileSending { body, _open: open }))
+        }
+    }
+}
+
+/// A response body that keeps its request open (see [`crate::listener::ConnectionState`]).
+struct HoldWhileSending {
+    body: axum::body::Body,
+    _open: crate::listener::OpenRequest,
+}
+
+impl http_body::Body for HoldWhileSending {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn register(
@@ -279,17 +405,19 @@ fn upload(
 async fn publish(
     State(service): State<AppState>,
     Api(caller): Api,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, ServerError> {
     caller.require(Role::Operator, "publishing a level")?;
     let actor = caller.actor.as_str();
-    let body = upload(body, || {
-        format!(
-            "the bundle is larger than limits.max_bundle_bytes ({} bytes)",
-            service.config.limits.max_bundle_bytes
-        )
-    })?;
-    let receipt = service.publish_bundle(actor, body).await?;
+    // Received into a file, never whole in memory.
+    let upload = crate::blobs::Upload::receive(
+        body,
+        &service.data_dir,
+        service.config.limits.max_bundle_bytes,
+        "limits.max_bundle_bytes",
+    )
+    .await?;
+    let receipt = service.publish_bundle(actor, upload).await?;
     Ok((StatusCode::CREATED, Json(receipt)).into_response())
 }
 
@@ -911,7 +1039,7 @@ mod tests {
                 }),
             )
             .route("/quick", get(|| async { "quick" }));
-        let app = bounded(app, &limits);
+        let app = bounded(app, &limits, Vec::new(), None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -921,7 +1049,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_beyond_the_concurrency_limit_is_refused_with_503() {
         let limits = crate::config::Limits {
-            max_concurrent_requests: 1,
+            max_anonymous_requests: 1,
             request_timeout_secs: 4,
             ..crate::config::Limits::default()
         };

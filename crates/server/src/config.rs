@@ -269,11 +269,26 @@ pub struct Limits {
     /// A request not answered within this many seconds (body upload included) is cut with
     /// 408, so slow clients cannot hold connections and memory forever.
     pub request_timeout_secs: u32,
-    /// Requests handled at once; more wait (up to half the request timeout) and are then
-    /// answered 503.
+    /// Fleet requests handled at once (`/tuf` downloads, and requests carrying a valid host
+    /// or API token: check-ins, publishing); more wait (up to half the request timeout) and
+    /// are then answered 503.
     pub max_concurrent_requests: u32,
-    /// A connection that moves no byte either way for this many seconds is closed (half a
-    /// request line, a download nobody reads, an idle keep-alive).
+    /// Every other request (logins, registrations, dashboard pages) draws from this smaller
+    /// share, so anonymous clients can never take the fleet's.
+    pub max_anonymous_requests: u32,
+    /// Anonymous requests from one client address (IPv6: its /64) at once, waiting ones
+    /// included; more are answered 429.
+    pub max_anonymous_requests_per_address: u32,
+    /// A request's headers must be in within this many seconds of the connection opening
+    /// (or of the previous response): a partial request is cut with 408, a silent or idle
+    /// keep-alive connection closed.
+    pub header_timeout_secs: u32,
+    /// A request body must bring at least this many bytes per second on average over each
+    /// window of `body_rate_window_secs` until it is complete, or it is cut with 408.
+    pub min_body_bytes_per_sec: u32,
+    /// The window over which `min_body_bytes_per_sec` is measured.
+    pub body_rate_window_secs: u32,
+    /// A response the client stops reading (no byte taken for this many seconds) is cut.
     pub idle_connection_secs: u32,
 }
 
@@ -314,6 +329,11 @@ impl Default for Limits {
             max_json_bytes: 1 << 20,
             request_timeout_secs: 120,
             max_concurrent_requests: 1024,
+            max_anonymous_requests: 64,
+            max_anonymous_requests_per_address: 8,
+            header_timeout_secs: 20,
+            min_body_bytes_per_sec: 500,
+            body_rate_window_secs: 10,
             idle_connection_secs: 120,
         }
     }
@@ -365,10 +385,15 @@ impl ServerConfig {
         if self.limits.request_timeout_secs == 0
             || self.limits.max_concurrent_requests == 0
             || self.limits.idle_connection_secs == 0
+            || self.limits.max_anonymous_requests == 0
+            || self.limits.max_anonymous_requests_per_address == 0
+            || self.limits.header_timeout_secs == 0
+            || self.limits.body_rate_window_secs == 0
         {
             return Err(bad(
-                "limits.request_timeout_secs, limits.max_concurrent_requests and \
-                 limits.idle_connection_secs must be at least 1",
+                "limits.request_timeout_secs, limits.max_concurrent_requests, \
+                 limits.max_anonymous_requests(_per_address), limits.header_timeout_secs, \
+                 limits.body_rate_window_secs and limits.idle_connection_secs must be at least 1",
             ));
         }
         if self.ui.login_failures_per_user == 0
@@ -427,10 +452,24 @@ impl ServerConfig {
              max_json_bytes = {max_json}\n\
              # A request not answered within this many seconds (upload included) gets 408.\n\
              request_timeout_secs = {request_timeout}\n\
-             # Requests handled at once; more wait, up to half the timeout, then get 503.\n\
+             # Fleet requests handled at once: /tuf downloads and requests with a valid host\n\
+             # or API token (check-ins, publish). More wait, up to half the timeout, then 503.\n\
              max_concurrent_requests = {max_concurrent}\n\
-             # A connection that moves no byte either way for this many seconds is closed\n\
-             # (half a request, a download nobody reads, an idle keep-alive).\n\
+             # Every other request (login, registration, dashboard pages) shares this smaller\n\
+             # limit, so anonymous clients never take the fleet's share; and one client\n\
+             # address (IPv6: its /64; behind trusted_proxies, the forwarded client) may have\n\
+             # this many of them at once, waiting ones included, more get 429.\n\
+             max_anonymous_requests = {max_anonymous}\n\
+             max_anonymous_requests_per_address = {max_anonymous_per_address}\n\
+             # A request's headers must be in within this many seconds of the connection\n\
+             # opening or of the previous response (else 408; an idle keep-alive is closed).\n\
+             header_timeout_secs = {header_timeout}\n\
+             # A request body must bring at least min_body_bytes_per_sec on average over each\n\
+             # window of body_rate_window_secs until it is complete, else 408: a client that\n\
+             # trickles a byte now and then cannot hold a request.\n\
+             min_body_bytes_per_sec = {min_body_rate}\n\
+             body_rate_window_secs = {body_rate_window}\n\
+             # A response the client stops reading for this many seconds is cut.\n\
              idle_connection_secs = {idle_connection}\n\
              \n\
              [ui]\n\
@@ -497,6 +536,11 @@ impl ServerConfig {
             metrics_access = self.metrics.access.as_str(),
             request_timeout = l.request_timeout_secs,
             max_concurrent = l.max_concurrent_requests,
+            max_anonymous = l.max_anonymous_requests,
+            max_anonymous_per_address = l.max_anonymous_requests_per_address,
+            header_timeout = l.header_timeout_secs,
+            min_body_rate = l.min_body_bytes_per_sec,
+            body_rate_window = l.body_rate_window_secs,
             idle_connection = l.idle_connection_secs,
             per_user = self.ui.login_failures_per_user,
             per_address = self.ui.login_failures_per_address,

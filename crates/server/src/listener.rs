@@ -1,13 +1,17 @@
-//! Connections that go quiet are closed. The request timeout (`api`) starts only once a
-//! request's headers are in, and a download's body is sent after its handler returned; a
-//! client that sends half a request line, or stops reading a bundle, would otherwise hold its
-//! connection, task and buffers forever. Every connection here must move a byte in either
-//! direction at least every `limits.idle_connection_secs`.
+//! Connections: their TLS handshakes run off the accept loop, and no client can hold one by
+//! sending slowly. A request's headers must be in within `limits.header_timeout_secs` of the
+//! connection opening or of the previous response (the request layer says when a request is
+//! being answered: [`ConnectionState`]); a partial request is then answered 408, a silent or
+//! idle keep-alive connection closed. Request bodies are held to a minimum data rate by the
+//! request layer (`throttle::BodyRate`). A response the client stops reading is cut after
+//! `limits.idle_connection_secs`. No single byte resets any of these clocks.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,88 +19,177 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 
-/// A TCP listener whose connections close when idle (see the module docs).
+/// How long a connection may take to send a request's headers and to read a response.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// `limits.header_timeout_secs`.
+    pub header_timeout: Duration,
+    /// `limits.idle_connection_secs`: a response write that makes no progress this long.
+    pub write_stall: Duration,
+}
+
+impl ConnectionLimits {
+    /// The connection limits of `[limits]`.
+    pub fn of(limits: &crate::config::Limits) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(u64::from(limits.header_timeout_secs)),
+            write_stall: Duration::from_secs(u64::from(limits.idle_connection_secs)),
+        }
+    }
+}
+
+/// What the request layer tells a connection: how many of its requests are being answered,
+/// and since when it has been waiting for the next one's headers.
 #[derive(Debug)]
-pub struct IdleTimeoutListener {
-    inner: TcpListener,
-    idle: Duration,
+pub struct ConnectionState {
+    opened: Instant,
+    open_requests: AtomicU32,
+    /// Milliseconds after `opened` when the connection last began waiting for a request.
+    awaiting_since_ms: AtomicU64,
 }
 
-impl IdleTimeoutListener {
-    /// Wraps a bound listener; each accepted connection closes after `idle` without traffic.
-    pub fn new(inner: TcpListener, idle: Duration) -> IdleTimeoutListener {
-        IdleTimeoutListener { inner, idle }
-    }
-}
-
-impl axum::serve::Listener for IdleTimeoutListener {
-    type Io = IdleTimeoutStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, address) = axum::serve::Listener::accept(&mut self.inner).await;
-        (IdleTimeoutStream::new(stream, self.idle), address)
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-}
-
-/// The peer's address, as the connection info `serve` gives every request (failed logins
-/// are counted per address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddress(pub SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, IdleTimeoutListener>>
-    for PeerAddress
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, IdleTimeoutListener>) -> Self {
-        PeerAddress(*stream.remote_addr())
-    }
-}
-
-/// A connection that fails with `TimedOut` once nothing was read or written for its idle
-/// time while the server waited on it.
-#[derive(Debug)]
-pub struct IdleTimeoutStream {
-    inner: TcpStream,
-    idle: Duration,
-    deadline: Pin<Box<Sleep>>,
-}
-
-impl IdleTimeoutStream {
-    fn new(inner: TcpStream, idle: Duration) -> IdleTimeoutStream {
-        IdleTimeoutStream {
-            inner,
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+impl ConnectionState {
+    fn new() -> ConnectionState {
+        ConnectionState {
+            opened: Instant::now(),
+            open_requests: AtomicU32::new(0),
+            awaiting_since_ms: AtomicU64::new(0),
         }
     }
 
-    fn moved(&mut self) {
-        let next = Instant::now() + self.idle;
-        self.deadline.as_mut().reset(next);
+    /// A request's headers are in: its connection's header clock stops until
+    /// [`ConnectionState::request_finished`].
+    pub fn request_started(&self) {
+        self.open_requests.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// For an operation that is pending: an error once the deadline has passed (the task is
-    /// woken then), pending otherwise.
-    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "connection idle for {} s (limits.idle_connection_secs)",
-                    self.idle.as_secs()
-                ),
-            ))),
+    /// A response is sent (or abandoned): the header clock for the next request starts.
+    pub fn request_finished(&self) {
+        let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.awaiting_since_ms.store(since, Ordering::SeqCst);
+        self.open_requests.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// When the next request's headers must be in; `None` while a request is answered.
+    fn header_deadline(&self, timeout: Duration) -> Option<(u64, Instant)> {
+        if self.open_requests.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let since = self.awaiting_since_ms.load(Ordering::SeqCst);
+        Some((since, self.opened + Duration::from_millis(since) + timeout))
+    }
+}
+
+/// A request that stays open until dropped (the request layer moves it into the response
+/// body, so the header clock restarts only once the response is sent).
+#[derive(Debug)]
+pub struct OpenRequest(Arc<ConnectionState>);
+
+impl OpenRequest {
+    /// Marks a request on `state` open.
+    pub fn start(state: Arc<ConnectionState>) -> OpenRequest {
+        state.request_started();
+        OpenRequest(state)
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// The answer to a request whose headers did not come in time; the connection closes after
+/// it.
+const HEADER_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
+content-type: application/json\r\nconnection: close\r\ncontent-length: 85\r\n\r\n\
+{\"error\":\"the request headers took too long to arrive (limits.header_timeout_secs)\"}\n";
+
+/// A connection held to [`ConnectionLimits`] (see the module docs), over TCP or TLS.
+#[derive(Debug)]
+pub struct GuardedStream<S> {
+    inner: S,
+    limits: ConnectionLimits,
+    state: Arc<ConnectionState>,
+    /// Bytes read in all, and the count when the current wait for headers began (which
+    /// `awaiting_since` identifies): more since then is a partial request.
+    bytes_read: u64,
+    awaiting: (u64, u64),
+    header_clock: Pin<Box<Sleep>>,
+    write_clock: Pin<Box<Sleep>>,
+    cut: bool,
+}
+
+impl<S> GuardedStream<S> {
+    fn new(inner: S, limits: ConnectionLimits) -> GuardedStream<S> {
+        GuardedStream {
+            inner,
+            limits,
+            state: Arc::new(ConnectionState::new()),
+            bytes_read: 0,
+            awaiting: (0, 0),
+            header_clock: Box::pin(tokio::time::sleep(limits.header_timeout)),
+            write_clock: Box::pin(tokio::time::sleep(limits.write_stall)),
+            cut: false,
+        }
+    }
+
+    /// What the request layer uses to tell this connection about its requests.
+    pub fn state(&self) -> Arc<ConnectionState> {
+        Arc::clone(&self.state)
+    }
+
+    fn closed_error(what: String) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, what)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> GuardedStream<S> {
+    /// A read is pending: whether the headers' deadline has passed (then the connection is
+    /// cut, a partial request answered 408 first); the task is woken at the deadline.
+    fn pending_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some((since, deadline)) = self.state.header_deadline(self.limits.header_timeout) else {
+            return Poll::Pending;
+        };
+        if self.awaiting.0 != since {
+            self.awaiting = (since, self.bytes_read);
+        }
+        if self.header_clock.deadline() != deadline {
+            self.header_clock.as_mut().reset(deadline);
+        }
+        if self.header_clock.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.cut = true;
+        if self.bytes_read > self.awaiting.1 {
+            // Best effort: the answer is a few bytes into an empty socket buffer.
+            if let Poll::Ready(Ok(_)) =
+                Pin::new(&mut self.inner).poll_write(cx, HEADER_TIMEOUT_RESPONSE)
+            {
+                let _ = Pin::new(&mut self.inner).poll_flush(cx);
+            }
+        }
+        Poll::Ready(Err(Self::closed_error(format!(
+            "no complete request headers within {} s (limits.header_timeout_secs)",
+            self.limits.header_timeout.as_secs()
+        ))))
+    }
+
+    /// A write is pending: an error once it made no progress for the stall time.
+    fn pending_write<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match self.write_clock.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.cut = true;
+                Poll::Ready(Err(Self::closed_error(format!(
+                    "the client read nothing for {} s (limits.idle_connection_secs)",
+                    self.limits.write_stall.as_secs()
+                ))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
-}
 
-impl IdleTimeoutStream {
-    /// A write's outcome: progress moves the deadline, waiting is bounded by it.
+    /// A write's outcome: progress restarts the stall clock, waiting is bounded by it.
     fn after_write(
         &mut self,
         cx: &mut Context<'_>,
@@ -105,51 +198,61 @@ impl IdleTimeoutStream {
         match written {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
-                    self.moved();
+                    let next = Instant::now() + self.limits.write_stall;
+                    self.write_clock.as_mut().reset(next);
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending => self.pending(cx),
+            Poll::Pending => self.pending_write(cx),
         }
+    }
+
+    fn refuse_if_cut(&self) -> io::Result<()> {
+        if self.cut {
+            return Err(Self::closed_error("the connection was cut".into()));
+        }
+        Ok(())
     }
 }
 
-impl AsyncRead for IdleTimeoutStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.refuse_if_cut()?;
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    this.moved();
-                }
+                let read = buf.filled().len().saturating_sub(before);
+                this.bytes_read = this.bytes_read.saturating_add(read as u64);
                 Poll::Ready(result)
             }
-            Poll::Pending => this.pending(cx),
+            Poll::Pending => this.pending_read(cx),
         }
     }
 }
 
-impl AsyncWrite for IdleTimeoutStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.refuse_if_cut()?;
         let written = Pin::new(&mut this.inner).poll_write(cx, data);
         this.after_write(cx, written)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.refuse_if_cut()?;
         match Pin::new(&mut this.inner).poll_flush(cx) {
             Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending => this.pending(cx),
+            Poll::Pending => this.pending_write(cx),
         }
     }
 
@@ -163,6 +266,7 @@ impl AsyncWrite for IdleTimeoutStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.refuse_if_cut()?;
         let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.after_write(cx, written)
     }
@@ -172,24 +276,79 @@ impl AsyncWrite for IdleTimeoutStream {
     }
 }
 
+/// A plain TCP listener whose connections are [`GuardedStream`]s.
+#[derive(Debug)]
+pub struct GuardedListener {
+    inner: TcpListener,
+    limits: ConnectionLimits,
+}
+
+impl GuardedListener {
+    /// Wraps a bound listener; each accepted connection is held to `limits`.
+    pub fn new(inner: TcpListener, limits: ConnectionLimits) -> GuardedListener {
+        GuardedListener { inner, limits }
+    }
+}
+
+impl axum::serve::Listener for GuardedListener {
+    type Io = GuardedStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, address) = axum::serve::Listener::accept(&mut self.inner).await;
+        (GuardedStream::new(stream, self.limits), address)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// The peer's address, as the connection info every request can read (failed logins are
+/// counted per address). The request layer puts it in each request from [`Connection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddress(pub SocketAddr);
+
+/// The connection info `serve` gives every request: the peer, and the connection's state
+/// for the request layer to report to.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The TCP peer (a trusted proxy's address behind one).
+    pub peer: SocketAddr,
+    /// See [`ConnectionState`].
+    pub state: Arc<ConnectionState>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, GuardedListener>>
+    for Connection
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, GuardedListener>) -> Self {
+        Connection {
+            peer: *stream.remote_addr(),
+            state: stream.io().state(),
+        }
+    }
+}
+
 /// A TLS listener: TCP connections are accepted here and their handshakes run each in its own
-/// task (bounded by the idle timer and in number), so a client that stalls its handshake holds
-/// up no one else; finished handshakes are handed to `serve`.
+/// task (bounded by the header timeout and in number), so a client that stalls its handshake
+/// holds up no one else; finished handshakes are handed to `serve`.
 #[derive(Debug)]
 pub struct TlsListener {
     handshaken: tokio::sync::mpsc::Receiver<(TlsConnection, SocketAddr)>,
     local: SocketAddr,
 }
 
-/// A connection after its TLS handshake, closed when idle like [`IdleTimeoutStream`].
-pub type TlsConnection = tokio_rustls::server::TlsStream<IdleTimeoutStream>;
+/// A connection after its TLS handshake, held to [`ConnectionLimits`].
+pub type TlsConnection = GuardedStream<tokio_rustls::server::TlsStream<TcpStream>>;
 
 impl TlsListener {
     /// Accepts on `inner` with `config`; at most `max_handshakes` handshakes run at once, each
-    /// cut after `idle` (the idle time of the connection, too).
+    /// cut after the header timeout (the clock for the first request's headers starts when
+    /// the handshake is done).
     pub fn new(
         inner: TcpListener,
-        idle: Duration,
+        limits: ConnectionLimits,
         config: std::sync::Arc<rustls::ServerConfig>,
         max_handshakes: usize,
     ) -> io::Result<TlsListener> {
@@ -217,12 +376,14 @@ impl TlsListener {
                 let acceptor = acceptor.clone();
                 let done = done.clone();
                 tokio::spawn(async move {
-                    let stream = IdleTimeoutStream::new(stream, idle);
                     // A failed handshake (a plain-HTTP client, a refused certificate, a
                     // scanner) is the client's to report: there is nothing to serve.
-                    if let Ok(Ok(tls)) = tokio::time::timeout(idle, acceptor.accept(stream)).await {
+                    let handshake = acceptor.accept(stream);
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(limits.header_timeout, handshake).await
+                    {
                         drop(permit);
-                        let _ = done.send((tls, address)).await;
+                        let _ = done.send((GuardedStream::new(tls, limits), address)).await;
                     }
                 });
             }
@@ -249,9 +410,33 @@ impl axum::serve::Listener for TlsListener {
 }
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for PeerAddress
+    for Connection
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        PeerAddress(*stream.remote_addr())
+        Connection {
+            peer: *stream.remote_addr(),
+            state: stream.io().state(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn the_header_timeout_answer_is_well_formed() {
+        let text = std::str::from_utf8(HEADER_TIMEOUT_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(json["error"]
+            .as_str()
+            .unwrap()
+            .contains("header_timeout_secs"));
     }
 }

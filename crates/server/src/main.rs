@@ -863,6 +863,11 @@ async fn serve(
 ) -> Result<()> {
     install_missing_cve_data(data);
     let service = Arc::new(Service::open(data).await?);
+    match patchbay_server::blobs::remove_stale_uploads(data) {
+        Ok(0) => {}
+        Ok(n) => eprintln!("patchbay-server: removed {n} unfinished upload(s) from uploads/"),
+        Err(e) => eprintln!("patchbay-server: WARNING: cannot clean uploads/: {e}"),
+    }
     let root_keys = service.online_root_keys();
     if !root_keys.is_empty() {
         let names: Vec<String> = root_keys.iter().map(|k| k.display().to_string()).collect();
@@ -939,13 +944,13 @@ async fn serve(
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
     });
-    // Connections that go quiet are closed; each request knows its peer's address (failed
-    // logins are counted per address).
-    let idle = Duration::from_secs(u64::from(service.config.limits.idle_connection_secs));
+    // Connections must send their headers in time and read their responses; each request
+    // knows its peer's address (failed logins are counted per address) and its connection.
+    let connection_limits = patchbay_server::listener::ConnectionLimits::of(&service.config.limits);
     let max_handshakes =
         usize::try_from(service.config.limits.max_concurrent_requests).unwrap_or(usize::MAX);
     let app = patchbay_server::api::router(service)
-        .into_make_service_with_connect_info::<patchbay_server::listener::PeerAddress>();
+        .into_make_service_with_connect_info::<patchbay_server::listener::Connection>();
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -953,7 +958,7 @@ async fn serve(
         Served::Https(config) => {
             let listener = patchbay_server::listener::TlsListener::new(
                 listener,
-                idle,
+                connection_limits,
                 config,
                 max_handshakes,
             )?;
@@ -964,7 +969,8 @@ async fn serve(
                 .context("serve")?;
         }
         Served::InsecureHttp => {
-            let listener = patchbay_server::listener::IdleTimeoutListener::new(listener, idle);
+            let listener =
+                patchbay_server::listener::GuardedListener::new(listener, connection_limits);
             println!("listening on http://{local}");
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)

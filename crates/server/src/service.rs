@@ -839,11 +839,10 @@ impl Service {
     pub async fn publish_bundle(
         &self,
         actor: &str,
-        bytes: Bytes,
+        upload: crate::blobs::Upload,
     ) -> Result<PublishReceipt, ServerError> {
         self.refuse_if_mirror()?;
-        let bundle = Bundle::from_reader(bytes.as_ref(), "the uploaded bundle")
-            .map_err(|e| ServerError::Unprocessable(e.to_string()))?;
+        let bundle = upload.bundle().await?;
         check_livepatch_module(&bundle)?;
         let manifest = bundle.manifest();
         let build_id = manifest.kernel.build_id.clone();
@@ -859,10 +858,9 @@ impl Service {
             }
         }
         let newest = existing.iter().map(|l| l.level.get()).max().unwrap_or(0);
-        let upload_sha256 = patchbay_core::Sha256::of(&bytes);
         if let Some(same) = existing
             .iter()
-            .find(|l| l.level == level && l.sha256 == upload_sha256)
+            .find(|l| l.level == level && &l.sha256 == upload.sha256())
         {
             // The same bundle again. Once signed, there is nothing to do; before (a crash or
             // a failed signature after the database took it) it is a retry: sign it now.
@@ -893,8 +891,8 @@ impl Service {
                 newest + 1
             )));
         }
-        let length = bytes.len() as u64;
-        let (sha256, new_object) = self.blobs.put(bytes).await?;
+        let length = upload.len();
+        let (sha256, new_object) = self.blobs.put_upload(&upload).await?;
         let record = LevelRecord {
             build_id: build_id.clone(),
             level,

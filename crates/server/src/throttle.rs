@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -218,6 +219,240 @@ impl LoginThrottle {
     /// its count: one right guess must not clear a spray of wrong ones against other users).
     pub fn succeeded(&self, attempt: &Attempt) {
         self.lock().remove(&attempt.user);
+    }
+}
+
+/// Which share of the server a request draws from (`[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestClass {
+    /// `/tuf` downloads and requests carrying a valid host or API token:
+    /// `limits.max_concurrent_requests`.
+    Fleet,
+    /// Everything else (logins, registrations, dashboard pages): `limits.max_anonymous_requests`,
+    /// and `limits.max_anonymous_requests_per_address` from one client address.
+    Anonymous,
+}
+
+/// The request shares of `[limits]`: a fleet flooded by anonymous clients keeps its own.
+#[derive(Debug)]
+pub struct RequestShares {
+    fleet: Semaphore,
+    anonymous: Semaphore,
+    per_address: std::sync::Mutex<HashMap<AddressKey, u32>>,
+    per_address_max: u32,
+    /// How long a request may wait for a slot before it is answered 503.
+    wait: Duration,
+}
+
+fn semaphore(permits: u32) -> Semaphore {
+    Semaphore::new(
+        usize::try_from(permits)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .clamp(1, Semaphore::MAX_PERMITS),
+    )
+}
+
+/// A request admitted into its share; the slot and the address's count are given back on drop.
+#[derive(Debug)]
+pub struct Admitted<'a> {
+    _slot: tokio::sync::SemaphorePermit<'a>,
+    _address: Option<AddressCount<'a>>,
+}
+
+/// One anonymous request counted against its client address.
+#[derive(Debug)]
+struct AddressCount<'a> {
+    shares: &'a RequestShares,
+    key: AddressKey,
+}
+
+impl Drop for AddressCount<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.shares.lock_counts();
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl RequestShares {
+    /// The shares of `limits`; a request waits at most `wait` for a slot.
+    pub fn new(limits: &crate::config::Limits, wait: Duration) -> RequestShares {
+        RequestShares {
+            fleet: semaphore(limits.max_concurrent_requests),
+            anonymous: semaphore(limits.max_anonymous_requests),
+            per_address: std::sync::Mutex::new(HashMap::new()),
+            per_address_max: limits.max_anonymous_requests_per_address,
+            wait,
+        }
+    }
+
+    fn lock_counts(&self) -> std::sync::MutexGuard<'_, HashMap<AddressKey, u32>> {
+        match self.per_address.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Admits a request of `class` from `client`: 429 when its address has as many anonymous
+    /// requests as it may, 503 when no slot of its share frees up within the wait.
+    pub async fn admit(
+        &self,
+        class: RequestClass,
+        client: Option<IpAddr>,
+    ) -> Result<Admitted<'_>, ServerError> {
+        let (slots, address, limit_name) = match class {
+            RequestClass::Fleet => (&self.fleet, None, "limits.max_concurrent_requests"),
+            RequestClass::Anonymous => {
+                let key = AddressKey::of(client);
+                let mut counts = self.lock_counts();
+                let count = counts.entry(key).or_insert(0);
+                if *count >= self.per_address_max {
+                    return Err(ServerError::TooManyRequests {
+                        message: format!(
+                            "this address already has {} requests without a token in progress \
+                             (limits.max_anonymous_requests_per_address); wait for them",
+                            self.per_address_max
+                        ),
+                        retry_after_secs: 1,
+                    });
+                }
+                *count += 1;
+                drop(counts);
+                let counted = AddressCount { shares: self, key };
+                (
+                    &self.anonymous,
+                    Some(counted),
+                    "limits.max_anonymous_requests",
+                )
+            }
+        };
+        match tokio::time::timeout(self.wait, slots.acquire()).await {
+            Ok(Ok(slot)) => Ok(Admitted {
+                _slot: slot,
+                _address: address,
+            }),
+            Ok(Err(_)) | Err(_) => Err(ServerError::Busy(format!(
+                "the server is handling as many such requests as it may ({limit_name}); retry \
+                 shortly"
+            ))),
+        }
+    }
+}
+
+/// How much of a request body has come in, shared between the body and the request layer
+/// that holds it to `limits.min_body_bytes_per_sec`.
+#[derive(Debug, Default)]
+pub struct BodyProgress {
+    received: std::sync::atomic::AtomicU64,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl BodyProgress {
+    fn add(&self, bytes: usize) {
+        self.received
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn finish(&self) {
+        self.finished
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The minimum data rate of a request body: checked once a window, from the last check.
+#[derive(Debug)]
+pub struct BodyRate {
+    progress: Arc<BodyProgress>,
+    minimum_per_window: u64,
+    seen: u64,
+}
+
+impl BodyRate {
+    /// Wraps `body` so its progress is counted; `bytes_per_sec` over `window` is the minimum.
+    pub fn watch(
+        body: axum::body::Body,
+        bytes_per_sec: u32,
+        window: Duration,
+    ) -> (axum::body::Body, BodyRate) {
+        let progress = Arc::new(BodyProgress::default());
+        if http_body::Body::is_end_stream(&body) {
+            progress.finish();
+        }
+        let counted = CountedBody {
+            inner: body,
+            progress: Arc::clone(&progress),
+        };
+        let rate = BodyRate {
+            progress,
+            minimum_per_window: u64::from(bytes_per_sec).saturating_mul(window.as_secs()),
+            seen: 0,
+        };
+        (axum::body::Body::new(counted), rate)
+    }
+
+    /// At the end of a window: whether the body is still coming, slower than the minimum.
+    pub fn too_slow(&mut self) -> bool {
+        let received = self
+            .progress
+            .received
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let moved = received.saturating_sub(self.seen);
+        self.seen = received;
+        !self
+            .progress
+            .finished
+            .load(std::sync::atomic::Ordering::SeqCst)
+            && moved < self.minimum_per_window
+    }
+}
+
+/// A request body that counts what it brings; finished when it ends, fails or is dropped
+/// (a handler that answered without reading it is not waiting for the client).
+struct CountedBody {
+    inner: axum::body::Body,
+    progress: Arc<BodyProgress>,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.progress.add(data.len());
+                }
+                if self.inner.is_end_stream() {
+                    self.progress.finish();
+                }
+            }
+            std::task::Poll::Ready(_) => self.progress.finish(),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        self.progress.finish();
     }
 }
 

@@ -252,6 +252,18 @@ fn many_downloads_of_a_large_target_at_once_keep_memory_flat() {
     });
 }
 
+/// The head of the server's answer on `stream` (up to the blank line).
+fn response_head(stream: &mut impl Read) -> String {
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buffer).expect("the server never answered");
+        assert!(n > 0, "closed without an answer");
+        reply.extend_from_slice(&buffer[..n]);
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
 #[test]
 fn a_stalled_upload_is_cut_with_408() {
     let s = start(|t| t.replace("request_timeout_secs = 120", "request_timeout_secs = 2"));
@@ -263,15 +275,125 @@ fn a_stalled_upload_is_cut_with_408() {
         s.admin
     )
     .unwrap();
-    let mut reply = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buffer).expect("the server never answered");
-        assert!(n > 0, "closed without an answer");
-        reply.extend_from_slice(&buffer[..n]);
-    }
-    let head = String::from_utf8_lossy(&reply);
+    let head = response_head(&mut stream);
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+}
+
+/// The files in `dir` (none when it does not exist).
+fn file_names(dir: &std::path::Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The answer's status line to a request written by hand (its headers, then `body`).
+fn status_line_of_upload(s: &Server, head: &str, body: &[u8]) -> String {
+    let mut stream = tls_connect(s);
+    stream.write_all(head.as_bytes()).unwrap();
+    // The server may answer (and stop reading) before the whole body is in.
+    let _ = stream.write_all(body).and_then(|()| stream.flush());
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    assert!(reply.contains("max_bundle_bytes"), "{reply}");
+    reply.lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn an_upload_over_the_size_cap_is_refused_with_413_and_leaves_nothing() {
+    let s = start(|t| t.replace("max_bundle_bytes = 67108864", "max_bundle_bytes = 200000"));
+    let objects = file_names(&s.data.join("objects/sha256"));
+    let bundle = bundle_bytes_padded(1, RELEASE, true, 400_000);
+    // Declared larger than the cap: refused before a byte of the body is read.
+    let declared = format!(
+        "POST /api/v1/bundles HTTP/1.1\r\nHost: patchbay\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        s.admin,
+        bundle.len()
+    );
+    assert!(status_line_of_upload(&s, &declared, &bundle).starts_with("HTTP/1.1 413"));
+    // No length declared (chunked): cut once it grows past the cap.
+    let chunked = format!(
+        "POST /api/v1/bundles HTTP/1.1\r\nHost: patchbay\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        s.admin
+    );
+    let mut body = Vec::new();
+    for chunk in bundle.chunks(32 << 10) {
+        body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        body.extend_from_slice(chunk);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    assert!(status_line_of_upload(&s, &chunked, &body).starts_with("HTTP/1.1 413"));
+    assert_eq!(file_names(&s.data.join("uploads")), Vec::<String>::new());
+    assert_eq!(file_names(&s.data.join("objects/sha256")), objects);
+    let targets = served_targets(&s);
+    assert!(
+        !targets
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("bundles/")),
+        "{targets}"
+    );
+}
+
+#[test]
+fn a_large_upload_goes_to_disk_and_the_servers_memory_stays_flat() {
+    const SIZE: usize = 48 << 20;
+    let s = start(|t| t.to_owned());
+    let pid = s.process.pid().expect("the server runs");
+    let bundle = bundle_bytes_padded(1, RELEASE, true, SIZE);
+    let before = proc_status_kb(pid, "VmRSS");
+    let mut stream = tls_connect(&s);
+    write!(
+        stream,
+        "POST /api/v1/bundles HTTP/1.1\r\nHost: patchbay\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        s.admin,
+        bundle.len()
+    )
+    .unwrap();
+    let (first, rest) = bundle.split_at(bundle.len() * 3 / 4);
+    stream.write_all(first).unwrap();
+    stream.flush().unwrap();
+    // The server has taken most of what was sent (it is on disk in uploads/) while the upload
+    // is still open: a server that buffers the body holds it all in memory now.
+    let uploads = s.data.join("uploads");
+    let on_disk = |dir: &std::path::Path| -> u64 {
+        file_names(dir)
+            .iter()
+            .map(|name| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len()))
+            .sum()
+    };
+    let mut waited = 0;
+    while on_disk(&uploads) < (first.len() as u64).saturating_sub(8 << 20) {
+        waited += 1;
+        assert!(waited < 600, "the upload never reached uploads/ on disk");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let grown_mib = proc_status_kb(pid, "VmRSS").saturating_sub(before) / 1024;
+    eprintln!(
+        "{} MiB of a {} MiB upload received: the server grew by {grown_mib} MiB",
+        first.len() >> 20,
+        SIZE >> 20
+    );
+    assert!(
+        grown_mib < 12,
+        "receiving {} MiB of an upload grew the server by {grown_mib} MiB",
+        first.len() >> 20
+    );
+    stream.write_all(rest).unwrap();
+    stream.flush().unwrap();
+    let head = response_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    assert_eq!(file_names(&uploads), Vec::<String>::new());
+    let target = &served_targets(&s)[format!("bundles/{BUILD_ID}/1.pbb")];
+    assert_eq!(target["length"].as_u64().unwrap(), bundle.len() as u64);
 }
 
 /// The id (`GET /api/v1/tokens`) of the API token named `name`.
@@ -524,7 +646,10 @@ fn read_until_closed(stream: &mut impl Read) -> Result<usize, std::io::Error> {
 #[test]
 fn quiet_connections_are_closed_half_a_request_or_an_unread_download() {
     const SIZE: usize = 24 << 20;
-    let s = start(|t| t.replace("idle_connection_secs = 120", "idle_connection_secs = 2"));
+    let s = start(|t| {
+        t.replace("idle_connection_secs = 120", "idle_connection_secs = 2")
+            .replace("header_timeout_secs = 20", "header_timeout_secs = 2")
+    });
 
     // A TLS handshake that never starts, then one cut after the first byte.
     let mut silent = tcp_connect(&s);
@@ -538,12 +663,38 @@ fn quiet_connections_are_closed_half_a_request_or_an_unread_download() {
         "nothing is answered to a handshake's first byte"
     );
 
-    // Half a request: the headers never end.
+    // Half a request: the headers never end. It is answered 408 and closed.
     let mut half = tls_connect(&s);
     write!(half, "GET /healthz HTTP/1.1\r\nHost: patchbay\r\n").unwrap();
     half.flush().unwrap();
-    let answered = read_until_closed(&mut half).expect("the server kept a half request open");
-    assert_eq!(answered, 0, "nothing is answered to half a request");
+    let mut answer = Vec::new();
+    let _ = half.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("limits.header_timeout_secs"), "{answer:?}");
+
+    // Headers sent a byte at a time, each well within any idle time: the header clock is not
+    // reset by a byte, so the request is cut all the same.
+    let mut trickled = tls_connect(&s);
+    let mut cut = false;
+    for byte in b"GET /healthz HTTP/1.1\r\nHost: patchbay\r\nX-Padding: aaaaaaaaaaaa\r\n\r\n" {
+        if trickled
+            .write_all(&[*byte])
+            .and_then(|()| trickled.flush())
+            .is_err()
+        {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let mut answer = Vec::new();
+    let _ = trickled.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        cut || answer.starts_with("HTTP/1.1 408"),
+        "headers trickled over ~16 s were served: {answer:?}"
+    );
 
     // A download its client stops reading: the server gives up on it instead of holding the
     // connection (and its buffers) for ever.
