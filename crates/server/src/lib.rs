@@ -14,6 +14,7 @@
 pub mod api;
 pub mod auth;
 pub mod blobs;
+pub mod channel_review;
 pub mod config;
 pub mod cve;
 pub mod doctor;

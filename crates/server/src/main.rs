@@ -115,6 +115,8 @@ enum Command {
     ExportUnsigned {
         #[arg(long, default_value = DEFAULT_DATA, env = "PATCHBAY_SERVER_DATA")]
         data: PathBuf,
+        /// The unsigned role; the channel documents it and the last signed role list are
+        /// written beside it, into <output>.documents/ (sign-targets shows them).
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -137,9 +139,14 @@ enum Command {
         /// Sign without asking (for scripts); the changes are still printed.
         #[arg(long)]
         yes: bool,
-        /// Sign a role that removes targets the last signed role lists.
+        /// Sign a role that removes targets the last signed role lists, or kernels from a
+        /// channel, or lowers a channel's level.
         #[arg(long)]
         allow_removals: bool,
+        /// The channel documents export-unsigned wrote beside the role (default:
+        /// <unsigned>.documents): every channel the role adds or changes is shown from them.
+        #[arg(long, value_name = "DIR")]
+        documents: Option<PathBuf>,
         /// The unsigned targets role (export-unsigned's output).
         unsigned: PathBuf,
         /// Where to write the signed role (for import-signed, and as the next --previous).
@@ -519,9 +526,21 @@ async fn run(cli: Cli) -> Result<()> {
         Command::ExportUnsigned { data, output } => {
             let service = Service::open(&data).await?;
             let role = service.unsigned_targets().await?;
+            let dir = documents_dir(&output);
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            for document in service.channel_documents(&role).await? {
+                let sha256 = patchbay_core::Sha256::of(&document);
+                let path = dir.join(format!("{}.json", sha256.as_str()));
+                patchbay_core::fsutil::write_atomic(&path, &document)
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
             patchbay_core::fsutil::write_atomic(&output, &role)
                 .with_context(|| format!("write {}", output.display()))?;
-            println!("wrote the unsigned targets role to {}", output.display());
+            println!(
+                "wrote the unsigned targets role to {} and its channel documents to {}",
+                output.display(),
+                dir.display()
+            );
             Ok(())
         }
         Command::SignTargets {
@@ -530,9 +549,13 @@ async fn run(cli: Cli) -> Result<()> {
             previous,
             yes,
             allow_removals,
+            documents,
             unsigned,
             output,
         } => {
+            let documents = patchbay_server::channel_review::ChannelDocuments::read_dir(
+                &documents.unwrap_or_else(|| documents_dir(&unsigned)),
+            )?;
             let read = |path: &Path| {
                 std::fs::read(path).with_context(|| format!("read {}", path.display()))
             };
@@ -541,6 +564,7 @@ async fn run(cli: Cli) -> Result<()> {
                 &unsigned_bytes,
                 &read(&previous)?,
                 &root_bytes,
+                &documents,
             )?;
             print!("{}", review.render());
             let removals = if allow_removals {
@@ -979,6 +1003,14 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+/// Where `export-unsigned` writes the channel documents beside its role `output`, and where
+/// `sign-targets` looks for them by default: `<output>.documents`.
+fn documents_dir(role: &Path) -> PathBuf {
+    let mut name = role.as_os_str().to_owned();
+    name.push(".documents");
+    PathBuf::from(name)
 }
 
 /// Asks on the terminal whether to sign targets `version` (the changes are printed above); an

@@ -754,6 +754,31 @@ impl Service {
         serde_json::to_vec_pretty(&role).map_err(|e| ServerError::Tuf(e.to_string()))
     }
 
+    /// The channel documents `sign-targets` shows beside the unsigned role `role`
+    /// ([`Service::unsigned_targets`]): every `channels/*.json` target it lists and the last
+    /// signed role lists, as the object store holds them.
+    pub async fn channel_documents(&self, role: &[u8]) -> Result<Vec<Vec<u8>>, ServerError> {
+        let role: tough::schema::Targets = serde_json::from_slice(role)
+            .map_err(|e| ServerError::Tuf(format!("the unsigned targets role: {e}")))?;
+        let mut wanted = crate::tuf::target_entries(&role);
+        if let Some(signed) = self.tuf.current_targets()? {
+            wanted.extend(
+                crate::tuf::target_entries(&signed.signed)
+                    .into_iter()
+                    .map(|(name, entry)| (format!("{name} (signed)"), entry)),
+            );
+        }
+        let mut documents = Vec::new();
+        for (name, entry) in wanted {
+            if name.starts_with("channels/") {
+                if let Some(bytes) = self.blobs.get(&entry.sha256).await? {
+                    documents.push(bytes.to_vec());
+                }
+            }
+        }
+        Ok(documents)
+    }
+
     /// Installs a targets role signed offline, if it lists exactly what the database holds.
     pub async fn install_signed_targets(&self, signed: &[u8]) -> Result<u64, ServerError> {
         self.refuse_if_mirror()?;

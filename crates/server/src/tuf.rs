@@ -1450,6 +1450,8 @@ pub struct TargetsReview {
     pub changes: Vec<TargetChange>,
     /// How many targets are listed unchanged.
     pub unchanged: usize,
+    /// The channel documents added or changed, with what they say.
+    pub channels: Vec<crate::channel_review::ChannelChange>,
 }
 
 impl TargetsReview {
@@ -1466,17 +1468,18 @@ impl TargetsReview {
 
     /// Why the role must not be signed as it is: removals the signer did not allow.
     pub fn refusal(&self, removals: Removals) -> Option<String> {
-        let removed = self.removed();
+        let mut removed: Vec<String> = self.removed().into_iter().map(str::to_owned).collect();
+        removed.extend(self.channels.iter().flat_map(|c| c.removals()));
         if removed.is_empty() || removals == Removals::Allow {
             return None;
         }
         Some(format!(
-            "the role removes {} target(s) the last signed role (version {}) lists: {}; a \
-             removal is never signed silently: find out why with whoever exported the role, and \
-             pass --allow-removals if it is meant",
+            "the role removes {} target(s) or channel entries the last signed role (version \
+             {}) lists: {}; a removal is never signed silently: find out why with whoever \
+             exported the role, and pass --allow-removals if it is meant",
             removed.len(),
             self.previous_version,
-            removed.join(", ")
+            removed.join("; ")
         ))
     }
 
@@ -1518,6 +1521,12 @@ impl TargetsReview {
             }
         }
         out.push_str(&format!("  {} target(s) unchanged\n", self.unchanged));
+        if !self.channels.is_empty() {
+            out.push_str("channel documents added or changed (what hosts will be served):\n");
+        }
+        for channel in &self.channels {
+            out.push_str(&channel.render());
+        }
         out
     }
 }
@@ -1557,11 +1566,13 @@ fn describe_target(name: &str, entry: &TargetEntry) -> String {
 /// Compares the unsigned targets role `unsigned` (from `export-unsigned`) with `previous`, the
 /// last signed targets role, which must verify against `root_json`'s targets keys and be the
 /// version just below. A role that delegates (Patchbay never does) or carries fields Patchbay
-/// never writes is refused.
+/// never writes is refused. Every channel document the role adds or changes must be among
+/// `documents` and is shown with what it says (`crate::channel_review`).
 pub fn review_targets(
     unsigned: &[u8],
     previous: &[u8],
     root_json: &[u8],
+    documents: &crate::channel_review::ChannelDocuments,
 ) -> Result<TargetsReview, ServerError> {
     let role: Targets = serde_json::from_slice(unsigned)
         .map_err(|e| ServerError::BadRequest(format!("not an unsigned targets role: {e}")))?;
@@ -1631,12 +1642,14 @@ pub fn review_targets(
             });
         }
     }
+    let channels = crate::channel_review::channel_changes(&changes, &before, documents)?;
     Ok(TargetsReview {
         previous_version,
         version,
         expires: patchbay_core::clock::rfc3339(role.expires.as_second()),
         changes,
         unchanged,
+        channels,
     })
 }
 

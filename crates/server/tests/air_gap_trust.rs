@@ -322,8 +322,9 @@ fn sign_targets_on_a_terminal(
     child.wait_with_output().unwrap()
 }
 
-#[test]
-fn sign_targets_shows_every_change_and_signs_no_removal_or_anything_unconfirmed() {
+/// A server whose targets key was moved out of `keys/`: the server, the key file, and the
+/// served targets role (the first `--previous`).
+fn server_with_the_targets_key_offline() -> (Server, PathBuf, PathBuf) {
     let s = start(|t| t.to_owned());
     let key = s._dir.path().join("targets-offline.pk8");
     std::fs::rename(s.data.join("keys/targets.pk8"), &key).unwrap();
@@ -331,6 +332,13 @@ fn sign_targets_shows_every_change_and_signs_no_removal_or_anything_unconfirmed(
     let served_first = s
         .data
         .join(format!("tuf/metadata/{first_version}.targets.json"));
+    (s, key, served_first)
+}
+
+#[test]
+fn sign_targets_shows_every_change_and_signs_no_removal_or_anything_unconfirmed() {
+    let (s, key, served_first) = server_with_the_targets_key_offline();
+    let first_version = served_targets_version(&s);
 
     // Level 1, signed offline against the served role: shown, then signed with --yes.
     publish(&s, 1);
@@ -441,4 +449,121 @@ fn sign_targets_shows_every_change_and_signs_no_removal_or_anything_unconfirmed(
     let out = cli(&["import-signed", genuine.to_str().unwrap()], &s.data);
     assert!(out.status.success(), "{out:?}");
     assert!(served_targets(&s)[&level_2].is_object());
+}
+
+/// `channel`'s `action` (promote, rollback) of the test kernel to `level`, as an admin.
+fn change_channel(s: &Server, action: &str, level: u32) {
+    let (status, reply) = call(
+        s,
+        "POST",
+        &format!("/api/v1/channels/production/{action}"),
+        Some(&s.admin),
+        Some(Body::Json(
+            serde_json::json!({"build_id": BUILD_ID, "level": level}),
+        )),
+    );
+    assert!((200..300).contains(&status), "{action}: {status} {reply}");
+}
+
+#[test]
+fn sign_targets_shows_what_a_changed_channel_says_and_signs_no_silent_rollback() {
+    let (s, key, served_first) = server_with_the_targets_key_offline();
+
+    // Levels 1 and 2, production at level 2: the signer sees what production will serve.
+    publish(&s, 1);
+    publish(&s, 2);
+    change_channel(&s, "promote", 2);
+    let unsigned = export_unsigned(&s, "promoted");
+    let signed = s._dir.path().join("promoted.signed.json");
+    let out = sign_targets(&s, &key, &served_first, &unsigned, &signed, &["--yes"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("channel production (channels/production.json)")
+            && stdout.contains(&format!("+ kernel {BUILD_ID}: level 2, previous")),
+        "{stdout}"
+    );
+    let out = cli(&["import-signed", signed.to_str().unwrap()], &s.data);
+    assert!(out.status.success(), "{out:?}");
+
+    // The (compromised) server exports a role whose only change is production's document,
+    // which now sends every host of the kernel down to level 1, losing level 2's fixes.
+    change_channel(&s, "rollback", 1);
+    let rolled_back = export_unsigned(&s, "rolled-back");
+    let output = s._dir.path().join("rolled-back.signed.json");
+    for flags in [&["--yes"][..], &[]] {
+        let out = sign_targets(&s, &key, &signed, &rolled_back, &output, flags);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(!out.status.success(), "{flags:?}: signed: {stdout}");
+        assert!(!output.exists());
+        let shown = stdout
+            .split_once(&format!("~ kernel {BUILD_ID}:"))
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("{flags:?}: the kernel's change is not shown: {stdout}"));
+        assert!(shown.starts_with("  LOWER"), "{shown}");
+        let mut lines = shown.lines().skip(1);
+        assert!(
+            lines.next().unwrap().trim().starts_with("was: level 2"),
+            "{shown}"
+        );
+        assert!(
+            lines.next().unwrap().trim().starts_with("now: level 1"),
+            "{shown}"
+        );
+        assert!(
+            stderr.contains("--allow-removals")
+                && stderr.contains(&format!(
+                    "kernel {BUILD_ID} lowered from level 2 to level 1"
+                )),
+            "{flags:?}: {stderr}"
+        );
+    }
+
+    // Without the documents, or with a forged one in their place, nothing is signed.
+    let documents = PathBuf::from(format!("{}.documents", rolled_back.display()));
+    let forged = s._dir.path().join("forged.documents");
+    std::fs::create_dir(&forged).unwrap();
+    // The forger keeps the file names and says level 2 again where the role signs level 1.
+    for (name, bytes) in files_in(&documents) {
+        let mut doc: Value = serde_json::from_slice(&bytes).unwrap();
+        let level = &mut doc["kernels"][BUILD_ID]["level"];
+        if level.as_u64() == Some(1) {
+            *level = Value::from(2);
+        }
+        std::fs::write(forged.join(name), serde_json::to_vec(&doc).unwrap()).unwrap();
+    }
+    let empty = s._dir.path().join("no.documents");
+    std::fs::create_dir(&empty).unwrap();
+    for dir in [&empty, &forged] {
+        let args = [
+            "--yes",
+            "--allow-removals",
+            "--documents",
+            dir.to_str().unwrap(),
+        ];
+        let out = sign_targets(&s, &key, &signed, &rolled_back, &output, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}: signed", dir.display());
+        assert!(
+            stderr.contains("channels/production.json") && stderr.contains("was not given"),
+            "{stderr}"
+        );
+        assert!(!output.exists());
+    }
+
+    // Allowed, it signs exactly what it showed, and the rollback installs.
+    let out = sign_targets(
+        &s,
+        &key,
+        &signed,
+        &rolled_back,
+        &output,
+        &["--yes", "--allow-removals"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(&["import-signed", output.to_str().unwrap()], &s.data);
+    assert!(out.status.success(), "{out:?}");
 }
