@@ -461,6 +461,130 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn shares(anonymous: u32, per_address: u32) -> RequestShares {
+        let limits = crate::config::Limits {
+            max_concurrent_requests: 2,
+            max_anonymous_requests: anonymous,
+            max_anonymous_requests_per_address: per_address,
+            ..crate::config::Limits::default()
+        };
+        RequestShares::new(&limits, Duration::from_millis(50))
+    }
+
+    #[tokio::test]
+    async fn one_address_gets_its_share_of_anonymous_requests_and_no_more() {
+        let shares = shares(10, 2);
+        let one: IpAddr = "192.0.2.1".parse().unwrap();
+        let same_64: [IpAddr; 2] = [
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        ];
+        let first = shares
+            .admit(RequestClass::Anonymous, Some(one))
+            .await
+            .unwrap();
+        let _second = shares
+            .admit(RequestClass::Anonymous, Some(one))
+            .await
+            .unwrap();
+        let refused = shares
+            .admit(RequestClass::Anonymous, Some(one))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, ServerError::TooManyRequests { .. }),
+            "{refused}"
+        );
+        assert!(refused
+            .to_string()
+            .contains("max_anonymous_requests_per_address"));
+        // Another address, and the fleet's share, are not affected.
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let _other = shares
+            .admit(RequestClass::Anonymous, Some(other))
+            .await
+            .unwrap();
+        let _fleet = shares.admit(RequestClass::Fleet, Some(one)).await.unwrap();
+        // A finished request gives its place back.
+        drop(first);
+        let _third = shares
+            .admit(RequestClass::Anonymous, Some(one))
+            .await
+            .unwrap();
+        // IPv6 addresses count by their /64.
+        let _v6 = shares
+            .admit(RequestClass::Anonymous, Some(same_64[0]))
+            .await
+            .unwrap();
+        let _v6b = shares
+            .admit(RequestClass::Anonymous, Some(same_64[0]))
+            .await
+            .unwrap();
+        let refused = shares
+            .admit(RequestClass::Anonymous, Some(same_64[1]))
+            .await;
+        assert!(refused.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_anonymous_share_leaves_the_fleets_alone() {
+        let shares = shares(1, 8);
+        let held = shares
+            .admit(RequestClass::Anonymous, "192.0.2.1".parse().ok())
+            .await
+            .unwrap();
+        let busy = shares
+            .admit(RequestClass::Anonymous, "192.0.2.2".parse().ok())
+            .await
+            .unwrap_err();
+        assert!(matches!(busy, ServerError::Busy(_)), "{busy}");
+        assert!(busy.to_string().contains("limits.max_anonymous_requests"));
+        let _fleet = shares.admit(RequestClass::Fleet, None).await.unwrap();
+        let _fleet2 = shares.admit(RequestClass::Fleet, None).await.unwrap();
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_body_slower_than_the_minimum_is_too_slow_and_a_finished_one_never() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (body, mut rate) = BodyRate::watch(
+            axum::body::Body::new(ChannelBody(rx)),
+            10,
+            Duration::from_secs(1),
+        );
+        let mut body = std::pin::pin!(body);
+        tx.send(bytes::Bytes::from_static(b"0123456789ab"))
+            .await
+            .unwrap();
+        let frame = std::future::poll_fn(|cx| http_body::Body::poll_frame(body.as_mut(), cx)).await;
+        assert!(frame.is_some());
+        assert!(!rate.too_slow(), "12 bytes in a window of 10 bytes/s");
+        tx.send(bytes::Bytes::from_static(b"x")).await.unwrap();
+        let _ = std::future::poll_fn(|cx| http_body::Body::poll_frame(body.as_mut(), cx)).await;
+        assert!(rate.too_slow(), "1 byte in a window of 10 bytes/s");
+        drop(tx);
+        let end = std::future::poll_fn(|cx| http_body::Body::poll_frame(body.as_mut(), cx)).await;
+        assert!(end.is_none());
+        assert!(!rate.too_slow(), "a finished body is never too slow");
+    }
+
+    /// A request body whose chunks the test sends.
+    struct ChannelBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+    impl http_body::Body for ChannelBody {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|data| Ok(http_body::Frame::data(data))))
+        }
+    }
+
     fn throttle(per_user: u32, per_address: u32) -> LoginThrottle {
         LoginThrottle::new(LoginLimits {
             failures_per_user: per_user,
