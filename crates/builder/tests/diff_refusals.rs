@@ -176,6 +176,55 @@ fn patches_with_any_prefix_build() {
     }
 }
 
+/// A level-1 build of one patch file.
+fn one_patch(
+    patch: std::path::PathBuf,
+    output: std::path::PathBuf,
+    strip_level: Option<usize>,
+) -> DiffBuild {
+    DiffBuild {
+        level: 1.try_into().unwrap(),
+        fixes: Vec::new(),
+        patches: vec![patch],
+        output,
+        keep_work_dir: None,
+        strip_level,
+        header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
+    }
+}
+
+/// A fix that adds a header (upgrade carries headers the newer tree added, when a fix's
+/// file includes one): allowed, since only the changed files can include it; the tree is left
+/// without it afterwards. A new `.c` file stays refused (no object to map it to).
+#[test]
+#[ignore = "needs apt and QEMU (the slow suite): scripts/test runs it"]
+fn a_new_header_included_by_the_fix_builds_and_leaves_no_file_behind() {
+    let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let request = |patch, output| one_patch(patch, output, None);
+    let output = work.path().join("header.pbb");
+    let report = build(
+        &kernel,
+        &request(fixture("cmdline-new-header.patch"), output.clone()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_only_cmdline_show_changed(&report, &output);
+    let tree = kernel.source_tree().unwrap();
+    assert!(!tree.dir().join("fs/proc/cmdline-suffix.h").exists());
+
+    let new_c = work.path().join("new-c.patch");
+    std::fs::write(
+        &new_c,
+        std::fs::read_to_string(fixture("cmdline-new-header.patch"))
+            .unwrap()
+            .replace("cmdline-suffix.h", "cmdline-suffix.c"),
+    )
+    .unwrap();
+    let err = build(&kernel, &request(new_c, work.path().join("new-c.pbb")))
+        .expect_err("a new .c file must be refused");
+    assert_eq!(err.category(), Category::NewOrDeletedFile.as_str(), "{err}");
+}
+
 /// A new `static inline` helper in a header included by thousands of units
 /// (`include/linux/seq_file.h`), used by the fix's own file: the header proof compares only the
 /// units that name the helper (none but the patched one), so it builds. The same header change
@@ -187,15 +236,7 @@ fn a_header_change_of_new_named_items_is_proven_on_the_units_naming_them() {
     let kernel = fetch_selector(&KernelSelector::newest()).unwrap();
     let work = tempfile::tempdir().unwrap();
     let named = fixture("seq-file-header-new-helper.patch");
-    let request = |patch: std::path::PathBuf, output: std::path::PathBuf| DiffBuild {
-        level: 1.try_into().unwrap(),
-        fixes: Vec::new(),
-        patches: vec![patch],
-        output,
-        keep_work_dir: None,
-        strip_level: Some(1),
-        header_recompile_limit: patchbay_build::diff::headers::RECOMPILE_LIMIT,
-    };
+    let request = |patch, output| one_patch(patch, output, Some(1));
     let output = work.path().join("named.pbb");
     let report =
         build(&kernel, &request(named.clone(), output.clone())).unwrap_or_else(|e| panic!("{e}"));

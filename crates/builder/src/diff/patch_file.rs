@@ -423,11 +423,13 @@ fn refusal_for(file: &ChangedFile) -> Option<Refusal> {
             "paths must be relative to the kernel tree, without `..`",
         );
     }
-    if file.change != FileChange::Modified {
+    // A new header adds no object: only the files the diff changes can include it.
+    let new_header = file.change == FileChange::Added && name.ends_with(".h");
+    if file.change != FileChange::Modified && !new_header {
         return refuse(
             Category::NewOrDeletedFile,
             "a diff that adds or deletes a file cannot be mapped to an existing object; put new \
-             code into an existing .c file",
+             code into an existing .c file (a new header is allowed)",
         );
     }
     if name.starts_with("Kconfig")

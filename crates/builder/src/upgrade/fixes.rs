@@ -123,24 +123,39 @@ pub(crate) fn file_diff(old: &Path, new: &Path, path: &str) -> Result<FileDiff, 
         (true, false) => return Ok(FileDiff::OnlyInOld),
         (true, true) => {}
     }
+    let label = format!("a/{path}");
+    Ok(
+        match unified_diff(path, (&label, &old.join(path)), &new.join(path))? {
+            None => FileDiff::Same,
+            Some(diff) => FileDiff::Changed(diff),
+        },
+    )
+}
+
+/// The diff that creates `path` (a file only the newer tree `new` has).
+pub(crate) fn new_file_diff(new: &Path, path: &str) -> Result<String, CutError> {
+    let empty = Path::new("/dev/null");
+    Ok(unified_diff(path, ("/dev/null", empty), &new.join(path))?.unwrap_or_default())
+}
+
+/// `diff -u` of `old` (with its label) and `new` (labelled `b/<path>`); `None` when equal.
+fn unified_diff(path: &str, old: (&str, &Path), new: &Path) -> Result<Option<String>, CutError> {
     let output = Command::new("diff")
         .arg("-u")
         .arg("--label")
-        .arg(format!("a/{path}"))
+        .arg(old.0)
         .arg("--label")
         .arg(format!("b/{path}"))
-        .arg(old.join(path))
-        .arg(new.join(path))
+        .arg(old.1)
+        .arg(new)
         .output()
         .map_err(|source| CutError::Spawn {
             path: path.to_owned(),
             source,
         })?;
     match output.status.code() {
-        Some(0) => Ok(FileDiff::Same),
-        Some(1) => Ok(FileDiff::Changed(
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-        )),
+        Some(0) => Ok(None),
+        Some(1) => Ok(Some(String::from_utf8_lossy(&output.stdout).into_owned())),
         _ => Err(CutError::Diff {
             path: path.to_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
@@ -259,21 +274,23 @@ fn is_code(path: &str) -> bool {
     [".c", ".h", ".S"].iter().any(|ext| path.ends_with(ext))
 }
 
-/// The files CVE records name that neither source tree has, resolved to what 6.1 has.
+/// The files CVE records name that neither source tree has, resolved to what the running
+/// kernel's tree has.
 ///
-/// The kernel CNA records mainline's paths; 6.1 may have the code under an older name
+/// The kernel CNA records mainline's paths; an older series may have the code under an older name
 /// (batman-adv's `mesh-interface.c` was `soft-interface.c`), or not at all (added later).
 /// Left as they are, one such name made the whole group of CVEs sharing files "not in
 /// source". Per missing file, in the CVE's notes:
 /// - not code (documentation, Kconfig): ignored;
-/// - its directory is in neither tree: the code came after 6.1, nothing to patch there;
+/// - its directory is in neither tree: the code came after the running
+///   kernel's series, nothing to patch there;
 /// - code files of its directory changed between the sources and no CVE of the window
-///   (`window_files`, any score) names them: the 6.1 backport's file(s), taken in its place
+///   (`window_files`, any score) names them: the backport's file(s), taken in its place
 ///   (the note names them);
-/// - nothing else there changed: the 6.1 fix needed no change there.
+/// - nothing else there changed: the fix for the running kernel needed no change there.
 ///
 /// A CVE left with no file at all keeps its names, so it is reported as not in the source.
-/// CVEs with an operator's patch are not touched (the patch names 6.1's files).
+/// CVEs with an operator's patch are not touched (the patch names the running kernel's files).
 pub fn resolve_missing_files(
     old: &Path,
     new: &Path,
@@ -302,10 +319,13 @@ pub fn resolve_missing_files(
             }
             let dir = file.rsplit_once('/').map_or("", |(dir, _)| dir);
             if !is_code(file) {
-                notes.push(format!("{file} is not in 6.1 and is not code: ignored"));
+                notes.push(format!(
+                    "{file} is not in the running kernel's tree and is not code: ignored"
+                ));
             } else if !old.join(dir).is_dir() && !new.join(dir).is_dir() {
                 notes.push(format!(
-                    "{file}: 6.1 has no {dir}/ (the code came later): nothing to patch there"
+                    "{file}: the running kernel's tree has no {dir}/ (the code came later): nothing \
+                     to patch there"
                 ));
             } else {
                 let instead: Vec<String> = changed_code_files_in(old, new, dir)
@@ -314,12 +334,13 @@ pub fn resolve_missing_files(
                     .collect();
                 if instead.is_empty() {
                     notes.push(format!(
-                        "{file} is not in 6.1 and no other file of {dir}/ changed between the \
-                         sources: the 6.1 fix needed no change there"
+                        "{file} is not in the running kernel's tree and no other file of {dir}/ \
+                         changed between the sources: its fix needed no change there"
                     ));
                 } else {
                     notes.push(format!(
-                        "{file} is not in 6.1 (mainline renamed or added it): took the file(s) \
+                        "{file} is not in the running kernel's tree (mainline renamed or added it): \
+                         took the file(s) \
                          of {dir}/ that changed between the sources and no other CVE names: {}",
                         instead.join(", ")
                     ));

@@ -12,6 +12,7 @@ mod blockers;
 pub mod fixes;
 mod prerequisites;
 pub mod render;
+mod rounds;
 pub mod select;
 pub mod verify;
 pub mod watch;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use patchbay_core::protocol::KernelsReply;
-use patchbay_core::report::{DropCategory, DroppedGroup, ReportModule, Verification};
+use patchbay_core::report::{DroppedGroup, ReportModule};
 use patchbay_core::UpstreamVersion;
 use patchbay_core::{BuildId, CveId, CveOutcome, CveStatus, PatchLevel, UpgradeReport};
 use patchbay_exposure::CveDatabase;
@@ -33,7 +34,7 @@ use crate::diff::pipeline::{self, DiffBuild, DiffBuildError};
 use crate::diff::refusal::Category;
 use fixes::{FileDiff, Group};
 use select::{SelectedCve, Selection};
-use verify::{Candidate, Verdict, VerifyOptions, VerifyRun};
+use verify::{Verdict, VerifyOptions, VerifyRun};
 
 /// Where the fixes come from: an operator's patch for a CVE wins over the source diff.
 #[derive(Debug, Clone, Default)]
@@ -230,22 +231,105 @@ pub fn run(
     let started_at = patchbay_core::clock::now_rfc3339();
     let progress = Progress::new();
     let from = kernel.upstream_version();
-    let temp;
-    let work: PathBuf = match &request.work_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-            dir.clone()
-        }
-        None => {
-            temp = tempfile::Builder::new()
-                .prefix("patchbay-upgrade-")
-                .tempdir()
-                .map_err(io("create a temporary directory in", &std::env::temp_dir()))?;
-            temp.path().to_path_buf()
-        }
-    };
-
+    let (_temp, work) = work_dir(request)?;
     // Which CVEs, and where their fixes come from.
+    let cves = select_cves(kernel, db, request)?;
+    let notices = data_notices(db, from, request.to);
+    for notice in &notices {
+        progress.say(notice);
+    }
+    let groups = fixes::group(&fixes::files_of(&cves));
+    progress.say(&format!(
+        "{} CVEs ({} → {}, CVSS ≥ {}) in {} groups of shared files",
+        cves.len(),
+        from,
+        request.to,
+        request.min_cvss,
+        groups.len()
+    ));
+
+    // One build per group, two at a time (see `build_groups`).
+    let builds = build_groups(kernel, request, &cves, &groups, &work, &progress)?;
+
+    // The cumulative bundle, verified; groups that break it are dropped and it is rebuilt.
+    let rounds::Cumulative {
+        module,
+        mut verification,
+        final_functions,
+        dropped,
+    } = rounds::Rounds {
+        kernel,
+        request,
+        cves: &cves,
+        builds: &builds,
+        work: &work,
+        progress: &progress,
+    }
+    .run()?;
+
+    let mut outcomes = Vec::new();
+    for c in &cves {
+        outcomes.push(outcome(
+            &builds,
+            &dropped,
+            &final_functions,
+            c,
+            module.is_some(),
+        ));
+    }
+    if let Some(v) = &mut verification {
+        v.dropped_groups = dropped.clone();
+        if module.is_none() {
+            v.passed = false;
+        }
+    }
+    let report = UpgradeReport {
+        kernel: kernel.release().clone(),
+        build_id: kernel.build_id().clone(),
+        from_version: from.to_string(),
+        to_version: request.to.to_string(),
+        fixes_from: fixes_from(kernel, request)?,
+        level: request.level,
+        min_cvss: request.min_cvss,
+        started: started_at,
+        elapsed_seconds: progress.started.elapsed().as_secs_f64(),
+        module,
+        verification,
+        cves: outcomes,
+        notices,
+    };
+    if report.module.is_none() {
+        return Err(UpgradeError::NothingBuilt {
+            selected: cves.len(),
+            report: Box::new(report),
+        });
+    }
+    Ok(report)
+}
+
+/// The directory for per-group patches, bundles and logs: the one asked for, or a temporary
+/// one (removed when the guard is dropped).
+fn work_dir(request: &Upgrade) -> Result<(Option<tempfile::TempDir>, PathBuf), UpgradeError> {
+    if let Some(dir) = &request.work_dir {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        return Ok((None, dir.clone()));
+    }
+    let temp = tempfile::Builder::new()
+        .prefix("patchbay-upgrade-")
+        .tempdir()
+        .map_err(io("create a temporary directory in", &std::env::temp_dir()))?;
+    let path = temp.path().to_path_buf();
+    Ok((Some(temp), path))
+}
+
+/// The CVEs of the window (or those named) with their files, and the operator's patches; files
+/// mainline renamed resolved to their names in the running kernel's tree.
+fn select_cves(
+    kernel: &Kernel,
+    db: &CveDatabase,
+    request: &Upgrade,
+) -> Result<Vec<SelectedCve>, UpgradeError> {
+    let from = kernel.upstream_version();
     let mut cves: Vec<SelectedCve> = Vec::new();
     if request.fixes.newer.is_some() {
         let only: Vec<CveId> = match &request.fixes.patches {
@@ -284,373 +368,27 @@ pub fn run(
         }
     }
     cves.sort_by(|a, b| a.id.cmp(&b.id));
-    let notices = data_notices(db, from, request.to);
-    for notice in &notices {
-        progress.say(notice);
-    }
     if let Some(newer) = &request.fixes.newer {
         let (old, _pristine) = pristine_tree(kernel)?;
         let window = select::window_files(db, &from, &request.to);
         fixes::resolve_missing_files(&old, &newer.tree, &window, &mut cves);
     }
-    let groups = fixes::group(&fixes::files_of(&cves));
-    progress.say(&format!(
-        "{} CVEs ({} → {}, CVSS ≥ {}) in {} groups of shared files",
-        cves.len(),
-        from,
-        request.to,
-        request.min_cvss,
-        groups.len()
-    ));
+    Ok(cves)
+}
 
-    // One build per group, two at a time (see `build_groups`).
-    let builds = build_groups(kernel, request, &cves, &groups, &work, &progress)?;
-
-    // The cumulative bundle, verified; groups that break it are dropped and it is rebuilt.
-    let mut dropped: Vec<DroppedGroup> = Vec::new();
-    // Functions a verification of this kernel build saw block a transition: groups that
-    // replace them are dropped before the first boot (a whole QEMU round saved).
-    // Knowledge from verification is used by verification (`--no-verify` builds everything).
-    let mut known_blockers = match request.verify {
-        None => None,
-        Some(_) => match blockers::KnownBlockers::load(kernel.dir()) {
-            Ok(known) => Some(known),
-            Err(e) => {
-                progress.say(&format!("warning: {e}"));
-                None
-            }
-        },
-    };
-    if let Some(known) = &known_blockers {
-        let built: Vec<&GroupBuild> = builds
-            .iter()
-            .filter(|b| matches!(b.outcome, GroupOutcome::Built { .. }))
-            .collect();
-        let names: Vec<String> = known.functions().map(|(f, _)| f.to_owned()).collect();
-        for (b, hit) in groups_replacing(&built, &names) {
-            let seen: Vec<String> = known
-                .functions()
-                .filter(|(f, _)| hit.contains(f))
-                .map(|(f, o)| format!("{f} on {}", o.seen))
-                .collect();
-            progress.say(&format!(
-                "group {} replaces {}, which blocked the transition in an earlier verification \
-                 of this kernel; dropped before verifying",
-                b.group.number,
-                hit.join(", ")
-            ));
-            dropped.push(DroppedGroup {
-                group: b.group.number,
-                cves: group_ids(&cves, &b.group),
-                category: DropCategory::TransitionBlocked,
-                reason: format!(
-                    "its live patch cannot take effect while tasks sleep in {}: a verification \
-                     of this kernel build saw the transition blocked there ({}; remembered in \
-                     {}, delete it to verify again)",
-                    hit.join(", "),
-                    seen.join(", "),
-                    known.path().display()
-                ),
-            });
-        }
-    }
-    let mut verification: Option<Verification> = None;
-    let mut module: Option<ReportModule> = None;
-    let mut final_functions: Vec<String> = Vec::new();
-    for round in 1..=5 {
-        let keep: Vec<&GroupBuild> = builds
-            .iter()
-            .filter(|b| matches!(b.outcome, GroupOutcome::Built { .. }))
-            .filter(|b| !dropped.iter().any(|d| d.group == b.group.number))
-            .collect();
-        if keep.is_empty() {
-            break;
-        }
-        progress.say(&format!(
-            "building the cumulative module from {} groups (round {round})",
-            keep.len()
-        ));
-        let fixes: Vec<CveId> = keep
-            .iter()
-            .flat_map(|b| b.group.cves.iter())
-            .filter_map(|&c| cves.get(c))
-            .filter(|c| cve_status(&builds, c) == CveStatus::Patched)
-            .map(|c| c.id.clone())
-            .collect();
-        let combined = combined_patches(kernel, request, &keep, &work)?;
-        let candidate_bundle = work.join("cumulative.pbb");
-        let built = pipeline::build(
-            kernel,
-            &DiffBuild {
-                level: request.level,
-                fixes,
-                patches: combined,
-                output: candidate_bundle.clone(),
-                keep_work_dir: None,
-                strip_level: Some(1),
-                header_recompile_limit: request.header_recompile_limit,
-            },
-        );
-        let report = match built {
-            Ok(report) => report,
-            Err(err) => {
-                // Built alone, failed together: drop every group the refusals (or, failing
-                // those, the error text) name, and build again.
-                let text = err.to_string();
-                let named: Vec<&str> = err
-                    .refusals()
-                    .iter()
-                    .filter_map(|r| r.file.as_deref())
-                    .collect();
-                let owns = |b: &GroupBuild, file: &str| {
-                    b.group.files.contains(file) || b.paths.contains(file)
-                };
-                let mut culprits: Vec<&GroupBuild> = keep
-                    .iter()
-                    .copied()
-                    .filter(|b| named.iter().any(|f| owns(b, f)))
-                    .collect();
-                if culprits.is_empty() {
-                    culprits.extend(
-                        keep.iter()
-                            .copied()
-                            .find(|b| b.group.files.iter().any(|f| text.contains(f.as_str()))),
-                    );
-                }
-                if culprits.is_empty() {
-                    return Err(err.into());
-                }
-                for b in culprits {
-                    dropped.push(DroppedGroup {
-                        group: b.group.number,
-                        cves: group_ids(&cves, &b.group),
-                        category: DropCategory::CumulativeBuildFailed,
-                        reason: format!(
-                            "builds alone but not with the other groups: {}",
-                            first_line(&text)
-                        ),
-                    });
-                }
-                continue;
-            }
-        };
-        final_functions = report
-            .module
-            .manifest
-            .replaced_functions
-            .iter()
-            .map(|f| format!("{}:{}", f.object, f.function))
-            .collect();
-        let Some(options) = &request.verify else {
-            install(&candidate_bundle, &request.output)?;
-            module = Some(module_of(&report.module.manifest));
-            break;
-        };
-        let modules = report.module.manifest.patched_modules();
-        progress.say(&format!(
-            "verifying in QEMU: {} modules, smoke workload {} s",
-            modules.len(),
-            options.stress_seconds
-        ));
-        let cumulative = [Candidate {
-            label: "cumulative".into(),
-            bundle: candidate_bundle.clone(),
-            modules: modules.clone(),
-        }];
-        let mut first = verify::verify(kernel, options, &cumulative, &work)?;
-        let mut seconds = first.seconds;
-        // A transition that outlived its wait while no task sleeps in a replaced function is
-        // the slow TCG guest, not a group: one more run, before any group is blamed.
-        if let Some(stall) = failure_of(&first).filter(|f| verify::is_unattributed_stall(f)) {
-            progress.say(&format!(
-                "the cumulative bundle's transition stalled without naming a function the patch \
-                 replaces ({}); verifying it once more",
-                first_line(&stall)
-            ));
-            let again = verify::verify(kernel, options, &cumulative, &work)?;
-            seconds += again.seconds;
-            let mut notes = again.notes.clone();
-            notes.push(format!(
-                "the first verification run stalled without naming a function the patch \
-                 replaces ({}); the run was repeated",
-                first_line(&stall)
-            ));
-            first = VerifyRun { notes, ..again };
-        }
-        for note in &first.notes {
-            progress.say(&format!("note: {note}"));
-        }
-        let failure = failure_of(&first);
-        let Some(failure) = failure else {
-            verification = Some(Verification {
-                passed: true,
-                modules_loaded: first.modules_loaded,
-                workloads: first.workloads,
-                dropped_groups: dropped.clone(),
-                seconds,
-                notes: first.notes.clone(),
-                apply_seconds: first.apply_seconds.first().map(|(_, s)| *s),
-            });
-            install(&candidate_bundle, &request.output)?;
-            module = Some(module_of(&report.module.manifest));
-            break;
-        };
-        // A transition blocked by tasks sleeping in replaced functions: the agent named the
-        // functions; drop the groups that replace them (no isolation boot needed).
-        let blocking = verify::blocking_functions(&failure);
-        let blockers = groups_replacing(&keep, &blocking);
-        if !blockers.is_empty() {
-            if let Some(known) = &mut known_blockers {
-                if let Err(e) = known.record(&blocking, &patchbay_core::clock::now_rfc3339()) {
-                    progress.say(&format!(
-                        "warning: cannot remember the blocking functions in {}: {e}",
-                        known.path().display()
-                    ));
-                }
-            }
-            progress.say(&format!(
-                "the cumulative bundle's transition was blocked by tasks sleeping in {}; \
-                 dropping the {} group(s) that replace them",
-                blocking.join(", "),
-                blockers.len()
-            ));
-            for (b, hit) in blockers {
-                dropped.push(DroppedGroup {
-                    group: b.group.number,
-                    cves: group_ids(&cves, &b.group),
-                    category: DropCategory::TransitionBlocked,
-                    reason: format!(
-                        "its live patch cannot take effect while tasks sleep in {}: the \
-                         transition over the loaded modules was blocked and reverted (a \
-                         function a kernel thread never leaves needs a patch of its callers \
-                         or a different fix)",
-                        hit.join(", ")
-                    ),
-                });
-            }
-            verification = Some(Verification {
-                passed: false,
-                modules_loaded: first.modules_loaded,
-                workloads: first.workloads,
-                dropped_groups: dropped.clone(),
-                seconds,
-                notes: first.notes.clone(),
-                apply_seconds: None,
-            });
-            continue;
-        }
-        progress.say(&format!(
-            "the cumulative bundle failed verification ({}); trying each group alone",
-            first_line(&failure)
-        ));
-        let candidates: Vec<Candidate> = keep
-            .iter()
-            .filter_map(|b| {
-                let GroupOutcome::Built { modules, .. } = &b.outcome else {
-                    return None;
-                };
-                Some(Candidate {
-                    label: format!("group-{}", b.group.number),
-                    bundle: b.bundle.clone()?,
-                    modules: modules.clone(),
-                })
-            })
-            .collect();
-        let isolated = verify::verify(kernel, options, &candidates, &work)?;
-        seconds += isolated.seconds;
-        let mut newly_dropped = 0;
-        for (label, verdict) in &isolated.verdicts {
-            let Verdict::Failed(why) = verdict else {
-                continue;
-            };
-            let Some(b) = keep
-                .iter()
-                .find(|b| format!("group-{}", b.group.number) == *label)
-            else {
-                continue;
-            };
-            newly_dropped += 1;
-            dropped.push(DroppedGroup {
-                group: b.group.number,
-                cves: group_ids(&cves, &b.group),
-                category: DropCategory::VerificationFailed,
-                reason: format!("broke the verification run: {}", first_line(why)),
-            });
-        }
-        if newly_dropped == 0 {
-            // Each group passes alone but not together: drop the last one (the smallest
-            // step) and try again, rather than offering a bundle that failed.
-            if let Some(b) = keep.last() {
-                dropped.push(DroppedGroup {
-                    group: b.group.number,
-                    cves: group_ids(&cves, &b.group),
-                    category: DropCategory::VerificationFailed,
-                    reason: format!(
-                        "every group passed alone but the cumulative bundle failed ({failure}); \
-                         dropped to narrow it down"
-                    ),
-                });
-            }
-        }
-        verification = Some(Verification {
-            passed: false,
-            modules_loaded: isolated.modules_loaded,
-            workloads: isolated.workloads,
-            dropped_groups: dropped.clone(),
-            seconds,
-            notes: isolated.notes.clone(),
-            apply_seconds: None,
-        });
-    }
-
-    let mut outcomes = Vec::new();
-    for c in &cves {
-        outcomes.push(outcome(
-            &builds,
-            &dropped,
-            &final_functions,
-            c,
-            module.is_some(),
-        ));
-    }
-    if let Some(v) = &mut verification {
-        v.dropped_groups = dropped.clone();
-        if module.is_none() {
-            v.passed = false;
-        }
-    }
+/// Where the report says the fixes came from.
+fn fixes_from(kernel: &Kernel, request: &Upgrade) -> Result<String, UpgradeError> {
     let source_package = patchbay_kernels::source_package_of(kernel.debian_release())?;
-    let report = UpgradeReport {
-        kernel: kernel.release().clone(),
-        build_id: kernel.build_id().clone(),
-        from_version: from.to_string(),
-        to_version: request.to.to_string(),
-        fixes_from: match (&request.fixes.newer, &request.fixes.patches) {
-            (Some(n), None) => format!("{source_package} {}", n.package_version),
-            (Some(n), Some(dir)) => format!(
-                "{source_package} {} and patches in {}",
-                n.package_version,
-                dir.display()
-            ),
-            (None, Some(dir)) => format!("patches in {}", dir.display()),
-            (None, None) => "nothing".to_owned(),
-        },
-        level: request.level,
-        min_cvss: request.min_cvss,
-        started: started_at,
-        elapsed_seconds: progress.started.elapsed().as_secs_f64(),
-        module,
-        verification,
-        cves: outcomes,
-        notices,
-    };
-    if report.module.is_none() {
-        return Err(UpgradeError::NothingBuilt {
-            selected: cves.len(),
-            report: Box::new(report),
-        });
-    }
-    Ok(report)
+    Ok(match (&request.fixes.newer, &request.fixes.patches) {
+        (Some(n), None) => format!("{source_package} {}", n.package_version),
+        (Some(n), Some(dir)) => format!(
+            "{source_package} {} and patches in {}",
+            n.package_version,
+            dir.display()
+        ),
+        (None, Some(dir)) => format!("patches in {}", dir.display()),
+        (None, None) => "nothing".to_owned(),
+    })
 }
 
 /// What the report must say about the CVE data itself: when the data names no fix of the
@@ -801,6 +539,10 @@ fn cut_group(
         match fixes::file_diff(&old, newer, file)? {
             FileDiff::Same => {}
             FileDiff::Changed(diff) => text.push_str(&diff),
+            // A header the fix includes that the newer tree added: carried as a new file.
+            FileDiff::OnlyInNew if file.ends_with(".h") => {
+                text.push_str(&fixes::new_file_diff(newer, file)?)
+            }
             FileDiff::OnlyInNew => {
                 return Ok(Err((
                     CveStatus::NotPatchable,

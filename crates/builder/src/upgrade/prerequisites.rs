@@ -14,6 +14,9 @@
 //!   types`): the header regions declaring it, and the whole newer version of the `.c` file
 //!   that defines it (its changed functions are patched as well; the header proof names the
 //!   other callers, which `upgrade` then takes from the newer source too or refuses).
+//! - An include the running tree cannot find (`fatal error: ../common/x.h: No such file`): a
+//!   header only the newer tree has (a directory's headers reorganised), carried whole as a
+//!   new file; nothing in the running kernel can include it but the patched files.
 //! - A struct member the running kernel's struct does not have: refused with the struct named
 //!   ([`NewStructMember`]); a live patch cannot grow objects that already exist.
 //!
@@ -44,6 +47,20 @@ pub(crate) struct Needs {
     /// Errors inside headers (`include/net/ipv6_frag.h`, 1-based line): an inline or macro
     /// there no longer fits what is carried.
     pub in_headers: BTreeSet<(String, usize)>,
+    /// Includes the running tree cannot find: `(including file, name as written)`.
+    pub missing_includes: BTreeSet<(String, String)>,
+}
+
+impl Needs {
+    /// Whether the errors name nothing this stage can look for.
+    fn is_empty(&self) -> bool {
+        self.unknown.is_empty()
+            && self.changed_signature.is_empty()
+            && self.members.is_empty()
+            && self.mismatched_members.is_empty()
+            && self.in_headers.is_empty()
+            && self.missing_includes.is_empty()
+    }
 }
 
 /// The text between the first pair of quotes (gcc's ‘…’ or '…') after `marker` in `line`.
@@ -73,6 +90,16 @@ pub(crate) fn needs_of(errors: &str, line_of: &dyn Fn(&str, usize) -> Option<Str
                 .split_once("compiling ")
                 .and_then(|(_, rest)| rest.split_once(".o failed"))
                 .map(|(object, _)| format!("{object}.c"));
+        }
+        if let Some((place, message)) = line.split_once(": fatal error: ") {
+            let includer = place.trim().trim_start_matches("./").split(':').next();
+            let name = message.trim().strip_suffix(": No such file or directory");
+            if let (Some(includer), Some(name)) = (includer, name) {
+                needs
+                    .missing_includes
+                    .insert((includer.to_owned(), name.to_owned()));
+            }
+            continue;
         }
         let Some((place, message)) = line.split_once(": error: ") else {
             continue;
@@ -250,13 +277,58 @@ fn changed_member_types(
     changed
 }
 
+/// Headers the newer tree added that the fix's files include: each include resolved as the
+/// compiler would look for it (beside the including file, then the kernel's include
+/// directories), kept when only the newer tree has it. A new header brings no object of its
+/// own: in the running kernel only the patched files can include it.
+fn new_headers(old: &Path, new: &Path, missing: &BTreeSet<(String, String)>) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for (includer, name) in missing {
+        if !name.ends_with(".h") {
+            continue;
+        }
+        let beside = includer
+            .rsplit_once('/')
+            .map_or_else(|| name.clone(), |(dir, _)| format!("{dir}/{name}"));
+        let candidates = [
+            beside,
+            format!("include/{name}"),
+            format!("arch/x86/include/{name}"),
+            format!("include/uapi/{name}"),
+        ];
+        if let Some(path) = candidates
+            .iter()
+            .filter_map(|c| tree_relative(c))
+            .find(|c| new.join(c).is_file() && !old.join(c).exists())
+        {
+            found.insert(path);
+        }
+    }
+    found
+}
+
+/// `path` with `.` and `..` folded; `None` when it climbs out of the tree.
+fn tree_relative(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            _ => parts.push(part),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
 /// A fix's prerequisites found in the newer tree.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Prerequisites {
     /// Files of which only the regions declaring these names are carried.
     pub partial: BTreeMap<String, BTreeSet<String>>,
     /// Files whose whole newer version is carried (they define a function whose signature
-    /// changed).
+    /// changed, or they are headers only the newer tree has).
     pub whole: BTreeSet<String>,
 }
 
@@ -305,6 +377,9 @@ pub(crate) fn find(
     have: &Prerequisites,
 ) -> Result<Prerequisites, NewStructMember> {
     let mut found = Prerequisites::default();
+    found
+        .whole
+        .extend(new_headers(old, new, &needs.missing_includes));
     let wanted: BTreeSet<String> = needs
         .unknown
         .union(&needs.changed_signature)
@@ -530,12 +605,7 @@ pub(crate) fn after_compile_failure(
         text.lines().nth(number.checked_sub(1)?).map(str::to_owned)
     };
     let needs = needs_of(errors, &line_of);
-    if needs.unknown.is_empty()
-        && needs.changed_signature.is_empty()
-        && needs.members.is_empty()
-        && needs.mismatched_members.is_empty()
-        && needs.in_headers.is_empty()
-    {
+    if needs.is_empty() {
         return Ok(Stage::Nothing);
     }
     let cache = headers::include_index_cache(kernel.dir());
@@ -669,5 +739,69 @@ fs/x.c:12:9: error: cleanup argument not a function
         );
         // A header the failing unit does not include says nothing.
         assert!(changed_member_types(old.path(), new.path(), &members, &|_| false).is_empty());
+    }
+
+    #[test]
+    fn an_include_the_running_tree_lacks_is_a_header_the_newer_tree_added() {
+        // gcc-12's words on 6.12.95's tree for smb's headers taken from 6.12.107.
+        let errors = "In file included from fs/smb/server/smb2pdu.c:25:
+            fs/smb/server/smb_common.h:13:10: fatal error: ../common/cifsglob.h: No such file or directory
+            compilation terminated.
+";
+        let needs = needs_of(errors, &|_, _| None);
+        assert!(!needs.is_empty());
+        let missing = BTreeSet::from([(
+            "fs/smb/server/smb_common.h".to_owned(),
+            "../common/cifsglob.h".to_owned(),
+        )]);
+        assert_eq!(needs.missing_includes, missing);
+
+        let old = tempfile::tempdir().unwrap();
+        let new = tempfile::tempdir().unwrap();
+        let write = |tree: &Path, path: &str| {
+            let path = tree.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "/* header */\n").unwrap();
+        };
+        write(new.path(), "fs/smb/common/cifsglob.h");
+        assert_eq!(
+            new_headers(old.path(), new.path(), &missing),
+            BTreeSet::from(["fs/smb/common/cifsglob.h".to_owned()])
+        );
+        // Found through the kernel's include directories too (`<linux/x.h>`).
+        write(new.path(), "include/linux/fresh.h");
+        let angle = BTreeSet::from([("fs/a.c".to_owned(), "linux/fresh.h".to_owned())]);
+        assert_eq!(
+            new_headers(old.path(), new.path(), &angle),
+            BTreeSet::from(["include/linux/fresh.h".to_owned()])
+        );
+        // A header the running tree has is not new (the error is another one), nor is one
+        // that climbs out of the tree, nor anything but a header.
+        write(old.path(), "fs/smb/common/cifsglob.h");
+        assert!(new_headers(old.path(), new.path(), &missing).is_empty());
+        let outside = BTreeSet::from([("a.c".to_owned(), "../../etc/x.h".to_owned())]);
+        assert!(new_headers(old.path(), new.path(), &outside).is_empty());
+        write(new.path(), "fs/b.c");
+        let source = BTreeSet::from([("fs/a.c".to_owned(), "b.c".to_owned())]);
+        assert!(new_headers(old.path(), new.path(), &source).is_empty());
+
+        // Carried whole by `find`, before anything else is looked for.
+        let includes = IncludeIndex::default();
+        let needs = Needs {
+            missing_includes: BTreeSet::from([("fs/a.c".to_owned(), "linux/fresh.h".to_owned())]),
+            ..Needs::default()
+        };
+        let found = find(
+            old.path(),
+            new.path(),
+            &includes,
+            &needs,
+            &Prerequisites::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            found.whole,
+            BTreeSet::from(["include/linux/fresh.h".to_owned()])
+        );
     }
 }

@@ -382,13 +382,10 @@ pub(crate) fn verify(
                 run.apply_seconds.push((label.to_owned(), end - start));
             }
         }
-        for m in vm.values("limitation") {
-            let note = format!(
-                "module {m} cannot be reloaded while the patch is live: this kernel lacks \
-                 upstream commit 0c05e7bd2d01 (livepatch,x86: clear relocation targets on a \
-                 module removal), so the kernel refuses the reload cleanly; unload the patch \
-                 (`patchbay unload`) before reloading {m}"
-            );
+        let mut not_reloadable: Vec<&str> = vm.values("limitation");
+        not_reloadable.sort();
+        not_reloadable.dedup();
+        if let Some(note) = reload_limitation_note(&not_reloadable) {
             if !run.notes.contains(&note) {
                 run.notes.push(note);
             }
@@ -493,6 +490,25 @@ pub(super) fn is_unattributed_stall(failure: &str) -> bool {
     stalled && blocking_functions(failure).is_empty()
 }
 
+/// One note for every module the kernel would refuse to reload while the patch is live (a
+/// note per module made a report of a hundred lines saying the same thing).
+fn reload_limitation_note(modules: &[&str]) -> Option<String> {
+    let (subject, which) = match modules {
+        [] => return None,
+        [one] => (format!("module {one}"), "it"),
+        _ => (
+            format!("{} modules ({})", modules.len(), modules.join(", ")),
+            "one of them",
+        ),
+    };
+    Some(format!(
+        "{subject} cannot be reloaded while the patch is live: this kernel lacks upstream \
+         commit 0c05e7bd2d01 (livepatch,x86: clear relocation targets on a module removal), so \
+         the kernel refuses the reload cleanly; unload the patch (`patchbay unload`) before \
+         reloading {which}"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -582,5 +598,21 @@ mod tests {
         );
         assert!(!s.contains("patchbay unload 2>"), "{s}");
         assert!(label_ok("group-12") && !label_ok("a b") && !label_ok(""));
+    }
+
+    #[test]
+    fn modules_that_cannot_be_reloaded_make_one_note() {
+        assert_eq!(reload_limitation_note(&[]), None);
+        let one = reload_limitation_note(&["nf_tables"]).unwrap();
+        assert!(
+            one.starts_with("module nf_tables cannot be reloaded"),
+            "{one}"
+        );
+        assert!(one.ends_with("before reloading it"), "{one}");
+        let many = reload_limitation_note(&["btrfs", "nf_tables", "xfs"]).unwrap();
+        assert!(
+            many.starts_with("3 modules (btrfs, nf_tables, xfs) cannot be reloaded"),
+            "{many}"
+        );
     }
 }
