@@ -22,16 +22,22 @@ use std::process::Command;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     /// `(declaration, "offset size")` in order; the declaration's whitespace normalised.
+    /// Members of members (`-E` expands them) are here too, so that their changes count.
     members: Vec<(String, String)>,
+    /// Which of `members` are the aggregate's own (pahole indents the others deeper).
+    own: Vec<bool>,
     /// `size: N` of the aggregate.
     size: Option<u64>,
 }
 
 impl Layout {
+    /// The names of the aggregate's own members.
     fn member_names(&self) -> Vec<String> {
         self.members
             .iter()
-            .filter_map(|(declaration, _)| member_name(declaration))
+            .zip(&self.own)
+            .filter(|(_, own)| **own)
+            .filter_map(|((declaration, _), _)| member_name(declaration))
             .collect()
     }
 }
@@ -63,7 +69,10 @@ pub enum LayoutError {
 
 /// The layouts of every struct and union in `object`'s debug information.
 pub fn of_object(object: &Path) -> Result<Layouts, LayoutError> {
+    // `-E`: typedefs expanded to what they name, so a member retyped from `unsigned long` to
+    // `u64` is seen to keep its representation.
     let output = Command::new("pahole")
+        .arg("--expand_types")
         .arg(object)
         .env("LC_ALL", "C")
         .output()
@@ -96,6 +105,7 @@ pub fn parse(text: &str) -> Layouts {
                                 head,
                                 Layout {
                                     members: Vec::new(),
+                                    own: Vec::new(),
                                     size: None,
                                 },
                             ));
@@ -112,17 +122,20 @@ pub fn parse(text: &str) -> Layouts {
                     current = None;
                     continue;
                 }
-                let (code, comment) = split_comment(line);
+                let (code, comment) = split_comments(line);
                 if let Some(size) = comment.and_then(total_size) {
                     layout.size = Some(size);
                     continue;
                 }
-                let code = normalise(code);
+                let code = same_representation(&normalise(&code));
                 if code.is_empty() {
                     continue; // a hole, a cache line, a blank line
                 }
                 let place = comment.map(normalise).unwrap_or_default();
+                let own =
+                    line.starts_with('\t') && !line.starts_with("\t\t") && !code.ends_with('{');
                 layout.members.push((code, place));
+                layout.own.push(own);
             }
         }
     }
@@ -228,15 +241,33 @@ fn quoted(names: &[&String]) -> String {
         .join(", ")
 }
 
-/// `(code, comment)` of a line; only a comment that closes on the line counts.
-fn split_comment(line: &str) -> (&str, Option<&str>) {
-    match line.split_once("/*") {
-        Some((code, rest)) => match rest.rsplit_once("*/") {
-            Some((comment, _)) => (code, Some(comment)),
-            None => (code, None),
-        },
-        None => (line, None),
+/// The code of a line without its comments, and its last comment (pahole puts a member's
+/// offset and size there; `-E` puts the typedef a type came from before the type).
+fn split_comments(line: &str) -> (String, Option<&str>) {
+    let mut code = String::new();
+    let mut last = None;
+    let mut rest = line;
+    while let Some((before, after)) = rest.split_once("/*") {
+        code.push_str(before);
+        code.push(' ');
+        match after.split_once("*/") {
+            Some((comment, tail)) => {
+                last = Some(comment);
+                rest = tail;
+            }
+            None => return (code, last),
+        }
     }
+    code.push_str(rest);
+    (code, last)
+}
+
+/// Type spellings that name one representation on x86-64 (LP64): `long long` is `long`, so a
+/// typedef expanded to either (`u64`, `unsigned long`) is the same member.
+fn same_representation(declaration: &str) -> String {
+    declaration
+        .replace("long long unsigned int", "long unsigned int")
+        .replace("long long int", "long int")
 }
 
 /// `size: 392` from the closing summary comment (`size: 392, cachelines: 7, members: 13`).
@@ -296,11 +327,15 @@ int use(struct conn *c, struct ops *o, struct untouched *u) {
 
     /// The layout changes of [`ORIGINAL`] with `from` replaced by `to`, both compiled.
     fn changes_of(from: &str, to: &str) -> Vec<LayoutChange> {
+        changes_in(ORIGINAL, from, to)
+    }
+
+    fn changes_in(base: &str, from: &str, to: &str) -> Vec<LayoutChange> {
         let dir = tempfile::tempdir().unwrap();
-        let before = layouts_of(dir.path(), "before", ORIGINAL);
+        let before = layouts_of(dir.path(), "before", base);
         assert!(before.contains_key("struct conn"), "{before:?}");
-        let source = ORIGINAL.replacen(from, to, 1);
-        assert_ne!(source, ORIGINAL, "{from:?} is not in the source");
+        let source = base.replacen(from, to, 1);
+        assert_ne!(source, base, "{from:?} is not in the source");
         changes(&before, &layouts_of(dir.path(), "after", &source))
     }
 
@@ -324,6 +359,19 @@ int use(struct conn *c, struct ops *o, struct untouched *u) {
     }
 
     #[test]
+    fn a_new_member_of_struct_type_is_named_not_its_own_members() {
+        let base = format!("struct inner {{ int deep_a; long deep_b; }};\n{ORIGINAL}");
+        let changed = changes_in(&base, "void *lock;", "void *lock; struct inner tx;");
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert!(
+            changed[0].what.starts_with("adds `tx`,"),
+            "{}",
+            changed[0].what
+        );
+        assert!(!changed[0].what.contains("deep_a"), "{}", changed[0].what);
+    }
+
+    #[test]
     fn a_removed_member_is_a_change() {
         let changed = changes_of(" void *lock;", "");
         assert!(changed[0].what.contains("removes `lock`"), "{changed:?}");
@@ -337,6 +385,21 @@ int use(struct conn *c, struct ops *o, struct untouched *u) {
             what.contains("changes `long int pending;` to `int pending;`"),
             "{what}"
         );
+    }
+
+    #[test]
+    fn a_typedef_of_the_same_representation_is_no_change() {
+        // `unsigned long ino` → `u64 ino` (a 64-bit inode number on LP64: the same bytes).
+        let base = format!("typedef unsigned long long u64;\n{ORIGINAL}")
+            .replace("long pending;", "long pending; unsigned long ino;");
+        assert_eq!(
+            changes_in(&base, "unsigned long ino;", "u64 ino;"),
+            Vec::new()
+        );
+        // Signedness is a change.
+        let changed = changes_in(&base, "unsigned long ino;", "long long ino;");
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert_eq!(changed[0].kind, ChangeKind::MemberType);
     }
 
     #[test]
