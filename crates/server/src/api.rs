@@ -417,7 +417,7 @@ async fn publish(
         "limits.max_bundle_bytes",
     )
     .await?;
-    let receipt = service.publish_bundle(actor, upload).await?;
+    let receipt = service.publish_upload(actor, upload).await?;
     Ok((StatusCode::CREATED, Json(receipt)).into_response())
 }
 

@@ -38,6 +38,16 @@ impl ConnectionLimits {
     }
 }
 
+/// The same time for both limits (tests and in-process servers).
+impl From<Duration> for ConnectionLimits {
+    fn from(both: Duration) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: both,
+            write_stall: both,
+        }
+    }
+}
+
 /// What the request layer tells a connection: how many of its requests are being answered,
 /// and since when it has been waiting for the next one's headers.
 #[derive(Debug)]
@@ -284,7 +294,8 @@ pub struct GuardedListener {
 }
 
 impl GuardedListener {
-    /// Wraps a bound listener; each accepted connection is held to `limits`.
+    /// Wraps a bound listener; each accepted connection is held to `limits`. Serve it with
+    /// the connection info [`Connection`] (see [`TlsListener::new`]).
     pub fn new(inner: TcpListener, limits: ConnectionLimits) -> GuardedListener {
         GuardedListener { inner, limits }
     }
@@ -345,13 +356,15 @@ pub type TlsConnection = GuardedStream<tokio_rustls::server::TlsStream<TcpStream
 impl TlsListener {
     /// Accepts on `inner` with `config`; at most `max_handshakes` handshakes run at once, each
     /// cut after the header timeout (the clock for the first request's headers starts when
-    /// the handshake is done).
+    /// the handshake is done). Serve it with the connection info [`Connection`], so the
+    /// request layer stops the header clock while a request is answered.
     pub fn new(
         inner: TcpListener,
-        limits: ConnectionLimits,
+        limits: impl Into<ConnectionLimits>,
         config: std::sync::Arc<rustls::ServerConfig>,
         max_handshakes: usize,
     ) -> io::Result<TlsListener> {
+        let limits = limits.into();
         let local = inner.local_addr()?;
         let (done, handshaken) = tokio::sync::mpsc::channel(64);
         let acceptor = tokio_rustls::TlsAcceptor::from(config);

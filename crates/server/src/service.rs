@@ -860,8 +860,20 @@ impl Service {
         Ok(doc)
     }
 
-    /// `POST /bundles`: verifies and stores level N+1 of a kernel, then re-signs.
+    /// [`Service::publish_upload`] of a bundle in memory (in-process callers, tests).
     pub async fn publish_bundle(
+        &self,
+        actor: &str,
+        bytes: Bytes,
+    ) -> Result<PublishReceipt, ServerError> {
+        let body = axum::body::Body::from(bytes);
+        let upload =
+            crate::blobs::Upload::receive(body, &self.data_dir, u64::MAX, "no limit").await?;
+        self.publish_upload(actor, upload).await
+    }
+
+    /// `POST /bundles`: verifies and stores level N+1 of a kernel, then re-signs.
+    pub async fn publish_upload(
         &self,
         actor: &str,
         upload: crate::blobs::Upload,
