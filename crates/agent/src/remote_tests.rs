@@ -40,6 +40,8 @@ struct TestServer {
     url: String,
     registration_key: RegistrationKey,
     tls: patchbay_server::tls::CertificateFiles,
+    /// The dashboard password of user `admin`.
+    dashboard_password: String,
 }
 
 /// Serves `router` over TLS with `tls`'s certificate on a new loopback port; its https URL.
@@ -54,14 +56,19 @@ fn serve_tls(
     let url = format!("https://{}", listener.local_addr().unwrap());
     let config = tls.server_config().unwrap();
     rt.spawn(async move {
+        let limits = patchbay_server::config::ServerConfig::default().limits;
         let listener = patchbay_server::listener::TlsListener::new(
             listener,
-            std::time::Duration::from_secs(60),
+            patchbay_server::listener::ConnectionLimits::of(&limits),
             config,
             64,
         )
         .unwrap();
-        axum::serve(listener, router).await
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<patchbay_server::listener::Connection>(),
+        )
+        .await
     });
     url
 }
@@ -105,7 +112,30 @@ impl TestServer {
             url,
             registration_key: report.registration_key.parse().unwrap(),
             tls,
+            dashboard_password: report.admin_password,
         }
+    }
+
+    /// The dashboard page at `path` as user `admin` sees it (a new session), over HTTPS.
+    fn dashboard_page(&self, path: &str) -> String {
+        self.rt.block_on(async {
+            let session = self
+                .service
+                .login("admin", self.dashboard_password.clone(), None)
+                .await
+                .unwrap()
+                .expect("admin logs in");
+            let reply =
+                patchbay_updates::tls::client(&self.trust(), std::time::Duration::from_secs(30))
+                    .unwrap()
+                    .get(format!("{}{path}", self.url))
+                    .header("cookie", format!("pb_session={}", session.cookie))
+                    .send()
+                    .await
+                    .unwrap();
+            assert_eq!(reply.status(), 200, "{path}");
+            reply.text().await.unwrap()
+        })
     }
 
     /// How a client pins this server's certificate.
@@ -132,7 +162,16 @@ impl TestServer {
             builder.finish().unwrap();
         }
         self.rt
-            .block_on(self.service.publish_bundle("test", Bytes::from(bytes)))
+            .block_on(async {
+                let upload = patchbay_server::blobs::Upload::receive(
+                    Body::from(bytes),
+                    &self.dir.path().join("server"),
+                    u64::MAX,
+                    "the test's limit",
+                )
+                .await?;
+                self.service.publish_bundle("test", upload).await
+            })
             .unwrap();
     }
 
@@ -1222,6 +1261,17 @@ fn a_clock_set_back_a_week_keeps_the_level_and_the_check_in_says_so() {
         "{warning:?}"
     );
     assert_eq!(hosts[0].state, HostState::Patched);
+    let host_page = format!("/ui/hosts/{}", hosts[0].id);
+    let page = server.dashboard_page(&host_page);
+    let shown = page
+        .split_once("id=\"clock-warning\"")
+        .map(|(_, rest)| rest.split("</tr>").next().unwrap_or_default())
+        .unwrap_or_else(|| panic!("the host page shows no clock warning: {page}"));
+    assert!(
+        shown.contains("the host&#39;s clock read") || shown.contains("the host's clock read"),
+        "{shown}"
+    );
+    assert!(shown.contains("level 2 stays active"), "{shown}");
 
     // A rollback the operator signs (the server's clock right) lowers the level, whatever the
     // host's clock reads.
@@ -1236,6 +1286,9 @@ fn a_clock_set_back_a_week_keeps_the_level_and_the_check_in_says_so() {
     update(&k).unwrap();
     let hosts = listed_hosts(&server);
     assert_eq!(hosts[0].clock_warning, None);
+    assert!(!server
+        .dashboard_page(&host_page)
+        .contains("id=\"clock-warning\""));
 }
 
 #[test]
