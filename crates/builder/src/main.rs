@@ -573,6 +573,7 @@ fn run(cli: Cli) -> Result<()> {
                             "new_data": f.diff.new_data,
                             "removed_functions": f.diff.removed_functions,
                             "init_not_applied": f.diff.changed_init,
+                            "altered_by": f.altered_by,
                         })
                     })
                     .collect();
@@ -591,7 +592,13 @@ fn run(cli: Cli) -> Result<()> {
                     patchbay_build::diff::objects::Owner::Vmlinux => "vmlinux".to_owned(),
                     patchbay_build::diff::objects::Owner::Module(m) => format!("module {m}"),
                 };
-                println!("{} (in {object}):", f.source);
+                match &f.altered_by {
+                    Some(headers) => println!(
+                        "{} (in {object}; unchanged itself, its object altered by {headers}):",
+                        f.source
+                    ),
+                    None => println!("{} (in {object}):", f.source),
+                }
                 for (what, names) in [
                     ("changed function", &f.diff.changed_functions),
                     ("new function", &f.diff.new_functions),

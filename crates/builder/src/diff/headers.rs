@@ -1,9 +1,10 @@
-//! Header changes: a fix may change a header (a new helper, a macro, a new inline function) as
-//! long as no object the running kernel runs changes except the patched `.c` files. Which
-//! translation units include the header comes from the kernel's include index; those kbuild
-//! builds in this configuration are recompiled before and after the diff and compared. Any
-//! difference refuses the diff, listing the objects that changed (a struct layout change, a
-//! changed inline used elsewhere): it is never silently ignored.
+//! Header changes: a fix may change a header (a new helper, a macro, a new inline function).
+//! Which translation units include the header comes from the kernel's include index; those
+//! kbuild builds in this configuration are recompiled before and after the diff and compared.
+//! A unit whose object differs is patched too, as klp-build patches every changed function of
+//! every object (the pipeline's stage 4 rules decide for it: a struct layout change or changed
+//! data refuses it, naming the struct or symbol); a unit that no longer compiles refuses the
+//! diff. Nothing is silently ignored.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -18,8 +19,9 @@ use super::preflight::KernelConfig;
 use super::refusal::{Category, Refusal};
 
 /// More translation units than this to recompile (twice each) and the header change is refused
-/// as too wide to prove harmless in a reasonable time.
-pub const RECOMPILE_LIMIT: usize = 24;
+/// as too wide to prove harmless in a reasonable time. The object cache keeps every compile, so
+/// the price is paid once per kernel and header state: the limit is set by the cold run.
+pub const RECOMPILE_LIMIT: usize = 64;
 
 /// The translation units kbuild builds in `config` that include `file` (a header, or a `.c` file
 /// included by another).
@@ -107,7 +109,7 @@ pub(crate) fn units_to_compare(
     Ok(units.into_iter().collect())
 }
 
-/// The refusal for header changes that altered other objects: `(unit, what changed)`.
+/// The refusal for a header change that other units no longer compile with: `(unit, why)`.
 pub fn affected_objects_refusal(headers: &[String], affected: &[(String, String)]) -> Refusal {
     let list: Vec<String> = affected
         .iter()
@@ -119,10 +121,9 @@ pub fn affected_objects_refusal(headers: &[String], affected: &[(String, String)
             Category::HeaderChange,
             headers.first().map(String::as_str).unwrap_or_default(),
             format!(
-                "the change to {} alters objects the diff does not patch: {}; a live patch \
-                 would leave them running the old definitions (a struct layout or an inline \
-                 function used there changed): keep the header change out of the fix or patch \
-                 those objects too",
+                "the change to {} breaks objects the diff does not patch: {}; a live patch \
+                 cannot replace what no longer compiles: keep the header change out of the fix \
+                 or change those files too",
                 headers.join(", "),
                 list.join("; ")
             ),

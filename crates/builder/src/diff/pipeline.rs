@@ -56,6 +56,9 @@ pub struct FileChangeReport {
     pub diff: DiffReport,
     /// The callbacks declared with `patchbay-diff.h`: when each runs, and its function.
     pub callbacks: Vec<(CallbackKind, String)>,
+    /// `Some(headers)` when the diff does not change this file itself but the change to these
+    /// headers alters its object, which is patched too.
+    pub altered_by: Option<String>,
 }
 
 /// What `patchbay-diff.h` macros declared in a patched object.
@@ -427,6 +430,10 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     }
     applied.restore()?;
     compiled?;
+    // Units whose objects the header change alters are patched too, as klp-build patches every
+    // changed function of every object: stage 4's rules (the layout rule first, changed data)
+    // decide for them as for the diff's own files.
+    let mut altered: Vec<String> = Vec::new();
     for unit in header_units_compiled {
         let read = |p: PathBuf| -> Result<ElfView, DiffBuildError> {
             let bytes = std::fs::read(&p).map_err(io_err("read", &p))?;
@@ -434,22 +441,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         };
         let diff = engine::compare(&read(original_object(unit))?, &read(patched_object(unit))?);
         if !diff.is_empty() || !diff.changed_init.is_empty() {
-            let what: Vec<&String> = diff
-                .changed_functions
-                .iter()
-                .chain(&diff.new_functions)
-                .chain(&diff.changed_data)
-                .chain(&diff.new_data)
-                .chain(&diff.changed_init)
-                .take(4)
-                .collect();
-            affected.push((
-                unit.to_owned(),
-                what.iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ));
+            altered.push(unit.to_owned());
         }
     }
     if !affected.is_empty() {
@@ -457,6 +449,14 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             headers::affected_objects_refusal(&headers, &affected),
         ]));
     }
+    let altered_by = headers.join(", ");
+    let files: Vec<ChangedFile> = files
+        .into_iter()
+        .chain(altered.iter().map(|unit| ChangedFile {
+            path: unit.clone(),
+            change: patch_file::FileChange::Modified,
+        }))
+        .collect();
 
     // Stage 4: what changed, and the refusals that depend on it.
     let mut reports = Vec::new();
@@ -520,6 +520,7 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
             owner,
             diff,
             callbacks,
+            altered_by: altered.contains(&file.path).then(|| altered_by.clone()),
         });
         views.push((original, patched));
     }

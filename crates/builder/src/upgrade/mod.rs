@@ -778,6 +778,27 @@ fn build_group(
         );
         match result {
             Ok(report) => {
+                // Objects the group's header change altered, patched as compiled: when the
+                // newer source changed such a file too, its newer version belongs to the fix.
+                if let Some(newer) = &request.fixes.newer {
+                    let (old, _pristine) = pristine_tree(kernel)?;
+                    let mut pulled = Vec::new();
+                    for f in report.files.iter().filter(|f| f.altered_by.is_some()) {
+                        if !files.contains(&f.source)
+                            && matches!(
+                                fixes::file_diff(&old, &newer.tree, &f.source)?,
+                                FileDiff::Changed(_)
+                            )
+                        {
+                            pulled.push(f.source.clone());
+                        }
+                    }
+                    if !pulled.is_empty() {
+                        pulled_in.extend(pulled.iter().cloned());
+                        files.extend(pulled);
+                        continue;
+                    }
+                }
                 let mut functions = Vec::new();
                 let mut module_init = Vec::new();
                 let mut modules = BTreeSet::new();
