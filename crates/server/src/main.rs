@@ -122,8 +122,9 @@ enum Command {
     },
     /// Offline targets key, step 2 (on the offline machine): show every target the unsigned
     /// role adds, changes or removes since the last signed role (kernel, level, CVEs, size,
-    /// hash), ask, then sign. Removals are refused without --allow-removals; without a
-    /// terminal nothing is signed without --yes.
+    /// hash) and what each changed channel document serves, kernel by kernel, ask, then sign.
+    /// Removals (a kernel left out of a channel, a lower level too) are refused without
+    /// --allow-removals; without a terminal nothing is signed without --yes.
     SignTargets {
         /// The targets key (Ed25519 PKCS#8).
         #[arg(long)]
