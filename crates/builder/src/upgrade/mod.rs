@@ -232,6 +232,11 @@ pub fn run(
     let progress = Progress::new();
     let from = kernel.upstream_version();
     let (_temp, work) = work_dir(request)?;
+    // An agent the guest cannot run would fail every group's verification: said before any
+    // build, as the harness's problem.
+    if let Some(options) = &request.verify {
+        verify::check_agent(&options.agent)?;
+    }
     // Which CVEs, and where their fixes come from.
     let cves = select_cves(kernel, db, request)?;
     let notices = data_notices(db, from, request.to);

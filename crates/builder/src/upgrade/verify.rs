@@ -87,6 +87,49 @@ pub enum VerifyError {
          and pass --agent, or --no-verify"
     )]
     NoAgent(PathBuf),
+    /// [`VerifyOptions::agent`] is not a static x86-64 executable: the busybox guest has no
+    /// dynamic loader or libc, so it would not start there and every group would look broken.
+    #[error(
+        "the agent binary {path} cannot run in the verification guest ({why}); build the \
+         static agent (`CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS=\"-C \
+         target-feature=+crt-static\" cargo build --release -p patchbay --target \
+         x86_64-unknown-linux-gnu`) and pass it with --agent, or --no-verify"
+    )]
+    AgentNotStatic {
+        /// The binary given (or found beside the builder).
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// Whether `agent` can run in the guest: an x86-64 ELF executable without a program
+/// interpreter (statically linked). Checked before any boot, so that a harness problem is
+/// never reported as a group's failure.
+pub(crate) fn check_agent(agent: &Path) -> Result<(), VerifyError> {
+    let bytes = std::fs::read(agent).map_err(|_| VerifyError::NoAgent(agent.to_path_buf()))?;
+    let not_static = |why: &str| VerifyError::AgentNotStatic {
+        path: agent.to_path_buf(),
+        why: why.to_owned(),
+    };
+    let elf = object::read::elf::ElfFile64::<object::Endianness>::parse(bytes.as_slice())
+        .map_err(|_| not_static("not a 64-bit ELF file"))?;
+    use object::read::elf::ProgramHeader as _;
+    use object::Object as _;
+    if elf.architecture() != object::Architecture::X86_64 {
+        return Err(not_static("not built for x86-64"));
+    }
+    let endian = elf.endian();
+    if elf
+        .elf_program_headers()
+        .iter()
+        .any(|header| header.p_type(endian) == object::elf::PT_INTERP)
+    {
+        return Err(not_static(
+            "dynamically linked: it needs a program interpreter the guest does not have",
+        ));
+    }
+    Ok(())
 }
 
 /// The workloads every candidate runs while it is live (names as reported).
@@ -310,6 +353,7 @@ pub(crate) fn verify(
     if !options.agent.is_file() {
         return Err(VerifyError::NoAgent(options.agent.clone()));
     }
+    check_agent(&options.agent)?;
     let started = Instant::now();
     let mut run = VerifyRun {
         verdicts: Vec::new(),
@@ -614,5 +658,40 @@ mod tests {
             many.starts_with("3 modules (btrfs, nf_tables, xfs) cannot be reloaded"),
             "{many}"
         );
+    }
+
+    #[test]
+    fn only_a_static_x86_64_agent_is_taken_for_the_guest() {
+        // This test binary is dynamically linked (the workspace builds without crt-static).
+        let this = std::env::current_exe().unwrap();
+        match check_agent(&this) {
+            Err(VerifyError::AgentNotStatic { why, .. }) => {
+                assert!(why.contains("dynamically linked"), "{why}")
+            }
+            other => panic!("a dynamic binary must be refused, got {other:?}"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("patchbay");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert!(matches!(
+            check_agent(&script),
+            Err(VerifyError::AgentNotStatic { .. })
+        ));
+        assert!(matches!(
+            check_agent(&dir.path().join("missing")),
+            Err(VerifyError::NoAgent(_))
+        ));
+        // A static executable: compiled here with gcc-12 -static.
+        let c = dir.path().join("s.c");
+        std::fs::write(&c, "int main(void) { return 0; }\n").unwrap();
+        let exe = dir.path().join("static-agent");
+        let built = std::process::Command::new("gcc-12")
+            .args(["-static", "-o"])
+            .arg(&exe)
+            .arg(&c)
+            .status()
+            .unwrap();
+        assert!(built.success());
+        check_agent(&exe).unwrap();
     }
 }
