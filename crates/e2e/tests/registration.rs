@@ -306,3 +306,154 @@ fn serve_refuses_to_start_without_a_certificate_and_insecure_http_works_when_ask
     assert!(server.url.starts_with("https://"), "{}", server.url);
     server.admin("GET", "hosts", None).unwrap();
 }
+
+/// Runs `openssl` with `args` in `dir`; fails the test unless it succeeds.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (Debian package openssl)");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// A private CA of its own in `dir`: `<name>.pem` (the certificate hosts are given) and
+/// `<name>.key`.
+fn private_ca(dir: &Path, name: &str) -> PathBuf {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+    dir.join(format!("{name}.pem"))
+}
+
+#[test]
+#[ignore = "builds the release server and the static agent"]
+fn a_server_certificate_from_a_private_ca_registers_with_the_configs_server_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let ca = private_ca(work, "site-ca");
+    let other_ca = private_ca(work, "other-ca");
+    // The server's certificate for 127.0.0.1, signed by the site's CA.
+    let tls = work.join("data/tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    openssl(
+        work,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=patchbay",
+            "-keyout",
+            "data/tls/server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(work.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        work,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "site-ca.pem",
+            "-CAkey",
+            "site-ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "data/tls/server.crt",
+        ],
+    );
+    let bin = patchbay_e2e::server_binary().unwrap();
+    let init = Command::new(&bin)
+        .args(["init", "--data"])
+        .arg(work.join("data"))
+        .arg("--tls-cert")
+        .arg(tls.join("server.crt"))
+        .arg("--tls-key")
+        .arg(tls.join("server.key"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&init.stdout).into_owned();
+    assert!(init.status.success(), "{init:?}");
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+            .trim()
+            .to_owned()
+    };
+    let key = field("registration-key:");
+    assert!(
+        !key.contains("cert-sha256"),
+        "a CA-checked server's key pins no certificate"
+    );
+    let mut server =
+        ServerProcess::attach(&bin, &work.join("data"), field("admin-token:"), key.clone())
+            .unwrap();
+    server.serve().unwrap();
+
+    // `patchbay register` with agent.toml saying server_ca_file = <ca> (or not at all).
+    let register_with = |host: &str, ca_file: Option<&Path>| {
+        let config = work.join(format!("{host}.toml"));
+        let line = ca_file.map_or(String::new(), |ca| {
+            format!("server_ca_file = \"{}\"\n", ca.display())
+        });
+        std::fs::write(&config, line).unwrap();
+        Command::new(agent_binary().unwrap())
+            .arg("--state-dir")
+            .arg(private_dir(work, host))
+            .arg("--config")
+            .arg(&config)
+            .args(["register", "--server", &server.url, "--key", &key])
+            .output()
+            .unwrap()
+    };
+    for (host, ca_file) in [("no-ca", None), ("other-ca", Some(other_ca.as_path()))] {
+        let out = register_with(host, ca_file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "{host}: {stderr}");
+        assert!(
+            stderr.contains("certificate was refused"),
+            "{host}: {stderr}"
+        );
+    }
+    let hosts = server.admin("GET", "hosts", None).unwrap();
+    assert!(hosts["hosts"].as_array().unwrap().is_empty(), "{hosts}");
+    let out = register_with("site-ca", Some(&ca));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hosts = server.admin("GET", "hosts", None).unwrap();
+    assert_eq!(hosts["hosts"].as_array().unwrap().len(), 1, "{hosts}");
+}
