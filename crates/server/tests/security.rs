@@ -396,6 +396,54 @@ fn a_large_upload_goes_to_disk_and_the_servers_memory_stays_flat() {
     assert_eq!(target["length"].as_u64().unwrap(), bundle.len() as u64);
 }
 
+/// Status codes of trickled logins sent at once through a trusted proxy on 127.0.0.1, one
+/// for each `X-Forwarded-For` client given: headers and one byte of a 100-byte body, then
+/// nothing until the server answers.
+fn trickled_logins_through_the_proxy(s: &Server, clients: &[&str]) -> Vec<(String, u16)> {
+    let threads: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let mut stream = tls_connect(s);
+            let client = (*client).to_owned();
+            std::thread::spawn(move || {
+                write!(
+                    stream,
+                    "POST /ui/login HTTP/1.1\r\nHost: patchbay\r\nX-Forwarded-For: {client}\r\n\
+                     Content-Type: application/x-www-form-urlencoded\r\n\
+                     Content-Length: 100\r\n\r\nu"
+                )
+                .unwrap();
+                stream.flush().unwrap();
+                let head = response_head(&mut stream);
+                let status = head.get(9..12).unwrap_or_default().parse().unwrap_or(0);
+                (client, status)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn behind_a_trusted_proxy_each_client_has_its_own_share_of_anonymous_requests() {
+    let s = start(|t| t.replace("trusted_proxies = []", "trusted_proxies = [\"127.0.0.1\"]"));
+    // Nine slow logins from one client behind the proxy and one from another, all at once:
+    // the first client's ninth is refused at once (429); the other client is not, and every
+    // request held is cut for its rate (408), none served.
+    let mut clients = vec!["198.51.100.7"; 9];
+    clients.push("198.51.100.8");
+    let statuses = trickled_logins_through_the_proxy(&s, &clients);
+    let refused: Vec<&(String, u16)> = statuses.iter().filter(|(_, st)| *st == 429).collect();
+    assert_eq!(
+        refused,
+        vec![&("198.51.100.7".to_owned(), 429)],
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|(_, st)| *st == 429 || *st == 408),
+        "{statuses:?}"
+    );
+}
+
 /// The id (`GET /api/v1/tokens`) of the API token named `name`.
 fn token_id(s: &Server, name: &str) -> String {
     let (_, tokens) = call(s, "GET", "/api/v1/tokens", Some(&s.admin), None);
