@@ -434,12 +434,22 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
     // changed function of every object: stage 4's rules (the layout rule first, changed data)
     // decide for them as for the diff's own files.
     let mut altered: Vec<String> = Vec::new();
+    // A unit the diff does not change sees its lines move only through the header: with one
+    // changed header, its line map tells a moved `__LINE__` from a change.
+    let header_lines = match headers.as_slice() {
+        [header] => line_maps.get(header).cloned().unwrap_or_default(),
+        _ => engine::LineMap::default(),
+    };
     for unit in header_units_compiled {
         let read = |p: PathBuf| -> Result<ElfView, DiffBuildError> {
             let bytes = std::fs::read(&p).map_err(io_err("read", &p))?;
             Ok(prepare(ElfView::parse(unit, &bytes)?))
         };
-        let diff = engine::compare(&read(original_object(unit))?, &read(patched_object(unit))?);
+        let diff = engine::compare_with_lines(
+            &read(original_object(unit))?,
+            &read(patched_object(unit))?,
+            &header_lines,
+        );
         if !diff.is_empty() || !diff.changed_init.is_empty() {
             altered.push(unit.to_owned());
         }
@@ -472,7 +482,11 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
         };
         let original = read(original_object(&file.path))?;
         let patched = read(patched_object(&file.path))?;
-        let lines = line_maps.get(&file.path).cloned().unwrap_or_default();
+        let lines = match line_maps.get(&file.path) {
+            Some(lines) => lines.clone(),
+            None if altered.contains(&file.path) => header_lines.clone(),
+            None => engine::LineMap::default(),
+        };
         let (diff, callbacks, file_refusals) = analyse(&file.path, &original, &patched, &lines);
         if !diff.is_empty() {
             for refusal in layout_refusals(
