@@ -162,16 +162,7 @@ impl TestServer {
             builder.finish().unwrap();
         }
         self.rt
-            .block_on(async {
-                let upload = patchbay_server::blobs::Upload::receive(
-                    Body::from(bytes),
-                    &self.dir.path().join("server"),
-                    u64::MAX,
-                    "the test's limit",
-                )
-                .await?;
-                self.service.publish_bundle("test", upload).await
-            })
+            .block_on(self.service.publish_bundle("test", Bytes::from(bytes)))
             .unwrap();
     }
 
