@@ -279,6 +279,9 @@ pub struct Limits {
     /// Anonymous requests from one client address (IPv6: its /64) at once, waiting ones
     /// included; more are answered 429.
     pub max_anonymous_requests_per_address: u32,
+    /// Open connections from one peer address (IPv6: its /64) at once; one more is closed as
+    /// soon as it is accepted. Trusted proxies are exempt.
+    pub max_connections_per_address: u32,
     /// A request's headers must be in within this many seconds of the connection opening
     /// (or of the previous response): a partial request is cut with 408, a silent or idle
     /// keep-alive connection closed.
@@ -331,6 +334,7 @@ impl Default for Limits {
             max_concurrent_requests: 1024,
             max_anonymous_requests: 64,
             max_anonymous_requests_per_address: 8,
+            max_connections_per_address: 256,
             header_timeout_secs: 20,
             min_body_bytes_per_sec: 500,
             body_rate_window_secs: 10,
@@ -387,12 +391,14 @@ impl ServerConfig {
             || self.limits.idle_connection_secs == 0
             || self.limits.max_anonymous_requests == 0
             || self.limits.max_anonymous_requests_per_address == 0
+            || self.limits.max_connections_per_address == 0
             || self.limits.header_timeout_secs == 0
             || self.limits.body_rate_window_secs == 0
         {
             return Err(bad(
                 "limits.request_timeout_secs, limits.max_concurrent_requests, \
-                 limits.max_anonymous_requests(_per_address), limits.header_timeout_secs, \
+                 limits.max_anonymous_requests(_per_address), limits.max_connections_per_address, \
+                 limits.header_timeout_secs, \
                  limits.body_rate_window_secs and limits.idle_connection_secs must be at least 1",
             ));
         }
@@ -461,6 +467,9 @@ impl ServerConfig {
              # this many of them at once, waiting ones included, more get 429.\n\
              max_anonymous_requests = {max_anonymous}\n\
              max_anonymous_requests_per_address = {max_anonymous_per_address}\n\
+             # Open connections from one peer address (IPv6: its /64) at once; one more is\n\
+             # closed when accepted. Peers in trusted_proxies are exempt.\n\
+             max_connections_per_address = {max_connections_per_address}\n\
              # A request's headers must be in within this many seconds of the connection\n\
              # opening or of the previous response (else 408; an idle keep-alive is closed).\n\
              header_timeout_secs = {header_timeout}\n\
@@ -538,6 +547,7 @@ impl ServerConfig {
             max_concurrent = l.max_concurrent_requests,
             max_anonymous = l.max_anonymous_requests,
             max_anonymous_per_address = l.max_anonymous_requests_per_address,
+            max_connections_per_address = l.max_connections_per_address,
             header_timeout = l.header_timeout_secs,
             min_body_rate = l.min_body_bytes_per_sec,
             body_rate_window = l.body_rate_window_secs,

@@ -19,13 +19,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 
-/// How long a connection may take to send a request's headers and to read a response.
-#[derive(Debug, Clone, Copy)]
+/// How long a connection may take to send a request's headers and to read a response, and
+/// how many connections one address may hold.
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// `limits.header_timeout_secs`.
     pub header_timeout: Duration,
     /// `limits.idle_connection_secs`: a response write that makes no progress this long.
     pub write_stall: Duration,
+    per_address: ConnectionsPerAddress,
 }
 
 impl ConnectionLimits {
@@ -34,16 +36,89 @@ impl ConnectionLimits {
         ConnectionLimits {
             header_timeout: Duration::from_secs(u64::from(limits.header_timeout_secs)),
             write_stall: Duration::from_secs(u64::from(limits.idle_connection_secs)),
+            per_address: ConnectionsPerAddress::new(limits.max_connections_per_address),
         }
+    }
+
+    /// These limits with `proxies` (`trusted_proxies`) exempt from the per-address cap: every
+    /// client behind a proxy comes from its address.
+    pub fn exempting(mut self, proxies: Vec<crate::proxy::AddressRange>) -> ConnectionLimits {
+        self.per_address.exempt = proxies;
+        self
     }
 }
 
-/// The same time for both limits (tests and in-process servers).
+/// The same time for both limits, no cap per address (tests and in-process servers).
 impl From<Duration> for ConnectionLimits {
     fn from(both: Duration) -> ConnectionLimits {
         ConnectionLimits {
             header_timeout: both,
             write_stall: both,
+            per_address: ConnectionsPerAddress::new(u32::MAX),
+        }
+    }
+}
+
+/// Open connections per peer address (IPv6: its /64), at most `limits.max_connections_per_address`;
+/// one more is closed as soon as it is accepted.
+#[derive(Debug, Clone)]
+struct ConnectionsPerAddress {
+    max: u32,
+    exempt: Vec<crate::proxy::AddressRange>,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<crate::throttle::AddressKey, u32>>>,
+}
+
+/// One open connection counted against its peer's address until dropped.
+#[derive(Debug)]
+struct AddressSlot {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<crate::throttle::AddressKey, u32>>>,
+    key: crate::throttle::AddressKey,
+}
+
+fn lock_open<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl ConnectionsPerAddress {
+    fn new(max: u32) -> ConnectionsPerAddress {
+        ConnectionsPerAddress {
+            max,
+            exempt: Vec::new(),
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for a connection from `peer`; `None` when its address holds as many as it may.
+    /// A trusted proxy takes no slot.
+    fn admit(&self, peer: std::net::IpAddr) -> Option<Option<AddressSlot>> {
+        if self.exempt.iter().any(|range| range.contains(peer)) {
+            return Some(None);
+        }
+        let key = crate::throttle::AddressKey::of(Some(peer));
+        let mut open = lock_open(&self.open);
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Some(AddressSlot {
+            open: Arc::clone(&self.open),
+            key,
+        }))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = lock_open(&self.open);
+        if let Some(count) = open.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.key);
+            }
         }
     }
 }
@@ -115,11 +190,18 @@ const HEADER_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
 content-type: application/json\r\nconnection: close\r\ncontent-length: 85\r\n\r\n\
 {\"error\":\"the request headers took too long to arrive (limits.header_timeout_secs)\"}\n";
 
+/// The times of [`ConnectionLimits`] one connection is held to.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionTimes {
+    header_timeout: Duration,
+    write_stall: Duration,
+}
+
 /// A connection held to [`ConnectionLimits`] (see the module docs), over TCP or TLS.
 #[derive(Debug)]
 pub struct GuardedStream<S> {
     inner: S,
-    limits: ConnectionLimits,
+    limits: ConnectionTimes,
     state: Arc<ConnectionState>,
     /// Bytes read in all, and the count when the current wait for headers began (which
     /// `awaiting_since` identifies): more since then is a partial request.
@@ -128,11 +210,18 @@ pub struct GuardedStream<S> {
     header_clock: Pin<Box<Sleep>>,
     write_clock: Pin<Box<Sleep>>,
     cut: bool,
+    /// Its place among its address's connections, given back when it closes.
+    _slot: Option<AddressSlot>,
 }
 
 impl<S> GuardedStream<S> {
-    fn new(inner: S, limits: ConnectionLimits) -> GuardedStream<S> {
+    fn new(inner: S, limits: &ConnectionLimits, slot: Option<AddressSlot>) -> GuardedStream<S> {
+        let limits = ConnectionTimes {
+            header_timeout: limits.header_timeout,
+            write_stall: limits.write_stall,
+        };
         GuardedStream {
+            _slot: slot,
             inner,
             limits,
             state: Arc::new(ConnectionState::new()),
@@ -306,8 +395,13 @@ impl axum::serve::Listener for GuardedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, address) = axum::serve::Listener::accept(&mut self.inner).await;
-        (GuardedStream::new(stream, self.limits), address)
+        loop {
+            let (stream, address) = axum::serve::Listener::accept(&mut self.inner).await;
+            // Beyond its address's connections: closed at once.
+            if let Some(slot) = self.limits.per_address.admit(address.ip()) {
+                return (GuardedStream::new(stream, &self.limits, slot), address);
+            }
+        }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -383,11 +477,16 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // Beyond its address's connections: closed at once.
+                let Some(slot) = limits.per_address.admit(address.ip()) else {
+                    continue;
+                };
                 let Ok(permit) = std::sync::Arc::clone(&permits).acquire_owned().await else {
                     return;
                 };
                 let acceptor = acceptor.clone();
                 let done = done.clone();
+                let limits = limits.clone();
                 tokio::spawn(async move {
                     // A failed handshake (a plain-HTTP client, a refused certificate, a
                     // scanner) is the client's to report: there is nothing to serve.
@@ -396,7 +495,9 @@ impl TlsListener {
                         tokio::time::timeout(limits.header_timeout, handshake).await
                     {
                         drop(permit);
-                        let _ = done.send((GuardedStream::new(tls, limits), address)).await;
+                        let _ = done
+                            .send((GuardedStream::new(tls, &limits, slot), address))
+                            .await;
                     }
                 });
             }

@@ -971,7 +971,8 @@ async fn serve(
     });
     // Connections must send their headers in time and read their responses; each request
     // knows its peer's address (failed logins are counted per address) and its connection.
-    let connection_limits = patchbay_server::listener::ConnectionLimits::of(&service.config.limits);
+    let connection_limits = patchbay_server::listener::ConnectionLimits::of(&service.config.limits)
+        .exempting(service.config.trusted_proxies.clone());
     let max_handshakes =
         usize::try_from(service.config.limits.max_concurrent_requests).unwrap_or(usize::MAX);
     let app = patchbay_server::api::router(service)

@@ -35,7 +35,7 @@ impl UserKey {
 /// A client address as the throttle counts it: an IPv4 address, or the /64 an IPv6 address
 /// is in (an IPv4-mapped IPv6 address is its IPv4 address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum AddressKey {
+pub(crate) enum AddressKey {
     V4([u8; 4]),
     V6Prefix64(u64),
     /// Requests without a known peer address (a router served without connection info).
@@ -43,7 +43,7 @@ enum AddressKey {
 }
 
 impl AddressKey {
-    fn of(address: Option<IpAddr>) -> AddressKey {
+    pub(crate) fn of(address: Option<IpAddr>) -> AddressKey {
         match address.map(|a| a.to_canonical()) {
             Some(IpAddr::V4(v4)) => AddressKey::V4(v4.octets()),
             Some(IpAddr::V6(v6)) => AddressKey::V6Prefix64((v6.to_bits() >> 64) as u64),

@@ -444,6 +444,49 @@ fn behind_a_trusted_proxy_each_client_has_its_own_share_of_anonymous_requests() 
     );
 }
 
+/// A TLS connection that asked for `/healthz` and kept the connection open; `None` when the
+/// server closed it instead.
+fn kept_open_connection(
+    s: &Server,
+) -> Option<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    let mut stream = tls_connect(s);
+    write!(stream, "GET /healthz HTTP/1.1\r\nHost: patchbay\r\n\r\n").ok()?;
+    stream.flush().ok()?;
+    let mut buffer = [0u8; 1024];
+    match stream.read(&mut buffer) {
+        Ok(n) if buffer.get(..n)?.starts_with(b"HTTP/1.1 200") => Some(stream),
+        _ => None,
+    }
+}
+
+#[test]
+fn one_address_holds_at_most_its_share_of_connections() {
+    let s = start(|t| {
+        t.replace(
+            "max_connections_per_address = 256",
+            "max_connections_per_address = 4",
+        )
+    });
+    let mut held: Vec<_> = (0..4)
+        .map(|n| kept_open_connection(&s).unwrap_or_else(|| panic!("connection {n} refused")))
+        .collect();
+    assert!(
+        kept_open_connection(&s).is_none(),
+        "a fifth connection from the same address was served"
+    );
+    // A connection that closes gives its place back (once the server has seen it close).
+    drop(held.pop());
+    let mut attempts = 0;
+    while kept_open_connection(&s).is_none() {
+        attempts += 1;
+        assert!(
+            attempts < 100,
+            "the closed connection's place never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// The id (`GET /api/v1/tokens`) of the API token named `name`.
 fn token_id(s: &Server, name: &str) -> String {
     let (_, tokens) = call(s, "GET", "/api/v1/tokens", Some(&s.admin), None);
