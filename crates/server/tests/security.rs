@@ -277,6 +277,8 @@ fn a_stalled_upload_is_cut_with_408() {
     .unwrap();
     let head = response_head(&mut stream);
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    // The part received was on disk; it is gone with the request.
+    assert_eq!(file_names(&s.data.join("uploads")), Vec::<String>::new());
 }
 
 /// The files in `dir` (none when it does not exist).
