@@ -760,7 +760,10 @@ pub fn build(kernel: &Kernel, request: &DiffBuild) -> Result<DiffBuildReport, Di
                     if table.lookup(name).len() == 1 {
                         renames.insert(
                             name.clone(),
-                            (format!("__patchbay_{module}__{name}"), module.to_string()),
+                            (
+                                module_local_symbol(&module.to_string(), name),
+                                module.to_string(),
+                            ),
                         );
                     }
                 }
@@ -965,6 +968,13 @@ fn qualify_repeated_replacements(
     Ok(())
 }
 
+/// The name the patch for `module` gives a symbol it reaches through a livepatch relocation
+/// (the module's own local, or another module's export) in the extracted object, so that the
+/// module loader never resolves it by name.
+fn module_local_symbol(module: &str, name: &str) -> String {
+    format!("__patchbay_{module}__{name}")
+}
+
 /// The global name a `patchbay-diff.h` callback gets in the extracted object, for the
 /// generated tables to reach it (it is `static` in the fixed source).
 fn callback_symbol(function: &str) -> String {
@@ -985,7 +995,7 @@ fn foreign_export_renames(
             (exporter != "vmlinux" && exporter != module).then(|| {
                 (
                     name.clone(),
-                    (format!("__patchbay_{module}__{name}"), exporter.to_owned()),
+                    (module_local_symbol(module, name), exporter.to_owned()),
                 )
             })
         })
