@@ -30,7 +30,10 @@ pub(crate) const OTHER_BUILD_ID: &str = "fedcba9876543210fedcba9876543210fedcba9
 pub(crate) const RELEASE: &str = "6.1.0-56-amd64";
 
 pub(crate) fn module_name(build_id: &str, level: u32) -> String {
-    format!("pb_{}_l{level}", &build_id[..12])
+    let build: patchbay_core::BuildId = build_id.parse().unwrap();
+    patchbay_core::ModuleName::of_level(&build, level.try_into().unwrap())
+        .as_str()
+        .to_owned()
 }
 
 /// A fake module: an ELF magic, then what the fake kernel reads from it.

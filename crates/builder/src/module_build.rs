@@ -138,11 +138,8 @@ pub struct BuildReport {
 
 /// The module name for a kernel build and level: unique per (build-id, level), stable, and
 /// short enough for the kernel's 55-byte limit.
-pub fn module_name(build_id: &BuildId, level: PatchLevel) -> Result<ModuleName, BuildError> {
-    let prefix = build_id.as_str().get(..12).unwrap_or(build_id.as_str());
-    format!("pb_{prefix}_l{level}")
-        .parse()
-        .map_err(|e| BuildError::Module(format!("module name: {e}")))
+pub fn module_name(build_id: &BuildId, level: PatchLevel) -> ModuleName {
+    ModuleName::of_level(build_id, level)
 }
 
 /// Source mode: builds the bundle of the C sources `request` names, for `kernel`.
@@ -284,7 +281,7 @@ pub fn build_from_markers(
     symbols::check_old_functions(&parts.markers, &sources_for_symbols)?;
 
     // 3. Generate and build.
-    let name = module_name(&build_id, request.level)?;
+    let name = module_name(&build_id, request.level);
     let temp;
     let work_dir: &Path = match &request.keep_work_dir {
         Some(dir) => {
@@ -521,7 +518,7 @@ mod tests {
     #[test]
     fn module_names_are_unique_per_build_and_level() {
         let id: BuildId = "0123456789abcdef0123456789abcdef01234567".parse().unwrap();
-        let n = module_name(&id, 12.try_into().unwrap()).unwrap();
+        let n = module_name(&id, 12.try_into().unwrap());
         assert_eq!(n.as_str(), "pb_0123456789ab_l12");
     }
 

@@ -187,6 +187,16 @@ impl FromStr for ModuleName {
 }
 string_newtype_serde!(ModuleName);
 
+impl ModuleName {
+    /// The livepatch module of a kernel build's patch level, `pb_<build-id's first 12 hex
+    /// digits>_l<level>`: unique per (build, level), stable, and well within the 55 bytes (a
+    /// build-id is lowercase hex, a level a number, so the name is always valid).
+    pub fn of_level(build_id: &BuildId, level: PatchLevel) -> ModuleName {
+        let prefix = build_id.as_str().get(..12).unwrap_or(build_id.as_str());
+        ModuleName(format!("pb_{prefix}_l{level}"))
+    }
+}
+
 /// The object a patched function lives in: `vmlinux` or a loadable module's name. The kernel
 /// normalises `-` to `_` in module names, so we do too.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -314,6 +324,11 @@ mod tests {
     #[test]
     fn module_and_object_names() {
         assert!("patchbay_l1".parse::<ModuleName>().is_ok());
+        let build: BuildId = "6A2B4AC77585B8CF102CBA771300E573C8489B69".parse().unwrap();
+        let level: PatchLevel = 12.try_into().unwrap();
+        let name = ModuleName::of_level(&build, level);
+        assert_eq!(name.as_str(), "pb_6a2b4ac77585_l12");
+        assert_eq!(name.as_str().parse::<ModuleName>().unwrap(), name);
         assert!("Patchbay".parse::<ModuleName>().is_err());
         assert!("a/b".parse::<ModuleName>().is_err());
         assert!("x".repeat(56).parse::<ModuleName>().is_err());

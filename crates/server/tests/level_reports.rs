@@ -36,7 +36,7 @@ fn outcome(cve: &str, status: CveStatus, title: &str, group: u32) -> CveOutcome 
 
 /// The report of level `level` of the harness's kernel, for the module `bundle_bytes` builds.
 fn report(level: u32) -> UpgradeReport {
-    let name = format!("pb_{}_l{level}", &BUILD_ID[..12]);
+    let name = common::module_of_level(level);
     let module = module(&name, RELEASE, true);
     let mut patched = outcome(
         "CVE-2024-1086",

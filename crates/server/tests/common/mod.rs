@@ -217,6 +217,14 @@ pub fn bundle_bytes(level: u32, release_in_module: &str, livepatch: bool) -> Vec
     bundle_bytes_padded(level, release_in_module, livepatch, 0)
 }
 
+/// The module name the builder gives level `level` of the harness's kernel.
+pub fn module_of_level(level: u32) -> String {
+    let build: patchbay_core::BuildId = BUILD_ID.parse().unwrap();
+    patchbay_core::ModuleName::of_level(&build, level.try_into().unwrap())
+        .as_str()
+        .to_owned()
+}
+
 /// [`bundle_bytes`] whose module carries `padding` more bytes.
 pub fn bundle_bytes_padded(
     level: u32,
@@ -224,7 +232,7 @@ pub fn bundle_bytes_padded(
     livepatch: bool,
     padding: usize,
 ) -> Vec<u8> {
-    let name = format!("pb_{}_l{level}", &BUILD_ID[..12]);
+    let name = module_of_level(level);
     let module = module_with_padding(&name, release_in_module, livepatch, padding);
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
