@@ -327,9 +327,8 @@ impl ObjectCache {
         out: &Path,
         state: &TreeState,
     ) -> Result<(), ObjectsError> {
-        let cached = self
-            .dir
-            .join(format!("{}.o", self.key(tree, source, state)));
+        let key = self.key(tree, source, state);
+        let cached = self.dir.join(format!("{key}.o"));
         if cached.is_file() {
             if let Some(parent) = out.parent() {
                 fs::create_dir_all(parent).map_err(io("create", parent))?;
@@ -341,7 +340,8 @@ impl ObjectCache {
         compile_object(tree, source, out)?;
         // A cache that cannot be written only costs time.
         if fs::create_dir_all(&self.dir).is_ok() {
-            let temp = self.dir.join(format!(".{}.tmp", std::process::id()));
+            // Named after the key too: builds of two groups may fill the cache at once.
+            let temp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
             if fs::copy(out, &temp).is_ok() && fs::rename(&temp, &cached).is_err() {
                 let _ = fs::remove_file(&temp);
             }
