@@ -21,7 +21,7 @@ use super::{
     blockers, cve_status, first_line, group_ids, groups_replacing, install, module_of, GroupBuild,
     GroupOutcome, Progress, SelectedCve, Upgrade, UpgradeError,
 };
-use crate::diff::pipeline::{self, DiffBuild, DiffBuildReport};
+use crate::diff::pipeline::{self, DiffBuild, DiffBuildError, DiffBuildReport};
 use patchbay_core::CveStatus;
 
 /// Rounds of build + verification before the upgrade gives up on a bundle.
@@ -213,6 +213,9 @@ impl Rounds<'_> {
             Err(err) => err,
         };
         let text = err.to_string();
+        if !a_group_can_be_blamed(&err) {
+            return Err(err.into());
+        }
         let named: Vec<&str> = err
             .refusals()
             .iter()
@@ -446,4 +449,41 @@ impl Rounds<'_> {
 
 fn candidate_label(b: &GroupBuild) -> String {
     format!("group-{}", b.group.number)
+}
+
+/// Whether a failed cumulative build can be a group's doing. A failure of the machine (a full
+/// disk, a file that cannot be written or read) is the run's: dropping the group whose file the
+/// message happens to name would blame a fix for the disk.
+fn a_group_can_be_blamed(err: &DiffBuildError) -> bool {
+    !matches!(err, DiffBuildError::Io { .. })
+        && !err.to_string().contains("No space left on device")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::diff::refusal::{Category, Refusal, Refusals};
+
+    #[test]
+    fn a_full_disk_is_the_runs_failure_not_a_groups() {
+        let io = DiffBuildError::Io {
+            action: "write",
+            path: "net/sctp/associola.o".into(),
+            source: std::io::Error::other("No space left on device"),
+        };
+        assert!(!a_group_can_be_blamed(&io));
+        let patch = DiffBuildError::Refused(Refusals(vec![Refusal::new(
+            Category::PatchDoesNotApply,
+            "the diff does not apply to this kernel's source: patch: **** write error : No \
+             space left on device",
+        )]));
+        assert!(!a_group_can_be_blamed(&patch));
+        let refusal = DiffBuildError::Refused(Refusals(vec![Refusal::in_file(
+            Category::ChangedData,
+            "net/sctp/associola.c",
+            "the fix changes existing data",
+        )]));
+        assert!(a_group_can_be_blamed(&refusal));
+    }
 }
