@@ -836,6 +836,8 @@ fn build_group(
                     )
                 });
             }
+            // The machine's failure (a full disk) stops the run: no group is blamed for it.
+            Err(err) if !rounds::a_group_can_be_blamed(&err) => return Err(err.into()),
             Err(err) => {
                 let refusals = err.refusals();
                 let unbuilt: Vec<String> = refusals

@@ -451,10 +451,10 @@ fn candidate_label(b: &GroupBuild) -> String {
     format!("group-{}", b.group.number)
 }
 
-/// Whether a failed cumulative build can be a group's doing. A failure of the machine (a full
+/// Whether a failed build (a group's or the cumulative one) can be a group's doing. A failure of the machine (a full
 /// disk, a file that cannot be written or read) is the run's: dropping the group whose file the
 /// message happens to name would blame a fix for the disk.
-fn a_group_can_be_blamed(err: &DiffBuildError) -> bool {
+pub(super) fn a_group_can_be_blamed(err: &DiffBuildError) -> bool {
     !matches!(err, DiffBuildError::Io { .. })
         && !err.to_string().contains("No space left on device")
 }
