@@ -21,13 +21,22 @@ use std::process::Command;
 /// sizes (nested anonymous aggregates inline), and the total size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
-    /// `(declaration, "offset size")` in order; the declaration's whitespace normalised.
-    /// Members of members (`-E` expands them) are here too, so that their changes count.
-    members: Vec<(String, String)>,
-    /// Which of `members` are the aggregate's own (pahole indents the others deeper).
-    own: Vec<bool>,
+    /// In order. Members of members (`-E` expands them) are here too, so that their changes
+    /// count.
+    members: Vec<Member>,
     /// `size: N` of the aggregate.
     size: Option<u64>,
+}
+
+/// One member line of a [`Layout`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Member {
+    /// The declaration, whitespace normalised.
+    declaration: String,
+    /// `offset size`, as pahole's comment gives them.
+    place: String,
+    /// The aggregate's own member (pahole indents the members of members deeper).
+    own: bool,
 }
 
 impl Layout {
@@ -35,9 +44,8 @@ impl Layout {
     fn member_names(&self) -> Vec<String> {
         self.members
             .iter()
-            .zip(&self.own)
-            .filter(|(_, own)| **own)
-            .filter_map(|((declaration, _), _)| member_name(declaration))
+            .filter(|m| m.own)
+            .filter_map(|m| member_name(&m.declaration))
             .collect()
     }
 }
@@ -105,7 +113,6 @@ pub fn parse(text: &str) -> Layouts {
                                 head,
                                 Layout {
                                     members: Vec::new(),
-                                    own: Vec::new(),
                                     size: None,
                                 },
                             ));
@@ -134,8 +141,11 @@ pub fn parse(text: &str) -> Layouts {
                 let place = comment.map(normalise).unwrap_or_default();
                 let own =
                     line.starts_with('\t') && !line.starts_with("\t\t") && !code.ends_with('{');
-                layout.members.push((code, place));
-                layout.own.push(own);
+                layout.members.push(Member {
+                    declaration: code,
+                    place,
+                    own,
+                });
             }
         }
     }
@@ -182,7 +192,10 @@ pub fn changes(original: &Layouts, patched: &Layouts) -> Vec<LayoutChange> {
         let same_places = |a: &Layout, b: &Layout| {
             a.size == b.size
                 && a.members.len() == b.members.len()
-                && a.members.iter().zip(&b.members).all(|(x, y)| x.1 == y.1)
+                && a.members
+                    .iter()
+                    .zip(&b.members)
+                    .all(|(x, y)| x.place == y.place)
                 && a.member_names() == b.member_names()
         };
         let kind = match (before.as_slice(), after.as_slice()) {
@@ -215,9 +228,12 @@ fn describe(before: &Layout, after: &Layout) -> String {
             .members
             .iter()
             .zip(&after.members)
-            .find(|(a, b)| a != b)
-            .map(|((declaration, _), (changed, place))| {
-                format!("changes `{declaration}` to `{changed}` (offset, size: {place})")
+            .find(|(a, b)| (&a.declaration, &a.place) != (&b.declaration, &b.place))
+            .map(|(a, b)| {
+                format!(
+                    "changes `{}` to `{}` (offset, size: {})",
+                    a.declaration, b.declaration, b.place
+                )
             });
         parts.push(first.unwrap_or_else(|| match (before.size, after.size) {
             (Some(a), Some(b)) if a != b => format!("changes its size from {a} to {b} bytes"),
